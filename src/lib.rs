@@ -1,1 +1,16 @@
+//! # gshn — Graph Spiking Hybrid Networks
+//!
+//! A graph-of-ops engine with CPU and CUDA backends, the GSHN model and its training.
+//! The contracts are in DESIGN.md (shipped beside the crate as `../shared/DESIGN.md`).
+
+pub mod backend;
 pub mod error;
+pub mod graph;
+pub mod ops;
+pub mod tensor;
+pub mod util;
+
+pub use backend::{Backend, CpuBackend};
+pub use error::{Error, Result};
+pub use graph::{Executor, Graph, ValueId};
+pub use tensor::{DType, Shape, Tensor};

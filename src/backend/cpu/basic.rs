@@ -1,0 +1,241 @@
+//! CPU kernels: elementwise ops, activations, matmul, reductions, fill.
+
+use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
+use crate::error::{Error, Result};
+use crate::ops::{Op, Reduce, Unary};
+use rayon::prelude::*;
+
+pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    let dtype = outputs[0].dtype;
+    float_dispatch!(op.name(), dtype, run(op, inputs, outputs))
+}
+
+fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    let out_shape = outputs[0].shape.clone();
+    let y = write::<T>(&mut outputs[0])?;
+    match op {
+        Op::Add => zip2(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a + b),
+        Op::Sub => zip2(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a - b),
+        Op::Mul => zip2(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a * b),
+        Op::AddBias | Op::MulBroadcast => {
+            let x = read::<T>(&inputs[0])?;
+            let w = read::<T>(&inputs[1])?;
+            let c = out_shape.last().max(1);
+            let add = matches!(op, Op::AddBias);
+            let scalar = w.len() == 1 && c != 1 || w.len() == 1 && inputs[1].shape.rank() == 0;
+            y.par_chunks_mut(c)
+                .zip(x.par_chunks(c))
+                .for_each(|(yr, xr)| {
+                    for j in 0..yr.len() {
+                        let wj = if scalar { w[0] } else { w[j] };
+                        yr[j] = if add { xr[j] + wj } else { xr[j] * wj };
+                    }
+                });
+        }
+        Op::Scale(c) => {
+            let c = T::of(*c);
+            map1(read(&inputs[0])?, y, |a| a * c)
+        }
+        Op::Unary(u) => unary::<T>(*u, read(&inputs[0])?, y),
+        Op::UnaryBackward(u) => unary_backward::<T>(*u, read(&inputs[0])?, read(&inputs[1])?, y),
+        Op::StopGradient => y.copy_from_slice(read(&inputs[0])?),
+        Op::Fill { value, .. } => y.fill(T::of(*value)),
+        Op::MatMul { trans_a, trans_b } => {
+            matmul::<T>(&inputs[0], &inputs[1], *trans_a, *trans_b, y)?
+        }
+        Op::Reduce(r) => reduce::<T>(*r, read(&inputs[0])?, inputs[0].shape.last(), y),
+        Op::ReduceBackward(r, full) => {
+            let g = read::<T>(&inputs[0])?;
+            let c = full.last().max(1);
+            match r {
+                Reduce::SumLast | Reduce::MeanLast => {
+                    let k = if *r == Reduce::MeanLast {
+                        T::one() / T::of(c as f64)
+                    } else {
+                        T::one()
+                    };
+                    y.par_chunks_mut(c)
+                        .zip(g.par_iter())
+                        .for_each(|(row, &gi)| row.fill(gi * k));
+                }
+                Reduce::SumAll | Reduce::MeanAll => {
+                    let n = full.numel().max(1);
+                    let k = if *r == Reduce::MeanAll {
+                        T::one() / T::of(n as f64)
+                    } else {
+                        T::one()
+                    };
+                    y.fill(g[0] * k);
+                }
+                Reduce::SumRows => y.par_chunks_mut(c).for_each(|row| row.copy_from_slice(g)),
+            }
+        }
+        other => {
+            return Err(Error::Unsupported {
+                backend: "cpu",
+                what: format!("{} in basic kernels", other.name()),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn zip2<T: Float>(a: &[T], b: &[T], y: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    if y.len() >= PAR_MIN {
+        y.par_iter_mut()
+            .zip(a.par_iter().zip(b.par_iter()))
+            .for_each(|(y, (&a, &b))| *y = f(a, b));
+    } else {
+        y.iter_mut()
+            .zip(a.iter().zip(b))
+            .for_each(|(y, (&a, &b))| *y = f(a, b));
+    }
+}
+
+fn map1<T: Float>(a: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
+    if y.len() >= PAR_MIN {
+        y.par_iter_mut()
+            .zip(a.par_iter())
+            .for_each(|(y, &a)| *y = f(a));
+    } else {
+        y.iter_mut().zip(a).for_each(|(y, &a)| *y = f(a));
+    }
+}
+
+/// Activations evaluate in the element type; the transcendental ones go through f64 so
+/// f32 and f64 share one definition (`Unary::forward`).
+fn unary<T: Float>(u: Unary, x: &[T], y: &mut [T]) {
+    match u {
+        Unary::Relu => map1(x, y, |a| a.max(T::zero())),
+        Unary::LeakyRelu(s) => {
+            let s = T::of(s);
+            map1(x, y, |a| if a > T::zero() { a } else { s * a })
+        }
+        _ => map1(x, y, |a| T::of(u.forward(a.to_f64().unwrap_or(f64::NAN)))),
+    }
+}
+
+fn unary_backward<T: Float>(u: Unary, x: &[T], g: &[T], y: &mut [T]) {
+    zip2(x, g, y, |a, g| {
+        g * T::of(u.derivative(a.to_f64().unwrap_or(f64::NAN)))
+    })
+}
+
+fn reduce<T: Float>(r: Reduce, x: &[T], c: usize, y: &mut [T]) {
+    let c = c.max(1);
+    match r {
+        Reduce::SumLast | Reduce::MeanLast => {
+            let k = if r == Reduce::MeanLast {
+                T::one() / T::of(c as f64)
+            } else {
+                T::one()
+            };
+            y.par_iter_mut()
+                .zip(x.par_chunks(c))
+                .for_each(|(yi, row)| *yi = sum(row) * k);
+        }
+        Reduce::SumAll | Reduce::MeanAll => {
+            // Fixed-size chunks summed in order: deterministic for any thread count.
+            let partial: Vec<T> = x.par_chunks(4096).map(sum).collect();
+            let s = sum(&partial);
+            y[0] = if r == Reduce::MeanAll {
+                s / T::of(x.len().max(1) as f64)
+            } else {
+                s
+            };
+        }
+        Reduce::SumRows => {
+            y.fill(T::zero());
+            for row in x.chunks(c) {
+                for (a, &b) in y.iter_mut().zip(row) {
+                    *a += b;
+                }
+            }
+        }
+    }
+}
+
+/// Pairwise-free but cache-friendly sum in the element type, accumulated in f64 for f32
+/// inputs would change results between dtypes; we keep one rule: accumulate in `T`.
+fn sum<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 4];
+    let mut chunks = x.chunks_exact(4);
+    for c in &mut chunks {
+        for i in 0..4 {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for &v in chunks.remainder() {
+        s += v;
+    }
+    s
+}
+
+/// (Batched) matrix product through the `gemm` crate; transposes are strides.
+fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -> Result<()> {
+    let (sa, sb) = (a.shape, b.shape);
+    let r = sa.rank();
+    let batch = if r == 3 { sa.dim(0) } else { 1 };
+    let (ar, ac) = (sa.dim(r - 2), sa.dim(r - 1));
+    let (br, bc) = (sb.dim(r - 2), sb.dim(r - 1));
+    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let n = if tb { br } else { bc };
+    let (a, b) = (read::<T>(a)?, read::<T>(b)?);
+    // Row-major [rows, cols]: row stride = cols, column stride = 1; a transpose swaps them.
+    let (a_rs, a_cs) = if ta {
+        (1, ac as isize)
+    } else {
+        (ac as isize, 1)
+    };
+    let (b_rs, b_cs) = if tb {
+        (1, bc as isize)
+    } else {
+        (bc as isize, 1)
+    };
+    let par = if m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    for i in 0..batch {
+        let (ap, bp, yp) = (
+            &a[i * ar * ac..],
+            &b[i * br * bc..],
+            &mut y[i * m * n..(i + 1) * m * n],
+        );
+        if k == 0 {
+            yp.fill(T::zero());
+            continue;
+        }
+        if m == 0 || n == 0 {
+            continue;
+        }
+        // SAFETY: the pointers and strides describe the in-bounds matrices checked by the
+        // shape rule (a: m×k, b: k×n, y: m×n, row-major with optional transposes).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                yp.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                ap.as_ptr(),
+                a_cs,
+                a_rs,
+                bp.as_ptr(),
+                b_cs,
+                b_rs,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The CPU backend: the reference implementation of every op, and a fast one (rayon over
+//! rows, a real GEMM, no per-element allocation). Generic over f32 and f64.
+
+mod basic;
+mod gat;
+mod infonce;
+mod layout;
+mod lif;
+mod norm;
+mod optim;
+mod segment;
+
+use super::{Backend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::tensor::{DType, Element, Shape, Storage, Tensor};
+
+/// Float element type of the CPU kernels.
+pub trait Float:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + Element
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::ops::MulAssign
+{
+    fn of(x: f64) -> Self;
+}
+impl Float for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+}
+impl Float for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+}
+
+/// Runs a generic kernel call at the float dtype given: `float_dispatch!(dtype, f(args))`.
+macro_rules! float_dispatch {
+    ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => $f::<f32>($($arg),*),
+            $crate::tensor::DType::F64 => $f::<f64>($($arg),*),
+            d => Err($crate::error::Error::Unsupported { backend: "cpu", what: format!("{} on {d:?}", $op) }),
+        }
+    };
+}
+pub(crate) use float_dispatch;
+
+pub type CpuView<'a> = View<'a, Storage>;
+pub type CpuViewMut<'a> = ViewMut<'a, Storage>;
+
+/// The elements of an input view, typed.
+pub(crate) fn read<'a, T: Element>(v: &CpuView<'a>) -> Result<&'a [T]> {
+    let n = v.shape.numel();
+    v.buf
+        .as_slice::<T>()
+        .map(|s| &s[..n])
+        .ok_or_else(|| dtype_error::<T>(v.dtype))
+}
+
+/// The elements of an output view, typed.
+pub(crate) fn write<'b, T: Element>(v: &'b mut CpuViewMut<'_>) -> Result<&'b mut [T]> {
+    let n = v.shape.numel();
+    let dt = v.dtype;
+    v.buf
+        .as_mut_slice::<T>()
+        .map(|s| &mut s[..n])
+        .ok_or_else(|| dtype_error::<T>(dt))
+}
+
+fn dtype_error<T: Element>(got: DType) -> Error {
+    Error::Unsupported {
+        backend: "cpu",
+        what: format!("buffer holds {got:?}, kernel expects {:?}", T::DTYPE),
+    }
+}
+
+/// Splits `outputs` into two disjoint mutable views.
+pub(crate) fn two<'a, 'b>(
+    o: &'a mut [CpuViewMut<'b>],
+) -> (&'a mut CpuViewMut<'b>, &'a mut CpuViewMut<'b>) {
+    let (a, b) = o.split_at_mut(1);
+    (&mut a[0], &mut b[0])
+}
+
+/// Rows of at least this many elements are processed in parallel chunks.
+pub(crate) const PAR_MIN: usize = 1 << 14;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Buffer = Storage;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Storage> {
+        Ok(Storage::zeros(dtype, len))
+    }
+
+    fn write(&self, dst: &mut Storage, src: &Tensor) -> Result<()> {
+        let n = src.numel();
+        if dst.len() < n || dst.dtype() != src.dtype() {
+            return Err(Error::graph(format!(
+                "buffer of {} {:?} cannot hold {n} {:?}",
+                dst.len(),
+                dst.dtype(),
+                src.dtype()
+            )));
+        }
+        match (dst, src.storage()) {
+            (Storage::F32(d), Storage::F32(s)) => d[..n].copy_from_slice(s),
+            (Storage::F64(d), Storage::F64(s)) => d[..n].copy_from_slice(s),
+            (Storage::I32(d), Storage::I32(s)) => d[..n].copy_from_slice(s),
+            _ => unreachable!("dtypes checked above"),
+        }
+        Ok(())
+    }
+
+    fn read(&self, src: &Storage, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        let n = shape.numel();
+        let storage = match src {
+            Storage::F32(s) => Storage::F32(s[..n].to_vec()),
+            Storage::F64(s) => Storage::F64(s[..n].to_vec()),
+            Storage::I32(s) => Storage::I32(s[..n].to_vec()),
+        };
+        if storage.dtype() != dtype {
+            return Err(Error::graph(format!(
+                "buffer holds {:?}, value is {dtype:?}",
+                storage.dtype()
+            )));
+        }
+        Tensor::from_storage(shape.clone(), storage)
+    }
+
+    fn execute(&self, op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+        match op {
+            Op::LayerNorm { .. }
+            | Op::LayerNormBackward { .. }
+            | Op::L2Normalize { .. }
+            | Op::L2NormalizeBackward { .. }
+            | Op::MaskedSoftmax
+            | Op::MaskedSoftmaxBackward => norm::execute(op, inputs, outputs),
+            Op::Lif(_) | Op::LifBackward { .. } => lif::execute(op, inputs, outputs),
+            Op::Gat(_)
+            | Op::GatBackward(_)
+            | Op::GatAlpha(_)
+            | Op::GatAlphaBackward(_)
+            | Op::Aggregate
+            | Op::AggregateBackward => gat::execute(op, inputs, outputs),
+            Op::InfoNce(_) | Op::InfoNceBackward(_) => infonce::execute(op, inputs, outputs),
+            Op::SegmentMean { .. } | Op::SegmentMeanBackward => {
+                segment::execute(op, inputs, outputs)
+            }
+            Op::ClipScale { .. } | Op::AdamW(_) => optim::execute(op, inputs, outputs),
+            Op::Reshape(_)
+            | Op::Permute(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::SliceBackward { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
+            | Op::Dropout { .. }
+            | Op::DropoutBackward { .. } => layout::execute(op, inputs, outputs),
+            _ => basic::execute(op, inputs, outputs),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Where ops run. The executor talks to a `Backend` only through this trait, so the same
+//! graph runs on the CPU (always available) or on CUDA (feature `cuda`, when a GPU is there).
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::ops::Op;
+use crate::tensor::{DType, Shape, Tensor};
+
+pub use cpu::CpuBackend;
+
+/// A buffer of a backend seen as a tensor of `shape` (the buffer may be longer).
+pub struct View<'a, B> {
+    pub buf: &'a B,
+    pub shape: &'a Shape,
+    pub dtype: DType,
+}
+
+/// A writable buffer seen as a tensor of `shape`.
+pub struct ViewMut<'a, B> {
+    pub buf: &'a mut B,
+    pub shape: &'a Shape,
+    pub dtype: DType,
+}
+
+pub trait Backend {
+    type Buffer: Send;
+    fn name(&self) -> String;
+    /// A buffer of `len` elements; contents unspecified.
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer>;
+    /// Copies `src` into the front of `dst`.
+    fn write(&self, dst: &mut Self::Buffer, src: &Tensor) -> Result<()>;
+    /// Copies the front of `src` out as a tensor of `shape`.
+    fn read(&self, src: &Self::Buffer, shape: &Shape, dtype: DType) -> Result<Tensor>;
+    /// Runs one op. `outputs` are the op's outputs, or for ops that update in place
+    /// (`Op::mutated_inputs`) the updated inputs, in which case `inputs` holds the rest.
+    fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<Self::Buffer>],
+        outputs: &mut [ViewMut<Self::Buffer>],
+    ) -> Result<()>;
+    /// Waits for queued work (no-op on the CPU).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,208 @@
+//! Runs a planned graph on a backend.
+
+use super::{Graph, Plan, ValueId, ValueKind};
+use crate::backend::{Backend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Owns the buffers of one planned graph: fed inputs, persistent values (parameters and
+/// optimizer state, set by the caller and kept across runs) and the plan's slots.
+pub struct Executor<B: Backend> {
+    backend: B,
+    graph: Graph,
+    plan: Plan,
+    /// Buffers of inputs and persistent values, by value index.
+    owned: Vec<Option<B::Buffer>>,
+    slots: Vec<Option<B::Buffer>>,
+}
+
+impl<B: Backend> Executor<B> {
+    /// Plans `graph` for reading `fetch` after each run (plus all in-place updates).
+    pub fn new(backend: B, graph: Graph, fetch: &[ValueId]) -> Result<Self> {
+        let plan = Plan::new(&graph, fetch)?;
+        let slots = plan
+            .slots
+            .iter()
+            .map(|s| backend.alloc(s.dtype, s.len).map(Some))
+            .collect::<Result<_>>()?;
+        let owned = (0..graph.values().len()).map(|_| None).collect();
+        Ok(Executor {
+            backend,
+            graph,
+            plan,
+            owned,
+            slots,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Sets an input (for the next runs) or a persistent value (kept until set again).
+    pub fn set(&mut self, v: ValueId, t: &Tensor) -> Result<()> {
+        let value = self
+            .graph
+            .values()
+            .get(v.0 as usize)
+            .ok_or_else(|| Error::graph(format!("unknown value {v:?}")))?;
+        if matches!(value.kind, ValueKind::Computed { .. }) {
+            return Err(Error::graph(format!(
+                "{:?} is computed by the graph and cannot be set",
+                value.name
+            )));
+        }
+        if t.shape() != &value.meta.shape || t.dtype() != value.meta.dtype {
+            return Err(Error::shape(
+                "executor",
+                format!(
+                    "{:?} is {:?} {:?}, got {:?} {:?}",
+                    value.name,
+                    value.meta.dtype,
+                    value.meta.shape,
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        let slot = &mut self.owned[v.0 as usize];
+        if slot.is_none() {
+            *slot = Some(self.backend.alloc(t.dtype(), t.numel())?);
+        }
+        self.backend.write(slot.as_mut().unwrap(), t)
+    }
+
+    /// Reads an input, a persistent value, or a fetched computed value (after a run).
+    pub fn get(&self, v: ValueId) -> Result<Tensor> {
+        let value = self
+            .graph
+            .values()
+            .get(v.0 as usize)
+            .ok_or_else(|| Error::graph(format!("unknown value {v:?}")))?;
+        let buf = match value.kind {
+            ValueKind::Computed { .. } => {
+                if !self.plan.fetch.contains(&v) {
+                    return Err(Error::graph(format!(
+                        "{:?} was not planned as a fetch",
+                        value.name
+                    )));
+                }
+                self.plan.slot_of[v.0 as usize].and_then(|s| self.slots[s].as_ref())
+            }
+            _ => self.owned[v.0 as usize].as_ref(),
+        };
+        let buf = buf.ok_or_else(|| Error::graph(format!("{:?} has not been set", value.name)))?;
+        self.backend.read(buf, &value.meta.shape, value.meta.dtype)
+    }
+
+    /// Runs the schedule once.
+    pub fn run(&mut self) -> Result<()> {
+        let Executor {
+            backend,
+            graph,
+            plan,
+            owned,
+            slots,
+        } = self;
+        let mut homes = Homes::<B> {
+            graph,
+            plan,
+            owned,
+            slots,
+        };
+        for &n in &plan.schedule {
+            let node = graph.node(n);
+            let mutated = node.op.mutated_inputs();
+            // Take the buffers this node writes out of their homes, so the rest can be
+            // borrowed as inputs (the plan guarantees they are distinct).
+            let written = if mutated > 0 {
+                &node.inputs[..mutated]
+            } else {
+                &node.outputs[..]
+            };
+            let mut taken = Vec::with_capacity(written.len());
+            for &w in written {
+                taken.push(homes.take(w)?);
+            }
+            let result = {
+                let read = &node.inputs[mutated..];
+                let mut inputs = Vec::with_capacity(read.len());
+                for &i in read {
+                    let meta = &graph.value(i).meta;
+                    inputs.push(View {
+                        buf: homes.get(i)?,
+                        shape: &meta.shape,
+                        dtype: meta.dtype,
+                    });
+                }
+                let mut outputs: Vec<ViewMut<B::Buffer>> = taken
+                    .iter_mut()
+                    .zip(written)
+                    .map(|(buf, &w)| {
+                        let meta = &graph.value(w).meta;
+                        ViewMut {
+                            buf,
+                            shape: &meta.shape,
+                            dtype: meta.dtype,
+                        }
+                    })
+                    .collect();
+                backend.execute(&node.op, &inputs, &mut outputs)
+            };
+            for (&w, buf) in written.iter().zip(taken) {
+                homes.put(w, buf);
+            }
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Where each value's buffer lives: its slot (computed values) or its own buffer.
+struct Homes<'a, B: Backend> {
+    graph: &'a Graph,
+    plan: &'a Plan,
+    owned: &'a mut Vec<Option<B::Buffer>>,
+    slots: &'a mut Vec<Option<B::Buffer>>,
+}
+
+impl<B: Backend> Homes<'_, B> {
+    fn home(&mut self, v: ValueId) -> &mut Option<B::Buffer> {
+        match self.graph.value(v).kind {
+            ValueKind::Computed { .. } => {
+                let s = self.plan.slot_of[v.0 as usize].expect("every scheduled output has a slot");
+                &mut self.slots[s]
+            }
+            _ => &mut self.owned[v.0 as usize],
+        }
+    }
+    fn get(&self, v: ValueId) -> Result<&B::Buffer> {
+        let b = match self.graph.value(v).kind {
+            ValueKind::Computed { .. } => {
+                self.plan.slot_of[v.0 as usize].and_then(|s| self.slots[s].as_ref())
+            }
+            _ => self.owned[v.0 as usize].as_ref(),
+        };
+        b.ok_or_else(|| {
+            Error::graph(format!(
+                "{:?} must be set before running",
+                self.graph.value(v).name
+            ))
+        })
+    }
+    fn take(&mut self, v: ValueId) -> Result<B::Buffer> {
+        let name = &self.graph.value(v).name;
+        self.home(v)
+            .take()
+            .ok_or_else(|| Error::graph(format!("{name:?} must be set before running")))
+    }
+    fn put(&mut self, v: ValueId, buf: B::Buffer) {
+        *self.home(v) = Some(buf);
+    }
+}

@@ -1,0 +1,168 @@
+//! Finite-difference gradient checks in f64 (DESIGN §7).
+//!
+//! The graph under test is reduced to a scalar with fixed random weights on every float
+//! output, `L = Σ_o ⟨w_o, out_o⟩`, so every output's gradient path is exercised. Analytic
+//! gradients come from `Graph::backward`; numeric ones from central differences.
+
+use super::{Executor, Graph, ValueId};
+use crate::backend::CpuBackend;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+use crate::util::rng::SplitMix64;
+
+#[derive(Clone, Debug)]
+pub struct GradCheck {
+    pub eps: f64,
+    /// Pass if |analytic − numeric| ≤ atol + rtol · max(|analytic|, |numeric|).
+    pub rtol: f64,
+    pub atol: f64,
+    /// Elements checked per input (sampled when the input is larger).
+    pub max_elements: usize,
+    pub seed: u64,
+}
+
+impl Default for GradCheck {
+    fn default() -> Self {
+        GradCheck {
+            eps: 1e-6,
+            rtol: 1e-5,
+            atol: 1e-8,
+            max_elements: 48,
+            seed: 7,
+        }
+    }
+}
+
+/// Worst disagreement found for one input.
+#[derive(Clone, Debug)]
+pub struct InputReport {
+    pub name: String,
+    pub checked: usize,
+    pub max_abs_err: f64,
+    pub worst: Option<(usize, f64, f64)>,
+}
+
+impl GradCheck {
+    /// Checks d(Σ_o ⟨w_o, out_o⟩)/d(input) for each input marked in `differentiate`.
+    /// `inputs` must be f64 (or i32 for indices); `build` wires the op(s) under test.
+    pub fn run(
+        &self,
+        inputs: &[(&str, Tensor)],
+        differentiate: &[bool],
+        build: impl FnOnce(&mut Graph, &[ValueId]) -> Result<Vec<ValueId>>,
+    ) -> Result<Vec<InputReport>> {
+        let mut g = Graph::new();
+        let ids: Vec<ValueId> = inputs
+            .iter()
+            .map(|(n, t)| g.input(*n, t.shape().clone(), t.dtype()))
+            .collect();
+        let outs = build(&mut g, &ids)?;
+        let mut rng = SplitMix64::new(self.seed);
+        let mut weights = Vec::new();
+        let mut loss = None;
+        for o in outs {
+            if g.dtype(o) != DType::F64 {
+                continue;
+            }
+            let shape = g.shape(o).clone();
+            let w = g.input(format!("w{}", weights.len()), shape.clone(), DType::F64);
+            weights.push((
+                w,
+                Tensor::new(
+                    shape.clone(),
+                    (0..shape.numel())
+                        .map(|_| rng.normal())
+                        .collect::<Vec<f64>>(),
+                )?,
+            ));
+            let prod = g.mul(o, w)?;
+            let term = g.sum(prod)?;
+            loss = Some(match loss {
+                Some(l) => g.add(l, term)?,
+                None => term,
+            });
+        }
+        let loss = loss.ok_or_else(|| Error::graph("gradcheck: the graph has no f64 output"))?;
+        let wrt: Vec<ValueId> = ids
+            .iter()
+            .zip(differentiate)
+            .filter(|(_, &d)| d)
+            .map(|(&i, _)| i)
+            .collect();
+        let grads = g.backward(loss, &wrt)?;
+
+        let mut fetch = vec![loss];
+        fetch.extend(&grads);
+        let mut full = Executor::new(CpuBackend, g.clone(), &fetch)?;
+        let mut fwd = Executor::new(CpuBackend, g, &[loss])?;
+        for ex in [&mut full, &mut fwd] {
+            for (&id, (_, t)) in ids.iter().zip(inputs) {
+                ex.set(id, t)?;
+            }
+            for (w, t) in &weights {
+                ex.set(*w, t)?;
+            }
+        }
+        full.run()?;
+
+        let mut reports = Vec::new();
+        for (k, &id) in wrt.iter().enumerate() {
+            let idx = ids.iter().position(|&i| i == id).unwrap();
+            let (name, base) = (&inputs[idx].0, &inputs[idx].1);
+            let analytic = full.get(grads[k])?.to_f64_vec();
+            let n = base.numel();
+            let mut picks: Vec<usize> = (0..n).collect();
+            if n > self.max_elements {
+                rng.shuffle(&mut picks);
+                picks.truncate(self.max_elements);
+            }
+            let mut report = InputReport {
+                name: name.to_string(),
+                checked: picks.len(),
+                max_abs_err: 0.0,
+                worst: None,
+            };
+            let mut x = base.clone();
+            for &j in &picks {
+                let x0 = x.data::<f64>()?[j];
+                let mut loss_at = |v: f64, x: &mut Tensor| -> Result<f64> {
+                    x.data_mut::<f64>()?[j] = v;
+                    fwd.set(id, x)?;
+                    fwd.run()?;
+                    Ok(fwd.get(loss)?.to_f64_vec()[0])
+                };
+                let numeric = (loss_at(x0 + self.eps, &mut x)? - loss_at(x0 - self.eps, &mut x)?)
+                    / (2.0 * self.eps);
+                x.data_mut::<f64>()?[j] = x0;
+                let a = analytic[j];
+                let err = (a - numeric).abs();
+                if err > report.max_abs_err {
+                    report.max_abs_err = err;
+                }
+                if err > self.atol + self.rtol * a.abs().max(numeric.abs()) || !a.is_finite() {
+                    return Err(Error::graph(format!(
+                        "gradcheck: d/d{name}[{j}]: analytic {a:.10e} vs numeric {numeric:.10e} (|diff| {err:.3e})"
+                    )));
+                }
+                if report.worst.is_none_or(|(_, wa, wn)| err > (wa - wn).abs()) {
+                    report.worst = Some((j, a, numeric));
+                }
+            }
+            fwd.set(id, base)?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+}
+
+/// Random f64 tensor with entries uniform in [lo, hi) (never all zeros).
+pub fn random(
+    shape: impl Into<crate::tensor::Shape>,
+    lo: f64,
+    hi: f64,
+    rng: &mut SplitMix64,
+) -> Tensor {
+    let shape = shape.into();
+    let data: Vec<f64> = (0..shape.numel()).map(|_| rng.range(lo, hi)).collect();
+    Tensor::new(shape, data).expect("numel matches")
+}

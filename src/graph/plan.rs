@@ -1,0 +1,169 @@
+//! Schedule and liveness-based memory plan.
+//!
+//! Every computed value gets a *slot* (a buffer) for the span from its producing node to
+//! its last consumer; a slot freed by a dead value is reused by a later one (best fit, same
+//! dtype). Slots are allocated once by the executor and reused every step, so a training
+//! step makes no allocations.
+
+use super::{Graph, NodeId, ValueId, ValueKind};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// Memory of one plan, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Bytes of all slots: the peak of intermediate memory during a run.
+    pub peak_intermediate_bytes: usize,
+    /// What the intermediates would take if none were ever freed.
+    pub total_intermediate_bytes: usize,
+    /// Parameters and optimizer state.
+    pub persistent_bytes: usize,
+    /// Fed inputs.
+    pub input_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub dtype: DType,
+    pub len: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Nodes to run, in order.
+    pub schedule: Vec<NodeId>,
+    /// Slot of each computed value that is produced by a scheduled node.
+    pub slot_of: Vec<Option<usize>>,
+    pub slots: Vec<Slot>,
+    /// Values that the caller may read after a run.
+    pub fetch: Vec<ValueId>,
+    pub memory: MemoryReport,
+}
+
+impl Plan {
+    /// Plans the nodes needed for `fetch` plus every node with side effects (optimizer updates).
+    pub fn new(graph: &Graph, fetch: &[ValueId]) -> Result<Plan> {
+        let nv = graph.values().len();
+        for &f in fetch {
+            if f.0 as usize >= nv {
+                return Err(Error::graph(format!("fetch of unknown value {f:?}")));
+            }
+        }
+        // Needed nodes, by a reverse sweep.
+        let mut needed_value = vec![false; nv];
+        for &f in fetch {
+            needed_value[f.0 as usize] = true;
+        }
+        let mut needed_node = vec![false; graph.nodes().len()];
+        for (n, node) in graph.nodes().iter().enumerate().rev() {
+            let side_effect = node.op.mutated_inputs() > 0;
+            if side_effect || node.outputs.iter().any(|o| needed_value[o.0 as usize]) {
+                needed_node[n] = true;
+                for i in &node.inputs {
+                    needed_value[i.0 as usize] = true;
+                }
+            }
+            for &m in &node.inputs[..node.op.mutated_inputs().min(node.inputs.len())] {
+                if !matches!(graph.value(m).kind, ValueKind::Persistent { .. }) {
+                    return Err(Error::graph(format!(
+                        "{} updates {:?} in place, which is not a parameter or state",
+                        node.op.name(),
+                        graph.value(m).name
+                    )));
+                }
+            }
+        }
+        let schedule: Vec<NodeId> = (0..graph.nodes().len())
+            .filter(|&n| needed_node[n])
+            .map(|n| NodeId(n as u32))
+            .collect();
+
+        // Last use of each value (position in the schedule); fetched values live to the end.
+        const FOREVER: usize = usize::MAX;
+        let mut last_use = vec![0usize; nv];
+        for (pos, &n) in schedule.iter().enumerate() {
+            for i in &graph.node(n).inputs {
+                last_use[i.0 as usize] = pos;
+            }
+            for o in &graph.node(n).outputs {
+                last_use[o.0 as usize] = last_use[o.0 as usize].max(pos);
+            }
+        }
+        for &f in fetch {
+            last_use[f.0 as usize] = FOREVER;
+        }
+
+        // Greedy slot assignment: outputs take slots before the node's dying inputs are
+        // released, so a node never writes into a buffer it reads.
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut slot_of = vec![None; nv];
+        let mut total = 0usize;
+        let mut dies_at: Vec<Vec<ValueId>> = vec![Vec::new(); schedule.len()];
+        for (pos, &n) in schedule.iter().enumerate() {
+            for &o in &graph.node(n).outputs {
+                let meta = graph.meta(o);
+                let len = meta.shape.numel();
+                total += meta.bytes();
+                let fits = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &s)| slots[s].dtype == meta.dtype && slots[s].len >= len)
+                    .min_by_key(|(_, &s)| slots[s].len)
+                    .map(|(i, _)| i);
+                let grow = || {
+                    free.iter()
+                        .enumerate()
+                        .filter(|(_, &s)| slots[s].dtype == meta.dtype)
+                        .max_by_key(|(_, &s)| slots[s].len)
+                        .map(|(i, _)| i)
+                };
+                let s = match fits.or_else(grow) {
+                    Some(i) => {
+                        let s = free.swap_remove(i);
+                        slots[s].len = slots[s].len.max(len);
+                        s
+                    }
+                    None => {
+                        slots.push(Slot {
+                            dtype: meta.dtype,
+                            len,
+                        });
+                        slots.len() - 1
+                    }
+                };
+                slot_of[o.0 as usize] = Some(s);
+                if last_use[o.0 as usize] != FOREVER {
+                    dies_at[last_use[o.0 as usize]].push(o);
+                }
+            }
+            for &v in &dies_at[pos] {
+                if let Some(s) = slot_of[v.0 as usize] {
+                    free.push(s);
+                }
+            }
+        }
+
+        let sum_kind = |f: &dyn Fn(&ValueKind) -> bool| -> usize {
+            graph
+                .values()
+                .iter()
+                .filter(|v| f(&v.kind))
+                .map(|v| v.meta.bytes())
+                .sum()
+        };
+        let memory = MemoryReport {
+            peak_intermediate_bytes: slots.iter().map(|s| s.len * s.dtype.size()).sum(),
+            total_intermediate_bytes: total,
+            persistent_bytes: sum_kind(&|k| matches!(k, ValueKind::Persistent { .. })),
+            input_bytes: sum_kind(&|k| matches!(k, ValueKind::Input)),
+        };
+        Ok(Plan {
+            schedule,
+            slot_of,
+            slots,
+            fetch: fetch.to_vec(),
+            memory,
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! Elementwise arithmetic, activations, matmul, reductions, shape ops, gather/scatter,
+//! dropout: the small ops everything else is composed of.
+
+use super::check;
+use super::lif::Surrogate;
+use super::{Meta, Op};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::{DType, Shape};
+
+/// Elementwise functions with a derivative.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Unary {
+    Relu,
+    /// `x` if x > 0 else `alpha (eˣ − 1)`
+    Elu(f64),
+    /// Exact GELU, `x Φ(x)` (PyTorch's default, erf form).
+    Gelu,
+    /// `x` if x > 0 else `slope x`
+    LeakyRelu(f64),
+    Exp,
+    /// Heaviside spike `x ≥ 0` with the surrogate derivative; with `smooth` the forward is the
+    /// surrogate's primitive instead, so finite differences can check spiking circuits.
+    Spike {
+        surrogate: Surrogate,
+        smooth: bool,
+    },
+}
+
+impl Unary {
+    pub fn forward(self, x: f64) -> f64 {
+        match self {
+            Unary::Relu => x.max(0.0),
+            Unary::Elu(a) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    a * x.exp_m1()
+                }
+            }
+            Unary::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            Unary::LeakyRelu(s) => {
+                if x > 0.0 {
+                    x
+                } else {
+                    s * x
+                }
+            }
+            Unary::Exp => x.exp(),
+            Unary::Spike { surrogate, smooth } => {
+                if smooth {
+                    surrogate.primitive(x)
+                } else if x >= 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+    pub fn derivative(self, x: f64) -> f64 {
+        match self {
+            Unary::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Unary::Elu(a) => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    a * x.exp()
+                }
+            }
+            Unary::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+                let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                cdf + x * pdf
+            }
+            Unary::LeakyRelu(s) => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    s
+                }
+            }
+            Unary::Exp => x.exp(),
+            Unary::Spike { surrogate, .. } => surrogate.grad(x),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    SumLast,
+    MeanLast,
+    SumAll,
+    MeanAll,
+    /// Sum over every axis but the last: [.., C] → [C].
+    SumRows,
+}
+
+impl Reduce {
+    pub fn out_shape(self, s: &Shape) -> Shape {
+        match self {
+            Reduce::SumLast | Reduce::MeanLast => {
+                Shape::new(&s.dims()[..s.rank().saturating_sub(1)])
+            }
+            Reduce::SumAll | Reduce::MeanAll => Shape::scalar(),
+            Reduce::SumRows => Shape::new([s.last()]),
+        }
+    }
+}
+
+fn same(op: &'static str, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    check::arity(op, inputs, 2)?;
+    check::float(op, "a", &inputs[0])?;
+    if inputs[0] != inputs[1] {
+        return Err(Error::shape(
+            op,
+            format!("operands differ: {:?} vs {:?}", inputs[0], inputs[1]),
+        ));
+    }
+    Ok(vec![inputs[0].clone()])
+}
+
+/// Output shape of a (batched) matmul.
+fn matmul_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> Result<Shape> {
+    let op = "matmul";
+    if a.rank() != b.rank() || !(a.rank() == 2 || a.rank() == 3) {
+        return Err(Error::shape(
+            op,
+            format!("operands must both be rank 2 or both rank 3, got {a:?} and {b:?}"),
+        ));
+    }
+    let r = a.rank();
+    let (m, ka) = if ta {
+        (a.dim(r - 1), a.dim(r - 2))
+    } else {
+        (a.dim(r - 2), a.dim(r - 1))
+    };
+    let (kb, n) = if tb {
+        (b.dim(r - 1), b.dim(r - 2))
+    } else {
+        (b.dim(r - 2), b.dim(r - 1))
+    };
+    if ka != kb {
+        return Err(Error::shape(
+            op,
+            format!("inner dimensions differ: {a:?}{} × {b:?}{}", tr(ta), tr(tb)),
+        ));
+    }
+    if r == 3 {
+        if a.dim(0) != b.dim(0) {
+            return Err(Error::shape(
+                op,
+                format!("batch dimensions differ: {a:?} vs {b:?}"),
+            ));
+        }
+        return Ok(Shape::new([a.dim(0), m, n]));
+    }
+    Ok(Shape::new([m, n]))
+}
+
+fn tr(t: bool) -> &'static str {
+    if t {
+        "ᵀ"
+    } else {
+        ""
+    }
+}
+
+pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    let name = op.name();
+    match op {
+        Op::Add | Op::Sub | Op::Mul => same(name, inputs),
+        Op::AddBias | Op::MulBroadcast => {
+            check::arity(name, inputs, 2)?;
+            check::float(name, "x", &inputs[0])?;
+            check::same_dtype(name, "x and its operand", &inputs[0], &inputs[1])?;
+            let c = inputs[0].shape.last();
+            let w = &inputs[1].shape;
+            let ok = w.dims() == [c]
+                || (matches!(op, Op::MulBroadcast) && w.numel() == 1 && w.rank() <= 1);
+            if !ok || inputs[0].shape.rank() == 0 {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "operand must be [{c}] for x {:?}{}, got {w:?}",
+                        inputs[0].shape,
+                        if matches!(op, Op::MulBroadcast) {
+                            " (or a scalar)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            Ok(vec![inputs[0].clone()])
+        }
+        Op::Scale(_) | Op::Unary(_) | Op::StopGradient => {
+            check::arity(name, inputs, 1)?;
+            check::float(name, "x", &inputs[0])?;
+            Ok(vec![inputs[0].clone()])
+        }
+        Op::UnaryBackward(_) => same(name, inputs),
+        Op::MatMul { trans_a, trans_b } => {
+            check::arity(name, inputs, 2)?;
+            check::float(name, "a", &inputs[0])?;
+            check::same_dtype(name, "a and b", &inputs[0], &inputs[1])?;
+            Ok(vec![Meta::new(
+                matmul_shape(&inputs[0].shape, &inputs[1].shape, *trans_a, *trans_b)?,
+                inputs[0].dtype,
+            )])
+        }
+        Op::Reduce(r) => {
+            check::arity(name, inputs, 1)?;
+            check::float(name, "x", &inputs[0])?;
+            Ok(vec![Meta::new(
+                r.out_shape(&inputs[0].shape),
+                inputs[0].dtype,
+            )])
+        }
+        Op::ReduceBackward(r, full) => {
+            check::arity(name, inputs, 1)?;
+            check::float(name, "g", &inputs[0])?;
+            if r.out_shape(full) != inputs[0].shape {
+                return Err(Error::shape(
+                    name,
+                    format!("gradient {:?} does not reduce {full:?}", inputs[0].shape),
+                ));
+            }
+            Ok(vec![Meta::new(full.clone(), inputs[0].dtype)])
+        }
+        Op::Fill { meta, .. } => {
+            check::arity(name, inputs, 0)?;
+            Ok(vec![meta.clone()])
+        }
+        _ => Err(Error::graph(format!("{name} is not a basic op"))),
+    }
+}
+
+pub(crate) fn grad(
+    g: &mut Graph,
+    node: &Node,
+    og: &[Option<ValueId>],
+) -> Result<Vec<Option<ValueId>>> {
+    let x = &node.inputs;
+    let Some(gy) = og[0] else {
+        return Ok(vec![None; x.len()]);
+    };
+    Ok(match &node.op {
+        Op::Add => vec![Some(gy), Some(gy)],
+        Op::Sub => vec![Some(gy), Some(g.scale(gy, -1.0)?)],
+        Op::Mul => vec![Some(g.mul(gy, x[1])?), Some(g.mul(gy, x[0])?)],
+        Op::AddBias => {
+            let gb = g.sum_rows(gy)?;
+            vec![Some(gy), Some(gb)]
+        }
+        Op::MulBroadcast => {
+            let gx = g.push1(Op::MulBroadcast, &[gy, x[1]])?;
+            let prod = g.mul(gy, x[0])?;
+            let w_shape = g.shape(x[1]).clone();
+            let gw = if w_shape.dims() == [g.shape(x[0]).last()] {
+                g.sum_rows(prod)?
+            } else {
+                let s = g.sum(prod)?;
+                g.reshape(s, w_shape)?
+            };
+            vec![Some(gx), Some(gw)]
+        }
+        Op::Scale(c) => vec![Some(g.scale(gy, *c)?)],
+        Op::Unary(u) => vec![Some(g.push1(Op::UnaryBackward(*u), &[x[0], gy])?)],
+        Op::StopGradient | Op::Fill { .. } => vec![None; x.len()],
+        Op::MatMul {
+            trans_a: ta,
+            trans_b: tb,
+        } => {
+            let (a, b) = (x[0], x[1]);
+            let mm = |g: &mut Graph, l, r, ta, tb| {
+                g.push1(
+                    Op::MatMul {
+                        trans_a: ta,
+                        trans_b: tb,
+                    },
+                    &[l, r],
+                )
+            };
+            let (ga, gb) = match (*ta, *tb) {
+                (false, false) => (mm(g, gy, b, false, true)?, mm(g, a, gy, true, false)?),
+                (false, true) => (mm(g, gy, b, false, false)?, mm(g, gy, a, true, false)?),
+                (true, false) => (mm(g, b, gy, false, true)?, mm(g, a, gy, false, false)?),
+                (true, true) => (mm(g, b, gy, true, true)?, mm(g, gy, a, true, true)?),
+            };
+            vec![Some(ga), Some(gb)]
+        }
+        Op::Reduce(r) => vec![Some(
+            g.push1(Op::ReduceBackward(*r, g.shape(x[0]).clone()), &[gy])?,
+        )],
+        op => return Err(Error::graph(format!("{} has no gradient rule", op.name()))),
+    })
+}
+
+/// Builders for the basic ops.
+impl Graph {
+    pub fn add(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.push1(Op::Add, &[a, b])
+    }
+    pub fn sub(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.push1(Op::Sub, &[a, b])
+    }
+    pub fn mul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.push1(Op::Mul, &[a, b])
+    }
+    pub fn scale(&mut self, x: ValueId, c: f64) -> Result<ValueId> {
+        self.push1(Op::Scale(c), &[x])
+    }
+    /// x[.., C] + b[C]
+    pub fn add_bias(&mut self, x: ValueId, b: ValueId) -> Result<ValueId> {
+        self.push1(Op::AddBias, &[x, b])
+    }
+    /// x[.., C] ⊙ w[C] (or a scalar w)
+    pub fn mul_broadcast(&mut self, x: ValueId, w: ValueId) -> Result<ValueId> {
+        self.push1(Op::MulBroadcast, &[x, w])
+    }
+    pub fn unary(&mut self, u: Unary, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Unary(u), &[x])
+    }
+    pub fn relu(&mut self, x: ValueId) -> Result<ValueId> {
+        self.unary(Unary::Relu, x)
+    }
+    pub fn elu(&mut self, x: ValueId) -> Result<ValueId> {
+        self.unary(Unary::Elu(1.0), x)
+    }
+    pub fn gelu(&mut self, x: ValueId) -> Result<ValueId> {
+        self.unary(Unary::Gelu, x)
+    }
+    pub fn matmul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
+        self.push1(
+            Op::MatMul {
+                trans_a: false,
+                trans_b: false,
+            },
+            &[a, b],
+        )
+    }
+    pub fn matmul_t(
+        &mut self,
+        a: ValueId,
+        b: ValueId,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<ValueId> {
+        self.push1(Op::MatMul { trans_a, trans_b }, &[a, b])
+    }
+    /// x[R, K] W[K, N] + b[N]
+    pub fn linear(&mut self, x: ValueId, w: ValueId, b: Option<ValueId>) -> Result<ValueId> {
+        let y = self.matmul(x, w)?;
+        match b {
+            Some(b) => self.add_bias(y, b),
+            None => Ok(y),
+        }
+    }
+    pub fn sum(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Reduce(Reduce::SumAll), &[x])
+    }
+    pub fn mean(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Reduce(Reduce::MeanAll), &[x])
+    }
+    /// Sum over every axis but the last: [.., C] → [C] (bias gradients).
+    pub fn sum_rows(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Reduce(Reduce::SumRows), &[x])
+    }
+    pub fn stop_gradient(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::StopGradient, &[x])
+    }
+    pub fn fill(&mut self, value: f64, shape: impl Into<Shape>, dtype: DType) -> Result<ValueId> {
+        self.push1(
+            Op::Fill {
+                value,
+                meta: Meta::new(shape, dtype),
+            },
+            &[],
+        )
+    }
+}

@@ -1,0 +1,334 @@
+//! The op set: what every node of a graph computes, its shape rule and its gradient rule.
+//!
+//! An `Op` is plain data (a variant plus attributes). Each family lives in its own file,
+//! which holds the family's attributes, shape inference and symbolic gradient; the numeric
+//! kernels live in `backend::cpu::<family>` and `kernels/<family>.cu`. Every op's math is
+//! fixed by DESIGN.md §3; the doc comment on each variant gives its inputs → outputs.
+
+pub mod basic;
+pub mod gat;
+pub mod infonce;
+pub mod layout;
+pub mod lif;
+pub mod norm;
+pub mod optim;
+pub mod segment;
+
+pub use basic::{Reduce, Unary};
+pub use gat::GatAttrs;
+pub use infonce::InfoNceAttrs;
+pub use lif::{LifConfig, Surrogate};
+pub use optim::AdamWConfig;
+
+use crate::error::Result;
+use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::{DType, Shape};
+
+/// Shape and dtype of a value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Meta {
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+impl Meta {
+    pub fn new(shape: impl Into<Shape>, dtype: DType) -> Self {
+        Meta {
+            shape: shape.into(),
+            dtype,
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        self.shape.numel() * self.dtype.size()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    // ---- basic.rs -------------------------------------------------------------------
+    /// a, b (same shape) → a + b
+    Add,
+    /// a, b (same shape) → a − b
+    Sub,
+    /// a, b (same shape) → a ⊙ b
+    Mul,
+    /// x[.., C], b[C] → x + b (bias over the last axis)
+    AddBias,
+    /// x[.., C], w[C] or w[] → x ⊙ w (per-channel or scalar scale)
+    MulBroadcast,
+    /// x → c · x
+    Scale(f64),
+    /// x → f(x); Heaviside carries its surrogate for the backward
+    Unary(Unary),
+    /// x, g → g ⊙ f'(x)
+    UnaryBackward(Unary),
+    /// a[M,K] (or [K,M] if trans_a), b[K,N] (or [N,K]) → [M,N]; with a leading batch axis
+    /// on both for a batched product.
+    MatMul { trans_a: bool, trans_b: bool },
+    /// x → sum or mean over the last axis ([.., C] → [..]) or over everything (→ [])
+    Reduce(Reduce),
+    /// g (reduced shape) → g broadcast back to `shape`, divided by the count for a mean
+    ReduceBackward(Reduce, Shape),
+    /// x → the same elements in `shape`
+    Reshape(Shape),
+    /// x → x with axes permuted (`perm[i]` = input axis of output axis i)
+    Permute(Vec<usize>),
+    /// x₀, x₁, … → concatenation along `axis`
+    Concat { axis: usize },
+    /// x → x[.., start..start+len, ..] along `axis`
+    Slice {
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
+    /// g (sliced shape) → zeros of `full` with g placed at `start` along `axis`
+    SliceBackward {
+        axis: usize,
+        start: usize,
+        full: Shape,
+    },
+    /// table[R, C], idx[K] (i32) → table[idx] [K, C] (embedding lookup, node selection)
+    Gather,
+    /// g[K, C], idx[K] → gtable[rows, C] = Σ g rows by index (deterministic, ordered)
+    ScatterAdd { rows: usize },
+    /// x, seed[] (i32) → x ⊙ mask / (1 − p), mask from a counter-based hash of (seed, index)
+    Dropout { p: f64 },
+    /// g, seed → g ⊙ mask / (1 − p) with the same mask
+    DropoutBackward { p: f64 },
+    /// x → x, with no gradient flowing back
+    StopGradient,
+    /// → a constant-filled tensor (used for seeds of gradients)
+    Fill { value: f64, meta: Meta },
+
+    // ---- norm.rs --------------------------------------------------------------------
+    /// x[.., C], gamma[C], beta[C] → y, mean[..], rstd[..]
+    LayerNorm { eps: f64 },
+    /// g, x, gamma, mean, rstd → gx, ggamma, gbeta
+    LayerNormBackward { eps: f64 },
+    /// x[.., C] → y = x / max(‖x‖, eps), norm[..]
+    L2Normalize { eps: f64 },
+    /// g, y, norm → gx
+    L2NormalizeBackward { eps: f64 },
+    /// x[B, G, L], keep[B, L] (f32/f64 1 = keep, 0 = masked) → softmax over L of the kept keys
+    MaskedSoftmax,
+    /// g, y → gx
+    MaskedSoftmaxBackward,
+
+    // ---- lif.rs ---------------------------------------------------------------------
+    /// x[T, N] (, tau[] if learnable) → spikes S[T, N], membrane V[T, N], charge H[T, N]
+    Lif(LifConfig),
+    /// h, gS (, gV if has_gv) (, tau if learnable) → gx (, g_tau)
+    LifBackward { cfg: LifConfig, has_gv: bool },
+
+    // ---- gat.rs ---------------------------------------------------------------------
+    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), row_ptr[N+1], src[E] → out[N,H,F], lse[N,H]
+    Gat(GatAttrs),
+    /// g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge
+    ///   → gz, g_a_src, g_a_dst (, g_be)
+    GatBackward(GatAttrs),
+    /// z, a_src, a_dst (, be), lse, row_ptr, src → alpha[E,H] (the attention GAT used)
+    GatAlpha(GatAttrs),
+    /// g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr, col_edge
+    ///   → gz, g_a_src, g_a_dst (, g_be)
+    GatAlphaBackward(GatAttrs),
+    /// alpha[E,H], s[T,N,C], row_ptr, src → y[T,N,C] (fixed-attention aggregation, §3.3)
+    Aggregate,
+    /// g_y, alpha, s, row_ptr, src, col_ptr, col_edge → g_alpha, g_s
+    AggregateBackward,
+
+    // ---- infonce.rs -----------------------------------------------------------------
+    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B]
+    InfoNce(InfoNceAttrs),
+    /// g_loss, a, p, logit_scale, lse_row, lse_col → ga, gp, g_logit_scale
+    InfoNceBackward(InfoNceAttrs),
+
+    // ---- segment.rs -----------------------------------------------------------------
+    /// x[P,C], seg[P] (i32, −1 = void) → mean y[S,C], count[S]
+    SegmentMean { segments: usize },
+    /// g_y, seg, count → gx[P,C]
+    SegmentMeanBackward,
+
+    // ---- optim.rs -------------------------------------------------------------------
+    /// g₀, g₁, … → clip scale[] = min(1, max_norm / (‖g‖ + 1e-6)), global norm[]
+    ClipScale { max_norm: f64 },
+    /// In place on p, m, v: inputs p, m, v, g, clip_scale[], hyper[2] = (lr, step)
+    AdamW(AdamWConfig),
+}
+
+impl Op {
+    /// Short name for messages and profiles.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::AddBias => "add_bias",
+            Op::MulBroadcast => "mul_broadcast",
+            Op::Scale(_) => "scale",
+            Op::Unary(_) => "unary",
+            Op::UnaryBackward(_) => "unary_backward",
+            Op::MatMul { .. } => "matmul",
+            Op::Reduce(_) => "reduce",
+            Op::ReduceBackward(..) => "reduce_backward",
+            Op::Reshape(_) => "reshape",
+            Op::Permute(_) => "permute",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::SliceBackward { .. } => "slice_backward",
+            Op::Gather => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
+            Op::Dropout { .. } => "dropout",
+            Op::DropoutBackward { .. } => "dropout_backward",
+            Op::StopGradient => "stop_gradient",
+            Op::Fill { .. } => "fill",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::LayerNormBackward { .. } => "layer_norm_backward",
+            Op::L2Normalize { .. } => "l2_normalize",
+            Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
+            Op::MaskedSoftmax => "masked_softmax",
+            Op::MaskedSoftmaxBackward => "masked_softmax_backward",
+            Op::Lif(_) => "lif",
+            Op::LifBackward { .. } => "lif_backward",
+            Op::Gat(_) => "gat",
+            Op::GatBackward(_) => "gat_backward",
+            Op::GatAlpha(_) => "gat_alpha",
+            Op::GatAlphaBackward(_) => "gat_alpha_backward",
+            Op::Aggregate => "aggregate",
+            Op::AggregateBackward => "aggregate_backward",
+            Op::InfoNce(_) => "infonce",
+            Op::InfoNceBackward(_) => "infonce_backward",
+            Op::SegmentMean { .. } => "segment_mean",
+            Op::SegmentMeanBackward => "segment_mean_backward",
+            Op::ClipScale { .. } => "clip_scale",
+            Op::AdamW(_) => "adamw",
+        }
+    }
+
+    /// How many leading inputs the op updates in place (they are its only "outputs").
+    pub fn mutated_inputs(&self) -> usize {
+        match self {
+            Op::AdamW(_) => 3,
+            _ => 0,
+        }
+    }
+
+    /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
+    pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        match self {
+            Op::LayerNorm { .. }
+            | Op::LayerNormBackward { .. }
+            | Op::L2Normalize { .. }
+            | Op::L2NormalizeBackward { .. }
+            | Op::MaskedSoftmax
+            | Op::MaskedSoftmaxBackward => norm::infer(self, inputs),
+            Op::Lif(_) | Op::LifBackward { .. } => lif::infer(self, inputs),
+            Op::Gat(_)
+            | Op::GatBackward(_)
+            | Op::GatAlpha(_)
+            | Op::GatAlphaBackward(_)
+            | Op::Aggregate
+            | Op::AggregateBackward => gat::infer(self, inputs),
+            Op::InfoNce(_) | Op::InfoNceBackward(_) => infonce::infer(self, inputs),
+            Op::SegmentMean { .. } | Op::SegmentMeanBackward => segment::infer(self, inputs),
+            Op::ClipScale { .. } | Op::AdamW(_) => optim::infer(self, inputs),
+            Op::Reshape(_)
+            | Op::Permute(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::SliceBackward { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
+            | Op::Dropout { .. }
+            | Op::DropoutBackward { .. } => layout::infer(self, inputs),
+            _ => basic::infer(self, inputs),
+        }
+    }
+
+    /// Appends to `g` the ops computing the gradients of `node`'s inputs from the gradients
+    /// of its outputs (`None` = no gradient reaches that output). Returns one entry per input.
+    pub fn grad(
+        &self,
+        g: &mut Graph,
+        node: &Node,
+        out_grads: &[Option<ValueId>],
+    ) -> Result<Vec<Option<ValueId>>> {
+        match self {
+            Op::LayerNorm { .. } | Op::L2Normalize { .. } | Op::MaskedSoftmax => {
+                norm::grad(g, node, out_grads)
+            }
+            Op::Lif(_) => lif::grad(g, node, out_grads),
+            Op::Gat(_) | Op::GatAlpha(_) | Op::Aggregate => gat::grad(g, node, out_grads),
+            Op::InfoNce(_) => infonce::grad(g, node, out_grads),
+            Op::SegmentMean { .. } => segment::grad(g, node, out_grads),
+            Op::Reshape(_)
+            | Op::Permute(_)
+            | Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Gather
+            | Op::Dropout { .. } => layout::grad(g, node, out_grads),
+            _ => basic::grad(g, node, out_grads),
+        }
+    }
+}
+
+/// Shared checks for shape rules.
+pub(crate) mod check {
+    use super::Meta;
+    use crate::error::{Error, Result};
+    use crate::tensor::DType;
+
+    pub fn arity(op: &'static str, inputs: &[Meta], n: usize) -> Result<()> {
+        if inputs.len() != n {
+            return Err(Error::shape(
+                op,
+                format!("expects {n} inputs, got {}", inputs.len()),
+            ));
+        }
+        Ok(())
+    }
+    pub fn float(op: &'static str, what: &str, m: &Meta) -> Result<()> {
+        if !m.dtype.is_float() {
+            return Err(Error::shape(
+                op,
+                format!("{what} must be f32 or f64, got {:?}", m.dtype),
+            ));
+        }
+        Ok(())
+    }
+    pub fn index(op: &'static str, what: &str, m: &Meta) -> Result<()> {
+        if m.dtype != DType::I32 {
+            return Err(Error::shape(
+                op,
+                format!("{what} must be i32, got {:?}", m.dtype),
+            ));
+        }
+        Ok(())
+    }
+    pub fn same_dtype(op: &'static str, what: &str, a: &Meta, b: &Meta) -> Result<()> {
+        if a.dtype != b.dtype {
+            return Err(Error::shape(
+                op,
+                format!("{what}: dtypes differ ({:?} vs {:?})", a.dtype, b.dtype),
+            ));
+        }
+        Ok(())
+    }
+    pub fn dims(op: &'static str, what: &str, m: &Meta, want: &[usize]) -> Result<()> {
+        if m.shape.dims() != want {
+            return Err(Error::shape(
+                op,
+                format!("{what} must have shape {want:?}, got {:?}", m.shape),
+            ));
+        }
+        Ok(())
+    }
+    pub fn rank(op: &'static str, what: &str, m: &Meta, r: usize) -> Result<()> {
+        if m.shape.rank() != r {
+            return Err(Error::shape(
+                op,
+                format!("{what} must have rank {r}, got shape {:?}", m.shape),
+            ));
+        }
+        Ok(())
+    }
+}

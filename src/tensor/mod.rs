@@ -1,0 +1,291 @@
+//! Host tensors: a shape, a dtype and a contiguous row-major buffer.
+//!
+//! `Tensor` is what users feed into and fetch from an executor; inside a backend the data
+//! lives in that backend's buffers.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    F32,
+    F64,
+    /// Indices (CSR offsets, segment ids, token ids). Never differentiated.
+    I32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F64 => 8,
+        }
+    }
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
+    }
+}
+
+/// Dimensions, outermost first. `[]` is a scalar.
+#[derive(Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct Shape(pub Vec<usize>);
+
+impl Shape {
+    pub fn new(dims: impl Into<Vec<usize>>) -> Self {
+        Shape(dims.into())
+    }
+    pub fn scalar() -> Self {
+        Shape(vec![])
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.0.iter().product()
+    }
+    pub fn dim(&self, i: usize) -> usize {
+        self.0[i]
+    }
+    /// Last dimension (1 for a scalar).
+    pub fn last(&self) -> usize {
+        self.0.last().copied().unwrap_or(1)
+    }
+    /// Product of all but the last dimension.
+    pub fn rows(&self) -> usize {
+        self.numel() / self.last().max(1)
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(d: [usize; N]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape(d)
+    }
+}
+impl From<&[usize]> for Shape {
+    fn from(d: &[usize]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+
+/// Contiguous element storage of one dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+}
+
+impl Storage {
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => Storage::F32(vec![0.0; len]),
+            DType::F64 => Storage::F64(vec![0.0; len]),
+            DType::I32 => Storage::I32(vec![0; len]),
+        }
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::F32(_) => DType::F32,
+            Storage::F64(_) => DType::F64,
+            Storage::I32(_) => DType::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::F32(v) => v.len(),
+            Storage::F64(v) => v.len(),
+            Storage::I32(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn as_slice<T: Element>(&self) -> Option<&[T]> {
+        T::slice(self)
+    }
+    pub fn as_mut_slice<T: Element>(&mut self) -> Option<&mut [T]> {
+        T::slice_mut(self)
+    }
+}
+
+/// A Rust scalar type that a `Storage` can hold.
+pub trait Element: Copy + Send + Sync + Default + PartialEq + fmt::Debug + 'static {
+    const DTYPE: DType;
+    fn slice(s: &Storage) -> Option<&[Self]>;
+    fn slice_mut(s: &mut Storage) -> Option<&mut [Self]>;
+    fn into_storage(v: Vec<Self>) -> Storage;
+}
+
+macro_rules! element {
+    ($t:ty, $variant:ident) => {
+        impl Element for $t {
+            const DTYPE: DType = DType::$variant;
+            fn slice(s: &Storage) -> Option<&[Self]> {
+                match s {
+                    Storage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(s: &mut Storage) -> Option<&mut [Self]> {
+                match s {
+                    Storage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn into_storage(v: Vec<Self>) -> Storage {
+                Storage::$variant(v)
+            }
+        }
+    };
+}
+element!(f32, F32);
+element!(f64, F64);
+element!(i32, I32);
+
+/// A host tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    shape: Shape,
+    storage: Storage,
+}
+
+impl Tensor {
+    pub fn new<T: Element>(shape: impl Into<Shape>, data: Vec<T>) -> Result<Self> {
+        let shape = shape.into();
+        if shape.numel() != data.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "shape {:?} holds {} elements, got {}",
+                    shape,
+                    shape.numel(),
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            storage: T::into_storage(data),
+        })
+    }
+    pub fn from_storage(shape: impl Into<Shape>, storage: Storage) -> Result<Self> {
+        let shape = shape.into();
+        if shape.numel() != storage.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "shape {:?} holds {} elements, got {}",
+                    shape,
+                    shape.numel(),
+                    storage.len()
+                ),
+            ));
+        }
+        Ok(Tensor { shape, storage })
+    }
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Self {
+        let shape = shape.into();
+        let storage = Storage::zeros(dtype, shape.numel());
+        Tensor { shape, storage }
+    }
+    pub fn scalar<T: Element>(v: T) -> Self {
+        Tensor {
+            shape: Shape::scalar(),
+            storage: T::into_storage(vec![v]),
+        }
+    }
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+    pub fn numel(&self) -> usize {
+        self.storage.len()
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn into_storage(self) -> Storage {
+        self.storage
+    }
+    /// The elements, if the dtype is `T`.
+    pub fn data<T: Element>(&self) -> Result<&[T]> {
+        T::slice(&self.storage).ok_or_else(|| {
+            Error::shape(
+                "tensor",
+                format!("holds {:?}, asked for {:?}", self.dtype(), T::DTYPE),
+            )
+        })
+    }
+    pub fn data_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        let dt = self.dtype();
+        T::slice_mut(&mut self.storage).ok_or_else(|| {
+            Error::shape("tensor", format!("holds {dt:?}, asked for {:?}", T::DTYPE))
+        })
+    }
+    /// The same elements under another shape of equal size.
+    pub fn reshape(self, shape: impl Into<Shape>) -> Result<Self> {
+        Tensor::from_storage(shape, self.storage)
+    }
+    /// Elements converted to f64 (any dtype); handy for comparisons and reports.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.storage {
+            Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Storage::F64(v) => v.clone(),
+            Storage::I32(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+    /// A float tensor converted to `dtype` (f32 <-> f64).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let storage = match (&self.storage, dtype) {
+            (s, d) if s.dtype() == d => s.clone(),
+            (Storage::F32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
+            (Storage::F64(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
+            (Storage::I32(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
+            (Storage::I32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
+            (s, d) => {
+                return Err(Error::shape(
+                    "tensor",
+                    format!("cannot convert {:?} to {d:?}", s.dtype()),
+                ))
+            }
+        };
+        Ok(Tensor {
+            shape: self.shape.clone(),
+            storage,
+        })
+    }
+    /// Error unless every element is finite (`what` names the tensor in the message).
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        let bad = match &self.storage {
+            Storage::F32(v) => v.iter().position(|x| !x.is_finite()),
+            Storage::F64(v) => v.iter().position(|x| !x.is_finite()),
+            Storage::I32(_) => None,
+        };
+        match bad {
+            Some(i) => Err(Error::invalid(
+                "tensor",
+                format!("{what} has a non-finite value at flat index {i}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
