@@ -1,0 +1,85 @@
+//! The executor and its memory plan: reuse, peak accounting, and clear errors on misuse.
+
+use gshn::{CpuBackend, DType, Error, Executor, Graph, Tensor};
+
+/// A chain x → tanh-free arithmetic of 20 steps: only two intermediates are ever alive.
+fn chain(n: usize, steps: usize) -> (Graph, gshn::ValueId, gshn::ValueId) {
+    let mut g = Graph::new();
+    let x = g.input("x", [n], DType::F32);
+    let mut h = x;
+    for i in 0..steps {
+        h = if i % 2 == 0 { g.scale(h, 1.01).unwrap() } else { g.add(h, x).unwrap() };
+    }
+    (g, x, h)
+}
+
+#[test]
+fn memory_plan_reuses_dead_intermediates() {
+    let (g, x, y) = chain(1000, 20);
+    let ex = Executor::new(CpuBackend, g, &[y]).unwrap();
+    let m = &ex.plan().memory;
+    assert_eq!(m.total_intermediate_bytes, 20 * 1000 * 4);
+    // An output never shares a buffer with a live input, so a chain needs two slots.
+    assert_eq!(m.peak_intermediate_bytes, 2 * 1000 * 4, "{m:?}");
+    assert!(m.peak_intermediate_bytes < m.total_intermediate_bytes);
+    assert_eq!(m.input_bytes, 4000);
+    let _ = x;
+}
+
+#[test]
+fn reused_buffers_give_the_same_numbers_as_the_definition() {
+    let (g, x, y) = chain(37, 9);
+    let mut ex = Executor::new(CpuBackend, g, &[y]).unwrap();
+    let xs: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() + 0.1).collect();
+    ex.set(x, &Tensor::new([37], xs.clone()).unwrap()).unwrap();
+    for _ in 0..3 {
+        ex.run().unwrap();
+        let got = ex.get(y).unwrap();
+        let mut h = xs.clone();
+        for i in 0..9 {
+            for (hj, xj) in h.iter_mut().zip(&xs) {
+                *hj = if i % 2 == 0 { *hj * 1.01f64 as f32 } else { *hj + xj };
+            }
+        }
+        assert_eq!(got.data::<f32>().unwrap(), &h[..]);
+    }
+}
+
+#[test]
+fn misuse_is_a_typed_error_not_a_panic() {
+    let (g, x, y) = chain(8, 3);
+    let mut ex = Executor::new(CpuBackend, g.clone(), &[y]).unwrap();
+    // running before the input is set
+    assert!(matches!(ex.run(), Err(Error::Graph(_))));
+    // wrong shape and wrong dtype
+    assert!(matches!(ex.set(x, &Tensor::zeros([9], DType::F32)), Err(Error::Shape { .. })));
+    assert!(matches!(ex.set(x, &Tensor::zeros([8], DType::F64)), Err(Error::Shape { .. })));
+    // a computed value cannot be set, and an unplanned one cannot be read
+    assert!(ex.set(y, &Tensor::zeros([8], DType::F32)).is_err());
+    let mut g2 = g.clone();
+    let z = g2.scale(y, 2.0).unwrap();
+    let mut ex2 = Executor::new(CpuBackend, g2, &[y]).unwrap();
+    ex2.set(x, &Tensor::zeros([8], DType::F32)).unwrap();
+    ex2.run().unwrap();
+    assert!(ex2.get(z).is_err());
+    // shape errors while building name the op
+    let mut g3 = Graph::new();
+    let a = g3.input("a", [2, 3], DType::F32);
+    let b = g3.input("b", [4, 5], DType::F32);
+    let e = g3.matmul(a, b).unwrap_err().to_string();
+    assert!(e.contains("matmul") && e.contains("inner"), "{e}");
+    let c = g3.input("c", [2, 3], DType::F64);
+    assert!(g3.add(a, c).is_err());
+    // backward of a non-scalar is refused
+    assert!(g3.backward(a, &[a]).is_err());
+}
+
+#[test]
+fn only_needed_nodes_are_scheduled() {
+    let mut g = Graph::new();
+    let x = g.input("x", [4], DType::F32);
+    let used = g.scale(x, 2.0).unwrap();
+    let _unused = g.scale(x, 3.0).unwrap();
+    let ex = Executor::new(CpuBackend, g, &[used]).unwrap();
+    assert_eq!(ex.plan().schedule.len(), 1);
+}
