@@ -8,6 +8,7 @@ pub mod error;
 pub mod graph;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 pub mod util;
 
 pub use backend::{Backend, CpuBackend};

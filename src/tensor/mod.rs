@@ -3,6 +3,8 @@
 //! `Tensor` is what users feed into and fetch from an executor; inside a backend the data
 //! lives in that backend's buffers.
 
+pub mod io;
+
 use crate::error::{Error, Result};
 use std::fmt;
 

@@ -1,0 +1,85 @@
+//! Image↔text retrieval metrics (R@1/5/10, rsum), COCO protocol: every caption of the
+//! split is a query for text→image; an image query counts as a hit if *any* of its
+//! captions ranks within K.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recall {
+    pub i2t_r1: f64,
+    pub i2t_r5: f64,
+    pub i2t_r10: f64,
+    pub t2i_r1: f64,
+    pub t2i_r5: f64,
+    pub t2i_r10: f64,
+    pub rsum: f64,
+}
+
+/// `img[I, D]` and `txt[T, D]` row-major embeddings (normalised), `caption_image[t]` the
+/// image index of caption t. Recalls are percentages.
+pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Recall {
+    let ni = img.len() / d.max(1);
+    let nt = caption_image.len();
+    let sim = |i: usize, t: usize| -> f32 { img[i * d..(i + 1) * d].iter().zip(&txt[t * d..(t + 1) * d]).map(|(a, b)| a * b).sum() };
+    // Rank of the best true match; ties count against the query (the pessimistic rank),
+    // so a collapsed model scores 0 rather than a lucky 100.
+    let mut i2t = [0usize; 3];
+    for i in 0..ni {
+        let scores: Vec<f32> = (0..nt).map(|t| sim(i, t)).collect();
+        let best_true = (0..nt).filter(|&t| caption_image[t] == i).map(|t| scores[t]).fold(f32::NEG_INFINITY, f32::max);
+        if best_true == f32::NEG_INFINITY {
+            continue;
+        }
+        let rank = scores.iter().enumerate().filter(|&(t, &s)| caption_image[t] != i && s >= best_true).count();
+        count(rank, &mut i2t);
+    }
+    let mut t2i = [0usize; 3];
+    for t in 0..nt {
+        let truth = sim(caption_image[t], t);
+        let rank = (0..ni).filter(|&i| i != caption_image[t] && sim(i, t) >= truth).count();
+        count(rank, &mut t2i);
+    }
+    let pct = |c: usize, n: usize| 100.0 * c as f64 / n.max(1) as f64;
+    let mut r = Recall {
+        i2t_r1: pct(i2t[0], ni),
+        i2t_r5: pct(i2t[1], ni),
+        i2t_r10: pct(i2t[2], ni),
+        t2i_r1: pct(t2i[0], nt),
+        t2i_r5: pct(t2i[1], nt),
+        t2i_r10: pct(t2i[2], nt),
+        rsum: 0.0,
+    };
+    r.rsum = r.i2t_r1 + r.i2t_r5 + r.i2t_r10 + r.t2i_r1 + r.t2i_r5 + r.t2i_r10;
+    r
+}
+
+fn count(rank: usize, hits: &mut [usize; 3]) {
+    for (h, k) in hits.iter_mut().zip([1, 5, 10]) {
+        if rank < k {
+            *h += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perfect_random_and_collapsed_embeddings() {
+        // 3 images in 2-D, two captions each, captions equal to their image: all hits.
+        let img = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let txt: Vec<f32> = [0, 0, 1, 1, 2, 2].iter().flat_map(|&i| img[i * 2..i * 2 + 2].to_vec()).collect();
+        let r = recall(&img, &txt, 2, &[0, 0, 1, 1, 2, 2]);
+        assert_eq!((r.i2t_r1, r.t2i_r1, r.rsum), (100.0, 100.0, 600.0));
+        // Collapsed: every similarity equal -> pessimistic ranks -> R@1 = 0.
+        let same = [1.0f32; 6];
+        let r = recall(&same, &[1.0; 12], 2, &[0, 0, 1, 1, 2, 2]);
+        assert_eq!(r.t2i_r1, 0.0);
+        assert_eq!(r.i2t_r1, 0.0);
+        // Swapped captions: caption of image 0 points at image 1 and vice versa.
+        let txt2: Vec<f32> = [1, 0, 2].iter().flat_map(|&i| img[i * 2..i * 2 + 2].to_vec()).collect();
+        let r = recall(&img, &txt2, 2, &[0, 1, 2]);
+        assert!((r.t2i_r1 - 100.0 / 3.0).abs() < 1e-9);
+    }
+}
