@@ -44,7 +44,7 @@
 __device__ __forceinline__ float g_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double g_tanh(double x) { return tanh(x); }
 
-template <typename T> __device__ void ew_binary(const T* a, const T* __restrict__ b, T* out, int n, int nb, int op) {
+template <typename T> __device__ void ew_binary(const T* a, const T* b, T* out, int n, int nb, int op) {
     GRID_STRIDE(i, n) {
         const T x = a[i], y = b[nb == n ? i : i % nb];
         T r;
