@@ -1,0 +1,70 @@
+// adamw.cu — fused AdamW update and the deterministic global squared-norm for gradient clipping
+// (DESIGN §3.6, PyTorch torch.optim.AdamW + clip_grad_norm_ semantics). T = float / double.
+//
+// sqnorm_partial_{f32,f64}(const T* x, int n, T* part)
+//   part[blockIdx.x] = sum_i x[i]^2 (grid-stride, fixed order). grid = G (any >= 1; e.g.
+//   min(ceil(n/2048), 256)), block 256 (multiple of 32). For a global norm over many tensors, give each
+//   tensor its own slice of one partial buffer (pass part + offset) and then one clip_coef over all.
+//   Same sizes -> same G (bit reproducibility). n == 0 gives a 0 partial.
+// clip_coef_{f32,f64}(const T* part, int nparts, T max_norm, T* coef, T* total_norm)
+//   total = sqrt(sum of partials) (fixed order); coef[0] = min(1, max_norm / (total + 1e-6));
+//   total_norm nullable. grid 1, block 256.
+// adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, T lr, T beta1, T beta2, T eps, T wd,
+//                      T bc1, T bc2, const T* gscale)
+//   In place on p, m, v (elementwise, flat grid-stride; block 256, grid any; skip when n == 0):
+//     gg = g * (gscale ? gscale[0] : 1)          (gscale = clip coefficient, device scalar)
+//     p  = p * (1 - lr*wd)                        (decoupled weight decay; pass wd = 0 to exclude)
+//     m  = beta1*m + (1-beta1)*gg;  v = beta2*v + (1-beta2)*gg*gg
+//     p  = p - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+//   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t for step t >= 1 (computed by the host in f64).
+#include "common.cuh"
+
+template <typename T> __device__ void sqnorm_partial(const T* __restrict__ x, int n, T* __restrict__ part) {
+    T acc = T(0);
+    GRID_STRIDE(i, n) { const T v = x[i]; acc += v * v; }
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+template <typename T>
+__device__ void clip_coef(const T* __restrict__ part, int nparts, T max_norm, T* __restrict__ coef,
+                          T* __restrict__ total_norm) {
+    T acc = T(0);
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) {
+        const T tot = g_sqrt(acc);
+        coef[0] = g_min(T(1), max_norm / (tot + T(1e-6)));
+        if (total_norm) total_norm[0] = tot;
+    }
+}
+
+template <typename T>
+__device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int n,
+                           T lr, T beta1, T beta2, T eps, T wd, T bc1, T bc2, const T* __restrict__ gscale) {
+    const T gs = gscale ? gscale[0] : T(1);
+    const T decay = T(1) - lr * wd;
+    const T step = lr / bc1;
+    const T bc2s = g_sqrt(bc2);
+    GRID_STRIDE(i, n) {
+        const T gg = g[i] * gs;
+        const T mi = beta1 * m[i] + (T(1) - beta1) * gg;
+        const T vi = beta2 * v[i] + (T(1) - beta2) * gg * gg;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step * mi / (g_sqrt(vi) / bc2s + eps);
+    }
+}
+
+#define ADAMW_INST(T, SUF)                                                                                       \
+    extern "C" __global__ void sqnorm_partial_##SUF(const T* x, int n, T* part) { sqnorm_partial<T>(x, n, part); } \
+    extern "C" __global__ void clip_coef_##SUF(const T* part, int nparts, T max_norm, T* coef, T* total_norm) {  \
+        clip_coef<T>(part, nparts, max_norm, coef, total_norm);                                                  \
+    }                                                                                                            \
+    extern "C" __global__ void adamw_step_##SUF(T* p, const T* g, T* m, T* v, int n, T lr, T beta1, T beta2,    \
+                                                T eps, T wd, T bc1, T bc2, const T* gscale) {                    \
+        adamw_step<T>(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, gscale);                               \
+    }
+
+ADAMW_INST(float, f32)
+ADAMW_INST(double, f64)

@@ -1,0 +1,128 @@
+// common.cuh — shared device helpers for all gshn kernel families.
+//
+// Rules for every kernel file (the Rust backend relies on them):
+//  * No #include other than this header: the sources must also compile under NVRTC with no include
+//    path (build.rs exports each .cu with this header inlined as `<NAME>_CU`).
+//  * Every kernel is `extern "C" __global__`; templated bodies are instantiated as `<name>_f32`
+//    (T = float) and `<name>_f64` (T = double).
+//  * Size arguments are `int` (i32), flat offsets are computed in 64 bit inside. Scalars named as
+//    type `T` are f32 for `_f32` kernels and f64 for `_f64` kernels. Index tensors are int32.
+//  * Grids: unless a file says otherwise, kernels use grid-stride loops, so ANY grid >= 1 is correct;
+//    the host picks `grid = min(ceil(work / per_block), 65535)` or similar. Block size: any multiple of
+//    32 up to 1024 unless stated (256 recommended). Zero-work launches (N = 0, E = 0, …) must be
+//    SKIPPED by the host (a grid of 0 is an invalid launch); each file says which outputs then need
+//    to be zero-filled by the host.
+//  * Determinism: no float atomics anywhere. Every reduction has a fixed order for a fixed launch
+//    configuration (and two-stage reductions take the partial count as an argument), so results are
+//    bit-reproducible run to run provided the host uses the same grid for the same sizes.
+#pragma once
+
+typedef long long i64;
+typedef unsigned long long u64;
+
+#define GSHN_FULL_MASK 0xffffffffu
+
+// ---------------------------------------------------------------------------------------------
+// Index helpers: flat grid-stride loops and warp-per-item loops.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ i64 gtid() { return (i64)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ i64 gstride() { return (i64)gridDim.x * blockDim.x; }
+__device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
+// Global warp index and warp count (warp-per-item loops; all 32 lanes iterate together).
+__device__ __forceinline__ i64 gwarp() { return ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }
+__device__ __forceinline__ i64 nwarps() { return ((i64)gridDim.x * blockDim.x) >> 5; }
+
+#define GRID_STRIDE(i, n) for (i64 i = gtid(); i < (i64)(n); i += gstride())
+#define WARP_STRIDE(w, n) for (i64 w = gwarp(); w < (i64)(n); w += nwarps())
+
+// Destination node of CSR edge k: the largest i with row_ptr[i] <= k (row_ptr has N+1 entries,
+// row_ptr[0] = 0, row_ptr[N] = E, non-decreasing; requires 0 <= k < E).
+__device__ __forceinline__ int csr_row_of(const int* __restrict__ row_ptr, int N, int k) {
+    int lo = 0, hi = N - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (__ldg(row_ptr + mid) <= k) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Math overloads (own names so NVRTC needs no headers).
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ float g_exp(float x) { return expf(x); }
+__device__ __forceinline__ double g_exp(double x) { return exp(x); }
+__device__ __forceinline__ float g_log(float x) { return logf(x); }
+__device__ __forceinline__ double g_log(double x) { return log(x); }
+__device__ __forceinline__ float g_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double g_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float g_erf(float x) { return erff(x); }
+__device__ __forceinline__ double g_erf(double x) { return erf(x); }
+__device__ __forceinline__ float g_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double g_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float g_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double g_max(double a, double b) { return fmax(a, b); }
+__device__ __forceinline__ float g_min(float a, float b) { return fminf(a, b); }
+__device__ __forceinline__ double g_min(double a, double b) { return fmin(a, b); }
+template <typename T> __device__ __forceinline__ T g_neg_inf();
+template <> __device__ __forceinline__ float g_neg_inf<float>() { return -__int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double g_neg_inf<double>() { return -__longlong_as_double(0x7ff0000000000000LL); }
+
+// Correctly rounded ops that are never contracted into FMA: used where the forward and the
+// backward (and the CPU backend) must produce bit-identical values (LIF charge/fire/reset).
+__device__ __forceinline__ float rn_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double rn_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float rn_sub(float a, float b) { return __fadd_rn(a, -b); }
+__device__ __forceinline__ double rn_sub(double a, double b) { return __dadd_rn(a, -b); }
+__device__ __forceinline__ float rn_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float rn_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
+
+// ---------------------------------------------------------------------------------------------
+// Warp / block reductions (fixed butterfly order => deterministic).
+// ---------------------------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(GSHN_FULL_MASK, v, o);
+    return v;
+}
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = g_max(v, __shfl_xor_sync(GSHN_FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide sum; every thread of the block must call it; result valid in ALL threads.
+// blockDim.x must be a multiple of 32 (<= 1024). Uses 33 words of static shared memory per T.
+template <typename T> __device__ T block_sum(T v) {
+    __shared__ T sh[33];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // protect sh from a previous call
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        T s = lane < nw ? sh[lane] : T(0);
+        s = warp_sum(s);
+        if (lane == 0) sh[32] = s;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations and surrogate gradients.
+// ---------------------------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ T leaky_relu(T x, T slope) { return x > T(0) ? x : x * slope; }
+
+// Surrogate derivative sigma'(x), x = H - v_th (DESIGN §3.1).
+// kind: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular.
+template <typename T> __device__ __forceinline__ T surrogate_grad(int kind, T alpha, T x) {
+    const T pi = T(3.14159265358979323846);
+    switch (kind) {
+        case 0: { T u = pi * alpha * x / T(2); return alpha / (T(2) * (T(1) + u * u)); }
+        case 1: { T s = T(1) / (T(1) + g_exp(-alpha * x)); return alpha * s * (T(1) - s); }
+        case 2: { T d = T(1) + alpha * g_abs(x); return T(1) / (d * d); }
+        default: return g_abs(x) < alpha / T(2) ? T(1) / alpha : T(0);
+    }
+}

@@ -1,0 +1,61 @@
+// segment.cu — segment (masked) mean pooling (DESIGN §3.5); also node -> graph mean pooling.
+//
+// X [P,C] features of P "pixels" (rows); seg [P] int32 segment id in [0,S) or -1 (void).
+// The host also passes the CSR of rows per segment (sort-free determinism; built on the CPU from seg):
+//   seg_ptr [S+1] (seg_ptr[0] = 0), seg_pix [seg_ptr[S]]: rows of segment s are
+//   seg_pix[seg_ptr[s] .. seg_ptr[s+1]] (any fixed order, e.g. increasing; void rows absent).
+// count[s] = seg_ptr[s+1] - seg_ptr[s].
+//
+// segment_mean_fwd_{f32,f64}(const T* X, const int* seg_ptr, const int* seg_pix, T* Y, T* count,
+//                            int S, int C)
+//   Y[s,c] = (sum over the segment's rows of X[p,c]) / count[s]; empty segment -> 0. count [S] out
+//   (as T), nullable. One thread per (s,c) (flat, c fastest: coalesced over c), block 256,
+//   grid ceil(S*C/256) (any). Skip when S*C == 0.
+// segment_mean_bwd_{f32,f64}(const T* gY, const int* seg, const int* seg_ptr, T* gX, int P, int C)
+//   gX[p,c] = gY[seg[p],c] / count[seg[p]] (0 for void rows). Flat over P*C, block 256, grid any.
+//   Skip when P*C == 0.
+#include "common.cuh"
+
+template <typename T>
+__device__ void segment_mean_fwd(const T* __restrict__ X, const int* __restrict__ seg_ptr,
+                                 const int* __restrict__ seg_pix, T* __restrict__ Y, T* __restrict__ count, int S,
+                                 int C) {
+    GRID_STRIDE(idx, (i64)S * C) {
+        const int s = (int)(idx / C), c = (int)(idx % C);
+        const int beg = seg_ptr[s], end = seg_ptr[s + 1];
+        T acc = T(0);
+        for (int q = beg; q < end; ++q) acc += X[(i64)seg_pix[q] * C + c];
+        const int n = end - beg;
+        Y[idx] = n > 0 ? acc / T(n) : T(0);
+        if (count && c == 0) count[s] = T(n);
+    }
+}
+
+template <typename T>
+__device__ void segment_mean_bwd(const T* __restrict__ gY, const int* __restrict__ seg,
+                                 const int* __restrict__ seg_ptr, T* __restrict__ gX, int P, int C) {
+    GRID_STRIDE(idx, (i64)P * C) {
+        const i64 p = idx / C;
+        const int c = (int)(idx % C);
+        const int s = seg[p];
+        T g = T(0);
+        if (s >= 0) {
+            const int n = seg_ptr[s + 1] - seg_ptr[s];
+            g = gY[(i64)s * C + c] / T(n);  // n >= 1: row p belongs to segment s
+        }
+        gX[idx] = g;
+    }
+}
+
+#define SEG_INST(T, SUF)                                                                                        \
+    extern "C" __global__ void segment_mean_fwd_##SUF(const T* X, const int* seg_ptr, const int* seg_pix, T* Y, \
+                                                      T* count, int S, int C) {                                 \
+        segment_mean_fwd<T>(X, seg_ptr, seg_pix, Y, count, S, C);                                               \
+    }                                                                                                           \
+    extern "C" __global__ void segment_mean_bwd_##SUF(const T* gY, const int* seg, const int* seg_ptr, T* gX,   \
+                                                      int P, int C) {                                           \
+        segment_mean_bwd<T>(gY, seg, seg_ptr, gX, P, C);                                                        \
+    }
+
+SEG_INST(float, f32)
+SEG_INST(double, f64)
