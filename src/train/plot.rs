@@ -12,13 +12,18 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Format { path: path.display().to_string(), msg: format!("cannot draw plot: {e}") }
 }
 
-/// Draws `series` (name, points) on one chart. Empty series are skipped; nothing to draw is
-/// not an error (the file is simply not written).
-pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+/// Registers the embedded font as "sans-serif" (once per process).
+pub fn ensure_font() {
     FONT.call_once(|| {
         // Registration only fails for unparsable font bytes, which are compiled in.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     });
+}
+
+/// Draws `series` (name, points) on one chart. Empty series are skipped; nothing to draw is
+/// not an error (the file is simply not written).
+pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    ensure_font();
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
     if pts.is_empty() {
         return Ok(());
