@@ -338,3 +338,219 @@ pub fn collate(graphs: &[SceneGraph], cap: &BatchCapacity) -> Result<GraphBatch>
     }
     Ok(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::graph::build_scene_graph;
+    use crate::data::graph::tests::{feats, hand_map, seg_map};
+
+    fn graphs() -> Vec<SceneGraph> {
+        let g0 = build_scene_graph(
+            &hand_map(),
+            4,
+            &feats(3, 4, 2),
+            &GraphConfig {
+                max_nodes: 8,
+                knn: 1,
+            },
+        )
+        .unwrap();
+        let m = seg_map(
+            4,
+            2,
+            &["AABB", "CCBB"],
+            &[('A', 5, 0), ('B', 6, 2), ('C', 7, 3)],
+        );
+        let g1 = build_scene_graph(
+            &m,
+            4,
+            &feats(2, 2, 2),
+            &GraphConfig {
+                max_nodes: 8,
+                knn: 2,
+            },
+        )
+        .unwrap();
+        let g2 = build_scene_graph(
+            &hand_map(),
+            4,
+            &feats(3, 4, 2),
+            &GraphConfig {
+                max_nodes: 2,
+                knn: 3,
+            },
+        )
+        .unwrap();
+        vec![g0, g1, g2]
+    }
+
+    fn cap() -> BatchCapacity {
+        BatchCapacity {
+            batch_size: 4,
+            max_nodes_per_graph: 7,
+            max_edges_per_graph: 49,
+            pixels_per_graph: 12,
+        }
+    }
+
+    #[test]
+    fn collate_layout_and_csr_csc_transpose() {
+        let gs = graphs();
+        let b = collate(&gs, &cap()).unwrap();
+        b.validate().unwrap();
+        assert_eq!((b.num_graphs, b.node_cap, b.edge_cap), (3, 28, 196));
+        let e: usize = gs.iter().map(|g| g.num_edges()).sum();
+        assert_eq!(b.num_edges, e);
+        assert_eq!(b.row_ptr[b.node_cap] as usize, e);
+        // Dense adjacency from the graphs, from CSR and from CSC must agree (CSC = transpose).
+        let n = b.node_cap;
+        let mut want = vec![0u8; n * n];
+        for (g, gr) in gs.iter().enumerate() {
+            for k in 0..gr.num_edges() {
+                let (s, d) = (
+                    g * 7 + gr.edge_src[k] as usize,
+                    g * 7 + gr.edge_dst[k] as usize,
+                );
+                want[d * n + s] += 1;
+            }
+        }
+        let mut csr = vec![0u8; n * n];
+        for i in 0..n {
+            for k in b.row_ptr[i]..b.row_ptr[i + 1] {
+                csr[i * n + b.src[k as usize] as usize] += 1;
+            }
+        }
+        let mut csc = vec![0u8; n * n];
+        for j in 0..n {
+            for t in b.col_ptr[j]..b.col_ptr[j + 1] {
+                let k = b.col_edge[t as usize] as usize;
+                assert_eq!(b.src[k] as usize, j);
+                csc[b.dst[k] as usize * n + j] += 1;
+            }
+        }
+        assert_eq!(csr, want);
+        assert_eq!(csc, want);
+        // Edge features travel with their edge.
+        let (g, gr) = (1, &gs[1]);
+        for k in 0..gr.num_edges() {
+            let (s, d) = (
+                g * 7 + gr.edge_src[k] as usize,
+                g * 7 + gr.edge_dst[k] as usize,
+            );
+            let kb = (b.row_ptr[d]..b.row_ptr[d + 1])
+                .find(|&kb| b.src[kb as usize] as usize == s)
+                .unwrap() as usize;
+            assert_eq!(
+                &b.edge_feats[kb * 5..kb * 5 + 5],
+                &gr.edge_feats[k * 5..k * 5 + 5]
+            );
+        }
+        // Nodes, pads, pixels.
+        assert_eq!(
+            b.global_node,
+            vec![
+                gs[0].global_node() as i32,
+                7 + gs[1].global_node() as i32,
+                14 + 2,
+                -1
+            ]
+        );
+        for (g, gr) in gs.iter().enumerate() {
+            for nd in 0..7 {
+                let i = g * 7 + nd;
+                let real = nd < gr.num_nodes;
+                assert_eq!(b.node_real(i), real);
+                assert_eq!(b.node_graph[i], if real { g as i32 } else { -1 });
+                if real {
+                    assert_eq!(b.category[i], gr.category[nd]);
+                    assert_eq!(
+                        &b.geometry[i * 5..i * 5 + 5],
+                        &gr.geometry[nd * 5..nd * 5 + 5]
+                    );
+                } else {
+                    assert_eq!(b.row_ptr[i], b.row_ptr[i + 1], "pad node {i} has in-edges");
+                    assert_eq!(b.col_ptr[i], b.col_ptr[i + 1], "pad node {i} has out-edges");
+                }
+            }
+            for p in 0..12 {
+                let want = match gr.pixel_node.get(p) {
+                    Some(&v) if v >= 0 => (g * 7) as i32 + v,
+                    _ => -1,
+                };
+                assert_eq!(b.pixel_node[g * 12 + p], want, "graph {g} cell {p}");
+            }
+            assert_eq!(
+                &b.pixel_feats[g * 12 * 2..(g * 12 + gr.num_pixels()) * 2],
+                &gr.pixel_feats[..]
+            );
+        }
+        assert!(b.node_mask[21..].iter().all(|&m| m == 0.0));
+        assert!(b.pixel_node[36..].iter().all(|&p| p == -1));
+        // Padding tail of the edge arrays.
+        assert!(b.src[e..].iter().all(|&s| s == 0) && b.edge_mask[e..].iter().all(|&m| m == 0.0));
+        assert!((e..b.edge_cap).all(|k| b.col_edge[k] as usize == k));
+        let mut perm = b.col_edge.clone();
+        perm.sort_unstable();
+        assert!(
+            perm.iter().enumerate().all(|(i, &v)| v as usize == i),
+            "col_edge is not a permutation"
+        );
+    }
+
+    #[test]
+    fn collate_rejects_overflow_and_validate_catches_corruption() {
+        let gs = graphs();
+        let mut c = cap();
+        c.batch_size = 2;
+        assert!(collate(&gs, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
+        let mut c = cap();
+        c.max_nodes_per_graph = 3;
+        assert!(collate(&gs, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("graph 0 has"));
+        let mut c = cap();
+        c.max_edges_per_graph = 5;
+        assert!(collate(&gs, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("max_edges_per_graph"));
+        let mut c = cap();
+        c.pixels_per_graph = 4;
+        assert!(collate(&gs, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("pixels_per_graph"));
+        let b = collate(&gs, &cap()).unwrap();
+        let mut x = b.clone();
+        x.col_edge.swap(0, 1);
+        assert!(x.validate().is_err());
+        let mut x = b.clone();
+        x.src[0] = 3;
+        assert!(x.validate().is_err());
+        let mut x = b.clone();
+        x.src[b.num_edges] = 5;
+        assert!(x.validate().is_err());
+        // Empty batch is legal: no edges at all.
+        let e = collate(&[], &cap()).unwrap();
+        e.validate().unwrap();
+        assert_eq!(e.num_edges, 0);
+    }
+
+    #[test]
+    fn validate_csr_checks() {
+        validate_csr(&[0, 2, 3], &[0, 1, 1], 2).unwrap();
+        validate_csr(&[0, 2, 3], &[0, 1, 1, 9], 2).unwrap(); // padding past E unchecked
+        validate_csr(&[0], &[], 0).unwrap();
+        assert!(validate_csr(&[0, 2], &[0, 1], 2).is_err()); // wrong length
+        assert!(validate_csr(&[1, 2, 3], &[0, 1, 1], 2).is_err()); // not from 0
+        assert!(validate_csr(&[0, 3, 2], &[0, 1, 1], 2).is_err()); // decreasing
+        assert!(validate_csr(&[0, 2, 4], &[0, 1, 1], 2).is_err()); // E > len
+        assert!(validate_csr(&[0, 2, 3], &[0, 2, 1], 2).is_err()); // out of range
+        assert!(validate_csr(&[0, 2, 3], &[0, -1, 1], 2).is_err()); // negative
+    }
+}

@@ -451,3 +451,342 @@ pub fn graph_from_sample(
     };
     build_scene_graph(&sample.segments, num_categories, f, graph)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::data::coco::Segment;
+    use crate::data::rng::SplitMix64;
+
+    pub(crate) fn seg_map(w: u32, h: u32, rows: &[&str], ids: &[(char, u32, usize)]) -> SegmentMap {
+        let mut index = Vec::new();
+        for r in rows {
+            for ch in r.chars().filter(|c| !c.is_whitespace()) {
+                index.push(ids.iter().position(|x| x.0 == ch).map_or(-1, |p| p as i32));
+            }
+        }
+        assert_eq!(index.len(), (w * h) as usize);
+        let segments = ids
+            .iter()
+            .enumerate()
+            .map(|(k, &(_, id, cat))| Segment {
+                id,
+                category: cat,
+                category_id: cat as u64 + 100,
+                is_thing: true,
+                iscrowd: false,
+                area: index.iter().filter(|&&v| v == k as i32).count() as u64,
+            })
+            .collect();
+        SegmentMap {
+            width: w,
+            height: h,
+            index,
+            segments,
+        }
+    }
+
+    pub(crate) fn feats(h: usize, w: usize, c: usize) -> FeatureMap {
+        FeatureMap {
+            c,
+            h,
+            w,
+            data: (0..h * w * c).map(|i| (i % 17) as f32 * 0.25).collect(),
+        }
+    }
+
+    /// A-B touch, D (two pieces) touches E; C touches nothing.
+    pub(crate) fn hand_map() -> SegmentMap {
+        seg_map(
+            8,
+            6,
+            &[
+                "AABB..CC", //
+                "AABB..CC", //
+                "........", //
+                "DD....DD", //
+                "DD..EEDD", //
+                "DD..EEDD",
+            ],
+            &[
+                ('A', 10, 0),
+                ('B', 20, 1),
+                ('C', 30, 2),
+                ('D', 40, 3),
+                ('E', 50, 1),
+            ],
+        )
+    }
+
+    fn edge_set(g: &SceneGraph) -> BTreeSet<(i32, i32)> {
+        g.edge_src
+            .iter()
+            .copied()
+            .zip(g.edge_dst.iter().copied())
+            .collect()
+    }
+
+    fn edge_feat(g: &SceneGraph, s: i32, d: i32) -> &[f32] {
+        let k = (0..g.num_edges())
+            .find(|&k| g.edge_src[k] == s && g.edge_dst[k] == d)
+            .unwrap_or_else(|| panic!("no edge {s}->{d}"));
+        &g.edge_feats[k * 5..k * 5 + 5]
+    }
+
+    pub(crate) fn check_invariants(g: &SceneGraph, knn: usize) {
+        let n = g.num_nodes as i32;
+        let glob = n - 1;
+        let es = edge_set(g);
+        assert_eq!(es.len(), g.num_edges(), "duplicate edges");
+        let pairs: Vec<(i32, i32)> = g
+            .edge_dst
+            .iter()
+            .copied()
+            .zip(g.edge_src.iter().copied())
+            .collect();
+        assert!(
+            pairs.windows(2).all(|w| w[0] < w[1]),
+            "not sorted by (dst, src)"
+        );
+        for i in 0..n {
+            assert!(es.contains(&(i, i)), "node {i} lacks a self-loop");
+            if i != glob {
+                assert!(
+                    es.contains(&(i, glob)) && es.contains(&(glob, i)),
+                    "global not linked to {i}"
+                );
+                let nb = es
+                    .iter()
+                    .filter(|&&(s, d)| d == i && s != i && s != glob)
+                    .count();
+                assert!(
+                    nb >= knn.min(g.num_nodes - 2),
+                    "node {i} has {nb} segment neighbours"
+                );
+            }
+        }
+        for &(s, d) in &es {
+            assert!(es.contains(&(d, s)), "edge {s}->{d} has no reverse");
+            assert!((0..n).contains(&s) && (0..n).contains(&d));
+        }
+        assert!(g
+            .geometry
+            .iter()
+            .all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        assert!(g.edge_feats.iter().all(|v| v.is_finite()));
+        assert_eq!(g.geometry.len(), g.num_nodes * 5);
+        assert_eq!(g.category.len(), g.num_nodes);
+        assert_eq!(g.category[glob as usize], g.num_categories as i32);
+        assert_eq!(&g.geometry[glob as usize * 5..], &[0.5, 0.5, 1.0, 1.0, 1.0]);
+        for i in 0..glob {
+            let cells = g.pixel_node.iter().filter(|&&p| p == i).count();
+            assert!(cells >= 1, "node {i} pools no cell");
+            assert_eq!(g.node_area[i as usize], cells as f32);
+        }
+        assert!(g.pixel_node.iter().all(|&p| p >= -1 && p < glob));
+        assert!(g.pool_reference().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn hand_drawn_map_nodes_geometry_touching() {
+        let m = hand_map();
+        let cfg = GraphConfig {
+            max_nodes: 32,
+            knn: 0,
+        };
+        let g = build_scene_graph(&m, 4, &feats(6, 8, 3), &cfg).unwrap();
+        // Node order: D (12 px), then the 4-px segments by id: A, B, C, E; global = 5.
+        assert_eq!(g.segment_ids, vec![40, 10, 20, 30, 50, 0]);
+        assert_eq!(g.category, vec![3, 0, 1, 2, 1, 4]);
+        check_invariants(&g, 0);
+        // D in two pieces is ONE node with the pooled geometry of both pieces.
+        assert_eq!(&g.geometry[0..5], &[0.5, 0.75, 1.0, 0.5, 0.25]);
+        assert_eq!(
+            &g.geometry[5..10],
+            &[1.0 / 8.0, 1.0 / 6.0, 0.25, 2.0 / 6.0, 4.0 / 48.0]
+        );
+        // Exactly self-loops + global + touching (A-B, D-E) when knn = 0.
+        let (d, a, b, e, gl) = (0, 1, 2, 4, 5);
+        let mut want: BTreeSet<(i32, i32)> = (0..6).map(|i| (i, i)).collect();
+        for i in 0..5 {
+            want.insert((i, gl));
+            want.insert((gl, i));
+        }
+        for (x, y) in [(a, b), (d, e)] {
+            want.insert((x, y));
+            want.insert((y, x));
+        }
+        assert_eq!(edge_set(&g), want);
+        assert_eq!(edge_feat(&g, a, b), &[-0.25, 0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(edge_feat(&g, e, d)[4], 1.0);
+        assert_eq!(edge_feat(&g, a, gl)[4], 0.0);
+        assert_eq!(edge_feat(&g, a, a), &[0.0; 5]);
+        // log(w_D / w_E) = ln(1 / 0.25)
+        assert!((edge_feat(&g, d, e)[2] - 4f32.ln()).abs() < 1e-6);
+        // Same-resolution features: pixel_node is the map itself (renumbered).
+        assert_eq!(g.pixel_node[0], a);
+        assert_eq!(g.pixel_node[8 * 4 + 4], e);
+        assert_eq!(g.pixel_node[8 * 2], -1);
+    }
+
+    #[test]
+    fn knn_adds_nearest_by_centroid() {
+        let m = hand_map();
+        let g0 = build_scene_graph(
+            &m,
+            4,
+            &feats(6, 8, 3),
+            &GraphConfig {
+                max_nodes: 32,
+                knn: 0,
+            },
+        )
+        .unwrap();
+        let g1 = build_scene_graph(
+            &m,
+            4,
+            &feats(6, 8, 3),
+            &GraphConfig {
+                max_nodes: 32,
+                knn: 1,
+            },
+        )
+        .unwrap();
+        let (b, c) = (2, 3);
+        assert!(!edge_set(&g0).contains(&(c, b)));
+        // C's nearest centroid is B: both directions added, touching flag 0.
+        assert!(edge_set(&g1).contains(&(c, b)) && edge_set(&g1).contains(&(b, c)));
+        assert_eq!(edge_feat(&g1, c, b)[4], 0.0);
+        check_invariants(&g1, 1);
+    }
+
+    #[test]
+    fn max_nodes_keeps_largest() {
+        let m = hand_map();
+        let g = build_scene_graph(
+            &m,
+            4,
+            &feats(6, 8, 3),
+            &GraphConfig {
+                max_nodes: 3,
+                knn: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(g.num_nodes, 4);
+        assert_eq!(g.segment_ids, vec![40, 10, 20, 0]);
+        assert_eq!(g.truncated, 2);
+        // C and E became void; D-E touching is gone with E.
+        assert_eq!(g.pixel_node[6], -1);
+        assert_eq!(g.pixel_node[8 * 4 + 4], -1);
+        check_invariants(&g, 2);
+    }
+
+    #[test]
+    fn vanished_segment_takes_a_cell() {
+        // 16x16 background + a 1-pixel segment at (0,0). Nearest neighbour on a 4x4 grid samples
+        // pixels 2, 6, 10, 14 only, so the tiny segment vanishes; the rule gives it cell (0,0).
+        let mut rows = vec!["BBBBBBBBBBBBBBBB".to_string(); 16];
+        rows[0] = format!("t{}", "B".repeat(15));
+        let r: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let m = seg_map(16, 16, &r, &[('B', 1, 0), ('t', 2, 1)]);
+        let g = build_scene_graph(&m, 2, &feats(4, 4, 2), &GraphConfig::default()).unwrap();
+        assert_eq!(g.segment_ids, vec![1, 2, 0]);
+        assert_eq!(g.pixel_node[0], 1);
+        assert_eq!(g.node_area[..2], [15.0, 1.0]);
+        assert!(g.dropped_segments.is_empty());
+        let pooled = g.pool_reference();
+        assert_eq!(&pooled[2..4], &g.pixel_feats[0..2]);
+        check_invariants(&g, 1);
+
+        // Takes a void cell first if that is where its pixels are.
+        let mut rows = vec!["................".to_string(); 16];
+        rows[0] = format!("t{}", ".".repeat(15));
+        rows[8] = "BBBBBBBBBBBBBBBB".to_string();
+        let r: Vec<&str> = rows.iter().map(String::as_str).collect();
+        let m = seg_map(16, 16, &r, &[('B', 1, 0), ('t', 2, 1)]);
+        let g = build_scene_graph(&m, 2, &feats(4, 4, 2), &GraphConfig::default()).unwrap();
+        assert_eq!(g.pixel_node[0], 1);
+        check_invariants(&g, 1);
+
+        // A 1x1 map cannot host two segments: the small one is dropped and reported.
+        let m = seg_map(4, 1, &["BBBt"], &[('B', 1, 0), ('t', 2, 1)]);
+        let g = build_scene_graph(&m, 2, &feats(1, 1, 2), &GraphConfig::default()).unwrap();
+        assert_eq!(g.num_nodes, 2);
+        assert_eq!(g.dropped_segments, vec![2]);
+        check_invariants(&g, 0);
+    }
+
+    #[test]
+    fn random_maps_keep_invariants() {
+        let mut rng = SplitMix64::new(3);
+        for case in 0..40 {
+            let (w, h) = (8 + rng.below(40) as u32, 8 + rng.below(40) as u32);
+            let nseg = 1 + rng.below(12);
+            let mut index = vec![-1i32; (w * h) as usize];
+            for k in 0..nseg {
+                let (x0, y0) = (rng.below(w as usize), rng.below(h as usize));
+                let (x1, y1) = (
+                    x0 + 1 + rng.below(w as usize / 2),
+                    y0 + 1 + rng.below(h as usize / 2),
+                );
+                for y in y0..y1.min(h as usize) {
+                    for x in x0..x1.min(w as usize) {
+                        index[y * w as usize + x] = k as i32;
+                    }
+                }
+            }
+            let segments = (0..nseg)
+                .map(|k| Segment {
+                    id: 1000 + k as u32 * 7,
+                    category: k % 3,
+                    category_id: 0,
+                    is_thing: true,
+                    iscrowd: false,
+                    area: 0,
+                })
+                .collect();
+            let m = SegmentMap {
+                width: w,
+                height: h,
+                index,
+                segments,
+            };
+            let cfg = GraphConfig {
+                max_nodes: 1 + rng.below(8),
+                knn: rng.below(4),
+            };
+            let f = feats(1 + rng.below(12), 1 + rng.below(12), 3);
+            match build_scene_graph(&m, 3, &f, &cfg) {
+                Ok(g) => {
+                    assert!(g.num_nodes - 1 <= cfg.max_nodes, "case {case}");
+                    check_invariants(&g, cfg.knn);
+                }
+                Err(e) => assert!(
+                    e.to_string().contains("no non-void segment"),
+                    "case {case}: {e}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let mut m = hand_map();
+        assert!(
+            build_scene_graph(&m, 3, &feats(2, 2, 1), &GraphConfig::default())
+                .unwrap_err()
+                .to_string()
+                .contains("num_categories")
+        );
+        m.index[0] = 9;
+        assert!(build_scene_graph(&m, 4, &feats(2, 2, 1), &GraphConfig::default()).is_err());
+        m.index.pop();
+        assert!(build_scene_graph(&m, 4, &feats(2, 2, 1), &GraphConfig::default()).is_err());
+        let mut f = feats(2, 2, 1);
+        f.data.pop();
+        assert!(build_scene_graph(&hand_map(), 4, &f, &GraphConfig::default()).is_err());
+        let void = seg_map(2, 1, &[".."], &[('A', 1, 0)]);
+        assert!(build_scene_graph(&void, 1, &feats(1, 1, 1), &GraphConfig::default()).is_err());
+    }
+}
