@@ -19,9 +19,12 @@ pub mod synth;
 pub mod text;
 
 pub use batch::{collate, validate_csr, BatchCapacity, GraphBatch};
-pub use coco::{Dataset, LoadOptions, LoadStats, Sample, Segment, SegmentMap, SplitPaths};
+pub use coco::{
+    Category, CrowdPolicy, Dataset, LoadOptions, LoadStats, Sample, Segment, SegmentMap, Skipped,
+    SplitPaths, SplitPathsOverride,
+};
 pub use error::{DataError, Result};
 pub use features::{builtin_features, load_feature_map, FeatureConfig, FeatureMap};
-pub use graph::{build_scene_graph, GraphConfig, SceneGraph};
+pub use graph::{build_scene_graph, graph_from_sample, GraphConfig, SceneGraph};
 pub use synth::{write_synthetic, SynthStats};
 pub use text::{tokenize, Encoded, Vocab};
