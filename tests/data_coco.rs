@@ -576,3 +576,21 @@ fn dataset_is_shareable_across_threads() {
     assert_eq!(n, 3 + 2 + 2);
     assert_eq!(ds.stats().decoded, 3);
 }
+
+#[test]
+fn panoptic_png_must_be_8bit_rgb() {
+    let (_r, p) = standard("grey-panoptic");
+    let img: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_pixel(6, 4, Luma([21u8]));
+    img.save(p.panoptic.join("c.png")).unwrap();
+    let ds = open(&p).unwrap();
+    assert_err(
+        ds.get(2).unwrap_err(),
+        &["c.png", "must be 8-bit RGB", "L8"],
+    );
+    // RGBA is accepted (alpha ignored).
+    let rgba = image::RgbaImage::from_fn(6, 4, |_, y| {
+        image::Rgba([if y < 2 { 21 } else { 22 }, 0, 0, 255])
+    });
+    rgba.save(p.panoptic.join("c.png")).unwrap();
+    assert_eq!(open(&p).unwrap().get(2).unwrap().segments.segments.len(), 2);
+}

@@ -16,7 +16,8 @@
 //! * **Segment ids** may be any non-zero 24-bit values, in any order, with gaps. A sample's segments are
 //!   indexed `0..n` in the order of `segments_info`; [`SegmentMap::index`] holds that index (−1 = void).
 //! * **Greyscale (or CMYK / 16-bit / alpha) images** are converted to 8-bit RGB (grey replicated into
-//!   R, G, B; alpha dropped).
+//!   R, G, B; alpha dropped). A **panoptic PNG** must be 8-bit RGB (or RGBA, alpha ignored): any other
+//!   colour type is an error, since converting it would silently change the ids.
 //! * **`iscrowd` segments** are kept as ordinary segments by default (a crowd region is real image
 //!   content — "people", "cars" — and dropping it would leave a hole of void pixels); the flag is kept
 //!   on [`Segment::iscrowd`]. [`CrowdPolicy::Drop`] turns their pixels into void instead.
@@ -421,16 +422,35 @@ fn header_dims(path: &Path, what: &'static str) -> Result<(u32, u32)> {
     })
 }
 
-fn decode_rgb(path: &Path, what: &'static str) -> Result<RgbImage> {
+fn decode_any(path: &Path, what: &'static str) -> Result<image::DynamicImage> {
     let reader = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, what, e))?
         .with_guessed_format()
         .map_err(|e| DataError::io(path, what, e))?;
-    let img = reader.decode().map_err(|source| DataError::Image {
+    reader.decode().map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(img.to_rgb8())
+    })
+}
+
+/// An image in any colour type, as 8-bit RGB.
+fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    Ok(decode_any(path, "image")?.to_rgb8())
+}
+
+/// A panoptic PNG must hold 8-bit RGB (alpha ignored): any conversion would corrupt the ids.
+fn decode_panoptic(path: &Path) -> Result<RgbImage> {
+    match decode_any(path, "panoptic PNG")? {
+        image::DynamicImage::ImageRgb8(i) => Ok(i),
+        i @ image::DynamicImage::ImageRgba8(_) => Ok(i.to_rgb8()),
+        i => Err(DataError::invalid(
+            path,
+            format!(
+                "panoptic PNG must be 8-bit RGB (id = R + 256 G + 256² B), found {:?}",
+                i.color()
+            ),
+        )),
+    }
 }
 
 fn check_dir(path: &Path, what: &'static str) -> Result<()> {
@@ -682,8 +702,8 @@ impl Dataset {
         })?;
         let img_path = self.paths.images.join(&e.file_name);
         let pan_path = self.paths.panoptic.join(&e.panoptic_file);
-        let image = decode_rgb(&img_path, "image")?;
-        let pan = decode_rgb(&pan_path, "panoptic PNG")?;
+        let image = decode_rgb(&img_path)?;
+        let pan = decode_panoptic(&pan_path)?;
         if image.dimensions() != pan.dimensions() {
             return Err(DataError::SizeMismatch {
                 image: img_path,
