@@ -658,6 +658,19 @@ pub(crate) mod tests {
         assert!(edge_set(&g1).contains(&(c, b)) && edge_set(&g1).contains(&(b, c)));
         assert_eq!(edge_feat(&g1, c, b)[4], 0.0);
         check_invariants(&g1, 1);
+        // Nearest: A↔B, B←C, D↔E, so k=1 adds only B-C beyond touching: 6 self + 10 global + 3 pairs.
+        assert_eq!(g1.num_edges(), 6 + 10 + 6);
+        let g2 = build_scene_graph(
+            &m,
+            4,
+            &feats(6, 8, 3),
+            &GraphConfig {
+                max_nodes: 32,
+                knn: 4,
+            },
+        )
+        .unwrap();
+        assert_eq!(g2.num_edges(), 36, "k ≥ segments − 1 gives the dense graph");
     }
 
     #[test]
