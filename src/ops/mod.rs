@@ -17,7 +17,7 @@ pub mod segment;
 pub use basic::{Reduce, Unary};
 pub use gat::GatAttrs;
 pub use infonce::InfoNceAttrs;
-pub use lif::{LifConfig, Surrogate};
+pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::AdamWConfig;
 
 use crate::error::Result;
@@ -117,8 +117,13 @@ pub enum Op {
     // ---- lif.rs ---------------------------------------------------------------------
     /// x[T, N] (, tau[] if learnable) → spikes S[T, N], membrane V[T, N], charge H[T, N]
     Lif(LifConfig),
-    /// h, gS (, gV if has_gv) (, tau if learnable) → gx (, g_tau)
-    LifBackward { cfg: LifConfig, has_gv: bool },
+    /// h (, gS if has_gs) (, gV if has_gv) (, tau if learnable) → gx (, g_tau[]);
+    /// an absent gradient counts as zeros (at least one of gS, gV is present).
+    LifBackward {
+        cfg: LifConfig,
+        has_gs: bool,
+        has_gv: bool,
+    },
 
     // ---- gat.rs ---------------------------------------------------------------------
     /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), row_ptr[N+1], src[E] → out[N,H,F], lse[N,H]
