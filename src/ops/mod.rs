@@ -15,7 +15,7 @@ pub mod optim;
 pub mod segment;
 
 pub use basic::{Reduce, Unary};
-pub use gat::GatAttrs;
+pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
 pub use infonce::InfoNceAttrs;
 pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::AdamWConfig;
@@ -126,19 +126,20 @@ pub enum Op {
     },
 
     // ---- gat.rs ---------------------------------------------------------------------
-    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), row_ptr[N+1], src[E] → out[N,H,F], lse[N,H]
+    // `graph` = row_ptr[N+1], src[E], col_ptr[N+1], col_edge[E] (i32; CSR by destination and
+    // its CSC transpose, see `gat.rs`). The forward ops read only the CSR but carry the CSC
+    // for their gradient rules.
+    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), graph → out[N,H,F], lse[N,H]
     Gat(GatAttrs),
-    /// g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge
-    ///   → gz, g_a_src, g_a_dst (, g_be)
+    /// g_out, z, a_src, a_dst (, be), out, lse, graph → gz, g_a_src, g_a_dst (, g_be)
     GatBackward(GatAttrs),
-    /// z, a_src, a_dst (, be), lse, row_ptr, src → alpha[E,H] (the attention GAT used)
+    /// z, a_src, a_dst (, be), lse, graph → alpha[E,H] (the attention GAT used)
     GatAlpha(GatAttrs),
-    /// g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr, col_edge
-    ///   → gz, g_a_src, g_a_dst (, g_be)
+    /// g_alpha, alpha, z, a_src, a_dst (, be), graph → gz, g_a_src, g_a_dst (, g_be)
     GatAlphaBackward(GatAttrs),
-    /// alpha[E,H], s[T,N,C], row_ptr, src → y[T,N,C] (fixed-attention aggregation, §3.3)
+    /// alpha[E,H], s[T,N,C], graph → y[T,N,C] (fixed-attention aggregation, §3.3)
     Aggregate,
-    /// g_y, alpha, s, row_ptr, src, col_ptr, col_edge → g_alpha, g_s
+    /// g_y, alpha, s, graph → g_alpha, g_s
     AggregateBackward,
 
     // ---- infonce.rs -----------------------------------------------------------------
