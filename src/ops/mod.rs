@@ -16,7 +16,7 @@ pub mod segment;
 
 pub use basic::{Reduce, Unary};
 pub use gat::GatAttrs;
-pub use infonce::InfoNceAttrs;
+pub use infonce::{InfoNceAttrs, InfoNceOut};
 pub use lif::{LifConfig, Surrogate};
 pub use optim::AdamWConfig;
 
