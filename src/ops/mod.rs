@@ -19,6 +19,7 @@ pub use gat::GatAttrs;
 pub use infonce::{InfoNceAttrs, InfoNceOut};
 pub use lif::{LifConfig, Surrogate};
 pub use optim::AdamWConfig;
+pub use segment::SegmentMeanOut;
 
 use crate::error::Result;
 use crate::graph::{Graph, Node, ValueId};
