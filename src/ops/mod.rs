@@ -16,9 +16,10 @@ pub mod segment;
 
 pub use basic::{Reduce, Unary};
 pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
-pub use infonce::InfoNceAttrs;
+pub use infonce::{InfoNceAttrs, InfoNceOut};
 pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::AdamWConfig;
+pub use segment::SegmentMeanOut;
 
 use crate::error::Result;
 use crate::graph::{Graph, Node, ValueId};
@@ -143,13 +144,16 @@ pub enum Op {
     AggregateBackward,
 
     // ---- infonce.rs -----------------------------------------------------------------
-    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B]
+    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B] (lse_col is [0] when
+    /// one-directional: no column statistics are computed)
     InfoNce(InfoNceAttrs),
-    /// g_loss, a, p, logit_scale, lse_row, lse_col → ga, gp, g_logit_scale
+    /// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col when a consumer
+    /// of the lse outputs sends gradients into them) → ga, gp, g_logit_scale
     InfoNceBackward(InfoNceAttrs),
 
     // ---- segment.rs -----------------------------------------------------------------
-    /// x[P,C], seg[P] (i32, −1 = void) → mean y[S,C], count[S]
+    /// x[P,C], seg[P] (i32, −1 = void; ids ≥ S or < −1 → Error::Invalid) → mean y[S,C],
+    /// count[S] (x's dtype); an empty segment has y = 0
     SegmentMean { segments: usize },
     /// g_y, seg, count → gx[P,C]
     SegmentMeanBackward,
