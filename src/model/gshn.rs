@@ -118,7 +118,7 @@ impl Gshn {
             category: g.input("category", [n], DType::I32),
             node_graph: g.input("node_graph", [n], DType::I32),
             node_weight: g.input("node_weight", [n], f32_),
-            graph: crate::ops::gat::GraphInputs::new(g, n, e),
+            graph: crate::ops::gat::GraphInputs::new(g, "", n, e),
             edge_feats: g.input("edge_feats", [e, cap.edge_features], f32_),
             uniform_alpha: (config.variant == Variant::SnnOnly).then(|| g.input("uniform_alpha", [e, heads], f32_)),
             tokens: g.input("tokens", [cap.batch * config.text.max_len], DType::I32),
@@ -199,7 +199,7 @@ impl Gshn {
                 let agg = g.reshape(agg, [t_steps * n, d])?;
                 let cur = g.linear(agg, w, b)?;
                 let cur = g.reshape(cur, [t_steps, n * d])?;
-                let lif = g.lif(cur, config.lif, None)?;
+                let lif = g.lif(cur, config.lif)?;
                 // firing rate over real nodes: mean over channels, then weighted over (t, node)
                 let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
                 let per_node = g.push1(crate::ops::Op::Reduce(crate::ops::Reduce::MeanLast), &[per_node])?;

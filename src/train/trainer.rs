@@ -81,10 +81,12 @@ pub struct DataShape {
 }
 
 impl DataShape {
-    pub fn of(splits: &[&PreparedSplit], categories: usize, nodes_per_graph: usize) -> Result<DataShape> {
+    /// Capacities that fit every graph of `splits`, with one spare node slot per graph (the
+    /// unused edge slots become self-loops of padding nodes, see `batches`).
+    pub fn of(splits: &[&PreparedSplit], categories: usize) -> Result<DataShape> {
         let first = splits.iter().flat_map(|s| s.graphs.first()).next().ok_or_else(|| Error::invalid("data", "no images"))?;
         Ok(DataShape {
-            nodes_per_graph,
+            nodes_per_graph: splits.iter().map(|s| s.max_nodes()).max().unwrap_or(1) + 1,
             edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
             pixels_per_graph: first.num_pixels(),
             pixel_channels: first.feat_dim,
@@ -151,7 +153,7 @@ impl<B: Backend + Clone> Engine<B> {
         let grads = train_graph.backward(out.loss, &ids)?;
         let adam = AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() };
         let opt = train_graph.adamw_step(&ids, &grads, adam, Some(t.clip_norm))?;
-        let grad_norm = opt.grad_norm.ok_or_else(|| Error::graph("optimizer without clipping norm"))?;
+        let grad_norm = opt.grad_norm;
         let mut fetch = vec![out.loss, out.itc, grad_norm];
         fetch.extend(out.stl);
         fetch.extend(out.node_cl);
@@ -339,7 +341,7 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
     let val_split = prepare(&val_ds, &cfg, &vocab, "val")?;
     let shape = match &resumed {
         Some(ck) => ck.shape.clone(),
-        None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories(), cfg.data.graph.nodes_per_graph())?,
+        None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories())?,
     };
     if train_split.len() < cfg.train.batch_size {
         return Err(Error::invalid("train", format!("the train split has {} images, fewer than one batch ({})", train_split.len(), cfg.train.batch_size)));
