@@ -26,6 +26,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Dataset problems (missing or corrupt files, bad annotations), naming the file.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// Malformed file content (safetensors, JSON, PNG, config), naming the file.
     #[error("{path}: {msg}")]
     Format { path: String, msg: String },

@@ -1,4 +1,4 @@
-//! Training: schedule, metrics, checkpoints, retrieval evaluation, plots.
+//! Training: data → batches, the training loop, checkpoints, metrics, retrieval, plots.
 
 pub mod plot;
 pub mod retrieval;

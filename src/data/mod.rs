@@ -1,0 +1,30 @@
+//! Data side of GSHN (DESIGN §4.1, §5), readable straight through:
+//!
+//! panoptic PNG + captions ([`coco`]) → segments ([`coco::Sample`]) → pixel features
+//! ([`features`]) → segment graph ([`graph`]) → padded disjoint batch ([`batch`]);
+//! captions → token ids ([`text`]). [`synth`] writes the built-in synthetic relational
+//! scenes in the same COCO layout.
+//!
+//! Nothing here depends on the tensor / graph-of-ops core: every output is a plain
+//! `Vec<f32>` / `Vec<i32>` with its layout documented, so it can be wired in later.
+//! Every failure is a [`DataError`] naming the file and what is wrong; bad input never panics.
+
+pub mod batch;
+pub mod coco;
+pub mod error;
+pub mod features;
+pub mod graph;
+pub mod rng;
+pub mod synth;
+pub mod text;
+
+pub use batch::{collate, validate_csr, BatchCapacity, GraphBatch};
+pub use coco::{
+    Category, CrowdPolicy, Dataset, LoadOptions, LoadStats, Sample, Segment, SegmentMap, Skipped,
+    SplitPaths, SplitPathsOverride,
+};
+pub use error::{DataError, Result};
+pub use features::{builtin_features, load_feature_map, FeatureConfig, FeatureMap};
+pub use graph::{build_scene_graph, graph_from_sample, GraphConfig, SceneGraph};
+pub use synth::{write_synthetic, SynthStats};
+pub use text::{tokenize, Encoded, Vocab};

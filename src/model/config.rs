@@ -1,0 +1,130 @@
+//! Model hyper-parameters (the `[model]` table of a run's TOML config). Every field has a
+//! documented default, so an empty table is a valid config.
+
+use crate::ops::LifConfig;
+use serde::{Deserialize, Serialize};
+
+/// Which encoder produces the image embedding (ablations of DESIGN §4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    /// GAT + SNN fused as V' = r·E_SNN + F_GAT.
+    #[default]
+    Full,
+    /// V' = F_GAT.
+    GatOnly,
+    /// V' = E_SNN, with uniform attention (1/in-degree) in place of the GAT's.
+    SnnOnly,
+    /// No graph: an MLP on the mean of the node inputs.
+    MeanPoolMlp,
+}
+
+/// What the SNN branch reads out over time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Readout {
+    /// mean_t of the spikes (firing rate), DESIGN §4.3.
+    #[default]
+    Rate,
+    /// mean_t of the membrane potential after reset.
+    Membrane,
+}
+
+/// Shape of the fusion ratio r.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    #[default]
+    Scalar,
+    Channel,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextConfig {
+    /// Pre-LN transformer blocks.
+    pub layers: usize,
+    pub heads: usize,
+    /// Tokens per caption including [CLS]; longer captions are truncated.
+    pub max_len: usize,
+    /// MLP hidden width = mlp_ratio · dim.
+    pub mlp_ratio: usize,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        TextConfig { layers: 2, heads: 4, max_len: 24, mlp_ratio: 2 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub variant: Variant,
+    /// Width of node features, text features and embeddings.
+    pub dim: usize,
+    /// Width of the category embedding in the node input.
+    pub category_dim: usize,
+    pub gat_layers: usize,
+    pub heads: usize,
+    pub snn_layers: usize,
+    /// Time steps T of the direct encoding.
+    pub time_steps: usize,
+    pub lif: LifConfig,
+    pub readout: Readout,
+    pub fusion: Fusion,
+    /// Initial fusion ratio r.
+    pub r_init: f64,
+    /// Initial InfoNCE logit scale (ln(1/0.07), as CLIP).
+    pub logit_scale_init: f64,
+    pub text: TextConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            variant: Variant::Full,
+            dim: 128,
+            category_dim: 16,
+            gat_layers: 2,
+            heads: 4,
+            snn_layers: 2,
+            time_steps: 4,
+            lif: LifConfig::default(),
+            readout: Readout::Rate,
+            fusion: Fusion::Scalar,
+            r_init: 0.5,
+            logit_scale_init: (1.0f64 / 0.07).ln(),
+            text: TextConfig::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn has_gat(&self) -> bool {
+        matches!(self.variant, Variant::Full | Variant::GatOnly)
+    }
+    pub fn has_snn(&self) -> bool {
+        matches!(self.variant, Variant::Full | Variant::SnnOnly)
+    }
+    /// Checks the combinations the graph cannot be built from.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |msg: String| Err(crate::Error::invalid("config", msg));
+        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
+            return bad(format!("model.dim ({}) must be a positive multiple of model.heads ({})", self.dim, self.heads));
+        }
+        if self.text.heads == 0 || self.dim % self.text.heads != 0 {
+            return bad(format!("model.dim ({}) must be a multiple of model.text.heads ({})", self.dim, self.text.heads));
+        }
+        if self.time_steps == 0 || self.snn_layers == 0 && self.has_snn() || self.gat_layers == 0 && self.has_gat() {
+            return bad("time_steps, gat_layers and snn_layers must be ≥ 1 for the branches in use".into());
+        }
+        if self.text.max_len < 2 {
+            return bad("model.text.max_len must be ≥ 2 ([CLS] and one word)".into());
+        }
+        if !(self.lif.tau > 1.0) {
+            return bad(format!("model.lif.tau must be > 1, got {}", self.lif.tau));
+        }
+        Ok(())
+    }
+}

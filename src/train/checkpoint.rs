@@ -1,0 +1,72 @@
+//! Checkpoints: one safetensors file per run holding parameters, optimizer state, the
+//! step counters, the config, the vocabulary and the data shape — written atomically, so a
+//! crash never leaves a torn checkpoint, and enough to resume to bit-identical numbers.
+
+use super::config::RunConfig;
+use super::retrieval::Recall;
+use super::trainer::{data_shape_from_meta, DataShape};
+use crate::data::Vocab;
+use crate::error::{Error, Result};
+use crate::tensor::io::{load_safetensors, save_safetensors};
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// Where training stands.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub epoch: usize,
+    /// Batches of `epoch` already done.
+    pub batch: usize,
+    /// Optimizer steps done.
+    pub step: usize,
+    pub best_rsum: f64,
+    pub last_recall: Option<Recall>,
+}
+
+pub struct Checkpoint {
+    pub config: RunConfig,
+    pub vocab: Vocab,
+    pub shape: DataShape,
+    pub state: TrainState,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+fn path_of(dir: &Path) -> PathBuf {
+    dir.join(CHECKPOINT_FILE)
+}
+
+impl Checkpoint {
+    pub fn save(&self, dir: &Path, shape_meta: &str) -> Result<()> {
+        let meta = HashMap::from([
+            ("format".to_string(), "gshn-checkpoint-1".to_string()),
+            ("state".to_string(), serde_json::to_string(&self.state).expect("state serialises")),
+            ("config".to_string(), self.config.to_toml()),
+            ("vocab".to_string(), serde_json::to_string(self.vocab.tokens()).expect("vocab serialises")),
+            ("data_shape".to_string(), shape_meta.to_string()),
+        ]);
+        save_safetensors(&path_of(dir), &self.tensors, Some(meta))
+    }
+
+    /// The run's checkpoint, or `None` if it has none yet.
+    pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
+        let path = path_of(dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (tensors, meta) = load_safetensors(&path)?;
+        let bad = |msg: String| Error::Format { path: path.display().to_string(), msg };
+        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("not a gshn checkpoint (no {k:?} metadata)")));
+        if get("format")? != "gshn-checkpoint-1" {
+            return Err(bad(format!("unknown checkpoint format {:?}", get("format")?)));
+        }
+        let state: TrainState = serde_json::from_str(get("state")?).map_err(|e| bad(format!("state: {e}")))?;
+        let config = RunConfig::parse(get("config")?).map_err(|e| bad(format!("config: {e}")))?;
+        let tokens: Vec<String> = serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
+        let shape = data_shape_from_meta(get("data_shape")?)?;
+        Ok(Some(Checkpoint { config, vocab: Vocab::from_token_list(tokens), shape, state, tensors }))
+    }
+}

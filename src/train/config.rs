@@ -1,0 +1,126 @@
+//! A run's configuration: one TOML file with `[model]`, `[train]` and `[data]` tables.
+//! Every field has a default (documented here and in the README), so an empty file is a
+//! valid config; unknown keys are errors, so a typo never silently changes nothing.
+
+use crate::data::{FeatureConfig, GraphConfig, LoadOptions};
+use crate::error::{Error, Result};
+use crate::model::ModelConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Images per step (each with one of its captions, drawn per step).
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW.
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// The cosine decays to `min_lr_ratio · lr`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub clip_norm: f64,
+    pub seed: u64,
+    /// Epochs of STL + node-CL pre-training before ITC joins (DESIGN §4.4).
+    pub pretrain_epochs: usize,
+    pub lambda_stl: f64,
+    pub lambda_node: f64,
+    /// Nodes per image sampled for node-level contrastive learning.
+    pub node_samples_per_graph: usize,
+    /// Also write a checkpoint every this many steps (0: only at the end of each epoch).
+    pub checkpoint_every: usize,
+    /// Write a metrics line every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 30,
+            batch_size: 64,
+            lr: 2e-3,
+            warmup_steps: 100,
+            min_lr_ratio: 0.05,
+            weight_decay: 0.01,
+            clip_norm: 1.0,
+            seed: 0,
+            pretrain_epochs: 1,
+            lambda_stl: 0.5,
+            lambda_node: 0.5,
+            node_samples_per_graph: 2,
+            checkpoint_every: 0,
+            log_every: 10,
+        }
+    }
+}
+
+/// Folder names of a dataset root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `root/<split>/{images, panoptic, panoptic.json, captions.json}` (what `gshn synth` writes).
+    #[default]
+    Gshn,
+    /// COCO 2017's own names (`val2017/`, `panoptic_val2017/`, `annotations/…`).
+    Coco2017,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    pub layout: Layout,
+    pub train_split: String,
+    pub val_split: String,
+    pub graph: GraphConfig,
+    pub features: FeatureConfig,
+    pub load: LoadOptions,
+    /// Per-split path overrides (images, panoptic, panoptic_json, captions_json, features).
+    pub train_paths: crate::data::coco::SplitPathsOverride,
+    pub val_paths: crate::data::coco::SplitPathsOverride,
+    /// Words seen fewer times in the training captions map to [UNK].
+    pub vocab_min_count: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            layout: Layout::Gshn,
+            train_split: "train".into(),
+            val_split: "val".into(),
+            graph: GraphConfig::default(),
+            features: FeatureConfig::default(),
+            load: LoadOptions::default(),
+            train_paths: Default::default(),
+            val_paths: Default::default(),
+            vocab_min_count: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub data: DataConfig,
+}
+
+impl RunConfig {
+    pub fn load(path: &Path) -> Result<RunConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    }
+    pub fn parse(text: &str) -> std::result::Result<RunConfig, String> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.model.validate().map_err(|e| e.to_string())?;
+        if cfg.train.batch_size < 2 {
+            return Err("train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into());
+        }
+        Ok(cfg)
+    }
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}

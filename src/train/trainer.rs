@@ -1,0 +1,467 @@
+//! The training loop: AdamW with warm-up + cosine, clipping, the STL/node-CL → ITC schedule,
+//! per-epoch retrieval on the val split, atomic checkpoints with exact resume, a metrics log
+//! and plots.
+
+use super::batches::{capacities, Feeder, LossWeights, PreparedSplit};
+use super::checkpoint::{Checkpoint, TrainState};
+use super::config::{Layout, RunConfig};
+use super::retrieval::{recall, Recall};
+use super::schedule::WarmupCosine;
+use crate::backend::Backend;
+use crate::data::{graph_from_sample, Dataset, SplitPaths, Vocab};
+use crate::error::{Error, Result};
+use crate::graph::{Executor, ValueId};
+use crate::model::params::initial_values;
+use crate::model::{Gshn, ModelOutputs};
+use crate::ops::AdamWConfig;
+use crate::tensor::{DType, Tensor};
+use crate::util::rng::{mix64, SplitMix64};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Opens one split of a dataset root with the config's layout and overrides.
+pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> {
+    let d = &cfg.data;
+    let base = match d.layout {
+        Layout::Gshn => SplitPaths::standard(root, split),
+        Layout::Coco2017 => SplitPaths::coco2017(root, split),
+    };
+    let over = if split == d.train_split { &d.train_paths } else { &d.val_paths };
+    Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
+}
+
+/// Decodes every image of a split into its scene graph and encodes its captions (in
+/// parallel, with a progress bar).
+pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Result<PreparedSplit> {
+    let bar = progress(ds.len() as u64, &format!("{label}: decoding"));
+    let ncat = ds.num_categories();
+    let results: Vec<Result<_>> = (0..ds.len())
+        .into_par_iter()
+        .map(|i| {
+            let s = ds.get(i)?;
+            let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
+            bar.inc(1);
+            let enc = s.captions.iter().map(|c| vocab.encode(c, cfg.model.text.max_len)).collect();
+            Ok((g, enc, s.captions, s.image_id))
+        })
+        .collect();
+    bar.finish_and_clear();
+    let mut p = PreparedSplit { graphs: vec![], captions: vec![], caption_text: vec![], image_ids: vec![] };
+    for r in results {
+        let (g, enc, text, id) = r?;
+        p.graphs.push(g);
+        p.captions.push(enc);
+        p.caption_text.push(text);
+        p.image_ids.push(id);
+    }
+    Ok(p)
+}
+
+fn progress(n: u64, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new(n);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}
+
+/// Everything a model needs that is fixed by the data: the static capacities and the vocab.
+#[derive(Clone, Debug)]
+pub struct DataShape {
+    pub nodes_per_graph: usize,
+    pub edges_per_graph: usize,
+    pub pixels_per_graph: usize,
+    pub pixel_channels: usize,
+    pub categories: usize,
+}
+
+impl DataShape {
+    pub fn of(splits: &[&PreparedSplit], categories: usize, nodes_per_graph: usize) -> Result<DataShape> {
+        let first = splits.iter().flat_map(|s| s.graphs.first()).next().ok_or_else(|| Error::invalid("data", "no images"))?;
+        Ok(DataShape {
+            nodes_per_graph,
+            edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
+            pixels_per_graph: first.num_pixels(),
+            pixel_channels: first.feat_dim,
+            categories,
+        })
+    }
+    pub(crate) fn to_meta(&self) -> String {
+        serde_json::json!({
+            "nodes_per_graph": self.nodes_per_graph, "edges_per_graph": self.edges_per_graph,
+            "pixels_per_graph": self.pixels_per_graph, "pixel_channels": self.pixel_channels,
+            "categories": self.categories,
+        })
+        .to_string()
+    }
+    fn from_meta(s: &str) -> Result<DataShape> {
+        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
+        let f = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| Error::invalid("checkpoint", format!("data shape lacks {k}")));
+        Ok(DataShape {
+            nodes_per_graph: f("nodes_per_graph")?,
+            edges_per_graph: f("edges_per_graph")?,
+            pixels_per_graph: f("pixels_per_graph")?,
+            pixel_channels: f("pixel_channels")?,
+            categories: f("categories")?,
+        })
+    }
+}
+
+/// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
+/// one graph), an image encoder and a text encoder (forward only, for evaluation).
+pub struct Engine<B: Backend + Clone> {
+    pub cfg: RunConfig,
+    pub shape: DataShape,
+    pub vocab: Vocab,
+    pub model_outputs: ModelOutputs,
+    pub params: Vec<crate::model::params::ParamSpec>,
+    pub feeder: Feeder,
+    pub train: Executor<B>,
+    pub image: Executor<B>,
+    pub text: Executor<B>,
+    opt_state: Vec<ValueId>,
+    hyper: ValueId,
+    grad_norm: ValueId,
+    image_fetch: Vec<ValueId>,
+}
+
+impl<B: Backend + Clone> Engine<B> {
+    pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
+        let t = &cfg.train;
+        let (data_cap, cap) = capacities(
+            t.batch_size,
+            shape.nodes_per_graph,
+            shape.edges_per_graph,
+            shape.pixels_per_graph,
+            shape.pixel_channels,
+            shape.categories,
+            vocab.len(),
+            t.node_samples_per_graph,
+        );
+        let model = Gshn::build(&cfg.model, cap)?;
+        let out = model.outputs.clone();
+        let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
+
+        let mut train_graph = model.graph.clone();
+        let grads = train_graph.backward(out.loss, &ids)?;
+        let adam = AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() };
+        let opt = train_graph.adamw_step(&ids, &grads, adam, Some(t.clip_norm))?;
+        let grad_norm = opt.grad_norm.ok_or_else(|| Error::graph("optimizer without clipping norm"))?;
+        let mut fetch = vec![out.loss, out.itc, grad_norm];
+        fetch.extend(out.stl);
+        fetch.extend(out.node_cl);
+        fetch.extend(&out.spike_rates);
+        let train = Executor::new(backend.clone(), train_graph, &fetch)?;
+
+        let mut image_fetch = vec![out.z_img];
+        image_fetch.extend(&out.attention);
+        image_fetch.extend(out.node_spike_rate);
+        let image = Executor::new(backend.clone(), model.graph.clone(), &image_fetch)?;
+        let text = Executor::new(backend, model.graph, &[out.z_txt])?;
+        let mut opt_state = opt.m.clone();
+        opt_state.extend(&opt.v);
+        let feeder = Feeder::new(model.inputs, data_cap, cap, &cfg.model);
+        Ok(Engine {
+            cfg,
+            shape,
+            vocab,
+            model_outputs: out,
+            params: model.params,
+            feeder,
+            train,
+            image,
+            text,
+            opt_state,
+            hyper: opt.hyper,
+            grad_norm,
+            image_fetch,
+        })
+    }
+
+    /// Fresh parameters (deterministic in the seed) and zeroed optimizer state.
+    pub fn init(&mut self) -> Result<()> {
+        for (id, t) in initial_values(&self.params, DType::F32, self.cfg.train.seed)? {
+            self.train.set(id, &t)?;
+        }
+        for &s in &self.opt_state {
+            let m = self.train.graph().meta(s).clone();
+            self.train.set(s, &Tensor::zeros(m.shape, m.dtype))?;
+        }
+        Ok(())
+    }
+
+    /// Named parameters and optimizer state, for checkpoints.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let g = self.train.graph();
+        self.params.iter().map(|p| p.id).chain(self.opt_state.iter().copied()).map(|id| Ok((g.value(id).name.clone(), self.train.get(id)?))).collect()
+    }
+
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let ids: Vec<ValueId> = self.params.iter().map(|p| p.id).chain(self.opt_state.iter().copied()).collect();
+        for id in ids {
+            let name = self.train.graph().value(id).name.clone();
+            let t = tensors.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name:?}")))?;
+            self.train.set(id, &t.1)?;
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `graphs` with one caption each.
+    pub fn step(&mut self, graphs: &[crate::data::SceneGraph], captions: &[&crate::data::Encoded], w: LossWeights, lr: f64, step: usize, rng: &mut SplitMix64) -> Result<StepStats> {
+        self.feeder.feed_images(&mut self.train, graphs, rng)?;
+        self.feeder.feed_text(&mut self.train, captions)?;
+        self.feeder.feed_weights(&mut self.train, w)?;
+        self.train.set(self.hyper, &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?)?;
+        self.train.run()?;
+        let scalar = |ex: &Executor<B>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
+        let o = &self.model_outputs;
+        let stats = StepStats {
+            loss: scalar(&self.train, o.loss)?,
+            itc: scalar(&self.train, o.itc)?,
+            stl: o.stl.map(|v| scalar(&self.train, v)).transpose()?,
+            node_cl: o.node_cl.map(|v| scalar(&self.train, v)).transpose()?,
+            grad_norm: scalar(&self.train, self.grad_norm)?,
+            spike_rates: o.spike_rates.iter().map(|&v| scalar(&self.train, v)).collect::<Result<_>>()?,
+            r: o.r.map(|v| self.train.get(v).map(|t| t.to_f64_vec().iter().sum::<f64>() / t.numel() as f64)).transpose()?,
+            logit_scale: scalar(&self.train, o.logit_scale)?,
+        };
+        if !stats.loss.is_finite() || !stats.grad_norm.is_finite() {
+            return Err(Error::invalid(
+                "train",
+                format!("non-finite loss or gradient at step {step} (loss {}, grad norm {}); lower train.lr or check the data", stats.loss, stats.grad_norm),
+            ));
+        }
+        Ok(stats)
+    }
+
+    /// Copies the current parameters into the evaluation executors.
+    pub fn sync_eval(&mut self) -> Result<()> {
+        for p in &self.params {
+            let t = self.train.get(p.id)?;
+            self.image.set(p.id, &t)?;
+            self.text.set(p.id, &t)?;
+        }
+        Ok(())
+    }
+
+    /// Image and caption embeddings of a whole split, and each caption's image index.
+    pub fn embed(&mut self, split: &PreparedSplit) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
+        let b = self.cfg.train.batch_size;
+        let mut rng = SplitMix64::new(0);
+        let mut img = Vec::new();
+        for chunk in split.graphs.chunks(b) {
+            self.feeder.feed_images(&mut self.image, chunk, &mut rng)?;
+            self.image.run()?;
+            let z = self.image.get(self.model_outputs.z_img)?;
+            img.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
+        }
+        let caps: Vec<(&crate::data::Encoded, usize)> = split.captions.iter().enumerate().flat_map(|(i, cs)| cs.iter().map(move |c| (c, i))).collect();
+        let mut txt = Vec::new();
+        for chunk in caps.chunks(b) {
+            let enc: Vec<&crate::data::Encoded> = chunk.iter().map(|(c, _)| *c).collect();
+            self.feeder.feed_text(&mut self.text, &enc)?;
+            self.text.run()?;
+            let z = self.text.get(self.model_outputs.z_txt)?;
+            txt.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
+        }
+        Ok((img, txt, caps.iter().map(|(_, i)| *i).collect()))
+    }
+
+    pub fn evaluate(&mut self, split: &PreparedSplit) -> Result<Recall> {
+        self.sync_eval()?;
+        let (img, txt, owner) = self.embed(split)?;
+        Ok(recall(&img, &txt, self.cfg.model.dim, &owner))
+    }
+
+    /// Image-side outputs for one batch (for `gshn show`): attention per layer and node spike rates.
+    pub fn inspect(&mut self, graphs: &[crate::data::SceneGraph]) -> Result<(crate::data::GraphBatch, Vec<Tensor>)> {
+        self.sync_eval()?;
+        let b = self.feeder.feed_images(&mut self.image, graphs, &mut SplitMix64::new(0))?;
+        self.image.run()?;
+        let outs = self.image_fetch.iter().map(|&v| self.image.get(v)).collect::<Result<_>>()?;
+        Ok((b, outs))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub itc: f64,
+    pub stl: Option<f64>,
+    pub node_cl: Option<f64>,
+    pub grad_norm: f64,
+    pub spike_rates: Vec<f64>,
+    pub r: Option<f64>,
+    pub logit_scale: f64,
+}
+
+/// Options of `gshn train`.
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub quiet: bool,
+}
+
+/// Summary of a finished run.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub seconds: f64,
+    pub graphs_per_second: f64,
+    pub final_recall: Recall,
+    pub best_rsum: f64,
+    pub final_r: Option<f64>,
+    pub final_spike_rates: Vec<f64>,
+}
+
+/// Trains (or resumes) a run in `opts.out` and returns its summary.
+pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
+    let resumed = if opts.resume { Checkpoint::load_latest(out)? } else { None };
+    let cfg = match &resumed {
+        Some(ck) => ck.config.clone(),
+        None => cfg,
+    };
+    let train_ds = open_split(&opts.data, &cfg, &cfg.data.train_split)?;
+    let val_ds = open_split(&opts.data, &cfg, &cfg.data.val_split)?;
+    let vocab = match &resumed {
+        Some(ck) => ck.vocab.clone(),
+        None => Vocab::build(train_ds.all_captions(), cfg.data.vocab_min_count, None),
+    };
+    let train_split = prepare(&train_ds, &cfg, &vocab, "train")?;
+    let val_split = prepare(&val_ds, &cfg, &vocab, "val")?;
+    let shape = match &resumed {
+        Some(ck) => ck.shape.clone(),
+        None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories(), cfg.data.graph.nodes_per_graph())?,
+    };
+    if train_split.len() < cfg.train.batch_size {
+        return Err(Error::invalid("train", format!("the train split has {} images, fewer than one batch ({})", train_split.len(), cfg.train.batch_size)));
+    }
+    let mut engine = Engine::new(backend, cfg.clone(), shape.clone(), vocab.clone())?;
+    let t = &cfg.train;
+    let steps_per_epoch = train_split.len() / t.batch_size;
+    let total = steps_per_epoch * t.epochs;
+    let sched = WarmupCosine { lr: t.lr, warmup_steps: t.warmup_steps.min(total / 2), total_steps: total, min_ratio: t.min_lr_ratio };
+
+    let mut state = TrainState::default();
+    match &resumed {
+        Some(ck) => {
+            engine.load_state(&ck.tensors)?;
+            state = ck.state.clone();
+            super::metrics::truncate_after(&out.join("metrics.jsonl"), state.step)?;
+        }
+        None => {
+            engine.init()?;
+            std::fs::remove_file(out.join("metrics.jsonl")).ok();
+        }
+    }
+    let mut log = super::metrics::MetricsLog::open(&out.join("metrics.jsonl"))?;
+    let save = |engine: &Engine<B>, state: &TrainState| -> Result<()> {
+        Checkpoint { config: cfg.clone(), vocab: vocab.clone(), shape: shape.clone(), state: state.clone(), tensors: engine.state_tensors()? }.save(out, &shape.to_meta())
+    };
+
+    if !opts.quiet {
+        eprintln!(
+            "gshn: {} train / {} val images, {} steps/epoch × {} epochs, model {:?}, {} parameters, plan peak {:.1} MiB",
+            train_split.len(),
+            val_split.len(),
+            steps_per_epoch,
+            t.epochs,
+            cfg.model.variant,
+            engine.params.iter().map(|p| p.shape.numel()).sum::<usize>(),
+            engine.train.plan().memory.peak_intermediate_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    let started = Instant::now();
+    let mut last = StepStats::default();
+    let mut final_recall = state.last_recall.unwrap_or_default();
+    let mut graphs_done = 0usize;
+    while state.epoch < t.epochs {
+        let epoch = state.epoch;
+        let mut order: Vec<usize> = (0..train_split.len()).collect();
+        SplitMix64::new(mix64(t.seed ^ 0x5eed) ^ epoch as u64).shuffle(&mut order);
+        let bar = if opts.quiet { ProgressBar::hidden() } else { progress(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, t.epochs)) };
+        bar.set_position(state.batch as u64);
+        let pretrain = epoch < t.pretrain_epochs && engine.model_outputs.stl.is_some();
+        let w = LossWeights {
+            itc: if pretrain { 0.0 } else { 1.0 },
+            stl: t.lambda_stl as f32,
+            node: t.lambda_node as f32,
+        };
+        let epoch_start = Instant::now();
+        while state.batch < steps_per_epoch {
+            let idx = &order[state.batch * t.batch_size..(state.batch + 1) * t.batch_size];
+            // Every random choice of a step derives from (seed, step): resuming repeats it.
+            let mut rng = SplitMix64::new(mix64(t.seed) ^ mix64(state.step as u64 + 1));
+            let graphs: Vec<_> = idx.iter().map(|&i| train_split.graphs[i].clone()).collect();
+            let caps: Vec<&crate::data::Encoded> = idx.iter().map(|&i| &train_split.captions[i][rng.below(train_split.captions[i].len())]).collect();
+            let lr = sched.at(state.step);
+            last = engine.step(&graphs, &caps, w, lr, state.step, &mut rng)?;
+            state.step += 1;
+            state.batch += 1;
+            graphs_done += t.batch_size;
+            bar.inc(1);
+            if state.step % t.log_every.max(1) == 0 || state.batch == steps_per_epoch {
+                let gps = graphs_done as f64 / started.elapsed().as_secs_f64();
+                log.step(state.step, epoch, lr, &last, gps)?;
+                bar.set_message(format!("loss {:.3}", last.loss));
+            }
+            if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.batch < steps_per_epoch {
+                save(&engine, &state)?;
+            }
+        }
+        bar.finish_and_clear();
+        let rec = engine.evaluate(&val_split)?;
+        log.eval(state.step, epoch, &rec)?;
+        final_recall = rec;
+        state.best_rsum = state.best_rsum.max(rec.rsum);
+        state.last_recall = Some(rec);
+        state.epoch += 1;
+        state.batch = 0;
+        save(&engine, &state)?;
+        super::metrics::plot_run(out)?;
+        if !opts.quiet {
+            eprintln!(
+                "epoch {:>3}: loss {:.4}  t2i R@1 {:5.1}  i2t R@1 {:5.1}  rsum {:6.1}  r {}  spikes {}  ({:.1}s)",
+                epoch + 1,
+                last.loss,
+                rec.t2i_r1,
+                rec.i2t_r1,
+                rec.rsum,
+                last.r.map_or("-".into(), |r| format!("{r:.3}")),
+                last.spike_rates.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join("/"),
+                epoch_start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    log.flush()?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TrainSummary {
+        steps: state.step,
+        seconds,
+        graphs_per_second: graphs_done as f64 / seconds.max(1e-9),
+        final_recall,
+        best_rsum: state.best_rsum,
+        final_r: last.r,
+        final_spike_rates: last.spike_rates,
+    })
+}
+
+/// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
+pub fn load_engine<B: Backend + Clone>(backend: B, run: &Path) -> Result<Engine<B>> {
+    let ck = Checkpoint::load_latest(run)?.ok_or_else(|| Error::invalid("checkpoint", format!("no checkpoint in {}", run.display())))?;
+    let mut engine = Engine::new(backend, ck.config.clone(), ck.shape.clone(), ck.vocab.clone())?;
+    engine.load_state(&ck.tensors)?;
+    Ok(engine)
+}
+
+pub(crate) fn data_shape_from_meta(s: &str) -> Result<DataShape> {
+    DataShape::from_meta(s)
+}
