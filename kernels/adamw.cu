@@ -9,8 +9,13 @@
 // clip_coef_{f32,f64}(const T* part, int nparts, T max_norm, T* coef, T* total_norm)
 //   total = sqrt(sum of partials) (fixed order); coef[0] = min(1, max_norm / (total + 1e-6));
 //   total_norm nullable. grid 1, block 256.
-// adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, T lr, T beta1, T beta2, T eps, T wd,
-//                      T bc1, T bc2, const T* gscale)
+// adamw_coefs_{f32,f64}(const T* hyper, T* coefs, double beta1, double beta2)
+//   From the device hyper-parameters hyper[2] = (lr, step) (Op::AdamW input, no host read):
+//   coefs[0] = lr, coefs[1] = bc1 = 1 - beta1^step, coefs[2] = bc2 = 1 - beta2^step (f64 math, then
+//   rounded to T). grid 1, block 32 (one thread works).
+// adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1, T beta2, T eps,
+//                      T wd, const T* gscale)
+//   coefs = (lr, bc1, bc2) on the device (adamw_coefs).
 //   In place on p, m, v (elementwise, flat grid-stride; block 256, grid any; skip when n == 0):
 //     gg = g * (gscale ? gscale[0] : 1)          (gscale = clip coefficient, device scalar)
 //     p  = p * (1 - lr*wd)                        (decoupled weight decay; pass wd = 0 to exclude)
@@ -40,8 +45,19 @@ __device__ void clip_coef(const T* __restrict__ part, int nparts, T max_norm, T*
 }
 
 template <typename T>
+__device__ void adamw_coefs(const T* __restrict__ hyper, T* __restrict__ coefs, double beta1, double beta2) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) {
+        const double t = (double)hyper[1];
+        coefs[0] = hyper[0];
+        coefs[1] = (T)(1.0 - pow(beta1, t));
+        coefs[2] = (T)(1.0 - pow(beta2, t));
+    }
+}
+
+template <typename T>
 __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int n,
-                           T lr, T beta1, T beta2, T eps, T wd, T bc1, T bc2, const T* __restrict__ gscale) {
+                           const T* __restrict__ coefs, T beta1, T beta2, T eps, T wd, const T* __restrict__ gscale) {
+    const T lr = coefs[0], bc1 = coefs[1], bc2 = coefs[2];
     const T gs = gscale ? gscale[0] : T(1);
     const T decay = T(1) - lr * wd;
     const T step = lr / bc1;
@@ -61,9 +77,12 @@ __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __rest
     extern "C" __global__ void clip_coef_##SUF(const T* part, int nparts, T max_norm, T* coef, T* total_norm) {  \
         clip_coef<T>(part, nparts, max_norm, coef, total_norm);                                                  \
     }                                                                                                            \
-    extern "C" __global__ void adamw_step_##SUF(T* p, const T* g, T* m, T* v, int n, T lr, T beta1, T beta2,    \
-                                                T eps, T wd, T bc1, T bc2, const T* gscale) {                    \
-        adamw_step<T>(p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, bc2, gscale);                               \
+    extern "C" __global__ void adamw_coefs_##SUF(const T* hyper, T* coefs, double beta1, double beta2) {         \
+        adamw_coefs<T>(hyper, coefs, beta1, beta2);                                                              \
+    }                                                                                                            \
+    extern "C" __global__ void adamw_step_##SUF(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1,   \
+                                                T beta2, T eps, T wd, const T* gscale) {                         \
+        adamw_step<T>(p, g, m, v, n, coefs, beta1, beta2, eps, wd, gscale);                                      \
     }
 
 ADAMW_INST(float, f32)

@@ -55,6 +55,8 @@ __device__ __forceinline__ float g_log(float x) { return logf(x); }
 __device__ __forceinline__ double g_log(double x) { return log(x); }
 __device__ __forceinline__ float g_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double g_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float g_expm1(float x) { return expm1f(x); }
+__device__ __forceinline__ double g_expm1(double x) { return expm1(x); }
 __device__ __forceinline__ float g_erf(float x) { return erff(x); }
 __device__ __forceinline__ double g_erf(double x) { return erf(x); }
 __device__ __forceinline__ float g_abs(float x) { return fabsf(x); }
@@ -118,11 +120,28 @@ template <typename T> __device__ __forceinline__ T leaky_relu(T x, T slope) { re
 // Surrogate derivative sigma'(x), x = H - v_th (DESIGN §3.1).
 // kind: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular.
 template <typename T> __device__ __forceinline__ T surrogate_grad(int kind, T alpha, T x) {
-    const T pi = T(3.14159265358979323846);
     switch (kind) {
-        case 0: { T u = pi * alpha * x / T(2); return alpha / (T(2) * (T(1) + u * u)); }
+        // u = (pi/2 * alpha) * x: the same rounding steps as the CPU backend.
+        case 0: { T u = (T(1.57079632679489661923) * alpha) * x; return alpha / (T(2) * (T(1) + u * u)); }
         case 1: { T s = T(1) / (T(1) + g_exp(-alpha * x)); return alpha * s * (T(1) - s); }
         case 2: { T d = T(1) + alpha * g_abs(x); return T(1) / (d * d); }
         default: return g_abs(x) < alpha / T(2) ? T(1) / alpha : T(0);
     }
+}
+
+// Smooth stand-in for the Heaviside step (its derivative is exactly sigma'): the surrogate's
+// primitive, 1/2 at 0. Evaluated in double and rounded once to T, as the CPU backend does
+// (`Surrogate::primitive` in f64, then `as T`). Test mode only (LifConfig::smooth, Unary::Spike
+// with smooth). kind as in surrogate_grad.
+template <typename T> __device__ __forceinline__ T surrogate_primitive(int kind, T alpha_t, T x_t) {
+    const double a = (double)alpha_t, x = (double)x_t;
+    const double pi = 3.14159265358979323846;
+    double r;
+    switch (kind) {
+        case 0: r = atan(1.57079632679489661923 * a * x) / pi + 0.5; break;
+        case 1: r = 1.0 / (1.0 + exp(-a * x)); break;
+        case 2: r = 0.5 + (x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0)) * (1.0 - 1.0 / (1.0 + a * fabs(x))) / a; break;
+        default: r = fmin(fmax(x / a + 0.5, 0.0), 1.0); break;
+    }
+    return (T)r;
 }

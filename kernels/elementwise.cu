@@ -19,8 +19,12 @@
 //   colsum (ng=C, inner=1), of sum_all (ng=1, inner=1); mean: scale = 1/count.
 // act_fwd_{f32,f64}(const T* x, T* y, int n, int kind, T param)
 // act_bwd_{f32,f64}(const T* x, const T* gy, T* gx, int n, int kind, T param)   (x = forward input)
-//   kind 0 ReLU; 1 ELU(alpha=param): x>0 ? x : param*(exp(x)-1); 2 GELU exact (erf form);
-//   3 LeakyReLU(slope=param); 4 sigmoid; 5 tanh. Derivative at 0 is the x<=0 branch (as PyTorch).
+//   kind 0 ReLU; 1 ELU(alpha=param): x>0 ? x : param*expm1(x); 2 GELU exact (erf form);
+//   3 LeakyReLU(slope=param); 4 sigmoid; 5 tanh; 6 exp. Derivative at 0 is the x<=0 branch (as PyTorch).
+// spike_fwd_{f32,f64}(const T* x, T* y, int n, int surrogate, T alpha, int smooth)
+//   y = x >= 0 ? 1 : 0, or (smooth) the surrogate's primitive (common.cuh surrogate_primitive).
+// spike_bwd_{f32,f64}(const T* x, const T* gy, T* gx, int n, int surrogate, T alpha)
+//   gx = gy * surrogate_grad(surrogate, alpha, x).
 // dropout_{f32,f64}(const T* x, T* y, int n, T p, unsigned long long seed, unsigned long long offset)
 //   y[i] = keep_i ? x[i] / (1 - p) : 0. The backward is the SAME kernel applied to gy with the same
 //   (p, seed, offset). Mask (bit-exact on CPU too, all arithmetic on u64 with wrap-around):
@@ -28,6 +32,16 @@
 //                 z ^= z >> 31; return z; }
 //     bits = fmix(seed ^ fmix(offset + i + 0x9E3779B97F4A7C15));  u = (bits >> 40) * 2^-24 in [0,1)
 //     keep_i = (T)u >= p.   (Advance offset by n per call for fresh masks.)  p >= 1 -> y = 0.
+// dropout_hash_{f32,f64}(const T* x, T* y, int n, const int* seed, unsigned int thr, T scale)
+//   The mask of Op::Dropout, bit-identical to the CPU backend (crate::util::rng):
+//     s = (u64)(u32)seed[0] (device scalar: no host read);  h = fmix(s ^ fmix(i)) >> 40  (24 bits)
+//     y[i] = h >= thr ? x[i] * scale : 0,   thr = ceil(p * 2^24) clamped to [0, 2^24],
+//     scale = (T)(1 / (1 - p)) computed by the host in f64. Backward: the same call on gy.
+// permute_b4 / permute_b8(const T* x, T* y, long long n, PermMeta meta)   (T = 4- / 8-byte words)
+//   y[o] = x[sum_a o_a * meta.stride[a]] with o the multi-index of flat o over meta.dims (rank
+//   meta.rank <= 6; stride[a] = input stride of the input axis perm[a]). Any dtype of that size.
+//   PermMeta = { int rank; int dims[6]; long long stride[6]; } passed by value.
+// copy_cols_i32: copy_cols for int32 (index tensors); same arguments (accumulate must be 0).
 // copy_cols_{f32,f64}(const T* src, T* dst, int R, int W, int src_ld, int src_off, int dst_ld,
 //                     int dst_off, int accumulate)
 //   for r < R, j < W: dst[r*dst_ld + dst_off + j] (+)= src[r*src_ld + src_off + j]  (flat over R*W).
@@ -79,11 +93,12 @@ __device__ void ew_broadcast(const T* __restrict__ g, T* __restrict__ out, int n
 template <typename T> __device__ __forceinline__ T act_f(int kind, T x, T p) {
     switch (kind) {
         case 0: return x > T(0) ? x : T(0);
-        case 1: return x > T(0) ? x : p * (g_exp(x) - T(1));
+        case 1: return x > T(0) ? x : p * g_expm1(x);
         case 2: return T(0.5) * x * (T(1) + g_erf(x * T(0.70710678118654752440)));
         case 3: return x > T(0) ? x : p * x;
         case 4: return T(1) / (T(1) + g_exp(-x));
-        default: return g_tanh(x);
+        case 5: return g_tanh(x);
+        default: return g_exp(x);
     }
 }
 template <typename T> __device__ __forceinline__ T act_df(int kind, T x, T p) {
@@ -97,8 +112,19 @@ template <typename T> __device__ __forceinline__ T act_df(int kind, T x, T p) {
         }
         case 3: return x > T(0) ? T(1) : p;
         case 4: { const T s = T(1) / (T(1) + g_exp(-x)); return s * (T(1) - s); }
-        default: { const T t = g_tanh(x); return T(1) - t * t; }
+        case 5: { const T t = g_tanh(x); return T(1) - t * t; }
+        default: return g_exp(x);
     }
+}
+
+template <typename T>
+__device__ void spike_fwd(const T* __restrict__ x, T* __restrict__ y, int n, int surrogate, T alpha, int smooth) {
+    GRID_STRIDE(i, n) y[i] = smooth ? surrogate_primitive(surrogate, alpha, x[i]) : (x[i] >= T(0) ? T(1) : T(0));
+}
+template <typename T>
+__device__ void spike_bwd(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ gx, int n, int surrogate,
+                          T alpha) {
+    GRID_STRIDE(i, n) gx[i] = gy[i] * surrogate_grad(surrogate, alpha, x[i]);
 }
 
 template <typename T> __device__ void act_fwd(const T* __restrict__ x, T* __restrict__ y, int n, int kind, T p) {
@@ -124,6 +150,41 @@ template <typename T> __device__ void dropout(const T* x, T* y, int n, T p, u64 
         y[i] = (u >= p && p < T(1)) ? x[i] * scale : T(0);
     }
 }
+
+template <typename T>
+__device__ void dropout_hash(const T* __restrict__ x, T* __restrict__ y, int n, const int* __restrict__ seed,
+                             unsigned int thr, T scale) {
+    const u64 s = (u64)(unsigned int)seed[0];
+    GRID_STRIDE(i, n) {
+        const unsigned int h = (unsigned int)(fmix64(s ^ fmix64((u64)i)) >> 40);
+        y[i] = h >= thr ? x[i] * scale : T(0);
+    }
+}
+
+struct PermMeta {
+    int rank;
+    int dims[6];
+    long long stride[6];
+};
+
+template <typename W> __device__ void permute_words(const W* __restrict__ x, W* __restrict__ y, i64 n, PermMeta m) {
+    for (i64 o = gtid(); o < n; o += gstride()) {
+        i64 rem = o, src = 0;
+#pragma unroll
+        for (int a = 5; a >= 0; --a) {  // constant indices: the params stay out of local memory
+            if (a < m.rank) {
+                const i64 d = m.dims[a];
+                src += (rem % d) * m.stride[a];
+                rem /= d;
+            }
+        }
+        y[o] = x[src];
+    }
+}
+extern "C" __global__ void permute_b4(const unsigned int* x, unsigned int* y, long long n, PermMeta m) {
+    permute_words<unsigned int>(x, y, n, m);
+}
+extern "C" __global__ void permute_b8(const u64* x, u64* y, long long n, PermMeta m) { permute_words<u64>(x, y, n, m); }
 
 template <typename T>
 __device__ void copy_cols(const T* __restrict__ src, T* __restrict__ dst, int R, int W, int src_ld, int src_off,
@@ -177,6 +238,16 @@ __device__ void embed_bwd(const T* __restrict__ gOut, const int* __restrict__ pe
     extern "C" __global__ void act_bwd_##SUF(const T* x, const T* gy, T* gx, int n, int kind, T param) {          \
         act_bwd<T>(x, gy, gx, n, kind, param);                                                                     \
     }                                                                                                              \
+    extern "C" __global__ void spike_fwd_##SUF(const T* x, T* y, int n, int surrogate, T alpha, int smooth) {    \
+        spike_fwd<T>(x, y, n, surrogate, alpha, smooth);                                                           \
+    }                                                                                                              \
+    extern "C" __global__ void spike_bwd_##SUF(const T* x, const T* gy, T* gx, int n, int surrogate, T alpha) {   \
+        spike_bwd<T>(x, gy, gx, n, surrogate, alpha);                                                              \
+    }                                                                                                              \
+    extern "C" __global__ void dropout_hash_##SUF(const T* x, T* y, int n, const int* seed, unsigned int thr,      \
+                                                  T scale) {                                                       \
+        dropout_hash<T>(x, y, n, seed, thr, scale);                                                                \
+    }                                                                                                              \
     extern "C" __global__ void dropout_##SUF(const T* x, T* y, int n, T p, unsigned long long seed,               \
                                              unsigned long long offset) {                                          \
         dropout<T>(x, y, n, p, seed, offset);                                                                      \
@@ -195,3 +266,8 @@ __device__ void embed_bwd(const T* __restrict__ gOut, const int* __restrict__ pe
 
 EW_INST(float, f32)
 EW_INST(double, f64)
+
+extern "C" __global__ void copy_cols_i32(const int* src, int* dst, int R, int W, int src_ld, int src_off, int dst_ld,
+                                         int dst_off, int accumulate) {
+    copy_cols<int>(src, dst, R, W, src_ld, src_off, dst_ld, dst_off, accumulate);
+}

@@ -33,8 +33,13 @@
 //
 // BACKWARD (g = g_loss/(2B) two-dir, g_loss/B one-dir; gLogit_ij = g (p_ij + q_ij - 2 d_ij) or g (p_ij - d_ij))
 // 5. infonce_bwd_f32(const float* X, const float* Y, const float* lse_x, const float* lse_y,
+//        const float* g_lse_x, const float* g_lse_y,
 //        const float* logit_scale, const float* g_loss, float* gXp, float* gscale_part,
 //        int B, int D, int mode)
+//    g_lse_x, g_lse_y: nullable gradients reaching the saved lse outputs (the 8-input form of
+//    Op::InfoNceBackward), on the same side as lse_x / lse_y: the exp(l - lse_x[i]) term is weighted
+//    by (g + g_lse_x[i]) and the exp(l - lse_y[j]) term by (g + g_lse_y[j]); the diagonal term stays
+//    cd * g.
 //    gX_i = s sum_j gLogit(X_i, Y_j) Y_j for the orientation's rows X.
 //    mode 0 (two-dir): gLogit = g (exp(l - lse_x[i]) + exp(l - lse_y[j]) - 2 d_ij)
 //      gA: X=A, Y=P, lse_x=lse_row, lse_y=lse_col;   gP: X=P, Y=A, lse_x=lse_col, lse_y=lse_row.
@@ -48,7 +53,7 @@
 // 6. infonce_sum_parts_f32(const float* parts, float* out, int KS, int n)
 //    out[i] = sum_{k < KS} parts[k*n + i] in k order. Flat: block 256, grid ceil(n/256) (any).
 // 7. infonce_gscale_f32(const float* gscale_part, int nparts, const float* logit_scale, float* g_scale)
-//    g_scale[0] = (exp(logit_scale) < 100 ? sum of the partials (f64, fixed order) : 0). grid 1, block 256.
+//    g_scale[0] = (exp(logit_scale) <= 100 ? sum of the partials (f64, fixed order) : 0). grid 1, block 256.
 #include "common.cuh"
 
 #define IT 64   // tile edge
@@ -195,7 +200,8 @@ extern "C" __global__ void infonce_loss_f32(const float* __restrict__ lse_row, c
 
 extern "C" __global__ void __launch_bounds__(256) infonce_bwd_f32(
     const float* __restrict__ X, const float* __restrict__ Y, const float* __restrict__ lse_x,
-    const float* __restrict__ lse_y, const float* __restrict__ logit_scale, const float* __restrict__ g_loss,
+    const float* __restrict__ lse_y, const float* __restrict__ g_lse_x, const float* __restrict__ g_lse_y,
+    const float* __restrict__ logit_scale, const float* __restrict__ g_loss,
     float* __restrict__ gXp, float* __restrict__ gscale_part, int B, int D, int mode) {
     __shared__ float Xs[IT][IK + 1], Ys[IT][IK + 1];
     __shared__ float Gs[IT][IT + 1];
@@ -217,11 +223,12 @@ extern "C" __global__ void __launch_bounds__(256) infonce_bwd_f32(
                 const int row = r0 + ty + 16 * a, d = d0 + tx + 16 * b;
                 if (row < B && d < D) out[(i64)row * D + d] = 0.f;
             }
-    float lx[4];
+    float lx[4], wx[4];
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         const int row = r0 + ty + 16 * a;
         lx[a] = (use_x && row < B) ? lse_x[row] : 0.f;
+        wx[a] = (g_lse_x && use_x && row < B) ? g + g_lse_x[row] : g;
     }
     float gsc = 0.f;
     for (int ct = ks; ct < nct; ct += KS) {
@@ -232,17 +239,16 @@ extern "C" __global__ void __launch_bounds__(256) infonce_bwd_f32(
         for (int b = 0; b < 4; ++b) {
             const int col = c0 + tx + 16 * b;
             const float ly = (use_y && col < B) ? lse_y[col] : 0.f;
+            const float wy = (g_lse_y && use_y && col < B) ? g + g_lse_y[col] : g;
 #pragma unroll
             for (int a = 0; a < 4; ++a) {
                 const int row = r0 + ty + 16 * a;
                 float gl = 0.f;
                 if (row < B && col < B) {
                     const float lg = s * acc[a][b];
-                    float pq = 0.f;
-                    if (use_x) pq += expf(lg - lx[a]);
-                    if (use_y) pq += expf(lg - ly);
-                    if (row == col) pq -= cd;
-                    gl = g * pq;
+                    if (use_x) gl += wx[a] * expf(lg - lx[a]);
+                    if (use_y) gl += wy * expf(lg - ly);
+                    if (row == col) gl -= cd * g;
                     gsc += gl * lg;
                 }
                 Gs[ty + 16 * a][tx + 16 * b] = s * gl;
@@ -302,5 +308,5 @@ extern "C" __global__ void infonce_gscale_f32(const float* __restrict__ gscale_p
     double acc = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += (double)gscale_part[i];
     acc = block_sum(acc);
-    if (threadIdx.x == 0) g_scale[0] = expf(*logit_scale) < 100.f ? (float)acc : 0.f;
+    if (threadIdx.x == 0) g_scale[0] = expf(*logit_scale) <= 100.f ? (float)acc : 0.f;
 }

@@ -20,20 +20,24 @@
 // ---------------------------------------------------------------------------------------------
 // lif_fwd_f32 / lif_fwd_f64
 //   (const T* X, T* S, T* V, T* H, int Tn, int N,
-//    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input)
+//    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
+//    int smooth, int surrogate, T alpha)
 //   X [Tn,N] in; S [Tn,N] out (0/1 spikes); V [Tn,N] out (membrane after reset), nullable;
 //   H [Tn,N] out (membrane after charge, saved for backward), nullable.
+//   smooth = 1 (test mode, LifConfig::smooth): S = surrogate_primitive(surrogate, alpha, H - v_th)
+//   instead of the step, and the reset is the formula H (1 - S) + v_reset S (hard) / H - v_th S
+//   (soft), in correctly rounded steps. smooth = 0: surrogate/alpha are ignored.
 //   Launch: block 256 (any), grid = ceil(N/256) (any grid >= 1 is correct: grid-stride).
 //   Skip when Tn*N == 0.
 //
 // lif_bwd_f32 / lif_bwd_f64
-//   (const T* H, const T* gS, const T* gV, const T* X, T* gX, T* gtau_part, int Tn, int N,
+//   (const T* H, const T* gS, const T* gV, T* gX, T* gtau_part, int Tn, int N,
 //    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
-//    int detach_reset, int surrogate, T alpha)
-//   H [Tn,N] (saved); gS [Tn,N]; gV [Tn,N] nullable (= zeros); gX [Tn,N] out.
-//   X [Tn,N]: the forward input, only read when gtau_part != nullptr and decay_input == 1
-//     (may be nullptr otherwise).
-//   gtau_part [gridDim.x] out, nullable: per-block partial sums of dL/dtau (learnable tau).
+//    int detach_reset, int surrogate, T alpha, int smooth)
+//   H [Tn,N] (saved); gS [Tn,N] nullable (= zeros); gV [Tn,N] nullable (= zeros); gX [Tn,N] out.
+//   gtau_part [gridDim.x] out, nullable: per-block partial sums of dL/dtau (learnable tau), with
+//     dH_t/dtau = -(H_t - V_{t-1})/tau (decay_input; = -(X_t - (V_{t-1} - v_r))/tau^2) or
+//     (V_{t-1} - v_r)/tau^2, V_{t-1} recomputed from H_{t-1} (so X is not needed).
 //   surrogate: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular; alpha its parameter.
 //   Launch: block 256 (must be a multiple of 32, <= 1024), grid = G >= 1 (grid-stride); with
 //   gtau_part the host allocates G partials and then launches lif_gtau_reduce. For bit
@@ -48,6 +52,12 @@
 template <typename T> struct LifStep { T h; bool s; T v; };
 
 // Charge + fire + reset, the single source of truth for forward and backward.
+// Smooth-mode fire + reset (test mode): S = primitive(H - v_th), V by the reset formula.
+template <typename T>
+__device__ __forceinline__ T lif_smooth_reset(T h, T s, T v_th, T v_reset, bool hard) {
+    return hard ? rn_add(rn_mul(h, rn_sub(T(1), s)), rn_mul(v_reset, s)) : rn_sub(h, rn_mul(v_th, s));
+}
+
 template <typename T>
 __device__ __forceinline__ LifStep<T> lif_step(T v_prev, T x, T tau, T v_th, T v_r, T v_reset, bool hard,
                                                bool decay_input) {
@@ -61,14 +71,17 @@ __device__ __forceinline__ LifStep<T> lif_step(T v_prev, T x, T tau, T v_th, T v
 
 // Reset only (backward recomputation of V_{t-1} from the saved H_{t-1}).
 template <typename T>
-__device__ __forceinline__ T lif_reset_from_h(T h, T v_th, T v_reset, bool hard) {
+__device__ __forceinline__ T lif_reset_from_h(T h, T v_th, T v_reset, bool hard, bool smooth, int surrogate,
+                                              T alpha) {
+    if (smooth) return lif_smooth_reset(h, surrogate_primitive(surrogate, alpha, rn_sub(h, v_th)), v_th, v_reset, hard);
     bool s = rn_sub(h, v_th) >= T(0);
     return hard ? (s ? v_reset : h) : (s ? rn_sub(h, v_th) : h);
 }
 
 template <typename T>
 __device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restrict__ V, T* __restrict__ H,
-                        int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input) {
+                        int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
+                        int smooth, int surrogate, T alpha) {
     if (tau_ptr) tau = *tau_ptr;
     const T v_r = hard ? v_reset : T(0);
     GRID_STRIDE(n, N) {
@@ -76,7 +89,12 @@ __device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restric
         for (int t = 0; t < Tn; ++t) {
             const i64 idx = (i64)t * N + n;
             LifStep<T> st = lif_step(v, X[idx], tau, v_th, v_r, v_reset, hard != 0, decay_input != 0);
-            S[idx] = st.s ? T(1) : T(0);
+            T s = st.s ? T(1) : T(0);
+            if (smooth) {
+                s = surrogate_primitive(surrogate, alpha, rn_sub(st.h, v_th));
+                st.v = lif_smooth_reset(st.h, s, v_th, v_reset, hard != 0);
+            }
+            S[idx] = s;
             if (H) H[idx] = st.h;
             if (V) V[idx] = st.v;
             v = st.v;
@@ -86,9 +104,9 @@ __device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restric
 
 template <typename T>
 __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const T* __restrict__ gV,
-                        const T* __restrict__ X, T* __restrict__ gX, T* __restrict__ gtau_part, int Tn, int N,
+                        T* __restrict__ gX, T* __restrict__ gtau_part, int Tn, int N,
                         const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input, int detach_reset,
-                        int surrogate, T alpha) {
+                        int surrogate, T alpha, int smooth) {
     if (tau_ptr) tau = *tau_ptr;
     const T v_r = hard ? v_reset : T(0);
     const T inv_tau = T(1) / tau;
@@ -100,20 +118,22 @@ __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const
             const i64 idx = (i64)t * N + n;
             const T h = H[idx];
             const T x = rn_sub(h, v_th);
-            const T s = x >= T(0) ? T(1) : T(0);
+            const T s = smooth ? surrogate_primitive(surrogate, alpha, x) : (x >= T(0) ? T(1) : T(0));
             const T sg = surrogate_grad(surrogate, alpha, x);
             T dvdh;
             if (hard) dvdh = (T(1) - s) + (detach_reset ? T(0) : (v_reset - h) * sg);
             else dvdh = T(1) - (detach_reset ? T(0) : v_th * sg);
             const T gv_tot = (gV ? gV[idx] : T(0)) + carry;
-            const T gh = gS[idx] * sg + gv_tot * dvdh;
+            const T gh = (gS ? gS[idx] : T(0)) * sg + gv_tot * dvdh;
             gX[idx] = decay_input ? gh / tau : gh;
             carry = gh * keep;
             if (gtau_part) {
                 // V_{t-1}: recomputed from H_{t-1} with the forward's arithmetic (V_{-1} = v_r).
-                const T vp = t > 0 ? lif_reset_from_h(H[idx - N], v_th, v_reset, hard != 0) : v_r;
+                const T vp = t > 0 ? lif_reset_from_h(H[idx - N], v_th, v_reset, hard != 0, smooth != 0,
+                                                      surrogate, alpha)
+                                   : v_r;
                 T dh_dtau;
-                if (decay_input) dh_dtau = -(X[idx] - (vp - v_r)) / (tau * tau);
+                if (decay_input) dh_dtau = -(h - vp) / tau;
                 else dh_dtau = (vp - v_r) / (tau * tau);
                 gtau += gh * dh_dtau;
             }
@@ -134,15 +154,17 @@ template <typename T> __device__ void lif_gtau_reduce(const T* __restrict__ part
 
 #define LIF_INST(T, SUF)                                                                                      \
     extern "C" __global__ void lif_fwd_##SUF(const T* X, T* S, T* V, T* H, int Tn, int N, const T* tau_ptr,  \
-                                             T tau, T v_th, T v_reset, int hard, int decay_input) {          \
-        lif_fwd<T>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input);                       \
-    }                                                                                                         \
-    extern "C" __global__ void lif_bwd_##SUF(const T* H, const T* gS, const T* gV, const T* X, T* gX,        \
-                                             T* gtau_part, int Tn, int N, const T* tau_ptr, T tau, T v_th,  \
-                                             T v_reset, int hard, int decay_input, int detach_reset,        \
+                                             T tau, T v_th, T v_reset, int hard, int decay_input, int smooth, \
                                              int surrogate, T alpha) {                                       \
-        lif_bwd<T>(H, gS, gV, X, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,      \
-                   detach_reset, surrogate, alpha);                                                           \
+        lif_fwd<T>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,     \
+                   alpha);                                                                                    \
+    }                                                                                                         \
+    extern "C" __global__ void lif_bwd_##SUF(const T* H, const T* gS, const T* gV, T* gX, T* gtau_part,      \
+                                             int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset,     \
+                                             int hard, int decay_input, int detach_reset, int surrogate,    \
+                                             T alpha, int smooth) {                                          \
+        lif_bwd<T>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,         \
+                   detach_reset, surrogate, alpha, smooth);                                                   \
     }                                                                                                         \
     extern "C" __global__ void lif_gtau_reduce_##SUF(const T* part, int nparts, T* g_tau) {                 \
         lif_gtau_reduce<T>(part, nparts, g_tau);                                                              \

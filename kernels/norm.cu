@@ -20,9 +20,10 @@
 //   torch F.normalize: y = x / max(||x||, eps); norm[r] = ||x_r|| saved (nullable).
 // l2norm_bwd_{f32,f64}(const T* gy, const T* y, const T* norm, T* gx, int R, int C, T eps)
 //   ||x|| > eps: gx = (gy - y <gy,y>) / ||x||;  else gx = gy / eps.
-// softmax_fwd_{f32,f64}(const T* x, const int* valid, T* y, int R, int C, int rows_per_mask, T scale)
-//   y[r,:] = softmax(scale * x[r,:]) over positions with valid[r / rows_per_mask, c] != 0 (int32
-//   key-padding mask [R/rows_per_mask, C], 1 = attend, 0 = padding; nullable = all valid).
+// softmax_fwd_{f32,f64}(const T* x, const T* valid, T* y, int R, int C, int rows_per_mask, T scale)
+//   y[r,:] = softmax(scale * x[r,:]) over positions with valid[r / rows_per_mask, c] != 0 (float
+//   keep mask [R/rows_per_mask, C] of the x dtype, as Op::MaskedSoftmax: 1 = attend, 0 = padding;
+//   nullable = all valid).
 //   Masked positions get 0; a fully masked row is all 0 (never NaN).
 //   Attention scores [B, heads, Lq, Lk]: C = Lk, rows_per_mask = heads*Lq, mask [B, Lk].
 // softmax_bwd_{f32,f64}(const T* y, const T* gy, T* gx, int R, int C, T scale)
@@ -146,23 +147,23 @@ __device__ void l2norm_bwd(const T* __restrict__ gy, const T* __restrict__ y, co
 }
 
 template <typename T>
-__device__ void softmax_fwd(const T* __restrict__ x, const int* __restrict__ valid, T* __restrict__ y, int R, int C,
+__device__ void softmax_fwd(const T* __restrict__ x, const T* __restrict__ valid, T* __restrict__ y, int R, int C,
                             int rows_per_mask, T scale) {
     const int lane = lane_id();
     WARP_STRIDE(r, R) {
         const T* xr = x + r * C;
-        const int* vr = valid ? valid + (r / rows_per_mask) * C : nullptr;
+        const T* vr = valid ? valid + (r / rows_per_mask) * C : nullptr;
         T m = g_neg_inf<T>();
         for (int c = lane; c < C; c += 32)
-            if (!vr || vr[c]) m = g_max(m, scale * xr[c]);
+            if (!vr || vr[c] != T(0)) m = g_max(m, scale * xr[c]);
         m = warp_max(m);
         T s = T(0);
         for (int c = lane; c < C; c += 32)
-            if (!vr || vr[c]) s += g_exp(scale * xr[c] - m);
+            if (!vr || vr[c] != T(0)) s += g_exp(scale * xr[c] - m);
         s = warp_sum(s);
         T* yr = y + r * C;
         for (int c = lane; c < C; c += 32)
-            yr[c] = ((!vr || vr[c]) && s > T(0)) ? g_exp(scale * xr[c] - m) / s : T(0);
+            yr[c] = ((!vr || vr[c] != T(0)) && s > T(0)) ? g_exp(scale * xr[c] - m) / s : T(0);
     }
 }
 
@@ -206,7 +207,7 @@ __device__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ gy, T
                                                 T eps) {                                                          \
         l2norm_bwd<T>(gy, y, norm, gx, R, C, eps);                                                                \
     }                                                                                                             \
-    extern "C" __global__ void softmax_fwd_##SUF(const T* x, const int* valid, T* y, int R, int C,               \
+    extern "C" __global__ void softmax_fwd_##SUF(const T* x, const T* valid, T* y, int R, int C,               \
                                                  int rows_per_mask, T scale) {                                    \
         softmax_fwd<T>(x, valid, y, R, C, rows_per_mask, scale);                                                  \
     }                                                                                                             \

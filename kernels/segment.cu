@@ -11,8 +11,9 @@
 //   Y[s,c] = (sum over the segment's rows of X[p,c]) / count[s]; empty segment -> 0. count [S] out
 //   (as T), nullable. One thread per (s,c) (flat, c fastest: coalesced over c), block 256,
 //   grid ceil(S*C/256) (any). Skip when S*C == 0.
-// segment_mean_bwd_{f32,f64}(const T* gY, const int* seg, const int* seg_ptr, T* gX, int P, int C)
-//   gX[p,c] = gY[seg[p],c] / count[seg[p]] (0 for void rows). Flat over P*C, block 256, grid any.
+// segment_mean_bwd_{f32,f64}(const T* gY, const int* seg, const T* count, T* gX, int P, int C, int S)
+//   gX[p,c] = gY[seg[p],c] / count[seg[p]] (0 for void rows and for ids outside [0,S)); count is the
+//   forward's count output (Op::SegmentMeanBackward input). Flat over P*C, block 256, grid any.
 //   Skip when P*C == 0.
 #include "common.cuh"
 
@@ -33,16 +34,13 @@ __device__ void segment_mean_fwd(const T* __restrict__ X, const int* __restrict_
 
 template <typename T>
 __device__ void segment_mean_bwd(const T* __restrict__ gY, const int* __restrict__ seg,
-                                 const int* __restrict__ seg_ptr, T* __restrict__ gX, int P, int C) {
+                                 const T* __restrict__ count, T* __restrict__ gX, int P, int C, int S) {
     GRID_STRIDE(idx, (i64)P * C) {
         const i64 p = idx / C;
         const int c = (int)(idx % C);
         const int s = seg[p];
         T g = T(0);
-        if (s >= 0) {
-            const int n = seg_ptr[s + 1] - seg_ptr[s];
-            g = gY[(i64)s * C + c] / T(n);  // n >= 1: row p belongs to segment s
-        }
+        if (s >= 0 && s < S) g = gY[(i64)s * C + c] / count[s];  // count >= 1: row p is in segment s
         gX[idx] = g;
     }
 }
@@ -52,9 +50,9 @@ __device__ void segment_mean_bwd(const T* __restrict__ gY, const int* __restrict
                                                       T* count, int S, int C) {                                 \
         segment_mean_fwd<T>(X, seg_ptr, seg_pix, Y, count, S, C);                                               \
     }                                                                                                           \
-    extern "C" __global__ void segment_mean_bwd_##SUF(const T* gY, const int* seg, const int* seg_ptr, T* gX,   \
-                                                      int P, int C) {                                           \
-        segment_mean_bwd<T>(gY, seg, seg_ptr, gX, P, C);                                                        \
+    extern "C" __global__ void segment_mean_bwd_##SUF(const T* gY, const int* seg, const T* count, T* gX,       \
+                                                      int P, int C, int S) {                                    \
+        segment_mean_bwd<T>(gY, seg, count, gX, P, C, S);                                                       \
     }
 
 SEG_INST(float, f32)

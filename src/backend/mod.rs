@@ -2,12 +2,18 @@
 //! graph runs on the CPU (always available) or on CUDA (feature `cuda`, when a GPU is there).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
 
 use crate::error::Result;
 use crate::ops::Op;
 use crate::tensor::{DType, Shape, Tensor};
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaBuffer};
+pub use device::{cuda_available, AnyBackend, AnyBuffer, Device};
 
 /// A buffer of a backend seen as a tensor of `shape` (the buffer may be longer).
 pub struct View<'a, B> {

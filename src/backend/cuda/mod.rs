@@ -1,0 +1,517 @@
+//! The CUDA backend (feature `cuda`, DESIGN §6): the kernels of `kernels/*.cu` driven through
+//! `cudarc`, matmul through cuBLAS.
+//!
+//! - **Start-up** never panics: `libcuda` is probed first (`is_culib_present`), every driver call
+//!   is wrapped, and a panic inside cudarc (e.g. a symbol missing from an old driver) is caught;
+//!   all failures become `Error::Cuda` with a message saying what is missing.
+//! - **Kernels**: one cache of loaded modules, each kernel file loaded once, lazily, from the PTX
+//!   that build.rs embedded (nvcc), or compiled at run time by NVRTC for the device's compute
+//!   capability when the build had no nvcc. Functions are cached by name.
+//! - **Memory**: one stream; buffers are stream-ordered allocations (`cuMemAllocAsync`, the device
+//!   memory pool) made only by `alloc` (the executor allocates its plan's slots once). Kernel
+//!   scratch (GAT el/er/alpha/gpre, reduction partials, InfoNCE tiles, index CSRs) comes from one
+//!   per-backend arena that grows on demand and is reused by every op (the stream orders all
+//!   uses), so a training step allocates nothing.
+//! - **Index host work**: buffers written from the host (`Backend::write`) keep a host copy when
+//!   they hold indices (i32) or are tiny, so the CSR of rows per segment (SegmentMean), the
+//!   per-row CSR of ScatterAdd and the validation of index inputs are built on the host with no
+//!   device→host copy in the normal case (indices are fed inputs). Index tensors computed on the
+//!   device fall back to one copy (a stream sync). Validation errors are `Error::Invalid`, as on
+//!   the CPU.
+//! - **Semantics** match the CPU backend op for op (see `ops.rs`); `tests/cuda_parity.rs` checks.
+//!   Not supported on CUDA: InfoNCE in f64 (the tiled kernels are f32) → `Error::Unsupported`.
+
+mod ops;
+
+use super::{Backend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::tensor::{DType, Shape, Storage, Tensor};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+#[allow(dead_code)]
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
+}
+
+/// Host copies are kept for i32 buffers and for float buffers up to this many elements.
+const HOST_SHADOW_MAX_FLOAT: usize = 16;
+
+pub(crate) fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Cuda(format!("{what}: {e:?}"))
+}
+
+/// Runs `f`, turning a panic inside cudarc into `Error::Cuda`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Cuda(format!("{what}: {msg}")))
+        }
+    }
+}
+
+fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen libcuda.
+    catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// Number of CUDA devices; `Error::Cuda` when the driver library is missing or fails.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::Cuda(
+            "libcuda (the NVIDIA driver library) was not found: no usable GPU".into(),
+        ));
+    }
+    guarded("cuda device count", || {
+        CudaContext::device_count()
+            .map(|n| n.max(0) as usize)
+            .map_err(|e| cuda_err("cannot query CUDA devices (cuInit failed)", e))
+    })
+}
+
+/// A device buffer: raw bytes of `len` elements of `dtype`, plus (for index and tiny buffers
+/// written from the host) a host copy of the contents.
+pub struct CudaBuffer {
+    slice: CudaSlice<u8>,
+    ptr: u64,
+    dtype: DType,
+    len: usize,
+    host: Option<Storage>,
+}
+
+impl CudaBuffer {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The device address (for kernels launched by callers, e.g. benches).
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Bytes of device memory held.
+    pub fn bytes(&self) -> usize {
+        self.slice.len()
+    }
+}
+
+/// Kernel argument of a launch.
+#[derive(Clone, Copy)]
+pub(crate) enum Arg {
+    /// A device pointer (0 = nullptr).
+    P(u64),
+    I(i32),
+    U(u32),
+    L(i64),
+    F(f32),
+    D(f64),
+    Perm(PermMeta),
+}
+
+/// `PermMeta` of elementwise.cu (passed by value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PermMeta {
+    pub rank: i32,
+    pub dims: [i32; 6],
+    pub stride: [i64; 6],
+}
+// SAFETY: plain repr(C) data matching the kernel's struct layout (int, int[6], long long[6]).
+unsafe impl cudarc::driver::DeviceRepr for PermMeta {}
+
+#[derive(Default)]
+struct Scratch {
+    buf: Option<CudaSlice<u8>>,
+    ptr: u64,
+    cap: usize,
+}
+
+/// The CUDA backend of one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    ordinal: usize,
+    device_name: String,
+    cc: (i32, i32),
+    sm_count: u32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    scratch: Mutex<Scratch>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Without libcuda, without that device, or on any driver failure:
+    /// `Error::Cuda` with a clear message (never a panic).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let n = device_count()?;
+        if n == 0 {
+            return Err(Error::Cuda(
+                "the NVIDIA driver reports no CUDA device".into(),
+            ));
+        }
+        if ordinal >= n {
+            return Err(Error::Cuda(format!(
+                "CUDA device {ordinal} requested, but only {n} device(s) present"
+            )));
+        }
+        guarded("cuda init", || {
+            let ctx = CudaContext::new(ordinal).map_err(|e| {
+                cuda_err(&format!("cannot create a context on device {ordinal}"), e)
+            })?;
+            // One stream: no cross-stream event bookkeeping needed.
+            // SAFETY: every buffer of this backend is used on `stream` only.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx
+                .new_stream()
+                .map_err(|e| cuda_err("cannot create a stream", e))?;
+            let cc = ctx
+                .compute_capability()
+                .map_err(|e| cuda_err("compute capability", e))?;
+            let sm_count = ctx
+                .attribute(
+                    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                )
+                .map_err(|e| cuda_err("multiprocessor count", e))?
+                .max(1) as u32;
+            let device_name = ctx.name().unwrap_or_else(|_| "unknown".into());
+            // cuBLAS is optional until a matmul runs (then a missing library is a clear error).
+            // SAFETY: only tries to dlopen libcublas.
+            let blas = if catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
+                .unwrap_or(false)
+            {
+                Some(
+                    cudarc::cublas::CudaBlas::new(stream.clone())
+                        .map_err(|e| cuda_err("cannot create a cuBLAS handle", e))?,
+                )
+            } else {
+                None
+            };
+            Ok(CudaBackend {
+                ctx,
+                stream,
+                blas,
+                ordinal,
+                device_name,
+                cc,
+                sm_count,
+                modules: Mutex::new(HashMap::new()),
+                funcs: Mutex::new(HashMap::new()),
+                scratch: Mutex::new(Scratch::default()),
+            })
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// The GPU's name (e.g. "NVIDIA H100 80GB HBM3").
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Loads every kernel module now (otherwise each loads on first use); returns how many.
+    pub fn preload_kernels(&self) -> Result<usize> {
+        for (file, _, _) in ptx::KERNEL_SOURCES {
+            self.module(file)?;
+        }
+        Ok(ptx::KERNEL_SOURCES.len())
+    }
+
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = mods.get(file) {
+            return Ok(m.clone());
+        }
+        let (_, ptx_src, cu_src) = ptx::KERNEL_SOURCES
+            .iter()
+            .find(|(n, _, _)| *n == file)
+            .ok_or_else(|| Error::Cuda(format!("no kernel file {file}.cu in this build")))?;
+        let ptx = match ptx_src {
+            Some(p) => cudarc::nvrtc::Ptx::from_src(*p),
+            None => self.nvrtc(file, cu_src)?,
+        };
+        let m = guarded(&format!("loading kernels/{file}.cu"), || {
+            self.ctx
+                .load_module(ptx)
+                .map_err(|e| cuda_err(&format!("cannot load the PTX of kernels/{file}.cu"), e))
+        })?;
+        mods.insert(file, m.clone());
+        Ok(m)
+    }
+
+    /// Compiles a kernel file with NVRTC for this device (no nvcc at build time).
+    fn nvrtc(&self, file: &str, src: &str) -> Result<cudarc::nvrtc::Ptx> {
+        // SAFETY: only tries to dlopen libnvrtc.
+        let present =
+            catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false);
+        if !present {
+            return Err(Error::Cuda(format!(
+                "kernels/{file}.cu: this build embeds no PTX (no nvcc at build time) and libnvrtc \
+                 was not found to compile it at run time (install nvidia-cuda-nvrtc or rebuild \
+                 with nvcc, see scripts/install_nvcc.sh)"
+            )));
+        }
+        let arch: &'static str = Box::leak(format!("compute_{}{}", self.cc.0, self.cc.1).into());
+        let opts = cudarc::nvrtc::CompileOptions {
+            arch: Some(arch),
+            options: vec!["-std=c++17".into()],
+            ..Default::default()
+        };
+        guarded(&format!("nvrtc kernels/{file}.cu"), || {
+            cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
+                cudarc::nvrtc::CompileError::CompileError { log, .. } => Error::Cuda(format!(
+                    "NVRTC failed to compile kernels/{file}.cu for {arch}:\n{}",
+                    log.to_string_lossy()
+                )),
+                other => cuda_err(&format!("NVRTC on kernels/{file}.cu"), other),
+            })
+        })
+    }
+
+    fn func(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .funcs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(f.clone());
+        }
+        let m = self.module(file)?;
+        let f = m
+            .load_function(name)
+            .map_err(|e| cuda_err(&format!("kernel {name} not found in kernels/{file}.cu"), e))?;
+        self.funcs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Launches `file::name` with a 1-D block of `block` threads; checks the launch error.
+    pub(crate) fn launch(
+        &self,
+        file: &'static str,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let f = self.func(file, name)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            match a {
+                Arg::P(v) => b.arg(v),
+                Arg::I(v) => b.arg(v),
+                Arg::U(v) => b.arg(v),
+                Arg::L(v) => b.arg(v),
+                Arg::F(v) => b.arg(v),
+                Arg::D(v) => b.arg(v),
+                Arg::Perm(v) => b.arg(v),
+            };
+        }
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument lists follow the launch contracts in the kernels' header
+        // comments; pointers come from live buffers of this backend with the sizes checked by
+        // the ops' shape rules.
+        unsafe { b.launch(cfg) }
+            .map_err(|e| cuda_err(&format!("launch of {name} (grid {grid:?})"), e))?;
+        Ok(())
+    }
+
+    /// Disjoint scratch regions of the given sizes (bytes, each 256-byte aligned) from the
+    /// per-backend arena, grown on demand. Valid until the next call (one call per op).
+    pub(crate) fn scratch(&self, sizes: &[usize]) -> Result<Vec<u64>> {
+        let mut offs = Vec::with_capacity(sizes.len());
+        let mut total = 0usize;
+        for &s in sizes {
+            offs.push(total);
+            total += s.max(1).div_ceil(256) * 256;
+        }
+        let mut sc = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if total > sc.cap {
+            let cap = total.max(sc.cap + sc.cap / 2).max(1 << 20);
+            sc.buf = None; // stream-ordered free: earlier kernels finish first
+                           // SAFETY: scratch contents are always written before being read.
+            let buf = unsafe { self.stream.alloc::<u8>(cap) }
+                .map_err(|e| cuda_err(&format!("cannot allocate {cap} bytes of scratch"), e))?;
+            sc.ptr = buf.device_ptr(&self.stream).0;
+            sc.buf = Some(buf);
+            sc.cap = cap;
+        }
+        Ok(offs.into_iter().map(|o| sc.ptr + o as u64).collect())
+    }
+
+    /// Bytes of the scratch arena (for reports).
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch.lock().map(|s| s.cap).unwrap_or(0)
+    }
+
+    /// Copies host data to a device address (stream ordered).
+    pub(crate) fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `dst` is a live device region of at least `size_of_val(src)` bytes (scratch
+        // sized by the caller); pageable sources are staged before the call returns.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| cuda_err("host-to-device copy", e))
+    }
+
+    pub(crate) fn memset0(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `dst` is a live device region of at least `bytes` bytes.
+        unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| cuda_err("memset", e))
+    }
+
+    pub(crate) fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both are live device regions of at least `bytes` bytes.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
+        }
+        .map_err(|e| cuda_err("device-to-device copy", e))
+    }
+
+    /// Copies `len` elements from a device address to the host (waits for the stream).
+    pub(crate) fn download<T: Default + Clone>(&self, src: u64, len: usize) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); len];
+        if len > 0 {
+            // SAFETY: `src` is a live device region of at least `len` elements of T.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(&mut v, src, self.stream.cu_stream())
+            }
+            .map_err(|e| cuda_err("device-to-host copy", e))?;
+        }
+        self.synchronize()?;
+        Ok(v)
+    }
+
+    /// The cuBLAS handle, or a clear error when libcublas is missing.
+    pub(crate) fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
+        self.blas.as_ref().ok_or_else(|| {
+            Error::Cuda(
+                "libcublas was not found (matmul needs cuBLAS: put the nvidia/cublas/lib folder \
+                 on LD_LIBRARY_PATH)"
+                    .into(),
+            )
+        })
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaBuffer;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, sm_{}{})",
+            self.ordinal, self.device_name, self.cc.0, self.cc.1
+        )
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
+        let bytes = (len * dtype.size()).max(8);
+        // SAFETY: contents unspecified, as the trait says.
+        let slice = unsafe { self.stream.alloc::<u8>(bytes) }
+            .map_err(|e| cuda_err(&format!("cannot allocate {bytes} bytes"), e))?;
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(CudaBuffer {
+            slice,
+            ptr,
+            dtype,
+            len,
+            host: None,
+        })
+    }
+
+    fn write(&self, dst: &mut CudaBuffer, src: &Tensor) -> Result<()> {
+        let n = src.numel();
+        if dst.len < n || dst.dtype != src.dtype() {
+            return Err(Error::graph(format!(
+                "buffer of {} {:?} cannot hold {n} {:?}",
+                dst.len,
+                dst.dtype,
+                src.dtype()
+            )));
+        }
+        match src.storage() {
+            Storage::F32(v) => self.upload(dst.ptr, v)?,
+            Storage::F64(v) => self.upload(dst.ptr, v)?,
+            Storage::I32(v) => self.upload(dst.ptr, v)?,
+        }
+        dst.host = if src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT {
+            Some(src.storage().clone())
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    fn read(&self, src: &CudaBuffer, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        let n = shape.numel();
+        if src.dtype != dtype || src.len < n {
+            return Err(Error::graph(format!(
+                "buffer holds {} {:?}, value is {n} {dtype:?}",
+                src.len, src.dtype
+            )));
+        }
+        let storage = match dtype {
+            DType::F32 => Storage::F32(self.download(src.ptr, n)?),
+            DType::F64 => Storage::F64(self.download(src.ptr, n)?),
+            DType::I32 => Storage::I32(self.download(src.ptr, n)?),
+        };
+        Tensor::from_storage(shape.clone(), storage)
+    }
+
+    fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<CudaBuffer>],
+        outputs: &mut [ViewMut<CudaBuffer>],
+    ) -> Result<()> {
+        guarded(op.name(), || self.run_op(op, inputs, outputs))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_err("stream synchronize (an earlier kernel failed?)", e))
+    }
+}

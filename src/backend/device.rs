@@ -1,0 +1,253 @@
+//! Device selection (`--device auto|cpu|cuda[:N]`, DESIGN §6) and a backend that is either the
+//! CPU or a CUDA device, chosen at run time.
+//!
+//! ```no_run
+//! use gshn::backend::{AnyBackend, Device};
+//! let dev: Device = "auto".parse().unwrap();
+//! let backend: AnyBackend = dev.backend().unwrap(); // CUDA 0 if usable, else CPU (one stderr line)
+//! ```
+//! Compiles without the `cuda` feature too: then `cuda[:N]` is an error and `auto` is the CPU.
+
+use super::{Backend, CpuBackend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::tensor::{DType, Shape, Storage, Tensor};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    /// CUDA device 0 when a usable GPU is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device by ordinal (`cuda` = `cuda:0`).
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Device> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => {
+                if let Some(n) = t.strip_prefix("cuda:") {
+                    if let Ok(i) = n.parse::<usize>() {
+                        return Ok(Device::Cuda(i));
+                    }
+                }
+                Err(Error::invalid(
+                    "device",
+                    format!("{s:?} is not a device: use auto, cpu, cuda or cuda:N"),
+                ))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => write!(f, "auto"),
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Whether a CUDA device can be used (driver library present and at least one device).
+/// Never panics, even without libcuda.
+pub fn cuda_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda::device_count().is_ok_and(|n| n > 0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+impl Device {
+    /// The backend for this device. `Auto` falls back to the CPU with one line on stderr saying
+    /// why; `Cuda(n)` without a usable GPU is an `Error::Cuda` naming the reason.
+    pub fn backend(self) -> Result<AnyBackend> {
+        match self {
+            Device::Cpu => Ok(AnyBackend::Cpu(CpuBackend)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => Ok(AnyBackend::Cuda(super::cuda::CudaBackend::new(i)?)),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::Cuda(
+                "this build of gshn has no CUDA support (built without the `cuda` feature)".into(),
+            )),
+            Device::Auto => {
+                #[cfg(feature = "cuda")]
+                match super::cuda::CudaBackend::new(0) {
+                    Ok(b) => return Ok(AnyBackend::Cuda(b)),
+                    Err(e) => eprintln!("gshn: no usable CUDA device ({e}); running on the CPU"),
+                }
+                #[cfg(not(feature = "cuda"))]
+                eprintln!("gshn: built without CUDA support; running on the CPU");
+                Ok(AnyBackend::Cpu(CpuBackend))
+            }
+        }
+    }
+}
+
+/// The CPU or a CUDA backend, chosen at run time (`Device::backend`).
+pub enum AnyBackend {
+    Cpu(CpuBackend),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::CudaBackend),
+}
+
+/// A buffer of an [`AnyBackend`].
+pub enum AnyBuffer {
+    Cpu(Storage),
+    #[cfg(feature = "cuda")]
+    Cuda(super::cuda::CudaBuffer),
+}
+
+impl AnyBackend {
+    pub fn is_cuda(&self) -> bool {
+        !matches!(self, AnyBackend::Cpu(_))
+    }
+}
+
+fn mismatch() -> Error {
+    Error::graph("a buffer of another backend was passed to this backend")
+}
+
+impl Backend for AnyBackend {
+    type Buffer = AnyBuffer;
+
+    fn name(&self) -> String {
+        match self {
+            AnyBackend::Cpu(b) => b.name(),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.name(),
+        }
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<AnyBuffer> {
+        match self {
+            AnyBackend::Cpu(b) => b.alloc(dtype, len).map(AnyBuffer::Cpu),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.alloc(dtype, len).map(AnyBuffer::Cuda),
+        }
+    }
+
+    fn write(&self, dst: &mut AnyBuffer, src: &Tensor) -> Result<()> {
+        match (self, dst) {
+            (AnyBackend::Cpu(b), AnyBuffer::Cpu(d)) => b.write(d, src),
+            #[cfg(feature = "cuda")]
+            (AnyBackend::Cuda(b), AnyBuffer::Cuda(d)) => b.write(d, src),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+
+    fn read(&self, src: &AnyBuffer, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        match (self, src) {
+            (AnyBackend::Cpu(b), AnyBuffer::Cpu(s)) => b.read(s, shape, dtype),
+            #[cfg(feature = "cuda")]
+            (AnyBackend::Cuda(b), AnyBuffer::Cuda(s)) => b.read(s, shape, dtype),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+
+    fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<AnyBuffer>],
+        outputs: &mut [ViewMut<AnyBuffer>],
+    ) -> Result<()> {
+        match self {
+            AnyBackend::Cpu(b) => {
+                let ins = inputs
+                    .iter()
+                    .map(|v| match v.buf {
+                        AnyBuffer::Cpu(s) => Ok(View {
+                            buf: s,
+                            shape: v.shape,
+                            dtype: v.dtype,
+                        }),
+                        #[allow(unreachable_patterns)]
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut outs = outputs
+                    .iter_mut()
+                    .map(|v| match &mut *v.buf {
+                        AnyBuffer::Cpu(s) => Ok(ViewMut {
+                            buf: s,
+                            shape: v.shape,
+                            dtype: v.dtype,
+                        }),
+                        #[allow(unreachable_patterns)]
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                b.execute(op, &ins, &mut outs)
+            }
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => {
+                let ins = inputs
+                    .iter()
+                    .map(|v| match v.buf {
+                        AnyBuffer::Cuda(s) => Ok(View {
+                            buf: s,
+                            shape: v.shape,
+                            dtype: v.dtype,
+                        }),
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut outs = outputs
+                    .iter_mut()
+                    .map(|v| match &mut *v.buf {
+                        AnyBuffer::Cuda(s) => Ok(ViewMut {
+                            buf: s,
+                            shape: v.shape,
+                            dtype: v.dtype,
+                        }),
+                        _ => Err(mismatch()),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                b.execute(op, &ins, &mut outs)
+            }
+        }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        match self {
+            AnyBackend::Cpu(b) => b.synchronize(),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.synchronize(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert_eq!("CPU".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert!("cuda:x".parse::<Device>().is_err());
+        assert!("tpu".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+        // Never panics, with or without a GPU.
+        let _ = cuda_available();
+        assert!(!Device::Cpu.backend().unwrap().is_cuda());
+    }
+}

@@ -1,0 +1,1003 @@
+//! CUDA ↔ CPU parity for every op, forward and backward (DESIGN §7).
+//!
+//! Each case runs one op on both backends through `Backend::execute` on the same host tensors
+//! (random, never zero), with the CUDA outputs poisoned with NaN first (so an unwritten element
+//! fails), sizes that are not multiples of the block sizes, graphs with zero in-degree nodes and
+//! with no edge, InfoNCE at B = 1, 7, 1000, 4097, LIF with every option. Pass: fp32
+//! `‖out − ref‖ / ‖ref‖ ≤ 1e-5` (f64: 1e-10), spikes exactly equal. One executor-level test
+//! runs a small graph on both backends end to end.
+//!
+//! Without a GPU every test prints `skipped: no CUDA device` and passes. With
+//! `GSHN_PARITY_REPORT=<file>` each comparison appends one JSON line
+//! `{"name", "pass", "rel_err"}` (scripts/gpu_run.sh collects them).
+#![cfg(feature = "cuda")]
+
+use gshn::backend::{cuda_available, Backend, CudaBackend, View, ViewMut};
+use gshn::ops::{
+    AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Reduce, Surrogate, Unary,
+};
+use gshn::tensor::{DType, Shape, Tensor};
+use gshn::util::rng::SplitMix64;
+use gshn::CpuBackend;
+use std::io::Write;
+
+/// The GPU backend, or `None` (with one line saying so) on a machine without one.
+fn cuda() -> Option<CudaBackend> {
+    if !cuda_available() {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+// ---- inputs ---------------------------------------------------------------------------------
+
+fn rand_t(rng: &mut SplitMix64, shape: &[usize], dt: DType, lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            let x = rng.range(lo, hi);
+            if x.abs() < 1e-3 {
+                0.5
+            } else {
+                x
+            }
+        })
+        .collect();
+    match dt {
+        DType::F32 => Tensor::new(shape.to_vec(), v.iter().map(|&x| x as f32).collect()).unwrap(),
+        DType::F64 => Tensor::new(shape.to_vec(), v).unwrap(),
+        DType::I32 => panic!("use idx"),
+    }
+}
+fn rnd(rng: &mut SplitMix64, shape: &[usize], dt: DType) -> Tensor {
+    rand_t(rng, shape, dt, -1.0, 1.0)
+}
+fn idx(v: Vec<i32>) -> Tensor {
+    let n = v.len();
+    Tensor::new([n], v).unwrap()
+}
+fn scalar(v: f64, dt: DType) -> Tensor {
+    match dt {
+        DType::F32 => Tensor::scalar(v as f32),
+        _ => Tensor::scalar(v),
+    }
+}
+fn meta(shape: &[usize], dt: DType) -> Meta {
+    Meta::new(shape.to_vec(), dt)
+}
+
+/// A random graph (CSR by destination + CSC), with `zero_frac` of the nodes having no in-edge.
+fn graph(rng: &mut SplitMix64, n: usize, max_deg: usize, zero_frac: f64) -> [Tensor; 4] {
+    let mut row_ptr = vec![0i32];
+    let mut src = Vec::new();
+    for _ in 0..n {
+        let deg = if rng.uniform() < zero_frac {
+            0
+        } else {
+            1 + rng.below(max_deg)
+        };
+        for _ in 0..deg {
+            src.push(rng.below(n) as i32);
+        }
+        row_ptr.push(src.len() as i32);
+    }
+    let e = src.len();
+    let mut col_ptr = vec![0i32; n + 1];
+    for &s in &src {
+        col_ptr[s as usize + 1] += 1;
+    }
+    for j in 0..n {
+        col_ptr[j + 1] += col_ptr[j];
+    }
+    let mut fill = col_ptr.clone();
+    let mut col_edge = vec![0i32; e];
+    for (k, &s) in src.iter().enumerate() {
+        col_edge[fill[s as usize] as usize] = k as i32;
+        fill[s as usize] += 1;
+    }
+    [idx(row_ptr), idx(src), idx(col_ptr), idx(col_edge)]
+}
+
+// ---- running one op on both backends --------------------------------------------------------
+
+struct Case {
+    name: String,
+    op: Op,
+    inputs: Vec<Tensor>,
+    outs: Vec<Meta>,
+    /// Outputs (by index) compared exactly (spikes).
+    exact: Vec<usize>,
+}
+
+fn case(name: impl Into<String>, op: Op, inputs: Vec<Tensor>, outs: Vec<Meta>) -> Case {
+    Case {
+        name: name.into(),
+        op,
+        inputs,
+        outs,
+        exact: vec![],
+    }
+}
+
+fn run<B: Backend>(b: &B, c: &Case, poison: bool) -> gshn::Result<Vec<Tensor>> {
+    let m = c.op.mutated_inputs();
+    let mut ins = Vec::new();
+    for t in &c.inputs[m..] {
+        let mut buf = b.alloc(t.dtype(), t.numel())?;
+        b.write(&mut buf, t)?;
+        ins.push(buf);
+    }
+    let mut outs = Vec::new();
+    for (i, o) in c.outs.iter().enumerate() {
+        let mut buf = b.alloc(o.dtype, o.shape.numel())?;
+        if i < m {
+            b.write(&mut buf, &c.inputs[i])?;
+        } else if poison {
+            let n = o.shape.numel();
+            let t = match o.dtype {
+                DType::F32 => Tensor::new(o.shape.clone(), vec![f32::NAN; n])?,
+                DType::F64 => Tensor::new(o.shape.clone(), vec![f64::NAN; n])?,
+                DType::I32 => Tensor::new(o.shape.clone(), vec![i32::MIN; n])?,
+            };
+            b.write(&mut buf, &t)?;
+        }
+        outs.push(buf);
+    }
+    let in_views: Vec<View<B::Buffer>> = ins
+        .iter()
+        .zip(&c.inputs[m..])
+        .map(|(buf, t)| View {
+            buf,
+            shape: t.shape(),
+            dtype: t.dtype(),
+        })
+        .collect();
+    {
+        let mut out_views: Vec<ViewMut<B::Buffer>> = outs
+            .iter_mut()
+            .zip(&c.outs)
+            .map(|(buf, o)| ViewMut {
+                buf,
+                shape: &o.shape,
+                dtype: o.dtype,
+            })
+            .collect();
+        b.execute(&c.op, &in_views, &mut out_views)?;
+    }
+    b.synchronize()?;
+    outs.iter()
+        .zip(&c.outs)
+        .map(|(buf, o)| b.read(buf, &o.shape, o.dtype))
+        .collect()
+}
+
+fn report(name: &str, pass: bool, rel: f64) {
+    if let Ok(path) = std::env::var("GSHN_PARITY_REPORT") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let rel = if rel.is_finite() {
+                format!("{rel:e}")
+            } else {
+                "null".into()
+            };
+            let _ = writeln!(f, "{{\"name\":{name:?},\"pass\":{pass},\"rel_err\":{rel}}}");
+        }
+    }
+}
+
+/// Relative error ‖a − b‖/‖b‖ (absolute when ‖b‖ = 0); NaN anywhere gives +inf.
+fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    if g.len() != w.len() || g.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num: f64 = g.iter().zip(&w).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = w.iter().map(|b| b * b).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Runs the cases; panics listing every failure (after running them all).
+fn check_all(be: &CudaBackend, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in &cases {
+        let want = match run(&CpuBackend, c, false) {
+            Ok(w) => w,
+            Err(e) => {
+                report(&c.name, false, f64::NAN);
+                failures.push(format!("{}: CPU reference failed: {e}", c.name));
+                continue;
+            }
+        };
+        let got = match run(be, c, true) {
+            Ok(g) => g,
+            Err(e) => {
+                report(&c.name, false, f64::NAN);
+                failures.push(format!("{}: CUDA failed: {e}", c.name));
+                continue;
+            }
+        };
+        let mut worst = 0.0f64;
+        let mut pass = true;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let f64_out = w.dtype() == DType::F64;
+            let tol = if f64_out { 1e-10 } else { 1e-5 };
+            let r = rel_err(g, w);
+            worst = worst.max(r);
+            let ok = if c.exact.contains(&i) {
+                g == w
+            } else {
+                r <= tol
+            };
+            if !ok {
+                pass = false;
+                failures.push(format!(
+                    "{}: output {i}: rel err {r:e} (tol {tol:e})",
+                    c.name
+                ));
+            }
+        }
+        report(&c.name, pass, worst);
+        eprintln!(
+            "{} {:<48} rel {worst:.3e}",
+            if pass { "ok  " } else { "FAIL" },
+            c.name
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+// ---- cases ----------------------------------------------------------------------------------
+
+const F32: DType = DType::F32;
+
+#[test]
+fn basic_ops() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(1);
+    let mut cs = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        let sh = [37, 29];
+        let (a, b) = (rnd(&mut r, &sh, dt), rnd(&mut r, &sh, dt));
+        let o = vec![meta(&sh, dt)];
+        for (n, op) in [("add", Op::Add), ("sub", Op::Sub), ("mul", Op::Mul)] {
+            cs.push(case(
+                format!("{n} {dt:?}"),
+                op,
+                vec![a.clone(), b.clone()],
+                o.clone(),
+            ));
+        }
+        let bias = rnd(&mut r, &[29], dt);
+        cs.push(case(
+            format!("add_bias {dt:?}"),
+            Op::AddBias,
+            vec![a.clone(), bias.clone()],
+            o.clone(),
+        ));
+        cs.push(case(
+            format!("mul_broadcast {dt:?}"),
+            Op::MulBroadcast,
+            vec![a.clone(), bias],
+            o.clone(),
+        ));
+        cs.push(case(
+            format!("mul_broadcast scalar {dt:?}"),
+            Op::MulBroadcast,
+            vec![a.clone(), scalar(0.7, dt)],
+            o.clone(),
+        ));
+        cs.push(case(
+            format!("scale {dt:?}"),
+            Op::Scale(-1.3),
+            vec![a.clone()],
+            o.clone(),
+        ));
+        cs.push(case(
+            format!("stop_gradient {dt:?}"),
+            Op::StopGradient,
+            vec![a.clone()],
+            o.clone(),
+        ));
+        cs.push(case(
+            format!("fill {dt:?}"),
+            Op::Fill {
+                value: 0.25,
+                meta: meta(&sh, dt),
+            },
+            vec![],
+            o.clone(),
+        ));
+        let x = rand_t(&mut r, &sh, dt, -3.0, 3.0);
+        let g = rnd(&mut r, &sh, dt);
+        let units = [
+            Unary::Relu,
+            Unary::Elu(1.0),
+            Unary::Gelu,
+            Unary::LeakyRelu(0.2),
+            Unary::Exp,
+            Unary::Spike {
+                surrogate: Surrogate::ATan(2.0),
+                smooth: false,
+            },
+            Unary::Spike {
+                surrogate: Surrogate::Sigmoid(4.0),
+                smooth: true,
+            },
+            Unary::Spike {
+                surrogate: Surrogate::SuperSpike(3.0),
+                smooth: false,
+            },
+            Unary::Spike {
+                surrogate: Surrogate::Rectangular(1.0),
+                smooth: true,
+            },
+        ];
+        for u in units {
+            let mut c = case(
+                format!("unary {u:?} {dt:?}"),
+                Op::Unary(u),
+                vec![x.clone()],
+                o.clone(),
+            );
+            if matches!(u, Unary::Spike { smooth: false, .. }) {
+                c.exact = vec![0];
+            }
+            cs.push(c);
+            cs.push(case(
+                format!("unary_backward {u:?} {dt:?}"),
+                Op::UnaryBackward(u),
+                vec![x.clone(), g.clone()],
+                o.clone(),
+            ));
+        }
+        // matmul, every transpose, 2-D and batched, odd sizes
+        let (m, k, n) = (37, 53, 29);
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let ash = if ta { [k, m] } else { [m, k] };
+                let bsh = if tb { [n, k] } else { [k, n] };
+                cs.push(case(
+                    format!("matmul ta={ta} tb={tb} {dt:?}"),
+                    Op::MatMul {
+                        trans_a: ta,
+                        trans_b: tb,
+                    },
+                    vec![rnd(&mut r, &ash, dt), rnd(&mut r, &bsh, dt)],
+                    vec![meta(&[m, n], dt)],
+                ));
+                cs.push(case(
+                    format!("matmul batched ta={ta} tb={tb} {dt:?}"),
+                    Op::MatMul {
+                        trans_a: ta,
+                        trans_b: tb,
+                    },
+                    vec![
+                        rnd(&mut r, &[3, ash[0], ash[1]], dt),
+                        rnd(&mut r, &[3, bsh[0], bsh[1]], dt),
+                    ],
+                    vec![meta(&[3, m, n], dt)],
+                ));
+            }
+        }
+        cs.push(case(
+            format!("matmul k=0 {dt:?}"),
+            Op::MatMul {
+                trans_a: false,
+                trans_b: false,
+            },
+            vec![Tensor::zeros([5, 0], dt), Tensor::zeros([0, 7], dt)],
+            vec![meta(&[5, 7], dt)],
+        ));
+        let big = rnd(&mut r, &[129, 1001], dt);
+        for red in [
+            Reduce::SumLast,
+            Reduce::MeanLast,
+            Reduce::SumAll,
+            Reduce::MeanAll,
+            Reduce::SumRows,
+        ] {
+            let out = red.out_shape(big.shape());
+            cs.push(case(
+                format!("reduce {red:?} {dt:?}"),
+                Op::Reduce(red),
+                vec![big.clone()],
+                vec![Meta::new(out.clone(), dt)],
+            ));
+            cs.push(case(
+                format!("reduce_backward {red:?} {dt:?}"),
+                Op::ReduceBackward(red, big.shape().clone()),
+                vec![rnd(&mut r, out.dims(), dt)],
+                vec![Meta::new(big.shape().clone(), dt)],
+            ));
+        }
+    }
+    check_all(&be, cs);
+}
+
+#[test]
+fn layout_ops() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(2);
+    let mut cs = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        let x = rnd(&mut r, &[3, 5, 7], dt);
+        cs.push(case(
+            format!("reshape {dt:?}"),
+            Op::Reshape(Shape::new([15, 7])),
+            vec![x.clone()],
+            vec![meta(&[15, 7], dt)],
+        ));
+        cs.push(case(
+            format!("permute {dt:?}"),
+            Op::Permute(vec![2, 0, 1]),
+            vec![x.clone()],
+            vec![meta(&[7, 3, 5], dt)],
+        ));
+        cs.push(case(
+            format!("permute4 {dt:?}"),
+            Op::Permute(vec![1, 3, 0, 2]),
+            vec![rnd(&mut r, &[2, 3, 4, 5], dt)],
+            vec![meta(&[3, 5, 2, 4], dt)],
+        ));
+        let y = rnd(&mut r, &[3, 2, 7], dt);
+        cs.push(case(
+            format!("concat axis1 {dt:?}"),
+            Op::Concat { axis: 1 },
+            vec![x.clone(), y],
+            vec![meta(&[3, 7, 7], dt)],
+        ));
+        cs.push(case(
+            format!("slice {dt:?}"),
+            Op::Slice {
+                axis: 2,
+                start: 2,
+                len: 4,
+            },
+            vec![x.clone()],
+            vec![meta(&[3, 5, 4], dt)],
+        ));
+        cs.push(case(
+            format!("slice_backward {dt:?}"),
+            Op::SliceBackward {
+                axis: 1,
+                start: 1,
+                full: Shape::new([3, 5, 7]),
+            },
+            vec![rnd(&mut r, &[3, 3, 7], dt)],
+            vec![meta(&[3, 5, 7], dt)],
+        ));
+        let table = rnd(&mut r, &[11, 33], dt);
+        let ids: Vec<i32> = (0..300).map(|_| r.below(11) as i32).collect();
+        cs.push(case(
+            format!("gather {dt:?}"),
+            Op::Gather,
+            vec![table, idx(ids.clone())],
+            vec![meta(&[300, 33], dt)],
+        ));
+        cs.push(case(
+            format!("scatter_add {dt:?}"),
+            Op::ScatterAdd { rows: 13 },
+            vec![rnd(&mut r, &[300, 33], dt), idx(ids)],
+            vec![meta(&[13, 33], dt)],
+        ));
+        let big = rnd(&mut r, &[1001, 37], dt);
+        let seed = Tensor::scalar(12345i32);
+        for p in [0.0, 0.3, 0.9] {
+            cs.push(case(
+                format!("dropout p={p} {dt:?}"),
+                Op::Dropout { p },
+                vec![big.clone(), seed.clone()],
+                vec![meta(&[1001, 37], dt)],
+            ));
+            cs.push(case(
+                format!("dropout_backward p={p} {dt:?}"),
+                Op::DropoutBackward { p },
+                vec![big.clone(), seed.clone()],
+                vec![meta(&[1001, 37], dt)],
+            ));
+        }
+    }
+    // index tensors move too
+    let ii = Tensor::new([4, 6], (0..24).collect::<Vec<i32>>()).unwrap();
+    cs.push(case(
+        "permute i32",
+        Op::Permute(vec![1, 0]),
+        vec![ii.clone()],
+        vec![meta(&[6, 4], DType::I32)],
+    ));
+    cs.push(case(
+        "slice i32",
+        Op::Slice {
+            axis: 1,
+            start: 1,
+            len: 3,
+        },
+        vec![ii.clone()],
+        vec![meta(&[4, 3], DType::I32)],
+    ));
+    cs.push(case(
+        "concat i32",
+        Op::Concat { axis: 0 },
+        vec![ii.clone(), ii],
+        vec![meta(&[8, 6], DType::I32)],
+    ));
+    check_all(&be, cs);
+}
+
+#[test]
+fn norm_ops() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(3);
+    let mut cs = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        let (rows, c) = (131, 77);
+        let x = rnd(&mut r, &[rows, c], dt);
+        let (gm, bt) = (rnd(&mut r, &[c], dt), rnd(&mut r, &[c], dt));
+        cs.push(case(
+            format!("layer_norm {dt:?}"),
+            Op::LayerNorm { eps: 1e-5 },
+            vec![x.clone(), gm.clone(), bt],
+            vec![meta(&[rows, c], dt), meta(&[rows], dt), meta(&[rows], dt)],
+        ));
+        // mean / rstd from the CPU forward feed the backward
+        let mean = rand_t(&mut r, &[rows], dt, -0.1, 0.1);
+        let rstd = rand_t(&mut r, &[rows], dt, 0.5, 2.0);
+        cs.push(case(
+            format!("layer_norm_backward {dt:?}"),
+            Op::LayerNormBackward { eps: 1e-5 },
+            vec![rnd(&mut r, &[rows, c], dt), x.clone(), gm, mean, rstd],
+            vec![meta(&[rows, c], dt), meta(&[c], dt), meta(&[c], dt)],
+        ));
+        cs.push(case(
+            format!("l2_normalize {dt:?}"),
+            Op::L2Normalize { eps: 1e-12 },
+            vec![x.clone()],
+            vec![meta(&[rows, c], dt), meta(&[rows], dt)],
+        ));
+        let norm = rand_t(&mut r, &[rows], dt, 0.5, 3.0);
+        cs.push(case(
+            format!("l2_normalize_backward {dt:?}"),
+            Op::L2NormalizeBackward { eps: 1e-12 },
+            vec![
+                rnd(&mut r, &[rows, c], dt),
+                rnd(&mut r, &[rows, c], dt),
+                norm,
+            ],
+            vec![meta(&[rows, c], dt)],
+        ));
+        let (b, g, l) = (3, 5, 37);
+        let mut keep: Vec<f64> = (0..b * l)
+            .map(|_| (r.uniform() < 0.7) as i32 as f64)
+            .collect();
+        for v in &mut keep[l..2 * l] {
+            *v = 0.0; // one batch row fully masked
+        }
+        let keep = Tensor::new([b, l], keep).unwrap().to_dtype(dt).unwrap();
+        cs.push(case(
+            format!("masked_softmax {dt:?}"),
+            Op::MaskedSoftmax,
+            vec![rand_t(&mut r, &[b, g, l], dt, -4.0, 4.0), keep],
+            vec![meta(&[b, g, l], dt)],
+        ));
+        cs.push(case(
+            format!("masked_softmax_backward {dt:?}"),
+            Op::MaskedSoftmaxBackward,
+            vec![
+                rnd(&mut r, &[b, g, l], dt),
+                rand_t(&mut r, &[b, g, l], dt, 0.0, 0.2),
+            ],
+            vec![meta(&[b, g, l], dt)],
+        ));
+    }
+    check_all(&be, cs);
+}
+
+#[test]
+fn lif_all_options() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(4);
+    let mut cs = Vec::new();
+    let (t, n) = (7, 1037);
+    let surrogates = [
+        Surrogate::ATan(2.0),
+        Surrogate::Sigmoid(4.0),
+        Surrogate::SuperSpike(3.0),
+        Surrogate::Rectangular(1.0),
+    ];
+    let mut k = 0;
+    for dt in [DType::F32, DType::F64] {
+        for v_reset in [Some(0.0), Some(-0.2), None] {
+            for decay_input in [true, false] {
+                for detach_reset in [false, true] {
+                    for learnable_tau in [false, true] {
+                        for smooth in [false, true] {
+                            let surrogate = surrogates[k % 4];
+                            k += 1;
+                            let cfg = LifConfig {
+                                tau: 2.0,
+                                v_th: 0.6,
+                                v_reset,
+                                decay_input,
+                                detach_reset,
+                                surrogate,
+                                learnable_tau,
+                                smooth,
+                            };
+                            let tag = format!(
+                                "reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} {surrogate:?} {dt:?}"
+                            );
+                            let x = rand_t(&mut r, &[t, n], dt, -0.5, 2.0);
+                            let tau = scalar(2.5, dt);
+                            let mut ins = vec![x];
+                            if learnable_tau {
+                                ins.push(tau.clone());
+                            }
+                            let mut c = case(
+                                format!("lif {tag}"),
+                                Op::Lif(cfg),
+                                ins,
+                                vec![meta(&[t, n], dt); 3],
+                            );
+                            if !smooth {
+                                c.exact = vec![0];
+                            }
+                            cs.push(c);
+                            let h = rand_t(&mut r, &[t, n], dt, -0.5, 1.5);
+                            for has_gv in [false, true] {
+                                let mut ins = vec![h.clone(), rnd(&mut r, &[t, n], dt)];
+                                if has_gv {
+                                    ins.push(rnd(&mut r, &[t, n], dt));
+                                }
+                                let mut outs = vec![meta(&[t, n], dt)];
+                                if learnable_tau {
+                                    ins.push(tau.clone());
+                                    outs.push(meta(&[], dt));
+                                }
+                                cs.push(case(
+                                    format!("lif_backward gv={has_gv} {tag}"),
+                                    Op::LifBackward { cfg, has_gv },
+                                    ins,
+                                    outs,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    check_all(&be, cs);
+}
+
+fn gat_cases(
+    r: &mut SplitMix64,
+    dt: DType,
+    n: usize,
+    zero_frac: f64,
+    deg: usize,
+    tag: &str,
+) -> Vec<Case> {
+    let (h, f) = (3, 37);
+    let g = if deg == 0 {
+        let z = idx(vec![]);
+        [idx(vec![0; n + 1]), z.clone(), idx(vec![0; n + 1]), z]
+    } else {
+        graph(r, n, deg, zero_frac)
+    };
+    let e = g[1].numel();
+    let mut cs = Vec::new();
+    for edge_bias in [false, true] {
+        let at = GatAttrs {
+            negative_slope: 0.2,
+            edge_bias,
+        };
+        let z = rnd(r, &[n, h, f], dt);
+        let (a_s, a_d) = (rnd(r, &[h, f], dt), rnd(r, &[h, f], dt));
+        let be_ = rnd(r, &[e, h], dt);
+        let bias = |v: &mut Vec<Tensor>| {
+            if edge_bias {
+                v.push(be_.clone());
+            }
+        };
+        let t = format!("{tag} bias={edge_bias} {dt:?}");
+        let mut ins = vec![z.clone(), a_s.clone(), a_d.clone()];
+        bias(&mut ins);
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("gat {t}"),
+            Op::Gat(at),
+            ins,
+            vec![meta(&[n, h, f], dt), meta(&[n, h], dt)],
+        ));
+        // Saved tensors from the CPU forward, so backward inputs are consistent.
+        let mut fwd_in = vec![z.clone(), a_s.clone(), a_d.clone()];
+        bias(&mut fwd_in);
+        fwd_in.extend(g.iter().cloned());
+        let fwd = case(
+            "",
+            Op::Gat(at),
+            fwd_in,
+            vec![meta(&[n, h, f], dt), meta(&[n, h], dt)],
+        );
+        let saved = run(&CpuBackend, &fwd, false);
+        let (out, lse) = match saved {
+            Ok(s) => (s[0].clone(), s[1].clone()),
+            Err(_) => (rnd(r, &[n, h, f], dt), rnd(r, &[n, h], dt)),
+        };
+        let mut ins = vec![z.clone(), a_s.clone(), a_d.clone()];
+        bias(&mut ins);
+        ins.push(lse.clone());
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("gat_alpha {t}"),
+            Op::GatAlpha(at),
+            ins,
+            vec![meta(&[e, h], dt)],
+        ));
+        let mut grads = vec![meta(&[n, h, f], dt), meta(&[h, f], dt), meta(&[h, f], dt)];
+        if edge_bias {
+            grads.push(meta(&[e, h], dt));
+        }
+        let mut ins = vec![rnd(r, &[n, h, f], dt), z.clone(), a_s.clone(), a_d.clone()];
+        bias(&mut ins);
+        ins.push(out);
+        ins.push(lse.clone());
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("gat_backward {t}"),
+            Op::GatBackward(at),
+            ins,
+            grads.clone(),
+        ));
+        let alpha = rand_t(r, &[e, h], dt, 0.05, 1.0);
+        let mut ins = vec![
+            rnd(r, &[e, h], dt),
+            alpha,
+            z.clone(),
+            a_s.clone(),
+            a_d.clone(),
+        ];
+        bias(&mut ins);
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("gat_alpha_backward {t}"),
+            Op::GatAlphaBackward(at),
+            ins,
+            grads,
+        ));
+    }
+    let (tn, c) = (3, 2 * h * 11);
+    let alpha = rand_t(r, &[e, h], dt, 0.05, 1.0);
+    let s = rand_t(r, &[tn, n, c], dt, 0.0, 1.0);
+    let mut ins = vec![alpha.clone(), s.clone()];
+    ins.extend(g.iter().cloned());
+    cs.push(case(
+        format!("aggregate {tag} {dt:?}"),
+        Op::Aggregate,
+        ins,
+        vec![meta(&[tn, n, c], dt)],
+    ));
+    let mut ins = vec![rnd(r, &[tn, n, c], dt), alpha, s];
+    ins.extend(g.iter().cloned());
+    cs.push(case(
+        format!("aggregate_backward {tag} {dt:?}"),
+        Op::AggregateBackward,
+        ins,
+        vec![meta(&[e, h], dt), meta(&[tn, n, c], dt)],
+    ));
+    cs
+}
+
+#[test]
+fn gat_and_aggregate() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(5);
+    let mut cs = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        cs.extend(gat_cases(&mut r, dt, 301, 0.1, 40, "N=301 zero-in-degree"));
+        cs.extend(gat_cases(&mut r, dt, 17, 0.0, 0, "N=17 no edges"));
+    }
+    check_all(&be, cs);
+}
+
+#[test]
+fn infonce_batches() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(6);
+    let mut cs = Vec::new();
+    for b in [1usize, 7, 1000, 4097] {
+        let d = 67;
+        let unit = |r: &mut SplitMix64| {
+            let t = rnd(r, &[b, d], F32);
+            let v = t.data::<f32>().unwrap();
+            let mut o = Vec::with_capacity(v.len());
+            for row in v.chunks(d) {
+                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                o.extend(row.iter().map(|x| x / nrm));
+            }
+            Tensor::new([b, d], o).unwrap()
+        };
+        let (a, p) = (unit(&mut r), unit(&mut r));
+        for symmetric in [true, false] {
+            let at = InfoNceAttrs {
+                symmetric,
+                chunk: 256,
+            };
+            let col = if symmetric { b } else { 0 };
+            let ls = scalar((1.0f64 / 0.07).ln(), F32);
+            let t = format!("B={b} sym={symmetric}");
+            cs.push(case(
+                format!("infonce {t}"),
+                Op::InfoNce(at),
+                vec![a.clone(), p.clone(), ls.clone()],
+                vec![meta(&[], F32), meta(&[b], F32), meta(&[col], F32)],
+            ));
+            let fwd = run(
+                &CpuBackend,
+                &case(
+                    "",
+                    Op::InfoNce(at),
+                    vec![a.clone(), p.clone(), ls.clone()],
+                    vec![meta(&[], F32), meta(&[b], F32), meta(&[col], F32)],
+                ),
+                false,
+            );
+            let (lr, lc) = match fwd {
+                Ok(o) => (o[1].clone(), o[2].clone()),
+                Err(_) => (
+                    rand_t(&mut r, &[b], F32, 2.0, 3.0),
+                    rand_t(&mut r, &[col], F32, 2.0, 3.0),
+                ),
+            };
+            let outs = vec![meta(&[b, d], F32), meta(&[b, d], F32), meta(&[], F32)];
+            let base = vec![scalar(0.8, F32), a.clone(), p.clone(), ls.clone(), lr, lc];
+            cs.push(case(
+                format!("infonce_backward {t}"),
+                Op::InfoNceBackward(at),
+                base.clone(),
+                outs.clone(),
+            ));
+            let mut with_g = base;
+            with_g.push(rnd(&mut r, &[b], F32));
+            with_g.push(rnd(&mut r, &[col], F32));
+            cs.push(case(
+                format!("infonce_backward g_lse {t}"),
+                Op::InfoNceBackward(at),
+                with_g,
+                outs,
+            ));
+        }
+    }
+    check_all(&be, cs);
+}
+
+#[test]
+fn segment_and_optim() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(7);
+    let mut cs = Vec::new();
+    for dt in [DType::F32, DType::F64] {
+        let (pn, c, s) = (1037, 35, 13);
+        // segment 12 stays empty; ~10% void pixels
+        let seg: Vec<i32> = (0..pn)
+            .map(|_| {
+                if r.uniform() < 0.1 {
+                    -1
+                } else {
+                    r.below(s - 1) as i32
+                }
+            })
+            .collect();
+        let x = rnd(&mut r, &[pn, c], dt);
+        cs.push(case(
+            format!("segment_mean {dt:?}"),
+            Op::SegmentMean { segments: s },
+            vec![x, idx(seg.clone())],
+            vec![meta(&[s, c], dt), meta(&[s], dt)],
+        ));
+        let mut count = vec![0.0f64; s];
+        for &v in &seg {
+            if v >= 0 {
+                count[v as usize] += 1.0;
+            }
+        }
+        let count = Tensor::new([s], count).unwrap().to_dtype(dt).unwrap();
+        cs.push(case(
+            format!("segment_mean_backward {dt:?}"),
+            Op::SegmentMeanBackward,
+            vec![rnd(&mut r, &[s, c], dt), idx(seg), count],
+            vec![meta(&[pn, c], dt)],
+        ));
+        let gs = vec![
+            rnd(&mut r, &[301, 7], dt),
+            rnd(&mut r, &[5000], dt),
+            rnd(&mut r, &[3], dt),
+        ];
+        for max_norm in [0.5, 1e6] {
+            cs.push(case(
+                format!("clip_scale max={max_norm} {dt:?}"),
+                Op::ClipScale { max_norm },
+                gs.clone(),
+                vec![meta(&[], dt), meta(&[], dt)],
+            ));
+        }
+        let n = 3001;
+        let cfg = AdamWConfig::default();
+        let hyper = Tensor::new([2], vec![1e-3, 7.0])
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        cs.push(case(
+            format!("adamw {dt:?}"),
+            Op::AdamW(cfg),
+            vec![
+                rnd(&mut r, &[n], dt),
+                rand_t(&mut r, &[n], dt, -0.1, 0.1),
+                rand_t(&mut r, &[n], dt, 0.01, 0.1),
+                rnd(&mut r, &[n], dt),
+                scalar(0.7, dt),
+                hyper,
+            ],
+            vec![meta(&[n], dt); 3],
+        ));
+    }
+    check_all(&be, cs);
+}
+
+/// A small graph end to end on both executors (forward, backward, fetch).
+#[test]
+fn executor_end_to_end() {
+    let Some(be) = cuda() else { return };
+    use gshn::{Executor, Graph};
+    let mut g = Graph::new();
+    let x = g.input("x", [67, 33], F32);
+    let w = g.param("w", [33, 19], F32);
+    let b = g.param("b", [19], F32);
+    let h = g.linear(x, w, Some(b)).unwrap();
+    let h = g.gelu(h).unwrap();
+    let loss = g.mean(h).unwrap();
+    let grads = g.backward(loss, &[w, b]).unwrap();
+    let mut fetch = vec![loss, h];
+    fetch.extend(grads.iter().copied());
+    let mut r = SplitMix64::new(8);
+    let feeds = [
+        (x, rnd(&mut r, &[67, 33], F32)),
+        (w, rnd(&mut r, &[33, 19], F32)),
+        (b, rnd(&mut r, &[19], F32)),
+    ];
+    let mut cpu = Executor::new(CpuBackend, g.clone(), &fetch).unwrap();
+    let mut gpu = Executor::new(be, g, &fetch).unwrap();
+    for (v, t) in &feeds {
+        cpu.set(*v, t).unwrap();
+        gpu.set(*v, t).unwrap();
+    }
+    cpu.run().unwrap();
+    gpu.run().unwrap();
+    let mut failures = Vec::new();
+    for (i, &f) in fetch.iter().enumerate() {
+        let e = rel_err(&gpu.get(f).unwrap(), &cpu.get(f).unwrap());
+        report(&format!("executor fetch {i}"), e <= 1e-5, e);
+        if e > 1e-5 {
+            failures.push(format!("fetch {i}: rel err {e:e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
