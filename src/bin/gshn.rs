@@ -1,7 +1,7 @@
 //! The `gshn` command-line program.
 
 use clap::{Parser, Subcommand};
-use gshn::backend::{Device, ResolvedDevice};
+use gshn::backend::Device;
 use gshn::error::Result;
 use gshn::train::{RunConfig, TrainOptions};
 use std::path::PathBuf;
@@ -95,23 +95,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `$body` with `$b` bound to the backend the device string selects.
-macro_rules! with_backend {
-    ($device:expr, $b:ident => $body:expr) => {
-        match $device.resolve()? {
-            ResolvedDevice::Cpu => {
-                let $b = gshn::backend::CpuBackend;
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            ResolvedDevice::Cuda(ordinal) => {
-                let $b = gshn::backend::cuda::CudaBackend::new(ordinal)?;
-                $body
-            }
-        }
-    };
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Synth { out, train, val, seed } => {
@@ -129,13 +112,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             let device: Device = device.parse()?;
             let opts = TrainOptions { data, out: out.clone(), resume, quiet: false };
-            let summary = with_backend!(device, b => gshn::train::train(b, cfg, &opts)?);
+            let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
             Ok(())
         }
         Command::Eval { data, checkpoint, split, json, device } => {
             let device: Device = device.parse()?;
-            let r = with_backend!(device, b => gshn::train::evaluate_run(b, &checkpoint, &data, &split)?);
+            let r = gshn::train::trainer::evaluate_run(device.backend()?, &checkpoint, &data, &split)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("recall serialises"));
             } else {
@@ -156,14 +139,14 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = RunConfig::demo();
             let device: Device = device.parse()?;
             let opts = TrainOptions { data, out: out.clone(), resume: false, quiet: false };
-            let summary = with_backend!(device, b => gshn::train::train(b, cfg, &opts)?);
+            let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
             Ok(())
         }
         Command::Info => {
             println!("gshn {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads", rayon::current_num_threads());
-            println!("cuda: {}", gshn::backend::cuda_status());
+            println!("cuda: {}", if gshn::backend::cuda_available() { "available" } else { "not available (no driver or no device)" });
             Ok(())
         }
     }

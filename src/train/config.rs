@@ -120,6 +120,13 @@ impl RunConfig {
         }
         Ok(cfg)
     }
+    /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
+    /// 2-core CPU.
+    pub fn demo() -> RunConfig {
+        let mut c = RunConfig::default();
+        c.train.epochs = 12;
+        c
+    }
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 const SCALE: u32 = 8;
 
-pub fn render<B: Backend + Clone>(backend: B, run: &Path, data: &Path, split: &str, image_id: u64, out: &Path) -> Result<()> {
+pub fn render<B: Backend>(backend: B, run: &Path, data: &Path, split: &str, image_id: u64, out: &Path) -> Result<()> {
     let mut engine = load_engine(backend, run)?;
     let ds = open_split(data, &engine.cfg, split)?;
     let idx = (0..ds.len()).find(|&i| ds.image_id(i) == Some(image_id)).ok_or_else(|| Error::invalid("show", format!("image id {image_id} is not in the {split} split")))?;

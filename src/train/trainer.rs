@@ -19,6 +19,7 @@ use crate::util::rng::{mix64, SplitMix64};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Opens one split of a dataset root with the config's layout and overrides.
@@ -116,24 +117,25 @@ impl DataShape {
 
 /// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
 /// one graph), an image encoder and a text encoder (forward only, for evaluation).
-pub struct Engine<B: Backend + Clone> {
+pub struct Engine<B: Backend> {
     pub cfg: RunConfig,
     pub shape: DataShape,
     pub vocab: Vocab,
     pub model_outputs: ModelOutputs,
     pub params: Vec<crate::model::params::ParamSpec>,
     pub feeder: Feeder,
-    pub train: Executor<B>,
-    pub image: Executor<B>,
-    pub text: Executor<B>,
+    pub train: Executor<Arc<B>>,
+    pub image: Executor<Arc<B>>,
+    pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
     grad_norm: ValueId,
     image_fetch: Vec<ValueId>,
 }
 
-impl<B: Backend + Clone> Engine<B> {
+impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
+        let backend = Arc::new(backend);
         let t = &cfg.train;
         let (data_cap, cap) = capacities(
             t.batch_size,
@@ -220,7 +222,7 @@ impl<B: Backend + Clone> Engine<B> {
         self.feeder.feed_weights(&mut self.train, w)?;
         self.train.set(self.hyper, &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?)?;
         self.train.run()?;
-        let scalar = |ex: &Executor<B>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
+        let scalar = |ex: &Executor<Arc<B>>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
         let o = &self.model_outputs;
         let stats = StepStats {
             loss: scalar(&self.train, o.loss)?,
@@ -323,7 +325,7 @@ pub struct TrainSummary {
 }
 
 /// Trains (or resumes) a run in `opts.out` and returns its summary.
-pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
     let resumed = if opts.resume { Checkpoint::load_latest(out)? } else { None };
@@ -457,7 +459,7 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
 }
 
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
-pub fn load_engine<B: Backend + Clone>(backend: B, run: &Path) -> Result<Engine<B>> {
+pub fn load_engine<B: Backend>(backend: B, run: &Path) -> Result<Engine<B>> {
     let ck = Checkpoint::load_latest(run)?.ok_or_else(|| Error::invalid("checkpoint", format!("no checkpoint in {}", run.display())))?;
     let mut engine = Engine::new(backend, ck.config.clone(), ck.shape.clone(), ck.vocab.clone())?;
     engine.load_state(&ck.tensors)?;
@@ -466,4 +468,14 @@ pub fn load_engine<B: Backend + Clone>(backend: B, run: &Path) -> Result<Engine<
 
 pub(crate) fn data_shape_from_meta(s: &str) -> Result<DataShape> {
     DataShape::from_meta(s)
+}
+
+/// Retrieval of a trained run on one split of a dataset root.
+pub fn evaluate_run<B: Backend>(backend: B, run: &Path, data: &Path, split: &str) -> Result<Recall> {
+    let mut engine = load_engine(backend, run)?;
+    let ds = open_split(data, &engine.cfg, split)?;
+    let vocab = engine.vocab.clone();
+    let cfg = engine.cfg.clone();
+    let prepared = prepare(&ds, &cfg, &vocab, split)?;
+    engine.evaluate(&prepared)
 }
