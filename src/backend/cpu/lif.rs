@@ -85,30 +85,34 @@ impl<T: Float> Params<T> {
         })
     }
 
-    /// σ'(x) in the element type; in f64 the same operations, in the same order, as
-    /// `Surrogate::grad`.
+    /// `out[i] = σ'(h[i] − v_th)` in the element type; in f64 the same operations, in the
+    /// same order, as `Surrogate::grad`. One tight loop per kind, so it vectorises.
     #[inline(always)]
-    fn surrogate_grad(&self, x: T) -> T {
-        let (one, two, a) = (T::one(), T::of(2.0), self.alpha);
+    fn surrogate_grads(&self, h: &[T], out: &mut [T]) {
+        let (one, two, a, th) = (T::one(), T::of(2.0), self.alpha, self.v_th);
+        let it = out.iter_mut().zip(h);
         match self.surrogate {
-            Surrogate::ATan(_) => {
-                let u = self.pi2a * x;
-                a / (two * (one + u * u))
-            }
-            Surrogate::Sigmoid(_) => {
-                let s = one / (one + (-a * x).exp());
-                a * s * (one - s)
-            }
-            Surrogate::SuperSpike(_) => {
-                let d = one + a * x.abs();
-                one / (d * d)
-            }
+            Surrogate::ATan(_) => it.for_each(|(o, &h)| {
+                let u = self.pi2a * (h - th);
+                *o = a / (two * (one + u * u));
+            }),
+            Surrogate::Sigmoid(_) => it.for_each(|(o, &h)| {
+                let s = one / (one + (-a * (h - th)).exp());
+                *o = a * s * (one - s);
+            }),
+            Surrogate::SuperSpike(_) => it.for_each(|(o, &h)| {
+                let d = one + a * (h - th).abs();
+                *o = one / (d * d);
+            }),
             Surrogate::Rectangular(_) => {
-                if x.abs() < a / two {
-                    one / a
-                } else {
-                    T::zero()
-                }
+                let (half, inv) = (a / two, one / a);
+                it.for_each(|(o, &h)| {
+                    *o = if (h - th).abs() < half {
+                        inv
+                    } else {
+                        T::zero()
+                    };
+                })
             }
         }
     }
@@ -373,6 +377,8 @@ fn backward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bo
     let mut gtau = [zero; LANES];
     // gH_t of the current row piece (for dL/dtau).
     let mut ghb = [zero; LANES];
+    // σ'(H_t − v_th) of the current row piece.
+    let mut sgb = [zero; LANES];
     for l0 in (0..width).step_by(LANES) {
         let l1 = (l0 + LANES).min(width);
         let w = l1 - l0;
@@ -384,10 +390,12 @@ fn backward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bo
             let gsr = g.gs.map_or(&zeros[..w], |b| &b[range.clone()]);
             let gvr = g.gv.map_or(&zeros[..w], |b| &b[range.clone()]);
             let gxr = &mut gx[t][l0..l1];
+            let sgr = &mut sgb[..w];
+            p.surrogate_grads(hr, sgr);
             for i in 0..w {
                 let h = hr[i];
-                let (x, s) = fire::<T, SMOOTH>(p, h);
-                let sg = p.surrogate_grad(x);
+                let (_, s) = fire::<T, SMOOTH>(p, h);
+                let sg = sgr[i];
                 // σ' inside ∂V/∂H vanishes with detach_reset.
                 let rs = if p.detach { zero } else { sg };
                 let dvdh = if HARD {
