@@ -68,7 +68,12 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     fn read(&self, src: &Self::Buffer, shape: &Shape, dtype: DType) -> Result<Tensor> {
         (**self).read(src, shape, dtype)
     }
-    fn execute(&self, op: &Op, inputs: &[View<Self::Buffer>], outputs: &mut [ViewMut<Self::Buffer>]) -> Result<()> {
+    fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<Self::Buffer>],
+        outputs: &mut [ViewMut<Self::Buffer>],
+    ) -> Result<()> {
         (**self).execute(op, inputs, outputs)
     }
     fn synchronize(&self) -> Result<()> {

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "gshn", version, about = "Graph Spiking Hybrid Networks for vision-language alignment")]
+#[command(
+    name = "gshn",
+    version,
+    about = "Graph Spiking Hybrid Networks for vision-language alignment"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,12 +101,29 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Synth { out, train, val, seed } => {
+        Command::Synth {
+            out,
+            train,
+            val,
+            seed,
+        } => {
             let s = gshn::data::write_synthetic(&out, train, val, seed)?;
-            println!("wrote {} train + {} val scenes to {} ({s:?})", train, val, out.display());
+            println!(
+                "wrote {} train + {} val scenes to {} ({s:?})",
+                train,
+                val,
+                out.display()
+            );
             Ok(())
         }
-        Command::Train { data, out, config, epochs, device, resume } => {
+        Command::Train {
+            data,
+            out,
+            config,
+            epochs,
+            device,
+            resume,
+        } => {
             let mut cfg = match &config {
                 Some(p) => RunConfig::load(p)?,
                 None => RunConfig::default(),
@@ -111,14 +132,26 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.train.epochs = e;
             }
             let device: Device = device.parse()?;
-            let opts = TrainOptions { data, out: out.clone(), resume, quiet: false };
+            let opts = TrainOptions {
+                data,
+                out: out.clone(),
+                resume,
+                quiet: false,
+            };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
             Ok(())
         }
-        Command::Eval { data, checkpoint, split, json, device } => {
+        Command::Eval {
+            data,
+            checkpoint,
+            split,
+            json,
+            device,
+        } => {
             let device: Device = device.parse()?;
-            let r = gshn::train::trainer::evaluate_run(device.backend()?, &checkpoint, &data, &split)?;
+            let r =
+                gshn::train::trainer::evaluate_run(device.backend()?, &checkpoint, &data, &split)?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("recall serialises"));
             } else {
@@ -126,19 +159,40 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Show { data, checkpoint, image, out, split } => {
-            gshn::train::show::render(gshn::backend::CpuBackend, &checkpoint, &data, &split, image, &out)?;
+        Command::Show {
+            data,
+            checkpoint,
+            image,
+            out,
+            split,
+        } => {
+            gshn::train::show::render(
+                gshn::backend::CpuBackend,
+                &checkpoint,
+                &data,
+                &split,
+                image,
+                &out,
+            )?;
             println!("wrote {}", out.display());
             Ok(())
         }
         Command::Demo { data, out, device } => {
             if !data.join("train").join("panoptic.json").exists() {
-                eprintln!("gshn demo: writing the synthetic dataset to {}", data.display());
+                eprintln!(
+                    "gshn demo: writing the synthetic dataset to {}",
+                    data.display()
+                );
                 gshn::data::write_synthetic(&data, 2000, 200, 0)?;
             }
             let cfg = RunConfig::demo();
             let device: Device = device.parse()?;
-            let opts = TrainOptions { data, out: out.clone(), resume: false, quiet: false };
+            let opts = TrainOptions {
+                data,
+                out: out.clone(),
+                resume: false,
+                quiet: false,
+            };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
             Ok(())
@@ -146,7 +200,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info => {
             println!("gshn {}", env!("CARGO_PKG_VERSION"));
             println!("cpu: {} threads", rayon::current_num_threads());
-            println!("cuda: {}", if gshn::backend::cuda_available() { "available" } else { "not available (no driver or no device)" });
+            println!(
+                "cuda: {}",
+                if gshn::backend::cuda_available() {
+                    "available"
+                } else {
+                    "not available (no driver or no device)"
+                }
+            );
             Ok(())
         }
     }
@@ -154,21 +215,34 @@ fn run(cli: Cli) -> Result<()> {
 
 fn print_recall(r: &gshn::train::retrieval::Recall) {
     println!("           R@1    R@5   R@10");
-    println!("image→text {:5.1}  {:5.1}  {:5.1}", r.i2t_r1, r.i2t_r5, r.i2t_r10);
-    println!("text→image {:5.1}  {:5.1}  {:5.1}", r.t2i_r1, r.t2i_r5, r.t2i_r10);
+    println!(
+        "image→text {:5.1}  {:5.1}  {:5.1}",
+        r.i2t_r1, r.i2t_r5, r.i2t_r10
+    );
+    println!(
+        "text→image {:5.1}  {:5.1}  {:5.1}",
+        r.t2i_r1, r.t2i_r5, r.t2i_r10
+    );
     println!("rsum {:.1}", r.rsum);
 }
 
 fn print_summary(s: &gshn::train::TrainSummary, out: &std::path::Path) {
     println!();
-    println!("== gshn: {} steps in {:.1} s ({:.1} graphs/s)", s.steps, s.seconds, s.graphs_per_second);
+    println!(
+        "== gshn: {} steps in {:.1} s ({:.1} graphs/s)",
+        s.steps, s.seconds, s.graphs_per_second
+    );
     print_recall(&s.final_recall);
     println!("best rsum {:.1}", s.best_rsum);
     if let Some(r) = s.final_r {
         println!("fusion ratio r = {r:.3}");
     }
     if !s.final_spike_rates.is_empty() {
-        let rates: Vec<String> = s.final_spike_rates.iter().map(|x| format!("{x:.3}")).collect();
+        let rates: Vec<String> = s
+            .final_spike_rates
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect();
         println!("spike rate per SNN layer: {}", rates.join(", "));
     }
     println!("run folder: {} (metrics.jsonl, loss.png, retrieval.png, spikes.png, checkpoint.safetensors)", out.display());
