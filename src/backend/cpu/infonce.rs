@@ -188,20 +188,20 @@ fn forward<T: TileExp>(
         chunked_forward(a, p, b, d, s, at.chunk, sym, lse_row, lse_col, &mut diag);
     }
 
-    let bf = T::of(b as f64);
-    let mut row_term = T::zero();
-    for (&l, &g) in lse_row.iter().zip(&diag) {
-        row_term += l - g;
-    }
-    loss[0] = if sym {
-        let mut col_term = T::zero();
-        for (&l, &g) in lse_col.iter().zip(&diag) {
-            col_term += l - g;
+    // The two means are accumulated in f64 (B terms, in row order).
+    let mean_gap = |lse: &[T]| {
+        let mut acc = 0.0f64;
+        for (&l, &g) in lse.iter().zip(&diag) {
+            acc += (l - g).to_f64().unwrap_or(f64::NAN);
         }
-        (row_term / bf + col_term / bf) * T::of(0.5)
-    } else {
-        row_term / bf
+        acc / b as f64
     };
+    let row_term = mean_gap(lse_row);
+    loss[0] = T::of(if sym {
+        0.5 * (row_term + mean_gap(lse_col))
+    } else {
+        row_term
+    });
     Ok(())
 }
 
@@ -721,11 +721,11 @@ fn chunked_backward<T: TileExp>(
             }
         });
 
-    let mut total = T::zero();
+    let mut total = 0.0f64;
     for x in partials {
-        total += x;
+        total += x.to_f64().unwrap_or(f64::NAN);
     }
-    total
+    T::of(total)
 }
 
 /// `nt` mutable row blocks of `len` elements (the last one shorter; empty ones when d = 0).
