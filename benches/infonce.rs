@@ -65,6 +65,22 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    // Reference point on the same machine: the plain logits GEMM a pᵀ (2·B²·D FLOP, writes
+    // the B×B matrix the chunked op never builds).
+    let mut g = Graph::new();
+    let av = g.input("a", [b, d], DType::F32);
+    let pv = g.input("p", [b, d], DType::F32);
+    let l = g.matmul_t(av, pv, false, true).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[l]).unwrap();
+    ex.set(av, &a).unwrap();
+    ex.set(pv, &p).unwrap();
+    group.throughput(Throughput::Elements(2 * bbd));
+    group.bench_function(format!("gemm_reference_apT_B{b}_D{d}_f32"), |bn| {
+        bn.iter(|| {
+            ex.run().unwrap();
+            black_box(&ex);
+        })
+    });
     group.finish();
 }
 

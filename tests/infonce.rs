@@ -413,3 +413,42 @@ fn chunked_large_batch_smoke() {
     assert!(r.loss.is_finite() && r.loss > 0.0);
     assert!(r.ga.iter().all(|x| x.is_finite()));
 }
+
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// B = 32768 forward + backward in f32: a B×B matrix alone would be 4 GiB; the chunked path
+/// must stay far below. Slow in the dev profile: run with
+/// `cargo test --release --test infonce -- --ignored batch_32768`.
+#[test]
+#[ignore]
+fn batch_32768_runs_without_a_quadratic_buffer() {
+    let mut rng = SplitMix64::new(9);
+    let (b, d) = (32768, 16);
+    let a = unit_rows(random([b, d], -1.0, 1.0, &mut rng))
+        .to_dtype(DType::F32)
+        .unwrap();
+    let p = unit_rows(random([b, d], -1.0, 1.0, &mut rng))
+        .to_dtype(DType::F32)
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = run(&a, &p, &Tensor::scalar(3.0f32), attrs(true, 256)).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(r.loss.is_finite() && r.loss > 0.0);
+    assert!(r.ga.iter().chain(&r.gp).all(|x| x.is_finite()));
+    assert!(r.lse_col.iter().all(|x| x.is_finite()));
+    if let Some(peak) = peak_rss_bytes() {
+        eprintln!(
+            "B={b} D={d}: fwd+bwd {secs:.1} s, peak RSS {:.0} MiB",
+            peak as f64 / (1 << 20) as f64
+        );
+        assert!(
+            peak < 1 << 30,
+            "peak RSS {peak} bytes: something quadratic was allocated"
+        );
+    }
+}

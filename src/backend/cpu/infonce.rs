@@ -87,9 +87,73 @@ fn expect_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<(
     Ok(())
 }
 
+/// The exponential used in the tile loops: for f32 a branch-free polynomial (Cephes `expf`,
+/// about 1 ulp) that the compiler vectorises; for f64 the library `exp`. NaN propagates,
+/// underflow gives 0.
+pub(crate) trait TileExp: Float {
+    fn texp(self) -> Self;
+}
+
+impl TileExp for f64 {
+    #[inline(always)]
+    fn texp(self) -> f64 {
+        self.exp()
+    }
+}
+
+impl TileExp for f32 {
+    #[inline(always)]
+    fn texp(self) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+        let x = self;
+        let xc = x.clamp(-87.0, 88.0);
+        let t = xc * LOG2E + MAGIC;
+        let n = t - MAGIC;
+        let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+        let r = xc - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_1e-4f32;
+        p = p * r + 1.398_2e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 0.5;
+        let y = p * r * r + r + 1.0;
+        let scale = f32::from_bits(((ni + 127) as u32) << 23);
+        let e = y * scale;
+        if x < -87.0 {
+            0.0
+        } else if x > 88.0 {
+            f32::INFINITY
+        } else if x.is_nan() {
+            x
+        } else {
+            e
+        }
+    }
+}
+
+/// Σ exp(x − m) with 8 independent lanes (vectorisable, fixed order).
+#[inline]
+fn sum_exp<T: TileExp>(row: &[T], m: T) -> T {
+    let mut acc = [T::zero(); 8];
+    let mut chunks = row.chunks_exact(8);
+    for ch in &mut chunks {
+        for k in 0..8 {
+            acc[k] += (ch[k] - m).texp();
+        }
+    }
+    for (k, &x) in chunks.remainder().iter().enumerate() {
+        acc[k] += (x - m).texp();
+    }
+    reduce8(acc)
+}
+
 // ---- forward ----------------------------------------------------------------------------
 
-fn forward<T: Float>(
+fn forward<T: TileExp>(
     at: InfoNceAttrs,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
@@ -124,20 +188,20 @@ fn forward<T: Float>(
         chunked_forward(a, p, b, d, s, at.chunk, sym, lse_row, lse_col, &mut diag);
     }
 
-    let bf = T::of(b as f64);
-    let mut row_term = T::zero();
-    for (&l, &g) in lse_row.iter().zip(&diag) {
-        row_term += l - g;
-    }
-    loss[0] = if sym {
-        let mut col_term = T::zero();
-        for (&l, &g) in lse_col.iter().zip(&diag) {
-            col_term += l - g;
+    // The two means are accumulated in f64 (B terms, in row order).
+    let mean_gap = |lse: &[T]| {
+        let mut acc = 0.0f64;
+        for (&l, &g) in lse.iter().zip(&diag) {
+            acc += (l - g).to_f64().unwrap_or(f64::NAN);
         }
-        (row_term / bf + col_term / bf) * T::of(0.5)
-    } else {
-        row_term / bf
+        acc / b as f64
     };
+    let row_term = mean_gap(lse_row);
+    loss[0] = T::of(if sym {
+        0.5 * (row_term + mean_gap(lse_col))
+    } else {
+        row_term
+    });
     Ok(())
 }
 
@@ -184,7 +248,7 @@ struct Group<T> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn chunked_forward<T: Float>(
+fn chunked_forward<T: TileExp>(
     a: &[T],
     p: &[T],
     b: usize,
@@ -230,10 +294,7 @@ fn chunked_forward<T: Float>(
                     for i in 0..m {
                         let row = &tl[i * n..(i + 1) * n];
                         let mx = row.iter().fold(T::neg_infinity(), |m, &x| max(m, x));
-                        let mut sum = T::zero();
-                        for &x in row {
-                            sum += (x - mx).exp();
-                        }
+                        let sum = sum_exp(row, mx);
                         merge(&mut rm[i], &mut rl[i], mx, sum);
                     }
                     if u == t {
@@ -301,7 +362,7 @@ fn merge<T: Float>(m: &mut T, l: &mut T, tm: T, ts: T) {
 }
 
 /// Folds the rows of an `m × n` tile into running per-column (max, sum) statistics.
-fn column_update<T: Float>(
+fn column_update<T: TileExp>(
     tl: &[T],
     m: usize,
     n: usize,
@@ -320,7 +381,7 @@ fn column_update<T: Float>(
     }
     for i in 0..m {
         for ((l, &nm), &x) in cl.iter_mut().zip(new_m.iter()).zip(&tl[i * n..(i + 1) * n]) {
-            *l += (x - nm).exp();
+            *l += (x - nm).texp();
         }
     }
     cm.copy_from_slice(new_m);
@@ -446,7 +507,7 @@ struct Coef<'a, T> {
     diag: T,
 }
 
-fn backward<T: Float>(
+fn backward<T: TileExp>(
     at: InfoNceAttrs,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
@@ -581,7 +642,7 @@ fn dense_backward<T: Float>(
 /// Chunked backward: pass 1 over row tiles (ga, Σ gLogit ⊙ logits), pass 2 over column
 /// tiles (gp). Returns Σ gLogit ⊙ logits summed in row-tile order.
 #[allow(clippy::too_many_arguments)]
-fn chunked_backward<T: Float>(
+fn chunked_backward<T: TileExp>(
     a: &[T],
     p: &[T],
     b: usize,
@@ -660,11 +721,11 @@ fn chunked_backward<T: Float>(
             }
         });
 
-    let mut total = T::zero();
+    let mut total = 0.0f64;
     for x in partials {
-        total += x;
+        total += x.to_f64().unwrap_or(f64::NAN);
     }
-    total
+    T::of(total)
 }
 
 /// `nt` mutable row blocks of `len` elements (the last one shorter; empty ones when d = 0).
@@ -685,7 +746,7 @@ struct Side<'a, T> {
 /// columns at `c0` of the column side) into gLogit in place; returns Σ gLogit ⊙ logits.
 /// `diag`: the tile sits on the diagonal and `diag` is subtracted at (i, i).
 #[allow(clippy::too_many_arguments)]
-fn grad_tile<T: Float>(
+fn grad_tile<T: TileExp>(
     tile: &mut [T],
     m: usize,
     n: usize,
@@ -699,38 +760,27 @@ fn grad_tile<T: Float>(
     for i in 0..m {
         let row = &mut tile[i * n..(i + 1) * n];
         let l_ii = diag.map(|_| row[i]);
-        let mut acc = T::zero();
-        match (rows, cols) {
+        let mut acc = match (rows, cols) {
             (Some(rs), Some(cs)) => {
                 let (lr, wr) = (rs.lse[r0 + i], rs.w[r0 + i]);
                 let (lc, wc) = (&cs.lse[c0..c0 + n], &cs.w[c0..c0 + n]);
-                for ((x, &lcj), &wcj) in row.iter_mut().zip(lc).zip(wc) {
-                    let l = *x;
-                    let gv = wr * (l - lr).exp() + wcj * (l - lcj).exp();
-                    acc += gv * l;
-                    *x = gv;
-                }
+                lanes2(row, lc, wc, |l, lcj, wcj| {
+                    wr * (l - lr).texp() + wcj * (l - lcj).texp()
+                })
             }
             (Some(rs), None) => {
                 let (lr, wr) = (rs.lse[r0 + i], rs.w[r0 + i]);
-                for x in row.iter_mut() {
-                    let l = *x;
-                    let gv = wr * (l - lr).exp();
-                    acc += gv * l;
-                    *x = gv;
-                }
+                lanes(row, |l| wr * (l - lr).texp())
             }
             (None, Some(cs)) => {
                 let (lc, wc) = (&cs.lse[c0..c0 + n], &cs.w[c0..c0 + n]);
-                for ((x, &lcj), &wcj) in row.iter_mut().zip(lc).zip(wc) {
-                    let l = *x;
-                    let gv = wcj * (l - lcj).exp();
-                    acc += gv * l;
-                    *x = gv;
-                }
+                lanes2(row, lc, wc, |l, lcj, wcj| wcj * (l - lcj).texp())
             }
-            (None, None) => row.fill(T::zero()),
-        }
+            (None, None) => {
+                row.fill(T::zero());
+                T::zero()
+            }
+        };
         if let (Some(dg), Some(l)) = (diag, l_ii) {
             row[i] = row[i] - dg;
             acc = acc - dg * l;
@@ -738,4 +788,64 @@ fn grad_tile<T: Float>(
         total += acc;
     }
     total
+}
+
+/// Replaces each `row[j]` (a logit `l`) by `f(l)` and returns Σ f(l) · l, summed in 8 lanes
+/// (vectorisable, fixed order).
+#[inline(always)]
+fn lanes<T: Float>(row: &mut [T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for r in &mut chunks {
+        for k in 0..8 {
+            let l = r[k];
+            let g = f(l);
+            acc[k] += g * l;
+            r[k] = g;
+        }
+    }
+    for (k, x) in chunks.into_remainder().iter_mut().enumerate() {
+        let l = *x;
+        let g = f(l);
+        acc[k] += g * l;
+        *x = g;
+    }
+    reduce8(acc)
+}
+
+/// As [`lanes`], with two per-column operands: `row[j] ← f(row[j], a[j], b[j])`.
+#[inline(always)]
+fn lanes2<T: Float>(row: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T, T) -> T) -> T {
+    let n = row.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let mut rc = row.chunks_exact_mut(8);
+    let mut ac = a.chunks_exact(8);
+    let mut bc = b.chunks_exact(8);
+    for ((r, a8), b8) in (&mut rc).zip(&mut ac).zip(&mut bc) {
+        for k in 0..8 {
+            let l = r[k];
+            let g = f(l, a8[k], b8[k]);
+            acc[k] += g * l;
+            r[k] = g;
+        }
+    }
+    let rem = rc.into_remainder();
+    for (k, ((x, &ak), &bk)) in rem
+        .iter_mut()
+        .zip(ac.remainder())
+        .zip(bc.remainder())
+        .enumerate()
+    {
+        let l = *x;
+        let g = f(l, ak, bk);
+        acc[k] += g * l;
+        *x = g;
+    }
+    reduce8(acc)
+}
+
+#[inline(always)]
+fn reduce8<T: Float>(acc: [T; 8]) -> T {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }

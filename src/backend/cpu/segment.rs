@@ -27,21 +27,36 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
     }
 }
 
-/// Error for the first id outside `-1..segments`.
+/// Whether `id` lies in `-1..segments` (one unsigned compare: `id + 1 ≤ segments`).
+#[inline(always)]
+fn in_range(id: i32, segments: usize) -> bool {
+    (id as i64 + 1) as u64 <= segments as u64
+}
+
+/// Error for the first id outside `-1..segments`. The scan is branch-free (vectorised) and
+/// parallel; the position is searched for only when something is wrong.
 fn validate(op: &'static str, seg: &[i32], segments: usize) -> Result<()> {
-    match seg
-        .iter()
-        .position(|&id| id < -1 || (id >= 0 && id as usize >= segments))
-    {
-        Some(p) => Err(Error::invalid(
-            op,
-            format!(
-                "seg[{p}] = {} is outside -1..{segments} (-1 = void)",
-                seg[p]
-            ),
-        )),
-        None => Ok(()),
+    let chunk_ok = |ch: &[i32]| ch.iter().fold(true, |ok, &id| ok & in_range(id, segments));
+    let ok = if seg.len() >= PAR_MIN {
+        seg.par_chunks(PAR_MIN).all(chunk_ok)
+    } else {
+        chunk_ok(seg)
+    };
+    if ok {
+        return Ok(());
     }
+    let p = seg
+        .iter()
+        .position(|&id| !in_range(id, segments))
+        .unwrap_or(0);
+    Err(out_of_range(op, p, seg[p], segments))
+}
+
+fn out_of_range(op: &'static str, p: usize, id: i32, segments: usize) -> Error {
+    Error::invalid(
+        op,
+        format!("seg[{p}] = {id} is outside -1..{segments} (-1 = void)"),
+    )
 }
 
 fn forward<T: Float>(
@@ -76,14 +91,19 @@ fn forward<T: Float>(
             format!("{p} rows exceed the u32 row index"),
         ));
     }
-    validate(OP, seg, segments)?;
 
     // Counting sort: buf = [end offset of each segment (S) | rows grouped by segment (P)].
+    // The counting pass also validates the ids (the first bad one is reported).
     let mut buf = vec![0u32; segments + p];
     let (off, order) = buf.split_at_mut(segments);
-    for &id in seg {
+    for (row, &id) in seg.iter().enumerate() {
         if id >= 0 {
-            off[id as usize] += 1;
+            match off.get_mut(id as usize) {
+                Some(n) => *n += 1,
+                None => return Err(out_of_range(OP, row, id, segments)),
+            }
+        } else if id != -1 {
+            return Err(out_of_range(OP, row, id, segments));
         }
     }
     let mut run = 0u32;
