@@ -205,7 +205,7 @@ impl Gshn {
             None
         };
 
-        // ---- SNN branch: S^l = LIF(Agg_α(S^{l−1}) W^l + b^l), E_SNN = mean_t(S^L) W_out ------
+        // ---- SNN branch: S^l = LIF(LN(Agg_α(S^{l−1}) W^l)), E_SNN = mean_t(S^L) W_out --------
         let e_snn = if config.has_snn() {
             let (w_in, b_in) = ps.linear("snn.input", x_dim, d, true);
             let g = &mut *ps.graph;
@@ -218,11 +218,16 @@ impl Gshn {
                     Some(u) => u,
                     None => attention[l.min(attention.len() - 1)],
                 };
-                let (w, b) = ps.linear(&format!("snn.{l}.lin"), d, d, true);
+                let (w, _) = ps.linear(&format!("snn.{l}.lin"), d, d, false);
+                let gamma = ps.param(&format!("snn.{l}.norm.weight"), [d], Init::Constant(1.0));
+                let beta = ps.param(&format!("snn.{l}.norm.bias"), [d], Init::Constant(0.0));
                 let g = &mut *ps.graph;
                 let agg = g.aggregate(alpha, s, &inp.graph)?;
                 let agg = g.reshape(agg, [t_steps * n, d])?;
-                let cur = g.linear(agg, w, b)?;
+                let cur = g.matmul(agg, w)?;
+                // LayerNorm of each (t, node) current keeps it O(1) around the threshold, so
+                // neurons fire from the first step on (without it they start silent).
+                let cur = g.layer_norm(cur, gamma, beta, LN_EPS)?;
                 let cur = g.reshape(cur, [t_steps, n * d])?;
                 let lif = g.lif(cur, config.lif)?;
                 // firing rate over real nodes: mean over channels, then weighted over (t, node)
