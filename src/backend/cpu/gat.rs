@@ -85,11 +85,10 @@ struct Csc<'a> {
 }
 
 impl Csc<'_> {
+    /// Positions in `col_edge` of the edges leaving `j`.
     #[inline]
-    fn edges(&self, j: usize) -> impl Iterator<Item = usize> + '_ {
-        self.col_edge[self.col_ptr[j] as usize..self.col_ptr[j + 1] as usize]
-            .iter()
-            .map(|&k| k as usize)
+    fn range(&self, j: usize) -> Range<usize> {
+        self.col_ptr[j] as usize..self.col_ptr[j + 1] as usize
     }
 }
 
@@ -139,6 +138,38 @@ fn next_out<'a, 'b>(
 ) -> Result<&'a mut CpuViewMut<'b>> {
     it.next()
         .ok_or_else(|| Error::graph(format!("{op}: missing an output buffer")))
+}
+
+// ---- memory ------------------------------------------------------------------------------
+
+/// How many edges ahead the gathers of feature rows are prefetched. The kernels are bound by
+/// the latency of these random row gathers; a prefetch keeps several in flight.
+const PF: usize = 4;
+
+/// Hints the cache to load `row` (every 64-byte line of it).
+#[inline(always)]
+fn prefetch_row<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = row.as_ptr() as *const i8;
+        for off in (0..std::mem::size_of_val(row)).step_by(64) {
+            // SAFETY: a prefetch is only a hint and never faults; the address is inside `row`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Prefetches row `idx[k]` (of width `w`) of `table`, if there is such an edge.
+#[inline(always)]
+fn prefetch_gather<T>(table: &[T], idx: &[i32], k: usize, w: usize) {
+    if let Some(&j) = idx.get(k) {
+        if let Some(row) = table.get(j as usize * w..(j as usize + 1) * w) {
+            prefetch_row(row);
+        }
+    }
 }
 
 // ---- arithmetic --------------------------------------------------------------------------
@@ -296,6 +327,7 @@ fn gat_forward<T: Float>(
                 }
                 log_sum_exp(logit, h, lse_i);
                 for (d, k) in r.enumerate() {
+                    prefetch_gather(z, g.src, k + PF, hf);
                     let zj = &z[g.src[k] as usize * hf..][..hf];
                     for hh in 0..h {
                         let al = alpha_of(logit[d * h + hh], lse_i[hh]);
@@ -367,6 +399,15 @@ enum Upstream<'a, T> {
     },
     /// `GatAlphaBackward`: the attention's gradient and the attention.
     Alpha { g_alpha: &'a [T], alpha: &'a [T] },
+}
+
+/// The upstream `g_out` rows (empty in `Alpha` mode).
+#[inline]
+fn g_out_rows<T>(up: Upstream<'_, T>) -> &[T] {
+    match up {
+        Upstream::Out { g_out, .. } => g_out,
+        Upstream::Alpha { .. } => &[],
+    }
 }
 
 struct Grads<'a, T> {
@@ -528,6 +569,9 @@ fn backward_impl<T: Float>(
                         }
                     }
                     for k in r {
+                        if with_out {
+                            prefetch_gather(z, g.src, k + PF, hf);
+                        }
                         let j = g.src[k] as usize;
                         let kl = (k - e0) * h;
                         for hh in 0..h {
@@ -571,7 +615,23 @@ fn backward_impl<T: Float>(
                 gz_j.fill(T::zero());
                 gel.clear();
                 gel.resize(h, T::zero());
-                for k in c.edges(j) {
+                for p in c.range(j) {
+                    let k = c.col_edge[p] as usize;
+                    // Two-stage prefetch: the per-edge scalars 2·PF ahead, the g_out row of
+                    // the destination PF ahead (its dst entry is in cache by then).
+                    if let Some(&k2) = c.col_edge.get(p + 2 * PF) {
+                        let k2 = k2 as usize;
+                        prefetch_row(&gpre[k2 * h..][..h]);
+                        if with_out {
+                            prefetch_row(&alpha_e[k2 * h..][..h]);
+                            prefetch_row(&dst[k2..k2 + 1]);
+                        }
+                    }
+                    if with_out {
+                        if let Some(&k1) = c.col_edge.get(p + PF) {
+                            prefetch_row(&g_out_rows(up)[dst[k1 as usize] as usize * hf..][..hf]);
+                        }
+                    }
                     for (hh, gl) in gel.iter_mut().enumerate() {
                         *gl += gpre[k * h + hh];
                     }
@@ -628,8 +688,10 @@ fn aggregate<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result
         .for_each(|(row, yr)| {
             let (t, i) = (row / n, row % n);
             yr.fill(T::zero());
+            let st = &s[t * n * c..(t + 1) * n * c];
             for k in g.edges(i) {
-                let sr = &s[(t * n + g.src[k] as usize) * c..][..c];
+                prefetch_gather(st, g.src, k + PF, c);
+                let sr = &st[g.src[k] as usize * c..][..c];
                 for hh in 0..h {
                     let o = hh * ch;
                     axpy(&mut yr[o..o + ch], alpha[k * h + hh], &sr[o..o + ch]);
@@ -659,8 +721,17 @@ fn aggregate_backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) 
         .for_each(|(row, gr)| {
             let (t, j) = (row / n, row % n);
             gr.fill(T::zero());
-            for k in csc.edges(j) {
-                let gyr = &gy[(t * n + dst[k] as usize) * c..][..c];
+            let gyt = &gy[t * n * c..(t + 1) * n * c];
+            for p in csc.range(j) {
+                let k = csc.col_edge[p] as usize;
+                if let Some(&k2) = csc.col_edge.get(p + 2 * PF) {
+                    prefetch_row(&dst[k2 as usize..k2 as usize + 1]);
+                    prefetch_row(&alpha[k2 as usize * h..][..h]);
+                }
+                if let Some(&k1) = csc.col_edge.get(p + PF) {
+                    prefetch_row(&gyt[dst[k1 as usize] as usize * c..][..c]);
+                }
+                let gyr = &gyt[dst[k] as usize * c..][..c];
                 for hh in 0..h {
                     let o = hh * ch;
                     axpy(&mut gr[o..o + ch], alpha[k * h + hh], &gyr[o..o + ch]);
@@ -674,6 +745,11 @@ fn aggregate_backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) 
         .with_min_len(256)
         .for_each(|(k, ga)| {
             let (i, j) = (dst[k] as usize, g.src[k] as usize);
+            if let Some(&j2) = g.src.get(k + PF) {
+                for t in 0..tt {
+                    prefetch_row(&s[(t * n + j2 as usize) * c..][..c]);
+                }
+            }
             for (hh, out) in ga.iter_mut().enumerate() {
                 let mut acc = T::zero();
                 for t in 0..tt {
