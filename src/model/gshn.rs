@@ -106,8 +106,13 @@ const NORM_EPS: f64 = 1e-12;
 impl Gshn {
     /// Builds the forward graph (no backward, no optimizer: see `train`).
     pub fn build(config: &ModelConfig, cap: Capacity) -> Result<Gshn> {
+        Self::build_in(config, cap, DType::F32)
+    }
+
+    /// `build` with every float value in `dtype` (f64 for gradient checks).
+    pub fn build_in(config: &ModelConfig, cap: Capacity, dtype: DType) -> Result<Gshn> {
         config.validate()?;
-        let f32_ = DType::F32;
+        let f32_ = dtype;
         let mut graph = Graph::new();
         let (n, e, d, t_steps, heads) = (
             cap.nodes,

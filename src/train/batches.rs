@@ -135,7 +135,7 @@ impl Feeder {
         let b = collate(graphs, &self.data_cap)?;
         let i = &self.inputs;
         let (n, e) = (b.node_cap, b.edge_cap);
-        let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| -> Result<()> { ex.set(v, &t?) };
+        let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| set_as(ex, v, t?);
         set(
             ex,
             i.pixel_feats,
@@ -231,13 +231,24 @@ impl Feeder {
             }
         }
         ex.set(self.inputs.tokens, &Tensor::new([bs * l], ids)?)?;
-        ex.set(self.inputs.token_keep, &Tensor::new([bs, l], keep)?)
+        set_as(ex, self.inputs.token_keep, Tensor::new([bs, l], keep)?)
     }
 
     pub fn feed_weights<B: Backend>(&self, ex: &mut Executor<B>, w: LossWeights) -> Result<()> {
-        ex.set(self.inputs.w_itc, &Tensor::scalar(w.itc))?;
-        ex.set(self.inputs.w_stl, &Tensor::scalar(w.stl))?;
-        ex.set(self.inputs.w_node, &Tensor::scalar(w.node))
+        set_as(ex, self.inputs.w_itc, Tensor::scalar(w.itc))?;
+        set_as(ex, self.inputs.w_stl, Tensor::scalar(w.stl))?;
+        set_as(ex, self.inputs.w_node, Tensor::scalar(w.node))
+    }
+}
+
+/// Sets a value, converting float data to the value's dtype (models built in f64 for
+/// gradient checks take the same batches).
+fn set_as<B: Backend>(ex: &mut Executor<B>, v: crate::graph::ValueId, t: Tensor) -> Result<()> {
+    let want = ex.graph().dtype(v);
+    if t.dtype() == want {
+        ex.set(v, &t)
+    } else {
+        ex.set(v, &t.to_dtype(want)?)
     }
 }
 
