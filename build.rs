@@ -17,13 +17,22 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "GSHN_CUDA_ARCH", "GSHN_REQUIRE_NVCC"] {
+    for v in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "GSHN_CUDA_ARCH",
+        "GSHN_REQUIRE_NVCC",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     if let Err(e) = run() {
         // Only reached for hard errors (I/O, or GSHN_REQUIRE_NVCC=1).
         eprintln!("error: {e}");
-        println!("cargo:warning=gshn build.rs: {}", e.lines().next().unwrap_or(""));
+        println!(
+            "cargo:warning=gshn build.rs: {}",
+            e.lines().next().unwrap_or("")
+        );
         std::process::exit(1);
     }
 }
@@ -39,14 +48,23 @@ fn run() -> Result<(), String> {
     let mut names: Vec<String> = fs::read_dir(&kdir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".cu")).map(String::from))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".cu"))
+                        .map(String::from)
+                })
                 .collect()
         })
         .unwrap_or_default();
     names.sort();
     let header = fs::read_to_string(kdir.join("common.cuh")).unwrap_or_default();
 
-    let nvcc = if want_cuda { find_nvcc(&crate_dir) } else { None };
+    let nvcc = if want_cuda {
+        find_nvcc(&crate_dir)
+    } else {
+        None
+    };
     if want_cuda && nvcc.is_none() {
         if require {
             return Err("GSHN_REQUIRE_NVCC=1 but no nvcc found (NVCC, CUDA_HOME, CUDA_PATH, .venv-cuda, PATH); \
@@ -81,8 +99,14 @@ fn run() -> Result<(), String> {
             None => false,
             Some(Ok(o)) if o.status.success() => true,
             Some(Ok(o)) => {
-                let msg = format!("nvcc failed on kernels/{name}.cu:\n{}", String::from_utf8_lossy(&o.stderr));
-                println!("cargo:warning={}", msg.lines().take(3).collect::<Vec<_>>().join(" | "));
+                let msg = format!(
+                    "nvcc failed on kernels/{name}.cu:\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                println!(
+                    "cargo:warning={}",
+                    msg.lines().take(3).collect::<Vec<_>>().join(" | ")
+                );
                 errors.push_str(&msg);
                 false
             }
@@ -98,9 +122,17 @@ fn run() -> Result<(), String> {
         fs::write(&cu_path, inlined).map_err(|e| e.to_string())?;
 
         let up = name.to_uppercase();
-        let ptx_expr = if ok { format!("Some(include_str!({:?}))", path_str(&ptx)) } else { "None".into() };
+        let ptx_expr = if ok {
+            format!("Some(include_str!({:?}))", path_str(&ptx))
+        } else {
+            "None".into()
+        };
         let _ = writeln!(code, "pub const {up}_PTX: Option<&str> = {ptx_expr};");
-        let _ = writeln!(code, "pub const {up}_CU: &str = include_str!({:?});", path_str(&cu_path));
+        let _ = writeln!(
+            code,
+            "pub const {up}_CU: &str = include_str!({:?});",
+            path_str(&cu_path)
+        );
         let _ = writeln!(table, "    ({name:?}, {up}_PTX, {up}_CU),");
     }
     table.push_str("];\n");

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod graph;
+pub mod model;
 pub mod ops;
 pub mod tensor;
 pub mod train;

@@ -8,7 +8,11 @@ fn chain(n: usize, steps: usize) -> (Graph, gshn::ValueId, gshn::ValueId) {
     let x = g.input("x", [n], DType::F32);
     let mut h = x;
     for i in 0..steps {
-        h = if i % 2 == 0 { g.scale(h, 1.01).unwrap() } else { g.add(h, x).unwrap() };
+        h = if i % 2 == 0 {
+            g.scale(h, 1.01).unwrap()
+        } else {
+            g.add(h, x).unwrap()
+        };
     }
     (g, x, h)
 }
@@ -38,7 +42,11 @@ fn reused_buffers_give_the_same_numbers_as_the_definition() {
         let mut h = xs.clone();
         for i in 0..9 {
             for (hj, xj) in h.iter_mut().zip(&xs) {
-                *hj = if i % 2 == 0 { *hj * 1.01f64 as f32 } else { *hj + xj };
+                *hj = if i % 2 == 0 {
+                    *hj * 1.01f64 as f32
+                } else {
+                    *hj + xj
+                };
             }
         }
         assert_eq!(got.data::<f32>().unwrap(), &h[..]);
@@ -52,8 +60,14 @@ fn misuse_is_a_typed_error_not_a_panic() {
     // running before the input is set
     assert!(matches!(ex.run(), Err(Error::Graph(_))));
     // wrong shape and wrong dtype
-    assert!(matches!(ex.set(x, &Tensor::zeros([9], DType::F32)), Err(Error::Shape { .. })));
-    assert!(matches!(ex.set(x, &Tensor::zeros([8], DType::F64)), Err(Error::Shape { .. })));
+    assert!(matches!(
+        ex.set(x, &Tensor::zeros([9], DType::F32)),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        ex.set(x, &Tensor::zeros([8], DType::F64)),
+        Err(Error::Shape { .. })
+    ));
     // a computed value cannot be set, and an unplanned one cannot be read
     assert!(ex.set(y, &Tensor::zeros([8], DType::F32)).is_err());
     let mut g2 = g.clone();

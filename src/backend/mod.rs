@@ -51,3 +51,32 @@ pub trait Backend {
         Ok(())
     }
 }
+
+/// A shared backend: several executors (a training step and the evaluation encoders) can
+/// run on one device.
+impl<B: Backend> Backend for std::sync::Arc<B> {
+    type Buffer = B::Buffer;
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer> {
+        (**self).alloc(dtype, len)
+    }
+    fn write(&self, dst: &mut Self::Buffer, src: &Tensor) -> Result<()> {
+        (**self).write(dst, src)
+    }
+    fn read(&self, src: &Self::Buffer, shape: &Shape, dtype: DType) -> Result<Tensor> {
+        (**self).read(src, shape, dtype)
+    }
+    fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<Self::Buffer>],
+        outputs: &mut [ViewMut<Self::Buffer>],
+    ) -> Result<()> {
+        (**self).execute(op, inputs, outputs)
+    }
+    fn synchronize(&self) -> Result<()> {
+        (**self).synchronize()
+    }
+}

@@ -1,1 +1,249 @@
-fn main() {}
+//! The `gshn` command-line program.
+
+use clap::{Parser, Subcommand};
+use gshn::backend::Device;
+use gshn::error::Result;
+use gshn::train::{RunConfig, TrainOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gshn",
+    version,
+    about = "Graph Spiking Hybrid Networks for vision-language alignment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the synthetic relational-scene dataset in the COCO panoptic + captions layout.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        train: usize,
+        #[arg(long, default_value_t = 200)]
+        val: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a GSHN (or an ablation) on a dataset root; evaluates on the val split every epoch.
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// TOML config ([model], [train], [data]); defaults everywhere else.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Continue the run in --out from its checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Image→text and text→image retrieval of a trained run on a split.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Draw an image with its segments, graph edges (by attention) and per-node spike rates.
+    Show {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        image: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "val")]
+        split: String,
+    },
+    /// synth (if missing) + train + eval with defaults: the quickest way to see gshn work.
+    Demo {
+        #[arg(long, default_value = "data/synth")]
+        data: PathBuf,
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Which backends and devices are available.
+    Info,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gshn: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth {
+            out,
+            train,
+            val,
+            seed,
+        } => {
+            let s = gshn::data::write_synthetic(&out, train, val, seed)?;
+            println!(
+                "wrote {} train + {} val scenes to {} ({s:?})",
+                train,
+                val,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Train {
+            data,
+            out,
+            config,
+            epochs,
+            device,
+            resume,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => RunConfig::load(p)?,
+                None => RunConfig::default(),
+            };
+            if let Some(e) = epochs {
+                cfg.train.epochs = e;
+            }
+            let device: Device = device.parse()?;
+            let opts = TrainOptions {
+                data,
+                out: out.clone(),
+                resume,
+                quiet: false,
+            };
+            let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
+            print_summary(&summary, &out);
+            Ok(())
+        }
+        Command::Eval {
+            data,
+            checkpoint,
+            split,
+            json,
+            device,
+        } => {
+            let device: Device = device.parse()?;
+            let r =
+                gshn::train::trainer::evaluate_run(device.backend()?, &checkpoint, &data, &split)?;
+            if json {
+                println!("{}", serde_json::to_string(&r).expect("recall serialises"));
+            } else {
+                print_recall(&r);
+            }
+            Ok(())
+        }
+        Command::Show {
+            data,
+            checkpoint,
+            image,
+            out,
+            split,
+        } => {
+            gshn::train::show::render(
+                gshn::backend::CpuBackend,
+                &checkpoint,
+                &data,
+                &split,
+                image,
+                &out,
+            )?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Demo { data, out, device } => {
+            if !data.join("train").join("panoptic.json").exists() {
+                eprintln!(
+                    "gshn demo: writing the synthetic dataset to {}",
+                    data.display()
+                );
+                gshn::data::write_synthetic(&data, 2000, 200, 0)?;
+            }
+            let cfg = RunConfig::demo();
+            let device: Device = device.parse()?;
+            let opts = TrainOptions {
+                data,
+                out: out.clone(),
+                resume: false,
+                quiet: false,
+            };
+            let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
+            print_summary(&summary, &out);
+            Ok(())
+        }
+        Command::Info => {
+            println!("gshn {}", env!("CARGO_PKG_VERSION"));
+            println!("cpu: {} threads", rayon::current_num_threads());
+            println!(
+                "cuda: {}",
+                if gshn::backend::cuda_available() {
+                    "available"
+                } else {
+                    "not available (no driver or no device)"
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_recall(r: &gshn::train::retrieval::Recall) {
+    println!("           R@1    R@5   R@10");
+    println!(
+        "image→text {:5.1}  {:5.1}  {:5.1}",
+        r.i2t_r1, r.i2t_r5, r.i2t_r10
+    );
+    println!(
+        "text→image {:5.1}  {:5.1}  {:5.1}",
+        r.t2i_r1, r.t2i_r5, r.t2i_r10
+    );
+    println!("rsum {:.1}", r.rsum);
+}
+
+fn print_summary(s: &gshn::train::TrainSummary, out: &std::path::Path) {
+    println!();
+    println!(
+        "== gshn: {} steps in {:.1} s ({:.1} graphs/s)",
+        s.steps, s.seconds, s.graphs_per_second
+    );
+    print_recall(&s.final_recall);
+    println!("best rsum {:.1}", s.best_rsum);
+    if let Some(r) = s.final_r {
+        println!("fusion ratio r = {r:.3}");
+    }
+    if !s.final_spike_rates.is_empty() {
+        let rates: Vec<String> = s
+            .final_spike_rates
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect();
+        println!("spike rate per SNN layer: {}", rates.join(", "));
+    }
+    println!("run folder: {} (metrics.jsonl, loss.png, retrieval.png, spikes.png, checkpoint.safetensors)", out.display());
+}

@@ -67,10 +67,12 @@ impl Vocab {
         if let Some(m) = max_size {
             tokens.truncate(m.max(SPECIALS.len()));
         }
-        Self::from_tokens(tokens)
+        Self::from_token_list(tokens)
     }
 
-    fn from_tokens(tokens: Vec<String>) -> Vocab {
+    /// A vocabulary with exactly these tokens in this order (ids = positions), e.g. as saved
+    /// in a checkpoint.
+    pub fn from_token_list(tokens: Vec<String>) -> Vocab {
         let index = tokens
             .iter()
             .enumerate()
@@ -150,7 +152,7 @@ impl Vocab {
                 "vocabulary must start with [PAD], [UNK], [CLS]",
             ));
         }
-        let v = Self::from_tokens(f.tokens);
+        let v = Self::from_token_list(f.tokens);
         if v.index.len() != v.tokens.len() {
             return Err(DataError::invalid(path, "vocabulary has a duplicate token"));
         }

@@ -53,7 +53,12 @@ pub struct TextConfig {
 
 impl Default for TextConfig {
     fn default() -> Self {
-        TextConfig { layers: 2, heads: 4, max_len: 24, mlp_ratio: 2 }
+        TextConfig {
+            layers: 2,
+            heads: 4,
+            max_len: 24,
+            mlp_ratio: 2,
+        }
     }
 }
 
@@ -111,13 +116,24 @@ impl ModelConfig {
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |msg: String| Err(crate::Error::invalid("config", msg));
         if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
-            return bad(format!("model.dim ({}) must be a positive multiple of model.heads ({})", self.dim, self.heads));
+            return bad(format!(
+                "model.dim ({}) must be a positive multiple of model.heads ({})",
+                self.dim, self.heads
+            ));
         }
         if self.text.heads == 0 || self.dim % self.text.heads != 0 {
-            return bad(format!("model.dim ({}) must be a multiple of model.text.heads ({})", self.dim, self.text.heads));
+            return bad(format!(
+                "model.dim ({}) must be a multiple of model.text.heads ({})",
+                self.dim, self.text.heads
+            ));
         }
-        if self.time_steps == 0 || self.snn_layers == 0 && self.has_snn() || self.gat_layers == 0 && self.has_gat() {
-            return bad("time_steps, gat_layers and snn_layers must be ≥ 1 for the branches in use".into());
+        if self.time_steps == 0
+            || self.snn_layers == 0 && self.has_snn()
+            || self.gat_layers == 0 && self.has_gat()
+        {
+            return bad(
+                "time_steps, gat_layers and snn_layers must be ≥ 1 for the branches in use".into(),
+            );
         }
         if self.text.max_len < 2 {
             return bad("model.text.max_len must be ≥ 2 ([CLS] and one word)".into());

@@ -109,7 +109,13 @@ impl Gshn {
         config.validate()?;
         let f32_ = DType::F32;
         let mut graph = Graph::new();
-        let (n, e, d, t_steps, heads) = (cap.nodes, cap.edges, config.dim, config.time_steps, config.heads);
+        let (n, e, d, t_steps, heads) = (
+            cap.nodes,
+            cap.edges,
+            config.dim,
+            config.time_steps,
+            config.heads,
+        );
         let g = &mut graph;
         let inputs = ModelInputs {
             pixel_feats: g.input("pixel_feats", [cap.pixels, cap.pixel_channels], f32_),
@@ -118,9 +124,10 @@ impl Gshn {
             category: g.input("category", [n], DType::I32),
             node_graph: g.input("node_graph", [n], DType::I32),
             node_weight: g.input("node_weight", [n], f32_),
-            graph: crate::ops::gat::GraphInputs::new(g, n, e),
+            graph: crate::ops::gat::GraphInputs::new(g, "", n, e),
             edge_feats: g.input("edge_feats", [e, cap.edge_features], f32_),
-            uniform_alpha: (config.variant == Variant::SnnOnly).then(|| g.input("uniform_alpha", [e, heads], f32_)),
+            uniform_alpha: (config.variant == Variant::SnnOnly)
+                .then(|| g.input("uniform_alpha", [e, heads], f32_)),
             tokens: g.input("tokens", [cap.batch * config.text.max_len], DType::I32),
             token_keep: g.input("token_keep", [cap.batch, config.text.max_len], f32_),
             node_sample: g.input("node_sample", [cap.node_samples], DType::I32),
@@ -132,8 +139,15 @@ impl Gshn {
         let inp = &inputs;
 
         // ---- node inputs x_v = [masked_pool(F, M_v) ; geometry ; E_cat[category]] ----------
-        let pooled = ps.graph.segment_mean(inp.pixel_feats, inp.pixel_node, n)?.mean;
-        let cat_table = ps.param("category_embedding", [cap.categories + 1, config.category_dim], Init::Normal(0.1));
+        let pooled = ps
+            .graph
+            .segment_mean(inp.pixel_feats, inp.pixel_node, n)?
+            .mean;
+        let cat_table = ps.param(
+            "category_embedding",
+            [cap.categories + 1, config.category_dim],
+            Init::Normal(0.1),
+        );
         let cat = ps.graph.gather(cat_table, inp.category)?;
         let x = ps.graph.concat(&[pooled, inp.geometry, cat], 1)?;
         let x_dim = cap.pixel_channels + cap.geometry + config.category_dim;
@@ -159,9 +173,20 @@ impl Gshn {
                 let z = g.matmul(h, w)?;
                 let z = g.reshape(z, [n, heads, f])?;
                 let be = g.matmul(inp.edge_feats, we)?;
-                let attrs = GatAttrs { negative_slope: 0.2, edge_bias: true };
+                let attrs = GatAttrs {
+                    negative_slope: 0.2,
+                    edge_bias: true,
+                };
                 let out = g.gat(z, a_src, a_dst, Some(be), &inp.graph, attrs)?;
-                attention.push(g.gat_alpha(z, a_src, a_dst, Some(be), out.lse, &inp.graph, attrs)?);
+                attention.push(g.gat_alpha(
+                    z,
+                    a_src,
+                    a_dst,
+                    Some(be),
+                    out.lse,
+                    &inp.graph,
+                    attrs,
+                )?);
                 let merged = if last {
                     // average heads: [n, H, d] → [n, d, H] → mean over H
                     let p = g.permute(out.out, &[0, 2, 1])?;
@@ -199,10 +224,13 @@ impl Gshn {
                 let agg = g.reshape(agg, [t_steps * n, d])?;
                 let cur = g.linear(agg, w, b)?;
                 let cur = g.reshape(cur, [t_steps, n * d])?;
-                let lif = g.lif(cur, config.lif, None)?;
+                let lif = g.lif(cur, config.lif)?;
                 // firing rate over real nodes: mean over channels, then weighted over (t, node)
                 let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
-                let per_node = g.push1(crate::ops::Op::Reduce(crate::ops::Reduce::MeanLast), &[per_node])?;
+                let per_node = g.push1(
+                    crate::ops::Op::Reduce(crate::ops::Reduce::MeanLast),
+                    &[per_node],
+                )?;
                 let weighted = g.mul_broadcast(per_node, inp.node_weight)?;
                 spike_rates.push(g.sum(weighted)?);
                 if l + 1 == config.snn_layers {
@@ -230,7 +258,11 @@ impl Gshn {
         // ---- fusion V' = r ⊙ E_SNN + F_GAT ----------------------------------------------------
         let fused = match (e_snn, f_gat) {
             (Some(es), Some(fg)) => {
-                let r_shape: Vec<usize> = if config.fusion == Fusion::Channel { vec![d] } else { vec![] };
+                let r_shape: Vec<usize> = if config.fusion == Fusion::Channel {
+                    vec![d]
+                } else {
+                    vec![]
+                };
                 let rv = ps.param("fusion.r", r_shape, Init::Constant(config.r_init));
                 r = Some(rv);
                 let scaled = ps.graph.mul_broadcast(es, rv)?;
@@ -261,7 +293,10 @@ impl Gshn {
 
         // ---- losses -------------------------------------------------------------------------------
         let g = &mut *ps.graph;
-        let sym = InfoNceAttrs { symmetric: true, chunk: 256 };
+        let sym = InfoNceAttrs {
+            symmetric: true,
+            chunk: 256,
+        };
         let itc = g.infonce(z_img, z_txt, logit_scale, sym)?.loss;
         let w_itc = g.mul(itc, inp.w_itc)?;
         let mut loss = w_itc;
@@ -270,14 +305,25 @@ impl Gshn {
         if let (Variant::Full, Some(es), Some(fg)) = (config.variant, e_snn, f_gat) {
             // STL: spiking branch → (frozen) text features, one direction.
             let (w_s, b_s) = ps.linear("stl.proj", d, d, true);
-            let stl_scale = ps.param("stl.logit_scale", [], Init::Constant(config.logit_scale_init));
-            let node_scale = ps.param("node_cl.logit_scale", [], Init::Constant(config.logit_scale_init));
+            let stl_scale = ps.param(
+                "stl.logit_scale",
+                [],
+                Init::Constant(config.logit_scale_init),
+            );
+            let node_scale = ps.param(
+                "node_cl.logit_scale",
+                [],
+                Init::Constant(config.logit_scale_init),
+            );
             let g = &mut *ps.graph;
             let pooled_snn = g.segment_mean(es, inp.node_graph, cap.batch)?.mean;
             let s_img = g.linear(pooled_snn, w_s, b_s)?;
             let s_img = g.l2_normalize(s_img, NORM_EPS)?;
             let txt_target = g.stop_gradient(z_txt)?;
-            let one_dir = InfoNceAttrs { symmetric: false, chunk: 256 };
+            let one_dir = InfoNceAttrs {
+                symmetric: false,
+                chunk: 256,
+            };
             let l_stl = g.infonce(s_img, txt_target, stl_scale, one_dir)?.loss;
             // node CL: the SNN and (frozen) GAT views of the same segment are positives.
             let sn = g.gather(es, inp.node_sample)?;

@@ -31,16 +31,31 @@ pub struct ParamSet<'g> {
 
 impl<'g> ParamSet<'g> {
     pub fn new(graph: &'g mut Graph, dtype: DType) -> Self {
-        ParamSet { graph, dtype, specs: Vec::new() }
+        ParamSet {
+            graph,
+            dtype,
+            specs: Vec::new(),
+        }
     }
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> ValueId {
         let shape = shape.into();
         let id = self.graph.param(name, shape.clone(), self.dtype);
-        self.specs.push(ParamSpec { id, name: name.to_string(), shape, init });
+        self.specs.push(ParamSpec {
+            id,
+            name: name.to_string(),
+            shape,
+            init,
+        });
         id
     }
     /// A dense layer's weight [fan_in, fan_out] and (optionally) bias [fan_out].
-    pub fn linear(&mut self, name: &str, fan_in: usize, fan_out: usize, bias: bool) -> (ValueId, Option<ValueId>) {
+    pub fn linear(
+        &mut self,
+        name: &str,
+        fan_in: usize,
+        fan_out: usize,
+        bias: bool,
+    ) -> (ValueId, Option<ValueId>) {
         let w = self.param(&format!("{name}.weight"), [fan_in, fan_out], Init::Xavier);
         let b = bias.then(|| self.param(&format!("{name}.bias"), [fan_out], Init::Constant(0.0)));
         (w, b)
@@ -49,24 +64,35 @@ impl<'g> ParamSet<'g> {
 
 /// Initial values for every parameter, deterministic in `seed` (each parameter draws from
 /// its own stream keyed by its name, so adding a parameter does not change the others).
-pub fn initial_values(specs: &[ParamSpec], dtype: DType, seed: u64) -> Result<Vec<(ValueId, Tensor)>> {
+pub fn initial_values(
+    specs: &[ParamSpec],
+    dtype: DType,
+    seed: u64,
+) -> Result<Vec<(ValueId, Tensor)>> {
     specs
         .iter()
         .map(|s| {
-            let key = s.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            let key = s.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
             let mut rng = SplitMix64::new(seed ^ key);
             let n = s.shape.numel();
             let values: Vec<f64> = match s.init {
                 Init::Xavier => {
                     let dims = s.shape.dims();
-                    let (fi, fo) = (dims.first().copied().unwrap_or(1), dims.last().copied().unwrap_or(1));
+                    let (fi, fo) = (
+                        dims.first().copied().unwrap_or(1),
+                        dims.last().copied().unwrap_or(1),
+                    );
                     let a = (6.0 / (fi + fo) as f64).sqrt();
                     (0..n).map(|_| rng.range(-a, a)).collect()
                 }
                 Init::Normal(std) => (0..n).map(|_| std * rng.normal()).collect(),
                 Init::Constant(c) => vec![c; n],
             };
-            Tensor::new(s.shape.clone(), values)?.to_dtype(dtype).map(|t| (s.id, t))
+            Tensor::new(s.shape.clone(), values)?
+                .to_dtype(dtype)
+                .map(|t| (s.id, t))
         })
         .collect()
 }

@@ -16,7 +16,13 @@ fn layer_norm(ps: &mut ParamSet, name: &str, x: ValueId, d: usize) -> Result<Val
 }
 
 /// Returns z_txt [batch, dim], normalised.
-pub fn text_encoder(ps: &mut ParamSet, cfg: &ModelConfig, cap: Capacity, tokens: ValueId, keep: ValueId) -> Result<ValueId> {
+pub fn text_encoder(
+    ps: &mut ParamSet,
+    cfg: &ModelConfig,
+    cap: Capacity,
+    tokens: ValueId,
+    keep: ValueId,
+) -> Result<ValueId> {
     let (b, l, d) = (cap.batch, cfg.text.max_len, cfg.dim);
     let (nh, dh) = (cfg.text.heads, cfg.dim / cfg.text.heads);
     let table = ps.param("text.token_embedding", [cap.vocab, d], Init::Normal(0.02));

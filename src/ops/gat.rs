@@ -1,15 +1,44 @@
 //! Multi-head GAT with edge softmax (DESIGN §3.2, PyG `GATConv` semantics), its attention
 //! export, and the fixed-attention aggregation used by the SNN branch (§3.3).
+//!
+//! Graph structure, shared by every op here (all `i32`):
+//! - **CSR by destination**: `row_ptr[N+1]`, `src[E]`: edge `k` goes from `src[k]` to the node
+//!   `i` with `row_ptr[i] ≤ k < row_ptr[i+1]`;
+//! - **CSC transpose** (for the deterministic backward): `col_ptr[N+1]`, `col_edge[E]`: the
+//!   ids of the edges leaving node `j` are `col_edge[col_ptr[j]..col_ptr[j+1]]`, ascending.
+//!
+//! [`CsrGraph`] builds and validates the four arrays on the host; [`GraphInputs`] holds the
+//! four graph values an op reads. Every op takes all four (the forward ones only read the
+//! CSR, but their gradient rules need the CSC).
+//!
+//! Math, with `pre[k,h] = el[src_k,h] + er[dst_k,h] (+ be[k,h])`:
+//! ```text
+//! el[n,h] = Σ_f z[n,h,f] a_src[h,f]      er[n,h] = Σ_f z[n,h,f] a_dst[h,f]
+//! e[k,h]  = LeakyReLU(pre[k,h], slope)   α[k,h] = exp(e[k,h] − lse[dst_k,h])
+//! lse[i,h] = log Σ_{k into i} exp(e[k,h])  (max-subtracted; 0 for a node with no in-edge)
+//! out[i,h,:] = Σ_{k into i} α[k,h] z[src_k,h,:]
+//! ```
+//! Backward (deterministic: per-node sums in edge order, per-source sums in CSC order,
+//! parameter gradients summed over fixed node blocks in block order):
+//! `gα_k = ⟨g_out_dst, z_src⟩_h`, `D_i = ⟨g_out_i, out_i⟩_h`, `ge_k = α_k (gα_k − D_dst)`,
+//! `gpre_k = ge_k · (pre_k > 0 ? 1 : slope)` = `g_be_k`; `ger_i = Σ_{k into i} gpre_k`,
+//! `gel_j = Σ_{k out of j} gpre_k`; `gz_j = Σ_{k out of j} α_k g_out_dst(k) + gel_j a_src +
+//! ger_j a_dst`; `g_a_src = Σ_j gel_j z_j`, `g_a_dst = Σ_j ger_j z_j`.
+//! `GatAlphaBackward` is the same with `ge_k = α_k (gα_k − Σ_{k' into dst} α_k' gα_k')` and no
+//! aggregation term.
 
+use super::check;
 use super::{Meta, Op};
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Node, ValueId};
+use crate::graph::{Executor, Graph, Node, ValueId};
+use crate::tensor::{DType, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GatAttrs {
     /// LeakyReLU slope of the attention logits (PyG default 0.2).
     pub negative_slope: f64,
-    /// An edge bias `be[E, H]` is the 4th input.
+    /// An edge bias `be[E, H]` is the 4th input (the 5th for `GatAlphaBackward`, after
+    /// `g_alpha, alpha`; the 5th for `GatBackward`, after `g_out`).
     pub edge_bias: bool,
 }
 
@@ -22,20 +51,582 @@ impl Default for GatAttrs {
     }
 }
 
-pub(crate) fn infer(op: &Op, _inputs: &[Meta]) -> Result<Vec<Meta>> {
-    Err(Error::Unsupported {
-        backend: "graph",
-        what: format!("{}: shape rule not implemented yet", op.name()),
-    })
+// ---- host-side graph index ---------------------------------------------------------------
+
+/// The four index arrays of a graph with `n` nodes and `E` edges, as `i32` tensors ready to be
+/// fed: `row_ptr[n+1]`, `src[E]` (CSR by destination) and `col_ptr[n+1]`, `col_edge[E]` (its
+/// CSC transpose: edge ids grouped by source node, ascending inside a group).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsrGraph {
+    pub row_ptr: Tensor,
+    pub src: Tensor,
+    pub col_ptr: Tensor,
+    pub col_edge: Tensor,
 }
 
+impl CsrGraph {
+    /// From `(src, dst)` pairs. Edges are grouped by destination; inside a group they keep
+    /// their order in `edges`. Self-loops and repeated edges are kept as given.
+    pub fn from_edges(n: usize, edges: &[(usize, usize)]) -> Result<CsrGraph> {
+        let op = "csr_graph";
+        if n >= i32::MAX as usize || edges.len() >= i32::MAX as usize {
+            return Err(Error::invalid(
+                op,
+                "too many nodes or edges for i32 indices",
+            ));
+        }
+        let mut row_ptr = vec![0i32; n + 1];
+        for (k, &(s, d)) in edges.iter().enumerate() {
+            if s >= n || d >= n {
+                return Err(Error::invalid(
+                    op,
+                    format!("edge {k} ({s} -> {d}) names a node outside 0..{n}"),
+                ));
+            }
+            row_ptr[d + 1] += 1;
+        }
+        for i in 0..n {
+            row_ptr[i + 1] += row_ptr[i];
+        }
+        let mut fill: Vec<i32> = row_ptr[..n].to_vec();
+        let mut src = vec![0i32; edges.len()];
+        for &(s, d) in edges {
+            src[fill[d] as usize] = s as i32;
+            fill[d] += 1;
+        }
+        Self::from_csr(row_ptr, src)
+    }
+
+    /// From a CSR by destination (`row_ptr[n+1]`, `src[E]`); builds the CSC transpose.
+    pub fn from_csr(row_ptr: Vec<i32>, src: Vec<i32>) -> Result<CsrGraph> {
+        let op = "csr_graph";
+        let n = row_ptr
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| Error::invalid(op, "row_ptr is empty (it needs N + 1 entries)"))?;
+        validate_csr(op, n, &row_ptr, &src)?;
+        let (col_ptr, col_edge) = transpose(n, &src);
+        let e = src.len();
+        Ok(CsrGraph {
+            row_ptr: Tensor::new([n + 1], row_ptr)?,
+            src: Tensor::new([e], src)?,
+            col_ptr: Tensor::new([n + 1], col_ptr)?,
+            col_edge: Tensor::new([e], col_edge)?,
+        })
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.row_ptr.numel().saturating_sub(1)
+    }
+    pub fn edges(&self) -> usize {
+        self.src.numel()
+    }
+
+    /// Checks the four arrays describe one valid graph of `n` nodes: shapes, i32 dtype,
+    /// `row_ptr` from 0, non-decreasing, ending at `E`; `src` in `0..n`; `col_ptr` likewise;
+    /// `col_edge` listing, for each source node, exactly its edges in ascending order.
+    pub fn validate(&self, n: usize) -> Result<()> {
+        let op = "csr_graph";
+        let idx = |t: &Tensor, what: &str| -> Result<Vec<i32>> {
+            if t.shape().rank() != 1 {
+                return Err(Error::invalid(
+                    op,
+                    format!("{what} must be rank 1, got {:?}", t.shape()),
+                ));
+            }
+            t.data::<i32>()
+                .map(|d| d.to_vec())
+                .map_err(|_| Error::invalid(op, format!("{what} must be i32")))
+        };
+        let (row_ptr, src) = (idx(&self.row_ptr, "row_ptr")?, idx(&self.src, "src")?);
+        let (col_ptr, col_edge) = (
+            idx(&self.col_ptr, "col_ptr")?,
+            idx(&self.col_edge, "col_edge")?,
+        );
+        validate_csr(op, n, &row_ptr, &src)?;
+        validate_csc(op, n, &src, &col_ptr, &col_edge)
+    }
+
+    /// The destination node of every edge (`dst[k]`), from the CSR.
+    pub fn dst(&self) -> Vec<usize> {
+        let row_ptr = self.row_ptr.data::<i32>().unwrap_or(&[]);
+        let mut dst = Vec::with_capacity(self.edges());
+        for i in 0..row_ptr.len().saturating_sub(1) {
+            for _ in row_ptr[i]..row_ptr[i + 1] {
+                dst.push(i);
+            }
+        }
+        dst
+    }
+}
+
+/// CSC transpose of a valid CSR: edge ids grouped by source, ascending inside a group.
+fn transpose(n: usize, src: &[i32]) -> (Vec<i32>, Vec<i32>) {
+    let mut col_ptr = vec![0i32; n + 1];
+    for &s in src {
+        col_ptr[s as usize + 1] += 1;
+    }
+    for j in 0..n {
+        col_ptr[j + 1] += col_ptr[j];
+    }
+    let mut fill: Vec<i32> = col_ptr[..n].to_vec();
+    let mut col_edge = vec![0i32; src.len()];
+    for (k, &s) in src.iter().enumerate() {
+        col_edge[fill[s as usize] as usize] = k as i32;
+        fill[s as usize] += 1;
+    }
+    (col_ptr, col_edge)
+}
+
+/// Checks a CSR by destination of `n` nodes: `row_ptr` has `n + 1` entries, starts at 0, never
+/// decreases and ends at `E = src.len()`; every `src[k]` is in `0..n`. `op` names the caller
+/// in the error.
+pub fn validate_csr(op: &'static str, n: usize, row_ptr: &[i32], src: &[i32]) -> Result<()> {
+    let e = src.len();
+    if row_ptr.len() != n + 1 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "row_ptr has {} entries, expected N + 1 = {}",
+                row_ptr.len(),
+                n + 1
+            ),
+        ));
+    }
+    if row_ptr[0] != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("row_ptr[0] = {}, expected 0", row_ptr[0]),
+        ));
+    }
+    if let Some(i) = (0..n).find(|&i| row_ptr[i + 1] < row_ptr[i]) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "row_ptr decreases at node {i}: {} then {}",
+                row_ptr[i],
+                row_ptr[i + 1]
+            ),
+        ));
+    }
+    if row_ptr[n] as i64 != e as i64 {
+        return Err(Error::invalid(
+            op,
+            format!("row_ptr[N] = {} but there are E = {e} edges", row_ptr[n]),
+        ));
+    }
+    if let Some(k) = src.iter().position(|&s| s < 0 || s as i64 >= n as i64) {
+        return Err(Error::invalid(
+            op,
+            format!("src[{k}] = {} is not a node in 0..{n}", src[k]),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `col_ptr`, `col_edge` are the CSC transpose of a valid CSR with sources `src`:
+/// `col_ptr` has `n + 1` entries from 0 to `E`, never decreasing; group `j` lists edge ids in
+/// `0..E`, strictly ascending, each with `src[k] = j`. (With `E` entries in total this makes
+/// `col_edge` a permutation.) `src` must already be valid (see [`validate_csr`]).
+pub fn validate_csc(
+    op: &'static str,
+    n: usize,
+    src: &[i32],
+    col_ptr: &[i32],
+    col_edge: &[i32],
+) -> Result<()> {
+    let e = src.len();
+    if col_ptr.len() != n + 1 || col_edge.len() != e {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "col_ptr/col_edge have {}/{} entries, expected N + 1 = {} and E = {e}",
+                col_ptr.len(),
+                col_edge.len(),
+                n + 1
+            ),
+        ));
+    }
+    if col_ptr[0] != 0 || col_ptr[n] as i64 != e as i64 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "col_ptr must run from 0 to E = {e}, got {} .. {}",
+                col_ptr[0], col_ptr[n]
+            ),
+        ));
+    }
+    for j in 0..n {
+        let (lo, hi) = (col_ptr[j], col_ptr[j + 1]);
+        if hi < lo || hi as i64 > e as i64 {
+            return Err(Error::invalid(
+                op,
+                format!("col_ptr decreases or passes E = {e} at node {j}: {lo} then {hi}"),
+            ));
+        }
+        let mut prev = -1i64;
+        for (p, &k) in col_edge
+            .iter()
+            .enumerate()
+            .take(hi as usize)
+            .skip(lo as usize)
+        {
+            if k < 0 || k as i64 >= e as i64 {
+                return Err(Error::invalid(
+                    op,
+                    format!("col_edge[{p}] = {k} is not an edge in 0..{e}"),
+                ));
+            }
+            if (k as i64) <= prev {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "col_edge is not strictly ascending inside the group of node {j} (at {p})"
+                    ),
+                ));
+            }
+            if src[k as usize] as i64 != j as i64 {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "col_edge[{p}] = edge {k} leaves node {}, but it is listed under node {j}",
+                        src[k as usize]
+                    ),
+                ));
+            }
+            prev = k as i64;
+        }
+    }
+    Ok(())
+}
+
+/// The four graph index values an op reads (`i32` graph inputs, fed per batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GraphInputs {
+    pub row_ptr: ValueId,
+    pub src: ValueId,
+    pub col_ptr: ValueId,
+    pub col_edge: ValueId,
+}
+
+impl GraphInputs {
+    /// Creates the four inputs for `nodes` nodes and `edges` edges, named
+    /// `{prefix}row_ptr`, `{prefix}src`, `{prefix}col_ptr`, `{prefix}col_edge`.
+    pub fn new(g: &mut Graph, prefix: &str, nodes: usize, edges: usize) -> GraphInputs {
+        GraphInputs {
+            row_ptr: g.input(format!("{prefix}row_ptr"), [nodes + 1], DType::I32),
+            src: g.input(format!("{prefix}src"), [edges], DType::I32),
+            col_ptr: g.input(format!("{prefix}col_ptr"), [nodes + 1], DType::I32),
+            col_edge: g.input(format!("{prefix}col_edge"), [edges], DType::I32),
+        }
+    }
+
+    pub fn ids(&self) -> [ValueId; 4] {
+        [self.row_ptr, self.src, self.col_ptr, self.col_edge]
+    }
+
+    /// Feeds a host graph into an executor.
+    pub fn feed<B: crate::backend::Backend>(
+        &self,
+        ex: &mut Executor<B>,
+        graph: &CsrGraph,
+    ) -> Result<()> {
+        ex.set(self.row_ptr, &graph.row_ptr)?;
+        ex.set(self.src, &graph.src)?;
+        ex.set(self.col_ptr, &graph.col_ptr)?;
+        ex.set(self.col_edge, &graph.col_edge)
+    }
+}
+
+/// Outputs of [`Graph::gat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatOut {
+    /// `[N, H, F]`: per-head aggregation (concatenate or average the heads in the model).
+    pub out: ValueId,
+    /// `[N, H]`: log-sum-exp of the attention logits per (node, head); feeds `gat_alpha`.
+    /// No gradient flows through it (it is the softmax normaliser, saved for the backward).
+    pub lse: ValueId,
+}
+
+// ---- shape rules -------------------------------------------------------------------------
+
+/// Checks the four graph inputs at `inputs[at..at + 4]`; returns `E`.
+fn check_graph(op: &'static str, inputs: &[Meta], at: usize, n: usize) -> Result<usize> {
+    let names = ["row_ptr", "src", "col_ptr", "col_edge"];
+    for (m, what) in inputs[at..at + 4].iter().zip(names) {
+        check::index(op, what, m)?;
+        check::rank(op, what, m, 1)?;
+    }
+    let e = inputs[at + 1].shape.dim(0);
+    check::dims(op, "row_ptr", &inputs[at], &[n + 1])?;
+    check::dims(op, "col_ptr", &inputs[at + 2], &[n + 1])?;
+    check::dims(op, "col_edge", &inputs[at + 3], &[e])?;
+    Ok(e)
+}
+
+/// Checks `z[N,H,F]`, `a_src[H,F]`, `a_dst[H,F]`; returns `(N, H, F)`.
+fn check_params(op: &'static str, z: &Meta, a_src: &Meta, a_dst: &Meta) -> Result<[usize; 3]> {
+    check::float(op, "z", z)?;
+    check::rank(op, "z", z, 3)?;
+    let (n, h, f) = (z.shape.dim(0), z.shape.dim(1), z.shape.dim(2));
+    if h == 0 || f == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "z must have at least one head and one feature, got {:?}",
+                z.shape
+            ),
+        ));
+    }
+    for (m, what) in [(a_src, "a_src"), (a_dst, "a_dst")] {
+        check::same_dtype(op, what, z, m)?;
+        check::dims(op, what, m, &[h, f])?;
+    }
+    Ok([n, h, f])
+}
+
+fn check_be(op: &'static str, z: &Meta, be: &Meta, e: usize, h: usize) -> Result<()> {
+    check::same_dtype(op, "be", z, be)?;
+    check::dims(op, "be", be, &[e, h])
+}
+
+/// Checks `alpha[E,H]`, `s[T,N,C]` with `C` divisible by `H`; returns `(T, N, C, H)`.
+fn check_aggregate(op: &'static str, alpha: &Meta, s: &Meta) -> Result<[usize; 4]> {
+    check::float(op, "alpha", alpha)?;
+    check::rank(op, "alpha", alpha, 2)?;
+    check::same_dtype(op, "s", alpha, s)?;
+    check::rank(op, "s", s, 3)?;
+    let h = alpha.shape.dim(1);
+    let (t, n, c) = (s.shape.dim(0), s.shape.dim(1), s.shape.dim(2));
+    if h == 0 || c == 0 || c % h != 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "s {:?} has C = {c} channels, which must be a positive multiple of the {h} heads of alpha {:?}",
+                s.shape, alpha.shape
+            ),
+        ));
+    }
+    Ok([t, n, c, h])
+}
+
+pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    let name = op.name();
+    match op {
+        Op::Gat(a) => {
+            let eb = a.edge_bias as usize;
+            check::arity(name, inputs, 7 + eb)?;
+            let [n, h, f] = check_params(name, &inputs[0], &inputs[1], &inputs[2])?;
+            let e = check_graph(name, inputs, 3 + eb, n)?;
+            if a.edge_bias {
+                check_be(name, &inputs[0], &inputs[3], e, h)?;
+            }
+            let dt = inputs[0].dtype;
+            Ok(vec![Meta::new([n, h, f], dt), Meta::new([n, h], dt)])
+        }
+        Op::GatBackward(a) => {
+            let eb = a.edge_bias as usize;
+            check::arity(name, inputs, 10 + eb)?;
+            let [n, h, f] = check_params(name, &inputs[1], &inputs[2], &inputs[3])?;
+            let e = check_graph(name, inputs, 6 + eb, n)?;
+            if a.edge_bias {
+                check_be(name, &inputs[1], &inputs[4], e, h)?;
+            }
+            let z = &inputs[1];
+            for (m, what) in [(&inputs[0], "g_out"), (&inputs[4 + eb], "out")] {
+                check::same_dtype(name, what, z, m)?;
+                check::dims(name, what, m, &[n, h, f])?;
+            }
+            check::same_dtype(name, "lse", z, &inputs[5 + eb])?;
+            check::dims(name, "lse", &inputs[5 + eb], &[n, h])?;
+            let dt = z.dtype;
+            let mut out = vec![
+                Meta::new([n, h, f], dt),
+                Meta::new([h, f], dt),
+                Meta::new([h, f], dt),
+            ];
+            if a.edge_bias {
+                out.push(Meta::new([e, h], dt));
+            }
+            Ok(out)
+        }
+        Op::GatAlpha(a) => {
+            let eb = a.edge_bias as usize;
+            check::arity(name, inputs, 8 + eb)?;
+            let [n, h, _] = check_params(name, &inputs[0], &inputs[1], &inputs[2])?;
+            let e = check_graph(name, inputs, 4 + eb, n)?;
+            if a.edge_bias {
+                check_be(name, &inputs[0], &inputs[3], e, h)?;
+            }
+            check::same_dtype(name, "lse", &inputs[0], &inputs[3 + eb])?;
+            check::dims(name, "lse", &inputs[3 + eb], &[n, h])?;
+            Ok(vec![Meta::new([e, h], inputs[0].dtype)])
+        }
+        Op::GatAlphaBackward(a) => {
+            let eb = a.edge_bias as usize;
+            check::arity(name, inputs, 9 + eb)?;
+            let [n, h, f] = check_params(name, &inputs[2], &inputs[3], &inputs[4])?;
+            let e = check_graph(name, inputs, 5 + eb, n)?;
+            let z = &inputs[2];
+            if a.edge_bias {
+                check_be(name, z, &inputs[5], e, h)?;
+            }
+            for (m, what) in [(&inputs[0], "g_alpha"), (&inputs[1], "alpha")] {
+                check::same_dtype(name, what, z, m)?;
+                check::dims(name, what, m, &[e, h])?;
+            }
+            let dt = z.dtype;
+            let mut out = vec![
+                Meta::new([n, h, f], dt),
+                Meta::new([h, f], dt),
+                Meta::new([h, f], dt),
+            ];
+            if a.edge_bias {
+                out.push(Meta::new([e, h], dt));
+            }
+            Ok(out)
+        }
+        Op::Aggregate => {
+            check::arity(name, inputs, 6)?;
+            let [_, n, _, h] = check_aggregate(name, &inputs[0], &inputs[1])?;
+            let e = check_graph(name, inputs, 2, n)?;
+            check::dims(name, "alpha", &inputs[0], &[e, h])?;
+            Ok(vec![inputs[1].clone()])
+        }
+        Op::AggregateBackward => {
+            check::arity(name, inputs, 7)?;
+            let [_, n, _, h] = check_aggregate(name, &inputs[1], &inputs[2])?;
+            let e = check_graph(name, inputs, 3, n)?;
+            check::dims(name, "alpha", &inputs[1], &[e, h])?;
+            check::same_dtype(name, "g_y", &inputs[2], &inputs[0])?;
+            check::dims(name, "g_y", &inputs[0], inputs[2].shape.dims())?;
+            Ok(vec![inputs[1].clone(), inputs[2].clone()])
+        }
+        _ => Err(Error::graph(format!("{name} is not a gat op"))),
+    }
+}
+
+// ---- gradient rules ----------------------------------------------------------------------
+
 pub(crate) fn grad(
-    _g: &mut Graph,
+    g: &mut Graph,
     node: &Node,
-    _og: &[Option<ValueId>],
+    og: &[Option<ValueId>],
 ) -> Result<Vec<Option<ValueId>>> {
-    Err(Error::graph(format!(
-        "{} has no gradient rule yet",
-        node.op.name()
-    )))
+    let x = &node.inputs;
+    match &node.op {
+        Op::Gat(a) => {
+            if og.get(1).copied().flatten().is_some() {
+                return Err(Error::graph(
+                    "gat: no gradient flows through lse (it is the saved softmax normaliser; \
+                     differentiate through gat_alpha instead)",
+                ));
+            }
+            let Some(gy) = og[0] else {
+                return Ok(vec![None; x.len()]);
+            };
+            let eb = a.edge_bias as usize;
+            // g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge
+            let mut ins = vec![gy];
+            ins.extend_from_slice(&x[..3 + eb]);
+            ins.extend_from_slice(&node.outputs[..2]);
+            ins.extend_from_slice(&x[3 + eb..]);
+            let gs = g.push(Op::GatBackward(*a), &ins)?;
+            let mut out: Vec<Option<ValueId>> = gs.into_iter().map(Some).collect();
+            out.resize(x.len(), None);
+            Ok(out)
+        }
+        Op::GatAlpha(a) => {
+            let Some(gy) = og[0] else {
+                return Ok(vec![None; x.len()]);
+            };
+            let eb = a.edge_bias as usize;
+            // g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr, col_edge
+            let mut ins = vec![gy, node.outputs[0]];
+            ins.extend_from_slice(&x[..3 + eb]);
+            ins.extend_from_slice(&x[4 + eb..]);
+            let gs = g.push(Op::GatAlphaBackward(*a), &ins)?;
+            // Inputs: z, a_src, a_dst (, be), lse, graph×4 — lse gets none (the softmax
+            // backward already accounts for the normaliser).
+            let mut out: Vec<Option<ValueId>> = gs.into_iter().map(Some).collect();
+            out.resize(x.len(), None);
+            Ok(out)
+        }
+        Op::Aggregate => {
+            let Some(gy) = og[0] else {
+                return Ok(vec![None; x.len()]);
+            };
+            let mut ins = vec![gy];
+            ins.extend_from_slice(x);
+            let gs = g.push(Op::AggregateBackward, &ins)?;
+            Ok(vec![Some(gs[0]), Some(gs[1]), None, None, None, None])
+        }
+        op => Err(Error::graph(format!("{} has no gradient rule", op.name()))),
+    }
+}
+
+// ---- builders ----------------------------------------------------------------------------
+
+impl Graph {
+    /// Multi-head GAT layer (§3.2): `z[N,H,F]` (= x W reshaped), `a_src[H,F]`, `a_dst[H,F]`,
+    /// optional edge bias `be[E,H]`, on `graph`. `attrs.edge_bias` is set from `be`.
+    pub fn gat(
+        &mut self,
+        z: ValueId,
+        a_src: ValueId,
+        a_dst: ValueId,
+        be: Option<ValueId>,
+        graph: &GraphInputs,
+        attrs: GatAttrs,
+    ) -> Result<GatOut> {
+        let attrs = GatAttrs {
+            edge_bias: be.is_some(),
+            ..attrs
+        };
+        let mut ins = vec![z, a_src, a_dst];
+        ins.extend(be);
+        ins.extend(graph.ids());
+        let o = self.push(Op::Gat(attrs), &ins)?;
+        Ok(GatOut {
+            out: o[0],
+            lse: o[1],
+        })
+    }
+
+    /// The attention `alpha[E,H]` of the GAT layer with the same inputs, whose `lse` came from
+    /// [`Graph::gat`]. Differentiable in `z, a_src, a_dst, be` (the full softmax derivative).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gat_alpha(
+        &mut self,
+        z: ValueId,
+        a_src: ValueId,
+        a_dst: ValueId,
+        be: Option<ValueId>,
+        lse: ValueId,
+        graph: &GraphInputs,
+        attrs: GatAttrs,
+    ) -> Result<ValueId> {
+        let attrs = GatAttrs {
+            edge_bias: be.is_some(),
+            ..attrs
+        };
+        let mut ins = vec![z, a_src, a_dst];
+        ins.extend(be);
+        ins.push(lse);
+        ins.extend(graph.ids());
+        self.push1(Op::GatAlpha(attrs), &ins)
+    }
+
+    /// Fixed-attention aggregation (§3.3): `y[t,i,c] = Σ_{k into i} alpha[k, c / (C/H)]
+    /// s[t, src_k, c]` for `alpha[E,H]`, `s[T,N,C]`.
+    pub fn aggregate(
+        &mut self,
+        alpha: ValueId,
+        s: ValueId,
+        graph: &GraphInputs,
+    ) -> Result<ValueId> {
+        let mut ins = vec![alpha, s];
+        ins.extend(graph.ids());
+        self.push1(Op::Aggregate, &ins)
+    }
 }

@@ -1,6 +1,15 @@
 //! Symmetric and one-directional InfoNCE (DESIGN §3.4, open_clip `ClipLoss` semantics).
+//!
+//! `s = min(exp(logit_scale), 100)`, `logits = s a pᵀ`,
+//! symmetric: `L = ½ (mean_i [LSE_j logits_ij − logits_ii] + mean_j [LSE_i logits_ij − logits_jj])`,
+//! one-directional (a → p, STL): `L = mean_i [LSE_j logits_ij − logits_ii]`.
+//!
+//! The forward saves the row (and, when symmetric, column) log-sum-exp; the backward
+//! recomputes the logits tile by tile, so with `chunk > 0` no `B × B` matrix ever exists.
+//! The lse outputs are differentiable too (their gradients, when something consumes them,
+//! travel as two optional trailing inputs of `InfoNceBackward`).
 
-use super::{Meta, Op};
+use super::{check, Meta, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
 
@@ -21,20 +30,156 @@ impl Default for InfoNceAttrs {
     }
 }
 
-pub(crate) fn infer(op: &Op, _inputs: &[Meta]) -> Result<Vec<Meta>> {
-    Err(Error::Unsupported {
-        backend: "graph",
-        what: format!("{}: shape rule not implemented yet", op.name()),
-    })
+impl InfoNceAttrs {
+    /// Length of the `lse_col` output for a batch of `b`: `b` when symmetric, 0 otherwise
+    /// (the one-directional loss never needs column statistics, so none are computed).
+    pub fn lse_col_len(&self, b: usize) -> usize {
+        if self.symmetric {
+            b
+        } else {
+            0
+        }
+    }
+}
+
+/// Outputs of [`Graph::infonce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InfoNceOut {
+    /// The loss, `[]`.
+    pub loss: ValueId,
+    /// `LSE_j logits_ij`, `[B]`.
+    pub lse_row: ValueId,
+    /// `LSE_i logits_ij`, `[B]` when symmetric, `[0]` for the one-directional variant.
+    pub lse_col: ValueId,
+}
+
+/// Checks a[B,D], p[B,D], logit_scale[] and returns (B, D).
+fn check_abs(op: &'static str, a: &Meta, p: &Meta, ls: &Meta) -> Result<(usize, usize)> {
+    check::float(op, "a", a)?;
+    check::rank(op, "a", a, 2)?;
+    check::same_dtype(op, "a and p", a, p)?;
+    check::same_dtype(op, "a and logit_scale", a, ls)?;
+    if p.shape != a.shape {
+        return Err(Error::shape(
+            op,
+            format!(
+                "a and p must have the same shape, got {:?} and {:?}",
+                a.shape, p.shape
+            ),
+        ));
+    }
+    check::dims(op, "logit_scale", ls, &[])?;
+    let (b, d) = (a.shape.dim(0), a.shape.dim(1));
+    if b == 0 {
+        return Err(Error::shape(op, "the batch is empty (B = 0)"));
+    }
+    Ok((b, d))
+}
+
+pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    let name = op.name();
+    match op {
+        Op::InfoNce(at) => {
+            check::arity(name, inputs, 3)?;
+            let (b, _) = check_abs(name, &inputs[0], &inputs[1], &inputs[2])?;
+            let dt = inputs[0].dtype;
+            Ok(vec![
+                Meta::new([], dt),
+                Meta::new([b], dt),
+                Meta::new([at.lse_col_len(b)], dt),
+            ])
+        }
+        Op::InfoNceBackward(at) => {
+            if inputs.len() != 6 && inputs.len() != 8 {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "expects 6 inputs (g_loss, a, p, logit_scale, lse_row, lse_col) or 8 \
+                         (+ g_lse_row, g_lse_col), got {}",
+                        inputs.len()
+                    ),
+                ));
+            }
+            let (b, _) = check_abs(name, &inputs[1], &inputs[2], &inputs[3])?;
+            let dt = inputs[1].dtype;
+            check::same_dtype(name, "g_loss and a", &inputs[0], &inputs[1])?;
+            check::dims(name, "g_loss", &inputs[0], &[])?;
+            let col = at.lse_col_len(b);
+            let names = ["lse_row", "lse_col", "g_lse_row", "g_lse_col"];
+            for (k, m) in inputs[4..].iter().enumerate() {
+                check::same_dtype(name, names[k], m, &inputs[1])?;
+                check::dims(name, names[k], m, &[if k % 2 == 0 { b } else { col }])?;
+            }
+            Ok(vec![
+                inputs[1].clone(),
+                inputs[2].clone(),
+                Meta::new([], dt),
+            ])
+        }
+        _ => Err(Error::graph(format!("{name} is not an InfoNCE op"))),
+    }
 }
 
 pub(crate) fn grad(
-    _g: &mut Graph,
+    g: &mut Graph,
     node: &Node,
-    _og: &[Option<ValueId>],
+    og: &[Option<ValueId>],
 ) -> Result<Vec<Option<ValueId>>> {
-    Err(Error::graph(format!(
-        "{} has no gradient rule yet",
-        node.op.name()
-    )))
+    let Op::InfoNce(at) = node.op else {
+        return Err(Error::graph(format!(
+            "{} has no gradient rule",
+            node.op.name()
+        )));
+    };
+    let x = &node.inputs;
+    let o = &node.outputs;
+    // A gradient into lse_col of the one-directional op ([0] elements) carries nothing.
+    let g_col = og[2].filter(|_| at.symmetric);
+    if og[0].is_none() && og[1].is_none() && g_col.is_none() {
+        return Ok(vec![None; x.len()]);
+    }
+    let dt = g.dtype(x[0]);
+    let zeros = |g: &mut Graph, v: ValueId| {
+        let meta = g.meta(v).clone();
+        g.push1(Op::Fill { value: 0.0, meta }, &[])
+    };
+    let g_loss = match og[0] {
+        Some(v) => v,
+        None => g.fill(0.0, [], dt)?,
+    };
+    let mut ins = vec![g_loss, x[0], x[1], x[2], o[1], o[2]];
+    if og[1].is_some() || g_col.is_some() {
+        let gr = match og[1] {
+            Some(v) => v,
+            None => zeros(g, o[1])?,
+        };
+        let gc = match g_col {
+            Some(v) => v,
+            None => zeros(g, o[2])?,
+        };
+        ins.extend([gr, gc]);
+    }
+    let out = g.push(Op::InfoNceBackward(at), &ins)?;
+    Ok(vec![Some(out[0]), Some(out[1]), Some(out[2])])
+}
+
+impl Graph {
+    /// InfoNCE between a[B,D] and p[B,D] (rows i of both are the positive pair) with the
+    /// learnable temperature `logit_scale[]` (`s = min(exp(logit_scale), 100)`).
+    /// `attrs.chunk > 0` evaluates in `chunk × chunk` tiles (memory O(B·D)); 0 is the dense
+    /// reference. Differentiable in a, p and logit_scale.
+    pub fn infonce(
+        &mut self,
+        a: ValueId,
+        p: ValueId,
+        logit_scale: ValueId,
+        attrs: InfoNceAttrs,
+    ) -> Result<InfoNceOut> {
+        let out = self.push(Op::InfoNce(attrs), &[a, p, logit_scale])?;
+        Ok(InfoNceOut {
+            loss: out[0],
+            lse_row: out[1],
+            lse_col: out[2],
+        })
+    }
 }

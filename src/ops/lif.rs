@@ -1,8 +1,9 @@
 //! Multi-step LIF neurons (DESIGN §3.1, SpikingJelly `LIFNode` semantics).
 
-use super::{Meta, Op};
+use super::{check, Meta, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::Shape;
 
 /// Surrogate derivative σ'(x) of the spike function at x = H − v_th.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +26,15 @@ impl Default for Surrogate {
 }
 
 impl Surrogate {
+    /// The surrogate's parameter α.
+    pub fn alpha(self) -> f64 {
+        match self {
+            Surrogate::ATan(a)
+            | Surrogate::Sigmoid(a)
+            | Surrogate::SuperSpike(a)
+            | Surrogate::Rectangular(a) => a,
+        }
+    }
     /// σ'(x).
     pub fn grad(self, x: f64) -> f64 {
         match self {
@@ -93,20 +103,183 @@ impl Default for LifConfig {
     }
 }
 
-pub(crate) fn infer(op: &Op, _inputs: &[Meta]) -> Result<Vec<Meta>> {
-    Err(Error::Unsupported {
-        backend: "graph",
-        what: format!("{}: shape rule not implemented yet", op.name()),
-    })
+impl LifConfig {
+    /// `v_r` of DESIGN §3.1: the reset value (hard reset) or 0 (soft reset); also `V_0`.
+    pub fn v_rest(&self) -> f64 {
+        self.v_reset.unwrap_or(0.0)
+    }
+
+    /// Checks the attributes (everything but a learnable tau, which is checked when fed).
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        let tau_ok = self.tau.is_finite() && self.tau > 1.0;
+        if !self.learnable_tau && !tau_ok {
+            return Err(Error::invalid(
+                op,
+                format!("tau must be finite and > 1, got {}", self.tau),
+            ));
+        }
+        if !self.v_th.is_finite() {
+            return Err(Error::invalid(
+                op,
+                format!("v_th must be finite, got {}", self.v_th),
+            ));
+        }
+        if let Some(v) = self.v_reset {
+            if !v.is_finite() {
+                return Err(Error::invalid(
+                    op,
+                    format!("v_reset must be finite, got {v}"),
+                ));
+            }
+        }
+        let a = self.surrogate.alpha();
+        if !(a.is_finite() && a > 0.0) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "surrogate alpha must be finite and > 0, got {:?}",
+                    self.surrogate
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
+/// The three outputs of `Op::Lif`, all `[T, N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifOutputs {
+    /// Spikes `S` (0/1; the surrogate's primitive in `smooth` mode).
+    pub spikes: ValueId,
+    /// Membrane `V` after reset.
+    pub membrane: ValueId,
+    /// Charge `H` (membrane before firing), saved for the backward. Not differentiable:
+    /// `Graph::backward` through it returns an error.
+    pub charge: ValueId,
+}
+
+pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    let name = op.name();
+    match op {
+        Op::Lif(cfg) => {
+            cfg.validate(name)?;
+            check::arity(name, inputs, 1 + cfg.learnable_tau as usize)?;
+            let x = &inputs[0];
+            check::float(name, "x", x)?;
+            check::rank(name, "x [T, N]", x, 2)?;
+            if cfg.learnable_tau {
+                check::same_dtype(name, "x and tau", x, &inputs[1])?;
+                check::dims(name, "tau", &inputs[1], &[])?;
+            }
+            Ok(vec![x.clone(), x.clone(), x.clone()])
+        }
+        Op::LifBackward {
+            cfg,
+            has_gs,
+            has_gv,
+        } => {
+            cfg.validate(name)?;
+            if !has_gs && !has_gv {
+                return Err(Error::invalid(
+                    name,
+                    "needs the gradient of the spikes, of the membrane, or both",
+                ));
+            }
+            let n = 1 + *has_gs as usize + *has_gv as usize + cfg.learnable_tau as usize;
+            check::arity(name, inputs, n)?;
+            let h = &inputs[0];
+            check::float(name, "h", h)?;
+            check::rank(name, "h [T, N]", h, 2)?;
+            let mut k = 1;
+            for (present, what) in [(*has_gs, "gS"), (*has_gv, "gV")] {
+                if present {
+                    check::same_dtype(name, what, h, &inputs[k])?;
+                    check::dims(name, what, &inputs[k], h.shape.dims())?;
+                    k += 1;
+                }
+            }
+            let mut out = vec![h.clone()];
+            if cfg.learnable_tau {
+                check::same_dtype(name, "h and tau", h, &inputs[k])?;
+                check::dims(name, "tau", &inputs[k], &[])?;
+                out.push(Meta::new(Shape::scalar(), h.dtype));
+            }
+            Ok(out)
+        }
+        _ => Err(Error::graph(format!("{name} is not a LIF op"))),
+    }
+}
+
+/// `Lif` → `LifBackward` with the gradients that reach S and V (an absent one is not fed,
+/// not materialised as zeros). H is a saved tensor: a gradient reaching it is an error.
 pub(crate) fn grad(
-    _g: &mut Graph,
+    g: &mut Graph,
     node: &Node,
-    _og: &[Option<ValueId>],
+    og: &[Option<ValueId>],
 ) -> Result<Vec<Option<ValueId>>> {
-    Err(Error::graph(format!(
-        "{} has no gradient rule yet",
-        node.op.name()
-    )))
+    let Op::Lif(cfg) = &node.op else {
+        return Err(Error::graph(format!(
+            "{} has no gradient rule",
+            node.op.name()
+        )));
+    };
+    if og.get(2).copied().flatten().is_some() {
+        return Err(Error::graph(
+            "lif: the charge H is saved for the backward and is not differentiable; \
+             differentiate through the spikes or the membrane instead",
+        ));
+    }
+    let (gs, gv) = (og[0], og[1]);
+    if gs.is_none() && gv.is_none() {
+        return Ok(vec![None; node.inputs.len()]);
+    }
+    let mut inputs = vec![node.outputs[2]];
+    inputs.extend(gs);
+    inputs.extend(gv);
+    if cfg.learnable_tau {
+        inputs.push(node.inputs[1]);
+    }
+    let out = g.push(
+        Op::LifBackward {
+            cfg: *cfg,
+            has_gs: gs.is_some(),
+            has_gv: gv.is_some(),
+        },
+        &inputs,
+    )?;
+    Ok(out.into_iter().map(Some).collect())
+}
+
+/// Builders.
+impl Graph {
+    /// Multi-step LIF with a fixed `cfg.tau` over `x[T, N]` (DESIGN §3.1).
+    pub fn lif(&mut self, x: ValueId, cfg: LifConfig) -> Result<LifOutputs> {
+        if cfg.learnable_tau {
+            return Err(Error::invalid(
+                "lif",
+                "cfg.learnable_tau is set: use Graph::plif with a tau value",
+            ));
+        }
+        self.lif_op(cfg, &[x])
+    }
+
+    /// Multi-step LIF with a learnable time constant (PLIF): `tau` is a `[]` value (usually a
+    /// parameter initialised to `cfg.tau`) and receives a gradient. `cfg.learnable_tau` is
+    /// set by this builder. A fed tau that is not finite or ≤ 1 is an error at run time.
+    pub fn plif(&mut self, x: ValueId, tau: ValueId, cfg: LifConfig) -> Result<LifOutputs> {
+        let cfg = LifConfig {
+            learnable_tau: true,
+            ..cfg
+        };
+        self.lif_op(cfg, &[x, tau])
+    }
+
+    fn lif_op(&mut self, cfg: LifConfig, inputs: &[ValueId]) -> Result<LifOutputs> {
+        let out = self.push(Op::Lif(cfg), inputs)?;
+        Ok(LifOutputs {
+            spikes: out[0],
+            membrane: out[1],
+            charge: out[2],
+        })
+    }
 }

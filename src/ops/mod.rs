@@ -15,10 +15,11 @@ pub mod optim;
 pub mod segment;
 
 pub use basic::{Reduce, Unary};
-pub use gat::GatAttrs;
-pub use infonce::InfoNceAttrs;
-pub use lif::{LifConfig, Surrogate};
+pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
+pub use infonce::{InfoNceAttrs, InfoNceOut};
+pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::AdamWConfig;
+pub use segment::SegmentMeanOut;
 
 use crate::error::Result;
 use crate::graph::{Graph, Node, ValueId};
@@ -117,33 +118,42 @@ pub enum Op {
     // ---- lif.rs ---------------------------------------------------------------------
     /// x[T, N] (, tau[] if learnable) → spikes S[T, N], membrane V[T, N], charge H[T, N]
     Lif(LifConfig),
-    /// h, gS (, gV if has_gv) (, tau if learnable) → gx (, g_tau)
-    LifBackward { cfg: LifConfig, has_gv: bool },
+    /// h (, gS if has_gs) (, gV if has_gv) (, tau if learnable) → gx (, g_tau[]);
+    /// an absent gradient counts as zeros (at least one of gS, gV is present).
+    LifBackward {
+        cfg: LifConfig,
+        has_gs: bool,
+        has_gv: bool,
+    },
 
     // ---- gat.rs ---------------------------------------------------------------------
-    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), row_ptr[N+1], src[E] → out[N,H,F], lse[N,H]
+    // `graph` = row_ptr[N+1], src[E], col_ptr[N+1], col_edge[E] (i32; CSR by destination and
+    // its CSC transpose, see `gat.rs`). The forward ops read only the CSR but carry the CSC
+    // for their gradient rules.
+    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), graph → out[N,H,F], lse[N,H]
     Gat(GatAttrs),
-    /// g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge
-    ///   → gz, g_a_src, g_a_dst (, g_be)
+    /// g_out, z, a_src, a_dst (, be), out, lse, graph → gz, g_a_src, g_a_dst (, g_be)
     GatBackward(GatAttrs),
-    /// z, a_src, a_dst (, be), lse, row_ptr, src → alpha[E,H] (the attention GAT used)
+    /// z, a_src, a_dst (, be), lse, graph → alpha[E,H] (the attention GAT used)
     GatAlpha(GatAttrs),
-    /// g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr, col_edge
-    ///   → gz, g_a_src, g_a_dst (, g_be)
+    /// g_alpha, alpha, z, a_src, a_dst (, be), graph → gz, g_a_src, g_a_dst (, g_be)
     GatAlphaBackward(GatAttrs),
-    /// alpha[E,H], s[T,N,C], row_ptr, src → y[T,N,C] (fixed-attention aggregation, §3.3)
+    /// alpha[E,H], s[T,N,C], graph → y[T,N,C] (fixed-attention aggregation, §3.3)
     Aggregate,
-    /// g_y, alpha, s, row_ptr, src, col_ptr, col_edge → g_alpha, g_s
+    /// g_y, alpha, s, graph → g_alpha, g_s
     AggregateBackward,
 
     // ---- infonce.rs -----------------------------------------------------------------
-    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B]
+    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B] (lse_col is [0] when
+    /// one-directional: no column statistics are computed)
     InfoNce(InfoNceAttrs),
-    /// g_loss, a, p, logit_scale, lse_row, lse_col → ga, gp, g_logit_scale
+    /// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col when a consumer
+    /// of the lse outputs sends gradients into them) → ga, gp, g_logit_scale
     InfoNceBackward(InfoNceAttrs),
 
     // ---- segment.rs -----------------------------------------------------------------
-    /// x[P,C], seg[P] (i32, −1 = void) → mean y[S,C], count[S]
+    /// x[P,C], seg[P] (i32, −1 = void; ids ≥ S or < −1 → Error::Invalid) → mean y[S,C],
+    /// count[S] (x's dtype); an empty segment has y = 0
     SegmentMean { segments: usize },
     /// g_y, seg, count → gx[P,C]
     SegmentMeanBackward,

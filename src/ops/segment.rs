@@ -1,23 +1,92 @@
-//! Segment mean pooling (DESIGN §3.5).
+//! Segment mean pooling (DESIGN §3.5): the per-segment mean of the rows of `x`.
+//!
+//! Serves both the masked average pooling of a feature map over panoptic segments
+//! (x = pixels × channels, seg = segment id of each pixel, −1 = void) and the node → image
+//! mean pool (x = nodes, seg = graph id of each node, −1 = padding). An empty segment gets
+//! a zero mean and passes no gradient.
 
-use super::{Meta, Op};
+use super::{check, Meta, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
 
-pub(crate) fn infer(op: &Op, _inputs: &[Meta]) -> Result<Vec<Meta>> {
-    Err(Error::Unsupported {
-        backend: "graph",
-        what: format!("{}: shape rule not implemented yet", op.name()),
-    })
+/// Outputs of [`Graph::segment_mean`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentMeanOut {
+    /// Per-segment mean, `[S, C]` (0 for an empty segment).
+    pub mean: ValueId,
+    /// Rows in each segment, `[S]`, same float dtype as x.
+    pub count: ValueId,
+}
+
+pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    let name = op.name();
+    match op {
+        Op::SegmentMean { segments } => {
+            check::arity(name, inputs, 2)?;
+            let (x, seg) = (&inputs[0], &inputs[1]);
+            check::float(name, "x", x)?;
+            check::rank(name, "x", x, 2)?;
+            check::index(name, "seg", seg)?;
+            check::dims(name, "seg", seg, &[x.shape.dim(0)])?;
+            Ok(vec![
+                Meta::new([*segments, x.shape.dim(1)], x.dtype),
+                Meta::new([*segments], x.dtype),
+            ])
+        }
+        Op::SegmentMeanBackward => {
+            check::arity(name, inputs, 3)?;
+            let (gy, seg, count) = (&inputs[0], &inputs[1], &inputs[2]);
+            check::float(name, "g_y", gy)?;
+            check::rank(name, "g_y", gy, 2)?;
+            check::index(name, "seg", seg)?;
+            check::rank(name, "seg", seg, 1)?;
+            check::same_dtype(name, "g_y and count", gy, count)?;
+            check::dims(name, "count", count, &[gy.shape.dim(0)])?;
+            Ok(vec![Meta::new(
+                [seg.shape.dim(0), gy.shape.dim(1)],
+                gy.dtype,
+            )])
+        }
+        _ => Err(Error::graph(format!("{name} is not a segment op"))),
+    }
 }
 
 pub(crate) fn grad(
-    _g: &mut Graph,
+    g: &mut Graph,
     node: &Node,
-    _og: &[Option<ValueId>],
+    og: &[Option<ValueId>],
 ) -> Result<Vec<Option<ValueId>>> {
-    Err(Error::graph(format!(
-        "{} has no gradient rule yet",
-        node.op.name()
-    )))
+    if !matches!(node.op, Op::SegmentMean { .. }) {
+        return Err(Error::graph(format!(
+            "{} has no gradient rule",
+            node.op.name()
+        )));
+    }
+    // count does not depend on x: only the mean's gradient flows back.
+    let Some(gy) = og[0] else {
+        return Ok(vec![None, None]);
+    };
+    let gx = g.push1(
+        Op::SegmentMeanBackward,
+        &[gy, node.inputs[1], node.outputs[1]],
+    )?;
+    Ok(vec![Some(gx), None])
+}
+
+impl Graph {
+    /// Per-segment mean of the rows of `x[P, C]`: `seg[P]` (i32) gives each row's segment in
+    /// `0..segments`, or −1 to leave it out. Ids `≥ segments` or `< −1` are rejected when the
+    /// op runs (`Error::Invalid`). Differentiable in x.
+    pub fn segment_mean(
+        &mut self,
+        x: ValueId,
+        seg: ValueId,
+        segments: usize,
+    ) -> Result<SegmentMeanOut> {
+        let out = self.push(Op::SegmentMean { segments }, &[x, seg])?;
+        Ok(SegmentMeanOut {
+            mean: out[0],
+            count: out[1],
+        })
+    }
 }

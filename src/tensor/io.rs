@@ -24,7 +24,10 @@ fn bytes_of(t: &Tensor) -> &[u8] {
 }
 
 /// Serialises named tensors (plus string metadata) to safetensors bytes.
-pub fn to_safetensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn to_safetensors(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(n, t)| {
@@ -33,24 +36,39 @@ pub fn to_safetensors(tensors: &[(String, Tensor)], metadata: Option<HashMap<Str
                 .map_err(|e| Error::invalid("safetensors", format!("{n}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, metadata).map_err(|e| Error::invalid("safetensors", e.to_string()))
+    safetensors::serialize(views, metadata)
+        .map_err(|e| Error::invalid("safetensors", e.to_string()))
 }
 
 /// Writes named tensors to `path` atomically.
-pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     write_atomic(path, &to_safetensors(tensors, metadata)?)
 }
 
 /// Tensors and metadata of a safetensors file, with errors that name the file. f16/bf16
 /// tensors are widened to f32; other dtypes are refused.
 pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    parse_safetensors(&bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_safetensors(&bytes).map_err(|msg| Error::Format {
+        path: path.display().to_string(),
+        msg,
+    })
 }
 
-fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(Vec<(String, Tensor)>, HashMap<String, String>), String> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))?;
+fn parse_safetensors(
+    bytes: &[u8],
+) -> std::result::Result<(Vec<(String, Tensor)>, HashMap<String, String>), String> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let mut out = Vec::new();
     let mut names = st.names();
     names.sort();
@@ -59,18 +77,41 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(Vec<(String, Tensor)>
         let shape = v.shape().to_vec();
         let data = v.data();
         let storage = match v.dtype() {
-            StDtype::F32 => Storage::F32(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            StDtype::F64 => Storage::F64(data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
-            StDtype::I32 => Storage::I32(data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
+            StDtype::F32 => Storage::F32(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            StDtype::F64 => Storage::F64(
+                data.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            StDtype::I32 => Storage::I32(
+                data.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
             StDtype::F16 => Storage::F32(
-                data.chunks_exact(2).map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+                data.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+                    .collect(),
             ),
             StDtype::BF16 => Storage::F32(
-                data.chunks_exact(2).map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()).collect(),
+                data.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+                    .collect(),
             ),
-            other => return Err(format!("{name}: dtype {other:?} is not supported (use f32, f64, f16, bf16 or i32)")),
+            other => {
+                return Err(format!(
+                    "{name}: dtype {other:?} is not supported (use f32, f64, f16, bf16 or i32)"
+                ))
+            }
         };
-        out.push((name.to_string(), Tensor::from_storage(shape, storage).map_err(|e| format!("{name}: {e}"))?));
+        out.push((
+            name.to_string(),
+            Tensor::from_storage(shape, storage).map_err(|e| format!("{name}: {e}"))?,
+        ));
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
@@ -79,10 +120,19 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(Vec<(String, Tensor)>
 /// crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |source| Error::Io { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
@@ -99,9 +149,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gshn-io-{}", std::process::id()));
         let path = dir.join("t.safetensors");
         let ts = vec![
-            ("a".to_string(), Tensor::new([2, 3], vec![1.0f32, -2.0, 3.5, 0.25, 9.0, -1e-3]).unwrap()),
-            ("b".to_string(), Tensor::new([4], vec![1i32, 2, 3, -4]).unwrap()),
-            ("c".to_string(), Tensor::new([1], vec![std::f64::consts::PI]).unwrap()),
+            (
+                "a".to_string(),
+                Tensor::new([2, 3], vec![1.0f32, -2.0, 3.5, 0.25, 9.0, -1e-3]).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::new([4], vec![1i32, 2, 3, -4]).unwrap(),
+            ),
+            (
+                "c".to_string(),
+                Tensor::new([1], vec![std::f64::consts::PI]).unwrap(),
+            ),
         ];
         let meta = HashMap::from([("step".to_string(), "12".to_string())]);
         save_safetensors(&path, &ts, Some(meta.clone())).unwrap();
@@ -110,7 +169,10 @@ mod tests {
         assert_eq!(m, meta);
         std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
         let e = load_safetensors(&path).unwrap_err().to_string();
-        assert!(e.contains("t.safetensors") && e.contains("not a valid"), "{e}");
+        assert!(
+            e.contains("t.safetensors") && e.contains("not a valid"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

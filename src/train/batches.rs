@@ -82,40 +82,86 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    pub fn new(inputs: ModelInputs, data_cap: BatchCapacity, cap: Capacity, cfg: &ModelConfig) -> Self {
-        Feeder { inputs, data_cap, cap, time_steps: cfg.time_steps, heads: cfg.heads, max_len: cfg.text.max_len }
+    pub fn new(
+        inputs: ModelInputs,
+        data_cap: BatchCapacity,
+        cap: Capacity,
+        cfg: &ModelConfig,
+    ) -> Self {
+        Feeder {
+            inputs,
+            data_cap,
+            cap,
+            time_steps: cfg.time_steps,
+            heads: cfg.heads,
+            max_len: cfg.text.max_len,
+        }
     }
 
     /// Sets every image-side input from `graphs` (≤ batch; missing slots are empty graphs).
-    pub fn feed_images<B: Backend>(&self, ex: &mut Executor<B>, graphs: &[SceneGraph], rng: &mut SplitMix64) -> Result<GraphBatch> {
+    pub fn feed_images<B: Backend>(
+        &self,
+        ex: &mut Executor<B>,
+        graphs: &[SceneGraph],
+        rng: &mut SplitMix64,
+    ) -> Result<GraphBatch> {
         let b = collate(graphs, &self.data_cap)?;
         let i = &self.inputs;
         let (n, e) = (b.node_cap, b.edge_cap);
         let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| -> Result<()> { ex.set(v, &t?) };
-        set(ex, i.pixel_feats, Tensor::new([self.cap.pixels, self.cap.pixel_channels], b.pixel_feats.clone()))?;
-        set(ex, i.pixel_node, Tensor::new([self.cap.pixels], b.pixel_node.clone()))?;
-        set(ex, i.geometry, Tensor::new([n, self.cap.geometry], b.geometry.clone()))?;
+        set(
+            ex,
+            i.pixel_feats,
+            Tensor::new(
+                [self.cap.pixels, self.cap.pixel_channels],
+                b.pixel_feats.clone(),
+            ),
+        )?;
+        set(
+            ex,
+            i.pixel_node,
+            Tensor::new([self.cap.pixels], b.pixel_node.clone()),
+        )?;
+        set(
+            ex,
+            i.geometry,
+            Tensor::new([n, self.cap.geometry], b.geometry.clone()),
+        )?;
         set(ex, i.category, Tensor::new([n], b.category.clone()))?;
         set(ex, i.node_graph, Tensor::new([n], b.node_graph.clone()))?;
         let real = b.node_mask.iter().filter(|&&m| m > 0.0).count().max(1);
         let w = 1.0 / (self.time_steps * real) as f32;
-        set(ex, i.node_weight, Tensor::new([n], b.node_mask.iter().map(|&m| m * w).collect::<Vec<f32>>()))?;
-        set(ex, i.graph.row_ptr, Tensor::new([n + 1], b.row_ptr.clone()))?;
-        set(ex, i.graph.src, Tensor::new([e], b.src.clone()))?;
-        set(ex, i.graph.col_ptr, Tensor::new([n + 1], b.col_ptr.clone()))?;
-        set(ex, i.graph.col_edge, Tensor::new([e], b.col_edge.clone()))?;
-        set(ex, i.edge_feats, Tensor::new([e, self.cap.edge_features], b.edge_feats.clone()))?;
+        set(
+            ex,
+            i.node_weight,
+            Tensor::new(
+                [n],
+                b.node_mask.iter().map(|&m| m * w).collect::<Vec<f32>>(),
+            ),
+        )?;
+        let csr = PaddedCsr::of(&b)?;
+        set(ex, i.graph.row_ptr, Tensor::new([n + 1], csr.row_ptr))?;
+        set(ex, i.graph.src, Tensor::new([e], csr.src))?;
+        set(ex, i.graph.col_ptr, Tensor::new([n + 1], csr.col_ptr))?;
+        set(ex, i.graph.col_edge, Tensor::new([e], csr.col_edge))?;
+        set(
+            ex,
+            i.edge_feats,
+            Tensor::new([e, self.cap.edge_features], csr.edge_feats),
+        )?;
         if let Some(u) = i.uniform_alpha {
-            let mut alpha = vec![0f32; e * self.heads];
-            for d in 0..n {
-                let (lo, hi) = (b.row_ptr[d] as usize, b.row_ptr[d + 1] as usize);
-                for k in lo..hi {
-                    alpha[k * self.heads..(k + 1) * self.heads].fill(1.0 / (hi - lo) as f32);
-                }
-            }
+            let alpha: Vec<f32> = csr
+                .in_degree_of_edge
+                .iter()
+                .flat_map(|&d| std::iter::repeat_n(1.0 / d as f32, self.heads))
+                .collect();
             set(ex, u, Tensor::new([e, self.heads], alpha))?;
         }
-        set(ex, i.node_sample, Tensor::new([self.cap.node_samples], self.sample_nodes(&b, rng)))?;
+        set(
+            ex,
+            i.node_sample,
+            Tensor::new([self.cap.node_samples], self.sample_nodes(&b, rng)),
+        )?;
         Ok(b)
     }
 
@@ -165,5 +211,77 @@ impl Feeder {
         ex.set(self.inputs.w_itc, &Tensor::scalar(w.itc))?;
         ex.set(self.inputs.w_stl, &Tensor::scalar(w.stl))?;
         ex.set(self.inputs.w_node, &Tensor::scalar(w.node))
+    }
+}
+
+/// The batch graph with every edge slot used: the GAT/aggregation ops take a CSR whose
+/// edge count is exactly the edge capacity, so the unused slots become self-loops of padding
+/// nodes (spread over all of them, so no node gets a long row). Padding nodes are isolated
+/// from real ones, and nothing reads their outputs.
+struct PaddedCsr {
+    row_ptr: Vec<i32>,
+    src: Vec<i32>,
+    col_ptr: Vec<i32>,
+    col_edge: Vec<i32>,
+    edge_feats: Vec<f32>,
+    in_degree_of_edge: Vec<usize>,
+}
+
+impl PaddedCsr {
+    fn of(b: &GraphBatch) -> Result<PaddedCsr> {
+        let (n, cap, real) = (b.node_cap, b.edge_cap, b.num_edges);
+        let fw = b.edge_feats.len() / cap.max(1);
+        let pads: Vec<usize> = (0..n).filter(|&v| !b.node_real(v)).collect();
+        let spare = cap - real;
+        if spare > 0 && pads.is_empty() {
+            return Err(crate::Error::invalid("batch", "no padding node to hold unused edge slots (node capacity must exceed the largest graph)"));
+        }
+        let mut degree: Vec<usize> = (0..n)
+            .map(|v| (b.row_ptr[v + 1] - b.row_ptr[v]) as usize)
+            .collect();
+        for (k, &p) in pads.iter().enumerate() {
+            degree[p] = spare / pads.len() + usize::from(k < spare % pads.len());
+        }
+        let mut row_ptr = vec![0i32; n + 1];
+        for v in 0..n {
+            row_ptr[v + 1] = row_ptr[v] + degree[v] as i32;
+        }
+        let mut src = vec![0i32; cap];
+        let mut edge_feats = vec![0f32; cap * fw];
+        let mut in_degree_of_edge = vec![1usize; cap];
+        for v in 0..n {
+            let (lo, hi) = (row_ptr[v] as usize, row_ptr[v + 1] as usize);
+            in_degree_of_edge[lo..hi].fill(degree[v].max(1));
+            if b.node_real(v) {
+                let old = b.row_ptr[v] as usize;
+                src[lo..hi].copy_from_slice(&b.src[old..old + hi - lo]);
+                edge_feats[lo * fw..hi * fw]
+                    .copy_from_slice(&b.edge_feats[old * fw..(old + hi - lo) * fw]);
+            } else {
+                src[lo..hi].fill(v as i32);
+            }
+        }
+        // CSC: counting sort of edge ids by source (ascending ids inside a group).
+        let mut col_ptr = vec![0i32; n + 1];
+        for &s in &src {
+            col_ptr[s as usize + 1] += 1;
+        }
+        for v in 0..n {
+            col_ptr[v + 1] += col_ptr[v];
+        }
+        let mut next: Vec<i32> = col_ptr[..n].to_vec();
+        let mut col_edge = vec![0i32; cap];
+        for (k, &s) in src.iter().enumerate() {
+            col_edge[next[s as usize] as usize] = k as i32;
+            next[s as usize] += 1;
+        }
+        Ok(PaddedCsr {
+            row_ptr,
+            src,
+            col_ptr,
+            col_edge,
+            edge_feats,
+            in_degree_of_edge,
+        })
     }
 }

@@ -43,9 +43,15 @@ impl Checkpoint {
     pub fn save(&self, dir: &Path, shape_meta: &str) -> Result<()> {
         let meta = HashMap::from([
             ("format".to_string(), "gshn-checkpoint-1".to_string()),
-            ("state".to_string(), serde_json::to_string(&self.state).expect("state serialises")),
+            (
+                "state".to_string(),
+                serde_json::to_string(&self.state).expect("state serialises"),
+            ),
             ("config".to_string(), self.config.to_toml()),
-            ("vocab".to_string(), serde_json::to_string(self.vocab.tokens()).expect("vocab serialises")),
+            (
+                "vocab".to_string(),
+                serde_json::to_string(self.vocab.tokens()).expect("vocab serialises"),
+            ),
             ("data_shape".to_string(), shape_meta.to_string()),
         ]);
         save_safetensors(&path_of(dir), &self.tensors, Some(meta))
@@ -58,15 +64,32 @@ impl Checkpoint {
             return Ok(None);
         }
         let (tensors, meta) = load_safetensors(&path)?;
-        let bad = |msg: String| Error::Format { path: path.display().to_string(), msg };
-        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("not a gshn checkpoint (no {k:?} metadata)")));
+        let bad = |msg: String| Error::Format {
+            path: path.display().to_string(),
+            msg,
+        };
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| bad(format!("not a gshn checkpoint (no {k:?} metadata)")))
+        };
         if get("format")? != "gshn-checkpoint-1" {
-            return Err(bad(format!("unknown checkpoint format {:?}", get("format")?)));
+            return Err(bad(format!(
+                "unknown checkpoint format {:?}",
+                get("format")?
+            )));
         }
-        let state: TrainState = serde_json::from_str(get("state")?).map_err(|e| bad(format!("state: {e}")))?;
+        let state: TrainState =
+            serde_json::from_str(get("state")?).map_err(|e| bad(format!("state: {e}")))?;
         let config = RunConfig::parse(get("config")?).map_err(|e| bad(format!("config: {e}")))?;
-        let tokens: Vec<String> = serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
+        let tokens: Vec<String> =
+            serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
         let shape = data_shape_from_meta(get("data_shape")?)?;
-        Ok(Some(Checkpoint { config, vocab: Vocab::from_token_list(tokens), shape, state, tensors }))
+        Ok(Some(Checkpoint {
+            config,
+            vocab: Vocab::from_token_list(tokens),
+            shape,
+            state,
+            tensors,
+        }))
     }
 }

@@ -109,16 +109,31 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-        Self::parse(&text).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|msg| Error::Format {
+            path: path.display().to_string(),
+            msg,
+        })
     }
     pub fn parse(text: &str) -> std::result::Result<RunConfig, String> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.model.validate().map_err(|e| e.to_string())?;
         if cfg.train.batch_size < 2 {
-            return Err("train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into());
+            return Err(
+                "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
+            );
         }
         Ok(cfg)
+    }
+    /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
+    /// 2-core CPU.
+    pub fn demo() -> RunConfig {
+        let mut c = RunConfig::default();
+        c.train.epochs = 12;
+        c
     }
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")

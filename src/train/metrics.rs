@@ -19,13 +19,31 @@ impl MetricsLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-        Ok(MetricsLog { file: BufWriter::new(f), path: path.display().to_string() })
+            .map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(MetricsLog {
+            file: BufWriter::new(f),
+            path: path.display().to_string(),
+        })
     }
     fn write(&mut self, v: Value) -> Result<()> {
-        writeln!(self.file, "{v}").and_then(|_| self.file.flush()).map_err(|source| Error::Io { path: self.path.clone(), source })
+        writeln!(self.file, "{v}")
+            .and_then(|_| self.file.flush())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
-    pub fn step(&mut self, step: usize, epoch: usize, lr: f64, s: &StepStats, graphs_per_s: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        step: usize,
+        epoch: usize,
+        lr: f64,
+        s: &StepStats,
+        graphs_per_s: f64,
+    ) -> Result<()> {
         self.write(json!({
             "kind": "step", "step": step, "epoch": epoch, "lr": lr, "loss": s.loss, "itc": s.itc,
             "stl": s.stl, "node_cl": s.node_cl, "grad_norm": s.grad_norm, "r": s.r,
@@ -40,7 +58,10 @@ impl MetricsLog {
         self.write(v)
     }
     pub fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(|source| Error::Io { path: self.path.clone(), source })
+        self.file.flush().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -48,15 +69,27 @@ fn read(path: &Path) -> Result<Vec<Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(Error::Io { path: path.display().to_string(), source }),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
     };
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Drops lines logged after `step` (a resumed run rewrites what the interrupted one logged
 /// past its checkpoint).
 pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
-    let keep: Vec<String> = read(path)?.into_iter().filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step)).map(|v| v.to_string()).collect();
+    let keep: Vec<String> = read(path)?
+        .into_iter()
+        .filter(|v| v["step"].as_u64().is_some_and(|s| s as usize <= step))
+        .map(|v| v.to_string())
+        .collect();
     let mut text = keep.join("\n");
     if !text.is_empty() {
         text.push('\n');
@@ -68,20 +101,48 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
 pub fn plot_run(run: &Path) -> Result<()> {
     let rows = read(&run.join("metrics.jsonl"))?;
     let series = |kind: &str, x: &str, key: &str| -> Vec<(f64, f64)> {
-        rows.iter().filter(|v| v["kind"] == kind).filter_map(|v| Some((v[x].as_f64()?, v[key].as_f64()?))).collect()
+        rows.iter()
+            .filter(|v| v["kind"] == kind)
+            .filter_map(|v| Some((v[x].as_f64()?, v[key].as_f64()?)))
+            .collect()
     };
     let named = |kind: &str, x: &str, keys: &[&str]| -> Vec<(String, Vec<(f64, f64)>)> {
-        keys.iter().map(|k| (k.to_string(), series(kind, x, k))).collect()
+        keys.iter()
+            .map(|k| (k.to_string(), series(kind, x, k)))
+            .collect()
     };
-    super::plot::line_plot(&run.join("loss.png"), "training loss", "step", &named("step", "step", &["loss", "itc", "stl", "node_cl"]))?;
-    super::plot::line_plot(&run.join("retrieval.png"), "val retrieval (%)", "epoch", &named("eval", "epoch", &["t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"]))?;
-    let layers = rows.iter().filter_map(|v| v["spike_rate"].as_array().map(|a| a.len())).max().unwrap_or(0);
+    super::plot::line_plot(
+        &run.join("loss.png"),
+        "training loss",
+        "step",
+        &named("step", "step", &["loss", "itc", "stl", "node_cl"]),
+    )?;
+    super::plot::line_plot(
+        &run.join("retrieval.png"),
+        "val retrieval (%)",
+        "epoch",
+        &named("eval", "epoch", &["t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"]),
+    )?;
+    let layers = rows
+        .iter()
+        .filter_map(|v| v["spike_rate"].as_array().map(|a| a.len()))
+        .max()
+        .unwrap_or(0);
     let mut spikes: Vec<(String, Vec<(f64, f64)>)> = (0..layers)
         .map(|l| {
-            let pts = rows.iter().filter(|v| v["kind"] == "step").filter_map(|v| Some((v["step"].as_f64()?, v["spike_rate"][l].as_f64()?))).collect();
+            let pts = rows
+                .iter()
+                .filter(|v| v["kind"] == "step")
+                .filter_map(|v| Some((v["step"].as_f64()?, v["spike_rate"][l].as_f64()?)))
+                .collect();
             (format!("spike rate, layer {}", l + 1), pts)
         })
         .collect();
     spikes.push(("fusion r".to_string(), series("step", "step", "r")));
-    super::plot::line_plot(&run.join("spikes.png"), "SNN firing rate and fusion ratio", "step", &spikes)
+    super::plot::line_plot(
+        &run.join("spikes.png"),
+        "SNN firing rate and fusion ratio",
+        "step",
+        &spikes,
+    )
 }

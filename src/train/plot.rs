@@ -9,22 +9,38 @@ use std::sync::Once;
 static FONT: Once = Once::new();
 
 fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Format { path: path.display().to_string(), msg: format!("cannot draw plot: {e}") }
+    Error::Format {
+        path: path.display().to_string(),
+        msg: format!("cannot draw plot: {e}"),
+    }
 }
 
 /// Registers the embedded font as "sans-serif" (once per process).
 pub fn ensure_font() {
     FONT.call_once(|| {
         // Registration only fails for unparsable font bytes, which are compiled in.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
 /// Draws `series` (name, points) on one chart. Empty series are skipped; nothing to draw is
 /// not an error (the file is simply not written).
-pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     ensure_font();
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().copied())
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
     if pts.is_empty() {
         return Ok(());
     }
@@ -50,17 +66,29 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[(String, Vec
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| plot_error(path, e))?;
-    chart.configure_mesh().x_desc(x_label).light_line_style(WHITE.mix(0.0)).draw().map_err(|e| plot_error(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|e| plot_error(path, e))?;
     for (i, (name, p)) in series.iter().enumerate() {
         if p.is_empty() {
             continue;
         }
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(p.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                p.iter()
+                    .copied()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite()),
+                color.stroke_width(2),
+            ))
             .map_err(|e| plot_error(path, e))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

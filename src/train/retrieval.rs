@@ -20,23 +20,38 @@ pub struct Recall {
 pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Recall {
     let ni = img.len() / d.max(1);
     let nt = caption_image.len();
-    let sim = |i: usize, t: usize| -> f32 { img[i * d..(i + 1) * d].iter().zip(&txt[t * d..(t + 1) * d]).map(|(a, b)| a * b).sum() };
+    let sim = |i: usize, t: usize| -> f32 {
+        img[i * d..(i + 1) * d]
+            .iter()
+            .zip(&txt[t * d..(t + 1) * d])
+            .map(|(a, b)| a * b)
+            .sum()
+    };
     // Rank of the best true match; ties count against the query (the pessimistic rank),
     // so a collapsed model scores 0 rather than a lucky 100.
     let mut i2t = [0usize; 3];
     for i in 0..ni {
         let scores: Vec<f32> = (0..nt).map(|t| sim(i, t)).collect();
-        let best_true = (0..nt).filter(|&t| caption_image[t] == i).map(|t| scores[t]).fold(f32::NEG_INFINITY, f32::max);
+        let best_true = (0..nt)
+            .filter(|&t| caption_image[t] == i)
+            .map(|t| scores[t])
+            .fold(f32::NEG_INFINITY, f32::max);
         if best_true == f32::NEG_INFINITY {
             continue;
         }
-        let rank = scores.iter().enumerate().filter(|&(t, &s)| caption_image[t] != i && s >= best_true).count();
+        let rank = scores
+            .iter()
+            .enumerate()
+            .filter(|&(t, &s)| caption_image[t] != i && s >= best_true)
+            .count();
         count(rank, &mut i2t);
     }
     let mut t2i = [0usize; 3];
     for t in 0..nt {
         let truth = sim(caption_image[t], t);
-        let rank = (0..ni).filter(|&i| i != caption_image[t] && sim(i, t) >= truth).count();
+        let rank = (0..ni)
+            .filter(|&i| i != caption_image[t] && sim(i, t) >= truth)
+            .count();
         count(rank, &mut t2i);
     }
     let pct = |c: usize, n: usize| 100.0 * c as f64 / n.max(1) as f64;
@@ -69,7 +84,10 @@ mod tests {
     fn perfect_random_and_collapsed_embeddings() {
         // 3 images in 2-D, two captions each, captions equal to their image: all hits.
         let img = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
-        let txt: Vec<f32> = [0, 0, 1, 1, 2, 2].iter().flat_map(|&i| img[i * 2..i * 2 + 2].to_vec()).collect();
+        let txt: Vec<f32> = [0, 0, 1, 1, 2, 2]
+            .iter()
+            .flat_map(|&i| img[i * 2..i * 2 + 2].to_vec())
+            .collect();
         let r = recall(&img, &txt, 2, &[0, 0, 1, 1, 2, 2]);
         assert_eq!((r.i2t_r1, r.t2i_r1, r.rsum), (100.0, 100.0, 600.0));
         // Collapsed: every similarity equal -> pessimistic ranks -> R@1 = 0.
@@ -78,7 +96,10 @@ mod tests {
         assert_eq!(r.t2i_r1, 0.0);
         assert_eq!(r.i2t_r1, 0.0);
         // Swapped captions: caption of image 0 points at image 1 and vice versa.
-        let txt2: Vec<f32> = [1, 0, 2].iter().flat_map(|&i| img[i * 2..i * 2 + 2].to_vec()).collect();
+        let txt2: Vec<f32> = [1, 0, 2]
+            .iter()
+            .flat_map(|&i| img[i * 2..i * 2 + 2].to_vec())
+            .collect();
         let r = recall(&img, &txt2, 2, &[0, 1, 2]);
         assert!((r.t2i_r1 - 100.0 / 3.0).abs() < 1e-9);
     }

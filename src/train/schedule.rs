@@ -27,7 +27,12 @@ mod tests {
 
     #[test]
     fn warms_up_then_decays_to_the_floor() {
-        let s = WarmupCosine { lr: 1e-3, warmup_steps: 10, total_steps: 110, min_ratio: 0.1 };
+        let s = WarmupCosine {
+            lr: 1e-3,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_ratio: 0.1,
+        };
         assert!((s.at(0) - 1e-4).abs() < 1e-12);
         assert!((s.at(9) - 1e-3).abs() < 1e-12);
         assert!((s.at(10) - 1e-3).abs() < 1e-12);

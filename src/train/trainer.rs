@@ -19,6 +19,7 @@ use crate::util::rng::{mix64, SplitMix64};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Opens one split of a dataset root with the config's layout and overrides.
@@ -28,7 +29,11 @@ pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> 
         Layout::Gshn => SplitPaths::standard(root, split),
         Layout::Coco2017 => SplitPaths::coco2017(root, split),
     };
-    let over = if split == d.train_split { &d.train_paths } else { &d.val_paths };
+    let over = if split == d.train_split {
+        &d.train_paths
+    } else {
+        &d.val_paths
+    };
     Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
 }
 
@@ -43,12 +48,21 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
             let s = ds.get(i)?;
             let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
             bar.inc(1);
-            let enc = s.captions.iter().map(|c| vocab.encode(c, cfg.model.text.max_len)).collect();
+            let enc = s
+                .captions
+                .iter()
+                .map(|c| vocab.encode(c, cfg.model.text.max_len))
+                .collect();
             Ok((g, enc, s.captions, s.image_id))
         })
         .collect();
     bar.finish_and_clear();
-    let mut p = PreparedSplit { graphs: vec![], captions: vec![], caption_text: vec![], image_ids: vec![] };
+    let mut p = PreparedSplit {
+        graphs: vec![],
+        captions: vec![],
+        caption_text: vec![],
+        image_ids: vec![],
+    };
     for r in results {
         let (g, enc, text, id) = r?;
         p.graphs.push(g);
@@ -81,10 +95,16 @@ pub struct DataShape {
 }
 
 impl DataShape {
-    pub fn of(splits: &[&PreparedSplit], categories: usize, nodes_per_graph: usize) -> Result<DataShape> {
-        let first = splits.iter().flat_map(|s| s.graphs.first()).next().ok_or_else(|| Error::invalid("data", "no images"))?;
+    /// Capacities that fit every graph of `splits`, with one spare node slot per graph (the
+    /// unused edge slots become self-loops of padding nodes, see `batches`).
+    pub fn of(splits: &[&PreparedSplit], categories: usize) -> Result<DataShape> {
+        let first = splits
+            .iter()
+            .flat_map(|s| s.graphs.first())
+            .next()
+            .ok_or_else(|| Error::invalid("data", "no images"))?;
         Ok(DataShape {
-            nodes_per_graph,
+            nodes_per_graph: splits.iter().map(|s| s.max_nodes()).max().unwrap_or(1) + 1,
             edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
             pixels_per_graph: first.num_pixels(),
             pixel_channels: first.feat_dim,
@@ -100,8 +120,13 @@ impl DataShape {
         .to_string()
     }
     fn from_meta(s: &str) -> Result<DataShape> {
-        let v: serde_json::Value = serde_json::from_str(s).map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
-        let f = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| Error::invalid("checkpoint", format!("data shape lacks {k}")));
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
+        let f = |k: &str| {
+            v[k].as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| Error::invalid("checkpoint", format!("data shape lacks {k}")))
+        };
         Ok(DataShape {
             nodes_per_graph: f("nodes_per_graph")?,
             edges_per_graph: f("edges_per_graph")?,
@@ -114,24 +139,25 @@ impl DataShape {
 
 /// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
 /// one graph), an image encoder and a text encoder (forward only, for evaluation).
-pub struct Engine<B: Backend + Clone> {
+pub struct Engine<B: Backend> {
     pub cfg: RunConfig,
     pub shape: DataShape,
     pub vocab: Vocab,
     pub model_outputs: ModelOutputs,
     pub params: Vec<crate::model::params::ParamSpec>,
     pub feeder: Feeder,
-    pub train: Executor<B>,
-    pub image: Executor<B>,
-    pub text: Executor<B>,
+    pub train: Executor<Arc<B>>,
+    pub image: Executor<Arc<B>>,
+    pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
     grad_norm: ValueId,
     image_fetch: Vec<ValueId>,
 }
 
-impl<B: Backend + Clone> Engine<B> {
+impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
+        let backend = Arc::new(backend);
         let t = &cfg.train;
         let (data_cap, cap) = capacities(
             t.batch_size,
@@ -149,9 +175,12 @@ impl<B: Backend + Clone> Engine<B> {
 
         let mut train_graph = model.graph.clone();
         let grads = train_graph.backward(out.loss, &ids)?;
-        let adam = AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() };
+        let adam = AdamWConfig {
+            weight_decay: t.weight_decay,
+            ..AdamWConfig::default()
+        };
         let opt = train_graph.adamw_step(&ids, &grads, adam, Some(t.clip_norm))?;
-        let grad_norm = opt.grad_norm.ok_or_else(|| Error::graph("optimizer without clipping norm"))?;
+        let grad_norm = opt.grad_norm;
         let mut fetch = vec![out.loss, out.itc, grad_norm];
         fetch.extend(out.stl);
         fetch.extend(out.node_cl);
@@ -198,27 +227,52 @@ impl<B: Backend + Clone> Engine<B> {
     /// Named parameters and optimizer state, for checkpoints.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let g = self.train.graph();
-        self.params.iter().map(|p| p.id).chain(self.opt_state.iter().copied()).map(|id| Ok((g.value(id).name.clone(), self.train.get(id)?))).collect()
+        self.params
+            .iter()
+            .map(|p| p.id)
+            .chain(self.opt_state.iter().copied())
+            .map(|id| Ok((g.value(id).name.clone(), self.train.get(id)?)))
+            .collect()
     }
 
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let ids: Vec<ValueId> = self.params.iter().map(|p| p.id).chain(self.opt_state.iter().copied()).collect();
+        let ids: Vec<ValueId> = self
+            .params
+            .iter()
+            .map(|p| p.id)
+            .chain(self.opt_state.iter().copied())
+            .collect();
         for id in ids {
             let name = self.train.graph().value(id).name.clone();
-            let t = tensors.iter().find(|(n, _)| *n == name).ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name:?}")))?;
+            let t = tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name:?}")))?;
             self.train.set(id, &t.1)?;
         }
         Ok(())
     }
 
     /// One optimizer step on `graphs` with one caption each.
-    pub fn step(&mut self, graphs: &[crate::data::SceneGraph], captions: &[&crate::data::Encoded], w: LossWeights, lr: f64, step: usize, rng: &mut SplitMix64) -> Result<StepStats> {
+    pub fn step(
+        &mut self,
+        graphs: &[crate::data::SceneGraph],
+        captions: &[&crate::data::Encoded],
+        w: LossWeights,
+        lr: f64,
+        step: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<StepStats> {
         self.feeder.feed_images(&mut self.train, graphs, rng)?;
         self.feeder.feed_text(&mut self.train, captions)?;
         self.feeder.feed_weights(&mut self.train, w)?;
-        self.train.set(self.hyper, &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?)?;
+        self.train.set(
+            self.hyper,
+            &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?,
+        )?;
         self.train.run()?;
-        let scalar = |ex: &Executor<B>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
+        let scalar =
+            |ex: &Executor<Arc<B>>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
         let o = &self.model_outputs;
         let stats = StepStats {
             loss: scalar(&self.train, o.loss)?,
@@ -226,8 +280,18 @@ impl<B: Backend + Clone> Engine<B> {
             stl: o.stl.map(|v| scalar(&self.train, v)).transpose()?,
             node_cl: o.node_cl.map(|v| scalar(&self.train, v)).transpose()?,
             grad_norm: scalar(&self.train, self.grad_norm)?,
-            spike_rates: o.spike_rates.iter().map(|&v| scalar(&self.train, v)).collect::<Result<_>>()?,
-            r: o.r.map(|v| self.train.get(v).map(|t| t.to_f64_vec().iter().sum::<f64>() / t.numel() as f64)).transpose()?,
+            spike_rates: o
+                .spike_rates
+                .iter()
+                .map(|&v| scalar(&self.train, v))
+                .collect::<Result<_>>()?,
+            r: o.r
+                .map(|v| {
+                    self.train
+                        .get(v)
+                        .map(|t| t.to_f64_vec().iter().sum::<f64>() / t.numel() as f64)
+                })
+                .transpose()?,
             logit_scale: scalar(&self.train, o.logit_scale)?,
         };
         if !stats.loss.is_finite() || !stats.grad_norm.is_finite() {
@@ -260,7 +324,12 @@ impl<B: Backend + Clone> Engine<B> {
             let z = self.image.get(self.model_outputs.z_img)?;
             img.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
         }
-        let caps: Vec<(&crate::data::Encoded, usize)> = split.captions.iter().enumerate().flat_map(|(i, cs)| cs.iter().map(move |c| (c, i))).collect();
+        let caps: Vec<(&crate::data::Encoded, usize)> = split
+            .captions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cs)| cs.iter().map(move |c| (c, i)))
+            .collect();
         let mut txt = Vec::new();
         for chunk in caps.chunks(b) {
             let enc: Vec<&crate::data::Encoded> = chunk.iter().map(|(c, _)| *c).collect();
@@ -279,11 +348,20 @@ impl<B: Backend + Clone> Engine<B> {
     }
 
     /// Image-side outputs for one batch (for `gshn show`): attention per layer and node spike rates.
-    pub fn inspect(&mut self, graphs: &[crate::data::SceneGraph]) -> Result<(crate::data::GraphBatch, Vec<Tensor>)> {
+    pub fn inspect(
+        &mut self,
+        graphs: &[crate::data::SceneGraph],
+    ) -> Result<(crate::data::GraphBatch, Vec<Tensor>)> {
         self.sync_eval()?;
-        let b = self.feeder.feed_images(&mut self.image, graphs, &mut SplitMix64::new(0))?;
+        let b = self
+            .feeder
+            .feed_images(&mut self.image, graphs, &mut SplitMix64::new(0))?;
         self.image.run()?;
-        let outs = self.image_fetch.iter().map(|&v| self.image.get(v)).collect::<Result<_>>()?;
+        let outs = self
+            .image_fetch
+            .iter()
+            .map(|&v| self.image.get(v))
+            .collect::<Result<_>>()?;
         Ok((b, outs))
     }
 }
@@ -321,10 +399,17 @@ pub struct TrainSummary {
 }
 
 /// Trains (or resumes) a run in `opts.out` and returns its summary.
-pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
+pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.display().to_string(), source })?;
-    let resumed = if opts.resume { Checkpoint::load_latest(out)? } else { None };
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    let resumed = if opts.resume {
+        Checkpoint::load_latest(out)?
+    } else {
+        None
+    };
     let cfg = match &resumed {
         Some(ck) => ck.config.clone(),
         None => cfg,
@@ -339,16 +424,28 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
     let val_split = prepare(&val_ds, &cfg, &vocab, "val")?;
     let shape = match &resumed {
         Some(ck) => ck.shape.clone(),
-        None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories(), cfg.data.graph.nodes_per_graph())?,
+        None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories())?,
     };
     if train_split.len() < cfg.train.batch_size {
-        return Err(Error::invalid("train", format!("the train split has {} images, fewer than one batch ({})", train_split.len(), cfg.train.batch_size)));
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "the train split has {} images, fewer than one batch ({})",
+                train_split.len(),
+                cfg.train.batch_size
+            ),
+        ));
     }
     let mut engine = Engine::new(backend, cfg.clone(), shape.clone(), vocab.clone())?;
     let t = &cfg.train;
     let steps_per_epoch = train_split.len() / t.batch_size;
     let total = steps_per_epoch * t.epochs;
-    let sched = WarmupCosine { lr: t.lr, warmup_steps: t.warmup_steps.min(total / 2), total_steps: total, min_ratio: t.min_lr_ratio };
+    let sched = WarmupCosine {
+        lr: t.lr,
+        warmup_steps: t.warmup_steps.min(total / 2),
+        total_steps: total,
+        min_ratio: t.min_lr_ratio,
+    };
 
     let mut state = TrainState::default();
     match &resumed {
@@ -364,7 +461,14 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
     }
     let mut log = super::metrics::MetricsLog::open(&out.join("metrics.jsonl"))?;
     let save = |engine: &Engine<B>, state: &TrainState| -> Result<()> {
-        Checkpoint { config: cfg.clone(), vocab: vocab.clone(), shape: shape.clone(), state: state.clone(), tensors: engine.state_tensors()? }.save(out, &shape.to_meta())
+        Checkpoint {
+            config: cfg.clone(),
+            vocab: vocab.clone(),
+            shape: shape.clone(),
+            state: state.clone(),
+            tensors: engine.state_tensors()?,
+        }
+        .save(out, &shape.to_meta())
     };
 
     if !opts.quiet {
@@ -387,7 +491,14 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
         let epoch = state.epoch;
         let mut order: Vec<usize> = (0..train_split.len()).collect();
         SplitMix64::new(mix64(t.seed ^ 0x5eed) ^ epoch as u64).shuffle(&mut order);
-        let bar = if opts.quiet { ProgressBar::hidden() } else { progress(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, t.epochs)) };
+        let bar = if opts.quiet {
+            ProgressBar::hidden()
+        } else {
+            progress(
+                steps_per_epoch as u64,
+                &format!("epoch {}/{}", epoch + 1, t.epochs),
+            )
+        };
         bar.set_position(state.batch as u64);
         let pretrain = epoch < t.pretrain_epochs && engine.model_outputs.stl.is_some();
         let w = LossWeights {
@@ -401,7 +512,10 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
             // Every random choice of a step derives from (seed, step): resuming repeats it.
             let mut rng = SplitMix64::new(mix64(t.seed) ^ mix64(state.step as u64 + 1));
             let graphs: Vec<_> = idx.iter().map(|&i| train_split.graphs[i].clone()).collect();
-            let caps: Vec<&crate::data::Encoded> = idx.iter().map(|&i| &train_split.captions[i][rng.below(train_split.captions[i].len())]).collect();
+            let caps: Vec<&crate::data::Encoded> = idx
+                .iter()
+                .map(|&i| &train_split.captions[i][rng.below(train_split.captions[i].len())])
+                .collect();
             let lr = sched.at(state.step);
             last = engine.step(&graphs, &caps, w, lr, state.step, &mut rng)?;
             state.step += 1;
@@ -413,7 +527,10 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
                 log.step(state.step, epoch, lr, &last, gps)?;
                 bar.set_message(format!("loss {:.3}", last.loss));
             }
-            if t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0 && state.batch < steps_per_epoch {
+            if t.checkpoint_every > 0
+                && state.step % t.checkpoint_every == 0
+                && state.batch < steps_per_epoch
+            {
                 save(&engine, &state)?;
             }
         }
@@ -455,13 +572,35 @@ pub fn train<B: Backend + Clone>(backend: B, cfg: RunConfig, opts: &TrainOptions
 }
 
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
-pub fn load_engine<B: Backend + Clone>(backend: B, run: &Path) -> Result<Engine<B>> {
-    let ck = Checkpoint::load_latest(run)?.ok_or_else(|| Error::invalid("checkpoint", format!("no checkpoint in {}", run.display())))?;
-    let mut engine = Engine::new(backend, ck.config.clone(), ck.shape.clone(), ck.vocab.clone())?;
+pub fn load_engine<B: Backend>(backend: B, run: &Path) -> Result<Engine<B>> {
+    let ck = Checkpoint::load_latest(run)?.ok_or_else(|| {
+        Error::invalid("checkpoint", format!("no checkpoint in {}", run.display()))
+    })?;
+    let mut engine = Engine::new(
+        backend,
+        ck.config.clone(),
+        ck.shape.clone(),
+        ck.vocab.clone(),
+    )?;
     engine.load_state(&ck.tensors)?;
     Ok(engine)
 }
 
 pub(crate) fn data_shape_from_meta(s: &str) -> Result<DataShape> {
     DataShape::from_meta(s)
+}
+
+/// Retrieval of a trained run on one split of a dataset root.
+pub fn evaluate_run<B: Backend>(
+    backend: B,
+    run: &Path,
+    data: &Path,
+    split: &str,
+) -> Result<Recall> {
+    let mut engine = load_engine(backend, run)?;
+    let ds = open_split(data, &engine.cfg, split)?;
+    let vocab = engine.vocab.clone();
+    let cfg = engine.cfg.clone();
+    let prepared = prepare(&ds, &cfg, &vocab, split)?;
+    engine.evaluate(&prepared)
 }

@@ -45,7 +45,51 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The 24 random bits behind `hash_uniform`: `mix64(seed ^ mix64(index)) >> 40`, in [0, 2²⁴).
+///
+/// A CUDA kernel reproduces it with 64-bit unsigned integer arithmetic (`unsigned long long`,
+/// wrapping multiplies): the result is an exact integer, so CPU and GPU agree bit for bit.
+pub fn hash_u24(seed: u64, index: u64) -> u32 {
+    (mix64(seed ^ mix64(index)) >> 40) as u32
+}
+
 /// Uniform in [0, 1) from (seed, index): the same on CPU and GPU, so masks can be recomputed.
+///
+/// Exact formula: `hash_u24(seed, index) as f64 / 2²⁴`, i.e.
+/// `(mix64(seed ^ mix64(index)) >> 40) / 16777216`. The value has 24 significant bits, so it
+/// is exactly representable in f32 as well (`(float)(h >> 40) * (1.0f / 16777216.0f)` on the
+/// GPU gives the same number).
 pub fn hash_uniform(seed: u64, index: u64) -> f64 {
-    (mix64(seed ^ mix64(index)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    hash_u24(seed, index) as f64 * (1.0 / (1u64 << 24) as f64)
+}
+
+/// Integer threshold `t` with `hash_uniform(s, i) >= p  ⇔  hash_u24(s, i) >= t`
+/// (`t = ceil(p · 2²⁴)`, clamped to [0, 2²⁴]): lets a kernel decide a dropout mask with one
+/// integer compare, independent of how `p` would round in f32.
+pub fn hash_threshold(p: f64) -> u32 {
+    let t = (p * (1u64 << 24) as f64).ceil();
+    if t.is_nan() || t <= 0.0 {
+        0
+    } else if t >= (1u64 << 24) as f64 {
+        1 << 24
+    } else {
+        t as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_uniform_is_24_bit_exact_and_threshold_agrees() {
+        for i in 0..10_000u64 {
+            let u = hash_uniform(42, i);
+            assert!((0.0..1.0).contains(&u));
+            assert_eq!(u as f32 as f64, u, "not exact in f32");
+            for p in [0.0, 0.1, 0.3, 1.0 / 3.0, 0.5, 0.9, 0.999_999_99] {
+                assert_eq!(u >= p, hash_u24(42, i) >= hash_threshold(p));
+            }
+        }
+    }
 }

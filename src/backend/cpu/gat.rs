@@ -1,12 +1,690 @@
-//! CPU kernels: GAT and fixed-attention aggregation.
+//! CPU kernels: GAT (edge-softmax attention), its attention export, their backward, and the
+//! fixed-attention aggregation (DESIGN §3.2, §3.3; the math is in `ops/gat.rs`).
+//!
+//! Parallel over fixed blocks of destination nodes (forward, backward pass 1: everything that
+//! sums over the edges entering a node) and of source nodes (backward pass 2: everything that
+//! sums over the edges leaving a node, through the CSC transpose). Every sum runs in a fixed
+//! order (edge order, CSC order, block order), so results are bit-identical for any number of
+//! threads; there are no atomics. The graph arrays are validated before use: a bad index is an
+//! `Error::Invalid`, never a panic.
 
-use super::{CpuView, CpuViewMut};
+use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
+use crate::ops::gat::{validate_csc, validate_csr, GatAttrs};
 use crate::ops::Op;
+use rayon::prelude::*;
+use std::ops::Range;
 
-pub(crate) fn execute(op: &Op, _inputs: &[CpuView], _outputs: &mut [CpuViewMut]) -> Result<()> {
-    Err(Error::Unsupported {
-        backend: "cpu",
-        what: format!("{} not implemented yet", op.name()),
+/// Nodes per parallel task. Fixed, so block partial sums do not depend on the thread count.
+const BLOCK: usize = 64;
+
+pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    let dtype = inputs
+        .first()
+        .map(|v| v.dtype)
+        .ok_or_else(|| Error::graph(format!("{}: no inputs", op.name())))?;
+    let name = op.name();
+    match op {
+        Op::Gat(a) => float_dispatch!(name, dtype, gat_forward(a, inputs, outputs)),
+        Op::GatAlpha(a) => float_dispatch!(name, dtype, gat_alpha(a, inputs, outputs)),
+        Op::GatBackward(a) => float_dispatch!(name, dtype, gat_backward(a, inputs, outputs)),
+        Op::GatAlphaBackward(a) => {
+            float_dispatch!(name, dtype, gat_alpha_backward(a, inputs, outputs))
+        }
+        Op::Aggregate => float_dispatch!(name, dtype, aggregate(inputs, outputs)),
+        Op::AggregateBackward => float_dispatch!(name, dtype, aggregate_backward(inputs, outputs)),
+        other => Err(Error::Unsupported {
+            backend: "cpu",
+            what: format!("{} in gat kernels", other.name()),
+        }),
+    }
+}
+
+// ---- graph access ------------------------------------------------------------------------
+
+/// A validated CSR by destination.
+#[derive(Clone, Copy)]
+struct Csr<'a> {
+    n: usize,
+    row_ptr: &'a [i32],
+    src: &'a [i32],
+}
+
+impl Csr<'_> {
+    #[inline]
+    fn edges(&self, i: usize) -> Range<usize> {
+        self.row_ptr[i] as usize..self.row_ptr[i + 1] as usize
+    }
+    fn num_edges(&self) -> usize {
+        self.src.len()
+    }
+    /// Destination of every edge.
+    fn dst(&self) -> Vec<u32> {
+        let mut dst = vec![0u32; self.num_edges()];
+        for i in 0..self.n {
+            dst[self.edges(i)].fill(i as u32);
+        }
+        dst
+    }
+    /// Edge range of node block `b`.
+    fn block_edges(&self, b: usize) -> Range<usize> {
+        let lo = b * BLOCK;
+        let hi = ((b + 1) * BLOCK).min(self.n);
+        self.row_ptr[lo] as usize..self.row_ptr[hi] as usize
+    }
+    fn blocks(&self) -> usize {
+        self.n.div_ceil(BLOCK)
+    }
+}
+
+/// A validated CSC transpose.
+#[derive(Clone, Copy)]
+struct Csc<'a> {
+    col_ptr: &'a [i32],
+    col_edge: &'a [i32],
+}
+
+impl Csc<'_> {
+    #[inline]
+    fn edges(&self, j: usize) -> impl Iterator<Item = usize> + '_ {
+        self.col_edge[self.col_ptr[j] as usize..self.col_ptr[j + 1] as usize]
+            .iter()
+            .map(|&k| k as usize)
+    }
+}
+
+/// Reads and validates the graph at `inputs[at..at + 4]` for `n` nodes (the CSC only when
+/// `with_csc`).
+fn graph<'a>(
+    op: &'static str,
+    inputs: &[CpuView<'a>],
+    at: usize,
+    n: usize,
+    with_csc: bool,
+) -> Result<(Csr<'a>, Csc<'a>)> {
+    let row_ptr = read::<i32>(&inputs[at])?;
+    let src = read::<i32>(&inputs[at + 1])?;
+    let col_ptr = read::<i32>(&inputs[at + 2])?;
+    let col_edge = read::<i32>(&inputs[at + 3])?;
+    validate_csr(op, n, row_ptr, src)?;
+    if with_csc {
+        validate_csc(op, n, src, col_ptr, col_edge)?;
+    }
+    Ok((Csr { n, row_ptr, src }, Csc { col_ptr, col_edge }))
+}
+
+/// Splits per-edge rows of `w` elements at the edge ranges of the node blocks.
+fn split_edges<'a, T>(mut buf: &'a mut [T], g: &Csr, w: usize) -> Vec<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(g.blocks());
+    for b in 0..g.blocks() {
+        let len = g.block_edges(b).len() * w;
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
+        parts.push(head);
+        buf = tail;
+    }
+    parts
+}
+
+fn dims<const R: usize>(v: &CpuView) -> [usize; R] {
+    let mut d = [0; R];
+    for (x, &s) in d.iter_mut().zip(v.shape.dims()) {
+        *x = s;
+    }
+    d
+}
+
+fn next_out<'a, 'b>(
+    it: &mut std::slice::IterMut<'a, CpuViewMut<'b>>,
+    op: &'static str,
+) -> Result<&'a mut CpuViewMut<'b>> {
+    it.next()
+        .ok_or_else(|| Error::graph(format!("{op}: missing an output buffer")))
+}
+
+// ---- arithmetic --------------------------------------------------------------------------
+
+/// Dot product with 8 fixed lanes (vectorisable, and the same order on every call).
+#[inline]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// y += a x
+#[inline]
+fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// The per-(node, head) attention scores `el = z·a_src`, `er = z·a_dst`, each `[N, H]`.
+fn scores<T: Float>(z: &[T], a_src: &[T], a_dst: &[T], h: usize, f: usize) -> (Vec<T>, Vec<T>) {
+    let n = z.len() / (h * f);
+    let mut el = vec![T::zero(); n * h];
+    let mut er = vec![T::zero(); n * h];
+    el.par_chunks_mut(h)
+        .zip(er.par_chunks_mut(h))
+        .zip(z.par_chunks(h * f))
+        .with_min_len(256)
+        .for_each(|((l, r), zn)| {
+            for hh in 0..h {
+                let zh = &zn[hh * f..(hh + 1) * f];
+                l[hh] = dot(zh, &a_src[hh * f..(hh + 1) * f]);
+                r[hh] = dot(zh, &a_dst[hh * f..(hh + 1) * f]);
+            }
+        });
+    (el, er)
+}
+
+/// Everything that defines the attention logits of a GAT layer.
+struct Logits<'a, T> {
+    el: Vec<T>,
+    er: Vec<T>,
+    be: Option<&'a [T]>,
+    h: usize,
+    slope: T,
+}
+
+impl<'a, T: Float> Logits<'a, T> {
+    fn new(
+        z: &[T],
+        a_src: &[T],
+        a_dst: &[T],
+        be: Option<&'a [T]>,
+        h: usize,
+        f: usize,
+        slope: f64,
+    ) -> Self {
+        let (el, er) = scores(z, a_src, a_dst, h, f);
+        Logits {
+            el,
+            er,
+            be,
+            h,
+            slope: T::of(slope),
+        }
+    }
+    /// Pre-activation of edge `k` from `j` into `i`, head `hh`.
+    #[inline]
+    fn pre(&self, k: usize, j: usize, i: usize, hh: usize) -> T {
+        let h = self.h;
+        let p = self.el[j * h + hh] + self.er[i * h + hh];
+        match self.be {
+            Some(be) => p + be[k * h + hh],
+            None => p,
+        }
+    }
+    #[inline]
+    fn leaky(&self, p: T) -> T {
+        if p > T::zero() {
+            p
+        } else {
+            self.slope * p
+        }
+    }
+    #[inline]
+    fn dleaky(&self, p: T) -> T {
+        if p > T::zero() {
+            T::one()
+        } else {
+            self.slope
+        }
+    }
+}
+
+/// α from a logit and its node's log-sum-exp: the one definition every kernel uses.
+#[inline]
+fn alpha_of<T: Float>(logit: T, lse: T) -> T {
+    (logit - lse).exp()
+}
+
+// ---- GAT forward -------------------------------------------------------------------------
+
+fn gat_forward<T: Float>(
+    a: &GatAttrs,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
+    let eb = a.edge_bias as usize;
+    let [n, h, f] = dims::<3>(&inputs[0]);
+    let hf = h * f;
+    let z = read::<T>(&inputs[0])?;
+    let (a_src, a_dst) = (read::<T>(&inputs[1])?, read::<T>(&inputs[2])?);
+    let be = if a.edge_bias {
+        Some(read::<T>(&inputs[3])?)
+    } else {
+        None
+    };
+    let (g, _) = graph("gat", inputs, 3 + eb, n, false)?;
+    let (o_out, o_lse) = super::two(outputs);
+    let out = write::<T>(o_out)?;
+    let lse = write::<T>(o_lse)?;
+    let lg = Logits::new(z, a_src, a_dst, be, h, f, a.negative_slope);
+
+    out.par_chunks_mut(BLOCK * hf)
+        .zip(lse.par_chunks_mut(BLOCK * h))
+        .enumerate()
+        .for_each_init(Vec::new, |logit: &mut Vec<T>, (b, (out_b, lse_b))| {
+            for (ii, (out_i, lse_i)) in out_b.chunks_mut(hf).zip(lse_b.chunks_mut(h)).enumerate() {
+                let i = b * BLOCK + ii;
+                out_i.fill(T::zero());
+                lse_i.fill(T::zero());
+                let r = g.edges(i);
+                if r.is_empty() {
+                    continue;
+                }
+                logit.clear();
+                for k in r.clone() {
+                    let j = g.src[k] as usize;
+                    for hh in 0..h {
+                        logit.push(lg.leaky(lg.pre(k, j, i, hh)));
+                    }
+                }
+                log_sum_exp(logit, h, lse_i);
+                for (d, k) in r.enumerate() {
+                    let zj = &z[g.src[k] as usize * hf..][..hf];
+                    for hh in 0..h {
+                        let al = alpha_of(logit[d * h + hh], lse_i[hh]);
+                        axpy(&mut out_i[hh * f..][..f], al, &zj[hh * f..][..f]);
+                    }
+                }
+            }
+        });
+    Ok(())
+}
+
+/// Per head, `lse = m + ln Σ exp(l − m)` over rows of `logit[deg, h]`, `m` the row max.
+fn log_sum_exp<T: Float>(logit: &[T], h: usize, lse: &mut [T]) {
+    for (hh, out) in lse.iter_mut().enumerate() {
+        let m = logit
+            .iter()
+            .skip(hh)
+            .step_by(h)
+            .fold(T::neg_infinity(), |m, &l| m.max(l));
+        let s: T = logit
+            .iter()
+            .skip(hh)
+            .step_by(h)
+            .fold(T::zero(), |s, &l| s + (l - m).exp());
+        *out = m + s.ln();
+    }
+}
+
+// ---- GAT attention export ------------------------------------------------------------------
+
+fn gat_alpha<T: Float>(a: &GatAttrs, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    let eb = a.edge_bias as usize;
+    let [n, h, f] = dims::<3>(&inputs[0]);
+    let z = read::<T>(&inputs[0])?;
+    let (a_src, a_dst) = (read::<T>(&inputs[1])?, read::<T>(&inputs[2])?);
+    let be = if a.edge_bias {
+        Some(read::<T>(&inputs[3])?)
+    } else {
+        None
+    };
+    let lse = read::<T>(&inputs[3 + eb])?;
+    let (g, _) = graph("gat_alpha", inputs, 4 + eb, n, false)?;
+    let alpha = write::<T>(&mut outputs[0])?;
+    let lg = Logits::new(z, a_src, a_dst, be, h, f, a.negative_slope);
+    let dst = g.dst();
+    alpha
+        .par_chunks_mut(h)
+        .enumerate()
+        .with_min_len(1024)
+        .for_each(|(k, al)| {
+            let (i, j) = (dst[k] as usize, g.src[k] as usize);
+            for (hh, x) in al.iter_mut().enumerate() {
+                *x = alpha_of(lg.leaky(lg.pre(k, j, i, hh)), lse[i * h + hh]);
+            }
+        });
+    Ok(())
+}
+
+// ---- GAT backward (both) -------------------------------------------------------------------
+
+/// What the gradient arrives on.
+#[derive(Clone, Copy)]
+enum Upstream<'a, T> {
+    /// `GatBackward`: the aggregated output's gradient, the output and the saved lse.
+    Out {
+        g_out: &'a [T],
+        out: &'a [T],
+        lse: &'a [T],
+    },
+    /// `GatAlphaBackward`: the attention's gradient and the attention.
+    Alpha { g_alpha: &'a [T], alpha: &'a [T] },
+}
+
+struct Grads<'a, T> {
+    gz: &'a mut [T],
+    g_a_src: &'a mut [T],
+    g_a_dst: &'a mut [T],
+    g_be: Option<&'a mut [T]>,
+}
+
+fn gat_grads<'a, T: Float>(
+    outputs: &'a mut [CpuViewMut<'_>],
+    edge_bias: bool,
+    op: &'static str,
+) -> Result<Grads<'a, T>> {
+    let mut it = outputs.iter_mut();
+    let gz = write::<T>(next_out(&mut it, op)?)?;
+    let g_a_src = write::<T>(next_out(&mut it, op)?)?;
+    let g_a_dst = write::<T>(next_out(&mut it, op)?)?;
+    let g_be = if edge_bias {
+        Some(write::<T>(next_out(&mut it, op)?)?)
+    } else {
+        None
+    };
+    Ok(Grads {
+        gz,
+        g_a_src,
+        g_a_dst,
+        g_be,
     })
+}
+
+fn gat_backward<T: Float>(
+    a: &GatAttrs,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
+    // g_out, z, a_src, a_dst (, be), out, lse, graph
+    let eb = a.edge_bias as usize;
+    let [n, h, f] = dims::<3>(&inputs[1]);
+    let be = if a.edge_bias {
+        Some(read::<T>(&inputs[4])?)
+    } else {
+        None
+    };
+    let up = Upstream::Out {
+        g_out: read::<T>(&inputs[0])?,
+        out: read::<T>(&inputs[4 + eb])?,
+        lse: read::<T>(&inputs[5 + eb])?,
+    };
+    let (g, c) = graph("gat_backward", inputs, 6 + eb, n, true)?;
+    let grads = gat_grads(outputs, a.edge_bias, "gat_backward")?;
+    let (z, a_src, a_dst) = (
+        read::<T>(&inputs[1])?,
+        read::<T>(&inputs[2])?,
+        read::<T>(&inputs[3])?,
+    );
+    backward_impl(a, [h, f], z, a_src, a_dst, be, g, c, up, grads);
+    Ok(())
+}
+
+fn gat_alpha_backward<T: Float>(
+    a: &GatAttrs,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
+    // g_alpha, alpha, z, a_src, a_dst (, be), graph
+    let eb = a.edge_bias as usize;
+    let [n, h, f] = dims::<3>(&inputs[2]);
+    let be = if a.edge_bias {
+        Some(read::<T>(&inputs[5])?)
+    } else {
+        None
+    };
+    let up = Upstream::Alpha {
+        g_alpha: read::<T>(&inputs[0])?,
+        alpha: read::<T>(&inputs[1])?,
+    };
+    let (g, c) = graph("gat_alpha_backward", inputs, 5 + eb, n, true)?;
+    let grads = gat_grads(outputs, a.edge_bias, "gat_alpha_backward")?;
+    let (z, a_src, a_dst) = (
+        read::<T>(&inputs[2])?,
+        read::<T>(&inputs[3])?,
+        read::<T>(&inputs[4])?,
+    );
+    backward_impl(a, [h, f], z, a_src, a_dst, be, g, c, up, grads);
+    Ok(())
+}
+
+/// The shared backward. Pass 1 (per destination node): `gpre` for every edge (written into
+/// `g_be` when there is an edge bias) and `ger`; in `Out` mode also α for every edge.
+/// Pass 2 (per source node, through the CSC): `gel`, `gz` and block partials of `g_a_*`.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<T: Float>(
+    attrs: &GatAttrs,
+    [h, f]: [usize; 2],
+    z: &[T],
+    a_src: &[T],
+    a_dst: &[T],
+    be: Option<&[T]>,
+    g: Csr,
+    c: Csc,
+    up: Upstream<T>,
+    grads: Grads<T>,
+) {
+    let hf = h * f;
+    let (n, e) = (g.n, g.num_edges());
+    let lg = Logits::new(z, a_src, a_dst, be, h, f, attrs.negative_slope);
+    let Grads {
+        gz,
+        g_a_src,
+        g_a_dst,
+        g_be,
+    } = grads;
+    let mut gpre_store = Vec::new();
+    let gpre: &mut [T] = match g_be {
+        Some(s) => s,
+        None => {
+            gpre_store.resize(e * h, T::zero());
+            &mut gpre_store
+        }
+    };
+    let with_out = matches!(up, Upstream::Out { .. });
+    let mut alpha_store = vec![T::zero(); if with_out { e * h } else { 0 }];
+    let mut ger = vec![T::zero(); n * h];
+
+    // Pass 1: over destination nodes.
+    {
+        let gpre_blocks = split_edges(gpre, &g, h);
+        let alpha_blocks = split_edges(&mut alpha_store, &g, if with_out { h } else { 0 });
+        ger.par_chunks_mut(BLOCK * h)
+            .zip(gpre_blocks)
+            .zip(alpha_blocks)
+            .enumerate()
+            .for_each_init(Vec::new, |dv: &mut Vec<T>, (b, ((ger_b, gpre_b), al_b))| {
+                let e0 = g.block_edges(b).start;
+                for (ii, ger_i) in ger_b.chunks_mut(h).enumerate() {
+                    let i = b * BLOCK + ii;
+                    ger_i.fill(T::zero());
+                    let r = g.edges(i);
+                    if r.is_empty() {
+                        continue;
+                    }
+                    // D per head: ⟨g_out_i, out_i⟩ or Σ_k α_k gα_k.
+                    dv.clear();
+                    dv.resize(h, T::zero());
+                    match up {
+                        Upstream::Out { g_out, out, .. } => {
+                            for (hh, d) in dv.iter_mut().enumerate() {
+                                let o = i * hf + hh * f;
+                                *d = dot(&g_out[o..o + f], &out[o..o + f]);
+                            }
+                        }
+                        Upstream::Alpha { g_alpha, alpha } => {
+                            for k in r.clone() {
+                                for (hh, d) in dv.iter_mut().enumerate() {
+                                    *d += alpha[k * h + hh] * g_alpha[k * h + hh];
+                                }
+                            }
+                        }
+                    }
+                    for k in r {
+                        let j = g.src[k] as usize;
+                        let kl = (k - e0) * h;
+                        for hh in 0..h {
+                            let p = lg.pre(k, j, i, hh);
+                            let ge = match up {
+                                Upstream::Out { g_out, lse, .. } => {
+                                    let al = alpha_of(lg.leaky(p), lse[i * h + hh]);
+                                    al_b[kl + hh] = al;
+                                    let ga = dot(
+                                        &g_out[i * hf + hh * f..][..f],
+                                        &z[j * hf + hh * f..][..f],
+                                    );
+                                    al * (ga - dv[hh])
+                                }
+                                Upstream::Alpha { g_alpha, alpha } => {
+                                    alpha[k * h + hh] * (g_alpha[k * h + hh] - dv[hh])
+                                }
+                            };
+                            let gp = ge * lg.dleaky(p);
+                            gpre_b[kl + hh] = gp;
+                            ger_i[hh] += gp;
+                        }
+                    }
+                }
+            });
+    }
+    let gpre: &[T] = gpre;
+    let alpha_e: &[T] = &alpha_store;
+    let ger: &[T] = &ger;
+
+    // Pass 2: over source nodes.
+    let dst = if with_out { g.dst() } else { Vec::new() };
+    let partials: Vec<Vec<T>> = gz
+        .par_chunks_mut(BLOCK * hf)
+        .enumerate()
+        .map_init(Vec::new, |gel: &mut Vec<T>, (b, gz_b)| {
+            // [g_a_src | g_a_dst] of this block, summed in node order.
+            let mut part = vec![T::zero(); 2 * hf];
+            for (jj, gz_j) in gz_b.chunks_mut(hf).enumerate() {
+                let j = b * BLOCK + jj;
+                gz_j.fill(T::zero());
+                gel.clear();
+                gel.resize(h, T::zero());
+                for k in c.edges(j) {
+                    for (hh, gl) in gel.iter_mut().enumerate() {
+                        *gl += gpre[k * h + hh];
+                    }
+                    if let Upstream::Out { g_out, .. } = up {
+                        let go = &g_out[dst[k] as usize * hf..][..hf];
+                        for hh in 0..h {
+                            axpy(
+                                &mut gz_j[hh * f..][..f],
+                                alpha_e[k * h + hh],
+                                &go[hh * f..][..f],
+                            );
+                        }
+                    }
+                }
+                let zj = &z[j * hf..][..hf];
+                for hh in 0..h {
+                    let (gl, gr) = (gel[hh], ger[j * h + hh]);
+                    let (asrc, adst) = (&a_src[hh * f..][..f], &a_dst[hh * f..][..f]);
+                    let (zjh, gzh) = (&zj[hh * f..][..f], &mut gz_j[hh * f..][..f]);
+                    let (ps, pd) = part.split_at_mut(hf);
+                    let (ps, pd) = (&mut ps[hh * f..][..f], &mut pd[hh * f..][..f]);
+                    for x in 0..f {
+                        gzh[x] += gl * asrc[x] + gr * adst[x];
+                        ps[x] += gl * zjh[x];
+                        pd[x] += gr * zjh[x];
+                    }
+                }
+            }
+            part
+        })
+        .collect();
+    g_a_src.fill(T::zero());
+    g_a_dst.fill(T::zero());
+    for part in &partials {
+        axpy(g_a_src, T::one(), &part[..hf]);
+        axpy(g_a_dst, T::one(), &part[hf..]);
+    }
+}
+
+// ---- fixed-attention aggregation ---------------------------------------------------------
+
+fn aggregate<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    // alpha[E,H], s[T,N,C], graph → y[T,N,C]
+    let [_, h] = dims::<2>(&inputs[0]);
+    let [_, n, c] = dims::<3>(&inputs[1]);
+    let ch = c / h;
+    let alpha = read::<T>(&inputs[0])?;
+    let s = read::<T>(&inputs[1])?;
+    let (g, _) = graph("aggregate", inputs, 2, n, false)?;
+    let y = write::<T>(&mut outputs[0])?;
+    y.par_chunks_mut(c)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, yr)| {
+            let (t, i) = (row / n, row % n);
+            yr.fill(T::zero());
+            for k in g.edges(i) {
+                let sr = &s[(t * n + g.src[k] as usize) * c..][..c];
+                for hh in 0..h {
+                    let o = hh * ch;
+                    axpy(&mut yr[o..o + ch], alpha[k * h + hh], &sr[o..o + ch]);
+                }
+            }
+        });
+    Ok(())
+}
+
+fn aggregate_backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    // g_y, alpha, s, graph → g_alpha, g_s
+    let [_, h] = dims::<2>(&inputs[1]);
+    let [tt, n, c] = dims::<3>(&inputs[2]);
+    let ch = c / h;
+    let gy = read::<T>(&inputs[0])?;
+    let alpha = read::<T>(&inputs[1])?;
+    let s = read::<T>(&inputs[2])?;
+    let (g, csc) = graph("aggregate_backward", inputs, 3, n, true)?;
+    let (o_ga, o_gs) = super::two(outputs);
+    let g_alpha = write::<T>(o_ga)?;
+    let g_s = write::<T>(o_gs)?;
+    let dst = g.dst();
+    // g_s[t, j, :] = Σ_{k out of j} α_k g_y[t, dst_k, :] (per head), in CSC order.
+    g_s.par_chunks_mut(c)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, gr)| {
+            let (t, j) = (row / n, row % n);
+            gr.fill(T::zero());
+            for k in csc.edges(j) {
+                let gyr = &gy[(t * n + dst[k] as usize) * c..][..c];
+                for hh in 0..h {
+                    let o = hh * ch;
+                    axpy(&mut gr[o..o + ch], alpha[k * h + hh], &gyr[o..o + ch]);
+                }
+            }
+        });
+    // g_alpha[k, h] = Σ_t ⟨g_y[t, dst_k, h-channels], s[t, src_k, h-channels]⟩.
+    g_alpha
+        .par_chunks_mut(h)
+        .enumerate()
+        .with_min_len(256)
+        .for_each(|(k, ga)| {
+            let (i, j) = (dst[k] as usize, g.src[k] as usize);
+            for (hh, out) in ga.iter_mut().enumerate() {
+                let mut acc = T::zero();
+                for t in 0..tt {
+                    let o = hh * ch;
+                    acc += dot(
+                        &gy[(t * n + i) * c + o..][..ch],
+                        &s[(t * n + j) * c + o..][..ch],
+                    );
+                }
+                *out = acc;
+            }
+        });
+    Ok(())
 }
