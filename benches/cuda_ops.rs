@@ -171,7 +171,11 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
         let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
         let mut gx = empty(be, &[t, n], DType::F32)?;
-        let op = Op::LifBackward { cfg, has_gv: true };
+        let op = Op::LifBackward {
+            cfg,
+            has_gs: true,
+            has_gv: true,
+        };
         let ms = time(be, reps, || exec(be, &op, &[&h, &gs, &gv], &mut [&mut gx]))?;
         emit("lif_bwd", "T=8 N=1048576 f32", ms, 4.0 * tn * 4.0, 0.0);
     }

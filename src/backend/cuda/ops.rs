@@ -624,7 +624,7 @@ impl CudaBackend {
                     &[
                         Arg::P(s[0]),
                         Arg::I(total as i32),
-                        t.s(*max_norm),
+                        Arg::D(*max_norm),
                         Arg::P(y[0]),
                         Arg::P(y[1]),
                     ],
@@ -643,7 +643,13 @@ impl CudaBackend {
                     &t.k("adamw_coefs"),
                     (1, 1, 1),
                     32,
-                    &[p(&x[2]), Arg::P(s[0]), Arg::D(cfg.beta1), Arg::D(cfg.beta2)],
+                    &[
+                        p(&x[2]),
+                        Arg::P(s[0]),
+                        Arg::D(cfg.beta1),
+                        Arg::D(cfg.beta2),
+                        Arg::D(cfg.weight_decay),
+                    ],
                 )?;
                 self.launch(
                     "adamw",
@@ -660,7 +666,6 @@ impl CudaBackend {
                         t.s(cfg.beta1),
                         t.s(cfg.beta2),
                         t.s(cfg.eps),
-                        t.s(cfg.weight_decay),
                         p(&x[1]),
                     ],
                 )
