@@ -137,6 +137,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: out.clone(),
                 resume,
                 quiet: false,
+                stop_after_steps: None,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -192,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: out.clone(),
                 resume: false,
                 quiet: false,
+                stop_after_steps: None,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);

@@ -89,8 +89,11 @@ impl GradCheck {
             .filter(|(_, &d)| d)
             .map(|(&i, _)| i)
             .collect();
-        let mut values: Vec<(ValueId, Tensor)> =
-            ids.iter().zip(inputs).map(|(&id, (_, t))| (id, t.clone())).collect();
+        let mut values: Vec<(ValueId, Tensor)> = ids
+            .iter()
+            .zip(inputs)
+            .map(|(&id, (_, t))| (id, t.clone()))
+            .collect();
         values.extend(weights);
         self.check_graph(g, loss, &values, &wrt)
     }

@@ -322,6 +322,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub resume: bool,
     pub quiet: bool,
+    /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
+    /// continues from there to exactly the numbers of an uninterrupted run.
+    pub stop_after_steps: Option<usize>,
 }
 
 /// Summary of a finished run.
@@ -465,11 +468,15 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 log.step(state.step, epoch, lr, &last, gps)?;
                 bar.set_message(format!("loss {:.3}", last.loss));
             }
-            if t.checkpoint_every > 0
-                && state.step % t.checkpoint_every == 0
-                && state.batch < steps_per_epoch
-            {
+            let stop = opts.stop_after_steps.is_some_and(|n| state.step >= n);
+            let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
+            if (periodic || stop) && state.batch < steps_per_epoch {
                 save(&engine, &state)?;
+            }
+            if stop {
+                bar.finish_and_clear();
+                log.flush()?;
+                return Ok(summary(&state, &last, final_recall, started, graphs_done));
             }
         }
         bar.finish_and_clear();
@@ -497,16 +504,26 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         }
     }
     log.flush()?;
+    Ok(summary(&state, &last, final_recall, started, graphs_done))
+}
+
+fn summary(
+    state: &TrainState,
+    last: &StepStats,
+    final_recall: Recall,
+    started: Instant,
+    graphs: usize,
+) -> TrainSummary {
     let seconds = started.elapsed().as_secs_f64();
-    Ok(TrainSummary {
+    TrainSummary {
         steps: state.step,
         seconds,
-        graphs_per_second: graphs_done as f64 / seconds.max(1e-9),
+        graphs_per_second: graphs as f64 / seconds.max(1e-9),
         final_recall,
         best_rsum: state.best_rsum,
         final_r: last.r,
-        final_spike_rates: last.spike_rates,
-    })
+        final_spike_rates: last.spike_rates.clone(),
+    }
 }
 
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
