@@ -22,7 +22,11 @@ fn bench(c: &mut Criterion) {
     engine.init().unwrap();
     let graphs = &split.graphs[..b];
     let caps: Vec<_> = split.captions[..b].iter().map(|c| &c[0]).collect();
-    let w = LossWeights { itc: 1.0, stl: 0.5, node: 0.5 };
+    let w = LossWeights {
+        itc: 1.0,
+        stl: 0.5,
+        node: 0.5,
+    };
     let mut step = 0;
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);

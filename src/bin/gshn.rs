@@ -85,6 +85,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Print the default run configuration (TOML): every key a --config file may set.
+    Config,
     /// Which backends and devices are available.
     Info,
 }
@@ -197,6 +199,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", RunConfig::default().to_toml());
             Ok(())
         }
         Command::Info => {
