@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod graph;
 pub mod model;
+pub mod opcli;
 pub mod ops;
 pub mod tensor;
 pub mod train;
