@@ -4,6 +4,7 @@
 //! The contracts are in DESIGN.md (shipped beside the crate as `../shared/DESIGN.md`).
 
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod error;
 pub mod graph;

@@ -538,7 +538,9 @@ impl<'a> Attrs<'a> {
         )
     }
     fn f64(&self, key: &str) -> Result<f64> {
-        self.value(key).as_f64().ok_or_else(|| self.bad(key, "a number"))
+        self.value(key)
+            .as_f64()
+            .ok_or_else(|| self.bad(key, "a number"))
     }
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.value(key) {
@@ -625,7 +627,11 @@ fn graph_of(ins: &Ins, n: usize) -> Result<(CsrGraph, Option<Vec<usize>>)> {
             if rp.numel() != n + 1 {
                 return Err(Error::shape(
                     op,
-                    format!("row_ptr has {} entries, expected N + 1 = {}", rp.numel(), n + 1),
+                    format!(
+                        "row_ptr has {} entries, expected N + 1 = {}",
+                        rp.numel(),
+                        n + 1
+                    ),
                 ));
             }
             Ok((CsrGraph::from_csr(idx(rp)?, idx(src)?)?, None))
@@ -689,7 +695,10 @@ fn permute_rows(t: &Tensor, perm: &[usize], inverse: bool) -> Result<Tensor> {
     if t.dims().first() != Some(&e) {
         return Err(Error::shape(
             "edge_index",
-            format!("an edge tensor of shape {:?} does not have E = {e} rows", t.shape()),
+            format!(
+                "an edge tensor of shape {:?} does not have E = {e} rows",
+                t.shape()
+            ),
         ));
     }
     let w = t.numel() / e.max(1);
@@ -741,10 +750,10 @@ impl Built {
     }
     fn graph_inputs(&mut self, csr: &CsrGraph) -> GraphInputs {
         let gi = GraphInputs::new(&mut self.graph, "", csr.nodes(), csr.edges());
-        for (v, t) in gi
-            .ids()
-            .into_iter()
-            .zip([&csr.row_ptr, &csr.src, &csr.col_ptr, &csr.col_edge])
+        for (v, t) in
+            gi.ids()
+                .into_iter()
+                .zip([&csr.row_ptr, &csr.src, &csr.col_ptr, &csr.col_edge])
         {
             self.feeds.push((v, t.clone()));
         }
@@ -907,7 +916,10 @@ pub fn run<B: Backend>(
                 if gt.shape() != &shape {
                     return Err(Error::shape(
                         spec.name,
-                        format!("{gname} must have the shape of {oname} {shape:?}, got {:?}", gt.shape()),
+                        format!(
+                            "{gname} must have the shape of {oname} {shape:?}, got {:?}",
+                            gt.shape()
+                        ),
                     ));
                 }
                 let gt = match (&b.perm, b.edge_outputs.contains(&oname)) {
