@@ -673,11 +673,7 @@ fn lif_all_options() {
                                 }
                                 cs.push(case(
                                     format!("lif_backward gv={has_gv} {tag}"),
-                                    Op::LifBackward {
-                                        cfg,
-                                        has_gs: true,
-                                        has_gv,
-                                    },
+                                    Op::LifBackward { cfg, has_gs: true, has_gv },
                                     ins,
                                     outs,
                                 ));
