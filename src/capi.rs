@@ -86,7 +86,11 @@ fn ffi(name: &str, f: impl FnOnce() -> Result<(), CErr>) -> c_int {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => GSHN_OK,
         Ok(Err(CErr(code, msg))) => {
-            set_error(&msg);
+            if msg.starts_with(name) {
+                set_error(&msg);
+            } else {
+                set_error(&format!("{name}: {msg}"));
+            }
             code
         }
         Err(p) => {
@@ -244,6 +248,9 @@ enum Src {
     Host(Tensor),
 }
 
+/// Inputs of one op with their shapes.
+type Inputs = Vec<(Src, Meta)>;
+
 /// An output the caller receives (NULL = not wanted, allowed only where `required` is false).
 struct Dst {
     ptr: *mut c_void,
@@ -267,7 +274,7 @@ fn dst_opt(ptr: *mut c_void, name: &'static str) -> Dst {
 }
 
 /// Runs `op` with inputs `ins` (metas `metas`) and writes its outputs into `outs`.
-fn exec(f: &str, mem: Mem, op: Op, ins: Vec<(Src, Meta)>, outs: Vec<Dst>) -> Result<(), CErr> {
+fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
     let metas: Vec<Meta> = ins.iter().map(|i| i.1.clone()).collect();
     let out_metas = op.infer(&metas)?;
     if out_metas.len() != outs.len() {
@@ -311,12 +318,7 @@ fn host_storage(p: *const c_void, m: &Meta) -> Storage {
     }
 }
 
-fn exec_host(
-    op: Op,
-    ins: Vec<(Src, Meta)>,
-    outs: Vec<Dst>,
-    out_metas: Vec<Meta>,
-) -> Result<(), CErr> {
+fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Result<(), CErr> {
     let be = CpuBackend;
     let bufs: Vec<(Storage, Meta)> = ins
         .into_iter()
@@ -372,7 +374,7 @@ fn exec_cuda(
     _device: c_int,
     _stream: *mut c_void,
     _op: Op,
-    _ins: Vec<(Src, Meta)>,
+    _ins: Inputs,
     _outs: Vec<Dst>,
     _out_metas: Vec<Meta>,
 ) -> Result<(), CErr> {
@@ -434,7 +436,7 @@ mod cuda_path {
         device: c_int,
         stream: *mut c_void,
         op: Op,
-        ins: Vec<(Src, Meta)>,
+        ins: Inputs,
         outs: Vec<Dst>,
         out_metas: Vec<Meta>,
     ) -> Result<(), CErr> {
@@ -520,7 +522,7 @@ use cuda_path::exec_cuda;
 // ---- the ops -------------------------------------------------------------------------------
 
 /// A second list of the same inputs (host tensors cloned, pointers copied).
-fn dup(v: &[(Src, Meta)]) -> Vec<(Src, Meta)> {
+fn dup(v: &[(Src, Meta)]) -> Inputs {
     v.iter()
         .map(|(s, mt)| match s {
             Src::Host(t) => (Src::Host(t.clone()), mt.clone()),
@@ -621,17 +623,7 @@ fn gat_inputs(
     a_src: *const c_void,
     a_dst: *const c_void,
     edge_bias: *const c_void,
-) -> Result<
-    (
-        Vec<(Src, Meta)>,
-        Vec<(Src, Meta)>,
-        usize,
-        usize,
-        usize,
-        usize,
-    ),
-    CErr,
-> {
+) -> Result<(Inputs, Inputs, usize, usize, usize, usize), CErr> {
     let g = graph_of(f, graph)?;
     let (n, e) = (g.nodes(), g.edges());
     let (h, fe) = (size(f, "heads", heads)?, size(f, "feat", feat)?);
@@ -747,7 +739,7 @@ fn agg_inputs(
     c: i64,
     alpha: *const c_void,
     s: *const c_void,
-) -> Result<(Vec<(Src, Meta)>, Vec<(Src, Meta)>, [usize; 3]), CErr> {
+) -> Result<(Inputs, Inputs, [usize; 3]), CErr> {
     let g = graph_of(f, graph)?;
     let (n, e) = (g.nodes(), g.edges());
     let (h, t, c) = (size(f, "heads", heads)?, size(f, "T", t)?, size(f, "C", c)?);
