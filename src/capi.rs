@@ -287,16 +287,29 @@ fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CE
             ),
         ));
     }
-    for ((src, m), _) in ins.iter().zip(&metas) {
+    let misaligned = |p: usize, m: &Meta| p % m.dtype.size() != 0;
+    for (src, m) in &ins {
         if let Src::Ptr(p, name) = src {
             if p.is_null() && m.shape.numel() > 0 {
                 return Err(arg_err(f, format!("{name} is NULL")));
+            }
+            if misaligned(*p as usize, m) {
+                return Err(arg_err(
+                    f,
+                    format!("{name} is not aligned for {:?}", m.dtype),
+                ));
             }
         }
     }
     for (d, m) in outs.iter().zip(&out_metas) {
         if d.required && d.ptr.is_null() && m.shape.numel() > 0 {
             return Err(arg_err(f, format!("{} is NULL", d.name)));
+        }
+        if misaligned(d.ptr as usize, m) {
+            return Err(arg_err(
+                f,
+                format!("{} is not aligned for {:?}", d.name, m.dtype),
+            ));
         }
     }
     match mem {

@@ -158,6 +158,8 @@ int main(int argc, char **argv) {
     EXPECT_ERR(gshn_lif_forward_cpu(&lp, 7, T, NN, x, spikes, v, h), GSHN_ERR_INVALID_ARGUMENT);
     EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, -1, NN, x, spikes, v, h),
                GSHN_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, (const char *)x + 1, spikes, v, h),
+               GSHN_ERR_INVALID_ARGUMENT); /* misaligned */
     EXPECT_ERR(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, NULL, NULL, gx, NULL),
                GSHN_ERR_INVALID_ARGUMENT);
     gshn_lif_params bad = lp;
