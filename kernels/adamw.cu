@@ -6,16 +6,20 @@
 //   min(ceil(n/2048), 256)), block 256 (multiple of 32). For a global norm over many tensors, give each
 //   tensor its own slice of one partial buffer (pass part + offset) and then one clip_coef over all.
 //   Same sizes -> same G (bit reproducibility). n == 0 gives a 0 partial.
-// clip_coef_{f32,f64}(const T* part, int nparts, T max_norm, T* coef, T* total_norm)
-//   total = sqrt(sum of partials) (fixed order); coef[0] = min(1, max_norm / (total + 1e-6));
-//   total_norm nullable. grid 1, block 256.
-// adamw_coefs_{f32,f64}(const T* hyper, T* coefs, double beta1, double beta2)
-//   From the device hyper-parameters hyper[2] = (lr, step) (Op::AdamW input, no host read):
-//   coefs[0] = lr, coefs[1] = bc1 = 1 - beta1^step, coefs[2] = bc2 = 1 - beta2^step (f64 math, then
-//   rounded to T). grid 1, block 32 (one thread works).
+// clip_coef_{f32,f64}(const T* part, int nparts, double max_norm, T* coef, T* total_norm)
+//   total = sqrt(sum of partials) (fixed order, f64); coef[0] = min(1, max_norm / (total + 1e-6))
+//   in f64, or 0 when total is not finite (crate::ops::optim::clip_factor); total_norm nullable.
+//   grid 1, block 256.
+// adamw_coefs_{f32,f64}(const T* hyper, T* coefs, double beta1, double beta2, double wd)
+//   From the device hyper-parameters hyper[2] = (lr, step) (Op::AdamW input, no host read), in f64
+//   and then rounded to T (as the CPU backend): coefs[0] = decay = 1 - lr*wd,
+//   coefs[1] = step_size = lr / (1 - beta1^step), coefs[2] = sqrt(1 - beta2^step).
+//   grid 1, block 32 (one thread works).
 // adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1, T beta2, T eps,
-//                      T wd, const T* gscale)
-//   coefs = (lr, bc1, bc2) on the device (adamw_coefs).
+//                      const T* gscale)
+//   coefs from adamw_coefs:  p = p*decay - step_size * m / (sqrt(v)/coefs[2] + eps).
+//   gscale[0] == 0 or non-finite (ClipScale of a non-finite gradient norm): the step is SKIPPED
+//   (p, m, v unchanged), as on the CPU.
 //   In place on p, m, v (elementwise, flat grid-stride; block 256, grid any; skip when n == 0):
 //     gg = g * (gscale ? gscale[0] : 1)          (gscale = clip coefficient, device scalar)
 //     p  = p * (1 - lr*wd)                        (decoupled weight decay; pass wd = 0 to exclude)
@@ -32,36 +36,36 @@ template <typename T> __device__ void sqnorm_partial(const T* __restrict__ x, in
 }
 
 template <typename T>
-__device__ void clip_coef(const T* __restrict__ part, int nparts, T max_norm, T* __restrict__ coef,
+__device__ void clip_coef(const T* __restrict__ part, int nparts, double max_norm, T* __restrict__ coef,
                           T* __restrict__ total_norm) {
-    T acc = T(0);
-    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += (double)part[i];
     acc = block_sum(acc);
     if (threadIdx.x == 0) {
-        const T tot = g_sqrt(acc);
-        coef[0] = g_min(T(1), max_norm / (tot + T(1e-6)));
-        if (total_norm) total_norm[0] = tot;
+        const double tot = sqrt(acc);
+        const bool finite = tot - tot == 0.0;
+        coef[0] = finite ? (T)fmin(1.0, max_norm / (tot + 1e-6)) : T(0);
+        if (total_norm) total_norm[0] = (T)tot;
     }
 }
 
 template <typename T>
-__device__ void adamw_coefs(const T* __restrict__ hyper, T* __restrict__ coefs, double beta1, double beta2) {
+__device__ void adamw_coefs(const T* __restrict__ hyper, T* __restrict__ coefs, double beta1, double beta2,
+                            double wd) {
     if (threadIdx.x == 0 && blockIdx.x == 0) {
-        const double t = (double)hyper[1];
-        coefs[0] = hyper[0];
-        coefs[1] = (T)(1.0 - pow(beta1, t));
-        coefs[2] = (T)(1.0 - pow(beta2, t));
+        const double lr = (double)hyper[0], t = (double)hyper[1];
+        coefs[0] = (T)(1.0 - lr * wd);
+        coefs[1] = (T)(lr / (1.0 - pow(beta1, t)));
+        coefs[2] = (T)sqrt(1.0 - pow(beta2, t));
     }
 }
 
 template <typename T>
 __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int n,
-                           const T* __restrict__ coefs, T beta1, T beta2, T eps, T wd, const T* __restrict__ gscale) {
-    const T lr = coefs[0], bc1 = coefs[1], bc2 = coefs[2];
+                           const T* __restrict__ coefs, T beta1, T beta2, T eps, const T* __restrict__ gscale) {
+    const T decay = coefs[0], step = coefs[1], bc2s = coefs[2];
     const T gs = gscale ? gscale[0] : T(1);
-    const T decay = T(1) - lr * wd;
-    const T step = lr / bc1;
-    const T bc2s = g_sqrt(bc2);
+    if (!(gs != T(0) && gs - gs == T(0))) return;  // 0, NaN or +-inf: skip the step
     GRID_STRIDE(i, n) {
         const T gg = g[i] * gs;
         const T mi = beta1 * m[i] + (T(1) - beta1) * gg;
@@ -74,15 +78,16 @@ __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __rest
 
 #define ADAMW_INST(T, SUF)                                                                                       \
     extern "C" __global__ void sqnorm_partial_##SUF(const T* x, int n, T* part) { sqnorm_partial<T>(x, n, part); } \
-    extern "C" __global__ void clip_coef_##SUF(const T* part, int nparts, T max_norm, T* coef, T* total_norm) {  \
+    extern "C" __global__ void clip_coef_##SUF(const T* part, int nparts, double max_norm, T* coef, T* total_norm) {  \
         clip_coef<T>(part, nparts, max_norm, coef, total_norm);                                                  \
     }                                                                                                            \
-    extern "C" __global__ void adamw_coefs_##SUF(const T* hyper, T* coefs, double beta1, double beta2) {         \
-        adamw_coefs<T>(hyper, coefs, beta1, beta2);                                                              \
+    extern "C" __global__ void adamw_coefs_##SUF(const T* hyper, T* coefs, double beta1, double beta2,          \
+                                                 double wd) {                                                    \
+        adamw_coefs<T>(hyper, coefs, beta1, beta2, wd);                                                          \
     }                                                                                                            \
     extern "C" __global__ void adamw_step_##SUF(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1,   \
-                                                T beta2, T eps, T wd, const T* gscale) {                         \
-        adamw_step<T>(p, g, m, v, n, coefs, beta1, beta2, eps, wd, gscale);                                      \
+                                                T beta2, T eps, const T* gscale) {                               \
+        adamw_step<T>(p, g, m, v, n, coefs, beta1, beta2, eps, gscale);                                          \
     }
 
 ADAMW_INST(float, f32)

@@ -19,7 +19,7 @@
 // l2norm_fwd_{f32,f64}(const T* x, T* y, T* norm, int R, int C, T eps)
 //   torch F.normalize: y = x / max(||x||, eps); norm[r] = ||x_r|| saved (nullable).
 // l2norm_bwd_{f32,f64}(const T* gy, const T* y, const T* norm, T* gx, int R, int C, T eps)
-//   ||x|| > eps: gx = (gy - y <gy,y>) / ||x||;  else gx = gy / eps.
+//   ||x|| >= eps: gx = (gy - y <gy,y>) / ||x||;  else gx = gy / eps (as the CPU backend).
 // softmax_fwd_{f32,f64}(const T* x, const T* valid, T* y, int R, int C, int rows_per_mask, T scale)
 //   y[r,:] = softmax(scale * x[r,:]) over positions with valid[r / rows_per_mask, c] != 0 (float
 //   keep mask [R/rows_per_mask, C] of the x dtype, as Op::MaskedSoftmax: 1 = attend, 0 = padding;
@@ -135,7 +135,7 @@ __device__ void l2norm_bwd(const T* __restrict__ gy, const T* __restrict__ y, co
         const T* yr = y + r * C;
         T* o = gx + r * C;
         const T nr = norm[r];
-        if (nr > eps) {
+        if (nr >= eps) {
             T s = T(0);
             for (int c = lane; c < C; c += 32) s += gr[c] * yr[c];
             const T dot = warp_sum(s);

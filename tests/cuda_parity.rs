@@ -268,9 +268,7 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
 
 const F32: DType = DType::F32;
 
-#[test]
-fn basic_ops() {
-    let Some(be) = cuda() else { return };
+fn basic_ops_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(1);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
@@ -429,12 +427,16 @@ fn basic_ops() {
             ));
         }
     }
-    check_all(&be, cs);
+    cs
 }
 
 #[test]
-fn layout_ops() {
+fn basic_ops() {
     let Some(be) = cuda() else { return };
+    check_all(&be, basic_ops_cases());
+}
+
+fn layout_ops_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(2);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
@@ -539,12 +541,16 @@ fn layout_ops() {
         vec![ii.clone(), ii],
         vec![meta(&[8, 6], DType::I32)],
     ));
-    check_all(&be, cs);
+    cs
 }
 
 #[test]
-fn norm_ops() {
+fn layout_ops() {
     let Some(be) = cuda() else { return };
+    check_all(&be, layout_ops_cases());
+}
+
+fn norm_ops_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(3);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
@@ -607,12 +613,16 @@ fn norm_ops() {
             vec![meta(&[b, g, l], dt)],
         ));
     }
-    check_all(&be, cs);
+    cs
 }
 
 #[test]
-fn lif_all_options() {
+fn norm_ops() {
     let Some(be) = cuda() else { return };
+    check_all(&be, norm_ops_cases());
+}
+
+fn lif_all_options_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(4);
     let mut cs = Vec::new();
     let (t, n) = (7, 1037);
@@ -661,8 +671,11 @@ fn lif_all_options() {
                             }
                             cs.push(c);
                             let h = rand_t(&mut r, &[t, n], dt, -0.5, 1.5);
-                            for has_gv in [false, true] {
-                                let mut ins = vec![h.clone(), rnd(&mut r, &[t, n], dt)];
+                            for (has_gs, has_gv) in [(true, false), (true, true), (false, true)] {
+                                let mut ins = vec![h.clone()];
+                                if has_gs {
+                                    ins.push(rnd(&mut r, &[t, n], dt));
+                                }
                                 if has_gv {
                                     ins.push(rnd(&mut r, &[t, n], dt));
                                 }
@@ -672,8 +685,12 @@ fn lif_all_options() {
                                     outs.push(meta(&[], dt));
                                 }
                                 cs.push(case(
-                                    format!("lif_backward gv={has_gv} {tag}"),
-                                    Op::LifBackward { cfg, has_gs: true, has_gv },
+                                    format!("lif_backward gs={has_gs} gv={has_gv} {tag}"),
+                                    Op::LifBackward {
+                                        cfg,
+                                        has_gs,
+                                        has_gv,
+                                    },
                                     ins,
                                     outs,
                                 ));
@@ -684,7 +701,13 @@ fn lif_all_options() {
             }
         }
     }
-    check_all(&be, cs);
+    cs
+}
+
+#[test]
+fn lif_all_options() {
+    let Some(be) = cuda() else { return };
+    check_all(&be, lif_all_options_cases());
 }
 
 fn gat_cases(
@@ -806,21 +829,23 @@ fn gat_cases(
     cs
 }
 
-#[test]
-fn gat_and_aggregate() {
-    let Some(be) = cuda() else { return };
+fn gat_and_aggregate_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(5);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
         cs.extend(gat_cases(&mut r, dt, 301, 0.1, 40, "N=301 zero-in-degree"));
         cs.extend(gat_cases(&mut r, dt, 17, 0.0, 0, "N=17 no edges"));
     }
-    check_all(&be, cs);
+    cs
 }
 
 #[test]
-fn infonce_batches() {
+fn gat_and_aggregate() {
     let Some(be) = cuda() else { return };
+    check_all(&be, gat_and_aggregate_cases());
+}
+
+fn infonce_batches_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(6);
     let mut cs = Vec::new();
     for b in [1usize, 7, 1000, 4097] {
@@ -886,12 +911,16 @@ fn infonce_batches() {
             ));
         }
     }
-    check_all(&be, cs);
+    cs
 }
 
 #[test]
-fn segment_and_optim() {
+fn infonce_batches() {
     let Some(be) = cuda() else { return };
+    check_all(&be, infonce_batches_cases());
+}
+
+fn segment_and_optim_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(7);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
@@ -959,7 +988,13 @@ fn segment_and_optim() {
             vec![meta(&[n], dt); 3],
         ));
     }
-    check_all(&be, cs);
+    cs
+}
+
+#[test]
+fn segment_and_optim() {
+    let Some(be) = cuda() else { return };
+    check_all(&be, segment_and_optim_cases());
 }
 
 /// A small graph end to end on both executors (forward, backward, fetch).
@@ -1000,4 +1035,41 @@ fn executor_end_to_end() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Runs here too (no GPU needed): every case is accepted by the CPU reference, so the cases
+/// themselves (arity, shapes, dtypes, index validity) are right before they reach a GPU.
+#[test]
+fn cpu_reference_accepts_every_case() {
+    let mut bad = Vec::new();
+    let mut n = 0;
+    for cases in [
+        basic_ops_cases(),
+        layout_ops_cases(),
+        norm_ops_cases(),
+        lif_all_options_cases(),
+        gat_and_aggregate_cases(),
+        infonce_batches_cases(),
+        segment_and_optim_cases(),
+    ] {
+        for c in cases {
+            n += 1;
+            match run(&CpuBackend, &c, false) {
+                Ok(out) => {
+                    for (i, (o, m)) in out.iter().zip(&c.outs).enumerate() {
+                        if o.shape() != &m.shape || o.to_f64_vec().iter().any(|v| v.is_nan()) {
+                            bad.push(format!("{}: output {i} is NaN or misshaped", c.name));
+                        }
+                    }
+                }
+                Err(e) => bad.push(format!("{}: {e}", c.name)),
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {n} cases rejected:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }

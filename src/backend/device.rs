@@ -99,6 +99,7 @@ impl Device {
 }
 
 /// The CPU or a CUDA backend, chosen at run time (`Device::backend`).
+#[allow(clippy::large_enum_variant)] // one per process; boxing buys nothing
 pub enum AnyBackend {
     Cpu(CpuBackend),
     #[cfg(feature = "cuda")]

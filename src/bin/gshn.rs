@@ -106,6 +106,8 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Print the default run configuration (TOML): every key a --config file may set.
+    Config,
     /// Which backends and devices are available.
     Info,
 }
@@ -158,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: out.clone(),
                 resume,
                 quiet: false,
+                stop_after_steps: None,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -213,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 out: out.clone(),
                 resume: false,
                 quiet: false,
+                stop_after_steps: None,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -236,6 +240,10 @@ fn run(cli: Cli) -> Result<()> {
             let backend = device.parse::<Device>()?.backend()?;
             let line = gshn::opcli::run_files(&name, &inputs, &out, attrs.as_deref(), backend)?;
             println!("{line}");
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", RunConfig::default().to_toml());
             Ok(())
         }
         Command::Info => {

@@ -89,26 +89,45 @@ impl GradCheck {
             .filter(|(_, &d)| d)
             .map(|(&i, _)| i)
             .collect();
-        let grads = g.backward(loss, &wrt)?;
+        let mut values: Vec<(ValueId, Tensor)> = ids
+            .iter()
+            .zip(inputs)
+            .map(|(&id, (_, t))| (id, t.clone()))
+            .collect();
+        values.extend(weights);
+        self.check_graph(g, loss, &values, &wrt)
+    }
 
+    /// Checks d`loss`/d`v` for each `v` in `wrt` on an existing f64 graph whose inputs and
+    /// persistent values are all given in `values` (wrt values among them).
+    pub fn check_graph(
+        &self,
+        mut g: Graph,
+        loss: ValueId,
+        values: &[(ValueId, Tensor)],
+        wrt: &[ValueId],
+    ) -> Result<Vec<InputReport>> {
+        let mut rng = SplitMix64::new(self.seed ^ 0x9e37);
+        let grads = g.backward(loss, wrt)?;
         let mut fetch = vec![loss];
         fetch.extend(&grads);
         let mut full = Executor::new(CpuBackend, g.clone(), &fetch)?;
         let mut fwd = Executor::new(CpuBackend, g, &[loss])?;
         for ex in [&mut full, &mut fwd] {
-            for (&id, (_, t)) in ids.iter().zip(inputs) {
-                ex.set(id, t)?;
-            }
-            for (w, t) in &weights {
-                ex.set(*w, t)?;
+            for (id, t) in values {
+                ex.set(*id, t)?;
             }
         }
         full.run()?;
 
         let mut reports = Vec::new();
         for (k, &id) in wrt.iter().enumerate() {
-            let idx = ids.iter().position(|&i| i == id).unwrap();
-            let (name, base) = (&inputs[idx].0, &inputs[idx].1);
+            let base = &values
+                .iter()
+                .find(|(v, _)| *v == id)
+                .ok_or_else(|| Error::graph(format!("gradcheck: no value given for {id:?}")))?
+                .1;
+            let name = fwd.graph().value(id).name.clone();
             let analytic = full.get(grads[k])?.to_f64_vec();
             let n = base.numel();
             let mut picks: Vec<usize> = (0..n).collect();

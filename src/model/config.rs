@@ -138,7 +138,7 @@ impl ModelConfig {
         if self.text.max_len < 2 {
             return bad("model.text.max_len must be ≥ 2 ([CLS] and one word)".into());
         }
-        if !(self.lif.tau > 1.0) {
+        if self.lif.tau.is_nan() || self.lif.tau <= 1.0 {
             return bad(format!("model.lif.tau must be > 1, got {}", self.lif.tau));
         }
         Ok(())

@@ -106,8 +106,13 @@ const NORM_EPS: f64 = 1e-12;
 impl Gshn {
     /// Builds the forward graph (no backward, no optimizer: see `train`).
     pub fn build(config: &ModelConfig, cap: Capacity) -> Result<Gshn> {
+        Self::build_in(config, cap, DType::F32)
+    }
+
+    /// `build` with every float value in `dtype` (f64 for gradient checks).
+    pub fn build_in(config: &ModelConfig, cap: Capacity, dtype: DType) -> Result<Gshn> {
         config.validate()?;
-        let f32_ = DType::F32;
+        let f32_ = dtype;
         let mut graph = Graph::new();
         let (n, e, d, t_steps, heads) = (
             cap.nodes,
@@ -219,6 +224,11 @@ impl Gshn {
                     None => attention[l.min(attention.len() - 1)],
                 };
                 let (w, _) = ps.linear(&format!("snn.{l}.lin"), d, d, false);
+                // PLIF: a learnable time constant per layer.
+                let tau = config
+                    .lif
+                    .learnable_tau
+                    .then(|| ps.param(&format!("snn.{l}.tau"), [], Init::Constant(config.lif.tau)));
                 let gamma = ps.param(&format!("snn.{l}.norm.weight"), [d], Init::Constant(1.0));
                 let beta = ps.param(&format!("snn.{l}.norm.bias"), [d], Init::Constant(0.0));
                 let g = &mut *ps.graph;
@@ -229,7 +239,10 @@ impl Gshn {
                 // neurons fire from the first step on (without it they start silent).
                 let cur = g.layer_norm(cur, gamma, beta, LN_EPS)?;
                 let cur = g.reshape(cur, [t_steps, n * d])?;
-                let lif = g.lif(cur, config.lif)?;
+                let lif = match tau {
+                    Some(tau) => g.plif(cur, tau, config.lif)?,
+                    None => g.lif(cur, config.lif)?,
+                };
                 // firing rate over real nodes: mean over channels, then weighted over (t, node)
                 let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
                 let per_node = g.push1(

@@ -70,13 +70,16 @@ impl Surrogate {
     }
 }
 
-/// LIF attributes.
+/// LIF attributes. In a TOML config every key is optional; `v_reset = "soft"` selects the
+/// soft reset.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LifConfig {
     /// Membrane time constant (> 1). When `learnable_tau`, the initial value; tau is then an input.
     pub tau: f64,
     pub v_th: f64,
     /// `Some(v)`: hard reset to v. `None`: soft reset (subtract v_th), leak toward 0.
+    #[serde(with = "reset_serde")]
     pub v_reset: Option<f64>,
     pub decay_input: bool,
     pub detach_reset: bool,
@@ -86,6 +89,35 @@ pub struct LifConfig {
     /// Test mode: spikes are the surrogate's smooth primitive instead of a step, so the
     /// whole BPTT can be checked by finite differences.
     pub smooth: bool,
+}
+
+/// `v_reset` in configs: a number (hard reset to it) or the string "soft".
+mod reset_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) => s.serialize_f64(*x),
+            None => s.serialize_str("soft"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reset {
+        Value(f64),
+        Word(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Reset::deserialize(d)? {
+            Reset::Value(x) => Ok(Some(x)),
+            Reset::Word(w) if w == "soft" => Ok(None),
+            Reset::Word(w) => Err(serde::de::Error::custom(format!(
+                "v_reset must be a number or \"soft\", got {w:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for LifConfig {

@@ -15,6 +15,11 @@ fn st_dtype(d: DType) -> StDtype {
     }
 }
 
+/// Named tensors, in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+/// A safetensors file's string metadata.
+pub type Metadata = HashMap<String, String>;
+
 fn bytes_of(t: &Tensor) -> &[u8] {
     match t.storage() {
         Storage::F32(v) => bytemuck::cast_slice(v),
@@ -51,7 +56,7 @@ pub fn save_safetensors(
 
 /// Tensors and metadata of a safetensors file, with errors that name the file. f16/bf16
 /// tensors are widened to f32; other dtypes are refused.
-pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+pub fn load_safetensors(path: &Path) -> Result<(NamedTensors, Metadata)> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -62,9 +67,7 @@ pub fn load_safetensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<S
     })
 }
 
-fn parse_safetensors(
-    bytes: &[u8],
-) -> std::result::Result<(Vec<(String, Tensor)>, HashMap<String, String>), String> {
+fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadata), String> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let st = safetensors::SafeTensors::deserialize(bytes)

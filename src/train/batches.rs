@@ -39,36 +39,63 @@ pub struct LossWeights {
     pub node: f32,
 }
 
-/// Static sizes shared by the data side (`BatchCapacity`) and the model (`Capacity`).
-pub fn capacities(
-    batch: usize,
-    nodes_per_graph: usize,
-    edges_per_graph: usize,
-    pixels_per_graph: usize,
-    pixel_channels: usize,
-    categories: usize,
-    vocab: usize,
-    node_samples_per_graph: usize,
-) -> (BatchCapacity, Capacity) {
-    let data = BatchCapacity {
-        batch_size: batch,
-        max_nodes_per_graph: nodes_per_graph,
-        max_edges_per_graph: edges_per_graph,
-        pixels_per_graph,
-    };
-    let model = Capacity {
-        batch,
-        nodes: data.node_cap(),
-        edges: data.edge_cap(),
-        pixels: data.pixel_cap(),
-        pixel_channels,
-        categories,
-        edge_features: crate::data::graph::EDGE_FEAT_DIM,
-        geometry: crate::data::graph::GEOMETRY_DIM,
-        node_samples: batch * node_samples_per_graph,
-        vocab,
-    };
-    (data, model)
+/// The static sizes a model is built for, fixed by the data it was trained on (saved in
+/// checkpoints, so a run can be evaluated on other data of no larger graphs).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataShape {
+    /// Node slots per image: the largest graph plus one spare (the unused edge slots become
+    /// self-loops of padding nodes, see `PaddedCsr`).
+    pub nodes_per_graph: usize,
+    pub edges_per_graph: usize,
+    pub pixels_per_graph: usize,
+    pub pixel_channels: usize,
+    pub categories: usize,
+}
+
+impl DataShape {
+    /// Capacities that fit every graph of `splits`.
+    pub fn of(splits: &[&PreparedSplit], categories: usize) -> Result<DataShape> {
+        let first = splits
+            .iter()
+            .flat_map(|s| s.graphs.first())
+            .next()
+            .ok_or_else(|| crate::Error::invalid("data", "no images"))?;
+        Ok(DataShape {
+            nodes_per_graph: splits.iter().map(|s| s.max_nodes()).max().unwrap_or(1) + 1,
+            edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
+            pixels_per_graph: first.num_pixels(),
+            pixel_channels: first.feat_dim,
+            categories,
+        })
+    }
+
+    /// Static sizes for the data side (`BatchCapacity`) and the model (`Capacity`).
+    pub fn capacities(
+        &self,
+        batch: usize,
+        vocab: usize,
+        node_samples_per_graph: usize,
+    ) -> (BatchCapacity, Capacity) {
+        let data = BatchCapacity {
+            batch_size: batch,
+            max_nodes_per_graph: self.nodes_per_graph,
+            max_edges_per_graph: self.edges_per_graph,
+            pixels_per_graph: self.pixels_per_graph,
+        };
+        let model = Capacity {
+            batch,
+            nodes: data.node_cap(),
+            edges: data.edge_cap(),
+            pixels: data.pixel_cap(),
+            pixel_channels: self.pixel_channels,
+            categories: self.categories,
+            edge_features: crate::data::graph::EDGE_FEAT_DIM,
+            geometry: crate::data::graph::GEOMETRY_DIM,
+            node_samples: batch * node_samples_per_graph,
+            vocab,
+        };
+        (data, model)
+    }
 }
 
 /// Feeds batches into any executor of a model graph.
@@ -108,7 +135,7 @@ impl Feeder {
         let b = collate(graphs, &self.data_cap)?;
         let i = &self.inputs;
         let (n, e) = (b.node_cap, b.edge_cap);
-        let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| -> Result<()> { ex.set(v, &t?) };
+        let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| set_as(ex, v, t?);
         set(
             ex,
             i.pixel_feats,
@@ -204,13 +231,24 @@ impl Feeder {
             }
         }
         ex.set(self.inputs.tokens, &Tensor::new([bs * l], ids)?)?;
-        ex.set(self.inputs.token_keep, &Tensor::new([bs, l], keep)?)
+        set_as(ex, self.inputs.token_keep, Tensor::new([bs, l], keep)?)
     }
 
     pub fn feed_weights<B: Backend>(&self, ex: &mut Executor<B>, w: LossWeights) -> Result<()> {
-        ex.set(self.inputs.w_itc, &Tensor::scalar(w.itc))?;
-        ex.set(self.inputs.w_stl, &Tensor::scalar(w.stl))?;
-        ex.set(self.inputs.w_node, &Tensor::scalar(w.node))
+        set_as(ex, self.inputs.w_itc, Tensor::scalar(w.itc))?;
+        set_as(ex, self.inputs.w_stl, Tensor::scalar(w.stl))?;
+        set_as(ex, self.inputs.w_node, Tensor::scalar(w.node))
+    }
+}
+
+/// Sets a value, converting float data to the value's dtype (models built in f64 for
+/// gradient checks take the same batches).
+fn set_as<B: Backend>(ex: &mut Executor<B>, v: crate::graph::ValueId, t: Tensor) -> Result<()> {
+    let want = ex.graph().dtype(v);
+    if t.dtype() == want {
+        ex.set(v, &t)
+    } else {
+        ex.set(v, &t.to_dtype(want)?)
     }
 }
 

@@ -2,9 +2,9 @@
 //! step counters, the config, the vocabulary and the data shape — written atomically, so a
 //! crash never leaves a torn checkpoint, and enough to resume to bit-identical numbers.
 
+use super::batches::DataShape;
 use super::config::RunConfig;
 use super::retrieval::Recall;
-use super::trainer::{data_shape_from_meta, DataShape};
 use crate::data::Vocab;
 use crate::error::{Error, Result};
 use crate::tensor::io::{load_safetensors, save_safetensors};
@@ -40,7 +40,7 @@ fn path_of(dir: &Path) -> PathBuf {
 }
 
 impl Checkpoint {
-    pub fn save(&self, dir: &Path, shape_meta: &str) -> Result<()> {
+    pub fn save(&self, dir: &Path) -> Result<()> {
         let meta = HashMap::from([
             ("format".to_string(), "gshn-checkpoint-1".to_string()),
             (
@@ -52,7 +52,10 @@ impl Checkpoint {
                 "vocab".to_string(),
                 serde_json::to_string(self.vocab.tokens()).expect("vocab serialises"),
             ),
-            ("data_shape".to_string(), shape_meta.to_string()),
+            (
+                "data_shape".to_string(),
+                serde_json::to_string(&self.shape).expect("shape serialises"),
+            ),
         ]);
         save_safetensors(&path_of(dir), &self.tensors, Some(meta))
     }
@@ -83,7 +86,8 @@ impl Checkpoint {
         let config = RunConfig::parse(get("config")?).map_err(|e| bad(format!("config: {e}")))?;
         let tokens: Vec<String> =
             serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
-        let shape = data_shape_from_meta(get("data_shape")?)?;
+        let shape: DataShape = serde_json::from_str(get("data_shape")?)
+            .map_err(|e| bad(format!("data shape: {e}")))?;
         Ok(Some(Checkpoint {
             config,
             vocab: Vocab::from_token_list(tokens),

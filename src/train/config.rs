@@ -132,7 +132,7 @@ impl RunConfig {
     /// 2-core CPU.
     pub fn demo() -> RunConfig {
         let mut c = RunConfig::default();
-        c.train.epochs = 12;
+        c.train.epochs = 30;
         c
     }
     pub fn to_toml(&self) -> String {

@@ -47,10 +47,10 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
         count(rank, &mut i2t);
     }
     let mut t2i = [0usize; 3];
-    for t in 0..nt {
-        let truth = sim(caption_image[t], t);
+    for (t, &owner) in caption_image.iter().enumerate() {
+        let truth = sim(owner, t);
         let rank = (0..ni)
-            .filter(|&i| i != caption_image[t] && sim(i, t) >= truth)
+            .filter(|&i| i != owner && sim(i, t) >= truth)
             .count();
         count(rank, &mut t2i);
     }

@@ -2,7 +2,7 @@
 //! per-epoch retrieval on the val split, atomic checkpoints with exact resume, a metrics log
 //! and plots.
 
-use super::batches::{capacities, Feeder, LossWeights, PreparedSplit};
+use super::batches::{DataShape, Feeder, LossWeights, PreparedSplit};
 use super::checkpoint::{Checkpoint, TrainState};
 use super::config::{Layout, RunConfig};
 use super::retrieval::{recall, Recall};
@@ -84,59 +84,6 @@ fn progress(n: u64, msg: &str) -> ProgressBar {
     bar
 }
 
-/// Everything a model needs that is fixed by the data: the static capacities and the vocab.
-#[derive(Clone, Debug)]
-pub struct DataShape {
-    pub nodes_per_graph: usize,
-    pub edges_per_graph: usize,
-    pub pixels_per_graph: usize,
-    pub pixel_channels: usize,
-    pub categories: usize,
-}
-
-impl DataShape {
-    /// Capacities that fit every graph of `splits`, with one spare node slot per graph (the
-    /// unused edge slots become self-loops of padding nodes, see `batches`).
-    pub fn of(splits: &[&PreparedSplit], categories: usize) -> Result<DataShape> {
-        let first = splits
-            .iter()
-            .flat_map(|s| s.graphs.first())
-            .next()
-            .ok_or_else(|| Error::invalid("data", "no images"))?;
-        Ok(DataShape {
-            nodes_per_graph: splits.iter().map(|s| s.max_nodes()).max().unwrap_or(1) + 1,
-            edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
-            pixels_per_graph: first.num_pixels(),
-            pixel_channels: first.feat_dim,
-            categories,
-        })
-    }
-    pub(crate) fn to_meta(&self) -> String {
-        serde_json::json!({
-            "nodes_per_graph": self.nodes_per_graph, "edges_per_graph": self.edges_per_graph,
-            "pixels_per_graph": self.pixels_per_graph, "pixel_channels": self.pixel_channels,
-            "categories": self.categories,
-        })
-        .to_string()
-    }
-    fn from_meta(s: &str) -> Result<DataShape> {
-        let v: serde_json::Value =
-            serde_json::from_str(s).map_err(|e| Error::invalid("checkpoint", e.to_string()))?;
-        let f = |k: &str| {
-            v[k].as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::invalid("checkpoint", format!("data shape lacks {k}")))
-        };
-        Ok(DataShape {
-            nodes_per_graph: f("nodes_per_graph")?,
-            edges_per_graph: f("edges_per_graph")?,
-            pixels_per_graph: f("pixels_per_graph")?,
-            pixel_channels: f("pixel_channels")?,
-            categories: f("categories")?,
-        })
-    }
-}
-
 /// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
 /// one graph), an image encoder and a text encoder (forward only, for evaluation).
 pub struct Engine<B: Backend> {
@@ -159,16 +106,7 @@ impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
         let backend = Arc::new(backend);
         let t = &cfg.train;
-        let (data_cap, cap) = capacities(
-            t.batch_size,
-            shape.nodes_per_graph,
-            shape.edges_per_graph,
-            shape.pixels_per_graph,
-            shape.pixel_channels,
-            shape.categories,
-            vocab.len(),
-            t.node_samples_per_graph,
-        );
+        let (data_cap, cap) = shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
         let model = Gshn::build(&cfg.model, cap)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
@@ -384,6 +322,9 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub resume: bool,
     pub quiet: bool,
+    /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
+    /// continues from there to exactly the numbers of an uninterrupted run.
+    pub stop_after_steps: Option<usize>,
 }
 
 /// Summary of a finished run.
@@ -468,7 +409,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             state: state.clone(),
             tensors: engine.state_tensors()?,
         }
-        .save(out, &shape.to_meta())
+        .save(out)
     };
 
     if !opts.quiet {
@@ -527,11 +468,15 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 log.step(state.step, epoch, lr, &last, gps)?;
                 bar.set_message(format!("loss {:.3}", last.loss));
             }
-            if t.checkpoint_every > 0
-                && state.step % t.checkpoint_every == 0
-                && state.batch < steps_per_epoch
-            {
+            let stop = opts.stop_after_steps.is_some_and(|n| state.step >= n);
+            let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
+            if (periodic || stop) && state.batch < steps_per_epoch {
                 save(&engine, &state)?;
+            }
+            if stop {
+                bar.finish_and_clear();
+                log.flush()?;
+                return Ok(summary(&state, &last, final_recall, started, graphs_done));
             }
         }
         bar.finish_and_clear();
@@ -559,16 +504,26 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         }
     }
     log.flush()?;
+    Ok(summary(&state, &last, final_recall, started, graphs_done))
+}
+
+fn summary(
+    state: &TrainState,
+    last: &StepStats,
+    final_recall: Recall,
+    started: Instant,
+    graphs: usize,
+) -> TrainSummary {
     let seconds = started.elapsed().as_secs_f64();
-    Ok(TrainSummary {
+    TrainSummary {
         steps: state.step,
         seconds,
-        graphs_per_second: graphs_done as f64 / seconds.max(1e-9),
+        graphs_per_second: graphs as f64 / seconds.max(1e-9),
         final_recall,
         best_rsum: state.best_rsum,
         final_r: last.r,
-        final_spike_rates: last.spike_rates,
-    })
+        final_spike_rates: last.spike_rates.clone(),
+    }
 }
 
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
@@ -584,10 +539,6 @@ pub fn load_engine<B: Backend>(backend: B, run: &Path) -> Result<Engine<B>> {
     )?;
     engine.load_state(&ck.tensors)?;
     Ok(engine)
-}
-
-pub(crate) fn data_shape_from_meta(s: &str) -> Result<DataShape> {
-    DataShape::from_meta(s)
 }
 
 /// Retrieval of a trained run on one split of a dataset root.

@@ -624,7 +624,7 @@ impl CudaBackend {
                     &[
                         Arg::P(s[0]),
                         Arg::I(total as i32),
-                        t.s(*max_norm),
+                        Arg::D(*max_norm),
                         Arg::P(y[0]),
                         Arg::P(y[1]),
                     ],
@@ -643,7 +643,13 @@ impl CudaBackend {
                     &t.k("adamw_coefs"),
                     (1, 1, 1),
                     32,
-                    &[p(&x[2]), Arg::P(s[0]), Arg::D(cfg.beta1), Arg::D(cfg.beta2)],
+                    &[
+                        p(&x[2]),
+                        Arg::P(s[0]),
+                        Arg::D(cfg.beta1),
+                        Arg::D(cfg.beta2),
+                        Arg::D(cfg.weight_decay),
+                    ],
                 )?;
                 self.launch(
                     "adamw",
@@ -660,7 +666,6 @@ impl CudaBackend {
                         t.s(cfg.beta1),
                         t.s(cfg.beta2),
                         t.s(cfg.eps),
-                        t.s(cfg.weight_decay),
                         p(&x[1]),
                     ],
                 )
@@ -1670,7 +1675,8 @@ impl CudaBackend {
             (0, 0)
         };
         // (X, Y, lse_x, lse_y, g_lse_x, g_lse_y, out, gscale?, mode)
-        let runs: [(u64, u64, u64, u64, u64, u64, u64, bool, i32); 2] = if at.symmetric {
+        type Run = (u64, u64, u64, u64, u64, u64, u64, bool, i32);
+        let runs: [Run; 2] = if at.symmetric {
             [
                 (a, pp, lr, lc, glr, glc, y[0], true, 0),
                 (pp, a, lc, lr, glc, glr, y[1], false, 0),
@@ -1762,8 +1768,6 @@ impl CudaBackend {
         if c == 0 {
             // No feature launch: the counts come straight from the host CSR.
             let counts: Vec<f64> = ptr.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
-            let s = self.scratch(&[0])?;
-            let _ = s;
             return if t.dt == DType::F32 {
                 let v: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
                 self.upload(y[1], &v)
@@ -1853,7 +1857,7 @@ fn validate_ptr(op: &'static str, what: &str, n: usize, ptr: &[i32], e: usize) -
 }
 
 fn validate_lif(op: &'static str, cfg: &LifConfig) -> Result<()> {
-    if !cfg.learnable_tau && !(cfg.tau.is_finite() && cfg.tau > 1.0) {
+    if !cfg.learnable_tau && (!cfg.tau.is_finite() || cfg.tau <= 1.0) {
         return Err(Error::invalid(
             op,
             format!("tau must be finite and > 1, got {}", cfg.tau),

@@ -1,0 +1,394 @@
+//! GPU bench of the CUDA kernel families, timed with CUDA events (DESIGN §8).
+//!
+//! Prints one JSON line per measurement:
+//! `{"bench", "shape", "ms", "bytes", "gbps", "flops", "tflops"}` where `bytes` / `flops` are the
+//! physical floor of the op (compulsory memory traffic / arithmetic), and one line
+//! `{"bench":"copy_d2d", ...}` with the device-to-device memcpy bandwidth (the peak for ratios).
+//! `--short` (or `GSHN_BENCH_SHORT=1`): fewer repetitions (scripts/gpu_run.sh uses it).
+//! Without a GPU: prints `{"skipped":"no CUDA device ..."}` and exits 0.
+
+use gshn::backend::{Backend, CudaBackend, CudaBuffer, View, ViewMut};
+use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op};
+use gshn::tensor::{DType, Shape, Tensor};
+use gshn::util::rng::SplitMix64;
+use gshn::Result;
+
+struct Val {
+    buf: CudaBuffer,
+    shape: Shape,
+    dtype: DType,
+}
+
+fn upload(be: &CudaBackend, t: &Tensor) -> Result<Val> {
+    let mut buf = be.alloc(t.dtype(), t.numel())?;
+    be.write(&mut buf, t)?;
+    Ok(Val {
+        buf,
+        shape: t.shape().clone(),
+        dtype: t.dtype(),
+    })
+}
+
+fn empty(be: &CudaBackend, shape: &[usize], dtype: DType) -> Result<Val> {
+    let shape = Shape::new(shape.to_vec());
+    Ok(Val {
+        buf: be.alloc(dtype, shape.numel())?,
+        shape,
+        dtype,
+    })
+}
+
+fn rand(r: &mut SplitMix64, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| r.range(lo as f64, hi as f64) as f32)
+        .collect();
+    Tensor::new(shape.to_vec(), v).unwrap()
+}
+
+fn exec(be: &CudaBackend, op: &Op, ins: &[&Val], outs: &mut [&mut Val]) -> Result<()> {
+    let iv: Vec<View<CudaBuffer>> = ins
+        .iter()
+        .map(|v| View {
+            buf: &v.buf,
+            shape: &v.shape,
+            dtype: v.dtype,
+        })
+        .collect();
+    let mut ov: Vec<ViewMut<CudaBuffer>> = outs
+        .iter_mut()
+        .map(|v| ViewMut {
+            buf: &mut v.buf,
+            shape: &v.shape,
+            dtype: v.dtype,
+        })
+        .collect();
+    be.execute(op, &iv, &mut ov)
+}
+
+/// Milliseconds per call of `f`, by CUDA events around `reps` calls after 2 warm-ups.
+fn time(be: &CudaBackend, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let err = |e| gshn::Error::Cuda(format!("event: {e:?}"));
+    for _ in 0..2 {
+        f()?;
+    }
+    be.synchronize()?;
+    let a = be.context().new_event(None).map_err(err)?;
+    let b = be.context().new_event(None).map_err(err)?;
+    a.record(be.stream()).map_err(err)?;
+    for _ in 0..reps {
+        f()?;
+    }
+    b.record(be.stream()).map_err(err)?;
+    b.synchronize().map_err(err)?;
+    Ok(a.elapsed_ms(&b).map_err(err)? as f64 / reps as f64)
+}
+
+fn emit(bench: &str, shape: &str, ms: f64, bytes: f64, flops: f64) {
+    let s = ms * 1e-3;
+    println!(
+        "{{\"bench\":{bench:?},\"shape\":{shape:?},\"ms\":{ms:.5},\"bytes\":{bytes:.0},\"gbps\":{:.2},\"flops\":{flops:.0},\"tflops\":{:.3}}}",
+        if bytes > 0.0 { bytes / s / 1e9 } else { 0.0 },
+        if flops > 0.0 { flops / s / 1e12 } else { 0.0 },
+    );
+}
+
+/// A random CSR (by destination) with exactly `deg` in-edges per node, and its CSC.
+fn graph(r: &mut SplitMix64, n: usize, deg: usize) -> [Tensor; 4] {
+    let src: Vec<i32> = (0..n * deg).map(|_| r.below(n) as i32).collect();
+    let row_ptr: Vec<i32> = (0..=n).map(|i| (i * deg) as i32).collect();
+    let mut col_ptr = vec![0i32; n + 1];
+    for &s in &src {
+        col_ptr[s as usize + 1] += 1;
+    }
+    for j in 0..n {
+        col_ptr[j + 1] += col_ptr[j];
+    }
+    let mut fill = col_ptr.clone();
+    let mut col_edge = vec![0i32; src.len()];
+    for (k, &s) in src.iter().enumerate() {
+        col_edge[fill[s as usize] as usize] = k as i32;
+        fill[s as usize] += 1;
+    }
+    let e = src.len();
+    [
+        Tensor::new([n + 1], row_ptr).unwrap(),
+        Tensor::new([e], src).unwrap(),
+        Tensor::new([n + 1], col_ptr).unwrap(),
+        Tensor::new([e], col_edge).unwrap(),
+    ]
+}
+
+fn main() {
+    let short = std::env::args().any(|a| a == "--short")
+        || std::env::var("GSHN_BENCH_SHORT").is_ok_and(|v| v == "1");
+    let be = match CudaBackend::new(0) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("{{\"skipped\":{:?}}}", format!("no CUDA device ({e})"));
+            return;
+        }
+    };
+    eprintln!("cuda_ops bench on {}", be.name());
+    if let Err(e) = run(&be, if short { 5 } else { 20 }) {
+        println!("{{\"error\":{:?}}}", e.to_string());
+        std::process::exit(1);
+    }
+}
+
+fn run(be: &CudaBackend, reps: usize) -> Result<()> {
+    let mut r = SplitMix64::new(42);
+    be.preload_kernels()?;
+
+    // Peak: device-to-device copy of 512 MiB.
+    {
+        let n = 512usize << 20;
+        let err = |e| gshn::Error::Cuda(format!("copy bench: {e:?}"));
+        let src = be.stream().alloc_zeros::<u8>(n).map_err(err)?;
+        let mut dst = be.stream().alloc_zeros::<u8>(n).map_err(err)?;
+        let ms = time(be, reps, || {
+            be.stream().memcpy_dtod(&src, &mut dst).map_err(err)
+        })?;
+        emit("copy_d2d", "512MiB", ms, 2.0 * n as f64, 0.0);
+    }
+
+    // LIF T=8 N=1M (fwd: X in, S V H out; bwd: H gS gV in, gX out).
+    {
+        let (t, n) = (8usize, 1usize << 20);
+        let cfg = LifConfig::default();
+        let x = upload(be, &rand(&mut r, &[t, n], -0.5, 2.0))?;
+        let (mut s, mut v, mut h) = (
+            empty(be, &[t, n], DType::F32)?,
+            empty(be, &[t, n], DType::F32)?,
+            empty(be, &[t, n], DType::F32)?,
+        );
+        let op = Op::Lif(cfg);
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&x], &mut [&mut s, &mut v, &mut h])
+        })?;
+        let tn = (t * n) as f64;
+        emit("lif_fwd", "T=8 N=1048576 f32", ms, 4.0 * tn * 4.0, 0.0);
+        let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
+        let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
+        let mut gx = empty(be, &[t, n], DType::F32)?;
+        let op = Op::LifBackward {
+            cfg,
+            has_gs: true,
+            has_gv: true,
+        };
+        let ms = time(be, reps, || exec(be, &op, &[&h, &gs, &gv], &mut [&mut gx]))?;
+        emit("lif_bwd", "T=8 N=1048576 f32", ms, 4.0 * tn * 4.0, 0.0);
+    }
+
+    // GAT N=50k, in-degree 16, H=4, F=32.
+    {
+        let (n, deg, hh, f) = (50_000usize, 16usize, 4usize, 32usize);
+        let g = graph(&mut r, n, deg);
+        let e = n * deg;
+        let gv: Vec<Val> = g.iter().map(|t| upload(be, t)).collect::<Result<_>>()?;
+        let z = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0))?;
+        let a_s = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3))?;
+        let a_d = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3))?;
+        let at = GatAttrs::default();
+        let (mut out, mut lse) = (
+            empty(be, &[n, hh, f], DType::F32)?,
+            empty(be, &[n, hh], DType::F32)?,
+        );
+        let op = Op::Gat(at);
+        let ms = time(be, reps, || {
+            exec(
+                be,
+                &op,
+                &[&z, &a_s, &a_d, &gv[0], &gv[1], &gv[2], &gv[3]],
+                &mut [&mut out, &mut lse],
+            )
+        })?;
+        let nhf = (n * hh * f) as f64;
+        // floor: Z read once + Out written + CSR
+        emit(
+            "gat_fwd",
+            "N=50000 deg=16 H=4 F=32 f32",
+            ms,
+            2.0 * nhf * 4.0 + (e + n) as f64 * 4.0,
+            0.0,
+        );
+        let gout = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0))?;
+        let (mut gz, mut gas, mut gad) = (
+            empty(be, &[n, hh, f], DType::F32)?,
+            empty(be, &[hh, f], DType::F32)?,
+            empty(be, &[hh, f], DType::F32)?,
+        );
+        let op = Op::GatBackward(at);
+        let ms = time(be, reps, || {
+            exec(
+                be,
+                &op,
+                &[
+                    &gout, &z, &a_s, &a_d, &out, &lse, &gv[0], &gv[1], &gv[2], &gv[3],
+                ],
+                &mut [&mut gz, &mut gas, &mut gad],
+            )
+        })?;
+        // floor: gOut, Z, Out read + gZ written + CSR and CSC
+        emit(
+            "gat_bwd",
+            "N=50000 deg=16 H=4 F=32 f32",
+            ms,
+            4.0 * nhf * 4.0 + 2.0 * (e + n) as f64 * 4.0,
+            0.0,
+        );
+
+        // Aggregation T=4, C=128 (H=4), same graph.
+        let (t, c) = (4usize, 128usize);
+        let alpha = upload(be, &rand(&mut r, &[e, hh], 0.0, 0.2))?;
+        let s = upload(be, &rand(&mut r, &[t, n, c], 0.0, 1.0))?;
+        let mut y = empty(be, &[t, n, c], DType::F32)?;
+        let op = Op::Aggregate;
+        let ms = time(be, reps, || {
+            exec(
+                be,
+                &op,
+                &[&alpha, &s, &gv[0], &gv[1], &gv[2], &gv[3]],
+                &mut [&mut y],
+            )
+        })?;
+        let tnc = (t * n * c) as f64;
+        emit(
+            "aggregate_fwd",
+            "T=4 N=50000 C=128 H=4 f32",
+            ms,
+            2.0 * tnc * 4.0 + (e * hh + e) as f64 * 4.0,
+            0.0,
+        );
+    }
+
+    // InfoNCE (symmetric), fwd + bwd.
+    for (b, d) in [(32_768usize, 512usize), (4096, 256)] {
+        let unit = |r: &mut SplitMix64| {
+            let t = rand(r, &[b, d], -1.0, 1.0);
+            let v = t.data::<f32>().unwrap();
+            let mut o = Vec::with_capacity(v.len());
+            for row in v.chunks(d) {
+                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                o.extend(row.iter().map(|x| x / nrm));
+            }
+            Tensor::new([b, d], o).unwrap()
+        };
+        let a = upload(be, &unit(&mut r))?;
+        let p = upload(be, &unit(&mut r))?;
+        let ls = upload(be, &Tensor::scalar((1.0f32 / 0.07).ln()))?;
+        let at = InfoNceAttrs::default();
+        let (mut loss, mut lr, mut lc) = (
+            empty(be, &[], DType::F32)?,
+            empty(be, &[b], DType::F32)?,
+            empty(be, &[b], DType::F32)?,
+        );
+        let op = Op::InfoNce(at);
+        let ms = time(be, reps.min(10), || {
+            exec(be, &op, &[&a, &p, &ls], &mut [&mut loss, &mut lr, &mut lc])
+        })?;
+        let bbd = (b * b * d) as f64;
+        let shape = format!("B={b} D={d} f32");
+        emit("infonce_fwd", &shape, ms, 0.0, 2.0 * 2.0 * bbd);
+        let gl = upload(be, &Tensor::scalar(1.0f32))?;
+        let (mut ga, mut gp, mut gs) = (
+            empty(be, &[b, d], DType::F32)?,
+            empty(be, &[b, d], DType::F32)?,
+            empty(be, &[], DType::F32)?,
+        );
+        let op = Op::InfoNceBackward(at);
+        let ms = time(be, reps.min(10), || {
+            exec(
+                be,
+                &op,
+                &[&gl, &a, &p, &ls, &lr, &lc],
+                &mut [&mut ga, &mut gp, &mut gs],
+            )
+        })?;
+        emit("infonce_bwd", &shape, ms, 0.0, 2.0 * 4.0 * bbd);
+    }
+
+    // cuBLAS matmul 4096^3 f32.
+    {
+        let m = 4096usize;
+        let a = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0))?;
+        let b = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0))?;
+        let mut c = empty(be, &[m, m], DType::F32)?;
+        let op = Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+        };
+        let ms = time(be, reps, || exec(be, &op, &[&a, &b], &mut [&mut c]))?;
+        emit(
+            "matmul",
+            "4096x4096x4096 f32",
+            ms,
+            0.0,
+            2.0 * (m * m * m) as f64,
+        );
+    }
+
+    // Segment mean: 8 images of 256x256 pixels, C=64, 256 segments.
+    {
+        let (pn, c, s) = (8 * 256 * 256usize, 64usize, 256usize);
+        let x = upload(be, &rand(&mut r, &[pn, c], -1.0, 1.0))?;
+        let seg: Vec<i32> = (0..pn).map(|i| ((i / 997) % s) as i32).collect();
+        let seg = upload(be, &Tensor::new([pn], seg).unwrap())?;
+        let (mut y, mut cnt) = (
+            empty(be, &[s, c], DType::F32)?,
+            empty(be, &[s], DType::F32)?,
+        );
+        let op = Op::SegmentMean { segments: s };
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&x, &seg], &mut [&mut y, &mut cnt])
+        })?;
+        emit(
+            "segment_mean_fwd",
+            "P=524288 C=64 S=256 f32",
+            ms,
+            (pn * c + pn) as f64 * 4.0,
+            0.0,
+        );
+    }
+
+    // LayerNorm R=65536 C=512.
+    {
+        let (rows, c) = (65_536usize, 512usize);
+        let x = upload(be, &rand(&mut r, &[rows, c], -1.0, 1.0))?;
+        let gm = upload(be, &rand(&mut r, &[c], 0.5, 1.5))?;
+        let bt = upload(be, &rand(&mut r, &[c], -0.1, 0.1))?;
+        let (mut y, mut mu, mut rs) = (
+            empty(be, &[rows, c], DType::F32)?,
+            empty(be, &[rows], DType::F32)?,
+            empty(be, &[rows], DType::F32)?,
+        );
+        let op = Op::LayerNorm { eps: 1e-5 };
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&x, &gm, &bt], &mut [&mut y, &mut mu, &mut rs])
+        })?;
+        emit(
+            "layernorm_fwd",
+            "R=65536 C=512 f32",
+            ms,
+            2.0 * (rows * c) as f64 * 4.0,
+            0.0,
+        );
+    }
+
+    // AdamW n=16M.
+    {
+        let n = 16usize << 20;
+        let mut p = upload(be, &rand(&mut r, &[n], -1.0, 1.0))?;
+        let mut m = upload(be, &rand(&mut r, &[n], -0.1, 0.1))?;
+        let mut v = upload(be, &rand(&mut r, &[n], 0.0, 0.1))?;
+        let g = upload(be, &rand(&mut r, &[n], -1.0, 1.0))?;
+        let cs = upload(be, &Tensor::scalar(1.0f32))?;
+        let hy = upload(be, &Tensor::new([2], vec![1e-3f32, 10.0]).unwrap())?;
+        let op = Op::AdamW(AdamWConfig::default());
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&g, &cs, &hy], &mut [&mut p, &mut m, &mut v])
+        })?;
+        emit("adamw", "n=16777216 f32", ms, 7.0 * n as f64 * 4.0, 0.0);
+    }
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The model end to end: a two-branch graph learns, the whole GSHN loss has correct
+//! gradients, training is deterministic and resumes exactly, and the CLI's eval JSON.
+
+use gshn::data::{write_synthetic, Vocab};
+use gshn::graph::gradcheck::GradCheck;
+use gshn::model::{params::initial_values, Gshn, Variant};
+use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig};
+use gshn::tensor::io::load_safetensors;
+use gshn::train::batches::{DataShape, Feeder, LossWeights};
+use gshn::train::trainer::{open_split, prepare};
+use gshn::train::{RunConfig, TrainOptions};
+use gshn::util::rng::SplitMix64;
+use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
+use std::path::PathBuf;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gshn-test-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny_config() -> RunConfig {
+    let mut c = RunConfig::default();
+    c.model.dim = 16;
+    c.model.heads = 2;
+    c.model.category_dim = 4;
+    c.model.time_steps = 3;
+    c.model.text.layers = 1;
+    c.model.text.heads = 2;
+    c.model.text.max_len = 10;
+    c.train.batch_size = 8;
+    c.train.epochs = 2;
+    c.train.warmup_steps = 2;
+    c.train.pretrain_epochs = 1;
+    c.train.log_every = 1;
+    c
+}
+
+/// DESIGN §2's executor test: a small two-branch model (GAT and LIF, fused, InfoNCE loss)
+/// trained on a tiny problem — each of 8 random graphs must find its own caption vector.
+#[test]
+fn two_branch_model_learns_a_tiny_problem() {
+    let (graphs, nodes, feat, d, t_steps) = (8usize, 5usize, 6usize, 16usize, 4usize);
+    let n = graphs * nodes;
+    let mut edges = Vec::new();
+    for gi in 0..graphs {
+        for a in 0..nodes {
+            for b in 0..nodes {
+                if a == b || (a + b + gi) % 3 == 0 {
+                    edges.push((gi * nodes + a, gi * nodes + b));
+                }
+            }
+        }
+    }
+    let csr = gshn::ops::CsrGraph::from_edges(n, &edges).unwrap();
+    let e = csr.edges();
+    let mut g = Graph::new();
+    let x = g.input("x", [n, feat], DType::F32);
+    let node_graph = g.input("node_graph", [n], DType::I32);
+    let gi = gshn::ops::GraphInputs::new(&mut g, "", n, e);
+    let w_gat = g.param("w_gat", [feat, d], DType::F32);
+    let a_src = g.param("a_src", [2, d / 2], DType::F32);
+    let a_dst = g.param("a_dst", [2, d / 2], DType::F32);
+    let w_snn = g.param("w_snn", [feat, d], DType::F32);
+    let r = g.param("r", [], DType::F32);
+    let txt = g.param("txt", [graphs, d], DType::F32);
+    let scale = g.param("scale", [], DType::F32);
+    // GAT branch
+    let z = g.matmul(x, w_gat).unwrap();
+    let z = g.reshape(z, [n, 2, d / 2]).unwrap();
+    let gat = g
+        .gat(z, a_src, a_dst, None, &gi, GatAttrs::default())
+        .unwrap();
+    let alpha = g
+        .gat_alpha(z, a_src, a_dst, None, gat.lse, &gi, GatAttrs::default())
+        .unwrap();
+    let f_gat = g.reshape(gat.out, [n, d]).unwrap();
+    let f_gat = g.elu(f_gat).unwrap();
+    // SNN branch over T steps with the GAT's attention
+    let cur = g.matmul(x, w_snn).unwrap();
+    let cur = g.reshape(cur, [1, n, d]).unwrap();
+    let cur = g.concat(&vec![cur; t_steps], 0).unwrap();
+    let agg = g.aggregate(alpha, cur, &gi).unwrap();
+    let agg = g.reshape(agg, [t_steps, n * d]).unwrap();
+    let lif = g
+        .lif(
+            agg,
+            LifConfig {
+                v_th: 0.5,
+                ..LifConfig::default()
+            },
+        )
+        .unwrap();
+    let mean_t = g
+        .fill(1.0 / t_steps as f64, [1, t_steps], DType::F32)
+        .unwrap();
+    let rate = g.matmul(mean_t, lif.spikes).unwrap();
+    let e_snn = g.reshape(rate, [n, d]).unwrap();
+    // fusion, pooling, InfoNCE
+    let scaled = g.mul_broadcast(e_snn, r).unwrap();
+    let fused = g.add(scaled, f_gat).unwrap();
+    let img = g.segment_mean(fused, node_graph, graphs).unwrap().mean;
+    let img = g.l2_normalize(img, 1e-12).unwrap();
+    let t = g.l2_normalize(txt, 1e-12).unwrap();
+    let loss = g
+        .infonce(img, t, scale, InfoNceAttrs::default())
+        .unwrap()
+        .loss;
+    let params = g.params();
+    let grads = g.backward(loss, &params).unwrap();
+    let opt = g
+        .adamw_step(
+            &params,
+            &grads,
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            Some(5.0),
+        )
+        .unwrap();
+    let r_grad = grads[params.iter().position(|&p| p == r).unwrap()];
+    let mut ex = Executor::new(CpuBackend, g, &[loss, r_grad]).unwrap();
+
+    let mut rng = SplitMix64::new(3);
+    let mut data = |k: usize, s: f64| {
+        Tensor::new(
+            [k],
+            (0..k)
+                .map(|_| (s * rng.normal()) as f32)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    ex.set(x, &data(n * feat, 1.0).reshape([n, feat]).unwrap())
+        .unwrap();
+    ex.set(
+        node_graph,
+        &Tensor::new([n], (0..n).map(|v| (v / nodes) as i32).collect::<Vec<_>>()).unwrap(),
+    )
+    .unwrap();
+    gi.feed(&mut ex, &csr).unwrap();
+    for (p, s) in [
+        (w_gat, 0.4),
+        (a_src, 0.3),
+        (a_dst, 0.3),
+        (w_snn, 0.6),
+        (txt, 1.0),
+    ] {
+        let shape = ex.graph().shape(p).clone();
+        ex.set(p, &data(shape.numel(), s).reshape(shape).unwrap())
+            .unwrap();
+    }
+    ex.set(r, &Tensor::scalar(0.5f32)).unwrap();
+    ex.set(scale, &Tensor::scalar(2.0f32)).unwrap();
+    opt.zero_state(&mut ex).unwrap();
+    let mut losses = Vec::new();
+    let mut r_grads = Vec::new();
+    for step in 1..=300u64 {
+        opt.set_hyper(&mut ex, 0.01, step).unwrap();
+        ex.run().unwrap();
+        losses.push(ex.get(loss).unwrap().to_f64_vec()[0]);
+        r_grads.push(ex.get(r_grad).unwrap().to_f64_vec()[0]);
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(first > 1.5, "starts near ln 8: {first}");
+    assert!(last < 0.15 * first, "loss fell from {first} to only {last}");
+    assert!(
+        r_grads.iter().any(|g| g.abs() > 1e-6),
+        "the spiking branch never received a gradient"
+    );
+}
+
+/// Builds a tiny synthetic dataset, its prepared splits and the data shape.
+fn tiny_data(tag: &str) -> (PathBuf, RunConfig) {
+    let dir = temp_dir(tag);
+    write_synthetic(&dir, 24, 8, 5).unwrap();
+    (dir, tiny_config())
+}
+
+/// Finite differences of the whole GSHN loss (f64, smooth spikes). Each term is checked
+/// against the parameters it reaches without crossing a stop-gradient (a stop-gradient is not
+/// a derivative, so finite differences cannot see it): ITC against a parameter of every
+/// part; STL and node CL against the spiking branch and their own heads.
+#[test]
+fn whole_gshn_loss_has_correct_gradients() {
+    let (dir, mut cfg) = tiny_data("grad");
+    cfg.model.dim = 8;
+    cfg.model.category_dim = 3;
+    cfg.model.time_steps = 2;
+    cfg.model.text.max_len = 6;
+    cfg.model.lif.smooth = true; // spikes = surrogate primitive: finite differences apply
+    cfg.train.batch_size = 3;
+    cfg.train.node_samples_per_graph = 1;
+    let ds = open_split(&dir, &cfg, "train").unwrap();
+    let vocab = Vocab::build(ds.all_captions(), 1, None);
+    let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
+    let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
+    let (data_cap, cap) = shape.capacities(3, vocab.len(), 1);
+    let model = Gshn::build_in(&cfg.model, cap, DType::F64).unwrap();
+    let feeder = Feeder::new(model.inputs.clone(), data_cap, cap, &cfg.model);
+    let snn = [
+        "snn.input.weight",
+        "snn.0.lin.weight",
+        "snn.1.norm.weight",
+        "snn.out.weight",
+    ];
+    let terms: [(LossWeights, Vec<&str>); 3] = [
+        (
+            LossWeights {
+                itc: 1.0,
+                stl: 0.0,
+                node: 0.0,
+            },
+            vec![
+                "gat.0.att_src",
+                "gat.1.lin.weight",
+                "gat.0.edge.weight",
+                "snn.0.lin.weight",
+                "fusion.r",
+                "text.0.q.weight",
+                "text.position_embedding",
+                "image.proj.weight",
+                "logit_scale",
+                "category_embedding",
+            ],
+        ),
+        (
+            LossWeights {
+                itc: 0.0,
+                stl: 1.0,
+                node: 0.0,
+            },
+            [&snn[..], &["stl.proj.weight", "stl.logit_scale"]].concat(),
+        ),
+        (
+            LossWeights {
+                itc: 0.0,
+                stl: 0.0,
+                node: 1.0,
+            },
+            [&snn[..], &["node_cl.logit_scale"]].concat(),
+        ),
+    ];
+    for (w, names) in terms {
+        let mut ex = Executor::new(CpuBackend, model.graph.clone(), &[model.outputs.loss]).unwrap();
+        feeder
+            .feed_images(&mut ex, &split.graphs[..3], &mut SplitMix64::new(1))
+            .unwrap();
+        let caps: Vec<_> = (0..3).map(|i| &split.captions[i][0]).collect();
+        feeder.feed_text(&mut ex, &caps).unwrap();
+        feeder.feed_weights(&mut ex, w).unwrap();
+        let mut values: Vec<(ValueId, Tensor)> =
+            initial_values(&model.params, DType::F64, 9).unwrap();
+        for v in model.graph.inputs() {
+            values.push((v, ex.get(v).unwrap()));
+        }
+        let wrt: Vec<ValueId> = names
+            .iter()
+            .map(|n| {
+                model
+                    .graph
+                    .find(n)
+                    .unwrap_or_else(|| panic!("no parameter {n}"))
+            })
+            .collect();
+        let check = GradCheck {
+            max_elements: 6,
+            rtol: 1e-4,
+            atol: 1e-7,
+            ..GradCheck::default()
+        };
+        let reports = check
+            .check_graph(model.graph.clone(), model.outputs.loss, &values, &wrt)
+            .unwrap();
+        assert_eq!(reports.len(), names.len());
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn checkpoint_tensors(run: &std::path::Path) -> Vec<(String, Tensor)> {
+    load_safetensors(&run.join("checkpoint.safetensors"))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn training_is_deterministic_and_resumes_exactly() {
+    let (dir, cfg) = tiny_data("resume");
+    let run = |out: &str, epochs: usize, resume: bool, seed: u64, stop: Option<usize>| {
+        let mut c = cfg.clone();
+        c.train.epochs = epochs;
+        c.train.seed = seed;
+        let opts = TrainOptions {
+            data: dir.clone(),
+            out: dir.join(out),
+            resume,
+            quiet: true,
+            stop_after_steps: stop,
+        };
+        gshn::train::train(CpuBackend, c, &opts).unwrap()
+    };
+    let full = run("full", 2, false, 0, None);
+    let again = run("again", 2, false, 0, None);
+    assert_eq!(
+        checkpoint_tensors(&dir.join("full")),
+        checkpoint_tensors(&dir.join("again")),
+        "same seed, different numbers"
+    );
+    assert_eq!(full.final_recall, again.final_recall);
+    // Interrupted in the middle of the second epoch (3 steps per epoch), then resumed: the
+    // same numbers as the uninterrupted run.
+    run("split", 2, false, 0, Some(4));
+    let resumed = run("split", 2, true, 0, None);
+    assert_eq!(
+        checkpoint_tensors(&dir.join("full")),
+        checkpoint_tensors(&dir.join("split")),
+        "resume diverged"
+    );
+    assert_eq!(full.final_recall, resumed.final_recall);
+    let losses = |run: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v["loss"].as_f64())
+            .collect()
+    };
+    assert_eq!(losses("split"), losses("full"), "the resumed log differs");
+    // Another seed gives other numbers.
+    run("other", 2, false, 1, None);
+    assert_ne!(
+        checkpoint_tensors(&dir.join("full")),
+        checkpoint_tensors(&dir.join("other"))
+    );
+    for f in ["loss.png", "retrieval.png", "spikes.png", "metrics.jsonl"] {
+        assert!(dir.join("full").join(f).exists(), "{f} missing");
+    }
+    // The CLI's eval prints one JSON object with the documented keys.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gshn"))
+        .args(["eval", "--device", "cpu", "--json", "--data"])
+        .arg(&dir)
+        .arg("--checkpoint")
+        .arg(dir.join("full"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
+    ] {
+        assert!(v[k].is_number(), "{k} missing in {v}");
+    }
+    assert_eq!(v["rsum"].as_f64().unwrap(), full.final_recall.rsum);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn ablations_build_and_bad_configs_are_errors() {
+    let (dir, cfg) = tiny_data("ablate");
+    for v in [Variant::GatOnly, Variant::SnnOnly, Variant::MeanPoolMlp] {
+        let mut c = cfg.clone();
+        c.model.variant = v;
+        c.train.epochs = 1;
+        let opts = TrainOptions {
+            data: dir.clone(),
+            out: dir.join(format!("{v:?}")),
+            resume: false,
+            quiet: true,
+            stop_after_steps: None,
+        };
+        let s = gshn::train::train(CpuBackend, c, &opts).unwrap();
+        assert!(s.final_recall.rsum.is_finite());
+    }
+    assert!(RunConfig::parse("[model]\ndim = 10\nheads = 4\n")
+        .unwrap_err()
+        .contains("multiple"));
+    assert!(RunConfig::parse("[train]\nbatch_sise = 4\n")
+        .unwrap_err()
+        .contains("batch_sise"));
+    let missing = TrainOptions {
+        data: dir.join("nope"),
+        out: dir.join("x"),
+        resume: false,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let e = gshn::train::train(CpuBackend, cfg.clone(), &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
