@@ -4,10 +4,12 @@
 //! The contracts are in DESIGN.md (shipped beside the crate as `../shared/DESIGN.md`).
 
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod error;
 pub mod graph;
 pub mod model;
+pub mod opcli;
 pub mod ops;
 pub mod tensor;
 pub mod train;

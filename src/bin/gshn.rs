@@ -85,6 +85,27 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Run one fused op forward + backward on tensors from a .safetensors file (parity checks
+    /// against PyTorch / SpikingJelly / PyG / open_clip); `--list` documents every op.
+    Op {
+        /// lif | gat | gat_aggregate | infonce | infonce_1d | segment_pool
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// Input tensors (and optional upstream gradients grad_<output>).
+        #[arg(long, required_unless_present = "list")]
+        inputs: Option<PathBuf>,
+        /// Where to write every output and grad_<input>.
+        #[arg(long, required_unless_present = "list")]
+        out: Option<PathBuf>,
+        /// Attributes as a JSON object, e.g. '{"tau": 2.0, "v_reset": null}'.
+        #[arg(long)]
+        attrs: Option<String>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print every op's tensors, layouts, attributes and gradient defaults.
+        #[arg(long)]
+        list: bool,
+    },
     /// Print the default run configuration (TOML): every key a --config file may set.
     Config,
     /// Which backends and devices are available.
@@ -199,6 +220,26 @@ fn run(cli: Cli) -> Result<()> {
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
+            Ok(())
+        }
+        Command::Op {
+            name,
+            inputs,
+            out,
+            attrs,
+            device,
+            list,
+        } => {
+            if list {
+                print!("{}", gshn::opcli::list());
+                return Ok(());
+            }
+            let (Some(name), Some(inputs), Some(out)) = (name, inputs, out) else {
+                unreachable!("clap requires NAME, --inputs and --out without --list");
+            };
+            let backend = device.parse::<Device>()?.backend()?;
+            let line = gshn::opcli::run_files(&name, &inputs, &out, attrs.as_deref(), backend)?;
+            println!("{line}");
             Ok(())
         }
         Command::Config => {

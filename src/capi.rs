@@ -1,0 +1,957 @@
+//! The C ABI (`include/gshn.h`): the fused ops' forward and backward on caller-owned buffers,
+//! for users who link gshn into their own stack (e.g. `python/gshn_torch.py`).
+//!
+//! - Every function returns a [`GSHN_OK`]-style code; on failure `gshn_last_error()` gives a
+//!   message (thread-local, valid until the next gshn call on that thread).
+//! - No panic crosses the boundary: every entry point runs under `catch_unwind`
+//!   ([`GSHN_ERR_PANIC`]).
+//! - `*_cpu` functions take host pointers. `*_cuda` functions take device pointers for the
+//!   float tensors plus a `CUstream` (the caller's; `NULL` = the legacy default stream) and the
+//!   device ordinal; index arrays (`row_ptr`, `src`) are **host** pointers on both paths (the
+//!   backends validate them and build the CSC transpose on the host). The CUDA path is
+//!   stream-ordered with the caller's stream (events; no host synchronisation except for GAT
+//!   index uploads of pageable memory): it copies the inputs into gshn's buffers, runs the op on
+//!   gshn's stream and copies the results into the caller's buffers, because the CUDA backend has
+//!   no way yet to wrap caller-owned device memory (see `docs/VALIDATION.md`).
+//! - Float buffers are all f32 or all f64 (`dtype`), row-major, contiguous.
+
+#![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+
+use crate::backend::{Backend, CpuBackend, View, ViewMut};
+use crate::error::Error;
+use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Surrogate};
+use crate::tensor::{DType, Shape, Storage, Tensor};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub const GSHN_OK: c_int = 0;
+/// A NULL pointer, a negative size, an unknown enum value.
+pub const GSHN_ERR_INVALID_ARGUMENT: c_int = 1;
+/// Sizes that do not fit together (gshn's shape rules).
+pub const GSHN_ERR_SHAPE: c_int = 2;
+/// A value an op cannot accept (invalid CSR, tau <= 1, ...).
+pub const GSHN_ERR_INVALID_VALUE: c_int = 3;
+/// Not available in this build / on this backend (e.g. CUDA without the `cuda` feature).
+pub const GSHN_ERR_UNSUPPORTED: c_int = 4;
+/// CUDA driver / kernel failure, or no usable GPU.
+pub const GSHN_ERR_CUDA: c_int = 5;
+/// A bug: a panic inside gshn was caught at the boundary.
+pub const GSHN_ERR_PANIC: c_int = 6;
+pub const GSHN_ERR_INTERNAL: c_int = 7;
+
+pub const GSHN_F32: c_int = 0;
+pub const GSHN_F64: c_int = 1;
+
+pub const GSHN_SURROGATE_ATAN: c_int = 0;
+pub const GSHN_SURROGATE_SIGMOID: c_int = 1;
+pub const GSHN_SURROGATE_SUPER_SPIKE: c_int = 2;
+pub const GSHN_SURROGATE_RECTANGULAR: c_int = 3;
+
+/// Version of this ABI (bumped on any incompatible change of `gshn.h`).
+pub const GSHN_ABI_VERSION: c_int = 1;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// An error at the boundary: code and message.
+struct CErr(c_int, String);
+
+impl From<Error> for CErr {
+    fn from(e: Error) -> CErr {
+        let code = match &e {
+            Error::Shape { .. } => GSHN_ERR_SHAPE,
+            Error::Invalid { .. } => GSHN_ERR_INVALID_VALUE,
+            Error::Unsupported { .. } => GSHN_ERR_UNSUPPORTED,
+            Error::Cuda(_) => GSHN_ERR_CUDA,
+            _ => GSHN_ERR_INTERNAL,
+        };
+        CErr(code, e.to_string())
+    }
+}
+
+fn arg_err(f: &str, msg: impl std::fmt::Display) -> CErr {
+    CErr(GSHN_ERR_INVALID_ARGUMENT, format!("{f}: {msg}"))
+}
+
+/// Runs an entry point: clears the last error, catches panics, maps errors to codes.
+fn ffi(name: &str, f: impl FnOnce() -> Result<(), CErr>) -> c_int {
+    set_error("");
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => GSHN_OK,
+        Ok(Err(CErr(code, msg))) => {
+            if msg.starts_with(name) {
+                set_error(&msg);
+            } else {
+                set_error(&format!("{name}: {msg}"));
+            }
+            code
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            set_error(&format!("{name}: internal panic (a bug in gshn): {msg}"));
+            GSHN_ERR_PANIC
+        }
+    }
+}
+
+/// The message of the last failed call on this thread ("" after a successful one). Valid until
+/// the next gshn call on the same thread. Never NULL.
+#[no_mangle]
+pub extern "C" fn gshn_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+#[no_mangle]
+pub extern "C" fn gshn_abi_version() -> c_int {
+    GSHN_ABI_VERSION
+}
+
+/// 1 when this library was built with CUDA support and a CUDA device is usable, else 0.
+#[no_mangle]
+pub extern "C" fn gshn_cuda_available() -> c_int {
+    catch_unwind(crate::backend::cuda_available).unwrap_or(false) as c_int
+}
+
+// ---- parameters ----------------------------------------------------------------------------
+
+/// LIF parameters (`gshn_lif_params` in gshn.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GshnLifParams {
+    pub tau: f64,
+    pub v_th: f64,
+    /// Used when `hard_reset` != 0.
+    pub v_reset: f64,
+    pub hard_reset: c_int,
+    pub decay_input: c_int,
+    pub detach_reset: c_int,
+    /// `GSHN_SURROGATE_*`.
+    pub surrogate: c_int,
+    pub alpha: f64,
+}
+
+/// tau 2, v_th 1, hard reset to 0, decay_input, no detach, ATan(2).
+#[no_mangle]
+pub extern "C" fn gshn_lif_params_default() -> GshnLifParams {
+    GshnLifParams {
+        tau: 2.0,
+        v_th: 1.0,
+        v_reset: 0.0,
+        hard_reset: 1,
+        decay_input: 1,
+        detach_reset: 0,
+        surrogate: GSHN_SURROGATE_ATAN,
+        alpha: 2.0,
+    }
+}
+
+fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifConfig, CErr> {
+    // SAFETY: the caller passes a valid pointer or NULL (checked).
+    let p = unsafe { p.as_ref() }.ok_or_else(|| arg_err(f, "params is NULL"))?;
+    let surrogate = match p.surrogate {
+        GSHN_SURROGATE_ATAN => Surrogate::ATan(p.alpha),
+        GSHN_SURROGATE_SIGMOID => Surrogate::Sigmoid(p.alpha),
+        GSHN_SURROGATE_SUPER_SPIKE => Surrogate::SuperSpike(p.alpha),
+        GSHN_SURROGATE_RECTANGULAR => Surrogate::Rectangular(p.alpha),
+        s => return Err(arg_err(f, format!("unknown surrogate {s}"))),
+    };
+    let cfg = LifConfig {
+        tau: p.tau,
+        v_th: p.v_th,
+        v_reset: (p.hard_reset != 0).then_some(p.v_reset),
+        decay_input: p.decay_input != 0,
+        detach_reset: p.detach_reset != 0,
+        surrogate,
+        learnable_tau: learnable,
+        smooth: false,
+    };
+    cfg.validate("lif")?;
+    if !(p.tau.is_finite() && p.tau > 1.0) {
+        return Err(
+            Error::invalid("lif", format!("tau must be finite and > 1, got {}", p.tau)).into(),
+        );
+    }
+    Ok(cfg)
+}
+
+/// A graph given by host index arrays (`gshn_graph` in gshn.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GshnGraph {
+    pub num_nodes: i64,
+    pub num_edges: i64,
+    /// Host pointer, `num_nodes + 1` entries: CSR by destination.
+    pub row_ptr: *const i32,
+    /// Host pointer, `num_edges` entries: source node of each edge.
+    pub src: *const i32,
+}
+
+fn graph_of(f: &str, g: *const GshnGraph) -> Result<CsrGraph, CErr> {
+    // SAFETY: valid pointer or NULL (checked).
+    let g = unsafe { g.as_ref() }.ok_or_else(|| arg_err(f, "graph is NULL"))?;
+    let n = size(f, "graph.num_nodes", g.num_nodes)?;
+    let e = size(f, "graph.num_edges", g.num_edges)?;
+    let row_ptr = host_slice(f, "graph.row_ptr", g.row_ptr, n + 1)?.to_vec();
+    let src = host_slice(f, "graph.src", g.src, e)?.to_vec();
+    Ok(CsrGraph::from_csr(row_ptr, src)?)
+}
+
+fn size(f: &str, what: &str, v: i64) -> Result<usize, CErr> {
+    usize::try_from(v).map_err(|_| arg_err(f, format!("{what} = {v} is negative")))
+}
+
+fn host_slice<'a, T>(f: &str, what: &str, p: *const T, n: usize) -> Result<&'a [T], CErr> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(arg_err(f, format!("{what} is NULL")));
+    }
+    // SAFETY: the caller guarantees `p` points to `n` readable elements (header contract).
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+fn dtype_of(f: &str, d: c_int) -> Result<DType, CErr> {
+    match d {
+        GSHN_F32 => Ok(DType::F32),
+        GSHN_F64 => Ok(DType::F64),
+        _ => Err(arg_err(
+            f,
+            format!("dtype {d} is not GSHN_F32 (0) or GSHN_F64 (1)"),
+        )),
+    }
+}
+
+// ---- running one op on caller buffers -----------------------------------------------------
+
+/// Where the caller's float buffers live.
+#[derive(Clone, Copy)]
+enum Mem {
+    Host,
+    Cuda { device: c_int, stream: *mut c_void },
+}
+
+/// An input: a caller pointer (in the memory space of the call) or host data made here.
+enum Src {
+    Ptr(*const c_void, &'static str),
+    Host(Tensor),
+}
+
+/// Inputs of one op with their shapes.
+type Inputs = Vec<(Src, Meta)>;
+
+/// An output the caller receives (NULL = not wanted, allowed only where `required` is false).
+struct Dst {
+    ptr: *mut c_void,
+    name: &'static str,
+    required: bool,
+}
+
+fn dst(ptr: *mut c_void, name: &'static str) -> Dst {
+    Dst {
+        ptr,
+        name,
+        required: true,
+    }
+}
+fn dst_opt(ptr: *mut c_void, name: &'static str) -> Dst {
+    Dst {
+        ptr,
+        name,
+        required: false,
+    }
+}
+
+/// Runs `op` with inputs `ins` (metas `metas`) and writes its outputs into `outs`.
+fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
+    let metas: Vec<Meta> = ins.iter().map(|i| i.1.clone()).collect();
+    let out_metas = op.infer(&metas)?;
+    if out_metas.len() != outs.len() {
+        return Err(CErr(
+            GSHN_ERR_INTERNAL,
+            format!(
+                "{f}: {} outputs expected, {} given",
+                out_metas.len(),
+                outs.len()
+            ),
+        ));
+    }
+    let misaligned = |p: usize, m: &Meta| p % m.dtype.size() != 0;
+    for (src, m) in &ins {
+        if let Src::Ptr(p, name) = src {
+            if p.is_null() && m.shape.numel() > 0 {
+                return Err(arg_err(f, format!("{name} is NULL")));
+            }
+            if misaligned(*p as usize, m) {
+                return Err(arg_err(
+                    f,
+                    format!("{name} is not aligned for {:?}", m.dtype),
+                ));
+            }
+        }
+    }
+    for (d, m) in outs.iter().zip(&out_metas) {
+        if d.required && d.ptr.is_null() && m.shape.numel() > 0 {
+            return Err(arg_err(f, format!("{} is NULL", d.name)));
+        }
+        if misaligned(d.ptr as usize, m) {
+            return Err(arg_err(
+                f,
+                format!("{} is not aligned for {:?}", d.name, m.dtype),
+            ));
+        }
+    }
+    match mem {
+        Mem::Host => exec_host(op, ins, outs, out_metas),
+        Mem::Cuda { device, stream } => exec_cuda(f, device, stream, op, ins, outs, out_metas),
+    }
+}
+
+fn host_storage(p: *const c_void, m: &Meta) -> Storage {
+    let n = m.shape.numel();
+    // SAFETY: non-NULL when n > 0 (checked by `exec`); the caller guarantees n elements.
+    unsafe {
+        match m.dtype {
+            _ if n == 0 => Storage::zeros(m.dtype, 0),
+            DType::F32 => Storage::F32(std::slice::from_raw_parts(p as *const f32, n).to_vec()),
+            DType::F64 => Storage::F64(std::slice::from_raw_parts(p as *const f64, n).to_vec()),
+            DType::I32 => Storage::I32(std::slice::from_raw_parts(p as *const i32, n).to_vec()),
+        }
+    }
+}
+
+fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Result<(), CErr> {
+    let be = CpuBackend;
+    let bufs: Vec<(Storage, Meta)> = ins
+        .into_iter()
+        .map(|(s, m)| match s {
+            Src::Ptr(p, _) => (host_storage(p, &m), m),
+            Src::Host(t) => (t.into_storage(), m),
+        })
+        .collect();
+    let mut obufs: Vec<Storage> = out_metas
+        .iter()
+        .map(|m| Storage::zeros(m.dtype, m.shape.numel()))
+        .collect();
+    {
+        let views: Vec<View<Storage>> = bufs
+            .iter()
+            .map(|(b, m)| View {
+                buf: b,
+                shape: &m.shape,
+                dtype: m.dtype,
+            })
+            .collect();
+        let mut oviews: Vec<ViewMut<Storage>> = obufs
+            .iter_mut()
+            .zip(&out_metas)
+            .map(|(b, m)| ViewMut {
+                buf: b,
+                shape: &m.shape,
+                dtype: m.dtype,
+            })
+            .collect();
+        be.execute(&op, &views, &mut oviews)?;
+    }
+    for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
+        let n = m.shape.numel();
+        if d.ptr.is_null() || n == 0 {
+            continue;
+        }
+        // SAFETY: the caller guarantees `d.ptr` holds n writable elements of the dtype.
+        unsafe {
+            match b {
+                Storage::F32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f32, n),
+                Storage::F64(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f64, n),
+                Storage::I32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut i32, n),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn exec_cuda(
+    f: &str,
+    _device: c_int,
+    _stream: *mut c_void,
+    _op: Op,
+    _ins: Inputs,
+    _outs: Vec<Dst>,
+    _out_metas: Vec<Meta>,
+) -> Result<(), CErr> {
+    Err(CErr(
+        GSHN_ERR_UNSUPPORTED,
+        format!("{f}: this build of gshn has no CUDA support (built without the `cuda` feature)"),
+    ))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_path {
+    use super::*;
+    use crate::backend::CudaBackend;
+    use cudarc::driver::{result, sys};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    /// One backend per device, used by one call at a time (its scratch arena is shared).
+    type Shared = Arc<Mutex<CudaBackend>>;
+    static BACKENDS: OnceLock<Mutex<HashMap<usize, Shared>>> = OnceLock::new();
+
+    fn backend(device: usize) -> Result<Shared, CErr> {
+        let map = BACKENDS.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(&device) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(Mutex::new(CudaBackend::new(device)?));
+        map.insert(device, b.clone());
+        Ok(b)
+    }
+
+    fn cu(what: &str, e: impl std::fmt::Debug) -> CErr {
+        CErr(GSHN_ERR_CUDA, format!("cuda: {what}: {e:?}"))
+    }
+
+    /// Makes `waiter` wait (on the device) for the work queued so far on `signaller`.
+    fn join(signaller: sys::CUstream, waiter: sys::CUstream) -> Result<(), CErr> {
+        let ev = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| cu("event create", e))?;
+        // SAFETY: `ev` is a live event; the streams belong to the current context (the caller's
+        // stream must belong to the device's primary context, as PyTorch's do).
+        let r = unsafe {
+            result::event::record(ev, signaller).and_then(|_| {
+                result::stream::wait_event(
+                    waiter,
+                    ev,
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+            })
+        };
+        // SAFETY: destroying a recorded event is allowed; resources go when it completes.
+        unsafe { result::event::destroy(ev) }.ok();
+        r.map_err(|e| cu("stream ordering with the caller's stream", e))
+    }
+
+    pub(super) fn exec_cuda(
+        f: &str,
+        device: c_int,
+        stream: *mut c_void,
+        op: Op,
+        ins: Inputs,
+        outs: Vec<Dst>,
+        out_metas: Vec<Meta>,
+    ) -> Result<(), CErr> {
+        let device = usize::try_from(device).map_err(|_| arg_err(f, "device is negative"))?;
+        let shared = backend(device)?;
+        let be = shared.lock().unwrap_or_else(|p| p.into_inner());
+        be.context()
+            .bind_to_thread()
+            .map_err(|e| cu("binding the device context", e))?;
+        let ours = be.stream().cu_stream();
+        let theirs = stream as sys::CUstream;
+        // gshn's stream starts after the work the caller queued before this call.
+        join(theirs, ours)?;
+        let mut bufs = Vec::with_capacity(ins.len());
+        for (src, m) in &ins {
+            let n = m.shape.numel();
+            let mut buf = be.alloc(m.dtype, n)?;
+            match src {
+                Src::Host(t) => be.write(&mut buf, t)?,
+                Src::Ptr(p, _) => {
+                    if n > 0 {
+                        // SAFETY: both are device regions of n elements (caller contract; ours
+                        // from alloc), ordered on our stream after the caller's work.
+                        unsafe {
+                            result::memcpy_dtod_async(
+                                buf.device_ptr(),
+                                *p as u64,
+                                n * m.dtype.size(),
+                                ours,
+                            )
+                        }
+                        .map_err(|e| cu("copying an input", e))?;
+                    }
+                }
+            }
+            bufs.push(buf);
+        }
+        let mut obufs = Vec::with_capacity(out_metas.len());
+        for m in &out_metas {
+            obufs.push(be.alloc(m.dtype, m.shape.numel())?);
+        }
+        {
+            let views: Vec<View<_>> = bufs
+                .iter()
+                .zip(&ins)
+                .map(|(b, (_, m))| View {
+                    buf: b,
+                    shape: &m.shape,
+                    dtype: m.dtype,
+                })
+                .collect();
+            let mut oviews: Vec<ViewMut<_>> = obufs
+                .iter_mut()
+                .zip(&out_metas)
+                .map(|(b, m)| ViewMut {
+                    buf: b,
+                    shape: &m.shape,
+                    dtype: m.dtype,
+                })
+                .collect();
+            be.execute(&op, &views, &mut oviews)?;
+        }
+        for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
+            let n = m.shape.numel();
+            if d.ptr.is_null() || n == 0 {
+                continue;
+            }
+            // SAFETY: device regions of n elements (caller contract / ours).
+            unsafe {
+                result::memcpy_dtod_async(d.ptr as u64, b.device_ptr(), n * m.dtype.size(), ours)
+            }
+            .map_err(|e| cu("copying an output", e))?;
+        }
+        // The caller's stream continues after our results are in its buffers. Our buffers are
+        // freed stream-ordered on our stream when dropped.
+        join(ours, theirs)
+    }
+}
+
+#[cfg(feature = "cuda")]
+use cuda_path::exec_cuda;
+
+// ---- the ops -------------------------------------------------------------------------------
+
+/// A second list of the same inputs (host tensors cloned, pointers copied).
+fn dup(v: &[(Src, Meta)]) -> Inputs {
+    v.iter()
+        .map(|(s, mt)| match s {
+            Src::Host(t) => (Src::Host(t.clone()), mt.clone()),
+            Src::Ptr(p, nm) => (Src::Ptr(*p, nm), mt.clone()),
+        })
+        .collect()
+}
+
+fn m(shape: impl Into<Shape>, dtype: DType) -> Meta {
+    Meta::new(shape, dtype)
+}
+
+fn lif_forward(
+    f: &str,
+    mem: Mem,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    x: *const c_void,
+    spikes: *mut c_void,
+    v: *mut c_void,
+    h: *mut c_void,
+) -> Result<(), CErr> {
+    let cfg = lif_config(f, params, false)?;
+    let dt = dtype_of(f, dtype)?;
+    let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
+    exec(
+        f,
+        mem,
+        Op::Lif(cfg),
+        vec![(Src::Ptr(x, "x"), m([t, n], dt))],
+        vec![dst_opt(spikes, "spikes"), dst_opt(v, "v"), dst(h, "h")],
+    )
+}
+
+fn lif_backward(
+    f: &str,
+    mem: Mem,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    h: *const c_void,
+    grad_spikes: *const c_void,
+    grad_v: *const c_void,
+    grad_x: *mut c_void,
+    grad_tau: *mut c_void,
+) -> Result<(), CErr> {
+    let learnable = !grad_tau.is_null();
+    let cfg = lif_config(f, params, learnable)?;
+    let dt = dtype_of(f, dtype)?;
+    let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
+    let (has_gs, has_gv) = (!grad_spikes.is_null(), !grad_v.is_null());
+    if !has_gs && !has_gv {
+        return Err(arg_err(
+            f,
+            "grad_spikes and grad_v are both NULL (give at least one)",
+        ));
+    }
+    let mut ins = vec![(Src::Ptr(h, "h"), m([t, n], dt))];
+    if has_gs {
+        ins.push((Src::Ptr(grad_spikes, "grad_spikes"), m([t, n], dt)));
+    }
+    if has_gv {
+        ins.push((Src::Ptr(grad_v, "grad_v"), m([t, n], dt)));
+    }
+    let mut outs = vec![dst(grad_x, "grad_x")];
+    if learnable {
+        let tau = match dt {
+            DType::F32 => Tensor::scalar(cfg.tau as f32),
+            _ => Tensor::scalar(cfg.tau),
+        };
+        ins.push((Src::Host(tau), m([], dt)));
+        outs.push(dst(grad_tau, "grad_tau"));
+    }
+    exec(
+        f,
+        mem,
+        Op::LifBackward {
+            cfg,
+            has_gs,
+            has_gv,
+        },
+        ins,
+        outs,
+    )
+}
+
+/// Inputs z, a_src, a_dst (, be) and the four graph tensors; returns them with (N, E).
+fn gat_inputs(
+    f: &str,
+    dt: DType,
+    graph: *const GshnGraph,
+    heads: i64,
+    feat: i64,
+    z: *const c_void,
+    a_src: *const c_void,
+    a_dst: *const c_void,
+    edge_bias: *const c_void,
+) -> Result<(Inputs, Inputs, usize, usize, usize, usize), CErr> {
+    let g = graph_of(f, graph)?;
+    let (n, e) = (g.nodes(), g.edges());
+    let (h, fe) = (size(f, "heads", heads)?, size(f, "feat", feat)?);
+    let mut ins = vec![
+        (Src::Ptr(z, "z"), m([n, h, fe], dt)),
+        (Src::Ptr(a_src, "a_src"), m([h, fe], dt)),
+        (Src::Ptr(a_dst, "a_dst"), m([h, fe], dt)),
+    ];
+    if !edge_bias.is_null() {
+        ins.push((Src::Ptr(edge_bias, "edge_bias"), m([e, h], dt)));
+    }
+    let gr = vec![
+        (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.src), m([e], DType::I32)),
+        (Src::Host(g.col_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.col_edge), m([e], DType::I32)),
+    ];
+    Ok((ins, gr, n, e, h, fe))
+}
+
+fn gat_forward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    feat: i64,
+    negative_slope: f64,
+    z: *const c_void,
+    a_src: *const c_void,
+    a_dst: *const c_void,
+    edge_bias: *const c_void,
+    out: *mut c_void,
+    lse: *mut c_void,
+    alpha: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (ins, gr, n, _, h, _) = gat_inputs(f, dt, graph, heads, feat, z, a_src, a_dst, edge_bias)?;
+    let at = GatAttrs {
+        negative_slope,
+        edge_bias: !edge_bias.is_null(),
+    };
+    let want_alpha = !alpha.is_null();
+    let gr2 = dup(&gr);
+    let mut fwd = dup(&ins);
+    fwd.extend(gr);
+    exec(
+        f,
+        mem,
+        Op::Gat(at),
+        fwd,
+        vec![dst(out, "out"), dst(lse, "lse")],
+    )?;
+    if want_alpha {
+        // alpha from the lse just written into the caller's buffer.
+        let mut ai = ins;
+        ai.push((Src::Ptr(lse as *const c_void, "lse"), m([n, h], dt)));
+        ai.extend(gr2);
+        exec(f, mem, Op::GatAlpha(at), ai, vec![dst(alpha, "alpha")])?;
+    }
+    Ok(())
+}
+
+fn gat_backward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    feat: i64,
+    negative_slope: f64,
+    z: *const c_void,
+    a_src: *const c_void,
+    a_dst: *const c_void,
+    edge_bias: *const c_void,
+    out: *const c_void,
+    lse: *const c_void,
+    grad_out: *const c_void,
+    grad_z: *mut c_void,
+    grad_a_src: *mut c_void,
+    grad_a_dst: *mut c_void,
+    grad_edge_bias: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (ins, gr, n, _, h, fe) = gat_inputs(f, dt, graph, heads, feat, z, a_src, a_dst, edge_bias)?;
+    let at = GatAttrs {
+        negative_slope,
+        edge_bias: !edge_bias.is_null(),
+    };
+    // g_out, z, a_src, a_dst (, be), out, lse, graph
+    let mut all = vec![(Src::Ptr(grad_out, "grad_out"), m([n, h, fe], dt))];
+    all.extend(ins);
+    all.push((Src::Ptr(out, "out"), m([n, h, fe], dt)));
+    all.push((Src::Ptr(lse, "lse"), m([n, h], dt)));
+    all.extend(gr);
+    let mut outs = vec![
+        dst(grad_z, "grad_z"),
+        dst(grad_a_src, "grad_a_src"),
+        dst(grad_a_dst, "grad_a_dst"),
+    ];
+    if at.edge_bias {
+        outs.push(dst_opt(grad_edge_bias, "grad_edge_bias"));
+    }
+    exec(f, mem, Op::GatBackward(at), all, outs)
+}
+
+fn agg_inputs(
+    f: &str,
+    dt: DType,
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const c_void,
+) -> Result<(Inputs, Inputs, [usize; 3]), CErr> {
+    let g = graph_of(f, graph)?;
+    let (n, e) = (g.nodes(), g.edges());
+    let (h, t, c) = (size(f, "heads", heads)?, size(f, "T", t)?, size(f, "C", c)?);
+    let ins = vec![
+        (Src::Ptr(alpha, "alpha"), m([e, h], dt)),
+        (Src::Ptr(s, "s"), m([t, n, c], dt)),
+    ];
+    let gr = vec![
+        (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.src), m([e], DType::I32)),
+        (Src::Host(g.col_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.col_edge), m([e], DType::I32)),
+    ];
+    Ok((ins, gr, [t, n, c]))
+}
+
+fn infonce_metas(f: &str, b: i64, d: i64) -> Result<(usize, usize), CErr> {
+    Ok((size(f, "B", b)?, size(f, "D", d)?))
+}
+
+fn infonce_forward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    b: i64,
+    d: i64,
+    symmetric: c_int,
+    a: *const c_void,
+    p: *const c_void,
+    logit_scale: *const c_void,
+    loss: *mut c_void,
+    lse_row: *mut c_void,
+    lse_col: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (b, d) = infonce_metas(f, b, d)?;
+    let at = InfoNceAttrs {
+        symmetric: symmetric != 0,
+        ..InfoNceAttrs::default()
+    };
+    exec(
+        f,
+        mem,
+        Op::InfoNce(at),
+        vec![
+            (Src::Ptr(a, "a"), m([b, d], dt)),
+            (Src::Ptr(p, "p"), m([b, d], dt)),
+            (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
+        ],
+        vec![
+            dst(loss, "loss"),
+            dst(lse_row, "lse_row"),
+            dst(lse_col, "lse_col"),
+        ],
+    )
+}
+
+fn infonce_backward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    b: i64,
+    d: i64,
+    symmetric: c_int,
+    a: *const c_void,
+    p: *const c_void,
+    logit_scale: *const c_void,
+    lse_row: *const c_void,
+    lse_col: *const c_void,
+    grad_loss: *const c_void,
+    grad_a: *mut c_void,
+    grad_p: *mut c_void,
+    grad_logit_scale: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (b, d) = infonce_metas(f, b, d)?;
+    let at = InfoNceAttrs {
+        symmetric: symmetric != 0,
+        ..InfoNceAttrs::default()
+    };
+    exec(
+        f,
+        mem,
+        Op::InfoNceBackward(at),
+        vec![
+            (Src::Ptr(grad_loss, "grad_loss"), m([], dt)),
+            (Src::Ptr(a, "a"), m([b, d], dt)),
+            (Src::Ptr(p, "p"), m([b, d], dt)),
+            (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
+            (Src::Ptr(lse_row, "lse_row"), m([b], dt)),
+            (Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt)),
+        ],
+        vec![
+            dst_opt(grad_a, "grad_a"),
+            dst_opt(grad_p, "grad_p"),
+            dst_opt(grad_logit_scale, "grad_logit_scale"),
+        ],
+    )
+}
+
+// ---- exported symbols: one _cpu and one _cuda per entry --------------------------------------
+
+macro_rules! export {
+    ($cpu:ident, $cuda:ident, $imp:ident, ( $($a:ident : $t:ty),* $(,)? )) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $cpu($($a: $t),*) -> c_int {
+            ffi(stringify!($cpu), || $imp(stringify!($cpu), Mem::Host, $($a),*))
+        }
+        #[no_mangle]
+        pub unsafe extern "C" fn $cuda($($a: $t,)* device: c_int, stream: *mut c_void) -> c_int {
+            ffi(stringify!($cuda), || $imp(stringify!($cuda), Mem::Cuda { device, stream }, $($a),*))
+        }
+    };
+}
+
+export!(gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward, (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
+    x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
+));
+export!(gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward, (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
+    h: *const c_void, grad_spikes: *const c_void, grad_v: *const c_void,
+    grad_x: *mut c_void, grad_tau: *mut c_void,
+));
+export!(gshn_gat_forward_cpu, gshn_gat_forward_cuda, gat_forward, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, feat: i64, negative_slope: f64,
+    z: *const c_void, a_src: *const c_void, a_dst: *const c_void, edge_bias: *const c_void,
+    out: *mut c_void, lse: *mut c_void, alpha: *mut c_void,
+));
+export!(gshn_gat_backward_cpu, gshn_gat_backward_cuda, gat_backward, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, feat: i64, negative_slope: f64,
+    z: *const c_void, a_src: *const c_void, a_dst: *const c_void, edge_bias: *const c_void,
+    out: *const c_void, lse: *const c_void, grad_out: *const c_void,
+    grad_z: *mut c_void, grad_a_src: *mut c_void, grad_a_dst: *mut c_void,
+    grad_edge_bias: *mut c_void,
+));
+export!(gshn_aggregate_forward_cpu, gshn_aggregate_forward_cuda, aggregate_forward, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
+    alpha: *const c_void, s: *const c_void, y: *mut c_void,
+));
+export!(gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
+    alpha: *const c_void, s: *const c_void, grad_y: *const c_void,
+    grad_alpha: *mut c_void, grad_s: *mut c_void,
+));
+export!(gshn_infonce_forward_cpu, gshn_infonce_forward_cuda, infonce_forward, (
+    dtype: c_int, b: i64, d: i64, symmetric: c_int,
+    a: *const c_void, p: *const c_void, logit_scale: *const c_void,
+    loss: *mut c_void, lse_row: *mut c_void, lse_col: *mut c_void,
+));
+export!(gshn_infonce_backward_cpu, gshn_infonce_backward_cuda, infonce_backward, (
+    dtype: c_int, b: i64, d: i64, symmetric: c_int,
+    a: *const c_void, p: *const c_void, logit_scale: *const c_void,
+    lse_row: *const c_void, lse_col: *const c_void, grad_loss: *const c_void,
+    grad_a: *mut c_void, grad_p: *mut c_void, grad_logit_scale: *mut c_void,
+));
+
+fn aggregate_forward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const c_void,
+    y: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (mut ins, gr, _) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
+    ins.extend(gr);
+    exec(f, mem, Op::Aggregate, ins, vec![dst(y, "y")])
+}
+
+fn aggregate_backward(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const c_void,
+    grad_y: *const c_void,
+    grad_alpha: *mut c_void,
+    grad_s: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (ins, gr, [t, n, c]) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
+    let mut all = vec![(Src::Ptr(grad_y, "grad_y"), m([t, n, c], dt))];
+    all.extend(ins);
+    all.extend(gr);
+    exec(
+        f,
+        mem,
+        Op::AggregateBackward,
+        all,
+        vec![dst_opt(grad_alpha, "grad_alpha"), dst_opt(grad_s, "grad_s")],
+    )
+}

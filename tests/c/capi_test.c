@@ -1,0 +1,196 @@
+/* Exercises include/gshn.h on the CPU path: runs every entry point on deterministic inputs and
+ * writes inputs and results to argv[1] ("name count v0 v1 ..." per line) for tests/capi.rs to
+ * check against the Rust ops; checks the error paths. Exit 0 on success. */
+#include "gshn.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t state = 12345u;
+static float rnd(void) { /* uniform in [-1, 1) */
+    state = state * 1664525u + 1013904223u;
+    return (float)((state >> 8) / 16777216.0) * 2.0f - 1.0f;
+}
+static void fill(float *v, int n, float scale, float shift) {
+    for (int i = 0; i < n; i++) v[i] = scale * rnd() + shift;
+}
+static void dump(FILE *f, const char *name, const float *v, int n) {
+    fprintf(f, "%s %d", name, n);
+    for (int i = 0; i < n; i++) fprintf(f, " %.9g", v[i]);
+    fprintf(f, "\n");
+}
+static void dumpi(FILE *f, const char *name, const int32_t *v, int n) {
+    fprintf(f, "%s %d", name, n);
+    for (int i = 0; i < n; i++) fprintf(f, " %d", v[i]);
+    fprintf(f, "\n");
+}
+
+#define CHECK(call)                                                                         \
+    do {                                                                                    \
+        int rc_ = (call);                                                                   \
+        if (rc_ != GSHN_OK) {                                                               \
+            fprintf(stderr, "%s:%d: %s returned %d: %s\n", __FILE__, __LINE__, #call, rc_,  \
+                    gshn_last_error());                                                     \
+            return 1;                                                                       \
+        }                                                                                   \
+        if (gshn_last_error()[0] != 0) {                                                    \
+            fprintf(stderr, "%s:%d: success left an error message\n", __FILE__, __LINE__); \
+            return 1;                                                                       \
+        }                                                                                   \
+    } while (0)
+
+#define EXPECT_ERR(call, code)                                                              \
+    do {                                                                                    \
+        int rc_ = (call);                                                                   \
+        if (rc_ != (code) || gshn_last_error()[0] == 0) {                                   \
+            fprintf(stderr, "%s:%d: %s returned %d (want %d), message \"%s\"\n", __FILE__,  \
+                    __LINE__, #call, rc_, (code), gshn_last_error());                       \
+            return 1;                                                                       \
+        }                                                                                   \
+        printf("expected error %d: %s\n", rc_, gshn_last_error());                         \
+    } while (0)
+
+int main(int argc, char **argv) {
+    if (argc != 2) return 2;
+    FILE *f = fopen(argv[1], "w");
+    if (!f) return 2;
+    if (gshn_abi_version() != GSHN_ABI_VERSION) {
+        fprintf(stderr, "ABI version %d, header %d\n", gshn_abi_version(), GSHN_ABI_VERSION);
+        return 1;
+    }
+
+    /* ---- LIF: T=5, N=7, soft reset, sigmoid surrogate, PLIF gradient ---- */
+    enum { T = 5, NN = 7, TN = T * NN };
+    float x[TN], spikes[TN], v[TN], h[TN], gs[TN], gv[TN], gx[TN], gtau = 0;
+    fill(x, TN, 1.2f, 0.8f);
+    fill(gs, TN, 1.0f, 0.0f);
+    fill(gv, TN, 1.0f, 0.0f);
+    gshn_lif_params lp = gshn_lif_params_default();
+    lp.hard_reset = 0;
+    lp.surrogate = GSHN_SURROGATE_SIGMOID;
+    lp.alpha = 4.0;
+    lp.tau = 2.5;
+    CHECK(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, spikes, v, h));
+    CHECK(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, gs, gv, gx, &gtau));
+    dump(f, "lif.x", x, TN);
+    dump(f, "lif.grad_spikes", gs, TN);
+    dump(f, "lif.grad_v", gv, TN);
+    dump(f, "lif.spikes", spikes, TN);
+    dump(f, "lif.v", v, TN);
+    dump(f, "lif.h", h, TN);
+    dump(f, "lif.grad_x", gx, TN);
+    dump(f, "lif.grad_tau", &gtau, 1);
+
+    /* ---- GAT: N=6 (node 5 has no in-edge), H=2, F=3, E=10, with edge bias ---- */
+    enum { N = 6, H = 2, F = 3, E = 10, NHF = N * H * F };
+    int32_t row_ptr[N + 1] = {0, 2, 5, 6, 8, 10, 10};
+    int32_t src[E] = {0, 1, 1, 2, 0, 2, 3, 0, 4, 1};
+    gshn_graph g = {N, E, row_ptr, src};
+    float z[NHF], as[H * F], ad[H * F], eb[E * H], out[NHF], lse[N * H], alpha[E * H];
+    float gout[NHF], gz[NHF], gas[H * F], gad[H * F], geb[E * H];
+    fill(z, NHF, 1.0f, 0.0f);
+    fill(as, H * F, 1.0f, 0.0f);
+    fill(ad, H * F, 1.0f, 0.0f);
+    fill(eb, E * H, 0.5f, 0.0f);
+    fill(gout, NHF, 1.0f, 0.0f);
+    CHECK(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, out, lse, alpha));
+    CHECK(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, out, lse, gout, gz, gas,
+                                gad, geb));
+    dumpi(f, "gat.row_ptr", row_ptr, N + 1);
+    dumpi(f, "gat.src", src, E);
+    dump(f, "gat.z", z, NHF);
+    dump(f, "gat.a_src", as, H * F);
+    dump(f, "gat.a_dst", ad, H * F);
+    dump(f, "gat.edge_bias", eb, E * H);
+    dump(f, "gat.grad_out", gout, NHF);
+    dump(f, "gat.out", out, NHF);
+    dump(f, "gat.lse", lse, N * H);
+    dump(f, "gat.alpha", alpha, E * H);
+    dump(f, "gat.grad_z", gz, NHF);
+    dump(f, "gat.grad_a_src", gas, H * F);
+    dump(f, "gat.grad_a_dst", gad, H * F);
+    dump(f, "gat.grad_edge_bias", geb, E * H);
+
+    /* ---- aggregation with GAT's alpha: T=2, C=4 ---- */
+    enum { AT = 2, C = 4, TNC = AT * N * C };
+    float s[TNC], y[TNC], gy[TNC], galpha[E * H], gsg[TNC];
+    fill(s, TNC, 1.0f, 0.0f);
+    fill(gy, TNC, 1.0f, 0.0f);
+    CHECK(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, y));
+    CHECK(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, gy, galpha, gsg));
+    dump(f, "agg.s", s, TNC);
+    dump(f, "agg.grad_y", gy, TNC);
+    dump(f, "agg.y", y, TNC);
+    dump(f, "agg.grad_alpha", galpha, E * H);
+    dump(f, "agg.grad_s", gsg, TNC);
+
+    /* ---- InfoNCE: B=5, D=4, symmetric, grad_loss 1.3 ---- */
+    enum { B = 5, D = 4 };
+    float a[B * D], p[B * D], ls = 2.0f, loss = 0, lr[B], lc[B], gl = 1.3f;
+    float ga[B * D], gp[B * D], gls = 0;
+    fill(a, B * D, 1.0f, 0.0f);
+    fill(p, B * D, 1.0f, 0.0f);
+    for (int i = 0; i < B; i++) { /* L2-normalise the rows */
+        float na = 0, np = 0;
+        for (int j = 0; j < D; j++) na += a[i * D + j] * a[i * D + j], np += p[i * D + j] * p[i * D + j];
+        for (int j = 0; j < D; j++) a[i * D + j] /= sqrtf(na), p[i * D + j] /= sqrtf(np);
+    }
+    CHECK(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, &loss, lr, lc));
+    CHECK(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, &gl, ga, gp, &gls));
+    dump(f, "nce.a", a, B * D);
+    dump(f, "nce.p", p, B * D);
+    dump(f, "nce.logit_scale", &ls, 1);
+    dump(f, "nce.grad_loss", &gl, 1);
+    dump(f, "nce.loss", &loss, 1);
+    dump(f, "nce.lse_row", lr, B);
+    dump(f, "nce.lse_col", lc, B);
+    dump(f, "nce.grad_a", ga, B * D);
+    dump(f, "nce.grad_p", gp, B * D);
+    dump(f, "nce.grad_logit_scale", &gls, 1);
+
+    /* ---- error paths: codes and messages, never a crash ---- */
+    EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, NULL, spikes, v, h),
+               GSHN_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(gshn_lif_forward_cpu(NULL, GSHN_F32, T, NN, x, spikes, v, h),
+               GSHN_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(gshn_lif_forward_cpu(&lp, 7, T, NN, x, spikes, v, h), GSHN_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, -1, NN, x, spikes, v, h),
+               GSHN_ERR_INVALID_ARGUMENT);
+    EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, (const char *)x + 1, spikes, v, h),
+               GSHN_ERR_INVALID_ARGUMENT); /* misaligned */
+    EXPECT_ERR(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, NULL, NULL, gx, NULL),
+               GSHN_ERR_INVALID_ARGUMENT);
+    gshn_lif_params bad = lp;
+    bad.tau = 0.5;
+    EXPECT_ERR(gshn_lif_forward_cpu(&bad, GSHN_F32, T, NN, x, spikes, v, h),
+               GSHN_ERR_INVALID_VALUE);
+    int32_t bad_row_ptr[N + 1] = {0, 2, 1, 6, 8, 10, 10};
+    gshn_graph bg = {N, E, bad_row_ptr, src};
+    EXPECT_ERR(gshn_gat_forward_cpu(GSHN_F32, &bg, H, F, 0.2, z, as, ad, eb, out, lse, alpha),
+               GSHN_ERR_INVALID_VALUE);
+    int32_t bad_src[E] = {0, 1, 1, 2, 0, 2, 3, 0, 4, 99};
+    gshn_graph bs = {N, E, row_ptr, bad_src};
+    EXPECT_ERR(gshn_gat_forward_cpu(GSHN_F32, &bs, H, F, 0.2, z, as, ad, eb, out, lse, alpha),
+               GSHN_ERR_INVALID_VALUE);
+    EXPECT_ERR(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, 3, alpha, s, y), GSHN_ERR_SHAPE);
+    EXPECT_ERR(gshn_infonce_forward_cpu(GSHN_F32, 0, D, 1, a, p, &ls, &loss, lr, lc),
+               GSHN_ERR_SHAPE);
+    /* A successful call clears the message. */
+    CHECK(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, NULL, NULL, h));
+
+    /* CUDA entry points: without a usable GPU, an error code with a message (never a crash). */
+    if (!gshn_cuda_available()) {
+        int rc = gshn_lif_forward_cuda(&lp, GSHN_F32, T, NN, x, spikes, v, h, 0, NULL);
+        if ((rc != GSHN_ERR_CUDA && rc != GSHN_ERR_UNSUPPORTED) || gshn_last_error()[0] == 0) {
+            fprintf(stderr, "cuda without a GPU returned %d: %s\n", rc, gshn_last_error());
+            return 1;
+        }
+        printf("no GPU: gshn_lif_forward_cuda -> %d: %s\n", rc, gshn_last_error());
+    }
+    fprintf(f, "done 0\n");
+    fclose(f);
+    printf("capi_test: ok\n");
+    return 0;
+}

@@ -1,0 +1,226 @@
+//! The C ABI: compiles `tests/c/capi_test.c` against `include/gshn.h` and the built
+//! `libgshn.so`, runs it (it also checks the error codes and messages), and compares every
+//! result it wrote with the same op run through `gshn::opcli` (the graph path) in Rust.
+//! Skips with a message when no C compiler is found.
+
+use gshn::opcli;
+use gshn::{CpuBackend, Tensor};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The folder holding libgshn.so: the test executable is target/<profile>/deps/capi-<hash>.
+fn lib_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    let name = format!(
+        "{}gshn{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let found = [deps.parent()?, deps]
+        .into_iter()
+        .find(|d| d.join(&name).exists())
+        .map(Path::to_path_buf);
+    found
+}
+
+fn compiler() -> Option<String> {
+    let candidates = [
+        std::env::var("CC").ok(),
+        Some("cc".into()),
+        Some("gcc".into()),
+        Some("clang".into()),
+    ];
+    candidates.into_iter().flatten().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn parse(text: &str) -> HashMap<String, Vec<f64>> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let name = it.next()?.to_string();
+            let n: usize = it.next()?.parse().ok()?;
+            let v: Vec<f64> = it.map(|x| x.parse().expect("number")).collect();
+            assert_eq!(v.len(), n, "{name}: count");
+            Some((name, v))
+        })
+        .collect()
+}
+
+struct Dump(HashMap<String, Vec<f64>>);
+
+impl Dump {
+    fn get(&self, k: &str) -> &[f64] {
+        self.0
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} missing from the C program's output"))
+    }
+    fn f32(&self, k: &str, shape: &[usize]) -> Tensor {
+        let v: Vec<f32> = self.get(k).iter().map(|&x| x as f32).collect();
+        Tensor::new(shape.to_vec(), v).unwrap()
+    }
+    fn i32(&self, k: &str) -> Tensor {
+        let v: Vec<i32> = self.get(k).iter().map(|&x| x as i32).collect();
+        Tensor::new([v.len()], v).unwrap()
+    }
+    /// The C result `k` equals the Rust tensor (same kernels: to f32 rounding of the dump).
+    fn check(&self, k: &str, rust: &[(String, Tensor)], name: &str) {
+        let c = self.get(k);
+        let r = rust
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("opcli gave no {name}"))
+            .1
+            .to_f64_vec();
+        assert_eq!(c.len(), r.len(), "{k}: length");
+        let scale = r.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+        let err = c
+            .iter()
+            .zip(&r)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-6 * scale,
+            "{k}: C {c:?} vs Rust {r:?} (max err {err:e})"
+        );
+    }
+}
+
+#[test]
+fn c_program_matches_the_rust_ops() {
+    let Some(cc) = compiler() else {
+        eprintln!("SKIPPED capi: no C compiler (cc, gcc, clang or $CC) found");
+        return;
+    };
+    let lib = lib_dir().expect("libgshn.so next to the test executable (crate-type cdylib)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("gshn-capi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("capi_test");
+    let st = Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join("tests/c/capi_test.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lgshn", "-lm"])
+        .status()
+        .expect("running the C compiler");
+    assert!(
+        st.success(),
+        "the C program does not compile against include/gshn.h"
+    );
+    let out_file = dir.join("results.txt");
+    let run = Command::new(&exe)
+        .arg(&out_file)
+        .env("LD_LIBRARY_PATH", &lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    println!("{stdout}");
+    assert!(
+        run.status.success(),
+        "capi_test failed:\n{stdout}\n{stderr}"
+    );
+    let d = Dump(parse(&std::fs::read_to_string(&out_file).unwrap()));
+    assert!(d.0.contains_key("done"));
+
+    // LIF (PLIF gradient through a tau tensor).
+    let (t, n) = (5, 7);
+    let r = opcli::run(
+        "lif",
+        &[
+            ("x".into(), d.f32("lif.x", &[t, n])),
+            ("tau".into(), Tensor::scalar(2.5f32)),
+            ("grad_spikes".into(), d.f32("lif.grad_spikes", &[t, n])),
+            ("grad_v".into(), d.f32("lif.grad_v", &[t, n])),
+        ],
+        &json!({"v_reset": null, "surrogate": "sigmoid", "alpha": 4.0}),
+        CpuBackend,
+    )
+    .unwrap();
+    for k in ["spikes", "v", "h", "grad_x", "grad_tau"] {
+        d.check(&format!("lif.{k}"), &r, k);
+    }
+    let spikes = d.get("lif.spikes");
+    assert!(
+        spikes.contains(&1.0) && spikes.contains(&0.0),
+        "the LIF case must fire some spikes"
+    );
+
+    // GAT with edge bias.
+    let (n, h, f, e) = (6, 2, 3, 10);
+    let graph = [
+        ("row_ptr".to_string(), d.i32("gat.row_ptr")),
+        ("src".to_string(), d.i32("gat.src")),
+    ];
+    let mut ins = vec![
+        ("z".to_string(), d.f32("gat.z", &[n, h, f])),
+        ("a_src".into(), d.f32("gat.a_src", &[h, f])),
+        ("a_dst".into(), d.f32("gat.a_dst", &[h, f])),
+        ("edge_bias".into(), d.f32("gat.edge_bias", &[e, h])),
+        ("grad_out".into(), d.f32("gat.grad_out", &[n, h, f])),
+    ];
+    ins.extend(graph.iter().cloned());
+    let r = opcli::run("gat", &ins, &json!({"negative_slope": 0.2}), CpuBackend).unwrap();
+    for k in [
+        "out",
+        "lse",
+        "alpha",
+        "grad_z",
+        "grad_a_src",
+        "grad_a_dst",
+        "grad_edge_bias",
+    ] {
+        d.check(&format!("gat.{k}"), &r, k);
+    }
+
+    // Aggregation with GAT's alpha.
+    let (t, c) = (2, 4);
+    let mut ins = vec![
+        ("alpha".to_string(), d.f32("gat.alpha", &[e, h])),
+        ("s".into(), d.f32("agg.s", &[t, n, c])),
+        ("grad_y".into(), d.f32("agg.grad_y", &[t, n, c])),
+    ];
+    ins.extend(graph.iter().cloned());
+    let r = opcli::run("gat_aggregate", &ins, &json!({}), CpuBackend).unwrap();
+    for k in ["y", "grad_alpha", "grad_s"] {
+        d.check(&format!("agg.{k}"), &r, k);
+    }
+
+    // InfoNCE with an upstream gradient of 1.3 on the loss.
+    let (b, dd) = (5, 4);
+    let r = opcli::run(
+        "infonce",
+        &[
+            ("a".into(), d.f32("nce.a", &[b, dd])),
+            ("p".into(), d.f32("nce.p", &[b, dd])),
+            ("logit_scale".into(), d.f32("nce.logit_scale", &[])),
+            ("grad_loss".into(), d.f32("nce.grad_loss", &[])),
+        ],
+        &json!({}),
+        CpuBackend,
+    )
+    .unwrap();
+    for k in [
+        "loss",
+        "lse_row",
+        "lse_col",
+        "grad_a",
+        "grad_p",
+        "grad_logit_scale",
+    ] {
+        d.check(&format!("nce.{k}"), &r, k);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,0 +1,283 @@
+//! `gshn::opcli` (the engine of `gshn op`): gradient seeding, the PyG `edge_index` layout,
+//! dtypes, and typed errors for bad calls.
+
+use gshn::graph::Executor;
+use gshn::ops::{CsrGraph, LifConfig};
+use gshn::{opcli, CpuBackend, DType, Graph, Tensor};
+use serde_json::json;
+
+fn rnd(seed: u64, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect()
+}
+fn t64(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(shape.to_vec(), rnd(seed, n, -1.0, 1.0)).unwrap()
+}
+fn get<'a>(r: &'a [(String, Tensor)], k: &str) -> &'a Tensor {
+    &r.iter()
+        .find(|(n, _)| n == k)
+        .unwrap_or_else(|| panic!("no {k}"))
+        .1
+}
+fn close(a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.dims(), b.dims());
+    for (x, y) in a.to_f64_vec().iter().zip(b.to_f64_vec()) {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn lif_default_seed_is_ones_and_matches_the_graph() {
+    let x = Tensor::new([4, 9], rnd(1, 36, -0.5, 2.5)).unwrap();
+    let r = opcli::run("lif", &[("x".into(), x.clone())], &json!({}), CpuBackend).unwrap();
+    let names: Vec<&str> = r.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(names, ["spikes", "v", "h", "grad_x"]);
+    // The same through the builders: L = sum(spikes) + sum(v).
+    let mut g = Graph::new();
+    let xv = g.input("x", [4, 9], DType::F64);
+    let o = g.lif(xv, LifConfig::default()).unwrap();
+    let a = g.sum(o.spikes).unwrap();
+    let b = g.sum(o.membrane).unwrap();
+    let l = g.add(a, b).unwrap();
+    let gx = g.backward(l, &[xv]).unwrap()[0];
+    let mut ex = Executor::new(CpuBackend, g, &[o.spikes, gx]).unwrap();
+    ex.set(xv, &x).unwrap();
+    ex.run().unwrap();
+    close(get(&r, "spikes"), &ex.get(o.spikes).unwrap(), 0.0);
+    close(get(&r, "grad_x"), &ex.get(gx).unwrap(), 1e-12);
+    // An explicit seed scales linearly: grad_spikes = grad_v = 2 doubles grad_x.
+    let two = Tensor::new([4, 9], vec![2.0f64; 36]).unwrap();
+    let r2 = opcli::run(
+        "lif",
+        &[
+            ("x".into(), x),
+            ("grad_spikes".into(), two.clone()),
+            ("grad_v".into(), two),
+        ],
+        &json!({}),
+        CpuBackend,
+    )
+    .unwrap();
+    let doubled: Vec<f64> = get(&r, "grad_x")
+        .to_f64_vec()
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    close(
+        get(&r2, "grad_x"),
+        &Tensor::new([4, 9], doubled).unwrap(),
+        1e-12,
+    );
+}
+
+#[test]
+fn gat_edge_index_equals_csr_up_to_edge_order() {
+    let (n, h, f) = (5, 2, 3);
+    // Shuffled edges (src, dst); node 4 has no in-edge.
+    let edges = [
+        (1, 0),
+        (0, 2),
+        (3, 1),
+        (0, 0),
+        (2, 3),
+        (1, 1),
+        (4, 3),
+        (2, 2),
+        (0, 1),
+    ];
+    let e = edges.len();
+    let mut ei = vec![0i32; 2 * e];
+    for (k, &(s, d)) in edges.iter().enumerate() {
+        ei[k] = s as i32;
+        ei[e + k] = d as i32;
+    }
+    let be = t64(&[e, h], 4);
+    let common = vec![
+        ("z".to_string(), t64(&[n, h, f], 1)),
+        ("a_src".into(), t64(&[h, f], 2)),
+        ("a_dst".into(), t64(&[h, f], 3)),
+    ];
+    let mut a = common.clone();
+    a.push(("edge_bias".into(), be.clone()));
+    a.push(("edge_index".into(), Tensor::new([2, e], ei).unwrap()));
+    a.push(("grad_alpha".into(), t64(&[e, h], 5)));
+    let ra = opcli::run("gat", &a, &json!(null), CpuBackend).unwrap();
+
+    // The same graph as a CSR: edges grouped by destination, stable.
+    let csr = CsrGraph::from_edges(n, &edges).unwrap();
+    let mut order: Vec<usize> = (0..e).collect();
+    order.sort_by_key(|&k| edges[k].1);
+    let permute = |t: &Tensor| {
+        let v = t.to_f64_vec();
+        let rows: Vec<f64> = order
+            .iter()
+            .flat_map(|&k| v[k * h..(k + 1) * h].to_vec())
+            .collect();
+        Tensor::new([e, h], rows).unwrap()
+    };
+    let mut b = common;
+    b.push(("edge_bias".into(), permute(&be)));
+    b.push(("row_ptr".into(), csr.row_ptr.clone()));
+    b.push(("src".into(), csr.src.clone()));
+    b.push(("grad_alpha".into(), permute(&t64(&[e, h], 5))));
+    let rb = opcli::run("gat", &b, &json!({"negative_slope": 0.2}), CpuBackend).unwrap();
+
+    for k in ["out", "lse", "grad_z", "grad_a_src", "grad_a_dst"] {
+        close(get(&ra, k), get(&rb, k), 1e-12);
+    }
+    for k in ["alpha", "grad_edge_bias"] {
+        close(&permute(get(&ra, k)), get(&rb, k), 1e-12);
+    }
+    // Node 4 has no in-edge: zero output.
+    let out = get(&ra, "out").to_f64_vec();
+    assert!(out[4 * h * f..].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn dtypes_follow_the_inputs() {
+    let a = t64(&[6, 4], 7).to_dtype(DType::F32).unwrap();
+    let p = t64(&[6, 4], 8).to_dtype(DType::F32).unwrap();
+    let r = opcli::run(
+        "infonce_1d",
+        &[
+            ("a".into(), a),
+            ("p".into(), p),
+            ("logit_scale".into(), Tensor::scalar(1.5f32)),
+        ],
+        &json!({"chunk": 4}),
+        CpuBackend,
+    )
+    .unwrap();
+    let names: Vec<&str> = r.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["loss", "lse_row", "grad_a", "grad_p", "grad_logit_scale"]
+    );
+    assert!(r.iter().all(|(_, t)| t.dtype() == DType::F32));
+
+    let seg = Tensor::new([5], vec![0i32, 2, -1, 2, 0]).unwrap();
+    let r = opcli::run(
+        "segment_pool",
+        &[("x".into(), t64(&[5, 3], 9)), ("seg".into(), seg)],
+        &json!({}),
+        CpuBackend,
+    )
+    .unwrap();
+    assert_eq!(get(&r, "mean").dims(), [3, 3]); // segments = max(seg) + 1
+    assert_eq!(get(&r, "count").to_f64_vec(), [2.0, 0.0, 2.0]);
+    // d sum(mean) / dx = 1/count for kept rows, 0 for the void row.
+    assert_eq!(get(&r, "grad_x").to_f64_vec()[6..9], [0.0, 0.0, 0.0]);
+    assert_eq!(get(&r, "grad_x").to_f64_vec()[0], 0.5);
+}
+
+#[test]
+fn bad_calls_are_typed_errors() {
+    let x = || ("x".to_string(), t64(&[3, 4], 1));
+    let err = |name: &str, ins: Vec<(String, Tensor)>, attrs: serde_json::Value| {
+        opcli::run(name, &ins, &attrs, CpuBackend)
+            .unwrap_err()
+            .to_string()
+    };
+    let cases = [
+        (err("nope", vec![x()], json!({})), "unknown op"),
+        (
+            err("lif", vec![x()], json!({"tua": 2.0})),
+            "unknown attr \"tua\"",
+        ),
+        (
+            err("lif", vec![x()], json!({"tau": "2"})),
+            "attr tau must be a number",
+        ),
+        (
+            err("lif", vec![x()], json!({"tau": 0.5})),
+            "tau must be finite and > 1",
+        ),
+        (
+            err("lif", vec![x()], json!({"surrogate": "relu"})),
+            "surrogate \"relu\"",
+        ),
+        (
+            err("lif", vec![x()], json!([1])),
+            "attrs must be a JSON object",
+        ),
+        (err("lif", vec![], json!({})), "missing input tensor \"x\""),
+        (
+            err("lif", vec![x(), ("y".into(), t64(&[1], 1))], json!({})),
+            "unknown input tensor \"y\"",
+        ),
+        (
+            err(
+                "lif",
+                vec![x(), ("grad_h".into(), t64(&[3, 4], 1))],
+                json!({}),
+            ),
+            "not differentiable",
+        ),
+        (
+            err(
+                "lif",
+                vec![x(), ("grad_v".into(), t64(&[4, 3], 1))],
+                json!({}),
+            ),
+            "grad_v must have the shape",
+        ),
+        (
+            err(
+                "lif",
+                vec![("x".into(), Tensor::new([2], vec![1i32, 2]).unwrap())],
+                json!({}),
+            ),
+            "x must be f32 or f64",
+        ),
+        (
+            err(
+                "lif",
+                vec![x(), ("tau".into(), Tensor::scalar(2.0f32))],
+                json!({}),
+            ),
+            "share one dtype",
+        ),
+        (
+            err(
+                "gat",
+                vec![
+                    ("z".into(), t64(&[2, 1, 2], 1)),
+                    ("a_src".into(), t64(&[1, 2], 1)),
+                    ("a_dst".into(), t64(&[1, 2], 1)),
+                ],
+                json!({}),
+            ),
+            "needs the graph",
+        ),
+        (
+            err(
+                "gat",
+                vec![
+                    ("z".into(), t64(&[2, 1, 2], 1)),
+                    ("a_src".into(), t64(&[1, 2], 1)),
+                    ("a_dst".into(), t64(&[1, 2], 1)),
+                    (
+                        "edge_index".into(),
+                        Tensor::new([2, 1], vec![0i32, 5]).unwrap(),
+                    ),
+                ],
+                json!({}),
+            ),
+            "outside 0..2",
+        ),
+    ];
+    for (msg, want) in cases {
+        assert!(msg.contains(want), "{msg:?} should mention {want:?}");
+    }
+    assert!(opcli::list().contains("gat_aggregate"));
+}
