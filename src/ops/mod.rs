@@ -222,25 +222,25 @@ impl Op {
         }
     }
 
-    /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
-    pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+    /// The family (file) an op belongs to: where its shape rule, gradient rule and kernels live.
+    pub fn family(&self) -> Family {
         match self {
             Op::LayerNorm { .. }
             | Op::LayerNormBackward { .. }
             | Op::L2Normalize { .. }
             | Op::L2NormalizeBackward { .. }
             | Op::MaskedSoftmax
-            | Op::MaskedSoftmaxBackward => norm::infer(self, inputs),
-            Op::Lif(_) | Op::LifBackward { .. } => lif::infer(self, inputs),
+            | Op::MaskedSoftmaxBackward => Family::Norm,
+            Op::Lif(_) | Op::LifBackward { .. } => Family::Lif,
             Op::Gat(_)
             | Op::GatBackward(_)
             | Op::GatAlpha(_)
             | Op::GatAlphaBackward(_)
             | Op::Aggregate
-            | Op::AggregateBackward => gat::infer(self, inputs),
-            Op::InfoNce(_) | Op::InfoNceBackward(_) => infonce::infer(self, inputs),
-            Op::SegmentMean { .. } | Op::SegmentMeanBackward => segment::infer(self, inputs),
-            Op::ClipScale { .. } | Op::AdamW(_) => optim::infer(self, inputs),
+            | Op::AggregateBackward => Family::Gat,
+            Op::InfoNce(_) | Op::InfoNceBackward(_) => Family::InfoNce,
+            Op::SegmentMean { .. } | Op::SegmentMeanBackward => Family::Segment,
+            Op::ClipScale { .. } | Op::AdamW(_) => Family::Optim,
             Op::Reshape(_)
             | Op::Permute(_)
             | Op::Concat { .. }
@@ -249,8 +249,22 @@ impl Op {
             | Op::Gather
             | Op::ScatterAdd { .. }
             | Op::Dropout { .. }
-            | Op::DropoutBackward { .. } => layout::infer(self, inputs),
-            _ => basic::infer(self, inputs),
+            | Op::DropoutBackward { .. } => Family::Layout,
+            _ => Family::Basic,
+        }
+    }
+
+    /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
+    pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        match self.family() {
+            Family::Basic => basic::infer(self, inputs),
+            Family::Layout => layout::infer(self, inputs),
+            Family::Norm => norm::infer(self, inputs),
+            Family::Lif => lif::infer(self, inputs),
+            Family::Gat => gat::infer(self, inputs),
+            Family::InfoNce => infonce::infer(self, inputs),
+            Family::Segment => segment::infer(self, inputs),
+            Family::Optim => optim::infer(self, inputs),
         }
     }
 
@@ -262,23 +276,29 @@ impl Op {
         node: &Node,
         out_grads: &[Option<ValueId>],
     ) -> Result<Vec<Option<ValueId>>> {
-        match self {
-            Op::LayerNorm { .. } | Op::L2Normalize { .. } | Op::MaskedSoftmax => {
-                norm::grad(g, node, out_grads)
-            }
-            Op::Lif(_) => lif::grad(g, node, out_grads),
-            Op::Gat(_) | Op::GatAlpha(_) | Op::Aggregate => gat::grad(g, node, out_grads),
-            Op::InfoNce(_) => infonce::grad(g, node, out_grads),
-            Op::SegmentMean { .. } => segment::grad(g, node, out_grads),
-            Op::Reshape(_)
-            | Op::Permute(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Gather
-            | Op::Dropout { .. } => layout::grad(g, node, out_grads),
-            _ => basic::grad(g, node, out_grads),
+        match self.family() {
+            Family::Basic | Family::Optim => basic::grad(g, node, out_grads),
+            Family::Layout => layout::grad(g, node, out_grads),
+            Family::Norm => norm::grad(g, node, out_grads),
+            Family::Lif => lif::grad(g, node, out_grads),
+            Family::Gat => gat::grad(g, node, out_grads),
+            Family::InfoNce => infonce::grad(g, node, out_grads),
+            Family::Segment => segment::grad(g, node, out_grads),
         }
     }
+}
+
+/// Op families: one file each in `ops/`, `backend/cpu/` and `kernels/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Basic,
+    Layout,
+    Norm,
+    Lif,
+    Gat,
+    InfoNce,
+    Segment,
+    Optim,
 }
 
 /// Shared checks for shape rules.

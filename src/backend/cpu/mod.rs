@@ -12,7 +12,7 @@ mod segment;
 
 use super::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::ops::Op;
+use crate::ops::{Family, Op};
 use crate::tensor::{DType, Element, Shape, Storage, Tensor};
 
 /// Float element type of the CPU kernels.
@@ -139,35 +139,15 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
-        match op {
-            Op::LayerNorm { .. }
-            | Op::LayerNormBackward { .. }
-            | Op::L2Normalize { .. }
-            | Op::L2NormalizeBackward { .. }
-            | Op::MaskedSoftmax
-            | Op::MaskedSoftmaxBackward => norm::execute(op, inputs, outputs),
-            Op::Lif(_) | Op::LifBackward { .. } => lif::execute(op, inputs, outputs),
-            Op::Gat(_)
-            | Op::GatBackward(_)
-            | Op::GatAlpha(_)
-            | Op::GatAlphaBackward(_)
-            | Op::Aggregate
-            | Op::AggregateBackward => gat::execute(op, inputs, outputs),
-            Op::InfoNce(_) | Op::InfoNceBackward(_) => infonce::execute(op, inputs, outputs),
-            Op::SegmentMean { .. } | Op::SegmentMeanBackward => {
-                segment::execute(op, inputs, outputs)
-            }
-            Op::ClipScale { .. } | Op::AdamW(_) => optim::execute(op, inputs, outputs),
-            Op::Reshape(_)
-            | Op::Permute(_)
-            | Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::SliceBackward { .. }
-            | Op::Gather
-            | Op::ScatterAdd { .. }
-            | Op::Dropout { .. }
-            | Op::DropoutBackward { .. } => layout::execute(op, inputs, outputs),
-            _ => basic::execute(op, inputs, outputs),
+        match op.family() {
+            Family::Basic => basic::execute(op, inputs, outputs),
+            Family::Layout => layout::execute(op, inputs, outputs),
+            Family::Norm => norm::execute(op, inputs, outputs),
+            Family::Lif => lif::execute(op, inputs, outputs),
+            Family::Gat => gat::execute(op, inputs, outputs),
+            Family::InfoNce => infonce::execute(op, inputs, outputs),
+            Family::Segment => segment::execute(op, inputs, outputs),
+            Family::Optim => optim::execute(op, inputs, outputs),
         }
     }
 }
