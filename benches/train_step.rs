@@ -20,7 +20,7 @@ fn bench(c: &mut Criterion) {
     let b = cfg.train.batch_size;
     let mut engine = Engine::new(CpuBackend, cfg, shape, vocab).unwrap();
     engine.init().unwrap();
-    let graphs = &split.graphs[..b];
+    let graphs: Vec<_> = split.graphs[..b].iter().collect();
     let caps: Vec<_> = split.captions[..b].iter().map(|c| &c[0]).collect();
     let w = LossWeights {
         itc: 1.0,
@@ -34,7 +34,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function(format!("gshn_full_default_batch{b}_cpu"), |bn| {
         bn.iter(|| {
             let mut rng = SplitMix64::new(step as u64);
-            engine.step(graphs, &caps, w, 1e-4, step, &mut rng).unwrap();
+            engine
+                .step(&graphs, &caps, w, 1e-4, step, &mut rng)
+                .unwrap();
             step += 1;
         })
     });

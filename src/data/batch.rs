@@ -214,7 +214,11 @@ pub fn validate_csr(row_ptr: &[i32], idx: &[i32], n: usize) -> Result<()> {
 
 /// Collate up to `cap.batch_size` graphs into one padded batch. All graphs must share the feature
 /// width C; each must fit the per-graph node / edge / cell capacities (else an error naming the graph).
-pub fn collate(graphs: &[SceneGraph], cap: &BatchCapacity) -> Result<GraphBatch> {
+pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
+    graphs: &[G],
+    cap: &BatchCapacity,
+) -> Result<GraphBatch> {
+    let graphs: Vec<&SceneGraph> = graphs.iter().map(|g| g.borrow()).collect();
     let err = |m: String| Err(DataError::contract(format!("collate: {m}")));
     if graphs.len() > cap.batch_size {
         return err(format!(
@@ -536,7 +540,7 @@ mod tests {
         x.src[b.num_edges] = 5;
         assert!(x.validate().is_err());
         // Empty batch is legal: no edges at all.
-        let e = collate(&[], &cap()).unwrap();
+        let e = collate::<SceneGraph>(&[], &cap()).unwrap();
         e.validate().unwrap();
         assert_eq!(e.num_edges, 0);
     }

@@ -126,10 +126,10 @@ impl Feeder {
     }
 
     /// Sets every image-side input from `graphs` (≤ batch; missing slots are empty graphs).
-    pub fn feed_images<B: Backend>(
+    pub fn feed_images<B: Backend, G: std::borrow::Borrow<SceneGraph>>(
         &self,
         ex: &mut Executor<B>,
-        graphs: &[SceneGraph],
+        graphs: &[G],
         rng: &mut SplitMix64,
     ) -> Result<GraphBatch> {
         let b = collate(graphs, &self.data_cap)?;

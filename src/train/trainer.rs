@@ -63,12 +63,26 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
         caption_text: vec![],
         image_ids: vec![],
     };
+    // Samples that only fail when decoded are skipped here under `data.load.skip_bad`.
+    let mut skipped = Vec::new();
     for r in results {
-        let (g, enc, text, id) = r?;
-        p.graphs.push(g);
-        p.captions.push(enc);
-        p.caption_text.push(text);
-        p.image_ids.push(id);
+        match r {
+            Ok((g, enc, text, id)) => {
+                p.graphs.push(g);
+                p.captions.push(enc);
+                p.caption_text.push(text);
+                p.image_ids.push(id);
+            }
+            Err(e) if cfg.data.load.skip_bad => skipped.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "gshn: {label}: skipped {} bad samples (data.load.skip_bad), e.g. {}",
+            skipped.len(),
+            skipped[..skipped.len().min(3)].join("; ")
+        );
     }
     Ok(p)
 }
@@ -194,7 +208,7 @@ impl<B: Backend> Engine<B> {
     /// One optimizer step on `graphs` with one caption each.
     pub fn step(
         &mut self,
-        graphs: &[crate::data::SceneGraph],
+        graphs: &[&crate::data::SceneGraph],
         captions: &[&crate::data::Encoded],
         w: LossWeights,
         lr: f64,
@@ -452,7 +466,8 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             let idx = &order[state.batch * t.batch_size..(state.batch + 1) * t.batch_size];
             // Every random choice of a step derives from (seed, step): resuming repeats it.
             let mut rng = SplitMix64::new(mix64(t.seed) ^ mix64(state.step as u64 + 1));
-            let graphs: Vec<_> = idx.iter().map(|&i| train_split.graphs[i].clone()).collect();
+            let graphs: Vec<&crate::data::SceneGraph> =
+                idx.iter().map(|&i| &train_split.graphs[i]).collect();
             let caps: Vec<&crate::data::Encoded> = idx
                 .iter()
                 .map(|&i| &train_split.captions[i][rng.below(train_split.captions[i].len())])
