@@ -82,6 +82,9 @@ pub struct ModelConfig {
     pub r_init: f64,
     /// Initial InfoNCE logit scale (ln(1/0.07), as CLIP).
     pub logit_scale_init: f64,
+    /// Stop the SNN branch's gradient at the GAT attention it aggregates with (the GAT then
+    /// learns its attention from its own path only).
+    pub detach_attention: bool,
     pub text: TextConfig,
 }
 
@@ -100,6 +103,7 @@ impl Default for ModelConfig {
             fusion: Fusion::Scalar,
             r_init: 0.5,
             logit_scale_init: (1.0f64 / 0.07).ln(),
+            detach_attention: false,
             text: TextConfig::default(),
         }
     }

@@ -84,8 +84,7 @@ pub struct ModelOutputs {
     pub spike_rates: Vec<ValueId>,
     /// Per GAT layer: attention [edges, heads] (for plots and `gshn show`).
     pub attention: Vec<ValueId>,
-    /// [nodes, T] per-node firing rate of the last SNN layer over time is too big to keep;
-    /// this is [nodes]: mean over time and channels.
+    /// [nodes]: each node's firing rate in the last SNN layer (mean over time and channels).
     pub node_spike_rate: Option<ValueId>,
     pub r: Option<ValueId>,
     pub logit_scale: ValueId,
@@ -221,6 +220,9 @@ impl Gshn {
             for l in 0..config.snn_layers {
                 let alpha = match inp.uniform_alpha {
                     Some(u) => u,
+                    None if config.detach_attention => ps
+                        .graph
+                        .stop_gradient(attention[l.min(attention.len() - 1)])?,
                     None => attention[l.min(attention.len() - 1)],
                 };
                 let (w, _) = ps.linear(&format!("snn.{l}.lin"), d, d, false);
