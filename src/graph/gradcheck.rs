@@ -174,6 +174,27 @@ impl GradCheck {
     }
 }
 
+/// Runs the graph `build` wires on `inputs` (fed as inputs `in0`, `in1`, …) on the CPU and
+/// returns its outputs: the forward half of a test.
+pub fn evaluate(
+    inputs: &[Tensor],
+    build: impl FnOnce(&mut Graph, &[ValueId]) -> Result<Vec<ValueId>>,
+) -> Result<Vec<Tensor>> {
+    let mut g = Graph::new();
+    let ids: Vec<ValueId> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| g.input(format!("in{i}"), t.shape().clone(), t.dtype()))
+        .collect();
+    let outs = build(&mut g, &ids)?;
+    let mut ex = Executor::new(CpuBackend, g, &outs)?;
+    for (&id, t) in ids.iter().zip(inputs) {
+        ex.set(id, t)?;
+    }
+    ex.run()?;
+    outs.iter().map(|&o| ex.get(o)).collect()
+}
+
 /// Random f64 tensor with entries uniform in [lo, hi) (never all zeros).
 pub fn random(
     shape: impl Into<crate::tensor::Shape>,
