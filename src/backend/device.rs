@@ -119,6 +119,72 @@ impl AnyBackend {
     }
 }
 
+impl AnyBuffer {
+    fn cpu(&self) -> Option<&Storage> {
+        match self {
+            AnyBuffer::Cpu(s) => Some(s),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+    fn cpu_mut(&mut self) -> Option<&mut Storage> {
+        match self {
+            AnyBuffer::Cpu(s) => Some(s),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> Option<&super::cuda::CudaBuffer> {
+        match self {
+            AnyBuffer::Cuda(s) => Some(s),
+            _ => None,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_mut(&mut self) -> Option<&mut super::cuda::CudaBuffer> {
+        match self {
+            AnyBuffer::Cuda(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The views of one backend inside views of `AnyBuffer`s (an error if a buffer belongs to
+/// another backend).
+fn unwrap_views<'a, T>(
+    views: &[View<'a, AnyBuffer>],
+    get: fn(&AnyBuffer) -> Option<&T>,
+) -> Result<Vec<View<'a, T>>> {
+    views
+        .iter()
+        .map(|v| {
+            get(v.buf)
+                .map(|buf| View {
+                    buf,
+                    shape: v.shape,
+                    dtype: v.dtype,
+                })
+                .ok_or_else(mismatch)
+        })
+        .collect()
+}
+
+fn unwrap_views_mut<'a, 'b, T>(
+    views: &'a mut [ViewMut<'b, AnyBuffer>],
+    get: fn(&mut AnyBuffer) -> Option<&mut T>,
+) -> Result<Vec<ViewMut<'a, T>>> {
+    views
+        .iter_mut()
+        .map(|v| {
+            let (shape, dtype) = (v.shape, v.dtype);
+            get(&mut *v.buf)
+                .map(|buf| ViewMut { buf, shape, dtype })
+                .ok_or_else(mismatch)
+        })
+        .collect()
+}
+
 fn mismatch() -> Error {
     Error::graph("a buffer of another backend was passed to this backend")
 }
@@ -169,59 +235,17 @@ impl Backend for AnyBackend {
         outputs: &mut [ViewMut<AnyBuffer>],
     ) -> Result<()> {
         match self {
-            AnyBackend::Cpu(b) => {
-                let ins = inputs
-                    .iter()
-                    .map(|v| match v.buf {
-                        AnyBuffer::Cpu(s) => Ok(View {
-                            buf: s,
-                            shape: v.shape,
-                            dtype: v.dtype,
-                        }),
-                        #[allow(unreachable_patterns)]
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut outs = outputs
-                    .iter_mut()
-                    .map(|v| match &mut *v.buf {
-                        AnyBuffer::Cpu(s) => Ok(ViewMut {
-                            buf: s,
-                            shape: v.shape,
-                            dtype: v.dtype,
-                        }),
-                        #[allow(unreachable_patterns)]
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                b.execute(op, &ins, &mut outs)
-            }
+            AnyBackend::Cpu(b) => b.execute(
+                op,
+                &unwrap_views(inputs, AnyBuffer::cpu)?,
+                &mut unwrap_views_mut(outputs, AnyBuffer::cpu_mut)?,
+            ),
             #[cfg(feature = "cuda")]
-            AnyBackend::Cuda(b) => {
-                let ins = inputs
-                    .iter()
-                    .map(|v| match v.buf {
-                        AnyBuffer::Cuda(s) => Ok(View {
-                            buf: s,
-                            shape: v.shape,
-                            dtype: v.dtype,
-                        }),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut outs = outputs
-                    .iter_mut()
-                    .map(|v| match &mut *v.buf {
-                        AnyBuffer::Cuda(s) => Ok(ViewMut {
-                            buf: s,
-                            shape: v.shape,
-                            dtype: v.dtype,
-                        }),
-                        _ => Err(mismatch()),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                b.execute(op, &ins, &mut outs)
-            }
+            AnyBackend::Cuda(b) => b.execute(
+                op,
+                &unwrap_views(inputs, AnyBuffer::cuda)?,
+                &mut unwrap_views_mut(outputs, AnyBuffer::cuda_mut)?,
+            ),
         }
     }
 

@@ -410,6 +410,19 @@ fn check_aggregate(op: &'static str, alpha: &Meta, s: &Meta) -> Result<[usize; 4
     Ok([t, n, c, h])
 }
 
+/// Outputs of both GAT backward ops: gz[N,H,F], g_a_src[H,F], g_a_dst[H,F] (, g_be[E,H]).
+fn param_grads(n: usize, h: usize, f: usize, e: usize, dt: DType, edge_bias: bool) -> Vec<Meta> {
+    let mut out = vec![
+        Meta::new([n, h, f], dt),
+        Meta::new([h, f], dt),
+        Meta::new([h, f], dt),
+    ];
+    if edge_bias {
+        out.push(Meta::new([e, h], dt));
+    }
+    out
+}
+
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
@@ -439,16 +452,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             }
             check::same_dtype(name, "lse", z, &inputs[5 + eb])?;
             check::dims(name, "lse", &inputs[5 + eb], &[n, h])?;
-            let dt = z.dtype;
-            let mut out = vec![
-                Meta::new([n, h, f], dt),
-                Meta::new([h, f], dt),
-                Meta::new([h, f], dt),
-            ];
-            if a.edge_bias {
-                out.push(Meta::new([e, h], dt));
-            }
-            Ok(out)
+            Ok(param_grads(n, h, f, e, z.dtype, a.edge_bias))
         }
         Op::GatAlpha(a) => {
             let eb = a.edge_bias as usize;
@@ -475,16 +479,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
                 check::same_dtype(name, what, z, m)?;
                 check::dims(name, what, m, &[e, h])?;
             }
-            let dt = z.dtype;
-            let mut out = vec![
-                Meta::new([n, h, f], dt),
-                Meta::new([h, f], dt),
-                Meta::new([h, f], dt),
-            ];
-            if a.edge_bias {
-                out.push(Meta::new([e, h], dt));
-            }
-            Ok(out)
+            Ok(param_grads(n, h, f, e, z.dtype, a.edge_bias))
         }
         Op::Aggregate => {
             check::arity(name, inputs, 6)?;

@@ -126,14 +126,18 @@ impl Feeder {
     }
 
     /// Sets every image-side input from `graphs` (≤ batch; missing slots are empty graphs).
+    /// The per-pixel and per-node arrays move into the executor; the returned batch keeps the
+    /// graph structure (CSR, masks, edges) for callers that draw or inspect it.
     pub fn feed_images<B: Backend, G: std::borrow::Borrow<SceneGraph>>(
         &self,
         ex: &mut Executor<B>,
         graphs: &[G],
         rng: &mut SplitMix64,
     ) -> Result<GraphBatch> {
-        let b = collate(graphs, &self.data_cap)?;
+        let mut b = collate(graphs, &self.data_cap)?;
         let i = &self.inputs;
+        let take = std::mem::take::<Vec<f32>>;
+        let take_i = std::mem::take::<Vec<i32>>;
         let (n, e) = (b.node_cap, b.edge_cap);
         let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| set_as(ex, v, t?);
         set(
@@ -141,21 +145,25 @@ impl Feeder {
             i.pixel_feats,
             Tensor::new(
                 [self.cap.pixels, self.cap.pixel_channels],
-                b.pixel_feats.clone(),
+                take(&mut b.pixel_feats),
             ),
         )?;
         set(
             ex,
             i.pixel_node,
-            Tensor::new([self.cap.pixels], b.pixel_node.clone()),
+            Tensor::new([self.cap.pixels], take_i(&mut b.pixel_node)),
         )?;
         set(
             ex,
             i.geometry,
-            Tensor::new([n, self.cap.geometry], b.geometry.clone()),
+            Tensor::new([n, self.cap.geometry], take(&mut b.geometry)),
         )?;
-        set(ex, i.category, Tensor::new([n], b.category.clone()))?;
-        set(ex, i.node_graph, Tensor::new([n], b.node_graph.clone()))?;
+        set(ex, i.category, Tensor::new([n], take_i(&mut b.category)))?;
+        set(
+            ex,
+            i.node_graph,
+            Tensor::new([n], take_i(&mut b.node_graph)),
+        )?;
         let real = b.node_mask.iter().filter(|&&m| m > 0.0).count().max(1);
         let w = 1.0 / (self.time_steps * real) as f32;
         set(
