@@ -18,14 +18,16 @@ fn bench(c: &mut Criterion) {
     let split = prepare(&ds, &cfg, &vocab, "bench").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
     let b = cfg.train.batch_size;
-    let mut engine = Engine::new(CpuBackend, cfg, shape, vocab).unwrap();
+    let mut engine = Engine::new(CpuBackend, cfg.clone(), shape, vocab).unwrap();
     engine.init().unwrap();
     let graphs: Vec<_> = split.graphs[..b].iter().collect();
     let caps: Vec<_> = split.captions[..b].iter().map(|c| &c[0]).collect();
+    let negs: Vec<_> = split.negatives[..b].iter().map(|n| n[0].as_ref()).collect();
     let w = LossWeights {
         itc: 1.0,
-        stl: 0.5,
-        node: 0.5,
+        stl: cfg.train.lambda_stl as f32,
+        node: cfg.train.lambda_node as f32,
+        neg: cfg.train.lambda_neg as f32,
     };
     let mut step = 0;
     let mut group = c.benchmark_group("train_step");
@@ -35,7 +37,7 @@ fn bench(c: &mut Criterion) {
         bn.iter(|| {
             let mut rng = SplitMix64::new(step as u64);
             engine
-                .step(&graphs, &caps, w, 1e-4, step, &mut rng)
+                .step(&graphs, &caps, &negs, w, 1e-4, step, &mut rng)
                 .unwrap();
             step += 1;
         })

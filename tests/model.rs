@@ -197,21 +197,24 @@ fn whole_gshn_loss_has_correct_gradients() {
     let vocab = Vocab::build(ds.all_captions(), 1, None);
     let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
-    let (data_cap, cap) = shape.capacities(3, vocab.len(), 1);
+    let (data_cap, mut cap) = shape.capacities(3, vocab.len(), 1);
+    cap.negatives = true;
     let model = Gshn::build_in(&cfg.model, cap, DType::F64).unwrap();
     let feeder = Feeder::new(model.inputs.clone(), data_cap, cap, &cfg.model);
     let snn = [
         "snn.input.weight",
         "snn.0.lin.weight",
+        "snn.1.root.weight",
         "snn.1.norm.weight",
         "snn.out.weight",
     ];
-    let terms: [(LossWeights, Vec<&str>); 3] = [
+    let terms: [(LossWeights, Vec<&str>); 4] = [
         (
             LossWeights {
                 itc: 1.0,
                 stl: 0.0,
                 node: 0.0,
+                neg: 0.0,
             },
             vec![
                 "gat.0.att_src",
@@ -231,6 +234,7 @@ fn whole_gshn_loss_has_correct_gradients() {
                 itc: 0.0,
                 stl: 1.0,
                 node: 0.0,
+                neg: 0.0,
             },
             [&snn[..], &["stl.proj.weight", "stl.logit_scale"]].concat(),
         ),
@@ -239,8 +243,25 @@ fn whole_gshn_loss_has_correct_gradients() {
                 itc: 0.0,
                 stl: 0.0,
                 node: 1.0,
+                neg: 0.0,
             },
             [&snn[..], &["node_cl.logit_scale"]].concat(),
+        ),
+        (
+            LossWeights {
+                itc: 0.0,
+                stl: 0.0,
+                node: 0.0,
+                neg: 1.0,
+            },
+            vec![
+                "gat.1.lin.weight",
+                "snn.0.lin.weight",
+                "fusion.r",
+                "text.0.k.weight",
+                "text.position_embedding",
+                "image.proj.weight",
+            ],
         ),
     ];
     for (w, names) in terms {
@@ -250,6 +271,12 @@ fn whole_gshn_loss_has_correct_gradients() {
             .unwrap();
         let caps: Vec<_> = (0..3).map(|i| &split.captions[i][0]).collect();
         feeder.feed_text(&mut ex, &caps).unwrap();
+        // rows 0 and 2 carry their caption's hard negative, row 1 none (weight 0)
+        let negs: Vec<_> = (0..3)
+            .map(|i| split.negatives[i][0].as_ref().filter(|_| i != 1))
+            .collect();
+        assert!(negs[0].is_some() && negs[2].is_some());
+        feeder.feed_negatives(&mut ex, &negs).unwrap();
         feeder.feed_weights(&mut ex, w).unwrap();
         let mut values: Vec<(ValueId, Tensor)> =
             initial_values(&model.params, DType::F64, 9).unwrap();
@@ -265,6 +292,13 @@ fn whole_gshn_loss_has_correct_gradients() {
                     .unwrap_or_else(|| panic!("no parameter {n}"))
             })
             .collect();
+        // Every term is active at this point (a hinge at rest would pass with zero gradients).
+        for (v, t) in &values {
+            ex.set(*v, t).unwrap();
+        }
+        ex.run().unwrap();
+        let loss = ex.get(model.outputs.loss).unwrap().to_f64_vec()[0];
+        assert!(loss > 1e-3, "{w:?}: loss {loss}");
         let check = GradCheck {
             max_elements: 6,
             rtol: 1e-4,
@@ -357,6 +391,57 @@ fn training_is_deterministic_and_resumes_exactly() {
         assert!(v[k].is_number(), "{k} missing in {v}");
     }
     assert_eq!(v["rsum"].as_f64().unwrap(), full.final_recall.rsum);
+    // --save-embeddings writes what the recall was computed from.
+    let emb = dir.join("emb.safetensors");
+    let r =
+        gshn::train::trainer::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
+            .unwrap();
+    let (t, _) = gshn::tensor::io::load_safetensors(&emb).unwrap();
+    let get = |n: &str| t.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    let (img, txt, owner, ids) = (
+        get("image"),
+        get("text"),
+        get("caption_image"),
+        get("image_id"),
+    );
+    let d = cfg.model.dim;
+    assert_eq!(img.shape().dims(), &[8, d]);
+    assert_eq!(ids.shape().dims(), &[8]);
+    let owner: Vec<usize> = owner
+        .data::<i32>()
+        .unwrap()
+        .iter()
+        .map(|&i| i as usize)
+        .collect();
+    assert_eq!(txt.shape().dims(), &[owner.len(), d]);
+    let again = gshn::train::retrieval::recall(
+        img.data::<f32>().unwrap(),
+        txt.data::<f32>().unwrap(),
+        d,
+        &owner,
+    );
+    assert_eq!(again, r);
+    assert_eq!(r, full.final_recall);
+    // scripts/synth_diagnostics.py reads them (standard-library Python; skipped without python3).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/synth_diagnostics.py");
+    match std::process::Command::new("python3")
+        .arg(script)
+        .arg(&emb)
+        .arg(dir.join("val"))
+        .output()
+    {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = format!("t2i R@1 {:.1};", r.t2i_r1);
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
+        Err(_) => eprintln!("skipped: no python3 for scripts/synth_diagnostics.py"),
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -377,6 +462,25 @@ fn ablations_build_and_bad_configs_are_errors() {
         let s = gshn::train::train(CpuBackend, c, &opts).unwrap();
         assert!(s.final_recall.rsum.is_finite());
     }
+    // The SNN root weight is a switch: off gives DESIGN §4.3's layer as written.
+    let mut literal = cfg.clone();
+    literal.model.snn_root_weight = false;
+    literal.train.epochs = 1;
+    let opts = TrainOptions {
+        data: dir.clone(),
+        out: dir.join("no_root"),
+        resume: false,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let s = gshn::train::train(CpuBackend, literal, &opts).unwrap();
+    assert!(s.final_recall.rsum.is_finite());
+    let names: Vec<String> = checkpoint_tensors(&dir.join("no_root"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.iter().any(|n| n == "snn.0.lin.weight"));
+    assert!(!names.iter().any(|n| n.contains("root")), "{names:?}");
     assert!(RunConfig::parse("[model]\ndim = 10\nheads = 4\n")
         .unwrap_err()
         .contains("multiple"));

@@ -60,6 +60,10 @@ enum Command {
         /// One JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Also write the embeddings (image, text, caption_image, image_id) to this
+        /// .safetensors file, for error analysis.
+        #[arg(long)]
+        save_embeddings: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -171,11 +175,17 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             split,
             json,
+            save_embeddings,
             device,
         } => {
             let device: Device = device.parse()?;
-            let r =
-                gshn::train::trainer::evaluate_run(device.backend()?, &checkpoint, &data, &split)?;
+            let r = gshn::train::trainer::evaluate_run(
+                device.backend()?,
+                &checkpoint,
+                &data,
+                &split,
+                save_embeddings.as_deref(),
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("recall serialises"));
             } else {

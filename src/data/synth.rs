@@ -79,6 +79,38 @@ impl Relation {
     }
 }
 
+/// The hard negative of a caption in this grammar: the same words with its two object phrases
+/// exchanged ("a small red circle to the left of a large blue square" → "a large blue square
+/// to the left of a small red circle"). It states the opposite relation, so it is false for
+/// the image, yet has exactly the caption's bag of words: only an encoder that reads word
+/// order and binds attributes to objects can tell the two apart. `None` when the caption does
+/// not have the form `… A <relation> (a|the) B …` with three-word object phrases.
+pub fn exchange_objects(caption: &str) -> Option<String> {
+    let mut w: Vec<&str> = caption.split_whitespace().collect();
+    let (start, len) = (0..w.len()).find_map(|i| match w[i..] {
+        ["to", "the", "left" | "right", "of", ..] => Some((i, 4)),
+        ["above" | "below", ..] => Some((i, 1)),
+        _ => None,
+    })?;
+    let a_end = if start > 0 && w[start - 1] == "is" {
+        start - 1
+    } else {
+        start
+    };
+    let b_start = start + len + 1; // after the article
+    if a_end < 3 || b_start + 3 > w.len() || !matches!(w[b_start - 1], "a" | "the") {
+        return None;
+    }
+    let (a, b) = (a_end - 3, b_start);
+    if w[a..a + 3] == w[b..b + 3] {
+        return None;
+    }
+    for k in 0..3 {
+        w.swap(a + k, b + k);
+    }
+    Some(w.join(" "))
+}
+
 /// One shape of a scene.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthObject {
@@ -697,6 +729,44 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 4, "all four relations are used");
+        // Every caption has a hard negative: the same words, false for its scene.
+        let words = |c: &str| {
+            let mut w: Vec<String> = c.split_whitespace().map(str::to_string).collect();
+            w.sort();
+            w
+        };
+        for s in &scenes {
+            for c in &s.captions {
+                let n = exchange_objects(c).unwrap_or_else(|| panic!("no negative for {c:?}"));
+                assert_ne!(&n, c);
+                assert_eq!(words(&n), words(c));
+                let holds = |o: &SynthObject, p: &SynthObject| {
+                    let r = [
+                        Relation::LeftOf,
+                        Relation::RightOf,
+                        Relation::Above,
+                        Relation::Below,
+                    ]
+                    .into_iter()
+                    .find(|r| n.contains(r.phrase()))
+                    .unwrap();
+                    let at = n.find(r.phrase()).unwrap();
+                    n[..at].contains(&o.describe())
+                        && n[at..].contains(&p.describe())
+                        && relations(o, p).contains(&r)
+                };
+                let any = s
+                    .objects
+                    .iter()
+                    .any(|o| s.objects.iter().any(|p| holds(o, p)));
+                assert!(!any, "negative {n:?} is true for {:?}", s.objects);
+            }
+        }
+        assert_eq!(exchange_objects("two dogs on a sofa"), None);
+        assert_eq!(
+            exchange_objects("the small red circle is above the large blue square").as_deref(),
+            Some("the large blue square is above the small red circle")
+        );
         let dup = scenes
             .iter()
             .filter(|s| (1..s.captions.len()).any(|i| s.captions[..i].contains(&s.captions[i])))

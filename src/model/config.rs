@@ -85,6 +85,11 @@ pub struct ModelConfig {
     /// Stop the SNN branch's gradient at the GAT attention it aggregates with (the GAT then
     /// learns its attention from its own path only).
     pub detach_attention: bool,
+    /// Add each node's own previous-layer spikes through a separate weight to its SNN input
+    /// current (a root weight, as PyG's GraphConv): `Agg_α(S) W + S U + b`.
+    pub snn_root_weight: bool,
+    /// Cosine margin of the hard-negative loss (`train.lambda_neg`).
+    pub negative_margin: f64,
     pub text: TextConfig,
 }
 
@@ -104,6 +109,8 @@ impl Default for ModelConfig {
             r_init: 0.5,
             logit_scale_init: (1.0f64 / 0.07).ln(),
             detach_attention: false,
+            snn_root_weight: true,
+            negative_margin: 0.2,
             text: TextConfig::default(),
         }
     }

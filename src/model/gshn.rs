@@ -1,7 +1,7 @@
 //! The GSHN as one graph of ops (DESIGN §4): segment graph → GAT branch (F_GAT) and SNN
 //! branch (E_SNN) → fusion V' = r·E_SNN + F_GAT → image embedding; captions → text
-//! encoder → text embedding; losses ITC + STL + node CL, weighted by fed scalars so that
-//! the pre-training → alignment schedule needs no second graph.
+//! encoder → text embedding; losses ITC + STL + node CL (+ an optional hard-negative margin),
+//! weighted by fed scalars so that the pre-training → alignment schedule needs no second graph.
 
 use super::config::{Fusion, ModelConfig, Readout, Variant};
 use super::params::{Init, ParamSet, ParamSpec};
@@ -34,6 +34,8 @@ pub struct Capacity {
     pub node_samples: usize,
     /// Text vocabulary size.
     pub vocab: usize,
+    /// Each batch row also carries a hard-negative caption (see `ModelInputs::negatives`).
+    pub negatives: bool,
 }
 
 /// The graph inputs fed for every batch.
@@ -63,10 +65,26 @@ pub struct ModelInputs {
     pub token_keep: ValueId,
     /// [node_samples] i32 real nodes for node CL
     pub node_sample: ValueId,
+    /// Hard-negative captions, when `Capacity::negatives`.
+    pub negatives: Option<NegativeInputs>,
     /// [] loss weights
     pub w_itc: ValueId,
     pub w_stl: ValueId,
     pub w_node: ValueId,
+}
+
+/// One hard-negative caption per batch row: a caption that is false for the row's image but
+/// close to its true caption (same words, objects exchanged).
+#[derive(Clone, Debug)]
+pub struct NegativeInputs {
+    /// [batch · max_len] i32 token ids
+    pub tokens: ValueId,
+    /// [batch, max_len] f32 1 = real token
+    pub token_keep: ValueId,
+    /// [batch] f32: 1/(rows with a negative) on such rows, 0 elsewhere
+    pub row_weight: ValueId,
+    /// [] loss weight
+    pub weight: ValueId,
 }
 
 /// Values worth reading after a step.
@@ -76,6 +94,8 @@ pub struct ModelOutputs {
     pub itc: ValueId,
     pub stl: Option<ValueId>,
     pub node_cl: Option<ValueId>,
+    /// Hard-negative margin loss.
+    pub neg: Option<ValueId>,
     /// [batch, dim] normalised image embeddings
     pub z_img: ValueId,
     /// [batch, dim] normalised text embeddings
@@ -138,6 +158,12 @@ impl Gshn {
             w_itc: g.input("w_itc", [], f32_),
             w_stl: g.input("w_stl", [], f32_),
             w_node: g.input("w_node", [], f32_),
+            negatives: cap.negatives.then(|| NegativeInputs {
+                tokens: g.input("neg_tokens", [cap.batch * config.text.max_len], DType::I32),
+                token_keep: g.input("neg_token_keep", [cap.batch, config.text.max_len], f32_),
+                row_weight: g.input("neg_row_weight", [cap.batch], f32_),
+                weight: g.input("w_neg", [], f32_),
+            }),
         };
         let mut ps = ParamSet::new(&mut graph, f32_);
         let inp = &inputs;
@@ -226,6 +252,9 @@ impl Gshn {
                     None => attention[l.min(attention.len() - 1)],
                 };
                 let (w, _) = ps.linear(&format!("snn.{l}.lin"), d, d, false);
+                let root = config
+                    .snn_root_weight
+                    .then(|| ps.linear(&format!("snn.{l}.root"), d, d, false).0);
                 // PLIF: a learnable time constant per layer.
                 let tau = config
                     .lif
@@ -236,7 +265,14 @@ impl Gshn {
                 let g = &mut *ps.graph;
                 let agg = g.aggregate(alpha, s, &inp.graph)?;
                 let agg = g.reshape(agg, [t_steps * n, d])?;
-                let cur = g.matmul(agg, w)?;
+                let mut cur = g.matmul(agg, w)?;
+                if let Some(u) = root {
+                    // The node's own previous-layer spikes, apart from the attention mix: keeps
+                    // each segment's identity (the GAT branch keeps it through its residual).
+                    let own = g.reshape(s, [t_steps * n, d])?;
+                    let own = g.matmul(own, u)?;
+                    cur = g.add(cur, own)?;
+                }
                 // LayerNorm of each (t, node) current keeps it O(1) around the threshold, so
                 // neurons fire from the first step on (without it they start silent).
                 let cur = g.layer_norm(cur, gamma, beta, LN_EPS)?;
@@ -360,6 +396,29 @@ impl Gshn {
             node_cl = Some(l_node);
         }
 
+        // Hard negatives (VSE++-style margin on cosine similarity): each image must score its
+        // caption at least `negative_margin` above the same words with the objects exchanged.
+        let mut neg = None;
+        if let Some(ni) = &inp.negatives {
+            let z_neg = text_encoder(&mut ps, config, cap, ni.tokens, ni.token_keep)?;
+            let g = &mut *ps.graph;
+            let row_dot = |g: &mut Graph, a: ValueId, b: ValueId| -> Result<ValueId> {
+                let p = g.mul(a, b)?;
+                g.push1(crate::ops::Op::Reduce(crate::ops::Reduce::SumLast), &[p])
+            };
+            let pos = row_dot(g, z_img, z_txt)?;
+            let negs = row_dot(g, z_img, z_neg)?;
+            let gap = g.sub(negs, pos)?;
+            let margin = g.fill(config.negative_margin, [cap.batch], f32_)?;
+            let gap = g.add(gap, margin)?;
+            let hinge = g.relu(gap)?;
+            let hinge = g.mul(hinge, ni.row_weight)?;
+            let l_neg = g.sum(hinge)?;
+            let weighted = g.mul(l_neg, ni.weight)?;
+            loss = g.add(loss, weighted)?;
+            neg = Some(l_neg);
+        }
+
         let params = ps.specs;
         Ok(Gshn {
             graph,
@@ -369,6 +428,7 @@ impl Gshn {
                 itc,
                 stl,
                 node_cl,
+                neg,
                 z_img,
                 z_txt,
                 spike_rates,

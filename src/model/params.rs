@@ -37,8 +37,14 @@ impl<'g> ParamSet<'g> {
             specs: Vec::new(),
         }
     }
+    /// The parameter `name`, created on first use; a later call with the same name shares it
+    /// (a second path through the same layer, e.g. the text encoder on negative captions).
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> ValueId {
         let shape = shape.into();
+        if let Some(s) = self.specs.iter().find(|s| s.name == name) {
+            assert_eq!(s.shape, shape, "parameter {name} reused with another shape");
+            return s.id;
+        }
         let id = self.graph.param(name, shape.clone(), self.dtype);
         self.specs.push(ParamSpec {
             id,

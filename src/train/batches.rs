@@ -12,6 +12,8 @@ use crate::util::rng::SplitMix64;
 pub struct PreparedSplit {
     pub graphs: Vec<SceneGraph>,
     pub captions: Vec<Vec<Encoded>>,
+    /// Per caption, its hard negative (`synth::exchange_objects`) when it has one.
+    pub negatives: Vec<Vec<Option<Encoded>>>,
     pub caption_text: Vec<Vec<String>>,
     pub image_ids: Vec<u64>,
 }
@@ -37,6 +39,8 @@ pub struct LossWeights {
     pub itc: f32,
     pub stl: f32,
     pub node: f32,
+    /// Hard-negative margin loss (only in graphs built with `Capacity::negatives`).
+    pub neg: f32,
 }
 
 /// The static sizes a model is built for, fixed by the data it was trained on (saved in
@@ -93,6 +97,7 @@ impl DataShape {
             geometry: crate::data::graph::GEOMETRY_DIM,
             node_samples: batch * node_samples_per_graph,
             vocab,
+            negatives: false,
         };
         (data, model)
     }
@@ -225,27 +230,59 @@ impl Feeder {
 
     /// Sets the caption inputs: one encoded caption per slot (missing slots: [CLS] only).
     pub fn feed_text<B: Backend>(&self, ex: &mut Executor<B>, captions: &[&Encoded]) -> Result<()> {
+        let caps: Vec<Option<&Encoded>> = captions.iter().map(|&c| Some(c)).collect();
+        let (ids, keep) = self.token_tensors(&caps)?;
+        ex.set(self.inputs.tokens, &ids)?;
+        set_as(ex, self.inputs.token_keep, keep)
+    }
+
+    /// Sets the hard-negative captions of the rows (none: the row has no negative, and its
+    /// margin term weighs 0). A no-op for graphs built without negatives.
+    pub fn feed_negatives<B: Backend>(
+        &self,
+        ex: &mut Executor<B>,
+        negatives: &[Option<&Encoded>],
+    ) -> Result<()> {
+        let Some(ni) = &self.inputs.negatives else {
+            return Ok(());
+        };
+        let (ids, keep) = self.token_tensors(negatives)?;
+        ex.set(ni.tokens, &ids)?;
+        set_as(ex, ni.token_keep, keep)?;
+        let present = |s: usize| negatives.get(s).is_some_and(|n| n.is_some());
+        let count = (0..self.cap.batch).filter(|&s| present(s)).count();
+        let w: Vec<f32> = (0..self.cap.batch)
+            .map(|s| if present(s) { 1.0 / count as f32 } else { 0.0 })
+            .collect();
+        set_as(ex, ni.row_weight, Tensor::new([self.cap.batch], w)?)
+    }
+
+    /// Token ids and keep mask of one caption per slot (missing slots: [CLS] only).
+    fn token_tensors(&self, captions: &[Option<&Encoded>]) -> Result<(Tensor, Tensor)> {
         let (bs, l) = (self.cap.batch, self.max_len);
         let mut ids = vec![crate::data::text::PAD; bs * l];
         let mut keep = vec![0f32; bs * l];
         for s in 0..bs {
             ids[s * l] = crate::data::text::CLS;
             keep[s * l] = 1.0;
-            if let Some(c) = captions.get(s) {
+            if let Some(Some(c)) = captions.get(s) {
                 for j in 0..c.len.min(l) {
                     ids[s * l + j] = c.ids[j];
                     keep[s * l + j] = 1.0;
                 }
             }
         }
-        ex.set(self.inputs.tokens, &Tensor::new([bs * l], ids)?)?;
-        set_as(ex, self.inputs.token_keep, Tensor::new([bs, l], keep)?)
+        Ok((Tensor::new([bs * l], ids)?, Tensor::new([bs, l], keep)?))
     }
 
     pub fn feed_weights<B: Backend>(&self, ex: &mut Executor<B>, w: LossWeights) -> Result<()> {
         set_as(ex, self.inputs.w_itc, Tensor::scalar(w.itc))?;
         set_as(ex, self.inputs.w_stl, Tensor::scalar(w.stl))?;
-        set_as(ex, self.inputs.w_node, Tensor::scalar(w.node))
+        set_as(ex, self.inputs.w_node, Tensor::scalar(w.node))?;
+        match &self.inputs.negatives {
+            Some(ni) => set_as(ex, ni.weight, Tensor::scalar(w.neg)),
+            None => Ok(()),
+        }
     }
 }
 

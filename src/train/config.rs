@@ -27,6 +27,10 @@ pub struct TrainConfig {
     pub pretrain_epochs: usize,
     pub lambda_stl: f64,
     pub lambda_node: f64,
+    /// Weight of the hard-negative margin loss: each image must prefer its caption, by
+    /// `model.negative_margin` in cosine, over the same words with the two objects exchanged
+    /// (`synth::exchange_objects`; captions of other shapes have no negative). 0 = off.
+    pub lambda_neg: f64,
     /// Nodes per image sampled for node-level contrastive learning.
     pub node_samples_per_graph: usize,
     /// Also write a checkpoint every this many steps (0: only at the end of each epoch).
@@ -49,6 +53,7 @@ impl Default for TrainConfig {
             pretrain_epochs: 1,
             lambda_stl: 0.5,
             lambda_node: 0.5,
+            lambda_neg: 0.0,
             node_samples_per_graph: 2,
             checkpoint_every: 0,
             log_every: 10,

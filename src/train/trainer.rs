@@ -8,6 +8,7 @@ use super::config::{Layout, RunConfig};
 use super::retrieval::{recall, Recall};
 use super::schedule::WarmupCosine;
 use crate::backend::Backend;
+use crate::data::synth::exchange_objects;
 use crate::data::{graph_from_sample, Dataset, SplitPaths, Vocab};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, ValueId};
@@ -48,18 +49,25 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
             let s = ds.get(i)?;
             let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
             bar.inc(1);
+            let max_len = cfg.model.text.max_len;
             let enc = s
                 .captions
                 .iter()
-                .map(|c| vocab.encode(c, cfg.model.text.max_len))
+                .map(|c| vocab.encode(c, max_len))
                 .collect();
-            Ok((g, enc, s.captions, s.image_id))
+            let neg = s
+                .captions
+                .iter()
+                .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
+                .collect();
+            Ok((g, enc, neg, s.captions, s.image_id))
         })
         .collect();
     bar.finish_and_clear();
     let mut p = PreparedSplit {
         graphs: vec![],
         captions: vec![],
+        negatives: vec![],
         caption_text: vec![],
         image_ids: vec![],
     };
@@ -67,9 +75,10 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
     let mut skipped = Vec::new();
     for r in results {
         match r {
-            Ok((g, enc, text, id)) => {
+            Ok((g, enc, neg, text, id)) => {
                 p.graphs.push(g);
                 p.captions.push(enc);
+                p.negatives.push(neg);
                 p.caption_text.push(text);
                 p.image_ids.push(id);
             }
@@ -120,7 +129,9 @@ impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
         let backend = Arc::new(backend);
         let t = &cfg.train;
-        let (data_cap, cap) = shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
+        let (data_cap, mut cap) =
+            shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
+        cap.negatives = t.lambda_neg > 0.0;
         let model = Gshn::build(&cfg.model, cap)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
@@ -136,6 +147,7 @@ impl<B: Backend> Engine<B> {
         let mut fetch = vec![out.loss, out.itc, grad_norm];
         fetch.extend(out.stl);
         fetch.extend(out.node_cl);
+        fetch.extend(out.neg);
         fetch.extend(&out.spike_rates);
         let train = Executor::new(backend.clone(), train_graph, &fetch)?;
 
@@ -205,11 +217,14 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// One optimizer step on `graphs` with one caption each.
+    /// One optimizer step on `graphs` with one caption each (and, when the model takes them,
+    /// that caption's hard negative).
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         graphs: &[&crate::data::SceneGraph],
         captions: &[&crate::data::Encoded],
+        negatives: &[Option<&crate::data::Encoded>],
         w: LossWeights,
         lr: f64,
         step: usize,
@@ -217,6 +232,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<StepStats> {
         self.feeder.feed_images(&mut self.train, graphs, rng)?;
         self.feeder.feed_text(&mut self.train, captions)?;
+        self.feeder.feed_negatives(&mut self.train, negatives)?;
         self.feeder.feed_weights(&mut self.train, w)?;
         self.train.set(
             self.hyper,
@@ -231,6 +247,7 @@ impl<B: Backend> Engine<B> {
             itc: scalar(&self.train, o.itc)?,
             stl: o.stl.map(|v| scalar(&self.train, v)).transpose()?,
             node_cl: o.node_cl.map(|v| scalar(&self.train, v)).transpose()?,
+            neg: o.neg.map(|v| scalar(&self.train, v)).transpose()?,
             grad_norm: scalar(&self.train, self.grad_norm)?,
             spike_rates: o
                 .spike_rates
@@ -324,6 +341,7 @@ pub struct StepStats {
     pub itc: f64,
     pub stl: Option<f64>,
     pub node_cl: Option<f64>,
+    pub neg: Option<f64>,
     pub grad_norm: f64,
     pub spike_rates: Vec<f64>,
     pub r: Option<f64>,
@@ -460,6 +478,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             itc: if pretrain { 0.0 } else { 1.0 },
             stl: t.lambda_stl as f32,
             node: t.lambda_node as f32,
+            neg: if pretrain { 0.0 } else { t.lambda_neg as f32 },
         };
         let epoch_start = Instant::now();
         while state.batch < steps_per_epoch {
@@ -468,12 +487,20 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             let mut rng = SplitMix64::new(mix64(t.seed) ^ mix64(state.step as u64 + 1));
             let graphs: Vec<&crate::data::SceneGraph> =
                 idx.iter().map(|&i| &train_split.graphs[i]).collect();
-            let caps: Vec<&crate::data::Encoded> = idx
+            let picked: Vec<(usize, usize)> = idx
                 .iter()
-                .map(|&i| &train_split.captions[i][rng.below(train_split.captions[i].len())])
+                .map(|&i| (i, rng.below(train_split.captions[i].len())))
+                .collect();
+            let caps: Vec<&crate::data::Encoded> = picked
+                .iter()
+                .map(|&(i, c)| &train_split.captions[i][c])
+                .collect();
+            let negs: Vec<Option<&crate::data::Encoded>> = picked
+                .iter()
+                .map(|&(i, c)| train_split.negatives[i][c].as_ref())
                 .collect();
             let lr = sched.at(state.step);
-            last = engine.step(&graphs, &caps, w, lr, state.step, &mut rng)?;
+            last = engine.step(&graphs, &caps, &negs, w, lr, state.step, &mut rng)?;
             state.step += 1;
             state.batch += 1;
             graphs_done += t.batch_size;
@@ -562,11 +589,42 @@ pub fn evaluate_run<B: Backend>(
     run: &Path,
     data: &Path,
     split: &str,
+    save_embeddings: Option<&Path>,
 ) -> Result<Recall> {
     let mut engine = load_engine(backend, run)?;
     let ds = open_split(data, &engine.cfg, split)?;
     let vocab = engine.vocab.clone();
     let cfg = engine.cfg.clone();
     let prepared = prepare(&ds, &cfg, &vocab, split)?;
-    engine.evaluate(&prepared)
+    engine.sync_eval()?;
+    let (img, txt, owner) = engine.embed(&prepared)?;
+    let d = cfg.model.dim;
+    if let Some(path) = save_embeddings {
+        // For error analysis outside gshn: rows follow the split's image order and, per image,
+        // its caption order; image_id maps rows back to the dataset.
+        let ids = prepared
+            .image_ids
+            .iter()
+            .map(|&i| i32::try_from(i))
+            .collect::<std::result::Result<Vec<i32>, _>>()
+            .map_err(|_| Error::invalid("save_embeddings", "an image id exceeds i32"))?;
+        let owner_i32: Vec<i32> = owner.iter().map(|&i| i as i32).collect();
+        let tensors = vec![
+            (
+                "image".to_string(),
+                Tensor::new([img.len() / d, d], img.clone())?,
+            ),
+            (
+                "text".to_string(),
+                Tensor::new([txt.len() / d, d], txt.clone())?,
+            ),
+            (
+                "caption_image".to_string(),
+                Tensor::new([owner.len()], owner_i32)?,
+            ),
+            ("image_id".to_string(), Tensor::new([ids.len()], ids)?),
+        ];
+        crate::tensor::io::save_safetensors(path, &tensors, None)?;
+    }
+    Ok(recall(&img, &txt, d, &owner))
 }
