@@ -500,3 +500,91 @@ fn ablations_build_and_bad_configs_are_errors() {
     assert!(e.contains("nope"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Writes `text_features.safetensors` for `split` of `dir`: `rows` rows (one per captions.json
+/// annotation when `rows` is None) of width 5, deterministic in the caption text.
+fn write_text_features(dir: &std::path::Path, split: &str, rows: Option<usize>, poison: bool) {
+    let cj: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(split).join("captions.json")).unwrap(),
+    )
+    .unwrap();
+    let caps: Vec<String> = cj["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["caption"].as_str().unwrap().to_string())
+        .collect();
+    let n = rows.unwrap_or(caps.len());
+    let mut data = Vec::with_capacity(n * 5);
+    for i in 0..n {
+        let c = caps[i % caps.len()].as_bytes();
+        for k in 0..5 {
+            let h = c.iter().fold(k as u32 + 1, |h, &b| {
+                h.wrapping_mul(31).wrapping_add(b as u32)
+            });
+            data.push((h % 1000) as f32 / 500.0 - 1.0);
+        }
+    }
+    if poison {
+        data[7] = f32::NAN;
+    }
+    let t = Tensor::new([n, 5], data).unwrap();
+    gshn::tensor::io::save_safetensors(
+        &dir.join(split).join("text_features.safetensors"),
+        &[("features".to_string(), t)],
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn precomputed_text_features_train_and_bad_files_are_errors() {
+    let (dir, mut cfg) = tiny_data("textfeat");
+    cfg.model.text.source = gshn::model::TextSource::Features;
+    cfg.train.epochs = 1;
+    let opts = |out: &str| TrainOptions {
+        data: dir.clone(),
+        out: dir.join(out),
+        resume: false,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    // Missing file: the error names where it was expected.
+    let e = gshn::train::train(CpuBackend, cfg.clone(), &opts("missing"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("text_features.safetensors"), "{e}");
+    for split in ["train", "val"] {
+        write_text_features(&dir, split, None, false);
+    }
+    let s = gshn::train::train(CpuBackend, cfg.clone(), &opts("ok")).unwrap();
+    assert!(s.final_recall.rsum.is_finite());
+    let names: Vec<(String, Vec<usize>)> = checkpoint_tensors(&dir.join("ok"))
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().dims().to_vec()))
+        .collect();
+    assert!(names.contains(&("text.proj.weight".to_string(), vec![5, cfg.model.dim])));
+    assert!(
+        !names.iter().any(|(n, _)| n.starts_with("text.0.")),
+        "no transformer"
+    );
+    // Bad files: a row count other than the annotation count, a non-finite value.
+    write_text_features(&dir, "train", Some(3), false);
+    let e = gshn::train::train(CpuBackend, cfg.clone(), &opts("rows"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("annotations") && e.contains("text_features"),
+        "{e}"
+    );
+    write_text_features(&dir, "train", None, true);
+    let e = gshn::train::train(CpuBackend, cfg.clone(), &opts("nan"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("non-finite"), "{e}");
+    // Hard negatives need tokens.
+    let e = RunConfig::parse("[train]\nlambda_neg = 1.0\n[model.text]\nsource = \"features\"\n")
+        .unwrap_err();
+    assert!(e.contains("lambda_neg"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

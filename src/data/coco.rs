@@ -70,6 +70,11 @@ pub struct SplitPaths {
     /// [`super::features::load_feature_map`]). `None`: use the built-in extractor.
     #[serde(default)]
     pub features: Option<PathBuf>,
+    /// Optional precomputed caption features (`model.text.source = "features"`): a safetensors
+    /// file whose tensor `features` [N, D] has one row per `captions.json` annotation, in file
+    /// order.
+    #[serde(default)]
+    pub text_features: Option<PathBuf>,
 }
 
 /// Per-field overrides of a [`SplitPaths`] (every field optional), e.g. from a TOML config.
@@ -86,20 +91,24 @@ pub struct SplitPathsOverride {
     pub captions_json: Option<PathBuf>,
     #[serde(default)]
     pub features: Option<PathBuf>,
+    #[serde(default)]
+    pub text_features: Option<PathBuf>,
 }
 
 impl SplitPaths {
     /// The gshn layout: `root/split/{images, panoptic, panoptic.json, captions.json}`, and
-    /// `root/split/features` if that folder exists.
+    /// `root/split/features` and `root/split/text_features.safetensors` if they exist.
     pub fn standard(root: &Path, split: &str) -> Self {
         let d = root.join(split);
         let features = d.join("features");
+        let text_features = d.join("text_features.safetensors");
         Self {
             images: d.join("images"),
             panoptic: d.join("panoptic"),
             panoptic_json: d.join("panoptic.json"),
             captions_json: d.join("captions.json"),
             features: features.is_dir().then_some(features),
+            text_features: text_features.is_file().then_some(text_features),
         }
     }
 
@@ -113,6 +122,7 @@ impl SplitPaths {
             panoptic_json: root.join("annotations").join(format!("panoptic_{s}.json")),
             captions_json: root.join("annotations").join(format!("captions_{s}.json")),
             features: None,
+            text_features: None,
         }
     }
 
@@ -131,6 +141,7 @@ impl SplitPaths {
             panoptic_json: j(&self.panoptic_json),
             captions_json: j(&self.captions_json),
             features: self.features.as_deref().map(j),
+            text_features: self.text_features.as_deref().map(j),
         }
     }
 
@@ -157,6 +168,9 @@ impl SplitPaths {
         }
         if let Some(p) = &o.features {
             self.features = Some(j(p));
+        }
+        if let Some(p) = &o.text_features {
+            self.text_features = Some(j(p));
         }
         self
     }
@@ -382,6 +396,8 @@ struct Entry {
     panoptic_file: String,
     segments: Vec<Segment>, // area = 0 until decoded
     captions: Vec<String>,
+    /// Index of each caption in `captions.json`'s `annotations`.
+    caption_rows: Vec<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -395,6 +411,7 @@ struct DecodeCounters {
 /// A split: a cheap index built at open, samples decoded on demand by [`Dataset::get`].
 #[derive(Debug)]
 pub struct Dataset {
+    caption_records: usize,
     paths: SplitPaths,
     opts: LoadOptions,
     categories: Vec<Category>,
@@ -515,14 +532,17 @@ impl Dataset {
                 "an image id is listed twice in `images`",
             ));
         }
-        let mut caps: HashMap<u64, Vec<String>> = HashMap::new();
+        // Captions per image with their annotation index (the row of any precomputed features).
+        let mut caps: HashMap<u64, Vec<(usize, String)>> = HashMap::new();
         let mut orphan_captions = 0;
-        for c in &cj.annotations {
+        for (row, c) in cj.annotations.iter().enumerate() {
             let t = c.caption.trim();
             if !image_ids.contains(&c.image_id) {
                 orphan_captions += 1;
             } else if !t.is_empty() {
-                caps.entry(c.image_id).or_default().push(t.to_string());
+                caps.entry(c.image_id)
+                    .or_default()
+                    .push((row, t.to_string()));
             }
         }
 
@@ -560,6 +580,7 @@ impl Dataset {
         }
 
         let mut ds = Dataset {
+            caption_records: cj.annotations.len(),
             paths: paths.clone(),
             opts: opts.clone(),
             categories,
@@ -657,6 +678,16 @@ impl Dataset {
     /// Captions of sample `i` (no decoding).
     pub fn captions(&self, i: usize) -> Option<&[String]> {
         self.entries.get(i).map(|e| e.captions.as_slice())
+    }
+
+    /// Index in `captions.json`'s `annotations` of each caption of sample `i`.
+    pub fn caption_rows(&self, i: usize) -> Option<&[usize]> {
+        self.entries.get(i).map(|e| e.caption_rows.as_slice())
+    }
+
+    /// Number of `annotations` in `captions.json` (rows a text-feature file must have).
+    pub fn caption_records(&self) -> usize {
+        self.caption_records
     }
 
     /// Every caption of the split in sample order (for building a vocabulary).
@@ -815,7 +846,7 @@ fn check_record(
     ann: Option<&PanopticAnnotation>,
     cat_index: &HashMap<u64, usize>,
     categories: &[Category],
-    captions: Option<&Vec<String>>,
+    captions: Option<&Vec<(usize, String)>>,
 ) -> Result<Entry> {
     let pj = &paths.panoptic_json;
     let ann = ann.ok_or_else(|| {
@@ -870,8 +901,8 @@ fn check_record(
             area: 0,
         });
     }
-    let captions = match captions {
-        Some(c) if !c.is_empty() => c.clone(),
+    let (caption_rows, captions): (Vec<usize>, Vec<String>) = match captions {
+        Some(c) if !c.is_empty() => c.iter().cloned().unzip(),
         _ => {
             return Err(DataError::NoCaptions {
                 path: paths.captions_json.clone(),
@@ -921,5 +952,6 @@ fn check_record(
         panoptic_file: ann.file_name.clone(),
         segments,
         captions,
+        caption_rows,
     })
 }

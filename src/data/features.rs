@@ -176,6 +176,47 @@ pub fn builtin_features(img: &RgbImage, cfg: &FeatureConfig) -> Result<FeatureMa
 /// only tensor. dtypes: F32, F16, BF16, F64 (converted to f32). Errors (naming the file) on a corrupt
 /// file, a missing tensor, another rank / dtype, an empty shape, or a non-finite value.
 pub fn load_feature_map(path: &Path, name: Option<&str>) -> Result<FeatureMap> {
+    let bad = |msg: String| DataError::Features {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (wanted, shape, chw) = read_float_tensor(path, name)?;
+    let (c, h, w) = match shape.as_slice() {
+        [c, h, w] | [1, c, h, w] => (*c, *h, *w),
+        _ => {
+            return Err(bad(format!(
+                "tensor {wanted:?} has shape {shape:?}; expected [C, h, w] or [1, C, h, w]"
+            )))
+        }
+    };
+    if c == 0 || h == 0 || w == 0 {
+        return Err(bad(format!("tensor {wanted:?} has empty shape {shape:?}")));
+    }
+    if let Some(i) = chw.iter().position(|v| !v.is_finite()) {
+        let (ch, rest) = (i / (h * w), i % (h * w));
+        return Err(bad(format!(
+            "tensor {wanted:?} has a non-finite value {} at [channel {ch}, y {}, x {}]",
+            chw[i],
+            rest / w,
+            rest % w
+        )));
+    }
+    let mut data = vec![0f32; c * h * w];
+    for ch in 0..c {
+        for p in 0..h * w {
+            data[p * c + ch] = chw[ch * h * w + p];
+        }
+    }
+    Ok(FeatureMap { c, h, w, data })
+}
+
+/// Reads one float tensor of a `.safetensors` file as f32: `name`, else
+/// [`FEATURE_TENSOR_NAME`], else the file's only tensor. Returns (its name, shape, values);
+/// errors name the file.
+pub(crate) fn read_float_tensor(
+    path: &Path,
+    name: Option<&str>,
+) -> Result<(String, Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "feature file", e))?;
     let bad = |msg: String| DataError::Features {
         path: path.to_path_buf(),
@@ -198,19 +239,8 @@ pub fn load_feature_map(path: &Path, name: Option<&str>) -> Result<FeatureMap> {
         }
     };
     let shape = view.shape().to_vec();
-    let (c, h, w) = match shape.as_slice() {
-        [c, h, w] | [1, c, h, w] => (*c, *h, *w),
-        _ => {
-            return Err(bad(format!(
-                "tensor {wanted:?} has shape {shape:?}; expected [C, h, w] or [1, C, h, w]"
-            )))
-        }
-    };
-    if c == 0 || h == 0 || w == 0 {
-        return Err(bad(format!("tensor {wanted:?} has empty shape {shape:?}")));
-    }
     let raw = view.data();
-    let chw: Vec<f32> = match view.dtype() {
+    let values: Vec<f32> = match view.dtype() {
         Dtype::F32 => raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -233,29 +263,66 @@ pub fn load_feature_map(path: &Path, name: Option<&str>) -> Result<FeatureMap> {
             )))
         }
     };
-    if chw.len() != c * h * w {
+    if values.len() != shape.iter().product::<usize>() {
         return Err(bad(format!(
             "tensor {wanted:?} holds {} values, shape {shape:?} needs {}",
-            chw.len(),
-            c * h * w
+            values.len(),
+            shape.iter().product::<usize>()
         )));
     }
-    if let Some(i) = chw.iter().position(|v| !v.is_finite()) {
-        let (ch, rest) = (i / (h * w), i % (h * w));
+    Ok((wanted.to_string(), shape, values))
+}
+
+/// Precomputed caption features of a split ([`SplitPaths::text_features`](super::SplitPaths)):
+/// a tensor `features` [N, D] (or the file's only tensor) with one row per `captions.json`
+/// annotation, in file order. Returns, per sample of `ds`, the rows of its captions. Errors name
+/// the file: missing, corrupt, not 2-D, a row count other than the annotation count, a
+/// non-finite value.
+pub fn load_text_features(ds: &super::Dataset) -> Result<Vec<Vec<Vec<f32>>>> {
+    let paths = ds.paths();
+    let path = paths
+        .text_features
+        .clone()
+        .ok_or_else(|| DataError::Missing {
+            path: paths
+                .captions_json
+                .with_file_name("text_features.safetensors"),
+            what: "text features file (model.text.source = \"features\")",
+        })?;
+    let bad = |msg: String| DataError::Features {
+        path: path.clone(),
+        msg,
+    };
+    let (wanted, shape, v) = read_float_tensor(&path, None)?;
+    let [n, d] = shape[..] else {
         return Err(bad(format!(
-            "tensor {wanted:?} has a non-finite value {} at [channel {ch}, y {}, x {}]",
-            chw[i],
-            rest / w,
-            rest % w
+            "tensor {wanted:?} has shape {shape:?}; expected [captions, D]"
+        )));
+    };
+    if n != ds.caption_records() || d == 0 {
+        return Err(bad(format!(
+            "tensor {wanted:?} has shape {shape:?}; captions.json has {} annotations, so [{}, D > 0] is needed",
+            ds.caption_records(),
+            ds.caption_records()
         )));
     }
-    let mut data = vec![0f32; c * h * w];
-    for ch in 0..c {
-        for p in 0..h * w {
-            data[p * c + ch] = chw[ch * h * w + p];
-        }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(bad(format!(
+            "tensor {wanted:?} has a non-finite value {} at [{}, {}]",
+            v[i],
+            i / d,
+            i % d
+        )));
     }
-    Ok(FeatureMap { c, h, w, data })
+    Ok((0..ds.len())
+        .map(|i| {
+            ds.caption_rows(i)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&r| v[r * d..(r + 1) * d].to_vec())
+                .collect()
+        })
+        .collect())
 }
 
 #[cfg(test)]

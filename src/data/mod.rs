@@ -24,7 +24,9 @@ pub use coco::{
     SplitPaths, SplitPathsOverride,
 };
 pub use error::{DataError, Result};
-pub use features::{builtin_features, load_feature_map, FeatureConfig, FeatureMap};
+pub use features::{
+    builtin_features, load_feature_map, load_text_features, FeatureConfig, FeatureMap,
+};
 pub use graph::{build_scene_graph, graph_from_sample, GraphConfig, SceneGraph};
 pub use synth::{write_synthetic, SynthStats};
 pub use text::{tokenize, Encoded, Vocab};

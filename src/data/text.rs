@@ -24,10 +24,12 @@ pub fn tokenize(text: &str) -> Vec<String> {
 
 /// A fixed-length encoding: `ids = [CLS] w1 … wn [PAD] …` (`max_len` entries) and `len` = 1 + n
 /// (number of non-pad positions, `[CLS]` included).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
     pub ids: Vec<i32>,
     pub len: usize,
+    /// Precomputed features of the caption (`model.text.source = "features"`), else empty.
+    pub features: Vec<f32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,7 +117,11 @@ impl Vocab {
         }
         let len = ids.len();
         ids.resize(max_len, PAD);
-        Encoded { ids, len }
+        Encoded {
+            ids,
+            len,
+            features: Vec::new(),
+        }
     }
 
     /// Decode ids back to words (specials skipped); for debugging.

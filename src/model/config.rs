@@ -39,9 +39,22 @@ pub enum Fusion {
     Channel,
 }
 
+/// Where caption embeddings come from (DESIGN §4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TextSource {
+    /// The built-in transformer over word tokens.
+    #[default]
+    Encoder,
+    /// Precomputed features of an external encoder (`text_features.safetensors` per split),
+    /// followed by a learned projection.
+    Features,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TextConfig {
+    pub source: TextSource,
     /// Pre-LN transformer blocks.
     pub layers: usize,
     pub heads: usize,
@@ -54,6 +67,7 @@ pub struct TextConfig {
 impl Default for TextConfig {
     fn default() -> Self {
         TextConfig {
+            source: TextSource::Encoder,
             layers: 2,
             heads: 4,
             max_len: 24,

@@ -3,7 +3,7 @@
 //! encoder → text embedding; losses ITC + STL + node CL (+ an optional hard-negative margin),
 //! weighted by fed scalars so that the pre-training → alignment schedule needs no second graph.
 
-use super::config::{Fusion, ModelConfig, Readout, Variant};
+use super::config::{Fusion, ModelConfig, Readout, TextSource, Variant};
 use super::params::{Init, ParamSet, ParamSpec};
 use super::text::text_encoder;
 use crate::error::Result;
@@ -36,6 +36,8 @@ pub struct Capacity {
     pub vocab: usize,
     /// Each batch row also carries a hard-negative caption (see `ModelInputs::negatives`).
     pub negatives: bool,
+    /// Width of precomputed caption features (`model.text.source = "features"`), else 0.
+    pub text_features: usize,
 }
 
 /// The graph inputs fed for every batch.
@@ -63,6 +65,8 @@ pub struct ModelInputs {
     pub tokens: ValueId,
     /// [batch, max_len] f32 1 = real token
     pub token_keep: ValueId,
+    /// [batch, text_features] f32 precomputed caption features (text source "features")
+    pub text_features: Option<ValueId>,
     /// [node_samples] i32 real nodes for node CL
     pub node_sample: ValueId,
     /// Hard-negative captions, when `Capacity::negatives`.
@@ -154,6 +158,8 @@ impl Gshn {
                 .then(|| g.input("uniform_alpha", [e, heads], f32_)),
             tokens: g.input("tokens", [cap.batch * config.text.max_len], DType::I32),
             token_keep: g.input("token_keep", [cap.batch, config.text.max_len], f32_),
+            text_features: (config.text.source == TextSource::Features)
+                .then(|| g.input("text_features", [cap.batch, cap.text_features], f32_)),
             node_sample: g.input("node_sample", [cap.node_samples], DType::I32),
             w_itc: g.input("w_itc", [], f32_),
             w_stl: g.input("w_stl", [], f32_),
@@ -345,7 +351,15 @@ impl Gshn {
         let z_img = g.l2_normalize(img, NORM_EPS)?;
 
         // ---- text embedding ---------------------------------------------------------------------
-        let z_txt = text_encoder(&mut ps, config, cap, inp.tokens, inp.token_keep)?;
+        let z_txt = match inp.text_features {
+            // an external encoder's features → learned projection → normalise
+            Some(f) => {
+                let (w, b) = ps.linear("text.proj", cap.text_features, d, true);
+                let z = ps.graph.linear(f, w, b)?;
+                ps.graph.l2_normalize(z, NORM_EPS)?
+            }
+            None => text_encoder(&mut ps, config, cap, inp.tokens, inp.token_keep)?,
+        };
 
         // ---- losses -------------------------------------------------------------------------------
         let g = &mut *ps.graph;

@@ -5,5 +5,5 @@ pub mod gshn;
 pub mod params;
 pub mod text;
 
-pub use config::{ModelConfig, Variant};
+pub use config::{ModelConfig, TextSource, Variant};
 pub use gshn::{Capacity, Gshn, ModelInputs, ModelOutputs};

@@ -54,6 +54,9 @@ pub struct DataShape {
     pub pixels_per_graph: usize,
     pub pixel_channels: usize,
     pub categories: usize,
+    /// Width of precomputed caption features (0: captions are tokens).
+    #[serde(default)]
+    pub text_features: usize,
 }
 
 impl DataShape {
@@ -70,6 +73,10 @@ impl DataShape {
             pixels_per_graph: first.num_pixels(),
             pixel_channels: first.feat_dim,
             categories,
+            text_features: splits
+                .iter()
+                .find_map(|s| s.captions.first().and_then(|c| c.first()))
+                .map_or(0, |c| c.features.len()),
         })
     }
 
@@ -98,6 +105,7 @@ impl DataShape {
             node_samples: batch * node_samples_per_graph,
             vocab,
             negatives: false,
+            text_features: self.text_features,
         };
         (data, model)
     }
@@ -233,7 +241,25 @@ impl Feeder {
         let caps: Vec<Option<&Encoded>> = captions.iter().map(|&c| Some(c)).collect();
         let (ids, keep) = self.token_tensors(&caps)?;
         ex.set(self.inputs.tokens, &ids)?;
-        set_as(ex, self.inputs.token_keep, keep)
+        set_as(ex, self.inputs.token_keep, keep)?;
+        if let Some(v) = self.inputs.text_features {
+            let w = self.cap.text_features;
+            let mut f = vec![0f32; self.cap.batch * w];
+            for (s, c) in captions.iter().enumerate().take(self.cap.batch) {
+                if c.features.len() != w {
+                    return Err(crate::Error::invalid(
+                        "text features",
+                        format!(
+                            "a caption has {} features; the model takes {w}",
+                            c.features.len()
+                        ),
+                    ));
+                }
+                f[s * w..(s + 1) * w].copy_from_slice(&c.features);
+            }
+            set_as(ex, v, Tensor::new([self.cap.batch, w], f)?)?;
+        }
+        Ok(())
     }
 
     /// Sets the hard-negative captions of the rows (none: the row has no negative, and its

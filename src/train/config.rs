@@ -4,7 +4,7 @@
 
 use crate::data::{FeatureConfig, GraphConfig, LoadOptions};
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, TextSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -130,6 +130,9 @@ impl RunConfig {
             return Err(
                 "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
             );
+        }
+        if cfg.train.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Features {
+            return Err("train.lambda_neg needs the built-in text encoder: hard-negative captions have no precomputed features".into());
         }
         Ok(cfg)
     }

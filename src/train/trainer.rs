@@ -9,10 +9,11 @@ use super::retrieval::{recall, Recall};
 use super::schedule::WarmupCosine;
 use crate::backend::Backend;
 use crate::data::synth::exchange_objects;
-use crate::data::{graph_from_sample, Dataset, SplitPaths, Vocab};
+use crate::data::{graph_from_sample, load_text_features, Dataset, Encoded, SplitPaths, Vocab};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, ValueId};
 use crate::model::params::initial_values;
+use crate::model::TextSource;
 use crate::model::{Gshn, ModelOutputs};
 use crate::ops::AdamWConfig;
 use crate::tensor::{DType, Tensor};
@@ -41,6 +42,10 @@ pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> 
 /// Decodes every image of a split into its scene graph and encodes its captions (in
 /// parallel, with a progress bar).
 pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Result<PreparedSplit> {
+    let text_features = match cfg.model.text.source {
+        TextSource::Features => Some(load_text_features(ds)?),
+        TextSource::Encoder => None,
+    };
     let bar = progress(ds.len() as u64, &format!("{label}: decoding"));
     let ncat = ds.num_categories();
     let results: Vec<Result<_>> = (0..ds.len())
@@ -50,16 +55,29 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
             let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
             bar.inc(1);
             let max_len = cfg.model.text.max_len;
-            let enc = s
-                .captions
-                .iter()
-                .map(|c| vocab.encode(c, max_len))
-                .collect();
-            let neg = s
-                .captions
-                .iter()
-                .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
-                .collect();
+            let (enc, neg) = match &text_features {
+                Some(f) => (
+                    f[i].iter()
+                        .zip(&s.captions)
+                        .map(|(f, c)| Encoded {
+                            features: f.clone(),
+                            ..vocab.encode(c, max_len)
+                        })
+                        .collect(),
+                    // hard negatives have no precomputed features
+                    vec![None; s.captions.len()],
+                ),
+                None => (
+                    s.captions
+                        .iter()
+                        .map(|c| vocab.encode(c, max_len))
+                        .collect(),
+                    s.captions
+                        .iter()
+                        .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
+                        .collect(),
+                ),
+            };
             Ok((g, enc, neg, s.captions, s.image_id))
         })
         .collect();
@@ -131,7 +149,8 @@ impl<B: Backend> Engine<B> {
         let t = &cfg.train;
         let (data_cap, mut cap) =
             shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
-        cap.negatives = t.lambda_neg > 0.0;
+        // hard-negative captions exist only as tokens (see `prepare`)
+        cap.negatives = t.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Encoder;
         let model = Gshn::build(&cfg.model, cap)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
