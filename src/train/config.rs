@@ -52,7 +52,7 @@ impl Default for TrainConfig {
             seed: 0,
             pretrain_epochs: 1,
             lambda_stl: 0.5,
-            lambda_node: 0.5,
+            lambda_node: 0.1,
             lambda_neg: 0.0,
             node_samples_per_graph: 2,
             checkpoint_every: 0,
