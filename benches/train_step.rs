@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
     engine.init().unwrap();
     let graphs: Vec<_> = split.graphs[..b].iter().collect();
     let caps: Vec<_> = split.captions[..b].iter().map(|c| &c[0]).collect();
-    let negs: Vec<_> = split.negatives[..b].iter().map(|n| n[0].as_ref()).collect();
+    let negs: Vec<_> = (0..b).map(|i| split.negative(i, 0)).collect();
     let w = LossWeights {
         itc: 1.0,
         stl: cfg.train.lambda_stl as f32,

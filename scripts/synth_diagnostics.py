@@ -18,10 +18,11 @@ An encoder that sees relations scores reversed pairs and swap pairs clearly belo
 attribute pairs; equal values mean it encodes the bag of objects only.
 """
 import json
-import re
 import struct
 import sys
 from array import array
+
+from synth_grammar import background, canonical, count, parse
 
 RELATIONS = {
     "to the left of": lambda a, b: a["col"] < b["col"],
@@ -29,11 +30,6 @@ RELATIONS = {
     "above": lambda a, b: a["row"] < b["row"],
     "below": lambda a, b: a["row"] > b["row"],
 }
-INVERSE = {"to the left of": "to the right of", "to the right of": "to the left of",
-           "above": "below", "below": "above"}
-FACT = re.compile(r"(?:a|the) (\w+ \w+ \w+) (?:is )?(to the left of|to the right of|above|below)"
-                  r" (?:a|the) (\w+ \w+ \w+)")
-COUNTS = {"two": 2, "three": 3, "four": 4}
 
 
 def load_safetensors(path):
@@ -68,20 +64,12 @@ def describe(o):
     return f"{o['size']} {o['color']} {o['kind']}"
 
 
-def fact(caption):
-    a, rel, b = FACT.search(caption).groups()
-    if rel in ("to the right of", "below"):  # one canonical form per fact
-        a, rel, b = b, INVERSE[rel], a
-    return a, rel, b
-
-
 def holds(scene, caption):
-    a, rel, b = FACT.search(caption).groups()
-    if caption.endswith("under the sky") and scene["horizon"] is None:
+    a, rel, b = parse(caption)
+    bg, n = background(caption), count(caption)
+    if bg is not None and bg != ("sky" if scene["horizon"] is not None else "wall"):
         return False
-    if caption.endswith("in front of a wall") and scene["horizon"] is not None:
-        return False
-    if " shapes:" in caption and COUNTS[caption.split(" shapes:")[0]] != len(scene["objects"]):
+    if n is not None and n != len(scene["objects"]):
         return False
     objs = scene["objects"]
     return any(RELATIONS[rel](x, y) for x in objs if describe(x) == a
@@ -116,7 +104,7 @@ def main(emb_path, split_dir):
           f"false, same hard-negative group: {100 * same_group / n:.1f}; "
           f"false, elsewhere: {100 * (n - semantic - same_group) / n:.1f}")
 
-    facts = [fact(c) for c in captions]
+    facts = [canonical(c) for c in captions]
     same, reversed_ = [], []
     for i in range(n):
         for j in range(i + 1, n):

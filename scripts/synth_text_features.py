@@ -12,18 +12,14 @@ does not. With the text side solved, retrieval measures only whether the image e
 relations (docs/EXPERIMENTS.md). Standard library only.
 """
 import json
-import re
 import struct
 import sys
+
+from synth_grammar import background, canonical, count
 
 SIZES = ["small", "large"]
 COLOURS = ["red", "green", "blue", "yellow", "orange", "purple"]
 KINDS = ["circle", "square", "triangle", "diamond"]
-RELATIONS = ["to the left of", "above"]
-FLIPPED = {"to the right of": "to the left of", "below": "above"}
-FACT = re.compile(r"(?:a|the) (\w+) (\w+) (\w+) (?:is )?(to the left of|to the right of|above|below)"
-                  r" (?:a|the) (\w+) (\w+) (\w+)")
-COUNTS = ["two", "three", "four"]
 
 
 def one_hot(value, values):
@@ -33,16 +29,11 @@ def one_hot(value, values):
 
 
 def encode(caption):
-    m = FACT.search(caption)
-    if not m:
-        raise SystemExit(f"not a caption of the synthetic grammar: {caption!r}")
-    a, rel, b = m.group(1, 2, 3), m.group(4), m.group(5, 6, 7)
-    if rel in FLIPPED:
-        a, rel, b = b, FLIPPED[rel], a
-    obj = lambda o: one_hot(o[0], SIZES) + one_hot(o[1], COLOURS) + one_hot(o[2], KINDS)
-    background = [float(caption.endswith("under the sky")), float(caption.endswith("in front of a wall"))]
-    count = [float(caption.startswith(f"{n} shapes:")) for n in COUNTS]
-    return obj(a) + one_hot(rel, RELATIONS) + obj(b) + background + count
+    a, rel, b = canonical(caption)
+    obj = lambda o: [x for w, vs in zip(o.split(), (SIZES, COLOURS, KINDS)) for x in one_hot(w, vs)]
+    bg = [float(background(caption) == "sky"), float(background(caption) == "wall")]
+    n = [float(count(caption) == k) for k in (2, 3, 4)]
+    return obj(a) + one_hot(rel, ["to the left of", "above"]) + obj(b) + bg + n
 
 
 def write(path, rows):

@@ -17,7 +17,7 @@
 
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
-use crate::backend::{Backend, CpuBackend, View, ViewMut};
+use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Surrogate};
 use crate::tensor::{DType, Shape, Storage, Tensor};
@@ -94,11 +94,7 @@ fn ffi(name: &str, f: impl FnOnce() -> Result<(), CErr>) -> c_int {
             code
         }
         Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = crate::util::panic_message(&*p);
             set_error(&format!("{name}: internal panic (a bug in gshn): {msg}"));
             GSHN_ERR_PANIC
         }
@@ -344,26 +340,13 @@ fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Resul
         .iter()
         .map(|m| Storage::zeros(m.dtype, m.shape.numel()))
         .collect();
-    {
-        let views: Vec<View<Storage>> = bufs
-            .iter()
-            .map(|(b, m)| View {
-                buf: b,
-                shape: &m.shape,
-                dtype: m.dtype,
-            })
-            .collect();
-        let mut oviews: Vec<ViewMut<Storage>> = obufs
-            .iter_mut()
-            .zip(&out_metas)
-            .map(|(b, m)| ViewMut {
-                buf: b,
-                shape: &m.shape,
-                dtype: m.dtype,
-            })
-            .collect();
-        be.execute(&op, &views, &mut oviews)?;
-    }
+    execute_buffers(
+        &be,
+        &op,
+        bufs.iter().map(|(b, m)| (b, m)),
+        &mut obufs,
+        &out_metas,
+    )?;
     for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
         let n = m.shape.numel();
         if d.ptr.is_null() || n == 0 {
@@ -491,27 +474,8 @@ mod cuda_path {
         for m in &out_metas {
             obufs.push(be.alloc(m.dtype, m.shape.numel())?);
         }
-        {
-            let views: Vec<View<_>> = bufs
-                .iter()
-                .zip(&ins)
-                .map(|(b, (_, m))| View {
-                    buf: b,
-                    shape: &m.shape,
-                    dtype: m.dtype,
-                })
-                .collect();
-            let mut oviews: Vec<ViewMut<_>> = obufs
-                .iter_mut()
-                .zip(&out_metas)
-                .map(|(b, m)| ViewMut {
-                    buf: b,
-                    shape: &m.shape,
-                    dtype: m.dtype,
-                })
-                .collect();
-            be.execute(&op, &views, &mut oviews)?;
-        }
+        let inputs = bufs.iter().zip(ins.iter().map(|(_, m)| m));
+        execute_buffers(&*be, &op, inputs, &mut obufs, &out_metas)?;
         for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
             let n = m.shape.numel();
             if d.ptr.is_null() || n == 0 {

@@ -193,6 +193,7 @@ fn whole_gshn_loss_has_correct_gradients() {
     cfg.model.lif.smooth = true; // spikes = surrogate primitive: finite differences apply
     cfg.train.batch_size = 3;
     cfg.train.node_samples_per_graph = 1;
+    cfg.train.lambda_neg = 1.0; // prepare the hard negatives
     let ds = open_split(&dir, &cfg, "train").unwrap();
     let vocab = Vocab::build(ds.all_captions(), 1, None);
     let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
@@ -273,7 +274,7 @@ fn whole_gshn_loss_has_correct_gradients() {
         feeder.feed_text(&mut ex, &caps).unwrap();
         // rows 0 and 2 carry their caption's hard negative, row 1 none (weight 0)
         let negs: Vec<_> = (0..3)
-            .map(|i| split.negatives[i][0].as_ref().filter(|_| i != 1))
+            .map(|i| split.negative(i, 0).filter(|_| i != 1))
             .collect();
         assert!(negs[0].is_some() && negs[2].is_some());
         feeder.feed_negatives(&mut ex, &negs).unwrap();

@@ -29,6 +29,38 @@ pub struct ViewMut<'a, B> {
     pub dtype: DType,
 }
 
+/// Runs `op` once on whole buffers, each described by its meta (one-off callers such as the
+/// C ABI; the executor has its own views over planned slots).
+pub fn execute_buffers<'a, B: Backend>(
+    be: &B,
+    op: &Op,
+    inputs: impl IntoIterator<Item = (&'a B::Buffer, &'a crate::ops::Meta)>,
+    outputs: &mut [B::Buffer],
+    out_metas: &[crate::ops::Meta],
+) -> Result<()>
+where
+    B::Buffer: 'a,
+{
+    let views: Vec<View<B::Buffer>> = inputs
+        .into_iter()
+        .map(|(buf, m)| View {
+            buf,
+            shape: &m.shape,
+            dtype: m.dtype,
+        })
+        .collect();
+    let mut oviews: Vec<ViewMut<B::Buffer>> = outputs
+        .iter_mut()
+        .zip(out_metas)
+        .map(|(buf, m)| ViewMut {
+            buf,
+            shape: &m.shape,
+            dtype: m.dtype,
+        })
+        .collect();
+    be.execute(op, &views, &mut oviews)
+}
+
 pub trait Backend {
     type Buffer: Send;
     fn name(&self) -> String;

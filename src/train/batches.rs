@@ -12,13 +12,18 @@ use crate::util::rng::SplitMix64;
 pub struct PreparedSplit {
     pub graphs: Vec<SceneGraph>,
     pub captions: Vec<Vec<Encoded>>,
-    /// Per caption, its hard negative (`synth::exchange_objects`) when it has one.
+    /// Per caption, its hard negative (`synth::exchange_objects`) when it has one; empty per
+    /// image unless the run trains with hard negatives (`RunConfig::hard_negatives`).
     pub negatives: Vec<Vec<Option<Encoded>>>,
     pub caption_text: Vec<Vec<String>>,
     pub image_ids: Vec<u64>,
 }
 
 impl PreparedSplit {
+    /// The hard negative of caption `c` of image `i`, if it has one.
+    pub fn negative(&self, i: usize, c: usize) -> Option<&Encoded> {
+        self.negatives.get(i)?.get(c)?.as_ref()
+    }
     pub fn len(&self) -> usize {
         self.graphs.len()
     }

@@ -55,28 +55,28 @@ pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Res
             let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
             bar.inc(1);
             let max_len = cfg.model.text.max_len;
-            let (enc, neg) = match &text_features {
-                Some(f) => (
-                    f[i].iter()
-                        .zip(&s.captions)
-                        .map(|(f, c)| Encoded {
-                            features: f.clone(),
-                            ..vocab.encode(c, max_len)
-                        })
-                        .collect(),
-                    // hard negatives have no precomputed features
-                    vec![None; s.captions.len()],
-                ),
-                None => (
-                    s.captions
-                        .iter()
-                        .map(|c| vocab.encode(c, max_len))
-                        .collect(),
-                    s.captions
-                        .iter()
-                        .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
-                        .collect(),
-                ),
+            let enc = match &text_features {
+                Some(f) => f[i]
+                    .iter()
+                    .zip(&s.captions)
+                    .map(|(f, c)| Encoded {
+                        features: f.clone(),
+                        ..vocab.encode(c, max_len)
+                    })
+                    .collect(),
+                None => s
+                    .captions
+                    .iter()
+                    .map(|c| vocab.encode(c, max_len))
+                    .collect(),
+            };
+            let neg = match cfg.hard_negatives() {
+                true => s
+                    .captions
+                    .iter()
+                    .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
+                    .collect(),
+                false => Vec::new(),
             };
             Ok((g, enc, neg, s.captions, s.image_id))
         })
@@ -149,8 +149,7 @@ impl<B: Backend> Engine<B> {
         let t = &cfg.train;
         let (data_cap, mut cap) =
             shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
-        // hard-negative captions exist only as tokens (see `prepare`)
-        cap.negatives = t.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Encoder;
+        cap.negatives = cfg.hard_negatives();
         let model = Gshn::build(&cfg.model, cap)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
@@ -237,7 +236,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// One optimizer step on `graphs` with one caption each (and, when the model takes them,
-    /// that caption's hard negative).
+    /// that caption's hard negative). Reads back only the loss and gradient norm (to stop on
+    /// non-finite values); [`Engine::stats`] reads the rest when it is logged.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -248,7 +248,7 @@ impl<B: Backend> Engine<B> {
         lr: f64,
         step: usize,
         rng: &mut SplitMix64,
-    ) -> Result<StepStats> {
+    ) -> Result<()> {
         self.feeder.feed_images(&mut self.train, graphs, rng)?;
         self.feeder.feed_text(&mut self.train, captions)?;
         self.feeder.feed_negatives(&mut self.train, negatives)?;
@@ -258,20 +258,36 @@ impl<B: Backend> Engine<B> {
             &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?,
         )?;
         self.train.run()?;
-        let scalar =
-            |ex: &Executor<Arc<B>>, v: ValueId| -> Result<f64> { Ok(ex.get(v)?.to_f64_vec()[0]) };
+        let loss = self.scalar(self.model_outputs.loss)?;
+        let grad_norm = self.scalar(self.grad_norm)?;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::invalid(
+                "train",
+                format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scalar(&self, v: ValueId) -> Result<f64> {
+        Ok(self.train.get(v)?.to_f64_vec()[0])
+    }
+
+    /// Loss terms, gradient norm, spike rates, `r` and logit scale of the last step.
+    pub fn stats(&self) -> Result<StepStats> {
         let o = &self.model_outputs;
-        let stats = StepStats {
-            loss: scalar(&self.train, o.loss)?,
-            itc: scalar(&self.train, o.itc)?,
-            stl: o.stl.map(|v| scalar(&self.train, v)).transpose()?,
-            node_cl: o.node_cl.map(|v| scalar(&self.train, v)).transpose()?,
-            neg: o.neg.map(|v| scalar(&self.train, v)).transpose()?,
-            grad_norm: scalar(&self.train, self.grad_norm)?,
+        let opt = |v: Option<ValueId>| v.map(|v| self.scalar(v)).transpose();
+        Ok(StepStats {
+            loss: self.scalar(o.loss)?,
+            itc: self.scalar(o.itc)?,
+            stl: opt(o.stl)?,
+            node_cl: opt(o.node_cl)?,
+            neg: opt(o.neg)?,
+            grad_norm: self.scalar(self.grad_norm)?,
             spike_rates: o
                 .spike_rates
                 .iter()
-                .map(|&v| scalar(&self.train, v))
+                .map(|&v| self.scalar(v))
                 .collect::<Result<_>>()?,
             r: o.r
                 .map(|v| {
@@ -280,15 +296,8 @@ impl<B: Backend> Engine<B> {
                         .map(|t| t.to_f64_vec().iter().sum::<f64>() / t.numel() as f64)
                 })
                 .transpose()?,
-            logit_scale: scalar(&self.train, o.logit_scale)?,
-        };
-        if !stats.loss.is_finite() || !stats.grad_norm.is_finite() {
-            return Err(Error::invalid(
-                "train",
-                format!("non-finite loss or gradient at step {step} (loss {}, grad norm {}); lower train.lr or check the data", stats.loss, stats.grad_norm),
-            ));
-        }
-        Ok(stats)
+            logit_scale: self.scalar(o.logit_scale)?,
+        })
     }
 
     /// Copies the current parameters into the evaluation executors.
@@ -301,8 +310,10 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Image and caption embeddings of a whole split, and each caption's image index.
+    /// Image and caption embeddings of a whole split (with the current parameters), and each
+    /// caption's image index.
     pub fn embed(&mut self, split: &PreparedSplit) -> Result<(Vec<f32>, Vec<f32>, Vec<usize>)> {
+        self.sync_eval()?;
         let b = self.cfg.train.batch_size;
         let mut rng = SplitMix64::new(0);
         let mut img = Vec::new();
@@ -330,7 +341,6 @@ impl<B: Backend> Engine<B> {
     }
 
     pub fn evaluate(&mut self, split: &PreparedSplit) -> Result<Recall> {
-        self.sync_eval()?;
         let (img, txt, owner) = self.embed(split)?;
         Ok(recall(&img, &txt, self.cfg.model.dim, &owner))
     }
@@ -516,20 +526,24 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 .collect();
             let negs: Vec<Option<&crate::data::Encoded>> = picked
                 .iter()
-                .map(|&(i, c)| train_split.negatives[i][c].as_ref())
+                .map(|&(i, c)| train_split.negative(i, c))
                 .collect();
             let lr = sched.at(state.step);
-            last = engine.step(&graphs, &caps, &negs, w, lr, state.step, &mut rng)?;
+            engine.step(&graphs, &caps, &negs, w, lr, state.step, &mut rng)?;
             state.step += 1;
             state.batch += 1;
             graphs_done += t.batch_size;
             bar.inc(1);
-            if state.step % t.log_every.max(1) == 0 || state.batch == steps_per_epoch {
+            let stop = opts.stop_after_steps.is_some_and(|n| state.step >= n);
+            let log_now = state.step % t.log_every.max(1) == 0 || state.batch == steps_per_epoch;
+            if log_now || stop {
+                last = engine.stats()?;
+            }
+            if log_now {
                 let gps = graphs_done as f64 / started.elapsed().as_secs_f64();
                 log.step(state.step, epoch, lr, &last, gps)?;
                 bar.set_message(format!("loss {:.3}", last.loss));
             }
-            let stop = opts.stop_after_steps.is_some_and(|n| state.step >= n);
             let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
             if (periodic || stop) && state.batch < steps_per_epoch {
                 save(&engine, &state)?;
@@ -615,7 +629,6 @@ pub fn evaluate_run<B: Backend>(
     let vocab = engine.vocab.clone();
     let cfg = engine.cfg.clone();
     let prepared = prepare(&ds, &cfg, &vocab, split)?;
-    engine.sync_eval()?;
     let (img, txt, owner) = engine.embed(&prepared)?;
     let d = cfg.model.dim;
     if let Some(path) = save_embeddings {

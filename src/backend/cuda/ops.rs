@@ -94,18 +94,6 @@ fn split(s: &Shape, axis: usize) -> (usize, usize, usize) {
     )
 }
 
-/// `crate::util::rng::hash_threshold`: ceil(p · 2²⁴) clamped to [0, 2²⁴].
-fn dropout_threshold(p: f64) -> u32 {
-    let t = (p * (1u64 << 24) as f64).ceil();
-    if t.is_nan() || t <= 0.0 {
-        0
-    } else if t >= (1u64 << 24) as f64 {
-        1 << 24
-    } else {
-        t as u32
-    }
-}
-
 fn p(v: &View<CudaBuffer>) -> Arg {
     Arg::P(v.buf.ptr)
 }
@@ -379,7 +367,7 @@ impl CudaBackend {
                         Arg::P(y[0]),
                         Arg::I(i32c(name, "n", n)?),
                         p(&x[1]),
-                        Arg::U(dropout_threshold(*prob)),
+                        Arg::U(crate::util::rng::hash_threshold(*prob)),
                         t.s(1.0 / (1.0 - prob)),
                     ],
                 )
