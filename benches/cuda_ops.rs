@@ -73,8 +73,10 @@ fn time(be: &CudaBackend, reps: usize, mut f: impl FnMut() -> Result<()>) -> Res
         f()?;
     }
     be.synchronize()?;
-    let a = be.context().new_event(None).map_err(err)?;
-    let b = be.context().new_event(None).map_err(err)?;
+    // cudarc's default event flags disable timing (elapsed_ms would fail with INVALID_HANDLE).
+    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let a = be.context().new_event(timed).map_err(err)?;
+    let b = be.context().new_event(timed).map_err(err)?;
     a.record(be.stream()).map_err(err)?;
     for _ in 0..reps {
         f()?;

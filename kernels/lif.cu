@@ -31,11 +31,12 @@
 //   Skip when Tn*N == 0.
 //
 // lif_bwd_f32 / lif_bwd_f64
-//   (const T* H, const T* gS, const T* gV, T* gX, T* gtau_part, int Tn, int N,
+//   (const T* H, const T* gS, const T* gV, T* gX, double* gtau_part, int Tn, int N,
 //    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
 //    int detach_reset, int surrogate, T alpha, int smooth)
 //   H [Tn,N] (saved); gS [Tn,N] nullable (= zeros); gV [Tn,N] nullable (= zeros); gX [Tn,N] out.
-//   gtau_part [gridDim.x] out, nullable: per-block partial sums of dL/dtau (learnable tau), with
+//   gtau_part [gridDim.x] double out, nullable: per-block partial sums of dL/dtau (learnable tau),
+//     accumulated in double for f32 too (a sum of Tn*N terms of both signs loses digits in f32), with
 //     dH_t/dtau = -(H_t - V_{t-1})/tau (decay_input; = -(X_t - (V_{t-1} - v_r))/tau^2) or
 //     (V_{t-1} - v_r)/tau^2, V_{t-1} recomputed from H_{t-1} (so X is not needed).
 //   surrogate: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular; alpha its parameter.
@@ -44,8 +45,8 @@
 //   reproducibility use the same G for the same N (e.g. G = min(ceil(N/256), 1024)).
 //   Skip when Tn*N == 0 (then g_tau = 0, gX empty).
 //
-// lif_gtau_reduce_f32 / _f64 (const T* part, int nparts, T* g_tau)
-//   g_tau[0] = sum of part[0..nparts] in a fixed order. Launch: grid 1, block 256 (multiple of 32).
+// lif_gtau_reduce_f32 / _f64 (const double* part, int nparts, T* g_tau)
+//   g_tau[0] = sum of part[0..nparts] in a fixed order, in double. Launch: grid 1, block 256 (multiple of 32).
 // ---------------------------------------------------------------------------------------------
 #include "common.cuh"
 
@@ -104,14 +105,14 @@ __device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restric
 
 template <typename T>
 __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const T* __restrict__ gV,
-                        T* __restrict__ gX, T* __restrict__ gtau_part, int Tn, int N,
+                        T* __restrict__ gX, double* __restrict__ gtau_part, int Tn, int N,
                         const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input, int detach_reset,
                         int surrogate, T alpha, int smooth) {
     if (tau_ptr) tau = *tau_ptr;
     const T v_r = hard ? v_reset : T(0);
     const T inv_tau = T(1) / tau;
     const T keep = T(1) - inv_tau;
-    T gtau = T(0);
+    double gtau = 0.0;
     GRID_STRIDE(n, N) {
         T carry = T(0);  // gH_{t+1} * (1 - 1/tau): gradient reaching V_t through the next charge
         for (int t = Tn - 1; t >= 0; --t) {
@@ -135,21 +136,21 @@ __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const
                 T dh_dtau;
                 if (decay_input) dh_dtau = -(h - vp) / tau;
                 else dh_dtau = (vp - v_r) / (tau * tau);
-                gtau += gh * dh_dtau;
+                gtau += (double)(gh * dh_dtau);
             }
         }
     }
     if (gtau_part) {  // uniform branch: every thread of the block reaches block_sum
-        T b = block_sum(gtau);
+        double b = block_sum(gtau);
         if (threadIdx.x == 0) gtau_part[blockIdx.x] = b;
     }
 }
 
-template <typename T> __device__ void lif_gtau_reduce(const T* __restrict__ part, int nparts, T* __restrict__ g_tau) {
-    T acc = T(0);
+template <typename T> __device__ void lif_gtau_reduce(const double* __restrict__ part, int nparts, T* __restrict__ g_tau) {
+    double acc = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
     acc = block_sum(acc);
-    if (threadIdx.x == 0) *g_tau = acc;
+    if (threadIdx.x == 0) *g_tau = (T)acc;
 }
 
 #define LIF_INST(T, SUF)                                                                                      \
@@ -159,14 +160,14 @@ template <typename T> __device__ void lif_gtau_reduce(const T* __restrict__ part
         lif_fwd<T>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,     \
                    alpha);                                                                                    \
     }                                                                                                         \
-    extern "C" __global__ void lif_bwd_##SUF(const T* H, const T* gS, const T* gV, T* gX, T* gtau_part,      \
+    extern "C" __global__ void lif_bwd_##SUF(const T* H, const T* gS, const T* gV, T* gX, double* gtau_part, \
                                              int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset,     \
                                              int hard, int decay_input, int detach_reset, int surrogate,    \
                                              T alpha, int smooth) {                                          \
         lif_bwd<T>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,         \
                    detach_reset, surrogate, alpha, smooth);                                                   \
     }                                                                                                         \
-    extern "C" __global__ void lif_gtau_reduce_##SUF(const T* part, int nparts, T* g_tau) {                 \
+    extern "C" __global__ void lif_gtau_reduce_##SUF(const double* part, int nparts, T* g_tau) {            \
         lif_gtau_reduce<T>(part, nparts, g_tau);                                                              \
     }
 

@@ -2,10 +2,15 @@
 # The GPU session itself (DESIGN §8), on the DEVICE machine (no Rust, no network), after
 # `bash scripts/gpu_prepare.sh` here and with `carry: [".gpu"]`:
 #   bash scripts/gpu_run.sh
-# Runs (all under ~5 minutes): the CUDA parity tests (.gpu/bin/test-cuda_parity), the CUDA kernel
-# bench in short mode (.gpu/bin/bench-cuda_ops --short), python/bench_torch.py (PyTorch / PyG on
-# the same shapes), and writes reports/gpu/<date>-<device>.json (also to $OUT when set) with:
-# device, kernels_sha256 (= cat $(ls kernels/* | sort) | sha256sum), the build manifest, each
+# Runs, each part under its own timeout (all within GPU_RUN_BUDGET): the CUDA parity tests
+# (.gpu/bin/test-cuda_parity); a short training run on cuda and on cpu from one seed (loss per
+# step side by side, graphs/s, one checkpoint evaluated on both devices); the CUDA kernel bench
+# in short mode (.gpu/bin/bench-cuda_ops --short); python/bench_torch.py (PyTorch / PyG on the
+# same shapes); `gshn demo --device cuda` (the README's main command); the parity tests again
+# under compute-sanitizer memcheck; with GPU_RUN_PROFILE=1, ncu per-kernel times of the bench
+# (ncu.csv). Writes reports/gpu/<date>-<device>.json (and, when $OUT is set, the report and
+# the raw logs to $OUT) with:
+# device, kernels_sha256 (= cat $(LC_ALL=C ls kernels/*) | sha256sum), the build manifest, each
 # parity result (name, pass, rel_err), each kernel timing with GB/s or TFLOP/s against its floor
 # and against the measured d2d copy peak, the PyTorch figures, and side-by-side comparisons.
 # LD_LIBRARY_PATH gets the Python packages' nvidia/*/lib folders (cuBLAS, NVRTC).
@@ -17,6 +22,10 @@ cd "$ROOT"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 PY="${PYTHON:-python3}"
+# Every part's timeout is cut to what is left of GPU_RUN_BUDGET seconds (default 420), keeping
+# 20 s for the report, so a slow part never costs the report of the others.
+BUDGET="${GPU_RUN_BUDGET:-420}"; START="$(date +%s)"
+cap() { local left=$(( BUDGET - ($(date +%s) - START) - 20 )); (( left < 1 )) && left=1; echo $(( left < $1 ? left : $1 )); }
 
 NVLIB="$("$PY" - <<'PY' 2>/dev/null
 import glob, os
@@ -35,30 +44,87 @@ export LD_LIBRARY_PATH="${NVLIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 DEVICE="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | sed 's/^ *//;s/ *$//')"
 [[ -n "$DEVICE" ]] || DEVICE="none"
-KSHA="$(cat $(ls kernels/* | sort) | sha256sum | cut -d' ' -f1)"
+KSHA="$(cat $(LC_ALL=C ls kernels/* | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)"  # C order, as gpu_prepare.sh
 echo "gpu_run: device=$DEVICE kernels_sha256=$KSHA" >&2
 
 status_parity=skipped; status_bench=skipped; status_torch=skipped
 if [[ "$DEVICE" != none && -x .gpu/bin/test-cuda_parity ]]; then
   echo "gpu_run: parity tests ..." >&2
-  GSHN_PARITY_REPORT="$TMP/parity.jsonl" timeout 170 .gpu/bin/test-cuda_parity --test-threads=1 \
+  GSHN_PARITY_REPORT="$TMP/parity.jsonl" timeout $(cap 150) .gpu/bin/test-cuda_parity --test-threads=1 \
     >"$TMP/parity.log" 2>&1
   rc=$?; status_parity="exit $rc"; tail -n 40 "$TMP/parity.log" >&2
 fi
+status_train=skipped
+if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
+  # The whole product on the GPU: the same 20 training steps (batch 256) on cuda and on cpu from
+  # one seed, then one CPU-trained checkpoint evaluated on both devices.
+  echo "gpu_run: training on cuda and cpu ..." >&2
+  G=.gpu/bin/gshn
+  printf '[train]\nepochs = 2\nbatch_size = 256\nlog_every = 1\n' >"$TMP/train.toml"
+  {
+    timeout $(cap 20) $G synth --out "$TMP/synth" --train 2560 --val 256 --seed 0 &&
+    timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda" --config "$TMP/train.toml" --device cuda &&
+    timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cpu" --config "$TMP/train.toml" --device cpu &&
+    timeout $(cap 20) $G eval --data "$TMP/synth" --checkpoint "$TMP/run-cpu" --device cuda --json >"$TMP/eval-cuda.json" &&
+    timeout $(cap 20) $G eval --data "$TMP/synth" --checkpoint "$TMP/run-cpu" --device cpu --json >"$TMP/eval-cpu.json"
+  } >"$TMP/train.log" 2>&1
+  status_train="exit $?"; tail -n 15 "$TMP/train.log" >&2
+fi
+
 if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
   echo "gpu_run: kernel bench ..." >&2
-  timeout 80 .gpu/bin/bench-cuda_ops --short >"$TMP/bench.jsonl" 2>"$TMP/bench.err"
+  timeout $(cap 70) .gpu/bin/bench-cuda_ops --short >"$TMP/bench.jsonl" 2>"$TMP/bench.err"
   status_bench="exit $?"; cat "$TMP/bench.jsonl" >&2
 fi
 if [[ "$DEVICE" != none ]]; then
   echo "gpu_run: PyTorch / PyG ..." >&2
-  timeout 90 "$PY" python/bench_torch.py --short >"$TMP/torch.jsonl" 2>"$TMP/torch.err"
+  timeout $(cap 80) "$PY" python/bench_torch.py --short >"$TMP/torch.jsonl" 2>"$TMP/torch.err"
   status_torch="exit $?"; cat "$TMP/torch.jsonl" >&2
 fi
 
-"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" <<'PY'
+status_demo=skipped; status_memcheck=skipped
+if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
+  # The README's main command (30 epochs, default config) on the GPU; README has the CPU row.
+  echo "gpu_run: gshn demo --device cuda ..." >&2
+  t0="$(date +%s)"
+  timeout $(cap 150) .gpu/bin/gshn demo --data "$TMP/demo-data" --out "$TMP/demo" --device cuda >"$TMP/demo.log" 2>&1
+  status_demo="exit $?"; echo $(( $(date +%s) - t0 )) >"$TMP/demo.seconds"; tail -n 12 "$TMP/demo.log" >&2
+fi
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)"
+if [[ "$DEVICE" != none && -x .gpu/bin/test-cuda_parity && -n "$SANITIZER" ]]; then
+  # Out-of-bounds and misaligned accesses in every parity case (exit != 0 on any error).
+  echo "gpu_run: parity tests under compute-sanitizer memcheck ..." >&2
+  timeout $(cap 150) "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 3 \
+    .gpu/bin/test-cuda_parity --test-threads=1 >"$TMP/memcheck.log" 2>&1
+  status_memcheck="exit $?"; grep -E "ERROR SUMMARY|test result" "$TMP/memcheck.log" >&2
+fi
+
+NCU="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1)"
+if [[ "${GPU_RUN_PROFILE:-0}" == 1 && "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops && -n "$NCU" ]]; then
+  # Per-kernel device time of the bench's launches (clocks left as found), for tuning.
+  echo "gpu_run: ncu per-kernel durations of the kernel bench ..." >&2
+  timeout $(cap 120) "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    .gpu/bin/bench-cuda_ops --short >"$TMP/ncu.csv" 2>>"$TMP/bench.err"
+  echo "ncu exit $?" >&2
+  "$PY" - "$TMP/ncu.csv" <<'NCU' >&2
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))  # the bench's own JSON lines come first
+hi = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
+if hi is not None:
+    head = rows[hi]
+    k, g, v = head.index("Kernel Name"), head.index("Grid Size"), head.index("Metric Value")
+    per = {}
+    for r in rows[hi + 1:]:
+        if len(r) == len(head):
+            per.setdefault((r[k][:40], r[g]), []).append(float(r[v].replace(",", "")) / 1e3)
+    for (name, grid), us in per.items():
+        print(f"  {name:<40} grid {grid:<14} {statistics.median(us):10.1f} us median of {len(us)}")
+NCU
+fi
+
+"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" <<'PY'
 import datetime, json, os, re, sys
-tmp, device, ksha, st_par, st_bench, st_torch = sys.argv[1:7]
+tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem = sys.argv[1:10]
 
 def lines(name):
     p = os.path.join(tmp, name)
@@ -105,6 +171,52 @@ cmp = [c for c in [
     pair("InfoNCE B=4096 D=256 fwd+bwd", ["infonce_fwd|B=4096 D=256 f32", "infonce_bwd|B=4096 D=256 f32"],
          "torch_infonce_fwd_bwd|B=4096 D=256 f32"),
 ] if c]
+
+
+def metrics(run):
+    p = os.path.join(tmp, run, "metrics.jsonl")
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+
+def one(name):
+    p = os.path.join(tmp, name)
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError):
+        return None
+
+def train_summary():
+    gpu, cpu = metrics("run-cuda"), metrics("run-cpu")
+    steps = {m["step"]: m for m in cpu if m.get("kind") == "step"}
+    rel = [(m["step"], abs(m["loss"] - steps[m["step"]]["loss"]) / abs(steps[m["step"]]["loss"]))
+           for m in gpu if m.get("kind") == "step" and m["step"] in steps]
+
+    def rate(ms):  # median; the first steps include warm-up
+        r = sorted(m["graphs_per_s"] for m in ms if m.get("kind") == "step")
+        return r[len(r) // 2] if r else None
+    evals = lambda ms: [m for m in ms if m.get("kind") == "eval"][-1:]
+    return {"status": st_train, "batch_size": 256, "steps_compared": len(rel),
+            "loss_rel_diff_first_step": rel[0][1] if rel else None,
+            "loss_rel_diff_max": max((r for _, r in rel), default=None),
+            "loss_rel_diff_by_step": rel,
+            "graphs_per_s_median": {"cuda": rate(gpu), "cpu": rate(cpu)},
+            "final_eval": {"cuda": evals(gpu), "cpu": evals(cpu)},
+            "eval_of_cpu_checkpoint": {"cuda": one("eval-cuda.json"), "cpu": one("eval-cpu.json")},
+            "log_tail": tail("train.log", 30)}
+
+def demo_summary():
+    ms = metrics("demo")
+    steps = sorted(m["graphs_per_s"] for m in ms if m.get("kind") == "step")
+    secs = open(os.path.join(tmp, "demo.seconds")).read().strip() if os.path.exists(os.path.join(tmp, "demo.seconds")) else None
+    return {"status": st_demo, "wall_s": secs and int(secs),
+            "graphs_per_s_median": steps[len(steps) // 2] if steps else None,
+            "final_eval": [m for m in ms if m.get("kind") == "eval"][-1:],
+            "log_tail": tail("demo.log", 14)}
+
+def memcheck_summary():
+    log = tail("memcheck.log", 100000)
+    return {"status": st_mem, "summary": [l for l in log if "ERROR SUMMARY" in l or "test result" in l],
+            "errors": [l for l in log if l.startswith("=========") and "ERROR SUMMARY" not in l][:40]}
+
 failed = [p for p in parity if not p.get("pass")]
 m = re.search(r"test result: (\w+)\. (\d+) passed; (\d+) failed", "\n".join(tail("parity.log", 400)))
 report = {
@@ -119,6 +231,9 @@ report = {
     "bench": {"status": st_bench, "copy_peak_gbps": peak, "results": bench, "stderr_tail": tail("bench.err", 10)},
     "torch": {"status": st_torch, "results": torch, "stderr_tail": tail("torch.err", 10)},
     "comparisons": cmp,
+    "train": train_summary() if st_train != "skipped" else {"status": st_train},
+    "demo": demo_summary() if st_demo != "skipped" else {"status": st_demo},
+    "memcheck": memcheck_summary() if st_mem != "skipped" else {"status": st_mem},
 }
 if device == "none":
     report["skipped"] = "no GPU device (nvidia-smi found none): everything skipped"
@@ -130,9 +245,10 @@ open(os.path.join("reports/gpu", name), "w").write(text)
 if os.environ.get("OUT"):
     open(os.path.join(os.environ["OUT"], name), "w").write(text)
 print(f"gpu_run: report reports/gpu/{name}: parity {st_par} ({len(parity) - len(failed)}/{len(parity)} checks pass), "
-      f"bench {st_bench}, torch {st_torch}", file=sys.stderr)
+      f"bench {st_bench}, torch {st_torch}, train {st_train}, demo {st_demo}, memcheck {st_mem}", file=sys.stderr)
 PY
 
+[[ -n "${OUT:-}" ]] && cp "$TMP"/*.log "$TMP"/*.err "$TMP"/*.csv "$OUT"/ 2>/dev/null
 if [[ "$DEVICE" == none ]]; then echo "gpu_run: no device: report marks everything skipped" >&2; exit 2; fi
 [[ "$status_parity" == "exit 0" ]] || exit 1
 exit 0

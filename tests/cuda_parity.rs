@@ -4,12 +4,14 @@
 //! (random, never zero), with the CUDA outputs poisoned with NaN first (so an unwritten element
 //! fails), sizes that are not multiples of the block sizes, graphs with zero in-degree nodes and
 //! with no edge, InfoNCE at B = 1, 7, 1000, 4097, LIF with every option. Pass: fp32
-//! `‖out − ref‖ / ‖ref‖ ≤ 1e-5` (f64: 1e-10), spikes exactly equal. One executor-level test
+//! `‖out − ref‖ / ‖ref‖ ≤ 1e-5` (f64: 1e-10), spikes exactly equal; an f32 output over 1e-5
+//! (an ill-conditioned reduction) passes only if it is within 2× the CPU f32 result's own
+//! distance from the f64 truth (see `check_all`). One executor-level test
 //! runs a small graph on both backends end to end.
 //!
 //! Without a GPU every test prints `skipped: no CUDA device` and passes. With
 //! `GSHN_PARITY_REPORT=<file>` each comparison appends one JSON line
-//! `{"name", "pass", "rel_err"}` (scripts/gpu_run.sh collects them).
+//! `{"name", "pass", "rel_err", "note"}` (scripts/gpu_run.sh collects them).
 #![cfg(feature = "cuda")]
 
 use gshn::backend::{cuda_available, Backend, CudaBackend, View, ViewMut};
@@ -178,7 +180,7 @@ fn run<B: Backend>(b: &B, c: &Case, poison: bool) -> gshn::Result<Vec<Tensor>> {
         .collect()
 }
 
-fn report(name: &str, pass: bool, rel: f64) {
+fn report(name: &str, pass: bool, rel: f64, note: &str) {
     if let Ok(path) = std::env::var("GSHN_PARITY_REPORT") {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -190,7 +192,10 @@ fn report(name: &str, pass: bool, rel: f64) {
             } else {
                 "null".into()
             };
-            let _ = writeln!(f, "{{\"name\":{name:?},\"pass\":{pass},\"rel_err\":{rel}}}");
+            let _ = writeln!(
+                f,
+                "{{\"name\":{name:?},\"pass\":{pass},\"rel_err\":{rel},\"note\":{note:?}}}"
+            );
         }
     }
 }
@@ -210,14 +215,39 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     }
 }
 
+/// The same case in f64: every f32 input and output widened (exactly), for the f64 truth.
+fn widened(c: &Case) -> Result<Case, gshn::Error> {
+    let wide = |dt: DType| if dt == F32 { DType::F64 } else { dt };
+    Ok(Case {
+        name: c.name.clone(),
+        op: c.op.clone(),
+        inputs: c
+            .inputs
+            .iter()
+            .map(|t| t.to_dtype(wide(t.dtype())))
+            .collect::<Result<_, _>>()?,
+        outs: c
+            .outs
+            .iter()
+            .map(|o| Meta::new(o.shape.clone(), wide(o.dtype)))
+            .collect(),
+        exact: c.exact.clone(),
+    })
+}
+
 /// Runs the cases; panics listing every failure (after running them all).
+///
+/// An f32 output that misses the tolerance against the CPU's f32 result can be an ill-conditioned
+/// reduction (a scalar summed from B² terms of both signs loses digits in any order): it still
+/// passes when, against the f64 truth of the same inputs, the GPU is at most twice as far off
+/// as the CPU f32 result is. Both distances are printed and reported.
 fn check_all(be: &CudaBackend, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in &cases {
         let want = match run(&CpuBackend, c, false) {
             Ok(w) => w,
             Err(e) => {
-                report(&c.name, false, f64::NAN);
+                report(&c.name, false, f64::NAN, "");
                 failures.push(format!("{}: CPU reference failed: {e}", c.name));
                 continue;
             }
@@ -225,34 +255,47 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
         let got = match run(be, c, true) {
             Ok(g) => g,
             Err(e) => {
-                report(&c.name, false, f64::NAN);
+                report(&c.name, false, f64::NAN, "");
                 failures.push(format!("{}: CUDA failed: {e}", c.name));
                 continue;
             }
         };
+        let mut truth = None;
         let mut worst = 0.0f64;
         let mut pass = true;
+        let mut notes = String::new();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let f64_out = w.dtype() == DType::F64;
             let tol = if f64_out { 1e-10 } else { 1e-5 };
             let r = rel_err(g, w);
-            worst = worst.max(r);
-            let ok = if c.exact.contains(&i) {
+            let mut ok = if c.exact.contains(&i) {
                 g == w
             } else {
                 r <= tol
             };
+            let mut note = String::new();
+            if !ok && !f64_out && r.is_finite() && !c.exact.contains(&i) {
+                let t = truth
+                    .get_or_insert_with(|| widened(c).and_then(|w| run(&CpuBackend, &w, false)));
+                if let Ok(t) = t {
+                    let (e_gpu, e_cpu) = (rel_err(g, &t[i]), rel_err(w, &t[i]));
+                    ok = e_gpu <= 2.0 * e_cpu;
+                    note = format!(" output {i} vs f64 truth: cuda {e_gpu:e}, cpu f32 {e_cpu:e}");
+                }
+            }
+            worst = worst.max(r);
+            notes.push_str(&note);
             if !ok {
                 pass = false;
                 failures.push(format!(
-                    "{}: output {i}: rel err {r:e} (tol {tol:e})",
+                    "{}: output {i}: rel err {r:e} (tol {tol:e});{note}",
                     c.name
                 ));
             }
         }
-        report(&c.name, pass, worst);
+        report(&c.name, pass, worst, notes.trim());
         eprintln!(
-            "{} {:<48} rel {worst:.3e}",
+            "{} {:<48} rel {worst:.3e}{notes}",
             if pass { "ok  " } else { "FAIL" },
             c.name
         );
@@ -1029,7 +1072,7 @@ fn executor_end_to_end() {
     let mut failures = Vec::new();
     for (i, &f) in fetch.iter().enumerate() {
         let e = rel_err(&gpu.get(f).unwrap(), &cpu.get(f).unwrap());
-        report(&format!("executor fetch {i}"), e <= 1e-5, e);
+        report(&format!("executor fetch {i}"), e <= 1e-5, e, "");
         if e > 1e-5 {
             failures.push(format!("fetch {i}: rel err {e:e}"));
         }
@@ -1064,6 +1107,12 @@ fn cpu_reference_accepts_every_case() {
                 }
                 Err(e) => bad.push(format!("{}: {e}", c.name)),
             }
+            // The f64 truth that check_all falls back on must exist for every f32 case.
+            if c.outs.iter().any(|o| o.dtype == F32) {
+                if let Err(e) = widened(&c).and_then(|w| run(&CpuBackend, &w, false)) {
+                    bad.push(format!("{} (f64 truth): {e}", c.name));
+                }
+            }
         }
     }
     assert!(
@@ -1072,4 +1121,65 @@ fn cpu_reference_accepts_every_case() {
         bad.len(),
         bad.join("\n")
     );
+}
+
+/// The host check of a graph runs once per upload (`CudaBackend::check_graph` remembers it), so
+/// the same buffers rewritten with a bad edge must be checked, and rejected, again.
+#[test]
+fn rewritten_graph_is_checked_again() {
+    let Some(be) = cuda() else { return };
+    let mut r = SplitMix64::new(12);
+    let (n, h, f) = (9, 2, 5);
+    let [row_ptr, src, _, _] = graph(&mut r, n, 3, 0.2);
+    let e = src.numel();
+    let ins = [
+        rnd(&mut r, &[n, h, f], F32),
+        rnd(&mut r, &[h, f], F32),
+        rnd(&mut r, &[h, f], F32),
+        row_ptr,
+        src.clone(),
+    ];
+    let mut bufs = Vec::new();
+    for t in &ins {
+        let mut b = be.alloc(t.dtype(), t.numel()).unwrap();
+        be.write(&mut b, t).unwrap();
+        bufs.push(b);
+    }
+    let outs = [meta(&[n, h, f], F32), meta(&[n, h], F32)];
+    let mut out_bufs: Vec<_> = outs
+        .iter()
+        .map(|o| be.alloc(o.dtype, o.shape.numel()).unwrap())
+        .collect();
+    let op = Op::Gat(GatAttrs {
+        negative_slope: 0.2,
+        edge_bias: false,
+    });
+    let mut gat = |bufs: &[gshn::backend::CudaBuffer]| {
+        let iv: Vec<_> = bufs
+            .iter()
+            .zip(&ins)
+            .map(|(buf, t)| View {
+                buf,
+                shape: t.shape(),
+                dtype: t.dtype(),
+            })
+            .collect();
+        let mut ov: Vec<_> = out_bufs
+            .iter_mut()
+            .zip(&outs)
+            .map(|(buf, o)| ViewMut {
+                buf,
+                shape: &o.shape,
+                dtype: o.dtype,
+            })
+            .collect();
+        be.execute(&op, &iv, &mut ov)
+    };
+    gat(&bufs).expect("a valid graph runs");
+    gat(&bufs).expect("and runs again (checked once)");
+    let mut bad = src.data::<i32>().unwrap().to_vec();
+    bad[e - 1] = n as i32;
+    be.write(&mut bufs[4], &idx(bad)).unwrap();
+    let err = gat(&bufs).expect_err("a rewritten src with node n must be rejected");
+    assert!(err.to_string().contains("is not a node"), "{err}");
 }

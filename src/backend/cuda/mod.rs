@@ -84,6 +84,14 @@ pub struct CudaBuffer {
     dtype: DType,
     len: usize,
     host: Option<Storage>,
+    /// Unique per host copy (0: none): identifies contents already validated (`checked_graphs`).
+    stamp: u64,
+}
+
+/// A fresh `CudaBuffer::stamp` for each new host copy.
+pub(super) fn next_stamp() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl CudaBuffer {
@@ -149,6 +157,9 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     scratch: Mutex<Scratch>,
+    /// The last few graphs (stamps of their index buffers + node count) validated on the host,
+    /// so a graph is checked once per upload, not once per op that reads it.
+    checked_graphs: Mutex<Vec<[u64; 5]>>,
 }
 
 impl CudaBackend {
@@ -209,6 +220,7 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 funcs: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(Scratch::default()),
+                checked_graphs: Mutex::new(Vec::new()),
             })
         })
     }
@@ -454,6 +466,7 @@ impl Backend for CudaBackend {
             dtype,
             len,
             host: None,
+            stamp: 0,
         })
     }
 
@@ -477,6 +490,7 @@ impl Backend for CudaBackend {
         } else {
             None
         };
+        dst.stamp = if dst.host.is_some() { next_stamp() } else { 0 };
         Ok(())
     }
 
