@@ -157,9 +157,9 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     scratch: Mutex<Scratch>,
-    /// The last few graphs (stamps of their index buffers + node count) validated on the host,
-    /// so a graph is checked once per upload, not once per op that reads it.
-    checked_graphs: Mutex<Vec<[u64; 5]>>,
+    /// The last few graphs (node and edge counts, stamps of their index buffers) validated on
+    /// the host, so a graph is checked once per upload, not once per op that reads it.
+    checked_graphs: Mutex<Vec<[u64; 6]>>,
 }
 
 impl CudaBackend {

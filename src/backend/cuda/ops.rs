@@ -1158,31 +1158,27 @@ impl CudaBackend {
             return Ok(());
         }
         let csc_stamps = csc.map_or((0, 0), |(cp, ce)| (cp.buf.stamp, ce.buf.stamp));
+        // The edge count is part of the key: the same buffers can be viewed at another length.
         let key = [
             n as u64,
+            src.shape.numel() as u64,
             row_ptr.buf.stamp,
             src.buf.stamp,
             csc_stamps.0,
             csc_stamps.1,
         ];
-        {
-            let seen = self
-                .checked_graphs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // A check with the CSC also covers the same CSR without it.
-            if seen
-                .iter()
-                .any(|k| k[..3] == key[..3] && (csc.is_none() || k[3..] == key[3..]))
-            {
-                return Ok(());
-            }
-        }
-        self.validate_graph(op, n, row_ptr, src, csc)?;
         let mut seen = self
             .checked_graphs
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        // A check with the CSC also covers the same CSR without it.
+        if seen
+            .iter()
+            .any(|k| k[..4] == key[..4] && (csc.is_none() || k[4..] == key[4..]))
+        {
+            return Ok(());
+        }
+        self.validate_graph(op, n, row_ptr, src, csc)?;
         if seen.len() >= 16 {
             seen.remove(0);
         }
