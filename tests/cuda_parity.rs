@@ -6,7 +6,7 @@
 //! with no edge, InfoNCE at B = 1, 7, 1000, 4097, LIF with every option. Pass: fp32
 //! `‖out − ref‖ / ‖ref‖ ≤ 1e-5` (f64: 1e-10), spikes exactly equal; an f32 output over 1e-5
 //! (an ill-conditioned reduction) passes only if it is within 2× the CPU f32 result's own
-//! distance from the f64 truth (see `check_all`). One executor-level test
+//! distance from the f64 truth and under 1e-3 (see `check_all`). One executor-level test
 //! runs a small graph on both backends end to end.
 //!
 //! Without a GPU every test prints `skipped: no CUDA device` and passes. With
@@ -240,7 +240,7 @@ fn widened(c: &Case) -> Result<Case, gshn::Error> {
 /// An f32 output that misses the tolerance against the CPU's f32 result can be an ill-conditioned
 /// reduction (a scalar summed from B² terms of both signs loses digits in any order): it still
 /// passes when, against the f64 truth of the same inputs, the GPU is at most twice as far off
-/// as the CPU f32 result is. Both distances are printed and reported.
+/// as the CPU f32 result is, and under 1e-3. Both distances are printed and reported.
 fn check_all(be: &CudaBackend, cases: Vec<Case>) {
     let mut failures = Vec::new();
     for c in &cases {
@@ -279,7 +279,7 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
                     .get_or_insert_with(|| widened(c).and_then(|w| run(&CpuBackend, &w, false)));
                 if let Ok(t) = t {
                     let (e_gpu, e_cpu) = (rel_err(g, &t[i]), rel_err(w, &t[i]));
-                    ok = e_gpu <= 2.0 * e_cpu;
+                    ok = e_gpu <= 2.0 * e_cpu && e_gpu <= 1e-3;
                     note = format!(" output {i} vs f64 truth: cuda {e_gpu:e}, cpu f32 {e_cpu:e}");
                 }
             }
