@@ -14,7 +14,7 @@
 //! `{"name", "pass", "rel_err", "note"}` (scripts/gpu_run.sh collects them).
 #![cfg(feature = "cuda")]
 
-use gshn::backend::{cuda_available, Backend, CudaBackend, View, ViewMut};
+use gshn::backend::{cuda_available, execute_buffers, Backend, CudaBackend};
 use gshn::ops::{
     AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Reduce, Surrogate, Unary,
 };
@@ -152,27 +152,11 @@ fn run<B: Backend>(b: &B, c: &Case, poison: bool) -> gshn::Result<Vec<Tensor>> {
         }
         outs.push(buf);
     }
-    let in_views: Vec<View<B::Buffer>> = ins
+    let in_metas: Vec<Meta> = c.inputs[m..]
         .iter()
-        .zip(&c.inputs[m..])
-        .map(|(buf, t)| View {
-            buf,
-            shape: t.shape(),
-            dtype: t.dtype(),
-        })
+        .map(|t| Meta::new(t.shape().clone(), t.dtype()))
         .collect();
-    {
-        let mut out_views: Vec<ViewMut<B::Buffer>> = outs
-            .iter_mut()
-            .zip(&c.outs)
-            .map(|(buf, o)| ViewMut {
-                buf,
-                shape: &o.shape,
-                dtype: o.dtype,
-            })
-            .collect();
-        b.execute(&c.op, &in_views, &mut out_views)?;
-    }
+    execute_buffers(b, &c.op, ins.iter().zip(&in_metas), &mut outs, &c.outs)?;
     b.synchronize()?;
     outs.iter()
         .zip(&c.outs)
@@ -1154,26 +1138,12 @@ fn rewritten_graph_is_checked_again() {
         negative_slope: 0.2,
         edge_bias: false,
     });
+    let in_metas: Vec<Meta> = ins
+        .iter()
+        .map(|t| Meta::new(t.shape().clone(), t.dtype()))
+        .collect();
     let mut gat = |bufs: &[gshn::backend::CudaBuffer]| {
-        let iv: Vec<_> = bufs
-            .iter()
-            .zip(&ins)
-            .map(|(buf, t)| View {
-                buf,
-                shape: t.shape(),
-                dtype: t.dtype(),
-            })
-            .collect();
-        let mut ov: Vec<_> = out_bufs
-            .iter_mut()
-            .zip(&outs)
-            .map(|(buf, o)| ViewMut {
-                buf,
-                shape: &o.shape,
-                dtype: o.dtype,
-            })
-            .collect();
-        be.execute(&op, &iv, &mut ov)
+        execute_buffers(&be, &op, bufs.iter().zip(&in_metas), &mut out_bufs, &outs)
     };
     gat(&bufs).expect("a valid graph runs");
     gat(&bufs).expect("and runs again (checked once)");

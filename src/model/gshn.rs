@@ -226,7 +226,7 @@ impl Gshn {
                 let merged = if last {
                     // average heads: [n, H, d] → [n, d, H] → mean over H
                     let p = g.permute(out.out, &[0, 2, 1])?;
-                    g.push1(crate::ops::Op::Reduce(crate::ops::Reduce::MeanLast), &[p])?
+                    g.mean_last(p)?
                 } else {
                     g.reshape(out.out, [n, d])?
                 };
@@ -289,10 +289,7 @@ impl Gshn {
                 };
                 // firing rate over real nodes: mean over channels, then weighted over (t, node)
                 let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
-                let per_node = g.push1(
-                    crate::ops::Op::Reduce(crate::ops::Reduce::MeanLast),
-                    &[per_node],
-                )?;
+                let per_node = g.mean_last(per_node)?;
                 let weighted = g.mul_broadcast(per_node, inp.node_weight)?;
                 spike_rates.push(g.sum(weighted)?);
                 if l + 1 == config.snn_layers {
@@ -418,7 +415,7 @@ impl Gshn {
             let g = &mut *ps.graph;
             let row_dot = |g: &mut Graph, a: ValueId, b: ValueId| -> Result<ValueId> {
                 let p = g.mul(a, b)?;
-                g.push1(crate::ops::Op::Reduce(crate::ops::Reduce::SumLast), &[p])
+                g.sum_last(p)
             };
             let pos = row_dot(g, z_img, z_txt)?;
             let negs = row_dot(g, z_img, z_neg)?;

@@ -369,6 +369,14 @@ impl Graph {
     pub fn mean(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::MeanAll), &[x])
     }
+    /// Sum over the last axis: [.., C] → [..].
+    pub fn sum_last(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Reduce(Reduce::SumLast), &[x])
+    }
+    /// Mean over the last axis: [.., C] → [..].
+    pub fn mean_last(&mut self, x: ValueId) -> Result<ValueId> {
+        self.push1(Op::Reduce(Reduce::MeanLast), &[x])
+    }
     /// Sum over every axis but the last: [.., C] → [C] (bias gradients).
     pub fn sum_rows(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::SumRows), &[x])

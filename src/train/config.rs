@@ -136,13 +136,13 @@ impl RunConfig {
         }
         Ok(cfg)
     }
-    /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
-    /// 2-core CPU.
     /// Whether training feeds hard-negative captions: `lambda_neg > 0` with the built-in text
     /// encoder (negatives exist only as tokens; `parse` rejects them with text features).
     pub fn hard_negatives(&self) -> bool {
         self.train.lambda_neg > 0.0 && self.model.text.source == TextSource::Encoder
     }
+    /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
+    /// 2-core CPU.
     pub fn demo() -> RunConfig {
         let mut c = RunConfig::default();
         c.train.epochs = 30;

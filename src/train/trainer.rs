@@ -631,6 +631,7 @@ pub fn evaluate_run<B: Backend>(
     let prepared = prepare(&ds, &cfg, &vocab, split)?;
     let (img, txt, owner) = engine.embed(&prepared)?;
     let d = cfg.model.dim;
+    let r = recall(&img, &txt, d, &owner);
     if let Some(path) = save_embeddings {
         // For error analysis outside gshn: rows follow the split's image order and, per image,
         // its caption order; image_id maps rows back to the dataset.
@@ -642,14 +643,8 @@ pub fn evaluate_run<B: Backend>(
             .map_err(|_| Error::invalid("save_embeddings", "an image id exceeds i32"))?;
         let owner_i32: Vec<i32> = owner.iter().map(|&i| i as i32).collect();
         let tensors = vec![
-            (
-                "image".to_string(),
-                Tensor::new([img.len() / d, d], img.clone())?,
-            ),
-            (
-                "text".to_string(),
-                Tensor::new([txt.len() / d, d], txt.clone())?,
-            ),
+            ("image".to_string(), Tensor::new([img.len() / d, d], img)?),
+            ("text".to_string(), Tensor::new([txt.len() / d, d], txt)?),
             (
                 "caption_image".to_string(),
                 Tensor::new([owner.len()], owner_i32)?,
@@ -658,5 +653,5 @@ pub fn evaluate_run<B: Backend>(
         ];
         crate::tensor::io::save_safetensors(path, &tensors, None)?;
     }
-    Ok(recall(&img, &txt, d, &owner))
+    Ok(r)
 }

@@ -88,13 +88,16 @@ pub struct CudaBuffer {
     stamp: u64,
 }
 
-/// A fresh `CudaBuffer::stamp` for each new host copy.
-pub(super) fn next_stamp() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 impl CudaBuffer {
+    /// Replaces the host copy, with a fresh stamp when there is one.
+    fn set_host(&mut self, host: Option<Storage>) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        self.stamp = match host {
+            Some(_) => NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            None => 0,
+        };
+        self.host = host;
+    }
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -485,12 +488,10 @@ impl Backend for CudaBackend {
             Storage::F64(v) => self.upload(dst.ptr, v)?,
             Storage::I32(v) => self.upload(dst.ptr, v)?,
         }
-        dst.host = if src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT {
-            Some(src.storage().clone())
-        } else {
-            None
-        };
-        dst.stamp = if dst.host.is_some() { next_stamp() } else { 0 };
+        dst.set_host(
+            (src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT)
+                .then(|| src.storage().clone()),
+        );
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! position from the front, so the GAT ops accept both the CSR-only and the CSR+CSC input lists
 //! of their forward ops.
 
-use super::{next_stamp, Arg, CudaBackend, CudaBuffer, PermMeta};
+use super::{Arg, CudaBackend, CudaBuffer, PermMeta};
 use crate::backend::{Backend, CpuBackend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::ops::{GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary};
@@ -138,14 +138,11 @@ impl CudaBackend {
             shadows = host_layout(op, inputs, &outs);
         }
         for (i, o) in outputs.iter_mut().enumerate() {
-            o.buf.host = shadows
-                .as_mut()
-                .map(|s| std::mem::replace(&mut s[i], Storage::I32(vec![])));
-            o.buf.stamp = if o.buf.host.is_some() {
-                next_stamp()
-            } else {
-                0
-            };
+            o.buf.set_host(
+                shadows
+                    .as_mut()
+                    .map(|s| std::mem::replace(&mut s[i], Storage::I32(vec![]))),
+            );
         }
         r
     }
@@ -1178,22 +1175,6 @@ impl CudaBackend {
         {
             return Ok(());
         }
-        self.validate_graph(op, n, row_ptr, src, csc)?;
-        if seen.len() >= 16 {
-            seen.remove(0);
-        }
-        seen.push(key);
-        Ok(())
-    }
-
-    fn validate_graph(
-        &self,
-        op: &'static str,
-        n: usize,
-        row_ptr: &View<CudaBuffer>,
-        src: &View<CudaBuffer>,
-        csc: Option<(&View<CudaBuffer>, &View<CudaBuffer>)>,
-    ) -> Result<()> {
         let rp = self.host_i32(row_ptr)?;
         let sr = self.host_i32(src)?;
         validate_ptr(op, "row_ptr", n, &rp, sr.len())?;
@@ -1221,6 +1202,10 @@ impl CudaBackend {
                 }
             }
         }
+        if seen.len() >= 16 {
+            seen.remove(0);
+        }
+        seen.push(key);
         Ok(())
     }
 
