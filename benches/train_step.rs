@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
         stl: cfg.train.lambda_stl as f32,
         node: cfg.train.lambda_node as f32,
         neg: cfg.train.lambda_neg as f32,
+        rel: cfg.train.lambda_rel as f32,
     };
     let mut step = 0;
     let mut group = c.benchmark_group("train_step");

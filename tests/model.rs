@@ -192,14 +192,15 @@ fn whole_gshn_loss_has_correct_gradients() {
     cfg.model.text.max_len = 6;
     cfg.model.lif.smooth = true; // spikes = surrogate primitive: finite differences apply
     cfg.train.batch_size = 3;
-    cfg.train.node_samples_per_graph = 1;
+    cfg.train.node_samples_per_graph = 2; // one pair of segments per image for the relation loss
     cfg.train.lambda_neg = 1.0; // prepare the hard negatives
     let ds = open_split(&dir, &cfg, "train").unwrap();
     let vocab = Vocab::build(ds.all_captions(), 1, None);
     let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
-    let (data_cap, mut cap) = shape.capacities(3, vocab.len(), 1);
+    let (data_cap, mut cap) = shape.capacities(3, vocab.len(), 2);
     cap.negatives = true;
+    cap.relations = true;
     let model = Gshn::build_in(&cfg.model, cap, DType::F64).unwrap();
     let feeder = Feeder::new(model.inputs.clone(), data_cap, cap, &cfg.model);
     let snn = [
@@ -209,13 +210,14 @@ fn whole_gshn_loss_has_correct_gradients() {
         "snn.1.norm.weight",
         "snn.out.weight",
     ];
-    let terms: [(LossWeights, Vec<&str>); 4] = [
+    let terms: [(LossWeights, Vec<&str>); 5] = [
         (
             LossWeights {
                 itc: 1.0,
                 stl: 0.0,
                 node: 0.0,
                 neg: 0.0,
+                rel: 0.0,
             },
             vec![
                 "gat.0.att_src",
@@ -236,6 +238,7 @@ fn whole_gshn_loss_has_correct_gradients() {
                 stl: 1.0,
                 node: 0.0,
                 neg: 0.0,
+                rel: 0.0,
             },
             [&snn[..], &["stl.proj.weight", "stl.logit_scale"]].concat(),
         ),
@@ -245,6 +248,7 @@ fn whole_gshn_loss_has_correct_gradients() {
                 stl: 0.0,
                 node: 1.0,
                 neg: 0.0,
+                rel: 0.0,
             },
             [&snn[..], &["node_cl.logit_scale"]].concat(),
         ),
@@ -254,6 +258,7 @@ fn whole_gshn_loss_has_correct_gradients() {
                 stl: 0.0,
                 node: 0.0,
                 neg: 1.0,
+                rel: 0.0,
             },
             vec![
                 "gat.1.lin.weight",
@@ -262,6 +267,28 @@ fn whole_gshn_loss_has_correct_gradients() {
                 "text.0.k.weight",
                 "text.position_embedding",
                 "image.proj.weight",
+            ],
+        ),
+        (
+            LossWeights {
+                itc: 0.0,
+                stl: 0.0,
+                node: 0.0,
+                neg: 0.0,
+                rel: 1.0,
+            },
+            vec![
+                "relation.z.weight",
+                "relation.a.bias",
+                "relation.b.weight",
+                "relation.out.weight",
+                "category_embedding",
+                "gat.0.att_src",
+                "snn.1.root.weight",
+                "fusion.r",
+                "text.0.v.weight",
+                "text.proj.weight",
+                "image.proj.bias",
             ],
         ),
     ];
@@ -488,6 +515,12 @@ fn ablations_build_and_bad_configs_are_errors() {
     assert!(RunConfig::parse("[train]\nbatch_sise = 4\n")
         .unwrap_err()
         .contains("batch_sise"));
+    assert!(
+        RunConfig::parse("[train]\nnode_samples_per_graph = 1\nlambda_rel = 1\n")
+            .unwrap_err()
+            .contains("lambda_rel")
+    );
+    assert!(RunConfig::parse("[train]\nnode_samples_per_graph = 1\n").is_ok());
     let missing = TrainOptions {
         data: dir.join("nope"),
         out: dir.join("x"),

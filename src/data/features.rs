@@ -17,6 +17,9 @@ pub struct FeatureMap {
     pub h: usize,
     pub w: usize,
     pub data: Vec<f32>,
+    /// Channel holding the cell's x position (y is the next one), if the map has such
+    /// channels (the built-in features do; an external CNN map does not).
+    pub position_channel: Option<usize>,
 }
 
 impl FeatureMap {
@@ -42,6 +45,9 @@ pub const BUILTIN_CHANNEL_NAMES: [&str; 12] = [
     "sobel_dy",  // cell mean of the Sobel derivatives of luma, divided by 4 (in [-1, 1])
     "sobel_mag", // cell mean of the Sobel gradient magnitude / 4 (texture energy; does not cancel)
 ];
+
+/// The built-in channels "x", "y".
+const POSITION_CHANNEL: usize = 7;
 
 /// Number of channels of [`builtin_features`].
 pub const BUILTIN_CHANNELS: usize = BUILTIN_CHANNEL_NAMES.len();
@@ -133,8 +139,8 @@ pub fn builtin_features(img: &RgbImage, cfg: &FeatureConfig) -> Result<FeatureMa
             f[4] = sat * hue.cos();
             f[5] = sat * hue.sin();
             f[6] = sat;
-            f[7] = 0.0; // position is set per cell below
-            f[8] = 0.0;
+            f[POSITION_CHANNEL] = 0.0; // position is set per cell below
+            f[POSITION_CHANNEL + 1] = 0.0;
             f[9] = dx / 4.0;
             f[10] = dy / 4.0;
             f[11] = (dx * dx + dy * dy).sqrt() / 4.0;
@@ -159,8 +165,8 @@ pub fn builtin_features(img: &RgbImage, cfg: &FeatureConfig) -> Result<FeatureMa
             for o in out.iter_mut() {
                 *o /= n;
             }
-            out[7] = (cx as f32 + 0.5) / ow as f32;
-            out[8] = (cy as f32 + 0.5) / oh as f32;
+            out[POSITION_CHANNEL] = (cx as f32 + 0.5) / ow as f32;
+            out[POSITION_CHANNEL + 1] = (cy as f32 + 0.5) / oh as f32;
         }
     }
     Ok(FeatureMap {
@@ -168,6 +174,7 @@ pub fn builtin_features(img: &RgbImage, cfg: &FeatureConfig) -> Result<FeatureMa
         h: oh,
         w: ow,
         data,
+        position_channel: Some(POSITION_CHANNEL),
     })
 }
 
@@ -207,7 +214,13 @@ pub fn load_feature_map(path: &Path, name: Option<&str>) -> Result<FeatureMap> {
             data[p * c + ch] = chw[ch * h * w + p];
         }
     }
-    Ok(FeatureMap { c, h, w, data })
+    Ok(FeatureMap {
+        c,
+        h,
+        w,
+        data,
+        position_channel: None,
+    })
 }
 
 /// Reads one float tensor of a `.safetensors` file as f32: `name`, else

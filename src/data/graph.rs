@@ -75,6 +75,8 @@ pub struct SceneGraph {
     /// Category count of the dataset; the global node's category is this value.
     pub num_categories: usize,
     pub feat_dim: usize,
+    /// See [`FeatureMap::position_channel`].
+    pub position_channel: Option<usize>,
     pub feat_h: usize,
     pub feat_w: usize,
     /// `[P, C]` pixel-major features.
@@ -418,6 +420,7 @@ pub fn build_scene_graph(
         num_nodes,
         num_categories,
         feat_dim: feats.c,
+        position_channel: feats.position_channel,
         feat_h: fh,
         feat_w: fw,
         pixel_feats: feats.data.clone(),
@@ -492,6 +495,7 @@ pub(crate) mod tests {
             h,
             w,
             data: (0..h * w * c).map(|i| (i % 17) as f32 * 0.25).collect(),
+            position_channel: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Capacity {
     pub pixels: usize,
     /// Channels of the pixel feature map.
     pub pixel_channels: usize,
+    /// Its x channel (y is the next), if it has position channels.
+    pub position_channel: Option<usize>,
     /// Node categories (a category index is in 0..categories; the global node has its own).
     pub categories: usize,
     /// Edge feature width.
@@ -36,6 +38,8 @@ pub struct Capacity {
     pub vocab: usize,
     /// Each batch row also carries a hard-negative caption (see `ModelInputs::negatives`).
     pub negatives: bool,
+    /// Build the relation loss (`train.lambda_rel > 0`; needs ≥ 2 node samples per image).
+    pub relations: bool,
     /// Width of precomputed caption features (`model.text.source = "features"`), else 0.
     pub text_features: usize,
 }
@@ -75,6 +79,7 @@ pub struct ModelInputs {
     pub w_itc: ValueId,
     pub w_stl: ValueId,
     pub w_node: ValueId,
+    pub w_rel: ValueId,
 }
 
 /// One hard-negative caption per batch row: a caption that is false for the row's image but
@@ -100,6 +105,8 @@ pub struct ModelOutputs {
     pub node_cl: Option<ValueId>,
     /// Hard-negative margin loss.
     pub neg: Option<ValueId>,
+    /// Relation loss (see `relation_loss`).
+    pub rel: Option<ValueId>,
     /// [batch, dim] normalised image embeddings
     pub z_img: ValueId,
     /// [batch, dim] normalised text embeddings
@@ -164,6 +171,7 @@ impl Gshn {
             w_itc: g.input("w_itc", [], f32_),
             w_stl: g.input("w_stl", [], f32_),
             w_node: g.input("w_node", [], f32_),
+            w_rel: g.input("w_rel", [], f32_),
             negatives: cap.negatives.then(|| NegativeInputs {
                 tokens: g.input("neg_tokens", [cap.batch * config.text.max_len], DType::I32),
                 token_keep: g.input("neg_token_keep", [cap.batch, config.text.max_len], f32_),
@@ -359,6 +367,12 @@ impl Gshn {
         };
 
         // ---- losses -------------------------------------------------------------------------------
+        let rel = if cap.relations {
+            let appearance = segment_appearance(&mut ps, cap, pooled, inp.geometry, cat)?;
+            Some(relation_loss(&mut ps, cap, inp, appearance, z_img, z_txt)?)
+        } else {
+            None
+        };
         let g = &mut *ps.graph;
         let sym = InfoNceAttrs {
             symmetric: true,
@@ -367,6 +381,10 @@ impl Gshn {
         let itc = g.infonce(z_img, z_txt, logit_scale, sym)?.loss;
         let w_itc = g.mul(itc, inp.w_itc)?;
         let mut loss = w_itc;
+        if let Some(l) = rel {
+            let weighted = g.mul(l, inp.w_rel)?;
+            loss = g.add(loss, weighted)?;
+        }
         let mut stl = None;
         let mut node_cl = None;
         if let (Variant::Full, Some(es), Some(fg)) = (config.variant, e_snn, f_gat) {
@@ -440,6 +458,7 @@ impl Gshn {
                 stl,
                 node_cl,
                 neg,
+                rel,
                 z_img,
                 z_txt,
                 spike_rates,
@@ -453,4 +472,104 @@ impl Gshn {
             capacity: cap,
         })
     }
+}
+
+/// What a segment looks like, without where it is: its pooled features minus their position
+/// channels, its size (bbox w, h and area) and its category embedding. `[nodes, width]`.
+fn segment_appearance(
+    ps: &mut ParamSet,
+    cap: Capacity,
+    pooled: ValueId,
+    geometry: ValueId,
+    category: ValueId,
+) -> Result<ValueId> {
+    let g = &mut *ps.graph;
+    let c = cap.pixel_channels;
+    let mut parts = Vec::new();
+    match cap.position_channel {
+        Some(x) => {
+            if x > 0 {
+                parts.push(g.slice(pooled, 1, 0, x)?);
+            }
+            if x + 2 < c {
+                parts.push(g.slice(pooled, 1, x + 2, c - x - 2)?);
+            }
+        }
+        None => parts.push(pooled),
+    }
+    parts.push(g.slice(geometry, 1, 2, 3)?);
+    parts.push(category);
+    g.concat(&parts, 1)
+}
+
+/// The relation loss: from an embedding (z_img, and z_txt for the caption) and the appearance
+/// of two segments of the image, predict their centroid offset (dx, dy). Every ordered pair of
+/// the image's node samples is one example; mean squared error, summed over the two sides.
+///
+/// Why: contrastive losses let both encoders settle on a bag of objects (docs/EXPERIMENTS.md
+/// §3, §7). This asks the image embedding who is left of / above whom, in a code the caption
+/// has to share: the decoder is trilinear, `((z W_z) ⊙ (a W_a) ⊙ (b W_b)) W_o`, and one
+/// decoder serves both sides. A caption is a regression target only for the pair it names, but
+/// that is enough for the text encoder to learn word order (it does not under ITC alone).
+fn relation_loss(
+    ps: &mut ParamSet,
+    cap: Capacity,
+    inp: &ModelInputs,
+    appearance: ValueId,
+    z_img: ValueId,
+    z_txt: ValueId,
+) -> Result<ValueId> {
+    let (b, per) = (cap.batch, cap.node_samples / cap.batch);
+    let (k, d) = (
+        ps.graph.shape(appearance).dim(1),
+        ps.graph.shape(z_img).dim(1),
+    );
+    let (wz, _) = ps.linear("relation.z", d, d, false);
+    let (wa, ba) = ps.linear("relation.a", k, d, true);
+    let (wb, bb) = ps.linear("relation.b", k, d, true);
+    let (wo, bo) = ps.linear("relation.out", d, 2, true);
+    let g = &mut *ps.graph;
+    // node samples are `per` consecutive slots per image
+    let look = g.gather(appearance, inp.node_sample)?;
+    let look = g.reshape(look, [b, per, k])?;
+    let centre = g.gather(inp.geometry, inp.node_sample)?;
+    let centre = g.slice(centre, 1, 0, 2)?;
+    let centre = g.reshape(centre, [b, per, 2])?;
+    let pairs: Vec<(usize, usize)> = (0..per)
+        .flat_map(|i| (0..per).filter(move |&j| j != i).map(move |j| (i, j)))
+        .collect();
+    let np = pairs.len();
+    // rows (image, pair) of one side of every pair
+    let side = |g: &mut Graph, x: ValueId, first: bool| -> Result<ValueId> {
+        let w = g.shape(x).dim(2);
+        let rows = pairs
+            .iter()
+            .map(|&(i, j)| g.slice(x, 1, if first { i } else { j }, 1))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = g.concat(&rows, 1)?;
+        g.reshape(rows, [b * np, w])
+    };
+    let (la, lb) = (side(g, look, true)?, side(g, look, false)?);
+    let (ca, cb) = (side(g, centre, true)?, side(g, centre, false)?);
+    let offset = g.sub(cb, ca)?;
+    let fa = g.linear(la, wa, ba)?;
+    let fb = g.linear(lb, wb, bb)?;
+    let pair = g.mul(fa, fb)?;
+    let mut total = None;
+    for z in [z_img, z_txt] {
+        let z = g.reshape(z, [b, 1, d])?;
+        let z = g.concat(&vec![z; np], 1)?;
+        let z = g.reshape(z, [b * np, d])?;
+        let z = g.matmul(z, wz)?;
+        let h = g.mul(z, pair)?;
+        let pred = g.linear(h, wo, bo)?;
+        let err = g.sub(pred, offset)?;
+        let sq = g.mul(err, err)?;
+        let mse = g.mean(sq)?;
+        total = Some(match total {
+            Some(t) => g.add(t, mse)?,
+            None => mse,
+        });
+    }
+    Ok(total.expect("two sides"))
 }

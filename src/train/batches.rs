@@ -46,6 +46,7 @@ pub struct LossWeights {
     pub node: f32,
     /// Hard-negative margin loss (only in graphs built with `Capacity::negatives`).
     pub neg: f32,
+    pub rel: f32,
 }
 
 /// The static sizes a model is built for, fixed by the data it was trained on (saved in
@@ -58,6 +59,9 @@ pub struct DataShape {
     pub edges_per_graph: usize,
     pub pixels_per_graph: usize,
     pub pixel_channels: usize,
+    /// See [`crate::data::FeatureMap::position_channel`].
+    #[serde(default)]
+    pub position_channel: Option<usize>,
     pub categories: usize,
     /// Width of precomputed caption features (0: captions are tokens).
     #[serde(default)]
@@ -77,6 +81,7 @@ impl DataShape {
             edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
             pixels_per_graph: first.num_pixels(),
             pixel_channels: first.feat_dim,
+            position_channel: first.position_channel,
             categories,
             text_features: splits
                 .iter()
@@ -104,12 +109,14 @@ impl DataShape {
             edges: data.edge_cap(),
             pixels: data.pixel_cap(),
             pixel_channels: self.pixel_channels,
+            position_channel: self.position_channel,
             categories: self.categories,
             edge_features: crate::data::graph::EDGE_FEAT_DIM,
             geometry: crate::data::graph::GEOMETRY_DIM,
             node_samples: batch * node_samples_per_graph,
             vocab,
             negatives: false,
+            relations: false,
             text_features: self.text_features,
         };
         (data, model)
@@ -310,6 +317,7 @@ impl Feeder {
         set_as(ex, self.inputs.w_itc, Tensor::scalar(w.itc))?;
         set_as(ex, self.inputs.w_stl, Tensor::scalar(w.stl))?;
         set_as(ex, self.inputs.w_node, Tensor::scalar(w.node))?;
+        set_as(ex, self.inputs.w_rel, Tensor::scalar(w.rel))?;
         match &self.inputs.negatives {
             Some(ni) => set_as(ex, ni.weight, Tensor::scalar(w.neg)),
             None => Ok(()),

@@ -31,7 +31,11 @@ pub struct TrainConfig {
     /// `model.negative_margin` in cosine, over the same words with the two objects exchanged
     /// (`synth::exchange_objects`; captions of other shapes have no negative). 0 = off.
     pub lambda_neg: f64,
-    /// Nodes per image sampled for node-level contrastive learning.
+    /// Weight of the relation loss (`model::gshn::relation_loss`): z_img and z_txt must tell
+    /// the centroid offset of pairs of the image's segments from their appearance. 0 = off.
+    pub lambda_rel: f64,
+    /// Nodes per image sampled for node-level contrastive learning; every ordered pair of them
+    /// is also an example of the relation loss.
     pub node_samples_per_graph: usize,
     /// Also write a checkpoint every this many steps (0: only at the end of each epoch).
     pub checkpoint_every: usize,
@@ -54,6 +58,7 @@ impl Default for TrainConfig {
             lambda_stl: 0.5,
             lambda_node: 0.1,
             lambda_neg: 0.0,
+            lambda_rel: 0.0,
             node_samples_per_graph: 2,
             checkpoint_every: 0,
             log_every: 10,
@@ -130,6 +135,9 @@ impl RunConfig {
             return Err(
                 "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
             );
+        }
+        if cfg.train.lambda_rel > 0.0 && cfg.train.node_samples_per_graph < 2 {
+            return Err("train.lambda_rel needs train.node_samples_per_graph ≥ 2 (its examples are pairs of segments)".into());
         }
         if cfg.train.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Features {
             return Err("train.lambda_neg needs the built-in text encoder: hard-negative captions have no precomputed features".into());

@@ -46,7 +46,7 @@ impl MetricsLog {
     ) -> Result<()> {
         self.write(json!({
             "kind": "step", "step": step, "epoch": epoch, "lr": lr, "loss": s.loss, "itc": s.itc,
-            "stl": s.stl, "node_cl": s.node_cl, "neg": s.neg, "grad_norm": s.grad_norm, "r": s.r,
+            "stl": s.stl, "node_cl": s.node_cl, "neg": s.neg, "rel": s.rel, "grad_norm": s.grad_norm, "r": s.r,
             "logit_scale": s.logit_scale, "spike_rate": s.spike_rates, "graphs_per_s": graphs_per_s,
         }))
     }
@@ -115,7 +115,11 @@ pub fn plot_run(run: &Path) -> Result<()> {
         &run.join("loss.png"),
         "training loss",
         "step",
-        &named("step", "step", &["loss", "itc", "stl", "node_cl", "neg"]),
+        &named(
+            "step",
+            "step",
+            &["loss", "itc", "stl", "node_cl", "neg", "rel"],
+        ),
     )?;
     super::plot::line_plot(
         &run.join("retrieval.png"),

@@ -150,6 +150,7 @@ impl<B: Backend> Engine<B> {
         let (data_cap, mut cap) =
             shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
         cap.negatives = cfg.hard_negatives();
+        cap.relations = t.lambda_rel > 0.0;
         let model = Gshn::build(&cfg.model, cap)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
@@ -166,6 +167,7 @@ impl<B: Backend> Engine<B> {
         fetch.extend(out.stl);
         fetch.extend(out.node_cl);
         fetch.extend(out.neg);
+        fetch.extend(out.rel);
         fetch.extend(&out.spike_rates);
         let train = Executor::new(backend.clone(), train_graph, &fetch)?;
 
@@ -283,6 +285,7 @@ impl<B: Backend> Engine<B> {
             stl: opt(o.stl)?,
             node_cl: opt(o.node_cl)?,
             neg: opt(o.neg)?,
+            rel: opt(o.rel)?,
             grad_norm: self.scalar(self.grad_norm)?,
             spike_rates: o
                 .spike_rates
@@ -371,6 +374,7 @@ pub struct StepStats {
     pub stl: Option<f64>,
     pub node_cl: Option<f64>,
     pub neg: Option<f64>,
+    pub rel: Option<f64>,
     pub grad_norm: f64,
     pub spike_rates: Vec<f64>,
     pub r: Option<f64>,
@@ -508,6 +512,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             stl: t.lambda_stl as f32,
             node: t.lambda_node as f32,
             neg: if pretrain { 0.0 } else { t.lambda_neg as f32 },
+            rel: t.lambda_rel as f32,
         };
         let epoch_start = Instant::now();
         while state.batch < steps_per_epoch {
