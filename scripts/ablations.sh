@@ -2,8 +2,9 @@
 # Trains GSHN and each ablation (configs/ablations/*.toml) over several seeds on the synthetic
 # dataset and prints a markdown table of val retrieval: mean [min, max] over seeds.
 #   usage: scripts/ablations.sh [DATA_DIR] [RUNS_DIR] [EPOCHS] [SEEDS...]
-#   EXTRA='TOML lines' is appended to every config (a table other than [train]), e.g.
-#   EXTRA=$'[model.text]\nsource = "features"' for the order-aware caption features.
+#   EXTRA='TOML lines' is appended to every config, e.g. EXTRA=$'[model.text]\nsource = "features"'
+#   for the order-aware caption features, or EXTRA="$(cat configs/relation.toml)" for the
+#   relation loss (a [train] table in EXTRA is merged with the seed's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-data/synth}
@@ -21,6 +22,7 @@ for cfg in configs/ablations/*.toml; do
     out="$runs/$name-seed$s"
     if [ -f "$out/eval.json" ]; then continue; fi
     tmp=$(mktemp); cp "$cfg" "$tmp"; printf '\n[train]\nseed = %s\n' "$s" >> "$tmp"
+    [ -z "${EXTRA:-}" ] || printf '\n%s\n' "$EXTRA" >> "$tmp"
     # a [train] table may already exist: merge by letting toml see one table
     python3 - "$tmp" <<'PY'
 import sys, re
@@ -30,7 +32,6 @@ if len(parts) > 2:
     t = parts[0] + '[train]' + ''.join(parts[1:])
 open(p, 'w').write(t)
 PY
-    [ -z "${EXTRA:-}" ] || printf '\n%s\n' "$EXTRA" >> "$tmp"
     echo "== $name seed $s" >&2
     mkdir -p "$runs"
     $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || { echo "failed: $out (see $out.log)" >&2; exit 1; }

@@ -490,6 +490,36 @@ fn ablations_build_and_bad_configs_are_errors() {
         let s = gshn::train::train(CpuBackend, c, &opts).unwrap();
         assert!(s.final_recall.rsum.is_finite());
     }
+    // The relation loss trains end to end and is logged.
+    let mut rel = cfg.clone();
+    rel.train.lambda_rel = 100.0;
+    rel.train.rel_warmup_epochs = 1;
+    rel.train.node_samples_per_graph = 3;
+    let opts = TrainOptions {
+        data: dir.clone(),
+        out: dir.join("relation"),
+        resume: false,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let s = gshn::train::train(CpuBackend, rel, &opts).unwrap();
+    assert!(s.final_recall.rsum.is_finite());
+    let logged: Vec<f64> = std::fs::read_to_string(dir.join("relation/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["rel"].as_f64())
+        .collect();
+    assert!(!logged.is_empty() && logged.iter().all(|v| v.is_finite() && *v > 0.0));
+    // Every shipped config parses.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for d in [root.clone(), root.join("ablations")] {
+        for f in std::fs::read_dir(d).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+        }
+    }
     // The SNN root weight is a switch: off gives DESIGN §4.3's layer as written.
     let mut literal = cfg.clone();
     literal.model.snn_root_weight = false;
@@ -521,6 +551,15 @@ fn ablations_build_and_bad_configs_are_errors() {
             .contains("lambda_rel")
     );
     assert!(RunConfig::parse("[train]\nnode_samples_per_graph = 1\n").is_ok());
+    let t = RunConfig::parse("[train]\nlambda_rel = 100\nrel_warmup_epochs = 10\n")
+        .unwrap()
+        .train;
+    let ramp: Vec<f64> = [0, 1, 5, 10, 40].map(|e| t.relation_weight(e)).to_vec();
+    assert_eq!(ramp, [0.0, 10.0, 50.0, 100.0, 100.0]);
+    let t = RunConfig::parse("[train]\nlambda_rel = 100\nrel_warmup_epochs = 0\n")
+        .unwrap()
+        .train;
+    assert_eq!(t.relation_weight(0), 100.0);
     let missing = TrainOptions {
         data: dir.join("nope"),
         out: dir.join("x"),

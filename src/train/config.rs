@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Weight of the relation loss (`model::gshn::relation_loss`): z_img and z_txt must tell
     /// the centroid offset of pairs of the image's segments from their appearance. 0 = off.
     pub lambda_rel: f64,
+    /// Epochs over which the relation loss weight rises linearly from 0 to `lambda_rel` (by
+    /// epoch: `lambda_rel · min(1, epoch / rel_warmup_epochs)`); 0 = full weight from the start.
+    pub rel_warmup_epochs: usize,
     /// Nodes per image sampled for node-level contrastive learning; every ordered pair of them
     /// is also an example of the relation loss.
     pub node_samples_per_graph: usize,
@@ -41,6 +44,16 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Write a metrics line every this many steps.
     pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// The relation loss weight of an epoch (see `rel_warmup_epochs`).
+    pub fn relation_weight(&self, epoch: usize) -> f64 {
+        match self.rel_warmup_epochs {
+            0 => self.lambda_rel,
+            n => self.lambda_rel * (epoch as f64 / n as f64).min(1.0),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -59,6 +72,7 @@ impl Default for TrainConfig {
             lambda_node: 0.1,
             lambda_neg: 0.0,
             lambda_rel: 0.0,
+            rel_warmup_epochs: 10,
             node_samples_per_graph: 2,
             checkpoint_every: 0,
             log_every: 10,

@@ -512,7 +512,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             stl: t.lambda_stl as f32,
             node: t.lambda_node as f32,
             neg: if pretrain { 0.0 } else { t.lambda_neg as f32 },
-            rel: t.lambda_rel as f32,
+            rel: t.relation_weight(epoch) as f32,
         };
         let epoch_start = Instant::now();
         while state.batch < steps_per_epoch {
