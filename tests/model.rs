@@ -11,7 +11,7 @@ use gshn::train::trainer::{open_split, prepare};
 use gshn::train::{RunConfig, TrainOptions};
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gshn-test-{tag}-{}", std::process::id()));
@@ -170,6 +170,17 @@ fn two_branch_model_learns_a_tiny_problem() {
         r_grads.iter().any(|g| g.abs() > 1e-6),
         "the spiking branch never received a gradient"
     );
+}
+
+/// Options of a fresh, quiet training run on `data`, written to `data/out`.
+fn fresh_run(data: &Path, out: &str) -> TrainOptions {
+    TrainOptions {
+        data: data.to_path_buf(),
+        out: data.join(out),
+        resume: false,
+        quiet: true,
+        stop_after_steps: None,
+    }
 }
 
 /// Builds a tiny synthetic dataset, its prepared splits and the data shape.
@@ -480,13 +491,7 @@ fn ablations_build_and_bad_configs_are_errors() {
         let mut c = cfg.clone();
         c.model.variant = v;
         c.train.epochs = 1;
-        let opts = TrainOptions {
-            data: dir.clone(),
-            out: dir.join(format!("{v:?}")),
-            resume: false,
-            quiet: true,
-            stop_after_steps: None,
-        };
+        let opts = fresh_run(&dir, &format!("{v:?}"));
         let s = gshn::train::train(CpuBackend, c, &opts).unwrap();
         assert!(s.final_recall.rsum.is_finite());
     }
@@ -495,13 +500,7 @@ fn ablations_build_and_bad_configs_are_errors() {
     rel.train.lambda_rel = 100.0;
     rel.train.rel_warmup_epochs = 1;
     rel.train.node_samples_per_graph = 3;
-    let opts = TrainOptions {
-        data: dir.clone(),
-        out: dir.join("relation"),
-        resume: false,
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = fresh_run(&dir, "relation");
     let s = gshn::train::train(CpuBackend, rel, &opts).unwrap();
     assert!(s.final_recall.rsum.is_finite());
     let logged: Vec<f64> = std::fs::read_to_string(dir.join("relation/metrics.jsonl"))
@@ -524,13 +523,7 @@ fn ablations_build_and_bad_configs_are_errors() {
     let mut literal = cfg.clone();
     literal.model.snn_root_weight = false;
     literal.train.epochs = 1;
-    let opts = TrainOptions {
-        data: dir.clone(),
-        out: dir.join("no_root"),
-        resume: false,
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = fresh_run(&dir, "no_root");
     let s = gshn::train::train(CpuBackend, literal, &opts).unwrap();
     assert!(s.final_recall.rsum.is_finite());
     let names: Vec<String> = checkpoint_tensors(&dir.join("no_root"))
@@ -615,13 +608,7 @@ fn precomputed_text_features_train_and_bad_files_are_errors() {
     let (dir, mut cfg) = tiny_data("textfeat");
     cfg.model.text.source = gshn::model::TextSource::Features;
     cfg.train.epochs = 1;
-    let opts = |out: &str| TrainOptions {
-        data: dir.clone(),
-        out: dir.join(out),
-        resume: false,
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = |out: &str| fresh_run(&dir, out);
     // Missing file: the error names where it was expected.
     let e = gshn::train::train(CpuBackend, cfg.clone(), &opts("missing"))
         .unwrap_err()

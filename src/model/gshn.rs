@@ -368,7 +368,7 @@ impl Gshn {
 
         // ---- losses -------------------------------------------------------------------------------
         let rel = if cap.relations {
-            let appearance = segment_appearance(&mut ps, cap, pooled, inp.geometry, cat)?;
+            let appearance = segment_appearance(ps.graph, cap, pooled, inp.geometry, cat)?;
             Some(relation_loss(&mut ps, cap, inp, appearance, z_img, z_txt)?)
         } else {
             None
@@ -477,13 +477,12 @@ impl Gshn {
 /// What a segment looks like, without where it is: its pooled features minus their position
 /// channels, its size (bbox w, h and area) and its category embedding. `[nodes, width]`.
 fn segment_appearance(
-    ps: &mut ParamSet,
+    g: &mut Graph,
     cap: Capacity,
     pooled: ValueId,
     geometry: ValueId,
     category: ValueId,
 ) -> Result<ValueId> {
-    let g = &mut *ps.graph;
     let c = cap.pixel_channels;
     let mut parts = Vec::new();
     match cap.position_channel {
@@ -555,8 +554,7 @@ fn relation_loss(
     let fa = g.linear(la, wa, ba)?;
     let fb = g.linear(lb, wb, bb)?;
     let pair = g.mul(fa, fb)?;
-    let mut total = None;
-    for z in [z_img, z_txt] {
+    let mse = |g: &mut Graph, z: ValueId| -> Result<ValueId> {
         let z = g.reshape(z, [b, 1, d])?;
         let z = g.concat(&vec![z; np], 1)?;
         let z = g.reshape(z, [b * np, d])?;
@@ -565,11 +563,9 @@ fn relation_loss(
         let pred = g.linear(h, wo, bo)?;
         let err = g.sub(pred, offset)?;
         let sq = g.mul(err, err)?;
-        let mse = g.mean(sq)?;
-        total = Some(match total {
-            Some(t) => g.add(t, mse)?,
-            None => mse,
-        });
-    }
-    Ok(total.expect("two sides"))
+        g.mean(sq)
+    };
+    let image = mse(g, z_img)?;
+    let text = mse(g, z_txt)?;
+    g.add(image, text)
 }

@@ -46,6 +46,7 @@ pub struct LossWeights {
     pub node: f32,
     /// Hard-negative margin loss (only in graphs built with `Capacity::negatives`).
     pub neg: f32,
+    /// Relation loss (only in graphs built with `Capacity::relations`).
     pub rel: f32,
 }
 
