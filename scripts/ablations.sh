@@ -5,6 +5,9 @@
 #   EXTRA='TOML lines' is appended to every config, e.g. EXTRA=$'[model.text]\nsource = "features"'
 #   for the order-aware caption features, or EXTRA="$(cat configs/relation.toml)" for the
 #   relation loss (a [train] table in EXTRA is merged with the seed's).
+#   JOBS=N trains N runs at once (default: one per core), each on nproc/N threads. Results do
+#   not depend on the thread count; one run barely uses a second thread, so on 2 cores JOBS=2
+#   trains two runs in about the time of one (318 s against 294 s, 60-epoch relation recipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-data/synth}
@@ -16,15 +19,14 @@ seeds=("$@")
 cargo build --release --quiet
 bin=target/release/gshn
 [ -f "$data/train/panoptic.json" ] || $bin synth --out "$data" --train 2000 --val 200 --seed 0
-for cfg in configs/ablations/*.toml; do
-  name=$(basename "$cfg" .toml)
-  for s in "${seeds[@]}"; do
-    out="$runs/$name-seed$s"
-    if [ -f "$out/eval.json" ]; then continue; fi
-    tmp=$(mktemp); cp "$cfg" "$tmp"; printf '\n[train]\nseed = %s\n' "$s" >> "$tmp"
-    [ -z "${EXTRA:-}" ] || printf '\n%s\n' "$EXTRA" >> "$tmp"
-    # a [train] table may already exist: merge by letting toml see one table
-    python3 - "$tmp" <<'PY'
+jobs=${JOBS:-$(nproc)}
+threads=$(( $(nproc) / jobs )); [ "$threads" -ge 1 ] || threads=1
+run_one() {  # config name, seed
+  local name=$1 s=$2 out="$runs/$1-seed$2" tmp
+  tmp=$(mktemp); cp "configs/ablations/$name.toml" "$tmp"; printf '\n[train]\nseed = %s\n' "$s" >> "$tmp"
+  [ -z "${EXTRA:-}" ] || printf '\n%s\n' "$EXTRA" >> "$tmp"
+  # a [train] table may already exist: merge by letting toml see one table
+  python3 - "$tmp" <<'PY'
 import sys, re
 p = sys.argv[1]; t = open(p).read()
 parts = re.split(r'^\[train\]\s*$', t, flags=re.M)
@@ -32,13 +34,21 @@ if len(parts) > 2:
     t = parts[0] + '[train]' + ''.join(parts[1:])
 open(p, 'w').write(t)
 PY
-    echo "== $name seed $s" >&2
-    mkdir -p "$runs"
-    $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || { echo "failed: $out (see $out.log)" >&2; exit 1; }
-    $bin eval --data "$data" --checkpoint "$out" --json --device cpu > "$out/eval.json"
-    rm -f "$tmp"
+  echo "== $name seed $s" >&2
+  RAYON_NUM_THREADS=$threads $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || { echo "failed: $out (see $out.log)" >&2; rm -f "$tmp"; return 1; }
+  $bin eval --data "$data" --checkpoint "$out" --json --device cpu > "$out/eval.json"
+  rm -f "$tmp"
+}
+mkdir -p "$runs"
+for cfg in configs/ablations/*.toml; do
+  name=$(basename "$cfg" .toml)
+  for s in "${seeds[@]}"; do
+    [ -f "$runs/$name-seed$s/eval.json" ] && continue
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    run_one "$name" "$s" &
   done
 done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
 python3 - "$runs" "${seeds[@]}" <<'PY'
 import json, sys, glob, os
 runs, seeds = sys.argv[1], sys.argv[2:]
