@@ -40,6 +40,8 @@ PY
   rm -f "$tmp"
 }
 mkdir -p "$runs"
+# a failed run stops the others too (each job is a subshell waiting on its gshn)
+trap 'for j in $(jobs -p); do pkill -P "$j"; kill "$j"; done 2>/dev/null || true' EXIT
 for cfg in configs/ablations/*.toml; do
   name=$(basename "$cfg" .toml)
   for s in "${seeds[@]}"; do

@@ -538,7 +538,10 @@ fn relation_loss(
         .flat_map(|i| (0..per).filter(move |&j| j != i).map(move |j| (i, j)))
         .collect();
     let np = pairs.len();
-    // rows (image, pair) of one side of every pair
+    // rows (image, pair) of one side of every pair. Three gathers with pair indices would
+    // replace these ~4·per² slices, but they change the gradient summation order and hence
+    // every recorded recipe number (grad_norm differs in its 7th digit from epoch 1): make
+    // that change together with the next re-run of the recipe table.
     let side = |g: &mut Graph, x: ValueId, first: bool| -> Result<ValueId> {
         let w = g.shape(x).dim(2);
         let rows = pairs
