@@ -5,6 +5,7 @@
 #   EXTRA='TOML lines' is appended to every config, e.g. EXTRA=$'[model.text]\nsource = "features"'
 #   for the order-aware caption features, or EXTRA="$(cat configs/relation.toml)" for the
 #   relation loss (a [train] table in EXTRA is merged with the seed's).
+#   VARIANTS='full gat_only' trains and prints only these (default: every configs/ablations/*.toml).
 #   JOBS=N trains N runs at once (default: one per core), each on nproc/N threads. Results do
 #   not depend on the thread count; one run barely uses a second thread, so on 2 cores JOBS=2
 #   trains two runs in about the time of one (318 s against 294 s, 60-epoch relation recipe).
@@ -42,8 +43,9 @@ PY
 mkdir -p "$runs"
 # a failed run stops the others too (each job is a subshell waiting on its gshn)
 trap 'for j in $(jobs -p); do pkill -P "$j"; kill "$j"; done 2>/dev/null || true' EXIT
-for cfg in configs/ablations/*.toml; do
-  name=$(basename "$cfg" .toml)
+variants=(${VARIANTS:-$(basename -s .toml configs/ablations/*.toml)})
+for name in "${variants[@]}"; do
+  [ -f "configs/ablations/$name.toml" ] || { echo "no configs/ablations/$name.toml" >&2; exit 1; }
   for s in "${seeds[@]}"; do
     [ -f "$runs/$name-seed$s/eval.json" ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
@@ -51,10 +53,9 @@ for cfg in configs/ablations/*.toml; do
   done
 done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
-python3 - "$runs" "${seeds[@]}" <<'PY'
-import json, sys, glob, os
-runs, seeds = sys.argv[1], sys.argv[2:]
-names = sorted({os.path.basename(p).rsplit('-seed', 1)[0] for p in glob.glob(f"{runs}/*-seed*") if os.path.isdir(p)})
+python3 - "$runs" "${variants[*]}" "${seeds[@]}" <<'PY'
+import json, sys, os, statistics
+runs, names, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 order = ["full", "gat_only", "snn_only", "no_stl", "no_node_cl", "mean_pool_mlp"]
 names = [n for n in order if n in names] + [n for n in names if n not in order]
 print("| variant | t2i R@1 | i2t R@1 | t2i R@5 | rsum | seeds |")
@@ -66,4 +67,17 @@ for n in names:
         v = [r[k] for r in rs]
         return f"{sum(v)/len(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
     print(f"| {n} | {cell('t2i_r1')} | {cell('i2t_r1')} | {cell('t2i_r5')} | {cell('rsum')} | {len(rs)} |")
+# DESIGN §4.4: compare variants paired by seed. Student t, two-sided 95%, df = seeds − 1.
+T975 = [12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
+def t2i(n, s):
+    p = f"{runs}/{n}-seed{s}/eval.json"
+    return json.load(open(p))["t2i_r1"] if os.path.exists(p) else None
+if "full" in names:
+    print("\nt2i R@1, full minus each variant, paired by seed: mean [95% CI], full ahead on k of n seeds")
+for n in names if "full" in names else []:
+    d = [a - b for a, b in ((t2i("full", s), t2i(n, s)) for s in seeds) if a is not None and b is not None]
+    if n == "full" or len(d) < 2: continue
+    m, half = statistics.mean(d), T975[min(len(d), 21) - 2] * statistics.stdev(d) / len(d) ** 0.5
+    print(f"  {n:<14} {m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]  {sum(x > 0 for x in d)}/{len(d)}")
 PY
