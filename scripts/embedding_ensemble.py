@@ -5,7 +5,8 @@
     gshn eval --data data/synth --checkpoint RUN_B --save-embeddings b.safetensors
     python3 scripts/embedding_ensemble.py a.safetensors b.safetensors [w ...]
 
-Prints t2i and i2t R@1 for each weight w (default 0, 0.25, 0.5, 1); w = 0 is run A alone.
+Prints t2i and i2t R@1 for each weight w (default 0, 0.25, 0.5, 1); w = 0 is run A alone, as
+`gshn eval` scores it (up to near-ties: this sums in double precision, gshn in f32).
 Why: it tells whether what a second model learned is complementary to the first. Two runs that
 share no weights (separate text encoders too) differ by their seed alone, so compare any pair
 against two runs of the same variant (docs/EXPERIMENTS.md §9). Standard library only.
@@ -21,12 +22,16 @@ def similarities(emb):
 
 
 def recall_at_1(sim, owner):
-    """t2i: a caption's top image is its own; i2t: an image's top caption is one of its own."""
-    argmax = lambda xs: max(range(len(xs)), key=xs.__getitem__)
-    t2i = sum(argmax(row) == owner[c] for c, row in enumerate(sim)) / len(sim)
+    """As `gshn eval`: a query is a hit when no wrong item scores at least as high as its best
+    true one (ties count against it; identical captions of two images embed identically)."""
     images = len(sim[0])
-    i2t = sum(owner[argmax([row[i] for row in sim])] == i for i in range(images)) / images
-    return 100 * t2i, 100 * i2t
+    t2i = sum(all(row[i] < row[owner[c]] for i in range(images) if i != owner[c])
+              for c, row in enumerate(sim)) / len(sim)
+    hits = 0
+    for i in range(images):
+        best = max(row[i] for c, row in enumerate(sim) if owner[c] == i)
+        hits += all(row[i] < best for c, row in enumerate(sim) if owner[c] != i)
+    return 100 * t2i, 100 * hits / images
 
 
 def main(path_a, path_b, weights):
