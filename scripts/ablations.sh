@@ -67,7 +67,8 @@ for n in names:
         v = [r[k] for r in rs]
         return f"{sum(v)/len(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
     print(f"| {n} | {cell('t2i_r1')} | {cell('i2t_r1')} | {cell('t2i_r5')} | {cell('rsum')} | {len(rs)} |")
-# DESIGN §4.4: compare variants paired by seed. Student t, two-sided 95%, df = seeds − 1.
+# DESIGN §4.4: compare variants paired by seed. Student t, two-sided 95%, df = seeds − 1
+# (df > 20 uses df = 20's value: slightly conservative).
 T975 = [12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
 def t2i(n, s):
@@ -75,9 +76,9 @@ def t2i(n, s):
     return json.load(open(p))["t2i_r1"] if os.path.exists(p) else None
 if "full" in names:
     print("\nt2i R@1, full minus each variant, paired by seed: mean [95% CI], full ahead on k of n seeds")
-for n in names if "full" in names else []:
-    d = [a - b for a, b in ((t2i("full", s), t2i(n, s)) for s in seeds) if a is not None and b is not None]
-    if n == "full" or len(d) < 2: continue
-    m, half = statistics.mean(d), T975[min(len(d), 21) - 2] * statistics.stdev(d) / len(d) ** 0.5
-    print(f"  {n:<14} {m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]  {sum(x > 0 for x in d)}/{len(d)}")
+    for n in names[1:]:
+        d = [a - b for a, b in ((t2i("full", s), t2i(n, s)) for s in seeds) if a is not None and b is not None]
+        if len(d) < 2: continue
+        m, half = statistics.mean(d), T975[min(len(d), 21) - 2] * statistics.stdev(d) / len(d) ** 0.5
+        print(f"  {n:<14} {m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]  {sum(x > 0 for x in d)}/{len(d)}")
 PY
