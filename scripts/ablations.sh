@@ -36,9 +36,11 @@ if len(parts) > 2:
 open(p, 'w').write(t)
 PY
   echo "== $name seed $s" >&2
-  RAYON_NUM_THREADS=$threads $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || { echo "failed: $out (see $out.log)" >&2; rm -f "$tmp"; return 1; }
-  $bin eval --data "$data" --checkpoint "$out" --json --device cpu > "$out/eval.json"
+  local ok=0
+  RAYON_NUM_THREADS=$threads $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || ok=$?
   rm -f "$tmp"
+  [ "$ok" -eq 0 ] || { echo "failed: $out (see $out.log)" >&2; return 1; }
+  $bin eval --data "$data" --checkpoint "$out" --json --device cpu > "$out/eval.json"
 }
 mkdir -p "$runs"
 # a failed run stops the others too (each job is a subshell waiting on its gshn)
@@ -58,10 +60,16 @@ import json, sys, os, statistics
 runs, names, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 order = ["full", "gat_only", "snn_only", "no_stl", "no_node_cl", "mean_pool_mlp"]
 names = [n for n in order if n in names] + [n for n in names if n not in order]
+res = {}  # (variant, seed) -> eval.json of the runs that finished
+for n in names:
+    for s in seeds:
+        p = f"{runs}/{n}-seed{s}/eval.json"
+        if os.path.exists(p):
+            res[n, s] = json.load(open(p))
 print("| variant | t2i R@1 | i2t R@1 | t2i R@5 | rsum | seeds |")
 print("|---|---|---|---|---|---|")
 for n in names:
-    rs = [json.load(open(f"{runs}/{n}-seed{s}/eval.json")) for s in seeds if os.path.exists(f"{runs}/{n}-seed{s}/eval.json")]
+    rs = [res[n, s] for s in seeds if (n, s) in res]
     if not rs: continue
     def cell(k):
         v = [r[k] for r in rs]
@@ -71,13 +79,10 @@ for n in names:
 # (df > 20 uses df = 20's value: slightly conservative).
 T975 = [12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
-def t2i(n, s):
-    p = f"{runs}/{n}-seed{s}/eval.json"
-    return json.load(open(p))["t2i_r1"] if os.path.exists(p) else None
 if "full" in names:
     print("\nt2i R@1, full minus each variant, paired by seed: mean [95% CI], full ahead on k of n seeds")
-    for n in names[1:]:
-        d = [a - b for a, b in ((t2i("full", s), t2i(n, s)) for s in seeds) if a is not None and b is not None]
+    for n in (n for n in names if n != "full"):
+        d = [res["full", s]["t2i_r1"] - res[n, s]["t2i_r1"] for s in seeds if ("full", s) in res and (n, s) in res]
         if len(d) < 2: continue
         m, half = statistics.mean(d), T975[min(len(d), 21) - 2] * statistics.stdev(d) / len(d) ** 0.5
         print(f"  {n:<14} {m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]  {sum(x > 0 for x in d)}/{len(d)}")
