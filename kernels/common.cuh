@@ -118,7 +118,7 @@ template <typename T> __device__ T block_sum(T v) {
 template <typename T> __device__ __forceinline__ T leaky_relu(T x, T slope) { return x > T(0) ? x : x * slope; }
 
 // Surrogate derivative sigma'(x), x = H - v_th (DESIGN §3.1).
-// kind: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular.
+// kind = Surrogate::code (src/ops/lif.rs): 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular.
 template <typename T> __device__ __forceinline__ T surrogate_grad(int kind, T alpha, T x) {
     switch (kind) {
         // u = (pi/2 * alpha) * x: the same rounding steps as the CPU backend.

@@ -19,6 +19,7 @@
 
 use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
+use crate::ops::lif::validate_tau;
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Surrogate};
 use crate::tensor::{DType, Shape, Storage, Tensor};
 use std::cell::RefCell;
@@ -43,6 +44,7 @@ pub const GSHN_ERR_INTERNAL: c_int = 7;
 pub const GSHN_F32: c_int = 0;
 pub const GSHN_F64: c_int = 1;
 
+/// Surrogate numbers: [`Surrogate::code`] (checked equal by a test).
 pub const GSHN_SURROGATE_ATAN: c_int = 0;
 pub const GSHN_SURROGATE_SIGMOID: c_int = 1;
 pub const GSHN_SURROGATE_SUPER_SPIKE: c_int = 2;
@@ -155,13 +157,8 @@ pub extern "C" fn gshn_lif_params_default() -> GshnLifParams {
 fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifConfig, CErr> {
     // SAFETY: the caller passes a valid pointer or NULL (checked).
     let p = unsafe { p.as_ref() }.ok_or_else(|| arg_err(f, "params is NULL"))?;
-    let surrogate = match p.surrogate {
-        GSHN_SURROGATE_ATAN => Surrogate::ATan(p.alpha),
-        GSHN_SURROGATE_SIGMOID => Surrogate::Sigmoid(p.alpha),
-        GSHN_SURROGATE_SUPER_SPIKE => Surrogate::SuperSpike(p.alpha),
-        GSHN_SURROGATE_RECTANGULAR => Surrogate::Rectangular(p.alpha),
-        s => return Err(arg_err(f, format!("unknown surrogate {s}"))),
-    };
+    let surrogate = Surrogate::from_code(p.surrogate, p.alpha)
+        .ok_or_else(|| arg_err(f, format!("unknown surrogate {}", p.surrogate)))?;
     let cfg = LifConfig {
         tau: p.tau,
         v_th: p.v_th,
@@ -173,11 +170,8 @@ fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifCo
         smooth: false,
     };
     cfg.validate("lif")?;
-    if !(p.tau.is_finite() && p.tau > 1.0) {
-        return Err(
-            Error::invalid("lif", format!("tau must be finite and > 1, got {}", p.tau)).into(),
-        );
-    }
+    // The initial tau of a learnable one is checked too: it is the value the caller feeds.
+    validate_tau("lif", p.tau)?;
     Ok(cfg)
 }
 

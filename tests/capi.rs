@@ -224,3 +224,19 @@ fn c_program_matches_the_rust_ops() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn c_surrogate_numbers_are_the_kernels_codes() {
+    use gshn::capi::*;
+    use gshn::ops::Surrogate;
+    for (c, s) in [
+        (GSHN_SURROGATE_ATAN, Surrogate::ATan(2.0)),
+        (GSHN_SURROGATE_SIGMOID, Surrogate::Sigmoid(4.0)),
+        (GSHN_SURROGATE_SUPER_SPIKE, Surrogate::SuperSpike(10.0)),
+        (GSHN_SURROGATE_RECTANGULAR, Surrogate::Rectangular(1.0)),
+    ] {
+        assert_eq!(c, s.code());
+        assert_eq!(Surrogate::from_code(c, s.alpha()), Some(s));
+    }
+    assert_eq!(Surrogate::from_code(4, 1.0), None);
+}

@@ -126,42 +126,81 @@ fn same(op: &'static str, inputs: &[Meta]) -> Result<Vec<Meta>> {
     Ok(vec![inputs[0].clone()])
 }
 
-/// Output shape of a (batched) matmul.
-fn matmul_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> Result<Shape> {
-    let op = "matmul";
-    if a.rank() != b.rank() || !(a.rank() == 2 || a.rank() == 3) {
-        return Err(Error::shape(
-            op,
-            format!("operands must both be rank 2 or both rank 3, got {a:?} and {b:?}"),
-        ));
-    }
-    let r = a.rank();
-    let (m, ka) = if ta {
-        (a.dim(r - 1), a.dim(r - 2))
-    } else {
-        (a.dim(r - 2), a.dim(r - 1))
-    };
-    let (kb, n) = if tb {
-        (b.dim(r - 1), b.dim(r - 2))
-    } else {
-        (b.dim(r - 2), b.dim(r - 1))
-    };
-    if ka != kb {
-        return Err(Error::shape(
-            op,
-            format!("inner dimensions differ: {a:?}{} × {b:?}{}", tr(ta), tr(tb)),
-        ));
-    }
-    if r == 3 {
-        if a.dim(0) != b.dim(0) {
+/// The sizes of a (batched) matmul `op(a)[.., M, K] · op(b)[.., K, N]`: the one decoding of its
+/// operand shapes, shared by the shape rule and every backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatMulDims {
+    /// Leading batch size (1 for rank-2 operands).
+    pub batch: usize,
+    pub batched: bool,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Stored (row-major) rows and columns of `a` and `b`, before any transpose.
+    pub a_rows: usize,
+    pub a_cols: usize,
+    pub b_rows: usize,
+    pub b_cols: usize,
+}
+
+impl MatMulDims {
+    /// Checks that `a` (transposed if `ta`) and `b` (if `tb`) multiply: both rank 2 or both
+    /// rank 3 with equal batch sizes, equal inner sizes.
+    pub fn of(a: &Shape, b: &Shape, ta: bool, tb: bool) -> Result<MatMulDims> {
+        let op = "matmul";
+        if a.rank() != b.rank() || !(a.rank() == 2 || a.rank() == 3) {
+            return Err(Error::shape(
+                op,
+                format!("operands must both be rank 2 or both rank 3, got {a:?} and {b:?}"),
+            ));
+        }
+        let r = a.rank();
+        let (a_rows, a_cols) = (a.dim(r - 2), a.dim(r - 1));
+        let (b_rows, b_cols) = (b.dim(r - 2), b.dim(r - 1));
+        let (m, ka) = if ta {
+            (a_cols, a_rows)
+        } else {
+            (a_rows, a_cols)
+        };
+        let (kb, n) = if tb {
+            (b_cols, b_rows)
+        } else {
+            (b_rows, b_cols)
+        };
+        if ka != kb {
+            return Err(Error::shape(
+                op,
+                format!("inner dimensions differ: {a:?}{} × {b:?}{}", tr(ta), tr(tb)),
+            ));
+        }
+        let batched = r == 3;
+        if batched && a.dim(0) != b.dim(0) {
             return Err(Error::shape(
                 op,
                 format!("batch dimensions differ: {a:?} vs {b:?}"),
             ));
         }
-        return Ok(Shape::new([a.dim(0), m, n]));
+        Ok(MatMulDims {
+            batch: if batched { a.dim(0) } else { 1 },
+            batched,
+            m,
+            k: ka,
+            n,
+            a_rows,
+            a_cols,
+            b_rows,
+            b_cols,
+        })
     }
-    Ok(Shape::new([m, n]))
+
+    /// `[batch, M, N]` for batched operands, else `[M, N]`.
+    pub fn out_shape(&self) -> Shape {
+        if self.batched {
+            Shape::new([self.batch, self.m, self.n])
+        } else {
+            Shape::new([self.m, self.n])
+        }
+    }
 }
 
 fn tr(t: bool) -> &'static str {
@@ -211,7 +250,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::float(name, "a", &inputs[0])?;
             check::same_dtype(name, "a and b", &inputs[0], &inputs[1])?;
             Ok(vec![Meta::new(
-                matmul_shape(&inputs[0].shape, &inputs[1].shape, *trans_a, *trans_b)?,
+                MatMulDims::of(&inputs[0].shape, &inputs[1].shape, *trans_a, *trans_b)?.out_shape(),
                 inputs[0].dtype,
             )])
         }

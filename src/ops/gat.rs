@@ -161,21 +161,8 @@ impl CsrGraph {
 }
 
 /// CSC transpose of a valid CSR: edge ids grouped by source, ascending inside a group.
-fn transpose(n: usize, src: &[i32]) -> (Vec<i32>, Vec<i32>) {
-    let mut col_ptr = vec![0i32; n + 1];
-    for &s in src {
-        col_ptr[s as usize + 1] += 1;
-    }
-    for j in 0..n {
-        col_ptr[j + 1] += col_ptr[j];
-    }
-    let mut fill: Vec<i32> = col_ptr[..n].to_vec();
-    let mut col_edge = vec![0i32; src.len()];
-    for (k, &s) in src.iter().enumerate() {
-        col_edge[fill[s as usize] as usize] = k as i32;
-        fill[s as usize] += 1;
-    }
-    (col_ptr, col_edge)
+pub fn transpose(n: usize, src: &[i32]) -> (Vec<i32>, Vec<i32>) {
+    super::index::group_positions(src, n, |s| Some(s as usize))
 }
 
 /// Checks a CSR by destination of `n` nodes: `row_ptr` has `n + 1` entries, starts at 0, never

@@ -26,6 +26,26 @@ impl Default for Surrogate {
 }
 
 impl Surrogate {
+    /// The surrogate's number in the kernels (`surrogate_grad` in `kernels/common.cuh`) and in
+    /// the C ABI (`GSHN_SURROGATE_*` in `include/gshn.h`).
+    pub fn code(self) -> i32 {
+        match self {
+            Surrogate::ATan(_) => 0,
+            Surrogate::Sigmoid(_) => 1,
+            Surrogate::SuperSpike(_) => 2,
+            Surrogate::Rectangular(_) => 3,
+        }
+    }
+    /// The surrogate numbered `code` (see [`Surrogate::code`]) with parameter `alpha`.
+    pub fn from_code(code: i32, alpha: f64) -> Option<Surrogate> {
+        Some(match code {
+            0 => Surrogate::ATan(alpha),
+            1 => Surrogate::Sigmoid(alpha),
+            2 => Surrogate::SuperSpike(alpha),
+            3 => Surrogate::Rectangular(alpha),
+            _ => return None,
+        })
+    }
     /// The surrogate's parameter α.
     pub fn alpha(self) -> f64 {
         match self {
@@ -91,6 +111,18 @@ pub struct LifConfig {
     pub smooth: bool,
 }
 
+/// The time constant rule: finite and > 1 (so the leak `1 − 1/tau` is in (0, 1)).
+pub fn validate_tau(op: &'static str, tau: f64) -> Result<()> {
+    if tau.is_finite() && tau > 1.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("tau must be finite and > 1, got {tau}"),
+        ))
+    }
+}
+
 /// `v_reset` in configs: a number (hard reset to it) or the string "soft".
 mod reset_serde {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -141,14 +173,11 @@ impl LifConfig {
         self.v_reset.unwrap_or(0.0)
     }
 
-    /// Checks the attributes (everything but a learnable tau, which is checked when fed).
+    /// Checks the attributes (everything but a learnable tau, which is checked when fed, with
+    /// [`validate_tau`]).
     pub fn validate(&self, op: &'static str) -> Result<()> {
-        let tau_ok = self.tau.is_finite() && self.tau > 1.0;
-        if !self.learnable_tau && !tau_ok {
-            return Err(Error::invalid(
-                op,
-                format!("tau must be finite and > 1, got {}", self.tau),
-            ));
+        if !self.learnable_tau {
+            validate_tau(op, self.tau)?;
         }
         if !self.v_th.is_finite() {
             return Err(Error::invalid(

@@ -1,12 +1,15 @@
 //! The op set: what every node of a graph computes, its shape rule and its gradient rule.
 //!
 //! An `Op` is plain data (a variant plus attributes). Each family lives in its own file,
-//! which holds the family's attributes, shape inference and symbolic gradient; the numeric
-//! kernels live in `backend::cpu::<family>` and `kernels/<family>.cu`. Every op's math is
-//! fixed by DESIGN.md §3; the doc comment on each variant gives its inputs → outputs.
+//! which holds the family's attributes, shape inference, symbolic gradient and the value rules
+//! its backends share (`validate_*`); the numeric kernels live in `backend::cpu::<family>`,
+//! `backend::cuda::<family>` and `kernels/<family>.cu`. Index rules used by several families
+//! are in [`index`]. Every op's math is fixed by DESIGN.md §3; the doc comment on each variant
+//! gives its inputs → outputs.
 
 pub mod basic;
 pub mod gat;
+pub mod index;
 pub mod infonce;
 pub mod layout;
 pub mod lif;
@@ -14,7 +17,7 @@ pub mod norm;
 pub mod optim;
 pub mod segment;
 
-pub use basic::{Reduce, Unary};
+pub use basic::{MatMulDims, Reduce, Unary};
 pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
 pub use infonce::{InfoNceAttrs, InfoNceOut};
 pub use lif::{LifConfig, LifOutputs, Surrogate};
@@ -288,7 +291,8 @@ impl Op {
     }
 }
 
-/// Op families: one file each in `ops/`, `backend/cpu/` and `kernels/`.
+/// Op families: one file each, named by [`Family::name`], in `src/ops/`, `src/backend/cpu/`,
+/// `src/backend/cuda/` and `kernels/` (`.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Basic,
@@ -299,6 +303,22 @@ pub enum Family {
     InfoNce,
     Segment,
     Optim,
+}
+
+impl Family {
+    /// The file stem of the family everywhere: `src/ops/<name>.rs`, `kernels/<name>.cu`, ….
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Basic => "basic",
+            Family::Layout => "layout",
+            Family::Norm => "norm",
+            Family::Lif => "lif",
+            Family::Gat => "gat",
+            Family::InfoNce => "infonce",
+            Family::Segment => "segment",
+            Family::Optim => "optim",
+        }
+    }
 }
 
 /// Shared checks for shape rules.

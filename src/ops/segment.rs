@@ -8,6 +8,7 @@
 use super::{check, Meta, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
+use rayon::prelude::*;
 
 /// Outputs of [`Graph::segment_mean`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +17,43 @@ pub struct SegmentMeanOut {
     pub mean: ValueId,
     /// Rows in each segment, `[S]`, same float dtype as x.
     pub count: ValueId,
+}
+
+/// Ids per parallel chunk of the check (as the CPU kernels' `PAR_MIN`).
+const PAR_MIN_IDS: usize = 1 << 14;
+
+/// Whether `id` lies in `-1..segments` (one unsigned compare: `id + 1 ≤ segments`).
+#[inline(always)]
+fn in_range(id: i32, segments: usize) -> bool {
+    (id as i64 + 1) as u64 <= segments as u64
+}
+
+/// The segment-id rule of SegmentMean: every id in `-1..segments` (−1 = void); the error names
+/// the first id outside. The scan is branch-free (vectorised) and parallel; the position is
+/// searched for only when something is wrong.
+pub fn validate_segment_ids(op: &'static str, seg: &[i32], segments: usize) -> Result<()> {
+    let chunk_ok = |ch: &[i32]| ch.iter().fold(true, |ok, &id| ok & in_range(id, segments));
+    let ok = if seg.len() >= PAR_MIN_IDS {
+        seg.par_chunks(PAR_MIN_IDS).all(chunk_ok)
+    } else {
+        chunk_ok(seg)
+    };
+    if ok {
+        return Ok(());
+    }
+    let p = seg
+        .iter()
+        .position(|&id| !in_range(id, segments))
+        .unwrap_or(0);
+    Err(segment_id_error(op, p, seg[p], segments))
+}
+
+/// The error for `seg[p] = id` outside `-1..segments`.
+pub fn segment_id_error(op: &'static str, p: usize, id: i32, segments: usize) -> Error {
+    Error::invalid(
+        op,
+        format!("seg[{p}] = {id} is outside -1..{segments} (-1 = void)"),
+    )
 }
 
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {

@@ -2,6 +2,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
+use crate::ops::basic::MatMulDims;
 use crate::ops::{Op, Reduce, Unary};
 use rayon::prelude::*;
 
@@ -174,13 +175,17 @@ fn sum<T: Float>(x: &[T]) -> T {
 
 /// (Batched) matrix product through the `gemm` crate; transposes are strides.
 fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -> Result<()> {
-    let (sa, sb) = (a.shape, b.shape);
-    let r = sa.rank();
-    let batch = if r == 3 { sa.dim(0) } else { 1 };
-    let (ar, ac) = (sa.dim(r - 2), sa.dim(r - 1));
-    let (br, bc) = (sb.dim(r - 2), sb.dim(r - 1));
-    let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
-    let n = if tb { br } else { bc };
+    let MatMulDims {
+        batch,
+        m,
+        k,
+        n,
+        a_rows: ar,
+        a_cols: ac,
+        b_rows: br,
+        b_cols: bc,
+        ..
+    } = MatMulDims::of(a.shape, b.shape, ta, tb)?;
     let (a, b) = (read::<T>(a)?, read::<T>(b)?);
     // Row-major [rows, cols]: row stride = cols, column stride = 1; a transpose swaps them.
     let (a_rs, a_cs) = if ta {

@@ -8,6 +8,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
+use crate::ops::index::{group_positions, validate_indices};
 use crate::ops::layout::{dropout_scale, dropout_seed};
 use crate::ops::Op;
 use crate::tensor::{DType, Element, Shape};
@@ -133,7 +134,7 @@ fn run<T: Element>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> R
             let table = read::<T>(&inputs[0])?;
             let idx = read::<i32>(&inputs[1])?;
             let (rows, c) = (inputs[0].shape.dim(0), inputs[0].shape.dim(1));
-            check_indices(name, idx, rows)?;
+            validate_indices(name, idx, rows)?;
             chunks_do(y, chunk_of(c), |ci, chunk| {
                 let first = ci * chunk_of(c) / c.max(1);
                 for (k, yr) in chunk.chunks_mut(c).enumerate() {
@@ -160,22 +161,10 @@ fn float_kernels<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMu
             let g = read::<T>(&inputs[0])?;
             let idx = read::<i32>(&inputs[1])?;
             let c = inputs[0].shape.dim(1);
-            check_indices(name, idx, *rows)?;
-            // Counting sort of k by idx[k] (stable: ascending k within a row), then each
-            // output row sums its contributions in that order.
-            let mut start = vec![0usize; rows + 1];
-            for &i in idx {
-                start[i as usize + 1] += 1;
-            }
-            for r in 0..*rows {
-                start[r + 1] += start[r];
-            }
-            let mut fill = start.clone();
-            let mut order = vec![0usize; idx.len()];
-            for (k, &i) in idx.iter().enumerate() {
-                order[fill[i as usize]] = k;
-                fill[i as usize] += 1;
-            }
+            validate_indices(name, idx, *rows)?;
+            // Positions grouped by row (stable: ascending k within a row), then each output
+            // row sums its contributions in that order.
+            let (start, order) = group_positions(idx, *rows, |i| Some(i as usize));
             let unit = c.max(1);
             let chunk = chunk_of(unit);
             chunks_do(y, chunk, |ci, part| {
@@ -183,7 +172,8 @@ fn float_kernels<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMu
                 for (j, yr) in part.chunks_mut(unit).enumerate() {
                     let r = first + j;
                     yr.fill(T::zero());
-                    for &k in &order[start[r]..start[r + 1]] {
+                    for &k in &order[start[r] as usize..start[r + 1] as usize] {
+                        let k = k as usize;
                         for (a, &b) in yr.iter_mut().zip(&g[k * c..(k + 1) * c]) {
                             *a += b;
                         }
@@ -213,17 +203,6 @@ fn float_kernels<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMu
         }
     }
     Ok(())
-}
-
-/// Every index in `[0, rows)`, or an `Error::Invalid` naming the first bad one.
-fn check_indices(op: &'static str, idx: &[i32], rows: usize) -> Result<()> {
-    match idx.iter().position(|&i| i < 0 || i as usize >= rows) {
-        Some(k) => Err(Error::invalid(
-            op,
-            format!("idx[{k}] = {} is out of range [0, {rows})", idx[k]),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// `y[o] = x[Σ_i o_i · stride_in(perm[i])]`, walking the output in order with an odometer.

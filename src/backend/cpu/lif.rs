@@ -13,6 +13,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
+use crate::ops::lif::validate_tau;
 use crate::ops::{LifConfig, Op, Surrogate};
 use rayon::prelude::*;
 
@@ -61,13 +62,7 @@ impl<T: Float> Params<T> {
         cfg.validate(op)?;
         let tau = match fed_tau {
             Some(t) => {
-                let tf = t.to_f64().unwrap_or(f64::NAN);
-                if !(tf.is_finite() && tf > 1.0) {
-                    return Err(Error::invalid(
-                        op,
-                        format!("the fed tau must be finite and > 1, got {tf}"),
-                    ));
-                }
+                validate_tau(op, t.to_f64().unwrap_or(f64::NAN))?;
                 t
             }
             None => T::of(cfg.tau),

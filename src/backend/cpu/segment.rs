@@ -7,6 +7,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
+use crate::ops::segment::{segment_id_error, validate_segment_ids};
 use crate::ops::Op;
 use rayon::prelude::*;
 
@@ -25,38 +26,6 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
             what: format!("{} in segment kernels", other.name()),
         }),
     }
-}
-
-/// Whether `id` lies in `-1..segments` (one unsigned compare: `id + 1 ≤ segments`).
-#[inline(always)]
-fn in_range(id: i32, segments: usize) -> bool {
-    (id as i64 + 1) as u64 <= segments as u64
-}
-
-/// Error for the first id outside `-1..segments`. The scan is branch-free (vectorised) and
-/// parallel; the position is searched for only when something is wrong.
-fn validate(op: &'static str, seg: &[i32], segments: usize) -> Result<()> {
-    let chunk_ok = |ch: &[i32]| ch.iter().fold(true, |ok, &id| ok & in_range(id, segments));
-    let ok = if seg.len() >= PAR_MIN {
-        seg.par_chunks(PAR_MIN).all(chunk_ok)
-    } else {
-        chunk_ok(seg)
-    };
-    if ok {
-        return Ok(());
-    }
-    let p = seg
-        .iter()
-        .position(|&id| !in_range(id, segments))
-        .unwrap_or(0);
-    Err(out_of_range(op, p, seg[p], segments))
-}
-
-fn out_of_range(op: &'static str, p: usize, id: i32, segments: usize) -> Error {
-    Error::invalid(
-        op,
-        format!("seg[{p}] = {id} is outside -1..{segments} (-1 = void)"),
-    )
 }
 
 fn forward<T: Float>(
@@ -100,10 +69,10 @@ fn forward<T: Float>(
         if id >= 0 {
             match off.get_mut(id as usize) {
                 Some(n) => *n += 1,
-                None => return Err(out_of_range(OP, row, id, segments)),
+                None => return Err(segment_id_error(OP, row, id, segments)),
             }
         } else if id != -1 {
-            return Err(out_of_range(OP, row, id, segments));
+            return Err(segment_id_error(OP, row, id, segments));
         }
     }
     let mut run = 0u32;
@@ -179,7 +148,7 @@ fn backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<
             ),
         ));
     }
-    validate(OP, seg, segments)?;
+    validate_segment_ids(OP, seg, segments)?;
     if c == 0 {
         return Ok(());
     }

@@ -18,18 +18,30 @@
 //!   device→host copy in the normal case (indices are fed inputs). Index tensors computed on the
 //!   device fall back to one copy (a stream sync). Validation errors are `Error::Invalid`, as on
 //!   the CPU.
-//! - **Semantics** match the CPU backend op for op (see `ops.rs`); `tests/cuda_parity.rs` checks.
-//!   Not supported on CUDA: InfoNCE in f64 (the tiled kernels are f32) → `Error::Unsupported`.
+//! - **Semantics** match the CPU backend op for op; `tests/cuda_parity.rs` checks. One file per
+//!   op family (`basic.rs`, `lif.rs`, …, as in `src/ops/` and `kernels/`), every launch through
+//!   `launch.rs`. Not supported on CUDA: InfoNCE in f64 (the tiled kernels are f32) →
+//!   `Error::Unsupported`.
 
-mod ops;
+mod basic;
+mod gat;
+mod infonce;
+mod launch;
+mod layout;
+mod lif;
+mod norm;
+mod optim;
+mod segment;
 
 use super::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::ops::Op;
+use crate::ops::{Family, Op};
 use crate::tensor::{DType, Shape, Storage, Tensor};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
 };
+use launch::{Arg, Output};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
@@ -116,30 +128,6 @@ impl CudaBuffer {
         self.slice.len()
     }
 }
-
-/// Kernel argument of a launch.
-#[derive(Clone, Copy)]
-pub(crate) enum Arg {
-    /// A device pointer (0 = nullptr).
-    P(u64),
-    I(i32),
-    U(u32),
-    L(i64),
-    F(f32),
-    D(f64),
-    Perm(PermMeta),
-}
-
-/// `PermMeta` of elementwise.cu (passed by value).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PermMeta {
-    pub rank: i32,
-    pub dims: [i32; 6],
-    pub stride: [i64; 6],
-}
-// SAFETY: plain repr(C) data matching the kernel's struct layout (int, int[6], long long[6]).
-unsafe impl cudarc::driver::DeviceRepr for PermMeta {}
 
 #[derive(Default)]
 struct Scratch {
@@ -340,12 +328,12 @@ impl CudaBackend {
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
-                Arg::P(v) => b.arg(v),
-                Arg::I(v) => b.arg(v),
-                Arg::U(v) => b.arg(v),
-                Arg::L(v) => b.arg(v),
-                Arg::F(v) => b.arg(v),
-                Arg::D(v) => b.arg(v),
+                Arg::Ptr(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::U32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+                Arg::F64(v) => b.arg(v),
                 Arg::Perm(v) => b.arg(v),
             };
         }
@@ -445,6 +433,101 @@ impl CudaBackend {
             )
         })
     }
+
+    /// Host view of an index input: the host copy kept by `write`, or a device→host copy.
+    fn host_i32<'a>(&self, v: &'a View<CudaBuffer>) -> Result<Cow<'a, [i32]>> {
+        let n = v.shape.numel();
+        if let Some(Storage::I32(h)) = &v.buf.host {
+            if h.len() >= n {
+                return Ok(Cow::Borrowed(&h[..n]));
+            }
+        }
+        if v.dtype != DType::I32 {
+            return Err(Error::graph("an index input must be i32"));
+        }
+        Ok(Cow::Owned(self.download::<i32>(v.buf.ptr, n)?))
+    }
+
+    fn has_host(v: &View<CudaBuffer>) -> bool {
+        v.buf.host.is_some()
+    }
+
+    /// Runs one op on its family's kernels, then keeps the host copies of its outputs right.
+    fn run_op(
+        &self,
+        op: &Op,
+        inputs: &[View<CudaBuffer>],
+        outputs: &mut [ViewMut<CudaBuffer>],
+    ) -> Result<()> {
+        let outs: Vec<Output> = outputs
+            .iter()
+            .map(|o| Output {
+                ptr: o.buf.ptr,
+                shape: o.shape.clone(),
+                dtype: o.dtype,
+            })
+            .collect();
+        let run = match op.family() {
+            Family::Basic => basic::execute(self, op, inputs, &outs),
+            Family::Layout => layout::execute(self, op, inputs, &outs),
+            Family::Norm => norm::execute(self, op, inputs, &outs),
+            Family::Lif => lif::execute(self, op, inputs, &outs),
+            Family::Gat => gat::execute(self, op, inputs, &outs),
+            Family::InfoNce => infonce::execute(self, op, inputs, &outs),
+            Family::Segment => segment::execute(self, op, inputs, &outs),
+            Family::Optim => optim::execute(self, op, inputs, &outs),
+        };
+        // Host copies of outputs: derived on the host for index-valued layout ops whose inputs
+        // all have one (so e.g. a reshaped index tensor keeps its host copy), else dropped.
+        let derive = run.is_ok()
+            && outs.iter().any(|o| o.dtype == DType::I32)
+            && !inputs.is_empty()
+            && inputs.iter().all(Self::has_host);
+        let mut shadows = if derive {
+            host_layout(op, inputs, &outs)
+        } else {
+            None
+        };
+        for (i, o) in outputs.iter_mut().enumerate() {
+            o.buf.set_host(
+                shadows
+                    .as_mut()
+                    .map(|s| std::mem::replace(&mut s[i], Storage::I32(vec![]))),
+            );
+        }
+        run
+    }
+}
+
+/// Host copies of the i32 outputs of a layout op, computed by the CPU backend from the inputs'
+/// host copies (None when it cannot).
+fn host_layout(op: &Op, inputs: &[View<CudaBuffer>], outs: &[Output]) -> Option<Vec<Storage>> {
+    let views: Vec<View<Storage>> = inputs
+        .iter()
+        .map(|v| {
+            Some(View {
+                buf: v.buf.host.as_ref()?,
+                shape: v.shape,
+                dtype: v.dtype,
+            })
+        })
+        .collect::<Option<_>>()?;
+    let mut bufs: Vec<Storage> = outs
+        .iter()
+        .map(|o| Storage::zeros(o.dtype, o.shape.numel()))
+        .collect();
+    let mut out_views: Vec<ViewMut<Storage>> = bufs
+        .iter_mut()
+        .zip(outs)
+        .map(|(b, o)| ViewMut {
+            buf: b,
+            shape: &o.shape,
+            dtype: o.dtype,
+        })
+        .collect();
+    super::CpuBackend.execute(op, &views, &mut out_views).ok()?;
+    drop(out_views);
+    Some(bufs)
 }
 
 impl Backend for CudaBackend {

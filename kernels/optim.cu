@@ -1,5 +1,5 @@
-// adamw.cu — fused AdamW update and the deterministic global squared-norm for gradient clipping
-// (DESIGN §3.6, PyTorch torch.optim.AdamW + clip_grad_norm_ semantics). T = float / double.
+// optim.cu — the optim family (src/ops/optim.rs): fused AdamW update and the deterministic global
+// squared-norm for gradient clipping (DESIGN §3.6, PyTorch torch.optim.AdamW + clip_grad_norm_ semantics). T = float / double.
 //
 // sqnorm_partial_{f32,f64}(const T* x, int n, T* part)
 //   part[blockIdx.x] = sum_i x[i]^2 (grid-stride, fixed order). grid = G (any >= 1; e.g.

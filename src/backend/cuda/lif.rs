@@ -1,0 +1,121 @@
+//! CUDA: the LIF family (`src/ops/lif.rs`) on `kernels/lif.cu`: one thread per neuron, the
+//! time loop inside.
+
+use super::launch::{flat_blocks, Inputs, Kernels, Launch, Output};
+use super::CudaBackend;
+use crate::error::{Error, Result};
+use crate::ops::{LifConfig, Op};
+
+pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
+    let k = Kernels::float(be, op, outs[0].dtype)?;
+    match op {
+        Op::Lif(cfg) => forward(&k, cfg, ins, outs),
+        Op::LifBackward {
+            cfg,
+            has_gs,
+            has_gv,
+        } => backward(&k, cfg, *has_gs, *has_gv, ins, outs),
+        other => Err(Error::graph(format!("{} is not a LIF op", other.name()))),
+    }
+}
+
+/// The neuron parameters every LIF kernel takes after `tau_ptr`, up to the reset flag.
+fn neuron_args<'k>(launch: Launch<'k>, cfg: &LifConfig, tau_ptr: u64) -> Launch<'k> {
+    launch
+        .ptr(tau_ptr)
+        .scalar(cfg.tau)
+        .scalar(cfg.v_th)
+        .scalar(cfg.v_rest())
+        .flag(cfg.v_reset.is_some())
+        .flag(cfg.decay_input)
+}
+
+/// x[T, N] (, tau) → spikes, membrane, charge.
+fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result<()> {
+    cfg.validate("lif")?;
+    let (steps, n) = (ins[0].shape.dim(0), ins[0].shape.dim(1));
+    if steps * n == 0 {
+        return Ok(());
+    }
+    let tau_ptr = if cfg.learnable_tau { ins[1].buf.ptr } else { 0 };
+    let launch = k
+        .flat("lif_fwd", n)
+        .input(&ins[0])
+        .ptr(outs[0].ptr)
+        .ptr(outs[1].ptr)
+        .ptr(outs[2].ptr)
+        .dim("T", steps)
+        .dim("N", n);
+    neuron_args(launch, cfg, tau_ptr)
+        .flag(cfg.smooth)
+        .int(cfg.surrogate.code())
+        .scalar(cfg.surrogate.alpha())
+        .run()
+}
+
+/// h (, gS) (, gV) (, tau) → gx (, g_tau).
+fn backward(
+    k: &Kernels,
+    cfg: &LifConfig,
+    has_gs: bool,
+    has_gv: bool,
+    ins: Inputs,
+    outs: &[Output],
+) -> Result<()> {
+    cfg.validate("lif_backward")?;
+    let mut next = 1;
+    let mut optional = |present: bool| {
+        if present {
+            next += 1;
+            ins[next - 1].buf.ptr
+        } else {
+            0
+        }
+    };
+    let g_spikes = optional(has_gs);
+    let g_membrane = optional(has_gv);
+    let tau_ptr = optional(cfg.learnable_tau);
+    let (steps, n) = (ins[0].shape.dim(0), ins[0].shape.dim(1));
+    if steps * n == 0 {
+        if cfg.learnable_tau {
+            k.be.memset0(outs[1].ptr, k.elem_bytes())?;
+        }
+        return Ok(());
+    }
+    // One thread per neuron; capped at 1024 blocks only when the per-block dL/dtau partials
+    // must be reproducible (learnable tau), since a capped grid halves the memory parallelism.
+    let blocks = if cfg.learnable_tau {
+        n.div_ceil(256).clamp(1, 1024)
+    } else {
+        flat_blocks(n) as usize
+    };
+    let partials = if cfg.learnable_tau {
+        // f64 partials: dL/dtau sums T·N terms of both signs (kernels/lif.cu).
+        k.be.scratch(&[blocks * std::mem::size_of::<f64>()])?[0]
+    } else {
+        0
+    };
+    let launch = k
+        .grid("lif_bwd", blocks, 1)
+        .input(&ins[0])
+        .ptr(g_spikes)
+        .ptr(g_membrane)
+        .ptr(outs[0].ptr)
+        .ptr(partials)
+        .dim("T", steps)
+        .dim("N", n);
+    neuron_args(launch, cfg, tau_ptr)
+        .flag(cfg.detach_reset)
+        .int(cfg.surrogate.code())
+        .scalar(cfg.surrogate.alpha())
+        .flag(cfg.smooth)
+        .run()?;
+    if cfg.learnable_tau {
+        k.grid("lif_gtau_reduce", 1, 1)
+            .ptr(partials)
+            .dim("blocks", blocks)
+            .ptr(outs[1].ptr)
+            .run()?;
+    }
+    Ok(())
+}
