@@ -20,8 +20,8 @@
 use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
 use crate::ops::lif::validate_tau;
-use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Surrogate};
-use crate::tensor::{DType, Shape, Storage, Tensor};
+use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
+use crate::tensor::{DType, Meta, Shape, Storage, Tensor};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};

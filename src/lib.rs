@@ -18,4 +18,4 @@ pub mod util;
 pub use backend::{Backend, CpuBackend};
 pub use error::{Error, Result};
 pub use graph::{Executor, Graph, ValueId};
-pub use tensor::{DType, Shape, Tensor};
+pub use tensor::{DType, Meta, Shape, Tensor};

@@ -15,10 +15,8 @@
 #![cfg(feature = "cuda")]
 
 use gshn::backend::{cuda_available, execute_buffers, Backend, CudaBackend};
-use gshn::ops::{
-    AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Meta, Op, Reduce, Surrogate, Unary,
-};
-use gshn::tensor::{DType, Shape, Tensor};
+use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary};
+use gshn::tensor::{DType, Meta, Shape, Tensor};
 use gshn::util::rng::SplitMix64;
 use gshn::CpuBackend;
 use std::io::Write;

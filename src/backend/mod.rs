@@ -8,7 +8,7 @@ mod device;
 
 use crate::error::Result;
 use crate::ops::Op;
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::{DType, Meta, Shape, Tensor};
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
@@ -34,9 +34,9 @@ pub struct ViewMut<'a, B> {
 pub fn execute_buffers<'a, B: Backend>(
     be: &B,
     op: &Op,
-    inputs: impl IntoIterator<Item = (&'a B::Buffer, &'a crate::ops::Meta)>,
+    inputs: impl IntoIterator<Item = (&'a B::Buffer, &'a Meta)>,
     outputs: &mut [B::Buffer],
-    out_metas: &[crate::ops::Meta],
+    out_metas: &[Meta],
 ) -> Result<()>
 where
     B::Buffer: 'a,

@@ -8,6 +8,7 @@
 
 mod autodiff;
 mod executor;
+mod feed;
 pub mod gradcheck;
 mod plan;
 
@@ -15,8 +16,8 @@ pub use executor::Executor;
 pub use plan::{MemoryReport, Plan};
 
 use crate::error::{Error, Result};
-use crate::ops::{Meta, Op};
-use crate::tensor::{DType, Shape};
+use crate::ops::Op;
+use crate::tensor::{DType, Meta, Shape};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ValueId(pub u32);

@@ -3,10 +3,10 @@
 
 use super::check;
 use super::lif::Surrogate;
-use super::{Meta, Op};
+use super::Op;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::{DType, Shape};
+use crate::tensor::{DType, Meta, Shape};
 
 /// Elementwise functions with a derivative.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -28,10 +28,10 @@
 //! aggregation term.
 
 use super::check;
-use super::{Meta, Op};
+use super::Op;
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Graph, Node, ValueId};
-use crate::tensor::{DType, Tensor};
+use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::{DType, Meta, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GatAttrs {
@@ -310,18 +310,6 @@ impl GraphInputs {
 
     pub fn ids(&self) -> [ValueId; 4] {
         [self.row_ptr, self.src, self.col_ptr, self.col_edge]
-    }
-
-    /// Feeds a host graph into an executor.
-    pub fn feed<B: crate::backend::Backend>(
-        &self,
-        ex: &mut Executor<B>,
-        graph: &CsrGraph,
-    ) -> Result<()> {
-        ex.set(self.row_ptr, &graph.row_ptr)?;
-        ex.set(self.src, &graph.src)?;
-        ex.set(self.col_ptr, &graph.col_ptr)?;
-        ex.set(self.col_edge, &graph.col_edge)
     }
 }
 

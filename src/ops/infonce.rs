@@ -9,9 +9,10 @@
 //! The lse outputs are differentiable too (their gradients, when something consumes them,
 //! travel as two optional trailing inputs of `InfoNceBackward`).
 
-use super::{check, Meta, Op};
+use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::Meta;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceAttrs {

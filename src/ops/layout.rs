@@ -1,9 +1,9 @@
 //! Layout ops: reshape, permute, concat, slice, gather/scatter of rows, dropout.
 
-use super::{check, Meta, Op};
+use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::Shape;
+use crate::tensor::{Meta, Shape};
 use crate::util::rng::{hash_threshold, hash_u24};
 
 /// Highest rank `Permute` accepts (matches the CUDA kernel's fixed-size index arrays).

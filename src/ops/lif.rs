@@ -1,9 +1,9 @@
 //! Multi-step LIF neurons (DESIGN §3.1, SpikingJelly `LIFNode` semantics).
 
-use super::{check, Meta, Op};
+use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::Shape;
+use crate::tensor::{Meta, Shape};
 
 /// Surrogate derivative σ'(x) of the spike function at x = H − v_th.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -26,26 +26,7 @@ pub use segment::SegmentMeanOut;
 
 use crate::error::Result;
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::{DType, Shape};
-
-/// Shape and dtype of a value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Meta {
-    pub shape: Shape,
-    pub dtype: DType,
-}
-
-impl Meta {
-    pub fn new(shape: impl Into<Shape>, dtype: DType) -> Self {
-        Meta {
-            shape: shape.into(),
-            dtype,
-        }
-    }
-    pub fn bytes(&self) -> usize {
-        self.shape.numel() * self.dtype.size()
-    }
-}
+use crate::tensor::{Meta, Shape};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -323,9 +304,8 @@ impl Family {
 
 /// Shared checks for shape rules.
 pub(crate) mod check {
-    use super::Meta;
     use crate::error::{Error, Result};
-    use crate::tensor::DType;
+    use crate::tensor::{DType, Meta};
 
     pub fn arity(op: &'static str, inputs: &[Meta], n: usize) -> Result<()> {
         if inputs.len() != n {

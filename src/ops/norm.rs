@@ -11,10 +11,10 @@
 //! The auxiliary outputs (`mean`, `rstd`, `norm`) exist for the backward ops; no gradient
 //! flows through them (using them in a differentiated loss is an error, not a silent zero).
 
-use super::{check, Meta, Op};
+use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::Shape;
+use crate::tensor::{Meta, Shape};
 
 /// The leading ("row") dimensions of `s`: all but the last.
 fn row_shape(s: &Shape) -> Shape {

@@ -19,11 +19,10 @@
 //!   `ClipScale` reports for non-finite gradients) or a non-finite one **skips the update**:
 //!   p, m and v are left unchanged (like `GradScaler` skipping `optimizer.step()`).
 
-use super::{check, Meta, Op};
-use crate::backend::Backend;
+use super::{check, Op};
 use crate::error::{Error, Result};
-use crate::graph::{Executor, Graph, ValueId, ValueKind};
-use crate::tensor::{DType, Tensor};
+use crate::graph::{Graph, ValueId, ValueKind};
+use crate::tensor::Meta;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -135,26 +134,6 @@ pub struct OptimizerValues {
     /// The global gradient L2 norm `[]` before clipping: fetch it for logging and to detect
     /// non-finite gradients.
     pub grad_norm: ValueId,
-}
-
-impl OptimizerValues {
-    /// Sets every moment to zero (a fresh optimizer); call once before the first run.
-    pub fn zero_state<B: Backend>(&self, ex: &mut Executor<B>) -> Result<()> {
-        for &s in self.m.iter().chain(&self.v) {
-            let meta = ex.graph().meta(s).clone();
-            ex.set(s, &Tensor::zeros(meta.shape, meta.dtype))?;
-        }
-        Ok(())
-    }
-
-    /// Feeds `hyper = (lr, step)` for the next run (`step` is 1-based).
-    pub fn set_hyper<B: Backend>(&self, ex: &mut Executor<B>, lr: f64, step: u64) -> Result<()> {
-        let t = match ex.graph().dtype(self.hyper) {
-            DType::F32 => Tensor::new([2], vec![lr as f32, step as f32])?,
-            _ => Tensor::new([2], vec![lr, step as f64])?,
-        };
-        ex.set(self.hyper, &t)
-    }
 }
 
 /// Builders for the optimizer ops.

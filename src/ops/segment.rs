@@ -5,9 +5,10 @@
 //! mean pool (x = nodes, seg = graph id of each node, −1 = padding). An empty segment gets
 //! a zero mean and passes no gradient.
 
-use super::{check, Meta, Op};
+use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
+use crate::tensor::Meta;
 use rayon::prelude::*;
 
 /// Outputs of [`Graph::segment_mean`].

@@ -291,3 +291,22 @@ impl Tensor {
         }
     }
 }
+
+/// Shape and dtype of a value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Meta {
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+impl Meta {
+    pub fn new(shape: impl Into<Shape>, dtype: DType) -> Self {
+        Meta {
+            shape: shape.into(),
+            dtype,
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        self.shape.numel() * self.dtype.size()
+    }
+}
