@@ -1,5 +1,5 @@
 """GAT parity: `gshn op gat` against PyG `GATConv` (heads concatenated, no bias, no dropout,
-self-loops given as edges, `edge_dim` for the per-edge bias), and `gshn op gat_aggregate`
+self-loops given as edges, `edge_dim` for the per-edge bias), and `gshn op aggregate`
 against a PyTorch scatter-sum with the same attention.
 
 To expose `z = x W` and `Be` as leaves, the GATConv's `lin` is the identity (so x = z and
@@ -60,7 +60,7 @@ def pyg_gat(z, a_src, a_dst, be, ei, slope):
 
 
 def main() -> int:
-    rep = Report("GAT: gshn op gat vs PyG GATConv; gat_aggregate vs PyTorch scatter")
+    rep = Report("GAT: gshn op gat vs PyG GATConv; aggregate vs PyTorch scatter")
     for dtype, tol in ((np.float64, 1e-9), (np.float32, 1e-4)):
         tdt = torch.float64 if dtype == np.float64 else torch.float32
         dn = "f64" if dtype == np.float64 else "f32"
@@ -116,7 +116,7 @@ def main() -> int:
             msg = al[:, head][None] * st[:, torch.as_tensor(ei[0])]  # [T, E, C]
             y = torch.zeros(t, n, c, dtype=tdt).index_add(1, torch.as_tensor(ei[1]), msg)
             (y * torch.tensor(g_y)).sum().backward()
-            ours = run_op("gat_aggregate", dict(alpha=al.detach().numpy().astype(dtype), s=s,
+            ours = run_op("aggregate", dict(alpha=al.detach().numpy().astype(dtype), s=s,
                                                 edge_index=ei, grad_y=g_y))
             case = f"{dn} aggregate T={t} N={n} C={c} H={h}"
             rep.check(case, "y", ours["y"], y, tol)

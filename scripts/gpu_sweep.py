@@ -22,7 +22,7 @@ SETTINGS = {
     "learnable_tau": {"model.lif": {"learnable_tau": True}},
     "v_th_0.5": {"model.lif": {"v_th": 0.5}},
     "tau_4": {"model.lif": {"tau": 4.0}},
-    "surrogate_alpha_4": {"model.lif.surrogate": {"kind": "a_tan", "alpha": 4.0}},
+    "surrogate_alpha_4": {"model.lif.surrogate": {"kind": "atan", "alpha": 4.0}},
     "detach_reset": {"model.lif": {"detach_reset": True}},
     "time_steps_8": {"model": {"time_steps": 8}},
     "membrane_readout": {"model": {"readout": "membrane"}},

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod capi;
 pub mod data;
 pub mod error;
+pub mod fused;
 pub mod graph;
 pub mod model;
 pub mod opcli;

@@ -1,8 +1,8 @@
 //! One fused op, forward and backward, on named tensors: the engine behind `gshn op NAME`
 //! (DESIGN §7) and the reference the C ABI (`capi`) is tested against.
 //!
-//! [`OPS`] describes every op: its input tensors (name, layout, dtype), attributes (JSON, with
-//! defaults), outputs, and which inputs get a gradient. [`run`] builds a small graph with the
+//! [`crate::fused::OPS`] describes every op: its input tensors (name, layout, dtype), attributes
+//! (JSON, with defaults), outputs, and which inputs get a gradient. [`run`] builds a small graph with the
 //! ordinary builders (`Graph::lif`, `Graph::gat`, …), runs it and its symbolic backward on a
 //! backend, and returns every output plus `grad_<input>` for every differentiable input.
 //!
@@ -15,7 +15,7 @@
 //! **Dtypes.** Float tensors are all f32 or all f64 (the op's first input decides); index
 //! tensors are i32. Outputs and gradients have the float dtype of the inputs.
 //!
-//! **Graphs** (`gat`, `gat_aggregate`) come either as a CSR by destination (`row_ptr[N+1]`,
+//! **Graphs** (`gat`, `aggregate`) come either as a CSR by destination (`row_ptr[N+1]`,
 //! `src[E]`) or as a PyG `edge_index[2,E]` (row 0 = source, row 1 = destination, any order).
 //! With `edge_index`, edges are stably sorted by destination internally; every edge-indexed
 //! tensor (inputs `edge_bias`, `alpha`; outputs `alpha`, `grad_edge_bias`, `grad_alpha`) stays
@@ -23,328 +23,13 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::fused::{spec, GradDefault, Kind, OpSpec};
 use crate::graph::{Executor, Graph, ValueId};
+use crate::ops::index::group_positions;
 use crate::ops::{CsrGraph, GatAttrs, GraphInputs, InfoNceAttrs, LifConfig, Surrogate};
 use crate::tensor::{DType, Storage, Tensor};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
-
-/// Which dtype an input tensor has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// f32 or f64 (the same for every float tensor of a call).
-    Float,
-    /// i32 indices.
-    Index,
-}
-
-/// One input tensor of an op.
-#[derive(Clone, Copy, Debug)]
-pub struct InputSpec {
-    pub name: &'static str,
-    pub layout: &'static str,
-    pub kind: Kind,
-    /// Required, or optional (with what its absence means / what it replaces).
-    pub optional: Option<&'static str>,
-    /// `grad_<name>` is written.
-    pub grad: bool,
-}
-
-/// The default upstream gradient of an output (when `grad_<name>` is not given).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GradDefault {
-    Ones,
-    Zeros,
-    /// Not differentiable (a saved statistic); `grad_<name>` is refused.
-    None,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct OutputSpec {
-    pub name: &'static str,
-    pub layout: &'static str,
-    pub grad: GradDefault,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct AttrSpec {
-    pub name: &'static str,
-    /// Default, as JSON text.
-    pub default: &'static str,
-    pub doc: &'static str,
-}
-
-/// The description of one op of `gshn op`.
-#[derive(Clone, Copy, Debug)]
-pub struct OpSpec {
-    pub name: &'static str,
-    pub summary: &'static str,
-    pub inputs: &'static [InputSpec],
-    pub attrs: &'static [AttrSpec],
-    pub outputs: &'static [OutputSpec],
-    pub notes: &'static str,
-}
-
-const fn req(name: &'static str, layout: &'static str, kind: Kind, grad: bool) -> InputSpec {
-    InputSpec {
-        name,
-        layout,
-        kind,
-        optional: None,
-        grad,
-    }
-}
-const fn opt(
-    name: &'static str,
-    layout: &'static str,
-    kind: Kind,
-    grad: bool,
-    why: &'static str,
-) -> InputSpec {
-    InputSpec {
-        name,
-        layout,
-        kind,
-        optional: Some(why),
-        grad,
-    }
-}
-const fn out(name: &'static str, layout: &'static str, grad: GradDefault) -> OutputSpec {
-    OutputSpec { name, layout, grad }
-}
-const fn attr(name: &'static str, default: &'static str, doc: &'static str) -> AttrSpec {
-    AttrSpec { name, default, doc }
-}
-
-const GRAPH_INPUTS: [InputSpec; 3] = [
-    opt(
-        "row_ptr",
-        "[N+1]",
-        Kind::Index,
-        false,
-        "CSR by destination, with src; or give edge_index",
-    ),
-    opt(
-        "src",
-        "[E]",
-        Kind::Index,
-        false,
-        "source node of each CSR edge",
-    ),
-    opt(
-        "edge_index",
-        "[2,E]",
-        Kind::Index,
-        false,
-        "PyG layout (row 0 source, row 1 destination), instead of row_ptr/src",
-    ),
-];
-
-/// Every op `gshn op` runs.
-pub static OPS: &[OpSpec] = &[
-    OpSpec {
-        name: "lif",
-        summary: "multi-step LIF neurons (SpikingJelly LIFNode, step_mode='m'), DESIGN §3.1",
-        inputs: &[
-            req("x", "[T,N]", Kind::Float, true),
-            opt(
-                "tau",
-                "[]",
-                Kind::Float,
-                true,
-                "learnable time constant (PLIF): replaces the tau attr and gets grad_tau",
-            ),
-        ],
-        attrs: &[
-            attr("tau", "2.0", "membrane time constant (> 1)"),
-            attr("v_th", "1.0", "threshold"),
-            attr(
-                "v_reset",
-                "0.0",
-                "hard reset value; null = soft reset (subtract v_th)",
-            ),
-            attr("decay_input", "true", "H = V + (X - (V - v_r)) / tau"),
-            attr("detach_reset", "false", "no surrogate gradient through the reset"),
-            attr(
-                "surrogate",
-                "\"atan\"",
-                "atan | sigmoid | super_spike | rectangular",
-            ),
-            attr(
-                "alpha",
-                "null",
-                "surrogate parameter; null = default (atan 2, sigmoid 4, super_spike 10, rectangular 1)",
-            ),
-        ],
-        outputs: &[
-            out("spikes", "[T,N]", GradDefault::Ones),
-            out("v", "[T,N]", GradDefault::Ones),
-            out("h", "[T,N]", GradDefault::None),
-        ],
-        notes: "v = membrane after reset (SpikingJelly v_seq); h = membrane before firing.",
-    },
-    OpSpec {
-        name: "gat",
-        summary: "multi-head GAT edge-softmax attention (PyG GATConv, before concat/bias), DESIGN §3.2",
-        inputs: &[
-            req("z", "[N,H,F]", Kind::Float, true),
-            req("a_src", "[H,F]", Kind::Float, true),
-            req("a_dst", "[H,F]", Kind::Float, true),
-            opt(
-                "edge_bias",
-                "[E,H]",
-                Kind::Float,
-                true,
-                "per-edge, per-head logit bias (PyG edge_dim term)",
-            ),
-            GRAPH_INPUTS[0],
-            GRAPH_INPUTS[1],
-            GRAPH_INPUTS[2],
-        ],
-        attrs: &[attr(
-            "negative_slope",
-            "0.2",
-            "LeakyReLU slope of the logits",
-        )],
-        outputs: &[
-            out("out", "[N,H,F]", GradDefault::Ones),
-            out("alpha", "[E,H]", GradDefault::Zeros),
-            out("lse", "[N,H]", GradDefault::None),
-        ],
-        notes: "z = x W viewed [N,H,F]; self-loops are not added (give them as edges). \
-                A node with no in-edge gets out = 0.",
-    },
-    OpSpec {
-        name: "gat_aggregate",
-        summary: "fixed-attention aggregation y[t,i,c] = sum_{k into i} alpha[k,c/(C/H)] s[t,src_k,c], DESIGN §3.3",
-        inputs: &[
-            req("alpha", "[E,H]", Kind::Float, true),
-            req("s", "[T,N,C]", Kind::Float, true),
-            GRAPH_INPUTS[0],
-            GRAPH_INPUTS[1],
-            GRAPH_INPUTS[2],
-        ],
-        attrs: &[],
-        outputs: &[out("y", "[T,N,C]", GradDefault::Ones)],
-        notes: "C must be a multiple of H; channel c belongs to head c / (C/H).",
-    },
-    OpSpec {
-        name: "infonce",
-        summary: "symmetric InfoNCE (open_clip ClipLoss), DESIGN §3.4",
-        inputs: &[
-            req("a", "[B,D]", Kind::Float, true),
-            req("p", "[B,D]", Kind::Float, true),
-            req("logit_scale", "[]", Kind::Float, true),
-        ],
-        attrs: &[attr(
-            "chunk",
-            "256",
-            "tile edge of the chunked kernels; 0 = dense reference",
-        )],
-        outputs: &[
-            out("loss", "[]", GradDefault::Ones),
-            out("lse_row", "[B]", GradDefault::Zeros),
-            out("lse_col", "[B]", GradDefault::Zeros),
-        ],
-        notes: "s = min(exp(logit_scale), 100); logits = s a p^T; rows of a and p are the \
-                positive pairs (pass L2-normalised features, as ClipLoss expects).",
-    },
-    OpSpec {
-        name: "infonce_1d",
-        summary: "one-directional InfoNCE a -> p (STL), DESIGN §3.4",
-        inputs: &[
-            req("a", "[B,D]", Kind::Float, true),
-            req("p", "[B,D]", Kind::Float, true),
-            req("logit_scale", "[]", Kind::Float, true),
-        ],
-        attrs: &[attr(
-            "chunk",
-            "256",
-            "tile edge of the chunked kernels; 0 = dense reference",
-        )],
-        outputs: &[
-            out("loss", "[]", GradDefault::Ones),
-            out("lse_row", "[B]", GradDefault::Zeros),
-        ],
-        notes: "loss = mean_i [LSE_j logits_ij - logits_ii] (cross-entropy of the rows only).",
-    },
-    OpSpec {
-        name: "segment_pool",
-        summary: "segment (masked) mean pooling, DESIGN §3.5",
-        inputs: &[
-            req("x", "[P,C]", Kind::Float, true),
-            req("seg", "[P]", Kind::Index, false),
-        ],
-        attrs: &[attr(
-            "segments",
-            "null",
-            "number of segments S; null = max(seg) + 1",
-        )],
-        outputs: &[
-            out("mean", "[S,C]", GradDefault::Ones),
-            out("count", "[S]", GradDefault::None),
-        ],
-        notes: "seg = -1 leaves a row out (void pixel / padding); an empty segment has mean 0.",
-    },
-];
-
-/// The description of op `name`.
-pub fn spec(name: &str) -> Result<&'static OpSpec> {
-    OPS.iter().find(|s| s.name == name).ok_or_else(|| {
-        let names: Vec<&str> = OPS.iter().map(|s| s.name).collect();
-        Error::invalid(
-            "op",
-            format!("unknown op {name:?}; ops: {}", names.join(", ")),
-        )
-    })
-}
-
-/// The human-readable table printed by `gshn op --list`.
-pub fn list() -> String {
-    let mut s = String::new();
-    s.push_str(
-        "gshn op NAME --inputs IN.safetensors --out OUT.safetensors [--attrs JSON] [--device D]\n\
-         Float tensors: all f32 or all f64 (outputs follow); index tensors: i32.\n\
-         Upstream gradients: a tensor grad_<output> in IN seeds that output's gradient;\n\
-         otherwise the default below (ones: L = sum of the main outputs; zeros: not in L).\n\
-         OUT holds every output and grad_<input> for each differentiable input given.\n",
-    );
-    for op in OPS {
-        s.push_str(&format!("\n{}: {}\n  inputs:\n", op.name, op.summary));
-        for i in op.inputs {
-            let kind = match i.kind {
-                Kind::Float => "float",
-                Kind::Index => "i32",
-            };
-            let mut line = format!("    {:<12}{:<9}{kind}", i.name, i.layout);
-            if i.grad {
-                line.push_str(", grad");
-            }
-            if let Some(why) = i.optional {
-                line.push_str(&format!(", optional: {why}"));
-            }
-            s.push_str(line.trim_end());
-            s.push('\n');
-        }
-        if !op.attrs.is_empty() {
-            s.push_str("  attrs:\n");
-            for a in op.attrs {
-                s.push_str(&format!("    {:<16}= {:<9}{}\n", a.name, a.default, a.doc));
-            }
-        }
-        s.push_str("  outputs:\n");
-        for o in op.outputs {
-            let g = match o.grad {
-                GradDefault::Ones => "grad default: ones",
-                GradDefault::Zeros => "grad default: zeros",
-                GradDefault::None => "no gradient",
-            };
-            s.push_str(&format!("    {:<12}{:<9}{g}\n", o.name, o.layout));
-        }
-        s.push_str(&format!("  note: {}\n", op.notes));
-    }
-    s
-}
 
 // ---- inputs and attributes ---------------------------------------------------------------
 
@@ -580,20 +265,13 @@ pub fn lif_config(attrs: &Json) -> Result<LifConfig> {
 }
 
 fn lif_config_of(a: &Attrs) -> Result<LifConfig> {
-    let alpha = a.opt_f64("alpha")?;
     let kind = a.str("surrogate")?;
-    let surrogate = match kind.to_ascii_lowercase().as_str() {
-        "atan" => Surrogate::ATan(alpha.unwrap_or(2.0)),
-        "sigmoid" => Surrogate::Sigmoid(alpha.unwrap_or(4.0)),
-        "super_spike" | "superspike" => Surrogate::SuperSpike(alpha.unwrap_or(10.0)),
-        "rectangular" | "rect" => Surrogate::Rectangular(alpha.unwrap_or(1.0)),
-        _ => {
-            return Err(Error::invalid(
-                a.op,
-                format!("surrogate {kind:?} is not one of atan, sigmoid, super_spike, rectangular"),
-            ))
-        }
-    };
+    let surrogate = Surrogate::from_name(&kind, a.opt_f64("alpha")?).ok_or_else(|| {
+        Error::invalid(
+            a.op,
+            format!("surrogate {kind:?} is not one of atan, sigmoid, super_spike, rectangular"),
+        )
+    })?;
     let cfg = LifConfig {
         tau: a.f64("tau")?,
         v_th: a.f64("v_th")?,
@@ -658,23 +336,10 @@ fn graph_of(ins: &Ins, n: usize) -> Result<(CsrGraph, Option<Vec<usize>>)> {
                     ),
                 ));
             }
-            // Stable counting sort by destination.
-            let mut row_ptr = vec![0i32; n + 1];
-            for &dd in dsts {
-                row_ptr[dd as usize + 1] += 1;
-            }
-            for i in 0..n {
-                row_ptr[i + 1] += row_ptr[i];
-            }
-            let mut fill: Vec<usize> = row_ptr[..n].iter().map(|&x| x as usize).collect();
-            let mut perm = vec![0usize; e];
-            let mut src = vec![0i32; e];
-            for k in 0..e {
-                let slot = &mut fill[dsts[k] as usize];
-                perm[*slot] = k;
-                src[*slot] = srcs[k];
-                *slot += 1;
-            }
+            // Edges stably grouped by destination: the CSR, and perm[k_csr] = k_given.
+            let (row_ptr, order) = group_positions(dsts, n, |d| Some(d as usize));
+            let perm: Vec<usize> = order.iter().map(|&k| k as usize).collect();
+            let src = perm.iter().map(|&k| srcs[k]).collect();
             Ok((CsrGraph::from_csr(row_ptr, src)?, Some(perm)))
         }
         (None, None, None) => Err(Error::invalid(
@@ -893,10 +558,10 @@ pub fn run<B: Backend>(
     let mut b = match spec.name {
         "lif" => build_lif(&ins, &at)?,
         "gat" => build_gat(&ins, &at)?,
-        "gat_aggregate" => build_aggregate(&ins, &at)?,
+        "aggregate" => build_aggregate(&ins, &at)?,
         "infonce" => build_infonce(&ins, &at, true)?,
         "infonce_1d" => build_infonce(&ins, &at, false)?,
-        "segment_pool" => build_segment(&ins, &at)?,
+        "segment_mean" => build_segment(&ins, &at)?,
         other => return Err(Error::invalid("op", format!("{other} has no runner"))),
     };
     let dtype = ins.dtype;

@@ -240,3 +240,59 @@ fn c_surrogate_numbers_are_the_kernels_codes() {
     }
     assert_eq!(Surrogate::from_code(4, 1.0), None);
 }
+
+/// One set of names: every tensor argument of the C entry points is named as in the fused-op
+/// table of `gshn op` (an input or output, or `grad_` of one), and every entry is in the table.
+#[test]
+fn c_header_uses_the_fused_op_table_names() {
+    let header =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/gshn.h")).unwrap();
+    let mut covered = 0;
+    for op in gshn::fused::OPS {
+        let Some(prefix) = op.c_abi else { continue };
+        let mut names: Vec<String> = Vec::new();
+        for n in op
+            .inputs
+            .iter()
+            .map(|i| i.name)
+            .chain(op.outputs.iter().map(|o| o.name))
+        {
+            names.push(n.to_string());
+            names.push(format!("grad_{n}"));
+        }
+        for entry in [
+            "forward_cpu",
+            "forward_cuda",
+            "backward_cpu",
+            "backward_cuda",
+        ] {
+            let func = format!("int {prefix}_{entry}(");
+            let start = header
+                .find(&func)
+                .unwrap_or_else(|| panic!("{func} not in gshn.h"));
+            let args = &header[start + func.len()..];
+            let args = &args[..args.find(");").unwrap()];
+            for arg in args.split(',').map(str::trim) {
+                if let Some(name) = arg
+                    .strip_prefix("const void *")
+                    .or(arg.strip_prefix("void *"))
+                {
+                    if name != "stream" {
+                        assert!(
+                            names.iter().any(|n| n == name),
+                            "{prefix}_{entry}: {name} is not a tensor of gshn op {}",
+                            op.name
+                        );
+                    }
+                }
+            }
+            covered += 1;
+        }
+    }
+    // Every op entry point of the header (the rest are gshn_abi_version, gshn_cuda_available).
+    let entries = header.matches("\nint gshn_").count() - 2;
+    assert_eq!(
+        covered, entries,
+        "a C entry point is missing from gshn::fused::OPS"
+    );
+}

@@ -167,7 +167,7 @@ fn dtypes_follow_the_inputs() {
 
     let seg = Tensor::new([5], vec![0i32, 2, -1, 2, 0]).unwrap();
     let r = opcli::run(
-        "segment_pool",
+        "segment_mean",
         &[("x".into(), t64(&[5, 3], 9)), ("seg".into(), seg)],
         &json!({}),
         CpuBackend,
@@ -279,5 +279,37 @@ fn bad_calls_are_typed_errors() {
     for (msg, want) in cases {
         assert!(msg.contains(want), "{msg:?} should mention {want:?}");
     }
-    assert!(opcli::list().contains("gat_aggregate"));
+    let list = gshn::fused::list();
+    assert!(list.contains("\naggregate: ") && list.contains("also accepted as: gat_aggregate"));
+}
+
+#[test]
+fn old_op_names_and_surrogate_spellings_still_work() {
+    let seg = Tensor::new([3], vec![0i32, 1, 0]).unwrap();
+    let ins = [("x".to_string(), t64(&[3, 2], 4)), ("seg".to_string(), seg)];
+    let new = opcli::run("segment_mean", &ins, &json!({}), CpuBackend).unwrap();
+    let old = opcli::run("segment_pool", &ins, &json!({}), CpuBackend).unwrap();
+    assert_eq!(new, old);
+    assert_eq!(
+        gshn::fused::spec("gat_aggregate").unwrap().name,
+        "aggregate"
+    );
+    let x = ("x".to_string(), t64(&[3, 4], 1));
+    let a = opcli::run(
+        "lif",
+        std::slice::from_ref(&x),
+        &json!({"surrogate": "atan"}),
+        CpuBackend,
+    )
+    .unwrap();
+    let b = opcli::run("lif", &[x], &json!({"surrogate": "a_tan"}), CpuBackend).unwrap();
+    assert_eq!(a, b);
+    // Configs: the same names, the old one still read.
+    for kind in ["atan", "a_tan"] {
+        let cfg: LifConfig =
+            toml::from_str(&format!("surrogate = {{ kind = \"{kind}\", alpha = 3.0 }}")).unwrap();
+        assert_eq!(cfg.surrogate, gshn::ops::Surrogate::ATan(3.0));
+    }
+    let written = toml::to_string(&LifConfig::default()).unwrap();
+    assert!(written.contains("kind = \"atan\""), "{written}");
 }

@@ -92,7 +92,7 @@ enum Command {
     /// Run one fused op forward + backward on tensors from a .safetensors file (parity checks
     /// against PyTorch / SpikingJelly / PyG / open_clip); `--list` documents every op.
     Op {
-        /// lif | gat | gat_aggregate | infonce | infonce_1d | segment_pool
+        /// lif | gat | aggregate | infonce | infonce_1d | segment_mean (see --list)
         #[arg(required_unless_present = "list")]
         name: Option<String>,
         /// Input tensors (and optional upstream gradients grad_<output>).
@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             list,
         } => {
             if list {
-                print!("{}", gshn::opcli::list());
+                print!("{}", gshn::fused::list());
                 return Ok(());
             }
             let (Some(name), Some(inputs), Some(out)) = (name, inputs, out) else {

@@ -6,16 +6,21 @@ use crate::graph::{Graph, Node, ValueId};
 use crate::tensor::{Meta, Shape};
 
 /// Surrogate derivative σ'(x) of the spike function at x = H − v_th.
+/// Named `atan`, `sigmoid`, `super_spike`, `rectangular` everywhere (configs, `gshn op`,
+/// Python); `a_tan`, `superspike` and `rect` are accepted older spellings.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "alpha", rename_all = "snake_case")]
 pub enum Surrogate {
     /// α / (2 (1 + (π α x / 2)²)); default α = 2
+    #[serde(rename = "atan", alias = "a_tan")]
     ATan(f64),
     /// α s (1 − s), s = sigmoid(α x); default α = 4
     Sigmoid(f64),
-    /// 1 / (1 + α|x|)²
+    /// 1 / (1 + α|x|)²; default α = 10
+    #[serde(alias = "superspike")]
     SuperSpike(f64),
-    /// 1/α if |x| < α/2 else 0
+    /// 1/α if |x| < α/2 else 0; default α = 1
+    #[serde(alias = "rect")]
     Rectangular(f64),
 }
 
@@ -44,6 +49,21 @@ impl Surrogate {
             2 => Surrogate::SuperSpike(alpha),
             3 => Surrogate::Rectangular(alpha),
             _ => return None,
+        })
+    }
+    /// The surrogate called `name` (case-insensitive, older spellings accepted) with parameter
+    /// `alpha`, or its default α when None.
+    pub fn from_name(name: &str, alpha: Option<f64>) -> Option<Surrogate> {
+        let s = match name.to_ascii_lowercase().as_str() {
+            "atan" | "a_tan" => Surrogate::ATan(2.0),
+            "sigmoid" => Surrogate::Sigmoid(4.0),
+            "super_spike" | "superspike" => Surrogate::SuperSpike(10.0),
+            "rectangular" | "rect" => Surrogate::Rectangular(1.0),
+            _ => return None,
+        };
+        Some(match alpha {
+            Some(a) => Surrogate::from_code(s.code(), a).expect("a valid code"),
+            None => s,
         })
     }
     /// The surrogate's parameter α.

@@ -1,0 +1,351 @@
+//! The fused ops as users call them: one table of names, tensors (name, layout, dtype),
+//! attributes and gradient defaults, shared by `gshn op` ([`crate::opcli`]) and the C ABI
+//! ([`crate::capi`], whose functions `<c_abi>_{forward,backward}_{cpu,cuda}` take tensors of the
+//! same names; `tests/capi.rs` checks `include/gshn.h` against this table). Names follow the
+//! ops (`Op::name`); older spellings stay accepted as aliases.
+
+use crate::error::{Error, Result};
+
+/// Which dtype an input tensor has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// f32 or f64 (the same for every float tensor of a call).
+    Float,
+    /// i32 indices.
+    Index,
+}
+
+/// One input tensor of an op.
+#[derive(Clone, Copy, Debug)]
+pub struct InputSpec {
+    pub name: &'static str,
+    pub layout: &'static str,
+    pub kind: Kind,
+    /// Required, or optional (with what its absence means / what it replaces).
+    pub optional: Option<&'static str>,
+    /// `grad_<name>` is written.
+    pub grad: bool,
+}
+
+/// The default upstream gradient of an output (when `grad_<name>` is not given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradDefault {
+    Ones,
+    Zeros,
+    /// Not differentiable (a saved statistic); `grad_<name>` is refused.
+    None,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    pub layout: &'static str,
+    pub grad: GradDefault,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttrSpec {
+    pub name: &'static str,
+    /// Default, as JSON text.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// The description of one fused op.
+#[derive(Clone, Copy, Debug)]
+pub struct OpSpec {
+    /// The op's name: `gshn op NAME`, and `Op::name()` of the op it runs.
+    pub name: &'static str,
+    /// Older spellings, still accepted by [`spec`].
+    pub aliases: &'static [&'static str],
+    /// The C ABI entry points (`include/gshn.h`): `<c_abi>_{forward,backward}_{cpu,cuda}`, whose
+    /// tensor arguments carry the names below (`grad_<name>` for gradients); None = none.
+    pub c_abi: Option<&'static str>,
+    pub summary: &'static str,
+    pub inputs: &'static [InputSpec],
+    pub attrs: &'static [AttrSpec],
+    pub outputs: &'static [OutputSpec],
+    pub notes: &'static str,
+}
+
+const fn req(name: &'static str, layout: &'static str, kind: Kind, grad: bool) -> InputSpec {
+    InputSpec {
+        name,
+        layout,
+        kind,
+        optional: None,
+        grad,
+    }
+}
+const fn opt(
+    name: &'static str,
+    layout: &'static str,
+    kind: Kind,
+    grad: bool,
+    why: &'static str,
+) -> InputSpec {
+    InputSpec {
+        name,
+        layout,
+        kind,
+        optional: Some(why),
+        grad,
+    }
+}
+const fn out(name: &'static str, layout: &'static str, grad: GradDefault) -> OutputSpec {
+    OutputSpec { name, layout, grad }
+}
+const fn attr(name: &'static str, default: &'static str, doc: &'static str) -> AttrSpec {
+    AttrSpec { name, default, doc }
+}
+
+const GRAPH_INPUTS: [InputSpec; 3] = [
+    opt(
+        "row_ptr",
+        "[N+1]",
+        Kind::Index,
+        false,
+        "CSR by destination, with src; or give edge_index",
+    ),
+    opt(
+        "src",
+        "[E]",
+        Kind::Index,
+        false,
+        "source node of each CSR edge",
+    ),
+    opt(
+        "edge_index",
+        "[2,E]",
+        Kind::Index,
+        false,
+        "PyG layout (row 0 source, row 1 destination), instead of row_ptr/src",
+    ),
+];
+
+/// Every fused op of `gshn op` and the C ABI.
+pub static OPS: &[OpSpec] = &[
+    OpSpec {
+        name: "lif",
+        aliases: &[],
+        c_abi: Some("gshn_lif"),
+        summary: "multi-step LIF neurons (SpikingJelly LIFNode, step_mode='m'), DESIGN §3.1",
+        inputs: &[
+            req("x", "[T,N]", Kind::Float, true),
+            opt(
+                "tau",
+                "[]",
+                Kind::Float,
+                true,
+                "learnable time constant (PLIF): replaces the tau attr and gets grad_tau",
+            ),
+        ],
+        attrs: &[
+            attr("tau", "2.0", "membrane time constant (> 1)"),
+            attr("v_th", "1.0", "threshold"),
+            attr(
+                "v_reset",
+                "0.0",
+                "hard reset value; null = soft reset (subtract v_th)",
+            ),
+            attr("decay_input", "true", "H = V + (X - (V - v_r)) / tau"),
+            attr("detach_reset", "false", "no surrogate gradient through the reset"),
+            attr(
+                "surrogate",
+                "\"atan\"",
+                "atan | sigmoid | super_spike | rectangular",
+            ),
+            attr(
+                "alpha",
+                "null",
+                "surrogate parameter; null = default (atan 2, sigmoid 4, super_spike 10, rectangular 1)",
+            ),
+        ],
+        outputs: &[
+            out("spikes", "[T,N]", GradDefault::Ones),
+            out("v", "[T,N]", GradDefault::Ones),
+            out("h", "[T,N]", GradDefault::None),
+        ],
+        notes: "v = membrane after reset (SpikingJelly v_seq); h = membrane before firing.",
+    },
+    OpSpec {
+        name: "gat",
+        aliases: &[],
+        c_abi: Some("gshn_gat"),
+        summary: "multi-head GAT edge-softmax attention (PyG GATConv, before concat/bias), DESIGN §3.2",
+        inputs: &[
+            req("z", "[N,H,F]", Kind::Float, true),
+            req("a_src", "[H,F]", Kind::Float, true),
+            req("a_dst", "[H,F]", Kind::Float, true),
+            opt(
+                "edge_bias",
+                "[E,H]",
+                Kind::Float,
+                true,
+                "per-edge, per-head logit bias (PyG edge_dim term)",
+            ),
+            GRAPH_INPUTS[0],
+            GRAPH_INPUTS[1],
+            GRAPH_INPUTS[2],
+        ],
+        attrs: &[attr(
+            "negative_slope",
+            "0.2",
+            "LeakyReLU slope of the logits",
+        )],
+        outputs: &[
+            out("out", "[N,H,F]", GradDefault::Ones),
+            out("alpha", "[E,H]", GradDefault::Zeros),
+            out("lse", "[N,H]", GradDefault::None),
+        ],
+        notes: "z = x W viewed [N,H,F]; self-loops are not added (give them as edges). \
+                A node with no in-edge gets out = 0.",
+    },
+    OpSpec {
+        name: "aggregate",
+        aliases: &["gat_aggregate"],
+        c_abi: Some("gshn_aggregate"),
+        summary: "fixed-attention aggregation y[t,i,c] = sum_{k into i} alpha[k,c/(C/H)] s[t,src_k,c], DESIGN §3.3",
+        inputs: &[
+            req("alpha", "[E,H]", Kind::Float, true),
+            req("s", "[T,N,C]", Kind::Float, true),
+            GRAPH_INPUTS[0],
+            GRAPH_INPUTS[1],
+            GRAPH_INPUTS[2],
+        ],
+        attrs: &[],
+        outputs: &[out("y", "[T,N,C]", GradDefault::Ones)],
+        notes: "C must be a multiple of H; channel c belongs to head c / (C/H).",
+    },
+    OpSpec {
+        name: "infonce",
+        aliases: &[],
+        c_abi: Some("gshn_infonce"),
+        summary: "symmetric InfoNCE (open_clip ClipLoss), DESIGN §3.4",
+        inputs: &[
+            req("a", "[B,D]", Kind::Float, true),
+            req("p", "[B,D]", Kind::Float, true),
+            req("logit_scale", "[]", Kind::Float, true),
+        ],
+        attrs: &[attr(
+            "chunk",
+            "256",
+            "tile edge of the chunked kernels; 0 = dense reference",
+        )],
+        outputs: &[
+            out("loss", "[]", GradDefault::Ones),
+            out("lse_row", "[B]", GradDefault::Zeros),
+            out("lse_col", "[B]", GradDefault::Zeros),
+        ],
+        notes: "s = min(exp(logit_scale), 100); logits = s a p^T; rows of a and p are the \
+                positive pairs (pass L2-normalised features, as ClipLoss expects).",
+    },
+    OpSpec {
+        name: "infonce_1d",
+        aliases: &[],
+        c_abi: None,
+        summary: "one-directional InfoNCE a -> p (STL), DESIGN §3.4",
+        inputs: &[
+            req("a", "[B,D]", Kind::Float, true),
+            req("p", "[B,D]", Kind::Float, true),
+            req("logit_scale", "[]", Kind::Float, true),
+        ],
+        attrs: &[attr(
+            "chunk",
+            "256",
+            "tile edge of the chunked kernels; 0 = dense reference",
+        )],
+        outputs: &[
+            out("loss", "[]", GradDefault::Ones),
+            out("lse_row", "[B]", GradDefault::Zeros),
+        ],
+        notes: "loss = mean_i [LSE_j logits_ij - logits_ii] (cross-entropy of the rows only).",
+    },
+    OpSpec {
+        name: "segment_mean",
+        aliases: &["segment_pool"],
+        c_abi: None,
+        summary: "segment (masked) mean pooling, DESIGN §3.5",
+        inputs: &[
+            req("x", "[P,C]", Kind::Float, true),
+            req("seg", "[P]", Kind::Index, false),
+        ],
+        attrs: &[attr(
+            "segments",
+            "null",
+            "number of segments S; null = max(seg) + 1",
+        )],
+        outputs: &[
+            out("mean", "[S,C]", GradDefault::Ones),
+            out("count", "[S]", GradDefault::None),
+        ],
+        notes: "seg = -1 leaves a row out (void pixel / padding); an empty segment has mean 0.",
+    },
+];
+
+/// The description of op `name` (or of an older spelling of it).
+pub fn spec(name: &str) -> Result<&'static OpSpec> {
+    OPS.iter()
+        .find(|s| s.name == name || s.aliases.contains(&name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = OPS.iter().map(|s| s.name).collect();
+            Error::invalid(
+                "op",
+                format!("unknown op {name:?}; ops: {}", names.join(", ")),
+            )
+        })
+}
+
+/// The human-readable table printed by `gshn op --list`.
+pub fn list() -> String {
+    let mut s = String::new();
+    s.push_str(
+        "gshn op NAME --inputs IN.safetensors --out OUT.safetensors [--attrs JSON] [--device D]\n\
+         Float tensors: all f32 or all f64 (outputs follow); index tensors: i32.\n\
+         Upstream gradients: a tensor grad_<output> in IN seeds that output's gradient;\n\
+         otherwise the default below (ones: L = sum of the main outputs; zeros: not in L).\n\
+         OUT holds every output and grad_<input> for each differentiable input given.\n",
+    );
+    for op in OPS {
+        s.push_str(&format!("\n{}: {}\n", op.name, op.summary));
+        if !op.aliases.is_empty() {
+            s.push_str(&format!("  also accepted as: {}\n", op.aliases.join(", ")));
+        }
+        if let Some(c) = op.c_abi {
+            s.push_str(&format!("  C ABI: {c}_{{forward,backward}}_{{cpu,cuda}}\n"));
+        }
+        s.push_str("  inputs:\n");
+        for i in op.inputs {
+            let kind = match i.kind {
+                Kind::Float => "float",
+                Kind::Index => "i32",
+            };
+            let mut line = format!("    {:<12}{:<9}{kind}", i.name, i.layout);
+            if i.grad {
+                line.push_str(", grad");
+            }
+            if let Some(why) = i.optional {
+                line.push_str(&format!(", optional: {why}"));
+            }
+            s.push_str(line.trim_end());
+            s.push('\n');
+        }
+        if !op.attrs.is_empty() {
+            s.push_str("  attrs:\n");
+            for a in op.attrs {
+                s.push_str(&format!("    {:<16}= {:<9}{}\n", a.name, a.default, a.doc));
+            }
+        }
+        s.push_str("  outputs:\n");
+        for o in op.outputs {
+            let g = match o.grad {
+                GradDefault::Ones => "grad default: ones",
+                GradDefault::Zeros => "grad default: zeros",
+                GradDefault::None => "no gradient",
+            };
+            s.push_str(&format!("    {:<12}{:<9}{g}\n", o.name, o.layout));
+        }
+        s.push_str(&format!("  note: {}\n", op.notes));
+    }
+    s
+}
