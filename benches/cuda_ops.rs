@@ -8,7 +8,7 @@
 //! Without a GPU: prints `{"skipped":"no CUDA device ..."}` and exits 0.
 
 use gshn::backend::{Backend, CudaBackend, CudaBuffer, View, ViewMut};
-use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op};
+use gshn::ops::{AdamWConfig, CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op};
 use gshn::tensor::{DType, Shape, Tensor};
 use gshn::util::rng::SplitMix64;
 use gshn::Result;
@@ -99,26 +99,8 @@ fn emit(bench: &str, shape: &str, ms: f64, bytes: f64, flops: f64) {
 fn graph(r: &mut SplitMix64, n: usize, deg: usize) -> [Tensor; 4] {
     let src: Vec<i32> = (0..n * deg).map(|_| r.below(n) as i32).collect();
     let row_ptr: Vec<i32> = (0..=n).map(|i| (i * deg) as i32).collect();
-    let mut col_ptr = vec![0i32; n + 1];
-    for &s in &src {
-        col_ptr[s as usize + 1] += 1;
-    }
-    for j in 0..n {
-        col_ptr[j + 1] += col_ptr[j];
-    }
-    let mut fill = col_ptr.clone();
-    let mut col_edge = vec![0i32; src.len()];
-    for (k, &s) in src.iter().enumerate() {
-        col_edge[fill[s as usize] as usize] = k as i32;
-        fill[s as usize] += 1;
-    }
-    let e = src.len();
-    [
-        Tensor::new([n + 1], row_ptr).unwrap(),
-        Tensor::new([e], src).unwrap(),
-        Tensor::new([n + 1], col_ptr).unwrap(),
-        Tensor::new([e], col_edge).unwrap(),
-    ]
+    let g = CsrGraph::from_csr(row_ptr, src).unwrap();
+    [g.row_ptr, g.src, g.col_ptr, g.col_edge]
 }
 
 fn main() {

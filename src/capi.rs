@@ -187,14 +187,23 @@ pub struct GshnGraph {
     pub src: *const i32,
 }
 
-fn graph_of(f: &str, g: *const GshnGraph) -> Result<CsrGraph, CErr> {
+/// The graph as the op inputs row_ptr, src, col_ptr, col_edge (validated, CSC built on the
+/// host), with its node and edge counts.
+fn graph_inputs(f: &str, g: *const GshnGraph) -> Result<(Inputs, usize, usize), CErr> {
     // SAFETY: valid pointer or NULL (checked).
     let g = unsafe { g.as_ref() }.ok_or_else(|| arg_err(f, "graph is NULL"))?;
     let n = size(f, "graph.num_nodes", g.num_nodes)?;
     let e = size(f, "graph.num_edges", g.num_edges)?;
     let row_ptr = host_slice(f, "graph.row_ptr", g.row_ptr, n + 1)?.to_vec();
     let src = host_slice(f, "graph.src", g.src, e)?.to_vec();
-    Ok(CsrGraph::from_csr(row_ptr, src)?)
+    let g = CsrGraph::from_csr(row_ptr, src)?;
+    let tensors = vec![
+        (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.src), m([e], DType::I32)),
+        (Src::Host(g.col_ptr), m([n + 1], DType::I32)),
+        (Src::Host(g.col_edge), m([e], DType::I32)),
+    ];
+    Ok((tensors, n, e))
 }
 
 fn size(f: &str, what: &str, v: i64) -> Result<usize, CErr> {
@@ -595,8 +604,7 @@ fn gat_inputs(
     a_dst: *const c_void,
     edge_bias: *const c_void,
 ) -> Result<(Inputs, Inputs, usize, usize, usize, usize), CErr> {
-    let g = graph_of(f, graph)?;
-    let (n, e) = (g.nodes(), g.edges());
+    let (gr, n, e) = graph_inputs(f, graph)?;
     let (h, fe) = (size(f, "heads", heads)?, size(f, "feat", feat)?);
     let mut ins = vec![
         (Src::Ptr(z, "z"), m([n, h, fe], dt)),
@@ -606,12 +614,6 @@ fn gat_inputs(
     if !edge_bias.is_null() {
         ins.push((Src::Ptr(edge_bias, "edge_bias"), m([e, h], dt)));
     }
-    let gr = vec![
-        (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
-        (Src::Host(g.src), m([e], DType::I32)),
-        (Src::Host(g.col_ptr), m([n + 1], DType::I32)),
-        (Src::Host(g.col_edge), m([e], DType::I32)),
-    ];
     Ok((ins, gr, n, e, h, fe))
 }
 
@@ -711,24 +713,39 @@ fn agg_inputs(
     alpha: *const c_void,
     s: *const c_void,
 ) -> Result<(Inputs, Inputs, [usize; 3]), CErr> {
-    let g = graph_of(f, graph)?;
-    let (n, e) = (g.nodes(), g.edges());
+    let (gr, n, e) = graph_inputs(f, graph)?;
     let (h, t, c) = (size(f, "heads", heads)?, size(f, "T", t)?, size(f, "C", c)?);
     let ins = vec![
         (Src::Ptr(alpha, "alpha"), m([e, h], dt)),
         (Src::Ptr(s, "s"), m([t, n, c], dt)),
     ];
-    let gr = vec![
-        (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
-        (Src::Host(g.src), m([e], DType::I32)),
-        (Src::Host(g.col_ptr), m([n + 1], DType::I32)),
-        (Src::Host(g.col_edge), m([e], DType::I32)),
-    ];
     Ok((ins, gr, [t, n, c]))
 }
 
-fn infonce_metas(f: &str, b: i64, d: i64) -> Result<(usize, usize), CErr> {
-    Ok((size(f, "B", b)?, size(f, "D", d)?))
+/// The attributes and the inputs a, p, logit_scale of both InfoNCE entries, with B and dtype.
+#[allow(clippy::too_many_arguments)]
+fn infonce_inputs(
+    f: &str,
+    dtype: c_int,
+    b: i64,
+    d: i64,
+    symmetric: c_int,
+    a: *const c_void,
+    p: *const c_void,
+    logit_scale: *const c_void,
+) -> Result<(InfoNceAttrs, Inputs, usize, DType), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (b, d) = (size(f, "B", b)?, size(f, "D", d)?);
+    let at = InfoNceAttrs {
+        symmetric: symmetric != 0,
+        ..InfoNceAttrs::default()
+    };
+    let ins = vec![
+        (Src::Ptr(a, "a"), m([b, d], dt)),
+        (Src::Ptr(p, "p"), m([b, d], dt)),
+        (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
+    ];
+    Ok((at, ins, b, dt))
 }
 
 fn infonce_forward(
@@ -745,21 +762,12 @@ fn infonce_forward(
     lse_row: *mut c_void,
     lse_col: *mut c_void,
 ) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
-    let (b, d) = infonce_metas(f, b, d)?;
-    let at = InfoNceAttrs {
-        symmetric: symmetric != 0,
-        ..InfoNceAttrs::default()
-    };
+    let (at, ins, _, _) = infonce_inputs(f, dtype, b, d, symmetric, a, p, logit_scale)?;
     exec(
         f,
         mem,
         Op::InfoNce(at),
-        vec![
-            (Src::Ptr(a, "a"), m([b, d], dt)),
-            (Src::Ptr(p, "p"), m([b, d], dt)),
-            (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
-        ],
+        ins,
         vec![
             dst(loss, "loss"),
             dst(lse_row, "lse_row"),
@@ -785,24 +793,17 @@ fn infonce_backward(
     grad_p: *mut c_void,
     grad_logit_scale: *mut c_void,
 ) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
-    let (b, d) = infonce_metas(f, b, d)?;
-    let at = InfoNceAttrs {
-        symmetric: symmetric != 0,
-        ..InfoNceAttrs::default()
-    };
+    let (at, ins, b, dt) = infonce_inputs(f, dtype, b, d, symmetric, a, p, logit_scale)?;
+    // g_loss, a, p, logit_scale, lse_row, lse_col
+    let mut all = vec![(Src::Ptr(grad_loss, "grad_loss"), m([], dt))];
+    all.extend(ins);
+    all.push((Src::Ptr(lse_row, "lse_row"), m([b], dt)));
+    all.push((Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt)));
     exec(
         f,
         mem,
         Op::InfoNceBackward(at),
-        vec![
-            (Src::Ptr(grad_loss, "grad_loss"), m([], dt)),
-            (Src::Ptr(a, "a"), m([b, d], dt)),
-            (Src::Ptr(p, "p"), m([b, d], dt)),
-            (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
-            (Src::Ptr(lse_row, "lse_row"), m([b], dt)),
-            (Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt)),
-        ],
+        all,
         vec![
             dst_opt(grad_a, "grad_a"),
             dst_opt(grad_p, "grad_p"),

@@ -123,6 +123,18 @@ const GRAPH_INPUTS: [InputSpec; 3] = [
     ),
 ];
 
+const INFONCE_INPUTS: [InputSpec; 3] = [
+    req("a", "[B,D]", Kind::Float, true),
+    req("p", "[B,D]", Kind::Float, true),
+    req("logit_scale", "[]", Kind::Float, true),
+];
+
+const INFONCE_ATTRS: [AttrSpec; 1] = [attr(
+    "chunk",
+    "256",
+    "tile edge of the chunked kernels; 0 = dense reference",
+)];
+
 /// Every fused op of `gshn op` and the C ABI.
 pub static OPS: &[OpSpec] = &[
     OpSpec {
@@ -222,16 +234,8 @@ pub static OPS: &[OpSpec] = &[
         aliases: &[],
         c_abi: Some("gshn_infonce"),
         summary: "symmetric InfoNCE (open_clip ClipLoss), DESIGN §3.4",
-        inputs: &[
-            req("a", "[B,D]", Kind::Float, true),
-            req("p", "[B,D]", Kind::Float, true),
-            req("logit_scale", "[]", Kind::Float, true),
-        ],
-        attrs: &[attr(
-            "chunk",
-            "256",
-            "tile edge of the chunked kernels; 0 = dense reference",
-        )],
+        inputs: &INFONCE_INPUTS,
+        attrs: &INFONCE_ATTRS,
         outputs: &[
             out("loss", "[]", GradDefault::Ones),
             out("lse_row", "[B]", GradDefault::Zeros),
@@ -245,21 +249,14 @@ pub static OPS: &[OpSpec] = &[
         aliases: &[],
         c_abi: None,
         summary: "one-directional InfoNCE a -> p (STL), DESIGN §3.4",
-        inputs: &[
-            req("a", "[B,D]", Kind::Float, true),
-            req("p", "[B,D]", Kind::Float, true),
-            req("logit_scale", "[]", Kind::Float, true),
-        ],
-        attrs: &[attr(
-            "chunk",
-            "256",
-            "tile edge of the chunked kernels; 0 = dense reference",
-        )],
+        inputs: &INFONCE_INPUTS,
+        attrs: &INFONCE_ATTRS,
         outputs: &[
             out("loss", "[]", GradDefault::Ones),
             out("lse_row", "[B]", GradDefault::Zeros),
         ],
-        notes: "loss = mean_i [LSE_j logits_ij - logits_ii] (cross-entropy of the rows only).",
+        notes: "loss = mean_i [LSE_j logits_ij - logits_ii] (cross-entropy of the rows only). \
+                C ABI: gshn_infonce with symmetric = 0.",
     },
     OpSpec {
         name: "segment_mean",

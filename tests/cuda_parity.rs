@@ -15,7 +15,9 @@
 #![cfg(feature = "cuda")]
 
 use gshn::backend::{cuda_available, execute_buffers, Backend, CudaBackend};
-use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary};
+use gshn::ops::{
+    AdamWConfig, CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary,
+};
 use gshn::tensor::{DType, Meta, Shape, Tensor};
 use gshn::util::rng::SplitMix64;
 use gshn::CpuBackend;
@@ -88,21 +90,8 @@ fn graph(rng: &mut SplitMix64, n: usize, max_deg: usize, zero_frac: f64) -> [Ten
         }
         row_ptr.push(src.len() as i32);
     }
-    let e = src.len();
-    let mut col_ptr = vec![0i32; n + 1];
-    for &s in &src {
-        col_ptr[s as usize + 1] += 1;
-    }
-    for j in 0..n {
-        col_ptr[j + 1] += col_ptr[j];
-    }
-    let mut fill = col_ptr.clone();
-    let mut col_edge = vec![0i32; e];
-    for (k, &s) in src.iter().enumerate() {
-        col_edge[fill[s as usize] as usize] = k as i32;
-        fill[s as usize] += 1;
-    }
-    [idx(row_ptr), idx(src), idx(col_ptr), idx(col_edge)]
+    let g = CsrGraph::from_csr(row_ptr, src).unwrap();
+    [g.row_ptr, g.src, g.col_ptr, g.col_edge]
 }
 
 // ---- running one op on both backends --------------------------------------------------------
