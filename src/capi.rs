@@ -19,6 +19,7 @@
 
 use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
+use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::lif::validate_tau;
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
 use crate::tensor::{DType, Meta, Shape, Storage, Tensor};
@@ -501,14 +502,46 @@ use cuda_path::exec_cuda;
 
 // ---- the ops -------------------------------------------------------------------------------
 
-/// A second list of the same inputs (host tensors cloned, pointers copied).
-fn dup(v: &[(Src, Meta)]) -> Inputs {
-    v.iter()
+/// An owned list of the given inputs (host tensors cloned, pointers copied).
+fn owned(v: Vec<&(Src, Meta)>) -> Inputs {
+    v.into_iter()
         .map(|(s, mt)| match s {
             Src::Host(t) => (Src::Host(t.clone()), mt.clone()),
             Src::Ptr(p, nm) => (Src::Ptr(*p, nm), mt.clone()),
         })
         .collect()
+}
+
+/// The aggregation inputs by name: `ins` = alpha, s; `graph` = the four index tensors.
+fn agg_args<'a>(
+    ins: &'a Inputs,
+    graph: &'a Inputs,
+    grad: Option<&'a (Src, Meta)>,
+) -> Result<AggregateArgs<'a, (Src, Meta)>, CErr> {
+    let internal = || CErr(GSHN_ERR_INTERNAL, "aggregate inputs".into());
+    Ok(AggregateArgs {
+        grad,
+        alpha: &ins[0],
+        s: &ins[1],
+        graph: GraphArgs::from_slice(graph).ok_or_else(internal)?,
+    })
+}
+
+/// The forward GAT inputs by name: `params` = z, a_src, a_dst (, edge_bias), `graph` = the four
+/// index tensors (the op forms' order is `GatArgs`'s, not ours).
+fn gat_args<'a>(params: &'a Inputs, graph: &'a Inputs) -> Result<GatArgs<'a, (Src, Meta)>, CErr> {
+    let internal = || CErr(GSHN_ERR_INTERNAL, "gat inputs".into());
+    Ok(GatArgs {
+        grad: None,
+        alpha: None,
+        z: &params[0],
+        a_src: &params[1],
+        a_dst: &params[2],
+        edge_bias: params.get(3),
+        out: None,
+        lse: None,
+        graph: GraphArgs::from_slice(graph).ok_or_else(internal)?,
+    })
 }
 
 fn m(shape: impl Into<Shape>, dtype: DType) -> Meta {
@@ -639,23 +672,23 @@ fn gat_forward(
         negative_slope,
         edge_bias: !edge_bias.is_null(),
     };
-    let want_alpha = !alpha.is_null();
-    let gr2 = dup(&gr);
-    let mut fwd = dup(&ins);
-    fwd.extend(gr);
+    let args = gat_args(&ins, &gr)?;
     exec(
         f,
         mem,
         Op::Gat(at),
-        fwd,
+        owned(args.list()),
         vec![dst(out, "out"), dst(lse, "lse")],
     )?;
-    if want_alpha {
+    if !alpha.is_null() {
         // alpha from the lse just written into the caller's buffer.
-        let mut ai = ins;
-        ai.push((Src::Ptr(lse as *const c_void, "lse"), m([n, h], dt)));
-        ai.extend(gr2);
-        exec(f, mem, Op::GatAlpha(at), ai, vec![dst(alpha, "alpha")])?;
+        let lse = (Src::Ptr(lse as *const c_void, "lse"), m([n, h], dt));
+        let alpha_args = GatArgs {
+            lse: Some(&lse),
+            ..args
+        };
+        let ins = owned(alpha_args.list());
+        exec(f, mem, Op::GatAlpha(at), ins, vec![dst(alpha, "alpha")])?;
     }
     Ok(())
 }
@@ -686,12 +719,18 @@ fn gat_backward(
         negative_slope,
         edge_bias: !edge_bias.is_null(),
     };
-    // g_out, z, a_src, a_dst (, be), out, lse, graph
-    let mut all = vec![(Src::Ptr(grad_out, "grad_out"), m([n, h, fe], dt))];
-    all.extend(ins);
-    all.push((Src::Ptr(out, "out"), m([n, h, fe], dt)));
-    all.push((Src::Ptr(lse, "lse"), m([n, h], dt)));
-    all.extend(gr);
+    let grad_out = (Src::Ptr(grad_out, "grad_out"), m([n, h, fe], dt));
+    let out = (Src::Ptr(out, "out"), m([n, h, fe], dt));
+    let lse = (Src::Ptr(lse, "lse"), m([n, h], dt));
+    let all = owned(
+        GatArgs {
+            grad: Some(&grad_out),
+            out: Some(&out),
+            lse: Some(&lse),
+            ..gat_args(&ins, &gr)?
+        }
+        .list(),
+    );
     let mut outs = vec![
         dst(grad_z, "grad_z"),
         dst(grad_a_src, "grad_a_src"),
@@ -882,9 +921,9 @@ fn aggregate_forward(
     y: *mut c_void,
 ) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
-    let (mut ins, gr, _) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
-    ins.extend(gr);
-    exec(f, mem, Op::Aggregate, ins, vec![dst(y, "y")])
+    let (ins, gr, _) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
+    let args = agg_args(&ins, &gr, None)?;
+    exec(f, mem, Op::Aggregate, owned(args.list()), vec![dst(y, "y")])
 }
 
 fn aggregate_backward(
@@ -903,9 +942,8 @@ fn aggregate_backward(
 ) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
     let (ins, gr, [t, n, c]) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
-    let mut all = vec![(Src::Ptr(grad_y, "grad_y"), m([t, n, c], dt))];
-    all.extend(ins);
-    all.extend(gr);
+    let grad_y = (Src::Ptr(grad_y, "grad_y"), m([t, n, c], dt));
+    let all = owned(agg_args(&ins, &gr, Some(&grad_y))?.list());
     exec(
         f,
         mem,

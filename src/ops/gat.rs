@@ -325,17 +325,174 @@ pub struct GatOut {
 
 // ---- shape rules -------------------------------------------------------------------------
 
-/// Checks the four graph inputs at `inputs[at..at + 4]`; returns `E`.
-fn check_graph(op: &'static str, inputs: &[Meta], at: usize, n: usize) -> Result<usize> {
+// ---- typed signatures --------------------------------------------------------------------
+
+/// The four graph index inputs of a GAT-family op, by name.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphArgs<'a, T> {
+    pub row_ptr: &'a T,
+    pub src: &'a T,
+    pub col_ptr: &'a T,
+    pub col_edge: &'a T,
+}
+
+impl<'a, T> GraphArgs<'a, T> {
+    /// row_ptr, src, col_ptr, col_edge from a list of four.
+    pub fn from_slice(v: &'a [T]) -> Option<Self> {
+        match v {
+            [row_ptr, src, col_ptr, col_edge] => Some(GraphArgs {
+                row_ptr,
+                src,
+                col_ptr,
+                col_edge,
+            }),
+            _ => None,
+        }
+    }
+    fn take(it: &mut impl Iterator<Item = &'a T>) -> Option<Self> {
+        Some(GraphArgs {
+            row_ptr: it.next()?,
+            src: it.next()?,
+            col_ptr: it.next()?,
+            col_edge: it.next()?,
+        })
+    }
+    fn list(&self) -> [&'a T; 4] {
+        [self.row_ptr, self.src, self.col_ptr, self.col_edge]
+    }
+}
+
+/// The inputs of the four GAT op forms, by name: the one definition of their positional order
+/// (`Op::Gat`, `GatAlpha`, `GatBackward`, `GatAlphaBackward`), generic over what an input is —
+/// a `Meta` in shape rules, a `ValueId` in gradient rules, a buffer view in the backends.
+#[derive(Clone, Copy, Debug)]
+pub struct GatArgs<'a, T> {
+    /// The upstream gradient of the backward forms: g_out or g_alpha.
+    pub grad: Option<&'a T>,
+    /// The forward attention `[E,H]` (GatAlphaBackward).
+    pub alpha: Option<&'a T>,
+    pub z: &'a T,
+    pub a_src: &'a T,
+    pub a_dst: &'a T,
+    pub edge_bias: Option<&'a T>,
+    /// The forward output `[N,H,F]` (GatBackward).
+    pub out: Option<&'a T>,
+    /// The forward softmax normaliser `[N,H]` (GatAlpha, GatBackward).
+    pub lse: Option<&'a T>,
+    pub graph: GraphArgs<'a, T>,
+}
+
+impl<'a, T> GatArgs<'a, T> {
+    /// Names the inputs of `op`; an error when `op` is no GAT form or the count is off.
+    pub fn of(op: &Op, inputs: &'a [T]) -> Result<Self> {
+        let name = op.name();
+        // (attributes, has grad, has alpha, has out, has lse)
+        let (at, grad, alpha, out, lse) = match op {
+            Op::Gat(a) => (a, false, false, false, false),
+            Op::GatAlpha(a) => (a, false, false, false, true),
+            Op::GatBackward(a) => (a, true, false, true, true),
+            Op::GatAlphaBackward(a) => (a, true, true, false, false),
+            _ => return Err(Error::graph(format!("{name} is not a GAT op"))),
+        };
+        let want = [grad, alpha, at.edge_bias, out, lse]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+            + 7;
+        check::arity(name, inputs, want)?;
+        let mut it = inputs.iter();
+        let mut take = |present: bool| if present { it.next() } else { None };
+        let (grad, alpha) = (take(grad), take(alpha));
+        let (z, a_src, a_dst) = (take(true), take(true), take(true));
+        let (edge_bias, out, lse) = (take(at.edge_bias), take(out), take(lse));
+        let missing = || Error::graph(format!("{name}: inputs out of order"));
+        Ok(GatArgs {
+            grad,
+            alpha,
+            z: z.ok_or_else(missing)?,
+            a_src: a_src.ok_or_else(missing)?,
+            a_dst: a_dst.ok_or_else(missing)?,
+            edge_bias,
+            out,
+            lse,
+            graph: GraphArgs::take(&mut it).ok_or_else(missing)?,
+        })
+    }
+
+    /// The inputs in their positional order (the inverse of [`GatArgs::of`]).
+    pub fn list(&self) -> Vec<&'a T> {
+        let head = [self.grad, self.alpha];
+        let params = [Some(self.z), Some(self.a_src), Some(self.a_dst)];
+        let saved = [self.edge_bias, self.out, self.lse];
+        let mut v: Vec<&'a T> = head
+            .into_iter()
+            .chain(params)
+            .chain(saved)
+            .flatten()
+            .collect();
+        v.extend(self.graph.list());
+        v
+    }
+}
+
+/// The inputs of the aggregation forms (`Op::Aggregate`, `AggregateBackward`), by name.
+#[derive(Clone, Copy, Debug)]
+pub struct AggregateArgs<'a, T> {
+    /// The upstream gradient g_y (AggregateBackward).
+    pub grad: Option<&'a T>,
+    pub alpha: &'a T,
+    pub s: &'a T,
+    pub graph: GraphArgs<'a, T>,
+}
+
+impl<'a, T> AggregateArgs<'a, T> {
+    /// Names the inputs of `op`; an error when `op` is no aggregation or the count is off.
+    pub fn of(op: &Op, inputs: &'a [T]) -> Result<Self> {
+        let name = op.name();
+        let grad = match op {
+            Op::Aggregate => false,
+            Op::AggregateBackward => true,
+            _ => return Err(Error::graph(format!("{name} is not an aggregation op"))),
+        };
+        check::arity(name, inputs, 6 + grad as usize)?;
+        let mut it = inputs.iter();
+        let grad = if grad { it.next() } else { None };
+        let missing = || Error::graph(format!("{name}: inputs out of order"));
+        Ok(AggregateArgs {
+            grad,
+            alpha: it.next().ok_or_else(missing)?,
+            s: it.next().ok_or_else(missing)?,
+            graph: GraphArgs::take(&mut it).ok_or_else(missing)?,
+        })
+    }
+
+    /// The inputs in their positional order (the inverse of [`AggregateArgs::of`]).
+    pub fn list(&self) -> Vec<&'a T> {
+        let mut v: Vec<&'a T> = self.grad.into_iter().collect();
+        v.extend([self.alpha, self.s]);
+        v.extend(self.graph.list());
+        v
+    }
+}
+
+/// An input that the op form guarantees (checked by `of`), or an internal error.
+pub fn required<'a, T>(op: &'static str, what: &str, v: Option<&'a T>) -> Result<&'a T> {
+    v.ok_or_else(|| Error::graph(format!("{op}: input {what} missing")))
+}
+
+// ---- shape rules -------------------------------------------------------------------------
+
+/// Checks the graph index inputs for `n` nodes; returns the edge count `E`.
+fn check_graph(op: &'static str, g: &GraphArgs<Meta>, n: usize) -> Result<usize> {
     let names = ["row_ptr", "src", "col_ptr", "col_edge"];
-    for (m, what) in inputs[at..at + 4].iter().zip(names) {
+    for (m, what) in g.list().into_iter().zip(names) {
         check::index(op, what, m)?;
         check::rank(op, what, m, 1)?;
     }
-    let e = inputs[at + 1].shape.dim(0);
-    check::dims(op, "row_ptr", &inputs[at], &[n + 1])?;
-    check::dims(op, "col_ptr", &inputs[at + 2], &[n + 1])?;
-    check::dims(op, "col_edge", &inputs[at + 3], &[e])?;
+    let e = g.src.shape.dim(0);
+    check::dims(op, "row_ptr", g.row_ptr, &[n + 1])?;
+    check::dims(op, "col_ptr", g.col_ptr, &[n + 1])?;
+    check::dims(op, "col_edge", g.col_edge, &[e])?;
     Ok(e)
 }
 
@@ -358,11 +515,6 @@ fn check_params(op: &'static str, z: &Meta, a_src: &Meta, a_dst: &Meta) -> Resul
         check::dims(op, what, m, &[h, f])?;
     }
     Ok([n, h, f])
-}
-
-fn check_be(op: &'static str, z: &Meta, be: &Meta, e: usize, h: usize) -> Result<()> {
-    check::same_dtype(op, "be", z, be)?;
-    check::dims(op, "be", be, &[e, h])
 }
 
 /// Checks `alpha[E,H]`, `s[T,N,C]` with `C` divisible by `H`; returns `(T, N, C, H)`.
@@ -401,76 +553,48 @@ fn param_grads(n: usize, h: usize, f: usize, e: usize, dt: DType, edge_bias: boo
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
-        Op::Gat(a) => {
-            let eb = a.edge_bias as usize;
-            check::arity(name, inputs, 7 + eb)?;
-            let [n, h, f] = check_params(name, &inputs[0], &inputs[1], &inputs[2])?;
-            let e = check_graph(name, inputs, 3 + eb, n)?;
-            if a.edge_bias {
-                check_be(name, &inputs[0], &inputs[3], e, h)?;
+        Op::Gat(a) | Op::GatBackward(a) | Op::GatAlpha(a) | Op::GatAlphaBackward(a) => {
+            let x = GatArgs::of(op, inputs)?;
+            let [n, h, f] = check_params(name, x.z, x.a_src, x.a_dst)?;
+            let e = check_graph(name, &x.graph, n)?;
+            let dt = x.z.dtype;
+            let same = |what: &str, m: Option<&Meta>, dims: &[usize]| match m {
+                Some(m) => {
+                    check::same_dtype(name, what, x.z, m)?;
+                    check::dims(name, what, m, dims)
+                }
+                None => Ok(()),
+            };
+            same("be", x.edge_bias, &[e, h])?;
+            same("lse", x.lse, &[n, h])?;
+            same("out", x.out, &[n, h, f])?;
+            same("alpha", x.alpha, &[e, h])?;
+            match op {
+                Op::Gat(_) => Ok(vec![Meta::new([n, h, f], dt), Meta::new([n, h], dt)]),
+                Op::GatAlpha(_) => Ok(vec![Meta::new([e, h], dt)]),
+                Op::GatBackward(_) => {
+                    same("g_out", x.grad, &[n, h, f])?;
+                    Ok(param_grads(n, h, f, e, dt, a.edge_bias))
+                }
+                _ => {
+                    same("g_alpha", x.grad, &[e, h])?;
+                    Ok(param_grads(n, h, f, e, dt, a.edge_bias))
+                }
             }
-            let dt = inputs[0].dtype;
-            Ok(vec![Meta::new([n, h, f], dt), Meta::new([n, h], dt)])
         }
-        Op::GatBackward(a) => {
-            let eb = a.edge_bias as usize;
-            check::arity(name, inputs, 10 + eb)?;
-            let [n, h, f] = check_params(name, &inputs[1], &inputs[2], &inputs[3])?;
-            let e = check_graph(name, inputs, 6 + eb, n)?;
-            if a.edge_bias {
-                check_be(name, &inputs[1], &inputs[4], e, h)?;
+        Op::Aggregate | Op::AggregateBackward => {
+            let x = AggregateArgs::of(op, inputs)?;
+            let [_, n, _, h] = check_aggregate(name, x.alpha, x.s)?;
+            let e = check_graph(name, &x.graph, n)?;
+            check::dims(name, "alpha", x.alpha, &[e, h])?;
+            match x.grad {
+                None => Ok(vec![x.s.clone()]),
+                Some(g_y) => {
+                    check::same_dtype(name, "g_y", x.s, g_y)?;
+                    check::dims(name, "g_y", g_y, x.s.shape.dims())?;
+                    Ok(vec![x.alpha.clone(), x.s.clone()])
+                }
             }
-            let z = &inputs[1];
-            for (m, what) in [(&inputs[0], "g_out"), (&inputs[4 + eb], "out")] {
-                check::same_dtype(name, what, z, m)?;
-                check::dims(name, what, m, &[n, h, f])?;
-            }
-            check::same_dtype(name, "lse", z, &inputs[5 + eb])?;
-            check::dims(name, "lse", &inputs[5 + eb], &[n, h])?;
-            Ok(param_grads(n, h, f, e, z.dtype, a.edge_bias))
-        }
-        Op::GatAlpha(a) => {
-            let eb = a.edge_bias as usize;
-            check::arity(name, inputs, 8 + eb)?;
-            let [n, h, _] = check_params(name, &inputs[0], &inputs[1], &inputs[2])?;
-            let e = check_graph(name, inputs, 4 + eb, n)?;
-            if a.edge_bias {
-                check_be(name, &inputs[0], &inputs[3], e, h)?;
-            }
-            check::same_dtype(name, "lse", &inputs[0], &inputs[3 + eb])?;
-            check::dims(name, "lse", &inputs[3 + eb], &[n, h])?;
-            Ok(vec![Meta::new([e, h], inputs[0].dtype)])
-        }
-        Op::GatAlphaBackward(a) => {
-            let eb = a.edge_bias as usize;
-            check::arity(name, inputs, 9 + eb)?;
-            let [n, h, f] = check_params(name, &inputs[2], &inputs[3], &inputs[4])?;
-            let e = check_graph(name, inputs, 5 + eb, n)?;
-            let z = &inputs[2];
-            if a.edge_bias {
-                check_be(name, z, &inputs[5], e, h)?;
-            }
-            for (m, what) in [(&inputs[0], "g_alpha"), (&inputs[1], "alpha")] {
-                check::same_dtype(name, what, z, m)?;
-                check::dims(name, what, m, &[e, h])?;
-            }
-            Ok(param_grads(n, h, f, e, z.dtype, a.edge_bias))
-        }
-        Op::Aggregate => {
-            check::arity(name, inputs, 6)?;
-            let [_, n, _, h] = check_aggregate(name, &inputs[0], &inputs[1])?;
-            let e = check_graph(name, inputs, 2, n)?;
-            check::dims(name, "alpha", &inputs[0], &[e, h])?;
-            Ok(vec![inputs[1].clone()])
-        }
-        Op::AggregateBackward => {
-            check::arity(name, inputs, 7)?;
-            let [_, n, _, h] = check_aggregate(name, &inputs[1], &inputs[2])?;
-            let e = check_graph(name, inputs, 3, n)?;
-            check::dims(name, "alpha", &inputs[1], &[e, h])?;
-            check::same_dtype(name, "g_y", &inputs[2], &inputs[0])?;
-            check::dims(name, "g_y", &inputs[0], inputs[2].shape.dims())?;
-            Ok(vec![inputs[1].clone(), inputs[2].clone()])
         }
         _ => Err(Error::graph(format!("{name} is not a gat op"))),
     }
@@ -495,12 +619,13 @@ pub(crate) fn grad(
             let Some(gy) = og[0] else {
                 return Ok(vec![None; x.len()]);
             };
-            let eb = a.edge_bias as usize;
-            // g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge
-            let mut ins = vec![gy];
-            ins.extend_from_slice(&x[..3 + eb]);
-            ins.extend_from_slice(&node.outputs[..2]);
-            ins.extend_from_slice(&x[3 + eb..]);
+            let backward = GatArgs {
+                grad: Some(&gy),
+                out: Some(&node.outputs[0]),
+                lse: Some(&node.outputs[1]),
+                ..GatArgs::of(&node.op, x)?
+            };
+            let ins: Vec<ValueId> = backward.list().into_iter().copied().collect();
             let gs = g.push(Op::GatBackward(*a), &ins)?;
             let mut out: Vec<Option<ValueId>> = gs.into_iter().map(Some).collect();
             out.resize(x.len(), None);
@@ -510,11 +635,13 @@ pub(crate) fn grad(
             let Some(gy) = og[0] else {
                 return Ok(vec![None; x.len()]);
             };
-            let eb = a.edge_bias as usize;
-            // g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr, col_edge
-            let mut ins = vec![gy, node.outputs[0]];
-            ins.extend_from_slice(&x[..3 + eb]);
-            ins.extend_from_slice(&x[4 + eb..]);
+            let backward = GatArgs {
+                grad: Some(&gy),
+                alpha: Some(&node.outputs[0]),
+                lse: None,
+                ..GatArgs::of(&node.op, x)?
+            };
+            let ins: Vec<ValueId> = backward.list().into_iter().copied().collect();
             let gs = g.push(Op::GatAlphaBackward(*a), &ins)?;
             // Inputs: z, a_src, a_dst (, be), lse, graph×4 — lse gets none (the softmax
             // backward already accounts for the normaliser).
@@ -526,8 +653,11 @@ pub(crate) fn grad(
             let Some(gy) = og[0] else {
                 return Ok(vec![None; x.len()]);
             };
-            let mut ins = vec![gy];
-            ins.extend_from_slice(x);
+            let backward = AggregateArgs {
+                grad: Some(&gy),
+                ..AggregateArgs::of(&node.op, x)?
+            };
+            let ins: Vec<ValueId> = backward.list().into_iter().copied().collect();
             let gs = g.push(Op::AggregateBackward, &ins)?;
             Ok(vec![Some(gs[0]), Some(gs[1]), None, None, None, None])
         }
@@ -598,5 +728,50 @@ impl Graph {
         let mut ins = vec![alpha, s];
         ins.extend(graph.ids());
         self.push1(Op::Aggregate, &ins)
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn every_gat_form_round_trips_its_positional_inputs() {
+        for edge_bias in [false, true] {
+            let a = GatAttrs {
+                edge_bias,
+                ..GatAttrs::default()
+            };
+            for (op, lse_at) in [
+                (Op::Gat(a), None),
+                (Op::GatAlpha(a), Some(3)),
+                (Op::GatBackward(a), Some(5)),
+                (Op::GatAlphaBackward(a), None),
+            ] {
+                let count = GatArgs::of(&op, &[0usize; 32][..])
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string();
+                assert!(count.contains("expects"), "{count}");
+                let n = (7..12)
+                    .find(|&n| GatArgs::of(&op, &(0..n).collect::<Vec<usize>>()).is_ok())
+                    .unwrap();
+                let inputs: Vec<usize> = (0..n).collect();
+                let x = GatArgs::of(&op, &inputs).unwrap();
+                let back: Vec<usize> = x.list().into_iter().copied().collect();
+                assert_eq!(back, inputs, "{op:?}");
+                assert_eq!(*x.graph.col_edge, n - 1);
+                assert_eq!(x.edge_bias.is_some(), edge_bias);
+                // lse sits right after the parameters and the edge bias (and out).
+                if let Some(at) = lse_at {
+                    assert_eq!(*x.lse.unwrap(), at + edge_bias as usize);
+                }
+            }
+        }
+        let agg: Vec<usize> = (0..7).collect();
+        let x = AggregateArgs::of(&Op::AggregateBackward, &agg).unwrap();
+        assert_eq!((*x.grad.unwrap(), *x.alpha, *x.s), (0, 1, 2));
+        assert_eq!(x.list().into_iter().copied().collect::<Vec<_>>(), agg);
+        assert!(AggregateArgs::of(&Op::Aggregate, &agg).is_err());
     }
 }

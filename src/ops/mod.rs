@@ -307,7 +307,7 @@ pub(crate) mod check {
     use crate::error::{Error, Result};
     use crate::tensor::{DType, Meta};
 
-    pub fn arity(op: &'static str, inputs: &[Meta], n: usize) -> Result<()> {
+    pub fn arity<T>(op: &'static str, inputs: &[T], n: usize) -> Result<()> {
         if inputs.len() != n {
             return Err(Error::shape(
                 op,

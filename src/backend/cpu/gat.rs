@@ -10,7 +10,9 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
-use crate::ops::gat::{validate_csc, validate_csr, GatAttrs};
+use crate::ops::gat::{
+    required, validate_csc, validate_csr, AggregateArgs, GatArgs, GatAttrs, GraphArgs,
+};
 use crate::ops::Op;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -25,14 +27,30 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
         .ok_or_else(|| Error::graph(format!("{}: no inputs", op.name())))?;
     let name = op.name();
     match op {
-        Op::Gat(a) => float_dispatch!(name, dtype, gat_forward(a, inputs, outputs)),
-        Op::GatAlpha(a) => float_dispatch!(name, dtype, gat_alpha(a, inputs, outputs)),
-        Op::GatBackward(a) => float_dispatch!(name, dtype, gat_backward(a, inputs, outputs)),
-        Op::GatAlphaBackward(a) => {
-            float_dispatch!(name, dtype, gat_alpha_backward(a, inputs, outputs))
+        Op::Gat(a) => {
+            let x = GatArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, gat_forward(a, &x, outputs))
         }
-        Op::Aggregate => float_dispatch!(name, dtype, aggregate(inputs, outputs)),
-        Op::AggregateBackward => float_dispatch!(name, dtype, aggregate_backward(inputs, outputs)),
+        Op::GatAlpha(a) => {
+            let x = GatArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, gat_alpha(a, &x, outputs))
+        }
+        Op::GatBackward(a) => {
+            let x = GatArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, gat_backward(a, &x, outputs))
+        }
+        Op::GatAlphaBackward(a) => {
+            let x = GatArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, gat_alpha_backward(a, &x, outputs))
+        }
+        Op::Aggregate => {
+            let x = AggregateArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, aggregate(&x, outputs))
+        }
+        Op::AggregateBackward => {
+            let x = AggregateArgs::of(op, inputs)?;
+            float_dispatch!(name, dtype, aggregate_backward(&x, outputs))
+        }
         other => Err(Error::Unsupported {
             backend: "cpu",
             what: format!("{} in gat kernels", other.name()),
@@ -92,19 +110,17 @@ impl Csc<'_> {
     }
 }
 
-/// Reads and validates the graph at `inputs[at..at + 4]` for `n` nodes (the CSC only when
-/// `with_csc`).
+/// Reads and validates the graph inputs for `n` nodes (the CSC only when `with_csc`).
 fn graph<'a>(
     op: &'static str,
-    inputs: &[CpuView<'a>],
-    at: usize,
+    g: &GraphArgs<CpuView<'a>>,
     n: usize,
     with_csc: bool,
 ) -> Result<(Csr<'a>, Csc<'a>)> {
-    let row_ptr = read::<i32>(&inputs[at])?;
-    let src = read::<i32>(&inputs[at + 1])?;
-    let col_ptr = read::<i32>(&inputs[at + 2])?;
-    let col_edge = read::<i32>(&inputs[at + 3])?;
+    let row_ptr = read::<i32>(g.row_ptr)?;
+    let src = read::<i32>(g.src)?;
+    let col_ptr = read::<i32>(g.col_ptr)?;
+    let col_edge = read::<i32>(g.col_edge)?;
     validate_csr(op, n, row_ptr, src)?;
     if with_csc {
         validate_csc(op, n, src, col_ptr, col_edge)?;
@@ -130,6 +146,22 @@ fn dims<const R: usize>(v: &CpuView) -> [usize; R] {
         *x = s;
     }
     d
+}
+
+/// z, a_src, a_dst and the optional edge bias of a GAT form.
+type Params<'a, T> = (&'a [T], &'a [T], &'a [T], Option<&'a [T]>);
+
+fn params<'a, T: Float>(x: &GatArgs<CpuView<'a>>) -> Result<Params<'a, T>> {
+    let be = match x.edge_bias {
+        Some(v) => Some(read::<T>(v)?),
+        None => None,
+    };
+    Ok((
+        read::<T>(x.z)?,
+        read::<T>(x.a_src)?,
+        read::<T>(x.a_dst)?,
+        be,
+    ))
 }
 
 fn next_out<'a, 'b>(
@@ -287,20 +319,13 @@ fn alpha_of<T: Float>(logit: T, lse: T) -> T {
 
 fn gat_forward<T: Float>(
     a: &GatAttrs,
-    inputs: &[CpuView],
+    x: &GatArgs<CpuView>,
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
-    let eb = a.edge_bias as usize;
-    let [n, h, f] = dims::<3>(&inputs[0]);
+    let [n, h, f] = dims::<3>(x.z);
     let hf = h * f;
-    let z = read::<T>(&inputs[0])?;
-    let (a_src, a_dst) = (read::<T>(&inputs[1])?, read::<T>(&inputs[2])?);
-    let be = if a.edge_bias {
-        Some(read::<T>(&inputs[3])?)
-    } else {
-        None
-    };
-    let (g, _) = graph("gat", inputs, 3 + eb, n, false)?;
+    let (z, a_src, a_dst, be) = params::<T>(x)?;
+    let (g, _) = graph("gat", &x.graph, n, false)?;
     let (o_out, o_lse) = super::two(outputs);
     let out = write::<T>(o_out)?;
     let lse = write::<T>(o_lse)?;
@@ -358,18 +383,16 @@ fn log_sum_exp<T: Float>(logit: &[T], h: usize, lse: &mut [T]) {
 
 // ---- GAT attention export ------------------------------------------------------------------
 
-fn gat_alpha<T: Float>(a: &GatAttrs, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
-    let eb = a.edge_bias as usize;
-    let [n, h, f] = dims::<3>(&inputs[0]);
-    let z = read::<T>(&inputs[0])?;
-    let (a_src, a_dst) = (read::<T>(&inputs[1])?, read::<T>(&inputs[2])?);
-    let be = if a.edge_bias {
-        Some(read::<T>(&inputs[3])?)
-    } else {
-        None
-    };
-    let lse = read::<T>(&inputs[3 + eb])?;
-    let (g, _) = graph("gat_alpha", inputs, 4 + eb, n, false)?;
+fn gat_alpha<T: Float>(
+    a: &GatAttrs,
+    x: &GatArgs<CpuView>,
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
+    const OP: &str = "gat_alpha";
+    let [n, h, f] = dims::<3>(x.z);
+    let (z, a_src, a_dst, be) = params::<T>(x)?;
+    let lse = read::<T>(required(OP, "lse", x.lse)?)?;
+    let (g, _) = graph(OP, &x.graph, n, false)?;
     let alpha = write::<T>(&mut outputs[0])?;
     let lg = Logits::new(z, a_src, a_dst, be, h, f, a.negative_slope);
     let dst = g.dst();
@@ -441,57 +464,37 @@ fn gat_grads<'a, T: Float>(
 
 fn gat_backward<T: Float>(
     a: &GatAttrs,
-    inputs: &[CpuView],
+    x: &GatArgs<CpuView>,
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
-    // g_out, z, a_src, a_dst (, be), out, lse, graph
-    let eb = a.edge_bias as usize;
-    let [n, h, f] = dims::<3>(&inputs[1]);
-    let be = if a.edge_bias {
-        Some(read::<T>(&inputs[4])?)
-    } else {
-        None
-    };
+    const OP: &str = "gat_backward";
+    let [n, h, f] = dims::<3>(x.z);
     let up = Upstream::Out {
-        g_out: read::<T>(&inputs[0])?,
-        out: read::<T>(&inputs[4 + eb])?,
-        lse: read::<T>(&inputs[5 + eb])?,
+        g_out: read::<T>(required(OP, "g_out", x.grad)?)?,
+        out: read::<T>(required(OP, "out", x.out)?)?,
+        lse: read::<T>(required(OP, "lse", x.lse)?)?,
     };
-    let (g, c) = graph("gat_backward", inputs, 6 + eb, n, true)?;
-    let grads = gat_grads(outputs, a.edge_bias, "gat_backward")?;
-    let (z, a_src, a_dst) = (
-        read::<T>(&inputs[1])?,
-        read::<T>(&inputs[2])?,
-        read::<T>(&inputs[3])?,
-    );
+    let (g, c) = graph(OP, &x.graph, n, true)?;
+    let grads = gat_grads(outputs, a.edge_bias, OP)?;
+    let (z, a_src, a_dst, be) = params::<T>(x)?;
     backward_impl(a, [h, f], z, a_src, a_dst, be, g, c, up, grads);
     Ok(())
 }
 
 fn gat_alpha_backward<T: Float>(
     a: &GatAttrs,
-    inputs: &[CpuView],
+    x: &GatArgs<CpuView>,
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
-    // g_alpha, alpha, z, a_src, a_dst (, be), graph
-    let eb = a.edge_bias as usize;
-    let [n, h, f] = dims::<3>(&inputs[2]);
-    let be = if a.edge_bias {
-        Some(read::<T>(&inputs[5])?)
-    } else {
-        None
-    };
+    const OP: &str = "gat_alpha_backward";
+    let [n, h, f] = dims::<3>(x.z);
     let up = Upstream::Alpha {
-        g_alpha: read::<T>(&inputs[0])?,
-        alpha: read::<T>(&inputs[1])?,
+        g_alpha: read::<T>(required(OP, "g_alpha", x.grad)?)?,
+        alpha: read::<T>(required(OP, "alpha", x.alpha)?)?,
     };
-    let (g, c) = graph("gat_alpha_backward", inputs, 5 + eb, n, true)?;
-    let grads = gat_grads(outputs, a.edge_bias, "gat_alpha_backward")?;
-    let (z, a_src, a_dst) = (
-        read::<T>(&inputs[2])?,
-        read::<T>(&inputs[3])?,
-        read::<T>(&inputs[4])?,
-    );
+    let (g, c) = graph(OP, &x.graph, n, true)?;
+    let grads = gat_grads(outputs, a.edge_bias, OP)?;
+    let (z, a_src, a_dst, be) = params::<T>(x)?;
     backward_impl(a, [h, f], z, a_src, a_dst, be, g, c, up, grads);
     Ok(())
 }
@@ -673,14 +676,14 @@ fn backward_impl<T: Float>(
 
 // ---- fixed-attention aggregation ---------------------------------------------------------
 
-fn aggregate<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+fn aggregate<T: Float>(x: &AggregateArgs<CpuView>, outputs: &mut [CpuViewMut]) -> Result<()> {
     // alpha[E,H], s[T,N,C], graph → y[T,N,C]
-    let [_, h] = dims::<2>(&inputs[0]);
-    let [_, n, c] = dims::<3>(&inputs[1]);
+    let [_, h] = dims::<2>(x.alpha);
+    let [_, n, c] = dims::<3>(x.s);
     let ch = c / h;
-    let alpha = read::<T>(&inputs[0])?;
-    let s = read::<T>(&inputs[1])?;
-    let (g, _) = graph("aggregate", inputs, 2, n, false)?;
+    let alpha = read::<T>(x.alpha)?;
+    let s = read::<T>(x.s)?;
+    let (g, _) = graph("aggregate", &x.graph, n, false)?;
     let y = write::<T>(&mut outputs[0])?;
     y.par_chunks_mut(c)
         .enumerate()
@@ -701,15 +704,19 @@ fn aggregate<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result
     Ok(())
 }
 
-fn aggregate_backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+fn aggregate_backward<T: Float>(
+    x: &AggregateArgs<CpuView>,
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
     // g_y, alpha, s, graph → g_alpha, g_s
-    let [_, h] = dims::<2>(&inputs[1]);
-    let [tt, n, c] = dims::<3>(&inputs[2]);
+    const OP: &str = "aggregate_backward";
+    let [_, h] = dims::<2>(x.alpha);
+    let [tt, n, c] = dims::<3>(x.s);
     let ch = c / h;
-    let gy = read::<T>(&inputs[0])?;
-    let alpha = read::<T>(&inputs[1])?;
-    let s = read::<T>(&inputs[2])?;
-    let (g, csc) = graph("aggregate_backward", inputs, 3, n, true)?;
+    let gy = read::<T>(required(OP, "g_y", x.grad)?)?;
+    let alpha = read::<T>(x.alpha)?;
+    let s = read::<T>(x.s)?;
+    let (g, csc) = graph(OP, &x.graph, n, true)?;
     let (o_ga, o_gs) = super::two(outputs);
     let g_alpha = write::<T>(o_ga)?;
     let g_s = write::<T>(o_gs)?;

@@ -1,24 +1,24 @@
 //! CUDA: the GAT family (`src/ops/gat.rs`) on `kernels/gat.cu`: the fused edge-softmax
 //! attention (one warp per destination node and head) and the fixed-attention aggregation.
-//!
-//! Inputs are located by position from the front, so the GAT ops accept both the CSR-only and
-//! the CSR+CSC input lists of their forward ops.
+//! Inputs are named by the ops' typed signatures (`GatArgs`, `AggregateArgs`).
 
 use super::launch::{row_chunks, Inputs, Kernels, Output};
 use super::{CudaBackend, CudaBuffer};
 use crate::backend::View;
 use crate::error::{Error, Result};
-use crate::ops::gat::{validate_csc, validate_csr};
+use crate::ops::gat::{required, validate_csc, validate_csr, AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::{GatAttrs, Op};
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
     let k = Kernels::float(be, op, outs[0].dtype)?;
     match op {
-        Op::Gat(at) => forward(&k, op, at, ins, outs),
-        Op::GatAlpha(at) => alpha(&k, op, at, ins, outs),
-        Op::GatBackward(at) | Op::GatAlphaBackward(at) => backward(&k, op, at, ins, outs),
-        Op::Aggregate => aggregate(&k, op, ins, outs),
-        Op::AggregateBackward => aggregate_backward(&k, op, ins, outs),
+        Op::Gat(at) => forward(&k, op, at, &GatArgs::of(op, ins)?, outs),
+        Op::GatAlpha(at) => alpha(&k, op, at, &GatArgs::of(op, ins)?, outs),
+        Op::GatBackward(at) | Op::GatAlphaBackward(at) => {
+            backward(&k, op, at, &GatArgs::of(op, ins)?, outs)
+        }
+        Op::Aggregate => aggregate(&k, op, &AggregateArgs::of(op, ins)?, outs),
+        Op::AggregateBackward => aggregate_backward(&k, op, &AggregateArgs::of(op, ins)?, outs),
         other => Err(Error::graph(format!("{} is not a GAT op", other.name()))),
     }
 }
@@ -31,14 +31,15 @@ impl CudaBackend {
         &self,
         op: &'static str,
         n: usize,
-        row_ptr: &View<CudaBuffer>,
-        src: &View<CudaBuffer>,
-        csc: Option<(&View<CudaBuffer>, &View<CudaBuffer>)>,
+        g: &GraphArgs<View<CudaBuffer>>,
+        with_csc: bool,
     ) -> Result<()> {
+        let (row_ptr, src) = (g.row_ptr, g.src);
         if !(Self::has_host(row_ptr) && Self::has_host(src)) {
             return Ok(());
         }
-        let csc = csc.filter(|(cp, ce)| Self::has_host(cp) && Self::has_host(ce));
+        let csc = Some((g.col_ptr, g.col_edge))
+            .filter(|(cp, ce)| with_csc && Self::has_host(cp) && Self::has_host(ce));
         let csc_stamps = csc.map_or((0, 0), |(cp, ce)| (cp.buf.stamp, ce.buf.stamp));
         // The edge count is part of the key: the same buffers can be viewed at another length.
         let key = [
@@ -73,6 +74,21 @@ impl CudaBackend {
     }
 }
 
+/// The named inputs of a GAT form and of an aggregation.
+type Args<'a, 'b> = GatArgs<'a, View<'b, CudaBuffer>>;
+type AggArgs<'a, 'b> = AggregateArgs<'a, View<'b, CudaBuffer>>;
+
+/// [N, H, F] (or [T, N, C]) of a rank-3 input.
+fn dims3(v: &View<CudaBuffer>) -> [usize; 3] {
+    let d = v.shape.dims();
+    [d[0], d[1], d[2]]
+}
+
+/// The device address of the edge bias, or nullptr.
+fn edge_bias_ptr(x: &Args) -> u64 {
+    x.edge_bias.map_or(0, |v| v.buf.ptr)
+}
+
 /// el, er [N,H] into scratch.
 fn el_er(
     k: &Kernels,
@@ -96,28 +112,24 @@ fn el_er(
         .run()
 }
 
-/// z, a_src, a_dst (, be), row_ptr, src (, col_ptr, col_edge) → out[N,H,F], lse[N,H]
-fn forward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let eb = at.edge_bias as usize;
-    let d = ins[0].shape.dims();
-    let (n, h, f) = (d[0], d[1], d[2]);
-    let (row_ptr, src) = (&ins[3 + eb], &ins[4 + eb]);
-    k.be.check_graph(op.name(), n, row_ptr, src, None)?;
+/// z, a_src, a_dst (, be), graph → out[N,H,F], lse[N,H]
+fn forward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Result<()> {
+    let [n, h, f] = dims3(x.z);
+    k.be.check_graph(op.name(), n, &x.graph, false)?;
     if n * h == 0 {
         return Ok(());
     }
     k.to_int("N*H*F", n * h * f.max(1))?;
     let nh = n * h * k.elem_bytes();
     let s = k.be.scratch(&[nh, nh])?;
-    el_er(k, &ins[0], ins[1].buf.ptr, ins[2].buf.ptr, s[0], s[1])?;
-    let be = if at.edge_bias { ins[3].buf.ptr } else { 0 };
+    el_er(k, x.z, x.a_src.buf.ptr, x.a_dst.buf.ptr, s[0], s[1])?;
     k.warps("gat_fwd", n * h)
-        .input(&ins[0])
+        .input(x.z)
         .ptr(s[0])
         .ptr(s[1])
-        .ptr(be)
-        .input(row_ptr)
-        .input(src)
+        .ptr(edge_bias_ptr(x))
+        .input(x.graph.row_ptr)
+        .input(x.graph.src)
         .ptr(outs[0].ptr)
         .ptr(outs[1].ptr)
         .dim("N", n)
@@ -127,29 +139,26 @@ fn forward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) ->
         .run()
 }
 
-/// z, a_src, a_dst (, be), lse, row_ptr, src (, col_ptr, col_edge) → alpha[E,H]
-fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let eb = at.edge_bias as usize;
-    let d = ins[0].shape.dims();
-    let (n, h) = (d[0], d[1]);
-    let (lse, row_ptr, src) = (&ins[3 + eb], &ins[4 + eb], &ins[5 + eb]);
-    k.be.check_graph(op.name(), n, row_ptr, src, None)?;
-    let e = src.shape.numel();
+/// z, a_src, a_dst (, be), lse, graph → alpha[E,H]
+fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Result<()> {
+    let [n, h, _] = dims3(x.z);
+    let lse = required(op.name(), "lse", x.lse)?;
+    k.be.check_graph(op.name(), n, &x.graph, false)?;
+    let e = x.graph.src.shape.numel();
     if e * h == 0 || n == 0 {
         return Ok(());
     }
     k.to_int("E*H", e * h)?;
     let nh = n * h * k.elem_bytes();
     let s = k.be.scratch(&[nh, nh])?;
-    el_er(k, &ins[0], ins[1].buf.ptr, ins[2].buf.ptr, s[0], s[1])?;
-    let be = if at.edge_bias { ins[3].buf.ptr } else { 0 };
+    el_er(k, x.z, x.a_src.buf.ptr, x.a_dst.buf.ptr, s[0], s[1])?;
     k.flat("gat_alpha_fwd", e * h)
         .ptr(s[0])
         .ptr(s[1])
-        .ptr(be)
+        .ptr(edge_bias_ptr(x))
         .input(lse)
-        .input(row_ptr)
-        .input(src)
+        .input(x.graph.row_ptr)
+        .input(x.graph.src)
         .ptr(outs[0].ptr)
         .dim("N", n)
         .dim("E", e)
@@ -161,20 +170,23 @@ fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -> R
 /// GatBackward (g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge)
 /// and GatAlphaBackward (g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr,
 /// col_edge) → gz, g_a_src, g_a_dst (, g_be). gpre doubles as g_be.
-fn backward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let alpha_mode = matches!(op, Op::GatAlphaBackward(_));
-    let eb = at.edge_bias as usize;
-    let (zi, gi) = if alpha_mode { (2, 5 + eb) } else { (1, 6 + eb) };
-    let z = &ins[zi];
-    let (a_src, a_dst) = (ins[zi + 1].buf.ptr, ins[zi + 2].buf.ptr);
-    let be = if at.edge_bias { ins[zi + 3].buf.ptr } else { 0 };
-    let (row_ptr, src, col_ptr, col_edge) = (&ins[gi], &ins[gi + 1], &ins[gi + 2], &ins[gi + 3]);
-    let d = z.shape.dims();
-    let (n, h, f) = (d[0], d[1], d[2]);
+fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Result<()> {
+    let name = op.name();
+    let z = x.z;
+    let (a_src, a_dst) = (x.a_src.buf.ptr, x.a_dst.buf.ptr);
+    let be = edge_bias_ptr(x);
+    let GraphArgs {
+        row_ptr,
+        src,
+        col_ptr,
+        col_edge,
+    } = x.graph;
+    let [n, h, f] = dims3(z);
     let e = src.shape.numel();
     let hf = h * f;
     let (g_z, g_a_src, g_a_dst) = (outs[0].ptr, outs[1].ptr, outs[2].ptr);
-    k.be.check_graph(op.name(), n, row_ptr, src, Some((col_ptr, col_edge)))?;
+    let grad = required(name, "the upstream gradient", x.grad)?;
+    k.be.check_graph(name, n, &x.graph, true)?;
     if n * h == 0 {
         k.be.memset0(g_a_src, hf * k.elem_bytes())?;
         k.be.memset0(g_a_dst, hf * k.elem_bytes())?;
@@ -191,10 +203,11 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -
     let (el, er, ger, gel, partials) = (s[0], s[1], s[2], s[3], s[6]);
     let gpre = if at.edge_bias { outs[3].ptr } else { s[5] };
     el_er(k, z, a_src, a_dst, el, er)?;
-    let (alpha, g_out) = if alpha_mode {
+    let (alpha, g_out) = if let Some(alpha) = x.alpha {
+        // GatAlphaBackward: the upstream gradient is g_alpha.
         k.warps("gat_alpha_bwd_dst", n * h)
-            .input(&ins[1])
-            .input(&ins[0])
+            .input(alpha)
+            .input(grad)
             .ptr(el)
             .ptr(er)
             .ptr(be)
@@ -206,12 +219,12 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -
             .dim("H", h)
             .scalar(at.negative_slope)
             .run()?;
-        (ins[1].buf.ptr, 0)
+        (alpha.buf.ptr, 0)
     } else {
-        let (out, lse) = (&ins[4 + eb], &ins[5 + eb]);
+        let (out, lse) = (required(name, "out", x.out)?, required(name, "lse", x.lse)?);
         if e > 0 {
             k.warps("gat_bwd_dst", n * h)
-                .input(&ins[0])
+                .input(grad)
                 .input(z)
                 .input(out)
                 .ptr(el)
@@ -231,7 +244,7 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, ins: Inputs, outs: &[Output]) -
         } else {
             k.be.memset0(ger, nh)?;
         }
-        (s[4], ins[0].buf.ptr)
+        (s[4], grad.buf.ptr)
     };
     k.warps("gat_bwd_src", n * h)
         .ptr(g_out)
@@ -282,22 +295,21 @@ fn heads(op: &Op, h: usize, c: usize) -> Result<()> {
     Ok(())
 }
 
-/// alpha[E,H], s[T,N,C], row_ptr, src (, col_ptr, col_edge) → y[T,N,C]
-fn aggregate(k: &Kernels, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let h = ins[0].shape.dim(1);
-    let d = ins[1].shape.dims();
-    let (steps, n, c) = (d[0], d[1], d[2]);
-    k.be.check_graph(op.name(), n, &ins[2], &ins[3], None)?;
+/// alpha[E,H], s[T,N,C], graph → y[T,N,C]
+fn aggregate(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Result<()> {
+    let h = x.alpha.shape.dim(1);
+    let [steps, n, c] = dims3(x.s);
+    k.be.check_graph(op.name(), n, &x.graph, false)?;
     if steps * n * c == 0 {
         return Ok(());
     }
     heads(op, h, c)?;
     k.to_int("T*N*C", steps * n * c)?;
     k.warps("agg_fwd", steps * n)
-        .input(&ins[0])
-        .input(&ins[1])
-        .input(&ins[2])
-        .input(&ins[3])
+        .input(x.alpha)
+        .input(x.s)
+        .input(x.graph.row_ptr)
+        .input(x.graph.src)
         .ptr(outs[0].ptr)
         .dim("T", steps)
         .dim("N", n)
@@ -307,13 +319,18 @@ fn aggregate(k: &Kernels, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
 }
 
 /// g_y, alpha, s, row_ptr, src, col_ptr, col_edge → g_alpha[E,H], g_s[T,N,C]
-fn aggregate_backward(k: &Kernels, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let (g_y, alpha, s) = (&ins[0], &ins[1], &ins[2]);
-    let (row_ptr, src, col_ptr, col_edge) = (&ins[3], &ins[4], &ins[5], &ins[6]);
+fn aggregate_backward(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Result<()> {
+    let (alpha, s) = (x.alpha, x.s);
+    let g_y = required(op.name(), "g_y", x.grad)?;
+    let GraphArgs {
+        row_ptr,
+        src,
+        col_ptr,
+        col_edge,
+    } = x.graph;
     let (e, h) = (alpha.shape.dim(0), alpha.shape.dim(1));
-    let d = s.shape.dims();
-    let (steps, n, c) = (d[0], d[1], d[2]);
-    k.be.check_graph(op.name(), n, row_ptr, src, Some((col_ptr, col_edge)))?;
+    let [steps, n, c] = dims3(s);
+    k.be.check_graph(op.name(), n, &x.graph, true)?;
     heads(op, h, c)?;
     k.to_int("T*N*C", steps * n * c)?;
     if steps * n * c > 0 {
