@@ -20,7 +20,7 @@
 use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
 use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
-use crate::ops::lif::validate_tau;
+use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
 use crate::tensor::{DType, Meta, Shape, Storage, Tensor};
 use std::cell::RefCell;
@@ -596,20 +596,30 @@ fn lif_backward(
             "grad_spikes and grad_v are both NULL (give at least one)",
         ));
     }
-    let mut ins = vec![(Src::Ptr(h, "h"), m([t, n], dt))];
-    if has_gs {
-        ins.push((Src::Ptr(grad_spikes, "grad_spikes"), m([t, n], dt)));
-    }
-    if has_gv {
-        ins.push((Src::Ptr(grad_v, "grad_v"), m([t, n], dt)));
-    }
-    let mut outs = vec![dst(grad_x, "grad_x")];
-    if learnable {
+    let tn = |p: *const c_void, name| (Src::Ptr(p, name), m([t, n], dt));
+    let (h, gs, gv) = (
+        tn(h, "h"),
+        tn(grad_spikes, "grad_spikes"),
+        tn(grad_v, "grad_v"),
+    );
+    let tau = learnable.then(|| {
         let tau = match dt {
             DType::F32 => Tensor::scalar(cfg.tau as f32),
             _ => Tensor::scalar(cfg.tau),
         };
-        ins.push((Src::Host(tau), m([], dt)));
+        (Src::Host(tau), m([], dt))
+    });
+    let ins = owned(
+        LifBackwardArgs {
+            charge: &h,
+            grad_spikes: has_gs.then_some(&gs),
+            grad_membrane: has_gv.then_some(&gv),
+            tau: tau.as_ref(),
+        }
+        .list(),
+    );
+    let mut outs = vec![dst(grad_x, "grad_x")];
+    if learnable {
         outs.push(dst(grad_tau, "grad_tau"));
     }
     exec(

@@ -239,6 +239,57 @@ pub struct LifOutputs {
     pub charge: ValueId,
 }
 
+/// The inputs of `Op::LifBackward`, by name: `h (, gS) (, gV) (, tau)`, the one definition of
+/// that order, generic over what an input is (a `Meta`, a `ValueId`, a buffer view).
+#[derive(Clone, Copy, Debug)]
+pub struct LifBackwardArgs<'a, T> {
+    /// The charge H saved by the forward.
+    pub charge: &'a T,
+    /// Gradient of the spikes (absent = zeros).
+    pub grad_spikes: Option<&'a T>,
+    /// Gradient of the membrane (absent = zeros).
+    pub grad_membrane: Option<&'a T>,
+    /// The fed time constant (learnable tau).
+    pub tau: Option<&'a T>,
+}
+
+impl<'a, T> LifBackwardArgs<'a, T> {
+    /// Names the inputs of a `LifBackward`; an error for another op or a count that is off.
+    pub fn of(op: &Op, inputs: &'a [T]) -> Result<Self> {
+        let name = op.name();
+        let Op::LifBackward {
+            cfg,
+            has_gs,
+            has_gv,
+        } = op
+        else {
+            return Err(Error::graph(format!("{name} is not lif_backward")));
+        };
+        let n = 1 + *has_gs as usize + *has_gv as usize + cfg.learnable_tau as usize;
+        check::arity(name, inputs, n)?;
+        let mut it = inputs.iter();
+        let mut take = |present: bool| if present { it.next() } else { None };
+        let charge = take(true).ok_or_else(|| Error::graph(format!("{name}: no h")))?;
+        let grad_spikes = take(*has_gs);
+        let grad_membrane = take(*has_gv);
+        let tau = take(cfg.learnable_tau);
+        Ok(LifBackwardArgs {
+            charge,
+            grad_spikes,
+            grad_membrane,
+            tau,
+        })
+    }
+
+    /// The inputs in their positional order (the inverse of [`LifBackwardArgs::of`]).
+    pub fn list(&self) -> Vec<&'a T> {
+        let rest = [self.grad_spikes, self.grad_membrane, self.tau];
+        std::iter::once(self.charge)
+            .chain(rest.into_iter().flatten())
+            .collect()
+    }
+}
+
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
@@ -266,23 +317,20 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
                     "needs the gradient of the spikes, of the membrane, or both",
                 ));
             }
-            let n = 1 + *has_gs as usize + *has_gv as usize + cfg.learnable_tau as usize;
-            check::arity(name, inputs, n)?;
-            let h = &inputs[0];
+            let x = LifBackwardArgs::of(op, inputs)?;
+            let h = x.charge;
             check::float(name, "h", h)?;
             check::rank(name, "h [T, N]", h, 2)?;
-            let mut k = 1;
-            for (present, what) in [(*has_gs, "gS"), (*has_gv, "gV")] {
-                if present {
-                    check::same_dtype(name, what, h, &inputs[k])?;
-                    check::dims(name, what, &inputs[k], h.shape.dims())?;
-                    k += 1;
+            for (g, what) in [(x.grad_spikes, "gS"), (x.grad_membrane, "gV")] {
+                if let Some(g) = g {
+                    check::same_dtype(name, what, h, g)?;
+                    check::dims(name, what, g, h.shape.dims())?;
                 }
             }
             let mut out = vec![h.clone()];
-            if cfg.learnable_tau {
-                check::same_dtype(name, "h and tau", h, &inputs[k])?;
-                check::dims(name, "tau", &inputs[k], &[])?;
+            if let Some(tau) = x.tau {
+                check::same_dtype(name, "h and tau", h, tau)?;
+                check::dims(name, "tau", tau, &[])?;
                 out.push(Meta::new(Shape::scalar(), h.dtype));
             }
             Ok(out)
@@ -314,12 +362,16 @@ pub(crate) fn grad(
     if gs.is_none() && gv.is_none() {
         return Ok(vec![None; node.inputs.len()]);
     }
-    let mut inputs = vec![node.outputs[2]];
-    inputs.extend(gs);
-    inputs.extend(gv);
-    if cfg.learnable_tau {
-        inputs.push(node.inputs[1]);
+    let inputs: Vec<ValueId> = LifBackwardArgs {
+        charge: &node.outputs[2],
+        grad_spikes: gs.as_ref(),
+        grad_membrane: gv.as_ref(),
+        tau: node.inputs.get(1),
     }
+    .list()
+    .into_iter()
+    .copied()
+    .collect();
     let out = g.push(
         Op::LifBackward {
             cfg: *cfg,
@@ -362,5 +414,35 @@ impl Graph {
             membrane: out[1],
             charge: out[2],
         })
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn lif_backward_inputs_round_trip() {
+        for has_gs in [false, true] {
+            for has_gv in [false, true] {
+                for learnable_tau in [false, true] {
+                    let op = Op::LifBackward {
+                        cfg: LifConfig {
+                            learnable_tau,
+                            ..LifConfig::default()
+                        },
+                        has_gs,
+                        has_gv,
+                    };
+                    let n = 1 + has_gs as usize + has_gv as usize + learnable_tau as usize;
+                    let inputs: Vec<usize> = (0..n).collect();
+                    let x = LifBackwardArgs::of(&op, &inputs).unwrap();
+                    assert_eq!(x.list().into_iter().copied().collect::<Vec<_>>(), inputs);
+                    assert_eq!(x.grad_spikes.copied(), has_gs.then_some(1));
+                    assert_eq!(x.tau.copied(), learnable_tau.then_some(n - 1));
+                    assert!(LifBackwardArgs::of(&op, &inputs[..n - 1]).is_err());
+                }
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
-use crate::ops::lif::validate_tau;
+use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{LifConfig, Op, Surrogate};
 use rayon::prelude::*;
 
@@ -223,6 +223,10 @@ fn dims2(v: &CpuView) -> (usize, usize) {
     (v.shape.dim(0), v.shape.dim(1))
 }
 
+fn read_opt<'a, T: Float>(v: Option<&CpuView<'a>>) -> Result<Option<&'a [T]>> {
+    v.map(read::<T>).transpose()
+}
+
 fn fed_tau<T: Float>(v: Option<&CpuView>) -> Result<Option<T>> {
     Ok(match v {
         Some(v) => Some(read::<T>(v)?[0]),
@@ -311,21 +315,22 @@ fn backward<T: Float>(
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
     let op = "lif_backward";
-    let mut k = 1;
-    let mut next = |present: bool| -> Result<Option<&[T]>> {
-        if !present {
-            return Ok(None);
-        }
-        k += 1;
-        read::<T>(&inputs[k - 1]).map(Some)
-    };
-    let gs = next(has_gs)?;
-    let gv = next(has_gv)?;
-    let tau_view = cfg.learnable_tau.then(|| &inputs[k]);
-    let p = Params::<T>::new(op, cfg, fed_tau::<T>(tau_view)?)?;
-    let (t, n) = dims2(&inputs[0]);
+    let x = LifBackwardArgs::of(
+        &Op::LifBackward {
+            cfg: *cfg,
+            has_gs,
+            has_gv,
+        },
+        inputs,
+    )?;
+    let (gs, gv) = (
+        read_opt::<T>(x.grad_spikes)?,
+        read_opt::<T>(x.grad_membrane)?,
+    );
+    let p = Params::<T>::new(op, cfg, fed_tau::<T>(x.tau)?)?;
+    let (t, n) = dims2(x.charge);
     let g = Grads {
-        h: read::<T>(&inputs[0])?,
+        h: read::<T>(x.charge)?,
         gs,
         gv,
         n,

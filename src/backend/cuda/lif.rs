@@ -2,19 +2,17 @@
 //! time loop inside.
 
 use super::launch::{flat_blocks, Inputs, Kernels, Launch, Output};
-use super::CudaBackend;
+use super::{CudaBackend, CudaBuffer};
+use crate::backend::View;
 use crate::error::{Error, Result};
+use crate::ops::lif::LifBackwardArgs;
 use crate::ops::{LifConfig, Op};
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
     let k = Kernels::float(be, op, outs[0].dtype)?;
     match op {
         Op::Lif(cfg) => forward(&k, cfg, ins, outs),
-        Op::LifBackward {
-            cfg,
-            has_gs,
-            has_gv,
-        } => backward(&k, cfg, *has_gs, *has_gv, ins, outs),
+        Op::LifBackward { cfg, .. } => backward(&k, op, cfg, ins, outs),
         other => Err(Error::graph(format!("{} is not a LIF op", other.name()))),
     }
 }
@@ -54,28 +52,12 @@ fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result
 }
 
 /// h (, gS) (, gV) (, tau) → gx (, g_tau).
-fn backward(
-    k: &Kernels,
-    cfg: &LifConfig,
-    has_gs: bool,
-    has_gv: bool,
-    ins: Inputs,
-    outs: &[Output],
-) -> Result<()> {
+fn backward(k: &Kernels, op: &Op, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result<()> {
     cfg.validate("lif_backward")?;
-    let mut next = 1;
-    let mut optional = |present: bool| {
-        if present {
-            next += 1;
-            ins[next - 1].buf.ptr
-        } else {
-            0
-        }
-    };
-    let g_spikes = optional(has_gs);
-    let g_membrane = optional(has_gv);
-    let tau_ptr = optional(cfg.learnable_tau);
-    let (steps, n) = (ins[0].shape.dim(0), ins[0].shape.dim(1));
+    let x = LifBackwardArgs::of(op, ins)?;
+    let ptr = |v: Option<&View<CudaBuffer>>| v.map_or(0, |v| v.buf.ptr);
+    let (g_spikes, g_membrane, tau_ptr) = (ptr(x.grad_spikes), ptr(x.grad_membrane), ptr(x.tau));
+    let (steps, n) = (x.charge.shape.dim(0), x.charge.shape.dim(1));
     if steps * n == 0 {
         if cfg.learnable_tau {
             k.be.memset0(outs[1].ptr, k.elem_bytes())?;
@@ -97,7 +79,7 @@ fn backward(
     };
     let launch = k
         .grid("lif_bwd", blocks, 1)
-        .input(&ins[0])
+        .input(x.charge)
         .ptr(g_spikes)
         .ptr(g_membrane)
         .ptr(outs[0].ptr)
