@@ -20,6 +20,7 @@
 use crate::backend::{execute_buffers, Backend, CpuBackend};
 use crate::error::Error;
 use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
+use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
 use crate::tensor::{DType, Meta, Shape, Storage, Tensor};
@@ -843,11 +844,21 @@ fn infonce_backward(
     grad_logit_scale: *mut c_void,
 ) -> Result<(), CErr> {
     let (at, ins, b, dt) = infonce_inputs(f, dtype, b, d, symmetric, a, p, logit_scale)?;
-    // g_loss, a, p, logit_scale, lse_row, lse_col
-    let mut all = vec![(Src::Ptr(grad_loss, "grad_loss"), m([], dt))];
-    all.extend(ins);
-    all.push((Src::Ptr(lse_row, "lse_row"), m([b], dt)));
-    all.push((Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt)));
+    let g_loss = (Src::Ptr(grad_loss, "grad_loss"), m([], dt));
+    let lse_row = (Src::Ptr(lse_row, "lse_row"), m([b], dt));
+    let lse_col = (Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt));
+    let all = owned(
+        InfoNceBackwardArgs {
+            g_loss: &g_loss,
+            a: &ins[0],
+            p: &ins[1],
+            logit_scale: &ins[2],
+            lse_row: &lse_row,
+            lse_col: &lse_col,
+            g_lse: None,
+        }
+        .list(),
+    );
     exec(
         f,
         mem,

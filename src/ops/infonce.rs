@@ -77,6 +77,65 @@ fn check_abs(op: &'static str, a: &Meta, p: &Meta, ls: &Meta) -> Result<(usize, 
     Ok((b, d))
 }
 
+/// The inputs of `Op::InfoNceBackward`, by name: `g_loss, a, p, logit_scale, lse_row, lse_col
+/// (, g_lse_row, g_lse_col)`, the one definition of that order, generic over what an input is.
+#[derive(Clone, Copy, Debug)]
+pub struct InfoNceBackwardArgs<'a, T> {
+    pub g_loss: &'a T,
+    pub a: &'a T,
+    pub p: &'a T,
+    pub logit_scale: &'a T,
+    pub lse_row: &'a T,
+    pub lse_col: &'a T,
+    /// Gradients into (lse_row, lse_col), when a consumer of the lse outputs sends them.
+    pub g_lse: Option<(&'a T, &'a T)>,
+}
+
+impl<'a, T> InfoNceBackwardArgs<'a, T> {
+    /// Names the 6 or 8 inputs of an `InfoNceBackward`.
+    pub fn of(op: &'static str, inputs: &'a [T]) -> Result<Self> {
+        match inputs {
+            [g_loss, a, p, logit_scale, lse_row, lse_col, rest @ ..]
+                if matches!(rest.len(), 0 | 2) =>
+            {
+                Ok(InfoNceBackwardArgs {
+                    g_loss,
+                    a,
+                    p,
+                    logit_scale,
+                    lse_row,
+                    lse_col,
+                    g_lse: rest.first().zip(rest.get(1)),
+                })
+            }
+            _ => Err(Error::shape(
+                op,
+                format!(
+                    "expects 6 inputs (g_loss, a, p, logit_scale, lse_row, lse_col) or 8 \
+                     (+ g_lse_row, g_lse_col), got {}",
+                    inputs.len()
+                ),
+            )),
+        }
+    }
+
+    /// The inputs in their positional order (the inverse of [`InfoNceBackwardArgs::of`]).
+    pub fn list(&self) -> Vec<&'a T> {
+        let mut v = vec![
+            self.g_loss,
+            self.a,
+            self.p,
+            self.logit_scale,
+            self.lse_row,
+            self.lse_col,
+        ];
+        if let Some((r, c)) = self.g_lse {
+            v.extend([r, c]);
+        }
+        v
+    }
+}
+
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
@@ -91,31 +150,21 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             ])
         }
         Op::InfoNceBackward(at) => {
-            if inputs.len() != 6 && inputs.len() != 8 {
-                return Err(Error::shape(
-                    name,
-                    format!(
-                        "expects 6 inputs (g_loss, a, p, logit_scale, lse_row, lse_col) or 8 \
-                         (+ g_lse_row, g_lse_col), got {}",
-                        inputs.len()
-                    ),
-                ));
-            }
-            let (b, _) = check_abs(name, &inputs[1], &inputs[2], &inputs[3])?;
-            let dt = inputs[1].dtype;
-            check::same_dtype(name, "g_loss and a", &inputs[0], &inputs[1])?;
-            check::dims(name, "g_loss", &inputs[0], &[])?;
+            let x = InfoNceBackwardArgs::of(name, inputs)?;
+            let (b, _) = check_abs(name, x.a, x.p, x.logit_scale)?;
+            let dt = x.a.dtype;
+            check::same_dtype(name, "g_loss and a", x.g_loss, x.a)?;
+            check::dims(name, "g_loss", x.g_loss, &[])?;
             let col = at.lse_col_len(b);
-            let names = ["lse_row", "lse_col", "g_lse_row", "g_lse_col"];
-            for (k, m) in inputs[4..].iter().enumerate() {
-                check::same_dtype(name, names[k], m, &inputs[1])?;
-                check::dims(name, names[k], m, &[if k % 2 == 0 { b } else { col }])?;
+            let mut per_row = vec![(x.lse_row, "lse_row", b), (x.lse_col, "lse_col", col)];
+            if let Some((r, c)) = x.g_lse {
+                per_row.extend([(r, "g_lse_row", b), (c, "g_lse_col", col)]);
             }
-            Ok(vec![
-                inputs[1].clone(),
-                inputs[2].clone(),
-                Meta::new([], dt),
-            ])
+            for (m, what, len) in per_row {
+                check::same_dtype(name, what, m, x.a)?;
+                check::dims(name, what, m, &[len])?;
+            }
+            Ok(vec![x.a.clone(), x.p.clone(), Meta::new([], dt)])
         }
         _ => Err(Error::graph(format!("{name} is not an InfoNCE op"))),
     }
@@ -148,8 +197,7 @@ pub(crate) fn grad(
         Some(v) => v,
         None => g.fill(0.0, [], dt)?,
     };
-    let mut ins = vec![g_loss, x[0], x[1], x[2], o[1], o[2]];
-    if og[1].is_some() || g_col.is_some() {
+    let g_lse = if og[1].is_some() || g_col.is_some() {
         let gr = match og[1] {
             Some(v) => v,
             None => zeros(g, o[1])?,
@@ -158,8 +206,20 @@ pub(crate) fn grad(
             Some(v) => v,
             None => zeros(g, o[2])?,
         };
-        ins.extend([gr, gc]);
-    }
+        Some((gr, gc))
+    } else {
+        None
+    };
+    let args = InfoNceBackwardArgs {
+        g_loss: &g_loss,
+        a: &x[0],
+        p: &x[1],
+        logit_scale: &x[2],
+        lse_row: &o[1],
+        lse_col: &o[2],
+        g_lse: g_lse.as_ref().map(|(r, c)| (r, c)),
+    };
+    let ins: Vec<ValueId> = args.list().into_iter().copied().collect();
     let out = g.push(Op::InfoNceBackward(at), &ins)?;
     Ok(vec![Some(out[0]), Some(out[1]), Some(out[2])])
 }

@@ -15,6 +15,7 @@
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
+use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::{InfoNceAttrs, Op};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -513,26 +514,21 @@ fn backward<T: TileExp>(
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
     const OP: &str = "infonce_backward";
-    if inputs.len() != 6 && inputs.len() != 8 {
-        return Err(Error::shape(
-            OP,
-            format!("expects 6 or 8 inputs, got {}", inputs.len()),
-        ));
-    }
-    let Dims { b, d } = dims(OP, &inputs[1], &inputs[2])?;
-    let g_loss = read::<T>(&inputs[0])?;
-    let (a, p) = (read::<T>(&inputs[1])?, read::<T>(&inputs[2])?);
-    let ls = read::<T>(&inputs[3])?;
-    let lse_row = read::<T>(&inputs[4])?;
-    let lse_col = read::<T>(&inputs[5])?;
+    let x = InfoNceBackwardArgs::of(OP, inputs)?;
+    let Dims { b, d } = dims(OP, x.a, x.p)?;
+    let g_loss = read::<T>(x.g_loss)?;
+    let (a, p) = (read::<T>(x.a)?, read::<T>(x.p)?);
+    let ls = read::<T>(x.logit_scale)?;
+    let lse_row = read::<T>(x.lse_row)?;
+    let lse_col = read::<T>(x.lse_col)?;
     let sym = at.symmetric;
     let col_len = at.lse_col_len(b);
     expect_len(OP, "g_loss", g_loss.len(), 1)?;
     expect_len(OP, "logit_scale", ls.len(), 1)?;
     expect_len(OP, "lse_row", lse_row.len(), b)?;
     expect_len(OP, "lse_col", lse_col.len(), col_len)?;
-    let (g_row, g_col) = if inputs.len() == 8 {
-        let (gr, gc) = (read::<T>(&inputs[6])?, read::<T>(&inputs[7])?);
+    let (g_row, g_col) = if let Some((gr, gc)) = x.g_lse {
+        let (gr, gc) = (read::<T>(gr)?, read::<T>(gc)?);
         expect_len(OP, "g_lse_row", gr.len(), b)?;
         expect_len(OP, "g_lse_col", gc.len(), col_len)?;
         (Some(gr), Some(gc))

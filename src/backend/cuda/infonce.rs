@@ -4,6 +4,7 @@
 use super::launch::{unsupported, Inputs, Kernels, Output};
 use super::CudaBackend;
 use crate::error::{Error, Result};
+use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::{InfoNceAttrs, Op};
 use crate::tensor::DType;
 
@@ -107,19 +108,16 @@ fn backward(
         if splits > 1 { splits * b * d * 4 } else { 4 },
         row_tiles * splits * 4,
     ])?;
+    let x = InfoNceBackwardArgs::of("infonce_backward", ins)?;
     let (g_loss, a, p, scale, lse_row, lse_col) = (
-        ins[0].buf.ptr,
-        ins[1].buf.ptr,
-        ins[2].buf.ptr,
-        ins[3].buf.ptr,
-        ins[4].buf.ptr,
-        ins[5].buf.ptr,
+        x.g_loss.buf.ptr,
+        x.a.buf.ptr,
+        x.p.buf.ptr,
+        x.logit_scale.buf.ptr,
+        x.lse_row.buf.ptr,
+        x.lse_col.buf.ptr,
     );
-    let (g_lse_row, g_lse_col) = if ins.len() == 8 {
-        (ins[6].buf.ptr, ins[7].buf.ptr)
-    } else {
-        (0, 0)
-    };
+    let (g_lse_row, g_lse_col) = x.g_lse.map_or((0, 0), |(r, c)| (r.buf.ptr, c.buf.ptr));
     /// One direction of the backward: the kernel's (X, Y, lse_x, lse_y, g_lse_x, g_lse_y),
     /// the gradient it writes, whether it also writes the logit-scale partials, and its mode.
     struct Side {
