@@ -3,11 +3,11 @@
 //! preparation, batching or the graph layout around must leave it unchanged; a failure means an
 //! input value, shape, dtype or order changed, and so would every recorded number.
 
-use gshn::data::{write_synthetic, Vocab};
+use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::model::Variant;
-use gshn::train::batches::{DataShape, LossWeights};
+use gshn::train::batches::LossWeights;
 use gshn::train::schedule::WarmupCosine;
-use gshn::train::trainer::{open_split, prepare, Engine};
+use gshn::train::trainer::{open_split, Engine};
 use gshn::train::RunConfig;
 use gshn::util::rng::{mix64, SplitMix64};
 use gshn::{CpuBackend, DType, Executor, Tensor};
@@ -100,8 +100,8 @@ fn digest(dir: &std::path::Path, cfg: RunConfig) -> u64 {
     let train_ds = open_split(dir, &cfg, &cfg.data.train_split).unwrap();
     let val_ds = open_split(dir, &cfg, &cfg.data.val_split).unwrap();
     let vocab = Vocab::build(train_ds.all_captions(), cfg.data.vocab_min_count, None);
-    let train_split = prepare(&train_ds, &cfg, &vocab, "train").unwrap();
-    let val_split = prepare(&val_ds, &cfg, &vocab, "val").unwrap();
+    let train_split = prepare(&train_ds, &cfg.prepare_options(), &vocab, "train").unwrap();
+    let val_split = prepare(&val_ds, &cfg.prepare_options(), &vocab, "val").unwrap();
     let shape = DataShape::of(&[&train_split, &val_split], train_ds.num_categories()).unwrap();
     let mut engine = Engine::new(CpuBackend, cfg.clone(), shape, vocab).unwrap();
     engine.init().unwrap();

@@ -1,13 +1,13 @@
 //! The model end to end: a two-branch graph learns, the whole GSHN loss has correct
 //! gradients, training is deterministic and resumes exactly, and the CLI's eval JSON.
 
-use gshn::data::{write_synthetic, Vocab};
+use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::graph::gradcheck::GradCheck;
-use gshn::model::{params::initial_values, Gshn, Variant};
+use gshn::model::{params::initial_values, Capacity, Gshn, Variant};
 use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig};
 use gshn::tensor::io::load_safetensors;
-use gshn::train::batches::{DataShape, Feeder, LossWeights};
-use gshn::train::trainer::{open_split, prepare};
+use gshn::train::batches::{Feeder, LossWeights};
+use gshn::train::trainer::open_split;
 use gshn::train::{RunConfig, TrainOptions};
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
@@ -207,9 +207,10 @@ fn whole_gshn_loss_has_correct_gradients() {
     cfg.train.lambda_neg = 1.0; // prepare the hard negatives
     let ds = open_split(&dir, &cfg, "train").unwrap();
     let vocab = Vocab::build(ds.all_captions(), 1, None);
-    let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
+    let split = prepare(&ds, &cfg.prepare_options(), &vocab, "train").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
-    let (data_cap, mut cap) = shape.capacities(3, vocab.len(), 2);
+    let data_cap = shape.batch_capacity(3);
+    let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), 2);
     cap.negatives = true;
     cap.relations = true;
     let model = Gshn::build_in(&cfg.model, cap, DType::F64).unwrap();

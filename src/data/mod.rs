@@ -14,11 +14,12 @@ pub mod coco;
 pub mod error;
 pub mod features;
 pub mod graph;
+pub mod prepare;
 pub mod rng;
 pub mod synth;
 pub mod text;
 
-pub use batch::{collate, validate_csr, BatchCapacity, GraphBatch};
+pub use batch::{collate, BatchCapacity, GraphBatch};
 pub use coco::{
     Category, CrowdPolicy, Dataset, LoadOptions, LoadStats, Sample, Segment, SegmentMap, Skipped,
     SplitPaths, SplitPathsOverride,
@@ -28,5 +29,6 @@ pub use features::{
     builtin_features, load_feature_map, load_text_features, FeatureConfig, FeatureMap,
 };
 pub use graph::{build_scene_graph, graph_from_sample, GraphConfig, SceneGraph};
+pub use prepare::{prepare, DataShape, PrepareOptions, PreparedSplit};
 pub use synth::{write_synthetic, SynthStats};
 pub use text::{tokenize, Encoded, Vocab};

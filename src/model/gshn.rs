@@ -6,6 +6,8 @@
 use super::config::{Fusion, ModelConfig, Readout, TextSource, Variant};
 use super::params::{Init, ParamSet, ParamSpec};
 use super::text::text_encoder;
+use crate::data::graph::{EDGE_FEAT_DIM, GEOMETRY_DIM};
+use crate::data::{BatchCapacity, DataShape};
 use crate::error::Result;
 use crate::graph::{Graph, ValueId};
 use crate::ops::{GatAttrs, InfoNceAttrs};
@@ -42,6 +44,34 @@ pub struct Capacity {
     pub relations: bool,
     /// Width of precomputed caption features (`model.text.source = "features"`), else 0.
     pub text_features: usize,
+}
+
+impl Capacity {
+    /// The model's sizes for batches of capacity `data` of data of shape `shape` (the only place
+    /// they are derived; `negatives` and `relations` start off).
+    pub fn of_batch(
+        data: &BatchCapacity,
+        shape: &DataShape,
+        vocab: usize,
+        node_samples_per_graph: usize,
+    ) -> Capacity {
+        Capacity {
+            batch: data.batch_size,
+            nodes: data.node_cap(),
+            edges: data.edge_cap(),
+            pixels: data.pixel_cap(),
+            pixel_channels: shape.pixel_channels,
+            position_channel: shape.position_channel,
+            categories: shape.categories,
+            edge_features: EDGE_FEAT_DIM,
+            geometry: GEOMETRY_DIM,
+            node_samples: data.batch_size * node_samples_per_graph,
+            vocab,
+            negatives: false,
+            relations: false,
+            text_features: shape.text_features,
+        }
+    }
 }
 
 /// The graph inputs fed for every batch.

@@ -161,7 +161,7 @@ impl CsrGraph {
 }
 
 /// CSC transpose of a valid CSR: edge ids grouped by source, ascending inside a group.
-fn transpose(n: usize, src: &[i32]) -> (Vec<i32>, Vec<i32>) {
+pub fn transpose(n: usize, src: &[i32]) -> (Vec<i32>, Vec<i32>) {
     let mut col_ptr = vec![0i32; n + 1];
     for &s in src {
         col_ptr[s as usize + 1] += 1;

@@ -2,7 +2,7 @@
 //! Every field has a default (documented here and in the README), so an empty file is a
 //! valid config; unknown keys are errors, so a typo never silently changes nothing.
 
-use crate::data::{FeatureConfig, GraphConfig, LoadOptions};
+use crate::data::{FeatureConfig, GraphConfig, LoadOptions, PrepareOptions};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, TextSource};
 use serde::{Deserialize, Serialize};
@@ -162,6 +162,17 @@ impl RunConfig {
     /// encoder (negatives exist only as tokens; `parse` rejects them with text features).
     pub fn hard_negatives(&self) -> bool {
         self.train.lambda_neg > 0.0 && self.model.text.source == TextSource::Encoder
+    }
+    /// How splits are decoded and encoded for this run.
+    pub fn prepare_options(&self) -> PrepareOptions {
+        PrepareOptions {
+            graph: self.data.graph,
+            features: self.data.features,
+            max_len: self.model.text.max_len,
+            text_features: self.model.text.source == TextSource::Features,
+            hard_negatives: self.hard_negatives(),
+            skip_bad: self.data.load.skip_bad,
+        }
     }
     /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
     /// 2-core CPU.

@@ -91,8 +91,9 @@ pub fn render<B: Backend>(
         // Edges of the last GAT layer, width and opacity by mean attention over heads.
         if layers > 0 {
             let alpha = outs[layers].to_f64_vec();
-            for k in 0..batch.num_edges {
-                let (s, d) = (batch.src[k] as usize, batch.dst[k] as usize);
+            let dst = batch.edge_dst();
+            for k in 0..batch.edge_cap() {
+                let (s, d) = (batch.src[k] as usize, dst[k] as usize);
                 if s == d {
                     continue;
                 }

@@ -2,24 +2,22 @@
 //! per-epoch retrieval on the val split, atomic checkpoints with exact resume, a metrics log
 //! and plots.
 
-use super::batches::{DataShape, Feeder, LossWeights, PreparedSplit};
+use super::batches::{Feeder, LossWeights};
 use super::checkpoint::{Checkpoint, TrainState};
 use super::config::{Layout, RunConfig};
 use super::retrieval::{recall, Recall};
 use super::schedule::WarmupCosine;
 use crate::backend::Backend;
-use crate::data::synth::exchange_objects;
-use crate::data::{graph_from_sample, load_text_features, Dataset, Encoded, SplitPaths, Vocab};
+use crate::data::{prepare, DataShape, Dataset, PreparedSplit, SplitPaths, Vocab};
 use crate::error::{Error, Result};
 use crate::graph::{Executor, ValueId};
 use crate::model::params::initial_values;
-use crate::model::TextSource;
-use crate::model::{Gshn, ModelOutputs};
+use crate::model::{Capacity, Gshn, ModelOutputs};
 use crate::ops::AdamWConfig;
 use crate::tensor::{DType, Tensor};
+use crate::util::progress::progress;
 use crate::util::rng::{mix64, SplitMix64};
-use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,92 +35,6 @@ pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> 
         &d.val_paths
     };
     Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
-}
-
-/// Decodes every image of a split into its scene graph and encodes its captions (in
-/// parallel, with a progress bar).
-pub fn prepare(ds: &Dataset, cfg: &RunConfig, vocab: &Vocab, label: &str) -> Result<PreparedSplit> {
-    let text_features = match cfg.model.text.source {
-        TextSource::Features => Some(load_text_features(ds)?),
-        TextSource::Encoder => None,
-    };
-    let bar = progress(ds.len() as u64, &format!("{label}: decoding"));
-    let ncat = ds.num_categories();
-    let results: Vec<Result<_>> = (0..ds.len())
-        .into_par_iter()
-        .map(|i| {
-            let s = ds.get(i)?;
-            let g = graph_from_sample(&s, ncat, &cfg.data.graph, &cfg.data.features)?;
-            bar.inc(1);
-            let max_len = cfg.model.text.max_len;
-            let enc = match &text_features {
-                Some(f) => f[i]
-                    .iter()
-                    .zip(&s.captions)
-                    .map(|(f, c)| Encoded {
-                        features: f.clone(),
-                        ..vocab.encode(c, max_len)
-                    })
-                    .collect(),
-                None => s
-                    .captions
-                    .iter()
-                    .map(|c| vocab.encode(c, max_len))
-                    .collect(),
-            };
-            let neg = match cfg.hard_negatives() {
-                true => s
-                    .captions
-                    .iter()
-                    .map(|c| exchange_objects(c).map(|n| vocab.encode(&n, max_len)))
-                    .collect(),
-                false => Vec::new(),
-            };
-            Ok((g, enc, neg, s.captions, s.image_id))
-        })
-        .collect();
-    bar.finish_and_clear();
-    let mut p = PreparedSplit {
-        graphs: vec![],
-        captions: vec![],
-        negatives: vec![],
-        caption_text: vec![],
-        image_ids: vec![],
-    };
-    // Samples that only fail when decoded are skipped here under `data.load.skip_bad`.
-    let mut skipped = Vec::new();
-    for r in results {
-        match r {
-            Ok((g, enc, neg, text, id)) => {
-                p.graphs.push(g);
-                p.captions.push(enc);
-                p.negatives.push(neg);
-                p.caption_text.push(text);
-                p.image_ids.push(id);
-            }
-            Err(e) if cfg.data.load.skip_bad => skipped.push(e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
-    if !skipped.is_empty() {
-        eprintln!(
-            "gshn: {label}: skipped {} bad samples (data.load.skip_bad), e.g. {}",
-            skipped.len(),
-            skipped[..skipped.len().min(3)].join("; ")
-        );
-    }
-    Ok(p)
-}
-
-fn progress(n: u64, msg: &str) -> ProgressBar {
-    let bar = ProgressBar::new(n);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(msg.to_string());
-    bar
 }
 
 /// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
@@ -147,8 +59,8 @@ impl<B: Backend> Engine<B> {
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
         let backend = Arc::new(backend);
         let t = &cfg.train;
-        let (data_cap, mut cap) =
-            shape.capacities(t.batch_size, vocab.len(), t.node_samples_per_graph);
+        let data_cap = shape.batch_capacity(t.batch_size);
+        let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), t.node_samples_per_graph);
         cap.negatives = cfg.hard_negatives();
         cap.relations = t.lambda_rel > 0.0;
         let model = Gshn::build(&cfg.model, cap)?;
@@ -426,8 +338,8 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         Some(ck) => ck.vocab.clone(),
         None => Vocab::build(train_ds.all_captions(), cfg.data.vocab_min_count, None),
     };
-    let train_split = prepare(&train_ds, &cfg, &vocab, "train")?;
-    let val_split = prepare(&val_ds, &cfg, &vocab, "val")?;
+    let train_split = prepare(&train_ds, &cfg.prepare_options(), &vocab, "train")?;
+    let val_split = prepare(&val_ds, &cfg.prepare_options(), &vocab, "val")?;
     let shape = match &resumed {
         Some(ck) => ck.shape.clone(),
         None => DataShape::of(&[&train_split, &val_split], train_ds.num_categories())?,
@@ -633,7 +545,7 @@ pub fn evaluate_run<B: Backend>(
     let ds = open_split(data, &engine.cfg, split)?;
     let vocab = engine.vocab.clone();
     let cfg = engine.cfg.clone();
-    let prepared = prepare(&ds, &cfg, &vocab, split)?;
+    let prepared = prepare(&ds, &cfg.prepare_options(), &vocab, split)?;
     let (img, txt, owner) = engine.embed(&prepared)?;
     let d = cfg.model.dim;
     let r = recall(&img, &txt, d, &owner);
