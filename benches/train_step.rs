@@ -4,7 +4,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::train::batches::LossWeights;
-use gshn::train::trainer::{open_split, Engine};
+use gshn::train::config::open_split;
+use gshn::train::Engine;
 use gshn::train::RunConfig;
 use gshn::util::rng::SplitMix64;
 use gshn::CpuBackend;

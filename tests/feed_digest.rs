@@ -5,11 +5,11 @@
 
 use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::model::Variant;
-use gshn::train::batches::LossWeights;
-use gshn::train::schedule::WarmupCosine;
-use gshn::train::trainer::{open_split, Engine};
+use gshn::train::config::open_split;
+use gshn::train::trainer::{epoch_order, loss_weights, schedule, step_rng, StepBatch};
+use gshn::train::Engine;
 use gshn::train::RunConfig;
-use gshn::util::rng::{mix64, SplitMix64};
+use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Tensor};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +94,7 @@ fn config(variant: Variant) -> RunConfig {
     c
 }
 
-/// The first two steps of `train` (same split preparation, order, caption draws and weights),
+/// The first two steps of `train` (its split preparation, order, caption draws and weights),
 /// hashing what each step fed; then one short image batch of the evaluation path.
 fn digest(dir: &std::path::Path, cfg: RunConfig) -> u64 {
     let train_ds = open_split(dir, &cfg, &cfg.data.train_split).unwrap();
@@ -106,44 +106,17 @@ fn digest(dir: &std::path::Path, cfg: RunConfig) -> u64 {
     let mut engine = Engine::new(CpuBackend, cfg.clone(), shape, vocab).unwrap();
     engine.init().unwrap();
     let t = &cfg.train;
-    let steps_per_epoch = train_split.len() / t.batch_size;
-    let total = steps_per_epoch * t.epochs;
-    let sched = WarmupCosine {
-        lr: t.lr,
-        warmup_steps: t.warmup_steps.min(total / 2),
-        total_steps: total,
-        min_ratio: t.min_lr_ratio,
-    };
-    let mut order: Vec<usize> = (0..train_split.len()).collect();
-    SplitMix64::new(mix64(t.seed ^ 0x5eed)).shuffle(&mut order);
-    let pretrain = engine.model_outputs.stl.is_some();
-    let w = LossWeights {
-        itc: if pretrain { 0.0 } else { 1.0 },
-        stl: t.lambda_stl as f32,
-        node: t.lambda_node as f32,
-        neg: if pretrain { 0.0 } else { t.lambda_neg as f32 },
-        rel: t.relation_weight(0) as f32,
-    };
+    let sched = schedule(t, train_split.len() / t.batch_size);
+    let order = epoch_order(t.seed, 0, train_split.len());
+    let w = loss_weights(t, 0, engine.model_outputs.stl.is_some());
     let mut h = Fnv::new();
     for step in 0..2 {
         let idx = &order[step * t.batch_size..(step + 1) * t.batch_size];
-        let mut rng = SplitMix64::new(mix64(t.seed) ^ mix64(step as u64 + 1));
-        let graphs: Vec<_> = idx.iter().map(|&i| &train_split.graphs[i]).collect();
-        let picked: Vec<(usize, usize)> = idx
-            .iter()
-            .map(|&i| (i, rng.below(train_split.captions[i].len())))
-            .collect();
-        let caps: Vec<_> = picked
-            .iter()
-            .map(|&(i, c)| &train_split.captions[i][c])
-            .collect();
-        let negs: Vec<_> = picked
-            .iter()
-            .map(|&(i, c)| train_split.negative(i, c))
-            .collect();
+        let mut rng = step_rng(t.seed, step);
+        let b = StepBatch::pick(&train_split, idx, &mut rng);
         let lr = sched.at(step);
         engine
-            .step(&graphs, &caps, &negs, w, lr, step, &mut rng)
+            .step(&b.graphs, &b.captions, &b.negatives, w, lr, step, &mut rng)
             .unwrap();
         h.inputs(&engine.train);
     }

@@ -7,7 +7,7 @@ use gshn::model::{params::initial_values, Capacity, Gshn, Variant};
 use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig};
 use gshn::tensor::io::load_safetensors;
 use gshn::train::batches::{Feeder, LossWeights};
-use gshn::train::trainer::open_split;
+use gshn::train::config::open_split;
 use gshn::train::{RunConfig, TrainOptions};
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
@@ -433,9 +433,8 @@ fn training_is_deterministic_and_resumes_exactly() {
     assert_eq!(v["rsum"].as_f64().unwrap(), full.final_recall.rsum);
     // --save-embeddings writes what the recall was computed from.
     let emb = dir.join("emb.safetensors");
-    let r =
-        gshn::train::trainer::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
-            .unwrap();
+    let r = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
+        .unwrap();
     let (t, _) = gshn::tensor::io::load_safetensors(&emb).unwrap();
     let get = |n: &str| t.iter().find(|(k, _)| k == n).unwrap().1.clone();
     let (img, txt, owner, ids) = (

@@ -2,7 +2,7 @@
 //! Every field has a default (documented here and in the README), so an empty file is a
 //! valid config; unknown keys are errors, so a typo never silently changes nothing.
 
-use crate::data::{FeatureConfig, GraphConfig, LoadOptions, PrepareOptions};
+use crate::data::{Dataset, FeatureConfig, GraphConfig, LoadOptions, PrepareOptions, SplitPaths};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, TextSource};
 use serde::{Deserialize, Serialize};
@@ -184,4 +184,19 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// Opens one split of a dataset root with the config's layout and overrides.
+pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> {
+    let d = &cfg.data;
+    let base = match d.layout {
+        Layout::Gshn => SplitPaths::standard(root, split),
+        Layout::Coco2017 => SplitPaths::coco2017(root, split),
+    };
+    let over = if split == d.train_split {
+        &d.train_paths
+    } else {
+        &d.val_paths
+    };
+    Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
 }

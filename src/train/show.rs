@@ -1,7 +1,8 @@
 //! `gshn show`: an image with its segments, the graph's edges drawn by attention weight,
 //! and each node's spike rate — the first thing a researcher looks at.
 
-use super::trainer::{load_engine, open_split};
+use super::config::open_split;
+use super::engine::load_engine;
 use crate::backend::Backend;
 use crate::data::graph_from_sample;
 use crate::error::{Error, Result};
