@@ -31,7 +31,7 @@ pub struct TrainConfig {
     /// `model.negative_margin` in cosine, over the same words with the two objects exchanged
     /// (`synth::exchange_objects`; captions of other shapes have no negative). 0 = off.
     pub lambda_neg: f64,
-    /// Weight of the relation loss (`model::gshn::relation_loss`): z_img and z_txt must tell
+    /// Weight of the relation loss (`model::losses::relation_loss`): z_img and z_txt must tell
     /// the centroid offset of pairs of the image's segments from their appearance. 0 = off.
     pub lambda_rel: f64,
     /// Epochs over which the relation loss weight rises linearly from 0 to `lambda_rel` (by
