@@ -459,7 +459,7 @@ pub fn graph_from_sample(
 pub(crate) mod tests {
     use super::*;
     use crate::data::coco::Segment;
-    use crate::data::rng::SplitMix64;
+    use crate::data::rng::SynthRng;
 
     pub(crate) fn seg_map(w: u32, h: u32, rows: &[&str], ids: &[(char, u32, usize)]) -> SegmentMap {
         let mut index = Vec::new();
@@ -736,7 +736,7 @@ pub(crate) mod tests {
 
     #[test]
     fn random_maps_keep_invariants() {
-        let mut rng = SplitMix64::new(3);
+        let mut rng = SynthRng::new(3);
         for case in 0..40 {
             let (w, h) = (8 + rng.below(40) as u32, 8 + rng.below(40) as u32);
             let nseg = 1 + rng.below(12);

@@ -7,7 +7,7 @@ use super::coco::Dataset;
 use super::error::{DataError, Result};
 use super::features::{load_text_features, FeatureConfig};
 use super::graph::{graph_from_sample, GraphConfig, SceneGraph};
-use super::synth::exchange_objects;
+use super::synth::grammar::exchange_objects;
 use super::text::{Encoded, Vocab};
 use super::BatchCapacity;
 use crate::util::progress::progress;
