@@ -1,13 +1,14 @@
 //! Data side of GSHN (DESIGN §4.1, §5), readable straight through:
 //!
 //! panoptic PNG + captions ([`coco`]) → segments ([`coco::Sample`]) → pixel features
-//! ([`features`]) → segment graph ([`graph`]) → padded disjoint batch ([`batch`]);
-//! captions → token ids ([`text`]). [`synth`] writes the built-in synthetic relational
-//! scenes in the same COCO layout.
+//! ([`features`]) → segment graph ([`graph`]) → padded disjoint batch ([`batch`]), the layout
+//! the model's graph inputs take; captions → token ids ([`text`]). [`prepare`] decodes a whole
+//! split once and fixes the batch sizes ([`DataShape`]). [`synth`] writes the built-in
+//! synthetic relational scenes in the same COCO layout.
 //!
-//! Nothing here depends on the tensor / graph-of-ops core: every output is a plain
-//! `Vec<f32>` / `Vec<i32>` with its layout documented, so it can be wired in later.
-//! Every failure is a [`DataError`] naming the file and what is wrong; bad input never panics.
+//! Every output is a plain `Vec<f32>` / `Vec<i32>` with its layout documented; the batch is
+//! checked with the graph ops' own CSR / CSC rules. Every failure is a [`DataError`] naming
+//! the file (or the batch) and what is wrong; bad input never panics.
 
 pub mod batch;
 pub mod coco;
