@@ -14,6 +14,8 @@ use gshn::{CpuBackend, DType, Executor, Tensor};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
 /// FNV-1a, 64 bit.
 struct Fnv(u64);
 
@@ -72,20 +74,10 @@ fn data_dir() -> PathBuf {
     d
 }
 
+/// The tests' tiny model and schedule, with every input the trainer can feed in use.
 fn config(variant: Variant) -> RunConfig {
-    let mut c = RunConfig::default();
+    let mut c = common::tiny_config();
     c.model.variant = variant;
-    c.model.dim = 16;
-    c.model.heads = 2;
-    c.model.category_dim = 4;
-    c.model.time_steps = 3;
-    c.model.text.layers = 1;
-    c.model.text.heads = 2;
-    c.model.text.max_len = 10;
-    c.train.batch_size = 8;
-    c.train.epochs = 2;
-    c.train.warmup_steps = 2;
-    c.train.pretrain_epochs = 1;
     c.train.node_samples_per_graph = 3;
     if variant == Variant::Full {
         c.train.lambda_neg = 1.0;

@@ -13,28 +13,14 @@ use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::tiny_config;
+
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gshn-test-{tag}-{}", std::process::id()));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn tiny_config() -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model.dim = 16;
-    c.model.heads = 2;
-    c.model.category_dim = 4;
-    c.model.time_steps = 3;
-    c.model.text.layers = 1;
-    c.model.text.heads = 2;
-    c.model.text.max_len = 10;
-    c.train.batch_size = 8;
-    c.train.epochs = 2;
-    c.train.warmup_steps = 2;
-    c.train.pretrain_epochs = 1;
-    c.train.log_every = 1;
-    c
 }
 
 /// DESIGN §2's executor test: a small two-branch model (GAT and LIF, fused, InfoNCE loss)

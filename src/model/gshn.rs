@@ -5,7 +5,7 @@
 
 use super::branches::{fuse, gat_branch, node_features, snn_branch};
 use super::config::{ModelConfig, TextSource, Variant};
-use super::losses::{losses, Embeddings};
+use super::losses::{add_weighted, hard_negative_loss, relation_term, stl_and_node_cl, SYMMETRIC};
 use super::params::{Init, ParamSet, ParamSpec};
 use super::text::text_encoder;
 use crate::data::graph::{EDGE_FEAT_DIM, GEOMETRY_DIM};
@@ -187,21 +187,35 @@ impl Gshn {
         let (fused, r) = fuse(&mut ps, config, &nodes, e_snn, gat.f_gat)?;
         let z_img = image_embedding(&mut ps, config, cap, inp, fused)?;
         let z_txt = text_embedding(&mut ps, config, cap, inp)?;
-        let losses = losses(
-            &mut ps,
-            config,
-            cap,
-            inp,
-            &nodes,
-            Embeddings {
-                z_img,
-                z_txt,
-                logit_scale,
-                e_snn,
-                f_gat: gat.f_gat,
-            },
-            float,
-        )?;
+        // Losses, each weighted by its fed scalar. Their creation order fixes the order in
+        // which gradients sum: keep it.
+        let rel = match cap.relations {
+            true => Some(relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?),
+            false => None,
+        };
+        let itc = ps.graph.infonce(z_img, z_txt, logit_scale, SYMMETRIC)?.loss;
+        let mut loss = ps.graph.mul(itc, inp.w_itc)?;
+        if let Some(l) = rel {
+            loss = add_weighted(ps.graph, loss, l, inp.w_rel)?;
+        }
+        let mut stl = None;
+        let mut node_cl = None;
+        if let (Variant::Full, Some(es), Some(fg)) = (config.variant, e_snn, gat.f_gat) {
+            let (l_stl, l_node) = stl_and_node_cl(&mut ps, config, cap, inp, z_txt, es, fg)?;
+            let g = &mut *ps.graph;
+            let a = g.mul(l_stl, inp.w_stl)?;
+            let b = g.mul(l_node, inp.w_node)?;
+            let sum = g.add(loss, a)?;
+            loss = g.add(sum, b)?;
+            stl = Some(l_stl);
+            node_cl = Some(l_node);
+        }
+        let mut neg = None;
+        if let Some(ni) = &inp.negatives {
+            let l_neg = hard_negative_loss(&mut ps, config, cap, ni, z_img, z_txt, float)?;
+            loss = add_weighted(ps.graph, loss, l_neg, ni.weight)?;
+            neg = Some(l_neg);
+        }
         let params = ps.specs;
         let (spike_rates, node_spike_rate) = match snn {
             Some(s) => (s.spike_rates, s.node_spike_rate),
@@ -211,12 +225,12 @@ impl Gshn {
             graph,
             inputs,
             outputs: ModelOutputs {
-                loss: losses.loss,
-                itc: losses.itc,
-                stl: losses.stl,
-                node_cl: losses.node_cl,
-                neg: losses.neg,
-                rel: losses.rel,
+                loss,
+                itc,
+                stl,
+                node_cl,
+                neg,
+                rel,
                 z_img,
                 z_txt,
                 spike_rates,

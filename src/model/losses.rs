@@ -1,9 +1,9 @@
-//! The heads and losses of the GSHN (DESIGN §4.4): ITC, the relation loss, STL and node CL
-//! (full model), and the hard-negative margin, summed with the fed loss weights so that the
-//! pre-training → alignment schedule needs no second graph.
+//! The heads and loss terms of the GSHN (DESIGN §4.4) besides ITC: the relation loss, STL and
+//! node CL (full model), and the hard-negative margin. `Gshn::build_in` sums them with the fed
+//! loss weights, so that the pre-training → alignment schedule needs no second graph.
 
 use super::branches::NodeFeatures;
-use super::config::{ModelConfig, Variant};
+use super::config::ModelConfig;
 use super::gshn::{Capacity, ModelInputs, NORM_EPS};
 use super::params::{Init, ParamSet};
 use super::text::text_encoder;
@@ -12,90 +12,39 @@ use crate::graph::{Graph, ValueId};
 use crate::ops::InfoNceAttrs;
 use crate::tensor::DType;
 
-/// What the losses read of the forward pass.
-pub(super) struct Embeddings {
-    /// `[batch, dim]` normalised image and text embeddings.
-    pub z_img: ValueId,
-    pub z_txt: ValueId,
-    pub logit_scale: ValueId,
-    /// `[nodes, dim]` branch outputs (STL and node CL need both).
-    pub e_snn: Option<ValueId>,
-    pub f_gat: Option<ValueId>,
-}
-
-/// The weighted total and each term.
-pub(super) struct Losses {
-    pub loss: ValueId,
-    pub itc: ValueId,
-    pub stl: Option<ValueId>,
-    pub node_cl: Option<ValueId>,
-    pub neg: Option<ValueId>,
-    pub rel: Option<ValueId>,
-}
-
-/// Every loss term, and their sum weighted by the fed loss weights.
-pub(super) fn losses(
+/// The relation loss of the image's node samples (see [`relation_loss`]).
+pub(super) fn relation_term(
     ps: &mut ParamSet,
-    config: &ModelConfig,
     cap: Capacity,
     inp: &ModelInputs,
     nodes: &NodeFeatures,
-    z: Embeddings,
-    float: DType,
-) -> Result<Losses> {
-    let rel = if cap.relations {
-        let appearance =
-            segment_appearance(ps.graph, cap, nodes.pooled, inp.geometry, nodes.category)?;
-        Some(relation_loss(ps, cap, inp, appearance, z.z_img, z.z_txt)?)
-    } else {
-        None
-    };
-    let g = &mut *ps.graph;
-    let itc = g.infonce(z.z_img, z.z_txt, z.logit_scale, SYMMETRIC)?.loss;
-    let w_itc = g.mul(itc, inp.w_itc)?;
-    let mut loss = w_itc;
-    if let Some(l) = rel {
-        let weighted = g.mul(l, inp.w_rel)?;
-        loss = g.add(loss, weighted)?;
-    }
-    let mut stl = None;
-    let mut node_cl = None;
-    if let (Variant::Full, Some(es), Some(fg)) = (config.variant, z.e_snn, z.f_gat) {
-        let (l_stl, l_node) = stl_and_node_cl(ps, config, cap, inp, z.z_txt, es, fg)?;
-        let g = &mut *ps.graph;
-        let a = g.mul(l_stl, inp.w_stl)?;
-        let b = g.mul(l_node, inp.w_node)?;
-        let sum = g.add(loss, a)?;
-        loss = g.add(sum, b)?;
-        stl = Some(l_stl);
-        node_cl = Some(l_node);
-    }
-    let mut neg = None;
-    if let Some(ni) = &inp.negatives {
-        let l_neg = hard_negative_loss(ps, config, cap, ni, z.z_img, z.z_txt, float)?;
-        let g = &mut *ps.graph;
-        let weighted = g.mul(l_neg, ni.weight)?;
-        loss = g.add(loss, weighted)?;
-        neg = Some(l_neg);
-    }
-    Ok(Losses {
-        loss,
-        itc,
-        stl,
-        node_cl,
-        neg,
-        rel,
-    })
+    z_img: ValueId,
+    z_txt: ValueId,
+) -> Result<ValueId> {
+    let appearance = segment_appearance(ps.graph, cap, nodes.pooled, inp.geometry, nodes.category)?;
+    relation_loss(ps, cap, inp, appearance, z_img, z_txt)
 }
 
-const SYMMETRIC: InfoNceAttrs = InfoNceAttrs {
+/// `loss + weight · term`.
+pub(super) fn add_weighted(
+    g: &mut Graph,
+    loss: ValueId,
+    term: ValueId,
+    weight: ValueId,
+) -> Result<ValueId> {
+    let weighted = g.mul(term, weight)?;
+    g.add(loss, weighted)
+}
+
+/// ITC and node CL: both directions.
+pub(super) const SYMMETRIC: InfoNceAttrs = InfoNceAttrs {
     symmetric: true,
     chunk: 256,
 };
 
 /// STL: spiking branch → (frozen) text features, one direction; node CL: the SNN and (frozen)
 /// GAT views of the same segment are positives. Returns both unweighted.
-fn stl_and_node_cl(
+pub(super) fn stl_and_node_cl(
     ps: &mut ParamSet,
     config: &ModelConfig,
     cap: Capacity,
@@ -138,7 +87,7 @@ fn stl_and_node_cl(
 /// Hard negatives (VSE++-style margin on cosine similarity): each image must score its
 /// caption at least `negative_margin` above the same words with the objects exchanged.
 /// Unweighted: the mean over rows with a negative (`row_weight`).
-fn hard_negative_loss(
+pub(super) fn hard_negative_loss(
     ps: &mut ParamSet,
     config: &ModelConfig,
     cap: Capacity,

@@ -7,16 +7,13 @@ use std::sync::atomic::Ordering;
 
 use image::RgbImage;
 
-use super::open::file_stem;
+use super::open::{file_stem, image_reader};
 use super::{CrowdPolicy, Dataset, Sample, Segment, SegmentMap};
 use crate::data::error::{DataError, Result};
 use crate::data::features::load_feature_map;
 
 fn decode_any(path: &Path, what: &'static str) -> Result<image::DynamicImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, what, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, what, e))?;
+    let reader = image_reader(path, what)?;
     reader.decode().map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,

@@ -51,11 +51,19 @@ pub(super) fn file_stem(name: &str) -> String {
         .unwrap_or_else(|| name.to_string())
 }
 
-fn header_dims(path: &Path, what: &'static str) -> Result<(u32, u32)> {
-    let reader = image::ImageReader::open(path)
+/// An image reader of `path` with its format guessed from the content.
+pub(super) fn image_reader(
+    path: &Path,
+    what: &'static str,
+) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+    image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, what, e))?
         .with_guessed_format()
-        .map_err(|e| DataError::io(path, what, e))?;
+        .map_err(|e| DataError::io(path, what, e))
+}
+
+fn header_dims(path: &Path, what: &'static str) -> Result<(u32, u32)> {
+    let reader = image_reader(path, what)?;
     reader.into_dimensions().map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,
