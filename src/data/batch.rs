@@ -47,11 +47,12 @@ pub struct BatchCapacity {
 }
 
 impl BatchCapacity {
-    /// Capacities that hold every graph the builder can produce with `graph` and `P` cells.
+    /// Capacities that hold every graph the builder can produce with `graph` and `P` cells,
+    /// with the spare node slot per graph that the padding edges need.
     pub fn for_config(batch_size: usize, graph: &GraphConfig, pixels_per_graph: usize) -> Self {
         Self {
             batch_size,
-            max_nodes_per_graph: graph.nodes_per_graph(),
+            max_nodes_per_graph: graph.nodes_per_graph() + 1,
             max_edges_per_graph: graph.max_edges_per_graph(),
             pixels_per_graph,
         }
