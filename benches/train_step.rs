@@ -2,9 +2,10 @@
 //! config and batch 64 on the synthetic scenes: graphs per second (criterion "elem/s").
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gshn::data::{write_synthetic, Vocab};
-use gshn::train::batches::{DataShape, LossWeights};
-use gshn::train::trainer::{open_split, prepare, Engine};
+use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
+use gshn::train::batches::LossWeights;
+use gshn::train::config::open_split;
+use gshn::train::Engine;
 use gshn::train::RunConfig;
 use gshn::util::rng::SplitMix64;
 use gshn::CpuBackend;
@@ -15,7 +16,7 @@ fn bench(c: &mut Criterion) {
     let cfg = RunConfig::default();
     let ds = open_split(&dir, &cfg, "train").unwrap();
     let vocab = Vocab::build(ds.all_captions(), 1, None);
-    let split = prepare(&ds, &cfg, &vocab, "bench").unwrap();
+    let split = prepare(&ds, &cfg.prepare_options(), &vocab, "bench").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
     let b = cfg.train.batch_size;
     let mut engine = Engine::new(CpuBackend, cfg.clone(), shape, vocab).unwrap();

@@ -1,40 +1,26 @@
 //! The model end to end: a two-branch graph learns, the whole GSHN loss has correct
 //! gradients, training is deterministic and resumes exactly, and the CLI's eval JSON.
 
-use gshn::data::{write_synthetic, Vocab};
+use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::graph::gradcheck::GradCheck;
-use gshn::model::{params::initial_values, Gshn, Variant};
+use gshn::model::{params::initial_values, Capacity, Gshn, Variant};
 use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig};
 use gshn::tensor::io::load_safetensors;
-use gshn::train::batches::{DataShape, Feeder, LossWeights};
-use gshn::train::trainer::{open_split, prepare};
+use gshn::train::batches::{Feeder, LossWeights};
+use gshn::train::config::open_split;
 use gshn::train::{RunConfig, TrainOptions};
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
 use std::path::{Path, PathBuf};
+
+mod common;
+use common::tiny_config;
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gshn-test-{tag}-{}", std::process::id()));
     std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn tiny_config() -> RunConfig {
-    let mut c = RunConfig::default();
-    c.model.dim = 16;
-    c.model.heads = 2;
-    c.model.category_dim = 4;
-    c.model.time_steps = 3;
-    c.model.text.layers = 1;
-    c.model.text.heads = 2;
-    c.model.text.max_len = 10;
-    c.train.batch_size = 8;
-    c.train.epochs = 2;
-    c.train.warmup_steps = 2;
-    c.train.pretrain_epochs = 1;
-    c.train.log_every = 1;
-    c
 }
 
 /// DESIGN §2's executor test: a small two-branch model (GAT and LIF, fused, InfoNCE loss)
@@ -207,9 +193,10 @@ fn whole_gshn_loss_has_correct_gradients() {
     cfg.train.lambda_neg = 1.0; // prepare the hard negatives
     let ds = open_split(&dir, &cfg, "train").unwrap();
     let vocab = Vocab::build(ds.all_captions(), 1, None);
-    let split = prepare(&ds, &cfg, &vocab, "train").unwrap();
+    let split = prepare(&ds, &cfg.prepare_options(), &vocab, "train").unwrap();
     let shape = DataShape::of(&[&split], ds.num_categories()).unwrap();
-    let (data_cap, mut cap) = shape.capacities(3, vocab.len(), 2);
+    let data_cap = shape.batch_capacity(3);
+    let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), 2);
     cap.negatives = true;
     cap.relations = true;
     let model = Gshn::build_in(&cfg.model, cap, DType::F64).unwrap();
@@ -432,9 +419,8 @@ fn training_is_deterministic_and_resumes_exactly() {
     assert_eq!(v["rsum"].as_f64().unwrap(), full.final_recall.rsum);
     // --save-embeddings writes what the recall was computed from.
     let emb = dir.join("emb.safetensors");
-    let r =
-        gshn::train::trainer::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
-            .unwrap();
+    let r = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
+        .unwrap();
     let (t, _) = gshn::tensor::io::load_safetensors(&emb).unwrap();
     let get = |n: &str| t.iter().find(|(k, _)| k == n).unwrap().1.clone();
     let (img, txt, owner, ids) = (

@@ -1,5 +1,6 @@
 //! Batching several [`SceneGraph`]s into ONE padded disjoint graph with fixed capacities, so one
-//! static compute graph (one memory plan, one CUDA graph) serves every step (DESIGN §2, §3.2).
+//! static compute graph (one memory plan) serves every step (DESIGN §2, §3.2). [`collate`] builds
+//! the layout the model reads, once per batch.
 //!
 //! # Layout
 //! * Graph slot `g ∈ 0..batch_size` owns nodes `[g·cap, (g+1)·cap)` (`cap = max_nodes_per_graph`,
@@ -7,26 +8,29 @@
 //!   come first in its block, its global node is the last real one; the rest are **pad nodes**.
 //!   Slots `num_graphs..batch_size` are empty (all pad), so a short last batch keeps the same shapes.
 //! * Pad nodes: geometry 0, category 0 (a valid index for an embedding gather), `node_graph` −1,
-//!   `node_mask` 0, `node_area` 0, **no edges** (zero in-degree and out-degree are legal: GAT gives 0).
-//!   Pad cells: features 0, `pixel_node` −1.
-//! * **Edges are packed at the front**: the `E` real edges of all graphs, sorted by `(dst, src)`
-//!   (so by graph, since node blocks are ordered), occupy `[0, E)`; **`row_ptr[node_cap] = E`** and
-//!   `num_edges = E ≤ edge_cap`. The tail `[E, edge_cap)` is padding: `src = dst = 0` (a *valid* node
-//!   index, so an edge-parallel kernel may gather over all `edge_cap` rows without a bounds check),
-//!   `edge_feats = 0`, `edge_mask = 0`. No row range of `row_ptr` / `col_ptr` reaches the tail, so
-//!   node-parallel kernels never see it; an edge-parallel kernel that *writes* per-edge results
-//!   (e.g. `gBe`) must zero rows `k ≥ num_edges` (or multiply by `edge_mask`).
+//!   `node_mask` 0. Pad cells: features 0, `pixel_node` −1.
+//! * **Every edge slot is used**: the GAT / aggregation ops take a CSR whose edge count is exactly
+//!   the edge capacity, so `row_ptr[node_cap] = edge_cap`. The `edge_cap − num_edges` unused slots
+//!   are **self-loops of pad nodes**, spread over all pad nodes in node order (the first
+//!   `spare mod pads` pad nodes get one more), so no node gets a long row; pad edges have
+//!   `edge_feats = 0`. Pad nodes are isolated from real ones, and nothing reads their outputs.
+//!   Hence a batch needs a pad node whenever it has a spare edge slot ([`DataShape`] adds one
+//!   node slot per graph for this).
 //! * **CSR by destination**: edges of node `i` are `row_ptr[i]..row_ptr[i+1]`, sources `src[k]`,
-//!   ascending `src` inside a row.
+//!   ascending `src` inside a row; real edges keep their graph's `(dst, src)` order.
 //! * **CSC transpose** (for deterministic scatters to sources): edges leaving node `j` are
-//!   `col_edge[col_ptr[j]..col_ptr[j+1]]`, edge ids ascending inside a group. `col_ptr[node_cap] = E`;
-//!   the tail of `col_edge` is the identity (`col_edge[k] = k` for `k ≥ E`), so `col_edge` is a
-//!   permutation of `0..edge_cap`.
+//!   `col_edge[col_ptr[j]..col_ptr[j+1]]`, edge ids ascending inside a group (a permutation of
+//!   `0..edge_cap`).
+//! * `in_degree_of_edge[k]`: the in-degree of edge `k`'s destination (the uniform attention
+//!   `1/in-degree` of the SNN-only ablation).
+//!
+//! [`DataShape`]: super::DataShape
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{DataError, Result};
 use super::graph::{GraphConfig, SceneGraph, EDGE_FEAT_DIM, GEOMETRY_DIM};
+use crate::ops::gat::{transpose, validate_csc, validate_csr};
 
 /// Fixed capacities of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,11 +47,12 @@ pub struct BatchCapacity {
 }
 
 impl BatchCapacity {
-    /// Capacities that hold every graph the builder can produce with `graph` and `P` cells.
+    /// Capacities that hold every graph the builder can produce with `graph` and `P` cells,
+    /// with the spare node slot per graph that the padding edges need.
     pub fn for_config(batch_size: usize, graph: &GraphConfig, pixels_per_graph: usize) -> Self {
         Self {
             batch_size,
-            max_nodes_per_graph: graph.nodes_per_graph(),
+            max_nodes_per_graph: graph.nodes_per_graph() + 1,
             max_edges_per_graph: graph.max_edges_per_graph(),
             pixels_per_graph,
         }
@@ -69,9 +74,7 @@ pub struct GraphBatch {
     /// Real graphs (≤ `capacity.batch_size`).
     pub num_graphs: usize,
     pub capacity: BatchCapacity,
-    pub node_cap: usize,
-    pub edge_cap: usize,
-    /// Real edges E (= `row_ptr[node_cap]`).
+    /// Real edges E (the other `edge_cap − E` slots are pad self-loops).
     pub num_edges: usize,
     pub feat_dim: usize,
     /// `[B·P, C]`.
@@ -86,130 +89,91 @@ pub struct GraphBatch {
     pub node_graph: Vec<i32>,
     /// `[node_cap]` 1.0 for real nodes, 0.0 for pad nodes.
     pub node_mask: Vec<f32>,
-    /// `[node_cap]` cells pooled per node (see [`SceneGraph::node_area`]); pad 0.
-    pub node_area: Vec<f32>,
     /// `[B]` batch index of each graph's global node, −1 for empty slots.
     pub global_node: Vec<i32>,
-    /// `[node_cap + 1]` CSR by destination.
+    /// `[node_cap + 1]` CSR by destination, ending at `edge_cap`.
     pub row_ptr: Vec<i32>,
-    /// `[edge_cap]` source of each edge (pad 0).
+    /// `[edge_cap]` source of each edge.
     pub src: Vec<i32>,
-    /// `[edge_cap]` destination of each edge (pad 0), the expansion of `row_ptr`.
-    pub dst: Vec<i32>,
     /// `[node_cap + 1]` CSC (by source) offsets into `col_edge`.
     pub col_ptr: Vec<i32>,
-    /// `[edge_cap]` edge ids grouped by source, ascending inside a group; tail = identity.
+    /// `[edge_cap]` edge ids grouped by source, ascending inside a group.
     pub col_edge: Vec<i32>,
-    /// `[edge_cap, 5]` (pad 0).
+    /// `[edge_cap, 5]` (pad edges 0).
     pub edge_feats: Vec<f32>,
-    /// `[edge_cap]` 1.0 for real edges, 0.0 for padding.
-    pub edge_mask: Vec<f32>,
+    /// `[edge_cap]` in-degree of each edge's destination (≥ 1).
+    pub in_degree_of_edge: Vec<usize>,
 }
 
 impl GraphBatch {
+    pub fn node_cap(&self) -> usize {
+        self.capacity.node_cap()
+    }
+    pub fn edge_cap(&self) -> usize {
+        self.capacity.edge_cap()
+    }
+
     /// `true` for real nodes.
     pub fn node_real(&self, n: usize) -> bool {
         self.node_mask.get(n).is_some_and(|&m| m > 0.0)
     }
 
-    /// Check every invariant of the layout: CSR, CSC = transpose of CSR, padding values, masks.
+    /// `[edge_cap]` destination of each edge, the expansion of `row_ptr`.
+    pub fn edge_dst(&self) -> Vec<i32> {
+        (0..self.node_cap())
+            .flat_map(|i| (self.row_ptr[i]..self.row_ptr[i + 1]).map(move |_| i as i32))
+            .collect()
+    }
+
+    /// Check every invariant of the layout: CSR, CSC = transpose of CSR, padding, degrees.
     pub fn validate(&self) -> Result<()> {
-        let (n, ec, e) = (self.node_cap, self.edge_cap, self.num_edges);
+        let (n, ec) = (self.node_cap(), self.edge_cap());
         let bad = |m: String| Err(DataError::contract(format!("GraphBatch: {m}")));
-        if self.src.len() != ec || self.dst.len() != ec || self.col_edge.len() != ec {
+        if self.src.len() != ec
+            || self.in_degree_of_edge.len() != ec
+            || self.edge_feats.len() != ec * EDGE_FEAT_DIM
+        {
             return bad("edge arrays are not edge_cap long".into());
         }
-        validate_csr(&self.row_ptr, &self.src, n)?;
-        if self.row_ptr[n] as usize != e {
-            return bad(format!(
-                "row_ptr[node_cap] = {} ≠ num_edges {e}",
-                self.row_ptr[n]
-            ));
-        }
-        if self.col_ptr.len() != n + 1
-            || self.col_ptr[0] != 0
-            || self.col_ptr.windows(2).any(|w| w[1] < w[0])
-            || self.col_ptr[n] as usize != e
-        {
-            return bad("col_ptr is not node_cap+1 monotone offsets from 0 to num_edges".into());
-        }
+        // The shared CSR / CSC rules of the graph ops, which read this layout.
+        validate_csr("GraphBatch", n, &self.row_ptr, &self.src)
+            .and_then(|_| validate_csc("GraphBatch", n, &self.src, &self.col_ptr, &self.col_edge))
+            .map_err(|e| {
+                DataError::contract(format!("GraphBatch: not the graph ops' CSR/CSC: {e}"))
+            })?;
+        let mut real_edges = 0;
         for i in 0..n {
-            for k in self.row_ptr[i]..self.row_ptr[i + 1] {
-                let k = k as usize;
-                if self.dst[k] as usize != i {
-                    return bad(format!("dst[{k}] = {} but edge is in row {i}", self.dst[k]));
+            let row = self.row_ptr[i] as usize..self.row_ptr[i + 1] as usize;
+            let degree = row.len().max(1);
+            for k in row.clone() {
+                let s = self.src[k] as usize;
+                if self.in_degree_of_edge[k] != degree {
+                    return bad(format!("in_degree_of_edge[{k}] ≠ {degree}"));
                 }
-                if k > self.row_ptr[i] as usize && self.src[k - 1] >= self.src[k] {
+                if !self.node_real(i) {
+                    let feats = &self.edge_feats[k * EDGE_FEAT_DIM..(k + 1) * EDGE_FEAT_DIM];
+                    if s != i || feats.iter().any(|&f| f != 0.0) {
+                        return bad(format!("edge {k} of pad node {i} is not a bare self-loop"));
+                    }
+                    continue;
+                }
+                if !self.node_real(s) {
+                    return bad(format!("edge {k} joins real node {i} to pad node {s}"));
+                }
+                if k > row.start && self.src[k - 1] >= self.src[k] {
                     return bad(format!("row {i} not strictly ascending in src at edge {k}"));
                 }
-                if self.node_mask[i] == 0.0 || self.node_mask[self.src[k] as usize] == 0.0 {
-                    return bad(format!("edge {k} touches a pad node"));
-                }
+                real_edges += 1;
             }
         }
-        let mut seen = vec![false; ec];
-        for j in 0..n {
-            let g = &self.col_edge[self.col_ptr[j] as usize..self.col_ptr[j + 1] as usize];
-            for (t, &k) in g.iter().enumerate() {
-                let k = k as usize;
-                if k >= e
-                    || seen[k]
-                    || self.src[k] as usize != j
-                    || (t > 0 && g[t - 1] as usize >= k)
-                {
-                    return bad(format!(
-                        "col_edge group of node {j} is not its out-edges ascending"
-                    ));
-                }
-                seen[k] = true;
-            }
-        }
-        if seen[..e].iter().any(|s| !s) {
-            return bad("CSC misses an edge".into());
-        }
-        for k in e..ec {
-            if self.src[k] != 0
-                || self.dst[k] != 0
-                || self.col_edge[k] as usize != k
-                || self.edge_mask[k] != 0.0
-            {
-                return bad(format!("padding edge {k} has non-padding values"));
-            }
+        if real_edges != self.num_edges {
+            return bad(format!(
+                "{real_edges} edges between real nodes ≠ num_edges {}",
+                self.num_edges
+            ));
         }
         Ok(())
     }
-}
-
-/// Check a CSR index: `row_ptr` has `n + 1` entries, starts at 0, is non-decreasing, ends at
-/// `E = row_ptr[n] ≤ idx.len()`, and `idx[0..E]` are in `0..n`. (Entries of `idx` past `E` are padding
-/// and not checked.)
-pub fn validate_csr(row_ptr: &[i32], idx: &[i32], n: usize) -> Result<()> {
-    let bad = |m: String| Err(DataError::contract(format!("CSR: {m}")));
-    if row_ptr.len() != n + 1 {
-        return bad(format!(
-            "row_ptr has {} entries, expected n + 1 = {}",
-            row_ptr.len(),
-            n + 1
-        ));
-    }
-    if row_ptr[0] != 0 {
-        return bad(format!("row_ptr[0] = {} ≠ 0", row_ptr[0]));
-    }
-    if let Some(i) = (0..n).find(|&i| row_ptr[i + 1] < row_ptr[i]) {
-        return bad(format!(
-            "row_ptr decreases at {i}: {} > {}",
-            row_ptr[i],
-            row_ptr[i + 1]
-        ));
-    }
-    let e = row_ptr[n] as usize;
-    if e > idx.len() {
-        return bad(format!("row_ptr[n] = E = {e} > index length {}", idx.len()));
-    }
-    if let Some(k) = (0..e).find(|&k| idx[k] < 0 || idx[k] as usize >= n) {
-        return bad(format!("index[{k}] = {} not in 0..{n}", idx[k]));
-    }
-    Ok(())
 }
 
 /// Collate up to `cap.batch_size` graphs into one padded batch. All graphs must share the feature
@@ -219,7 +183,21 @@ pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
     cap: &BatchCapacity,
 ) -> Result<GraphBatch> {
     let graphs: Vec<&SceneGraph> = graphs.iter().map(|g| g.borrow()).collect();
-    let err = |m: String| Err(DataError::contract(format!("collate: {m}")));
+    let c = check_fit(&graphs, cap)?;
+    let mut b = place_nodes(&graphs, cap, c);
+    let real = RealEdges::of(&graphs, cap)?;
+    b.num_edges = real.src.len();
+    b.pad_edges(&real)?;
+    Ok(b)
+}
+
+fn collate_error<T>(m: String) -> Result<T> {
+    Err(DataError::contract(format!("collate: {m}")))
+}
+
+/// The feature width C shared by `graphs`, once each fits the capacities.
+fn check_fit(graphs: &[&SceneGraph], cap: &BatchCapacity) -> Result<usize> {
+    let err = collate_error;
     if graphs.len() > cap.batch_size {
         return err(format!(
             "{} graphs > batch_size {}",
@@ -260,11 +238,16 @@ pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
             ));
         }
     }
+    Ok(c)
+}
+
+/// The batch with every node and cell array filled and no edges yet.
+fn place_nodes(graphs: &[&SceneGraph], cap: &BatchCapacity, c: usize) -> GraphBatch {
+    let (ncap, pcap) = (cap.max_nodes_per_graph, cap.pixels_per_graph);
+    let node_cap = cap.node_cap();
     let mut b = GraphBatch {
         num_graphs: graphs.len(),
         capacity: *cap,
-        node_cap,
-        edge_cap,
         num_edges: 0,
         feat_dim: c,
         pixel_feats: vec![0.0; cap.pixel_cap() * c],
@@ -273,19 +256,14 @@ pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
         category: vec![0; node_cap],
         node_graph: vec![-1; node_cap],
         node_mask: vec![0.0; node_cap],
-        node_area: vec![0.0; node_cap],
         global_node: vec![-1; cap.batch_size],
-        row_ptr: vec![0; node_cap + 1],
-        src: vec![0; edge_cap],
-        dst: vec![0; edge_cap],
-        col_ptr: vec![0; node_cap + 1],
-        col_edge: (0..edge_cap as i32).collect(),
-        edge_feats: vec![0.0; edge_cap * EDGE_FEAT_DIM],
-        edge_mask: vec![0.0; edge_cap],
+        row_ptr: Vec::new(),
+        src: Vec::new(),
+        col_ptr: Vec::new(),
+        col_edge: Vec::new(),
+        edge_feats: Vec::new(),
+        in_degree_of_edge: Vec::new(),
     };
-    let mut in_deg = vec![0i32; node_cap];
-    let mut out_deg = vec![0i32; node_cap];
-    let mut k = 0usize;
     for (g, gr) in graphs.iter().enumerate() {
         let n0 = g * ncap;
         let p0 = g * pcap;
@@ -300,47 +278,107 @@ pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
         b.geometry[n0 * GEOMETRY_DIM..(n0 + gr.num_nodes) * GEOMETRY_DIM]
             .copy_from_slice(&gr.geometry);
         b.category[n0..n0 + gr.num_nodes].copy_from_slice(&gr.category);
-        b.node_area[n0..n0 + gr.num_nodes].copy_from_slice(&gr.node_area);
         for n in n0..n0 + gr.num_nodes {
             b.node_graph[n] = g as i32;
             b.node_mask[n] = 1.0;
         }
         b.global_node[g] = (n0 + gr.global_node()) as i32;
-        // The graph's edges are sorted by (dst, src); offsetting keeps that order globally.
-        for e in 0..gr.num_edges() {
-            let (s, d) = (gr.edge_src[e], gr.edge_dst[e]);
-            if s < 0 || d < 0 || s as usize >= gr.num_nodes || d as usize >= gr.num_nodes {
-                return err(format!("graph {g} edge {e} ({s} → {d}) out of range"));
+    }
+    b
+}
+
+/// The real edges of all graphs in batch node numbers, packed: sorted by `(dst, src)`, so
+/// `row_ptr` is a CSR over them alone.
+struct RealEdges {
+    row_ptr: Vec<i32>,
+    src: Vec<i32>,
+    edge_feats: Vec<f32>,
+}
+
+impl RealEdges {
+    fn of(graphs: &[&SceneGraph], cap: &BatchCapacity) -> Result<RealEdges> {
+        let ncap = cap.max_nodes_per_graph;
+        let node_cap = cap.node_cap();
+        let mut src = Vec::new();
+        let mut edge_feats = Vec::new();
+        let mut in_deg = vec![0i32; node_cap];
+        for (g, gr) in graphs.iter().enumerate() {
+            let n0 = g * ncap;
+            // The graph's edges are sorted by (dst, src); offsetting keeps that order globally.
+            for e in 0..gr.num_edges() {
+                let (s, d) = (gr.edge_src[e], gr.edge_dst[e]);
+                if s < 0 || d < 0 || s as usize >= gr.num_nodes || d as usize >= gr.num_nodes {
+                    return collate_error(format!("graph {g} edge {e} ({s} → {d}) out of range"));
+                }
+                if e > 0 && (gr.edge_dst[e - 1], gr.edge_src[e - 1]) >= (d, s) {
+                    return collate_error(format!(
+                        "graph {g} edges are not sorted by (dst, src) without duplicates at {e}"
+                    ));
+                }
+                src.push((n0 + s as usize) as i32);
+                edge_feats
+                    .extend_from_slice(&gr.edge_feats[e * EDGE_FEAT_DIM..(e + 1) * EDGE_FEAT_DIM]);
+                in_deg[n0 + d as usize] += 1;
             }
-            if e > 0 && (gr.edge_dst[e - 1], gr.edge_src[e - 1]) >= (d, s) {
-                return err(format!(
-                    "graph {g} edges are not sorted by (dst, src) without duplicates at {e}"
-                ));
-            }
-            let (s, d) = (n0 + s as usize, n0 + d as usize);
-            b.src[k] = s as i32;
-            b.dst[k] = d as i32;
-            b.edge_mask[k] = 1.0;
-            b.edge_feats[k * EDGE_FEAT_DIM..(k + 1) * EDGE_FEAT_DIM]
-                .copy_from_slice(&gr.edge_feats[e * EDGE_FEAT_DIM..(e + 1) * EDGE_FEAT_DIM]);
-            in_deg[d] += 1;
-            out_deg[s] += 1;
-            k += 1;
         }
+        let mut row_ptr = vec![0i32; node_cap + 1];
+        for i in 0..node_cap {
+            row_ptr[i + 1] = row_ptr[i] + in_deg[i];
+        }
+        Ok(RealEdges {
+            row_ptr,
+            src,
+            edge_feats,
+        })
     }
-    b.num_edges = k;
-    for i in 0..node_cap {
-        b.row_ptr[i + 1] = b.row_ptr[i] + in_deg[i];
-        b.col_ptr[i + 1] = b.col_ptr[i] + out_deg[i];
+}
+
+impl GraphBatch {
+    /// Lays out every edge slot (see the module docs): real rows copied from `real`, the spare
+    /// slots as self-loops spread over the pad nodes, then the CSC transpose.
+    fn pad_edges(&mut self, real: &RealEdges) -> Result<()> {
+        let (n, cap, spare) = (
+            self.node_cap(),
+            self.edge_cap(),
+            self.edge_cap() - self.num_edges,
+        );
+        let fw = EDGE_FEAT_DIM;
+        let pads: Vec<usize> = (0..n).filter(|&v| !self.node_real(v)).collect();
+        if spare > 0 && pads.is_empty() {
+            return collate_error("no padding node to hold unused edge slots (node capacity must exceed the largest graph)".into());
+        }
+        let mut degree: Vec<usize> = (0..n)
+            .map(|v| (real.row_ptr[v + 1] - real.row_ptr[v]) as usize)
+            .collect();
+        for (k, &p) in pads.iter().enumerate() {
+            degree[p] = spare / pads.len() + usize::from(k < spare % pads.len());
+        }
+        let mut row_ptr = vec![0i32; n + 1];
+        for v in 0..n {
+            row_ptr[v + 1] = row_ptr[v] + degree[v] as i32;
+        }
+        let mut src = vec![0i32; cap];
+        let mut edge_feats = vec![0f32; cap * fw];
+        let mut in_degree_of_edge = vec![1usize; cap];
+        for v in 0..n {
+            let (lo, hi) = (row_ptr[v] as usize, row_ptr[v + 1] as usize);
+            in_degree_of_edge[lo..hi].fill(degree[v].max(1));
+            if self.node_real(v) {
+                let old = real.row_ptr[v] as usize;
+                src[lo..hi].copy_from_slice(&real.src[old..old + hi - lo]);
+                edge_feats[lo * fw..hi * fw]
+                    .copy_from_slice(&real.edge_feats[old * fw..(old + hi - lo) * fw]);
+            } else {
+                src[lo..hi].fill(v as i32);
+            }
+        }
+        (self.col_ptr, self.col_edge) = transpose(n, &src);
+        self.row_ptr = row_ptr;
+        self.src = src;
+        self.edge_feats = edge_feats;
+        self.in_degree_of_edge = in_degree_of_edge;
+        Ok(())
     }
-    // Counting sort by source; scanning edges in ascending id keeps ids ascending in each group.
-    let mut fill: Vec<i32> = b.col_ptr[..node_cap].to_vec();
-    for e in 0..k {
-        let s = b.src[e] as usize;
-        b.col_edge[fill[s] as usize] = e as i32;
-        fill[s] += 1;
-    }
-    Ok(b)
 }
 
 #[cfg(test)]
@@ -403,12 +441,18 @@ mod tests {
         let gs = graphs();
         let b = collate(&gs, &cap()).unwrap();
         b.validate().unwrap();
-        assert_eq!((b.num_graphs, b.node_cap, b.edge_cap), (3, 28, 196));
+        assert_eq!((b.num_graphs, b.node_cap(), b.edge_cap()), (3, 28, 196));
         let e: usize = gs.iter().map(|g| g.num_edges()).sum();
         assert_eq!(b.num_edges, e);
-        assert_eq!(b.row_ptr[b.node_cap] as usize, e);
-        // Dense adjacency from the graphs, from CSR and from CSC must agree (CSC = transpose).
-        let n = b.node_cap;
+        assert_eq!(
+            b.row_ptr[b.node_cap()] as usize,
+            b.edge_cap(),
+            "every edge slot is used"
+        );
+        // Dense adjacency from the graphs, from CSR and from CSC must agree (CSC = transpose);
+        // pad nodes carry only self-loops, together all the spare slots, spread evenly.
+        let n = b.node_cap();
+        let dst = b.edge_dst();
         let mut want = vec![0u8; n * n];
         for (g, gr) in gs.iter().enumerate() {
             for k in 0..gr.num_edges() {
@@ -419,9 +463,17 @@ mod tests {
                 want[d * n + s] += 1;
             }
         }
+        let pads: Vec<usize> = (0..n).filter(|&v| !b.node_real(v)).collect();
+        let spare = b.edge_cap() - e;
+        for (k, &p) in pads.iter().enumerate() {
+            let loops = spare / pads.len() + usize::from(k < spare % pads.len());
+            want[p * n + p] = loops as u8;
+            assert_eq!(b.row_ptr[p + 1] - b.row_ptr[p], loops as i32);
+        }
         let mut csr = vec![0u8; n * n];
         for i in 0..n {
             for k in b.row_ptr[i]..b.row_ptr[i + 1] {
+                assert_eq!(dst[k as usize] as usize, i);
                 csr[i * n + b.src[k as usize] as usize] += 1;
             }
         }
@@ -430,12 +482,12 @@ mod tests {
             for t in b.col_ptr[j]..b.col_ptr[j + 1] {
                 let k = b.col_edge[t as usize] as usize;
                 assert_eq!(b.src[k] as usize, j);
-                csc[b.dst[k] as usize * n + j] += 1;
+                csc[dst[k] as usize * n + j] += 1;
             }
         }
         assert_eq!(csr, want);
         assert_eq!(csc, want);
-        // Edge features travel with their edge.
+        // Edge features travel with their edge; the in-degree is that of the destination.
         let (g, gr) = (1, &gs[1]);
         for k in 0..gr.num_edges() {
             let (s, d) = (
@@ -449,6 +501,8 @@ mod tests {
                 &b.edge_feats[kb * 5..kb * 5 + 5],
                 &gr.edge_feats[k * 5..k * 5 + 5]
             );
+            let deg = gr.edge_dst.iter().filter(|&&x| x == gr.edge_dst[k]).count();
+            assert_eq!(b.in_degree_of_edge[kb], deg);
         }
         // Nodes, pads, pixels.
         assert_eq!(
@@ -472,9 +526,6 @@ mod tests {
                         &b.geometry[i * 5..i * 5 + 5],
                         &gr.geometry[nd * 5..nd * 5 + 5]
                     );
-                } else {
-                    assert_eq!(b.row_ptr[i], b.row_ptr[i + 1], "pad node {i} has in-edges");
-                    assert_eq!(b.col_ptr[i], b.col_ptr[i + 1], "pad node {i} has out-edges");
                 }
             }
             for p in 0..12 {
@@ -491,15 +542,6 @@ mod tests {
         }
         assert!(b.node_mask[21..].iter().all(|&m| m == 0.0));
         assert!(b.pixel_node[36..].iter().all(|&p| p == -1));
-        // Padding tail of the edge arrays.
-        assert!(b.src[e..].iter().all(|&s| s == 0) && b.edge_mask[e..].iter().all(|&m| m == 0.0));
-        assert!((e..b.edge_cap).all(|k| b.col_edge[k] as usize == k));
-        let mut perm = b.col_edge.clone();
-        perm.sort_unstable();
-        assert!(
-            perm.iter().enumerate().all(|(i, &v)| v as usize == i),
-            "col_edge is not a permutation"
-        );
     }
 
     #[test]
@@ -529,6 +571,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("pixels_per_graph"));
+        // Full slots with no spare node cannot hold the spare edge slots.
+        let full = [&gs[2], &gs[2]];
+        let mut c = cap();
+        (c.batch_size, c.max_nodes_per_graph) = (2, gs[2].num_nodes);
+        assert!(collate(&full, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("no padding node"));
         let b = collate(&gs, &cap()).unwrap();
         let mut x = b.clone();
         x.col_edge.swap(0, 1);
@@ -537,24 +587,15 @@ mod tests {
         x.src[0] = 3;
         assert!(x.validate().is_err());
         let mut x = b.clone();
-        x.src[b.num_edges] = 5;
+        let last = b.edge_cap() - 1;
+        x.edge_feats[last * 5] = 1.0;
+        assert!(x.validate().unwrap_err().to_string().contains("self-loop"));
+        let mut x = b.clone();
+        x.in_degree_of_edge[0] += 1;
         assert!(x.validate().is_err());
-        // Empty batch is legal: no edges at all.
+        // Empty batch is legal: every slot a pad self-loop.
         let e = collate::<SceneGraph>(&[], &cap()).unwrap();
         e.validate().unwrap();
         assert_eq!(e.num_edges, 0);
-    }
-
-    #[test]
-    fn validate_csr_checks() {
-        validate_csr(&[0, 2, 3], &[0, 1, 1], 2).unwrap();
-        validate_csr(&[0, 2, 3], &[0, 1, 1, 9], 2).unwrap(); // padding past E unchecked
-        validate_csr(&[0], &[], 0).unwrap();
-        assert!(validate_csr(&[0, 2], &[0, 1], 2).is_err()); // wrong length
-        assert!(validate_csr(&[1, 2, 3], &[0, 1, 1], 2).is_err()); // not from 0
-        assert!(validate_csr(&[0, 3, 2], &[0, 1, 1], 2).is_err()); // decreasing
-        assert!(validate_csr(&[0, 2, 4], &[0, 1, 1], 2).is_err()); // E > len
-        assert!(validate_csr(&[0, 2, 3], &[0, 2, 1], 2).is_err()); // out of range
-        assert!(validate_csr(&[0, 2, 3], &[0, -1, 1], 2).is_err()); // negative
     }
 }

@@ -140,6 +140,7 @@ impl SceneGraph {
     }
 }
 
+/// Full-resolution statistics of one segment.
 #[derive(Clone, Copy)]
 struct Stats {
     count: u64,
@@ -158,8 +159,47 @@ pub fn build_scene_graph(
     feats: &FeatureMap,
     cfg: &GraphConfig,
 ) -> Result<SceneGraph> {
+    check_inputs(seg, num_categories, feats, cfg)?;
+    let st = segment_stats(seg)?;
+    let (order, truncated) = select_nodes(seg, &st, cfg.max_nodes)?;
+    let (cell_seg, kept, dropped_segments) = assign_cells(seg, feats, &order);
+    // Final numbering: `kept` is in descending-area order already.
+    let nseg = kept.len();
+    let num_nodes = nseg + 1;
+    let (seg_node, pixel_node, node_area) = number_nodes(seg, &kept, &cell_seg);
+    let nodes = node_attributes(seg, &st, &kept, num_categories);
+    let touch = touching_pairs(seg, &seg_node);
+    let edges = edge_set(nseg, &touch, &nodes.centroid, cfg.knn);
+    let (edge_src, edge_dst, edge_feats) = edge_arrays(&edges, &nodes.geometry, &touch);
+    Ok(SceneGraph {
+        num_nodes,
+        num_categories,
+        feat_dim: feats.c,
+        position_channel: feats.position_channel,
+        feat_h: feats.h,
+        feat_w: feats.w,
+        pixel_feats: feats.data.clone(),
+        pixel_node,
+        geometry: nodes.geometry,
+        category: nodes.category,
+        edge_src,
+        edge_dst,
+        edge_feats,
+        node_area,
+        segment_ids: nodes.segment_ids,
+        truncated,
+        dropped_segments,
+    })
+}
+
+/// The contract of [`build_scene_graph`]'s arguments.
+fn check_inputs(
+    seg: &SegmentMap,
+    num_categories: usize,
+    feats: &FeatureMap,
+    cfg: &GraphConfig,
+) -> Result<()> {
     let (wd, ht) = (seg.width as usize, seg.height as usize);
-    let ns = seg.segments.len();
     if wd == 0 || ht == 0 || seg.index.len() != wd * ht {
         return Err(DataError::contract(format!(
             "segment map {}x{} has {} entries",
@@ -190,7 +230,13 @@ pub fn build_scene_graph(
             s.id, s.category
         )));
     }
-    // Full-resolution statistics.
+    Ok(())
+}
+
+/// Pixel count, coordinate sums and bounding box of every segment at full resolution.
+fn segment_stats(seg: &SegmentMap) -> Result<Vec<Stats>> {
+    let wd = seg.width as usize;
+    let ns = seg.segments.len();
     let mut st = vec![
         Stats {
             count: 0,
@@ -223,7 +269,13 @@ pub fn build_scene_graph(
         s.y0 = s.y0.min(y);
         s.y1 = s.y1.max(y);
     }
-    // Node selection: largest first.
+    Ok(st)
+}
+
+/// Node selection: the `max_nodes` largest segments, largest first (ties: smaller panoptic
+/// id), and how many were left out.
+fn select_nodes(seg: &SegmentMap, st: &[Stats], max_nodes: usize) -> Result<(Vec<usize>, usize)> {
+    let ns = seg.segments.len();
     let mut order: Vec<usize> = (0..ns).filter(|&k| st[k].count > 0).collect();
     if order.is_empty() {
         return Err(DataError::contract("segment map has no non-void segment"));
@@ -235,10 +287,21 @@ pub fn build_scene_graph(
             .then(seg.segments[a].id.cmp(&seg.segments[b].id))
             .then(a.cmp(&b))
     });
-    let truncated = order.len().saturating_sub(cfg.max_nodes);
-    order.truncate(cfg.max_nodes);
+    let truncated = order.len().saturating_sub(max_nodes);
+    order.truncate(max_nodes);
+    Ok((order, truncated))
+}
 
-    // Nearest-neighbour resize (segment indices), then the vanished-segment rule.
+/// Nearest-neighbour resize (segment indices) to the feature grid, then the vanished-segment
+/// rule. Returns each cell's segment (−1 = void), the segments kept as nodes (in `order`'s
+/// order) and the panoptic ids of those dropped.
+fn assign_cells(
+    seg: &SegmentMap,
+    feats: &FeatureMap,
+    order: &[usize],
+) -> (Vec<i32>, Vec<usize>, Vec<u32>) {
+    let (wd, ht) = (seg.width as usize, seg.height as usize);
+    let ns = seg.segments.len();
     let (fh, fw) = (feats.h, feats.w);
     let p = fh * fw;
     let mut seg_node = vec![-1i32; ns];
@@ -264,7 +327,7 @@ pub fn build_scene_graph(
     }
     let mut dropped_segments = Vec::new();
     let mut kept = Vec::with_capacity(order.len());
-    for &k in &order {
+    for &k in order {
         if cells[k] > 0 {
             kept.push(k);
             continue;
@@ -299,11 +362,18 @@ pub fn build_scene_graph(
             None => dropped_segments.push(seg.segments[k].id),
         }
     }
-    // Final numbering: `kept` is in descending-area order already.
-    let nseg = kept.len();
-    let num_nodes = nseg + 1;
-    let global = nseg;
-    seg_node.iter_mut().for_each(|v| *v = -1);
+    (cell_seg, kept, dropped_segments)
+}
+
+/// Node numbers of the kept segments: each segment's node (−1: none), each cell's node and
+/// the cells pooled per node (the global node, last, pools all of them).
+fn number_nodes(
+    seg: &SegmentMap,
+    kept: &[usize],
+    cell_seg: &[i32],
+) -> (Vec<i32>, Vec<i32>, Vec<f32>) {
+    let global = kept.len();
+    let mut seg_node = vec![-1i32; seg.segments.len()];
     for (n, &k) in kept.iter().enumerate() {
         seg_node[k] = n as i32;
     }
@@ -311,21 +381,38 @@ pub fn build_scene_graph(
         .iter()
         .map(|&k| if k >= 0 { seg_node[k as usize] } else { -1 })
         .collect();
-    let mut node_area = vec![0f32; num_nodes];
+    let mut node_area = vec![0f32; global + 1];
     for &n in &pixel_node {
         if n >= 0 {
             node_area[n as usize] += 1.0;
         }
     }
-    node_area[global] = p as f32;
+    node_area[global] = cell_seg.len() as f32;
+    (seg_node, pixel_node, node_area)
+}
 
-    // Geometry and category.
-    let (wf, hf) = (wd as f64, ht as f64);
+/// Per node (global last): geometry, category, panoptic id; per segment node its centroid.
+struct NodeAttributes {
+    geometry: Vec<f32>,
+    category: Vec<i32>,
+    segment_ids: Vec<u32>,
+    centroid: Vec<(f64, f64)>,
+}
+
+/// Geometry and category of the kept segments and the global node.
+fn node_attributes(
+    seg: &SegmentMap,
+    st: &[Stats],
+    kept: &[usize],
+    num_categories: usize,
+) -> NodeAttributes {
+    let num_nodes = kept.len() + 1;
+    let (wf, hf) = (seg.width as f64, seg.height as f64);
     let mut geometry = Vec::with_capacity(num_nodes * GEOMETRY_DIM);
     let mut category = Vec::with_capacity(num_nodes);
     let mut segment_ids = Vec::with_capacity(num_nodes);
-    let mut centroid = Vec::with_capacity(nseg);
-    for &k in &kept {
+    let mut centroid = Vec::with_capacity(kept.len());
+    for &k in kept {
         let s = &st[k];
         let c = s.count as f64;
         let cx = (s.sx / c + 0.5) / wf;
@@ -344,8 +431,17 @@ pub fn build_scene_graph(
     geometry.extend_from_slice(&[0.5, 0.5, 1.0, 1.0, 1.0]);
     category.push(num_categories as i32);
     segment_ids.push(0);
+    NodeAttributes {
+        geometry,
+        category,
+        segment_ids,
+        centroid,
+    }
+}
 
-    // Touching pairs at full resolution (only between nodes).
+/// Touching pairs `(a < b)` of nodes at full resolution (4-neighbour pixel pairs).
+fn touching_pairs(seg: &SegmentMap, seg_node: &[i32]) -> BTreeSet<(usize, usize)> {
+    let (wd, ht) = (seg.width as usize, seg.height as usize);
     let mut touch: BTreeSet<(usize, usize)> = BTreeSet::new();
     let node_at = |i: usize| -> i32 {
         let k = seg.index[i];
@@ -371,7 +467,18 @@ pub fn build_scene_graph(
             }
         }
     }
-    // Edge set as (dst, src).
+    touch
+}
+
+/// The edge set as `(dst, src)` (so sorted by destination): self-loops, global ↔ segments,
+/// touching pairs and `knn` nearest centroids, all in both directions.
+fn edge_set(
+    nseg: usize,
+    touch: &BTreeSet<(usize, usize)>,
+    centroid: &[(f64, f64)],
+    knn: usize,
+) -> BTreeSet<(usize, usize)> {
+    let (num_nodes, global) = (nseg + 1, nseg);
     let mut edges: BTreeSet<(usize, usize)> = BTreeSet::new();
     for n in 0..num_nodes {
         edges.insert((n, n));
@@ -380,7 +487,7 @@ pub fn build_scene_graph(
         edges.insert((n, global));
         edges.insert((global, n));
     }
-    for &(a, b) in &touch {
+    for &(a, b) in touch {
         edges.insert((a, b));
         edges.insert((b, a));
     }
@@ -393,16 +500,25 @@ pub fn build_scene_graph(
             })
             .collect();
         others.sort_by(|u, v| u.0.total_cmp(&v.0).then(u.1.cmp(&v.1)));
-        for &(_, b) in others.iter().take(cfg.knn) {
+        for &(_, b) in others.iter().take(knn) {
             edges.insert((a, b));
             edges.insert((b, a));
         }
     }
+    edges
+}
+
+/// Sources, destinations and features of the edges in `(dst, src)` order.
+fn edge_arrays(
+    edges: &BTreeSet<(usize, usize)>,
+    geometry: &[f32],
+    touch: &BTreeSet<(usize, usize)>,
+) -> (Vec<i32>, Vec<i32>, Vec<f32>) {
     let ne = edges.len();
     let mut edge_src = Vec::with_capacity(ne);
     let mut edge_dst = Vec::with_capacity(ne);
     let mut edge_feats = Vec::with_capacity(ne * EDGE_FEAT_DIM);
-    for &(d, s) in &edges {
+    for &(d, s) in edges {
         edge_src.push(s as i32);
         edge_dst.push(d as i32);
         let gs = &geometry[s * GEOMETRY_DIM..(s + 1) * GEOMETRY_DIM];
@@ -416,25 +532,7 @@ pub fn build_scene_graph(
             if t { 1.0 } else { 0.0 },
         ]);
     }
-    Ok(SceneGraph {
-        num_nodes,
-        num_categories,
-        feat_dim: feats.c,
-        position_channel: feats.position_channel,
-        feat_h: fh,
-        feat_w: fw,
-        pixel_feats: feats.data.clone(),
-        pixel_node,
-        geometry,
-        category,
-        edge_src,
-        edge_dst,
-        edge_feats,
-        node_area,
-        segment_ids,
-        truncated,
-        dropped_segments,
-    })
+    (edge_src, edge_dst, edge_feats)
 }
 
 /// Graph of a decoded sample: its external feature map if it has one, else the built-in features.
@@ -459,7 +557,7 @@ pub fn graph_from_sample(
 pub(crate) mod tests {
     use super::*;
     use crate::data::coco::Segment;
-    use crate::data::rng::SplitMix64;
+    use crate::data::rng::SynthRng;
 
     pub(crate) fn seg_map(w: u32, h: u32, rows: &[&str], ids: &[(char, u32, usize)]) -> SegmentMap {
         let mut index = Vec::new();
@@ -736,7 +834,7 @@ pub(crate) mod tests {
 
     #[test]
     fn random_maps_keep_invariants() {
-        let mut rng = SplitMix64::new(3);
+        let mut rng = SynthRng::new(3);
         for case in 0..40 {
             let (w, h) = (8 + rng.below(40) as u32, 8 + rng.below(40) as u32);
             let nseg = 1 + rng.below(12);

@@ -1,23 +1,22 @@
-//! A tiny deterministic RNG (splitmix64) so the data module needs no `rand` dependency.
-//! Same seed → same stream on every platform.
+//! The random stream of the synthetic data generator.
 
-/// splitmix64 generator (Steele, Lea, Flood 2014). Not cryptographic; fast and well mixed.
+use crate::util::rng::SplitMix64;
+
+/// splitmix64 bits ([`SplitMix64::next_u64`]) with the generator's own reductions to ranges:
+/// multiply-shift [`SynthRng::below`] and 24-bit [`SynthRng::unit_f32`]. They differ from
+/// `util::rng::SplitMix64`'s float-based `below`, so the same seed gives other draws there;
+/// this type keeps them because every synthetic dataset (and every number recorded on one)
+/// is drawn with them. Not cryptographic; same seed → same stream on every platform.
 #[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
+pub struct SynthRng(SplitMix64);
 
-impl SplitMix64 {
+impl SynthRng {
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self(SplitMix64::new(seed))
     }
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in `0..n` (n > 0; returns 0 for n == 0). Uses the multiply-shift reduction.
     pub fn below(&mut self, n: usize) -> usize {
@@ -58,10 +57,10 @@ mod tests {
     #[test]
     fn splitmix_known_values_and_ranges() {
         // Reference values of splitmix64 seeded with 0.
-        let mut r = SplitMix64::new(0);
+        let mut r = SynthRng::new(0);
         assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-        let mut r = SplitMix64::new(7);
+        let mut r = SynthRng::new(7);
         let mut seen = [0usize; 5];
         for _ in 0..5000 {
             let x = r.below(5);

@@ -3,12 +3,15 @@
 //! encoder → text embedding; losses ITC + STL + node CL (+ an optional hard-negative margin),
 //! weighted by fed scalars so that the pre-training → alignment schedule needs no second graph.
 
-use super::config::{Fusion, ModelConfig, Readout, TextSource, Variant};
+use super::branches::{fuse, gat_branch, node_features, snn_branch};
+use super::config::{ModelConfig, TextSource, Variant};
+use super::losses::{add_weighted, hard_negative_loss, relation_term, stl_and_node_cl, SYMMETRIC};
 use super::params::{Init, ParamSet, ParamSpec};
 use super::text::text_encoder;
+use crate::data::graph::{EDGE_FEAT_DIM, GEOMETRY_DIM};
+use crate::data::{BatchCapacity, DataShape};
 use crate::error::Result;
 use crate::graph::{Graph, ValueId};
-use crate::ops::{GatAttrs, InfoNceAttrs};
 use crate::tensor::DType;
 
 /// Static sizes of one batch (padded), fixed for the life of a graph.
@@ -42,6 +45,34 @@ pub struct Capacity {
     pub relations: bool,
     /// Width of precomputed caption features (`model.text.source = "features"`), else 0.
     pub text_features: usize,
+}
+
+impl Capacity {
+    /// The model's sizes for batches of capacity `data` of data of shape `shape` (the only place
+    /// they are derived; `negatives` and `relations` start off).
+    pub fn of_batch(
+        data: &BatchCapacity,
+        shape: &DataShape,
+        vocab: usize,
+        node_samples_per_graph: usize,
+    ) -> Capacity {
+        Capacity {
+            batch: data.batch_size,
+            nodes: data.node_cap(),
+            edges: data.edge_cap(),
+            pixels: data.pixel_cap(),
+            pixel_channels: shape.pixel_channels,
+            position_channel: shape.position_channel,
+            categories: shape.categories,
+            edge_features: EDGE_FEAT_DIM,
+            geometry: GEOMETRY_DIM,
+            node_samples: data.batch_size * node_samples_per_graph,
+            vocab,
+            negatives: false,
+            relations: false,
+            text_features: shape.text_features,
+        }
+    }
 }
 
 /// The graph inputs fed for every batch.
@@ -130,8 +161,8 @@ pub struct Gshn {
     pub capacity: Capacity,
 }
 
-const LN_EPS: f64 = 1e-5;
-const NORM_EPS: f64 = 1e-12;
+pub(super) const LN_EPS: f64 = 1e-5;
+pub(super) const NORM_EPS: f64 = 1e-12;
 
 impl Gshn {
     /// Builds the forward graph (no backward, no optimizer: see `train`).
@@ -139,284 +170,39 @@ impl Gshn {
         Self::build_in(config, cap, DType::F32)
     }
 
-    /// `build` with every float value in `dtype` (f64 for gradient checks).
-    pub fn build_in(config: &ModelConfig, cap: Capacity, dtype: DType) -> Result<Gshn> {
+    /// `build` with every float value in `float` (f64 for gradient checks). The order of the
+    /// steps is the order of parameter and op creation, which fixes parameter names, their
+    /// initial values and every recorded number: keep it.
+    pub fn build_in(config: &ModelConfig, cap: Capacity, float: DType) -> Result<Gshn> {
         config.validate()?;
-        let f32_ = dtype;
         let mut graph = Graph::new();
-        let (n, e, d, t_steps, heads) = (
-            cap.nodes,
-            cap.edges,
-            config.dim,
-            config.time_steps,
-            config.heads,
-        );
-        let g = &mut graph;
-        let inputs = ModelInputs {
-            pixel_feats: g.input("pixel_feats", [cap.pixels, cap.pixel_channels], f32_),
-            pixel_node: g.input("pixel_node", [cap.pixels], DType::I32),
-            geometry: g.input("geometry", [n, cap.geometry], f32_),
-            category: g.input("category", [n], DType::I32),
-            node_graph: g.input("node_graph", [n], DType::I32),
-            node_weight: g.input("node_weight", [n], f32_),
-            graph: crate::ops::gat::GraphInputs::new(g, "", n, e),
-            edge_feats: g.input("edge_feats", [e, cap.edge_features], f32_),
-            uniform_alpha: (config.variant == Variant::SnnOnly)
-                .then(|| g.input("uniform_alpha", [e, heads], f32_)),
-            tokens: g.input("tokens", [cap.batch * config.text.max_len], DType::I32),
-            token_keep: g.input("token_keep", [cap.batch, config.text.max_len], f32_),
-            text_features: (config.text.source == TextSource::Features)
-                .then(|| g.input("text_features", [cap.batch, cap.text_features], f32_)),
-            node_sample: g.input("node_sample", [cap.node_samples], DType::I32),
-            w_itc: g.input("w_itc", [], f32_),
-            w_stl: g.input("w_stl", [], f32_),
-            w_node: g.input("w_node", [], f32_),
-            w_rel: g.input("w_rel", [], f32_),
-            negatives: cap.negatives.then(|| NegativeInputs {
-                tokens: g.input("neg_tokens", [cap.batch * config.text.max_len], DType::I32),
-                token_keep: g.input("neg_token_keep", [cap.batch, config.text.max_len], f32_),
-                row_weight: g.input("neg_row_weight", [cap.batch], f32_),
-                weight: g.input("w_neg", [], f32_),
-            }),
-        };
-        let mut ps = ParamSet::new(&mut graph, f32_);
+        let inputs = ModelInputs::new(&mut graph, config, cap, float);
+        let mut ps = ParamSet::new(&mut graph, float);
         let inp = &inputs;
-
-        // ---- node inputs x_v = [masked_pool(F, M_v) ; geometry ; E_cat[category]] ----------
-        let pooled = ps
-            .graph
-            .segment_mean(inp.pixel_feats, inp.pixel_node, n)?
-            .mean;
-        let cat_table = ps.param(
-            "category_embedding",
-            [cap.categories + 1, config.category_dim],
-            Init::Normal(0.1),
-        );
-        let cat = ps.graph.gather(cat_table, inp.category)?;
-        let x = ps.graph.concat(&[pooled, inp.geometry, cat], 1)?;
-        let x_dim = cap.pixel_channels + cap.geometry + config.category_dim;
-
+        let nodes = node_features(&mut ps, config, cap, inp)?;
         let logit_scale = ps.param("logit_scale", [], Init::Constant(config.logit_scale_init));
-        let mut attention = Vec::new();
-        let mut spike_rates = Vec::new();
-        let mut node_spike_rate = None;
-        let mut r = None;
-
-        // ---- GAT branch: h ← LayerNorm(h + ELU(GAT(h))), last layer heads averaged ----------
-        let f_gat = if config.has_gat() {
-            let (w0, b0) = ps.linear("gat.input", x_dim, d, true);
-            let mut h = ps.graph.linear(x, w0, b0)?;
-            for l in 0..config.gat_layers {
-                let last = l + 1 == config.gat_layers;
-                let f = if last { d } else { d / heads };
-                let (w, _) = ps.linear(&format!("gat.{l}.lin"), d, heads * f, false);
-                let a_src = ps.param(&format!("gat.{l}.att_src"), [heads, f], Init::Xavier);
-                let a_dst = ps.param(&format!("gat.{l}.att_dst"), [heads, f], Init::Xavier);
-                let (we, _) = ps.linear(&format!("gat.{l}.edge"), cap.edge_features, heads, false);
-                let g = &mut *ps.graph;
-                let z = g.matmul(h, w)?;
-                let z = g.reshape(z, [n, heads, f])?;
-                let be = g.matmul(inp.edge_feats, we)?;
-                let attrs = GatAttrs {
-                    negative_slope: 0.2,
-                    edge_bias: true,
-                };
-                let out = g.gat(z, a_src, a_dst, Some(be), &inp.graph, attrs)?;
-                attention.push(g.gat_alpha(
-                    z,
-                    a_src,
-                    a_dst,
-                    Some(be),
-                    out.lse,
-                    &inp.graph,
-                    attrs,
-                )?);
-                let merged = if last {
-                    // average heads: [n, H, d] → [n, d, H] → mean over H
-                    let p = g.permute(out.out, &[0, 2, 1])?;
-                    g.mean_last(p)?
-                } else {
-                    g.reshape(out.out, [n, d])?
-                };
-                let act = g.elu(merged)?;
-                let res = g.add(h, act)?;
-                let gamma = ps.param(&format!("gat.{l}.norm.weight"), [d], Init::Constant(1.0));
-                let beta = ps.param(&format!("gat.{l}.norm.bias"), [d], Init::Constant(0.0));
-                h = ps.graph.layer_norm(res, gamma, beta, LN_EPS)?;
-            }
-            Some(h)
-        } else {
-            None
+        let gat = gat_branch(&mut ps, config, cap, inp, &nodes)?;
+        let snn = snn_branch(&mut ps, config, cap, inp, &nodes, &gat.attention, float)?;
+        let e_snn = snn.as_ref().map(|s| s.e_snn);
+        let (fused, r) = fuse(&mut ps, config, &nodes, e_snn, gat.f_gat)?;
+        let z_img = image_embedding(&mut ps, config, cap, inp, fused)?;
+        let z_txt = text_embedding(&mut ps, config, cap, inp)?;
+        // Losses, each weighted by its fed scalar. Their creation order fixes the order in
+        // which gradients sum: keep it.
+        let rel = match cap.relations {
+            true => Some(relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?),
+            false => None,
         };
-
-        // ---- SNN branch: S^l = LIF(LN(Agg_α(S^{l−1}) W^l)), E_SNN = mean_t(S^L) W_out --------
-        let e_snn = if config.has_snn() {
-            let (w_in, b_in) = ps.linear("snn.input", x_dim, d, true);
-            let g = &mut *ps.graph;
-            let current = g.linear(x, w_in, b_in)?;
-            let current = g.reshape(current, [1, n, d])?;
-            let mut s = g.concat(&vec![current; t_steps], 0)?; // [T, n, d], direct encoding
-            let mut last_v = None;
-            for l in 0..config.snn_layers {
-                let alpha = match inp.uniform_alpha {
-                    Some(u) => u,
-                    None if config.detach_attention => ps
-                        .graph
-                        .stop_gradient(attention[l.min(attention.len() - 1)])?,
-                    None => attention[l.min(attention.len() - 1)],
-                };
-                let (w, _) = ps.linear(&format!("snn.{l}.lin"), d, d, false);
-                let root = config
-                    .snn_root_weight
-                    .then(|| ps.linear(&format!("snn.{l}.root"), d, d, false).0);
-                // PLIF: a learnable time constant per layer.
-                let tau = config
-                    .lif
-                    .learnable_tau
-                    .then(|| ps.param(&format!("snn.{l}.tau"), [], Init::Constant(config.lif.tau)));
-                let gamma = ps.param(&format!("snn.{l}.norm.weight"), [d], Init::Constant(1.0));
-                let beta = ps.param(&format!("snn.{l}.norm.bias"), [d], Init::Constant(0.0));
-                let g = &mut *ps.graph;
-                let agg = g.aggregate(alpha, s, &inp.graph)?;
-                let agg = g.reshape(agg, [t_steps * n, d])?;
-                let mut cur = g.matmul(agg, w)?;
-                if let Some(u) = root {
-                    // The node's own previous-layer spikes, apart from the attention mix: keeps
-                    // each segment's identity (the GAT branch keeps it through its residual).
-                    let own = g.reshape(s, [t_steps * n, d])?;
-                    let own = g.matmul(own, u)?;
-                    cur = g.add(cur, own)?;
-                }
-                // LayerNorm of each (t, node) current keeps it O(1) around the threshold, so
-                // neurons fire from the first step on (without it they start silent).
-                let cur = g.layer_norm(cur, gamma, beta, LN_EPS)?;
-                let cur = g.reshape(cur, [t_steps, n * d])?;
-                let lif = match tau {
-                    Some(tau) => g.plif(cur, tau, config.lif)?,
-                    None => g.lif(cur, config.lif)?,
-                };
-                // firing rate over real nodes: mean over channels, then weighted over (t, node)
-                let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
-                let per_node = g.mean_last(per_node)?;
-                let weighted = g.mul_broadcast(per_node, inp.node_weight)?;
-                spike_rates.push(g.sum(weighted)?);
-                if l + 1 == config.snn_layers {
-                    let ones = g.fill(1.0 / t_steps as f64, [1, t_steps], f32_)?;
-                    let rate = g.matmul(ones, per_node)?; // [1, n]
-                    node_spike_rate = Some(g.reshape(rate, [n])?);
-                }
-                last_v = Some(lif.membrane);
-                s = g.reshape(lif.spikes, [t_steps, n, d])?;
-            }
-            let (w_out, b_out) = ps.linear("snn.out", d, d, true);
-            let g = &mut *ps.graph;
-            let trace = match config.readout {
-                Readout::Rate => g.reshape(s, [t_steps, n * d])?,
-                Readout::Membrane => last_v.expect("at least one SNN layer"),
-            };
-            let mean_t = g.fill(1.0 / t_steps as f64, [1, t_steps], f32_)?;
-            let rate = g.matmul(mean_t, trace)?;
-            let rate = g.reshape(rate, [n, d])?;
-            Some(g.linear(rate, w_out, b_out)?)
-        } else {
-            None
-        };
-
-        // ---- fusion V' = r ⊙ E_SNN + F_GAT ----------------------------------------------------
-        let fused = match (e_snn, f_gat) {
-            (Some(es), Some(fg)) => {
-                let r_shape: Vec<usize> = if config.fusion == Fusion::Channel {
-                    vec![d]
-                } else {
-                    vec![]
-                };
-                let rv = ps.param("fusion.r", r_shape, Init::Constant(config.r_init));
-                r = Some(rv);
-                let scaled = ps.graph.mul_broadcast(es, rv)?;
-                ps.graph.add(scaled, fg)?
-            }
-            (Some(es), None) => es,
-            (None, Some(fg)) => fg,
-            (None, None) => {
-                // mean-pool MLP baseline: a two-layer MLP on x_v
-                let (w1, b1) = ps.linear("mlp.0", x_dim, d, true);
-                let (w2, b2) = ps.linear("mlp.1", d, d, true);
-                let g = &mut *ps.graph;
-                let hdn = g.linear(x, w1, b1)?;
-                let hdn = g.gelu(hdn)?;
-                g.linear(hdn, w2, b2)?
-            }
-        };
-
-        // ---- image embedding --------------------------------------------------------------------
-        let (w_img, b_img) = ps.linear("image.proj", d, d, true);
-        let g = &mut *ps.graph;
-        let img = g.segment_mean(fused, inp.node_graph, cap.batch)?.mean;
-        let img = g.linear(img, w_img, b_img)?;
-        let z_img = g.l2_normalize(img, NORM_EPS)?;
-
-        // ---- text embedding ---------------------------------------------------------------------
-        let z_txt = match inp.text_features {
-            // an external encoder's features → learned projection → normalise
-            Some(f) => {
-                let (w, b) = ps.linear("text.proj", cap.text_features, d, true);
-                let z = ps.graph.linear(f, w, b)?;
-                ps.graph.l2_normalize(z, NORM_EPS)?
-            }
-            None => text_encoder(&mut ps, config, cap, inp.tokens, inp.token_keep)?,
-        };
-
-        // ---- losses -------------------------------------------------------------------------------
-        let rel = if cap.relations {
-            let appearance = segment_appearance(ps.graph, cap, pooled, inp.geometry, cat)?;
-            Some(relation_loss(&mut ps, cap, inp, appearance, z_img, z_txt)?)
-        } else {
-            None
-        };
-        let g = &mut *ps.graph;
-        let sym = InfoNceAttrs {
-            symmetric: true,
-            chunk: 256,
-        };
-        let itc = g.infonce(z_img, z_txt, logit_scale, sym)?.loss;
-        let w_itc = g.mul(itc, inp.w_itc)?;
-        let mut loss = w_itc;
+        let itc = ps.graph.infonce(z_img, z_txt, logit_scale, SYMMETRIC)?.loss;
+        let mut loss = ps.graph.mul(itc, inp.w_itc)?;
         if let Some(l) = rel {
-            let weighted = g.mul(l, inp.w_rel)?;
-            loss = g.add(loss, weighted)?;
+            loss = add_weighted(ps.graph, loss, l, inp.w_rel)?;
         }
         let mut stl = None;
         let mut node_cl = None;
-        if let (Variant::Full, Some(es), Some(fg)) = (config.variant, e_snn, f_gat) {
-            // STL: spiking branch → (frozen) text features, one direction.
-            let (w_s, b_s) = ps.linear("stl.proj", d, d, true);
-            let stl_scale = ps.param(
-                "stl.logit_scale",
-                [],
-                Init::Constant(config.logit_scale_init),
-            );
-            let node_scale = ps.param(
-                "node_cl.logit_scale",
-                [],
-                Init::Constant(config.logit_scale_init),
-            );
+        if let (Variant::Full, Some(es), Some(fg)) = (config.variant, e_snn, gat.f_gat) {
+            let (l_stl, l_node) = stl_and_node_cl(&mut ps, config, cap, inp, z_txt, es, fg)?;
             let g = &mut *ps.graph;
-            let pooled_snn = g.segment_mean(es, inp.node_graph, cap.batch)?.mean;
-            let s_img = g.linear(pooled_snn, w_s, b_s)?;
-            let s_img = g.l2_normalize(s_img, NORM_EPS)?;
-            let txt_target = g.stop_gradient(z_txt)?;
-            let one_dir = InfoNceAttrs {
-                symmetric: false,
-                chunk: 256,
-            };
-            let l_stl = g.infonce(s_img, txt_target, stl_scale, one_dir)?.loss;
-            // node CL: the SNN and (frozen) GAT views of the same segment are positives.
-            let sn = g.gather(es, inp.node_sample)?;
-            let sn = g.l2_normalize(sn, NORM_EPS)?;
-            let gn = g.gather(fg, inp.node_sample)?;
-            let gn = g.stop_gradient(gn)?;
-            let gn = g.l2_normalize(gn, NORM_EPS)?;
-            let l_node = g.infonce(sn, gn, node_scale, sym)?.loss;
             let a = g.mul(l_stl, inp.w_stl)?;
             let b = g.mul(l_node, inp.w_node)?;
             let sum = g.add(loss, a)?;
@@ -424,31 +210,17 @@ impl Gshn {
             stl = Some(l_stl);
             node_cl = Some(l_node);
         }
-
-        // Hard negatives (VSE++-style margin on cosine similarity): each image must score its
-        // caption at least `negative_margin` above the same words with the objects exchanged.
         let mut neg = None;
         if let Some(ni) = &inp.negatives {
-            let z_neg = text_encoder(&mut ps, config, cap, ni.tokens, ni.token_keep)?;
-            let g = &mut *ps.graph;
-            let row_dot = |g: &mut Graph, a: ValueId, b: ValueId| -> Result<ValueId> {
-                let p = g.mul(a, b)?;
-                g.sum_last(p)
-            };
-            let pos = row_dot(g, z_img, z_txt)?;
-            let negs = row_dot(g, z_img, z_neg)?;
-            let gap = g.sub(negs, pos)?;
-            let margin = g.fill(config.negative_margin, [cap.batch], f32_)?;
-            let gap = g.add(gap, margin)?;
-            let hinge = g.relu(gap)?;
-            let hinge = g.mul(hinge, ni.row_weight)?;
-            let l_neg = g.sum(hinge)?;
-            let weighted = g.mul(l_neg, ni.weight)?;
-            loss = g.add(loss, weighted)?;
+            let l_neg = hard_negative_loss(&mut ps, config, cap, ni, z_img, z_txt, float)?;
+            loss = add_weighted(ps.graph, loss, l_neg, ni.weight)?;
             neg = Some(l_neg);
         }
-
         let params = ps.specs;
+        let (spike_rates, node_spike_rate) = match snn {
+            Some(s) => (s.spike_rates, s.node_spike_rate),
+            None => (Vec::new(), None),
+        };
         Ok(Gshn {
             graph,
             inputs,
@@ -462,7 +234,7 @@ impl Gshn {
                 z_img,
                 z_txt,
                 spike_rates,
-                attention,
+                attention: gat.attention,
                 node_spike_rate,
                 r,
                 logit_scale,
@@ -474,101 +246,71 @@ impl Gshn {
     }
 }
 
-/// What a segment looks like, without where it is: its pooled features minus their position
-/// channels, its size (bbox w, h and area) and its category embedding. `[nodes, width]`.
-fn segment_appearance(
-    g: &mut Graph,
-    cap: Capacity,
-    pooled: ValueId,
-    geometry: ValueId,
-    category: ValueId,
-) -> Result<ValueId> {
-    let c = cap.pixel_channels;
-    let mut parts = Vec::new();
-    match cap.position_channel {
-        Some(x) => {
-            if x > 0 {
-                parts.push(g.slice(pooled, 1, 0, x)?);
-            }
-            if x + 2 < c {
-                parts.push(g.slice(pooled, 1, x + 2, c - x - 2)?);
-            }
+impl ModelInputs {
+    /// Declares every per-batch input (`float`: the dtype of the float ones).
+    fn new(g: &mut Graph, config: &ModelConfig, cap: Capacity, float: DType) -> ModelInputs {
+        let (n, e, heads) = (cap.nodes, cap.edges, config.heads);
+        ModelInputs {
+            pixel_feats: g.input("pixel_feats", [cap.pixels, cap.pixel_channels], float),
+            pixel_node: g.input("pixel_node", [cap.pixels], DType::I32),
+            geometry: g.input("geometry", [n, cap.geometry], float),
+            category: g.input("category", [n], DType::I32),
+            node_graph: g.input("node_graph", [n], DType::I32),
+            node_weight: g.input("node_weight", [n], float),
+            graph: crate::ops::gat::GraphInputs::new(g, "", n, e),
+            edge_feats: g.input("edge_feats", [e, cap.edge_features], float),
+            uniform_alpha: (config.variant == Variant::SnnOnly)
+                .then(|| g.input("uniform_alpha", [e, heads], float)),
+            tokens: g.input("tokens", [cap.batch * config.text.max_len], DType::I32),
+            token_keep: g.input("token_keep", [cap.batch, config.text.max_len], float),
+            text_features: (config.text.source == TextSource::Features)
+                .then(|| g.input("text_features", [cap.batch, cap.text_features], float)),
+            node_sample: g.input("node_sample", [cap.node_samples], DType::I32),
+            w_itc: g.input("w_itc", [], float),
+            w_stl: g.input("w_stl", [], float),
+            w_node: g.input("w_node", [], float),
+            w_rel: g.input("w_rel", [], float),
+            negatives: cap.negatives.then(|| NegativeInputs {
+                tokens: g.input("neg_tokens", [cap.batch * config.text.max_len], DType::I32),
+                token_keep: g.input("neg_token_keep", [cap.batch, config.text.max_len], float),
+                row_weight: g.input("neg_row_weight", [cap.batch], float),
+                weight: g.input("w_neg", [], float),
+            }),
         }
-        None => parts.push(pooled),
     }
-    parts.push(g.slice(geometry, 1, 2, 3)?);
-    parts.push(category);
-    g.concat(&parts, 1)
 }
 
-/// The relation loss: from an embedding (z_img, and z_txt for the caption) and the appearance
-/// of two segments of the image, predict their centroid offset (dx, dy). Every ordered pair of
-/// the image's node samples is one example; mean squared error, summed over the two sides.
-///
-/// Why: contrastive losses let both encoders settle on a bag of objects (docs/EXPERIMENTS.md
-/// §3, §7). This asks the image embedding who is left of / above whom, in a code the caption
-/// has to share: the decoder is trilinear, `((z W_z) ⊙ (a W_a) ⊙ (b W_b)) W_o`, and one
-/// decoder serves both sides. A caption is a regression target only for the pair it names, but
-/// that is enough for the text encoder to learn word order (it does not under ITC alone).
-fn relation_loss(
+/// Image embedding: mean of the fused node features per image → projection → normalise.
+fn image_embedding(
     ps: &mut ParamSet,
+    config: &ModelConfig,
     cap: Capacity,
     inp: &ModelInputs,
-    appearance: ValueId,
-    z_img: ValueId,
-    z_txt: ValueId,
+    fused: ValueId,
 ) -> Result<ValueId> {
-    let (b, per) = (cap.batch, cap.node_samples / cap.batch);
-    let (k, d) = (
-        ps.graph.shape(appearance).dim(1),
-        ps.graph.shape(z_img).dim(1),
-    );
-    let (wz, _) = ps.linear("relation.z", d, d, false);
-    let (wa, ba) = ps.linear("relation.a", k, d, true);
-    let (wb, bb) = ps.linear("relation.b", k, d, true);
-    let (wo, bo) = ps.linear("relation.out", d, 2, true);
+    let d = config.dim;
+    let (w_img, b_img) = ps.linear("image.proj", d, d, true);
     let g = &mut *ps.graph;
-    // node samples are `per` consecutive slots per image
-    let look = g.gather(appearance, inp.node_sample)?;
-    let look = g.reshape(look, [b, per, k])?;
-    let centre = g.gather(inp.geometry, inp.node_sample)?;
-    let centre = g.slice(centre, 1, 0, 2)?;
-    let centre = g.reshape(centre, [b, per, 2])?;
-    let pairs: Vec<(usize, usize)> = (0..per)
-        .flat_map(|i| (0..per).filter(move |&j| j != i).map(move |j| (i, j)))
-        .collect();
-    let np = pairs.len();
-    // rows (image, pair) of one side of every pair. Three gathers with pair indices would
-    // replace these ~4·per² slices, but they change the gradient summation order and hence
-    // every recorded recipe number (grad_norm differs in its 7th digit from epoch 1): make
-    // that change together with the next re-run of the recipe table.
-    let side = |g: &mut Graph, x: ValueId, first: bool| -> Result<ValueId> {
-        let w = g.shape(x).dim(2);
-        let rows = pairs
-            .iter()
-            .map(|&(i, j)| g.slice(x, 1, if first { i } else { j }, 1))
-            .collect::<Result<Vec<_>>>()?;
-        let rows = g.concat(&rows, 1)?;
-        g.reshape(rows, [b * np, w])
-    };
-    let (la, lb) = (side(g, look, true)?, side(g, look, false)?);
-    let (ca, cb) = (side(g, centre, true)?, side(g, centre, false)?);
-    let offset = g.sub(cb, ca)?;
-    let fa = g.linear(la, wa, ba)?;
-    let fb = g.linear(lb, wb, bb)?;
-    let pair = g.mul(fa, fb)?;
-    let mse = |g: &mut Graph, z: ValueId| -> Result<ValueId> {
-        let z = g.reshape(z, [b, 1, d])?;
-        let z = g.concat(&vec![z; np], 1)?;
-        let z = g.reshape(z, [b * np, d])?;
-        let z = g.matmul(z, wz)?;
-        let h = g.mul(z, pair)?;
-        let pred = g.linear(h, wo, bo)?;
-        let err = g.sub(pred, offset)?;
-        let sq = g.mul(err, err)?;
-        g.mean(sq)
-    };
-    let image = mse(g, z_img)?;
-    let text = mse(g, z_txt)?;
-    g.add(image, text)
+    let img = g.segment_mean(fused, inp.node_graph, cap.batch)?.mean;
+    let img = g.linear(img, w_img, b_img)?;
+    g.l2_normalize(img, NORM_EPS)
+}
+
+/// Text embedding: the caption encoder, or precomputed caption features projected.
+fn text_embedding(
+    ps: &mut ParamSet,
+    config: &ModelConfig,
+    cap: Capacity,
+    inp: &ModelInputs,
+) -> Result<ValueId> {
+    let d = config.dim;
+    match inp.text_features {
+        // an external encoder's features → learned projection → normalise
+        Some(f) => {
+            let (w, b) = ps.linear("text.proj", cap.text_features, d, true);
+            let z = ps.graph.linear(f, w, b)?;
+            ps.graph.l2_normalize(z, NORM_EPS)
+        }
+        None => text_encoder(ps, config, cap, inp.tokens, inp.token_keep),
+    }
 }

@@ -1,7 +1,9 @@
 //! The GSHN model (DESIGN §4) written as a graph of ops.
 
+mod branches;
 pub mod config;
 pub mod gshn;
+mod losses;
 pub mod params;
 pub mod text;
 

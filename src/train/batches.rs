@@ -8,36 +8,6 @@ use crate::model::{Capacity, ModelConfig, ModelInputs};
 use crate::tensor::Tensor;
 use crate::util::rng::SplitMix64;
 
-/// A split decoded once: one scene graph and the encoded captions of every image.
-pub struct PreparedSplit {
-    pub graphs: Vec<SceneGraph>,
-    pub captions: Vec<Vec<Encoded>>,
-    /// Per caption, its hard negative (`synth::exchange_objects`) when it has one; empty per
-    /// image unless the run trains with hard negatives (`RunConfig::hard_negatives`).
-    pub negatives: Vec<Vec<Option<Encoded>>>,
-    pub caption_text: Vec<Vec<String>>,
-    pub image_ids: Vec<u64>,
-}
-
-impl PreparedSplit {
-    /// The hard negative of caption `c` of image `i`, if it has one.
-    pub fn negative(&self, i: usize, c: usize) -> Option<&Encoded> {
-        self.negatives.get(i)?.get(c)?.as_ref()
-    }
-    pub fn len(&self) -> usize {
-        self.graphs.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.graphs.is_empty()
-    }
-    pub fn max_edges(&self) -> usize {
-        self.graphs.iter().map(|g| g.num_edges()).max().unwrap_or(1)
-    }
-    pub fn max_nodes(&self) -> usize {
-        self.graphs.iter().map(|g| g.num_nodes).max().unwrap_or(1)
-    }
-}
-
 /// Loss weights of one step (the schedule of DESIGN §4.4 feeds these).
 #[derive(Clone, Copy, Debug)]
 pub struct LossWeights {
@@ -48,80 +18,6 @@ pub struct LossWeights {
     pub neg: f32,
     /// Relation loss (only in graphs built with `Capacity::relations`).
     pub rel: f32,
-}
-
-/// The static sizes a model is built for, fixed by the data it was trained on (saved in
-/// checkpoints, so a run can be evaluated on other data of no larger graphs).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DataShape {
-    /// Node slots per image: the largest graph plus one spare (the unused edge slots become
-    /// self-loops of padding nodes, see `PaddedCsr`).
-    pub nodes_per_graph: usize,
-    pub edges_per_graph: usize,
-    pub pixels_per_graph: usize,
-    pub pixel_channels: usize,
-    /// See [`crate::data::FeatureMap::position_channel`].
-    #[serde(default)]
-    pub position_channel: Option<usize>,
-    pub categories: usize,
-    /// Width of precomputed caption features (0: captions are tokens).
-    #[serde(default)]
-    pub text_features: usize,
-}
-
-impl DataShape {
-    /// Capacities that fit every graph of `splits`.
-    pub fn of(splits: &[&PreparedSplit], categories: usize) -> Result<DataShape> {
-        let first = splits
-            .iter()
-            .flat_map(|s| s.graphs.first())
-            .next()
-            .ok_or_else(|| crate::Error::invalid("data", "no images"))?;
-        Ok(DataShape {
-            nodes_per_graph: splits.iter().map(|s| s.max_nodes()).max().unwrap_or(1) + 1,
-            edges_per_graph: splits.iter().map(|s| s.max_edges()).max().unwrap_or(1),
-            pixels_per_graph: first.num_pixels(),
-            pixel_channels: first.feat_dim,
-            position_channel: first.position_channel,
-            categories,
-            text_features: splits
-                .iter()
-                .find_map(|s| s.captions.first().and_then(|c| c.first()))
-                .map_or(0, |c| c.features.len()),
-        })
-    }
-
-    /// Static sizes for the data side (`BatchCapacity`) and the model (`Capacity`).
-    pub fn capacities(
-        &self,
-        batch: usize,
-        vocab: usize,
-        node_samples_per_graph: usize,
-    ) -> (BatchCapacity, Capacity) {
-        let data = BatchCapacity {
-            batch_size: batch,
-            max_nodes_per_graph: self.nodes_per_graph,
-            max_edges_per_graph: self.edges_per_graph,
-            pixels_per_graph: self.pixels_per_graph,
-        };
-        let model = Capacity {
-            batch,
-            nodes: data.node_cap(),
-            edges: data.edge_cap(),
-            pixels: data.pixel_cap(),
-            pixel_channels: self.pixel_channels,
-            position_channel: self.position_channel,
-            categories: self.categories,
-            edge_features: crate::data::graph::EDGE_FEAT_DIM,
-            geometry: crate::data::graph::GEOMETRY_DIM,
-            node_samples: batch * node_samples_per_graph,
-            vocab,
-            negatives: false,
-            relations: false,
-            text_features: self.text_features,
-        };
-        (data, model)
-    }
 }
 
 /// Feeds batches into any executor of a model graph.
@@ -152,8 +48,9 @@ impl Feeder {
     }
 
     /// Sets every image-side input from `graphs` (≤ batch; missing slots are empty graphs).
-    /// The per-pixel and per-node arrays move into the executor; the returned batch keeps the
-    /// graph structure (CSR, masks, edges) for callers that draw or inspect it.
+    /// The per-pixel, per-node and per-edge arrays move into the executor; the returned batch
+    /// keeps the CSR (`row_ptr`, `src`), the masks and the global nodes for callers that draw
+    /// or inspect it.
     pub fn feed_images<B: Backend, G: std::borrow::Borrow<SceneGraph>>(
         &self,
         ex: &mut Executor<B>,
@@ -164,7 +61,7 @@ impl Feeder {
         let i = &self.inputs;
         let take = std::mem::take::<Vec<f32>>;
         let take_i = std::mem::take::<Vec<i32>>;
-        let (n, e) = (b.node_cap, b.edge_cap);
+        let (n, e) = (b.node_cap(), b.edge_cap());
         let set = |ex: &mut Executor<B>, v, t: Result<Tensor>| set_as(ex, v, t?);
         set(
             ex,
@@ -200,18 +97,25 @@ impl Feeder {
                 b.node_mask.iter().map(|&m| m * w).collect::<Vec<f32>>(),
             ),
         )?;
-        let csr = PaddedCsr::of(&b)?;
-        set(ex, i.graph.row_ptr, Tensor::new([n + 1], csr.row_ptr))?;
-        set(ex, i.graph.src, Tensor::new([e], csr.src))?;
-        set(ex, i.graph.col_ptr, Tensor::new([n + 1], csr.col_ptr))?;
-        set(ex, i.graph.col_edge, Tensor::new([e], csr.col_edge))?;
+        set(ex, i.graph.row_ptr, Tensor::new([n + 1], b.row_ptr.clone()))?;
+        set(ex, i.graph.src, Tensor::new([e], b.src.clone()))?;
+        set(
+            ex,
+            i.graph.col_ptr,
+            Tensor::new([n + 1], take_i(&mut b.col_ptr)),
+        )?;
+        set(
+            ex,
+            i.graph.col_edge,
+            Tensor::new([e], take_i(&mut b.col_edge)),
+        )?;
         set(
             ex,
             i.edge_feats,
-            Tensor::new([e, self.cap.edge_features], csr.edge_feats),
+            Tensor::new([e, self.cap.edge_features], take(&mut b.edge_feats)),
         )?;
         if let Some(u) = i.uniform_alpha {
-            let alpha: Vec<f32> = csr
+            let alpha: Vec<f32> = b
                 .in_degree_of_edge
                 .iter()
                 .flat_map(|&d| std::iter::repeat_n(1.0 / d as f32, self.heads))
@@ -334,77 +238,5 @@ fn set_as<B: Backend>(ex: &mut Executor<B>, v: crate::graph::ValueId, t: Tensor)
         ex.set(v, &t)
     } else {
         ex.set(v, &t.to_dtype(want)?)
-    }
-}
-
-/// The batch graph with every edge slot used: the GAT/aggregation ops take a CSR whose
-/// edge count is exactly the edge capacity, so the unused slots become self-loops of padding
-/// nodes (spread over all of them, so no node gets a long row). Padding nodes are isolated
-/// from real ones, and nothing reads their outputs.
-struct PaddedCsr {
-    row_ptr: Vec<i32>,
-    src: Vec<i32>,
-    col_ptr: Vec<i32>,
-    col_edge: Vec<i32>,
-    edge_feats: Vec<f32>,
-    in_degree_of_edge: Vec<usize>,
-}
-
-impl PaddedCsr {
-    fn of(b: &GraphBatch) -> Result<PaddedCsr> {
-        let (n, cap, real) = (b.node_cap, b.edge_cap, b.num_edges);
-        let fw = b.edge_feats.len() / cap.max(1);
-        let pads: Vec<usize> = (0..n).filter(|&v| !b.node_real(v)).collect();
-        let spare = cap - real;
-        if spare > 0 && pads.is_empty() {
-            return Err(crate::Error::invalid("batch", "no padding node to hold unused edge slots (node capacity must exceed the largest graph)"));
-        }
-        let mut degree: Vec<usize> = (0..n)
-            .map(|v| (b.row_ptr[v + 1] - b.row_ptr[v]) as usize)
-            .collect();
-        for (k, &p) in pads.iter().enumerate() {
-            degree[p] = spare / pads.len() + usize::from(k < spare % pads.len());
-        }
-        let mut row_ptr = vec![0i32; n + 1];
-        for v in 0..n {
-            row_ptr[v + 1] = row_ptr[v] + degree[v] as i32;
-        }
-        let mut src = vec![0i32; cap];
-        let mut edge_feats = vec![0f32; cap * fw];
-        let mut in_degree_of_edge = vec![1usize; cap];
-        for v in 0..n {
-            let (lo, hi) = (row_ptr[v] as usize, row_ptr[v + 1] as usize);
-            in_degree_of_edge[lo..hi].fill(degree[v].max(1));
-            if b.node_real(v) {
-                let old = b.row_ptr[v] as usize;
-                src[lo..hi].copy_from_slice(&b.src[old..old + hi - lo]);
-                edge_feats[lo * fw..hi * fw]
-                    .copy_from_slice(&b.edge_feats[old * fw..(old + hi - lo) * fw]);
-            } else {
-                src[lo..hi].fill(v as i32);
-            }
-        }
-        // CSC: counting sort of edge ids by source (ascending ids inside a group).
-        let mut col_ptr = vec![0i32; n + 1];
-        for &s in &src {
-            col_ptr[s as usize + 1] += 1;
-        }
-        for v in 0..n {
-            col_ptr[v + 1] += col_ptr[v];
-        }
-        let mut next: Vec<i32> = col_ptr[..n].to_vec();
-        let mut col_edge = vec![0i32; cap];
-        for (k, &s) in src.iter().enumerate() {
-            col_edge[next[s as usize] as usize] = k as i32;
-            next[s as usize] += 1;
-        }
-        Ok(PaddedCsr {
-            row_ptr,
-            src,
-            col_ptr,
-            col_edge,
-            edge_feats,
-            in_degree_of_edge,
-        })
     }
 }

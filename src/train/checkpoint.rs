@@ -2,9 +2,9 @@
 //! step counters, the config, the vocabulary and the data shape — written atomically, so a
 //! crash never leaves a torn checkpoint, and enough to resume to bit-identical numbers.
 
-use super::batches::DataShape;
 use super::config::RunConfig;
 use super::retrieval::Recall;
+use crate::data::DataShape;
 use crate::data::Vocab;
 use crate::error::{Error, Result};
 use crate::tensor::io::{load_safetensors, save_safetensors};

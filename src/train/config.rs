@@ -2,7 +2,7 @@
 //! Every field has a default (documented here and in the README), so an empty file is a
 //! valid config; unknown keys are errors, so a typo never silently changes nothing.
 
-use crate::data::{FeatureConfig, GraphConfig, LoadOptions};
+use crate::data::{Dataset, FeatureConfig, GraphConfig, LoadOptions, PrepareOptions, SplitPaths};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, TextSource};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ pub struct TrainConfig {
     /// `model.negative_margin` in cosine, over the same words with the two objects exchanged
     /// (`synth::exchange_objects`; captions of other shapes have no negative). 0 = off.
     pub lambda_neg: f64,
-    /// Weight of the relation loss (`model::gshn::relation_loss`): z_img and z_txt must tell
+    /// Weight of the relation loss (`model::losses::relation_loss`): z_img and z_txt must tell
     /// the centroid offset of pairs of the image's segments from their appearance. 0 = off.
     pub lambda_rel: f64,
     /// Epochs over which the relation loss weight rises linearly from 0 to `lambda_rel` (by
@@ -163,6 +163,17 @@ impl RunConfig {
     pub fn hard_negatives(&self) -> bool {
         self.train.lambda_neg > 0.0 && self.model.text.source == TextSource::Encoder
     }
+    /// How splits are decoded and encoded for this run.
+    pub fn prepare_options(&self) -> PrepareOptions {
+        PrepareOptions {
+            graph: self.data.graph,
+            features: self.data.features,
+            max_len: self.model.text.max_len,
+            text_features: self.model.text.source == TextSource::Features,
+            hard_negatives: self.hard_negatives(),
+            skip_bad: self.data.load.skip_bad,
+        }
+    }
     /// The configuration of `gshn demo`: the defaults, sized to finish in minutes on a
     /// 2-core CPU.
     pub fn demo() -> RunConfig {
@@ -173,4 +184,19 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// Opens one split of a dataset root with the config's layout and overrides.
+pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> {
+    let d = &cfg.data;
+    let base = match d.layout {
+        Layout::Gshn => SplitPaths::standard(root, split),
+        Layout::Coco2017 => SplitPaths::coco2017(root, split),
+    };
+    let over = if split == d.train_split {
+        &d.train_paths
+    } else {
+        &d.val_paths
+    };
+    Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
 }

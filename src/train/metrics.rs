@@ -1,8 +1,8 @@
 //! `RUN/metrics.jsonl` (one JSON object per line: `kind` = "step" or "eval") and the PNG
 //! plots drawn from it.
 
+use super::engine::StepStats;
 use super::retrieval::Recall;
-use super::trainer::StepStats;
 use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::io::{BufWriter, Write};

@@ -1,8 +1,11 @@
-//! Training: data → batches, the training loop, checkpoints, metrics, retrieval, plots.
+//! Training: batches fed to the model, the engine that runs it, the training loop, evaluation,
+//! checkpoints, metrics, retrieval, plots.
 
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
+pub mod engine;
+pub mod eval;
 pub mod metrics;
 pub mod plot;
 pub mod retrieval;
@@ -11,4 +14,5 @@ pub mod show;
 pub mod trainer;
 
 pub use config::RunConfig;
-pub use trainer::{load_engine, train, Engine, TrainOptions, TrainSummary};
+pub use engine::{load_engine, Engine};
+pub use trainer::{train, TrainOptions, TrainSummary};

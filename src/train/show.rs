@@ -1,7 +1,8 @@
 //! `gshn show`: an image with its segments, the graph's edges drawn by attention weight,
 //! and each node's spike rate — the first thing a researcher looks at.
 
-use super::trainer::{load_engine, open_split};
+use super::config::open_split;
+use super::engine::load_engine;
 use crate::backend::Backend;
 use crate::data::graph_from_sample;
 use crate::error::{Error, Result};
@@ -91,8 +92,9 @@ pub fn render<B: Backend>(
         // Edges of the last GAT layer, width and opacity by mean attention over heads.
         if layers > 0 {
             let alpha = outs[layers].to_f64_vec();
-            for k in 0..batch.num_edges {
-                let (s, d) = (batch.src[k] as usize, batch.dst[k] as usize);
+            let dst = batch.edge_dst();
+            for k in 0..batch.edge_cap() {
+                let (s, d) = (batch.src[k] as usize, dst[k] as usize);
                 if s == d {
                     continue;
                 }

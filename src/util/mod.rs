@@ -1,3 +1,4 @@
+pub mod progress;
 pub mod rng;
 
 /// The message of a caught panic (`catch_unwind`'s payload), for errors that report it.

@@ -1,0 +1,233 @@
+//! The model compiled for a run: one training-step executor and two forward-only encoders
+//! (image, text), the optimizer state they share, and loading a run's checkpoint into them.
+
+use super::batches::{Feeder, LossWeights};
+use super::checkpoint::Checkpoint;
+use super::config::RunConfig;
+use crate::backend::Backend;
+use crate::data::{DataShape, Vocab};
+use crate::error::{Error, Result};
+use crate::graph::{Executor, ValueId};
+use crate::model::params::initial_values;
+use crate::model::{Capacity, Gshn, ModelOutputs};
+use crate::ops::AdamWConfig;
+use crate::tensor::{DType, Tensor};
+use crate::util::rng::SplitMix64;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
+/// one graph), an image encoder and a text encoder (forward only, for evaluation).
+pub struct Engine<B: Backend> {
+    pub cfg: RunConfig,
+    pub shape: DataShape,
+    pub vocab: Vocab,
+    pub model_outputs: ModelOutputs,
+    pub params: Vec<crate::model::params::ParamSpec>,
+    pub feeder: Feeder,
+    pub train: Executor<Arc<B>>,
+    pub image: Executor<Arc<B>>,
+    pub text: Executor<Arc<B>>,
+    opt_state: Vec<ValueId>,
+    hyper: ValueId,
+    grad_norm: ValueId,
+    pub(super) image_fetch: Vec<ValueId>,
+}
+impl<B: Backend> Engine<B> {
+    pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
+        let backend = Arc::new(backend);
+        let t = &cfg.train;
+        let data_cap = shape.batch_capacity(t.batch_size);
+        let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), t.node_samples_per_graph);
+        cap.negatives = cfg.hard_negatives();
+        cap.relations = t.lambda_rel > 0.0;
+        let model = Gshn::build(&cfg.model, cap)?;
+        let out = model.outputs.clone();
+        let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
+
+        let mut train_graph = model.graph.clone();
+        let grads = train_graph.backward(out.loss, &ids)?;
+        let adam = AdamWConfig {
+            weight_decay: t.weight_decay,
+            ..AdamWConfig::default()
+        };
+        let opt = train_graph.adamw_step(&ids, &grads, adam, Some(t.clip_norm))?;
+        let grad_norm = opt.grad_norm;
+        let mut fetch = vec![out.loss, out.itc, grad_norm];
+        fetch.extend(out.stl);
+        fetch.extend(out.node_cl);
+        fetch.extend(out.neg);
+        fetch.extend(out.rel);
+        fetch.extend(&out.spike_rates);
+        let train = Executor::new(backend.clone(), train_graph, &fetch)?;
+
+        let mut image_fetch = vec![out.z_img];
+        image_fetch.extend(&out.attention);
+        image_fetch.extend(out.node_spike_rate);
+        let image = Executor::new(backend.clone(), model.graph.clone(), &image_fetch)?;
+        let text = Executor::new(backend, model.graph, &[out.z_txt])?;
+        let mut opt_state = opt.m.clone();
+        opt_state.extend(&opt.v);
+        let feeder = Feeder::new(model.inputs, data_cap, cap, &cfg.model);
+        Ok(Engine {
+            cfg,
+            shape,
+            vocab,
+            model_outputs: out,
+            params: model.params,
+            feeder,
+            train,
+            image,
+            text,
+            opt_state,
+            hyper: opt.hyper,
+            grad_norm,
+            image_fetch,
+        })
+    }
+
+    /// Fresh parameters (deterministic in the seed) and zeroed optimizer state.
+    pub fn init(&mut self) -> Result<()> {
+        for (id, t) in initial_values(&self.params, DType::F32, self.cfg.train.seed)? {
+            self.train.set(id, &t)?;
+        }
+        for &s in &self.opt_state {
+            let m = self.train.graph().meta(s).clone();
+            self.train.set(s, &Tensor::zeros(m.shape, m.dtype))?;
+        }
+        Ok(())
+    }
+
+    /// Named parameters and optimizer state, for checkpoints.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let g = self.train.graph();
+        self.params
+            .iter()
+            .map(|p| p.id)
+            .chain(self.opt_state.iter().copied())
+            .map(|id| Ok((g.value(id).name.clone(), self.train.get(id)?)))
+            .collect()
+    }
+
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let ids: Vec<ValueId> = self
+            .params
+            .iter()
+            .map(|p| p.id)
+            .chain(self.opt_state.iter().copied())
+            .collect();
+        for id in ids {
+            let name = self.train.graph().value(id).name.clone();
+            let t = tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name:?}")))?;
+            self.train.set(id, &t.1)?;
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `graphs` with one caption each (and, when the model takes them,
+    /// that caption's hard negative). Reads back only the loss and gradient norm (to stop on
+    /// non-finite values); [`Engine::stats`] reads the rest when it is logged.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        graphs: &[&crate::data::SceneGraph],
+        captions: &[&crate::data::Encoded],
+        negatives: &[Option<&crate::data::Encoded>],
+        w: LossWeights,
+        lr: f64,
+        step: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<()> {
+        self.feeder.feed_images(&mut self.train, graphs, rng)?;
+        self.feeder.feed_text(&mut self.train, captions)?;
+        self.feeder.feed_negatives(&mut self.train, negatives)?;
+        self.feeder.feed_weights(&mut self.train, w)?;
+        self.train.set(
+            self.hyper,
+            &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?,
+        )?;
+        self.train.run()?;
+        let loss = self.scalar(self.model_outputs.loss)?;
+        let grad_norm = self.scalar(self.grad_norm)?;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::invalid(
+                "train",
+                format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn scalar(&self, v: ValueId) -> Result<f64> {
+        Ok(self.train.get(v)?.to_f64_vec()[0])
+    }
+
+    /// Loss terms, gradient norm, spike rates, `r` and logit scale of the last step.
+    pub fn stats(&self) -> Result<StepStats> {
+        let o = &self.model_outputs;
+        let opt = |v: Option<ValueId>| v.map(|v| self.scalar(v)).transpose();
+        Ok(StepStats {
+            loss: self.scalar(o.loss)?,
+            itc: self.scalar(o.itc)?,
+            stl: opt(o.stl)?,
+            node_cl: opt(o.node_cl)?,
+            neg: opt(o.neg)?,
+            rel: opt(o.rel)?,
+            grad_norm: self.scalar(self.grad_norm)?,
+            spike_rates: o
+                .spike_rates
+                .iter()
+                .map(|&v| self.scalar(v))
+                .collect::<Result<_>>()?,
+            r: o.r
+                .map(|v| {
+                    self.train
+                        .get(v)
+                        .map(|t| t.to_f64_vec().iter().sum::<f64>() / t.numel() as f64)
+                })
+                .transpose()?,
+            logit_scale: self.scalar(o.logit_scale)?,
+        })
+    }
+
+    /// Copies the current parameters into the evaluation executors.
+    pub fn sync_eval(&mut self) -> Result<()> {
+        for p in &self.params {
+            let t = self.train.get(p.id)?;
+            self.image.set(p.id, &t)?;
+            self.text.set(p.id, &t)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub itc: f64,
+    pub stl: Option<f64>,
+    pub node_cl: Option<f64>,
+    pub neg: Option<f64>,
+    pub rel: Option<f64>,
+    pub grad_norm: f64,
+    pub spike_rates: Vec<f64>,
+    pub r: Option<f64>,
+    pub logit_scale: f64,
+}
+/// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
+pub fn load_engine<B: Backend>(backend: B, run: &Path) -> Result<Engine<B>> {
+    let ck = Checkpoint::load_latest(run)?.ok_or_else(|| {
+        Error::invalid("checkpoint", format!("no checkpoint in {}", run.display()))
+    })?;
+    let mut engine = Engine::new(
+        backend,
+        ck.config.clone(),
+        ck.shape.clone(),
+        ck.vocab.clone(),
+    )?;
+    engine.load_state(&ck.tensors)?;
+    Ok(engine)
+}
