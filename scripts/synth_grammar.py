@@ -1,4 +1,4 @@
-"""The caption grammar of `gshn synth` (src/data/synth.rs), for the scripts that read it."""
+"""The caption grammar of `gshn synth` (src/data/synth/grammar.rs), for the scripts that read it."""
 import re
 
 RELATIONS = ["to the left of", "to the right of", "above", "below"]

@@ -179,7 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => {
             let device: Device = device.parse()?;
-            let r = gshn::train::trainer::evaluate_run(
+            let r = gshn::train::eval::evaluate_run(
                 device.backend()?,
                 &checkpoint,
                 &data,

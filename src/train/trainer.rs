@@ -310,6 +310,3 @@ fn summary(
         final_spike_rates: last.spike_rates.clone(),
     }
 }
-
-/// The CLI's path to `gshn eval`.
-pub use super::eval::evaluate_run;
