@@ -75,25 +75,20 @@ impl CsrGraph {
                 "too many nodes or edges for i32 indices",
             ));
         }
-        let mut row_ptr = vec![0i32; n + 1];
-        for (k, &(s, d)) in edges.iter().enumerate() {
-            if s >= n || d >= n {
-                return Err(Error::invalid(
-                    op,
-                    format!("edge {k} ({s} -> {d}) names a node outside 0..{n}"),
-                ));
-            }
-            row_ptr[d + 1] += 1;
+        if let Some((k, &(s, d))) = edges
+            .iter()
+            .enumerate()
+            .find(|(_, &(s, d))| s >= n || d >= n)
+        {
+            return Err(Error::invalid(
+                op,
+                format!("edge {k} ({s} -> {d}) names a node outside 0..{n}"),
+            ));
         }
-        for i in 0..n {
-            row_ptr[i + 1] += row_ptr[i];
-        }
-        let mut fill: Vec<i32> = row_ptr[..n].to_vec();
-        let mut src = vec![0i32; edges.len()];
-        for &(s, d) in edges {
-            src[fill[d] as usize] = s as i32;
-            fill[d] += 1;
-        }
+        // Edges grouped by destination, in their given order inside a group.
+        let dst: Vec<i32> = edges.iter().map(|&(_, d)| d as i32).collect();
+        let (row_ptr, order) = super::index::group_positions(&dst, n, |d| Some(d as usize));
+        let src = order.iter().map(|&k| edges[k as usize].0 as i32).collect();
         Self::from_csr(row_ptr, src)
     }
 
