@@ -98,8 +98,7 @@ fn el_er(
     el: u64,
     er: u64,
 ) -> Result<()> {
-    let d = z.shape.dims();
-    let (n, h, f) = (d[0], d[1], d[2]);
+    let [n, h, f] = dims3(z);
     k.warps("gat_el_er", n * h)
         .input(z)
         .ptr(a_src)
