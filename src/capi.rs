@@ -17,7 +17,7 @@
 
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
-use crate::backend::{execute_buffers, Backend, CpuBackend};
+use crate::backend::{execute_buffers, CpuBackend};
 use crate::error::Error;
 use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::infonce::InfoNceBackwardArgs;
@@ -388,7 +388,7 @@ fn exec_cuda(
 #[cfg(feature = "cuda")]
 mod cuda_path {
     use super::*;
-    use crate::backend::CudaBackend;
+    use crate::backend::{Backend, CudaBackend};
     use cudarc::driver::{result, sys};
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
