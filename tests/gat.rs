@@ -355,6 +355,18 @@ fn bad_shapes_are_typed_errors() {
             .map(|_| ())
     ));
     assert!(g.aggregate(alpha, s, &gi).is_ok());
+    // A non-finite slope would make every attention weight NaN: a value error, every form.
+    for slope in [f64::NAN, f64::INFINITY] {
+        let bad = GatAttrs {
+            negative_slope: slope,
+            ..at
+        };
+        let r = g.gat(z, a_ok, a_ok, None, &gi, bad);
+        assert!(
+            matches!(&r, Err(Error::Invalid { msg, .. }) if msg.contains("negative_slope")),
+            "{r:?}"
+        );
+    }
 }
 
 // ---- forward -----------------------------------------------------------------------------

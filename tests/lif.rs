@@ -681,6 +681,16 @@ fn typed_errors() {
     ex.set(tau, &Tensor::scalar(0.9)).unwrap();
     assert!(matches!(ex.run(), Err(Error::Invalid { .. })));
 
+    // A tau just above 1 that rounds to 1 in f32 is refused in f32 (forward and backward
+    // alike, as a fed f32 tau is), and accepted in f64.
+    let near_one = LifConfig {
+        tau: 1.00000001,
+        ..LifConfig::default()
+    };
+    let x32 = g.input("x32", [2, 5], DType::F32);
+    assert!(matches!(g.lif(x32, near_one), Err(Error::Invalid { .. })));
+    assert!(g.lif(x, near_one).is_ok());
+
     // Differentiating through the saved charge H is refused, not silently wrong.
     let lh = g.sum(o.charge).unwrap();
     assert!(matches!(g.backward(lh, &[x]), Err(Error::Graph(_))));

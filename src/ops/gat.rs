@@ -37,9 +37,22 @@ use crate::tensor::{DType, Meta, Tensor};
 pub struct GatAttrs {
     /// LeakyReLU slope of the attention logits (PyG default 0.2).
     pub negative_slope: f64,
-    /// An edge bias `be[E, H]` is the 4th input (the 5th for `GatAlphaBackward`, after
-    /// `g_alpha, alpha`; the 5th for `GatBackward`, after `g_out`).
+    /// An edge bias `be[E, H]` is an input (its position: [`GatArgs`]).
     pub edge_bias: bool,
+}
+
+impl GatAttrs {
+    /// The slope must be finite (a NaN or infinite one makes every attention weight NaN).
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if self.negative_slope.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                op,
+                format!("negative_slope must be finite, got {}", self.negative_slope),
+            ))
+        }
+    }
 }
 
 impl Default for GatAttrs {
@@ -549,6 +562,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
         Op::Gat(a) | Op::GatBackward(a) | Op::GatAlpha(a) | Op::GatAlphaBackward(a) => {
+            a.validate(name)?;
             let x = GatArgs::of(op, inputs)?;
             let [n, h, f] = check_params(name, x.z, x.a_src, x.a_dst)?;
             let e = check_graph(name, &x.graph, n)?;

@@ -3,7 +3,7 @@
 use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::{Meta, Shape};
+use crate::tensor::{DType, Meta, Shape};
 
 /// Surrogate derivative σ'(x) of the spike function at x = H − v_th.
 /// Named `atan`, `sigmoid`, `super_spike`, `rectangular` everywhere (configs, `gshn op`,
@@ -140,6 +140,15 @@ pub fn validate_tau(op: &'static str, tau: f64) -> Result<()> {
             op,
             format!("tau must be finite and > 1, got {tau}"),
         ))
+    }
+}
+
+/// The time-constant rule at the element type the kernels compute in: an f32 run rounds tau
+/// first (1.00000001 becomes 1.0, which the rule rejects), so forward and backward agree.
+pub fn validate_tau_as(op: &'static str, tau: f64, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F32 => validate_tau(op, tau as f32 as f64),
+        _ => validate_tau(op, tau),
     }
 }
 
@@ -298,6 +307,9 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::arity(name, inputs, 1 + cfg.learnable_tau as usize)?;
             let x = &inputs[0];
             check::float(name, "x", x)?;
+            if !cfg.learnable_tau {
+                validate_tau_as(name, cfg.tau, x.dtype)?;
+            }
             check::rank(name, "x [T, N]", x, 2)?;
             if cfg.learnable_tau {
                 check::same_dtype(name, "x and tau", x, &inputs[1])?;
@@ -320,6 +332,9 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             let x = LifBackwardArgs::of(op, inputs)?;
             let h = x.charge;
             check::float(name, "h", h)?;
+            if !cfg.learnable_tau {
+                validate_tau_as(name, cfg.tau, h.dtype)?;
+            }
             check::rank(name, "h [T, N]", h, 2)?;
             for (g, what) in [(x.grad_spikes, "gS"), (x.grad_membrane, "gV")] {
                 if let Some(g) = g {

@@ -28,7 +28,9 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
             .sum()
     };
     // Rank of the best true match; ties count against the query (the pessimistic rank),
-    // so a collapsed model scores 0 rather than a lucky 100.
+    // so a collapsed model scores 0 rather than a lucky 100. Likewise for NaN: a non-finite
+    // truth is a miss, and a competitor counts unless it scores strictly lower
+    // (`!(s < truth)`), so a diverged model scores 0, never 100.
     let mut i2t = [0usize; 3];
     for i in 0..ni {
         let scores: Vec<f32> = (0..nt).map(|t| sim(i, t)).collect();
@@ -36,22 +38,26 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
             .filter(|&t| caption_image[t] == i)
             .map(|t| scores[t])
             .fold(f32::NEG_INFINITY, f32::max);
-        if best_true == f32::NEG_INFINITY {
-            continue;
+        if !best_true.is_finite() {
+            continue; // no caption, or none with a finite score: a miss
         }
         let rank = scores
             .iter()
             .enumerate()
-            .filter(|&(t, &s)| caption_image[t] != i && s >= best_true)
+            .filter(|&(t, &s)| caption_image[t] != i && !(s < best_true))
             .count();
         count(rank, &mut i2t);
     }
     let mut t2i = [0usize; 3];
     for (t, &owner) in caption_image.iter().enumerate() {
         let truth = sim(owner, t);
-        let rank = (0..ni)
-            .filter(|&i| i != owner && sim(i, t) >= truth)
-            .count();
+        let rank = if truth.is_finite() {
+            (0..ni)
+                .filter(|&i| i != owner && !(sim(i, t) < truth))
+                .count()
+        } else {
+            usize::MAX
+        };
         count(rank, &mut t2i);
     }
     let pct = |c: usize, n: usize| 100.0 * c as f64 / n.max(1) as f64;
@@ -102,5 +108,28 @@ mod tests {
             .collect();
         let r = recall(&img, &txt2, 2, &[0, 1, 2]);
         assert!((r.t2i_r1 - 100.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn non_finite_embeddings_score_as_misses() {
+        let img = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let owners = [0, 0, 1, 1, 2, 2];
+        let txt: Vec<f32> = owners
+            .iter()
+            .flat_map(|&i| img[i * 2..i * 2 + 2].to_vec())
+            .collect();
+        // Everything NaN (a diverged model): no hit at all.
+        let r = recall(&[f32::NAN; 6], &[f32::NAN; 12], 2, &owners);
+        assert_eq!(r.rsum, 0.0);
+        // One NaN image: its own queries miss; the others' captions are not beaten by it.
+        let mut bad = img;
+        bad[2] = f32::NAN;
+        let r = recall(&bad, &txt, 2, &owners);
+        assert!((r.t2i_r1 - 0.0).abs() < 1e-9, "{r:?}");
+        // A NaN caption: its query misses, and it counts against every image query.
+        let mut txt_nan = txt.clone();
+        txt_nan[0] = f32::NAN;
+        let r = recall(&img, &txt_nan, 2, &owners);
+        assert!(r.t2i_r1 < 100.0 && r.i2t_r1 < 100.0, "{r:?}");
     }
 }

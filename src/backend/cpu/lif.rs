@@ -65,7 +65,12 @@ impl<T: Float> Params<T> {
                 validate_tau(op, t.to_f64().unwrap_or(f64::NAN))?;
                 t
             }
-            None => T::of(cfg.tau),
+            None => {
+                // Checked as rounded to T, as the shape rule does (`validate_tau_as`).
+                let t = T::of(cfg.tau);
+                validate_tau(op, t.to_f64().unwrap_or(f64::NAN))?;
+                t
+            }
         };
         let alpha = T::of(cfg.surrogate.alpha());
         Ok(Params {
