@@ -30,7 +30,7 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
     // Rank of the best true match; ties count against the query (the pessimistic rank),
     // so a collapsed model scores 0 rather than a lucky 100. Likewise for NaN: a non-finite
     // truth is a miss, and a competitor counts unless it scores strictly lower
-    // (`!(s < truth)`), so a diverged model scores 0, never 100.
+    // (`counts_against`), so a diverged model scores 0, never 100.
     let mut i2t = [0usize; 3];
     for i in 0..ni {
         let scores: Vec<f32> = (0..nt).map(|t| sim(i, t)).collect();
@@ -44,7 +44,7 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
         let rank = scores
             .iter()
             .enumerate()
-            .filter(|&(t, &s)| caption_image[t] != i && !(s < best_true))
+            .filter(|&(t, &s)| caption_image[t] != i && counts_against(s, best_true))
             .count();
         count(rank, &mut i2t);
     }
@@ -53,7 +53,7 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
         let truth = sim(owner, t);
         let rank = if truth.is_finite() {
             (0..ni)
-                .filter(|&i| i != owner && !(sim(i, t) < truth))
+                .filter(|&i| i != owner && counts_against(sim(i, t), truth))
                 .count()
         } else {
             usize::MAX
@@ -72,6 +72,12 @@ pub fn recall(img: &[f32], txt: &[f32], d: usize, caption_image: &[usize]) -> Re
     };
     r.rsum = r.i2t_r1 + r.i2t_r5 + r.i2t_r10 + r.t2i_r1 + r.t2i_r5 + r.t2i_r10;
     r
+}
+
+/// A competitor ranks at or above the truth unless it scores strictly lower: ties and NaN
+/// count against the query.
+fn counts_against(score: f32, truth: f32) -> bool {
+    score.partial_cmp(&truth) != Some(std::cmp::Ordering::Less)
 }
 
 fn count(rank: usize, hits: &mut [usize; 3]) {
