@@ -388,6 +388,35 @@ fn training_is_deterministic_and_resumes_exactly() {
             .collect()
     };
     assert_eq!(losses("split"), losses("full"), "the resumed log differs");
+    // A checkpoint whose state or vocabulary was edited does not resume.
+    let ck = dir.join("split").join("checkpoint.safetensors");
+    let (tensors, meta) = load_safetensors(&ck).unwrap();
+    let resume_with = |key: &str, value: String| {
+        let mut m = meta.clone();
+        m.insert(key.to_string(), value);
+        gshn::tensor::io::save_safetensors(&ck, &tensors, Some(m)).unwrap();
+        let mut c = cfg.clone();
+        c.train.epochs = 2;
+        let opts = TrainOptions {
+            data: dir.clone(),
+            out: dir.join("split"),
+            resume: true,
+            quiet: true,
+            stop_after_steps: None,
+        };
+        gshn::train::train(CpuBackend, c, &opts)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let mut state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    state["batch"] = 999.into();
+    let e = resume_with("state", state.to_string());
+    assert!(e.contains("does not fit"), "{e}");
+    let mut vocab: Vec<String> = serde_json::from_str(&meta["vocab"]).unwrap();
+    vocab.push(vocab[3].clone());
+    let e = resume_with("vocab", serde_json::to_string(&vocab).unwrap());
+    assert!(e.contains("listed twice"), "{e}");
     // Another seed gives other numbers.
     run("other", 2, false, 1, None);
     assert_ne!(

@@ -83,6 +83,18 @@ impl Vocab {
         Vocab { tokens, index }
     }
 
+    /// A token listed twice (ids must be one-to-one with tokens), if any.
+    pub fn duplicate(&self) -> Option<&str> {
+        if self.index.len() == self.tokens.len() {
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        self.tokens
+            .iter()
+            .find(|t| !seen.insert(t.as_str()))
+            .map(String::as_str)
+    }
+
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
@@ -159,8 +171,11 @@ impl Vocab {
             ));
         }
         let v = Self::from_token_list(f.tokens);
-        if v.index.len() != v.tokens.len() {
-            return Err(DataError::invalid(path, "vocabulary has a duplicate token"));
+        if let Some(t) = v.duplicate() {
+            return Err(DataError::invalid(
+                path,
+                format!("vocabulary has a duplicate token: {t:?} is listed twice"),
+            ));
         }
         Ok(v)
     }

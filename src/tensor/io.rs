@@ -68,8 +68,14 @@ pub fn load_safetensors(path: &Path) -> Result<(NamedTensors, Metadata)> {
 }
 
 fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadata), String> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
+    let header = bytes
+        .get(8..8 + header_len)
+        .ok_or("not a valid safetensors file: truncated header")?;
+    if let Some(name) = repeated_key(header)? {
+        return Err(format!("the header names {name:?} twice"));
+    }
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let mut out = Vec::new();
@@ -143,6 +149,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// A top-level key that the JSON header repeats, if any: JSON maps keep only the last of a
+/// repeated key, so a file naming one tensor twice would otherwise load silently.
+fn repeated_key(header: &[u8]) -> std::result::Result<Option<String>, String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstRepeat;
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeat = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) && repeat.is_none() {
+                    repeat = Some(key);
+                }
+            }
+            Ok(repeat)
+        }
+    }
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(FirstRepeat)
+        .map_err(|e| format!("not a valid safetensors header: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +212,14 @@ mod tests {
             e.contains("t.safetensors") && e.contains("not a valid"),
             "{e}"
         );
+        // One tensor named twice: JSON keeps the last, the reader refuses the file.
+        let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&1.0f32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load_safetensors(&path).unwrap_err().to_string();
+        assert!(e.contains("\"a\" twice"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 }

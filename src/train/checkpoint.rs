@@ -88,9 +88,15 @@ impl Checkpoint {
             serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
         let shape: DataShape = serde_json::from_str(get("data_shape")?)
             .map_err(|e| bad(format!("data shape: {e}")))?;
+        let vocab = Vocab::from_token_list(tokens);
+        if let Some(t) = vocab.duplicate() {
+            return Err(bad(format!(
+                "vocab has a duplicate token: {t:?} is listed twice"
+            )));
+        }
         Ok(Some(Checkpoint {
             config,
-            vocab: Vocab::from_token_list(tokens),
+            vocab,
             shape,
             state,
             tensors,

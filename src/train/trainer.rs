@@ -72,6 +72,20 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         Some(ck) => {
             engine.load_state(&ck.tensors)?;
             state = ck.state.clone();
+            // Exact resume needs the same steps per epoch; a state that does not fit them
+            // (edited, or another dataset or batch size) would skip or repeat batches.
+            if state.batch >= steps_per_epoch.max(1)
+                || state.step != state.epoch * steps_per_epoch + state.batch
+            {
+                return Err(crate::Error::invalid(
+                    "resume",
+                    format!(
+                        "the checkpoint's state (epoch {}, batch {}, step {}) does not fit this \
+                         run's {steps_per_epoch} steps per epoch",
+                        state.epoch, state.batch, state.step
+                    ),
+                ));
+            }
             super::metrics::truncate_after(&out.join("metrics.jsonl"), state.step)?;
         }
         None => {
