@@ -166,6 +166,15 @@ impl ModelConfig {
         if self.lif.tau.is_nan() || self.lif.tau <= 1.0 {
             return bad(format!("model.lif.tau must be > 1, got {}", self.lif.tau));
         }
+        for (key, v) in [
+            ("r_init", self.r_init),
+            ("logit_scale_init", self.logit_scale_init),
+            ("negative_margin", self.negative_margin),
+        ] {
+            if !v.is_finite() {
+                return bad(format!("model.{key} must be finite, got {v}"));
+            }
+        }
         Ok(())
     }
 }

@@ -56,6 +56,54 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Checks every value a config may set; the error names the key and the allowed range.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let range = |key: &str, v: f64, ok: bool, want: &str| {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("train.{key} must be {want}, got {v}"))
+            }
+        };
+        // Above 1 an AdamW step moves every weight by about lr: the run can only diverge.
+        range("lr", self.lr, self.lr > 0.0 && self.lr <= 1.0, "in (0, 1]")?;
+        range(
+            "min_lr_ratio",
+            self.min_lr_ratio,
+            (0.0..=1.0).contains(&self.min_lr_ratio),
+            "in [0, 1]",
+        )?;
+        range(
+            "weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0,
+            "≥ 0",
+        )?;
+        range("clip_norm", self.clip_norm, self.clip_norm > 0.0, "> 0")?;
+        for (key, v) in [
+            ("lambda_stl", self.lambda_stl),
+            ("lambda_node", self.lambda_node),
+            ("lambda_neg", self.lambda_neg),
+            ("lambda_rel", self.lambda_rel),
+        ] {
+            range(key, v, v >= 0.0, "≥ 0")?;
+        }
+        if self.batch_size < 2 {
+            return Err(
+                "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
+            );
+        }
+        if self.node_samples_per_graph == 0 {
+            return Err("train.node_samples_per_graph must be ≥ 1".into());
+        }
+        if self.lambda_rel > 0.0 && self.node_samples_per_graph < 2 {
+            return Err("train.lambda_rel needs train.node_samples_per_graph ≥ 2 (its examples are pairs of segments)".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -145,14 +193,7 @@ impl RunConfig {
     pub fn parse(text: &str) -> std::result::Result<RunConfig, String> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.model.validate().map_err(|e| e.to_string())?;
-        if cfg.train.batch_size < 2 {
-            return Err(
-                "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
-            );
-        }
-        if cfg.train.lambda_rel > 0.0 && cfg.train.node_samples_per_graph < 2 {
-            return Err("train.lambda_rel needs train.node_samples_per_graph ≥ 2 (its examples are pairs of segments)".into());
-        }
+        cfg.train.validate()?;
         if cfg.train.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Features {
             return Err("train.lambda_neg needs the built-in text encoder: hard-negative captions have no precomputed features".into());
         }
@@ -199,4 +240,31 @@ pub fn open_split(root: &Path, cfg: &RunConfig, split: &str) -> Result<Dataset> 
         &d.val_paths
     };
     Ok(Dataset::open(&base.with_overrides(over, root), &d.load)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_key() {
+        for (toml_line, key) in [
+            ("[train]\nlambda_node = -5.0", "train.lambda_node"),
+            ("[train]\nmin_lr_ratio = 2.0", "train.min_lr_ratio"),
+            ("[train]\nlr = 1e30", "train.lr"),
+            ("[train]\nlr = 0.0", "train.lr"),
+            ("[train]\nclip_norm = 0.0", "train.clip_norm"),
+            (
+                "[train]\nnode_samples_per_graph = 0",
+                "train.node_samples_per_graph",
+            ),
+            ("[train]\nweight_decay = nan", "train.weight_decay"),
+            ("[model]\nr_init = nan", "model.r_init"),
+            ("[model]\nlogit_scale_init = inf", "model.logit_scale_init"),
+        ] {
+            let e = RunConfig::parse(toml_line).unwrap_err();
+            assert!(e.contains(key), "{toml_line:?}: {e}");
+        }
+        assert!(RunConfig::parse("").is_ok());
+    }
 }
