@@ -37,7 +37,7 @@ open(p, 'w').write(t)
 PY
   echo "== $name seed $s" >&2
   local ok=0
-  RAYON_NUM_THREADS=$threads $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu > "$out.log" 2>&1 || ok=$?
+  RAYON_NUM_THREADS=$threads $bin train --data "$data" --out "$out" --config "$tmp" --epochs "$epochs" --device cpu --overwrite > "$out.log" 2>&1 || ok=$?
   rm -f "$tmp"
   [ "$ok" -eq 0 ] || { echo "failed: $out (see $out.log)" >&2; return 1; }
   $bin eval --data "$data" --checkpoint "$out" --json --device cpu > "$out/eval.json"

@@ -62,7 +62,7 @@ def run(a, data, root, setting, variant, seed):
     cfg = out + ".toml"
     open(cfg, "w").write(config(setting, variant, seed))
     env = dict(os.environ, RAYON_NUM_THREADS="3")
-    r = subprocess.run([gshn, "train", "--data", data, "--out", out, "--config", cfg, "--device", a.device]
+    r = subprocess.run([gshn, "train", "--data", data, "--out", out, "--config", cfg, "--device", a.device, "--overwrite"]
                        + (["--epochs", str(a.epochs)] if a.epochs else []),
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:

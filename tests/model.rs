@@ -164,6 +164,8 @@ fn fresh_run(data: &Path, out: &str) -> TrainOptions {
         data: data.to_path_buf(),
         out: data.join(out),
         resume: false,
+        overwrite: false,
+        epochs: None,
         quiet: true,
         stop_after_steps: None,
     }
@@ -356,6 +358,8 @@ fn training_is_deterministic_and_resumes_exactly() {
             data: dir.clone(),
             out: dir.join(out),
             resume,
+            overwrite: false,
+            epochs: None,
             quiet: true,
             stop_after_steps: stop,
         };
@@ -388,6 +392,43 @@ fn training_is_deterministic_and_resumes_exactly() {
             .collect()
     };
     assert_eq!(losses("split"), losses("full"), "the resumed log differs");
+    // A finished run is never replaced by accident, a resume needs a checkpoint, and
+    // --epochs extends a resumed run.
+    let opts = |out: &str, resume: bool, epochs: Option<usize>| TrainOptions {
+        data: dir.clone(),
+        out: dir.join(out),
+        resume,
+        overwrite: false,
+        epochs,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let err = |o: TrainOptions| {
+        gshn::train::train(CpuBackend, cfg.clone(), &o)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(opts("full", false, None)).contains("already holds a run"));
+    assert!(err(opts("empty", true, None)).contains("no checkpoint"));
+    assert!(err(opts("zero", false, Some(0))).contains("train.epochs"));
+    let longer =
+        gshn::train::train(CpuBackend, cfg.clone(), &opts("again", true, Some(3))).unwrap();
+    assert_eq!(longer.steps, full.steps * 3 / 2, "not extended to 3 epochs");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_gshn"))
+        .args([
+            "train", "--device", "cpu", "--resume", "--config", "x.toml", "--data",
+        ])
+        .arg(&dir)
+        .arg("--out")
+        .arg(dir.join("full"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        !cli.status.success() && stderr.contains("--config cannot change"),
+        "{stderr}"
+    );
     // A checkpoint whose state or vocabulary was edited does not resume.
     let ck = dir.join("split").join("checkpoint.safetensors");
     let (tensors, meta) = load_safetensors(&ck).unwrap();
@@ -401,6 +442,8 @@ fn training_is_deterministic_and_resumes_exactly() {
             data: dir.clone(),
             out: dir.join("split"),
             resume: true,
+            overwrite: false,
+            epochs: None,
             quiet: true,
             stop_after_steps: None,
         };
@@ -572,6 +615,8 @@ fn ablations_build_and_bad_configs_are_errors() {
         data: dir.join("nope"),
         out: dir.join("x"),
         resume: false,
+        overwrite: false,
+        epochs: None,
         quiet: true,
         stop_after_steps: None,
     };

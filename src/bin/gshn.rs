@@ -40,14 +40,18 @@ enum Command {
         /// TOML config ([model], [train], [data]); defaults everywhere else.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Epochs in total (with --resume: extends the run to this many).
         #[arg(long)]
         epochs: Option<usize>,
         /// auto | cpu | cuda | cuda:N
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Continue the run in --out from its checkpoint.
-        #[arg(long)]
+        /// Continue the run in --out from its checkpoint, with its config.
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Start over in an --out that already holds a run (without it, that is an error).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Image→text and text→image retrieval of a trained run on a split.
     Eval {
@@ -150,19 +154,26 @@ fn run(cli: Cli) -> Result<()> {
             epochs,
             device,
             resume,
+            overwrite,
         } => {
-            let mut cfg = match &config {
+            if resume && config.is_some() {
+                return Err(gshn::Error::invalid(
+                    "train",
+                    "--config cannot change a resumed run (it keeps its checkpoint's config; \
+                     --epochs may extend it)",
+                ));
+            }
+            let cfg = match &config {
                 Some(p) => RunConfig::load(p)?,
                 None => RunConfig::default(),
             };
-            if let Some(e) = epochs {
-                cfg.train.epochs = e;
-            }
             let device: Device = device.parse()?;
             let opts = TrainOptions {
                 data,
                 out: out.clone(),
                 resume,
+                overwrite,
+                epochs,
                 quiet: false,
                 stop_after_steps: None,
             };
@@ -221,10 +232,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             let cfg = RunConfig::demo();
             let device: Device = device.parse()?;
+            // The demo is rerun as it is: it always starts its run folder over.
             let opts = TrainOptions {
                 data,
                 out: out.clone(),
                 resume: false,
+                overwrite: true,
+                epochs: None,
                 quiet: false,
                 stop_after_steps: None,
             };

@@ -61,6 +61,11 @@ impl Checkpoint {
     }
 
     /// The run's checkpoint, or `None` if it has none yet.
+    /// Whether `dir` holds a checkpoint.
+    pub fn exists(dir: &Path) -> bool {
+        path_of(dir).exists()
+    }
+
     pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
         let path = path_of(dir);
         if !path.exists() {

@@ -94,6 +94,9 @@ impl TrainConfig {
                 "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
             );
         }
+        if self.epochs == 0 {
+            return Err("train.epochs must be ≥ 1".into());
+        }
         if self.node_samples_per_graph == 0 {
             return Err("train.node_samples_per_graph must be ≥ 1".into());
         }

@@ -21,7 +21,14 @@ use std::time::Instant;
 pub struct TrainOptions {
     pub data: PathBuf,
     pub out: PathBuf,
+    /// Continue the run in `out` (it must hold a checkpoint) with the checkpoint's config.
     pub resume: bool,
+    /// Start over in an `out` that already holds a run (otherwise that is an error, so a
+    /// finished run is never replaced by accident).
+    pub overwrite: bool,
+    /// Train to this many epochs in total, also when resuming (a finished run is extended;
+    /// its learning-rate schedule then follows the new length).
+    pub epochs: Option<usize>,
     pub quiet: bool,
     /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
     /// continues from there to exactly the numbers of an uninterrupted run.
@@ -48,14 +55,38 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         source,
     })?;
     let resumed = if opts.resume {
-        Checkpoint::load_latest(out)?
+        let ck = Checkpoint::load_latest(out)?;
+        Some(ck.ok_or_else(|| {
+            Error::invalid(
+                "resume",
+                format!(
+                    "{} holds no checkpoint to resume (train without --resume to start it)",
+                    out.display()
+                ),
+            )
+        })?)
     } else {
+        if !opts.overwrite && Checkpoint::exists(out) {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "{} already holds a run: --resume continues it, --overwrite starts it over",
+                    out.display()
+                ),
+            ));
+        }
         None
     };
-    let cfg = match &resumed {
+    let mut cfg = match &resumed {
         Some(ck) => ck.config.clone(),
         None => cfg,
     };
+    if let Some(e) = opts.epochs {
+        cfg.train.epochs = e;
+    }
+    cfg.train
+        .validate()
+        .map_err(|m| Error::invalid("config", m))?;
     let RunData {
         vocab,
         train_split,
