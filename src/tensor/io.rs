@@ -125,28 +125,59 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadat
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same folder and a rename, so a
-/// crash leaves either the old file or the new one, never a torn one.
+/// Writes `bytes` to `path` atomically: a temporary file of a name no other writer uses, in
+/// the same folder, flushed to disk, then renamed over `path`; on any failure the temporary
+/// file is removed and `path` is left as it was. Only a regular file (or nothing) is replaced:
+/// a link or a device at `path` is an error, never silently turned into a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
     };
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_file() {
+            return Err(Error::invalid(
+                "write",
+                format!(
+                    "{} is not a regular file (a link, a folder or a device): not replaced",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ".{}.{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        std::fs::remove_file(&tmp).ok();
+        return Err(io(e));
+    }
+    // The rename itself reaches the disk with the folder's entry.
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().ok();
+    }
+    Ok(())
 }
 
 /// A top-level key that the JSON header repeats, if any: JSON maps keep only the last of a
@@ -212,6 +243,30 @@ mod tests {
             e.contains("t.safetensors") && e.contains("not a valid"),
             "{e}"
         );
+        // A link is not replaced by a file (its target stays as it was); no temporary file
+        // is left behind by any write.
+        #[cfg(unix)]
+        {
+            let target = dir.join("target.bin");
+            std::fs::write(&target, b"keep").unwrap();
+            let link = dir.join("link.safetensors");
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let e = save_safetensors(&link, &ts, None).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+            assert!(std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            let e = write_atomic(&dir, b"x").unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         // One tensor named twice: JSON keeps the last, the reader refuses the file.
         let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

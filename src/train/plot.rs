@@ -1,5 +1,6 @@
 //! PNG line plots of training curves (plotters with an embedded DejaVu font, so no system
-//! fonts are needed).
+//! fonts are needed). A plot is drawn in memory and written atomically, so a full disk never
+//! leaves a truncated PNG.
 
 use crate::error::{Error, Result};
 use plotters::prelude::*;
@@ -57,14 +58,37 @@ pub fn line_plot(
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let (y0, y1) = (y0 - pad, y1 + pad);
 
-    let root = BitMapBackend::new(path, (800, 450)).into_drawing_area();
+    let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    draw(path, title, x_label, series, (x0..x1, y0..y1), &mut pixels)?;
+    let image = image::RgbImage::from_raw(WIDTH, HEIGHT, pixels)
+        .ok_or_else(|| plot_error(path, "pixel buffer of the wrong size"))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| plot_error(path, e))?;
+    crate::tensor::io::write_atomic(path, png.get_ref())
+}
+
+const WIDTH: u32 = 800;
+const HEIGHT: u32 = 450;
+
+/// Draws the chart into an RGB buffer of WIDTH × HEIGHT.
+fn draw(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    (xs, ys): (std::ops::Range<f64>, std::ops::Range<f64>),
+    pixels: &mut [u8],
+) -> Result<()> {
+    let root = BitMapBackend::with_buffer(pixels, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, y0..y1)
+        .build_cartesian_2d(xs, ys)
         .map_err(|e| plot_error(path, e))?;
     chart
         .configure_mesh()
