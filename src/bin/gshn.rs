@@ -30,6 +30,9 @@ enum Command {
         val: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace a synthetic dataset already in --out (without it, that is an error).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Train a GSHN (or an ablation) on a dataset root; evaluates on the val split every epoch.
     Train {
@@ -137,7 +140,17 @@ fn run(cli: Cli) -> Result<()> {
             train,
             val,
             seed,
+            overwrite,
         } => {
+            if !overwrite && out.join("train").exists() {
+                return Err(gshn::Error::invalid(
+                    "synth",
+                    format!(
+                        "{} already holds a dataset: --overwrite replaces it",
+                        out.display()
+                    ),
+                ));
+            }
             let s = gshn::data::write_synthetic(&out, train, val, seed)?;
             println!(
                 "wrote {} train + {} val scenes to {} ({s:?})",

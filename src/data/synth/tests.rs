@@ -277,3 +277,25 @@ mod speed {
         println!("{s:?} in {:.2?} -> {}", t.elapsed(), d.display());
     }
 }
+
+#[test]
+fn a_rewrite_replaces_the_old_dataset_and_never_touches_foreign_files() {
+    let d = tmp("rewrite");
+    write_synthetic(&d, 12, 4, 1).unwrap();
+    write_synthetic(&d, 2, 2, 1).unwrap();
+    let images = std::fs::read_dir(d.join("train").join("images"))
+        .unwrap()
+        .count();
+    assert_eq!(images, 2, "images of the earlier dataset stayed behind");
+    let foreign = tmp("foreign");
+    std::fs::create_dir_all(foreign.join("train")).unwrap();
+    std::fs::write(foreign.join("train").join("mine.txt"), b"keep").unwrap();
+    let e = write_synthetic(&foreign, 2, 2, 1).unwrap_err().to_string();
+    assert!(e.contains("not a gshn synthetic dataset"), "{e}");
+    assert_eq!(
+        std::fs::read(foreign.join("train").join("mine.txt")).unwrap(),
+        b"keep"
+    );
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(foreign).ok();
+}

@@ -132,6 +132,27 @@ fn write_split(dir: &Path, scenes: &[SynthScene]) -> Result<(usize, usize)> {
     Ok((ncap, nseg))
 }
 
+/// Removes an earlier synthetic split at `dir`; refuses a folder with other contents.
+fn clear_split(dir: &Path) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // nothing there yet
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    if !dir.join("scenes.json").is_file() {
+        return Err(DataError::invalid(
+            dir,
+            "holds files that are not a gshn synthetic dataset: not written into",
+        ));
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| DataError::Io {
+        path: dir.to_path_buf(),
+        what: "cannot remove the earlier synthetic split",
+        source: e,
+    })
+}
+
 /// Read back a split's `scenes.json`.
 pub fn read_scenes(split_dir: &Path) -> Result<Vec<SynthScene>> {
     let p = split_dir.join("scenes.json");
@@ -142,12 +163,17 @@ pub fn read_scenes(split_dir: &Path) -> Result<Vec<SynthScene>> {
 }
 
 /// Write `train` + `val` synthetic scenes under `out/train` and `out/val` (COCO layout, see module
-/// docs). Existing files of the same names are overwritten.
+/// docs). A split folder that holds an earlier synthetic dataset (it has `scenes.json`) is
+/// replaced whole, so no image of the old one stays behind; a non-empty folder that holds
+/// anything else is an error, never written into.
 pub fn write_synthetic(out: &Path, train: usize, val: usize, seed: u64) -> Result<SynthStats> {
     let mut rng = SynthRng::new(seed);
     let (ts, vs) = (rng.fork(), rng.fork());
     let tr = generate_scenes(train, &mut SynthRng::new(ts));
     let va = generate_scenes(val, &mut SynthRng::new(vs));
+    for split in ["train", "val"] {
+        clear_split(&out.join(split))?;
+    }
     let (c1, s1) = write_split(&out.join("train"), &tr)?;
     let (c2, s2) = write_split(&out.join("val"), &va)?;
     let groups = |v: &[SynthScene]| v.last().map_or(0, |s| s.group as usize + 1);
