@@ -41,6 +41,7 @@ extern "C" {
 #define GSHN_ERR_CUDA 5             /* CUDA driver or kernel failure, no usable GPU */
 #define GSHN_ERR_PANIC 6            /* internal bug caught at the boundary */
 #define GSHN_ERR_INTERNAL 7
+#define GSHN_ERR_OUT_OF_MEMORY 8    /* a buffer gshn needs cannot be allocated */
 
 /* dtypes of the float buffers. */
 #define GSHN_F32 0

@@ -23,7 +23,7 @@ use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
-use crate::tensor::{DType, Meta, Shape, Storage, Tensor};
+use crate::tensor::{try_copy, DType, Meta, Shape, Storage, Tensor};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,6 +42,8 @@ pub const GSHN_ERR_CUDA: c_int = 5;
 /// A bug: a panic inside gshn was caught at the boundary.
 pub const GSHN_ERR_PANIC: c_int = 6;
 pub const GSHN_ERR_INTERNAL: c_int = 7;
+/// A buffer gshn needs cannot be allocated (sizes too large for the machine).
+pub const GSHN_ERR_OUT_OF_MEMORY: c_int = 8;
 
 pub const GSHN_F32: c_int = 0;
 pub const GSHN_F64: c_int = 1;
@@ -74,6 +76,7 @@ impl From<Error> for CErr {
             Error::Invalid { .. } => GSHN_ERR_INVALID_VALUE,
             Error::Unsupported { .. } => GSHN_ERR_UNSUPPORTED,
             Error::Cuda(_) => GSHN_ERR_CUDA,
+            Error::OutOfMemory { .. } => GSHN_ERR_OUT_OF_MEMORY,
             _ => GSHN_ERR_INTERNAL,
         };
         CErr(code, e.to_string())
@@ -196,8 +199,13 @@ fn graph_inputs(f: &str, g: *const GshnGraph) -> Result<(Inputs, usize, usize), 
     let g = unsafe { g.as_ref() }.ok_or_else(|| arg_err(f, "graph is NULL"))?;
     let n = size(f, "graph.num_nodes", g.num_nodes)?;
     let e = size(f, "graph.num_edges", g.num_edges)?;
-    let row_ptr = host_slice(f, "graph.row_ptr", g.row_ptr, n + 1)?.to_vec();
-    let src = host_slice(f, "graph.src", g.src, e)?.to_vec();
+    let row_ptr = try_copy(host_slice(
+        f,
+        "graph.row_ptr",
+        g.row_ptr,
+        n.saturating_add(1),
+    )?)?;
+    let src = try_copy(host_slice(f, "graph.src", g.src, e)?)?;
     let g = CsrGraph::from_csr(row_ptr, src)?;
     let tensors = vec![
         (Src::Host(g.row_ptr), m([n + 1], DType::I32)),
@@ -218,6 +226,14 @@ fn host_slice<'a, T>(f: &str, what: &str, p: *const T, n: usize) -> Result<&'a [
     }
     if p.is_null() {
         return Err(arg_err(f, format!("{what} is NULL")));
+    }
+    if n.checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(arg_err(
+            f,
+            format!("{what}: {n} elements do not fit in memory"),
+        ));
     }
     // SAFETY: the caller guarantees `p` points to `n` readable elements (header contract).
     Ok(unsafe { std::slice::from_raw_parts(p, n) })
@@ -274,10 +290,44 @@ fn dst_opt(ptr: *mut c_void, name: &'static str) -> Dst {
     }
 }
 
+/// Sizes from the caller are checked before anything uses them: an element count or byte
+/// size that overflows (e.g. [4, 2^62 + 1]) is an argument error, not a wrapped small number.
+fn fits_in_memory(f: &str, name: &str, m: &Meta) -> Result<(), CErr> {
+    let fits = m
+        .shape
+        .checked_numel()
+        .and_then(|n| n.checked_mul(m.dtype.size()))
+        .is_some_and(|b| b <= isize::MAX as usize);
+    if fits {
+        Ok(())
+    } else {
+        Err(arg_err(
+            f,
+            format!("{name} of shape {:?} is larger than any memory", m.shape),
+        ))
+    }
+}
+
+/// The names of the inputs, for messages (host-made inputs are named by their role).
+fn input_names(ins: &Inputs) -> Vec<&'static str> {
+    ins.iter()
+        .map(|(s, _)| match s {
+            Src::Ptr(_, name) => *name,
+            Src::Host(_) => "graph or tau",
+        })
+        .collect()
+}
+
 /// Runs `op` with inputs `ins` (metas `metas`) and writes its outputs into `outs`.
 fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
     let metas: Vec<Meta> = ins.iter().map(|i| i.1.clone()).collect();
+    for ((_, m), name) in ins.iter().zip(input_names(&ins)) {
+        fits_in_memory(f, name, m)?;
+    }
     let out_metas = op.infer(&metas)?;
+    for (m, d) in out_metas.iter().zip(&outs) {
+        fits_in_memory(f, d.name, m)?;
+    }
     if out_metas.len() != outs.len() {
         return Err(CErr(
             GSHN_ERR_INTERNAL,
@@ -319,17 +369,20 @@ fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CE
     }
 }
 
-fn host_storage(p: *const c_void, m: &Meta) -> Storage {
+fn host_storage(p: *const c_void, m: &Meta) -> Result<Storage, CErr> {
     let n = m.shape.numel();
-    // SAFETY: non-NULL when n > 0 (checked by `exec`); the caller guarantees n elements.
-    unsafe {
-        match m.dtype {
-            _ if n == 0 => Storage::zeros(m.dtype, 0),
-            DType::F32 => Storage::F32(std::slice::from_raw_parts(p as *const f32, n).to_vec()),
-            DType::F64 => Storage::F64(std::slice::from_raw_parts(p as *const f64, n).to_vec()),
-            DType::I32 => Storage::I32(std::slice::from_raw_parts(p as *const i32, n).to_vec()),
-        }
+    if n == 0 {
+        return Ok(Storage::zeros(m.dtype, 0));
     }
+    // SAFETY: non-NULL when n > 0 and n elements fit in memory (checked by `exec`); the caller
+    // guarantees n readable elements.
+    Ok(unsafe {
+        match m.dtype {
+            DType::F32 => Storage::F32(try_copy(std::slice::from_raw_parts(p as *const f32, n))?),
+            DType::F64 => Storage::F64(try_copy(std::slice::from_raw_parts(p as *const f64, n))?),
+            DType::I32 => Storage::I32(try_copy(std::slice::from_raw_parts(p as *const i32, n))?),
+        }
+    })
 }
 
 fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Result<(), CErr> {
@@ -337,14 +390,14 @@ fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Resul
     let bufs: Vec<(Storage, Meta)> = ins
         .into_iter()
         .map(|(s, m)| match s {
-            Src::Ptr(p, _) => (host_storage(p, &m), m),
-            Src::Host(t) => (t.into_storage(), m),
+            Src::Ptr(p, _) => Ok((host_storage(p, &m)?, m)),
+            Src::Host(t) => Ok((t.into_storage(), m)),
         })
-        .collect();
+        .collect::<Result<_, CErr>>()?;
     let mut obufs: Vec<Storage> = out_metas
         .iter()
-        .map(|m| Storage::zeros(m.dtype, m.shape.numel()))
-        .collect();
+        .map(|m| Storage::try_zeros(m.dtype, m.shape.numel()))
+        .collect::<crate::Result<_>>()?;
     execute_buffers(
         &be,
         &op,

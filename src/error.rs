@@ -32,6 +32,9 @@ pub enum Error {
     /// Malformed file content (safetensors, JSON, PNG, config), naming the file.
     #[error("{path}: {msg}")]
     Format { path: String, msg: String },
+    /// An allocation the machine cannot give (reported instead of aborting the process).
+    #[error("out of memory: cannot allocate {bytes} bytes")]
+    OutOfMemory { bytes: usize },
 }
 
 impl Error {

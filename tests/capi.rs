@@ -296,3 +296,57 @@ fn c_header_uses_the_fused_op_table_names() {
         "a C entry point is missing from gshn::fused::OPS"
     );
 }
+
+/// Sizes whose element count or byte size overflows are argument errors, never a wrapped
+/// small size that the kernels then read past (a segfault), nor an abort.
+#[test]
+fn overflowing_sizes_are_argument_errors() {
+    use gshn::capi::*;
+    use std::ffi::c_void;
+    let buf = [0.5f32; 8];
+    let mut out = [0f32; 8];
+    let (p, o) = (
+        buf.as_ptr() as *const c_void,
+        out.as_mut_ptr() as *mut c_void,
+    );
+    let big = (1i64 << 62) + 1;
+    // SAFETY: every call below is refused before any pointer is read or written.
+    unsafe {
+        let rc = gshn_infonce_forward_cpu(GSHN_F32, 4, big, 1, p, p, p, o, o, o);
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let rc = gshn_infonce_forward_cpu(GSHN_F32, 4, 1 << 62, 1, p, p, p, o, o, o);
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let params = gshn_lif_params_default();
+        let rc = gshn_lif_forward_cpu(&params, GSHN_F32, 1 << 32, 1 << 32, p, o, o, o);
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let rc = gshn_lif_forward_cpu(&params, GSHN_F32, 4, big, p, o, o, o);
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let (row_ptr, src) = ([0i32, 1, 2, 3], [1i32, 2, 0]);
+        let g = GshnGraph {
+            num_nodes: 3,
+            num_edges: 3,
+            row_ptr: row_ptr.as_ptr(),
+            src: src.as_ptr(),
+        };
+        let null = std::ptr::null();
+        let rc = gshn_gat_forward_cpu(
+            GSHN_F32,
+            &g,
+            1 << 62,
+            2,
+            0.2,
+            p,
+            p,
+            p,
+            null,
+            o,
+            o,
+            o.cast_const().cast_mut(),
+        );
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let rc = gshn_aggregate_forward_cpu(GSHN_F32, &g, 2, 1 << 62, 4, p, p, o);
+        assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+        let msg = std::ffi::CStr::from_ptr(gshn_last_error()).to_string_lossy();
+        assert!(msg.contains("larger than any memory"), "{msg}");
+    }
+}

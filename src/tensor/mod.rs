@@ -48,6 +48,11 @@ impl Shape {
     pub fn numel(&self) -> usize {
         self.0.iter().product()
     }
+    /// The element count, or None when the product of the dims overflows (sizes that come
+    /// from outside, e.g. the C ABI, are checked with this before anything is allocated).
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    }
     pub fn dim(&self, i: usize) -> usize {
         self.0[i]
     }
@@ -98,6 +103,14 @@ impl Storage {
             DType::F64 => Storage::F64(vec![0.0; len]),
             DType::I32 => Storage::I32(vec![0; len]),
         }
+    }
+    /// Like [`Storage::zeros`], but running out of memory is an error, not an abort.
+    pub fn try_zeros(dtype: DType, len: usize) -> Result<Self> {
+        Ok(match dtype {
+            DType::F32 => Storage::F32(try_filled(len, 0.0)?),
+            DType::F64 => Storage::F64(try_filled(len, 0.0)?),
+            DType::I32 => Storage::I32(try_filled(len, 0)?),
+        })
     }
     pub fn dtype(&self) -> DType {
         match self {
@@ -309,4 +322,25 @@ impl Meta {
     pub fn bytes(&self) -> usize {
         self.shape.numel() * self.dtype.size()
     }
+}
+
+/// A vector of `len` copies of `v`, or `Error::OutOfMemory` when it cannot be allocated.
+pub fn try_filled<T: Clone>(len: usize, v: T) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        bytes: len.saturating_mul(std::mem::size_of::<T>()),
+    })?;
+    out.resize(len, v);
+    Ok(out)
+}
+
+/// A copy of `src`, or `Error::OutOfMemory` when it cannot be allocated.
+pub fn try_copy<T: Clone>(src: &[T]) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(src.len())
+        .map_err(|_| Error::OutOfMemory {
+            bytes: std::mem::size_of_val(src),
+        })?;
+    out.extend_from_slice(src);
+    Ok(out)
 }
