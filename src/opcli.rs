@@ -528,12 +528,19 @@ fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
     let seg = ins.rank("seg", 1)?;
     let segments = match attrs.opt_usize("segments")? {
         Some(s) => s,
-        None => seg
-            .data::<i32>()?
-            .iter()
-            .copied()
-            .max()
-            .map_or(0, |m| (m + 1).max(0) as usize),
+        None => {
+            // S = max(seg) + 1, counted in i64: the largest i32 id would wrap in i32.
+            let ids = seg.data::<i32>()?;
+            let max = ids.iter().copied().max().unwrap_or(-1);
+            if max == i32::MAX {
+                let p = ids.iter().position(|&i| i == max).unwrap_or(0);
+                return Err(Error::invalid(
+                    "segment_mean",
+                    format!("seg[{p}] = {max} would need 2^31 segments, more than i32 ids address"),
+                ));
+            }
+            (max as i64 + 1).max(0) as usize
+        }
     };
     let xv = b.input("x", x);
     let sv = b.input("seg", seg);

@@ -180,6 +180,18 @@ fn dtypes_follow_the_inputs() {
     assert_eq!(get(&r, "grad_x").to_f64_vec()[0], 0.5);
 }
 
+fn err_seg(seg: Tensor) -> String {
+    let x = ("x".to_string(), t64(&[4, 2], 3));
+    opcli::run(
+        "segment_mean",
+        &[x, ("seg".into(), seg)],
+        &json!({}),
+        CpuBackend,
+    )
+    .unwrap_err()
+    .to_string()
+}
+
 #[test]
 fn bad_calls_are_typed_errors() {
     let x = || ("x".to_string(), t64(&[3, 4], 1));
@@ -279,6 +291,10 @@ fn bad_calls_are_typed_errors() {
     for (msg, want) in cases {
         assert!(msg.contains(want), "{msg:?} should mention {want:?}");
     }
+    // The largest i32 id is named, not a wrapped S that blames seg[0].
+    let seg = Tensor::new([4], vec![0i32, 1, i32::MAX, -1]).unwrap();
+    let e = err_seg(seg);
+    assert!(e.contains("seg[2]"), "{e}");
     let list = gshn::fused::list();
     assert!(list.contains("\naggregate: ") && list.contains("also accepted as: gat_aggregate"));
 }

@@ -100,7 +100,8 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<Storage> {
-        Ok(Storage::zeros(dtype, len))
+        // Out of memory is an error the caller sees, not an abort of the process.
+        Storage::try_zeros(dtype, len)
     }
 
     fn write(&self, dst: &mut Storage, src: &Tensor) -> Result<()> {
