@@ -111,7 +111,9 @@ typedef struct gshn_graph {
 /* In: z[N,H,F] (= x W), a_src[H,F], a_dst[H,F], edge_bias[E,H] (optional: per-edge logit bias,
  * PyG's edge_dim term), negative_slope (PyG default 0.2).
  * Written: out[N,H,F], lse[N,H] (log-sum-exp of each node's logits; saved for the backward),
- * alpha[E,H] (optional: the attention, in CSR edge order). A node with no in-edge: out = 0. */
+ * alpha[E,H] (optional: the attention, in CSR edge order). A node with no in-edge: out = 0.
+ * When alpha is wanted, out and lse must not share memory with z, a_src, a_dst or edge_bias
+ * (alpha is computed after out and lse are written): GSHN_ERR_INVALID_ARGUMENT otherwise. */
 int gshn_gat_forward_cpu(int dtype, const gshn_graph *graph, int64_t heads, int64_t feat,
                          double negative_slope, const void *z, const void *a_src,
                          const void *a_dst, const void *edge_bias, void *out, void *lse,

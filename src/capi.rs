@@ -581,6 +581,32 @@ fn agg_args<'a>(
     })
 }
 
+/// Checks that no caller input shares bytes with a buffer written before it is read again.
+fn disjoint(f: &str, reads: &Inputs, written: &[(*mut c_void, Meta)]) -> Result<(), CErr> {
+    let span = |p: usize, m: &Meta| {
+        let bytes = m.shape.checked_numel()?.checked_mul(m.dtype.size())?;
+        (bytes > 0).then_some((p, p.saturating_add(bytes)))
+    };
+    for (src, meta) in reads {
+        let Src::Ptr(p, name) = src else { continue };
+        let Some((r0, r1)) = span(*p as usize, meta) else {
+            continue;
+        };
+        for (w, wm) in written {
+            let Some((w0, w1)) = span(*w as usize, wm) else {
+                continue;
+            };
+            if r0 < w1 && w0 < r1 {
+                return Err(arg_err(
+                    f,
+                    format!("{name} shares memory with an output written before it is read again"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The forward GAT inputs by name: `params` = z, a_src, a_dst (, edge_bias), `graph` = the four
 /// index tensors (the op forms' order is `GatArgs`'s, not ours).
 fn gat_args<'a>(params: &'a Inputs, graph: &'a Inputs) -> Result<GatArgs<'a, (Src, Meta)>, CErr> {
@@ -731,12 +757,17 @@ fn gat_forward(
     alpha: *mut c_void,
 ) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
-    let (ins, gr, n, _, h, _) = gat_inputs(f, dt, graph, heads, feat, z, a_src, a_dst, edge_bias)?;
+    let (ins, gr, n, _, h, fe) = gat_inputs(f, dt, graph, heads, feat, z, a_src, a_dst, edge_bias)?;
     let at = GatAttrs {
         negative_slope,
         edge_bias: !edge_bias.is_null(),
     };
     let args = gat_args(&ins, &gr)?;
+    if !alpha.is_null() {
+        // alpha re-reads the inputs after out and lse are written: they must not alias.
+        let written = [(out, m([n, h, fe], dt)), (lse, m([n, h], dt))];
+        disjoint(f, &ins, &written)?;
+    }
     exec(
         f,
         mem,

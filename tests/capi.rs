@@ -350,3 +350,45 @@ fn overflowing_sizes_are_argument_errors() {
         assert!(msg.contains("larger than any memory"), "{msg}");
     }
 }
+
+/// GAT forward with alpha re-reads its inputs after writing out and lse: aliasing them is a
+/// clear error (it gave a wrong alpha), and without alpha it is left to the caller as before.
+#[test]
+fn gat_alpha_refuses_outputs_that_alias_inputs() {
+    use gshn::capi::*;
+    use std::ffi::c_void;
+    let (row_ptr, src) = ([0i32, 1, 2, 3], [1i32, 2, 0]);
+    let g = GshnGraph {
+        num_nodes: 3,
+        num_edges: 3,
+        row_ptr: row_ptr.as_ptr(),
+        src: src.as_ptr(),
+    };
+    let (h, f) = (2usize, 2usize);
+    let mut z: Vec<f32> = (0..3 * h * f).map(|i| (i as f32 * 0.37).sin()).collect();
+    let a: Vec<f32> = (0..h * f).map(|i| (i as f32 * 0.11).cos()).collect();
+    let (mut lse, mut alpha) = (vec![0f32; 3 * h], vec![0f32; 3 * h]);
+    let ap = a.as_ptr() as *const c_void;
+    let null = std::ptr::null();
+    // SAFETY: every buffer holds the elements the header asks for; `z` doubles as `out`.
+    let rc = unsafe {
+        gshn_gat_forward_cpu(
+            GSHN_F32,
+            &g,
+            h as i64,
+            f as i64,
+            0.2,
+            z.as_ptr() as *const c_void,
+            ap,
+            ap,
+            null,
+            z.as_mut_ptr() as *mut c_void,
+            lse.as_mut_ptr() as *mut c_void,
+            alpha.as_mut_ptr() as *mut c_void,
+        )
+    };
+    assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+    // SAFETY: as above.
+    let msg = unsafe { std::ffi::CStr::from_ptr(gshn_last_error()) }.to_string_lossy();
+    assert!(msg.contains("z shares memory"), "{msg}");
+}
