@@ -297,6 +297,19 @@ fn c_header_uses_the_fused_op_table_names() {
     );
 }
 
+static RING_ROW_PTR: [i32; 4] = [0, 1, 2, 3];
+static RING_SRC: [i32; 3] = [1, 2, 0];
+
+/// A 3-node ring as the C ABI takes it.
+fn ring() -> gshn::capi::GshnGraph {
+    gshn::capi::GshnGraph {
+        num_nodes: 3,
+        num_edges: 3,
+        row_ptr: RING_ROW_PTR.as_ptr(),
+        src: RING_SRC.as_ptr(),
+    }
+}
+
 /// Sizes whose element count or byte size overflows are argument errors, never a wrapped
 /// small size that the kernels then read past (a segfault), nor an abort.
 #[test]
@@ -321,13 +334,7 @@ fn overflowing_sizes_are_argument_errors() {
         assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
         let rc = gshn_lif_forward_cpu(&params, GSHN_F32, 4, big, p, o, o, o);
         assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
-        let (row_ptr, src) = ([0i32, 1, 2, 3], [1i32, 2, 0]);
-        let g = GshnGraph {
-            num_nodes: 3,
-            num_edges: 3,
-            row_ptr: row_ptr.as_ptr(),
-            src: src.as_ptr(),
-        };
+        let g = ring();
         let null = std::ptr::null();
         let rc = gshn_gat_forward_cpu(
             GSHN_F32,
@@ -357,13 +364,7 @@ fn overflowing_sizes_are_argument_errors() {
 fn gat_alpha_refuses_outputs_that_alias_inputs() {
     use gshn::capi::*;
     use std::ffi::c_void;
-    let (row_ptr, src) = ([0i32, 1, 2, 3], [1i32, 2, 0]);
-    let g = GshnGraph {
-        num_nodes: 3,
-        num_edges: 3,
-        row_ptr: row_ptr.as_ptr(),
-        src: src.as_ptr(),
-    };
+    let g = ring();
     let (h, f) = (2usize, 2usize);
     let mut z: Vec<f32> = (0..3 * h * f).map(|i| (i as f32 * 0.37).sin()).collect();
     let a: Vec<f32> = (0..h * f).map(|i| (i as f32 * 0.11).cos()).collect();
