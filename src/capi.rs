@@ -338,7 +338,7 @@ fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CE
             ),
         ));
     }
-    let misaligned = |p: usize, m: &Meta| p % m.dtype.size() != 0;
+    let misaligned = |p: usize, m: &Meta| !p.is_multiple_of(m.dtype.size());
     for (src, m) in &ins {
         if let Src::Ptr(p, name) = src {
             if p.is_null() && m.shape.numel() > 0 {

@@ -412,6 +412,15 @@ fn training_is_deterministic_and_resumes_exactly() {
     assert!(err(opts("full", false, None)).contains("already holds a run"));
     assert!(err(opts("empty", true, None)).contains("no checkpoint"));
     assert!(err(opts("zero", false, Some(0))).contains("train.epochs"));
+    // One trainer per run folder: a second one fails at once, naming the holder; the lock
+    // goes with its holder.
+    let held = gshn::train::trainer::lock_run_folder(&dir.join("full")).unwrap();
+    let e = err(opts("full", true, None));
+    assert!(e.contains("in use by another gshn train (pid "), "{e}");
+    drop(held);
+    // The lock file stays behind with the old holder's pid, and does not block.
+    assert!(dir.join("full").join(".lock").exists());
+    gshn::train::trainer::lock_run_folder(&dir.join("full")).unwrap();
     let longer =
         gshn::train::train(CpuBackend, cfg.clone(), &opts("again", true, Some(3))).unwrap();
     assert_eq!(longer.steps, full.steps * 3 / 2, "not extended to 3 epochs");

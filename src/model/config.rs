@@ -140,13 +140,13 @@ impl ModelConfig {
     /// Checks the combinations the graph cannot be built from.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |msg: String| Err(crate::Error::invalid("config", msg));
-        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
+        if self.dim == 0 || self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return bad(format!(
                 "model.dim ({}) must be a positive multiple of model.heads ({})",
                 self.dim, self.heads
             ));
         }
-        if self.text.heads == 0 || self.dim % self.text.heads != 0 {
+        if self.text.heads == 0 || !self.dim.is_multiple_of(self.text.heads) {
             return bad(format!(
                 "model.dim ({}) must be a multiple of model.text.heads ({})",
                 self.dim, self.text.heads

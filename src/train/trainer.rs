@@ -47,6 +47,45 @@ pub struct TrainSummary {
     pub final_spike_rates: Vec<f64>,
 }
 
+/// Holds `dir/.lock` exclusively for as long as it lives: one trainer per run folder. The OS
+/// releases the lock when the process ends, however it ends, so a killed run never blocks.
+pub fn lock_run_folder(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(".lock");
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            f.read_to_string(&mut holder).ok();
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "{} is in use by another gshn train ({})",
+                    dir.display(),
+                    holder.trim()
+                ),
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    // Name the holder for whoever finds the folder locked.
+    f.set_len(0).map_err(io)?;
+    f.rewind().map_err(io)?;
+    write!(f, "pid {}", std::process::id()).map_err(io)?;
+    Ok(f)
+}
+
 /// Trains (or resumes) a run in `opts.out` and returns its summary.
 pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let out = &opts.out;
@@ -54,6 +93,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         path: out.display().to_string(),
         source,
     })?;
+    let _lock = lock_run_folder(out)?;
     let resumed = if opts.resume {
         let ck = Checkpoint::load_latest(out)?;
         Some(ck.ok_or_else(|| {

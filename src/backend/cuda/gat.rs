@@ -285,7 +285,7 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
 
 /// The head count and channels of an aggregation, checked: C must split into H heads.
 fn heads(op: &Op, h: usize, c: usize) -> Result<()> {
-    if h == 0 || c % h != 0 {
+    if h == 0 || !c.is_multiple_of(h) {
         return Err(Error::shape(
             op.name(),
             format!("C = {c} is not a multiple of H = {h}"),
