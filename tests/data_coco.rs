@@ -594,3 +594,53 @@ fn panoptic_png_must_be_8bit_rgb() {
     rgba.save(p.panoptic.join("c.png")).unwrap();
     assert_eq!(open(&p).unwrap().get(2).unwrap().segments.segments.len(), 2);
 }
+
+#[test]
+fn endless_json_and_huge_images_are_refused_before_they_cost_memory() {
+    // captions.json that never ends (a link to /dev/zero): refused at the limit, at once.
+    #[cfg(unix)]
+    {
+        let (d, p) = standard("endless");
+        std::fs::remove_file(&p.captions_json).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p.captions_json).unwrap();
+        let t = std::time::Instant::now();
+        let e = Dataset::open(
+            &p,
+            &LoadOptions {
+                max_file_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_err(
+            e,
+            &[
+                "captions",
+                "limit of 1048576 bytes",
+                "data.load.max_file_bytes",
+            ],
+        );
+        assert!(t.elapsed().as_secs() < 5);
+        std::fs::remove_dir_all(d).ok();
+    }
+    // An image above the pixel limit is refused from its header, naming the key.
+    let (d, p) = standard("pixels");
+    let e = Dataset::open(
+        &p,
+        &LoadOptions {
+            max_image_pixels: Some(10),
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_err(
+        e,
+        &[
+            "pixels is above the limit of 10",
+            "data.load.max_image_pixels",
+        ],
+    );
+    std::fs::remove_dir_all(d).ok();
+}

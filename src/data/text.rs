@@ -159,7 +159,8 @@ impl Vocab {
 
     /// Load a vocabulary saved by [`Vocab::save`]; checks the specials and that tokens are unique.
     pub fn load(path: &Path) -> Result<Vocab> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "vocabulary file", e))?;
+        let bytes = crate::util::bounded::read_file(path)
+            .map_err(|e| DataError::io(path, "vocabulary file", e))?;
         let f: VocabFile = serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
             path: path.to_path_buf(),
             source,

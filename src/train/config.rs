@@ -184,9 +184,13 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let bytes = crate::util::bounded::read_file(path).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Format {
+            path: path.display().to_string(),
+            msg: "not UTF-8 text".into(),
         })?;
         Self::parse(&text).map_err(|msg| Error::Format {
             path: path.display().to_string(),

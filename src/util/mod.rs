@@ -1,3 +1,4 @@
+pub mod bounded;
 pub mod progress;
 pub mod rng;
 

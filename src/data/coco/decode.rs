@@ -13,7 +13,11 @@ use crate::data::error::{DataError, Result};
 use crate::data::features::load_feature_map;
 
 fn decode_any(path: &Path, what: &'static str) -> Result<image::DynamicImage> {
-    let reader = image_reader(path, what)?;
+    let mut reader = image_reader(path, what)?;
+    // The header was checked at open; this bounds a file that changed since (RGBA16: 8 B/px).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(crate::util::bounded::DEFAULT_MAX_IMAGE_PIXELS * 8);
+    reader.limits(limits);
     reader.decode().map_err(|source| DataError::Image {
         path: path.to_path_buf(),
         source,

@@ -79,6 +79,11 @@ pub struct LoadOptions {
     pub crowd: CrowdPolicy,
     /// Keep only the first `limit` usable samples (by ascending image id).
     pub limit: Option<usize>,
+    /// The largest JSON file read (bytes); None: `util::bounded::DEFAULT_MAX_FILE_BYTES`.
+    pub max_file_bytes: Option<u64>,
+    /// The largest image (pixels, from its header, before decoding); None:
+    /// `util::bounded::DEFAULT_MAX_IMAGE_PIXELS`.
+    pub max_image_pixels: Option<u64>,
 }
 
 /// A category, at its contiguous index.

@@ -62,12 +62,25 @@ pub(super) fn image_reader(
         .map_err(|e| DataError::io(path, what, e))
 }
 
-fn header_dims(path: &Path, what: &'static str) -> Result<(u32, u32)> {
+/// Width and height from the header alone, refused above `max_pixels` (before any decoding).
+fn header_dims(path: &Path, what: &'static str, max_pixels: u64) -> Result<(u32, u32)> {
     let reader = image_reader(path, what)?;
-    reader.into_dimensions().map_err(|source| DataError::Image {
-        path: path.to_path_buf(),
-        source,
-    })
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|source| DataError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if w as u64 * h as u64 > max_pixels {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "{what} of {w} × {h} pixels is above the limit of {max_pixels} \
+                 (data.load.max_image_pixels)"
+            ),
+        ));
+    }
+    Ok((w, h))
 }
 
 fn check_dir(path: &Path, what: &'static str) -> Result<()> {
@@ -86,8 +99,10 @@ impl Dataset {
     /// readable, sizes agree, categories known, captions present, segments listed). No pixel decoding
     /// unless [`LoadOptions::verify`].
     pub fn open(paths: &SplitPaths, opts: &LoadOptions) -> Result<Dataset> {
-        let pj: PanopticJson = read_json(&paths.panoptic_json, "panoptic JSON")?;
-        let cj: CaptionsJson = read_json(&paths.captions_json, "captions JSON")?;
+        let pj: PanopticJson =
+            read_json(&paths.panoptic_json, "panoptic JSON", opts.max_file_bytes)?;
+        let cj: CaptionsJson =
+            read_json(&paths.captions_json, "captions JSON", opts.max_file_bytes)?;
         check_dir(&paths.images, "images folder")?;
         check_dir(&paths.panoptic, "panoptic folder")?;
         if let Some(f) = &paths.features {
@@ -331,6 +346,7 @@ fn check_records(
         .map(|r| {
             check_record(
                 paths,
+                opts,
                 r,
                 anns.get(&r.id).copied(),
                 cat_index,
@@ -357,6 +373,7 @@ fn check_records(
 
 fn check_record(
     paths: &SplitPaths,
+    opts: &LoadOptions,
     r: &ImageRecord,
     ann: Option<&PanopticAnnotation>,
     cat_index: &HashMap<u64, usize>,
@@ -428,8 +445,11 @@ fn check_record(
     };
     let img_path = paths.images.join(&r.file_name);
     let pan_path = paths.panoptic.join(&ann.file_name);
-    let isz = header_dims(&img_path, "image")?;
-    let psz = header_dims(&pan_path, "panoptic PNG")?;
+    let max_pixels = opts
+        .max_image_pixels
+        .unwrap_or(crate::util::bounded::DEFAULT_MAX_IMAGE_PIXELS);
+    let isz = header_dims(&img_path, "image", max_pixels)?;
+    let psz = header_dims(&pan_path, "panoptic PNG", max_pixels)?;
     if isz != psz {
         return Err(DataError::SizeMismatch {
             image: img_path,

@@ -90,8 +90,11 @@ pub struct CaptionsJson {
 pub(super) fn read_json<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &'static str,
+    max_bytes: Option<u64>,
 ) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, what, e))?;
+    let limit = max_bytes.unwrap_or(crate::util::bounded::DEFAULT_MAX_FILE_BYTES);
+    let bytes = crate::util::bounded::read_bounded(path, limit, "data.load.max_file_bytes")
+        .map_err(|e| DataError::io(path, what, e))?;
     serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,

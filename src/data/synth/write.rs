@@ -156,7 +156,8 @@ fn clear_split(dir: &Path) -> Result<()> {
 /// Read back a split's `scenes.json`.
 pub fn read_scenes(split_dir: &Path) -> Result<Vec<SynthScene>> {
     let p = split_dir.join("scenes.json");
-    let bytes = std::fs::read(&p).map_err(|e| DataError::io(&p, "scenes file", e))?;
+    let bytes =
+        crate::util::bounded::read_file(&p).map_err(|e| DataError::io(&p, "scenes file", e))?;
     let f: ScenesFile =
         serde_json::from_slice(&bytes).map_err(|source| DataError::Json { path: p, source })?;
     Ok(f.scenes)
