@@ -13,29 +13,80 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
 /// 64 megapixels, far above any COCO image (640 × 640).
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 26;
 
-/// The whole of `path`, refused when it is larger than `limit` bytes. `key` names the setting
-/// that raises the limit, for the message.
-pub fn read_bounded(path: &Path, limit: u64, key: &str) -> std::io::Result<Vec<u8>> {
-    let too_large = || {
+/// A reader that fails with "larger than the limit" once more than `limit` bytes come out
+/// of `inner`, so a parser reading from it stops at the limit, whatever the source.
+pub struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+    key: &'static str,
+}
+
+impl<R: Read> Bounded<R> {
+    fn too_large(&self) -> std::io::Error {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("larger than the limit of {limit} bytes ({key})"),
+            format!(
+                "larger than the limit of {} bytes ({})",
+                self.limit, self.key
+            ),
         )
-    };
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // At the limit: the source must be at its end.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(self.too_large()),
+            };
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `path` opened for reading at most `limit` bytes (`key` names the setting that raises it):
+/// a regular file is refused from its size at once; anything else stops at the limit.
+pub fn open_bounded(
+    path: &Path,
+    limit: u64,
+    key: &'static str,
+) -> std::io::Result<(Bounded<std::fs::File>, Option<u64>)> {
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
+    let size = meta.is_file().then_some(meta.len());
+    let bounded = Bounded {
+        inner: file,
+        left: limit,
+        limit,
+        key,
+    };
+    if size.is_some_and(|n| n > limit) {
+        return Err(bounded.too_large());
+    }
+    Ok((bounded, size))
+}
+
+/// The whole of `path`, refused when it is larger than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64, key: &'static str) -> std::io::Result<Vec<u8>> {
+    let (mut reader, size) = open_bounded(path, limit, key)?;
     let mut buf = Vec::new();
-    if meta.is_file() {
-        if meta.len() > limit {
-            return Err(too_large());
-        }
-        buf.try_reserve_exact(meta.len() as usize)
+    if let Some(n) = size {
+        buf.try_reserve_exact(n as usize)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
     }
-    file.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(too_large());
-    }
+    reader.read_to_end(&mut buf)?;
     Ok(buf)
 }
 

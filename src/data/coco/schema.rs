@@ -92,10 +92,12 @@ pub(super) fn read_json<T: serde::de::DeserializeOwned>(
     what: &'static str,
     max_bytes: Option<u64>,
 ) -> Result<T> {
+    // Parsed from a stream: one copy in memory (the parsed records), and a source that is no
+    // JSON (e.g. /dev/zero) fails at its first byte.
     let limit = max_bytes.unwrap_or(crate::util::bounded::DEFAULT_MAX_FILE_BYTES);
-    let bytes = crate::util::bounded::read_bounded(path, limit, "data.load.max_file_bytes")
+    let (reader, _) = crate::util::bounded::open_bounded(path, limit, "data.load.max_file_bytes")
         .map_err(|e| DataError::io(path, what, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
+    serde_json::from_reader(std::io::BufReader::new(reader)).map_err(|source| DataError::Json {
         path: path.to_path_buf(),
         source,
     })
