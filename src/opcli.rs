@@ -559,7 +559,39 @@ pub fn run<B: Backend>(
     attrs: &Json,
     backend: B,
 ) -> Result<Vec<(String, Tensor)>> {
+    run_checked(name, inputs, attrs, backend, Finite::Required)
+}
+
+/// Whether float inputs must be finite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finite {
+    /// A NaN or infinity in an input is an error naming the tensor and the position (default).
+    Required,
+    /// Non-finite inputs run through the op (to test how it propagates them).
+    Allowed,
+}
+
+/// [`run`], choosing whether non-finite inputs are refused.
+pub fn run_checked<B: Backend>(
+    name: &str,
+    inputs: &[(String, Tensor)],
+    attrs: &Json,
+    backend: B,
+    finite: Finite,
+) -> Result<Vec<(String, Tensor)>> {
     let spec = spec(name)?;
+    if finite == Finite::Required {
+        for (tname, t) in inputs {
+            if let Some(k) = t.to_f64_vec().iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(
+                    spec.name,
+                    format!(
+                        "{tname}[{k}] is not finite (pass --allow-non-finite to run it anyway)"
+                    ),
+                ));
+            }
+        }
+    }
     let ins = Ins::new(spec, inputs)?;
     let at = Attrs::new(spec, attrs)?;
     let mut b = match spec.name {
@@ -661,6 +693,7 @@ pub fn run_files<B: Backend>(
     out: &std::path::Path,
     attrs: Option<&str>,
     backend: B,
+    finite: Finite,
 ) -> Result<String> {
     let attrs: Json = match attrs {
         Some(s) => serde_json::from_str(s).map_err(|e| Error::Format {
@@ -671,7 +704,7 @@ pub fn run_files<B: Backend>(
     };
     let (tensors, _) = crate::tensor::io::load_safetensors(inputs)?;
     let backend_name = backend.name();
-    let result = run(name, &tensors, &attrs, backend)?;
+    let result = run_checked(name, &tensors, &attrs, backend, finite)?;
     let meta = HashMap::from([
         ("op".to_string(), name.to_string()),
         ("backend".to_string(), backend_name.clone()),

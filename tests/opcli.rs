@@ -300,6 +300,23 @@ fn bad_calls_are_typed_errors() {
 }
 
 #[test]
+fn non_finite_inputs_are_refused_unless_allowed() {
+    let mut v = vec![0.5f64; 12];
+    v[7] = f64::NAN;
+    let x = ("x".to_string(), Tensor::new([3, 4], v).unwrap());
+    let e = opcli::run("lif", std::slice::from_ref(&x), &json!({}), CpuBackend)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x[7] is not finite") && e.contains("--allow-non-finite"),
+        "{e}"
+    );
+    let r =
+        opcli::run_checked("lif", &[x], &json!({}), CpuBackend, opcli::Finite::Allowed).unwrap();
+    assert!(get(&r, "h").to_f64_vec()[7].is_nan());
+}
+
+#[test]
 fn old_op_names_and_surrogate_spellings_still_work() {
     let seg = Tensor::new([3], vec![0i32, 1, 0]).unwrap();
     let ins = [("x".to_string(), t64(&[3, 2], 4)), ("seg".to_string(), seg)];

@@ -116,6 +116,9 @@ enum Command {
         /// Print every op's tensors, layouts, attributes and gradient defaults.
         #[arg(long)]
         list: bool,
+        /// Run inputs holding NaN or infinity (otherwise refused, naming the tensor).
+        #[arg(long)]
+        allow_non_finite: bool,
     },
     /// Print the default run configuration (TOML): every key a --config file may set.
     Config,
@@ -266,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
             attrs,
             device,
             list,
+            allow_non_finite,
         } => {
             if list {
                 print!("{}", gshn::fused::list());
@@ -275,7 +279,13 @@ fn run(cli: Cli) -> Result<()> {
                 unreachable!("clap requires NAME, --inputs and --out without --list");
             };
             let backend = device.parse::<Device>()?.backend()?;
-            let line = gshn::opcli::run_files(&name, &inputs, &out, attrs.as_deref(), backend)?;
+            let finite = if allow_non_finite {
+                gshn::opcli::Finite::Allowed
+            } else {
+                gshn::opcli::Finite::Required
+            };
+            let line =
+                gshn::opcli::run_files(&name, &inputs, &out, attrs.as_deref(), backend, finite)?;
             println!("{line}");
             Ok(())
         }
