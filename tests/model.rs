@@ -421,6 +421,10 @@ fn training_is_deterministic_and_resumes_exactly() {
     // The lock file stays behind with the old holder's pid, and does not block.
     assert!(dir.join("full").join(".lock").exists());
     gshn::train::trainer::lock_run_folder(&dir.join("full")).unwrap();
+    // A plot that cannot be written (here: a folder in its place) only warns; the run and its
+    // checkpoint go on.
+    std::fs::remove_file(dir.join("again").join("loss.png")).unwrap();
+    std::fs::create_dir(dir.join("again").join("loss.png")).unwrap();
     let longer =
         gshn::train::train(CpuBackend, cfg.clone(), &opts("again", true, Some(3))).unwrap();
     assert_eq!(longer.steps, full.steps * 3 / 2, "not extended to 3 epochs");

@@ -253,7 +253,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         state.epoch += 1;
         state.batch = 0;
         save(&engine, &state)?;
-        super::metrics::plot_run(out)?;
+        // A plot that cannot be written costs nothing of the run: warn and go on.
+        if let Err(e) = super::metrics::plot_run(out) {
+            eprintln!("gshn: warning: plots not updated: {e}");
+        }
         if !opts.quiet {
             eprintln!(
                 "epoch {:>3}: loss {:.4}  t2i R@1 {:5.1}  i2t R@1 {:5.1}  rsum {:6.1}  r {}  spikes {}  ({:.1}s)",
