@@ -293,12 +293,7 @@ fn dst_opt(ptr: *mut c_void, name: &'static str) -> Dst {
 /// Sizes from the caller are checked before anything uses them: an element count or byte
 /// size that overflows (e.g. [4, 2^62 + 1]) is an argument error, not a wrapped small number.
 fn fits_in_memory(f: &str, name: &str, m: &Meta) -> Result<(), CErr> {
-    let fits = m
-        .shape
-        .checked_numel()
-        .and_then(|n| n.checked_mul(m.dtype.size()))
-        .is_some_and(|b| b <= isize::MAX as usize);
-    if fits {
+    if m.checked_bytes().is_some() {
         Ok(())
     } else {
         Err(arg_err(
@@ -584,7 +579,7 @@ fn agg_args<'a>(
 /// Checks that no caller input shares bytes with a buffer written before it is read again.
 fn disjoint(f: &str, reads: &Inputs, written: &[(*mut c_void, Meta)]) -> Result<(), CErr> {
     let span = |p: usize, m: &Meta| {
-        let bytes = m.shape.checked_numel()?.checked_mul(m.dtype.size())?;
+        let bytes = m.checked_bytes()?;
         (bytes > 0).then_some((p, p.saturating_add(bytes)))
     };
     for (src, meta) in reads {

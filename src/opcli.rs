@@ -582,7 +582,7 @@ pub fn run_checked<B: Backend>(
     let spec = spec(name)?;
     if finite == Finite::Required {
         for (tname, t) in inputs {
-            if let Some(k) = t.to_f64_vec().iter().position(|v| !v.is_finite()) {
+            if let Some(k) = t.first_non_finite() {
                 return Err(Error::invalid(
                     spec.name,
                     format!(

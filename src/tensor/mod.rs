@@ -288,14 +288,17 @@ impl Tensor {
             storage,
         })
     }
-    /// Error unless every element is finite (`what` names the tensor in the message).
-    pub fn check_finite(&self, what: &str) -> Result<()> {
-        let bad = match &self.storage {
+    /// The flat index of the first NaN or infinity (None for index tensors).
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match &self.storage {
             Storage::F32(v) => v.iter().position(|x| !x.is_finite()),
             Storage::F64(v) => v.iter().position(|x| !x.is_finite()),
             Storage::I32(_) => None,
-        };
-        match bad {
+        }
+    }
+    /// Error unless every element is finite (`what` names the tensor in the message).
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        match self.first_non_finite() {
             Some(i) => Err(Error::invalid(
                 "tensor",
                 format!("{what} has a non-finite value at flat index {i}"),
@@ -321,6 +324,12 @@ impl Meta {
     }
     pub fn bytes(&self) -> usize {
         self.shape.numel() * self.dtype.size()
+    }
+    /// [`Meta::bytes`] for sizes from outside: None when the count or the byte size overflows
+    /// or exceeds what one allocation can hold (`isize::MAX`).
+    pub fn checked_bytes(&self) -> Option<usize> {
+        let bytes = self.shape.checked_numel()?.checked_mul(self.dtype.size())?;
+        (bytes <= isize::MAX as usize).then_some(bytes)
     }
 }
 

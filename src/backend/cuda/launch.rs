@@ -12,6 +12,8 @@ use crate::tensor::{DType, Shape};
 
 /// Threads per block of every launch (the contracts' "block 256").
 pub(super) const BLOCK: u32 = 256;
+/// The most arguments a kernel takes (lif_bwd has 17).
+const MAX_ARGS: usize = 24;
 /// The largest grid x of the grid-stride kernels (any grid ≥ 1 is correct).
 const MAX_GRID: usize = 65535;
 
@@ -157,7 +159,8 @@ impl<'a> Kernels<'a> {
             grid,
             block: BLOCK,
             work,
-            args: Vec::with_capacity(16),
+            args: [Arg::I32(0); MAX_ARGS],
+            len: 0,
             err: None,
         }
     }
@@ -170,14 +173,23 @@ pub(super) struct Launch<'k> {
     grid: (u32, u32, u32),
     block: u32,
     work: usize,
-    args: Vec<Arg>,
+    /// The arguments, inline: a launch allocates nothing for them.
+    args: [Arg; MAX_ARGS],
+    len: usize,
     /// The first size that did not fit (reported by `run`).
     err: Option<Error>,
 }
 
 impl Launch<'_> {
     fn arg(mut self, a: Arg) -> Self {
-        self.args.push(a);
+        match self.args.get_mut(self.len) {
+            Some(slot) => *slot = a,
+            None => {
+                let e = Error::graph(format!("{}: more than {MAX_ARGS} arguments", self.name));
+                self.err.get_or_insert(e);
+            }
+        }
+        self.len += 1;
         self
     }
     /// A device pointer (0 = nullptr).
@@ -238,8 +250,12 @@ impl Launch<'_> {
         if self.work == 0 {
             return Ok(());
         }
-        self.k
-            .be
-            .launch(self.k.file, &self.name, self.grid, self.block, &self.args)
+        self.k.be.launch(
+            self.k.file,
+            &self.name,
+            self.grid,
+            self.block,
+            &self.args[..self.len],
+        )
     }
 }
