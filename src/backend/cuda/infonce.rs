@@ -2,17 +2,19 @@
 //! only (the B×B logits never exist in memory). f32 only.
 
 use super::launch::{unsupported, Inputs, Kernels, Output};
-use super::CudaBackend;
+use super::{CudaBackend, CudaBuffer};
+use crate::backend::View;
 use crate::error::{Error, Result};
 use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::{InfoNceAttrs, Op};
 use crate::tensor::DType;
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let a = match op {
-        Op::InfoNce(_) => &ins[0],
-        _ => &ins[1],
+    let backward_args = match op {
+        Op::InfoNceBackward(_) => Some(InfoNceBackwardArgs::of(op.name(), ins)?),
+        _ => None,
     };
+    let a = backward_args.as_ref().map_or(&ins[0], |x| x.a);
     if a.dtype != DType::F32 {
         return Err(unsupported(op, "the tiled InfoNCE kernels are f32 only"));
     }
@@ -22,10 +24,10 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         return Err(Error::shape(op.name(), "the batch is empty (B = 0)"));
     }
     k.to_int("B*D", b * d)?;
-    match op {
-        Op::InfoNce(at) => forward(&k, at, b, d, ins, outs),
-        Op::InfoNceBackward(at) => backward(&k, at, b, d, ins, outs),
-        other => Err(Error::graph(format!(
+    match (op, backward_args) {
+        (Op::InfoNce(at), _) => forward(&k, at, b, d, ins, outs),
+        (Op::InfoNceBackward(at), Some(x)) => backward(&k, at, b, d, &x, outs),
+        (other, _) => Err(Error::graph(format!(
             "{} is not an InfoNCE op",
             other.name()
         ))),
@@ -100,7 +102,7 @@ fn backward(
     at: &InfoNceAttrs,
     b: usize,
     d: usize,
-    ins: Inputs,
+    x: &InfoNceBackwardArgs<View<CudaBuffer>>,
     outs: &[Output],
 ) -> Result<()> {
     let (row_tiles, splits) = tile_grid(k.be, b);
@@ -108,7 +110,6 @@ fn backward(
         if splits > 1 { splits * b * d * 4 } else { 4 },
         row_tiles * splits * 4,
     ])?;
-    let x = InfoNceBackwardArgs::of("infonce_backward", ins)?;
     let (g_loss, a, p, scale, lse_row, lse_col) = (
         x.g_loss.buf.ptr,
         x.a.buf.ptr,
