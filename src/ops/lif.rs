@@ -54,17 +54,15 @@ impl Surrogate {
     /// The surrogate called `name` (case-insensitive, older spellings accepted) with parameter
     /// `alpha`, or its default α when None.
     pub fn from_name(name: &str, alpha: Option<f64>) -> Option<Surrogate> {
-        let s = match name.to_ascii_lowercase().as_str() {
-            "atan" | "a_tan" => Surrogate::ATan(2.0),
-            "sigmoid" => Surrogate::Sigmoid(4.0),
-            "super_spike" | "superspike" => Surrogate::SuperSpike(10.0),
-            "rectangular" | "rect" => Surrogate::Rectangular(1.0),
+        let (make, default): (fn(f64) -> Surrogate, f64) = match name.to_ascii_lowercase().as_str()
+        {
+            "atan" | "a_tan" => (Surrogate::ATan, 2.0),
+            "sigmoid" => (Surrogate::Sigmoid, 4.0),
+            "super_spike" | "superspike" => (Surrogate::SuperSpike, 10.0),
+            "rectangular" | "rect" => (Surrogate::Rectangular, 1.0),
             _ => return None,
         };
-        Some(match alpha {
-            Some(a) => Surrogate::from_code(s.code(), a).expect("a valid code"),
-            None => s,
-        })
+        Some(make(alpha.unwrap_or(default)))
     }
     /// The surrogate's parameter α.
     pub fn alpha(self) -> f64 {
