@@ -522,6 +522,9 @@ fn build_infonce(ins: &Ins, attrs: &Attrs, symmetric: bool) -> Result<Built> {
     Ok(b)
 }
 
+/// Segment counts allowed whatever the row count (see `build_segment`).
+const MAX_SEGMENTS_ANY_ROWS: usize = 1 << 16;
+
 fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
     let mut b = Built::new();
     let x = ins.rank("x", 2)?;
@@ -542,6 +545,19 @@ fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
             (max as i64 + 1).max(0) as usize
         }
     };
+    // More segments than rows leaves most of them empty by construction: a few-byte input must
+    // not size a gigabyte output (ids like 2^27, or a mistyped attribute).
+    let rows = x.shape().dim(0);
+    let cap = rows.max(MAX_SEGMENTS_ANY_ROWS);
+    if segments > cap {
+        return Err(Error::invalid(
+            "segment_mean",
+            format!(
+                "{segments} segments for {rows} rows of x: at most max(rows, {MAX_SEGMENTS_ANY_ROWS}) \
+                 (from the segments attribute, or max(seg) + 1)"
+            ),
+        ));
+    }
     let xv = b.input("x", x);
     let sv = b.input("seg", seg);
     let o = b.graph.segment_mean(xv, sv, segments)?;

@@ -473,6 +473,19 @@ fn training_is_deterministic_and_resumes_exactly() {
     vocab.push(vocab[3].clone());
     let e = resume_with("vocab", serde_json::to_string(&vocab).unwrap());
     assert!(e.contains("listed twice"), "{e}");
+    // Sizes in its metadata are capped before anything is allocated by them (issue 23, D8).
+    let mut shape: serde_json::Value = serde_json::from_str(&meta["data_shape"]).unwrap();
+    shape["pixels_per_graph"] = 1_000_000_000.into();
+    let e = resume_with("data_shape", shape.to_string());
+    assert!(
+        e.contains("data_shape.pixels_per_graph must be in 1..=1048576"),
+        "{e}"
+    );
+    let e = resume_with(
+        "config",
+        meta["config"].replace("batch_size = ", "batch_size = 1000000000 #"),
+    );
+    assert!(e.contains("train.batch_size must be in 2..="), "{e}");
     // Another seed gives other numbers.
     run("other", 2, false, 1, None);
     assert_ne!(

@@ -295,6 +295,23 @@ fn bad_calls_are_typed_errors() {
     let seg = Tensor::new([4], vec![0i32, 1, i32::MAX, -1]).unwrap();
     let e = err_seg(seg);
     assert!(e.contains("seg[2]"), "{e}");
+    // A 16-byte seg must not size a gigabyte output: ids past the row count, or a huge attribute.
+    let e = err_seg(Tensor::new([4], vec![0i32, 1, 1 << 27, -1]).unwrap());
+    assert!(e.contains("134217729 segments for 4 rows"), "{e}");
+    let x = ("x".to_string(), t64(&[4, 2], 3));
+    let seg = (
+        "seg".to_string(),
+        Tensor::new([4], vec![0i32, 1, 2, -1]).unwrap(),
+    );
+    let e = opcli::run(
+        "segment_mean",
+        &[x, seg],
+        &json!({"segments": 1_000_000_000_000u64}),
+        CpuBackend,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at most max(rows, 65536)"), "{e}");
     let list = gshn::fused::list();
     assert!(list.contains("\naggregate: ") && list.contains("also accepted as: gat_aggregate"));
 }

@@ -184,7 +184,7 @@ pub fn collate<G: std::borrow::Borrow<SceneGraph>>(
 ) -> Result<GraphBatch> {
     let graphs: Vec<&SceneGraph> = graphs.iter().map(|g| g.borrow()).collect();
     let c = check_fit(&graphs, cap)?;
-    let mut b = place_nodes(&graphs, cap, c);
+    let mut b = place_nodes(&graphs, cap, c)?;
     let real = RealEdges::of(&graphs, cap)?;
     b.num_edges = real.src.len();
     b.pad_edges(&real)?;
@@ -207,9 +207,19 @@ fn check_fit(graphs: &[&SceneGraph], cap: &BatchCapacity) -> Result<usize> {
     }
     let c = graphs.first().map_or(0, |g| g.feat_dim);
     let (ncap, pcap) = (cap.max_nodes_per_graph, cap.pixels_per_graph);
-    let (node_cap, edge_cap) = (cap.node_cap(), cap.edge_cap());
-    if node_cap > i32::MAX as usize || edge_cap > i32::MAX as usize {
-        return err("capacity exceeds i32 indices".into());
+    // Every slot is addressed by an i32 index; checked here, before anything is allocated.
+    for (what, per_graph) in [
+        ("max_nodes_per_graph", ncap),
+        ("max_edges_per_graph", cap.max_edges_per_graph),
+        ("pixels_per_graph", pcap),
+    ] {
+        let total = cap.batch_size.saturating_mul(per_graph);
+        if total > i32::MAX as usize || total.checked_mul(c.max(1)).is_none() {
+            return err(format!(
+                "batch_size {} × {what} {per_graph} exceeds i32 indices",
+                cap.batch_size
+            ));
+        }
     }
     for (g, gr) in graphs.iter().enumerate() {
         if gr.feat_dim != c {
@@ -242,15 +252,19 @@ fn check_fit(graphs: &[&SceneGraph], cap: &BatchCapacity) -> Result<usize> {
 }
 
 /// The batch with every node and cell array filled and no edges yet.
-fn place_nodes(graphs: &[&SceneGraph], cap: &BatchCapacity, c: usize) -> GraphBatch {
+fn place_nodes(graphs: &[&SceneGraph], cap: &BatchCapacity, c: usize) -> Result<GraphBatch> {
     let (ncap, pcap) = (cap.max_nodes_per_graph, cap.pixels_per_graph);
     let node_cap = cap.node_cap();
+    // The one buffer that scales with batch × cells × channels: refused, not aborted, when
+    // it does not fit in memory.
+    let pixel_feats = crate::tensor::try_filled(cap.pixel_cap() * c, 0.0f32)
+        .map_err(|e| DataError::contract(format!("collate: pixel features: {e}")))?;
     let mut b = GraphBatch {
         num_graphs: graphs.len(),
         capacity: *cap,
         num_edges: 0,
         feat_dim: c,
-        pixel_feats: vec![0.0; cap.pixel_cap() * c],
+        pixel_feats,
         pixel_node: vec![-1; cap.pixel_cap()],
         geometry: vec![0.0; node_cap * GEOMETRY_DIM],
         category: vec![0; node_cap],
@@ -284,7 +298,7 @@ fn place_nodes(graphs: &[&SceneGraph], cap: &BatchCapacity, c: usize) -> GraphBa
         }
         b.global_node[g] = (n0 + gr.global_node()) as i32;
     }
-    b
+    Ok(b)
 }
 
 /// The real edges of all graphs in batch node numbers, packed: sorted by `(dst, src)`, so
@@ -565,6 +579,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_edges_per_graph"));
+        // Capacities from a corrupt checkpoint are refused before anything is allocated.
+        let mut c = cap();
+        c.pixels_per_graph = 1 << 40;
+        assert!(collate(&gs, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds i32 indices"));
         let mut c = cap();
         c.pixels_per_graph = 4;
         assert!(collate(&gs, &c)

@@ -73,6 +73,25 @@ impl Default for FeatureConfig {
     }
 }
 
+impl FeatureConfig {
+    /// The largest `out_h` / `out_w`: a 1024 × 1024 grid is already 2^20 cells per image, and a
+    /// mistyped size (100000²) would otherwise allocate hundreds of gigabytes per batch.
+    pub const MAX_SIDE: usize = 1024;
+
+    /// Both sides in `1..=MAX_SIDE`; the error names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (key, v) in [("out_h", self.out_h), ("out_w", self.out_w)] {
+            if !(1..=Self::MAX_SIDE).contains(&v) {
+                return Err(format!(
+                    "data.features.{key} must be in 1..={}, got {v}",
+                    Self::MAX_SIDE
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Adaptive pooling window `[start, end)` of output cell `i` of `n` over `len` inputs (PyTorch's
 /// `adaptive_avg_pool` rule: never empty, covers everything).
 pub(crate) fn pool_window(i: usize, n: usize, len: usize) -> (usize, usize) {

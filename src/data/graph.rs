@@ -57,6 +57,22 @@ impl Default for GraphConfig {
 }
 
 impl GraphConfig {
+    /// The largest `max_nodes`: COCO panoptic images have under 100 segments, and the dense
+    /// edge bound grows with its square.
+    pub const MAX_NODES: usize = 4096;
+
+    /// `max_nodes` in `1..=MAX_NODES`; the error names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=Self::MAX_NODES).contains(&self.max_nodes) {
+            return Err(format!(
+                "data.graph.max_nodes must be in 1..={}, got {}",
+                Self::MAX_NODES,
+                self.max_nodes
+            ));
+        }
+        Ok(())
+    }
+
     /// Maximum nodes of one graph, global node included (`max_nodes + 1`).
     pub fn nodes_per_graph(&self) -> usize {
         self.max_nodes + 1

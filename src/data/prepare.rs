@@ -180,6 +180,45 @@ impl DataShape {
         })
     }
 
+    /// Checks a shape read from a checkpoint before anything is sized by it: every field within
+    /// what data gshn prepares can produce (so a corrupt or hostile file cannot ask for terabytes).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        use super::{FeatureConfig, GraphConfig};
+        let max_cells = FeatureConfig::MAX_SIDE * FeatureConfig::MAX_SIDE;
+        let max_nodes = GraphConfig::MAX_NODES + 1;
+        for (key, v, lo, hi) in [
+            ("nodes_per_graph", self.nodes_per_graph, 2, max_nodes),
+            (
+                "edges_per_graph",
+                self.edges_per_graph,
+                0,
+                max_nodes * max_nodes,
+            ),
+            ("pixels_per_graph", self.pixels_per_graph, 1, max_cells),
+            ("pixel_channels", self.pixel_channels, 1, Self::MAX_WIDTH),
+            ("categories", self.categories, 1, Self::MAX_WIDTH),
+            ("text_features", self.text_features, 0, Self::MAX_WIDTH),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("data_shape.{key} must be in {lo}..={hi}, got {v}"));
+            }
+        }
+        // The position channel holds x; y is the next one.
+        if self
+            .position_channel
+            .is_some_and(|c| c + 1 >= self.pixel_channels)
+        {
+            return Err(format!(
+                "data_shape.position_channel {:?}: channels x, y are not among the {} pixel channels",
+                self.position_channel, self.pixel_channels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The widest feature vector or category table a shape may declare.
+    pub const MAX_WIDTH: usize = 1 << 16;
+
     /// The capacities of a batch of `batch` images.
     pub fn batch_capacity(&self, batch: usize) -> BatchCapacity {
         BatchCapacity {

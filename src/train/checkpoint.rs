@@ -93,6 +93,7 @@ impl Checkpoint {
             serde_json::from_str(get("vocab")?).map_err(|e| bad(format!("vocab: {e}")))?;
         let shape: DataShape = serde_json::from_str(get("data_shape")?)
             .map_err(|e| bad(format!("data shape: {e}")))?;
+        shape.validate().map_err(bad)?;
         let vocab = Vocab::from_token_list(tokens);
         if let Some(t) = vocab.duplicate() {
             return Err(bad(format!(

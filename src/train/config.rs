@@ -57,6 +57,10 @@ impl TrainConfig {
 }
 
 impl TrainConfig {
+    /// The largest batch: InfoNCE's B × B logits are tiled, but every per-batch buffer scales with
+    /// it, and 2^16 images per step is far past what contrastive training of this model uses.
+    pub const MAX_BATCH_SIZE: usize = 1 << 16;
+
     /// Checks every value a config may set; the error names the key and the allowed range.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let range = |key: &str, v: f64, ok: bool, want: &str| {
@@ -89,10 +93,12 @@ impl TrainConfig {
         ] {
             range(key, v, v >= 0.0, "≥ 0")?;
         }
-        if self.batch_size < 2 {
-            return Err(
-                "train.batch_size must be ≥ 2 (contrastive learning needs negatives)".into(),
-            );
+        if !(2..=Self::MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "train.batch_size must be in 2..={} (contrastive learning needs negatives), got {}",
+                Self::MAX_BATCH_SIZE,
+                self.batch_size
+            ));
         }
         if self.epochs == 0 {
             return Err("train.epochs must be ≥ 1".into());
@@ -201,6 +207,8 @@ impl RunConfig {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.model.validate().map_err(|e| e.to_string())?;
         cfg.train.validate()?;
+        cfg.data.features.validate()?;
+        cfg.data.graph.validate()?;
         if cfg.train.lambda_neg > 0.0 && cfg.model.text.source == TextSource::Features {
             return Err("train.lambda_neg needs the built-in text encoder: hard-negative captions have no precomputed features".into());
         }
@@ -268,6 +276,11 @@ mod tests {
             ("[train]\nweight_decay = nan", "train.weight_decay"),
             ("[model]\nr_init = nan", "model.r_init"),
             ("[model]\nlogit_scale_init = inf", "model.logit_scale_init"),
+            // Sizes that would allocate without bound (issue 23, D8).
+            ("[data.features]\nout_h = 100000", "data.features.out_h"),
+            ("[data.features]\nout_w = 0", "data.features.out_w"),
+            ("[data.graph]\nmax_nodes = 1000000", "data.graph.max_nodes"),
+            ("[train]\nbatch_size = 1000000000", "train.batch_size"),
         ] {
             let e = RunConfig::parse(toml_line).unwrap_err();
             assert!(e.contains(key), "{toml_line:?}: {e}");

@@ -299,3 +299,11 @@ fn a_rewrite_replaces_the_old_dataset_and_never_touches_foreign_files() {
     std::fs::remove_dir_all(d).ok();
     std::fs::remove_dir_all(foreign).ok();
 }
+
+#[test]
+fn counts_past_the_cap_are_refused_before_anything_is_written() {
+    let out = tmp("cap");
+    let e = write_synthetic(&out, 1_000_000_000, 2, 0).unwrap_err();
+    assert!(e.to_string().contains("--train 1000000000 exceeds"), "{e}");
+    assert!(!out.exists());
+}

@@ -163,11 +163,23 @@ pub fn read_scenes(split_dir: &Path) -> Result<Vec<SynthScene>> {
     Ok(f.scenes)
 }
 
+/// The most images `write_synthetic` writes per split (about 18 GB of PNGs).
+pub const MAX_IMAGES_PER_SPLIT: usize = 1_000_000;
+
 /// Write `train` + `val` synthetic scenes under `out/train` and `out/val` (COCO layout, see module
 /// docs). A split folder that holds an earlier synthetic dataset (it has `scenes.json`) is
 /// replaced whole, so no image of the old one stays behind; a non-empty folder that holds
 /// anything else is an error, never written into.
 pub fn write_synthetic(out: &Path, train: usize, val: usize, seed: u64) -> Result<SynthStats> {
+    // Scenes are generated in memory before any is written: a count past the cap is refused
+    // before anything is allocated or removed.
+    for (split, n) in [("train", train), ("val", val)] {
+        if n > MAX_IMAGES_PER_SPLIT {
+            return Err(DataError::contract(format!(
+                "synth: --{split} {n} exceeds the limit of {MAX_IMAGES_PER_SPLIT} images per split"
+            )));
+        }
+    }
     let mut rng = SynthRng::new(seed);
     let (ts, vs) = (rng.fork(), rng.fork());
     let tr = generate_scenes(train, &mut SynthRng::new(ts));
