@@ -18,6 +18,19 @@
  *    or not given). Sizes are int64_t and must be >= 0.
  *  - The backward functions take the forward's saved outputs (h for LIF; out and lse for GAT;
  *    lse_row/lse_col for InfoNCE) exactly as the forward wrote them.
+ *  - Aliasing: every entry point copies its inputs before it writes any output, so an output may
+ *    share memory with an input (the result is the same as with separate buffers). The one
+ *    exception is gshn_gat_forward_* asked for alpha (see there): refused, not computed wrong.
+ *  - Checked before any buffer is read or written (an error code, never a crash): NULL for a
+ *    required pointer (an optional one may be NULL; a NULL with a zero-element size is accepted),
+ *    a negative size, sizes whose element or byte count overflows int64 / size_t, graph sizes
+ *    past the int32 range of CSR indices, a pointer misaligned for the dtype, an unknown dtype or
+ *    surrogate, non-finite or out-of-range parameters (tau, alpha, negative_slope), and an
+ *    invalid CSR. A refused call writes no output. tests/c/capi_test.c holds the whole table.
+ *  - The caller's responsibility (gshn cannot see it): every non-NULL buffer holds at least the
+ *    elements its declared shape needs (a shorter buffer is read or written past its end), host
+ *    pointers are host memory and device pointers belong to `device`, and no other thread
+ *    writes the buffers during the call.
  *  Math and semantics: DESIGN.md §3 (LIF = SpikingJelly LIFNode, GAT = PyG GATConv, InfoNCE =
  *  open_clip ClipLoss).
  */

@@ -197,8 +197,20 @@ pub struct GshnGraph {
 fn graph_inputs(f: &str, g: *const GshnGraph) -> Result<(Inputs, usize, usize), CErr> {
     // SAFETY: valid pointer or NULL (checked).
     let g = unsafe { g.as_ref() }.ok_or_else(|| arg_err(f, "graph is NULL"))?;
-    let n = size(f, "graph.num_nodes", g.num_nodes)?;
-    let e = size(f, "graph.num_edges", g.num_edges)?;
+    // CSR indices are int32: a larger count cannot describe a valid graph, and must be refused
+    // before the arrays are read (their length is what the count claims).
+    let index_count = |what: &str, v: i64| {
+        let n = size(f, what, v)?;
+        if n > i32::MAX as usize {
+            return Err(CErr(
+                GSHN_ERR_SHAPE,
+                format!("{f}: {what} = {v} exceeds the int32 range of CSR indices"),
+            ));
+        }
+        Ok(n)
+    };
+    let n = index_count("graph.num_nodes", g.num_nodes)?;
+    let e = index_count("graph.num_edges", g.num_edges)?;
     let row_ptr = try_copy(host_slice(
         f,
         "graph.row_ptr",

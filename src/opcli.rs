@@ -522,8 +522,8 @@ fn build_infonce(ins: &Ins, attrs: &Attrs, symmetric: bool) -> Result<Built> {
     Ok(b)
 }
 
-/// Segment counts allowed whatever the row count (see `build_segment`).
-const MAX_SEGMENTS_ANY_ROWS: usize = 1 << 16;
+/// Output values `segment_mean` may have beyond one segment per row (see `build_segment`).
+const MAX_SPARE_SEGMENT_VALUES: usize = 1 << 20;
 
 fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
     let mut b = Built::new();
@@ -546,14 +546,15 @@ fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
         }
     };
     // More segments than rows leaves most of them empty by construction: a few-byte input must
-    // not size a gigabyte output (ids like 2^27, or a mistyped attribute).
-    let rows = x.shape().dim(0);
-    let cap = rows.max(MAX_SEGMENTS_ANY_ROWS);
-    if segments > cap {
+    // not size a gigabyte output (ids like 2^27, or a mistyped attribute). Up to 2^20 output
+    // values are allowed whatever the row count.
+    let (rows, channels) = (x.shape().dim(0), x.shape().dim(1));
+    if segments > rows && segments.saturating_mul(channels) > MAX_SPARE_SEGMENT_VALUES {
         return Err(Error::invalid(
             "segment_mean",
             format!(
-                "{segments} segments for {rows} rows of x: at most max(rows, {MAX_SEGMENTS_ANY_ROWS}) \
+                "{segments} segments for {rows} rows of x: more segments than rows may only \
+                 give up to 2^20 output values, here {segments} × {channels} channels \
                  (from the segments attribute, or max(seg) + 1)"
             ),
         ));

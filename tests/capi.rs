@@ -19,7 +19,8 @@ fn lib_dir() -> Option<PathBuf> {
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
-    let found = [deps.parent()?, deps]
+    // deps/ first: that copy is built with this test; `cargo build` leaves an older one above.
+    let found = [deps, deps.parent()?]
         .into_iter()
         .find(|d| d.join(&name).exists())
         .map(Path::to_path_buf);
@@ -132,6 +133,9 @@ fn c_program_matches_the_rust_ops() {
         run.status.success(),
         "capi_test failed:\n{stdout}\n{stderr}"
     );
+    // The hostile table ran, and no panic was caught at the boundary (its hook prints).
+    assert!(stdout.contains("none reached a panic"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let d = Dump(parse(&std::fs::read_to_string(&out_file).unwrap()));
     assert!(d.0.contains_key("done"));
 

@@ -311,7 +311,7 @@ fn bad_calls_are_typed_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("at most max(rows, 65536)"), "{e}");
+    assert!(e.contains("up to 2^20 output values"), "{e}");
     let list = gshn::fused::list();
     assert!(list.contains("\naggregate: ") && list.contains("also accepted as: gat_aggregate"));
 }

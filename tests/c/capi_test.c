@@ -180,6 +180,169 @@ int main(int argc, char **argv) {
     /* A successful call clears the message. */
     CHECK(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, NULL, NULL, h));
 
+    /* ---- hostile arguments: every entry point refuses them with an error code and a message
+     * before reading or writing any buffer (the whole arena is compared byte for byte), and no
+     * call gets as far as a panic (GSHN_ERR_PANIC). ---- */
+    static float arena[4096];
+    static float before[4096];
+    fill(arena, 4096, 1.0f, 0.5f);
+    memcpy(before, arena, sizeof arena);
+    float *w = arena;                            /* outputs: scratch that must stay untouched */
+    const char *odd = (const char *)arena + 1;   /* misaligned for every dtype */
+    const int64_t HUGE = (INT64_C(1) << 62) + 1; /* products overflow int64 and size_t */
+    const int64_t BIG = INT64_C(1) << 32;        /* squares overflow int64; past int32 */
+    int hostile = 0;
+#define HOSTILE(call)                                                                       \
+    do {                                                                                    \
+        int rc_ = (call);                                                                   \
+        hostile++;                                                                          \
+        if (rc_ == GSHN_OK || rc_ == GSHN_ERR_PANIC || gshn_last_error()[0] == 0 ||          \
+            memcmp(arena, before, sizeof arena) != 0) {                                     \
+            fprintf(stderr, "%s:%d: hostile %s returned %d, message \"%s\"%s\n", __FILE__,    \
+                    __LINE__, #call, rc_, gshn_last_error(),                                \
+                    memcmp(arena, before, sizeof arena) ? " (and wrote a buffer)" : "");    \
+            return 1;                                                                       \
+        }                                                                                   \
+    } while (0)
+    gshn_lif_params badsur = lp;
+    badsur.surrogate = 99;
+    gshn_lif_params badalpha = lp;
+    badalpha.alpha = NAN;
+    gshn_lif_params badtau = lp;
+    badtau.tau = 1.00000001;
+    /* LIF forward */
+    HOSTILE(gshn_lif_forward_cpu(NULL, GSHN_F32, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, NULL, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, w, w, NULL));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, -1, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, T, INT64_MIN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, BIG, BIG, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, 4, HUGE, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, HUGE, 1, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F64, T, NN, odd, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, w, w, (void *)odd));
+    HOSTILE(gshn_lif_forward_cpu(&lp, -1, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, 2, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&badsur, GSHN_F32, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&badalpha, GSHN_F32, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&badtau, GSHN_F32, T, NN, x, w, w, w));
+    /* LIF backward */
+    HOSTILE(gshn_lif_backward_cpu(NULL, GSHN_F32, T, NN, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, NULL, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, gs, gv, NULL, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, NULL, NULL, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, -5, NN, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, INT64_MAX, INT64_MAX, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, HUGE, 4, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, h, odd, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&lp, 9, T, NN, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&badsur, GSHN_F32, T, NN, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_cpu(&badtau, GSHN_F32, T, NN, h, gs, gv, w, w));
+    /* GAT forward: graph sizes past int32, NULL arrays, sizes that overflow */
+    gshn_graph g_neg = {-1, E, row_ptr, src};
+    gshn_graph g_big = {INT64_C(1) << 40, E, row_ptr, src};
+    gshn_graph g_max = {INT64_MAX, E, row_ptr, src};
+    gshn_graph g_edges = {N, INT64_C(1) << 31, row_ptr, src};
+    gshn_graph g_nullrp = {N, E, NULL, src};
+    gshn_graph g_nullsrc = {N, E, row_ptr, NULL};
+    gshn_graph g_count = {N, E - 1, row_ptr, src}; /* row_ptr[N] != E */
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, NULL, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_neg, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_big, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_max, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_edges, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_nullrp, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_nullsrc, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g_count, H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, INT64_C(1) << 62, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, HUGE, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, -H, F, 0.2, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, NAN, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, INFINITY, z, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, NULL, as, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, NULL, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, NULL, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, NULL, w, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, w, NULL, w));
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, z, odd, ad, eb, w, w, w));
+    HOSTILE(gshn_gat_forward_cpu(5, &g, H, F, 0.2, z, as, ad, eb, w, w, w));
+    /* alpha wanted while out aliases an input (issue 23, D7) */
+    HOSTILE(gshn_gat_forward_cpu(GSHN_F32, &g, H, F, 0.2, w, as, ad, eb, w, w + 64, w + 128));
+    /* GAT backward */
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, NULL, H, F, 0.2, z, as, ad, eb, out, lse, gout, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g_big, H, F, 0.2, z, as, ad, eb, out, lse, gout, w,
+                                  w, w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g_edges, H, F, 0.2, z, as, ad, eb, out, lse, gout,
+                                  w, w, w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, HUGE, 1, 0.2, z, as, ad, eb, out, lse, gout, w,
+                                  w, w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, NAN, z, as, ad, eb, out, lse, gout, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, NULL, lse, gout, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, out, NULL, gout, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, out, lse, NULL, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(GSHN_F32, &g, H, F, 0.2, z, as, ad, eb, out, lse, odd, w, w,
+                                  w, w));
+    HOSTILE(gshn_gat_backward_cpu(-1, &g, H, F, 0.2, z, as, ad, eb, out, lse, gout, w, w, w, w));
+    /* aggregation */
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, NULL, H, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g_big, H, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g_max, H, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, INT64_C(1) << 62, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, 2, 1, (INT64_C(1) << 62) + 2, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, HUGE, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, 0, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, -AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, NULL, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, NULL, w));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, NULL));
+    HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, odd, w));
+    HOSTILE(gshn_aggregate_forward_cpu(3, &g, H, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g_edges, H, AT, C, alpha, s, gy, w, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, HUGE, alpha, s, gy, w, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, NULL, w, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, gy, (void *)odd, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F64 + 1, &g, H, AT, C, alpha, s, gy, w, w));
+    /* InfoNCE (issue 23, D1: [4, 2^62 + 1] once counted as 4 elements) */
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, 4, HUGE, 1, a, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, 4, INT64_C(1) << 62, 1, NULL, NULL, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, INT64_MAX, 2, 1, a, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, -B, D, 1, a, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, -1, 1, a, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, NULL, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, NULL, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, NULL, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, NULL, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, w, NULL, w));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, w, w, NULL));
+    HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, odd, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_forward_cpu(-7, B, D, 1, a, p, &ls, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, 4, HUGE, 1, a, p, &ls, lr, lc, &gl, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, NULL, lc, &gl, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, NULL, &gl, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, NULL, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, &gl, (void *)odd, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(2, B, D, 1, a, p, &ls, lr, lc, &gl, w, w, w));
+    /* The CUDA entry points refuse the same arguments before touching a device. */
+    HOSTILE(gshn_lif_forward_cuda(&lp, GSHN_F32, -1, NN, x, w, w, w, 0, NULL));
+    HOSTILE(gshn_lif_backward_cuda(NULL, GSHN_F32, T, NN, h, gs, gv, w, w, 0, NULL));
+    HOSTILE(gshn_gat_forward_cuda(GSHN_F32, &g_big, H, F, 0.2, z, as, ad, eb, w, w, w, 0, NULL));
+    HOSTILE(gshn_gat_backward_cuda(9, &g, H, F, 0.2, z, as, ad, eb, out, lse, gout, w, w, w, w, 0,
+                                   NULL));
+    HOSTILE(gshn_aggregate_forward_cuda(GSHN_F32, NULL, H, AT, C, alpha, s, w, 0, NULL));
+    HOSTILE(gshn_aggregate_backward_cuda(GSHN_F32, &g, H, AT, HUGE, alpha, s, gy, w, w, 0, NULL));
+    HOSTILE(gshn_infonce_forward_cuda(GSHN_F32, 4, HUGE, 1, a, p, &ls, w, w, w, 0, NULL));
+    HOSTILE(gshn_infonce_backward_cuda(GSHN_F32, -1, D, 1, a, p, &ls, lr, lc, &gl, w, w, w, 0,
+                                       NULL));
+    HOSTILE(gshn_lif_forward_cuda(&lp, GSHN_F32, T, NN, x, w, w, w, -3, NULL));
+    /* After the failures, a good call succeeds and clears the message. */
+    CHECK(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, &loss, lr, lc));
+    printf("hostile arguments: %d cases refused, none reached a panic\n", hostile);
+
     /* CUDA entry points: without a usable GPU, an error code with a message (never a crash). */
     if (!gshn_cuda_available()) {
         int rc = gshn_lif_forward_cuda(&lp, GSHN_F32, T, NN, x, spikes, v, h, 0, NULL);

@@ -188,10 +188,10 @@ macro_rules! dispatch3 {
 }
 
 /// Splits a `[t, n]` buffer into column tasks: `out[k][t]` is row `t`'s piece of task `k`.
+/// An empty buffer has no tasks, however large the other dimension.
 fn split_columns<E>(buf: &mut [E], t: usize, n: usize) -> Vec<Vec<&mut [E]>> {
-    let mut out: Vec<Vec<&mut [E]>> = (0..n.div_ceil(TASK))
-        .map(|_| Vec::with_capacity(t))
-        .collect();
+    let tasks = if t == 0 { 0 } else { n.div_ceil(TASK) };
+    let mut out: Vec<Vec<&mut [E]>> = (0..tasks).map(|_| Vec::with_capacity(t)).collect();
     if n > 0 {
         for row in buf.chunks_mut(n).take(t) {
             for (k, piece) in row.chunks_mut(TASK).enumerate() {
