@@ -734,3 +734,83 @@ fn precomputed_text_features_train_and_bad_files_are_errors() {
     assert!(e.contains("lambda_neg"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Issue 19: a checkpoint or metrics write that fails (injected halfway through, as on a full
+/// disk) stops training with an error naming the file and leaves the previous checkpoint as it
+/// was, with no temporary file behind; `--resume` then continues from it. A plot that cannot be
+/// written only warns.
+#[test]
+fn failed_writes_lose_nothing() {
+    let (dir, cfg) = tiny_data("faults");
+    let mut c = cfg.clone();
+    c.train.epochs = 1;
+    std::fs::write(dir.join("tiny.toml"), c.to_toml()).unwrap();
+    let run = dir.join("run");
+    let train = |extra: &[&str], fault: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gshn"));
+        cmd.args(["train", "--device", "cpu", "--data"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(&run)
+            .args(extra)
+            .env_remove("GSHN_FAULT_WRITE");
+        if let Some(name) = fault {
+            cmd.env("GSHN_FAULT_WRITE", name);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = dir.join("tiny.toml");
+    let (rc, err) = train(&["--config", config.to_str().unwrap()], None);
+    assert_eq!(rc, Some(0), "{err}");
+    let ck = run.join("checkpoint.safetensors");
+    let saved = std::fs::read(&ck).unwrap();
+    let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let leftovers = || {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect::<Vec<_>>()
+    };
+    for file in ["checkpoint.safetensors", "metrics.jsonl"] {
+        let (rc, err) = train(&["--resume", "--epochs", "2"], Some(file));
+        assert_eq!(rc, Some(1), "{file}: {err}");
+        assert!(
+            err.contains(file) && err.contains("injected write failure"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&ck).unwrap(),
+            saved,
+            "{file}: checkpoint changed"
+        );
+        assert!(leftovers().is_empty(), "{file}: left {:?}", leftovers());
+    }
+    // The metrics log never lost its lines (a failed rewrite leaves the old file).
+    let lines = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (before, after) = (
+        lines(&metrics),
+        lines(&std::fs::read(run.join("metrics.jsonl")).unwrap()),
+    );
+    assert_eq!(before[..], after[..before.len()], "metrics lines lost");
+    // A plot that cannot be written warns; training goes on and checkpoints.
+    let (rc, err) = train(&["--resume", "--epochs", "2"], Some("loss.png"));
+    assert_eq!(rc, Some(0), "{err}");
+    assert!(err.contains("loss.png"), "{err}");
+    assert_ne!(
+        std::fs::read(&ck).unwrap(),
+        saved,
+        "the resumed epoch was not checkpointed"
+    );
+    assert!(leftovers().is_empty(), "left {:?}", leftovers());
+}

@@ -125,6 +125,12 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadat
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
+/// Fault injection for the tests of lost work: with `GSHN_FAULT_WRITE=NAME`, every atomic write
+/// of a file called NAME fails halfway through, as on a full disk.
+fn injected_failure(path: &Path) -> bool {
+    std::env::var_os("GSHN_FAULT_WRITE").is_some_and(|n| path.file_name() == Some(n.as_os_str()))
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file of a name no other writer uses, in
 /// the same folder, flushed to disk, then renamed over `path`; on any failure the temporary
 /// file is removed and `path` is left as it was. Only a regular file (or nothing) is replaced:
@@ -164,6 +170,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
+        if injected_failure(path) {
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected write failure (GSHN_FAULT_WRITE)",
+            ));
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
