@@ -428,6 +428,24 @@ fn unknown_category_bad_ids_and_no_captions() {
     edit(&p.panoptic_json, |v| v["categories"][0]["id"] = json!(7));
     assert_err(open(&p).unwrap_err(), &["category id 7 is listed twice"]);
 
+    // A file name must stay inside the split's folders (issue 19: no /etc/passwd, no ..).
+    for name in ["/etc/passwd", "../../x.png", ""] {
+        let (_r, p) = standard("escape");
+        edit(&p.panoptic_json, |v| {
+            v["images"][0]["file_name"] = json!(name)
+        });
+        assert_err(
+            open(&p).unwrap_err(),
+            &[
+                "panoptic.json",
+                "is not a relative name inside the split's folders",
+            ],
+        );
+        let (_r, p) = standard("escape-ann");
+        edit(&p.panoptic_json, |v| ann3(v)["file_name"] = json!(name));
+        assert_err(open(&p).unwrap_err(), &["is not a relative name"]);
+    }
+
     let (_r, p) = standard("no-caption");
     edit(&p.captions_json, |v| {
         let a = v["annotations"].as_array_mut().unwrap();

@@ -418,6 +418,23 @@ fn training_is_deterministic_and_resumes_exactly() {
     let e = err(opts("full", true, None));
     assert!(e.contains("in use by another gshn train (pid "), "{e}");
     drop(held);
+    // A link where the lock goes is refused, and its target left alone.
+    #[cfg(unix)]
+    {
+        let run = dir.join("linked");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(dir.join("target.txt"), "keep").unwrap();
+        std::os::unix::fs::symlink(dir.join("target.txt"), run.join(".lock")).unwrap();
+        let e = gshn::train::trainer::lock_run_folder(&run)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("target.txt")).unwrap(),
+            "keep"
+        );
+    }
     // The lock file stays behind with the old holder's pid, and does not block.
     assert!(dir.join("full").join(".lock").exists());
     gshn::train::trainer::lock_run_folder(&dir.join("full")).unwrap();
@@ -565,6 +582,21 @@ fn training_is_deterministic_and_resumes_exactly() {
         }
         Err(_) => eprintln!("skipped: no python3 for scripts/synth_diagnostics.py"),
     }
+    // Issue 23, D2: one NaN weight makes every embedding NaN; eval says so instead of scoring.
+    let ck = dir.join("full").join("checkpoint.safetensors");
+    let (mut tensors, meta) = load_safetensors(&ck).unwrap();
+    let w = tensors
+        .iter_mut()
+        .find(|(n, _)| n.ends_with("image.proj.bias") && !n.starts_with("adam"))
+        .unwrap();
+    let mut v = w.1.data::<f32>().unwrap().to_vec();
+    v[0] = f32::NAN;
+    w.1 = Tensor::new(w.1.shape().dims().to_vec(), v).unwrap();
+    gshn::tensor::io::save_safetensors(&ck, &tensors, Some(meta)).unwrap();
+    let e = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("embeddings are not finite"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -249,7 +249,7 @@ pub(crate) fn read_float_tensor(
     path: &Path,
     name: Option<&str>,
 ) -> Result<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = crate::util::bounded::read_file(path)
+    let bytes = crate::util::bounded::read_safetensors(path)
         .map_err(|e| DataError::io(path, "feature file", e))?;
     let bad = |msg: String| DataError::Features {
         path: path.to_path_buf(),

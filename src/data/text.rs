@@ -154,7 +154,8 @@ impl Vocab {
             path: path.to_path_buf(),
             source,
         })?;
-        std::fs::write(path, json).map_err(|e| DataError::io(path, "vocabulary file", e))
+        crate::tensor::io::write_atomic(path, &json)
+            .map_err(|e| DataError::contract(format!("vocabulary file: {e}")))
     }
 
     /// Load a vocabulary saved by [`Vocab::save`]; checks the specials and that tokens are unique.

@@ -57,7 +57,7 @@ pub fn save_safetensors(
 /// Tensors and metadata of a safetensors file, with errors that name the file. f16/bf16
 /// tensors are widened to f32; other dtypes are refused.
 pub fn load_safetensors(path: &Path) -> Result<(NamedTensors, Metadata)> {
-    let bytes = crate::util::bounded::read_file(path).map_err(|source| Error::Io {
+    let bytes = crate::util::bounded::read_safetensors(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;

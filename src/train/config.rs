@@ -190,7 +190,9 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let bytes = crate::util::bounded::read_file(path).map_err(|source| Error::Io {
+        use crate::util::bounded::{read_bounded, MAX_CONFIG_BYTES};
+        let limit = "a config file's fixed limit";
+        let bytes = read_bounded(path, MAX_CONFIG_BYTES, limit).map_err(|source| Error::Io {
             path: path.display().to_string(),
             source,
         })?;

@@ -39,6 +39,25 @@ impl<B: Backend> Engine<B> {
             let z = self.text.get(self.model_outputs.z_txt)?;
             txt.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
         }
+        let d = self.cfg.model.dim;
+        let bad = |v: &[f32]| {
+            v.chunks(d)
+                .filter(|r| r.iter().any(|x| !x.is_finite()))
+                .count()
+        };
+        let (bad_img, bad_txt) = (bad(&img), bad(&txt));
+        if bad_img + bad_txt > 0 {
+            // Retrieval of non-finite embeddings measures nothing: an error, in eval and in training.
+            return Err(Error::invalid(
+                "eval",
+                format!(
+                    "{bad_img} of {} image and {bad_txt} of {} caption embeddings are not finite \
+                     (NaN or infinity): the weights have diverged or hold non-finite values",
+                    img.len() / d,
+                    txt.len() / d
+                ),
+            ));
+        }
         Ok((img, txt, caps.iter().map(|(_, i)| *i).collect()))
     }
 

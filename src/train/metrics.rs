@@ -66,8 +66,9 @@ impl MetricsLog {
 }
 
 fn read(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    use crate::util::bounded::{read_bounded, MAX_METRICS_BYTES};
+    let text = match read_bounded(path, MAX_METRICS_BYTES, "the metrics log's fixed limit") {
+        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(source) => {
             return Err(Error::Io {

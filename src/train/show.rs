@@ -131,8 +131,14 @@ pub fn render<B: Backend>(
         root.present().map_err(|e| err(&e))?;
     }
     let img = RgbImage::from_raw(iw, ih, buf).expect("buffer size unchanged");
-    img.save(out).map_err(|e| Error::Format {
+    let bad = |msg: String| Error::Format {
         path: out.display().to_string(),
-        msg: e.to_string(),
-    })
+        msg,
+    };
+    let format = image::ImageFormat::from_path(out).map_err(|e| bad(e.to_string()))?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format)
+        .map_err(|e| bad(e.to_string()))?;
+    // Like every output: atomic, and only a regular file (or nothing) is replaced.
+    crate::tensor::io::write_atomic(out, bytes.get_ref())
 }

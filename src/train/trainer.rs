@@ -56,6 +56,13 @@ pub fn lock_run_folder(dir: &Path) -> Result<std::fs::File> {
         path: path.display().to_string(),
         source,
     };
+    // A link or a device there is not ours to truncate.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(Error::invalid(
+            "train",
+            format!("{} is not a regular file: remove it", path.display()),
+        ));
+    }
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -6,12 +6,20 @@ use std::io::Read;
 use std::path::Path;
 
 /// The most bytes a whole-file read takes unless configured (`data.load.max_file_bytes` for
-/// dataset files): far above COCO's largest annotation file (about 0.5 GB).
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+/// dataset files): twice COCO's largest annotation file (about 0.5 GB), and small enough that a
+/// stream of whitespace is refused within seconds.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The most bytes of a config file or a metrics log: a config is a few kilobytes; a log line
+/// is about 400 bytes, so this holds hundreds of thousands of them.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+pub const MAX_METRICS_BYTES: u64 = 128 << 20;
 
 /// The most pixels an image may have unless configured (`data.load.max_image_pixels`):
-/// 64 megapixels, far above any COCO image (640 × 640).
-pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 26;
+/// 4 megapixels (2048 × 2048), ten times any COCO image (640 × 640). Decoding an image with its
+/// panoptic PNG and features takes about 56 bytes per pixel, so the default keeps one sample
+/// under 250 MB.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 22;
 
 /// A reader that fails with "larger than the limit" once more than `limit` bytes come out
 /// of `inner`, so a parser reading from it stops at the limit, whatever the source.
@@ -90,8 +98,63 @@ pub fn read_bounded(path: &Path, limit: u64, key: &'static str) -> std::io::Resu
     Ok(buf)
 }
 
+/// A `.safetensors` file read in its own order: the 8-byte header length (at most 100 MB, the
+/// format's own bound), the header, then exactly the bytes its tensors claim, and nothing after.
+/// A device or a pipe costs no more than what its header claims, and a header that claims more
+/// than the limit is refused before its data is read.
+pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
+    const MAX_HEADER: u64 = 100_000_000;
+    let key = "the limit for such files is fixed";
+    let (mut reader, size) = open_bounded(path, DEFAULT_MAX_FILE_BYTES, key)?;
+    let bad = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    let truncated = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            bad("not a valid safetensors file (corrupt): it ends inside its header".into())
+        }
+        _ => e,
+    };
+    let mut buf = vec![0u8; 8];
+    reader.read_exact(&mut buf).map_err(truncated)?;
+    let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    // The smallest header is "{}".
+    if !(2..=MAX_HEADER).contains(&n) || size.is_some_and(|s| 8 + n > s) {
+        return Err(bad(format!(
+            "not a valid safetensors file: its header claims {n} bytes{}",
+            size.map_or(String::new(), |s| format!(", the file has {s} in all"))
+        )));
+    }
+    buf.resize(8 + n as usize, 0);
+    reader.read_exact(&mut buf[8..]).map_err(truncated)?;
+    // The data's length is the largest end offset; a header that does not parse is left to
+    // the safetensors parser, which names what is wrong with it.
+    let data: u64 = serde_json::from_slice::<serde_json::Value>(&buf[8..])
+        .ok()
+        .and_then(|h| {
+            h.as_object().map(|o| {
+                o.values()
+                    .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+                    .max()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    let total = (8 + n).saturating_add(data);
+    if total > DEFAULT_MAX_FILE_BYTES || size.is_some_and(|s| total > s) {
+        return Err(bad(format!(
+            "not a valid safetensors file: its header claims {data} bytes of tensors{}",
+            size.map_or(String::new(), |s| format!(", the file has {s} in all"))
+        )));
+    }
+    buf.try_reserve_exact(data as usize)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    (&mut reader).take(data).read_to_end(&mut buf)?;
+    // Trailing bytes stay for the parser to refuse (it checks the length); a stream is cut here.
+    (&mut reader).take(1).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// [`read_bounded`] at the default limit, for files with no setting of their own
-/// (checkpoints, `gshn op` inputs, configs, vocabularies).
+/// (vocabularies, the synthetic scenes file).
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     read_bounded(
         path,
@@ -127,7 +190,38 @@ mod tests {
             let e = read_bounded(&z, 1 << 20, "k").unwrap_err().to_string();
             assert!(e.contains("larger than the limit"), "{e}");
             assert!(t.elapsed().as_secs() < 5);
+            // A safetensors "file" that never ends costs what its header claims: 8 bytes here.
+            let e = read_safetensors(&z).unwrap_err().to_string();
+            assert!(e.contains("not a valid safetensors file"), "{e}");
+            // A FIFO fed without end: refused after `limit` bytes; the writer sees a closed pipe.
+            let fifo = dir.join("fifo.json");
+            if std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let path = fifo.clone();
+                let writer = std::thread::spawn(move || {
+                    use std::io::Write;
+                    let mut w = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                    while w.write_all(&[b' '; 4096]).is_ok() {}
+                });
+                let e = read_bounded(&fifo, 1 << 20, "k").unwrap_err().to_string();
+                assert!(e.contains("larger than the limit"), "{e}");
+                writer.join().unwrap();
+            } else {
+                eprintln!("skipped the FIFO case: no mkfifo");
+            }
         }
+        // A header that claims more than the file holds is refused before any data is read.
+        let st = dir.join("short.safetensors");
+        let header = br#"{"x":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0; 16]);
+        std::fs::write(&st, &bytes).unwrap();
+        let e = read_safetensors(&st).unwrap_err().to_string();
+        assert!(e.contains("claims 4000000 bytes of tensors"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 }

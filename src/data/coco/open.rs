@@ -2,7 +2,7 @@
 //! headers, every record checked) and the accessors that need no decoding.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Component, Path};
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
@@ -294,6 +294,23 @@ fn annotation_of_image<'a>(
             return Err(DataError::invalid(
                 &paths.panoptic_json,
                 format!("image {} has two annotations", a.image_id),
+            ));
+        }
+    }
+    // A file name is a name inside the split's folders: an absolute path or `..` would let the
+    // JSON open any file on the machine.
+    let names = pj.images.iter().map(|r| (r.id, &r.file_name));
+    for (id, name) in names.chain(pj.annotations.iter().map(|a| (a.image_id, &a.file_name))) {
+        let inside = Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !inside || name.is_empty() {
+            return Err(DataError::invalid(
+                &paths.panoptic_json,
+                format!(
+                    "image {id}: file_name {name:?} is not a relative name inside the split's \
+                     folders (no absolute path, no ..)"
+                ),
             ));
         }
     }
