@@ -15,6 +15,8 @@
 //!   no way yet to wrap caller-owned device memory (see `docs/VALIDATION.md`).
 //! - Float buffers are all f32 or all f64 (`dtype`), row-major, contiguous.
 
+// Sizes cross this boundary as int64: every narrowing or sign change is checked, never `as`.
+#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
 use crate::backend::{execute_buffers, CpuBackend};
@@ -691,6 +693,7 @@ fn lif_backward(
     );
     let tau = learnable.then(|| {
         let tau = match dt {
+            #[allow(clippy::cast_possible_truncation)] // a parameter's value, not a size
             DType::F32 => Tensor::scalar(cfg.tau as f32),
             _ => Tensor::scalar(cfg.tau),
         };

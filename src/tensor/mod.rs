@@ -3,6 +3,9 @@
 //! `Tensor` is what users feed into and fetch from an executor; inside a backend the data
 //! lives in that backend's buffers.
 
+// Sizes are computed here for every op: no cast may narrow or wrap one silently.
+#![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+
 pub mod io;
 
 use crate::error::{Error, Result};
@@ -273,6 +276,7 @@ impl Tensor {
         let storage = match (&self.storage, dtype) {
             (s, d) if s.dtype() == d => s.clone(),
             (Storage::F32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
+            #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
             (Storage::F64(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
             (Storage::I32(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
             (Storage::I32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
