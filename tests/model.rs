@@ -168,6 +168,7 @@ fn fresh_run(data: &Path, out: &str) -> TrainOptions {
         epochs: None,
         quiet: true,
         stop_after_steps: None,
+        resume_config: None,
     }
 }
 
@@ -362,6 +363,7 @@ fn training_is_deterministic_and_resumes_exactly() {
             epochs: None,
             quiet: true,
             stop_after_steps: stop,
+            resume_config: None,
         };
         gshn::train::train(CpuBackend, c, &opts).unwrap()
     };
@@ -402,6 +404,7 @@ fn training_is_deterministic_and_resumes_exactly() {
         epochs,
         quiet: true,
         stop_after_steps: None,
+        resume_config: None,
     };
     let err = |o: TrainOptions| {
         gshn::train::train(CpuBackend, cfg.clone(), &o)
@@ -412,6 +415,8 @@ fn training_is_deterministic_and_resumes_exactly() {
     assert!(err(opts("full", false, None)).contains("already holds a run"));
     assert!(err(opts("empty", true, None)).contains("no checkpoint"));
     assert!(err(opts("zero", false, Some(0))).contains("train.epochs"));
+    let e = err(opts("full", true, Some(1)));
+    assert!(e.contains("has done 2 epochs"), "{e}");
     // One trainer per run folder: a second one fails at once, naming the holder; the lock
     // goes with its holder.
     let held = gshn::train::trainer::lock_run_folder(&dir.join("full")).unwrap();
@@ -445,20 +450,29 @@ fn training_is_deterministic_and_resumes_exactly() {
     let longer =
         gshn::train::train(CpuBackend, cfg.clone(), &opts("again", true, Some(3))).unwrap();
     assert_eq!(longer.steps, full.steps * 3 / 2, "not extended to 3 epochs");
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_gshn"))
-        .args([
-            "train", "--device", "cpu", "--resume", "--config", "x.toml", "--data",
-        ])
-        .arg(&dir)
-        .arg("--out")
-        .arg(dir.join("full"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&cli.stderr);
+    // --resume --config: a config that differs in a key a resume cannot change is an error
+    // naming each such key; one that differs only in resumable keys sets them.
+    let mut asked = cfg.clone();
+    (asked.train.lr, asked.model.dim, asked.train.epochs) = (0.5, 32, 4);
+    let resume_asking = |asked: RunConfig| {
+        let mut o = opts("again", true, None);
+        o.resume_config = Some(asked);
+        gshn::train::train(CpuBackend, cfg.clone(), &o)
+    };
+    let e = resume_asking(asked.clone())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(
-        !cli.status.success() && stderr.contains("--config cannot change"),
-        "{stderr}"
+        e.contains("train.lr (checkpoint 0.002, --config 0.5)")
+            && e.contains("model.dim (checkpoint 16, --config 32)")
+            && !e.contains("train.epochs ("),
+        "{e}"
     );
+    let mut asked = cfg.clone();
+    (asked.train.epochs, asked.train.log_every) = (4, 2);
+    let longer = resume_asking(asked).unwrap();
+    assert_eq!(longer.steps, full.steps * 2, "not extended to 4 epochs");
     // A checkpoint whose state or vocabulary was edited does not resume.
     let ck = dir.join("split").join("checkpoint.safetensors");
     let (tensors, meta) = load_safetensors(&ck).unwrap();
@@ -476,6 +490,7 @@ fn training_is_deterministic_and_resumes_exactly() {
             epochs: None,
             quiet: true,
             stop_after_steps: None,
+            resume_config: None,
         };
         gshn::train::train(CpuBackend, c, &opts)
             .map(|_| ())
@@ -677,6 +692,7 @@ fn ablations_build_and_bad_configs_are_errors() {
         epochs: None,
         quiet: true,
         stop_after_steps: None,
+        resume_config: None,
     };
     let e = gshn::train::train(CpuBackend, cfg.clone(), &missing)
         .unwrap_err()

@@ -172,17 +172,11 @@ fn run(cli: Cli) -> Result<()> {
             resume,
             overwrite,
         } => {
-            if resume && config.is_some() {
-                return Err(gshn::Error::invalid(
-                    "train",
-                    "--config cannot change a resumed run (it keeps its checkpoint's config; \
-                     --epochs may extend it)",
-                ));
-            }
             let cfg = match &config {
                 Some(p) => RunConfig::load(p)?,
                 None => RunConfig::default(),
             };
+            let resume_config = (resume && config.is_some()).then(|| cfg.clone());
             let device: Device = device.parse()?;
             let opts = TrainOptions {
                 data,
@@ -192,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 epochs,
                 quiet: false,
                 stop_after_steps: None,
+                resume_config,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -257,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
                 epochs: None,
                 quiet: false,
                 stop_after_steps: None,
+                resume_config: None,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);

@@ -216,6 +216,45 @@ impl RunConfig {
         }
         Ok(cfg)
     }
+    /// The keys a resumed run may change: they steer how long it runs and what it logs, not
+    /// the numbers of a step.
+    pub const RESUMABLE_KEYS: [&str; 3] =
+        ["train.epochs", "train.log_every", "train.checkpoint_every"];
+
+    /// This (a checkpoint's) config with the resumable keys of `asked`; an error that names every
+    /// other key in which they differ, with both values.
+    pub fn resumed_with(&self, asked: &RunConfig) -> Result<RunConfig> {
+        let (mine, theirs) = (flat_keys(self), flat_keys(asked));
+        let differing: Vec<String> = mine
+            .iter()
+            .filter(|(k, v)| {
+                theirs.get(*k) != Some(*v) && !Self::RESUMABLE_KEYS.contains(&k.as_str())
+            })
+            .map(|(k, v)| {
+                let other = theirs
+                    .get(k)
+                    .map_or("(absent)".to_string(), |o| o.to_string());
+                format!("{k} (checkpoint {v}, --config {other})")
+            })
+            .collect();
+        if !differing.is_empty() {
+            return Err(Error::invalid(
+                "resume",
+                format!(
+                    "--config differs from the run's checkpoint in keys a resumed run cannot \
+                     change: {}; only {} may change",
+                    differing.join(", "),
+                    Self::RESUMABLE_KEYS.join(", ")
+                ),
+            ));
+        }
+        let mut cfg = self.clone();
+        cfg.train.epochs = asked.train.epochs;
+        cfg.train.log_every = asked.train.log_every;
+        cfg.train.checkpoint_every = asked.train.checkpoint_every;
+        Ok(cfg)
+    }
+
     /// Whether training feeds hard-negative captions: `lambda_neg > 0` with the built-in text
     /// encoder (negatives exist only as tokens; `parse` rejects them with text features).
     pub fn hard_negatives(&self) -> bool {
@@ -242,6 +281,38 @@ impl RunConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// Every leaf of a config as `table.key` → value (TOML), for comparing two configs key by key.
+fn flat_keys(cfg: &RunConfig) -> std::collections::BTreeMap<String, toml::Value> {
+    fn walk(
+        prefix: &str,
+        v: &toml::Value,
+        out: &mut std::collections::BTreeMap<String, toml::Value>,
+    ) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_string(), leaf.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(
+        "",
+        &toml::Value::try_from(cfg).expect("config serialises"),
+        &mut out,
+    );
+    out
 }
 
 /// Opens one split of a dataset root with the config's layout and overrides.

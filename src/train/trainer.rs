@@ -33,6 +33,10 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
     /// continues from there to exactly the numbers of an uninterrupted run.
     pub stop_after_steps: Option<usize>,
+    /// With `resume`: a config the user asked for (`--resume --config`). It may differ from
+    /// the checkpoint's only in [`RunConfig::RESUMABLE_KEYS`], which it then sets; any other
+    /// difference is an error naming each key.
+    pub resume_config: Option<RunConfig>,
 }
 
 /// Summary of a finished run.
@@ -124,9 +128,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         }
         None
     };
-    let mut cfg = match &resumed {
-        Some(ck) => ck.config.clone(),
-        None => cfg,
+    let mut cfg = match (&resumed, &opts.resume_config) {
+        (Some(ck), Some(asked)) => ck.config.resumed_with(asked)?,
+        (Some(ck), None) => ck.config.clone(),
+        (None, _) => cfg,
     };
     if let Some(e) = opts.epochs {
         cfg.train.epochs = e;
@@ -161,6 +166,15 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                         "the checkpoint's state (epoch {}, batch {}, step {}) does not fit this \
                          run's {steps_per_epoch} steps per epoch",
                         state.epoch, state.batch, state.step
+                    ),
+                ));
+            }
+            if state.epoch > t.epochs {
+                return Err(crate::Error::invalid(
+                    "resume",
+                    format!(
+                        "the run has done {} epochs; it cannot be resumed to {} (give at least {})",
+                        state.epoch, t.epochs, state.epoch
                     ),
                 ));
             }
