@@ -163,9 +163,8 @@ impl ModelConfig {
         if self.text.max_len < 2 {
             return bad("model.text.max_len must be ≥ 2 ([CLS] and one word)".into());
         }
-        if self.lif.tau.is_nan() || self.lif.tau <= 1.0 {
-            return bad(format!("model.lif.tau must be > 1, got {}", self.lif.tau));
-        }
+        // The op's own rules (tau, v_th, v_reset, surrogate alpha), named by their table.
+        self.lif.validate("model.lif")?;
         for (key, v) in [
             ("r_init", self.r_init),
             ("logit_scale_init", self.logit_scale_init),

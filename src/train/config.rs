@@ -103,6 +103,9 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err("train.epochs must be ≥ 1".into());
         }
+        if self.log_every == 0 {
+            return Err("train.log_every must be ≥ 1".into());
+        }
         if self.node_samples_per_graph == 0 {
             return Err("train.node_samples_per_graph must be ≥ 1".into());
         }
@@ -349,6 +352,9 @@ mod tests {
             ("[train]\nweight_decay = nan", "train.weight_decay"),
             ("[model]\nr_init = nan", "model.r_init"),
             ("[model]\nlogit_scale_init = inf", "model.logit_scale_init"),
+            ("[model.lif]\nv_th = nan", "model.lif"),
+            ("[model.lif]\ntau = 0.5", "model.lif"),
+            ("[train]\nlog_every = 0", "train.log_every"),
             // Sizes that would allocate without bound (issue 23, D8).
             ("[data.features]\nout_h = 100000", "data.features.out_h"),
             ("[data.features]\nout_w = 0", "data.features.out_w"),
