@@ -839,6 +839,18 @@ fn failed_writes_lose_nothing() {
         );
         assert!(leftovers().is_empty(), "{file}: left {:?}", leftovers());
     }
+    // An append to the log that fails (a fresh run over the old one) stops it the same way.
+    let (rc, err) = train(
+        &["--overwrite", "--config", config.to_str().unwrap()],
+        Some("metrics.jsonl"),
+    );
+    assert_eq!(rc, Some(1), "{err}");
+    assert!(
+        err.contains("metrics.jsonl: injected write failure"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ck).unwrap(), saved, "checkpoint changed");
+    std::fs::write(run.join("metrics.jsonl"), &metrics).unwrap();
     // The metrics log never lost its lines (a failed rewrite leaves the old file).
     let lines = |b: &[u8]| {
         String::from_utf8_lossy(b)

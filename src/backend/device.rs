@@ -88,10 +88,10 @@ impl Device {
                 #[cfg(feature = "cuda")]
                 match super::cuda::CudaBackend::new(0) {
                     Ok(b) => return Ok(AnyBackend::Cuda(b)),
-                    Err(e) => eprintln!("gshn: no usable CUDA device ({e}); running on the CPU"),
+                    Err(e) => log::info!("no usable CUDA device ({e}); running on the CPU"),
                 }
                 #[cfg(not(feature = "cuda"))]
-                eprintln!("gshn: built without CUDA support; running on the CPU");
+                log::info!("built without CUDA support; running on the CPU");
                 Ok(AnyBackend::Cpu(CpuBackend))
             }
         }

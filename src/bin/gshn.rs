@@ -126,7 +126,32 @@ enum Command {
     Info,
 }
 
+/// The library logs through `log`; the program prints its messages on stderr: warnings and
+/// notes prefixed `gshn:`, the per-epoch lines bare.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info && m.target().starts_with("gshn")
+    }
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        match r.level() {
+            log::Level::Error | log::Level::Warn => eprintln!("gshn: warning: {}", r.args()),
+            _ if r.target() == gshn::train::trainer::PROGRESS => eprintln!("{}", r.args()),
+            _ => eprintln!("gshn: {}", r.args()),
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() -> ExitCode {
+    static LOG: StderrLog = StderrLog;
+    if log::set_logger(&LOG).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

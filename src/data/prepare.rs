@@ -128,8 +128,8 @@ pub fn prepare(
         }
     }
     if !skipped.is_empty() {
-        eprintln!(
-            "gshn: {label}: skipped {} bad samples (data.load.skip_bad), e.g. {}",
+        log::warn!(
+            "{label}: skipped {} bad samples (data.load.skip_bad), e.g. {}",
             skipped.len(),
             skipped[..skipped.len().min(3)].join("; ")
         );

@@ -125,10 +125,17 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadat
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
-/// Fault injection for the tests of lost work: with `GSHN_FAULT_WRITE=NAME`, every atomic write
-/// of a file called NAME fails halfway through, as on a full disk.
-fn injected_failure(path: &Path) -> bool {
-    std::env::var_os("GSHN_FAULT_WRITE").is_some_and(|n| path.file_name() == Some(n.as_os_str()))
+/// Fault injection for the tests of lost work: with `GSHN_FAULT_WRITE=NAME`, every write of a
+/// file called NAME fails (an atomic write halfway through), as on a full disk.
+pub(crate) fn injected_failure(path: &Path) -> Option<std::io::Error> {
+    std::env::var_os("GSHN_FAULT_WRITE")
+        .is_some_and(|n| path.file_name() == Some(n.as_os_str()))
+        .then(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected write failure (GSHN_FAULT_WRITE)",
+            )
+        })
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file of a name no other writer uses, in
@@ -170,12 +177,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        if injected_failure(path) {
+        if let Some(e) = injected_failure(path) {
             f.write_all(&bytes[..bytes.len() / 2])?;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "injected write failure (GSHN_FAULT_WRITE)",
-            ));
+            return Err(e);
         }
         f.write_all(bytes)?;
         f.sync_all()?;

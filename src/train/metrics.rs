@@ -29,7 +29,9 @@ impl MetricsLog {
         })
     }
     fn write(&mut self, v: Value) -> Result<()> {
-        writeln!(self.file, "{v}")
+        crate::tensor::io::injected_failure(Path::new(&self.path))
+            .map_or(Ok(()), Err)
+            .and_then(|_| writeln!(self.file, "{v}"))
             .and_then(|_| self.file.flush())
             .map_err(|source| Error::Io {
                 path: self.path.clone(),
@@ -112,7 +114,8 @@ pub fn plot_run(run: &Path) -> Result<()> {
             .map(|k| (k.to_string(), series(kind, x, k)))
             .collect()
     };
-    super::plot::line_plot(
+    // Each plot is drawn even when another cannot be written; the first failure is reported.
+    let loss = super::plot::line_plot(
         &run.join("loss.png"),
         "training loss",
         "step",
@@ -121,13 +124,13 @@ pub fn plot_run(run: &Path) -> Result<()> {
             "step",
             &["loss", "itc", "stl", "node_cl", "neg", "rel"],
         ),
-    )?;
-    super::plot::line_plot(
+    );
+    let retrieval = super::plot::line_plot(
         &run.join("retrieval.png"),
         "val retrieval (%)",
         "epoch",
         &named("eval", "epoch", &["t2i_r1", "i2t_r1", "t2i_r5", "i2t_r5"]),
-    )?;
+    );
     let layers = rows
         .iter()
         .filter_map(|v| v["spike_rate"].as_array().map(|a| a.len()))
@@ -144,10 +147,11 @@ pub fn plot_run(run: &Path) -> Result<()> {
         })
         .collect();
     spikes.push(("fusion r".to_string(), series("step", "step", "r")));
-    super::plot::line_plot(
+    let spikes = super::plot::line_plot(
         &run.join("spikes.png"),
         "SNN firing rate and fusion ratio",
         "step",
         &spikes,
-    )
+    );
+    loss.and(retrieval).and(spikes)
 }

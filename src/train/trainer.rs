@@ -97,6 +97,9 @@ pub fn lock_run_folder(dir: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// The log target of the per-epoch lines (the CLI prints them without a prefix).
+pub const PROGRESS: &str = "gshn::progress";
+
 /// Trains (or resumes) a run in `opts.out` and returns its summary.
 pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Result<TrainSummary> {
     let out = &opts.out;
@@ -198,8 +201,8 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
     };
 
     if !opts.quiet {
-        eprintln!(
-            "gshn: {} train / {} val images, {} steps/epoch × {} epochs, model {:?}, {} parameters, plan peak {:.1} MiB",
+        log::info!(
+            "{} train / {} val images, {} steps/epoch × {} epochs, model {:?}, {} parameters, plan peak {:.1} MiB",
             train_split.len(),
             val_split.len(),
             steps_per_epoch,
@@ -276,10 +279,11 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         save(&engine, &state)?;
         // A plot that cannot be written costs nothing of the run: warn and go on.
         if let Err(e) = super::metrics::plot_run(out) {
-            eprintln!("gshn: warning: plots not updated: {e}");
+            log::warn!("plots not updated: {e}");
         }
         if !opts.quiet {
-            eprintln!(
+            log::info!(
+                target: PROGRESS,
                 "epoch {:>3}: loss {:.4}  t2i R@1 {:5.1}  i2t R@1 {:5.1}  rsum {:6.1}  r {}  spikes {}  ({:.1}s)",
                 epoch + 1,
                 last.loss,

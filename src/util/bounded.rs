@@ -100,8 +100,8 @@ pub fn read_bounded(path: &Path, limit: u64, key: &'static str) -> std::io::Resu
 
 /// A `.safetensors` file read in its own order: the 8-byte header length (at most 100 MB, the
 /// format's own bound), the header, then exactly the bytes its tensors claim, and nothing after.
-/// A device or a pipe costs no more than what its header claims, and a header that claims more
-/// than the limit is refused before its data is read.
+/// A device or a pipe costs no more than what its header claims (at most 256 MiB), and a header
+/// that claims more than the limit is refused before its data is read.
 pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
     const MAX_HEADER: u64 = 100_000_000;
     let key = "the limit for such files is fixed";
@@ -138,11 +138,22 @@ pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
             })
         })
         .unwrap_or(0);
+    // A stream (pipe, FIFO, device) cannot show its size first: it may claim a quarter of the
+    // limit, so a hostile one costs at most 256 MiB.
+    let limit = if size.is_some() {
+        DEFAULT_MAX_FILE_BYTES
+    } else {
+        DEFAULT_MAX_FILE_BYTES / 4
+    };
     let total = (8 + n).saturating_add(data);
-    if total > DEFAULT_MAX_FILE_BYTES || size.is_some_and(|s| total > s) {
+    if total > limit || size.is_some_and(|s| total > s) {
         return Err(bad(format!(
-            "not a valid safetensors file: its header claims {data} bytes of tensors{}",
-            size.map_or(String::new(), |s| format!(", the file has {s} in all"))
+            "not a valid safetensors file: {} bytes of header and {data} of tensors{}",
+            8 + n,
+            size.map_or_else(
+                || format!(" exceed the limit of {limit} bytes for a stream"),
+                |s| format!(", but the file has {s} bytes")
+            )
         )));
     }
     buf.try_reserve_exact(data as usize)
@@ -209,6 +220,21 @@ mod tests {
                 let e = read_bounded(&fifo, 1 << 20, "k").unwrap_err().to_string();
                 assert!(e.contains("larger than the limit"), "{e}");
                 writer.join().unwrap();
+                // A safetensors stream claiming more than a stream may is refused from its
+                // header, before the claimed data is read.
+                let path = fifo.clone();
+                let writer = std::thread::spawn(move || {
+                    use std::io::Write;
+                    let h =
+                        br#"{"x":{"dtype":"U8","shape":[536870912],"data_offsets":[0,536870912]}}"#;
+                    let mut w = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                    w.write_all(&(h.len() as u64).to_le_bytes()).ok();
+                    w.write_all(h).ok();
+                    while w.write_all(&[0; 4096]).is_ok() {}
+                });
+                let e = read_safetensors(&fifo).unwrap_err().to_string();
+                assert!(e.contains("for a stream"), "{e}");
+                writer.join().unwrap();
             } else {
                 eprintln!("skipped the FIFO case: no mkfifo");
             }
@@ -221,7 +247,10 @@ mod tests {
         bytes.extend_from_slice(&[0; 16]);
         std::fs::write(&st, &bytes).unwrap();
         let e = read_safetensors(&st).unwrap_err().to_string();
-        assert!(e.contains("claims 4000000 bytes of tensors"), "{e}");
+        assert!(
+            e.contains("and 4000000 of tensors, but the file has"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

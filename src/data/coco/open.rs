@@ -138,6 +138,16 @@ impl Dataset {
         };
         ds.stats.skipped.extend(skipped);
         ds.stats.skipped.sort_by_key(|s| s.image_id);
+        if let Some(first) = ds.stats.skipped.first() {
+            log::warn!(
+                "{}: skipped {} of {} images (data.load.skip_bad), e.g. image {}: {}",
+                paths.panoptic_json.display(),
+                ds.stats.skipped.len(),
+                ds.stats.images_listed,
+                first.image_id,
+                first.reason
+            );
+        }
         if ds.entries.is_empty() {
             return Err(DataError::invalid(
                 &paths.panoptic_json,
