@@ -26,6 +26,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[cfg(feature = "model")]
     /// Dataset problems (missing or corrupt files, bad annotations), naming the file.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

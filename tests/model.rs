@@ -3,7 +3,8 @@
 
 use gshn::data::{prepare, write_synthetic, DataShape, Vocab};
 use gshn::graph::gradcheck::GradCheck;
-use gshn::model::{params::initial_values, Capacity, Gshn, Variant};
+use gshn::graph::initial_values;
+use gshn::model::{Capacity, Gshn, Variant};
 use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig};
 use gshn::tensor::io::load_safetensors;
 use gshn::train::batches::{Feeder, LossWeights};

@@ -10,9 +10,11 @@ mod autodiff;
 mod executor;
 mod feed;
 pub mod gradcheck;
+pub mod params;
 mod plan;
 
 pub use executor::Executor;
+pub use params::{initial_values, Init, ParamSet, ParamSpec};
 pub use plan::{MemoryReport, Plan};
 
 use crate::error::{Error, Result};

@@ -4,8 +4,8 @@
 
 use super::config::{Fusion, ModelConfig, Readout};
 use super::gshn::{Capacity, ModelInputs, LN_EPS};
-use super::params::{Init, ParamSet};
 use crate::error::Result;
+use crate::graph::params::{Init, ParamSet};
 use crate::graph::ValueId;
 use crate::ops::GatAttrs;
 use crate::tensor::DType;

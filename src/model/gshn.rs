@@ -6,11 +6,11 @@
 use super::branches::{fuse, gat_branch, node_features, snn_branch};
 use super::config::{ModelConfig, TextSource, Variant};
 use super::losses::{add_weighted, hard_negative_loss, relation_term, stl_and_node_cl, SYMMETRIC};
-use super::params::{Init, ParamSet, ParamSpec};
 use super::text::text_encoder;
 use crate::data::graph::{EDGE_FEAT_DIM, GEOMETRY_DIM};
 use crate::data::{BatchCapacity, DataShape};
 use crate::error::Result;
+use crate::graph::params::{Init, ParamSet, ParamSpec};
 use crate::graph::{Graph, ValueId};
 use crate::tensor::DType;
 
@@ -216,7 +216,7 @@ impl Gshn {
             loss = add_weighted(ps.graph, loss, l_neg, ni.weight)?;
             neg = Some(l_neg);
         }
-        let params = ps.specs;
+        let params = ps.finish()?;
         let (spike_rates, node_spike_rate) = match snn {
             Some(s) => (s.spike_rates, s.node_spike_rate),
             None => (Vec::new(), None),

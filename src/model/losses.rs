@@ -5,9 +5,9 @@
 use super::branches::NodeFeatures;
 use super::config::ModelConfig;
 use super::gshn::{Capacity, ModelInputs, NORM_EPS};
-use super::params::{Init, ParamSet};
 use super::text::text_encoder;
 use crate::error::Result;
+use crate::graph::params::{Init, ParamSet};
 use crate::graph::{Graph, ValueId};
 use crate::ops::InfoNceAttrs;
 use crate::tensor::DType;

@@ -4,7 +4,6 @@ mod branches;
 pub mod config;
 pub mod gshn;
 mod losses;
-pub mod params;
 pub mod text;
 
 pub use config::{ModelConfig, TextSource, Variant};

@@ -3,8 +3,8 @@
 
 use super::config::ModelConfig;
 use super::gshn::Capacity;
-use super::params::{Init, ParamSet};
 use crate::error::Result;
+use crate::graph::params::{Init, ParamSet};
 use crate::graph::ValueId;
 
 const LN_EPS: f64 = 1e-5;

@@ -7,8 +7,8 @@ use super::config::RunConfig;
 use crate::backend::Backend;
 use crate::data::{DataShape, Vocab};
 use crate::error::{Error, Result};
+use crate::graph::initial_values;
 use crate::graph::{Executor, ValueId};
-use crate::model::params::initial_values;
 use crate::model::{Capacity, Gshn, ModelOutputs};
 use crate::ops::AdamWConfig;
 use crate::tensor::{DType, Tensor};
@@ -23,7 +23,7 @@ pub struct Engine<B: Backend> {
     pub shape: DataShape,
     pub vocab: Vocab,
     pub model_outputs: ModelOutputs,
-    pub params: Vec<crate::model::params::ParamSpec>,
+    pub params: Vec<crate::graph::ParamSpec>,
     pub feeder: Feeder,
     pub train: Executor<Arc<B>>,
     pub image: Executor<Arc<B>>,

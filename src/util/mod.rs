@@ -1,4 +1,5 @@
 pub mod bounded;
+#[cfg(feature = "model")]
 pub mod progress;
 pub mod rng;
 

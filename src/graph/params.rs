@@ -1,6 +1,7 @@
-//! Parameters of a model graph: where each one is, and how it starts.
+//! Parameters of a graph: where each one is, and how it starts (any model built on gshn's
+//! graph uses these; the GSHN model is one).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 use crate::tensor::{DType, Shape, Tensor};
 use crate::util::rng::SplitMix64;
@@ -26,7 +27,10 @@ pub struct ParamSpec {
 pub struct ParamSet<'g> {
     pub graph: &'g mut Graph,
     pub dtype: DType,
-    pub specs: Vec<ParamSpec>,
+    specs: Vec<ParamSpec>,
+    /// The first misuse (a name reused with another shape), reported by [`ParamSet::finish`]:
+    /// building goes on with plain `ValueId`s, and the error surfaces once, not as a panic.
+    misuse: Option<Error>,
 }
 
 impl<'g> ParamSet<'g> {
@@ -35,6 +39,14 @@ impl<'g> ParamSet<'g> {
             graph,
             dtype,
             specs: Vec::new(),
+            misuse: None,
+        }
+    }
+    /// The parameters created, in creation order; or the first misuse.
+    pub fn finish(self) -> Result<Vec<ParamSpec>> {
+        match self.misuse {
+            Some(e) => Err(e),
+            None => Ok(self.specs),
         }
     }
     /// The parameter `name`, created on first use; a later call with the same name shares it
@@ -42,7 +54,12 @@ impl<'g> ParamSet<'g> {
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> ValueId {
         let shape = shape.into();
         if let Some(s) = self.specs.iter().find(|s| s.name == name) {
-            assert_eq!(s.shape, shape, "parameter {name} reused with another shape");
+            if s.shape != shape && self.misuse.is_none() {
+                self.misuse = Some(Error::graph(format!(
+                    "parameter {name} reused with shape {shape:?}; it was created with {:?}",
+                    s.shape
+                )));
+            }
             return s.id;
         }
         let id = self.graph.param(name, shape.clone(), self.dtype);
@@ -101,4 +118,24 @@ pub fn initial_values(
                 .map(|t| (s.id, t))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_reused_with_another_shape_is_an_error_not_a_panic() {
+        let mut g = Graph::new();
+        let mut ps = ParamSet::new(&mut g, DType::F32);
+        let a = ps.param("w", [2, 3], Init::Xavier);
+        assert_eq!(
+            ps.param("w", [2, 3], Init::Xavier),
+            a,
+            "same name, same shape: shared"
+        );
+        ps.param("w", [3, 3], Init::Xavier);
+        let e = ps.finish().unwrap_err().to_string();
+        assert!(e.contains("parameter w reused with shape [3, 3]"), "{e}");
+    }
 }
