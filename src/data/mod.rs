@@ -2,7 +2,7 @@
 //!
 //! panoptic PNG + captions ([`coco`]) → segments ([`coco::Sample`]) → pixel features
 //! ([`features`]) → segment graph ([`graph`]) → padded disjoint batch ([`batch`]), the layout
-//! the model's graph inputs take; captions → token ids ([`text`]). [`prepare`] decodes a whole
+//! the model's graph inputs take; captions → token ids ([`text`]). [`prepare()`] decodes a whole
 //! split once and fixes the batch sizes ([`DataShape`]). [`synth`] writes the built-in
 //! synthetic relational scenes in the same COCO layout.
 //!

@@ -71,7 +71,7 @@ impl<'g> ParamSet<'g> {
         });
         id
     }
-    /// A dense layer's weight [fan_in, fan_out] and (optionally) bias [fan_out].
+    /// A dense layer's weight \[fan_in, fan_out\] and (optionally) bias \[fan_out\].
     pub fn linear(
         &mut self,
         name: &str,

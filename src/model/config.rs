@@ -58,7 +58,7 @@ pub struct TextConfig {
     /// Pre-LN transformer blocks.
     pub layers: usize,
     pub heads: usize,
-    /// Tokens per caption including [CLS]; longer captions are truncated.
+    /// Tokens per caption including \[CLS\]; longer captions are truncated.
     pub max_len: usize,
     /// MLP hidden width = mlp_ratio · dim.
     pub mlp_ratio: usize,

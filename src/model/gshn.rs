@@ -80,15 +80,15 @@ impl Capacity {
 pub struct ModelInputs {
     /// [pixels, pixel_channels] f32: the feature map of every image, pixel-major.
     pub pixel_feats: ValueId,
-    /// [pixels] i32: node of each feature pixel (−1 = void).
+    /// \[pixels\] i32: node of each feature pixel (−1 = void).
     pub pixel_node: ValueId,
     /// [nodes, geometry] f32
     pub geometry: ValueId,
-    /// [nodes] i32 category index
+    /// \[nodes\] i32 category index
     pub category: ValueId,
-    /// [nodes] i32 image of each node (−1 = padding)
+    /// \[nodes\] i32 image of each node (−1 = padding)
     pub node_graph: ValueId,
-    /// [nodes] f32: 1/(T·real nodes) on real nodes, 0 on padding (spike-rate weights)
+    /// \[nodes\] f32: 1/(T·real nodes) on real nodes, 0 on padding (spike-rate weights)
     pub node_weight: ValueId,
     /// CSR by destination and its CSC transpose.
     pub graph: crate::ops::gat::GraphInputs,
@@ -102,7 +102,7 @@ pub struct ModelInputs {
     pub token_keep: ValueId,
     /// [batch, text_features] f32 precomputed caption features (text source "features")
     pub text_features: Option<ValueId>,
-    /// [node_samples] i32 real nodes for node CL
+    /// \[node_samples\] i32 real nodes for node CL
     pub node_sample: ValueId,
     /// Hard-negative captions, when `Capacity::negatives`.
     pub negatives: Option<NegativeInputs>,
@@ -121,7 +121,7 @@ pub struct NegativeInputs {
     pub tokens: ValueId,
     /// [batch, max_len] f32 1 = real token
     pub token_keep: ValueId,
-    /// [batch] f32: 1/(rows with a negative) on such rows, 0 elsewhere
+    /// \[batch\] f32: 1/(rows with a negative) on such rows, 0 elsewhere
     pub row_weight: ValueId,
     /// [] loss weight
     pub weight: ValueId,
@@ -146,7 +146,7 @@ pub struct ModelOutputs {
     pub spike_rates: Vec<ValueId>,
     /// Per GAT layer: attention [edges, heads] (for plots and `gshn show`).
     pub attention: Vec<ValueId>,
-    /// [nodes]: each node's firing rate in the last SNN layer (mean over time and channels).
+    /// \[nodes\]: each node's firing rate in the last SNN layer (mean over time and channels).
     pub node_spike_rate: Option<ValueId>,
     pub r: Option<ValueId>,
     pub logit_scale: ValueId,

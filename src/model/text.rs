@@ -1,5 +1,5 @@
 //! Caption encoder: token + position embeddings → pre-LN transformer blocks (multi-head
-//! self-attention with a padding mask, GELU MLP) → [CLS] → projection → L2-normalise.
+//! self-attention with a padding mask, GELU MLP) → \[CLS\] → projection → L2-normalise.
 
 use super::config::ModelConfig;
 use super::gshn::Capacity;

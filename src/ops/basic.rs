@@ -98,7 +98,7 @@ pub enum Reduce {
     MeanLast,
     SumAll,
     MeanAll,
-    /// Sum over every axis but the last: [.., C] → [C].
+    /// Sum over every axis but the last: \[.., C\] → \[C\].
     SumRows,
 }
 
@@ -356,11 +356,11 @@ impl Graph {
     pub fn scale(&mut self, x: ValueId, c: f64) -> Result<ValueId> {
         self.push1(Op::Scale(c), &[x])
     }
-    /// x[.., C] + b[C]
+    /// x\[.., C\] + b\[C\]
     pub fn add_bias(&mut self, x: ValueId, b: ValueId) -> Result<ValueId> {
         self.push1(Op::AddBias, &[x, b])
     }
-    /// x[.., C] ⊙ w[C] (or a scalar w)
+    /// x\[.., C\] ⊙ w\[C\] (or a scalar w)
     pub fn mul_broadcast(&mut self, x: ValueId, w: ValueId) -> Result<ValueId> {
         self.push1(Op::MulBroadcast, &[x, w])
     }
@@ -394,7 +394,7 @@ impl Graph {
     ) -> Result<ValueId> {
         self.push1(Op::MatMul { trans_a, trans_b }, &[a, b])
     }
-    /// x[R, K] W[K, N] + b[N]
+    /// x\[R, K\] W\[K, N\] + b\[N\]
     pub fn linear(&mut self, x: ValueId, w: ValueId, b: Option<ValueId>) -> Result<ValueId> {
         let y = self.matmul(x, w)?;
         match b {
@@ -416,7 +416,7 @@ impl Graph {
     pub fn mean_last(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::MeanLast), &[x])
     }
-    /// Sum over every axis but the last: [.., C] → [C] (bias gradients).
+    /// Sum over every axis but the last: \[.., C\] → \[C\] (bias gradients).
     pub fn sum_rows(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::SumRows), &[x])
     }

@@ -225,7 +225,7 @@ pub(crate) fn grad(
 }
 
 impl Graph {
-    /// InfoNCE between a[B,D] and p[B,D] (rows i of both are the positive pair) with the
+    /// InfoNCE between a\[B,D\] and p\[B,D\] (rows i of both are the positive pair) with the
     /// learnable temperature `logit_scale[]` (`s = min(exp(logit_scale), 100)`).
     /// `attrs.chunk > 0` evaluates in `chunk × chunk` tiles (memory O(B·D)); 0 is the dense
     /// reference. Differentiable in a, p and logit_scale.

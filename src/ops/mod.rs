@@ -37,9 +37,9 @@ pub enum Op {
     Sub,
     /// a, b (same shape) → a ⊙ b
     Mul,
-    /// x[.., C], b[C] → x + b (bias over the last axis)
+    /// x\[.., C\], b\[C\] → x + b (bias over the last axis)
     AddBias,
-    /// x[.., C], w[C] or w[] → x ⊙ w (per-channel or scalar scale)
+    /// x\[.., C\], w\[C\] or w\[\] → x ⊙ w (per-channel or scalar scale)
     MulBroadcast,
     /// x → c · x
     Scale(f64),
@@ -47,7 +47,7 @@ pub enum Op {
     Unary(Unary),
     /// x, g → g ⊙ f'(x)
     UnaryBackward(Unary),
-    /// a[M,K] (or [K,M] if trans_a), b[K,N] (or [N,K]) → [M,N]; with a leading batch axis
+    /// a\[M,K\] (or \[K,M\] if trans_a), b\[K,N\] (or \[N,K\]) → \[M,N\]; with a leading batch axis
     /// on both for a batched product.
     MatMul { trans_a: bool, trans_b: bool },
     /// x → sum or mean over the last axis ([.., C] → [..]) or over everything (→ [])
@@ -72,9 +72,9 @@ pub enum Op {
         start: usize,
         full: Shape,
     },
-    /// table[R, C], idx[K] (i32) → table[idx] [K, C] (embedding lookup, node selection)
+    /// table\[R, C\], idx\[K\] (i32) → table\[idx\] \[K, C\] (embedding lookup, node selection)
     Gather,
-    /// g[K, C], idx[K] → gtable[rows, C] = Σ g rows by index (deterministic, ordered)
+    /// g\[K, C\], idx\[K\] → gtable\[rows, C\] = Σ g rows by index (deterministic, ordered)
     ScatterAdd { rows: usize },
     /// x, seed[] (i32) → x ⊙ mask / (1 − p), mask from a counter-based hash of (seed, index)
     Dropout { p: f64 },
@@ -86,7 +86,7 @@ pub enum Op {
     Fill { value: f64, meta: Meta },
 
     // ---- norm.rs --------------------------------------------------------------------
-    /// x[.., C], gamma[C], beta[C] → y, mean[..], rstd[..]
+    /// x\[.., C\], gamma\[C\], beta\[C\] → y, mean\[..\], rstd\[..\]
     LayerNorm { eps: f64 },
     /// g, x, gamma, mean, rstd → gx, ggamma, gbeta
     LayerNormBackward { eps: f64 },
@@ -114,21 +114,21 @@ pub enum Op {
     // `graph` = row_ptr[N+1], src[E], col_ptr[N+1], col_edge[E] (i32; CSR by destination and
     // its CSC transpose, see `gat.rs`). The forward ops read only the CSR but carry the CSC
     // for their gradient rules.
-    /// z[N,H,F], a_src[H,F], a_dst[H,F] (, be[E,H]), graph → out[N,H,F], lse[N,H]
+    /// z\[N,H,F\], a_src\[H,F\], a_dst\[H,F\] (, be\[E,H\]), graph → out\[N,H,F\], lse\[N,H\]
     Gat(GatAttrs),
     /// g_out, z, a_src, a_dst (, be), out, lse, graph → gz, g_a_src, g_a_dst (, g_be)
     GatBackward(GatAttrs),
-    /// z, a_src, a_dst (, be), lse, graph → alpha[E,H] (the attention GAT used)
+    /// z, a_src, a_dst (, be), lse, graph → alpha\[E,H\] (the attention GAT used)
     GatAlpha(GatAttrs),
     /// g_alpha, alpha, z, a_src, a_dst (, be), graph → gz, g_a_src, g_a_dst (, g_be)
     GatAlphaBackward(GatAttrs),
-    /// alpha[E,H], s[T,N,C], graph → y[T,N,C] (fixed-attention aggregation, §3.3)
+    /// alpha\[E,H\], s\[T,N,C\], graph → y\[T,N,C\] (fixed-attention aggregation, §3.3)
     Aggregate,
     /// g_y, alpha, s, graph → g_alpha, g_s
     AggregateBackward,
 
     // ---- infonce.rs -----------------------------------------------------------------
-    /// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B] (lse_col is [0] when
+    /// a\[B,D\], p\[B,D\], logit_scale\[\] → loss\[\], lse_row\[B\], lse_col\[B\] (lse_col is \[0\] when
     /// one-directional: no column statistics are computed)
     InfoNce(InfoNceAttrs),
     /// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col when a consumer
@@ -136,16 +136,16 @@ pub enum Op {
     InfoNceBackward(InfoNceAttrs),
 
     // ---- segment.rs -----------------------------------------------------------------
-    /// x[P,C], seg[P] (i32, −1 = void; ids ≥ S or < −1 → Error::Invalid) → mean y[S,C],
-    /// count[S] (x's dtype); an empty segment has y = 0
+    /// x\[P,C\], seg\[P\] (i32, −1 = void; ids ≥ S or < −1 → Error::Invalid) → mean y\[S,C\],
+    /// count\[S\] (x's dtype); an empty segment has y = 0
     SegmentMean { segments: usize },
-    /// g_y, seg, count → gx[P,C]
+    /// g_y, seg, count → gx\[P,C\]
     SegmentMeanBackward,
 
     // ---- optim.rs -------------------------------------------------------------------
     /// g₀, g₁, … → clip scale[] = min(1, max_norm / (‖g‖ + 1e-6)), global norm[]
     ClipScale { max_norm: f64 },
-    /// In place on p, m, v: inputs p, m, v, g, clip_scale[], hyper[2] = (lr, step)
+    /// In place on p, m, v: inputs p, m, v, g, clip_scale\[\], hyper\[2\] = (lr, step)
     AdamW(AdamWConfig),
 }
 

@@ -153,7 +153,7 @@ impl Feeder {
         out
     }
 
-    /// Sets the caption inputs: one encoded caption per slot (missing slots: [CLS] only).
+    /// Sets the caption inputs: one encoded caption per slot (missing slots: \[CLS\] only).
     pub fn feed_text<B: Backend>(&self, ex: &mut Executor<B>, captions: &[&Encoded]) -> Result<()> {
         let caps: Vec<Option<&Encoded>> = captions.iter().map(|&c| Some(c)).collect();
         let (ids, keep) = self.token_tensors(&caps)?;

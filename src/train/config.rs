@@ -163,7 +163,7 @@ pub struct DataConfig {
     /// Per-split path overrides (images, panoptic, panoptic_json, captions_json, features).
     pub train_paths: crate::data::coco::SplitPathsOverride,
     pub val_paths: crate::data::coco::SplitPathsOverride,
-    /// Words seen fewer times in the training captions map to [UNK].
+    /// Words seen fewer times in the training captions map to \[UNK\].
     pub vocab_min_count: usize,
 }
 

@@ -27,8 +27,8 @@
 //! * **A PNG id not listed in `segments_info`** is treated as void; the ids and pixels are counted in
 //!   [`LoadStats::unlisted_ids`] / [`LoadStats::unlisted_pixels`] (and per sample).
 //! * **A listed segment with no pixel in the PNG** is dropped (counted in
-//!   [`LoadStats::listed_absent`]); if no segment is left the sample is bad ([`DataError::NoSegments`]).
-//! * **Image size ≠ panoptic PNG size** → [`DataError::SizeMismatch`] naming both files and sizes.
+//!   [`LoadStats::listed_absent`]); if no segment is left the sample is bad ([`DataError::NoSegments`](crate::data::DataError::NoSegments)).
+//! * **Image size ≠ panoptic PNG size** → [`DataError::SizeMismatch`](crate::data::DataError::SizeMismatch) naming both files and sizes.
 //!   The `width`/`height` of the `images[]` record must match the files as well.
 //! * **Bad data** → an error naming the file: missing file, corrupt PNG / JPEG / JSON / safetensors,
 //!   a `category_id` not in `categories`, a segment id 0 or a duplicate id in `segments_info`, an image

@@ -18,7 +18,7 @@ pub struct SplitPaths {
     /// COCO captions JSON (`annotations[] {image_id, caption}`).
     pub captions_json: PathBuf,
     /// Optional folder of external feature maps `<image_stem>.safetensors` (see
-    /// [`super::features::load_feature_map`]). `None`: use the built-in extractor.
+    /// [`load_feature_map`](crate::data::features::load_feature_map)). `None`: use the built-in extractor.
     #[serde(default)]
     pub features: Option<PathBuf>,
     /// Optional precomputed caption features (`model.text.source = "features"`): a safetensors
