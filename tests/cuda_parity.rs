@@ -189,9 +189,17 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 /// The same case in f64: every f32 input and output widened (exactly), for the f64 truth.
 fn widened(c: &Case) -> Result<Case, gshn::Error> {
     let wide = |dt: DType| if dt == F32 { DType::F64 } else { dt };
+    // An op that names its output dtype (fill) is widened with it.
+    let op = match &c.op {
+        Op::Fill { value, meta } => Op::Fill {
+            value: *value,
+            meta: Meta::new(meta.shape.clone(), wide(meta.dtype)),
+        },
+        op => op.clone(),
+    };
     Ok(Case {
         name: c.name.clone(),
-        op: c.op.clone(),
+        op,
         inputs: c
             .inputs
             .iter()

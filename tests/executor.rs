@@ -97,3 +97,56 @@ fn only_needed_nodes_are_scheduled() {
     let ex = Executor::new(CpuBackend, g, &[used]).unwrap();
     assert_eq!(ex.plan().schedule.len(), 1);
 }
+
+/// Issue 24: `Backend::execute`, the fastest public path, refuses views that do not fit the op
+/// (missing or extra outputs, a wrong shape or dtype, a buffer shorter than its view) with an
+/// error before any kernel runs, where it used to panic inside one.
+#[test]
+fn direct_execute_checks_its_views() {
+    use gshn::backend::{Backend, View, ViewMut};
+    use gshn::ops::{LifConfig, Op};
+    use gshn::tensor::Storage;
+    use gshn::Shape;
+    let be = CpuBackend;
+    let op = Op::Lif(LifConfig::default());
+    let shape = Shape::from([3, 4]);
+    let x = Storage::F32(vec![0.7; 12]);
+    let run = |outs: &mut [Storage], shapes: &[Shape], dtype: DType| {
+        let input = [View {
+            buf: &x,
+            shape: &shape,
+            dtype: DType::F32,
+        }];
+        let mut views: Vec<ViewMut<Storage>> = outs
+            .iter_mut()
+            .zip(shapes)
+            .map(|(buf, shape)| ViewMut { buf, shape, dtype })
+            .collect();
+        be.execute(&op, &input, &mut views)
+    };
+    let full = || vec![Storage::F32(vec![0.0; 12]); 3];
+    let three = vec![shape.clone(); 3];
+    run(&mut full(), &three, DType::F32).unwrap();
+    let e = |r: gshn::Result<()>| r.unwrap_err().to_string();
+    assert!(e(run(&mut full()[..2], &three[..2], DType::F32)).contains("outputs"));
+    let mut short = full();
+    short[2] = Storage::F32(vec![0.0; 11]);
+    assert!(e(run(&mut short, &three, DType::F32)).contains("its buffer holds 11"));
+    let wrong = vec![shape.clone(), shape.clone(), Shape::from([4, 3])];
+    assert!(e(run(&mut full(), &wrong, DType::F32)).contains("the op gives"));
+    assert!(e(run(&mut full(), &three, DType::F64)).contains("the op gives"));
+}
+
+/// Issue 24: an id from another graph is an error in `Graph::backward` and `try_meta`.
+#[test]
+fn ids_from_another_graph_are_errors() {
+    let (_, _, y) = chain(4, 6);
+    let mut small = Graph::new();
+    let x = small.input("x", [4], DType::F32);
+    let loss = small.sum(x).unwrap();
+    assert!(small.try_meta(y).is_err());
+    let e = small.backward(loss, &[y]).unwrap_err().to_string();
+    assert!(e.contains("unknown value"), "{e}");
+    let e = small.backward(y, &[x]).unwrap_err().to_string();
+    assert!(e.contains("unknown value"), "{e}");
+}

@@ -228,20 +228,27 @@ impl Backend for AnyBackend {
         }
     }
 
-    fn execute(
+    fn held(&self, buf: &AnyBuffer) -> (DType, usize) {
+        match buf {
+            AnyBuffer::Cpu(s) => (s.dtype(), s.len()),
+            #[cfg(feature = "cuda")]
+            AnyBuffer::Cuda(b) => b.held(),
+        }
+    }
+    fn execute_planned(
         &self,
         op: &Op,
         inputs: &[View<AnyBuffer>],
         outputs: &mut [ViewMut<AnyBuffer>],
     ) -> Result<()> {
         match self {
-            AnyBackend::Cpu(b) => b.execute(
+            AnyBackend::Cpu(b) => b.execute_planned(
                 op,
                 &unwrap_views(inputs, AnyBuffer::cpu)?,
                 &mut unwrap_views_mut(outputs, AnyBuffer::cpu_mut)?,
             ),
             #[cfg(feature = "cuda")]
-            AnyBackend::Cuda(b) => b.execute(
+            AnyBackend::Cuda(b) => b.execute_planned(
                 op,
                 &unwrap_views(inputs, AnyBuffer::cuda)?,
                 &mut unwrap_views_mut(outputs, AnyBuffer::cuda_mut)?,

@@ -6,7 +6,7 @@ pub mod cpu;
 pub mod cuda;
 mod device;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{DType, Meta, Shape, Tensor};
 
@@ -61,6 +61,52 @@ where
     be.execute(op, &views, &mut oviews)
 }
 
+/// The contract of [`Backend::execute`]: the outputs are what the op gives for the inputs
+/// (for an in-place op, the updated inputs come first), and every buffer holds its view.
+fn check_views<Buf>(
+    op: &Op,
+    inputs: &[View<Buf>],
+    outputs: &[ViewMut<Buf>],
+    held: impl Fn(&Buf) -> (DType, usize),
+) -> Result<()> {
+    let name = op.name();
+    let mutated = op.mutated_inputs();
+    if outputs.len() < mutated {
+        return Err(Error::graph(format!(
+            "{name}: {} outputs given; the op updates {mutated} inputs in place",
+            outputs.len()
+        )));
+    }
+    let meta = |shape: &Shape, dtype| Meta::new(shape.clone(), dtype);
+    let given: Vec<Meta> = outputs[..mutated]
+        .iter()
+        .map(|v| meta(v.shape, v.dtype))
+        .chain(inputs.iter().map(|v| meta(v.shape, v.dtype)))
+        .collect();
+    // An in-place op's outputs are its updated inputs, then what it gives besides.
+    let mut want = given[..mutated].to_vec();
+    want.extend(op.infer(&given)?);
+    let got: Vec<Meta> = outputs.iter().map(|v| meta(v.shape, v.dtype)).collect();
+    if got != want {
+        return Err(Error::graph(format!(
+            "{name}: outputs {got:?} given; the op gives {want:?}"
+        )));
+    }
+    let views = inputs
+        .iter()
+        .map(|v| (v.buf, v.shape, v.dtype))
+        .chain(outputs.iter().map(|v| (&*v.buf, v.shape, v.dtype)));
+    for (k, (buf, shape, dtype)) in views.enumerate() {
+        let (has, len) = held(buf);
+        if has != dtype || len < shape.numel() {
+            return Err(Error::graph(format!(
+                "{name}: view {k} is {dtype:?} {shape:?}, its buffer holds {len} {has:?} elements"
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub trait Backend {
     type Buffer: Send;
     fn name(&self) -> String;
@@ -70,9 +116,24 @@ pub trait Backend {
     fn write(&self, dst: &mut Self::Buffer, src: &Tensor) -> Result<()>;
     /// Copies the front of `src` out as a tensor of `shape`.
     fn read(&self, src: &Self::Buffer, shape: &Shape, dtype: DType) -> Result<Tensor>;
+    /// The dtype and element count a buffer holds.
+    fn held(&self, buf: &Self::Buffer) -> (DType, usize);
     /// Runs one op. `outputs` are the op's outputs, or for ops that update in place
     /// (`Op::mutated_inputs`) the updated inputs, in which case `inputs` holds the rest.
+    /// Views that do not fit the op (count, shape or dtype of an output, a buffer shorter than
+    /// its view) are an error, checked before any kernel runs.
     fn execute(
+        &self,
+        op: &Op,
+        inputs: &[View<Self::Buffer>],
+        outputs: &mut [ViewMut<Self::Buffer>],
+    ) -> Result<()> {
+        check_views(op, inputs, outputs, |b| self.held(b))?;
+        self.execute_planned(op, inputs, outputs)
+    }
+    /// [`Backend::execute`] without its checks, for views an executor's plan already matched
+    /// to the op (the hot path). Views that do not fit the op may panic.
+    fn execute_planned(
         &self,
         op: &Op,
         inputs: &[View<Self::Buffer>],
@@ -100,13 +161,16 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     fn read(&self, src: &Self::Buffer, shape: &Shape, dtype: DType) -> Result<Tensor> {
         (**self).read(src, shape, dtype)
     }
-    fn execute(
+    fn held(&self, buf: &Self::Buffer) -> (DType, usize) {
+        (**self).held(buf)
+    }
+    fn execute_planned(
         &self,
         op: &Op,
         inputs: &[View<Self::Buffer>],
         outputs: &mut [ViewMut<Self::Buffer>],
     ) -> Result<()> {
-        (**self).execute(op, inputs, outputs)
+        (**self).execute_planned(op, inputs, outputs)
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()

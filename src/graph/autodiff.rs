@@ -10,7 +10,11 @@ impl Graph {
     /// (a zero-filled value where the loss does not depend on it). `loss` must be a float
     /// value with one element.
     pub fn backward(&mut self, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<ValueId>> {
-        let loss_meta = self.meta(loss).clone();
+        // Ids from another graph are an error here, not an index out of range below.
+        for &w in wrt {
+            self.try_meta(w)?;
+        }
+        let loss_meta = self.try_meta(loss)?.clone();
         if loss_meta.shape.numel() != 1 || !loss_meta.dtype.is_float() {
             return Err(Error::graph(format!(
                 "backward needs a float loss with one element, got {:?} {:?}",

@@ -153,7 +153,7 @@ impl<B: Backend> Executor<B> {
                         }
                     })
                     .collect();
-                backend.execute(&node.op, &inputs, &mut outputs)
+                backend.execute_planned(&node.op, &inputs, &mut outputs)
             };
             for (&w, buf) in written.iter().zip(taken) {
                 homes.put(w, buf);

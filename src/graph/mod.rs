@@ -148,12 +148,15 @@ impl Graph {
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
+    /// Value `v` of this graph. Panics on an id from another graph; [`Graph::try_meta`] is
+    /// the checked form for ids that come from elsewhere.
     pub fn value(&self, v: ValueId) -> &Value {
         &self.values[v.0 as usize]
     }
     pub fn node(&self, n: NodeId) -> &Node {
         &self.nodes[n.0 as usize]
     }
+    /// The meta of `v` (panics like [`Graph::value`]).
     pub fn meta(&self, v: ValueId) -> &Meta {
         &self.value(v).meta
     }
@@ -163,11 +166,12 @@ impl Graph {
     pub fn dtype(&self, v: ValueId) -> DType {
         self.value(v).meta.dtype
     }
-    fn try_meta(&self, v: ValueId) -> Result<&Meta> {
+    /// The meta of `v`, or an error when `v` is not a value of this graph.
+    pub fn try_meta(&self, v: ValueId) -> Result<&Meta> {
         self.values
             .get(v.0 as usize)
             .map(|x| &x.meta)
-            .ok_or_else(|| Error::graph(format!("unknown value {v:?}")))
+            .ok_or_else(|| Error::graph(format!("unknown value {v:?} (from another graph?)")))
     }
     /// The trainable parameters, in creation order.
     pub fn params(&self) -> Vec<ValueId> {

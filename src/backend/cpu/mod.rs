@@ -139,7 +139,15 @@ impl Backend for CpuBackend {
         Tensor::from_storage(shape.clone(), storage)
     }
 
-    fn execute(&self, op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    fn held(&self, buf: &Storage) -> (DType, usize) {
+        (buf.dtype(), buf.len())
+    }
+    fn execute_planned(
+        &self,
+        op: &Op,
+        inputs: &[CpuView],
+        outputs: &mut [CpuViewMut],
+    ) -> Result<()> {
         match op.family() {
             Family::Basic => basic::execute(op, inputs, outputs),
             Family::Layout => layout::execute(op, inputs, outputs),

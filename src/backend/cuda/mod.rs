@@ -101,6 +101,13 @@ pub struct CudaBuffer {
 }
 
 impl CudaBuffer {
+    /// The dtype and element count it holds.
+    pub(crate) fn held(&self) -> (DType, usize) {
+        (self.dtype, self.len)
+    }
+}
+
+impl CudaBuffer {
     /// Replaces the host copy, with a fresh stamp when there is one.
     fn set_host(&mut self, host: Option<Storage>) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -594,7 +601,10 @@ impl Backend for CudaBackend {
         Tensor::from_storage(shape.clone(), storage)
     }
 
-    fn execute(
+    fn held(&self, buf: &CudaBuffer) -> (DType, usize) {
+        buf.held()
+    }
+    fn execute_planned(
         &self,
         op: &Op,
         inputs: &[View<CudaBuffer>],
