@@ -150,3 +150,24 @@ fn ids_from_another_graph_are_errors() {
     let e = small.backward(y, &[x]).unwrap_err().to_string();
     assert!(e.contains("unknown value"), "{e}");
 }
+
+/// Issue 24: anomaly mode stops at the first op that writes a NaN or infinity, naming it;
+/// off (the default), the same run goes through.
+#[test]
+fn anomaly_mode_names_the_op_that_went_non_finite() {
+    let mut g = Graph::new();
+    let x = g.input("x", [3], DType::F32);
+    let e = g.unary(gshn::ops::Unary::Exp, x).unwrap();
+    let y = g.scale(e, 2.0).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[y]).unwrap();
+    ex.set(x, &Tensor::new([3], vec![1.0f32, 100.0, 2.0]).unwrap())
+        .unwrap();
+    ex.run().unwrap();
+    assert!(ex.get(y).unwrap().first_non_finite().is_some());
+    ex.check_finite(true);
+    let msg = ex.run().unwrap_err().to_string();
+    assert!(
+        msg.contains("anomaly: node 0") && msg.contains("[1]"),
+        "{msg}"
+    );
+}

@@ -97,6 +97,9 @@ fn digest(dir: &std::path::Path, cfg: RunConfig) -> u64 {
     let shape = DataShape::of(&[&train_split, &val_split], train_ds.num_categories()).unwrap();
     let mut engine = Engine::new(CpuBackend, cfg.clone(), shape, vocab).unwrap();
     engine.init().unwrap();
+    // Anomaly mode on the whole GSHN graph: no op of a healthy step writes a NaN or infinity.
+    engine.train.check_finite(true);
+    engine.image.check_finite(true);
     let t = &cfg.train;
     let sched = schedule(t, train_split.len() / t.batch_size);
     let order = epoch_order(t.seed, 0, train_split.len());

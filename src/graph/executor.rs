@@ -14,6 +14,8 @@ pub struct Executor<B: Backend> {
     /// Buffers of inputs and persistent values, by value index.
     owned: Vec<Option<B::Buffer>>,
     slots: Vec<Option<B::Buffer>>,
+    /// Anomaly mode (see [`Executor::check_finite`]).
+    check_finite: bool,
 }
 
 impl<B: Backend> Executor<B> {
@@ -32,7 +34,16 @@ impl<B: Backend> Executor<B> {
             plan,
             owned,
             slots,
+            check_finite: false,
         })
+    }
+
+    /// Anomaly mode, like PyTorch's: after every op, its outputs are read back and the first
+    /// NaN or infinity stops the run with an error naming the op, the node and the value.
+    /// For finding where a run goes non-finite; it copies every output to the host, so it is
+    /// slow. Off (the default), it costs one branch per op.
+    pub fn check_finite(&mut self, on: bool) {
+        self.check_finite = on;
     }
 
     pub fn graph(&self) -> &Graph {
@@ -109,6 +120,7 @@ impl<B: Backend> Executor<B> {
             plan,
             owned,
             slots,
+            check_finite,
         } = self;
         let mut homes = Homes::<B> {
             graph,
@@ -159,6 +171,9 @@ impl<B: Backend> Executor<B> {
                 homes.put(w, buf);
             }
             result?;
+            if *check_finite {
+                homes.check_finite(backend, n, written)?;
+            }
         }
         Ok(())
     }
@@ -173,6 +188,32 @@ struct Homes<'a, B: Backend> {
 }
 
 impl<B: Backend> Homes<'_, B> {
+    /// Anomaly mode: the first non-finite value node `n` wrote to `written` is an error.
+    fn check_finite(&mut self, backend: &B, n: super::NodeId, written: &[ValueId]) -> Result<()> {
+        let node = self.graph.node(n);
+        for &w in written {
+            let value = self.graph.value(w);
+            if !value.meta.dtype.is_float() {
+                continue;
+            }
+            let t = backend.read(self.get(w)?, &value.meta.shape, value.meta.dtype)?;
+            if let Some(i) = t.first_non_finite() {
+                return Err(Error::invalid(
+                    node.op.name(),
+                    format!(
+                        "anomaly: node {} ({}) wrote {} to {:?}[{i}] (shape {:?})",
+                        n.0,
+                        node.op.name(),
+                        t.to_f64_vec()[i],
+                        value.name,
+                        value.meta.shape
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn home(&mut self, v: ValueId) -> &mut Option<B::Buffer> {
         match self.graph.value(v).kind {
             ValueKind::Computed { .. } => {
