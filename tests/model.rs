@@ -777,6 +777,17 @@ fn precomputed_text_features_train_and_bad_files_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("non-finite"), "{e}");
+    // A device in its place is read (8 bytes) and refused, not reported as missing.
+    #[cfg(unix)]
+    {
+        let f = dir.join("train").join("text_features.safetensors");
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &f).unwrap();
+        let e = gshn::train::train(CpuBackend, cfg.clone(), &opts("zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid safetensors file"), "{e}");
+    }
     // Hard negatives need tokens.
     let e = RunConfig::parse("[train]\nlambda_neg = 1.0\n[model.text]\nsource = \"features\"\n")
         .unwrap_err();

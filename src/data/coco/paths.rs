@@ -59,7 +59,8 @@ impl SplitPaths {
             panoptic_json: d.join("panoptic.json"),
             captions_json: d.join("captions.json"),
             features: features.is_dir().then_some(features),
-            text_features: text_features.is_file().then_some(text_features),
+            // Whatever is there (even a device or a pipe) goes to the reader, which names it.
+            text_features: text_features.exists().then_some(text_features),
         }
     }
 
