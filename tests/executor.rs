@@ -171,3 +171,46 @@ fn anomaly_mode_names_the_op_that_went_non_finite() {
         "{msg}"
     );
 }
+
+/// Issue 24: one executor evaluates and trains. `run_forward` computes the fetched loss with
+/// the current parameters and leaves them and the optimizer state alone (no learning-rate
+/// input needed); `run` then steps, and the next `run_forward` sees the new parameters.
+#[test]
+fn run_forward_evaluates_without_stepping() {
+    use gshn::ops::AdamWConfig;
+    let mut g = Graph::new();
+    let x = g.input("x", [4, 3], DType::F64);
+    let w = g.param("w", [3, 2], DType::F64);
+    let y = g.matmul(x, w).unwrap();
+    let sq = g.mul(y, y).unwrap();
+    let loss = g.mean(sq).unwrap();
+    let gw = g.backward(loss, &[w]).unwrap();
+    let opt = g
+        .adamw_step(&[w], &gw, AdamWConfig::default(), None)
+        .unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[loss]).unwrap();
+    let w0 = Tensor::new([3, 2], vec![0.5, -0.2, 0.3, 0.8, -0.4, 0.1]).unwrap();
+    ex.set(w, &w0).unwrap();
+    ex.set(
+        x,
+        &Tensor::new(
+            [4, 3],
+            (0..12).map(|i| i as f64 / 7.0 - 0.6).collect::<Vec<_>>(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // Neither the moments nor the learning rate are set: the forward does not need them.
+    ex.run_forward().unwrap();
+    let before = ex.get(loss).unwrap().to_f64_vec()[0];
+    assert_eq!(ex.get(w).unwrap(), w0, "run_forward changed a parameter");
+    ex.run_forward().unwrap();
+    assert_eq!(ex.get(loss).unwrap().to_f64_vec()[0], before);
+    opt.zero_state(&mut ex).unwrap();
+    opt.set_hyper(&mut ex, 0.1, 1).unwrap();
+    ex.run().unwrap();
+    assert_ne!(ex.get(w).unwrap(), w0, "run did not step");
+    ex.run_forward().unwrap();
+    let after = ex.get(loss).unwrap().to_f64_vec()[0];
+    assert!(after < before, "{after} !< {before}");
+}

@@ -112,8 +112,20 @@ impl<B: Backend> Executor<B> {
         self.backend.read(buf, &value.meta.shape, value.meta.dtype)
     }
 
-    /// Runs the schedule once.
+    /// Runs the schedule once: everything the fetched values need, and every in-place update
+    /// (a training step).
     pub fn run(&mut self) -> Result<()> {
+        self.run_nodes(false)
+    }
+
+    /// Runs only what the fetched values need, without the in-place updates: a training graph
+    /// evaluated with its current parameters (the optimizer does not step, its state is not
+    /// touched). Inputs that only the updates read need not be set.
+    pub fn run_forward(&mut self) -> Result<()> {
+        self.run_nodes(true)
+    }
+
+    fn run_nodes(&mut self, forward_only: bool) -> Result<()> {
         let Executor {
             backend,
             graph,
@@ -128,7 +140,12 @@ impl<B: Backend> Executor<B> {
             owned,
             slots,
         };
-        for &n in &plan.schedule {
+        let schedule = if forward_only {
+            &plan.forward
+        } else {
+            &plan.schedule
+        };
+        for &n in schedule {
             let node = graph.node(n);
             let mutated = node.op.mutated_inputs();
             // Take the buffers this node writes out of their homes, so the rest can be

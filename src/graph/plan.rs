@@ -32,6 +32,10 @@ pub struct Slot {
 pub struct Plan {
     /// Nodes to run, in order.
     pub schedule: Vec<NodeId>,
+    /// The nodes of `schedule` that the fetched values need, without the in-place updates (an
+    /// evaluation of a training graph: [`super::Executor::run_forward`]). Running them in the
+    /// same slots is safe: each value still lives from its producer to its last use.
+    pub forward: Vec<NodeId>,
     /// Slot of each computed value that is produced by a scheduled node.
     pub slot_of: Vec<Option<usize>>,
     pub slots: Vec<Slot>,
@@ -77,6 +81,22 @@ impl Plan {
             .filter(|&n| needed_node[n])
             .map(|n| NodeId(n as u32))
             .collect();
+        // The same sweep from the fetched values alone.
+        let mut wanted = vec![false; nv];
+        for &f in fetch {
+            wanted[f.0 as usize] = true;
+        }
+        let mut forward: Vec<NodeId> = Vec::new();
+        for &n in schedule.iter().rev() {
+            let node = graph.node(n);
+            if node.op.mutated_inputs() == 0 && node.outputs.iter().any(|o| wanted[o.0 as usize]) {
+                forward.push(n);
+                for i in &node.inputs {
+                    wanted[i.0 as usize] = true;
+                }
+            }
+        }
+        forward.reverse();
 
         // Last use of each value (position in the schedule); fetched values live to the end.
         const FOREVER: usize = usize::MAX;
@@ -160,6 +180,7 @@ impl Plan {
         };
         Ok(Plan {
             schedule,
+            forward,
             slot_of,
             slots,
             fetch: fetch.to_vec(),
