@@ -214,3 +214,74 @@ fn run_forward_evaluates_without_stepping() {
     let after = ex.get(loss).unwrap().to_f64_vec()[0];
     assert!(after < before, "{after} !< {before}");
 }
+
+/// Issue 24: a user graph's parameters and optimizer state save and load through safetensors
+/// by name, and training resumes exactly: 3 + 3 steps across two executors equal 6 steps.
+#[test]
+fn a_user_graph_resumes_exactly_from_its_persistent_values() {
+    use gshn::ops::AdamWConfig;
+    let build = || {
+        let mut g = Graph::new();
+        let x = g.input("x", [5, 3], DType::F32);
+        let w = g.param("w", [3, 2], DType::F32);
+        let b = g.param("b", [2], DType::F32);
+        let y = g.matmul(x, w).unwrap();
+        let y = g.add_bias(y, b).unwrap();
+        let sq = g.mul(y, y).unwrap();
+        let loss = g.mean(sq).unwrap();
+        let grads = g.backward(loss, &[w, b]).unwrap();
+        let opt = g
+            .adamw_step(&[w, b], &grads, AdamWConfig::default(), Some(1.0))
+            .unwrap();
+        let mut ex = Executor::new(CpuBackend, g, &[loss]).unwrap();
+        let xs: Vec<f32> = (0..15).map(|i| (i as f32 * 0.7).sin()).collect();
+        ex.set(x, &Tensor::new([5, 3], xs).unwrap()).unwrap();
+        (ex, opt, w, b)
+    };
+    let steps = |ex: &mut Executor<CpuBackend>, opt: &gshn::ops::OptimizerValues, from: u64| {
+        for s in from..from + 3 {
+            opt.set_hyper(ex, 0.05, s).unwrap();
+            ex.run().unwrap();
+        }
+    };
+    let (mut a, opt, w, b) = build();
+    a.set(
+        w,
+        &Tensor::new([3, 2], vec![0.3f32, -0.5, 0.8, 0.1, -0.2, 0.6]).unwrap(),
+    )
+    .unwrap();
+    a.set(b, &Tensor::new([2], vec![0.1f32, -0.1]).unwrap())
+        .unwrap();
+    opt.zero_state(&mut a).unwrap();
+    steps(&mut a, &opt, 1);
+    let dir = std::env::temp_dir().join(format!("gshn-exec-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("state.safetensors");
+    gshn::tensor::io::save_safetensors(&file, &a.persistent_values().unwrap(), None).unwrap();
+    steps(&mut a, &opt, 4);
+
+    let (mut resumed, opt2, _, _) = build();
+    let (saved, _) = gshn::tensor::io::load_safetensors(&file).unwrap();
+    assert_eq!(saved.len(), 6, "w, b and their two moments each");
+    resumed.set_persistent_values(&saved).unwrap();
+    steps(&mut resumed, &opt2, 4);
+    let (x, y) = (
+        a.persistent_values().unwrap(),
+        resumed.persistent_values().unwrap(),
+    );
+    assert_eq!(x, y, "resumed training differs");
+    // Missing or foreign names are errors, never a silently fresh state.
+    let e = resumed
+        .set_persistent_values(&saved[1..])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no value given"), "{e}");
+    let mut extra = saved.clone();
+    extra.push(("nope".into(), Tensor::new([1], vec![0f32]).unwrap()));
+    let e = resumed
+        .set_persistent_values(&extra)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"nope\" is not a parameter"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

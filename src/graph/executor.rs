@@ -112,6 +112,49 @@ impl<B: Backend> Executor<B> {
         self.backend.read(buf, &value.meta.shape, value.meta.dtype)
     }
 
+    /// Every persistent value (parameters and optimizer state) with its name: what a checkpoint
+    /// of this graph holds (write it with `tensor::io::save_safetensors`).
+    pub fn persistent_values(&self) -> Result<Vec<(String, Tensor)>> {
+        self.persistent_ids()
+            .map(|(id, name)| Ok((name.to_string(), self.get(id)?)))
+            .collect()
+    }
+
+    /// Sets every persistent value from `values` by name, as [`Executor::persistent_values`]
+    /// gave them, so that training resumes exactly. A persistent value that `values` lacks, a
+    /// name the graph does not have, or another shape or dtype is an error.
+    pub fn set_persistent_values(&mut self, values: &[(String, Tensor)]) -> Result<()> {
+        let ids: Vec<(ValueId, String)> = self
+            .persistent_ids()
+            .map(|(id, name)| (id, name.to_string()))
+            .collect();
+        if let Some((name, _)) = values
+            .iter()
+            .find(|(n, _)| !ids.iter().any(|(_, m)| m == n))
+        {
+            return Err(Error::graph(format!(
+                "{name:?} is not a parameter or state of this graph"
+            )));
+        }
+        for (id, name) in ids {
+            let t = values
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| Error::graph(format!("no value given for {name:?}")))?;
+            self.set(id, &t.1)?;
+        }
+        Ok(())
+    }
+
+    fn persistent_ids(&self) -> impl Iterator<Item = (ValueId, &str)> {
+        self.graph
+            .values()
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v.kind, ValueKind::Persistent { .. }))
+            .map(|(i, v)| (ValueId(i as u32), v.name.as_str()))
+    }
+
     /// Runs the schedule once: everything the fetched values need, and every in-place update
     /// (a training step).
     pub fn run(&mut self) -> Result<()> {

@@ -21,7 +21,7 @@ pub use basic::{MatMulDims, Reduce, Unary};
 pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
 pub use infonce::{InfoNceAttrs, InfoNceOut};
 pub use lif::{LifConfig, LifOutputs, Surrogate};
-pub use optim::AdamWConfig;
+pub use optim::{AdamWConfig, OptimizerValues};
 pub use segment::SegmentMeanOut;
 
 use crate::error::Result;

@@ -99,32 +99,15 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Named parameters and optimizer state, for checkpoints.
+    /// Parameters and optimizer state by name (a checkpoint's tensors).
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let g = self.train.graph();
-        self.params
-            .iter()
-            .map(|p| p.id)
-            .chain(self.opt_state.iter().copied())
-            .map(|id| Ok((g.value(id).name.clone(), self.train.get(id)?)))
-            .collect()
+        self.train.persistent_values()
     }
 
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
-        let ids: Vec<ValueId> = self
-            .params
-            .iter()
-            .map(|p| p.id)
-            .chain(self.opt_state.iter().copied())
-            .collect();
-        for id in ids {
-            let name = self.train.graph().value(id).name.clone();
-            let t = tensors
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| Error::invalid("checkpoint", format!("missing tensor {name:?}")))?;
-            self.train.set(id, &t.1)?;
-        }
-        Ok(())
+        self.train
+            .set_persistent_values(tensors)
+            .map_err(|e| Error::invalid("checkpoint", e.to_string()))
     }
 
     /// One optimizer step on `graphs` with one caption each (and, when the model takes them,

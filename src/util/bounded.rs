@@ -100,7 +100,7 @@ pub fn read_bounded(path: &Path, limit: u64, key: &'static str) -> std::io::Resu
 
 /// A `.safetensors` file read in its own order: the 8-byte header length (at most 100 MB, the
 /// format's own bound), the header, then exactly the bytes its tensors claim, and nothing after.
-/// A device or a pipe costs no more than what its header claims (at most 256 MiB), and a header
+/// A device or a pipe costs no more than what its header claims (at most 128 MiB), and a header
 /// that claims more than the limit is refused before its data is read.
 pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
     const MAX_HEADER: u64 = 100_000_000;
@@ -138,12 +138,12 @@ pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
             })
         })
         .unwrap_or(0);
-    // A stream (pipe, FIFO, device) cannot show its size first: it may claim a quarter of the
-    // limit, so a hostile one costs at most 256 MiB.
+    // A stream (pipe, FIFO, device) cannot show its size first: it may claim an eighth of the
+    // limit, so a hostile one costs at most about 256 MB (its bytes, then the parsed tensors).
     let limit = if size.is_some() {
         DEFAULT_MAX_FILE_BYTES
     } else {
-        DEFAULT_MAX_FILE_BYTES / 4
+        DEFAULT_MAX_FILE_BYTES / 8
     };
     let total = (8 + n).saturating_add(data);
     if total > limit || size.is_some_and(|s| total > s) {
