@@ -14,6 +14,39 @@
 //!   gshn's stream and copies the results into the caller's buffers, because the CUDA backend has
 //!   no way yet to wrap caller-owned device memory (see `docs/VALIDATION.md`).
 //! - Float buffers are all f32 or all f64 (`dtype`), row-major, contiguous.
+//!
+//! From Rust the same functions can be called directly (from C, include `gshn.h` and link
+//! `libgshn.so`): LIF over x[T = 2, N = 3], then its backward.
+//!
+//! ```
+//! use gshn::capi::*;
+//! use std::ffi::CStr;
+//! let params = gshn_lif_params_default(); // tau 2, v_th 1, hard reset to 0
+//! let x = [0.5f32, 2.5, 1.0, 1.8, 0.1, 1.2];
+//! let (mut spikes, mut v, mut h) = ([0f32; 6], [0f32; 6], [0f32; 6]);
+//! // SAFETY: every buffer holds T·N = 6 f32.
+//! let rc = unsafe {
+//!     gshn_lif_forward_cpu(&params, GSHN_F32, 2, 3, x.as_ptr().cast(),
+//!         spikes.as_mut_ptr().cast(), v.as_mut_ptr().cast(), h.as_mut_ptr().cast())
+//! };
+//! assert_eq!(rc, GSHN_OK);
+//! assert_eq!(spikes, [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]); // H = V + (x − V) / 2 ≥ 1
+//! let (gs, mut gx) = ([1f32; 6], [0f32; 6]);
+//! // SAFETY: as above; grad_v and grad_tau are optional (NULL).
+//! let rc = unsafe {
+//!     gshn_lif_backward_cpu(&params, GSHN_F32, 2, 3, h.as_ptr().cast(), gs.as_ptr().cast(),
+//!         std::ptr::null(), gx.as_mut_ptr().cast(), std::ptr::null_mut())
+//! };
+//! assert_eq!(rc, GSHN_OK);
+//! // A bad call is an error code with a message, never a crash.
+//! let rc = unsafe {
+//!     gshn_lif_forward_cpu(&params, GSHN_F32, -1, 3, x.as_ptr().cast(),
+//!         spikes.as_mut_ptr().cast(), v.as_mut_ptr().cast(), h.as_mut_ptr().cast())
+//! };
+//! assert_eq!(rc, GSHN_ERR_INVALID_ARGUMENT);
+//! let msg = unsafe { CStr::from_ptr(gshn_last_error()) }.to_string_lossy();
+//! assert!(msg.contains("T = -1 is negative"));
+//! ```
 
 // Sizes cross this boundary as int64: every narrowing or sign change is checked, never `as`.
 #![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
