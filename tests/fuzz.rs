@@ -26,6 +26,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gshn::capi::*;
+use gshn::util::panic_message;
+use gshn::util::rng::{mix64, SplitMix64};
 use gshn::{CpuBackend, Tensor};
 
 // ---- the harness --------------------------------------------------------------------------
@@ -86,22 +88,6 @@ static ALLOC: Counting = Counting;
 /// One target at a time: the heap counters and the clock measure one input.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // SplitMix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Tokens that parsers of JSON, TOML and safetensors headers treat specially.
 const DICT: &[&[u8]] = &[
     b"-1",
@@ -156,7 +142,7 @@ const INTS: &[u64] = &[
     i64::MAX as u64,
 ];
 
-fn mutate(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>]) {
+fn mutate(rng: &mut SplitMix64, data: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     for _ in 0..1 + rng.below(4) {
         let len = data.len();
         let at = rng.below(len + 1);
@@ -170,7 +156,9 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>]) {
                 data.drain(at..at + n);
             }
             3 => {
-                let bytes: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..1 + rng.below(8))
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
                 data.splice(at..at, bytes);
             }
             4 => {
@@ -226,13 +214,6 @@ fn read_inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
-}
-
 /// Runs one input; `Err` says how it broke the rules.
 fn check(run: &dyn Fn(&[u8]) -> String, data: &[u8]) -> Result<String, String> {
     let base = LIVE.load(Relaxed);
@@ -241,7 +222,7 @@ fn check(run: &dyn Fn(&[u8]) -> String, data: &[u8]) -> Result<String, String> {
     let r = catch_unwind(AssertUnwindSafe(|| run(data)));
     let (dt, heap) = (t0.elapsed(), PEAK.load(Relaxed).saturating_sub(base));
     match r {
-        Err(p) => Err(format!("panic: {}", panic_text(&*p))),
+        Err(p) => Err(format!("panic: {}", panic_message(&*p))),
         Ok(_) if heap > MEM_BOUND => Err(format!("took {heap} bytes of heap")),
         Ok(_) if dt > TIME_BOUND => Err(format!("took {dt:?}")),
         Ok(outcome) => Ok(outcome),
@@ -287,10 +268,9 @@ fn fuzz(target: &str, run: &dyn Fn(&[u8]) -> String) {
             .join("target/fuzz-failures")
             .join(target);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut h = Rng(data.len() as u64);
         let hash = data
             .iter()
-            .fold(0u64, |a, &b| a.rotate_left(5) ^ b as u64 ^ h.next());
+            .fold(data.len() as u64, |a, &b| mix64(a ^ b as u64));
         std::fs::write(dir.join(format!("{hash:016x}")), data).unwrap();
         format!("{why} (input: target/fuzz-failures/{target}/{hash:016x})")
     };
@@ -304,7 +284,7 @@ fn fuzz(target: &str, run: &dyn Fn(&[u8]) -> String) {
         }
         corpus.push(data);
     }
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let start = Instant::now();
     let mut execs = 0usize;
     while start.elapsed().as_secs_f64() < secs && failures.len() < 5 {

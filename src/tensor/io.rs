@@ -128,8 +128,11 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadat
 /// Fault injection for the tests of lost work: with `GSHN_FAULT_WRITE=NAME`, every write of a
 /// file called NAME fails (an atomic write halfway through), as on a full disk.
 pub(crate) fn injected_failure(path: &Path) -> Option<std::io::Error> {
-    std::env::var_os("GSHN_FAULT_WRITE")
-        .is_some_and(|n| path.file_name() == Some(n.as_os_str()))
+    // Read once: the metrics log asks on every line it writes.
+    static NAME: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| std::env::var_os("GSHN_FAULT_WRITE"))
+        .as_deref()
+        .is_some_and(|n| path.file_name() == Some(n))
         .then(|| {
             std::io::Error::new(
                 std::io::ErrorKind::StorageFull,

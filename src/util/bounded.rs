@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const MAX_METRICS_BYTES: u64 = 128 << 20;
 
+/// What an error says raises the limit of a file that has no setting of its own.
+const FIXED_LIMIT: &str = "the limit for such files is fixed";
+
 /// The most pixels an image may have unless configured (`data.load.max_image_pixels`):
 /// 4 megapixels (2048 × 2048), ten times any COCO image (640 × 640). Decoding an image with its
 /// panoptic PNG and features takes about 56 bytes per pixel, so the default keeps one sample
@@ -104,8 +107,7 @@ pub fn read_bounded(path: &Path, limit: u64, key: &'static str) -> std::io::Resu
 /// that claims more than the limit is refused before its data is read.
 pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
     const MAX_HEADER: u64 = 100_000_000;
-    let key = "the limit for such files is fixed";
-    let (mut reader, size) = open_bounded(path, DEFAULT_MAX_FILE_BYTES, key)?;
+    let (mut reader, size) = open_bounded(path, DEFAULT_MAX_FILE_BYTES, FIXED_LIMIT)?;
     let bad = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
     let truncated = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => {
@@ -167,11 +169,7 @@ pub fn read_safetensors(path: &Path) -> std::io::Result<Vec<u8>> {
 /// [`read_bounded`] at the default limit, for files with no setting of their own
 /// (vocabularies, the synthetic scenes file).
 pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    read_bounded(
-        path,
-        DEFAULT_MAX_FILE_BYTES,
-        "the limit for such files is fixed",
-    )
+    read_bounded(path, DEFAULT_MAX_FILE_BYTES, FIXED_LIMIT)
 }
 
 #[cfg(test)]
