@@ -534,7 +534,9 @@ fn host_layout(op: &Op, inputs: &[View<CudaBuffer>], outs: &[Output]) -> Option<
         .collect();
     // The views are the CUDA op's own, already matched to it: the unchecked path (this runs
     // on every step of an executor).
-    super::CpuBackend.execute_planned(op, &views, &mut out_views).ok()?;
+    super::CpuBackend
+        .execute_planned(op, &views, &mut out_views)
+        .ok()?;
     drop(out_views);
     Some(bufs)
 }
