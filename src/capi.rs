@@ -52,8 +52,9 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
-use crate::backend::{execute_buffers, CpuBackend};
+use crate::backend::{CpuBackend, View};
 use crate::error::Error;
+use crate::fused;
 use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
@@ -406,8 +407,8 @@ fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CE
         }
     }
     match mem {
-        Mem::Host => exec_host(op, ins, outs, out_metas),
-        Mem::Cuda { device, stream } => exec_cuda(f, device, stream, op, ins, outs, out_metas),
+        Mem::Host => exec_host(op, ins, outs),
+        Mem::Cuda { device, stream } => exec_cuda(f, device, stream, op, ins, outs),
     }
 }
 
@@ -427,34 +428,37 @@ fn host_storage(p: *const c_void, m: &Meta) -> Result<Storage, CErr> {
     })
 }
 
-fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>, out_metas: Vec<Meta>) -> Result<(), CErr> {
-    let be = CpuBackend;
-    let bufs: Vec<(Storage, Meta)> = ins
+/// Views over buffers in the order of their metas.
+fn views<'a, B>(bufs: &'a [B], metas: &'a [Meta]) -> Vec<View<'a, B>> {
+    bufs.iter()
+        .zip(metas)
+        .map(|(buf, m)| View {
+            buf,
+            shape: &m.shape,
+            dtype: m.dtype,
+        })
+        .collect()
+}
+
+fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
+    let (bufs, metas): (Vec<Storage>, Vec<Meta>) = ins
         .into_iter()
         .map(|(s, m)| match s {
             Src::Ptr(p, _) => Ok((host_storage(p, &m)?, m)),
             Src::Host(t) => Ok((t.into_storage(), m)),
         })
-        .collect::<Result<_, CErr>>()?;
-    let mut obufs: Vec<Storage> = out_metas
-        .iter()
-        .map(|m| Storage::try_zeros(m.dtype, m.shape.numel()))
-        .collect::<crate::Result<_>>()?;
-    execute_buffers(
-        &be,
-        &op,
-        bufs.iter().map(|(b, m)| (b, m)),
-        &mut obufs,
-        &out_metas,
-    )?;
-    for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
-        let n = m.shape.numel();
+        .collect::<Result<Vec<_>, CErr>>()?
+        .into_iter()
+        .unzip();
+    let results = fused::run(&CpuBackend, &op, &views(&bufs, &metas))?;
+    for (r, d) in results.iter().zip(&outs) {
+        let n = r.shape().numel();
         if d.ptr.is_null() || n == 0 {
             continue;
         }
         // SAFETY: the caller guarantees `d.ptr` holds n writable elements of the dtype.
         unsafe {
-            match b {
+            match r.buffer() {
                 Storage::F32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f32, n),
                 Storage::F64(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f64, n),
                 Storage::I32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut i32, n),
@@ -472,7 +476,6 @@ fn exec_cuda(
     _op: Op,
     _ins: Inputs,
     _outs: Vec<Dst>,
-    _out_metas: Vec<Meta>,
 ) -> Result<(), CErr> {
     Err(CErr(
         GSHN_ERR_UNSUPPORTED,
@@ -534,7 +537,6 @@ mod cuda_path {
         op: Op,
         ins: Inputs,
         outs: Vec<Dst>,
-        out_metas: Vec<Meta>,
     ) -> Result<(), CErr> {
         let device = usize::try_from(device).map_err(|_| arg_err(f, "device is negative"))?;
         let shared = backend(device)?;
@@ -570,20 +572,17 @@ mod cuda_path {
             }
             bufs.push(buf);
         }
-        let mut obufs = Vec::with_capacity(out_metas.len());
-        for m in &out_metas {
-            obufs.push(be.alloc(m.dtype, m.shape.numel())?);
-        }
-        let inputs = bufs.iter().zip(ins.iter().map(|(_, m)| m));
-        execute_buffers(&*be, &op, inputs, &mut obufs, &out_metas)?;
-        for ((b, d), m) in obufs.iter().zip(&outs).zip(&out_metas) {
-            let n = m.shape.numel();
+        let metas: Vec<Meta> = ins.iter().map(|(_, m)| m.clone()).collect();
+        let results = fused::run(&*be, &op, &views(&bufs, &metas))?;
+        for (r, d) in results.iter().zip(&outs) {
+            let n = r.shape().numel();
             if d.ptr.is_null() || n == 0 {
                 continue;
             }
+            let bytes = n * r.dtype().size();
             // SAFETY: device regions of n elements (caller contract / ours).
             unsafe {
-                result::memcpy_dtod_async(d.ptr as u64, b.device_ptr(), n * m.dtype.size(), ours)
+                result::memcpy_dtod_async(d.ptr as u64, r.buffer().device_ptr(), bytes, ours)
             }
             .map_err(|e| cu("copying an output", e))?;
         }

@@ -59,6 +59,7 @@ pub mod ops;
 pub mod tensor;
 #[cfg(feature = "model")]
 pub mod train;
+/// Small helpers: bounded file reads, deterministic RNGs, progress bars, panic messages.
 pub mod util;
 
 pub use backend::{Backend, CpuBackend};

@@ -2,9 +2,9 @@
 //! (DESIGN §7) and the reference the C ABI (`capi`) is tested against.
 //!
 //! [`crate::fused::OPS`] describes every op: its input tensors (name, layout, dtype), attributes
-//! (JSON, with defaults), outputs, and which inputs get a gradient. [`run`] builds a small graph with the
-//! ordinary builders (`Graph::lif`, `Graph::gat`, …), runs it and its symbolic backward on a
-//! backend, and returns every output plus `grad_<input>` for every differentiable input.
+//! (JSON, with defaults), outputs, and which inputs get a gradient. [`run`] uploads the inputs
+//! to a backend, runs the op's eager forward and backward forms ([`crate::fused`]) there, and
+//! returns every output plus `grad_<input>` for every differentiable input.
 //!
 //! **Upstream gradients.** The backward differentiates `L = Σ_o Σ (o ⊙ grad_o)` over the
 //! op's differentiable outputs `o`: `grad_o` is the tensor named `grad_<o>` when the inputs
@@ -21,12 +21,14 @@
 //! tensor (inputs `edge_bias`, `alpha`; outputs `alpha`, `grad_edge_bias`, `grad_alpha`) stays
 //! in the caller's `edge_index` order.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, View};
 use crate::error::{Error, Result};
-use crate::fused::{spec, GradDefault, Kind, OpSpec};
-use crate::graph::{Executor, Graph, ValueId};
+use crate::fused::{
+    self, spec, Array, GatParams, GradDefault, GraphArrays, InfoNceSaved, InfoNceUpstream, Kind,
+    OpSpec,
+};
 use crate::ops::index::group_positions;
-use crate::ops::{CsrGraph, GatAttrs, GraphInputs, InfoNceAttrs, LifConfig, Surrogate};
+use crate::ops::{CsrGraph, InfoNceAttrs, LifConfig, Op, Surrogate};
 use crate::tensor::{DType, Storage, Tensor};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
@@ -37,7 +39,6 @@ use std::collections::{BTreeMap, HashMap};
 struct Ins<'a> {
     op: &'static str,
     map: HashMap<&'a str, &'a Tensor>,
-    dtype: DType,
 }
 
 impl<'a> Ins<'a> {
@@ -131,11 +132,7 @@ impl<'a> Ins<'a> {
                 ));
             }
         }
-        Ok(Ins {
-            op: spec.name,
-            map,
-            dtype,
-        })
+        Ok(Ins { op: spec.name, map })
     }
 
     fn get(&self, name: &str) -> Option<&'a Tensor> {
@@ -383,152 +380,262 @@ fn permute_rows(t: &Tensor, perm: &[usize], inverse: bool) -> Result<Tensor> {
     Tensor::from_storage(t.shape().clone(), s)
 }
 
-// ---- running -----------------------------------------------------------------------------
+// ---- running: the eager ops, with the upstream gradients of the module doc ----------------
 
-/// A built forward graph: what to feed, the outputs, and the differentiable inputs.
-struct Built {
-    graph: Graph,
-    feeds: Vec<(ValueId, Tensor)>,
-    outputs: Vec<(&'static str, ValueId)>,
-    /// (name, value) of the inputs that get `grad_<name>`.
-    wrt: Vec<(&'static str, ValueId)>,
-    /// Edge permutation of an `edge_index` graph, and which outputs are edge-indexed.
-    perm: Option<Vec<usize>>,
-    edge_outputs: &'static [&'static str],
+/// One call on a backend: its checked inputs, and the backend they are uploaded to.
+struct Call<'a, B: Backend> {
+    be: &'a B,
+    ins: &'a Ins<'a>,
+    out: Vec<(String, Tensor)>,
 }
 
-impl Built {
-    fn new() -> Built {
-        Built {
-            graph: Graph::new(),
-            feeds: Vec::new(),
-            outputs: Vec::new(),
-            wrt: Vec::new(),
-            perm: None,
-            edge_outputs: &[],
-        }
+impl<'a, B: Backend> Call<'a, B> {
+    fn up(&self, t: &Tensor) -> Result<Array<B>> {
+        Array::upload(self.be, t)
     }
-    fn input(&mut self, name: &'static str, t: &Tensor) -> ValueId {
-        let v = self.graph.input(name, t.shape().clone(), t.dtype());
-        self.feeds.push((v, t.clone()));
-        v
+    /// Input `name` on the backend, if given.
+    fn opt(&self, name: &str) -> Result<Option<Array<B>>> {
+        self.ins.get(name).map(|t| self.up(t)).transpose()
     }
-    fn graph_inputs(&mut self, csr: &CsrGraph) -> GraphInputs {
-        let gi = GraphInputs::new(&mut self.graph, "", csr.nodes(), csr.edges());
-        for (v, t) in
-            gi.ids()
-                .into_iter()
-                .zip([&csr.row_ptr, &csr.src, &csr.col_ptr, &csr.col_edge])
-        {
-            self.feeds.push((v, t.clone()));
-        }
-        gi
-    }
-}
-
-fn build_lif(ins: &Ins, attrs: &Attrs) -> Result<Built> {
-    let mut b = Built::new();
-    let cfg = lif_config_of(attrs)?;
-    let x = ins.rank("x", 2)?;
-    let xv = b.input("x", x);
-    let o = match ins.get("tau") {
-        Some(tau) => {
-            if attrs.given("tau") {
-                return Err(Error::invalid(
-                    "lif",
-                    "tau is given both as an attr and as a tensor (the tensor makes it learnable): give one",
-                ));
+    /// The upstream gradient of output `name` (shape `like`'s): `grad_<name>` when given
+    /// (rows reordered to the CSR's by `perm`), else the output's default — ones, or None for
+    /// zeros (the output is not in L).
+    fn seed(
+        &self,
+        name: &str,
+        like: &Array<B>,
+        perm: Option<&[usize]>,
+    ) -> Result<Option<Array<B>>> {
+        let gname = format!("grad_{name}");
+        let default = spec(self.ins.op)?
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map_or(GradDefault::None, |o| o.grad);
+        match (self.ins.get(&gname), default) {
+            (Some(g), _) => {
+                if g.shape() != like.shape() {
+                    return Err(Error::shape(
+                        self.ins.op,
+                        format!(
+                            "{gname} must have the shape of {name} {:?}, got {:?}",
+                            like.shape(),
+                            g.shape()
+                        ),
+                    ));
+                }
+                match perm {
+                    Some(p) => self.up(&permute_rows(g, p, false)?).map(Some),
+                    None => self.up(g).map(Some),
+                }
             }
-            let tv = b.input("tau", tau);
-            b.wrt.push(("tau", tv));
-            b.graph.plif(xv, tv, cfg)?
+            (None, GradDefault::Ones) => self.up(&filled(like, 1.0)?).map(Some),
+            (None, _) => Ok(None),
         }
-        None => b.graph.lif(xv, cfg)?,
-    };
-    b.wrt.insert(0, ("x", xv));
-    b.outputs = vec![("spikes", o.spikes), ("v", o.membrane), ("h", o.charge)];
-    Ok(b)
+    }
+    /// Appends an output, read back to the host (rows back in the caller's edge order by
+    /// `perm`).
+    fn put(&mut self, name: &str, a: &Array<B>, perm: Option<&[usize]>) -> Result<()> {
+        let t = a.to_tensor(self.be)?;
+        let t = match perm {
+            Some(p) => permute_rows(&t, p, true)?,
+            None => t,
+        };
+        self.out.push((name.to_string(), t));
+        Ok(())
+    }
+    /// `a + b` on the backend (two gradient contributions).
+    fn add(&self, a: Array<B>, b: Option<Array<B>>) -> Result<Array<B>> {
+        let Some(b) = b else { return Ok(a) };
+        let sum = fused::run(self.be, &Op::Add, &[a.view(), b.view()])?;
+        sum.into_iter()
+            .next()
+            .ok_or_else(|| Error::graph("add gave no output"))
+    }
 }
 
-fn build_gat(ins: &Ins, attrs: &Attrs) -> Result<Built> {
-    let mut b = Built::new();
-    let z = ins.rank("z", 3)?;
-    let (csr, perm) = graph_of(ins, z.dims()[0])?;
-    let zv = b.input("z", z);
-    let asv = b.input("a_src", ins.req("a_src")?);
-    let adv = b.input("a_dst", ins.req("a_dst")?);
-    b.wrt = vec![("z", zv), ("a_src", asv), ("a_dst", adv)];
-    let be = match ins.get("edge_bias") {
-        Some(t) => {
-            let t = match &perm {
-                Some(p) => permute_rows(t, p, false)?,
-                None => t.clone(),
-            };
-            let v = b.input("edge_bias", &t);
-            b.wrt.push(("edge_bias", v));
-            Some(v)
-        }
+/// A tensor of `like`'s shape and dtype filled with `v`.
+fn filled<B: Backend>(like: &Array<B>, v: f64) -> Result<Tensor> {
+    let n = like.shape().numel();
+    let s = match like.dtype() {
+        DType::F32 => Storage::F32(crate::tensor::try_filled(n, v as f32)?),
+        DType::F64 => Storage::F64(crate::tensor::try_filled(n, v)?),
+        DType::I32 => return Err(Error::graph("an index tensor has no gradient")),
+    };
+    Tensor::from_storage(like.shape().clone(), s)
+}
+
+fn view<B: Backend>(a: &Option<Array<B>>) -> Option<View<'_, B::Buffer>> {
+    a.as_ref().map(Array::view)
+}
+
+fn run_lif<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
+    let cfg = lif_config_of(attrs)?;
+    let x = c.up(c.ins.rank("x", 2)?)?;
+    let tau = c.opt("tau")?;
+    if tau.is_some() && attrs.given("tau") {
+        return Err(Error::invalid(
+            "lif",
+            "tau is given both as an attr and as a tensor (the tensor makes it learnable): give one",
+        ));
+    }
+    let f = fused::lif_forward(c.be, x.view(), view(&tau), &cfg)?;
+    let gs = c.seed("spikes", &f.spikes, None)?;
+    let gv = c.seed("v", &f.membrane, None)?;
+    let g = fused::lif_backward(
+        c.be,
+        f.charge.view(),
+        view(&gs),
+        view(&gv),
+        view(&tau),
+        &cfg,
+    )?;
+    c.put("spikes", &f.spikes, None)?;
+    c.put("v", &f.membrane, None)?;
+    c.put("h", &f.charge, None)?;
+    c.put("grad_x", &g.x, None)?;
+    if let Some(gt) = &g.tau {
+        c.put("grad_tau", gt, None)?;
+    }
+    Ok(())
+}
+
+fn run_gat<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
+    let z = c.ins.rank("z", 3)?;
+    let (csr, perm) = graph_of(c.ins, z.dims()[0])?;
+    let perm = perm.as_deref();
+    let z = c.up(z)?;
+    let (a_src, a_dst) = (c.up(c.ins.req("a_src")?)?, c.up(c.ins.req("a_dst")?)?);
+    let edge_bias = match (c.ins.get("edge_bias"), perm) {
+        (Some(t), Some(p)) => Some(c.up(&permute_rows(t, p, false)?)?),
+        (t, _) => t.map(|t| c.up(t)).transpose()?,
+    };
+    let graph = GraphArrays::upload(c.be, &csr)?;
+    let params = GatParams {
+        z: z.view(),
+        a_src: a_src.view(),
+        a_dst: a_dst.view(),
+        edge_bias: view(&edge_bias),
+    };
+    let slope = attrs.f64("negative_slope")?;
+    let f = fused::gat_forward(c.be, params, graph.view(), slope)?;
+    let alpha = fused::gat_alpha(c.be, params, f.lse.view(), graph.view(), slope)?;
+    let g_out = c.seed("out", &f.out, None)?;
+    let g_alpha = c.seed("alpha", &alpha, perm)?;
+    let mut grads = match &g_out {
+        Some(g) => Some(fused::gat_backward(
+            c.be,
+            params,
+            f.out.view(),
+            f.lse.view(),
+            g.view(),
+            graph.view(),
+            slope,
+        )?),
         None => None,
     };
-    let gi = b.graph_inputs(&csr);
-    let at = GatAttrs {
-        negative_slope: attrs.f64("negative_slope")?,
-        ..GatAttrs::default()
-    };
-    let o = b.graph.gat(zv, asv, adv, be, &gi, at)?;
-    let alpha = b.graph.gat_alpha(zv, asv, adv, be, o.lse, &gi, at)?;
-    b.outputs = vec![("out", o.out), ("alpha", alpha), ("lse", o.lse)];
-    b.perm = perm;
-    b.edge_outputs = &["alpha", "grad_edge_bias"];
-    Ok(b)
+    if let Some(g) = &g_alpha {
+        let via_alpha =
+            fused::gat_alpha_backward(c.be, params, alpha.view(), g.view(), graph.view(), slope)?;
+        grads = Some(match grads {
+            None => via_alpha,
+            Some(o) => fused::GatGrads {
+                z: c.add(o.z, Some(via_alpha.z))?,
+                a_src: c.add(o.a_src, Some(via_alpha.a_src))?,
+                a_dst: c.add(o.a_dst, Some(via_alpha.a_dst))?,
+                edge_bias: match o.edge_bias {
+                    Some(b) => Some(c.add(b, via_alpha.edge_bias)?),
+                    None => None,
+                },
+            },
+        });
+    }
+    let grads = grads.ok_or_else(|| Error::graph("gat: no gradient seed"))?;
+    c.put("out", &f.out, None)?;
+    c.put("alpha", &alpha, perm)?;
+    c.put("lse", &f.lse, None)?;
+    c.put("grad_z", &grads.z, None)?;
+    c.put("grad_a_src", &grads.a_src, None)?;
+    c.put("grad_a_dst", &grads.a_dst, None)?;
+    if let Some(b) = &grads.edge_bias {
+        c.put("grad_edge_bias", b, perm)?;
+    }
+    Ok(())
 }
 
-fn build_aggregate(ins: &Ins, _attrs: &Attrs) -> Result<Built> {
-    let mut b = Built::new();
-    let s = ins.rank("s", 3)?;
-    let (csr, perm) = graph_of(ins, s.dims()[1])?;
-    let alpha = ins.rank("alpha", 2)?;
-    let alpha = match &perm {
-        Some(p) => permute_rows(alpha, p, false)?,
-        None => alpha.clone(),
+fn run_aggregate<B: Backend>(c: &mut Call<B>) -> Result<()> {
+    let s = c.ins.rank("s", 3)?;
+    let (csr, perm) = graph_of(c.ins, s.dims()[1])?;
+    let perm = perm.as_deref();
+    let alpha = c.ins.rank("alpha", 2)?;
+    let alpha = match perm {
+        Some(p) => c.up(&permute_rows(alpha, p, false)?)?,
+        None => c.up(alpha)?,
     };
-    let av = b.input("alpha", &alpha);
-    let sv = b.input("s", s);
-    let gi = b.graph_inputs(&csr);
-    let y = b.graph.aggregate(av, sv, &gi)?;
-    b.wrt = vec![("alpha", av), ("s", sv)];
-    b.outputs = vec![("y", y)];
-    b.perm = perm;
-    b.edge_outputs = &["grad_alpha"];
-    Ok(b)
+    let s = c.up(s)?;
+    let graph = GraphArrays::upload(c.be, &csr)?;
+    let y = fused::aggregate_forward(c.be, alpha.view(), s.view(), graph.view())?;
+    let gy = c
+        .seed("y", &y, None)?
+        .ok_or_else(|| Error::graph("aggregate: no gradient seed"))?;
+    let g = fused::aggregate_backward(c.be, alpha.view(), s.view(), gy.view(), graph.view())?;
+    c.put("y", &y, None)?;
+    c.put("grad_alpha", &g.alpha, perm)?;
+    c.put("grad_s", &g.s, None)
 }
 
-fn build_infonce(ins: &Ins, attrs: &Attrs, symmetric: bool) -> Result<Built> {
-    let mut b = Built::new();
-    let av = b.input("a", ins.rank("a", 2)?);
-    let pv = b.input("p", ins.rank("p", 2)?);
-    let lv = b.input("logit_scale", ins.req("logit_scale")?);
+fn run_infonce<B: Backend>(c: &mut Call<B>, attrs: &Attrs, symmetric: bool) -> Result<()> {
+    let a = c.up(c.ins.rank("a", 2)?)?;
+    let p = c.up(c.ins.rank("p", 2)?)?;
+    let ls = c.up(c.ins.req("logit_scale")?)?;
     let chunk = attrs
         .opt_usize("chunk")?
         .ok_or_else(|| attrs.bad("chunk", "a non-negative integer"))?;
-    let o = b
-        .graph
-        .infonce(av, pv, lv, InfoNceAttrs { symmetric, chunk })?;
-    b.wrt = vec![("a", av), ("p", pv), ("logit_scale", lv)];
-    b.outputs = vec![("loss", o.loss), ("lse_row", o.lse_row)];
+    let at = InfoNceAttrs { symmetric, chunk };
+    let f = fused::infonce_forward(c.be, a.view(), p.view(), ls.view(), at)?;
+    let g_loss = c
+        .seed("loss", &f.loss, None)?
+        .ok_or_else(|| Error::graph("infonce: no gradient seed"))?;
+    // Gradients into the statistics, when either is given (the other is then zeros).
+    let g_row = c.seed("lse_row", &f.lse_row, None)?;
+    let g_col = match symmetric {
+        true => c.seed("lse_col", &f.lse_col, None)?,
+        false => None,
+    };
+    let g_lse = match (g_row, g_col) {
+        (None, None) => None,
+        (r, k) => {
+            let zeros = |like: &Array<B>| c.up(&filled(like, 0.0)?);
+            let r = r.map_or_else(|| zeros(&f.lse_row), Ok)?;
+            let k = k.map_or_else(|| zeros(&f.lse_col), Ok)?;
+            Some((r, k))
+        }
+    };
+    let saved = InfoNceSaved {
+        lse_row: f.lse_row.view(),
+        lse_col: f.lse_col.view(),
+    };
+    let upstream = InfoNceUpstream {
+        loss: g_loss.view(),
+        lse: g_lse.as_ref().map(|(r, k)| (r.view(), k.view())),
+    };
+    let g = fused::infonce_backward(c.be, a.view(), p.view(), ls.view(), saved, upstream, at)?;
+    c.put("loss", &f.loss, None)?;
+    c.put("lse_row", &f.lse_row, None)?;
     if symmetric {
-        b.outputs.push(("lse_col", o.lse_col));
+        c.put("lse_col", &f.lse_col, None)?;
     }
-    Ok(b)
+    c.put("grad_a", &g.a, None)?;
+    c.put("grad_p", &g.p, None)?;
+    c.put("grad_logit_scale", &g.logit_scale, None)
 }
 
-/// Output values `segment_mean` may have beyond one segment per row (see `build_segment`).
+/// Output values `segment_mean` may have beyond one segment per row (see `run_segment`).
 const MAX_SPARE_SEGMENT_VALUES: usize = 1 << 20;
 
-fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
-    let mut b = Built::new();
-    let x = ins.rank("x", 2)?;
-    let seg = ins.rank("seg", 1)?;
+fn run_segment<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
+    let x = c.ins.rank("x", 2)?;
+    let seg = c.ins.rank("seg", 1)?;
     let segments = match attrs.opt_usize("segments")? {
         Some(s) => s,
         None => {
@@ -548,7 +655,7 @@ fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
     // More segments than rows leaves most of them empty by construction: a few-byte input must
     // not size a gigabyte output (ids like 2^27, or a mistyped attribute). Up to 2^20 output
     // values are allowed whatever the row count.
-    let (rows, channels) = (x.shape().dim(0), x.shape().dim(1));
+    let (rows, channels) = (x.dims()[0], x.dims()[1]);
     if segments > rows && segments.saturating_mul(channels) > MAX_SPARE_SEGMENT_VALUES {
         return Err(Error::invalid(
             "segment_mean",
@@ -559,12 +666,15 @@ fn build_segment(ins: &Ins, attrs: &Attrs) -> Result<Built> {
             ),
         ));
     }
-    let xv = b.input("x", x);
-    let sv = b.input("seg", seg);
-    let o = b.graph.segment_mean(xv, sv, segments)?;
-    b.wrt = vec![("x", xv)];
-    b.outputs = vec![("mean", o.mean), ("count", o.count)];
-    Ok(b)
+    let (x, seg) = (c.up(x)?, c.up(seg)?);
+    let f = fused::segment_mean_forward(c.be, x.view(), seg.view(), segments)?;
+    let gm = c
+        .seed("mean", &f.mean, None)?
+        .ok_or_else(|| Error::graph("segment_mean: no gradient seed"))?;
+    let gx = fused::segment_mean_backward(c.be, gm.view(), seg.view(), f.count.view())?;
+    c.put("mean", &f.mean, None)?;
+    c.put("count", &f.count, None)?;
+    c.put("grad_x", &gx, None)
 }
 
 /// Runs op `name` forward and backward on `backend` (see the module doc for the conventions).
@@ -611,94 +721,21 @@ pub fn run_checked<B: Backend>(
     }
     let ins = Ins::new(spec, inputs)?;
     let at = Attrs::new(spec, attrs)?;
-    let mut b = match spec.name {
-        "lif" => build_lif(&ins, &at)?,
-        "gat" => build_gat(&ins, &at)?,
-        "aggregate" => build_aggregate(&ins, &at)?,
-        "infonce" => build_infonce(&ins, &at, true)?,
-        "infonce_1d" => build_infonce(&ins, &at, false)?,
-        "segment_mean" => build_segment(&ins, &at)?,
+    let mut call = Call {
+        be: &backend,
+        ins: &ins,
+        out: Vec::new(),
+    };
+    match spec.name {
+        "lif" => run_lif(&mut call, &at)?,
+        "gat" => run_gat(&mut call, &at)?,
+        "aggregate" => run_aggregate(&mut call)?,
+        "infonce" => run_infonce(&mut call, &at, true)?,
+        "infonce_1d" => run_infonce(&mut call, &at, false)?,
+        "segment_mean" => run_segment(&mut call, &at)?,
         other => return Err(Error::invalid("op", format!("{other} has no runner"))),
-    };
-    let dtype = ins.dtype;
-
-    // L = Σ_o Σ (o ⊙ grad_o) over the outputs with a gradient.
-    let mut terms = Vec::new();
-    for &(oname, v) in &b.outputs {
-        let os = spec
-            .outputs
-            .iter()
-            .find(|s| s.name == oname)
-            .expect("outputs follow the spec");
-        let gname = format!("grad_{oname}");
-        let shape = b.graph.shape(v).clone();
-        let term = match (ins.get(&gname), os.grad) {
-            (Some(gt), _) => {
-                if gt.shape() != &shape {
-                    return Err(Error::shape(
-                        spec.name,
-                        format!(
-                            "{gname} must have the shape of {oname} {shape:?}, got {:?}",
-                            gt.shape()
-                        ),
-                    ));
-                }
-                let gt = match (&b.perm, b.edge_outputs.contains(&oname)) {
-                    (Some(p), true) => permute_rows(gt, p, false)?,
-                    _ => gt.clone(),
-                };
-                let gv = b.graph.input(gname, shape, dtype);
-                b.feeds.push((gv, gt));
-                let m = b.graph.mul(v, gv)?;
-                Some(b.graph.sum(m)?)
-            }
-            (None, GradDefault::Ones) => Some(b.graph.sum(v)?),
-            (None, _) => None,
-        };
-        terms.extend(term);
     }
-    let mut fetch: Vec<ValueId> = b.outputs.iter().map(|o| o.1).collect();
-    let grads: Vec<ValueId> = match terms.split_first() {
-        Some((&first, rest)) => {
-            let mut loss = first;
-            for &t in rest {
-                loss = b.graph.add(loss, t)?;
-            }
-            let wrt: Vec<ValueId> = b.wrt.iter().map(|w| w.1).collect();
-            b.graph.backward(loss, &wrt)?
-        }
-        // Every seed is zero: the gradients are zeros.
-        None => {
-            let mut gs = Vec::new();
-            for &(_, w) in &b.wrt {
-                let m = b.graph.meta(w).clone();
-                gs.push(b.graph.fill(0.0, m.shape, m.dtype)?);
-            }
-            gs
-        }
-    };
-    fetch.extend(&grads);
-
-    let mut ex = Executor::new(backend, b.graph, &fetch)?;
-    for (v, t) in &b.feeds {
-        ex.set(*v, t)?;
-    }
-    ex.run()?;
-    let mut result = Vec::new();
-    for &(oname, v) in &b.outputs {
-        result.push((oname.to_string(), ex.get(v)?));
-    }
-    for (&(wname, _), &g) in b.wrt.iter().zip(&grads) {
-        result.push((format!("grad_{wname}"), ex.get(g)?));
-    }
-    if let Some(p) = &b.perm {
-        for (n, t) in result.iter_mut() {
-            if b.edge_outputs.contains(&n.as_str()) {
-                *t = permute_rows(t, p, true)?;
-            }
-        }
-    }
-    Ok(result)
+    Ok(call.out)
 }
 
 /// `gshn op NAME --inputs IN --out OUT [--attrs JSON] [--device D]`: reads IN, runs the op on

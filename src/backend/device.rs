@@ -21,6 +21,7 @@ pub enum Device {
     /// CUDA device 0 when a usable GPU is present, else the CPU.
     #[default]
     Auto,
+    /// The CPU backend (rayon threads).
     Cpu,
     /// CUDA device by ordinal (`cuda` = `cuda:0`).
     Cuda(usize),
@@ -101,19 +102,24 @@ impl Device {
 /// The CPU or a CUDA backend, chosen at run time (`Device::backend`).
 #[allow(clippy::large_enum_variant)] // one per process; boxing buys nothing
 pub enum AnyBackend {
+    /// The CPU backend.
     Cpu(CpuBackend),
+    /// A CUDA device (only with the `cuda` feature).
     #[cfg(feature = "cuda")]
     Cuda(super::cuda::CudaBackend),
 }
 
 /// A buffer of an [`AnyBackend`].
 pub enum AnyBuffer {
+    /// Host memory of the CPU backend.
     Cpu(Storage),
+    /// Device memory of the CUDA backend (only with the `cuda` feature).
     #[cfg(feature = "cuda")]
     Cuda(super::cuda::CudaBuffer),
 }
 
 impl AnyBackend {
+    /// Whether this is a CUDA backend.
     pub fn is_cuda(&self) -> bool {
         !matches!(self, AnyBackend::Cpu(_))
     }

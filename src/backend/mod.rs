@@ -17,15 +17,34 @@ pub use device::{cuda_available, AnyBackend, AnyBuffer, Device};
 
 /// A buffer of a backend seen as a tensor of `shape` (the buffer may be longer).
 pub struct View<'a, B> {
+    /// The buffer; its front holds the tensor.
     pub buf: &'a B,
+    /// The tensor's shape.
     pub shape: &'a Shape,
+    /// The tensor's element type (the buffer's).
     pub dtype: DType,
+}
+
+impl<B> Clone for View<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for View<'_, B> {}
+
+impl<B> std::fmt::Debug for View<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "View({:?} {:?})", self.dtype, self.shape)
+    }
 }
 
 /// A writable buffer seen as a tensor of `shape`.
 pub struct ViewMut<'a, B> {
+    /// The buffer; the tensor is written to its front.
     pub buf: &'a mut B,
+    /// The tensor's shape.
     pub shape: &'a Shape,
+    /// The tensor's element type (the buffer's).
     pub dtype: DType,
 }
 
@@ -107,8 +126,11 @@ fn check_views<Buf>(
     Ok(())
 }
 
+/// A device that holds buffers and runs ops on them: the CPU or a CUDA GPU.
 pub trait Backend {
+    /// A buffer of elements of one dtype (host memory on the CPU, device memory on CUDA).
     type Buffer: Send;
+    /// A readable description of the device for reports, e.g. `cpu (16 threads)`.
     fn name(&self) -> String;
     /// A buffer of `len` elements; contents unspecified.
     fn alloc(&self, dtype: DType, len: usize) -> Result<Self::Buffer>;

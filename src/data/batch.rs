@@ -57,12 +57,15 @@ impl BatchCapacity {
             pixels_per_graph,
         }
     }
+    /// Node slots of the whole batch, `B · max_nodes_per_graph`.
     pub fn node_cap(&self) -> usize {
         self.batch_size * self.max_nodes_per_graph
     }
+    /// Edge slots of the whole batch, `B · max_edges_per_graph`.
     pub fn edge_cap(&self) -> usize {
         self.batch_size * self.max_edges_per_graph
     }
+    /// Feature cells of the whole batch, `B · P`.
     pub fn pixel_cap(&self) -> usize {
         self.batch_size * self.pixels_per_graph
     }
@@ -73,9 +76,11 @@ impl BatchCapacity {
 pub struct GraphBatch {
     /// Real graphs (≤ `capacity.batch_size`).
     pub num_graphs: usize,
+    /// The fixed capacities this batch is padded to.
     pub capacity: BatchCapacity,
     /// Real edges E (the other `edge_cap − E` slots are pad self-loops).
     pub num_edges: usize,
+    /// Channels C of a feature cell.
     pub feat_dim: usize,
     /// `[B·P, C]`.
     pub pixel_feats: Vec<f32>,
@@ -106,9 +111,11 @@ pub struct GraphBatch {
 }
 
 impl GraphBatch {
+    /// Node slots, [`BatchCapacity::node_cap`].
     pub fn node_cap(&self) -> usize {
         self.capacity.node_cap()
     }
+    /// Edge slots, [`BatchCapacity::edge_cap`].
     pub fn edge_cap(&self) -> usize {
         self.capacity.edge_cap()
     }

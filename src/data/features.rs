@@ -13,9 +13,13 @@ use super::error::{DataError, Result};
 /// A feature map at resolution `h × w` with `c` channels, layout `[h*w, c]` (pixel-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureMap {
+    /// Channels per cell.
     pub c: usize,
+    /// Grid height in cells.
     pub h: usize,
+    /// Grid width in cells.
     pub w: usize,
+    /// `[h*w, c]` pixel-major values, `data[(y * w + x) * c + ch]`.
     pub data: Vec<f32>,
     /// Channel holding the cell's x position (y is the next one), if the map has such
     /// channels (the built-in features do; an external CNN map does not).
@@ -60,7 +64,9 @@ pub const FEATURE_TENSOR_NAME: &str = "features";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {
+    /// Output grid height in cells (default 16).
     pub out_h: usize,
+    /// Output grid width in cells (default 16).
     pub out_w: usize,
 }
 

@@ -90,10 +90,13 @@ pub struct SceneGraph {
     pub num_nodes: usize,
     /// Category count of the dataset; the global node's category is this value.
     pub num_categories: usize,
+    /// Channels C of a feature cell.
     pub feat_dim: usize,
     /// See [`FeatureMap::position_channel`].
     pub position_channel: Option<usize>,
+    /// Feature grid height in cells.
     pub feat_h: usize,
+    /// Feature grid width in cells.
     pub feat_w: usize,
     /// `[P, C]` pixel-major features.
     pub pixel_feats: Vec<f32>,
@@ -105,6 +108,7 @@ pub struct SceneGraph {
     pub category: Vec<i32>,
     /// `[E]` edge sources / destinations, sorted by (dst, src), no duplicates.
     pub edge_src: Vec<i32>,
+    /// `[E]` destination of each edge (pairs with `edge_src`).
     pub edge_dst: Vec<i32>,
     /// `[E, 5]` edge features.
     pub edge_feats: Vec<f32>,
@@ -120,12 +124,15 @@ pub struct SceneGraph {
 }
 
 impl SceneGraph {
+    /// Number of edges E.
     pub fn num_edges(&self) -> usize {
         self.edge_src.len()
     }
+    /// Feature cells P = `feat_h · feat_w`.
     pub fn num_pixels(&self) -> usize {
         self.feat_h * self.feat_w
     }
+    /// Index of the global node, `num_nodes − 1`.
     pub fn global_node(&self) -> usize {
         self.num_nodes - 1
     }

@@ -14,12 +14,16 @@ use crate::util::progress::progress;
 
 /// A split decoded once: one scene graph and the encoded captions of every image.
 pub struct PreparedSplit {
+    /// One scene graph per image, in dataset order.
     pub graphs: Vec<SceneGraph>,
+    /// Per image, its encoded captions.
     pub captions: Vec<Vec<Encoded>>,
     /// Per caption, its hard negative (`synth::grammar::exchange_objects`) when it has one;
     /// empty per image unless the split is prepared with [`PrepareOptions::hard_negatives`].
     pub negatives: Vec<Vec<Option<Encoded>>>,
+    /// Per image, its raw caption strings (parallel to `captions`).
     pub caption_text: Vec<Vec<String>>,
+    /// Per image, its COCO image id.
     pub image_ids: Vec<u64>,
 }
 
@@ -28,15 +32,19 @@ impl PreparedSplit {
     pub fn negative(&self, i: usize, c: usize) -> Option<&Encoded> {
         self.negatives.get(i)?.get(c)?.as_ref()
     }
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.graphs.len()
     }
+    /// `true` when the split has no image.
     pub fn is_empty(&self) -> bool {
         self.graphs.is_empty()
     }
+    /// Edges of the largest graph (1 if the split is empty).
     pub fn max_edges(&self) -> usize {
         self.graphs.iter().map(|g| g.num_edges()).max().unwrap_or(1)
     }
+    /// Nodes of the largest graph, global node included (1 if empty).
     pub fn max_nodes(&self) -> usize {
         self.graphs.iter().map(|g| g.num_nodes).max().unwrap_or(1)
     }
@@ -45,7 +53,9 @@ impl PreparedSplit {
 /// How [`prepare`] turns samples into graphs and token ids (a run config's data and text parts).
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
+    /// How segments become graph nodes and edges.
     pub graph: GraphConfig,
+    /// The built-in feature extractor's grid.
     pub features: FeatureConfig,
     /// Tokens per caption.
     pub max_len: usize,
@@ -146,12 +156,16 @@ pub struct DataShape {
     /// Node slots per image: the largest graph plus one spare (the unused edge slots become
     /// self-loops of padding nodes, see [`super::batch`]).
     pub nodes_per_graph: usize,
+    /// Edge slots per image: the most edges of any graph.
     pub edges_per_graph: usize,
+    /// Feature cells P per image.
     pub pixels_per_graph: usize,
+    /// Channels C of a feature cell.
     pub pixel_channels: usize,
     /// See [`crate::data::FeatureMap::position_channel`].
     #[serde(default)]
     pub position_channel: Option<usize>,
+    /// Category count of the dataset (the global node's category is this value).
     pub categories: usize,
     /// Width of precomputed caption features (0: captions are tokens).
     #[serde(default)]

@@ -11,6 +11,7 @@ use crate::util::rng::SplitMix64;
 pub struct SynthRng(SplitMix64);
 
 impl SynthRng {
+    /// A stream seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self(SplitMix64::new(seed))
     }

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{DataError, Result};
 
+/// Id of the padding token `[PAD]`.
 pub const PAD: i32 = 0;
+/// Id of the unknown-word token `[UNK]`.
 pub const UNK: i32 = 1;
+/// Id of the leading `[CLS]` token.
 pub const CLS: i32 = 2;
+/// The special tokens, at ids 0, 1, 2.
 pub const SPECIALS: [&str; 3] = ["[PAD]", "[UNK]", "[CLS]"];
 
 /// Lowercase and split on every non-alphanumeric character (Unicode-aware); empty pieces dropped.
@@ -26,7 +30,9 @@ pub fn tokenize(text: &str) -> Vec<String> {
 /// (number of non-pad positions, `[CLS]` included).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
+    /// `[max_len]` token ids: `[CLS]`, the words, then `[PAD]`.
     pub ids: Vec<i32>,
+    /// Non-pad positions, `[CLS]` included (1 + words kept).
     pub len: usize,
     /// Precomputed features of the caption (`model.text.source = "features"`), else empty.
     pub features: Vec<f32>,
@@ -95,9 +101,11 @@ impl Vocab {
             .map(String::as_str)
     }
 
+    /// Vocabulary size, specials included.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
+    /// `true` for a vocabulary without tokens (not even the specials).
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
@@ -105,12 +113,14 @@ impl Vocab {
     pub fn id(&self, word: &str) -> i32 {
         self.index.get(word).copied().unwrap_or(UNK)
     }
+    /// The token of `id`, `None` if out of range.
     pub fn token(&self, id: i32) -> Option<&str> {
         usize::try_from(id)
             .ok()
             .and_then(|i| self.tokens.get(i))
             .map(String::as_str)
     }
+    /// All tokens in id order.
     pub fn tokens(&self) -> &[String] {
         &self.tokens
     }

@@ -46,12 +46,15 @@ impl<B: Backend> Executor<B> {
         self.check_finite = on;
     }
 
+    /// The graph it runs.
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
+    /// Its plan: schedule, slots and memory report.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
+    /// The backend it runs on.
     pub fn backend(&self) -> &B {
         &self.backend
     }

@@ -10,14 +10,19 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use crate::util::rng::SplitMix64;
 
+/// Settings of a finite-difference gradient check, run by [`GradCheck::run`] or
+/// [`GradCheck::check_graph`].
 #[derive(Clone, Debug)]
 pub struct GradCheck {
+    /// Step of the central difference (default 1e-6).
     pub eps: f64,
     /// Pass if |analytic − numeric| ≤ atol + rtol · max(|analytic|, |numeric|).
     pub rtol: f64,
+    /// Absolute tolerance (default 1e-8; `rtol` defaults to 1e-5).
     pub atol: f64,
     /// Elements checked per input (sampled when the input is larger).
     pub max_elements: usize,
+    /// Seed of the output weights and of the element sampling (default 7).
     pub seed: u64,
 }
 
@@ -36,9 +41,13 @@ impl Default for GradCheck {
 /// Worst disagreement found for one input.
 #[derive(Clone, Debug)]
 pub struct InputReport {
+    /// The input's name.
     pub name: String,
+    /// Number of its elements checked.
     pub checked: usize,
+    /// Largest |analytic − numeric| over the checked elements.
     pub max_abs_err: f64,
+    /// The element that disagreed most: (flat index, analytic, numeric); None if none was checked.
     pub worst: Option<(usize, f64, f64)>,
 }
 

@@ -6,26 +6,35 @@ use crate::graph::{Graph, ValueId};
 use crate::tensor::{DType, Shape, Tensor};
 use crate::util::rng::SplitMix64;
 
+/// How a parameter's initial values are drawn (by [`initial_values`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// Glorot/Xavier uniform over (fan_in, fan_out) = the first and last dimension.
     Xavier,
     /// Normal with this standard deviation.
     Normal(f64),
+    /// Every element set to this value (0 for biases).
     Constant(f64),
 }
 
+/// One parameter: its graph value, name, shape and initialiser.
 #[derive(Clone, Debug)]
 pub struct ParamSpec {
+    /// The persistent value that holds it.
     pub id: ValueId,
+    /// Its unique name, e.g. `layer.weight`; also keys its random stream in [`initial_values`].
     pub name: String,
+    /// Its shape.
     pub shape: Shape,
+    /// How its initial values are drawn.
     pub init: Init,
 }
 
 /// Creates parameters in a graph and remembers their initialisers.
 pub struct ParamSet<'g> {
+    /// The graph the parameters are created in (the caller keeps building ops in it).
     pub graph: &'g mut Graph,
+    /// Dtype of every parameter created.
     pub dtype: DType,
     specs: Vec<ParamSpec>,
     /// The first misuse (a name reused with another shape), reported by [`ParamSet::finish`]:
@@ -34,6 +43,7 @@ pub struct ParamSet<'g> {
 }
 
 impl<'g> ParamSet<'g> {
+    /// An empty set that creates parameters of `dtype` in `graph`.
     pub fn new(graph: &'g mut Graph, dtype: DType) -> Self {
         ParamSet {
             graph,

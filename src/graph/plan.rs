@@ -22,12 +22,16 @@ pub struct MemoryReport {
     pub input_bytes: usize,
 }
 
+/// One buffer of the plan, shared by values whose lifetimes do not overlap.
 #[derive(Clone, Debug)]
 pub struct Slot {
+    /// Element type of every value it holds.
     pub dtype: DType,
+    /// Length in elements: that of the largest value it holds.
     pub len: usize,
 }
 
+/// The schedule and memory plan of a graph for one set of fetched values.
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// Nodes to run, in order.
@@ -38,9 +42,11 @@ pub struct Plan {
     pub forward: Vec<NodeId>,
     /// Slot of each computed value that is produced by a scheduled node.
     pub slot_of: Vec<Option<usize>>,
+    /// The buffers, indexed by `slot_of`; allocated once by the executor.
     pub slots: Vec<Slot>,
     /// Values that the caller may read after a run.
     pub fetch: Vec<ValueId>,
+    /// What the plan takes in memory.
     pub memory: MemoryReport,
 }
 

@@ -34,8 +34,10 @@ pub enum Readout {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Fusion {
+    /// One ratio r shared by every channel (default).
     #[default]
     Scalar,
+    /// One ratio per channel, `[dim]`.
     Channel,
 }
 
@@ -51,12 +53,15 @@ pub enum TextSource {
     Features,
 }
 
+/// Caption encoder settings (the `[model.text]` table).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TextConfig {
+    /// Where caption embeddings come from (default: the built-in encoder).
     pub source: TextSource,
     /// Pre-LN transformer blocks.
     pub layers: usize,
+    /// Attention heads per block (must divide `model.dim`; default 4).
     pub heads: usize,
     /// Tokens per caption including \[CLS\]; longer captions are truncated.
     pub max_len: usize,
@@ -76,21 +81,29 @@ impl Default for TextConfig {
     }
 }
 
+/// Model hyper-parameters (the `[model]` table of a run config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Which encoder builds the image embedding (default [`Variant::Full`]).
     pub variant: Variant,
     /// Width of node features, text features and embeddings.
     pub dim: usize,
     /// Width of the category embedding in the node input.
     pub category_dim: usize,
+    /// GAT layers of the GAT branch (default 2).
     pub gat_layers: usize,
+    /// GAT attention heads (must divide `dim`; default 4).
     pub heads: usize,
+    /// Spiking layers of the SNN branch (default 2).
     pub snn_layers: usize,
     /// Time steps T of the direct encoding.
     pub time_steps: usize,
+    /// LIF neuron parameters of the SNN branch.
     pub lif: LifConfig,
+    /// What the SNN branch reads out over time (default firing rate).
     pub readout: Readout,
+    /// Shape of the fusion ratio r (default one scalar).
     pub fusion: Fusion,
     /// Initial fusion ratio r.
     pub r_init: f64,
@@ -104,6 +117,7 @@ pub struct ModelConfig {
     pub snn_root_weight: bool,
     /// Cosine margin of the hard-negative loss (`train.lambda_neg`).
     pub negative_margin: f64,
+    /// Caption encoder settings.
     pub text: TextConfig,
 }
 
@@ -131,9 +145,11 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// `true` when the variant has a GAT branch (full, GAT-only).
     pub fn has_gat(&self) -> bool {
         matches!(self.variant, Variant::Full | Variant::GatOnly)
     }
+    /// `true` when the variant has an SNN branch (full, SNN-only).
     pub fn has_snn(&self) -> bool {
         matches!(self.variant, Variant::Full | Variant::SnnOnly)
     }

@@ -108,8 +108,11 @@ pub struct ModelInputs {
     pub negatives: Option<NegativeInputs>,
     /// [] loss weights
     pub w_itc: ValueId,
+    /// `[]` weight of the STL loss.
     pub w_stl: ValueId,
+    /// `[]` weight of the node CL loss.
     pub w_node: ValueId,
+    /// `[]` weight of the relation loss.
     pub w_rel: ValueId,
 }
 
@@ -130,9 +133,13 @@ pub struct NegativeInputs {
 /// Values worth reading after a step.
 #[derive(Clone, Debug)]
 pub struct ModelOutputs {
+    /// `[]` the weighted total loss.
     pub loss: ValueId,
+    /// `[]` image–text InfoNCE (ITC).
     pub itc: ValueId,
+    /// `[]` Spiked Text Learning loss (full variant only).
     pub stl: Option<ValueId>,
+    /// `[]` node-level contrastive loss (full variant only).
     pub node_cl: Option<ValueId>,
     /// Hard-negative margin loss.
     pub neg: Option<ValueId>,
@@ -148,16 +155,25 @@ pub struct ModelOutputs {
     pub attention: Vec<ValueId>,
     /// \[nodes\]: each node's firing rate in the last SNN layer (mean over time and channels).
     pub node_spike_rate: Option<ValueId>,
+    /// The fusion ratio r, `[]` or `[dim]` (variants that fuse only).
     pub r: Option<ValueId>,
+    /// `[]` learned InfoNCE temperature parameter, `s = min(exp(logit_scale), 100)`.
     pub logit_scale: ValueId,
 }
 
+/// The built model: its forward graph with the input and output handles and its parameters.
 pub struct Gshn {
+    /// The forward graph (no backward, no optimizer).
     pub graph: Graph,
+    /// Handles of the per-batch inputs to feed.
     pub inputs: ModelInputs,
+    /// Handles of the values worth reading after a step.
     pub outputs: ModelOutputs,
+    /// The learned parameters, in creation order.
     pub params: Vec<ParamSpec>,
+    /// The config it was built from.
     pub config: ModelConfig,
+    /// The static batch sizes it was built for.
     pub capacity: Capacity,
 }
 

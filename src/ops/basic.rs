@@ -11,6 +11,7 @@ use crate::tensor::{DType, Meta, Shape};
 /// Elementwise functions with a derivative.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Unary {
+    /// `max(x, 0)`
     Relu,
     /// `x` if x > 0 else `alpha (eˣ − 1)`
     Elu(f64),
@@ -18,16 +19,20 @@ pub enum Unary {
     Gelu,
     /// `x` if x > 0 else `slope x`
     LeakyRelu(f64),
+    /// `eˣ`
     Exp,
     /// Heaviside spike `x ≥ 0` with the surrogate derivative; with `smooth` the forward is the
     /// surrogate's primitive instead, so finite differences can check spiking circuits.
     Spike {
+        /// The surrogate whose derivative (and, if `smooth`, primitive) is used.
         surrogate: Surrogate,
+        /// Forward with the surrogate's smooth primitive instead of the step.
         smooth: bool,
     },
 }
 
 impl Unary {
+    /// f(x) in f64 (the reference the backends follow).
     pub fn forward(self, x: f64) -> f64 {
         match self {
             Unary::Relu => x.max(0.0),
@@ -58,6 +63,7 @@ impl Unary {
             }
         }
     }
+    /// f'(x) used by the backward (the surrogate's derivative for `Spike`).
     pub fn derivative(self, x: f64) -> f64 {
         match self {
             Unary::Relu => {
@@ -92,17 +98,23 @@ impl Unary {
     }
 }
 
+/// Which sum or mean a [`Op::Reduce`] takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reduce {
+    /// Sum over the last axis: \[.., C\] → \[..\].
     SumLast,
+    /// Mean over the last axis: \[.., C\] → \[..\].
     MeanLast,
+    /// Sum of every element: → \[\].
     SumAll,
+    /// Mean of every element: → \[\].
     MeanAll,
     /// Sum over every axis but the last: \[.., C\] → \[C\].
     SumRows,
 }
 
 impl Reduce {
+    /// The reduced shape of an input of shape `s`.
     pub fn out_shape(self, s: &Shape) -> Shape {
         match self {
             Reduce::SumLast | Reduce::MeanLast => {
@@ -132,14 +144,21 @@ fn same(op: &'static str, inputs: &[Meta]) -> Result<Vec<Meta>> {
 pub struct MatMulDims {
     /// Leading batch size (1 for rank-2 operands).
     pub batch: usize,
+    /// Whether the operands are rank 3 (a leading batch axis).
     pub batched: bool,
+    /// Rows of `op(a)` and of the output.
     pub m: usize,
+    /// The inner (contracted) size.
     pub k: usize,
+    /// Columns of `op(b)` and of the output.
     pub n: usize,
     /// Stored (row-major) rows and columns of `a` and `b`, before any transpose.
     pub a_rows: usize,
+    /// Stored columns of `a`.
     pub a_cols: usize,
+    /// Stored rows of `b`.
     pub b_rows: usize,
+    /// Stored columns of `b`.
     pub b_cols: usize,
 }
 
@@ -344,15 +363,19 @@ pub(crate) fn grad(
 
 /// Builders for the basic ops.
 impl Graph {
+    /// a + b (same shape)
     pub fn add(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.push1(Op::Add, &[a, b])
     }
+    /// a − b (same shape)
     pub fn sub(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.push1(Op::Sub, &[a, b])
     }
+    /// a ⊙ b (same shape)
     pub fn mul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.push1(Op::Mul, &[a, b])
     }
+    /// c · x
     pub fn scale(&mut self, x: ValueId, c: f64) -> Result<ValueId> {
         self.push1(Op::Scale(c), &[x])
     }
@@ -364,18 +387,23 @@ impl Graph {
     pub fn mul_broadcast(&mut self, x: ValueId, w: ValueId) -> Result<ValueId> {
         self.push1(Op::MulBroadcast, &[x, w])
     }
+    /// f(x) for an elementwise function `u`
     pub fn unary(&mut self, u: Unary, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Unary(u), &[x])
     }
+    /// max(x, 0)
     pub fn relu(&mut self, x: ValueId) -> Result<ValueId> {
         self.unary(Unary::Relu, x)
     }
+    /// ELU with alpha = 1
     pub fn elu(&mut self, x: ValueId) -> Result<ValueId> {
         self.unary(Unary::Elu(1.0), x)
     }
+    /// Exact (erf) GELU
     pub fn gelu(&mut self, x: ValueId) -> Result<ValueId> {
         self.unary(Unary::Gelu, x)
     }
+    /// a\[.., M, K\] · b\[.., K, N\] → \[.., M, N\]
     pub fn matmul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.push1(
             Op::MatMul {
@@ -385,6 +413,7 @@ impl Graph {
             &[a, b],
         )
     }
+    /// Matmul with either operand read transposed (see [`Op::MatMul`]).
     pub fn matmul_t(
         &mut self,
         a: ValueId,
@@ -402,9 +431,11 @@ impl Graph {
             None => Ok(y),
         }
     }
+    /// Sum of every element → \[\]
     pub fn sum(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::SumAll), &[x])
     }
+    /// Mean of every element → \[\]
     pub fn mean(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::MeanAll), &[x])
     }
@@ -420,9 +451,11 @@ impl Graph {
     pub fn sum_rows(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::Reduce(Reduce::SumRows), &[x])
     }
+    /// x, with no gradient flowing back through it
     pub fn stop_gradient(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::StopGradient, &[x])
     }
+    /// A tensor of `shape` and `dtype` with every element `value`
     pub fn fill(&mut self, value: f64, shape: impl Into<Shape>, dtype: DType) -> Result<ValueId> {
         self.push1(
             Op::Fill {

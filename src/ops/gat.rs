@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
 use crate::tensor::{DType, Meta, Tensor};
 
+/// Attributes of the GAT ops (DESIGN §3.2).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GatAttrs {
     /// LeakyReLU slope of the attention logits (PyG default 0.2).
@@ -71,9 +72,13 @@ impl Default for GatAttrs {
 /// CSC transpose: edge ids grouped by source node, ascending inside a group).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CsrGraph {
+    /// `[n+1]`: edges into node `i` are `row_ptr[i]..row_ptr[i+1]`.
     pub row_ptr: Tensor,
+    /// `[E]`: source node of each edge, in CSR order.
     pub src: Tensor,
+    /// `[n+1]`: edges out of node `j` are listed at `col_ptr[j]..col_ptr[j+1]` of `col_edge`.
     pub col_ptr: Tensor,
+    /// `[E]`: edge ids grouped by source node, ascending inside a group.
     pub col_edge: Tensor,
 }
 
@@ -123,9 +128,11 @@ impl CsrGraph {
         })
     }
 
+    /// Number of nodes `n`.
     pub fn nodes(&self) -> usize {
         self.row_ptr.numel().saturating_sub(1)
     }
+    /// Number of edges `E`.
     pub fn edges(&self) -> usize {
         self.src.numel()
     }
@@ -298,9 +305,13 @@ pub fn validate_csc(
 /// The four graph index values an op reads (`i32` graph inputs, fed per batch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GraphInputs {
+    /// `row_ptr[N+1]` (CSR by destination).
     pub row_ptr: ValueId,
+    /// `src[E]` (CSR by destination).
     pub src: ValueId,
+    /// `col_ptr[N+1]` (CSC transpose).
     pub col_ptr: ValueId,
+    /// `col_edge[E]` (CSC transpose).
     pub col_edge: ValueId,
 }
 
@@ -316,6 +327,7 @@ impl GraphInputs {
         }
     }
 
+    /// The four values in op input order: row_ptr, src, col_ptr, col_edge.
     pub fn ids(&self) -> [ValueId; 4] {
         [self.row_ptr, self.src, self.col_ptr, self.col_edge]
     }
@@ -338,9 +350,13 @@ pub struct GatOut {
 /// The four graph index inputs of a GAT-family op, by name.
 #[derive(Clone, Copy, Debug)]
 pub struct GraphArgs<'a, T> {
+    /// `row_ptr[N+1]` (CSR by destination).
     pub row_ptr: &'a T,
+    /// `src[E]` (CSR by destination).
     pub src: &'a T,
+    /// `col_ptr[N+1]` (CSC transpose).
     pub col_ptr: &'a T,
+    /// `col_edge[E]` (CSC transpose).
     pub col_edge: &'a T,
 }
 
@@ -379,14 +395,19 @@ pub struct GatArgs<'a, T> {
     pub grad: Option<&'a T>,
     /// The forward attention `[E,H]` (GatAlphaBackward).
     pub alpha: Option<&'a T>,
+    /// Node features `[N,H,F]`.
     pub z: &'a T,
+    /// Source attention vector `[H,F]`.
     pub a_src: &'a T,
+    /// Destination attention vector `[H,F]`.
     pub a_dst: &'a T,
+    /// The edge bias `[E,H]`, when the attributes say `edge_bias`.
     pub edge_bias: Option<&'a T>,
     /// The forward output `[N,H,F]` (GatBackward).
     pub out: Option<&'a T>,
     /// The forward softmax normaliser `[N,H]` (GatAlpha, GatBackward).
     pub lse: Option<&'a T>,
+    /// The four graph index inputs.
     pub graph: GraphArgs<'a, T>,
 }
 
@@ -448,8 +469,11 @@ impl<'a, T> GatArgs<'a, T> {
 pub struct AggregateArgs<'a, T> {
     /// The upstream gradient g_y (AggregateBackward).
     pub grad: Option<&'a T>,
+    /// The fixed attention `[E,H]`.
     pub alpha: &'a T,
+    /// The features aggregated, `[T,N,C]`.
     pub s: &'a T,
+    /// The four graph index inputs.
     pub graph: GraphArgs<'a, T>,
 }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
 use crate::tensor::Meta;
 
+/// Attributes of the InfoNCE ops (DESIGN §3.4); the default is symmetric with 256-wide tiles.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceAttrs {
     /// Both directions (a→p and p→a); false = a→p only (STL).
@@ -81,11 +82,17 @@ fn check_abs(op: &'static str, a: &Meta, p: &Meta, ls: &Meta) -> Result<(usize, 
 /// (, g_lse_row, g_lse_col)`, the one definition of that order, generic over what an input is.
 #[derive(Clone, Copy, Debug)]
 pub struct InfoNceBackwardArgs<'a, T> {
+    /// The gradient of the loss, `[]`.
     pub g_loss: &'a T,
+    /// The anchor embeddings `[B,D]`.
     pub a: &'a T,
+    /// The positive embeddings `[B,D]`.
     pub p: &'a T,
+    /// Log of the logit scale (`s = min(exp(logit_scale), 100)`), `[]`.
     pub logit_scale: &'a T,
+    /// The forward's row log-sum-exp, `[B]`.
     pub lse_row: &'a T,
+    /// The forward's column log-sum-exp, `[B]` (`[0]` when one-directional).
     pub lse_col: &'a T,
     /// Gradients into (lse_row, lse_col), when a consumer of the lse outputs sends them.
     pub g_lse: Option<(&'a T, &'a T)>,

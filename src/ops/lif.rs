@@ -115,12 +115,17 @@ impl Surrogate {
 pub struct LifConfig {
     /// Membrane time constant (> 1). When `learnable_tau`, the initial value; tau is then an input.
     pub tau: f64,
+    /// Firing threshold (default 1).
     pub v_th: f64,
     /// `Some(v)`: hard reset to v. `None`: soft reset (subtract v_th), leak toward 0.
     #[serde(with = "reset_serde")]
     pub v_reset: Option<f64>,
+    /// Divide the input by tau too (`H = V + (X − (V − v_r)) / tau`); else
+    /// `H = V − (V − v_r) / tau + X`. Default true.
     pub decay_input: bool,
+    /// Stop the gradient through the reset (the σ' terms of ∂V/∂H vanish). Default false.
     pub detach_reset: bool,
+    /// Surrogate derivative used for the spike's backward (default ATan, α = 2).
     pub surrogate: Surrogate,
     /// tau is an input `[]` (PLIF) and gets a gradient.
     pub learnable_tau: bool,

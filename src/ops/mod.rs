@@ -28,6 +28,7 @@ use crate::error::Result;
 use crate::graph::{Graph, Node, ValueId};
 use crate::tensor::{Meta, Shape};
 
+/// One node's computation: the variant names the op, its fields are the op's attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     // ---- basic.rs -------------------------------------------------------------------
@@ -49,7 +50,12 @@ pub enum Op {
     UnaryBackward(Unary),
     /// a\[M,K\] (or \[K,M\] if trans_a), b\[K,N\] (or \[N,K\]) → \[M,N\]; with a leading batch axis
     /// on both for a batched product.
-    MatMul { trans_a: bool, trans_b: bool },
+    MatMul {
+        /// Read `a` transposed (`[K, M]`).
+        trans_a: bool,
+        /// Read `b` transposed (`[N, K]`).
+        trans_b: bool,
+    },
     /// x → sum or mean over the last axis ([.., C] → [..]) or over everything (→ [])
     Reduce(Reduce),
     /// g (reduced shape) → g broadcast back to `shape`, divided by the count for a mean
@@ -59,41 +65,76 @@ pub enum Op {
     /// x → x with axes permuted (`perm[i]` = input axis of output axis i)
     Permute(Vec<usize>),
     /// x₀, x₁, … → concatenation along `axis`
-    Concat { axis: usize },
+    Concat {
+        /// The axis the inputs are joined along.
+        axis: usize,
+    },
     /// x → x[.., start..start+len, ..] along `axis`
     Slice {
+        /// The axis sliced.
         axis: usize,
+        /// First index kept along `axis`.
         start: usize,
+        /// Number of indices kept along `axis`.
         len: usize,
     },
     /// g (sliced shape) → zeros of `full` with g placed at `start` along `axis`
     SliceBackward {
+        /// The axis the forward slice was taken along.
         axis: usize,
+        /// Where the slice started along `axis`.
         start: usize,
+        /// Shape of the forward input (the gradient's shape).
         full: Shape,
     },
     /// table\[R, C\], idx\[K\] (i32) → table\[idx\] \[K, C\] (embedding lookup, node selection)
     Gather,
     /// g\[K, C\], idx\[K\] → gtable\[rows, C\] = Σ g rows by index (deterministic, ordered)
-    ScatterAdd { rows: usize },
+    ScatterAdd {
+        /// Number of rows R of the output (the gathered table).
+        rows: usize,
+    },
     /// x, seed[] (i32) → x ⊙ mask / (1 − p), mask from a counter-based hash of (seed, index)
-    Dropout { p: f64 },
+    Dropout {
+        /// Drop probability, in `[0, 1)`.
+        p: f64,
+    },
     /// g, seed → g ⊙ mask / (1 − p) with the same mask
-    DropoutBackward { p: f64 },
+    DropoutBackward {
+        /// Drop probability of the forward dropout.
+        p: f64,
+    },
     /// x → x, with no gradient flowing back
     StopGradient,
     /// → a constant-filled tensor (used for seeds of gradients)
-    Fill { value: f64, meta: Meta },
+    Fill {
+        /// The value every element gets.
+        value: f64,
+        /// Shape and dtype of the output.
+        meta: Meta,
+    },
 
     // ---- norm.rs --------------------------------------------------------------------
     /// x\[.., C\], gamma\[C\], beta\[C\] → y, mean\[..\], rstd\[..\]
-    LayerNorm { eps: f64 },
+    LayerNorm {
+        /// Added to the variance before the square root.
+        eps: f64,
+    },
     /// g, x, gamma, mean, rstd → gx, ggamma, gbeta
-    LayerNormBackward { eps: f64 },
+    LayerNormBackward {
+        /// The forward's epsilon.
+        eps: f64,
+    },
     /// x[.., C] → y = x / max(‖x‖, eps), norm[..]
-    L2Normalize { eps: f64 },
+    L2Normalize {
+        /// Floor on the norm the input is divided by.
+        eps: f64,
+    },
     /// g, y, norm → gx
-    L2NormalizeBackward { eps: f64 },
+    L2NormalizeBackward {
+        /// The forward's epsilon.
+        eps: f64,
+    },
     /// x[B, G, L], keep[B, L] (f32/f64 1 = keep, 0 = masked) → softmax over L of the kept keys
     MaskedSoftmax,
     /// g, y → gx
@@ -105,8 +146,11 @@ pub enum Op {
     /// h (, gS if has_gs) (, gV if has_gv) (, tau if learnable) → gx (, g_tau[]);
     /// an absent gradient counts as zeros (at least one of gS, gV is present).
     LifBackward {
+        /// The forward's neuron configuration.
         cfg: LifConfig,
+        /// Whether a spike gradient gS is among the inputs.
         has_gs: bool,
+        /// Whether a membrane gradient gV is among the inputs.
         has_gv: bool,
     },
 
@@ -138,13 +182,19 @@ pub enum Op {
     // ---- segment.rs -----------------------------------------------------------------
     /// x\[P,C\], seg\[P\] (i32, −1 = void; ids ≥ S or < −1 → Error::Invalid) → mean y\[S,C\],
     /// count\[S\] (x's dtype); an empty segment has y = 0
-    SegmentMean { segments: usize },
+    SegmentMean {
+        /// Number of segments S (rows of the output).
+        segments: usize,
+    },
     /// g_y, seg, count → gx\[P,C\]
     SegmentMeanBackward,
 
     // ---- optim.rs -------------------------------------------------------------------
     /// g₀, g₁, … → clip scale[] = min(1, max_norm / (‖g‖ + 1e-6)), global norm[]
-    ClipScale { max_norm: f64 },
+    ClipScale {
+        /// Largest global gradient norm let through unscaled.
+        max_norm: f64,
+    },
     /// In place on p, m, v: inputs p, m, v, g, clip_scale\[\], hyper\[2\] = (lr, step)
     AdamW(AdamWConfig),
 }
@@ -276,13 +326,21 @@ impl Op {
 /// `src/backend/cuda/` and `kernels/` (`.cu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// Elementwise, unary, matmul, reduce, stop-gradient, fill (`basic`).
     Basic,
+    /// Reshape, permute, concat, slice, gather/scatter, dropout (`layout`).
     Layout,
+    /// LayerNorm, L2 normalize, masked softmax (`norm`).
     Norm,
+    /// LIF spiking neurons (`lif`).
     Lif,
+    /// Graph attention and fixed-attention aggregation (`gat`).
     Gat,
+    /// InfoNCE contrastive loss (`infonce`).
     InfoNce,
+    /// Segment mean (`segment`).
     Segment,
+    /// Gradient clipping and AdamW (`optim`).
     Optim,
 }
 

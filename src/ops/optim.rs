@@ -24,11 +24,16 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId, ValueKind};
 use crate::tensor::Meta;
 
+/// AdamW hyperparameters (PyTorch defaults); learning rate and step come as the `hyper` input.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
+    /// Decay rate of the first moment `m` (default 0.9).
     pub beta1: f64,
+    /// Decay rate of the second moment `v` (default 0.999).
     pub beta2: f64,
+    /// Added to the bias-corrected `sqrt(v)` in the denominator (default 1e-8).
     pub eps: f64,
+    /// Decoupled weight decay, multiplied by `lr` (default 0.01).
     pub weight_decay: f64,
 }
 

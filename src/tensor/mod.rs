@@ -11,21 +11,26 @@ pub mod io;
 use crate::error::{Error, Result};
 use std::fmt;
 
+/// Element type of a tensor or a backend buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32,
+    /// 64-bit IEEE float (gradient checks and references).
     F64,
     /// Indices (CSR offsets, segment ids, token ids). Never differentiated.
     I32,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F64 => 8,
         }
     }
+    /// Whether this is a float type (`F32` or `F64`), the only kind that is differentiated.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }
@@ -36,18 +41,24 @@ impl DType {
 pub struct Shape(pub Vec<usize>);
 
 impl Shape {
+    /// A shape from its dimensions, outermost first.
     pub fn new(dims: impl Into<Vec<usize>>) -> Self {
         Shape(dims.into())
     }
+    /// The rank-0 shape `[]` of a scalar (one element).
     pub fn scalar() -> Self {
         Shape(vec![])
     }
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         &self.0
     }
+    /// Number of dimensions (0 for a scalar).
     pub fn rank(&self) -> usize {
         self.0.len()
     }
+    /// Number of elements, the product of the dims (1 for a scalar); sizes from outside are
+    /// checked with [`Shape::checked_numel`] instead.
     pub fn numel(&self) -> usize {
         self.0.iter().product()
     }
@@ -56,6 +67,7 @@ impl Shape {
     pub fn checked_numel(&self) -> Option<usize> {
         self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
+    /// Dimension `i` (outermost is 0); panics when `i` is not below the rank.
     pub fn dim(&self, i: usize) -> usize {
         self.0[i]
     }
@@ -94,12 +106,16 @@ impl From<&[usize]> for Shape {
 /// Contiguous element storage of one dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Storage {
+    /// `f32` elements.
     F32(Vec<f32>),
+    /// `f64` elements.
     F64(Vec<f64>),
+    /// `i32` elements (indices).
     I32(Vec<i32>),
 }
 
 impl Storage {
+    /// `len` zeros of `dtype` (aborts when out of memory; see [`Storage::try_zeros`]).
     pub fn zeros(dtype: DType, len: usize) -> Self {
         match dtype {
             DType::F32 => Storage::F32(vec![0.0; len]),
@@ -115,6 +131,7 @@ impl Storage {
             DType::I32 => Storage::I32(try_filled(len, 0)?),
         })
     }
+    /// The dtype of the elements.
     pub fn dtype(&self) -> DType {
         match self {
             Storage::F32(_) => DType::F32,
@@ -122,6 +139,7 @@ impl Storage {
             Storage::I32(_) => DType::I32,
         }
     }
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
             Storage::F32(v) => v.len(),
@@ -129,12 +147,15 @@ impl Storage {
             Storage::I32(v) => v.len(),
         }
     }
+    /// Whether it holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The elements as a `&[T]`, or None when the dtype is not `T`'s.
     pub fn as_slice<T: Element>(&self) -> Option<&[T]> {
         T::slice(self)
     }
+    /// The elements as a `&mut [T]`, or None when the dtype is not `T`'s.
     pub fn as_mut_slice<T: Element>(&mut self) -> Option<&mut [T]> {
         T::slice_mut(self)
     }
@@ -142,9 +163,13 @@ impl Storage {
 
 /// A Rust scalar type that a `Storage` can hold.
 pub trait Element: Copy + Send + Sync + Default + PartialEq + fmt::Debug + 'static {
+    /// The dtype that holds this type.
     const DTYPE: DType;
+    /// The elements of `s`, or None when it holds another dtype.
     fn slice(s: &Storage) -> Option<&[Self]>;
+    /// The elements of `s`, mutably, or None when it holds another dtype.
     fn slice_mut(s: &mut Storage) -> Option<&mut [Self]>;
+    /// Wraps `v` as storage of this type's dtype (no copy).
     fn into_storage(v: Vec<Self>) -> Storage;
 }
 
@@ -182,6 +207,7 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A tensor of `shape` holding `data` in row-major order; an error unless the sizes match.
     pub fn new<T: Element>(shape: impl Into<Shape>, data: Vec<T>) -> Result<Self> {
         let shape = shape.into();
         if shape.numel() != data.len() {
@@ -200,6 +226,7 @@ impl Tensor {
             storage: T::into_storage(data),
         })
     }
+    /// Like [`Tensor::new`], from storage of any dtype.
     pub fn from_storage(shape: impl Into<Shape>, storage: Storage) -> Result<Self> {
         let shape = shape.into();
         if shape.numel() != storage.len() {
@@ -215,32 +242,40 @@ impl Tensor {
         }
         Ok(Tensor { shape, storage })
     }
+    /// A tensor of `shape` filled with zeros of `dtype`.
     pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Self {
         let shape = shape.into();
         let storage = Storage::zeros(dtype, shape.numel());
         Tensor { shape, storage }
     }
+    /// A rank-0 tensor holding `v`.
     pub fn scalar<T: Element>(v: T) -> Self {
         Tensor {
             shape: Shape::scalar(),
             storage: T::into_storage(vec![v]),
         }
     }
+    /// The shape.
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         self.shape.dims()
     }
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.storage.dtype()
     }
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.storage.len()
     }
+    /// The elements, untyped.
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
+    /// The elements, untyped, consuming the tensor (no copy).
     pub fn into_storage(self) -> Storage {
         self.storage
     }
@@ -253,6 +288,7 @@ impl Tensor {
             )
         })
     }
+    /// The elements, mutably, if the dtype is `T`.
     pub fn data_mut<T: Element>(&mut self) -> Result<&mut [T]> {
         let dt = self.dtype();
         T::slice_mut(&mut self.storage).ok_or_else(|| {
@@ -315,17 +351,21 @@ impl Tensor {
 /// Shape and dtype of a value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Meta {
+    /// The dimensions.
     pub shape: Shape,
+    /// The element type.
     pub dtype: DType,
 }
 
 impl Meta {
+    /// The meta of a value of `shape` and `dtype`.
     pub fn new(shape: impl Into<Shape>, dtype: DType) -> Self {
         Meta {
             shape: shape.into(),
             dtype,
         }
     }
+    /// Size of the data in bytes: element count times the dtype's size.
     pub fn bytes(&self) -> usize {
         self.shape.numel() * self.dtype.size()
     }

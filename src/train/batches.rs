@@ -11,8 +11,11 @@ use crate::util::rng::SplitMix64;
 /// Loss weights of one step (the schedule of DESIGN §4.4 feeds these).
 #[derive(Clone, Copy, Debug)]
 pub struct LossWeights {
+    /// Weight of the image–text InfoNCE (ITC).
     pub itc: f32,
+    /// Weight of Spiked Text Learning (STL).
     pub stl: f32,
+    /// Weight of the node-level contrastive loss (node CL).
     pub node: f32,
     /// Hard-negative margin loss (only in graphs built with `Capacity::negatives`).
     pub neg: f32,
@@ -22,15 +25,22 @@ pub struct LossWeights {
 
 /// Feeds batches into any executor of a model graph.
 pub struct Feeder {
+    /// Input handles of the model graph.
     pub inputs: ModelInputs,
+    /// Capacities the images are collated to.
     pub data_cap: BatchCapacity,
+    /// Static sizes of the model graph.
     pub cap: Capacity,
+    /// SNN time steps T (for the per-node spike-rate weights).
     pub time_steps: usize,
+    /// GAT heads (for the uniform attention of the SNN-only ablation).
     pub heads: usize,
+    /// Tokens per caption.
     pub max_len: usize,
 }
 
 impl Feeder {
+    /// A feeder for a graph with `inputs` and `cap`, batches collated to `data_cap`.
     pub fn new(
         inputs: ModelInputs,
         data_cap: BatchCapacity,
@@ -218,6 +228,7 @@ impl Feeder {
         Ok((Tensor::new([bs * l], ids)?, Tensor::new([bs, l], keep)?))
     }
 
+    /// Sets the loss-weight scalars of one step (the negative weight only if the graph has negatives).
     pub fn feed_weights<B: Backend>(&self, ex: &mut Executor<B>, w: LossWeights) -> Result<()> {
         set_as(ex, self.inputs.w_itc, Tensor::scalar(w.itc))?;
         set_as(ex, self.inputs.w_stl, Tensor::scalar(w.stl))?;

@@ -13,25 +13,35 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// File name of a run's checkpoint inside its run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
 /// Where training stands.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
+    /// Current epoch (0-based).
     pub epoch: usize,
     /// Batches of `epoch` already done.
     pub batch: usize,
     /// Optimizer steps done.
     pub step: usize,
+    /// Best validation rsum so far (percent points, 0–600).
     pub best_rsum: f64,
+    /// Recalls of the latest evaluation, if any.
     pub last_recall: Option<Recall>,
 }
 
+/// Everything a run needs to resume or be evaluated, saved as one safetensors file.
 pub struct Checkpoint {
+    /// The run's config (stored as TOML).
     pub config: RunConfig,
+    /// The caption vocabulary the model was trained with.
     pub vocab: Vocab,
+    /// The static data sizes the model was built for.
     pub shape: DataShape,
+    /// Where training stands.
     pub state: TrainState,
+    /// Parameters and optimizer state by name.
     pub tensors: Vec<(String, Tensor)>,
 }
 
@@ -40,6 +50,7 @@ fn path_of(dir: &Path) -> PathBuf {
 }
 
 impl Checkpoint {
+    /// Writes `dir/checkpoint.safetensors` atomically, the non-tensor parts as JSON/TOML metadata.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let meta = HashMap::from([
             ("format".to_string(), "gshn-checkpoint-1".to_string()),
@@ -60,12 +71,12 @@ impl Checkpoint {
         save_safetensors(&path_of(dir), &self.tensors, Some(meta))
     }
 
-    /// The run's checkpoint, or `None` if it has none yet.
     /// Whether `dir` holds a checkpoint.
     pub fn exists(dir: &Path) -> bool {
         path_of(dir).exists()
     }
 
+    /// The run's checkpoint, or `None` if it has none yet.
     pub fn load_latest(dir: &Path) -> Result<Option<Checkpoint>> {
         let path = path_of(dir);
         if !path.exists() {

@@ -8,24 +8,31 @@ use crate::model::{ModelConfig, TextSource};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Training hyper-parameters (the `[train]` table).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Passes over the training split (≥ 1; default 30).
     pub epochs: usize,
     /// Images per step (each with one of its captions, drawn per step).
     pub batch_size: usize,
     /// Peak learning rate of AdamW.
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up before the cosine decay (default 100).
     pub warmup_steps: usize,
     /// The cosine decays to `min_lr_ratio · lr`.
     pub min_lr_ratio: f64,
+    /// Decoupled AdamW weight decay (≥ 0; default 0.01).
     pub weight_decay: f64,
     /// Global gradient-norm clip.
     pub clip_norm: f64,
+    /// Seed of every random draw of the run (default 0).
     pub seed: u64,
     /// Epochs of STL + node-CL pre-training before ITC joins (DESIGN §4.4).
     pub pretrain_epochs: usize,
+    /// Weight of STL after pre-training (default 0.5).
     pub lambda_stl: f64,
+    /// Weight of node CL after pre-training (default 0.1).
     pub lambda_node: f64,
     /// Weight of the hard-negative margin loss: each image must prefer its caption, by
     /// `model.negative_margin` in cosine, over the same words with the two objects exchanged
@@ -151,17 +158,25 @@ pub enum Layout {
     Coco2017,
 }
 
+/// Where the data is and how it is read (the `[data]` table).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
+    /// File layout of the dataset root (default the gshn layout).
     pub layout: Layout,
+    /// Name of the training split (default "train").
     pub train_split: String,
+    /// Name of the validation split (default "val").
     pub val_split: String,
+    /// How segments become graph nodes and edges.
     pub graph: GraphConfig,
+    /// The built-in feature extractor's grid.
     pub features: FeatureConfig,
+    /// How the splits are opened (bad samples, crowd segments, limits).
     pub load: LoadOptions,
     /// Per-split path overrides (images, panoptic, panoptic_json, captions_json, features).
     pub train_paths: crate::data::coco::SplitPathsOverride,
+    /// Path overrides of the validation split (see `train_paths`).
     pub val_paths: crate::data::coco::SplitPathsOverride,
     /// Words seen fewer times in the training captions map to \[UNK\].
     pub vocab_min_count: usize,
@@ -183,15 +198,20 @@ impl Default for DataConfig {
     }
 }
 
+/// A run's whole configuration: the `[model]`, `[train]` and `[data]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
+    /// The `[model]` table.
     pub model: ModelConfig,
+    /// The `[train]` table.
     pub train: TrainConfig,
+    /// The `[data]` table.
     pub data: DataConfig,
 }
 
 impl RunConfig {
+    /// Reads and validates a TOML config file (size-bounded); errors name the file.
     pub fn load(path: &Path) -> Result<RunConfig> {
         use crate::util::bounded::{read_bounded, MAX_CONFIG_BYTES};
         let limit = "a config file's fixed limit";
@@ -208,6 +228,7 @@ impl RunConfig {
             msg,
         })
     }
+    /// Parses and validates a TOML config; the error message names the bad key.
     pub fn parse(text: &str) -> std::result::Result<RunConfig, String> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         cfg.model.validate().map_err(|e| e.to_string())?;
@@ -281,6 +302,7 @@ impl RunConfig {
         c.train.epochs = 30;
         c
     }
+    /// The config as TOML (every key, defaults included), as stored in checkpoints.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }

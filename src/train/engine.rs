@@ -19,14 +19,23 @@ use std::sync::Arc;
 /// The model compiled three ways: a training step (forward, backward, clipping, AdamW in
 /// one graph), an image encoder and a text encoder (forward only, for evaluation).
 pub struct Engine<B: Backend> {
+    /// The run's config.
     pub cfg: RunConfig,
+    /// The static data sizes the graphs are built for.
     pub shape: DataShape,
+    /// The caption vocabulary.
     pub vocab: Vocab,
+    /// Output handles of the model graph (shared by the three executors).
     pub model_outputs: ModelOutputs,
+    /// The model's parameters (same ids in all three executors).
     pub params: Vec<crate::graph::ParamSpec>,
+    /// Turns batches into the executors' inputs.
     pub feeder: Feeder,
+    /// The training step: forward, backward, clipping and AdamW.
     pub train: Executor<Arc<B>>,
+    /// Forward-only image encoder (embeddings, attention, spike rates).
     pub image: Executor<Arc<B>>,
+    /// Forward-only text encoder (caption embeddings).
     pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
@@ -34,6 +43,7 @@ pub struct Engine<B: Backend> {
     pub(super) image_fetch: Vec<ValueId>,
 }
 impl<B: Backend> Engine<B> {
+    /// Builds and compiles the three executors for `cfg` and `shape` (parameters not yet set: see [`Engine::init`]).
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
         let backend = Arc::new(backend);
         let t = &cfg.train;
@@ -104,6 +114,7 @@ impl<B: Backend> Engine<B> {
         self.train.persistent_values()
     }
 
+    /// Restores parameters and optimizer state from a checkpoint's tensors.
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
         self.train
             .set_persistent_values(tensors)
@@ -187,17 +198,28 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// Numbers of the last training step, for logs ([`Engine::stats`]).
 #[derive(Clone, Debug, Default)]
 pub struct StepStats {
+    /// Weighted total loss.
     pub loss: f64,
+    /// Image–text InfoNCE.
     pub itc: f64,
+    /// STL loss (full variant only).
     pub stl: Option<f64>,
+    /// Node CL loss (full variant only).
     pub node_cl: Option<f64>,
+    /// Hard-negative margin loss, when the model has negatives.
     pub neg: Option<f64>,
+    /// Relation loss, when the model has it.
     pub rel: Option<f64>,
+    /// Global gradient norm (the one `clip_norm` clips).
     pub grad_norm: f64,
+    /// Mean firing rate of each SNN layer.
     pub spike_rates: Vec<f64>,
+    /// Fusion ratio r (mean over channels), when the variant fuses.
     pub r: Option<f64>,
+    /// The InfoNCE logit-scale parameter (log of the temperature's inverse).
     pub logit_scale: f64,
 }
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).

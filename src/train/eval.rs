@@ -61,6 +61,7 @@ impl<B: Backend> Engine<B> {
         Ok((img, txt, caps.iter().map(|(_, i)| *i).collect()))
     }
 
+    /// Image↔text retrieval recalls of the current parameters on `split` (all its captions).
     pub fn evaluate(&mut self, split: &PreparedSplit) -> Result<Recall> {
         let (img, txt, owner) = self.embed(split)?;
         Ok(recall(&img, &txt, self.cfg.model.dim, &owner))

@@ -8,12 +8,14 @@ use serde_json::{json, Value};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+/// Appends JSON lines to `RUN/metrics.jsonl`, flushed after each line.
 pub struct MetricsLog {
     file: BufWriter<std::fs::File>,
     path: String,
 }
 
 impl MetricsLog {
+    /// Opens (or creates) the log at `path` for appending.
     pub fn open(path: &Path) -> Result<Self> {
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -38,6 +40,7 @@ impl MetricsLog {
                 source,
             })
     }
+    /// Writes a `"step"` line: the step's losses, lr, gradient norm, spike rates and throughput.
     pub fn step(
         &mut self,
         step: usize,
@@ -52,6 +55,7 @@ impl MetricsLog {
             "logit_scale": s.logit_scale, "spike_rate": s.spike_rates, "graphs_per_s": graphs_per_s,
         }))
     }
+    /// Writes an `"eval"` line: the recalls at `step`, with the 1-based epoch.
     pub fn eval(&mut self, step: usize, epoch: usize, r: &Recall) -> Result<()> {
         let mut v = serde_json::to_value(r).expect("recall serialises");
         v["kind"] = json!("eval");
@@ -59,6 +63,7 @@ impl MetricsLog {
         v["epoch"] = json!(epoch + 1);
         self.write(v)
     }
+    /// Flushes buffered lines to the file.
     pub fn flush(&mut self) -> Result<()> {
         self.file.flush().map_err(|source| Error::Io {
             path: self.path.clone(),

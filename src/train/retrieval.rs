@@ -4,14 +4,22 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Retrieval recalls in percent (COCO protocol, see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Recall {
+    /// Image→text R@1.
     pub i2t_r1: f64,
+    /// Image→text R@5.
     pub i2t_r5: f64,
+    /// Image→text R@10.
     pub i2t_r10: f64,
+    /// Text→image R@1.
     pub t2i_r1: f64,
+    /// Text→image R@5.
     pub t2i_r5: f64,
+    /// Text→image R@10.
     pub t2i_r10: f64,
+    /// Sum of the six recalls (0–600).
     pub rsum: f64,
 }
 

@@ -1,10 +1,15 @@
 //! Learning-rate schedule: linear warm-up, then cosine decay to `min_ratio · lr`.
 
+/// Linear warm-up to `lr`, then cosine decay to `min_ratio · lr` at `total_steps`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WarmupCosine {
+    /// Peak learning rate, reached at the end of warm-up.
     pub lr: f64,
+    /// Steps of linear warm-up (0: none).
     pub warmup_steps: usize,
+    /// Step at which the decay reaches its floor (held after).
     pub total_steps: usize,
+    /// Floor of the decay as a fraction of `lr`.
     pub min_ratio: f64,
 }
 

@@ -12,6 +12,7 @@ use std::path::Path;
 
 const SCALE: u32 = 8;
 
+/// Draws image `image_id` of `split` with its segments, last-layer attention edges and node spike rates (run `run`'s checkpoint), written atomically to `out` (format from the extension).
 pub fn render<B: Backend>(
     backend: B,
     run: &Path,

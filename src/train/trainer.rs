@@ -19,7 +19,9 @@ use std::time::Instant;
 
 /// Options of `gshn train`.
 pub struct TrainOptions {
+    /// Dataset root holding the splits.
     pub data: PathBuf,
+    /// Run folder: checkpoint, `metrics.jsonl`, plots.
     pub out: PathBuf,
     /// Continue the run in `out` (it must hold a checkpoint) with the checkpoint's config.
     pub resume: bool,
@@ -29,6 +31,7 @@ pub struct TrainOptions {
     /// Train to this many epochs in total, also when resuming (a finished run is extended;
     /// its learning-rate schedule then follows the new length).
     pub epochs: Option<usize>,
+    /// No progress bar and no per-epoch log lines.
     pub quiet: bool,
     /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
     /// continues from there to exactly the numbers of an uninterrupted run.
@@ -42,12 +45,19 @@ pub struct TrainOptions {
 /// Summary of a finished run.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// Optimizer steps done in total (resumed ones included).
     pub steps: usize,
+    /// Wall time of this invocation's training loop.
     pub seconds: f64,
+    /// Training throughput of this invocation (images per second).
     pub graphs_per_second: f64,
+    /// Validation recalls after the last epoch.
     pub final_recall: Recall,
+    /// Best validation rsum of the run.
     pub best_rsum: f64,
+    /// Fusion ratio r at the last step (mean over channels), when the variant fuses.
     pub final_r: Option<f64>,
+    /// Mean firing rate per SNN layer at the last step.
     pub final_spike_rates: Vec<f64>,
 }
 
@@ -382,12 +392,16 @@ pub fn step_rng(seed: u64, step: usize) -> SplitMix64 {
 /// What one step trains on: the images `idx`, one caption of each drawn from the step's
 /// stream, and that caption's hard negative.
 pub struct StepBatch<'a> {
+    /// The step's scene graphs, one per image.
     pub graphs: Vec<&'a SceneGraph>,
+    /// One caption per image.
     pub captions: Vec<&'a Encoded>,
+    /// Each caption's hard negative, if it has one.
     pub negatives: Vec<Option<&'a Encoded>>,
 }
 
 impl<'a> StepBatch<'a> {
+    /// Picks images `idx` of `split`, one caption of each drawn from `rng`.
     pub fn pick(split: &'a PreparedSplit, idx: &[usize], rng: &mut SplitMix64) -> StepBatch<'a> {
         let graphs: Vec<&SceneGraph> = idx.iter().map(|&i| &split.graphs[i]).collect();
         let picked: Vec<(usize, usize)> = idx

@@ -13,6 +13,7 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
 /// The most bytes of a config file or a metrics log: a config is a few kilobytes; a log line
 /// is about 400 bytes, so this holds hundreds of thousands of them.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The most bytes of a metrics log read back (for plots): 128 MiB.
 pub const MAX_METRICS_BYTES: u64 = 128 << 20;
 
 /// What an error says raises the limit of a file that has no setting of its own.

@@ -5,9 +5,11 @@
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator seeded with `seed` (any value, 0 included).
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         mix64(self.0)
@@ -30,6 +32,7 @@ impl SplitMix64 {
     pub fn below(&mut self, n: usize) -> usize {
         (self.uniform() * n as f64) as usize % n.max(1)
     }
+    /// Fisher–Yates shuffle of `v` in place.
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i + 1);

@@ -24,6 +24,7 @@ pub trait Float:
     + std::ops::AddAssign
     + std::ops::MulAssign
 {
+    /// `x` converted to this type (rounded for f32).
     fn of(x: f64) -> Self;
 }
 impl Float for f32 {
@@ -49,7 +50,9 @@ macro_rules! float_dispatch {
 }
 pub(crate) use float_dispatch;
 
+/// A read-only CPU buffer seen as a tensor.
 pub type CpuView<'a> = View<'a, Storage>;
+/// A writable CPU buffer seen as a tensor.
 pub type CpuViewMut<'a> = ViewMut<'a, Storage>;
 
 /// The elements of an input view, typed.
@@ -86,9 +89,22 @@ pub(crate) fn two<'a, 'b>(
     (&mut a[0], &mut b[0])
 }
 
+impl Tensor {
+    /// The tensor as a CPU view, without a copy: what [`crate::fused`]'s eager ops and
+    /// [`Backend::execute`] on the CPU take.
+    pub fn view(&self) -> CpuView<'_> {
+        View {
+            buf: self.storage(),
+            shape: self.shape(),
+            dtype: self.dtype(),
+        }
+    }
+}
+
 /// Rows of at least this many elements are processed in parallel chunks.
 pub(crate) const PAR_MIN: usize = 1 << 14;
 
+/// The CPU backend: f32/f64 kernels parallelised with rayon.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 

@@ -117,12 +117,15 @@ impl CudaBuffer {
         };
         self.host = host;
     }
+    /// The element type it holds.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Number of elements it holds.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether it holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -223,6 +226,7 @@ impl CudaBackend {
         })
     }
 
+    /// The CUDA device ordinal it runs on.
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
@@ -230,15 +234,19 @@ impl CudaBackend {
     pub fn device_name(&self) -> &str {
         &self.device_name
     }
+    /// The device's compute capability `(major, minor)`, e.g. `(9, 0)` for an H100.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.cc
     }
+    /// Number of streaming multiprocessors.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
     }
+    /// The one stream every op of this backend is launched on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+    /// The CUDA context of the device.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

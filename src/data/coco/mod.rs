@@ -91,14 +91,18 @@ pub struct LoadOptions {
 pub struct Category {
     /// The COCO `id`.
     pub id: u64,
+    /// Category name, e.g. `"person"`.
     pub name: String,
+    /// `true` for a thing (countable), `false` for stuff.
     pub is_thing: bool,
 }
 
 /// A skipped sample and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// COCO image id.
     pub image_id: u64,
+    /// `images[].file_name` of the sample.
     pub file_name: String,
     /// The error message (names the file).
     pub reason: String,
@@ -138,7 +142,9 @@ pub struct Segment {
     pub category: usize,
     /// The COCO `category_id`.
     pub category_id: u64,
+    /// Whether its category is a thing (else stuff).
     pub is_thing: bool,
+    /// The COCO `iscrowd` flag (kept unless [`CrowdPolicy::Drop`]).
     pub iscrowd: bool,
     /// Pixel count in the PNG (> 0).
     pub area: u64,
@@ -147,26 +153,33 @@ pub struct Segment {
 /// A decoded panoptic map: per pixel the index into `segments`, or −1 for void.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentMap {
+    /// Map width in pixels (= image width).
     pub width: u32,
+    /// Map height in pixels (= image height).
     pub height: u32,
     /// `[height * width]`, row-major; −1 = void, else an index into `segments`.
     pub index: Vec<i32>,
+    /// The segments, in `segments_info` order (absent ones dropped).
     pub segments: Vec<Segment>,
 }
 
 /// One decoded sample.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// COCO image id.
     pub image_id: u64,
     /// `images[].file_name`.
     pub file_name: String,
     /// The image, 8-bit RGB.
     pub image: RgbImage,
+    /// Its decoded panoptic map.
     pub segments: SegmentMap,
+    /// Trimmed, non-empty captions (at least one).
     pub captions: Vec<String>,
     /// External feature map, when [`SplitPaths::features`] is set.
     pub features: Option<FeatureMap>,
     /// Ids found in the PNG but not listed (treated as void), ascending.
     pub unlisted_ids: Vec<u32>,
+    /// Pixels carrying those unlisted ids.
     pub unlisted_pixels: u64,
 }

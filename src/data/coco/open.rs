@@ -210,6 +210,7 @@ impl Dataset {
         self.entries.len()
     }
 
+    /// `true` when no sample is usable.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -219,10 +220,12 @@ impl Dataset {
         &self.categories
     }
 
+    /// Number of categories (the contiguous index range `0..n`).
     pub fn num_categories(&self) -> usize {
         self.categories.len()
     }
 
+    /// The split's file locations the dataset was opened from.
     pub fn paths(&self) -> &SplitPaths {
         &self.paths
     }

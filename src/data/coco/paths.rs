@@ -32,16 +32,22 @@ pub struct SplitPaths {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitPathsOverride {
+    /// Replaces [`SplitPaths::images`].
     #[serde(default)]
     pub images: Option<PathBuf>,
+    /// Replaces [`SplitPaths::panoptic`].
     #[serde(default)]
     pub panoptic: Option<PathBuf>,
+    /// Replaces [`SplitPaths::panoptic_json`].
     #[serde(default)]
     pub panoptic_json: Option<PathBuf>,
+    /// Replaces [`SplitPaths::captions_json`].
     #[serde(default)]
     pub captions_json: Option<PathBuf>,
+    /// Replaces [`SplitPaths::features`].
     #[serde(default)]
     pub features: Option<PathBuf>,
+    /// Replaces [`SplitPaths::text_features`].
     #[serde(default)]
     pub text_features: Option<PathBuf>,
 }

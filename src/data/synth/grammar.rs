@@ -10,7 +10,9 @@ use crate::data::rng::SynthRng;
 pub const IMAGE_SIZE: u32 = 64;
 pub(super) const GRID: i32 = 3;
 
+/// Thing shapes; their category ids are 1..=4 in this order.
 pub const KINDS: [&str; 4] = ["circle", "square", "triangle", "diamond"];
+/// Thing colours: (name, RGB).
 pub const COLORS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 40, 40]),
     ("green", [40, 170, 60]),
@@ -19,6 +21,7 @@ pub const COLORS: [(&str, [u8; 3]); 6] = [
     ("purple", [150, 50, 190]),
     ("orange", [245, 140, 20]),
 ];
+/// Thing sizes (radius 5 and 9 pixels).
 pub const SIZES: [&str; 2] = ["small", "large"];
 pub(super) const RADIUS: [i32; 2] = [5, 9];
 /// Stuff: (category id, name, colour).
@@ -33,13 +36,18 @@ pub(super) const THING_IDS: [u64; 4] = [1, 2, 3, 4];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Relation {
+    /// `a` is in a column left of `b`'s.
     LeftOf,
+    /// `a` is in a column right of `b`'s.
     RightOf,
+    /// `a` is in a row above `b`'s.
     Above,
+    /// `a` is in a row below `b`'s.
     Below,
 }
 
 impl Relation {
+    /// The caption words of the relation, e.g. "to the left of".
     pub fn phrase(self) -> &'static str {
         match self {
             Relation::LeftOf => "to the left of",
@@ -85,14 +93,19 @@ pub fn exchange_objects(caption: &str) -> Option<String> {
 /// One shape of a scene.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthObject {
+    /// Shape, one of [`KINDS`].
     pub kind: String,
+    /// Colour name, one of [`COLORS`].
     pub color: String,
+    /// "small" or "large" ([`SIZES`]).
     pub size: String,
     /// Grid cell.
     pub row: i32,
+    /// Grid column (0-based, left to right).
     pub col: i32,
     /// Centre in pixels.
     pub cx: i32,
+    /// Centre y in pixels (see `cx`).
     pub cy: i32,
     /// Panoptic segment id.
     pub segment_id: u32,
@@ -137,7 +150,9 @@ pub fn relations(a: &SynthObject, b: &SynthObject) -> Vec<Relation> {
 /// One scene with its hard-negative bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthScene {
+    /// COCO image id of the scene.
     pub image_id: u64,
+    /// Image file name.
     pub file_name: String,
     /// Hard-negative group; scenes of a group differ from the group's base in exactly one thing.
     pub group: u64,
@@ -147,8 +162,11 @@ pub struct SynthScene {
     pub change: String,
     /// Horizon row (sky above, ground below) or `None` for a single `wall`.
     pub horizon: Option<i32>,
+    /// Seed of the background texture noise.
     pub texture_seed: u64,
+    /// The shapes (things) of the scene.
     pub objects: Vec<SynthObject>,
+    /// The captions that describe the scene.
     pub captions: Vec<String>,
 }
 

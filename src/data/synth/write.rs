@@ -23,10 +23,15 @@ struct ScenesFile {
 /// What [`write_synthetic`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SynthStats {
+    /// Images written to the train split.
     pub train_images: usize,
+    /// Images written to the val split.
     pub val_images: usize,
+    /// Captions written, both splits.
     pub captions: usize,
+    /// Segments written (things and stuff), both splits.
     pub segments: usize,
+    /// Hard-negative groups, both splits.
     pub groups: usize,
 }
 

@@ -1,8 +1,17 @@
-//! The fused ops as users call them: one table of names, tensors (name, layout, dtype),
-//! attributes and gradient defaults, shared by `gshn op` ([`crate::opcli`]) and the C ABI
-//! ([`crate::capi`], whose functions `<c_abi>_{forward,backward}_{cpu,cuda}` take tensors of the
-//! same names; `tests/capi.rs` checks `include/gshn.h` against this table). Names follow the
-//! ops (`Op::name`); older spellings stay accepted as aliases.
+//! The fused ops as users call them.
+//!
+//! - Eagerly from Rust: one function per op form ([`lif_forward`], [`gat_forward`],
+//!   [`infonce_backward`], …) on borrowed views, returning [`Array`]s; all of them, and the C
+//!   ABI ([`crate::capi`]), run through [`run`].
+//! - By name: one table ([`OPS`]) of names, tensors (name, layout, dtype), attributes and
+//!   gradient defaults, shared by `gshn op` ([`crate::opcli`]) and the C ABI, whose functions
+//!   `<c_abi>_{forward,backward}_{cpu,cuda}` take tensors of the same names (`tests/capi.rs`
+//!   checks `include/gshn.h` against this table). Names follow the ops (`Op::name`); older
+//!   spellings stay accepted as aliases.
+
+mod eager;
+
+pub use eager::*;
 
 use crate::error::{Error, Result};
 
