@@ -48,6 +48,16 @@
 //! assert!(msg.contains("T = -1 is negative"));
 //! ```
 
+// User input reaches this module directly: every failure is an `Err`, so nothing here
+// indexes, unwraps or panics (checked by clippy).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo
+)]
 // Sizes cross this boundary as int64: every narrowing or sign change is checked, never `as`.
 #![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
@@ -64,6 +74,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// Success.
 pub const GSHN_OK: c_int = 0;
 /// A NULL pointer, a negative size, an unknown enum value.
 pub const GSHN_ERR_INVALID_ARGUMENT: c_int = 1;
@@ -77,17 +88,23 @@ pub const GSHN_ERR_UNSUPPORTED: c_int = 4;
 pub const GSHN_ERR_CUDA: c_int = 5;
 /// A bug: a panic inside gshn was caught at the boundary.
 pub const GSHN_ERR_PANIC: c_int = 6;
+/// Any other failure inside gshn (an inconsistency that should not happen: a bug).
 pub const GSHN_ERR_INTERNAL: c_int = 7;
 /// A buffer gshn needs cannot be allocated (sizes too large for the machine).
 pub const GSHN_ERR_OUT_OF_MEMORY: c_int = 8;
 
+/// `dtype` of the float buffers: f32 (C `float`).
 pub const GSHN_F32: c_int = 0;
+/// `dtype` of the float buffers: f64 (C `double`).
 pub const GSHN_F64: c_int = 1;
 
 /// Surrogate numbers: [`Surrogate::code`] (checked equal by a test).
 pub const GSHN_SURROGATE_ATAN: c_int = 0;
+/// Sigmoid surrogate: σ'(x) = α s (1 − s), s = sigmoid(α x) (usual α 4).
 pub const GSHN_SURROGATE_SIGMOID: c_int = 1;
+/// SuperSpike surrogate: σ'(x) = 1 / (1 + α |x|)².
 pub const GSHN_SURROGATE_SUPER_SPIKE: c_int = 2;
+/// Rectangular surrogate: σ'(x) = 1/α where |x| < α/2, else 0.
 pub const GSHN_SURROGATE_RECTANGULAR: c_int = 3;
 
 /// Version of this ABI (bumped on any incompatible change of `gshn.h`).
@@ -151,6 +168,7 @@ pub extern "C" fn gshn_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// [`GSHN_ABI_VERSION`] of this library (compare with the header's `GSHN_ABI_VERSION`).
 #[no_mangle]
 pub extern "C" fn gshn_abi_version() -> c_int {
     GSHN_ABI_VERSION
@@ -168,15 +186,21 @@ pub extern "C" fn gshn_cuda_available() -> c_int {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GshnLifParams {
+    /// Membrane time constant, in time steps (> 1).
     pub tau: f64,
+    /// Firing threshold.
     pub v_th: f64,
     /// Used when `hard_reset` != 0.
     pub v_reset: f64,
+    /// Nonzero: hard reset to `v_reset`; 0: soft reset (V −= v_th S; leak toward 0).
     pub hard_reset: c_int,
+    /// Nonzero: H = V + (X − (V − v_r)) / tau; 0: H = V − (V − v_r) / tau + X.
     pub decay_input: c_int,
+    /// Nonzero: no surrogate gradient through the reset.
     pub detach_reset: c_int,
     /// `GSHN_SURROGATE_*`.
     pub surrogate: c_int,
+    /// Surrogate parameter (> 0).
     pub alpha: f64,
 }
 
@@ -220,7 +244,9 @@ fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifCo
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GshnGraph {
+    /// Number of nodes N (≥ 0, within the int32 range).
     pub num_nodes: i64,
+    /// Number of edges E (≥ 0, within the int32 range).
     pub num_edges: i64,
     /// Host pointer, `num_nodes + 1` entries: CSR by destination.
     pub row_ptr: *const i32,
@@ -614,10 +640,13 @@ fn agg_args<'a>(
     grad: Option<&'a (Src, Meta)>,
 ) -> Result<AggregateArgs<'a, (Src, Meta)>, CErr> {
     let internal = || CErr(GSHN_ERR_INTERNAL, "aggregate inputs".into());
+    let [alpha, s] = ins.as_slice() else {
+        return Err(internal());
+    };
     Ok(AggregateArgs {
         grad,
-        alpha: &ins[0],
-        s: &ins[1],
+        alpha,
+        s,
         graph: GraphArgs::from_slice(graph).ok_or_else(internal)?,
     })
 }
@@ -652,13 +681,16 @@ fn disjoint(f: &str, reads: &Inputs, written: &[(*mut c_void, Meta)]) -> Result<
 /// index tensors (the op forms' order is `GatArgs`'s, not ours).
 fn gat_args<'a>(params: &'a Inputs, graph: &'a Inputs) -> Result<GatArgs<'a, (Src, Meta)>, CErr> {
     let internal = || CErr(GSHN_ERR_INTERNAL, "gat inputs".into());
+    let [z, a_src, a_dst, rest @ ..] = params.as_slice() else {
+        return Err(internal());
+    };
     Ok(GatArgs {
         grad: None,
         alpha: None,
-        z: &params[0],
-        a_src: &params[1],
-        a_dst: &params[2],
-        edge_bias: params.get(3),
+        z,
+        a_src,
+        a_dst,
+        edge_bias: rest.first(),
         out: None,
         lse: None,
         graph: GraphArgs::from_slice(graph).ok_or_else(internal)?,
@@ -973,12 +1005,15 @@ fn infonce_backward(
     let g_loss = (Src::Ptr(grad_loss, "grad_loss"), m([], dt));
     let lse_row = (Src::Ptr(lse_row, "lse_row"), m([b], dt));
     let lse_col = (Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt));
+    let [a, p, logit_scale] = ins.as_slice() else {
+        return Err(CErr(GSHN_ERR_INTERNAL, format!("{f}: infonce inputs")));
+    };
     let all = owned(
         InfoNceBackwardArgs {
             g_loss: &g_loss,
-            a: &ins[0],
-            p: &ins[1],
-            logit_scale: &ins[2],
+            a,
+            p,
+            logit_scale,
             lse_row: &lse_row,
             lse_col: &lse_col,
             g_lse: None,
@@ -1000,12 +1035,21 @@ fn infonce_backward(
 
 // ---- exported symbols: one _cpu and one _cuda per entry --------------------------------------
 
+// `export!(/// docs, cpu, cuda, imp, (args))`: the docs go to both functions, each with a line
+// on its memory space appended.
 macro_rules! export {
-    ($cpu:ident, $cuda:ident, $imp:ident, ( $($a:ident : $t:ty),* $(,)? )) => {
+    ($(#[$doc:meta])* $cpu:ident, $cuda:ident, $imp:ident, ( $($a:ident : $t:ty),* $(,)? )) => {
+        $(#[$doc])*
+        ///
+        /// Host pointers for every buffer.
         #[no_mangle]
         pub unsafe extern "C" fn $cpu($($a: $t),*) -> c_int {
             ffi(stringify!($cpu), || $imp(stringify!($cpu), Mem::Host, $($a),*))
         }
+        $(#[$doc])*
+        ///
+        /// Device pointers (CUDA ordinal `device`) for the float buffers, host pointers for the
+        /// graph's index arrays; ordered on the caller's `stream` (NULL = legacy default stream).
         #[no_mangle]
         pub unsafe extern "C" fn $cuda($($a: $t,)* device: c_int, stream: *mut c_void) -> c_int {
             ffi(stringify!($cuda), || $imp(stringify!($cuda), Mem::Cuda { device, stream }, $($a),*))
@@ -1013,42 +1057,74 @@ macro_rules! export {
     };
 }
 
-export!(gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward, (
+export!(
+    /// LIF forward (DESIGN §3.1). In: `x[T, N]`. Written: `spikes[T, N]` (optional), `v[T, N]`
+    /// membrane after reset (optional), `h[T, N]` membrane before firing (required: the
+    /// backward's saved tensor).
+    gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward, (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
 ));
-export!(gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward, (
+export!(
+    /// LIF backward (BPTT). In: `h[T, N]` from the forward; `grad_spikes[T, N]` and
+    /// `grad_v[T, N]` (each optional = zeros, not both NULL). Written: `grad_x[T, N]`;
+    /// `grad_tau[1]` when non-NULL (PLIF: d loss / d tau at `params->tau`).
+    gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward, (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     h: *const c_void, grad_spikes: *const c_void, grad_v: *const c_void,
     grad_x: *mut c_void, grad_tau: *mut c_void,
 ));
-export!(gshn_gat_forward_cpu, gshn_gat_forward_cuda, gat_forward, (
+export!(
+    /// GAT forward (DESIGN §3.2, PyG GATConv before concat/bias). In: `z[N, H, F]`,
+    /// `a_src[H, F]`, `a_dst[H, F]`, `edge_bias[E, H]` (optional). Written: `out[N, H, F]`,
+    /// `lse[N, H]` (saved for the backward), `alpha[E, H]` (optional, CSR edge order; then out
+    /// and lse must not share memory with the inputs: [`GSHN_ERR_INVALID_ARGUMENT`]).
+    gshn_gat_forward_cpu, gshn_gat_forward_cuda, gat_forward, (
     dtype: c_int, graph: *const GshnGraph, heads: i64, feat: i64, negative_slope: f64,
     z: *const c_void, a_src: *const c_void, a_dst: *const c_void, edge_bias: *const c_void,
     out: *mut c_void, lse: *mut c_void, alpha: *mut c_void,
 ));
-export!(gshn_gat_backward_cpu, gshn_gat_backward_cuda, gat_backward, (
+export!(
+    /// GAT backward. In: the forward's inputs, its `out` and `lse`, `grad_out[N, H, F]`.
+    /// Written: `grad_z[N, H, F]`, `grad_a_src[H, F]`, `grad_a_dst[H, F]`, `grad_edge_bias[E, H]`
+    /// (optional; only with `edge_bias`). Deterministic.
+    gshn_gat_backward_cpu, gshn_gat_backward_cuda, gat_backward, (
     dtype: c_int, graph: *const GshnGraph, heads: i64, feat: i64, negative_slope: f64,
     z: *const c_void, a_src: *const c_void, a_dst: *const c_void, edge_bias: *const c_void,
     out: *const c_void, lse: *const c_void, grad_out: *const c_void,
     grad_z: *mut c_void, grad_a_src: *mut c_void, grad_a_dst: *mut c_void,
     grad_edge_bias: *mut c_void,
 ));
-export!(gshn_aggregate_forward_cpu, gshn_aggregate_forward_cuda, aggregate_forward, (
+export!(
+    /// Fixed-attention aggregation (DESIGN §3.3): `y[t, i, c]` = Σ over edges k into i of
+    /// `alpha[k, c / (C/H)] s[t, src_k, c]`, C a multiple of H. In: `alpha[E, H]` (CSR edge
+    /// order), `s[T, N, C]`. Written: `y[T, N, C]`.
+    gshn_aggregate_forward_cpu, gshn_aggregate_forward_cuda, aggregate_forward, (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const c_void, y: *mut c_void,
 ));
-export!(gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward, (
+export!(
+    /// Aggregation backward. In: `alpha`, `s`, `grad_y[T, N, C]`. Written: `grad_alpha[E, H]`
+    /// (optional), `grad_s[T, N, C]` (optional).
+    gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward, (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const c_void, grad_y: *const c_void,
     grad_alpha: *mut c_void, grad_s: *mut c_void,
 ));
-export!(gshn_infonce_forward_cpu, gshn_infonce_forward_cuda, infonce_forward, (
+export!(
+    /// InfoNCE forward (DESIGN §3.4, open_clip ClipLoss; `symmetric` = 0: one-directional
+    /// a → p), chunked. In: `a[B, D]`, `p[B, D]`, `logit_scale[1]`. Written: `loss[1]`,
+    /// `lse_row[B]`, `lse_col[B]` (symmetric only, NULL otherwise). f64 is CPU only.
+    gshn_infonce_forward_cpu, gshn_infonce_forward_cuda, infonce_forward, (
     dtype: c_int, b: i64, d: i64, symmetric: c_int,
     a: *const c_void, p: *const c_void, logit_scale: *const c_void,
     loss: *mut c_void, lse_row: *mut c_void, lse_col: *mut c_void,
 ));
-export!(gshn_infonce_backward_cpu, gshn_infonce_backward_cuda, infonce_backward, (
+export!(
+    /// InfoNCE backward. In: `a`, `p`, `logit_scale`, `lse_row`, `lse_col` (NULL when
+    /// one-directional) from the forward; `grad_loss[1]`. Written (each optional):
+    /// `grad_a[B, D]`, `grad_p[B, D]`, `grad_logit_scale[1]`.
+    gshn_infonce_backward_cpu, gshn_infonce_backward_cuda, infonce_backward, (
     dtype: c_int, b: i64, d: i64, symmetric: c_int,
     a: *const c_void, p: *const c_void, logit_scale: *const c_void,
     lse_row: *const c_void, lse_col: *const c_void, grad_loss: *const c_void,

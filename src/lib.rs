@@ -45,6 +45,9 @@
 //! # Ok::<(), gshn::Error>(())
 //! ```
 
+// Every public item is documented; CI builds the docs with `-D missing_docs`.
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod capi;
 #[cfg(feature = "model")]

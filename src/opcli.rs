@@ -21,6 +21,17 @@
 //! tensor (inputs `edge_bias`, `alpha`; outputs `alpha`, `grad_edge_bias`, `grad_alpha`) stays
 //! in the caller's `edge_index` order.
 
+// User input reaches this module directly: every failure is an `Err`, so nothing here
+// indexes, unwraps or panics (checked by clippy).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo
+)]
+
 use crate::backend::{Backend, View};
 use crate::error::{Error, Result};
 use crate::fused::{
@@ -196,10 +207,11 @@ impl<'a> Attrs<'a> {
             .attrs
             .iter()
             .map(|a| {
-                let v = serde_json::from_str(a.default).expect("attr defaults are valid JSON");
-                (a.name, v)
+                serde_json::from_str(a.default)
+                    .map(|v| (a.name, v))
+                    .map_err(|e| Error::graph(format!("{op}: default of {}: {e}", a.name)))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Attrs { op, map, defaults })
     }
 
@@ -312,31 +324,32 @@ fn graph_of(ins: &Ins, n: usize) -> Result<(CsrGraph, Option<Vec<usize>>)> {
             Ok((CsrGraph::from_csr(idx(rp)?, idx(src)?)?, None))
         }
         (None, None, Some(ei)) => {
-            let d = ei.dims();
-            if d.len() != 2 || d[0] != 2 {
+            let &[2, e] = ei.dims() else {
                 return Err(Error::shape(
                     op,
                     format!("edge_index must be [2, E], got {:?}", ei.shape()),
                 ));
-            }
-            let e = d[1];
-            let v = ei.data::<i32>()?;
-            let (srcs, dsts) = v.split_at(e);
-            if let Some(k) = (0..e).find(|&k| {
-                srcs[k] < 0 || dsts[k] < 0 || srcs[k] as usize >= n || dsts[k] as usize >= n
-            }) {
+            };
+            let (srcs, dsts) = ei.data::<i32>()?.split_at(e);
+            let outside = |i: i32| usize::try_from(i).map_or(true, |i| i >= n);
+            let bad = srcs.iter().zip(dsts).enumerate();
+            if let Some((k, (s, d))) = bad
+                .into_iter()
+                .find(|(_, (&s, &d))| outside(s) || outside(d))
+            {
                 return Err(Error::invalid(
                     op,
-                    format!(
-                        "edge_index column {k} ({} -> {}) names a node outside 0..{n}",
-                        srcs[k], dsts[k]
-                    ),
+                    format!("edge_index column {k} ({s} -> {d}) names a node outside 0..{n}"),
                 ));
             }
             // Edges stably grouped by destination: the CSR, and perm[k_csr] = k_given.
             let (row_ptr, order) = group_positions(dsts, n, |d| Some(d as usize));
             let perm: Vec<usize> = order.iter().map(|&k| k as usize).collect();
-            let src = perm.iter().map(|&k| srcs[k]).collect();
+            let src = perm
+                .iter()
+                .map(|&k| srcs.get(k).copied())
+                .collect::<Option<Vec<i32>>>()
+                .ok_or_else(|| Error::graph("edge_index: grouping lost an edge"))?;
             Ok((CsrGraph::from_csr(row_ptr, src)?, Some(perm)))
         }
         (None, None, None) => Err(Error::invalid(
@@ -363,20 +376,30 @@ fn permute_rows(t: &Tensor, perm: &[usize], inverse: bool) -> Result<Tensor> {
             ),
         ));
     }
-    let w = t.numel() / e.max(1);
-    fn go<T: Copy + Default>(v: &[T], perm: &[usize], w: usize, inverse: bool) -> Vec<T> {
-        let mut o = vec![T::default(); v.len()];
+    // out[k] = t[order[k]], with order = perm or its inverse.
+    let mut order = perm.to_vec();
+    if inverse {
         for (k, &p) in perm.iter().enumerate() {
-            let (to, from) = if inverse { (p, k) } else { (k, p) };
-            o[to * w..(to + 1) * w].copy_from_slice(&v[from * w..(from + 1) * w]);
+            *order
+                .get_mut(p)
+                .ok_or_else(|| Error::graph("edge order is no permutation"))? = k;
         }
-        o
+    }
+    let w = t.numel() / e.max(1);
+    fn go<T: Copy>(v: &[T], order: &[usize], w: usize) -> Option<Vec<T>> {
+        let rows: Vec<&[T]> = v.chunks(w.max(1)).collect();
+        let mut o = Vec::with_capacity(v.len());
+        for &p in order.iter().take(rows.len()) {
+            o.extend_from_slice(rows.get(p)?);
+        }
+        Some(o)
     }
     let s = match t.storage() {
-        Storage::F32(v) => Storage::F32(go(v, perm, w, inverse)),
-        Storage::F64(v) => Storage::F64(go(v, perm, w, inverse)),
-        Storage::I32(v) => Storage::I32(go(v, perm, w, inverse)),
+        Storage::F32(v) => go(v, &order, w).map(Storage::F32),
+        Storage::F64(v) => go(v, &order, w).map(Storage::F64),
+        Storage::I32(v) => go(v, &order, w).map(Storage::I32),
     };
+    let s = s.ok_or_else(|| Error::graph("edge order is no permutation"))?;
     Tensor::from_storage(t.shape().clone(), s)
 }
 
@@ -502,7 +525,7 @@ fn run_lif<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
 
 fn run_gat<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
     let z = c.ins.rank("z", 3)?;
-    let (csr, perm) = graph_of(c.ins, z.dims()[0])?;
+    let (csr, perm) = graph_of(c.ins, z.shape().dim(0)?)?;
     let perm = perm.as_deref();
     let z = c.up(z)?;
     let (a_src, a_dst) = (c.up(c.ins.req("a_src")?)?, c.up(c.ins.req("a_dst")?)?);
@@ -565,7 +588,7 @@ fn run_gat<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
 
 fn run_aggregate<B: Backend>(c: &mut Call<B>) -> Result<()> {
     let s = c.ins.rank("s", 3)?;
-    let (csr, perm) = graph_of(c.ins, s.dims()[1])?;
+    let (csr, perm) = graph_of(c.ins, s.shape().dim(1)?)?;
     let perm = perm.as_deref();
     let alpha = c.ins.rank("alpha", 2)?;
     let alpha = match perm {
@@ -655,7 +678,7 @@ fn run_segment<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
     // More segments than rows leaves most of them empty by construction: a few-byte input must
     // not size a gigabyte output (ids like 2^27, or a mistyped attribute). Up to 2^20 output
     // values are allowed whatever the row count.
-    let (rows, channels) = (x.dims()[0], x.dims()[1]);
+    let (rows, channels) = (x.shape().dim(0)?, x.shape().dim(1)?);
     if segments > rows && segments.saturating_mul(channels) > MAX_SPARE_SEGMENT_VALUES {
         return Err(Error::invalid(
             "segment_mean",

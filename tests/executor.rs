@@ -137,18 +137,35 @@ fn direct_execute_checks_its_views() {
     assert!(e(run(&mut full(), &three, DType::F64)).contains("the op gives"));
 }
 
-/// Issue 24: an id from another graph is an error in `Graph::backward` and `try_meta`.
+/// Issue 24: an id from another graph is an error in `Graph::backward` and the accessors.
 #[test]
 fn ids_from_another_graph_are_errors() {
     let (_, _, y) = chain(4, 6);
     let mut small = Graph::new();
     let x = small.input("x", [4], DType::F32);
     let loss = small.sum(x).unwrap();
-    assert!(small.try_meta(y).is_err());
+    assert!(small.meta(y).is_err());
+    assert!(small.shape(y).is_err());
+    assert!(small.dtype(y).is_err());
+    assert!(small.value(y).is_err());
+    assert!(small.producer(y).is_none());
+    // A builder handed a foreign id refuses it (reshape reads its shape before pushing).
+    assert!(small.reshape(y, [2, 2]).is_err());
+    assert!(small.node(gshn::graph::NodeId(9)).is_err());
     let e = small.backward(loss, &[y]).unwrap_err().to_string();
     assert!(e.contains("unknown value"), "{e}");
     let e = small.backward(y, &[x]).unwrap_err().to_string();
     assert!(e.contains("unknown value"), "{e}");
+}
+
+/// Issue 24: an axis beyond the rank is an error, not an index panic.
+#[test]
+fn shape_dim_out_of_range_is_an_error() {
+    let s = gshn::Shape::from([2, 3]);
+    assert_eq!(s.dim(1).unwrap(), 3);
+    let e = s.dim(2).unwrap_err().to_string();
+    assert!(e.contains("no axis 2") && e.contains("rank 2"), "{e}");
+    assert!(gshn::Shape::scalar().dim(0).is_err());
 }
 
 /// Issue 24: anomaly mode stops at the first op that writes a NaN or infinity, naming it;

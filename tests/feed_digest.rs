@@ -60,7 +60,7 @@ impl Fnv {
     /// Every input of the executor's graph, in graph order, with its name.
     fn inputs(&mut self, ex: &Executor<Arc<CpuBackend>>) {
         for v in ex.graph().inputs() {
-            self.bytes(ex.graph().value(v).name.as_bytes());
+            self.bytes(ex.graph().value(v).unwrap().name.as_bytes());
             self.tensor(&ex.get(v).unwrap());
         }
     }
@@ -139,7 +139,7 @@ fn digest(dir: &std::path::Path, cfg: RunConfig) -> u64 {
     .chain(i.graph.ids())
     .chain(i.uniform_alpha);
     for v in image_inputs {
-        h.bytes(engine.image.graph().value(v).name.as_bytes());
+        h.bytes(engine.image.graph().value(v).unwrap().name.as_bytes());
         h.tensor(&engine.image.get(v).unwrap());
     }
     h.0

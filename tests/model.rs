@@ -135,7 +135,7 @@ fn two_branch_model_learns_a_tiny_problem() {
         (w_snn, 0.6),
         (txt, 1.0),
     ] {
-        let shape = ex.graph().shape(p).clone();
+        let shape = ex.graph().shape(p).unwrap().clone();
         ex.set(p, &data(shape.numel(), s).reshape(shape).unwrap())
             .unwrap();
     }

@@ -9,6 +9,17 @@
 //!   checks `include/gshn.h` against this table). Names follow the ops (`Op::name`); older
 //!   spellings stay accepted as aliases.
 
+// User input reaches this module directly: every failure is an `Err`, so nothing here
+// indexes, unwraps or panics (checked by clippy).
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo
+)]
+
 mod eager;
 
 pub use eager::*;
@@ -27,8 +38,11 @@ pub enum Kind {
 /// One input tensor of an op.
 #[derive(Clone, Copy, Debug)]
 pub struct InputSpec {
+    /// Tensor name (in the safetensors file of `gshn op`, and the C ABI argument name).
     pub name: &'static str,
+    /// Shape in symbolic dimensions, e.g. `"[T,N]"` (`"[]"` = scalar).
     pub layout: &'static str,
+    /// Float or index dtype.
     pub kind: Kind,
     /// Required, or optional (with what its absence means / what it replaces).
     pub optional: Option<&'static str>,
@@ -39,24 +53,33 @@ pub struct InputSpec {
 /// The default upstream gradient of an output (when `grad_<name>` is not given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GradDefault {
+    /// Ones: the output is part of the loss `L` (a sum of the main outputs).
     Ones,
+    /// Zeros: the output is not part of the loss.
     Zeros,
     /// Not differentiable (a saved statistic); `grad_<name>` is refused.
     None,
 }
 
+/// One output tensor of an op.
 #[derive(Clone, Copy, Debug)]
 pub struct OutputSpec {
+    /// Tensor name (`grad_<name>` is its upstream gradient).
     pub name: &'static str,
+    /// Shape in symbolic dimensions, e.g. `"[N,H,F]"` (`"[]"` = scalar).
     pub layout: &'static str,
+    /// The upstream gradient used when `grad_<name>` is not given.
     pub grad: GradDefault,
 }
 
+/// One attribute (non-tensor parameter) of an op, given as JSON to `gshn op --attrs`.
 #[derive(Clone, Copy, Debug)]
 pub struct AttrSpec {
+    /// Attribute name (a key of the `--attrs` JSON object).
     pub name: &'static str,
     /// Default, as JSON text.
     pub default: &'static str,
+    /// One-line description (meaning, valid range).
     pub doc: &'static str,
 }
 
@@ -70,10 +93,15 @@ pub struct OpSpec {
     /// The C ABI entry points (`include/gshn.h`): `<c_abi>_{forward,backward}_{cpu,cuda}`, whose
     /// tensor arguments carry the names below (`grad_<name>` for gradients); None = none.
     pub c_abi: Option<&'static str>,
+    /// One-line description (with its DESIGN section), shown by `gshn op --list`.
     pub summary: &'static str,
+    /// Input tensors (index inputs of the graph included).
     pub inputs: &'static [InputSpec],
+    /// Attributes with their defaults.
     pub attrs: &'static [AttrSpec],
+    /// Output tensors.
     pub outputs: &'static [OutputSpec],
+    /// Further semantics (conventions, edge cases), shown as `note:` by `gshn op --list`.
     pub notes: &'static str,
 }
 

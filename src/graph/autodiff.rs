@@ -12,9 +12,9 @@ impl Graph {
     pub fn backward(&mut self, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<ValueId>> {
         // Ids from another graph are an error here, not an index out of range below.
         for &w in wrt {
-            self.try_meta(w)?;
+            self.meta(w)?;
         }
-        let loss_meta = self.try_meta(loss)?.clone();
+        let loss_meta = self.meta(loss)?.clone();
         if loss_meta.shape.numel() != 1 || !loss_meta.dtype.is_float() {
             return Err(Error::graph(format!(
                 "backward needs a float loss with one element, got {:?} {:?}",
@@ -83,16 +83,16 @@ impl Graph {
             }
             for (&input, g) in node.inputs.iter().zip(in_grads) {
                 let Some(g) = g else { continue };
-                if !from_wrt[input.0 as usize] || !self.dtype(input).is_float() {
+                if !from_wrt[input.0 as usize] || !self.dtype(input)?.is_float() {
                     continue;
                 }
-                if self.meta(g) != self.meta(input) {
+                if self.meta(g)? != self.meta(input)? {
                     return Err(Error::graph(format!(
                         "{} gradient for input {:?} has {:?}, the input has {:?}",
                         node.op.name(),
-                        self.value(input).name,
-                        self.meta(g),
-                        self.meta(input)
+                        self.value(input)?.name,
+                        self.meta(g)?,
+                        self.meta(input)?
                     )));
                 }
                 let total = match grads.get(&input) {
@@ -109,7 +109,7 @@ impl Graph {
                 None => self.push1(
                     Op::Fill {
                         value: 0.0,
-                        meta: self.meta(w).clone(),
+                        meta: self.meta(w)?.clone(),
                     },
                     &[],
                 ),
@@ -119,7 +119,7 @@ impl Graph {
 
     /// The node that produced `v`, if it was computed.
     pub fn producer(&self, v: ValueId) -> Option<NodeId> {
-        match self.value(v).kind {
+        match self.value(v).ok()?.kind {
             ValueKind::Computed { node, .. } => Some(node),
             _ => None,
         }

@@ -61,11 +61,7 @@ impl<B: Backend> Executor<B> {
 
     /// Sets an input (for the next runs) or a persistent value (kept until set again).
     pub fn set(&mut self, v: ValueId, t: &Tensor) -> Result<()> {
-        let value = self
-            .graph
-            .values()
-            .get(v.0 as usize)
-            .ok_or_else(|| Error::graph(format!("unknown value {v:?}")))?;
+        let value = self.graph.value(v)?;
         if matches!(value.kind, ValueKind::Computed { .. }) {
             return Err(Error::graph(format!(
                 "{:?} is computed by the graph and cannot be set",
@@ -192,7 +188,7 @@ impl<B: Backend> Executor<B> {
             &plan.schedule
         };
         for &n in schedule {
-            let node = graph.node(n);
+            let node = graph.node(n)?;
             let mutated = node.op.mutated_inputs();
             // Take the buffers this node writes out of their homes, so the rest can be
             // borrowed as inputs (the plan guarantees they are distinct).
@@ -209,7 +205,7 @@ impl<B: Backend> Executor<B> {
                 let read = &node.inputs[mutated..];
                 let mut inputs = Vec::with_capacity(read.len());
                 for &i in read {
-                    let meta = &graph.value(i).meta;
+                    let meta = &graph.value(i)?.meta;
                     inputs.push(View {
                         buf: homes.get(i)?,
                         shape: &meta.shape,
@@ -220,7 +216,8 @@ impl<B: Backend> Executor<B> {
                     .iter_mut()
                     .zip(written)
                     .map(|(buf, &w)| {
-                        let meta = &graph.value(w).meta;
+                        // Planned ids are this graph's.
+                        let meta = &graph.values()[w.0 as usize].meta;
                         ViewMut {
                             buf,
                             shape: &meta.shape,
@@ -253,9 +250,9 @@ struct Homes<'a, B: Backend> {
 impl<B: Backend> Homes<'_, B> {
     /// Anomaly mode: the first non-finite value node `n` wrote to `written` is an error.
     fn check_finite(&mut self, backend: &B, n: super::NodeId, written: &[ValueId]) -> Result<()> {
-        let node = self.graph.node(n);
+        let node = self.graph.node(n)?;
         for &w in written {
-            let value = self.graph.value(w);
+            let value = self.graph.value(w)?;
             if !value.meta.dtype.is_float() {
                 continue;
             }
@@ -277,8 +274,9 @@ impl<B: Backend> Homes<'_, B> {
         Ok(())
     }
 
+    /// Where `v`'s buffer lives; `v` is one of the graph's (checked by the callers).
     fn home(&mut self, v: ValueId) -> &mut Option<B::Buffer> {
-        match self.graph.value(v).kind {
+        match self.graph.values()[v.0 as usize].kind {
             ValueKind::Computed { .. } => {
                 let s = self.plan.slot_of[v.0 as usize].expect("every scheduled output has a slot");
                 &mut self.slots[s]
@@ -287,21 +285,17 @@ impl<B: Backend> Homes<'_, B> {
         }
     }
     fn get(&self, v: ValueId) -> Result<&B::Buffer> {
-        let b = match self.graph.value(v).kind {
+        let value = self.graph.value(v)?;
+        let b = match value.kind {
             ValueKind::Computed { .. } => {
                 self.plan.slot_of[v.0 as usize].and_then(|s| self.slots[s].as_ref())
             }
             _ => self.owned[v.0 as usize].as_ref(),
         };
-        b.ok_or_else(|| {
-            Error::graph(format!(
-                "{:?} must be set before running",
-                self.graph.value(v).name
-            ))
-        })
+        b.ok_or_else(|| Error::graph(format!("{:?} must be set before running", value.name)))
     }
     fn take(&mut self, v: ValueId) -> Result<B::Buffer> {
-        let name = &self.graph.value(v).name;
+        let name = &self.graph.value(v)?.name;
         self.home(v)
             .take()
             .ok_or_else(|| Error::graph(format!("{name:?} must be set before running")))

@@ -23,7 +23,7 @@ impl OptimizerValues {
     /// Sets every moment to zero (a fresh optimizer); call once before the first run.
     pub fn zero_state<B: Backend>(&self, ex: &mut Executor<B>) -> Result<()> {
         for &s in self.m.iter().chain(&self.v) {
-            let meta = ex.graph().meta(s).clone();
+            let meta = ex.graph().meta(s)?.clone();
             ex.set(s, &Tensor::zeros(meta.shape, meta.dtype))?;
         }
         Ok(())
@@ -31,7 +31,7 @@ impl OptimizerValues {
 
     /// Feeds `hyper = (lr, step)` for the next run (`step` is 1-based).
     pub fn set_hyper<B: Backend>(&self, ex: &mut Executor<B>, lr: f64, step: u64) -> Result<()> {
-        let t = match ex.graph().dtype(self.hyper) {
+        let t = match ex.graph().dtype(self.hyper)? {
             DType::F32 => Tensor::new([2], vec![lr as f32, step as f32])?,
             _ => Tensor::new([2], vec![lr, step as f64])?,
         };

@@ -70,10 +70,10 @@ impl GradCheck {
         let mut weights = Vec::new();
         let mut loss = None;
         for o in outs {
-            if g.dtype(o) != DType::F64 {
+            if g.dtype(o)? != DType::F64 {
                 continue;
             }
-            let shape = g.shape(o).clone();
+            let shape = g.shape(o)?.clone();
             let w = g.input(format!("w{}", weights.len()), shape.clone(), DType::F64);
             weights.push((
                 w,
@@ -136,7 +136,7 @@ impl GradCheck {
                 .find(|(v, _)| *v == id)
                 .ok_or_else(|| Error::graph(format!("gradcheck: no value given for {id:?}")))?
                 .1;
-            let name = fwd.graph().value(id).name.clone();
+            let name = fwd.graph().value(id)?.name.clone();
             let analytic = full.get(grads[k])?.to_f64_vec();
             let n = base.numel();
             let mut picks: Vec<usize> = (0..n).collect();

@@ -21,36 +21,57 @@ use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{DType, Meta, Shape};
 
+/// A value of a graph: its position in [`Graph::values`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ValueId(pub u32);
 
+/// A node of a graph: its position in [`Graph::nodes`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u32);
 
+/// Where a value comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ValueKind {
     /// Fed by the caller before each run.
     Input,
-    /// Kept by the executor across runs: parameters (`trainable`) and optimizer state.
-    Persistent { trainable: bool },
+    /// Kept by the executor across runs: parameters and optimizer state.
+    Persistent {
+        /// A parameter (in [`Graph::params`]), as opposed to optimizer state.
+        trainable: bool,
+    },
     /// Output `index` of `node`.
-    Computed { node: NodeId, index: usize },
+    Computed {
+        /// The node that computes it.
+        node: NodeId,
+        /// Which of the node's outputs it is.
+        index: usize,
+    },
 }
 
+/// One value of a graph.
 #[derive(Clone, Debug)]
 pub struct Value {
+    /// Its name: given for inputs and parameters, `op#node.output` for computed values.
     pub name: String,
+    /// Shape and dtype.
     pub meta: Meta,
+    /// Where it comes from.
     pub kind: ValueKind,
 }
 
+/// One node of a graph: an op applied to values.
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// What it computes.
     pub op: Op,
+    /// Its inputs, in the op's positional order.
     pub inputs: Vec<ValueId>,
+    /// Its outputs, in the op's order.
     pub outputs: Vec<ValueId>,
 }
 
+/// A static graph of ops: built once with the builder methods, differentiated with
+/// [`Graph::backward`], run by an [`Executor`].
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     values: Vec<Value>,
@@ -58,6 +79,7 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// An empty graph.
     pub fn new() -> Self {
         Self::default()
     }
@@ -109,7 +131,7 @@ impl Graph {
     pub fn push(&mut self, op: Op, inputs: &[ValueId]) -> Result<Vec<ValueId>> {
         let metas = inputs
             .iter()
-            .map(|&v| self.try_meta(v).cloned())
+            .map(|&v| self.meta(v).cloned())
             .collect::<Result<Vec<_>>>()?;
         let out_metas = op.infer(&metas)?;
         let node = NodeId(self.nodes.len() as u32);
@@ -142,48 +164,52 @@ impl Graph {
         }
     }
 
+    /// Every value, in creation order (a [`ValueId`] indexes it).
     pub fn values(&self) -> &[Value] {
         &self.values
     }
+    /// Every node, in insertion order, which is a topological order.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
-    /// Value `v` of this graph. Panics on an id from another graph; [`Graph::try_meta`] is
-    /// the checked form for ids that come from elsewhere.
-    pub fn value(&self, v: ValueId) -> &Value {
-        &self.values[v.0 as usize]
-    }
-    pub fn node(&self, n: NodeId) -> &Node {
-        &self.nodes[n.0 as usize]
-    }
-    /// The meta of `v` (panics like [`Graph::value`]).
-    pub fn meta(&self, v: ValueId) -> &Meta {
-        &self.value(v).meta
-    }
-    pub fn shape(&self, v: ValueId) -> &Shape {
-        &self.value(v).meta.shape
-    }
-    pub fn dtype(&self, v: ValueId) -> DType {
-        self.value(v).meta.dtype
-    }
-    /// The meta of `v`, or an error when `v` is not a value of this graph.
-    pub fn try_meta(&self, v: ValueId) -> Result<&Meta> {
+    /// Value `v` of this graph, or an error when `v` is not one of its values (an id from
+    /// another graph).
+    pub fn value(&self, v: ValueId) -> Result<&Value> {
         self.values
             .get(v.0 as usize)
-            .map(|x| &x.meta)
             .ok_or_else(|| Error::graph(format!("unknown value {v:?} (from another graph?)")))
+    }
+    /// Node `n` of this graph, or an error when it has none of that id.
+    pub fn node(&self, n: NodeId) -> Result<&Node> {
+        self.nodes
+            .get(n.0 as usize)
+            .ok_or_else(|| Error::graph(format!("unknown node {n:?} (from another graph?)")))
+    }
+    /// The shape and dtype of `v` (an error like [`Graph::value`]).
+    pub fn meta(&self, v: ValueId) -> Result<&Meta> {
+        Ok(&self.value(v)?.meta)
+    }
+    /// The shape of `v` (an error like [`Graph::value`]).
+    pub fn shape(&self, v: ValueId) -> Result<&Shape> {
+        Ok(&self.value(v)?.meta.shape)
+    }
+    /// The dtype of `v` (an error like [`Graph::value`]).
+    pub fn dtype(&self, v: ValueId) -> Result<DType> {
+        Ok(self.value(v)?.meta.dtype)
     }
     /// The trainable parameters, in creation order.
     pub fn params(&self) -> Vec<ValueId> {
         self.ids_where(|k| matches!(k, ValueKind::Persistent { trainable: true }))
     }
+    /// The values fed before each run, in creation order.
     pub fn inputs(&self) -> Vec<ValueId> {
         self.ids_where(|k| matches!(k, ValueKind::Input))
     }
     fn ids_where(&self, f: impl Fn(&ValueKind) -> bool) -> Vec<ValueId> {
         (0..self.values.len() as u32)
-            .map(ValueId)
-            .filter(|&v| f(&self.value(v).kind))
+            .zip(&self.values)
+            .filter(|(_, v)| f(&v.kind))
+            .map(|(i, _)| ValueId(i))
             .collect()
     }
     /// Find a value by name (parameters and inputs are named by the model).

@@ -74,11 +74,11 @@ impl Plan {
                 }
             }
             for &m in &node.inputs[..node.op.mutated_inputs().min(node.inputs.len())] {
-                if !matches!(graph.value(m).kind, ValueKind::Persistent { .. }) {
+                if !matches!(graph.value(m)?.kind, ValueKind::Persistent { .. }) {
                     return Err(Error::graph(format!(
                         "{} updates {:?} in place, which is not a parameter or state",
                         node.op.name(),
-                        graph.value(m).name
+                        graph.value(m)?.name
                     )));
                 }
             }
@@ -94,7 +94,7 @@ impl Plan {
         }
         let mut forward: Vec<NodeId> = Vec::new();
         for &n in schedule.iter().rev() {
-            let node = graph.node(n);
+            let node = graph.node(n)?;
             if node.op.mutated_inputs() == 0 && node.outputs.iter().any(|o| wanted[o.0 as usize]) {
                 forward.push(n);
                 for i in &node.inputs {
@@ -108,10 +108,10 @@ impl Plan {
         const FOREVER: usize = usize::MAX;
         let mut last_use = vec![0usize; nv];
         for (pos, &n) in schedule.iter().enumerate() {
-            for i in &graph.node(n).inputs {
+            for i in &graph.node(n)?.inputs {
                 last_use[i.0 as usize] = pos;
             }
-            for o in &graph.node(n).outputs {
+            for o in &graph.node(n)?.outputs {
                 last_use[o.0 as usize] = last_use[o.0 as usize].max(pos);
             }
         }
@@ -127,8 +127,8 @@ impl Plan {
         let mut total = 0usize;
         let mut dies_at: Vec<Vec<ValueId>> = vec![Vec::new(); schedule.len()];
         for (pos, &n) in schedule.iter().enumerate() {
-            for &o in &graph.node(n).outputs {
-                let meta = graph.meta(o);
+            for &o in &graph.node(n)?.outputs {
+                let meta = graph.meta(o)?;
                 let len = meta.shape.numel();
                 total += meta.bytes();
                 let fits = free

@@ -158,8 +158,8 @@ fn relation_loss(
 ) -> Result<ValueId> {
     let (b, per) = (cap.batch, cap.node_samples / cap.batch);
     let (k, d) = (
-        ps.graph.shape(appearance).dim(1),
-        ps.graph.shape(z_img).dim(1),
+        ps.graph.shape(appearance)?.at(1),
+        ps.graph.shape(z_img)?.at(1),
     );
     let (wz, _) = ps.linear("relation.z", d, d, false);
     let (wa, ba) = ps.linear("relation.a", k, d, true);
@@ -181,7 +181,7 @@ fn relation_loss(
     // every recorded recipe number (grad_norm differs in its 7th digit from epoch 1): make
     // that change together with the next re-run of the recipe table.
     let side = |g: &mut Graph, x: ValueId, first: bool| -> Result<ValueId> {
-        let w = g.shape(x).dim(2);
+        let w = g.shape(x)?.at(2);
         let rows = pairs
             .iter()
             .map(|&(i, j)| g.slice(x, 1, if first { i } else { j }, 1))

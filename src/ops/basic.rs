@@ -174,8 +174,8 @@ impl MatMulDims {
             ));
         }
         let r = a.rank();
-        let (a_rows, a_cols) = (a.dim(r - 2), a.dim(r - 1));
-        let (b_rows, b_cols) = (b.dim(r - 2), b.dim(r - 1));
+        let (a_rows, a_cols) = (a.at(r - 2), a.at(r - 1));
+        let (b_rows, b_cols) = (b.at(r - 2), b.at(r - 1));
         let (m, ka) = if ta {
             (a_cols, a_rows)
         } else {
@@ -193,14 +193,14 @@ impl MatMulDims {
             ));
         }
         let batched = r == 3;
-        if batched && a.dim(0) != b.dim(0) {
+        if batched && a.at(0) != b.at(0) {
             return Err(Error::shape(
                 op,
                 format!("batch dimensions differ: {a:?} vs {b:?}"),
             ));
         }
         Ok(MatMulDims {
-            batch: if batched { a.dim(0) } else { 1 },
+            batch: if batched { a.at(0) } else { 1 },
             batched,
             m,
             k: ka,
@@ -320,8 +320,8 @@ pub(crate) fn grad(
         Op::MulBroadcast => {
             let gx = g.push1(Op::MulBroadcast, &[gy, x[1]])?;
             let prod = g.mul(gy, x[0])?;
-            let w_shape = g.shape(x[1]).clone();
-            let gw = if w_shape.dims() == [g.shape(x[0]).last()] {
+            let w_shape = g.shape(x[1])?.clone();
+            let gw = if w_shape.dims() == [g.shape(x[0])?.last()] {
                 g.sum_rows(prod)?
             } else {
                 let s = g.sum(prod)?;
@@ -355,7 +355,7 @@ pub(crate) fn grad(
             vec![Some(ga), Some(gb)]
         }
         Op::Reduce(r) => vec![Some(
-            g.push1(Op::ReduceBackward(*r, g.shape(x[0]).clone()), &[gy])?,
+            g.push1(Op::ReduceBackward(*r, g.shape(x[0])?.clone()), &[gy])?,
         )],
         op => return Err(Error::graph(format!("{} has no gradient rule", op.name()))),
     })

@@ -521,7 +521,7 @@ fn check_graph(op: &'static str, g: &GraphArgs<Meta>, n: usize) -> Result<usize>
         check::index(op, what, m)?;
         check::rank(op, what, m, 1)?;
     }
-    let e = g.src.shape.dim(0);
+    let e = g.src.shape.at(0);
     check::dims(op, "row_ptr", g.row_ptr, &[n + 1])?;
     check::dims(op, "col_ptr", g.col_ptr, &[n + 1])?;
     check::dims(op, "col_edge", g.col_edge, &[e])?;
@@ -532,7 +532,7 @@ fn check_graph(op: &'static str, g: &GraphArgs<Meta>, n: usize) -> Result<usize>
 fn check_params(op: &'static str, z: &Meta, a_src: &Meta, a_dst: &Meta) -> Result<[usize; 3]> {
     check::float(op, "z", z)?;
     check::rank(op, "z", z, 3)?;
-    let (n, h, f) = (z.shape.dim(0), z.shape.dim(1), z.shape.dim(2));
+    let (n, h, f) = (z.shape.at(0), z.shape.at(1), z.shape.at(2));
     if h == 0 || f == 0 {
         return Err(Error::shape(
             op,
@@ -555,8 +555,8 @@ fn check_aggregate(op: &'static str, alpha: &Meta, s: &Meta) -> Result<[usize; 4
     check::rank(op, "alpha", alpha, 2)?;
     check::same_dtype(op, "s", alpha, s)?;
     check::rank(op, "s", s, 3)?;
-    let h = alpha.shape.dim(1);
-    let (t, n, c) = (s.shape.dim(0), s.shape.dim(1), s.shape.dim(2));
+    let h = alpha.shape.at(1);
+    let (t, n, c) = (s.shape.at(0), s.shape.at(1), s.shape.at(2));
     if h == 0 || c == 0 || c % h != 0 {
         return Err(Error::shape(
             op,

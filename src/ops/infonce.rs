@@ -71,7 +71,7 @@ fn check_abs(op: &'static str, a: &Meta, p: &Meta, ls: &Meta) -> Result<(usize, 
         ));
     }
     check::dims(op, "logit_scale", ls, &[])?;
-    let (b, d) = (a.shape.dim(0), a.shape.dim(1));
+    let (b, d) = (a.shape.at(0), a.shape.at(1));
     if b == 0 {
         return Err(Error::shape(op, "the batch is empty (B = 0)"));
     }
@@ -195,9 +195,9 @@ pub(crate) fn grad(
     if og[0].is_none() && og[1].is_none() && g_col.is_none() {
         return Ok(vec![None; x.len()]);
     }
-    let dt = g.dtype(x[0]);
+    let dt = g.dtype(x[0])?;
     let zeros = |g: &mut Graph, v: ValueId| {
-        let meta = g.meta(v).clone();
+        let meta = g.meta(v)?.clone();
         g.push1(Op::Fill { value: 0.0, meta }, &[])
     };
     let g_loss = match og[0] {

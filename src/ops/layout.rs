@@ -88,7 +88,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
                 }
                 seen[p] = true;
             }
-            let dims: Vec<usize> = perm.iter().map(|&p| x.shape.dim(p)).collect();
+            let dims: Vec<usize> = perm.iter().map(|&p| x.shape.at(p)).collect();
             Ok(vec![Meta::new(dims, x.dtype)])
         }
         Op::Concat { axis } => {
@@ -116,7 +116,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
                         ),
                     ));
                 }
-                dims[*axis] += m.shape.dim(*axis);
+                dims[*axis] += m.shape.at(*axis);
             }
             Ok(vec![Meta::new(dims, first.dtype)])
         }
@@ -124,7 +124,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::arity(name, inputs, 1)?;
             let x = &inputs[0];
             check_axis(name, "x", &x.shape, *axis)?;
-            let d = x.shape.dim(*axis);
+            let d = x.shape.at(*axis);
             if start.checked_add(*len).is_none_or(|end| end > d) {
                 return Err(Error::shape(
                     name,
@@ -168,7 +168,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::rank(name, "table", t, 2)?;
             check::index(name, "idx", idx)?;
             check::rank(name, "idx", idx, 1)?;
-            Ok(vec![Meta::new([idx.shape.dim(0), t.shape.dim(1)], t.dtype)])
+            Ok(vec![Meta::new([idx.shape.at(0), t.shape.at(1)], t.dtype)])
         }
         Op::ScatterAdd { rows } => {
             check::arity(name, inputs, 2)?;
@@ -176,8 +176,8 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::float(name, "g", gm)?;
             check::rank(name, "g", gm, 2)?;
             check::index(name, "idx", idx)?;
-            check::dims(name, "idx", idx, &[gm.shape.dim(0)])?;
-            Ok(vec![Meta::new([*rows, gm.shape.dim(1)], gm.dtype)])
+            check::dims(name, "idx", idx, &[gm.shape.at(0)])?;
+            Ok(vec![Meta::new([*rows, gm.shape.at(1)], gm.dtype)])
         }
         Op::Dropout { p } | Op::DropoutBackward { p } => {
             check::arity(name, inputs, 2)?;
@@ -206,7 +206,7 @@ pub(crate) fn grad(
         return Ok(vec![None; x.len()]);
     };
     Ok(match &node.op {
-        Op::Reshape(_) => vec![Some(g.reshape(gy, g.shape(x[0]).clone())?)],
+        Op::Reshape(_) => vec![Some(g.reshape(gy, g.shape(x[0])?.clone())?)],
         Op::Permute(perm) => {
             let mut inv = vec![0; perm.len()];
             for (i, &p) in perm.iter().enumerate() {
@@ -218,7 +218,7 @@ pub(crate) fn grad(
             let mut start = 0;
             let mut out = Vec::new();
             for &xi in x {
-                let len = g.shape(xi).dim(*axis);
+                let len = g.shape(xi)?.at(*axis);
                 out.push(Some(g.push1(
                     Op::Slice {
                         axis: *axis,
@@ -232,7 +232,7 @@ pub(crate) fn grad(
             out
         }
         Op::Slice { axis, start, .. } => {
-            let full = g.shape(x[0]).clone();
+            let full = g.shape(x[0])?.clone();
             vec![Some(g.push1(
                 Op::SliceBackward {
                     axis: *axis,
@@ -243,7 +243,7 @@ pub(crate) fn grad(
             )?)]
         }
         Op::Gather => {
-            let rows = g.shape(x[0]).dim(0);
+            let rows = g.shape(x[0])?.at(0);
             vec![Some(g.push1(Op::ScatterAdd { rows }, &[gy, x[1]])?), None]
         }
         Op::Dropout { p } => vec![
@@ -259,7 +259,7 @@ impl Graph {
     /// The same elements under another shape of equal size (a no-op if the shape is equal).
     pub fn reshape(&mut self, x: ValueId, shape: impl Into<Shape>) -> Result<ValueId> {
         let shape = shape.into();
-        if self.shape(x) == &shape {
+        if self.shape(x)? == &shape {
             return Ok(x);
         }
         self.push1(Op::Reshape(shape), &[x])
@@ -268,7 +268,7 @@ impl Graph {
     /// Axes permuted: output axis `i` is input axis `perm[i]` (`torch.permute` semantics).
     /// Rank ≤ 6. The identity permutation returns `x` itself.
     pub fn permute(&mut self, x: ValueId, perm: &[usize]) -> Result<ValueId> {
-        if perm.iter().enumerate().all(|(i, &p)| i == p) && perm.len() == self.shape(x).rank() {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) && perm.len() == self.shape(x)?.rank() {
             return Ok(x);
         }
         self.push1(Op::Permute(perm.to_vec()), &[x])

@@ -173,23 +173,23 @@ impl Graph {
         let Some(&first) = params.first() else {
             return Err(Error::graph("adamw_step: no parameters"));
         };
-        let dtype = self.dtype(first);
+        let dtype = self.dtype(first)?;
         for (&p, &g) in params.iter().zip(grads) {
-            let v = self.value(p);
+            let v = self.value(p)?;
             if !matches!(v.kind, ValueKind::Persistent { .. }) {
                 return Err(Error::graph(format!(
                     "adamw_step: {:?} is not a parameter or state (it is updated in place)",
                     v.name
                 )));
             }
-            if self.meta(p) != self.meta(g) || v.meta.dtype != dtype {
+            if self.meta(p)? != self.meta(g)? || v.meta.dtype != dtype {
                 return Err(Error::shape(
                     "adamw",
                     format!(
                         "parameter {:?} is {:?}, its gradient {:?} (all parameters must be {dtype:?})",
                         v.name,
-                        self.meta(p),
-                        self.meta(g)
+                        self.meta(p)?,
+                        self.meta(g)?
                     ),
                 ));
             }
@@ -198,7 +198,7 @@ impl Graph {
         let hyper = self.input("adamw.hyper", [2], dtype);
         let (mut m, mut v) = (Vec::new(), Vec::new());
         for (&p, &g) in params.iter().zip(grads) {
-            let (name, shape) = (self.value(p).name.clone(), self.shape(p).clone());
+            let (name, shape) = (self.value(p)?.name.clone(), self.shape(p)?.clone());
             let mi = self.state(format!("adam_m.{name}"), shape.clone(), dtype);
             let vi = self.state(format!("adam_v.{name}"), shape, dtype);
             self.push(Op::AdamW(cfg), &[p, mi, vi, g, clip_scale, hyper])?;

@@ -66,9 +66,9 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::float(name, "x", x)?;
             check::rank(name, "x", x, 2)?;
             check::index(name, "seg", seg)?;
-            check::dims(name, "seg", seg, &[x.shape.dim(0)])?;
+            check::dims(name, "seg", seg, &[x.shape.at(0)])?;
             Ok(vec![
-                Meta::new([*segments, x.shape.dim(1)], x.dtype),
+                Meta::new([*segments, x.shape.at(1)], x.dtype),
                 Meta::new([*segments], x.dtype),
             ])
         }
@@ -80,11 +80,8 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             check::index(name, "seg", seg)?;
             check::rank(name, "seg", seg, 1)?;
             check::same_dtype(name, "g_y and count", gy, count)?;
-            check::dims(name, "count", count, &[gy.shape.dim(0)])?;
-            Ok(vec![Meta::new(
-                [seg.shape.dim(0), gy.shape.dim(1)],
-                gy.dtype,
-            )])
+            check::dims(name, "count", count, &[gy.shape.at(0)])?;
+            Ok(vec![Meta::new([seg.shape.at(0), gy.shape.at(1)], gy.dtype)])
         }
         _ => Err(Error::graph(format!("{name} is not a segment op"))),
     }

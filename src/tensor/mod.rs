@@ -67,8 +67,17 @@ impl Shape {
     pub fn checked_numel(&self) -> Option<usize> {
         self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
-    /// Dimension `i` (outermost is 0); panics when `i` is not below the rank.
-    pub fn dim(&self, i: usize) -> usize {
+    /// Dimension `i` (outermost is 0), or an error when `i` is not below the rank.
+    pub fn dim(&self, i: usize) -> Result<usize> {
+        self.0.get(i).copied().ok_or_else(|| {
+            Error::shape(
+                "shape",
+                format!("no axis {i} in {self:?} (rank {})", self.rank()),
+            )
+        })
+    }
+    /// Dimension `i` where the rank is already checked (the op set's shape rules and kernels).
+    pub(crate) fn at(&self, i: usize) -> usize {
         self.0[i]
     }
     /// Last dimension (1 for a scalar).

@@ -244,7 +244,7 @@ impl Feeder {
 /// Sets a value, converting float data to the value's dtype (models built in f64 for
 /// gradient checks take the same batches).
 fn set_as<B: Backend>(ex: &mut Executor<B>, v: crate::graph::ValueId, t: Tensor) -> Result<()> {
-    let want = ex.graph().dtype(v);
+    let want = ex.graph().dtype(v)?;
     if t.dtype() == want {
         ex.set(v, &t)
     } else {

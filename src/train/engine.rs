@@ -102,7 +102,7 @@ impl<B: Backend> Engine<B> {
             self.train.set(id, &t)?;
         }
         for &s in &self.opt_state {
-            let m = self.train.graph().meta(s).clone();
+            let m = self.train.graph().meta(s)?.clone();
             self.train.set(s, &Tensor::zeros(m.shape, m.dtype))?;
         }
         Ok(())

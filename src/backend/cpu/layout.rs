@@ -78,7 +78,7 @@ fn run<T: Element>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> R
             let (outer, total, inner) = split(&out_shape, *axis);
             let parts = inputs
                 .iter()
-                .map(|v| Ok((read::<T>(v)?, v.shape.dim(*axis) * inner)))
+                .map(|v| Ok((read::<T>(v)?, v.shape.at(*axis) * inner)))
                 .collect::<Result<Vec<_>>>()?;
             let block = total * inner;
             if outer == 0 || block == 0 {
@@ -115,7 +115,7 @@ fn run<T: Element>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> R
         Op::SliceBackward { axis, start, full } => {
             let g = read::<T>(&inputs[0])?;
             let (outer, d, inner) = split(full, *axis);
-            let len = inputs[0].shape.dim(*axis);
+            let len = inputs[0].shape.at(*axis);
             let (block, part, off) = (d * inner, len * inner, start * inner);
             if outer == 0 || block == 0 {
                 return Ok(());
@@ -133,7 +133,7 @@ fn run<T: Element>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> R
         Op::Gather => {
             let table = read::<T>(&inputs[0])?;
             let idx = read::<i32>(&inputs[1])?;
-            let (rows, c) = (inputs[0].shape.dim(0), inputs[0].shape.dim(1));
+            let (rows, c) = (inputs[0].shape.at(0), inputs[0].shape.at(1));
             validate_indices(name, idx, rows)?;
             chunks_do(y, chunk_of(c), |ci, chunk| {
                 let first = ci * chunk_of(c) / c.max(1);
@@ -160,7 +160,7 @@ fn float_kernels<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMu
         Op::ScatterAdd { rows } => {
             let g = read::<T>(&inputs[0])?;
             let idx = read::<i32>(&inputs[1])?;
-            let c = inputs[0].shape.dim(1);
+            let c = inputs[0].shape.at(1);
             validate_indices(name, idx, *rows)?;
             // Positions grouped by row (stable: ascending k within a row), then each output
             // row sums its contributions in that order.

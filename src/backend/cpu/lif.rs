@@ -225,7 +225,7 @@ fn over_tasks<I: Send, R: Send>(
 }
 
 fn dims2(v: &CpuView) -> (usize, usize) {
-    (v.shape.dim(0), v.shape.dim(1))
+    (v.shape.at(0), v.shape.at(1))
 }
 
 fn read_opt<'a, T: Float>(v: Option<&CpuView<'a>>) -> Result<Option<&'a [T]>> {

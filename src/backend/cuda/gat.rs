@@ -296,7 +296,7 @@ fn heads(op: &Op, h: usize, c: usize) -> Result<()> {
 
 /// alpha[E,H], s[T,N,C], graph → y[T,N,C]
 fn aggregate(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Result<()> {
-    let h = x.alpha.shape.dim(1);
+    let h = x.alpha.shape.at(1);
     let [steps, n, c] = dims3(x.s);
     k.be.check_graph(op.name(), n, &x.graph, false)?;
     if steps * n * c == 0 {
@@ -327,7 +327,7 @@ fn aggregate_backward(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Res
         col_ptr,
         col_edge,
     } = x.graph;
-    let (e, h) = (alpha.shape.dim(0), alpha.shape.dim(1));
+    let (e, h) = (alpha.shape.at(0), alpha.shape.at(1));
     let [steps, n, c] = dims3(s);
     k.be.check_graph(op.name(), n, &x.graph, true)?;
     heads(op, h, c)?;

@@ -19,7 +19,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         return Err(unsupported(op, "the tiled InfoNCE kernels are f32 only"));
     }
     let k = Kernels::typed(be, op, DType::F32);
-    let (b, d) = (a.shape.dim(0), a.shape.dim(1));
+    let (b, d) = (a.shape.at(0), a.shape.at(1));
     if b == 0 {
         return Err(Error::shape(op.name(), "the batch is empty (B = 0)"));
     }

@@ -17,7 +17,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
             let k = Kernels::typed(be, op, y.dtype);
             let mut offset = 0usize;
             for v in ins {
-                let width = v.shape.dim(*axis) * inner;
+                let width = v.shape.at(*axis) * inner;
                 copy_cols(
                     &k,
                     v.buf.ptr,
@@ -27,7 +27,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
                     (width, 0),
                     (total * inner, offset * inner),
                 )?;
-                offset += v.shape.dim(*axis);
+                offset += v.shape.at(*axis);
             }
             Ok(())
         }
@@ -45,7 +45,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         }
         Op::SliceBackward { axis, start, full } => {
             let (outer, d, inner) = split(full, *axis);
-            let len = ins[0].shape.dim(*axis);
+            let len = ins[0].shape.at(*axis);
             be.memset0(y.ptr, full.numel() * y.dtype.size())?;
             copy_cols(
                 &Kernels::typed(be, op, y.dtype),
@@ -59,7 +59,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         }
         Op::Gather => {
             let k = Kernels::float(be, op, y.dtype)?;
-            let (rows, c) = (ins[0].shape.dim(0), ins[0].shape.dim(1));
+            let (rows, c) = (ins[0].shape.at(0), ins[0].shape.at(1));
             let n = ins[1].shape.numel();
             if CudaBackend::has_host(&ins[1]) {
                 validate_indices(op.name(), &be.host_i32(&ins[1])?, rows)?;
@@ -75,7 +75,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         }
         Op::ScatterAdd { rows } => {
             let k = Kernels::float(be, op, y.dtype)?;
-            let c = ins[0].shape.dim(1);
+            let c = ins[0].shape.at(1);
             let idx = be.host_i32(&ins[1])?;
             validate_indices(op.name(), &idx, *rows)?;
             if rows * c == 0 {

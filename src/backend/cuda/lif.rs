@@ -31,7 +31,7 @@ fn neuron_args<'k>(launch: Launch<'k>, cfg: &LifConfig, tau_ptr: u64) -> Launch<
 /// x[T, N] (, tau) → spikes, membrane, charge.
 fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result<()> {
     cfg.validate("lif")?;
-    let (steps, n) = (ins[0].shape.dim(0), ins[0].shape.dim(1));
+    let (steps, n) = (ins[0].shape.at(0), ins[0].shape.at(1));
     if steps * n == 0 {
         return Ok(());
     }
@@ -57,7 +57,7 @@ fn backward(k: &Kernels, op: &Op, cfg: &LifConfig, ins: Inputs, outs: &[Output])
     let x = LifBackwardArgs::of(op, ins)?;
     let ptr = |v: Option<&View<CudaBuffer>>| v.map_or(0, |v| v.buf.ptr);
     let (g_spikes, g_membrane, tau_ptr) = (ptr(x.grad_spikes), ptr(x.grad_membrane), ptr(x.tau));
-    let (steps, n) = (x.charge.shape.dim(0), x.charge.shape.dim(1));
+    let (steps, n) = (x.charge.shape.at(0), x.charge.shape.at(1));
     if steps * n == 0 {
         if cfg.learnable_tau {
             k.be.memset0(outs[1].ptr, k.elem_bytes())?;

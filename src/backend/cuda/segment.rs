@@ -17,8 +17,8 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         Op::SegmentMeanBackward => {
             // g_y[S,C], seg[P], count[S] -> gx[P,C]
             let gx = &outs[0];
-            let (rows, c) = (gx.shape.dim(0), gx.shape.last());
-            let segments = ins[0].shape.dim(0);
+            let (rows, c) = (gx.shape.at(0), gx.shape.last());
+            let segments = ins[0].shape.at(0);
             k.flat("segment_mean_bwd", rows * c)
                 .input(&ins[0])
                 .input(&ins[1])
