@@ -1148,3 +1148,13 @@ fn rewritten_graph_is_checked_again() {
     let err = gat(&bufs).expect_err("a rewritten src with node n must be rejected");
     assert!(err.to_string().contains("is not a node"), "{err}");
 }
+
+/// The eager fused-op API (`gshn::fused`) on GPU memory, as `examples/cuda_borrowed.rs` uses
+/// it: uploads once, chains ops on the device, compares with the CPU.
+#[path = "../examples/cuda_borrowed.rs"]
+mod cuda_borrowed;
+
+#[test]
+fn eager_api_on_device_memory() {
+    cuda_borrowed::main().unwrap();
+}
