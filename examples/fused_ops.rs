@@ -62,13 +62,13 @@ fn lif() -> Result<()> {
     let mut gx = vec![0f32; t * n];
     let mut gv = vec![0f32; n]; // dL/dV_t flowing back from step t + 1
     for step in (0..t).rev() {
-        for j in 0..n {
+        for (j, gvj) in gv.iter_mut().enumerate() {
             let k = step * n + j;
             let (h, s) = (h_all[k], spikes[k]);
             // V = H (1 − S(H)): ∂V/∂H = (1 − S) − H σ'(H − 1).
-            let gh = sg(h) + gv[j] * ((1.0 - s) - h * sg(h));
+            let gh = sg(h) + *gvj * ((1.0 - s) - h * sg(h));
             gx[k] = gh / 2.0;
-            gv[j] = gh * (1.0 - 0.5);
+            *gvj = gh * (1.0 - 0.5);
         }
     }
     close(
