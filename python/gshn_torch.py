@@ -26,7 +26,7 @@ Gradients are first-order only: a backward through a gshn op with create_graph=T
 RuntimeError (rather than return a gradient that a second backward takes for a constant).
 
 The library is $GSHN_LIB, else target/{release,debug}/libgshn.so of this repository
-(`cargo build --release --lib`). Importing this module loads nothing: the library is opened on
+(`cargo build --release -p gshn-capi`). Importing this module loads nothing: the library is opened on
 first use, so the pure-PyTorch references (`ref_lif`, `ref_gat`, `ref_aggregate`,
 `ref_infonce`) work anywhere.
 
@@ -95,7 +95,7 @@ def library():
     if path is None:
         where = "$GSHN_LIB" if env else "the build directories"
         raise OSError(f"libgshn.so not found in {where}; tried: {', '.join(map(str, tried))}. "
-                      "Set GSHN_LIB or run `cargo build --release --lib`")
+                      "Set GSHN_LIB or run `cargo build --release -p gshn-capi`")
     lib = C.CDLL(str(path))
     lib.gshn_last_error.restype = C.c_char_p
     lib.gshn_abi_version.restype = C.c_int

@@ -5,7 +5,7 @@
 //!   ABI ([`crate::capi`]), run through [`run`].
 //! - By name: one table ([`OPS`]) of names, tensors (name, layout, dtype), attributes and
 //!   gradient defaults, shared by `gshn op` ([`crate::opcli`]) and the C ABI, whose functions
-//!   `<c_abi>_{forward,backward}_{cpu,cuda}` take tensors of the same names (`tests/capi.rs`
+//!   `<c_abi>_{forward,backward}_{cpu,cuda}` take tensors of the same names (`capi/tests/c_abi.rs`
 //!   checks `include/gshn.h` against this table). Names follow the ops (`Op::name`); older
 //!   spellings stay accepted as aliases.
 

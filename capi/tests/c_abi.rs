@@ -1,10 +1,10 @@
-//! The C ABI: compiles `tests/c/capi_test.c` against `include/gshn.h` and the built
+//! The C ABI: compiles `capi/tests/c/capi_test.c` against `include/gshn.h` and the built
 //! `libgshn.so`, runs it (it also checks the error codes and messages), and compares every
-//! result it wrote with the same op run through `gshn::opcli` (the graph path) in Rust.
+//! result it wrote with the same op run through `gshn::opcli` (the eager ops) in Rust.
 //! Skips with a message when no C compiler is found.
 
-use gshn::opcli;
-use gshn::{CpuBackend, Tensor};
+use gshn_core::opcli;
+use gshn_core::{CpuBackend, Tensor};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,7 +100,8 @@ fn c_program_matches_the_rust_ops() {
         return;
     };
     let lib = lib_dir().expect("libgshn.so next to the test executable (crate-type cdylib)");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = here.parent().expect("capi/ is inside the repository");
     let dir = std::env::temp_dir().join(format!("gshn-capi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("capi_test");
@@ -108,7 +109,7 @@ fn c_program_matches_the_rust_ops() {
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1"])
         .arg("-I")
         .arg(root.join("include"))
-        .arg(root.join("tests/c/capi_test.c"))
+        .arg(here.join("tests/c/capi_test.c"))
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", lib.display()))
@@ -231,8 +232,8 @@ fn c_program_matches_the_rust_ops() {
 
 #[test]
 fn c_surrogate_numbers_are_the_kernels_codes() {
-    use gshn::capi::*;
-    use gshn::ops::Surrogate;
+    use gshn_core::capi::*;
+    use gshn_core::ops::Surrogate;
     for (c, s) in [
         (GSHN_SURROGATE_ATAN, Surrogate::ATan(2.0)),
         (GSHN_SURROGATE_SIGMOID, Surrogate::Sigmoid(4.0)),
@@ -250,9 +251,9 @@ fn c_surrogate_numbers_are_the_kernels_codes() {
 #[test]
 fn c_header_uses_the_fused_op_table_names() {
     let header =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/gshn.h")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../include/gshn.h")).unwrap();
     let mut covered = 0;
-    for op in gshn::fused::OPS {
+    for op in gshn_core::fused::OPS {
         let Some(prefix) = op.c_abi else { continue };
         let mut names: Vec<String> = Vec::new();
         for n in op
@@ -297,7 +298,7 @@ fn c_header_uses_the_fused_op_table_names() {
     let entries = header.matches("\nint gshn_").count() - 2;
     assert_eq!(
         covered, entries,
-        "a C entry point is missing from gshn::fused::OPS"
+        "a C entry point is missing from gshn_core::fused::OPS"
     );
 }
 
@@ -305,8 +306,8 @@ static RING_ROW_PTR: [i32; 4] = [0, 1, 2, 3];
 static RING_SRC: [i32; 3] = [1, 2, 0];
 
 /// A 3-node ring as the C ABI takes it.
-fn ring() -> gshn::capi::GshnGraph {
-    gshn::capi::GshnGraph {
+fn ring() -> gshn_core::capi::GshnGraph {
+    gshn_core::capi::GshnGraph {
         num_nodes: 3,
         num_edges: 3,
         row_ptr: RING_ROW_PTR.as_ptr(),
@@ -318,7 +319,7 @@ fn ring() -> gshn::capi::GshnGraph {
 /// small size that the kernels then read past (a segfault), nor an abort.
 #[test]
 fn overflowing_sizes_are_argument_errors() {
-    use gshn::capi::*;
+    use gshn_core::capi::*;
     use std::ffi::c_void;
     let buf = [0.5f32; 8];
     let mut out = [0f32; 8];
@@ -366,7 +367,7 @@ fn overflowing_sizes_are_argument_errors() {
 /// clear error (it gave a wrong alpha), and without alpha it is left to the caller as before.
 #[test]
 fn gat_alpha_refuses_outputs_that_alias_inputs() {
-    use gshn::capi::*;
+    use gshn_core::capi::*;
     use std::ffi::c_void;
     let g = ring();
     let (h, f) = (2usize, 2usize);
