@@ -17,6 +17,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    build_identity();
     for v in [
         "NVCC",
         "CUDA_HOME",
@@ -34,6 +35,42 @@ fn main() {
             e.lines().next().unwrap_or("")
         );
         std::process::exit(1);
+    }
+}
+
+/// `GSHN_KERNELS_HASH` (FNV-1a 64 of the kernel sources) and, in a git checkout,
+/// `GSHN_GIT_COMMIT`: what `gshn bench --json` reports it was built from.
+fn build_identity() {
+    let mut files: Vec<PathBuf> = fs::read_dir("kernels")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        let bytes = [
+            name.unwrap_or_default().into_bytes(),
+            fs::read(f).unwrap_or_default(),
+        ];
+        for b in bytes.iter().flatten() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    println!("cargo:rustc-env=GSHN_KERNELS_HASH={h:016x}");
+    if Path::new(".git/HEAD").exists() {
+        println!("cargo:rerun-if-changed=.git/HEAD");
+        if Path::new(".git/refs/heads").exists() {
+            println!("cargo:rerun-if-changed=.git/refs/heads");
+        }
+        let out = Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output();
+        if let Ok(o) = out {
+            let commit = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if o.status.success() && !commit.is_empty() {
+                println!("cargo:rustc-env=GSHN_GIT_COMMIT={commit}");
+            }
+        }
     }
 }
 

@@ -49,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod capi;
 #[cfg(feature = "model")]
 pub mod data;

@@ -120,6 +120,33 @@ enum Command {
         #[arg(long)]
         allow_non_finite: bool,
     },
+    /// Benchmark the kernels on this machine: the device's floors (copy bandwidth, GEMM), then
+    /// each kernel forward and backward with GB/s or TFLOP/s and the fraction of the floor;
+    /// `--compare PYTHON` adds PyTorch (PyG, SpikingJelly) on the same shapes.
+    Bench {
+        /// auto | cpu | cuda | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Kernels, comma-separated (default: all of lif, gat, aggregate, infonce,
+        /// segment_pool, matmul, layer_norm, adamw).
+        #[arg(long, value_delimiter = ',')]
+        ops: Vec<String>,
+        /// Float dtypes, comma-separated: f32, f64.
+        #[arg(long, value_delimiter = ',', default_value = "f32")]
+        dtype: Vec<String>,
+        /// Problem sizes: small | default | large.
+        #[arg(long, default_value = "default")]
+        shapes: String,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// A Python interpreter with torch: time the same cases in PyTorch too.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Sampling time per case in ms (default: 30 small, 600 default, 1500 large).
+        #[arg(long)]
+        budget_ms: Option<u64>,
+    },
     /// Print the default run configuration (TOML): every key a --config file may set.
     Config,
     /// Which backends and devices are available.
@@ -310,6 +337,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("{line}");
             Ok(())
         }
+        Command::Bench {
+            device,
+            ops,
+            dtype,
+            shapes,
+            json,
+            compare,
+            budget_ms,
+        } => bench(&device, ops, &dtype, &shapes, json, compare, budget_ms),
         Command::Config => {
             print!("{}", RunConfig::default().to_toml());
             Ok(())
@@ -328,6 +364,56 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `gshn bench`: floors, kernels, the optional PyTorch comparison, a table and the JSON report.
+fn bench(
+    device: &str,
+    ops: Vec<String>,
+    dtypes: &[String],
+    shapes: &str,
+    json: Option<PathBuf>,
+    compare: Option<PathBuf>,
+    budget_ms: Option<u64>,
+) -> Result<()> {
+    use gshn::bench;
+    let backend = device.parse::<Device>()?.backend()?;
+    let mut opts = bench::Options::new(shapes.parse()?);
+    if !ops.is_empty() {
+        opts.ops = ops;
+    }
+    opts.dtypes = dtypes
+        .iter()
+        .map(|d| bench::parse_dtype(d))
+        .collect::<Result<_>>()?;
+    if let Some(ms) = budget_ms {
+        opts.budget = std::time::Duration::from_millis(ms);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut report = bench::run(&backend, &opts, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.what.clone());
+    })?;
+    bar.finish_and_clear();
+    if let Some(python) = compare {
+        eprintln!("bench: timing the same cases with {} ...", python.display());
+        if let Err(e) = bench::compare(&mut report, &python, rayon::current_num_threads()) {
+            eprintln!("gshn: note: no comparison: {e}");
+        }
+    }
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| gshn::Error::graph(format!("bench report: {e}")))?;
+        gshn::tensor::io::write_atomic(&path, text.as_bytes())?;
+        println!("report: {}", path.display());
+    }
+    Ok(())
 }
 
 fn print_recall(r: &gshn::train::retrieval::Recall) {

@@ -1,0 +1,588 @@
+//! The kernel benchmark behind `gshn bench`: one implementation of the benchmarked shapes, their
+//! byte and FLOP counts, and the timing, for the CPU and CUDA backends.
+//!
+//! A run measures the device's floors first — copy bandwidth (a large parallel memcpy on the
+//! CPU, a device-to-device copy on CUDA) and GEMM throughput per dtype (the `MatMul` op: the
+//! GEMM crate on the CPU, cuBLAS on CUDA) — then each kernel, forward and backward, through
+//! [`Backend::execute`] on buffers prepared beforehand (outputs preallocated, the forward's
+//! saved values computed once). Each [`Row`] gives the median and spread of the timed calls,
+//! the compulsory bytes or the FLOPs of the call (see [`Case`]), the achieved GB/s or TFLOP/s and
+//! its fraction of the measured floor. [`compare`] runs the same cases through PyTorch (and PyG /
+//! SpikingJelly where importable) with a given Python, in the same run.
+//!
+//! **Timing.** Two warm-up calls; then samples until the time budget is spent (at least 3, at
+//! most 50). A sample is a batch of calls between two `synchronize`s, sized so that a batch
+//! takes ≥ 1 ms, divided by its length: on CUDA this amortises the synchronisation the way
+//! CUDA events would, and on the CPU a batch is one call for anything above a millisecond.
+
+mod cases;
+
+pub use cases::{cases, Case, Pass, Size, OPS};
+
+use crate::backend::{AnyBackend, AnyBuffer, Backend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::ops::Op;
+use crate::tensor::{DType, Meta, Shape, Tensor};
+use crate::util::rng::SplitMix64;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Problem sizes.
+    pub size: Size,
+    /// Which kernels (names of [`OPS`]).
+    pub ops: Vec<String>,
+    /// Float dtypes to run each kernel in.
+    pub dtypes: Vec<DType>,
+    /// Time spent sampling each case (after warm-up).
+    pub budget: Duration,
+}
+
+impl Options {
+    /// Every kernel in f32 at `size`, with the budget that size gets by default.
+    pub fn new(size: Size) -> Options {
+        Options {
+            size,
+            ops: OPS.iter().map(|s| s.to_string()).collect(),
+            dtypes: vec![DType::F32],
+            budget: Duration::from_millis(match size {
+                Size::Small => 30,
+                Size::Default => 600,
+                Size::Large => 1500,
+            }),
+        }
+    }
+}
+
+/// The device's measured floors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Floors {
+    /// Copy bandwidth in GB/s (read + write bytes per second).
+    pub copy_gbps: f64,
+    /// Bytes copied per call.
+    pub copy_bytes: f64,
+    /// GEMM throughput per dtype.
+    pub gemm: Vec<GemmFloor>,
+}
+
+/// The GEMM floor of one dtype.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GemmFloor {
+    /// The dtype (`f32`, `f64`).
+    pub dtype: String,
+    /// M = K = N of the product.
+    pub n: usize,
+    /// Achieved TFLOP/s (2 n³ FLOPs per call).
+    pub tflops: f64,
+}
+
+/// One timed case.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// What was timed and its floor.
+    #[serde(flatten)]
+    pub case: Case,
+    /// Median milliseconds per call.
+    pub ms: f64,
+    /// Fastest sample, ms per call.
+    pub ms_min: f64,
+    /// Slowest sample, ms per call.
+    pub ms_max: f64,
+    /// Calls timed in all.
+    pub calls: usize,
+    /// `bytes / time`, GB/s (0 for compute-bound cases).
+    pub gbps: f64,
+    /// `flops / time`, TFLOP/s (0 for memory-bound cases).
+    pub tflops: f64,
+    /// Achieved GB/s over the copy floor, or TFLOP/s over the GEMM floor of the dtype.
+    pub of_floor: f64,
+    /// The same case in the reference library, when `--compare` ran it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reference: Option<Reference>,
+}
+
+/// A reference library's time for a case.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reference {
+    /// What was timed (library and call).
+    pub implementation: String,
+    /// Its median milliseconds per call.
+    pub ms: f64,
+    /// Reference time over gshn's (above 1: gshn is faster).
+    pub speedup: f64,
+}
+
+/// A whole run: where, what, and every row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// gshn's version.
+    pub gshn: String,
+    /// The commit it was built from (`unknown` outside a git checkout).
+    pub commit: String,
+    /// Hash of `kernels/*.cu` it was built with (FNV-1a 64).
+    pub kernels: String,
+    /// The backend (`cpu (2 threads)`, or the GPU's name).
+    pub device: String,
+    /// The CUDA driver version, on a GPU.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub driver: Option<String>,
+    /// `small`, `default` or `large`.
+    pub size: Size,
+    /// The floors every row is compared with.
+    pub floors: Floors,
+    /// One per case, in the order run.
+    pub rows: Vec<Row>,
+    /// The reference libraries `--compare` found, with versions.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reference_libraries: Option<serde_json::Value>,
+}
+
+/// Where a run is; given to the progress callback before each step.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Steps done so far.
+    pub done: usize,
+    /// Steps in all (floors, then cases).
+    pub total: usize,
+    /// What runs now.
+    pub what: String,
+}
+
+/// Runs the floors and then every case of `opts` on `be`.
+pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
+    let list = cases(opts.size, &opts.ops, &opts.dtypes)?;
+    let total = list.len() + 1 + opts.dtypes.len();
+    let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
+    step(0, "copy bandwidth".into());
+    let (copy_gbps, copy_bytes) = copy_floor(be, opts)?;
+    let mut gemm = Vec::new();
+    for (k, &dt) in opts.dtypes.iter().enumerate() {
+        step(1 + k, format!("GEMM {}", dtype_name(dt)));
+        gemm.push(gemm_floor(be, dt, opts)?);
+    }
+    let floors = Floors {
+        copy_gbps,
+        copy_bytes,
+        gemm,
+    };
+    let mut rows = Vec::new();
+    let mut rng = SplitMix64::new(42);
+    for (k, case) in list.into_iter().enumerate() {
+        step(1 + opts.dtypes.len() + k, case.label());
+        let mut prepared = cases::prepare(be, &case, &mut rng)?;
+        let t = time(be, opts.budget, || prepared.call(be))?;
+        rows.push(row(case, t, &floors));
+    }
+    step(total, "done".into());
+    Ok(Report {
+        gshn: env!("CARGO_PKG_VERSION").into(),
+        commit: option_env!("GSHN_GIT_COMMIT").unwrap_or("unknown").into(),
+        kernels: env!("GSHN_KERNELS_HASH").into(),
+        device: be.name(),
+        driver: driver_version(be),
+        size: opts.size,
+        floors,
+        rows,
+        reference_libraries: None,
+    })
+}
+
+/// `f32`, `f64`, `i32`.
+pub fn dtype_name(dt: DType) -> &'static str {
+    match dt {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::I32 => "i32",
+    }
+}
+
+/// A float dtype by name.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim() {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        other => Err(Error::invalid(
+            "bench",
+            format!(
+                "dtype {other:?}: the kernels run in f32 or f64 (half precision is not built yet)"
+            ),
+        )),
+    }
+}
+
+fn row(case: Case, t: Timing, floors: &Floors) -> Row {
+    let s = t.median_ms * 1e-3;
+    let gbps = if case.flops > 0.0 {
+        0.0
+    } else {
+        case.bytes / s / 1e9
+    };
+    let tflops = if case.flops > 0.0 {
+        case.flops / s / 1e12
+    } else {
+        0.0
+    };
+    let gemm = floors
+        .gemm
+        .iter()
+        .find(|g| g.dtype == case.dtype)
+        .map_or(0.0, |g| g.tflops);
+    let of_floor = if case.flops > 0.0 {
+        tflops / gemm.max(f64::MIN_POSITIVE)
+    } else {
+        gbps / floors.copy_gbps.max(f64::MIN_POSITIVE)
+    };
+    Row {
+        case,
+        ms: t.median_ms,
+        ms_min: t.min_ms,
+        ms_max: t.max_ms,
+        calls: t.calls,
+        gbps,
+        tflops,
+        of_floor,
+        reference: None,
+    }
+}
+
+// ---- timing ----------------------------------------------------------------------------------
+
+/// Per-call times of a case.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    calls: usize,
+}
+
+/// Times `f` (see the module doc): 2 warm-ups, then samples of batched calls.
+fn time<B: Backend>(be: &B, budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    let batch = |n: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        be.synchronize()?;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        be.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3 / n as f64)
+    };
+    batch(1, &mut f)?;
+    let one = batch(1, &mut f)?;
+    let per_batch = (1.0 / one.max(1e-6)).ceil().clamp(1.0, 1000.0) as usize;
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while samples.len() < 3 || (start.elapsed() < budget && samples.len() < 50) {
+        samples.push(batch(per_batch, &mut f)?);
+    }
+    samples.sort_by(f64::total_cmp);
+    let (min_ms, max_ms) = (samples[0], samples[samples.len() - 1]);
+    Ok(Timing {
+        median_ms: samples[samples.len() / 2],
+        min_ms,
+        max_ms,
+        calls: samples.len() * per_batch,
+    })
+}
+
+// ---- floors ----------------------------------------------------------------------------------
+
+/// Copy bandwidth: 256 MiB (32 MiB for small runs) read and written per call.
+fn copy_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, f64)> {
+    let bytes: usize = if opts.size == Size::Small {
+        32 << 20
+    } else {
+        256 << 20
+    };
+    let ms = match be {
+        AnyBackend::Cpu(_) => {
+            use rayon::prelude::*;
+            let n = bytes / 4;
+            let src = crate::tensor::try_filled(n, 1.0f32)?;
+            let mut dst = crate::tensor::try_filled(n, 0.0f32)?;
+            let chunk = 1 << 18;
+            time(be, opts.budget, || {
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
+                Ok(())
+            })?
+        }
+        #[cfg(feature = "cuda")]
+        AnyBackend::Cuda(c) => {
+            let err = |e| Error::Cuda(format!("copy floor: {e:?}"));
+            let src = c.stream().alloc_zeros::<u8>(bytes).map_err(err)?;
+            let mut dst = c.stream().alloc_zeros::<u8>(bytes).map_err(err)?;
+            time(be, opts.budget, || {
+                c.stream().memcpy_dtod(&src, &mut dst).map_err(err)
+            })?
+        }
+    };
+    let moved = 2.0 * bytes as f64;
+    Ok((moved / (ms.median_ms * 1e-3) / 1e9, moved))
+}
+
+/// GEMM throughput of `dt`: n = 2048 (512 for small runs; 4096 on a GPU).
+fn gemm_floor(be: &AnyBackend, dt: DType, opts: &Options) -> Result<GemmFloor> {
+    let n = match (opts.size, be.is_cuda()) {
+        (Size::Small, _) => 512,
+        (_, true) => 4096,
+        (_, false) => 2048,
+    };
+    let mut rng = SplitMix64::new(7);
+    let m = Meta::new([n, n], dt);
+    let a = upload(be, &random(&m, &mut rng)?)?;
+    let b = upload(be, &random(&m, &mut rng)?)?;
+    let mut c = be.alloc(dt, n * n)?;
+    let op = Op::MatMul {
+        trans_a: false,
+        trans_b: false,
+    };
+    let t = time(be, opts.budget, || {
+        let ins = [view(&a.0, &a.1), view(&b.0, &b.1)];
+        let mut outs = [ViewMut {
+            buf: &mut c,
+            shape: &m.shape,
+            dtype: dt,
+        }];
+        be.execute(&op, &ins, &mut outs)
+    })?;
+    Ok(GemmFloor {
+        dtype: dtype_name(dt).into(),
+        n,
+        tflops: 2.0 * (n as f64).powi(3) / (t.median_ms * 1e-3) / 1e12,
+    })
+}
+
+fn driver_version(be: &AnyBackend) -> Option<String> {
+    match be {
+        AnyBackend::Cpu(_) => None,
+        #[cfg(feature = "cuda")]
+        AnyBackend::Cuda(_) => {
+            let mut v: std::ffi::c_int = 0;
+            // SAFETY: a plain out-parameter query; the driver is loaded (a backend exists).
+            let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+            (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS)
+                .then(|| format!("{}.{}", v / 1000, (v % 1000) / 10))
+        }
+    }
+}
+
+// ---- buffers ---------------------------------------------------------------------------------
+
+/// A random host tensor of `m`: floats in ±1 (never zero), indices need their own rule.
+fn random(m: &Meta, rng: &mut SplitMix64) -> Result<Tensor> {
+    let n = m.shape.numel();
+    let x = |rng: &mut SplitMix64| {
+        let v = rng.range(-1.0, 1.0);
+        if v.abs() < 1e-3 {
+            0.5
+        } else {
+            v
+        }
+    };
+    match m.dtype {
+        DType::F32 => Tensor::new(m.shape.clone(), (0..n).map(|_| x(rng) as f32).collect()),
+        DType::F64 => Tensor::new(m.shape.clone(), (0..n).map(|_| x(rng)).collect()),
+        DType::I32 => Err(Error::graph("bench: random indices need a rule")),
+    }
+}
+
+fn upload(be: &AnyBackend, t: &Tensor) -> Result<(AnyBuffer, Meta)> {
+    let mut buf = be.alloc(t.dtype(), t.numel())?;
+    be.write(&mut buf, t)?;
+    Ok((buf, Meta::new(t.shape().clone(), t.dtype())))
+}
+
+fn view<'a>(buf: &'a AnyBuffer, m: &'a Meta) -> View<'a, AnyBuffer> {
+    View {
+        buf,
+        shape: &m.shape,
+        dtype: m.dtype,
+    }
+}
+
+/// A shape written `a×b×c`.
+pub fn shape_text(s: &Shape) -> String {
+    let d: Vec<String> = s.dims().iter().map(|d| d.to_string()).collect();
+    d.join("×")
+}
+
+fn io_error(path: &std::path::Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+// ---- comparison and output -------------------------------------------------------------------
+
+/// The PyTorch side of `--compare`: a Python script fed on stdin (so the installed binary needs
+/// no repository), reading the cases and printing one JSON line per case.
+pub const COMPARE_SCRIPT: &str = include_str!("compare.py");
+
+/// Runs every row of `report` through PyTorch with `python` (once per dtype) and fills in
+/// `reference`; a missing interpreter, or one without torch, is an error naming it; a case the
+/// script cannot run stays without a reference.
+pub fn compare(report: &mut Report, python: &std::path::Path, threads: usize) -> Result<()> {
+    let mut dtypes: Vec<String> = report.rows.iter().map(|r| r.case.dtype.clone()).collect();
+    dtypes.dedup();
+    let device = if report.driver.is_some() {
+        "cuda:0"
+    } else {
+        "cpu"
+    };
+    for dtype in dtypes {
+        let cases: Vec<serde_json::Value> = report
+            .rows
+            .iter()
+            .filter(|r| r.case.dtype == dtype)
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.case.id, "op": r.case.op, "pass": r.case.pass,
+                    "dims": r.case.dims, "reps": r.calls.clamp(3, 20),
+                })
+            })
+            .collect();
+        let spec = serde_json::json!({
+            "device": device, "dtype": dtype, "threads": threads, "cases": cases,
+        });
+        for line in run_script(python, &spec)?.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(lib) = v.get("library") {
+                report.reference_libraries = Some(lib.clone());
+                continue;
+            }
+            let (Some(id), Some(ms)) = (v["id"].as_str(), v["ms"].as_f64()) else {
+                continue;
+            };
+            if let Some(row) = report.rows.iter_mut().find(|r| r.case.id == id) {
+                row.reference = Some(Reference {
+                    implementation: v["impl"].as_str().unwrap_or("torch").to_string(),
+                    ms,
+                    speedup: ms / row.ms,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`COMPARE_SCRIPT`] with `python` on `spec` (written to a temporary file); its stdout.
+fn run_script(python: &std::path::Path, spec: &serde_json::Value) -> Result<String> {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("gshn-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    let file = dir.join("cases.json");
+    std::fs::write(&file, spec.to_string()).map_err(|e| io_error(&file, e))?;
+    let mut child = std::process::Command::new(python)
+        .arg("-")
+        .arg(&file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            Error::invalid(
+                "bench",
+                format!("--compare: cannot run {}: {e}", python.display()),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(COMPARE_SCRIPT.as_bytes())
+            .map_err(|e| io_error(python, e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| io_error(python, e))?;
+    std::fs::remove_dir_all(&dir).ok();
+    if !out.status.success() {
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "--compare: {} exited with {} (is torch installed for it?)",
+                python.display(),
+                out.status
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Report {
+    /// The human-readable table: floors, then one line per case.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "gshn {} on {}{} — {} shapes\nfloors: copy {:.1} GB/s ({} MiB each way)",
+            self.gshn,
+            self.device,
+            self.driver
+                .as_ref()
+                .map_or(String::new(), |d| format!(" (driver {d})")),
+            self.size.name(),
+            self.floors.copy_gbps,
+            (self.floors.copy_bytes / 2.0 / (1 << 20) as f64).round(),
+        );
+        for g in &self.floors.gemm {
+            s.push_str(&format!(
+                "; GEMM {} {:.3} TFLOP/s (n = {})",
+                g.dtype, g.tflops, g.n
+            ));
+        }
+        s.push('\n');
+        let reference = self.rows.iter().any(|r| r.reference.is_some());
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.case.label().len())
+            .max()
+            .unwrap_or(6);
+        s.push_str(&format!(
+            "{:<w$} {:>10} {:>8} {:>9} {:>9} {:>8}",
+            "kernel", "ms", "±", "GB/s", "TFLOP/s", "of floor"
+        ));
+        if reference {
+            s.push_str(&format!(" {:>10} {:>7}", "torch ms", "speedup"));
+        }
+        s.push('\n');
+        for r in &self.rows {
+            let spread = (r.ms_max - r.ms_min) / 2.0 / r.ms.max(f64::MIN_POSITIVE) * 100.0;
+            let num = |x: f64, p: usize| {
+                if x > 0.0 {
+                    format!("{x:.p$}")
+                } else {
+                    "-".into()
+                }
+            };
+            s.push_str(&format!(
+                "{:<w$} {:>10.3} {:>7.0}% {:>9} {:>9} {:>7.0}%",
+                r.case.label(),
+                r.ms,
+                spread,
+                num(r.gbps, 1),
+                num(r.tflops, 3),
+                r.of_floor * 100.0
+            ));
+            if let Some(x) = &r.reference {
+                s.push_str(&format!(" {:>10.3} {:>6.2}×", x.ms, x.speedup));
+            } else if reference {
+                s.push_str(&format!(" {:>10} {:>7}", "-", "-"));
+            }
+            s.push('\n');
+        }
+        s.push_str(&format!(
+            "{}\n",
+            "ms: median per call; ±: half the spread of the samples; of floor: GB/s over the \
+             copy floor (memory-bound kernels) or TFLOP/s over the GEMM floor (compute-bound)"
+        ));
+        if reference {
+            s.push_str(
+                "speedup: the reference library's time over gshn's (above 1: gshn is faster)\n",
+            );
+        }
+        s
+    }
+}

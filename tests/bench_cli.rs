@@ -1,0 +1,142 @@
+//! `gshn bench` (issue 20): a small CPU run writes a complete report — the schema, every case,
+//! every number finite and positive — and bad arguments are errors. Timing is never asserted.
+
+use gshn::bench::{cases, Pass, Size};
+use gshn::DType;
+use serde_json::Value;
+use std::process::Command;
+
+fn gshn(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gshn"))
+        .args(args)
+        .output()
+        .expect("running gshn")
+}
+
+fn positive(v: &Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
+    x
+}
+
+#[test]
+fn small_cpu_bench_writes_a_complete_report() {
+    let dir = std::env::temp_dir().join(format!("gshn-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let out = gshn(&[
+        "bench",
+        "--shapes",
+        "small",
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32,f64",
+        "--budget-ms",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in ["gshn", "commit", "kernels", "device"] {
+        assert!(r[key].as_str().is_some_and(|s| !s.is_empty()), "{key}");
+    }
+    assert_eq!(r["size"], "small");
+    positive(&r["floors"]["copy_gbps"], "copy_gbps");
+    let gemm = r["floors"]["gemm"].as_array().unwrap();
+    assert_eq!(gemm.len(), 2, "one GEMM floor per dtype");
+    for g in gemm {
+        positive(&g["tflops"], "gemm tflops");
+    }
+
+    // Every case of every op, in both dtypes, once; each with its floor and a positive rate.
+    let want = cases(
+        Size::Small,
+        &gshn::bench::OPS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        &[DType::F32, DType::F64],
+    )
+    .unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), want.len());
+    assert_eq!(
+        want.len(),
+        2 * (6 * 2 + 2),
+        "8 ops, 6 with a backward, 2 dtypes"
+    );
+    for (row, case) in rows.iter().zip(&want) {
+        let id = row["id"].as_str().unwrap();
+        assert_eq!(id, case.id);
+        for k in ["ms", "ms_min", "ms_max", "of_floor"] {
+            positive(&row[k], &format!("{id} {k}"));
+        }
+        assert!(row["ms_min"].as_f64() <= row["ms"].as_f64());
+        assert!(row["ms"].as_f64() <= row["ms_max"].as_f64());
+        assert!(row["calls"].as_u64().unwrap() >= 3, "{id}: calls");
+        let (bytes, flops) = (
+            row["bytes"].as_f64().unwrap(),
+            row["flops"].as_f64().unwrap(),
+        );
+        assert!((bytes > 0.0) != (flops > 0.0), "{id}: one of bytes / flops");
+        if bytes > 0.0 {
+            positive(&row["gbps"], &format!("{id} gbps"));
+        } else {
+            positive(&row["tflops"], &format!("{id} tflops"));
+        }
+        assert!(stdout.contains(&case.label()), "table row {}", case.label());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    for (args, msg) in [
+        (
+            &["bench", "--ops", "nope", "--device", "cpu"][..],
+            "unknown op",
+        ),
+        (
+            &["bench", "--dtype", "bf16", "--device", "cpu"][..],
+            "f32 or f64",
+        ),
+        (
+            &["bench", "--shapes", "huge", "--device", "cpu"][..],
+            "small, default or large",
+        ),
+    ] {
+        let out = gshn(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(msg),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn byte_and_flop_counts_follow_the_documented_formulas() {
+    let ops: Vec<String> = ["lif", "infonce", "adamw", "matmul"]
+        .map(String::from)
+        .to_vec();
+    let c = cases(Size::Default, &ops, &[DType::F32]).unwrap();
+    let find = |id: &str| c.iter().find(|c| c.id == id).unwrap();
+    // LIF: 4 tensors of T·N f32 per pass (T = 8, N = 2^20).
+    assert_eq!(find("lif_fwd_f32").bytes, 16.0 * 8.0 * (1 << 20) as f64);
+    assert_eq!(find("lif_bwd_f32").pass, Pass::Bwd);
+    // InfoNCE B = 4096, D = 256: 2·B²·D forward, 3× that backward.
+    let gemm = 2.0 * 4096f64 * 4096.0 * 256.0;
+    assert_eq!(find("infonce_fwd_f32").flops, gemm);
+    assert_eq!(find("infonce_bwd_f32").flops, 3.0 * gemm);
+    assert_eq!(find("adamw_fwd_f32").bytes, 7.0 * 4.0 * (1 << 24) as f64);
+    assert_eq!(find("matmul_fwd_f32").flops, 2.0 * 2048f64.powi(3));
+}
