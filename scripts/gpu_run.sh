@@ -5,7 +5,8 @@
 # Runs, each part under its own timeout (all within GPU_RUN_BUDGET): the CUDA parity tests
 # (.gpu/bin/test-cuda_parity); a short training run on cuda and on cpu from one seed (loss per
 # step side by side, graphs/s, one checkpoint evaluated on both devices); the CUDA kernel bench
-# in short mode (.gpu/bin/bench-cuda_ops --short); python/bench_torch.py (PyTorch / PyG on the
+# in short mode (.gpu/bin/bench-cuda_ops --short); `gshn bench --device cuda --json` (the user's
+# benchmark, to be compared with cuda_ops); python/bench_torch.py (PyTorch / PyG on the
 # same shapes); `gshn demo --device cuda` (the README's main command); the parity tests again
 # under compute-sanitizer memcheck; with GPU_RUN_PROFILE=1, ncu per-kernel times of the bench
 # (ncu.csv). Writes reports/gpu/<date>-<device>.json (and, when $OUT is set, the report and
@@ -76,6 +77,15 @@ if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
   timeout $(cap 70) .gpu/bin/bench-cuda_ops --short >"$TMP/bench.jsonl" 2>"$TMP/bench.err"
   status_bench="exit $?"; cat "$TMP/bench.jsonl" >&2
 fi
+status_gbench=skipped
+if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
+  # `gshn bench`, the user's benchmark, beside the cuda_ops bench it is to replace (issue 20:
+  # their figures must agree within noise before cuda_ops goes).
+  echo "gpu_run: gshn bench --device cuda ..." >&2
+  timeout $(cap 60) .gpu/bin/gshn bench --device cuda --shapes default --budget-ms 200 \
+    --json "$TMP/gshn_bench.json" >"$TMP/gshn_bench.log" 2>&1
+  status_gbench="exit $?"; cat "$TMP/gshn_bench.log" >&2
+fi
 if [[ "$DEVICE" != none ]]; then
   echo "gpu_run: PyTorch / PyG ..." >&2
   timeout $(cap 80) "$PY" python/bench_torch.py --short >"$TMP/torch.jsonl" 2>"$TMP/torch.err"
@@ -122,9 +132,9 @@ if hi is not None:
 NCU
 fi
 
-"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" <<'PY'
+"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" "$status_gbench" <<'PY'
 import datetime, json, os, re, sys
-tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem = sys.argv[1:10]
+tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem, st_gbench = sys.argv[1:11]
 
 def lines(name):
     p = os.path.join(tmp, name)
@@ -230,6 +240,10 @@ report = {
                "log_tail": tail("parity.log", 40) if (failed or st_par not in ("exit 0", "skipped")) else []},
     "bench": {"status": st_bench, "copy_peak_gbps": peak, "results": bench, "stderr_tail": tail("bench.err", 10)},
     "torch": {"status": st_torch, "results": torch, "stderr_tail": tail("torch.err", 10)},
+    "gshn_bench": {"status": st_gbench,
+                   "report": json.load(open(os.path.join(tmp, "gshn_bench.json")))
+                   if os.path.exists(os.path.join(tmp, "gshn_bench.json")) else None,
+                   "log_tail": tail("gshn_bench.log", 10) if st_gbench not in ("exit 0", "skipped") else []},
     "comparisons": cmp,
     "train": train_summary() if st_train != "skipped" else {"status": st_train},
     "demo": demo_summary() if st_demo != "skipped" else {"status": st_demo},
@@ -245,7 +259,8 @@ open(os.path.join("reports/gpu", name), "w").write(text)
 if os.environ.get("OUT"):
     open(os.path.join(os.environ["OUT"], name), "w").write(text)
 print(f"gpu_run: report reports/gpu/{name}: parity {st_par} ({len(parity) - len(failed)}/{len(parity)} checks pass), "
-      f"bench {st_bench}, torch {st_torch}, train {st_train}, demo {st_demo}, memcheck {st_mem}", file=sys.stderr)
+      f"bench {st_bench}, gshn bench {st_gbench}, torch {st_torch}, train {st_train}, demo {st_demo}, "
+      f"memcheck {st_mem}", file=sys.stderr)
 PY
 
 [[ -n "${OUT:-}" ]] && cp "$TMP"/*.log "$TMP"/*.err "$TMP"/*.csv "$OUT"/ 2>/dev/null

@@ -157,7 +157,7 @@ def op_gat(dims, pass_, dev, dtype, gen):
         def edge_softmax(e):
             return pyg.softmax(e, index=dst, num_nodes=N)
 
-        impl = "torch_geometric.utils.softmax + torch index_add GAT"
+        impl = "GATConv-style: node scores, torch_geometric.utils.softmax, index_add"
     else:
         idx = dst[:, None].expand(-1, H)
 
@@ -168,13 +168,14 @@ def op_gat(dims, pass_, dev, dtype, gen):
             den = torch.zeros(N, H, device=dev, dtype=dtype).index_add(0, dst, ex)
             return ex / den[dst]
 
-        impl = "torch scatter_reduce/exp/index_add softmax + index_add GAT"
+        impl = "GATConv-style: node scores, scatter softmax, index_add"
 
     def forward():
-        zs = z[src]
-        e = F.leaky_relu((zs * a_src).sum(-1) + (z[dst] * a_dst).sum(-1), 0.2)
+        # As PyG's GATConv: one score per node and head, gathered per edge.
+        s_src, s_dst = (z * a_src).sum(-1), (z * a_dst).sum(-1)
+        e = F.leaky_relu(s_src[src] + s_dst[dst], 0.2)
         alpha = edge_softmax(e)
-        return torch.zeros(N, H, Fh, device=dev, dtype=dtype).index_add(0, dst, alpha[..., None] * zs)
+        return torch.zeros(N, H, Fh, device=dev, dtype=dtype).index_add(0, dst, alpha[..., None] * z[src])
 
     return fwd_or_bwd(pass_, forward, [z, a_src, a_dst], (g,), impl)
 

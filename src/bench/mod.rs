@@ -1,8 +1,8 @@
 //! The kernel benchmark behind `gshn bench`: one implementation of the benchmarked shapes, their
 //! byte and FLOP counts, and the timing, for the CPU and CUDA backends.
 //!
-//! A run measures the device's floors first — copy bandwidth (a large parallel memcpy on the
-//! CPU, a device-to-device copy on CUDA) and GEMM throughput per dtype (the `MatMul` op: the
+//! A run measures the device's floors first — memory bandwidth (a large parallel copy and a
+//! parallel read on the CPU, a device-to-device copy on CUDA) and GEMM throughput per dtype (the `MatMul` op: the
 //! GEMM crate on the CPU, cuBLAS on CUDA) — then each kernel, forward and backward, through
 //! [`Backend::execute`] on buffers prepared beforehand (outputs preallocated, the forward's
 //! saved values computed once). Each [`Row`] gives the median and spread of the timed calls,
@@ -59,8 +59,14 @@ impl Options {
 /// The device's measured floors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Floors {
-    /// Copy bandwidth in GB/s (read + write bytes per second).
+    /// The memory floor of the memory-bound rows: the higher of `copy_gbps` and `read_gbps`.
+    pub bandwidth_gbps: f64,
+    /// Copy bandwidth in GB/s (read + write bytes per second, as STREAM counts them; the CPU's
+    /// write-allocate reads of the destination are not counted).
     pub copy_gbps: f64,
+    /// Read bandwidth in GB/s (a parallel reduction over the same bytes; CPU only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub read_gbps: Option<f64>,
     /// Bytes copied per call.
     pub copy_bytes: f64,
     /// GEMM throughput per dtype.
@@ -155,15 +161,17 @@ pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress))
     let list = cases(opts.size, &opts.ops, &opts.dtypes)?;
     let total = list.len() + 1 + opts.dtypes.len();
     let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
-    step(0, "copy bandwidth".into());
-    let (copy_gbps, copy_bytes) = copy_floor(be, opts)?;
+    step(0, "memory bandwidth".into());
+    let (copy_gbps, read_gbps, copy_bytes) = bandwidth_floor(be, opts)?;
     let mut gemm = Vec::new();
     for (k, &dt) in opts.dtypes.iter().enumerate() {
         step(1 + k, format!("GEMM {}", dtype_name(dt)));
         gemm.push(gemm_floor(be, dt, opts)?);
     }
     let floors = Floors {
+        bandwidth_gbps: copy_gbps.max(read_gbps.unwrap_or(0.0)),
         copy_gbps,
+        read_gbps,
         copy_bytes,
         gemm,
     };
@@ -232,7 +240,7 @@ fn row(case: Case, t: Timing, floors: &Floors) -> Row {
     let of_floor = if case.flops > 0.0 {
         tflops / gemm.max(f64::MIN_POSITIVE)
     } else {
-        gbps / floors.copy_gbps.max(f64::MIN_POSITIVE)
+        gbps / floors.bandwidth_gbps.max(f64::MIN_POSITIVE)
     };
     Row {
         case,
@@ -289,39 +297,53 @@ fn time<B: Backend>(be: &B, budget: Duration, mut f: impl FnMut() -> Result<()>)
 
 // ---- floors ----------------------------------------------------------------------------------
 
-/// Copy bandwidth: 256 MiB (32 MiB for small runs) read and written per call.
-fn copy_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, f64)> {
+/// Copy bandwidth (256 MiB, 32 MiB for small runs, read and written per call) and, on the CPU,
+/// read bandwidth (the same bytes reduced): (copy GB/s, read GB/s, bytes moved per copy).
+fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, Option<f64>, f64)> {
     let bytes: usize = if opts.size == Size::Small {
         32 << 20
     } else {
         256 << 20
     };
-    let ms = match be {
+    let gbps = |b: f64, t: Timing| b / (t.median_ms * 1e-3) / 1e9;
+    let (copy, read) = match be {
         AnyBackend::Cpu(_) => {
             use rayon::prelude::*;
             let n = bytes / 4;
-            let src = crate::tensor::try_filled(n, 1.0f32)?;
-            let mut dst = crate::tensor::try_filled(n, 0.0f32)?;
+            let src = crate::tensor::try_filled(n, 1u32)?;
+            let mut dst = crate::tensor::try_filled(n, 0u32)?;
             let chunk = 1 << 18;
-            time(be, opts.budget, || {
+            let copy = time(be, opts.budget, || {
                 dst.par_chunks_mut(chunk)
                     .zip(src.par_chunks(chunk))
                     .for_each(|(d, s)| d.copy_from_slice(s));
                 Ok(())
-            })?
+            })?;
+            let mut sink = 0u32;
+            let read = time(be, opts.budget, || {
+                // XOR is associative: the reduction vectorises fully.
+                sink ^= src
+                    .par_chunks(chunk)
+                    .map(|c| c.iter().fold(0u32, |a, &x| a ^ x))
+                    .reduce(|| 0, |a, b| a ^ b);
+                Ok(())
+            })?;
+            std::hint::black_box(sink);
+            (copy, Some(gbps(bytes as f64, read)))
         }
         #[cfg(feature = "cuda")]
         AnyBackend::Cuda(c) => {
             let err = |e| Error::Cuda(format!("copy floor: {e:?}"));
             let src = c.stream().alloc_zeros::<u8>(bytes).map_err(err)?;
             let mut dst = c.stream().alloc_zeros::<u8>(bytes).map_err(err)?;
-            time(be, opts.budget, || {
+            let copy = time(be, opts.budget, || {
                 c.stream().memcpy_dtod(&src, &mut dst).map_err(err)
-            })?
+            })?;
+            (copy, None)
         }
     };
     let moved = 2.0 * bytes as f64;
-    Ok((moved / (ms.median_ms * 1e-3) / 1e9, moved))
+    Ok((gbps(moved, copy), read, moved))
 }
 
 /// GEMM throughput of `dt`: n = 2048 (512 for small runs; 4096 on a GPU).
@@ -526,6 +548,9 @@ impl Report {
             self.floors.copy_gbps,
             (self.floors.copy_bytes / 2.0 / (1 << 20) as f64).round(),
         );
+        if let Some(r) = self.floors.read_gbps {
+            s.push_str(&format!(", read {r:.1} GB/s"));
+        }
         for g in &self.floors.gemm {
             s.push_str(&format!(
                 "; GEMM {} {:.3} TFLOP/s (n = {})",
@@ -576,7 +601,8 @@ impl Report {
         s.push_str(&format!(
             "{}\n",
             "ms: median per call; ±: half the spread of the samples; of floor: GB/s over the \
-             copy floor (memory-bound kernels) or TFLOP/s over the GEMM floor (compute-bound)"
+             better of copy and read bandwidth (memory-bound kernels) or TFLOP/s over the GEMM \
+             floor (compute-bound)"
         ));
         if reference {
             s.push_str(
