@@ -1,6 +1,6 @@
 /* gshn.h — C ABI of gshn (Graph Spiking Hybrid Networks): the fused ops' forward and backward
  * on caller-owned buffers. Hand-kept in sync with src/capi.rs (tests/capi.rs compiles a C
- * program against this header and the built libgshn.so).
+ * program against this header and the built libgshn_capi.so).
  *
  * Conventions
  *  - Every function returns GSHN_OK (0) or an error code; gshn_last_error() then describes the

@@ -1,5 +1,5 @@
 """gshn's fused LIF / GAT / aggregation / InfoNCE as PyTorch autograd functions, through the C
-ABI (include/gshn.h, libgshn.so) via ctypes.
+ABI (include/gshn.h, libgshn_capi.so) via ctypes.
 
 CUDA tensors go to the `*_cuda` entry points (device pointers from `data_ptr()`, PyTorch's
 current stream, the tensor's device); CPU tensors go to the `*_cpu` ones. Graph index arrays
@@ -25,7 +25,7 @@ over an empty batch is undefined; the library refuses B = 0 too): ValueError.
 Gradients are first-order only: a backward through a gshn op with create_graph=True raises
 RuntimeError (rather than return a gradient that a second backward takes for a constant).
 
-The library is $GSHN_LIB, else target/{release,debug}/libgshn.so of this repository
+The library is $GSHN_LIB, else target/{release,debug}/libgshn_capi.so of this repository
 (`cargo build --release -p gshn-capi`). Importing this module loads nothing: the library is opened on
 first use, so the pure-PyTorch references (`ref_lif`, `ref_gat`, `ref_aggregate`,
 `ref_infonce`) work anywhere.
@@ -80,12 +80,12 @@ _SIGS = {
 
 _lib = None
 # Where the library is looked for when $GSHN_LIB is unset, in order.
-_SEARCH = [Path(__file__).resolve().parent.parent / "target" / p / "libgshn.so"
+_SEARCH = [Path(__file__).resolve().parent.parent / "target" / p / "libgshn_capi.so"
            for p in ("release", "debug")]
 
 
 def library():
-    """The loaded libgshn (opened on first use)."""
+    """The loaded libgshn_capi (opened on first use)."""
     global _lib
     if _lib is not None:
         return _lib
@@ -94,7 +94,7 @@ def library():
     path = next((p for p in tried if p.is_file()), None)
     if path is None:
         where = "$GSHN_LIB" if env else "the build directories"
-        raise OSError(f"libgshn.so not found in {where}; tried: {', '.join(map(str, tried))}. "
+        raise OSError(f"libgshn_capi.so not found in {where}; tried: {', '.join(map(str, tried))}. "
                       "Set GSHN_LIB or run `cargo build --release -p gshn-capi`")
     lib = C.CDLL(str(path))
     lib.gshn_last_error.restype = C.c_char_p

@@ -1,5 +1,5 @@
 """Tests of the PyTorch bridge (gshn_torch.py) against its pure-PyTorch references, and one test
-per defect of the bridge's validation issue (P1..P9). Needs libgshn.so ($GSHN_LIB, else
+per defect of the bridge's validation issue (P1..P9). Needs libgshn_capi.so ($GSHN_LIB, else
 target/release). Run: bash python/run_tests.sh  (plain unittest; no pytest needed).
 
 Calls that would crash or read out of bounds are never made: `no_call()` replaces the library
@@ -328,7 +328,7 @@ class P8ClearErrors(Case):
 
     def test_missing_library_lists_the_paths_tried(self):
         with tempfile.TemporaryDirectory() as d:
-            tried = [Path(d) / "release" / "libgshn.so", Path(d) / "debug" / "libgshn.so"]
+            tried = [Path(d) / "release" / "libgshn_capi.so", Path(d) / "debug" / "libgshn_capi.so"]
             env = {k: v for k, v in os.environ.items() if k != "GSHN_LIB"}
             with mock.patch.dict(os.environ, env, clear=True), \
                     mock.patch.object(gt, "_SEARCH", tried), mock.patch.object(gt, "_lib", None), \

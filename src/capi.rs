@@ -16,7 +16,7 @@
 //! - Float buffers are all f32 or all f64 (`dtype`), row-major, contiguous.
 //!
 //! From Rust the same functions can be called directly (from C, include `gshn.h` and link
-//! `libgshn.so`): LIF over x[T = 2, N = 3], then its backward.
+//! `libgshn_capi.so`): LIF over x[T = 2, N = 3], then its backward.
 //!
 //! ```
 //! use gshn::capi::*;

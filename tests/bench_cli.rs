@@ -1,7 +1,7 @@
 //! `gshn bench` (issue 20): a small CPU run writes a complete report — the schema, every case,
 //! every number finite and positive — and bad arguments are errors. Timing is never asserted.
 
-use gshn::bench::{cases, Pass, Size};
+use gshn::bench::{cases, Overrides, Pass, Size};
 use gshn::DType;
 use serde_json::Value;
 use std::process::Command;
@@ -58,15 +58,9 @@ fn small_cpu_bench_writes_a_complete_report() {
     }
 
     // Every case of every op, in both dtypes, once; each with its floor and a positive rate.
-    let want = cases(
-        Size::Small,
-        &gshn::bench::OPS
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-        &[DType::F32, DType::F64],
-    )
-    .unwrap();
+    let all: Vec<String> = gshn::bench::OPS.iter().map(|s| s.to_string()).collect();
+    let none = Overrides::new();
+    let want = cases(Size::Small, &none, &all, &[DType::F32, DType::F64]).unwrap();
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), want.len());
     assert_eq!(
@@ -128,7 +122,7 @@ fn byte_and_flop_counts_follow_the_documented_formulas() {
     let ops: Vec<String> = ["lif", "infonce", "adamw", "matmul"]
         .map(String::from)
         .to_vec();
-    let c = cases(Size::Default, &ops, &[DType::F32]).unwrap();
+    let c = cases(Size::Default, &Overrides::new(), &ops, &[DType::F32]).unwrap();
     let find = |id: &str| c.iter().find(|c| c.id == id).unwrap();
     // LIF: 4 tensors of T·N f32 per pass (T = 8, N = 2^20).
     assert_eq!(find("lif_fwd_f32").bytes, 16.0 * 8.0 * (1 << 20) as f64);
@@ -139,4 +133,67 @@ fn byte_and_flop_counts_follow_the_documented_formulas() {
     assert_eq!(find("infonce_bwd_f32").flops, 3.0 * gemm);
     assert_eq!(find("adamw_fwd_f32").bytes, 7.0 * 4.0 * (1 << 24) as f64);
     assert_eq!(find("matmul_fwd_f32").flops, 2.0 * 2048f64.powi(3));
+}
+
+#[test]
+fn a_shapes_file_sets_dims_and_picks_the_ops() {
+    let dir = std::env::temp_dir().join(format!("gshn-bench-shapes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (toml, json) = (dir.join("shapes.toml"), dir.join("r.json"));
+    std::fs::write(
+        &toml,
+        "base = \"small\"\n[lif]\nN = 1000\n[matmul]\nM = 64\n",
+    )
+    .unwrap();
+    let out = gshn(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--budget-ms",
+        "2",
+        "--shapes",
+        toml.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ids: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["lif_fwd_f32", "lif_bwd_f32", "matmul_fwd_f32"]);
+    assert_eq!(r["rows"][0]["dims"]["N"], 1000);
+    assert_eq!(r["rows"][0]["dims"]["T"], 4, "the rest from base = small");
+    assert_eq!(r["rows"][2]["dims"]["M"], 64);
+    // A dim the op does not have, and a file with no op, are errors naming the problem.
+    std::fs::write(&toml, "[lif]\nB = 3\n").unwrap();
+    let out = gshn(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--shapes",
+        toml.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no dim \"B\""),
+        "{err}"
+    );
+    std::fs::write(&toml, "base = \"small\"\n").unwrap();
+    let out = gshn(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--shapes",
+        toml.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,5 +1,5 @@
 //! The C ABI: compiles `capi/tests/c/capi_test.c` against `include/gshn.h` and the built
-//! `libgshn.so`, runs it (it also checks the error codes and messages), and compares every
+//! `libgshn_capi.so`, runs it (it also checks the error codes and messages), and compares every
 //! result it wrote with the same op run through `gshn::opcli` (the eager ops) in Rust.
 //! Skips with a message when no C compiler is found.
 
@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The folder holding libgshn.so: the test executable is target/<profile>/deps/capi-<hash>.
+/// The folder holding libgshn_capi.so: the test executable is target/<profile>/deps/capi-<hash>.
 fn lib_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let deps = exe.parent()?;
     let name = format!(
-        "{}gshn{}",
+        "{}gshn_capi{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
@@ -99,7 +99,7 @@ fn c_program_matches_the_rust_ops() {
         eprintln!("SKIPPED capi: no C compiler (cc, gcc, clang or $CC) found");
         return;
     };
-    let lib = lib_dir().expect("libgshn.so next to the test executable (crate-type cdylib)");
+    let lib = lib_dir().expect("libgshn_capi.so next to the test executable (crate-type cdylib)");
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = here.parent().expect("capi/ is inside the repository");
     let dir = std::env::temp_dir().join(format!("gshn-capi-{}", std::process::id()));
@@ -114,7 +114,7 @@ fn c_program_matches_the_rust_ops() {
         .arg(&exe)
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .args(["-lgshn", "-lm"])
+        .args(["-lgshn_capi", "-lm"])
         .status()
         .expect("running the C compiler");
     assert!(

@@ -175,11 +175,33 @@ fn dims(op: &str, size: Size) -> Result<Vec<(&'static str, usize)>> {
     })
 }
 
-/// Every case of `ops` × passes × `dtypes` at `size`, in that order.
-pub fn cases(size: Size, ops: &[String], dtypes: &[DType]) -> Result<Vec<Case>> {
+/// Dims set by hand, per op, on top of a preset (`gshn bench --shapes FILE.toml`).
+pub type Overrides = BTreeMap<String, BTreeMap<String, usize>>;
+
+/// Every case of `ops` × passes × `dtypes` at `size` (with `overrides`), in that order.
+pub fn cases(
+    size: Size,
+    overrides: &Overrides,
+    ops: &[String],
+    dtypes: &[DType],
+) -> Result<Vec<Case>> {
     let mut out = Vec::new();
     for op in ops {
-        let d = dims(op, size)?;
+        let mut d = dims(op, size)?;
+        for (name, &v) in overrides.get(op).into_iter().flatten() {
+            let known: Vec<&str> = d.iter().map(|(k, _)| *k).collect();
+            let no_dim = || {
+                Error::invalid(
+                    "bench",
+                    format!("{op} has no dim {name:?}; its dims: {}", known.join(", ")),
+                )
+            };
+            let slot = d.iter_mut().find(|(k, _)| k == name).ok_or_else(no_dim)?;
+            if v == 0 {
+                return Err(Error::invalid("bench", format!("{op}.{name} = 0")));
+            }
+            slot.1 = v;
+        }
         let passes: &[Pass] = match op.as_str() {
             "matmul" | "adamw" => &[Pass::Fwd],
             _ => &[Pass::Fwd, Pass::Bwd],

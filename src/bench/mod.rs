@@ -17,7 +17,7 @@
 
 mod cases;
 
-pub use cases::{cases, Case, Pass, Size, OPS};
+pub use cases::{cases, Case, Overrides, Pass, Size, OPS};
 
 use crate::backend::{AnyBackend, AnyBuffer, Backend, View, ViewMut};
 use crate::error::{Error, Result};
@@ -25,6 +25,7 @@ use crate::ops::Op;
 use crate::tensor::{DType, Meta, Shape, Tensor};
 use crate::util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// What to measure.
@@ -32,6 +33,8 @@ use std::time::{Duration, Instant};
 pub struct Options {
     /// Problem sizes.
     pub size: Size,
+    /// Dims set by hand on top of `size`.
+    pub overrides: Overrides,
     /// Which kernels (names of [`OPS`]).
     pub ops: Vec<String>,
     /// Float dtypes to run each kernel in.
@@ -45,6 +48,7 @@ impl Options {
     pub fn new(size: Size) -> Options {
         Options {
             size,
+            overrides: Overrides::new(),
             ops: OPS.iter().map(|s| s.to_string()).collect(),
             dtypes: vec![DType::F32],
             budget: Duration::from_millis(match size {
@@ -136,6 +140,9 @@ pub struct Report {
     pub driver: Option<String>,
     /// `small`, `default` or `large`.
     pub size: Size,
+    /// Dims set by hand on top of `size`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub overrides: Overrides,
     /// The floors every row is compared with.
     pub floors: Floors,
     /// One per case, in the order run.
@@ -158,7 +165,7 @@ pub struct Progress {
 
 /// Runs the floors and then every case of `opts` on `be`.
 pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
-    let list = cases(opts.size, &opts.ops, &opts.dtypes)?;
+    let list = cases(opts.size, &opts.overrides, &opts.ops, &opts.dtypes)?;
     let total = list.len() + 1 + opts.dtypes.len();
     let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
     step(0, "memory bandwidth".into());
@@ -191,6 +198,7 @@ pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress))
         device: be.name(),
         driver: driver_version(be),
         size: opts.size,
+        overrides: opts.overrides.clone(),
         floors,
         rows,
         reference_libraries: None,
@@ -396,7 +404,15 @@ fn driver_version(be: &AnyBackend) -> Option<String> {
 
 /// A random host tensor of `m`: floats in ±1 (never zero), indices need their own rule.
 fn random(m: &Meta, rng: &mut SplitMix64) -> Result<Tensor> {
-    let n = m.shape.numel();
+    let n = m.checked_bytes().map(|_| m.shape.numel()).ok_or_else(|| {
+        Error::invalid("bench", format!("{:?} is larger than any memory", m.shape))
+    })?;
+    // Out of memory is an error here, not an abort of the process.
+    let mut probe: Vec<f64> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        bytes: n.saturating_mul(8),
+    })?;
+    drop(probe);
     let x = |rng: &mut SplitMix64| {
         let v = rng.range(-1.0, 1.0);
         if v.abs() < 1e-3 {

@@ -134,7 +134,8 @@ enum Command {
         /// Float dtypes, comma-separated: f32, f64.
         #[arg(long, value_delimiter = ',', default_value = "f32")]
         dtype: Vec<String>,
-        /// Problem sizes: small | default | large.
+        /// Problem sizes: small | default | large, or a TOML file of dims per op (on top of
+        /// `base = "default"`; only its ops run unless --ops is given).
         #[arg(long, default_value = "default")]
         shapes: String,
         /// Also write the report as JSON here.
@@ -378,7 +379,22 @@ fn bench(
 ) -> Result<()> {
     use gshn::bench;
     let backend = device.parse::<Device>()?.backend()?;
-    let mut opts = bench::Options::new(shapes.parse()?);
+    let mut opts = match shapes {
+        "small" | "default" | "large" => bench::Options::new(shapes.parse()?),
+        file if !std::path::Path::new(file).exists() => {
+            return Err(gshn::Error::invalid(
+                "bench",
+                format!("--shapes {file:?}: use small, default or large, or a TOML file"),
+            ))
+        }
+        file => {
+            let (size, overrides) = shapes_file(std::path::Path::new(file))?;
+            let mut o = bench::Options::new(size);
+            o.ops = overrides.keys().cloned().collect();
+            o.overrides = overrides;
+            o
+        }
+    };
     if !ops.is_empty() {
         opts.ops = ops;
     }
@@ -414,6 +430,50 @@ fn bench(
         println!("report: {}", path.display());
     }
     Ok(())
+}
+
+/// A `--shapes` TOML file: an optional `base` preset and one table of dims per op, e.g.
+/// `base = "small"` then `[infonce]` with `B = 2048` and `D = 128`.
+fn shapes_file(path: &std::path::Path) -> Result<(gshn::bench::Size, gshn::bench::Overrides)> {
+    let bad = |msg: String| gshn::Error::Format {
+        path: path.display().to_string(),
+        msg,
+    };
+    let bytes = gshn::util::bounded::read_bounded(path, 1 << 20, "--shapes").map_err(|source| {
+        gshn::Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+    let table: toml::Table = text.parse().map_err(|e| bad(format!("not TOML: {e}")))?;
+    let mut size = gshn::bench::Size::Default;
+    let mut overrides = gshn::bench::Overrides::new();
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("base", toml::Value::String(b)) => size = b.parse()?,
+            (op, toml::Value::Table(dims)) => {
+                let mut d = std::collections::BTreeMap::new();
+                for (name, v) in dims {
+                    let n = v
+                        .as_integer()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad(format!("{op}.{name} must be a positive integer")))?;
+                    d.insert(name, n);
+                }
+                overrides.insert(op.to_string(), d);
+            }
+            (other, _) => {
+                return Err(bad(format!(
+                    "{other}: expected `base = \"small|default|large\"` or a table of dims per op"
+                )))
+            }
+        }
+    }
+    if overrides.is_empty() {
+        return Err(bad("no op tables (e.g. [infonce] with B = 2048)".into()));
+    }
+    Ok((size, overrides))
 }
 
 fn print_recall(r: &gshn::train::retrieval::Recall) {
