@@ -1,12 +1,32 @@
 //! # gshn — Graph Spiking Hybrid Networks
 //!
-//! A graph-of-ops engine with CPU and CUDA backends, the GSHN model and its training.
-//! The contracts are in DESIGN.md (shipped beside the crate as `../shared/DESIGN.md`).
+//! A graph-of-ops engine with CPU and CUDA backends, the GSHN model and its training. The math
+//! of every op is on its variant of [`ops::Op`] and in its family's module of [`ops`].
 //!
 //! Features: `cuda` (the CUDA backend), `model` (the GSHN model, its data readers, training,
 //! evaluation and plots) and `cli` (the `gshn` program); all on by default. With
 //! `default-features = false` the crate is the core: [`tensor`], [`ops`], [`backend`],
-//! [`graph`] (executor, autodiff, parameters), [`fused`], [`capi`] and [`opcli`].
+//! [`graph`] (executor, autodiff, parameters), [`fused`] (the fused ops, called eagerly),
+//! [`bench`] (the kernel benchmark), [`capi`] and [`opcli`].
+//!
+//! One fused op, eagerly — [`fused`] has one function per op form, on borrowed views:
+//!
+//! ```
+//! use gshn::fused::{infonce_forward, lif_forward};
+//! use gshn::ops::{InfoNceAttrs, LifConfig};
+//! use gshn::{CpuBackend, Tensor};
+//!
+//! let x = Tensor::new([2, 3], vec![0.4f32, 1.2, 2.0, 0.9, 0.1, 2.0])?; // [T, N]
+//! let lif = lif_forward(&CpuBackend, x.view(), None, &LifConfig::default())?;
+//! assert_eq!(lif.spikes.into_tensor()?.data::<f32>()?, [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+//!
+//! let a = Tensor::new([2, 2], vec![1.0f32, 0.0, 0.0, 1.0])?; // rows: the positive pairs
+//! let ls = Tensor::scalar(0.0f32); // logit scale: s = e^0 = 1
+//! let nce = infonce_forward(&CpuBackend, a.view(), a.view(), ls.view(), InfoNceAttrs::default())?;
+//! let loss = nce.loss.into_tensor()?.data::<f32>()?[0];
+//! assert!((loss - (1.0 + 1f32.exp()).ln() + 1.0).abs() < 1e-6); // LSE(1, 0) − 1
+//! # Ok::<(), gshn::Error>(())
+//! ```
 //!
 //! A graph is built once, differentiated symbolically and run by an [`Executor`]: here a
 //! linear layer trained with AdamW, evaluated without a step by `run_forward`.

@@ -17,8 +17,10 @@ use crate::tensor::{DType, Meta, Tensor};
 use crate::util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// The kernels `gshn bench` measures, by their `--ops` names.
+/// The kernels `gshn bench` measures, by their `--ops` names; with the `model` feature also
+/// `step`, one whole GSHN training step.
 pub const OPS: &[&str] = &[
     "lif",
     "gat",
@@ -28,6 +30,8 @@ pub const OPS: &[&str] = &[
     "matmul",
     "layer_norm",
     "adamw",
+    #[cfg(feature = "model")]
+    "step",
 ];
 
 /// Problem sizes: `small` for tests and a quick look, `default` for the figures, `large` for
@@ -98,6 +102,10 @@ pub struct Case {
     pub bytes: f64,
     /// FLOPs per call (0 for memory-bound cases).
     pub flops: f64,
+    /// Items per call where neither bytes nor FLOPs describe the work (graphs of a training
+    /// step); 0 otherwise.
+    #[serde(default)]
+    pub items: f64,
 }
 
 impl Case {
@@ -166,6 +174,8 @@ fn dims(op: &str, size: Size) -> Result<Vec<(&'static str, usize)>> {
             ("C", pick([64, 256, 512])),
         ],
         "adamw" => vec![("N", pick([1 << 16, 1 << 24, 1 << 26]))],
+        // Graphs per batch of a GSHN training step at the default model config.
+        "step" if cfg!(feature = "model") => vec![("B", pick([8, 64, 256]))],
         other => {
             return Err(Error::invalid(
                 "bench",
@@ -203,7 +213,7 @@ pub fn cases(
             slot.1 = v;
         }
         let passes: &[Pass] = match op.as_str() {
-            "matmul" | "adamw" => &[Pass::Fwd],
+            "matmul" | "adamw" | "step" => &[Pass::Fwd],
             _ => &[Pass::Fwd, Pass::Bwd],
         };
         for &dt in dtypes {
@@ -225,8 +235,13 @@ pub fn cases(
                     dims: d.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
                     bytes: 0.0,
                     flops: 0.0,
+                    items: 0.0,
                 };
-                (case.bytes, case.flops) = cost(&case, dt.size() as f64)?;
+                if op == "step" {
+                    case.items = case.dim("B")? as f64;
+                } else {
+                    (case.bytes, case.flops) = cost(&case, dt.size() as f64)?;
+                }
                 out.push(case);
             }
         }
@@ -287,11 +302,16 @@ fn cost(c: &Case, s: f64) -> Result<(f64, f64)> {
 
 // ---- inputs ----------------------------------------------------------------------------------
 
-/// A case ready to time: its op with inputs and preallocated outputs on the backend.
-pub(super) struct Prepared {
-    op: Op,
-    inputs: Vec<(AnyBuffer, Meta)>,
-    outputs: Vec<(AnyBuffer, Meta)>,
+/// A case ready to time: its op with inputs and preallocated outputs on the backend, or a
+/// training step.
+pub(super) enum Prepared {
+    Op {
+        op: Op,
+        inputs: Vec<(AnyBuffer, Meta)>,
+        outputs: Vec<(AnyBuffer, Meta)>,
+    },
+    #[cfg(feature = "model")]
+    Step(Box<step::StepBench>),
 }
 
 impl Prepared {
@@ -307,26 +327,35 @@ impl Prepared {
                 .map(|m| Ok((be.alloc(m.dtype, m.shape.numel())?, m)))
                 .collect::<Result<_>>()?
         };
-        Ok(Prepared {
+        Ok(Prepared::Op {
             op,
             inputs,
             outputs,
         })
     }
 
-    /// One call of the op.
+    /// One call of the op (or one training step).
     pub(super) fn call(&mut self, be: &AnyBackend) -> Result<()> {
-        let ins: Vec<View<AnyBuffer>> = self.inputs.iter().map(|(b, m)| view(b, m)).collect();
-        let mut outs: Vec<ViewMut<AnyBuffer>> = self
-            .outputs
-            .iter_mut()
-            .map(|(buf, m)| ViewMut {
-                buf,
-                shape: &m.shape,
-                dtype: m.dtype,
-            })
-            .collect();
-        be.execute(&self.op, &ins, &mut outs)
+        match self {
+            Prepared::Op {
+                op,
+                inputs,
+                outputs,
+            } => {
+                let ins: Vec<View<AnyBuffer>> = inputs.iter().map(|(b, m)| view(b, m)).collect();
+                let mut outs: Vec<ViewMut<AnyBuffer>> = outputs
+                    .iter_mut()
+                    .map(|(buf, m)| ViewMut {
+                        buf,
+                        shape: &m.shape,
+                        dtype: m.dtype,
+                    })
+                    .collect();
+                be.execute(op, &ins, &mut outs)
+            }
+            #[cfg(feature = "model")]
+            Prepared::Step(s) => s.call(),
+        }
     }
 }
 
@@ -355,7 +384,12 @@ fn take(v: &mut Vec<(AnyBuffer, Meta)>, k: usize) -> Result<(AnyBuffer, Meta)> {
 }
 
 /// Uploads the inputs of `case` (random, never zero) and its saved forward values.
-pub(super) fn prepare(be: &AnyBackend, case: &Case, rng: &mut SplitMix64) -> Result<Prepared> {
+pub(super) fn prepare(
+    shared: &Arc<AnyBackend>,
+    case: &Case,
+    rng: &mut SplitMix64,
+) -> Result<Prepared> {
+    let be: &AnyBackend = shared;
     let dt = crate::bench::parse_dtype(&case.dtype)?;
     let d = |k: &str| case.dim(k);
     let mut r = |shape: Vec<usize>| upload(be, &random(&Meta::new(shape, dt), rng)?);
@@ -468,6 +502,11 @@ pub(super) fn prepare(be: &AnyBackend, case: &Case, rng: &mut SplitMix64) -> Res
             let inputs = vec![g, x, gamma, mean, rstd];
             Prepared::new(be, Op::LayerNormBackward { eps }, inputs)
         }
+        #[cfg(feature = "model")]
+        "step" => Ok(Prepared::Step(Box::new(step::StepBench::new(
+            shared,
+            d("B")?,
+        )?))),
         "adamw" => {
             let n = d("N")?;
             let (p, m, g) = (r(vec![n])?, r(vec![n])?, r(vec![n])?);
@@ -510,4 +549,87 @@ fn graph(
         .iter()
         .map(|t| upload(be, t))
         .collect()
+}
+
+/// One GSHN training step (forward, backward, clipping, AdamW) at the default model config on
+/// `B` synthetic scenes: what `benches/train_step.rs` times, on any backend.
+#[cfg(feature = "model")]
+mod step {
+    use crate::backend::AnyBackend;
+    use crate::data::{prepare, write_synthetic, DataShape, PreparedSplit, Vocab};
+    use crate::error::{Error, Result};
+    use crate::train::batches::LossWeights;
+    use crate::train::config::open_split;
+    use crate::train::{Engine, RunConfig};
+    use crate::util::rng::SplitMix64;
+    use std::sync::Arc;
+
+    pub(in crate::bench) struct StepBench {
+        engine: Engine<Arc<AnyBackend>>,
+        split: PreparedSplit,
+        weights: LossWeights,
+        batch: usize,
+        step: usize,
+    }
+
+    impl StepBench {
+        pub(super) fn new(be: &Arc<AnyBackend>, batch: usize) -> Result<StepBench> {
+            let dir = std::env::temp_dir().join(format!("gshn-bench-step-{}", std::process::id()));
+            write_synthetic(&dir, batch.max(8), 8, 0)?;
+            let mut cfg = RunConfig::default();
+            cfg.train.batch_size = batch;
+            let ds = open_split(&dir, &cfg, "train")?;
+            let vocab = Vocab::build(ds.all_captions(), 1, None);
+            let split = prepare(&ds, &cfg.prepare_options(), &vocab, "bench")?;
+            std::fs::remove_dir_all(&dir).ok();
+            if split.graphs.len() < batch {
+                return Err(Error::invalid(
+                    "bench",
+                    "fewer synthetic scenes than the batch",
+                ));
+            }
+            let shape = DataShape::of(&[&split], ds.num_categories())?;
+            let weights = LossWeights {
+                itc: 1.0,
+                stl: cfg.train.lambda_stl as f32,
+                node: cfg.train.lambda_node as f32,
+                neg: cfg.train.lambda_neg as f32,
+                rel: cfg.train.lambda_rel as f32,
+            };
+            let mut engine = Engine::new(Arc::clone(be), cfg, shape, vocab)?;
+            engine.init()?;
+            Ok(StepBench {
+                engine,
+                split,
+                weights,
+                batch,
+                step: 0,
+            })
+        }
+
+        pub(super) fn call(&mut self) -> Result<()> {
+            let b = self.batch;
+            let graphs: Vec<_> = self.split.graphs.iter().take(b).collect();
+            let caps: Vec<_> = self
+                .split
+                .captions
+                .iter()
+                .take(b)
+                .filter_map(|c| c.first())
+                .collect();
+            let negs: Vec<_> = (0..b).map(|i| self.split.negative(i, 0)).collect();
+            let mut rng = SplitMix64::new(self.step as u64);
+            self.engine.step(
+                &graphs,
+                &caps,
+                &negs,
+                self.weights,
+                1e-4,
+                self.step,
+                &mut rng,
+            )?;
+            self.step += 1;
+            Ok(())
+        }
+    }
 }

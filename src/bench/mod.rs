@@ -106,6 +106,9 @@ pub struct Row {
     pub gbps: f64,
     /// `flops / time`, TFLOP/s (0 for memory-bound cases).
     pub tflops: f64,
+    /// `items / time` per second (graphs/s of a training step; 0 otherwise).
+    #[serde(default)]
+    pub items_per_s: f64,
     /// Achieved GB/s over the copy floor, or TFLOP/s over the GEMM floor of the dtype.
     pub of_floor: f64,
     /// The same case in the reference library, when `--compare` ran it.
@@ -163,8 +166,14 @@ pub struct Progress {
     pub what: String,
 }
 
-/// Runs the floors and then every case of `opts` on `be`.
-pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
+/// Runs the floors and then every case of `opts` on `shared` (an `Arc`: the training-step case
+/// builds an engine on the same device).
+pub fn run(
+    shared: &std::sync::Arc<AnyBackend>,
+    opts: &Options,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report> {
+    let be: &AnyBackend = shared;
     let list = cases(opts.size, &opts.overrides, &opts.ops, &opts.dtypes)?;
     let total = list.len() + 1 + opts.dtypes.len();
     let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
@@ -186,7 +195,7 @@ pub fn run(be: &AnyBackend, opts: &Options, progress: &mut dyn FnMut(&Progress))
     let mut rng = SplitMix64::new(42);
     for (k, case) in list.into_iter().enumerate() {
         step(1 + opts.dtypes.len() + k, case.label());
-        let mut prepared = cases::prepare(be, &case, &mut rng)?;
+        let mut prepared = cases::prepare(shared, &case, &mut rng)?;
         let t = time(be, opts.budget, || prepared.call(be))?;
         rows.push(row(case, t, &floors));
     }
@@ -247,9 +256,12 @@ fn row(case: Case, t: Timing, floors: &Floors) -> Row {
         .map_or(0.0, |g| g.tflops);
     let of_floor = if case.flops > 0.0 {
         tflops / gemm.max(f64::MIN_POSITIVE)
-    } else {
+    } else if case.bytes > 0.0 {
         gbps / floors.bandwidth_gbps.max(f64::MIN_POSITIVE)
+    } else {
+        0.0
     };
+    let items_per_s = case.items / s;
     Row {
         case,
         ms: t.median_ms,
@@ -258,6 +270,7 @@ fn row(case: Case, t: Timing, floors: &Floors) -> Row {
         calls: t.calls,
         gbps,
         tflops,
+        items_per_s,
         of_floor,
         reference: None,
     }
@@ -598,14 +611,19 @@ impl Report {
                     "-".into()
                 }
             };
+            let floor = if r.of_floor > 0.0 {
+                format!("{:.0}%", r.of_floor * 100.0)
+            } else {
+                format!("{:.0} graphs/s", r.items_per_s)
+            };
             s.push_str(&format!(
-                "{:<w$} {:>10.3} {:>7.0}% {:>9} {:>9} {:>7.0}%",
+                "{:<w$} {:>10.3} {:>7.0}% {:>9} {:>9} {:>8}",
                 r.case.label(),
                 r.ms,
                 spread,
                 num(r.gbps, 1),
                 num(r.tflops, 3),
-                r.of_floor * 100.0
+                floor
             ));
             if let Some(x) = &r.reference {
                 s.push_str(&format!(" {:>10.3} {:>6.2}×", x.ms, x.speedup));

@@ -378,7 +378,7 @@ fn bench(
     budget_ms: Option<u64>,
 ) -> Result<()> {
     use gshn::bench;
-    let backend = device.parse::<Device>()?.backend()?;
+    let backend = std::sync::Arc::new(device.parse::<Device>()?.backend()?);
     let mut opts = match shapes {
         "small" | "default" | "large" => bench::Options::new(shapes.parse()?),
         file if !std::path::Path::new(file).exists() => {
