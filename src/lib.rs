@@ -7,7 +7,7 @@
 //! evaluation and plots) and `cli` (the `gshn` program); all on by default. With
 //! `default-features = false` the crate is the core: [`tensor`], [`ops`], [`backend`],
 //! [`graph`] (executor, autodiff, parameters), [`fused`] (the fused ops, called eagerly),
-//! [`bench`] (the kernel benchmark), [`capi`] and [`opcli`].
+//! [`bench`](mod@bench) (the kernel benchmark), [`capi`] and [`opcli`].
 //!
 //! One fused op, eagerly — [`fused`] has one function per op form, on borrowed views:
 //!
