@@ -302,9 +302,11 @@ fn cost(c: &Case, s: f64) -> Result<(f64, f64)> {
 
 // ---- inputs ----------------------------------------------------------------------------------
 
-/// A case ready to time: its op with inputs and preallocated outputs on the backend, or a
-/// training step.
-pub(super) enum Prepared {
+/// A case ready to time ([`prepare`]); [`Prepared::call`] runs it once.
+pub struct Prepared(Ready);
+
+/// An op with inputs and preallocated outputs on the backend, or a training step.
+enum Ready {
     Op {
         op: Op,
         inputs: Vec<(AnyBuffer, Meta)>,
@@ -327,17 +329,17 @@ impl Prepared {
                 .map(|m| Ok((be.alloc(m.dtype, m.shape.numel())?, m)))
                 .collect::<Result<_>>()?
         };
-        Ok(Prepared::Op {
+        Ok(Prepared(Ready::Op {
             op,
             inputs,
             outputs,
-        })
+        }))
     }
 
-    /// One call of the op (or one training step).
-    pub(super) fn call(&mut self, be: &AnyBackend) -> Result<()> {
-        match self {
-            Prepared::Op {
+    /// One call of the op (or one training step) on the backend it was prepared on.
+    pub fn call(&mut self, be: &AnyBackend) -> Result<()> {
+        match &mut self.0 {
+            Ready::Op {
                 op,
                 inputs,
                 outputs,
@@ -354,7 +356,7 @@ impl Prepared {
                 be.execute(op, &ins, &mut outs)
             }
             #[cfg(feature = "model")]
-            Prepared::Step(s) => s.call(),
+            Ready::Step(s) => s.call(),
         }
     }
 }
@@ -383,12 +385,9 @@ fn take(v: &mut Vec<(AnyBuffer, Meta)>, k: usize) -> Result<(AnyBuffer, Meta)> {
     }
 }
 
-/// Uploads the inputs of `case` (random, never zero) and its saved forward values.
-pub(super) fn prepare(
-    shared: &Arc<AnyBackend>,
-    case: &Case,
-    rng: &mut SplitMix64,
-) -> Result<Prepared> {
+/// Uploads the inputs of `case` (random, never zero) and its saved forward values: what
+/// `gshn bench` times, and `benches/kernels.rs` with criterion.
+pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> Result<Prepared> {
     let be: &AnyBackend = shared;
     let dt = crate::bench::parse_dtype(&case.dtype)?;
     let d = |k: &str| case.dim(k);
@@ -503,10 +502,10 @@ pub(super) fn prepare(
             Prepared::new(be, Op::LayerNormBackward { eps }, inputs)
         }
         #[cfg(feature = "model")]
-        "step" => Ok(Prepared::Step(Box::new(step::StepBench::new(
+        "step" => Ok(Prepared(Ready::Step(Box::new(step::StepBench::new(
             shared,
             d("B")?,
-        )?))),
+        )?)))),
         "adamw" => {
             let n = d("N")?;
             let (p, m, g) = (r(vec![n])?, r(vec![n])?, r(vec![n])?);

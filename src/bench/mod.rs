@@ -17,7 +17,7 @@
 
 mod cases;
 
-pub use cases::{cases, Case, Overrides, Pass, Size, OPS};
+pub use cases::{cases, prepare, Case, Overrides, Pass, Prepared, Size, OPS};
 
 use crate::backend::{AnyBackend, AnyBuffer, Backend, View, ViewMut};
 use crate::error::{Error, Result};
@@ -195,7 +195,7 @@ pub fn run(
     let mut rng = SplitMix64::new(42);
     for (k, case) in list.into_iter().enumerate() {
         step(1 + opts.dtypes.len() + k, case.label());
-        let mut prepared = cases::prepare(shared, &case, &mut rng)?;
+        let mut prepared = prepare(shared, &case, &mut rng)?;
         let t = time(be, opts.budget, || prepared.call(be))?;
         rows.push(row(case, t, &floors));
     }
