@@ -111,6 +111,10 @@ pub struct Case {
 impl Case {
     /// `op pass dtype shape`, for tables and progress lines.
     pub fn label(&self) -> String {
+        if self.op == "step" {
+            // Forward, backward, clipping and AdamW: one pass name would mislead.
+            return format!("train step {} {}", self.dtype, self.shape);
+        }
         format!(
             "{} {} {} {}",
             self.op,

@@ -636,7 +636,7 @@ impl Report {
             "{}\n",
             "ms: median per call; ±: half the spread of the samples; of floor: GB/s over the \
              better of copy and read bandwidth (memory-bound kernels) or TFLOP/s over the GEMM \
-             floor (compute-bound)"
+             floor (compute-bound); a training step shows graphs/s instead"
         ));
         if reference {
             s.push_str(
