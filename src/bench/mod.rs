@@ -479,6 +479,7 @@ pub const COMPARE_SCRIPT: &str = include_str!("compare.py");
 /// script cannot run stays without a reference.
 pub fn compare(report: &mut Report, python: &std::path::Path, threads: usize) -> Result<()> {
     let mut dtypes: Vec<String> = report.rows.iter().map(|r| r.case.dtype.clone()).collect();
+    dtypes.sort();
     dtypes.dedup();
     let device = if report.driver.is_some() {
         "cuda:0"
