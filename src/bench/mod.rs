@@ -1,9 +1,9 @@
 //! The kernel benchmark behind `gshn bench`: one implementation of the benchmarked shapes, their
 //! byte and FLOP counts, and the timing, for the CPU and CUDA backends.
 //!
-//! A run measures the device's floors first — memory bandwidth (a large parallel copy and a
-//! parallel read on the CPU, a device-to-device copy on CUDA) and GEMM throughput per dtype (the `MatMul` op: the
-//! GEMM crate on the CPU, cuBLAS on CUDA) — then each kernel, forward and backward, through
+//! A run measures the device's floors first — memory bandwidth (a parallel copy, read and STREAM
+//! triad on the CPU, a device-to-device copy on CUDA) and GEMM throughput per dtype (the `MatMul`
+//! op: the GEMM crate on the CPU, cuBLAS on CUDA) — then each kernel, forward and backward, through
 //! [`Backend::execute`] on buffers prepared beforehand (outputs preallocated, the forward's
 //! saved values computed once). Each [`Row`] gives the median and spread of the timed calls,
 //! the compulsory bytes or the FLOPs of the call (see [`Case`]), the achieved GB/s or TFLOP/s and
@@ -63,7 +63,8 @@ impl Options {
 /// The device's measured floors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Floors {
-    /// The memory floor of the memory-bound rows: the higher of `copy_gbps` and `read_gbps`.
+    /// The memory floor of the memory-bound rows: the highest of `copy_gbps`, `read_gbps` and
+    /// `triad_gbps`.
     pub bandwidth_gbps: f64,
     /// Copy bandwidth in GB/s (read + write bytes per second, as STREAM counts them; the CPU's
     /// write-allocate reads of the destination are not counted).
@@ -71,6 +72,10 @@ pub struct Floors {
     /// Read bandwidth in GB/s (a parallel reduction over the same bytes; CPU only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub read_gbps: Option<f64>,
+    /// STREAM triad bandwidth in GB/s (`a = b + s·c`, two streams read and one written; CPU
+    /// only): the pattern of the optimizer and the elementwise kernels.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub triad_gbps: Option<f64>,
     /// Bytes copied per call.
     pub copy_bytes: f64,
     /// GEMM throughput per dtype.
@@ -178,16 +183,19 @@ pub fn run(
     let total = list.len() + 1 + opts.dtypes.len();
     let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
     step(0, "memory bandwidth".into());
-    let (copy_gbps, read_gbps, copy_bytes) = bandwidth_floor(be, opts)?;
+    let (copy_gbps, read_gbps, triad_gbps, copy_bytes) = bandwidth_floor(be, opts)?;
     let mut gemm = Vec::new();
     for (k, &dt) in opts.dtypes.iter().enumerate() {
         step(1 + k, format!("GEMM {}", dtype_name(dt)));
         gemm.push(gemm_floor(be, dt, opts)?);
     }
     let floors = Floors {
-        bandwidth_gbps: copy_gbps.max(read_gbps.unwrap_or(0.0)),
+        bandwidth_gbps: copy_gbps
+            .max(read_gbps.unwrap_or(0.0))
+            .max(triad_gbps.unwrap_or(0.0)),
         copy_gbps,
         read_gbps,
+        triad_gbps,
         copy_bytes,
         gemm,
     };
@@ -319,15 +327,18 @@ fn time<B: Backend>(be: &B, budget: Duration, mut f: impl FnMut() -> Result<()>)
 // ---- floors ----------------------------------------------------------------------------------
 
 /// Copy bandwidth (256 MiB, 32 MiB for small runs, read and written per call) and, on the CPU,
-/// read bandwidth (the same bytes reduced): (copy GB/s, read GB/s, bytes moved per copy).
-fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, Option<f64>, f64)> {
+/// read bandwidth (the same bytes reduced) and triad bandwidth (three arrays of a third of the
+/// bytes each): (copy, read, triad GB/s, bytes moved per copy).
+type BandwidthFloor = (f64, Option<f64>, Option<f64>, f64);
+
+fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<BandwidthFloor> {
     let bytes: usize = if opts.size == Size::Small {
         32 << 20
     } else {
         256 << 20
     };
     let gbps = |b: f64, t: Timing| b / (t.median_ms * 1e-3) / 1e9;
-    let (copy, read) = match be {
+    let (copy, read, triad) = match be {
         AnyBackend::Cpu(_) => {
             use rayon::prelude::*;
             let n = bytes / 4;
@@ -350,7 +361,25 @@ fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, Option<f64>,
                 Ok(())
             })?;
             std::hint::black_box(sink);
-            (copy, Some(gbps(bytes as f64, read)))
+            let third = n / 3;
+            let (b, c) = (&src[..third], &src[third..2 * third]);
+            let mut a = crate::tensor::try_filled(third, 0u32)?;
+            let triad = time(be, opts.budget, || {
+                a.par_chunks_mut(chunk)
+                    .zip(b.par_chunks(chunk).zip(c.par_chunks(chunk)))
+                    .for_each(|(a, (b, c))| {
+                        for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
+                            *a = b.wrapping_add(c.wrapping_mul(3));
+                        }
+                    });
+                Ok(())
+            })?;
+            let triad_bytes = 3.0 * (third * 4) as f64;
+            (
+                copy,
+                Some(gbps(bytes as f64, read)),
+                Some(gbps(triad_bytes, triad)),
+            )
         }
         #[cfg(feature = "cuda")]
         AnyBackend::Cuda(c) => {
@@ -360,11 +389,11 @@ fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<(f64, Option<f64>,
             let copy = time(be, opts.budget, || {
                 c.stream().memcpy_dtod(&src, &mut dst).map_err(err)
             })?;
-            (copy, None)
+            (copy, None, None)
         }
     };
     let moved = 2.0 * bytes as f64;
-    Ok((gbps(moved, copy), read, moved))
+    Ok((gbps(moved, copy), read, triad, moved))
 }
 
 /// GEMM throughput of `dt`: n = 2048 (512 for small runs; 4096 on a GPU).
@@ -581,6 +610,9 @@ impl Report {
         if let Some(r) = self.floors.read_gbps {
             s.push_str(&format!(", read {r:.1} GB/s"));
         }
+        if let Some(t) = self.floors.triad_gbps {
+            s.push_str(&format!(", triad {t:.1} GB/s"));
+        }
         for g in &self.floors.gemm {
             s.push_str(&format!(
                 "; GEMM {} {:.3} TFLOP/s (n = {})",
@@ -636,7 +668,7 @@ impl Report {
         s.push_str(&format!(
             "{}\n",
             "ms: median per call; ±: half the spread of the samples; of floor: GB/s over the \
-             better of copy and read bandwidth (memory-bound kernels) or TFLOP/s over the GEMM \
+             best of copy, read and triad bandwidth (memory-bound kernels) or TFLOP/s over the GEMM \
              floor (compute-bound); a training step shows graphs/s instead"
         ));
         if reference {
