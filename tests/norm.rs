@@ -5,7 +5,7 @@
 use gshn::graph::gradcheck::evaluate as eval;
 use gshn::graph::gradcheck::{random, GradCheck};
 use gshn::util::rng::SplitMix64;
-use gshn::{DType, Error, Graph, Tensor, ValueId};
+use gshn::{CpuBackend, DType, Error, Graph, Tensor, ValueId};
 
 fn check(
     inputs: Vec<(&str, Tensor)>,
@@ -351,4 +351,69 @@ fn norm_errors_are_typed() {
     let o = g.layer_norm_values(x, gm, c6, 1e-5).unwrap();
     let l = g.sum(o.mean).unwrap();
     assert!(matches!(g.backward(l, &[x]), Err(Error::Graph(_))));
+}
+
+/// The CPU LayerNorm forward gives bit for bit what the plain one-row loop gives. The recorded
+/// training runs depend on it, so a faster kernel must keep each row's summation order: f32, row
+/// counts around blocks of 8 and the per-thread chunks.
+#[test]
+fn layer_norm_forward_equals_the_row_at_a_time_loop_bit_for_bit() {
+    let mut rng = SplitMix64::new(11);
+    for (rows, c) in [
+        (1, 5),
+        (7, 33),
+        (8, 16),
+        (9, 16),
+        (23, 64),
+        (1000, 256),
+        (4099, 3),
+    ] {
+        let xv: Vec<f32> = (0..rows * c).map(|_| rng.range(-3.0, 3.0) as f32).collect();
+        let gv: Vec<f32> = (0..c).map(|_| rng.range(0.5, 1.5) as f32).collect();
+        let bv: Vec<f32> = (0..c).map(|_| rng.range(-0.5, 0.5) as f32).collect();
+        let (x, gamma, beta) = (
+            Tensor::new([rows, c], xv.clone()).unwrap(),
+            Tensor::new([c], gv.clone()).unwrap(),
+            Tensor::new([c], bv.clone()).unwrap(),
+        );
+        let out = gshn::fused::run(
+            &CpuBackend,
+            &gshn::ops::Op::LayerNorm { eps: 1e-5 },
+            &[x.view(), gamma.view(), beta.view()],
+        )
+        .unwrap();
+        let got: Vec<Vec<u32>> = out
+            .into_iter()
+            .map(|a| {
+                let t = a.into_tensor().unwrap();
+                t.data::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        let inv_c = 1.0f32 / c as f32;
+        let (mut y, mut mean, mut rstd) = (Vec::new(), Vec::new(), Vec::new());
+        for xr in xv.chunks(c) {
+            let mut s = 0f32;
+            for &v in xr {
+                s += v;
+            }
+            let mu = s * inv_c;
+            let mut ss = 0f32;
+            for &v in xr {
+                ss += (v - mu) * (v - mu);
+            }
+            let rs = 1.0 / (ss * inv_c + 1e-5f32).sqrt();
+            for j in 0..c {
+                y.push(((xr[j] - mu) * rs * gv[j] + bv[j]).to_bits());
+            }
+            mean.push(mu.to_bits());
+            rstd.push(rs.to_bits());
+        }
+        assert_eq!(got[0], y, "y, rows {rows} c {c}");
+        assert_eq!(got[1], mean, "mean, rows {rows} c {c}");
+        assert_eq!(got[2], rstd, "rstd, rows {rows} c {c}");
+    }
 }
