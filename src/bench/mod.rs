@@ -449,12 +449,6 @@ fn random(m: &Meta, rng: &mut SplitMix64) -> Result<Tensor> {
     let n = m.checked_bytes().map(|_| m.shape.numel()).ok_or_else(|| {
         Error::invalid("bench", format!("{:?} is larger than any memory", m.shape))
     })?;
-    // Out of memory is an error here, not an abort of the process.
-    let mut probe: Vec<f64> = Vec::new();
-    probe.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
-        bytes: n.saturating_mul(8),
-    })?;
-    drop(probe);
     let x = |rng: &mut SplitMix64| {
         let v = rng.range(-1.0, 1.0);
         if v.abs() < 1e-3 {
@@ -463,9 +457,18 @@ fn random(m: &Meta, rng: &mut SplitMix64) -> Result<Tensor> {
             v
         }
     };
+    // try_filled: out of memory is an error here, not an abort of the process.
     match m.dtype {
-        DType::F32 => Tensor::new(m.shape.clone(), (0..n).map(|_| x(rng) as f32).collect()),
-        DType::F64 => Tensor::new(m.shape.clone(), (0..n).map(|_| x(rng)).collect()),
+        DType::F32 => {
+            let mut v = crate::tensor::try_filled(n, 0f32)?;
+            v.iter_mut().for_each(|e| *e = x(rng) as f32);
+            Tensor::new(m.shape.clone(), v)
+        }
+        DType::F64 => {
+            let mut v = crate::tensor::try_filled(n, 0f64)?;
+            v.iter_mut().for_each(|e| *e = x(rng));
+            Tensor::new(m.shape.clone(), v)
+        }
         DType::I32 => Err(Error::graph("bench: random indices need a rule")),
     }
 }
