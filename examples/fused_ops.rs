@@ -134,8 +134,8 @@ fn infonce() -> Result<()> {
     );
     let ls = Tensor::scalar(0.5f32);
     let attrs = InfoNceAttrs {
-        symmetric: true,
         chunk: 2,
+        ..InfoNceAttrs::SYMMETRIC
     };
     let f = fused::infonce_forward(&CpuBackend, at.view(), pt.view(), ls.view(), attrs)?;
     let one = Tensor::scalar(1f32);

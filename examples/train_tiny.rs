@@ -28,8 +28,8 @@ pub fn main() -> Result<()> {
     let a = g.matmul(x, w)?;
     let a = g.l2_normalize(a, 1e-6)?;
     let attrs = InfoNceAttrs {
-        symmetric: true,
         chunk: 4,
+        ..InfoNceAttrs::SYMMETRIC
     };
     let loss = g.infonce(a, p, scale, attrs)?.loss;
     let grads = g.backward(loss, &[w, scale])?;

@@ -39,7 +39,7 @@ use crate::fused::{
     OpSpec,
 };
 use crate::ops::index::group_positions;
-use crate::ops::{CsrGraph, InfoNceAttrs, LifConfig, Op, Surrogate};
+use crate::ops::{CsrGraph, InfoNceAttrs, LifConfig, Op, Precision, Surrogate};
 use crate::tensor::{DType, Storage, Tensor};
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
@@ -614,7 +614,19 @@ fn run_infonce<B: Backend>(c: &mut Call<B>, attrs: &Attrs, symmetric: bool) -> R
     let chunk = attrs
         .opt_usize("chunk")?
         .ok_or_else(|| attrs.bad("chunk", "a non-negative integer"))?;
-    let at = InfoNceAttrs { symmetric, chunk };
+    let precision = Precision::parse(&attrs.str("precision")?)?;
+    let offset = match symmetric {
+        true => 0,
+        false => attrs
+            .opt_usize("offset")?
+            .ok_or_else(|| attrs.bad("offset", "a non-negative integer"))?,
+    };
+    let at = InfoNceAttrs {
+        symmetric,
+        chunk,
+        precision,
+        offset,
+    };
     let f = fused::infonce_forward(c.be, a.view(), p.view(), ls.view(), at)?;
     let g_loss = c
         .seed("loss", &f.loss, None)?

@@ -1,8 +1,7 @@
 //! `gshn bench` (issue 20): a small CPU run writes a complete report — the schema, every case,
 //! every number finite and positive — and bad arguments are errors. Timing is never asserted.
 
-use gshn::bench::{cases, Overrides, Pass, Size};
-use gshn::DType;
+use gshn::bench::{cases, parse_dtype, Numerics, Overrides, Pass, Size};
 use serde_json::Value;
 use std::process::Command;
 
@@ -33,7 +32,7 @@ fn small_cpu_bench_writes_a_complete_report() {
         "--device",
         "cpu",
         "--dtype",
-        "f32,f64",
+        "f32,f64,tf32,bf16",
         "--budget-ms",
         "5",
         "--json",
@@ -52,21 +51,24 @@ fn small_cpu_bench_writes_a_complete_report() {
     assert_eq!(r["size"], "small");
     positive(&r["floors"]["copy_gbps"], "copy_gbps");
     let gemm = r["floors"]["gemm"].as_array().unwrap();
-    assert_eq!(gemm.len(), 2, "one GEMM floor per dtype");
+    assert_eq!(gemm.len(), 2, "one GEMM floor per storage dtype");
     for g in gemm {
         positive(&g["tflops"], "gemm tflops");
     }
 
-    // Every case of every op, in both dtypes, once; each with its floor and a positive rate.
+    // Every case of every op, in both dtypes, once, and InfoNCE in both tensor-core modes;
+    // each with its floor and a positive rate.
     let all: Vec<String> = gshn::bench::OPS.iter().map(|s| s.to_string()).collect();
     let none = Overrides::new();
-    let want = cases(Size::Small, &none, &all, &[DType::F32, DType::F64]).unwrap();
+    let dtypes = ["f32", "f64", "tf32", "bf16"].map(|d| parse_dtype(d).unwrap());
+    let want = cases(Size::Small, &none, &all, &dtypes).unwrap();
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), want.len());
     assert_eq!(
         want.len(),
-        2 * (6 * 2 + 2 + 1),
-        "8 kernels (6 with a backward) and the training step, 2 dtypes"
+        2 * (6 * 2 + 2 + 1) + 2 * 2,
+        "8 kernels (6 with a backward) and the training step in 2 dtypes, InfoNCE fwd and bwd \
+         in 2 modes"
     );
     for (row, case) in rows.iter().zip(&want) {
         let id = row["id"].as_str().unwrap();
@@ -105,7 +107,7 @@ fn bad_arguments_are_errors() {
             "unknown op",
         ),
         (
-            &["bench", "--dtype", "bf16", "--device", "cpu"][..],
+            &["bench", "--dtype", "f16", "--device", "cpu"][..],
             "f32 or f64",
         ),
         (
@@ -127,7 +129,7 @@ fn byte_and_flop_counts_follow_the_documented_formulas() {
     let ops: Vec<String> = ["lif", "infonce", "adamw", "matmul"]
         .map(String::from)
         .to_vec();
-    let c = cases(Size::Default, &Overrides::new(), &ops, &[DType::F32]).unwrap();
+    let c = cases(Size::Default, &Overrides::new(), &ops, &[Numerics::F32]).unwrap();
     let find = |id: &str| c.iter().find(|c| c.id == id).unwrap();
     // LIF: 4 tensors of T·N f32 per pass (T = 8, N = 2^20).
     assert_eq!(find("lif_fwd_f32").bytes, 16.0 * 8.0 * (1 << 20) as f64);

@@ -886,7 +886,7 @@ fn infonce_batches_cases() -> Vec<Case> {
         for symmetric in [true, false] {
             let at = InfoNceAttrs {
                 symmetric,
-                chunk: 256,
+                ..InfoNceAttrs::default()
             };
             let col = if symmetric { b } else { 0 };
             let ls = scalar((1.0f64 / 0.07).ln(), F32);

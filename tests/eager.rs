@@ -262,7 +262,11 @@ fn infonce_equals_the_executor() {
             let ls = Tensor::scalar(1.3).to_dtype(dt).unwrap();
             let gl = Tensor::scalar(0.7).to_dtype(dt).unwrap();
             let (gr, gc) = (rand([b], dt, &mut rng), rand([b], dt, &mut rng));
-            let at = InfoNceAttrs { symmetric, chunk };
+            let at = InfoNceAttrs {
+                symmetric,
+                chunk,
+                ..InfoNceAttrs::default()
+            };
 
             let mut g = Graph::new();
             let (ai, pi) = (g.input("a", [b, d], dt), g.input("p", [b, d], dt));

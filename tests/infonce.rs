@@ -7,7 +7,11 @@ use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Error, Executor, Graph, Tensor};
 
 fn attrs(symmetric: bool, chunk: usize) -> InfoNceAttrs {
-    InfoNceAttrs { symmetric, chunk }
+    InfoNceAttrs {
+        symmetric,
+        chunk,
+        ..InfoNceAttrs::default()
+    }
 }
 
 /// Everything one forward + backward produces, as f64.

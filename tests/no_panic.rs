@@ -7,7 +7,9 @@
 
 use gshn::backend::View;
 use gshn::fused;
-use gshn::ops::{AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary};
+use gshn::ops::{
+    AdamWConfig, GatAttrs, InfoNceAttrs, LifConfig, Op, Precision, Reduce, Surrogate, Unary,
+};
 use gshn::tensor::Storage;
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Graph, Meta, Shape, ValueId};
@@ -28,8 +30,13 @@ fn every_op() -> Vec<Op> {
     };
     let nce = InfoNceAttrs::default();
     let nce_1d = InfoNceAttrs {
-        symmetric: false,
         chunk: 0,
+        ..InfoNceAttrs::ONE_DIRECTIONAL
+    };
+    let nce_gathered = InfoNceAttrs {
+        offset: 2,
+        precision: Precision::Bf16,
+        ..InfoNceAttrs::ONE_DIRECTIONAL
     };
     let spike = Unary::Spike {
         surrogate: Surrogate::Sigmoid(4.0),
@@ -87,6 +94,8 @@ fn every_op() -> Vec<Op> {
         Op::InfoNce(nce_1d),
         Op::InfoNceBackward(nce),
         Op::InfoNceBackward(nce_1d),
+        Op::InfoNce(nce_gathered),
+        Op::InfoNceBackward(nce_gathered),
         Op::SegmentMean { segments: 3 },
         Op::SegmentMean { segments: 0 },
         Op::SegmentMeanBackward,

@@ -8,7 +8,7 @@
 //! `3 · 2·B²·D` (the logits recomputed, then `gA = G·P` and `gP = Gᵀ·A`) — the algorithm's
 //! minimum, whatever the implementation does.
 
-use super::{dtype_name, random, upload, view};
+use super::{random, upload, view, Numerics};
 use crate::backend::{AnyBackend, AnyBuffer, Backend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::fused;
@@ -192,12 +192,13 @@ fn dims(op: &str, size: Size) -> Result<Vec<(&'static str, usize)>> {
 /// Dims set by hand, per op, on top of a preset (`gshn bench --shapes FILE.toml`).
 pub type Overrides = BTreeMap<String, BTreeMap<String, usize>>;
 
-/// Every case of `ops` × passes × `dtypes` at `size` (with `overrides`), in that order.
+/// Every case of `ops` × passes × `dtypes` at `size` (with `overrides`), in that order (an
+/// op without a dtype's mode skips it: see [`Numerics`]).
 pub fn cases(
     size: Size,
     overrides: &Overrides,
     ops: &[String],
-    dtypes: &[DType],
+    dtypes: &[Numerics],
 ) -> Result<Vec<Case>> {
     let mut out = Vec::new();
     for op in ops {
@@ -220,17 +221,17 @@ pub fn cases(
             "matmul" | "adamw" | "step" => &[Pass::Fwd],
             _ => &[Pass::Fwd, Pass::Bwd],
         };
-        for &dt in dtypes {
+        for &dt in dtypes.iter().filter(|n| n.applies_to(op)) {
             for &pass in passes {
                 let mut case = Case {
                     id: format!(
                         "{op}_{}_{}",
                         if pass == Pass::Fwd { "fwd" } else { "bwd" },
-                        dtype_name(dt)
+                        dt.name()
                     ),
                     op: op.clone(),
                     pass,
-                    dtype: dtype_name(dt).into(),
+                    dtype: dt.name().into(),
                     shape: d
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
@@ -244,7 +245,7 @@ pub fn cases(
                 if op == "step" {
                     case.items = case.dim("B")? as f64;
                 } else {
-                    (case.bytes, case.flops) = cost(&case, dt.size() as f64)?;
+                    (case.bytes, case.flops) = cost(&case, dt.dtype.size() as f64)?;
                 }
                 out.push(case);
             }
@@ -393,7 +394,8 @@ fn take(v: &mut Vec<(AnyBuffer, Meta)>, k: usize) -> Result<(AnyBuffer, Meta)> {
 /// `gshn bench` times, and `benches/kernels.rs` with criterion.
 pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> Result<Prepared> {
     let be: &AnyBackend = shared;
-    let dt = crate::bench::parse_dtype(&case.dtype)?;
+    let numerics = crate::bench::parse_dtype(&case.dtype)?;
+    let dt = numerics.dtype;
     let d = |k: &str| case.dim(k);
     let mut r = |shape: Vec<usize>| upload(be, &random(&Meta::new(shape, dt), rng)?);
     let fwd = case.pass == Pass::Fwd;
@@ -457,7 +459,10 @@ pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> R
             };
             let (a, p) = (unit(rng)?, unit(rng)?);
             let ls = upload(be, &Tensor::scalar((1.0f64 / 0.07).ln()).to_dtype(dt)?)?;
-            let at = InfoNceAttrs::default();
+            let at = InfoNceAttrs {
+                precision: numerics.precision,
+                ..InfoNceAttrs::default()
+            };
             if fwd {
                 return Prepared::new(be, Op::InfoNce(at), vec![a, p, ls]);
             }

@@ -5,7 +5,7 @@ Usage:  PYTHON bench_compare.py CASES.json      (or fed on stdin: PYTHON - CASES
         PYTHON bench_compare.py --self-test     (tiny dims, every op, both passes, f32 and f64)
 
 CASES.json:
-  {"device": "cpu" | "cuda:0" | ..., "dtype": "f32" | "f64", "threads": int | null,
+  {"device": "cpu" | "cuda:0" | ..., "dtype": "f32" | "f64" | "tf32" | "bf16", "threads": int | null,
    "cases": [{"id": str, "op": str, "pass": "fwd" | "bwd", "dims": {name: int}, "reps": int}, ...]}
 
 Stdout holds JSON lines only (diagnostics go to stderr); the exit status is 0 even if cases fail:
@@ -20,6 +20,9 @@ then `reps` calls, each timed alone with time.perf_counter (on CUDA with torch.c
 before and after). "fwd" times the training forward (autograd on, inputs that need gradients require
 them); "bwd" builds the forward graph once, untimed, and times only
 torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True).
+
+"tf32" and "bf16" are InfoNCE's tensor-core modes (other ops skip them): the dense loss on f32 tensors
+with TF32 matmuls allowed, or under torch.autocast(dtype=torch.bfloat16).
 
 Ops (dims names): lif (T, N), gat (N, deg, H, F), aggregate (T, N, C, H, deg), infonce (B, D),
 segment_pool (P, C, S), matmul (M, K, N; fwd only), layer_norm (R, C), adamw (N; fwd only = one step).
@@ -197,19 +200,30 @@ def op_aggregate(dims, pass_, dev, dtype, gen):
     return fwd_or_bwd(pass_, forward, [alpha, s], (g,), "torch gather * alpha + index_add(dim=1)")
 
 
-def op_infonce(dims, pass_, dev, dtype, gen):
+def op_infonce(dims, pass_, dev, dtype, gen, mode=None):
     B, D = dims["B"], dims["D"]
     a = F.normalize(randn(gen, (B, D), dev, dtype), dim=1).requires_grad_(True)
     p = F.normalize(randn(gen, (B, D), dev, dtype), dim=1).requires_grad_(True)
     logit_scale = torch.tensor(math.log(1 / 0.07), device=dev, dtype=dtype, requires_grad=True)
     labels = torch.arange(B, device=dev)
+    impl = "torch dense ClipLoss"
+    if mode == "tf32":
+        # TF32 matmuls on CUDA (a no-op on the CPU, which has no TF32 path).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        impl += " (allow_tf32)" if dev.type == "cuda" else " (f32: no TF32 on the CPU)"
+    precision = contextlib.nullcontext
+    if mode == "bf16":
+        def precision():
+            return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+        impl += " under bf16 autocast"
 
     def forward():
-        logits = logit_scale.exp().clamp(max=100) * a @ p.T
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        with precision():
+            logits = logit_scale.exp().clamp(max=100) * a @ p.T
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     one = torch.ones((), device=dev, dtype=dtype)
-    return fwd_or_bwd(pass_, forward, [a, p, logit_scale], (one,), "torch dense ClipLoss")
+    return fwd_or_bwd(pass_, forward, [a, p, logit_scale], (one,), impl)
 
 
 def op_segment_pool(dims, pass_, dev, dtype, gen):
@@ -278,7 +292,9 @@ OPS = {
     "adamw": op_adamw,
 }
 
-DTYPES = {"f32": torch.float32, "f64": torch.float64}
+# name -> (tensor dtype, InfoNCE tensor-core mode or None)
+DTYPES = {"f32": (torch.float32, None), "f64": (torch.float64, None),
+          "tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16")}
 
 
 # ---- driver -------------------------------------------------------------------------------------
@@ -298,7 +314,7 @@ def time_calls(fn, reps, dev):
     return times
 
 
-def run_case(case, dev, dtype):
+def run_case(case, dev, dtype, mode=None):
     """One output object for one case; never raises."""
     cid = case.get("id")
     try:
@@ -312,7 +328,10 @@ def run_case(case, dev, dtype):
             raise ValueError("unsupported dtype (want f32 or f64)")
         reps = max(int(case.get("reps", 10)), 1)
         gen = torch.Generator().manual_seed(0)
-        fn, impl = op(case.get("dims", {}), pass_, dev, dtype, gen)
+        if mode is not None and op is not op_infonce:
+            raise Skip(f"{case.get('op')} has no {mode} mode")
+        extra = {"mode": mode} if mode is not None else {}
+        fn, impl = op(case.get("dims", {}), pass_, dev, dtype, gen, **extra)
         times = time_calls(fn, reps, dev)
         return {"id": cid, "ms": statistics.median(times), "ms_min": min(times),
                 "ms_max": max(times), "reps": reps, "impl": impl}
@@ -332,7 +351,7 @@ def run(spec, emit):
         torch.set_num_threads(int(spec["threads"]))
     libs = {name: library_version(name) for name in ("torch_geometric", "spikingjelly")}
     emit({"library": {"torch": torch.__version__, **libs}, "device": device})
-    dtype = DTYPES.get(spec.get("dtype", "f32"))
+    dtype, mode = DTYPES.get(spec.get("dtype", "f32"), (None, None))
     try:
         dev = torch.device(device)
         if dev.type == "cuda":
@@ -342,7 +361,8 @@ def run(spec, emit):
             emit({"id": case.get("id"), "error": f"device {device!r}: {e}"})
         return
     for case in spec.get("cases", []):
-        emit(run_case(case, dev, dtype))
+        emit(run_case(case, dev, dtype, mode))
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def print_line(obj):
@@ -364,11 +384,12 @@ def self_test():
     devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     failures = 0
     for device in devices:
-        for dt in ("f32", "f64"):
+        for dt in ("f32", "f64", "tf32", "bf16"):
             cases = [{"id": f"{op}/{p}", "op": op, "pass": p, "dims": dims, "reps": 3}
                      for op, dims in tiny.items() for p in ("fwd", "bwd")]
             cases.append({"id": "no_such_op/fwd", "op": "no_such_op", "pass": "fwd", "dims": {},
                           "reps": 1})
+            mode_skips = set() if dt in ("f32", "f64") else {c["id"] for c in cases if not c["id"].startswith("infonce/")}
             lines = []
 
             def emit(obj):
@@ -380,7 +401,7 @@ def self_test():
                 print(f"FAIL {device} {dt}: first line is not the library header", file=sys.stderr)
                 failures += 1
             for case, line in zip(cases, lines[1:]):
-                if case["id"] in expect_skip:
+                if case["id"] in expect_skip | mode_skips:
                     ok = "skipped" in line
                 else:
                     ms = line.get("ms")
@@ -392,7 +413,7 @@ def self_test():
                 print(f"FAIL {device} {dt}: {len(lines)} lines for {len(cases)} cases", file=sys.stderr)
                 failures += 1
     print(f"self-test: {'FAILED, ' + str(failures) + ' failure(s)' if failures else 'ok'} "
-          f"({', '.join(devices)}; f32, f64)", file=sys.stderr)
+          f"({', '.join(devices)}; f32, f64, tf32, bf16)", file=sys.stderr)
     return 1 if failures else 0
 
 

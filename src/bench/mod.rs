@@ -21,7 +21,7 @@ pub use cases::{cases, prepare, Case, Overrides, Pass, Prepared, Size, OPS};
 
 use crate::backend::{AnyBackend, AnyBuffer, Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::ops::Op;
+use crate::ops::{Op, Precision};
 use crate::tensor::{DType, Meta, Shape, Tensor};
 use crate::util::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,8 @@ pub struct Options {
     pub overrides: Overrides,
     /// Which kernels (names of [`OPS`]).
     pub ops: Vec<String>,
-    /// Float dtypes to run each kernel in.
-    pub dtypes: Vec<DType>,
+    /// Float dtypes (and InfoNCE tensor-core modes) to run each kernel in.
+    pub dtypes: Vec<Numerics>,
     /// Time spent sampling each case (after warm-up).
     pub budget: Duration,
 }
@@ -50,7 +50,7 @@ impl Options {
             size,
             overrides: Overrides::new(),
             ops: OPS.iter().map(|s| s.to_string()).collect(),
-            dtypes: vec![DType::F32],
+            dtypes: vec![Numerics::F32],
             budget: Duration::from_millis(match size {
                 Size::Small => 30,
                 Size::Default => 600,
@@ -180,12 +180,20 @@ pub fn run(
 ) -> Result<Report> {
     let be: &AnyBackend = shared;
     let list = cases(opts.size, &opts.overrides, &opts.ops, &opts.dtypes)?;
-    let total = list.len() + 1 + opts.dtypes.len();
+    // One GEMM floor per storage dtype (the tensor-core modes are held to the f32 one: the
+    // project's GEMM has no tf32/bf16 mode to measure).
+    let mut storage: Vec<DType> = Vec::new();
+    for n in &opts.dtypes {
+        if !storage.contains(&n.dtype) {
+            storage.push(n.dtype);
+        }
+    }
+    let total = list.len() + 1 + storage.len();
     let mut step = |done: usize, what: String| progress(&Progress { done, total, what });
     step(0, "memory bandwidth".into());
     let (copy_gbps, read_gbps, triad_gbps, copy_bytes) = bandwidth_floor(be, opts)?;
     let mut gemm = Vec::new();
-    for (k, &dt) in opts.dtypes.iter().enumerate() {
+    for (k, &dt) in storage.iter().enumerate() {
         step(1 + k, format!("GEMM {}", dtype_name(dt)));
         gemm.push(gemm_floor(be, dt, opts)?);
     }
@@ -202,7 +210,7 @@ pub fn run(
     let mut rows = Vec::new();
     let mut rng = SplitMix64::new(42);
     for (k, case) in list.into_iter().enumerate() {
-        step(1 + opts.dtypes.len() + k, case.label());
+        step(1 + storage.len() + k, case.label());
         let mut prepared = prepare(shared, &case, &mut rng)?;
         let t = time(be, opts.budget, || prepared.call(be))?;
         rows.push(row(case, t, &floors));
@@ -231,15 +239,56 @@ pub fn dtype_name(dt: DType) -> &'static str {
     }
 }
 
-/// A float dtype by name.
-pub fn parse_dtype(s: &str) -> Result<DType> {
+/// What one `--dtype` entry names: a storage dtype (`f32`, `f64`), or an InfoNCE tensor-core
+/// mode on f32 tensors (`tf32`, `bf16`: products on rounded operands, f32 accumulation; the
+/// other ops, which have no such mode, skip it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Numerics {
+    /// The tensors' dtype.
+    pub dtype: DType,
+    /// InfoNCE's operand precision.
+    pub precision: Precision,
+}
+
+impl Numerics {
+    /// Exact f32.
+    pub const F32: Numerics = Numerics {
+        dtype: DType::F32,
+        precision: Precision::F32,
+    };
+
+    /// `f32`, `f64`, `tf32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self.precision {
+            Precision::F32 => dtype_name(self.dtype),
+            mode => mode.name(),
+        }
+    }
+
+    /// Whether `op` has this mode (every op has the plain dtypes; only InfoNCE the modes).
+    pub fn applies_to(self, op: &str) -> bool {
+        self.precision == Precision::F32 || op == "infonce"
+    }
+}
+
+/// A `--dtype` entry by name (see [`Numerics`]).
+pub fn parse_dtype(s: &str) -> Result<Numerics> {
+    let dtype = |dtype| Numerics {
+        dtype,
+        precision: Precision::F32,
+    };
     match s.trim() {
-        "f32" => Ok(DType::F32),
-        "f64" => Ok(DType::F64),
+        "f32" => Ok(dtype(DType::F32)),
+        "f64" => Ok(dtype(DType::F64)),
+        mode @ ("tf32" | "bf16") => Ok(Numerics {
+            dtype: DType::F32,
+            precision: Precision::parse(mode)?,
+        }),
         other => Err(Error::invalid(
             "bench",
             format!(
-                "dtype {other:?}: the kernels run in f32 or f64 (half precision is not built yet)"
+                "dtype {other:?}: the kernels run in f32 or f64, InfoNCE also in tf32 or bf16 \
+                 (half-precision tensors are not built yet)"
             ),
         )),
     }
@@ -261,6 +310,7 @@ fn row(case: Case, t: Timing, floors: &Floors) -> Row {
         .gemm
         .iter()
         .find(|g| g.dtype == case.dtype)
+        .or_else(|| floors.gemm.iter().find(|g| g.dtype == "f32"))
         .map_or(0.0, |g| g.tflops);
     let of_floor = if case.flops > 0.0 {
         tflops / gemm.max(f64::MIN_POSITIVE)

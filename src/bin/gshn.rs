@@ -131,7 +131,8 @@ enum Command {
         /// segment_pool, matmul, layer_norm, adamw).
         #[arg(long, value_delimiter = ',')]
         ops: Vec<String>,
-        /// Float dtypes, comma-separated: f32, f64.
+        /// Float dtypes, comma-separated: f32, f64; and InfoNCE's tensor-core modes tf32,
+        /// bf16 (f32 tensors, rounded operands; the other ops skip them).
         #[arg(long, value_delimiter = ',', default_value = "f32")]
         dtype: Vec<String>,
         /// Problem sizes: small | default | large, or a TOML file of dims per op (on top of

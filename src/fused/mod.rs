@@ -166,11 +166,33 @@ const INFONCE_INPUTS: [InputSpec; 3] = [
     req("logit_scale", "[]", Kind::Float, true),
 ];
 
-const INFONCE_ATTRS: [AttrSpec; 1] = [attr(
+const INFONCE_1D_INPUTS: [InputSpec; 3] = [
+    req("a", "[B,D]", Kind::Float, true),
+    req("p", "[P,D]", Kind::Float, true),
+    req("logit_scale", "[]", Kind::Float, true),
+];
+
+const INFONCE_CHUNK: AttrSpec = attr(
     "chunk",
     "256",
     "tile edge of the chunked kernels; 0 = dense reference",
-)];
+);
+const INFONCE_PRECISION: AttrSpec = attr(
+    "precision",
+    "\"f32\"",
+    "operands of the products: \"f32\" exact, \"tf32\" or \"bf16\" (tensor-core rounding, \
+     f32 accumulation and LSE)",
+);
+const INFONCE_ATTRS: [AttrSpec; 2] = [INFONCE_CHUNK, INFONCE_PRECISION];
+const INFONCE_1D_ATTRS: [AttrSpec; 3] = [
+    INFONCE_CHUNK,
+    INFONCE_PRECISION,
+    attr(
+        "offset",
+        "0",
+        "gathered negatives: row i of a is positive with row offset + i of p (P >= offset + B)",
+    ),
+];
 
 /// Every fused op of `gshn op` and the C ABI.
 pub static OPS: &[OpSpec] = &[
@@ -285,15 +307,17 @@ pub static OPS: &[OpSpec] = &[
         name: "infonce_1d",
         aliases: &[],
         c_abi: None,
-        summary: "one-directional InfoNCE a -> p (STL), DESIGN §3.4",
-        inputs: &INFONCE_INPUTS,
-        attrs: &INFONCE_ATTRS,
+        summary: "one-directional InfoNCE a -> p (STL; gathered negatives), DESIGN §3.4",
+        inputs: &INFONCE_1D_INPUTS,
+        attrs: &INFONCE_1D_ATTRS,
         outputs: &[
             out("loss", "[]", GradDefault::Ones),
             out("lse_row", "[B]", GradDefault::Zeros),
         ],
-        notes: "loss = mean_i [LSE_j logits_ij - logits_ii] (cross-entropy of the rows only). \
-                C ABI: gshn_infonce with symmetric = 0.",
+        notes: "loss = mean_i [LSE_j logits_ij - logits_i,offset+i] (cross-entropy of the rows \
+                only). With P > B, p holds every rank's candidates and a this rank's rows \
+                (open_clip local_loss + gather_with_grad). C ABI: gshn_infonce with symmetric = 0 \
+                (offset 0, P = B).",
     },
     OpSpec {
         name: "segment_mean",

@@ -2,6 +2,7 @@
 //! documented default, so an empty table is a valid config.
 
 use crate::ops::LifConfig;
+use crate::ops::Precision;
 use serde::{Deserialize, Serialize};
 
 /// Which encoder produces the image embedding (ablations of DESIGN §4.4).
@@ -109,6 +110,9 @@ pub struct ModelConfig {
     pub r_init: f64,
     /// Initial InfoNCE logit scale (ln(1/0.07), as CLIP).
     pub logit_scale_init: f64,
+    /// Operand precision of every InfoNCE loss's products: `f32` (exact, the default),
+    /// `tf32` or `bf16` (tensor-core operands, f32 accumulation and log-sum-exp).
+    pub infonce_precision: Precision,
     /// Stop the SNN branch's gradient at the GAT attention it aggregates with (the GAT then
     /// learns its attention from its own path only).
     pub detach_attention: bool,
@@ -136,6 +140,7 @@ impl Default for ModelConfig {
             fusion: Fusion::Scalar,
             r_init: 0.5,
             logit_scale_init: (1.0f64 / 0.07).ln(),
+            infonce_precision: Precision::F32,
             detach_attention: false,
             snn_root_weight: true,
             negative_margin: 0.2,

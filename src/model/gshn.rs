@@ -5,7 +5,9 @@
 
 use super::branches::{fuse, gat_branch, node_features, snn_branch};
 use super::config::{ModelConfig, TextSource, Variant};
-use super::losses::{add_weighted, hard_negative_loss, relation_term, stl_and_node_cl, SYMMETRIC};
+use super::losses::{
+    add_weighted, hard_negative_loss, infonce_attrs, relation_term, stl_and_node_cl,
+};
 use super::text::text_encoder;
 use crate::data::graph::{EDGE_FEAT_DIM, GEOMETRY_DIM};
 use crate::data::{BatchCapacity, DataShape};
@@ -209,7 +211,10 @@ impl Gshn {
             true => Some(relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?),
             false => None,
         };
-        let itc = ps.graph.infonce(z_img, z_txt, logit_scale, SYMMETRIC)?.loss;
+        let itc = ps
+            .graph
+            .infonce(z_img, z_txt, logit_scale, infonce_attrs(config, true))?
+            .loss;
         let mut loss = ps.graph.mul(itc, inp.w_itc)?;
         if let Some(l) = rel {
             loss = add_weighted(ps.graph, loss, l, inp.w_rel)?;

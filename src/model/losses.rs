@@ -36,11 +36,14 @@ pub(super) fn add_weighted(
     g.add(loss, weighted)
 }
 
-/// ITC and node CL: both directions.
-pub(super) const SYMMETRIC: InfoNceAttrs = InfoNceAttrs {
-    symmetric: true,
-    chunk: 256,
-};
+/// The attributes of the model's InfoNCE losses: ITC and node CL both directions, STL one.
+pub(super) fn infonce_attrs(config: &ModelConfig, symmetric: bool) -> InfoNceAttrs {
+    InfoNceAttrs {
+        symmetric,
+        precision: config.infonce_precision,
+        ..InfoNceAttrs::SYMMETRIC
+    }
+}
 
 /// STL: spiking branch → (frozen) text features, one direction; node CL: the SNN and (frozen)
 /// GAT views of the same segment are positives. Returns both unweighted.
@@ -70,17 +73,17 @@ pub(super) fn stl_and_node_cl(
     let s_img = g.linear(pooled_snn, w_s, b_s)?;
     let s_img = g.l2_normalize(s_img, NORM_EPS)?;
     let txt_target = g.stop_gradient(z_txt)?;
-    let one_dir = InfoNceAttrs {
-        symmetric: false,
-        chunk: 256,
-    };
-    let l_stl = g.infonce(s_img, txt_target, stl_scale, one_dir)?.loss;
+    let l_stl = g
+        .infonce(s_img, txt_target, stl_scale, infonce_attrs(config, false))?
+        .loss;
     let sn = g.gather(es, inp.node_sample)?;
     let sn = g.l2_normalize(sn, NORM_EPS)?;
     let gn = g.gather(fg, inp.node_sample)?;
     let gn = g.stop_gradient(gn)?;
     let gn = g.l2_normalize(gn, NORM_EPS)?;
-    let l_node = g.infonce(sn, gn, node_scale, SYMMETRIC)?.loss;
+    let l_node = g
+        .infonce(sn, gn, node_scale, infonce_attrs(config, true))?
+        .loss;
     Ok((l_stl, l_node))
 }
 

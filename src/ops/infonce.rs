@@ -8,31 +8,127 @@
 //! recomputes the logits tile by tile, so with `chunk > 0` no `B × B` matrix ever exists.
 //! The lse outputs are differentiable too (their gradients, when something consumes them,
 //! travel as two optional trailing inputs of `InfoNceBackward`).
+//!
+//! **Gathered negatives** (one-directional only): `a[B_local, D]` against the candidates
+//! `p[B_all, D]`, the positive of row `i` being `p[offset + i]`: open_clip's `local_loss` with
+//! `gather_with_grad`, so a data-parallel caller never forms `B_all × B_all`. The symmetric
+//! data-parallel loss is two of them ([`Graph::infonce_gathered`]).
+//!
+//! **Precision** ([`Precision`]): the operands of the two products (`a`, `p` for the logits;
+//! the logit gradient and `a`, `p` for the backward) are rounded to tf32 or bf16, as tensor
+//! cores read them; accumulation, log-sum-exp, softmax and the loss stay in the tensor's dtype.
 
 use super::{check, Op};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
 use crate::tensor::Meta;
 
-/// Attributes of the InfoNCE ops (DESIGN §3.4); the default is symmetric with 256-wide tiles.
+/// Operand precision of InfoNCE's products (DESIGN §3.4).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Exact in the tensor's dtype (the default).
+    #[default]
+    F32,
+    /// Operands rounded to tf32 (10 explicit mantissa bits, to nearest, ties away from zero,
+    /// as `cvt.rna.tf32.f32`), products accumulated in the tensor's dtype.
+    Tf32,
+    /// Operands rounded to bfloat16 (7 explicit mantissa bits, to nearest even), products
+    /// accumulated in the tensor's dtype.
+    Bf16,
+}
+
+impl Precision {
+    /// Every mode, in the order of [`Precision::name`].
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+
+    /// `f32`, `tf32` or `bf16`: the spelling of the config key and of `gshn op`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The inverse of [`Precision::name`].
+    pub fn parse(s: &str) -> Result<Precision> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                Error::graph(format!(
+                    "unknown InfoNCE precision {s:?}: expected f32, tf32 or bf16"
+                ))
+            })
+    }
+
+    /// Rounds one operand value's mantissa as this mode's tensor-core input would be (`F32`,
+    /// zeros, NaN and inf pass through). The result is exact in f32, except past f32's
+    /// largest finite value, which becomes inf when stored as f32, as on the GPU.
+    pub fn round(self, x: f64) -> f64 {
+        let bits = match self {
+            Precision::F32 => return x,
+            Precision::Tf32 => 10,
+            Precision::Bf16 => 7,
+        };
+        if !x.is_finite() || x == 0.0 {
+            return x;
+        }
+        // f64 has 52 explicit mantissa bits; keep `bits` of them (the exponent range of tf32
+        // and bf16 is f32's, which every f32 input already fits).
+        let drop = 52 - bits;
+        let u = x.to_bits();
+        let half = 1u64 << (drop - 1);
+        let rest = u & ((1u64 << drop) - 1);
+        let up = match self {
+            Precision::Tf32 => rest >= half,
+            _ => rest > half || (rest == half && (u >> drop) & 1 == 1),
+        };
+        let kept = u & !((1u64 << drop) - 1);
+        f64::from_bits(if up { kept + (1u64 << drop) } else { kept })
+    }
+}
+
+/// Attributes of the InfoNCE ops (DESIGN §3.4); the default is symmetric, exact f32, with
+/// 256-wide tiles and no gathered negatives.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceAttrs {
     /// Both directions (a→p and p→a); false = a→p only (STL).
     pub symmetric: bool,
     /// Tile edge of the chunked evaluation; 0 = dense (materialises B×B, for reference).
     pub chunk: usize,
+    /// Operand precision of the products.
+    pub precision: Precision,
+    /// Gathered negatives (one-directional only): row `i` of `a` is positive with row
+    /// `offset + i` of `p`, which may have more rows than `a`. 0 with equal batches is the
+    /// plain loss.
+    pub offset: usize,
 }
 
 impl Default for InfoNceAttrs {
     fn default() -> Self {
-        InfoNceAttrs {
-            symmetric: true,
-            chunk: 256,
-        }
+        InfoNceAttrs::SYMMETRIC
     }
 }
 
 impl InfoNceAttrs {
+    /// The symmetric loss with `chunk`-wide tiles, exact f32, no gathered negatives.
+    pub const SYMMETRIC: InfoNceAttrs = InfoNceAttrs {
+        symmetric: true,
+        chunk: 256,
+        precision: Precision::F32,
+        offset: 0,
+    };
+
+    /// The one-directional loss (a → p), otherwise as [`InfoNceAttrs::SYMMETRIC`].
+    pub const ONE_DIRECTIONAL: InfoNceAttrs = InfoNceAttrs {
+        symmetric: false,
+        ..InfoNceAttrs::SYMMETRIC
+    };
+
     /// Length of the `lse_col` output for a batch of `b`: `b` when symmetric, 0 otherwise
     /// (the one-directional loss never needs column statistics, so none are computed).
     pub fn lse_col_len(&self, b: usize) -> usize {
@@ -55,27 +151,75 @@ pub struct InfoNceOut {
     pub lse_col: ValueId,
 }
 
-/// Checks a[B,D], p[B,D], logit_scale[] and returns (B, D).
-fn check_abs(op: &'static str, a: &Meta, p: &Meta, ls: &Meta) -> Result<(usize, usize)> {
+/// The shape of one InfoNCE call: `a[rows, d]` against `p[cols, d]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InfoNceGeometry {
+    /// Rows of `a` (anchors; the batch, or the local batch with gathered negatives).
+    pub rows: usize,
+    /// Rows of `p` (candidates).
+    pub cols: usize,
+    /// Feature width.
+    pub d: usize,
+}
+
+impl InfoNceAttrs {
+    /// Validates the shapes of `a` and `p` against these attributes: both `[_, D]`, at least
+    /// one anchor, and either equal batches (offset 0) or, one-directional only, the anchors'
+    /// positives `p[offset .. offset + rows]` inside `p`. The one check every backend uses.
+    pub fn geometry(&self, op: &'static str, a: &[usize], p: &[usize]) -> Result<InfoNceGeometry> {
+        let (&[rows, d], &[cols, dp]) = (a, p) else {
+            return Err(Error::shape(
+                op,
+                format!("a and p must both be [B, D], got {a:?} and {p:?}"),
+            ));
+        };
+        if dp != d {
+            return Err(Error::shape(
+                op,
+                format!("a and p must have the same width D, got {a:?} and {p:?}"),
+            ));
+        }
+        if rows == 0 {
+            return Err(Error::shape(op, "the batch is empty (B = 0)"));
+        }
+        let gathered = rows != cols || self.offset != 0;
+        if gathered && self.symmetric {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the symmetric loss needs a and p of the same shape and offset 0, got {a:?}, \
+                     {p:?}, offset {}; gathered negatives are one-directional (two of them make \
+                     the symmetric data-parallel loss, see Graph::infonce_gathered)",
+                    self.offset
+                ),
+            ));
+        }
+        if self.offset.checked_add(rows).is_none_or(|end| end > cols) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the positives p[{} .. {} + {rows}] lie outside p's {cols} rows",
+                    self.offset, self.offset
+                ),
+            ));
+        }
+        Ok(InfoNceGeometry { rows, cols, d })
+    }
+}
+
+/// Checks a[B,D], p[B',D], logit_scale[] against the attributes.
+fn check_abs(
+    op: &'static str,
+    at: &InfoNceAttrs,
+    a: &Meta,
+    p: &Meta,
+    ls: &Meta,
+) -> Result<InfoNceGeometry> {
     check::float(op, "a", a)?;
-    check::rank(op, "a", a, 2)?;
     check::same_dtype(op, "a and p", a, p)?;
     check::same_dtype(op, "a and logit_scale", a, ls)?;
-    if p.shape != a.shape {
-        return Err(Error::shape(
-            op,
-            format!(
-                "a and p must have the same shape, got {:?} and {:?}",
-                a.shape, p.shape
-            ),
-        ));
-    }
     check::dims(op, "logit_scale", ls, &[])?;
-    let (b, d) = (a.shape.at(0), a.shape.at(1));
-    if b == 0 {
-        return Err(Error::shape(op, "the batch is empty (B = 0)"));
-    }
-    Ok((b, d))
+    at.geometry(op, a.shape.dims(), p.shape.dims())
 }
 
 /// The inputs of `Op::InfoNceBackward`, by name: `g_loss, a, p, logit_scale, lse_row, lse_col
@@ -86,7 +230,7 @@ pub struct InfoNceBackwardArgs<'a, T> {
     pub g_loss: &'a T,
     /// The anchor embeddings `[B,D]`.
     pub a: &'a T,
-    /// The positive embeddings `[B,D]`.
+    /// The positive (candidate) embeddings `[B,D]` (`[B_all, D]` with gathered negatives).
     pub p: &'a T,
     /// Log of the logit scale (`s = min(exp(logit_scale), 100)`), `[]`.
     pub logit_scale: &'a T,
@@ -148,7 +292,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     match op {
         Op::InfoNce(at) => {
             check::arity(name, inputs, 3)?;
-            let (b, _) = check_abs(name, &inputs[0], &inputs[1], &inputs[2])?;
+            let b = check_abs(name, at, &inputs[0], &inputs[1], &inputs[2])?.rows;
             let dt = inputs[0].dtype;
             Ok(vec![
                 Meta::new([], dt),
@@ -158,7 +302,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
         }
         Op::InfoNceBackward(at) => {
             let x = InfoNceBackwardArgs::of(name, inputs)?;
-            let (b, _) = check_abs(name, x.a, x.p, x.logit_scale)?;
+            let b = check_abs(name, at, x.a, x.p, x.logit_scale)?.rows;
             let dt = x.a.dtype;
             check::same_dtype(name, "g_loss and a", x.g_loss, x.a)?;
             check::dims(name, "g_loss", x.g_loss, &[])?;
@@ -235,7 +379,8 @@ impl Graph {
     /// InfoNCE between a\[B,D\] and p\[B,D\] (rows i of both are the positive pair) with the
     /// learnable temperature `logit_scale[]` (`s = min(exp(logit_scale), 100)`).
     /// `attrs.chunk > 0` evaluates in `chunk × chunk` tiles (memory O(B·D)); 0 is the dense
-    /// reference. Differentiable in a, p and logit_scale.
+    /// reference. With `attrs.offset` (one-directional), `p` may be `[B_all, D]`: gathered
+    /// negatives. Differentiable in a, p and logit_scale.
     pub fn infonce(
         &mut self,
         a: ValueId,
@@ -249,5 +394,30 @@ impl Graph {
             lse_row: out[1],
             lse_col: out[2],
         })
+    }
+
+    /// The symmetric loss of one data-parallel rank (open_clip `ClipLoss` with `local_loss`
+    /// and `gather_with_grad`): `½ (InfoNCE(a_local → p_all) + InfoNCE(p_local → a_all))`,
+    /// the local rows being rows `offset .. offset + B_local` of the gathered `[B_all, D]`
+    /// tensors. No `B_all × B_all` matrix is formed; averaging this loss's gradients over the
+    /// ranks gives the gradient of the global symmetric loss. `attrs.symmetric` and
+    /// `attrs.offset` are set here; chunk and precision are taken from `attrs`.
+    pub fn infonce_gathered(
+        &mut self,
+        local: (ValueId, ValueId),
+        all: (ValueId, ValueId),
+        offset: usize,
+        logit_scale: ValueId,
+        attrs: InfoNceAttrs,
+    ) -> Result<ValueId> {
+        let one = InfoNceAttrs {
+            symmetric: false,
+            offset,
+            ..attrs
+        };
+        let a_to_p = self.infonce(local.0, all.1, logit_scale, one)?.loss;
+        let p_to_a = self.infonce(local.1, all.0, logit_scale, one)?.loss;
+        let sum = self.add(a_to_p, p_to_a)?;
+        self.scale(sum, 0.5)
     }
 }

@@ -19,7 +19,7 @@ pub mod segment;
 
 pub use basic::{MatMulDims, Reduce, Unary};
 pub use gat::{CsrGraph, GatAttrs, GatOut, GraphInputs};
-pub use infonce::{InfoNceAttrs, InfoNceOut};
+pub use infonce::{InfoNceAttrs, InfoNceGeometry, InfoNceOut, Precision};
 pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::{AdamWConfig, OptimizerValues};
 pub use segment::SegmentMeanOut;

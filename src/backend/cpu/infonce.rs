@@ -5,19 +5,27 @@
 //! - `chunk > 0`: `chunk × chunk` tiles of `s a pᵀ` (one `gemm` per tile into a scratch
 //!   tile), never a `B × B` buffer. Memory is O(B·D + groups·B + workers·chunk²).
 //!
-//! Forward: row tiles are split into at most `MAX_GROUPS` contiguous groups (a partition that
-//! depends only on B and the chunk, never on the thread count); each group walks its row tiles
-//! and, per row tile, the column tiles in order, keeping an online (max, sum) per row and, for
-//! the symmetric loss, per column. The per-group column statistics are merged in group order.
-//! Backward: the tiles are recomputed twice, once per row tile (→ `ga` and the `logit_scale`
-//! gradient) and once per column tile (→ `gp`), so every output row is owned by one task and
-//! every sum has a fixed order: results do not depend on the number of threads.
+//! Forward, one pass: row tiles are split into at most `MAX_GROUPS` contiguous groups (a
+//! partition that depends only on B and the chunk, never on the thread count); each group
+//! walks its row tiles and, per row tile, the column tiles in order, keeping an online
+//! (max, sum) per row and, for the symmetric loss, per column, from the same tile. The
+//! per-group column statistics are merged in group order. One GEMM-equivalent.
+//! Backward, one recompute: each tile (t, u) is recomputed once and gives both its
+//! contribution to `ga[t]` (`G pᵤ`) and to `gp[u]` (`Gᵀ aₜ`). The tiles run along
+//! anti-diagonals (step k takes every tile with t + u = k), so within a step no two tasks
+//! share a `ga` or a `gp` block, and every block still sums its tiles in index order: no
+//! atomics, no partial buffers, and results independent of the thread count. Three
+//! GEMM-equivalents, four with the forward.
+//! Precision modes round the products' operands (`a`, `p`, and the logit gradient `G`) to
+//! tf32 / bf16 as tensor cores read them, and accumulate in the dtype: the reference the
+//! GPU's tensor-core paths are held to.
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
-use crate::ops::infonce::InfoNceBackwardArgs;
+use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
 use crate::ops::{InfoNceAttrs, Op};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Upper bound on the forward's row-tile groups (each holds two `[B]` column statistics).
@@ -58,24 +66,26 @@ fn scale<T: Float>(ls: T) -> (T, bool) {
     }
 }
 
-/// Validated geometry of one call.
-struct Dims {
-    b: usize,
-    d: usize,
+fn geometry(
+    op: &'static str,
+    at: &InfoNceAttrs,
+    a: &CpuView,
+    p: &CpuView,
+) -> Result<InfoNceGeometry> {
+    at.geometry(op, a.shape.dims(), p.shape.dims())
 }
 
-fn dims(op: &'static str, a: &CpuView, p: &CpuView) -> Result<Dims> {
-    let sa = a.shape.dims();
-    if sa.len() != 2 || p.shape.dims() != sa || sa[0] == 0 {
-        return Err(Error::shape(
-            op,
-            format!(
-                "a and p must both be [B, D] with B ≥ 1, got {:?} and {:?}",
-                a.shape, p.shape
-            ),
-        ));
+/// The operand as the products read it: itself in f32 mode, a rounded copy otherwise.
+fn operand<T: Float>(x: &[T], precision: Precision) -> Cow<'_, [T]> {
+    if precision == Precision::F32 {
+        return Cow::Borrowed(x);
     }
-    Ok(Dims { b: sa[0], d: sa[1] })
+    Cow::Owned(x.par_iter().map(|&v| round(v, precision)).collect())
+}
+
+#[inline]
+fn round<T: Float>(v: T, precision: Precision) -> T {
+    T::of(precision.round(v.to_f64().unwrap_or(f64::NAN)))
 }
 
 fn expect_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
@@ -154,6 +164,31 @@ fn sum_exp<T: TileExp>(row: &[T], m: T) -> T {
 
 // ---- forward ----------------------------------------------------------------------------
 
+/// One call's operands (rounded to the precision mode) and shape, as the tile loops see them.
+struct Problem<'a, T> {
+    /// `[rows, d]`.
+    a: &'a [T],
+    /// `[cols, d]`.
+    p: &'a [T],
+    rows: usize,
+    cols: usize,
+    d: usize,
+    /// The clamped scale `s`.
+    s: T,
+    sym: bool,
+    /// Row i's positive is column `offset + i`.
+    offset: usize,
+}
+
+impl<T> Problem<'_, T> {
+    /// The local column of row `i`'s positive in a tile whose rows start at `r0` and whose
+    /// `n` columns start at `c0`, if the tile holds it.
+    #[inline]
+    fn positive(&self, r0: usize, i: usize, c0: usize, n: usize) -> Option<usize> {
+        (self.offset + r0 + i).checked_sub(c0).filter(|&j| j < n)
+    }
+}
+
 fn forward<T: TileExp>(
     at: InfoNceAttrs,
     inputs: &[CpuView],
@@ -166,8 +201,9 @@ fn forward<T: TileExp>(
             format!("expects 3 inputs, got {}", inputs.len()),
         ));
     }
-    let Dims { b, d } = dims(OP, &inputs[0], &inputs[1])?;
-    let (a, p) = (read::<T>(&inputs[0])?, read::<T>(&inputs[1])?);
+    let InfoNceGeometry { rows, cols, d } = geometry(OP, &at, &inputs[0], &inputs[1])?;
+    let a = operand(read::<T>(&inputs[0])?, at.precision);
+    let p = operand(read::<T>(&inputs[1])?, at.precision);
     let ls = read::<T>(&inputs[2])?;
     expect_len(OP, "logit_scale", ls.len(), 1)?;
     let (s, _) = scale(ls[0]);
@@ -178,15 +214,24 @@ fn forward<T: TileExp>(
     let lse_row = write::<T>(lse_row)?;
     let lse_col = write::<T>(lse_col)?;
     expect_len(OP, "loss", loss.len(), 1)?;
-    expect_len(OP, "lse_row", lse_row.len(), b)?;
-    expect_len(OP, "lse_col", lse_col.len(), at.lse_col_len(b))?;
-    let sym = at.symmetric;
+    expect_len(OP, "lse_row", lse_row.len(), rows)?;
+    expect_len(OP, "lse_col", lse_col.len(), at.lse_col_len(rows))?;
+    let pb = Problem {
+        a: &a,
+        p: &p,
+        rows,
+        cols,
+        d,
+        s,
+        sym: at.symmetric,
+        offset: at.offset,
+    };
 
-    let mut diag = vec![T::zero(); b];
+    let mut diag = vec![T::zero(); rows];
     if at.chunk == 0 {
-        dense_forward(a, p, b, d, s, sym, lse_row, lse_col, &mut diag);
+        dense_forward(&pb, lse_row, lse_col, &mut diag);
     } else {
-        chunked_forward(a, p, b, d, s, at.chunk, sym, lse_row, lse_col, &mut diag);
+        chunked_forward(&pb, at.chunk, lse_row, lse_col, &mut diag);
     }
 
     // The two means are accumulated in f64 (B terms, in row order).
@@ -195,10 +240,10 @@ fn forward<T: TileExp>(
         for (&l, &g) in lse.iter().zip(&diag) {
             acc += (l - g).to_f64().unwrap_or(f64::NAN);
         }
-        acc / b as f64
+        acc / rows as f64
     };
     let row_term = mean_gap(lse_row);
-    loss[0] = T::of(if sym {
+    loss[0] = T::of(if pb.sym {
         0.5 * (row_term + mean_gap(lse_col))
     } else {
         row_term
@@ -207,31 +252,21 @@ fn forward<T: TileExp>(
 }
 
 /// Dense reference: the whole logits matrix, then max-subtracted LSE over rows and columns.
-#[allow(clippy::too_many_arguments)]
-fn dense_forward<T: Float>(
-    a: &[T],
-    p: &[T],
-    b: usize,
-    d: usize,
-    s: T,
-    sym: bool,
-    lse_row: &mut [T],
-    lse_col: &mut [T],
-    diag: &mut [T],
-) {
-    let mut l = vec![T::zero(); b * b];
-    logits_tile(a, p, d, 0..b, 0..b, s, &mut l, true);
-    for i in 0..b {
-        let row = &l[i * b..(i + 1) * b];
+fn dense_forward<T: Float>(pb: &Problem<T>, lse_row: &mut [T], lse_col: &mut [T], diag: &mut [T]) {
+    let (rows, cols) = (pb.rows, pb.cols);
+    let mut l = vec![T::zero(); rows * cols];
+    logits_tile(pb, 0..rows, 0..cols, &mut l, true);
+    for i in 0..rows {
+        let row = &l[i * cols..(i + 1) * cols];
         let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
         let sum: T = row.iter().map(|&x| (x - m).exp()).sum();
         lse_row[i] = m + sum.ln();
-        diag[i] = row[i];
+        diag[i] = row[pb.offset + i];
     }
-    if sym {
-        for j in 0..b {
-            let m = (0..b).fold(T::neg_infinity(), |m, i| m.max(l[i * b + j]));
-            let sum: T = (0..b).map(|i| (l[i * b + j] - m).exp()).sum();
+    if pb.sym {
+        for j in 0..cols {
+            let m = (0..rows).fold(T::neg_infinity(), |m, i| m.max(l[i * cols + j]));
+            let sum: T = (0..rows).map(|i| (l[i * cols + j] - m).exp()).sum();
             lse_col[j] = m + sum.ln();
         }
     }
@@ -248,33 +283,36 @@ struct Group<T> {
     col_l: Vec<T>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The tile edge and the `t`-th tile's index range along an axis of `len`.
+fn tiling(chunk: usize, pb: &Problem<impl Sized>) -> usize {
+    chunk.min(pb.rows.max(pb.cols))
+}
+
+fn tile_range(c: usize, len: usize, t: usize) -> Range<usize> {
+    t * c..((t + 1) * c).min(len)
+}
+
 fn chunked_forward<T: TileExp>(
-    a: &[T],
-    p: &[T],
-    b: usize,
-    d: usize,
-    s: T,
+    pb: &Problem<T>,
     chunk: usize,
-    sym: bool,
     lse_row: &mut [T],
     lse_col: &mut [T],
     diag: &mut [T],
 ) {
-    let c = chunk.min(b);
-    let nt = b.div_ceil(c);
-    let groups = nt.min(MAX_GROUPS);
-    let tile_rows = |t: usize| t * c..((t + 1) * c).min(b);
+    let c = tiling(chunk, pb);
+    let (ntr, ntc) = (pb.rows.div_ceil(c), pb.cols.div_ceil(c));
+    let groups = ntr.min(MAX_GROUPS);
+    let col_len = if pb.sym { pb.cols } else { 0 };
     let results: Vec<Group<T>> = (0..groups)
         .into_par_iter()
         .map(|gi| {
-            let (t0, t1) = (gi * nt / groups, (gi + 1) * nt / groups);
-            let rows = t0 * c..(t1 * c).min(b);
+            let (t0, t1) = (gi * ntr / groups, (gi + 1) * ntr / groups);
+            let rows = t0 * c..(t1 * c).min(pb.rows);
             let mut g = Group {
                 lse_row: vec![T::zero(); rows.len()],
                 diag: vec![T::zero(); rows.len()],
-                col_m: vec![T::neg_infinity(); if sym { b } else { 0 }],
-                col_l: vec![T::zero(); if sym { b } else { 0 }],
+                col_m: vec![T::neg_infinity(); col_len],
+                col_l: vec![T::zero(); col_len],
                 rows,
             };
             let mut tile = vec![T::zero(); c * c];
@@ -282,28 +320,26 @@ fn chunked_forward<T: TileExp>(
             let mut rl = vec![T::zero(); c];
             let mut cm = vec![T::zero(); c];
             for t in t0..t1 {
-                let r = tile_rows(t);
+                let r = tile_range(c, pb.rows, t);
                 let m = r.len();
                 let off = r.start - g.rows.start;
                 rm[..m].fill(T::neg_infinity());
                 rl[..m].fill(T::zero());
-                for u in 0..nt {
-                    let cols = tile_rows(u);
+                for u in 0..ntc {
+                    let cols = tile_range(c, pb.cols, u);
                     let n = cols.len();
-                    logits_tile(a, p, d, r.clone(), cols.clone(), s, &mut tile, false);
+                    logits_tile(pb, r.clone(), cols.clone(), &mut tile, false);
                     let tl = &tile[..m * n];
                     for i in 0..m {
                         let row = &tl[i * n..(i + 1) * n];
                         let mx = row.iter().fold(T::neg_infinity(), |m, &x| max(m, x));
                         let sum = sum_exp(row, mx);
                         merge(&mut rm[i], &mut rl[i], mx, sum);
-                    }
-                    if u == t {
-                        for i in 0..m {
-                            g.diag[off + i] = tl[i * n + i];
+                        if let Some(j) = pb.positive(r.start, i, cols.start, n) {
+                            g.diag[off + i] = row[j];
                         }
                     }
-                    if sym {
+                    if pb.sym {
                         let (m_c, l_c) = (&mut g.col_m[cols.clone()], &mut g.col_l[cols]);
                         column_update(tl, m, n, m_c, l_c, &mut cm[..n]);
                     }
@@ -320,7 +356,7 @@ fn chunked_forward<T: TileExp>(
         lse_row[g.rows.clone()].copy_from_slice(&g.lse_row);
         diag[g.rows.clone()].copy_from_slice(&g.diag);
     }
-    if sym {
+    if pb.sym {
         const CHUNK: usize = 2048;
         lse_col
             .par_chunks_mut(CHUNK)
@@ -388,27 +424,23 @@ fn column_update<T: TileExp>(
     cm.copy_from_slice(new_m);
 }
 
-/// `out[|rows| × |cols|] = s · x[rows] · y[cols]ᵀ` (x, y row-major with `d` columns).
-#[allow(clippy::too_many_arguments)]
+/// `out[|rows| × |cols|] = s · a[rows] · p[cols]ᵀ` (a, p row-major with `d` columns).
 fn logits_tile<T: Float>(
-    x: &[T],
-    y: &[T],
-    d: usize,
+    pb: &Problem<T>,
     rows: Range<usize>,
     cols: Range<usize>,
-    s: T,
     out: &mut [T],
     parallel: bool,
 ) {
-    let (m, n) = (rows.len(), cols.len());
+    let (m, n, d) = (rows.len(), cols.len(), pb.d);
     let out = &mut out[..m * n];
     if d == 0 || m == 0 || n == 0 {
         out.fill(T::zero());
         return;
     }
-    let lhs = &x[rows.start * d..rows.end * d];
-    let rhs = &y[cols.start * d..cols.end * d];
-    // SAFETY: lhs is m×d row-major (col stride 1, row stride d); rhs = y[cols]ᵀ is d×n with
+    let lhs = &pb.a[rows.start * d..rows.end * d];
+    let rhs = &pb.p[cols.start * d..cols.end * d];
+    // SAFETY: lhs is m×d row-major (col stride 1, row stride d); rhs = p[cols]ᵀ is d×n with
     // element (k, j) at j·d + k; out is m×n row-major. All three slices hold exactly these.
     unsafe {
         gemm::gemm(
@@ -426,7 +458,7 @@ fn logits_tile<T: Float>(
             d as isize,
             1,
             T::zero(),
-            s,
+            pb.s,
             false,
             false,
             false,
@@ -435,13 +467,44 @@ fn logits_tile<T: Float>(
     }
 }
 
+/// An `m × k` matrix read from a slice with the given strides: a gradient tile `G` as it is
+/// (row stride k) or transposed (`Gᵀ` of a `k × m` tile: row stride 1, column stride m).
+#[derive(Clone, Copy)]
+struct Lhs<'a, T> {
+    data: &'a [T],
+    m: usize,
+    k: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T> Lhs<'a, T> {
+    fn of(data: &'a [T], m: usize, k: usize) -> Self {
+        Lhs {
+            data,
+            m,
+            k,
+            row_stride: k,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(data: &'a [T], k: usize, m: usize) -> Self {
+        Lhs {
+            data,
+            m,
+            k,
+            row_stride: 1,
+            col_stride: m,
+        }
+    }
+}
+
 /// `dst[m × d] (+)= s · g[m × k] · y[y0 .. y0 + k]` (accumulates unless `first`).
 #[allow(clippy::too_many_arguments)]
 fn accumulate_product<T: Float>(
     dst: &mut [T],
-    g: &[T],
-    m: usize,
-    k: usize,
+    g: Lhs<T>,
     y: &[T],
     y0: usize,
     d: usize,
@@ -449,6 +512,7 @@ fn accumulate_product<T: Float>(
     first: bool,
     parallel: bool,
 ) {
+    let (m, k) = (g.m, g.k);
     if m == 0 || d == 0 {
         return;
     }
@@ -459,9 +523,11 @@ fn accumulate_product<T: Float>(
         return;
     }
     let dst = &mut dst[..m * d];
-    let g = &g[..m * k];
+    let g_data = &g.data[..m * k];
     let rhs = &y[y0 * d..(y0 + k) * d];
-    // SAFETY: dst is m×d, g is m×k, rhs is k×d, all row-major and exactly that long.
+    // SAFETY: dst is m×d and rhs is k×d, row-major and exactly that long; g's m×k elements
+    // at i·row_stride + j·col_stride all lie inside its m·k-element slice (Lhs::of and
+    // Lhs::transposed are the only two layouts).
     unsafe {
         gemm::gemm(
             m,
@@ -471,9 +537,9 @@ fn accumulate_product<T: Float>(
             1,
             d as isize,
             !first,
-            g.as_ptr(),
-            1,
-            k as isize,
+            g_data.as_ptr(),
+            g.col_stride as isize,
+            g.row_stride as isize,
             rhs.as_ptr(),
             1,
             d as isize,
@@ -506,6 +572,18 @@ struct Coef<'a, T> {
     u: Vec<T>,
     v: Vec<T>,
     diag: T,
+    /// The products read `G` at this precision.
+    precision: Precision,
+}
+
+impl<T: Float> Coef<'_, T> {
+    /// Rounds a gradient tile to the precision the products read it at (after Σ G ⊙ logits,
+    /// which uses the exact G).
+    fn round_tile(&self, g: &mut [T]) {
+        if self.precision != Precision::F32 {
+            g.iter_mut().for_each(|x| *x = round(*x, self.precision));
+        }
+    }
 }
 
 fn backward<T: TileExp>(
@@ -515,21 +593,22 @@ fn backward<T: TileExp>(
 ) -> Result<()> {
     const OP: &str = "infonce_backward";
     let x = InfoNceBackwardArgs::of(OP, inputs)?;
-    let Dims { b, d } = dims(OP, x.a, x.p)?;
+    let InfoNceGeometry { rows, cols, d } = geometry(OP, &at, x.a, x.p)?;
     let g_loss = read::<T>(x.g_loss)?;
-    let (a, p) = (read::<T>(x.a)?, read::<T>(x.p)?);
+    let a = operand(read::<T>(x.a)?, at.precision);
+    let p = operand(read::<T>(x.p)?, at.precision);
     let ls = read::<T>(x.logit_scale)?;
     let lse_row = read::<T>(x.lse_row)?;
     let lse_col = read::<T>(x.lse_col)?;
     let sym = at.symmetric;
-    let col_len = at.lse_col_len(b);
+    let col_len = at.lse_col_len(rows);
     expect_len(OP, "g_loss", g_loss.len(), 1)?;
     expect_len(OP, "logit_scale", ls.len(), 1)?;
-    expect_len(OP, "lse_row", lse_row.len(), b)?;
+    expect_len(OP, "lse_row", lse_row.len(), rows)?;
     expect_len(OP, "lse_col", lse_col.len(), col_len)?;
     let (g_row, g_col) = if let Some((gr, gc)) = x.g_lse {
         let (gr, gc) = (read::<T>(gr)?, read::<T>(gc)?);
-        expect_len(OP, "g_lse_row", gr.len(), b)?;
+        expect_len(OP, "g_lse_row", gr.len(), rows)?;
         expect_len(OP, "g_lse_col", gc.len(), col_len)?;
         (Some(gr), Some(gc))
     } else {
@@ -541,12 +620,12 @@ fn backward<T: TileExp>(
     let ga = write::<T>(ga)?;
     let gp = write::<T>(gp)?;
     let gls = write::<T>(gls)?;
-    expect_len(OP, "ga", ga.len(), b * d)?;
-    expect_len(OP, "gp", gp.len(), b * d)?;
+    expect_len(OP, "ga", ga.len(), rows * d)?;
+    expect_len(OP, "gp", gp.len(), cols * d)?;
     expect_len(OP, "g_logit_scale", gls.len(), 1)?;
 
     let (s, clamped) = scale(ls[0]);
-    let bf = T::of(b as f64);
+    let bf = T::of(rows as f64);
     let (wr, wc) = if sym {
         let w = g_loss[0] / (bf + bf);
         (w, w)
@@ -556,18 +635,29 @@ fn backward<T: TileExp>(
     let coef = Coef {
         lse_row,
         lse_col,
-        u: (0..b)
+        u: (0..rows)
             .map(|i| wr + g_row.map_or(T::zero(), |g| g[i]))
             .collect(),
         v: (0..col_len)
             .map(|j| wc + g_col.map_or(T::zero(), |g| g[j]))
             .collect(),
         diag: wr + wc,
+        precision: at.precision,
+    };
+    let pb = Problem {
+        a: &a,
+        p: &p,
+        rows,
+        cols,
+        d,
+        s,
+        sym,
+        offset: at.offset,
     };
     let total = if at.chunk == 0 {
-        dense_backward(a, p, b, d, s, sym, &coef, ga, gp)
+        dense_backward(&pb, &coef, ga, gp)
     } else {
-        chunked_backward(a, p, b, d, s, at.chunk, sym, &coef, ga, gp)
+        chunked_backward(&pb, at.chunk, &coef, ga, gp)
     };
     // d logits / d logit_scale = logits while exp(logit_scale) ≤ 100; the clamp stops it.
     gls[0] = if clamped { T::zero() } else { total };
@@ -575,148 +665,102 @@ fn backward<T: TileExp>(
 }
 
 /// Dense reference backward; returns Σ gLogit ⊙ logits.
-#[allow(clippy::too_many_arguments)]
-fn dense_backward<T: Float>(
-    a: &[T],
-    p: &[T],
-    b: usize,
-    d: usize,
-    s: T,
-    sym: bool,
-    k: &Coef<T>,
-    ga: &mut [T],
-    gp: &mut [T],
-) -> T {
-    let mut g = vec![T::zero(); b * b];
-    logits_tile(a, p, d, 0..b, 0..b, s, &mut g, true);
+fn dense_backward<T: TileExp>(pb: &Problem<T>, k: &Coef<T>, ga: &mut [T], gp: &mut [T]) -> T {
+    let (rows, cols, d) = (pb.rows, pb.cols, pb.d);
+    let mut g = vec![T::zero(); rows * cols];
+    logits_tile(pb, 0..rows, 0..cols, &mut g, true);
     let mut total = T::zero();
-    for i in 0..b {
-        for j in 0..b {
-            let l = g[i * b + j];
+    for i in 0..rows {
+        for j in 0..cols {
+            let l = g[i * cols + j];
             let mut gv = k.u[i] * (l - k.lse_row[i]).exp();
-            if sym {
+            if pb.sym {
                 gv += k.v[j] * (l - k.lse_col[j]).exp();
             }
-            if i == j {
+            if j == pb.offset + i {
                 gv = gv - k.diag;
             }
             total += gv * l;
-            g[i * b + j] = gv;
+            g[i * cols + j] = gv;
         }
     }
-    if d > 0 {
-        // ga = s G p ; gp = s Gᵀ a (Gᵀ through strides).
-        accumulate_product(ga, &g, b, b, p, 0, d, s, true, true);
-        // SAFETY: gp is b×d, Gᵀ is g read with column stride b and row stride 1, a is b×d.
-        unsafe {
-            gemm::gemm(
-                b,
-                d,
-                b,
-                gp.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                g.as_ptr(),
-                b as isize,
-                1,
-                a.as_ptr(),
-                1,
-                d as isize,
-                T::zero(),
-                s,
-                false,
-                false,
-                false,
-                par(true, b * b * d),
-            );
-        }
-    }
+    k.round_tile(&mut g);
+    // ga = s G p ; gp = s Gᵀ a.
+    accumulate_product(ga, Lhs::of(&g, rows, cols), pb.p, 0, d, pb.s, true, true);
+    accumulate_product(
+        gp,
+        Lhs::transposed(&g, rows, cols),
+        pb.a,
+        0,
+        d,
+        pb.s,
+        true,
+        true,
+    );
     total
 }
 
-/// Chunked backward: pass 1 over row tiles (ga, Σ gLogit ⊙ logits), pass 2 over column
-/// tiles (gp). Returns Σ gLogit ⊙ logits summed in row-tile order.
-#[allow(clippy::too_many_arguments)]
+/// Chunked backward, one recompute per tile, along anti-diagonals (see the module doc).
+/// Returns Σ gLogit ⊙ logits, summed per row tile in column order, then over row tiles.
 fn chunked_backward<T: TileExp>(
-    a: &[T],
-    p: &[T],
-    b: usize,
-    d: usize,
-    s: T,
+    pb: &Problem<T>,
     chunk: usize,
-    sym: bool,
     k: &Coef<T>,
     ga: &mut [T],
     gp: &mut [T],
 ) -> T {
-    let c = chunk.min(b);
-    let nt = b.div_ceil(c);
-    let tile_rows = |t: usize| t * c..((t + 1) * c).min(b);
+    let (rows, cols, d) = (pb.rows, pb.cols, pb.d);
+    let c = tiling(chunk, pb);
+    let (ntr, ntc) = (rows.div_ceil(c), cols.div_ceil(c));
     let row_side = Side {
         lse: k.lse_row,
         w: &k.u,
     };
-    let col_side = sym.then_some(Side {
+    let col_side = pb.sym.then_some(Side {
         lse: k.lse_col,
         w: &k.v,
     });
-
-    // Pass 1: tile (rows of a) × (rows of p) → ga rows and the logit_scale partials.
-    let partials: Vec<T> = (0..nt)
-        .into_par_iter()
-        .zip(par_rows(ga, c * d.max(1), nt))
-        .map(|(t, ga_rows)| {
-            let r = tile_rows(t);
-            let m = r.len();
-            let mut tile = vec![T::zero(); c * c];
-            let mut acc = T::zero();
-            for u in 0..nt {
-                let cols = tile_rows(u);
-                let n = cols.len();
-                logits_tile(a, p, d, r.clone(), cols.clone(), s, &mut tile, false);
-                acc += grad_tile(
-                    &mut tile[..m * n],
-                    m,
-                    n,
-                    r.start,
-                    cols.start,
-                    Some(row_side),
-                    col_side,
-                    (u == t).then_some(k.diag),
+    let mut ga_blocks = row_blocks(ga, c * d, ntr);
+    let mut gp_blocks = row_blocks(gp, c * d, ntc);
+    let mut partials = vec![T::zero(); ntr];
+    for step in 0..ntr + ntc - 1 {
+        // Tiles (t, step − t): distinct t and distinct u, so each task owns its two blocks.
+        let (t_lo, t_hi) = (step.saturating_sub(ntc - 1), step.min(ntr - 1));
+        let tasks: Vec<_> = ga_blocks[t_lo..=t_hi]
+            .iter_mut()
+            .zip(gp_blocks[step - t_hi..=step - t_lo].iter_mut().rev())
+            .zip(&mut partials[t_lo..=t_hi])
+            .enumerate()
+            .map(|(i, ((ga_t, gp_u), acc))| (t_lo + i, ga_t, gp_u, acc))
+            .collect();
+        tasks.into_par_iter().for_each_init(
+            || vec![T::zero(); c * c],
+            |tile, (t, ga_t, gp_u, acc)| {
+                let u = step - t;
+                let (r, cl) = (tile_range(c, rows, t), tile_range(c, cols, u));
+                let (m, n) = (r.len(), cl.len());
+                logits_tile(pb, r.clone(), cl.clone(), tile, false);
+                let g = &mut tile[..m * n];
+                let positive = |i| pb.positive(r.start, i, cl.start, n);
+                *acc += grad_tile(
+                    g, m, n, r.start, cl.start, row_side, col_side, k.diag, positive,
                 );
-                accumulate_product(ga_rows, &tile, m, n, p, cols.start, d, s, u == 0, false);
-            }
-            acc
-        })
-        .collect();
-
-    // Pass 2: tile (rows of p) × (rows of a), i.e. the transposed logits → gp rows.
-    (0..nt)
-        .into_par_iter()
-        .zip(par_rows(gp, c * d.max(1), nt))
-        .for_each(|(u, gp_rows)| {
-            let cols = tile_rows(u);
-            let n = cols.len();
-            let mut tile = vec![T::zero(); c * c];
-            for t in 0..nt {
-                let r = tile_rows(t);
-                let m = r.len();
-                logits_tile(p, a, d, cols.clone(), r.clone(), s, &mut tile, false);
-                grad_tile(
-                    &mut tile[..n * m],
-                    n,
-                    m,
-                    cols.start,
-                    r.start,
-                    col_side,
-                    Some(row_side),
-                    (u == t).then_some(k.diag),
+                k.round_tile(g);
+                accumulate_product(
+                    ga_t,
+                    Lhs::of(g, m, n),
+                    pb.p,
+                    cl.start,
+                    d,
+                    pb.s,
+                    u == 0,
+                    false,
                 );
-                accumulate_product(gp_rows, &tile, n, m, a, r.start, d, s, t == 0, false);
-            }
-        });
-
+                let gt = Lhs::transposed(g, m, n);
+                accumulate_product(gp_u, gt, pb.a, r.start, d, pb.s, t == 0, false);
+            },
+        );
+    }
     let mut total = 0.0f64;
     for x in partials {
         total += x.to_f64().unwrap_or(f64::NAN);
@@ -725,10 +769,10 @@ fn chunked_backward<T: TileExp>(
 }
 
 /// `nt` mutable row blocks of `len` elements (the last one shorter; empty ones when d = 0).
-fn par_rows<T: Send>(x: &mut [T], len: usize, nt: usize) -> rayon::vec::IntoIter<&mut [T]> {
-    let mut blocks: Vec<&mut [T]> = x.chunks_mut(len).collect();
+fn row_blocks<T>(x: &mut [T], len: usize, nt: usize) -> Vec<&mut [T]> {
+    let mut blocks: Vec<&mut [T]> = x.chunks_mut(len.max(1)).collect();
     blocks.resize_with(nt, Default::default);
-    blocks.into_par_iter()
+    blocks
 }
 
 /// The log-sum-exp and weight of the index that runs along one axis of a tile.
@@ -738,9 +782,9 @@ struct Side<'a, T> {
     w: &'a [T],
 }
 
-/// Turns an `m × n` tile of logits (tile rows start at global index `r0` of the row side,
-/// columns at `c0` of the column side) into gLogit in place; returns Σ gLogit ⊙ logits.
-/// `diag`: the tile sits on the diagonal and `diag` is subtracted at (i, i).
+/// Turns an `m × n` tile of logits (rows start at global row `r0`, columns at global column
+/// `c0`) into gLogit in place; returns Σ gLogit ⊙ logits. `positive(i)` is the local column
+/// of row i's positive when the tile holds it; `diag` is subtracted there.
 #[allow(clippy::too_many_arguments)]
 fn grad_tile<T: TileExp>(
     tile: &mut [T],
@@ -748,38 +792,28 @@ fn grad_tile<T: TileExp>(
     n: usize,
     r0: usize,
     c0: usize,
-    rows: Option<Side<T>>,
+    rows: Side<T>,
     cols: Option<Side<T>>,
-    diag: Option<T>,
+    diag: T,
+    positive: impl Fn(usize) -> Option<usize>,
 ) -> T {
     let mut total = T::zero();
     for i in 0..m {
         let row = &mut tile[i * n..(i + 1) * n];
-        let l_ii = diag.map(|_| row[i]);
-        let mut acc = match (rows, cols) {
-            (Some(rs), Some(cs)) => {
-                let (lr, wr) = (rs.lse[r0 + i], rs.w[r0 + i]);
+        let pos = positive(i).map(|j| (j, row[j]));
+        let (lr, wr) = (rows.lse[r0 + i], rows.w[r0 + i]);
+        let mut acc = match cols {
+            Some(cs) => {
                 let (lc, wc) = (&cs.lse[c0..c0 + n], &cs.w[c0..c0 + n]);
                 lanes2(row, lc, wc, |l, lcj, wcj| {
                     wr * (l - lr).texp() + wcj * (l - lcj).texp()
                 })
             }
-            (Some(rs), None) => {
-                let (lr, wr) = (rs.lse[r0 + i], rs.w[r0 + i]);
-                lanes(row, |l| wr * (l - lr).texp())
-            }
-            (None, Some(cs)) => {
-                let (lc, wc) = (&cs.lse[c0..c0 + n], &cs.w[c0..c0 + n]);
-                lanes2(row, lc, wc, |l, lcj, wcj| wcj * (l - lcj).texp())
-            }
-            (None, None) => {
-                row.fill(T::zero());
-                T::zero()
-            }
+            None => lanes(row, |l| wr * (l - lr).texp()),
         };
-        if let (Some(dg), Some(l)) = (diag, l_ii) {
-            row[i] = row[i] - dg;
-            acc = acc - dg * l;
+        if let Some((j, l)) = pos {
+            row[j] = row[j] - diag;
+            acc = acc - diag * l;
         }
         total += acc;
     }
