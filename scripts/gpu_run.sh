@@ -85,6 +85,14 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   timeout $(cap 60) .gpu/bin/gshn bench --device cuda --shapes default --budget-ms 200 \
     --json "$TMP/gshn_bench.json" >"$TMP/gshn_bench.log" 2>&1
   status_gbench="exit $?"; cat "$TMP/gshn_bench.log" >&2
+  # InfoNCE at B = 32768, D = 512 in every precision mode, beside PyTorch's dense loss (f32,
+  # TF32, bf16 autocast) in the same run (issue 16's goals; recorded in the report beside
+  # gshn_bench).
+  echo "gpu_run: gshn bench --ops infonce --shapes large (f32, tf32, bf16) ..." >&2
+  timeout $(cap 90) .gpu/bin/gshn bench --device cuda --ops infonce --shapes large \
+    --dtype f32,tf32,bf16 --budget-ms 200 --compare "$PY" \
+    --json "$TMP/infonce_bench.json" >"$TMP/infonce_bench.log" 2>&1
+  echo "infonce_bench exit $?" >>"$TMP/infonce_bench.log"; cat "$TMP/infonce_bench.log" >&2
 fi
 if [[ "$DEVICE" != none ]]; then
   echo "gpu_run: PyTorch / PyG ..." >&2
@@ -240,6 +248,9 @@ report = {
                "log_tail": tail("parity.log", 40) if (failed or st_par not in ("exit 0", "skipped")) else []},
     "bench": {"status": st_bench, "copy_peak_gbps": peak, "results": bench, "stderr_tail": tail("bench.err", 10)},
     "torch": {"status": st_torch, "results": torch, "stderr_tail": tail("torch.err", 10)},
+    "infonce_bench": {"report": json.load(open(os.path.join(tmp, "infonce_bench.json")))
+                      if os.path.exists(os.path.join(tmp, "infonce_bench.json")) else None,
+                      "log_tail": tail("infonce_bench.log", 14)},
     "gshn_bench": {"status": st_gbench,
                    "report": json.load(open(os.path.join(tmp, "gshn_bench.json")))
                    if os.path.exists(os.path.join(tmp, "gshn_bench.json")) else None,

@@ -16,7 +16,8 @@
 
 use gshn::backend::{cuda_available, execute_buffers, Backend, CudaBackend};
 use gshn::ops::{
-    AdamWConfig, CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Reduce, Surrogate, Unary,
+    AdamWConfig, CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Precision, Reduce, Surrogate,
+    Unary,
 };
 use gshn::tensor::{DType, Meta, Shape, Tensor};
 use gshn::util::rng::SplitMix64;
@@ -103,6 +104,9 @@ struct Case {
     outs: Vec<Meta>,
     /// Outputs (by index) compared exactly (spikes).
     exact: Vec<usize>,
+    /// The f32 tolerance, when not 1e-5 (InfoNCE's tf32 / bf16 modes, where an operand
+    /// rounded on the other side of a tie moves a result by one tf32 / bf16 step).
+    tol: Option<f64>,
 }
 
 fn case(name: impl Into<String>, op: Op, inputs: Vec<Tensor>, outs: Vec<Meta>) -> Case {
@@ -112,6 +116,7 @@ fn case(name: impl Into<String>, op: Op, inputs: Vec<Tensor>, outs: Vec<Meta>) -
         inputs,
         outs,
         exact: vec![],
+        tol: None,
     }
 }
 
@@ -211,6 +216,7 @@ fn widened(c: &Case) -> Result<Case, gshn::Error> {
             .map(|o| Meta::new(o.shape.clone(), wide(o.dtype)))
             .collect(),
         exact: c.exact.clone(),
+        tol: c.tol,
     })
 }
 
@@ -245,7 +251,11 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
         let mut notes = String::new();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let f64_out = w.dtype() == DType::F64;
-            let tol = if f64_out { 1e-10 } else { 1e-5 };
+            let tol = if f64_out {
+                1e-10
+            } else {
+                c.tol.unwrap_or(1e-5)
+            };
             let r = rel_err(g, w);
             let mut ok = if c.exact.contains(&i) {
                 g == w
@@ -867,73 +877,129 @@ fn gat_and_aggregate() {
     check_all(&be, gat_and_aggregate_cases());
 }
 
+/// Unit rows `[b, d]`, f32.
+fn unit_rows(r: &mut SplitMix64, b: usize, d: usize) -> Tensor {
+    let t = rnd(r, &[b, d], F32);
+    let v = t.data::<f32>().unwrap();
+    let mut o = Vec::with_capacity(v.len());
+    for row in v.chunks(d) {
+        let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        o.extend(row.iter().map(|x| x / nrm));
+    }
+    Tensor::new([b, d], o).unwrap()
+}
+
+/// The forward, the backward and the backward with gradients into the lse outputs of one
+/// InfoNCE call (the backward's saved inputs from the CPU forward).
+fn infonce_cases(
+    r: &mut SplitMix64,
+    t: &str,
+    a: &Tensor,
+    p: &Tensor,
+    at: InfoNceAttrs,
+    tol: Option<f64>,
+) -> Vec<Case> {
+    let (b, pb, d) = (a.dims()[0], p.dims()[0], a.dims()[1]);
+    let col = at.lse_col_len(b);
+    let ls = scalar((1.0f64 / 0.07).ln(), F32);
+    let fwd_outs = vec![meta(&[], F32), meta(&[b], F32), meta(&[col], F32)];
+    let fwd = case(
+        format!("infonce {t}"),
+        Op::InfoNce(at),
+        vec![a.clone(), p.clone(), ls.clone()],
+        fwd_outs,
+    );
+    let (lr, lc) = match run(&CpuBackend, &fwd, false) {
+        Ok(o) => (o[1].clone(), o[2].clone()),
+        Err(_) => (
+            rand_t(r, &[b], F32, 2.0, 3.0),
+            rand_t(r, &[col], F32, 2.0, 3.0),
+        ),
+    };
+    let outs = vec![meta(&[b, d], F32), meta(&[pb, d], F32), meta(&[], F32)];
+    let base = vec![scalar(0.8, F32), a.clone(), p.clone(), ls, lr, lc];
+    let bwd = case(
+        format!("infonce_backward {t}"),
+        Op::InfoNceBackward(at),
+        base.clone(),
+        outs.clone(),
+    );
+    let mut with_g = base;
+    with_g.push(rnd(r, &[b], F32));
+    with_g.push(rnd(r, &[col], F32));
+    let bwd_g = case(
+        format!("infonce_backward g_lse {t}"),
+        Op::InfoNceBackward(at),
+        with_g,
+        outs,
+    );
+    let mut cs = vec![fwd, bwd, bwd_g];
+    for c in &mut cs {
+        c.tol = tol;
+    }
+    cs
+}
+
 fn infonce_batches_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(6);
     let mut cs = Vec::new();
     for b in [1usize, 7, 1000, 4097] {
         let d = 67;
-        let unit = |r: &mut SplitMix64| {
-            let t = rnd(r, &[b, d], F32);
-            let v = t.data::<f32>().unwrap();
-            let mut o = Vec::with_capacity(v.len());
-            for row in v.chunks(d) {
-                let nrm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-                o.extend(row.iter().map(|x| x / nrm));
-            }
-            Tensor::new([b, d], o).unwrap()
-        };
-        let (a, p) = (unit(&mut r), unit(&mut r));
+        let (a, p) = (unit_rows(&mut r, b, d), unit_rows(&mut r, b, d));
         for symmetric in [true, false] {
             let at = InfoNceAttrs {
                 symmetric,
                 ..InfoNceAttrs::default()
             };
-            let col = if symmetric { b } else { 0 };
-            let ls = scalar((1.0f64 / 0.07).ln(), F32);
             let t = format!("B={b} sym={symmetric}");
-            cs.push(case(
-                format!("infonce {t}"),
-                Op::InfoNce(at),
-                vec![a.clone(), p.clone(), ls.clone()],
-                vec![meta(&[], F32), meta(&[b], F32), meta(&[col], F32)],
-            ));
-            let fwd = run(
-                &CpuBackend,
-                &case(
-                    "",
-                    Op::InfoNce(at),
-                    vec![a.clone(), p.clone(), ls.clone()],
-                    vec![meta(&[], F32), meta(&[b], F32), meta(&[col], F32)],
-                ),
-                false,
-            );
-            let (lr, lc) = match fwd {
-                Ok(o) => (o[1].clone(), o[2].clone()),
-                Err(_) => (
-                    rand_t(&mut r, &[b], F32, 2.0, 3.0),
-                    rand_t(&mut r, &[col], F32, 2.0, 3.0),
-                ),
-            };
-            let outs = vec![meta(&[b, d], F32), meta(&[b, d], F32), meta(&[], F32)];
-            let base = vec![scalar(0.8, F32), a.clone(), p.clone(), ls.clone(), lr, lc];
-            cs.push(case(
-                format!("infonce_backward {t}"),
-                Op::InfoNceBackward(at),
-                base.clone(),
-                outs.clone(),
-            ));
-            let mut with_g = base;
-            with_g.push(rnd(&mut r, &[b], F32));
-            with_g.push(rnd(&mut r, &[col], F32));
-            cs.push(case(
-                format!("infonce_backward g_lse {t}"),
-                Op::InfoNceBackward(at),
-                with_g,
-                outs,
-            ));
+            cs.extend(infonce_cases(&mut r, &t, &a, &p, at, None));
         }
     }
     cs
+}
+
+/// The tensor-core modes (tolerance: the mode's documented bound against f64) and gathered
+/// negatives (a[B_local] against p[B_all], the local block at the start, middle and end).
+fn infonce_modes_cases() -> Vec<Case> {
+    let mut r = SplitMix64::new(12);
+    let mut cs = Vec::new();
+    for precision in Precision::ALL {
+        let tol = match precision {
+            Precision::F32 => None,
+            Precision::Tf32 => Some(5e-3),
+            Precision::Bf16 => Some(2e-2),
+        };
+        let name = precision.name();
+        if precision != Precision::F32 {
+            for b in [7usize, 65, 1000] {
+                let (a, p) = (unit_rows(&mut r, b, 67), unit_rows(&mut r, b, 67));
+                for base in [InfoNceAttrs::SYMMETRIC, InfoNceAttrs::ONE_DIRECTIONAL] {
+                    let at = InfoNceAttrs { precision, ..base };
+                    let t = format!("{name} B={b} sym={}", at.symmetric);
+                    cs.extend(infonce_cases(&mut r, &t, &a, &p, at, tol));
+                }
+            }
+        }
+        let (bl, ba, d) = (100usize, 1000usize, 67);
+        let p = unit_rows(&mut r, ba, d);
+        for offset in [0, 450, 900] {
+            let a = unit_rows(&mut r, bl, d);
+            let at = InfoNceAttrs {
+                precision,
+                offset,
+                ..InfoNceAttrs::ONE_DIRECTIONAL
+            };
+            let t = format!("{name} gathered B={bl} of {ba} at {offset}");
+            cs.extend(infonce_cases(&mut r, &t, &a, &p, at, tol));
+        }
+    }
+    cs
+}
+
+#[test]
+fn infonce_modes_and_gathered_negatives() {
+    let Some(be) = cuda() else { return };
+    check_all(&be, infonce_modes_cases());
 }
 
 #[test]
@@ -1072,6 +1138,7 @@ fn cpu_reference_accepts_every_case() {
         lif_all_options_cases(),
         gat_and_aggregate_cases(),
         infonce_batches_cases(),
+        infonce_modes_cases(),
         segment_and_optim_cases(),
     ] {
         for c in cases {

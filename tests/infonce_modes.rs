@@ -267,6 +267,49 @@ fn precision_round_matches_the_hardware_conversions() {
     assert!(Precision::parse("fp8").is_err());
 }
 
+#[test]
+fn f32_rounding_on_bits_equals_the_f64_definition() {
+    // round_f32 (the kernels' bit operations) against the mantissa rounding in f64, over
+    // random normal f32 values (ties included: low bits cleared) and the carry cases.
+    let mut rng = SplitMix64::new(28);
+    let mut xs: Vec<f32> = (0..200_000)
+        .map(|k| {
+            let bits = (rng.next_u64() >> 32) as u32;
+            // Every 4th value sits exactly on a tf32 or bf16 tie.
+            let bits = match k % 4 {
+                0 => (bits & 0xffff_e000) | 0x1000,
+                1 => (bits & 0xffff_0000) | 0x8000,
+                _ => bits,
+            };
+            f32::from_bits(bits)
+        })
+        .filter(|x| x.is_normal())
+        .collect();
+    xs.extend([
+        f32::MAX,
+        -f32::MAX,
+        1.0,
+        -1.0,
+        f32::MIN_POSITIVE,
+        3.999_999_8,
+    ]);
+    for p in Precision::ALL {
+        for &x in &xs {
+            let (bits, wide) = (p.round_f32(x), p.round(f64::from(x)) as f32);
+            assert_eq!(
+                bits.to_bits(),
+                wide.to_bits(),
+                "{p:?} of {x:e} ({:#x})",
+                x.to_bits()
+            );
+        }
+        for x in [f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0] {
+            assert_eq!(p.round_f32(x).to_bits(), x.to_bits());
+        }
+        assert!(p.round_f32(f32::NAN).is_nan());
+    }
+}
+
 /// Every f32 value of `t` rounded to the precision's operand format.
 fn rounded(t: &Tensor, p: Precision) -> Tensor {
     let v: Vec<f32> = t

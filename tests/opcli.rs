@@ -2,7 +2,7 @@
 //! dtypes, and typed errors for bad calls.
 
 use gshn::graph::Executor;
-use gshn::ops::{CsrGraph, LifConfig};
+use gshn::ops::{CsrGraph, InfoNceAttrs, LifConfig, Precision};
 use gshn::{opcli, CpuBackend, DType, Graph, Tensor};
 use serde_json::json;
 
@@ -178,6 +178,51 @@ fn dtypes_follow_the_inputs() {
     // d sum(mean) / dx = 1/count for kept rows, 0 for the void row.
     assert_eq!(get(&r, "grad_x").to_f64_vec()[6..9], [0.0, 0.0, 0.0]);
     assert_eq!(get(&r, "grad_x").to_f64_vec()[0], 0.5);
+}
+
+#[test]
+fn infonce_1d_takes_gathered_negatives_and_a_precision() {
+    // a[3] against p[8] with the positives at rows 4..7, in bf16 mode: the same numbers as
+    // the graph op with those attributes; bad attribute values are typed errors.
+    let (a, p) = (t64(&[3, 5], 10), t64(&[8, 5], 11));
+    let ins = vec![
+        ("a".to_string(), a.clone()),
+        ("p".to_string(), p.clone()),
+        ("logit_scale".to_string(), Tensor::scalar(1.2)),
+    ];
+    let attrs = json!({"offset": 4, "precision": "bf16", "chunk": 2});
+    let r = opcli::run("infonce_1d", &ins, &attrs, CpuBackend).unwrap();
+    assert_eq!(get(&r, "grad_p").dims(), [8, 5]);
+    let at = InfoNceAttrs {
+        chunk: 2,
+        offset: 4,
+        precision: Precision::Bf16,
+        ..InfoNceAttrs::ONE_DIRECTIONAL
+    };
+    let mut g = Graph::new();
+    let (av, pv, lv) = (
+        g.input("a", [3, 5], DType::F64),
+        g.input("p", [8, 5], DType::F64),
+        g.input("ls", [], DType::F64),
+    );
+    let o = g.infonce(av, pv, lv, at).unwrap();
+    let gr = g.backward(o.loss, &[av, pv]).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[o.loss, gr[1]]).unwrap();
+    ex.set(av, &a).unwrap();
+    ex.set(pv, &p).unwrap();
+    ex.set(lv, &Tensor::scalar(1.2)).unwrap();
+    ex.run().unwrap();
+    close(get(&r, "loss"), &ex.get(o.loss).unwrap(), 0.0);
+    close(get(&r, "grad_p"), &ex.get(gr[1]).unwrap(), 0.0);
+    for (attrs, want) in [
+        (json!({"precision": "fp8"}), "precision"),
+        (json!({"offset": 6}), "outside"),
+    ] {
+        let e = opcli::run("infonce_1d", &ins, &attrs, CpuBackend)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{attrs}: {e}");
+    }
 }
 
 fn err_seg(seg: Tensor) -> String {

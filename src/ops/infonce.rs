@@ -65,9 +65,23 @@ impl Precision {
             })
     }
 
-    /// Rounds one operand value's mantissa as this mode's tensor-core input would be (`F32`,
-    /// zeros, NaN and inf pass through). The result is exact in f32, except past f32's
-    /// largest finite value, which becomes inf when stored as f32, as on the GPU.
+    /// Rounds an f32 operand as this mode's tensor cores read it, on its bits: tf32 keeps 10
+    /// mantissa bits, to nearest, ties away from zero (`cvt.rna.tf32.f32`); bf16 keeps 7, to
+    /// nearest even (`__float2bfloat16_rn`). inf and NaN pass through; a carry past the largest
+    /// finite value gives inf. `kernels/infonce.cu` (`round_operand`) does the same operations.
+    pub fn round_f32(self, x: f32) -> f32 {
+        let u = x.to_bits();
+        if self == Precision::F32 || u & 0x7f80_0000 == 0x7f80_0000 {
+            return x;
+        }
+        f32::from_bits(match self {
+            Precision::Tf32 => u.wrapping_add(0x1000) & 0xffff_e000,
+            _ => u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000,
+        })
+    }
+
+    /// Rounds an f64 operand's mantissa to this mode's width (the same rules as
+    /// [`Precision::round_f32`], for f64 tensors; zeros, inf and NaN pass through).
     pub fn round(self, x: f64) -> f64 {
         let bits = match self {
             Precision::F32 => return x,
@@ -77,8 +91,7 @@ impl Precision {
         if !x.is_finite() || x == 0.0 {
             return x;
         }
-        // f64 has 52 explicit mantissa bits; keep `bits` of them (the exponent range of tf32
-        // and bf16 is f32's, which every f32 input already fits).
+        // f64 has 52 explicit mantissa bits; keep `bits` of them.
         let drop = 52 - bits;
         let u = x.to_bits();
         let half = 1u64 << (drop - 1);

@@ -85,7 +85,10 @@ fn operand<T: Float>(x: &[T], precision: Precision) -> Cow<'_, [T]> {
 
 #[inline]
 fn round<T: Float>(v: T, precision: Precision) -> T {
-    T::of(precision.round(v.to_f64().unwrap_or(f64::NAN)))
+    match (T::DTYPE, v.to_f32()) {
+        (crate::tensor::DType::F32, Some(x)) => T::of(f64::from(precision.round_f32(x))),
+        _ => T::of(precision.round(v.to_f64().unwrap_or(f64::NAN))),
+    }
 }
 
 fn expect_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {

@@ -1,12 +1,13 @@
 //! CUDA: the InfoNCE family (`src/ops/infonce.rs`) on `kernels/infonce.cu`: tiled, log-sum-exp
-//! only (the B×B logits never exist in memory). f32 only.
+//! only (the B×B logits never exist in memory). f32 tensors; every precision mode and gathered
+//! negatives, with the CPU's semantics (SIMT tiles on rounded operands).
 
 use super::launch::{unsupported, Inputs, Kernels, Output};
 use super::{CudaBackend, CudaBuffer};
 use crate::backend::View;
 use crate::error::{Error, Result};
-use crate::ops::infonce::InfoNceBackwardArgs;
-use crate::ops::{InfoNceAttrs, Op};
+use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
+use crate::ops::Op;
 use crate::tensor::DType;
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
@@ -14,195 +15,220 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         Op::InfoNceBackward(_) => Some(InfoNceBackwardArgs::of(op.name(), ins)?),
         _ => None,
     };
-    let a = backward_args.as_ref().map_or(&ins[0], |x| x.a);
+    let (a, p) = match &backward_args {
+        Some(x) => (x.a, x.p),
+        None => (&ins[0], &ins[1]),
+    };
     if a.dtype != DType::F32 {
         return Err(unsupported(op, "the tiled InfoNCE kernels are f32 only"));
     }
+    let (Op::InfoNce(at) | Op::InfoNceBackward(at)) = op else {
+        return Err(Error::graph(format!("{} is not an InfoNCE op", op.name())));
+    };
+    let geo = at.geometry(op.name(), a.shape.dims(), p.shape.dims())?;
     let k = Kernels::typed(be, op, DType::F32);
-    let (b, d) = (a.shape.at(0), a.shape.at(1));
-    if b == 0 {
-        return Err(Error::shape(op.name(), "the batch is empty (B = 0)"));
-    }
-    k.to_int("B*D", b * d)?;
-    match (op, backward_args) {
-        (Op::InfoNce(at), _) => forward(&k, at, b, d, ins, outs),
-        (Op::InfoNceBackward(at), Some(x)) => backward(&k, at, b, d, &x, outs),
-        (other, _) => Err(Error::graph(format!(
-            "{} is not an InfoNCE op",
-            other.name()
-        ))),
+    k.to_int("B*D", geo.rows.max(geo.cols) * geo.d)?;
+    let call = Call {
+        k: &k,
+        geo,
+        offset: k.to_int("offset", at.offset)?,
+        prec: match at.precision {
+            Precision::F32 => 0,
+            Precision::Tf32 => 1,
+            Precision::Bf16 => 2,
+        },
+        symmetric: at.symmetric,
+    };
+    match backward_args {
+        None => call.forward(ins, outs),
+        Some(x) => call.backward(&x, outs),
     }
 }
 
-/// (row tiles, column splits KS) of the InfoNCE tile grid: enough blocks for two per SM.
-fn tile_grid(be: &CudaBackend, b: usize) -> (usize, usize) {
-    let row_tiles = b.div_ceil(64);
+/// One call: the launcher, the shapes and the attributes as the kernels take them.
+struct Call<'a> {
+    k: &'a Kernels<'a>,
+    geo: InfoNceGeometry,
+    offset: i32,
+    /// `prec` of the kernels: 0 f32, 1 tf32, 2 bf16.
+    prec: i32,
+    symmetric: bool,
+}
+
+/// (row tiles, column splits KS) of a tile grid with `bx` rows and `by` columns: enough blocks
+/// for two per SM.
+fn tile_grid(be: &CudaBackend, bx: usize, by: usize) -> (usize, usize) {
+    let row_tiles = bx.div_ceil(64);
     let splits = (2 * be.sm_count as usize)
         .div_ceil(row_tiles)
-        .clamp(1, row_tiles.min(65535));
+        .clamp(1, by.div_ceil(64).min(65535));
     (row_tiles, splits)
 }
 
-/// a[B,D], p[B,D], logit_scale[] → loss[], lse_row[B], lse_col[B]
-fn forward(
-    k: &Kernels,
-    at: &InfoNceAttrs,
-    b: usize,
-    d: usize,
-    ins: Inputs,
-    outs: &[Output],
-) -> Result<()> {
-    let (row_tiles, splits) = tile_grid(k.be, b);
-    let s = k.be.scratch(&[splits * b * 4, splits * b * 4, b * 4])?;
-    let (a, p, scale) = (ins[0].buf.ptr, ins[1].buf.ptr, ins[2].buf.ptr);
-    let (loss, lse_row, lse_col) = (outs[0].ptr, outs[1].ptr, outs[2].ptr);
-    let sides: &[(u64, u64, u64)] = if at.symmetric {
-        &[(a, p, lse_row), (p, a, lse_col)]
-    } else {
-        &[(a, p, lse_row)]
-    };
-    for &(x, y, lse) in sides {
-        k.grid("infonce_lse_partial", row_tiles, splits)
-            .ptr(x)
-            .ptr(y)
-            .ptr(scale)
-            .ptr(s[0])
-            .ptr(s[1])
-            .dim("B", b)
-            .dim("D", d)
-            .run()?;
-        k.flat("infonce_lse_merge", b)
-            .ptr(s[0])
-            .ptr(s[1])
-            .ptr(lse)
-            .dim("B", b)
-            .dim("KS", splits)
-            .run()?;
-    }
-    k.warps("infonce_diag", b)
-        .ptr(a)
-        .ptr(p)
-        .ptr(scale)
-        .ptr(s[2])
-        .dim("B", b)
-        .dim("D", d)
-        .run()?;
-    k.grid("infonce_loss", 1, 1)
-        .ptr(lse_row)
-        .ptr(if at.symmetric { lse_col } else { 0 })
-        .ptr(s[2])
-        .ptr(loss)
-        .dim("B", b)
-        .run()
-}
-
-/// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col) → ga, gp, g_scale
-fn backward(
-    k: &Kernels,
-    at: &InfoNceAttrs,
-    b: usize,
-    d: usize,
-    x: &InfoNceBackwardArgs<View<CudaBuffer>>,
-    outs: &[Output],
-) -> Result<()> {
-    let (row_tiles, splits) = tile_grid(k.be, b);
-    let s = k.be.scratch(&[
-        if splits > 1 { splits * b * d * 4 } else { 4 },
-        row_tiles * splits * 4,
-    ])?;
-    let (g_loss, a, p, scale, lse_row, lse_col) = (
-        x.g_loss.buf.ptr,
-        x.a.buf.ptr,
-        x.p.buf.ptr,
-        x.logit_scale.buf.ptr,
-        x.lse_row.buf.ptr,
-        x.lse_col.buf.ptr,
-    );
-    let (g_lse_row, g_lse_col) = x.g_lse.map_or((0, 0), |(r, c)| (r.buf.ptr, c.buf.ptr));
-    /// One direction of the backward: the kernel's (X, Y, lse_x, lse_y, g_lse_x, g_lse_y),
-    /// the gradient it writes, whether it also writes the logit-scale partials, and its mode.
-    struct Side {
-        x: u64,
-        y: u64,
-        lse: (u64, u64),
-        g_lse: (u64, u64),
-        out: u64,
-        g_scale: bool,
-        mode: i32,
-    }
-    let sides = if at.symmetric {
-        [
-            Side {
-                x: a,
-                y: p,
-                lse: (lse_row, lse_col),
-                g_lse: (g_lse_row, g_lse_col),
-                out: outs[0].ptr,
-                g_scale: true,
-                mode: 0,
-            },
-            Side {
-                x: p,
-                y: a,
-                lse: (lse_col, lse_row),
-                g_lse: (g_lse_col, g_lse_row),
-                out: outs[1].ptr,
-                g_scale: false,
-                mode: 0,
-            },
-        ]
-    } else {
-        [
-            Side {
-                x: a,
-                y: p,
-                lse: (lse_row, 0),
-                g_lse: (g_lse_row, 0),
-                out: outs[0].ptr,
-                g_scale: true,
-                mode: 1,
-            },
-            Side {
-                x: p,
-                y: a,
-                lse: (0, lse_row),
-                g_lse: (0, g_lse_row),
-                out: outs[1].ptr,
-                g_scale: false,
-                mode: 2,
-            },
-        ]
-    };
-    for side in sides {
-        let target = if splits > 1 { s[0] } else { side.out };
-        k.grid("infonce_bwd", row_tiles, splits)
-            .ptr(side.x)
-            .ptr(side.y)
-            .ptr(side.lse.0)
-            .ptr(side.lse.1)
-            .ptr(side.g_lse.0)
-            .ptr(side.g_lse.1)
-            .ptr(scale)
-            .ptr(g_loss)
-            .ptr(target)
-            .ptr(if side.g_scale { s[1] } else { 0 })
-            .dim("B", b)
-            .dim("D", d)
-            .int(side.mode)
-            .run()?;
-        if splits > 1 {
-            k.flat("infonce_sum_parts", b * d)
+impl Call<'_> {
+    /// a[B,D], p[P,D], logit_scale[] → loss[], lse_row[B], lse_col[B or 0]
+    fn forward(&self, ins: Inputs, outs: &[Output]) -> Result<()> {
+        let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
+        let (a, p, scale) = (ins[0].buf.ptr, ins[1].buf.ptr, ins[2].buf.ptr);
+        let (loss, lse_row, lse_col) = (outs[0].ptr, outs[1].ptr, outs[2].ptr);
+        // (X, Y, BX, BY, lse): rows of X against the columns Y.
+        let mut sides = vec![(a, p, rows, cols, lse_row)];
+        if self.symmetric {
+            sides.push((p, a, cols, rows, lse_col));
+        }
+        let most = sides
+            .iter()
+            .map(|&(_, _, bx, by, _)| tile_grid(k.be, bx, by).1 * bx)
+            .max()
+            .unwrap_or(0);
+        let s = k.be.scratch(&[most * 4, most * 4, rows * 4])?;
+        for (x, y, bx, by, lse) in sides {
+            let (row_tiles, splits) = tile_grid(k.be, bx, by);
+            k.grid("infonce_lse_partial", row_tiles, splits)
+                .ptr(x)
+                .ptr(y)
+                .ptr(scale)
                 .ptr(s[0])
-                .ptr(side.out)
+                .ptr(s[1])
+                .dim("BX", bx)
+                .dim("BY", by)
+                .dim("D", d)
+                .int(self.prec)
+                .run()?;
+            k.flat("infonce_lse_merge", bx)
+                .ptr(s[0])
+                .ptr(s[1])
+                .ptr(lse)
+                .dim("B", bx)
                 .dim("KS", splits)
-                .dim("B*D", b * d)
                 .run()?;
         }
+        k.warps("infonce_diag", rows)
+            .ptr(a)
+            .ptr(p)
+            .ptr(scale)
+            .ptr(s[2])
+            .dim("B", rows)
+            .dim("D", d)
+            .int(self.offset)
+            .int(self.prec)
+            .run()?;
+        k.grid("infonce_loss", 1, 1)
+            .ptr(lse_row)
+            .ptr(if self.symmetric { lse_col } else { 0 })
+            .ptr(s[2])
+            .ptr(loss)
+            .dim("B", rows)
+            .run()
     }
-    k.grid("infonce_gscale", 1, 1)
-        .ptr(s[1])
-        .dim("partials", row_tiles * splits)
-        .ptr(scale)
-        .ptr(outs[2].ptr)
-        .run()
+
+    /// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col) → ga, gp, g_scale
+    fn backward(&self, x: &InfoNceBackwardArgs<View<CudaBuffer>>, outs: &[Output]) -> Result<()> {
+        let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
+        let (g_loss, a, p, scale, lse_row, lse_col) = (
+            x.g_loss.buf.ptr,
+            x.a.buf.ptr,
+            x.p.buf.ptr,
+            x.logit_scale.buf.ptr,
+            x.lse_row.buf.ptr,
+            x.lse_col.buf.ptr,
+        );
+        let (g_lse_row, g_lse_col) = x.g_lse.map_or((0, 0), |(r, c)| (r.buf.ptr, c.buf.ptr));
+        /// One direction of the backward: the kernel's (X, Y, lse_x, lse_y, g_lse_x, g_lse_y),
+        /// their row counts, the gradient it writes, whether it also writes the logit-scale
+        /// partials, its mode and where X-row r's positive sits (Y-column r + doff).
+        struct Side {
+            x: u64,
+            y: u64,
+            bx: usize,
+            by: usize,
+            lse: (u64, u64),
+            g_lse: (u64, u64),
+            out: u64,
+            g_scale: bool,
+            mode: i32,
+            doff: i32,
+        }
+        let (sym, off) = (self.symmetric, self.offset);
+        let sides = [
+            Side {
+                x: a,
+                y: p,
+                bx: rows,
+                by: cols,
+                lse: (lse_row, if sym { lse_col } else { 0 }),
+                g_lse: (g_lse_row, if sym { g_lse_col } else { 0 }),
+                out: outs[0].ptr,
+                g_scale: true,
+                mode: if sym { 0 } else { 1 },
+                doff: off,
+            },
+            Side {
+                x: p,
+                y: a,
+                bx: cols,
+                by: rows,
+                lse: if sym {
+                    (lse_col, lse_row)
+                } else {
+                    (0, lse_row)
+                },
+                g_lse: if sym {
+                    (g_lse_col, g_lse_row)
+                } else {
+                    (0, g_lse_row)
+                },
+                out: outs[1].ptr,
+                g_scale: false,
+                mode: if sym { 0 } else { 2 },
+                doff: -off,
+            },
+        ];
+        let grids = sides.each_ref().map(|s| tile_grid(k.be, s.bx, s.by));
+        let parts = grids
+            .iter()
+            .zip(&sides)
+            .map(|(&(_, splits), s)| if splits > 1 { splits * s.bx * d } else { 1 })
+            .max()
+            .unwrap_or(1);
+        let (gscale_tiles, gscale_splits) = grids[0];
+        let s =
+            k.be.scratch(&[parts * 4, gscale_tiles * gscale_splits * 4])?;
+        for (side, (row_tiles, splits)) in sides.iter().zip(grids) {
+            let target = if splits > 1 { s[0] } else { side.out };
+            k.grid("infonce_bwd", row_tiles, splits)
+                .ptr(side.x)
+                .ptr(side.y)
+                .ptr(side.lse.0)
+                .ptr(side.lse.1)
+                .ptr(side.g_lse.0)
+                .ptr(side.g_lse.1)
+                .ptr(scale)
+                .ptr(g_loss)
+                .ptr(target)
+                .ptr(if side.g_scale { s[1] } else { 0 })
+                .dim("BX", side.bx)
+                .dim("BY", side.by)
+                .dim("D", d)
+                .int(side.mode)
+                .int(side.doff)
+                .dim("n_mean", rows)
+                .int(self.prec)
+                .run()?;
+            if splits > 1 {
+                k.flat("infonce_sum_parts", side.bx * d)
+                    .ptr(s[0])
+                    .ptr(side.out)
+                    .dim("KS", splits)
+                    .dim("B*D", side.bx * d)
+                    .run()?;
+            }
+        }
+        k.grid("infonce_gscale", 1, 1)
+            .ptr(s[1])
+            .dim("partials", gscale_tiles * gscale_splits)
+            .ptr(scale)
+            .ptr(outs[2].ptr)
+            .run()
+    }
 }
