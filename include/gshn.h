@@ -194,6 +194,39 @@ int gshn_infonce_backward_cuda(int dtype, int64_t B, int64_t D, int symmetric, c
                                const void *lse_col, const void *grad_loss, void *grad_a,
                                void *grad_p, void *grad_logit_scale, int device,
                                void *stream);
+/* One-directional InfoNCE a -> p with gathered negatives and a precision mode (open_clip
+ * local_loss + gather_with_grad: a data-parallel rank passes its own rows as a and every rank's
+ * candidates as p, and never forms a B_all x B_all matrix). */
+#define GSHN_PRECISION_F32 0  /* exact f32 products */
+#define GSHN_PRECISION_TF32 1 /* operands rounded to tf32 (ties away), f32 accumulation and LSE */
+#define GSHN_PRECISION_BF16 2 /* operands rounded to bf16 (ties to even), f32 accumulation and LSE */
+typedef struct gshn_infonce_params {
+    int precision;  /* GSHN_PRECISION_* */
+    int64_t offset; /* row i of a is positive with row offset + i of p */
+} gshn_infonce_params;
+/* GSHN_PRECISION_F32, offset 0. */
+gshn_infonce_params gshn_infonce_params_default(void);
+/* In: a[B,D], p[P,D] (P >= offset + B), logit_scale[1]. Written: loss[1] (mean over the B rows
+ * of LSE_j logits_ij - logits_i,offset+i), lse_row[B]. */
+int gshn_infonce_1d_forward_cpu(const gshn_infonce_params *params, int dtype, int64_t B,
+                                int64_t P, int64_t D, const void *a, const void *p,
+                                const void *logit_scale, void *loss, void *lse_row);
+int gshn_infonce_1d_forward_cuda(const gshn_infonce_params *params, int dtype, int64_t B,
+                                 int64_t P, int64_t D, const void *a, const void *p,
+                                 const void *logit_scale, void *loss, void *lse_row,
+                                 int device, void *stream);
+/* In: a, p, logit_scale, lse_row from the forward; grad_loss[1]. Written (each optional):
+ * grad_a[B,D], grad_p[P,D] (every candidate), grad_logit_scale[1]. */
+int gshn_infonce_1d_backward_cpu(const gshn_infonce_params *params, int dtype, int64_t B,
+                                 int64_t P, int64_t D, const void *a, const void *p,
+                                 const void *logit_scale, const void *lse_row,
+                                 const void *grad_loss, void *grad_a, void *grad_p,
+                                 void *grad_logit_scale);
+int gshn_infonce_1d_backward_cuda(const gshn_infonce_params *params, int dtype, int64_t B,
+                                  int64_t P, int64_t D, const void *a, const void *p,
+                                  const void *logit_scale, const void *lse_row,
+                                  const void *grad_loss, void *grad_a, void *grad_p,
+                                  void *grad_logit_scale, int device, void *stream);
 
 #ifdef __cplusplus
 }

@@ -68,7 +68,7 @@ use crate::fused;
 use crate::ops::gat::{AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::infonce::InfoNceBackwardArgs;
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
-use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Surrogate};
+use crate::ops::{CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Precision, Surrogate};
 use crate::tensor::{try_copy, DType, Meta, Shape, Storage, Tensor};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -107,7 +107,15 @@ pub const GSHN_SURROGATE_SUPER_SPIKE: c_int = 2;
 /// Rectangular surrogate: σ'(x) = 1/α where |x| < α/2, else 0.
 pub const GSHN_SURROGATE_RECTANGULAR: c_int = 3;
 
-/// Version of this ABI (bumped on any incompatible change of `gshn.h`).
+/// `gshn_infonce_params::precision`: exact f32 products.
+pub const GSHN_PRECISION_F32: c_int = 0;
+/// Products on operands rounded to tf32 (f32 accumulation, LSE and loss).
+pub const GSHN_PRECISION_TF32: c_int = 1;
+/// Products on operands rounded to bfloat16 (f32 accumulation, LSE and loss).
+pub const GSHN_PRECISION_BF16: c_int = 2;
+
+/// Version of this ABI (bumped on any incompatible change of `gshn.h`; new entry points keep
+/// it).
 pub const GSHN_ABI_VERSION: c_int = 1;
 
 thread_local! {
@@ -930,32 +938,75 @@ fn agg_inputs(
     Ok((ins, gr, [t, n, c]))
 }
 
-/// The attributes and the inputs a, p, logit_scale of both InfoNCE entries, with B and dtype.
+/// InfoNCE options of the one-directional entries (`gshn_infonce_params` in gshn.h).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GshnInfoNceParams {
+    /// `GSHN_PRECISION_*`: operand precision of the products.
+    pub precision: c_int,
+    /// Row `i` of `a` is positive with row `offset + i` of `p` (gathered negatives).
+    pub offset: i64,
+}
+
+/// Exact f32 products, offset 0.
+#[no_mangle]
+pub extern "C" fn gshn_infonce_params_default() -> GshnInfoNceParams {
+    GshnInfoNceParams {
+        precision: GSHN_PRECISION_F32,
+        offset: 0,
+    }
+}
+
+/// The attributes of a `gshn_infonce_1d_*` call.
+fn infonce_1d_attrs(f: &str, params: *const GshnInfoNceParams) -> Result<InfoNceAttrs, CErr> {
+    // SAFETY: the caller passes a valid pointer or NULL (checked).
+    let p = unsafe { params.as_ref() }.ok_or_else(|| arg_err(f, "params is NULL"))?;
+    let precision = match p.precision {
+        GSHN_PRECISION_F32 => Precision::F32,
+        GSHN_PRECISION_TF32 => Precision::Tf32,
+        GSHN_PRECISION_BF16 => Precision::Bf16,
+        other => return Err(arg_err(f, format!("unknown precision {other}"))),
+    };
+    Ok(InfoNceAttrs {
+        precision,
+        offset: size(f, "offset", p.offset)?,
+        ..InfoNceAttrs::ONE_DIRECTIONAL
+    })
+}
+
+/// The inputs a[B, D], p[P, D], logit_scale of every InfoNCE entry, with the dtype.
 #[allow(clippy::too_many_arguments)]
 fn infonce_inputs(
     f: &str,
     dtype: c_int,
-    b: i64,
-    d: i64,
-    symmetric: c_int,
+    (b, pn, d): (usize, usize, usize),
     a: *const c_void,
     p: *const c_void,
     logit_scale: *const c_void,
-) -> Result<(InfoNceAttrs, Inputs, usize, DType), CErr> {
+) -> Result<(Inputs, DType), CErr> {
     let dt = dtype_of(f, dtype)?;
-    let (b, d) = (size(f, "B", b)?, size(f, "D", d)?);
-    let at = InfoNceAttrs {
-        symmetric: symmetric != 0,
-        ..InfoNceAttrs::default()
-    };
     let ins = vec![
         (Src::Ptr(a, "a"), m([b, d], dt)),
-        (Src::Ptr(p, "p"), m([b, d], dt)),
+        (Src::Ptr(p, "p"), m([pn, d], dt)),
         (Src::Ptr(logit_scale, "logit_scale"), m([], dt)),
     ];
-    Ok((at, ins, b, dt))
+    Ok((ins, dt))
 }
 
+/// (B, P, D) of a call, checked non-negative.
+fn infonce_sizes(f: &str, b: i64, pn: i64, d: i64) -> Result<(usize, usize, usize), CErr> {
+    Ok((size(f, "B", b)?, size(f, "P", pn)?, size(f, "D", d)?))
+}
+
+/// The symmetric (or plain one-directional) attributes of the `gshn_infonce_*` entries.
+fn infonce_attrs(symmetric: c_int) -> InfoNceAttrs {
+    InfoNceAttrs {
+        symmetric: symmetric != 0,
+        ..InfoNceAttrs::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn infonce_forward(
     f: &str,
     mem: Mem,
@@ -970,7 +1021,40 @@ fn infonce_forward(
     lse_row: *mut c_void,
     lse_col: *mut c_void,
 ) -> Result<(), CErr> {
-    let (at, ins, _, _) = infonce_inputs(f, dtype, b, d, symmetric, a, p, logit_scale)?;
+    let sizes = infonce_sizes(f, b, b, d)?;
+    let at = infonce_attrs(symmetric);
+    let ins = infonce_inputs(f, dtype, sizes, a, p, logit_scale)?.0;
+    run_infonce_forward(f, mem, at, ins, [loss, lse_row, lse_col])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn infonce_1d_forward(
+    f: &str,
+    mem: Mem,
+    params: *const GshnInfoNceParams,
+    dtype: c_int,
+    b: i64,
+    pn: i64,
+    d: i64,
+    a: *const c_void,
+    p: *const c_void,
+    logit_scale: *const c_void,
+    loss: *mut c_void,
+    lse_row: *mut c_void,
+) -> Result<(), CErr> {
+    let at = infonce_1d_attrs(f, params)?;
+    let sizes = infonce_sizes(f, b, pn, d)?;
+    let ins = infonce_inputs(f, dtype, sizes, a, p, logit_scale)?.0;
+    run_infonce_forward(f, mem, at, ins, [loss, lse_row, std::ptr::null_mut()])
+}
+
+fn run_infonce_forward(
+    f: &str,
+    mem: Mem,
+    at: InfoNceAttrs,
+    ins: Inputs,
+    [loss, lse_row, lse_col]: [*mut c_void; 3],
+) -> Result<(), CErr> {
     exec(
         f,
         mem,
@@ -984,6 +1068,7 @@ fn infonce_forward(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn infonce_backward(
     f: &str,
     mem: Mem,
@@ -1001,7 +1086,53 @@ fn infonce_backward(
     grad_p: *mut c_void,
     grad_logit_scale: *mut c_void,
 ) -> Result<(), CErr> {
-    let (at, ins, b, dt) = infonce_inputs(f, dtype, b, d, symmetric, a, p, logit_scale)?;
+    let sizes = infonce_sizes(f, b, b, d)?;
+    let at = infonce_attrs(symmetric);
+    let (ins, dt) = infonce_inputs(f, dtype, sizes, a, p, logit_scale)?;
+    let saved = [lse_row, lse_col, grad_loss];
+    let grads = [grad_a, grad_p, grad_logit_scale];
+    run_infonce_backward(f, mem, at, sizes.0, dt, ins, saved, grads)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn infonce_1d_backward(
+    f: &str,
+    mem: Mem,
+    params: *const GshnInfoNceParams,
+    dtype: c_int,
+    b: i64,
+    pn: i64,
+    d: i64,
+    a: *const c_void,
+    p: *const c_void,
+    logit_scale: *const c_void,
+    lse_row: *const c_void,
+    grad_loss: *const c_void,
+    grad_a: *mut c_void,
+    grad_p: *mut c_void,
+    grad_logit_scale: *mut c_void,
+) -> Result<(), CErr> {
+    let at = infonce_1d_attrs(f, params)?;
+    let sizes = infonce_sizes(f, b, pn, d)?;
+    let (ins, dt) = infonce_inputs(f, dtype, sizes, a, p, logit_scale)?;
+    let saved = [lse_row, std::ptr::null(), grad_loss];
+    let grads = [grad_a, grad_p, grad_logit_scale];
+    run_infonce_backward(f, mem, at, sizes.0, dt, ins, saved, grads)
+}
+
+/// The backward of every InfoNCE entry: `saved` = (lse_row, lse_col, grad_loss), `grads` =
+/// (grad_a, grad_p, grad_logit_scale), each optional.
+#[allow(clippy::too_many_arguments)]
+fn run_infonce_backward(
+    f: &str,
+    mem: Mem,
+    at: InfoNceAttrs,
+    b: usize,
+    dt: DType,
+    ins: Inputs,
+    [lse_row, lse_col, grad_loss]: [*const c_void; 3],
+    [grad_a, grad_p, grad_logit_scale]: [*mut c_void; 3],
+) -> Result<(), CErr> {
     let g_loss = (Src::Ptr(grad_loss, "grad_loss"), m([], dt));
     let lse_row = (Src::Ptr(lse_row, "lse_row"), m([b], dt));
     let lse_col = (Src::Ptr(lse_col, "lse_col"), m([at.lse_col_len(b)], dt));
@@ -1128,6 +1259,26 @@ export!(
     dtype: c_int, b: i64, d: i64, symmetric: c_int,
     a: *const c_void, p: *const c_void, logit_scale: *const c_void,
     lse_row: *const c_void, lse_col: *const c_void, grad_loss: *const c_void,
+    grad_a: *mut c_void, grad_p: *mut c_void, grad_logit_scale: *mut c_void,
+));
+export!(
+    /// One-directional InfoNCE a → p with gathered negatives and a precision mode (DESIGN
+    /// §3.4; open_clip `local_loss` + `gather_with_grad`). In: `a[B, D]` (this rank's rows),
+    /// `p[P, D]` (every candidate; row i's positive is `p[params->offset + i]`, so
+    /// `P ≥ offset + B`), `logit_scale[1]`. Written: `loss[1]`, `lse_row[B]`.
+    gshn_infonce_1d_forward_cpu, gshn_infonce_1d_forward_cuda, infonce_1d_forward, (
+    params: *const GshnInfoNceParams, dtype: c_int, b: i64, pn: i64, d: i64,
+    a: *const c_void, p: *const c_void, logit_scale: *const c_void,
+    loss: *mut c_void, lse_row: *mut c_void,
+));
+export!(
+    /// Backward of `gshn_infonce_1d_forward`. In: `a`, `p`, `logit_scale`, `lse_row` from the
+    /// forward; `grad_loss[1]`. Written (each optional): `grad_a[B, D]`, `grad_p[P, D]` (every
+    /// candidate gets its gradient), `grad_logit_scale[1]`.
+    gshn_infonce_1d_backward_cpu, gshn_infonce_1d_backward_cuda, infonce_1d_backward, (
+    params: *const GshnInfoNceParams, dtype: c_int, b: i64, pn: i64, d: i64,
+    a: *const c_void, p: *const c_void, logit_scale: *const c_void,
+    lse_row: *const c_void, grad_loss: *const c_void,
     grad_a: *mut c_void, grad_p: *mut c_void, grad_logit_scale: *mut c_void,
 ));
 

@@ -227,6 +227,27 @@ fn c_program_matches_the_rust_ops() {
     ] {
         d.check(&format!("nce.{k}"), &r, k);
     }
+    // Gathered negatives: a's rows 1..2 against every row of p, bf16 products.
+    let a_rows = d.f32("nce.a", &[b, dd]).to_f64_vec()[dd..3 * dd].to_vec();
+    let a_local = Tensor::new(
+        [2, dd],
+        a_rows.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+    );
+    let r = opcli::run(
+        "infonce_1d",
+        &[
+            ("a".into(), a_local.unwrap()),
+            ("p".into(), d.f32("nce.p", &[b, dd])),
+            ("logit_scale".into(), d.f32("nce.logit_scale", &[])),
+            ("grad_loss".into(), d.f32("nce.grad_loss", &[])),
+        ],
+        &json!({"offset": 1, "precision": "bf16"}),
+        CpuBackend,
+    )
+    .unwrap();
+    for k in ["loss", "lse_row", "grad_a", "grad_p", "grad_logit_scale"] {
+        d.check(&format!("nce1d.{k}"), &r, k);
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

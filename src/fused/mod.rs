@@ -306,7 +306,7 @@ pub static OPS: &[OpSpec] = &[
     OpSpec {
         name: "infonce_1d",
         aliases: &[],
-        c_abi: None,
+        c_abi: Some("gshn_infonce_1d"),
         summary: "one-directional InfoNCE a -> p (STL; gathered negatives), DESIGN §3.4",
         inputs: &INFONCE_1D_INPUTS,
         attrs: &INFONCE_1D_ATTRS,
@@ -316,8 +316,7 @@ pub static OPS: &[OpSpec] = &[
         ],
         notes: "loss = mean_i [LSE_j logits_ij - logits_i,offset+i] (cross-entropy of the rows \
                 only). With P > B, p holds every rank's candidates and a this rank's rows \
-                (open_clip local_loss + gather_with_grad). C ABI: gshn_infonce with symmetric = 0 \
-                (offset 0, P = B).",
+                (open_clip local_loss + gather_with_grad).",
     },
     OpSpec {
         name: "segment_mean",

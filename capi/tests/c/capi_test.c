@@ -150,6 +150,22 @@ int main(int argc, char **argv) {
     dump(f, "nce.grad_p", gp, B * D);
     dump(f, "nce.grad_logit_scale", &gls, 1);
 
+    /* ---- InfoNCE with gathered negatives: a = rows 1..2 of a's batch against all B rows of
+     * p (positives p[1], p[2]), bf16 products, grad_loss 1.3 ---- */
+    enum { BL = 2, OFF = 1 };
+    gshn_infonce_params np = gshn_infonce_params_default();
+    np.precision = GSHN_PRECISION_BF16;
+    np.offset = OFF;
+    float gloss = 0, glr[BL], gga[BL * D], ggp[B * D], ggls = 0;
+    CHECK(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, B, D, a + OFF * D, p, &ls, &gloss, glr));
+    CHECK(gshn_infonce_1d_backward_cpu(&np, GSHN_F32, BL, B, D, a + OFF * D, p, &ls, glr, &gl, gga,
+                                       ggp, &ggls));
+    dump(f, "nce1d.loss", &gloss, 1);
+    dump(f, "nce1d.lse_row", glr, BL);
+    dump(f, "nce1d.grad_a", gga, BL * D);
+    dump(f, "nce1d.grad_p", ggp, B * D);
+    dump(f, "nce1d.grad_logit_scale", &ggls, 1);
+
     /* ---- error paths: codes and messages, never a crash ---- */
     EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, NULL, spikes, v, h),
                GSHN_ERR_INVALID_ARGUMENT);
@@ -177,6 +193,14 @@ int main(int argc, char **argv) {
     EXPECT_ERR(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, 3, alpha, s, y), GSHN_ERR_SHAPE);
     EXPECT_ERR(gshn_infonce_forward_cpu(GSHN_F32, 0, D, 1, a, p, &ls, &loss, lr, lc),
                GSHN_ERR_SHAPE);
+    np.offset = B - BL + 1; /* the positives would run past p */
+    EXPECT_ERR(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, B, D, a, p, &ls, &gloss, glr),
+               GSHN_ERR_SHAPE);
+    np.offset = OFF;
+    np.precision = 9;
+    EXPECT_ERR(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, B, D, a, p, &ls, &gloss, glr),
+               GSHN_ERR_INVALID_ARGUMENT);
+    np.precision = GSHN_PRECISION_BF16;
     /* A successful call clears the message. */
     CHECK(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, NULL, NULL, h));
 
@@ -322,6 +346,12 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, odd, p, &ls, w, w, w));
     HOSTILE(gshn_infonce_forward_cpu(-7, B, D, 1, a, p, &ls, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, 4, HUGE, 1, a, p, &ls, lr, lc, &gl, w, w, w));
+    HOSTILE(gshn_infonce_1d_forward_cpu(NULL, GSHN_F32, BL, B, D, a, p, &ls, w, w));
+    HOSTILE(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, HUGE, D, a, p, &ls, w, w));
+    HOSTILE(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, -1, D, a, p, &ls, w, w));
+    HOSTILE(gshn_infonce_1d_forward_cpu(&np, GSHN_F32, BL, B, D, a, odd, &ls, w, w));
+    HOSTILE(gshn_infonce_1d_backward_cpu(&np, GSHN_F32, BL, B, D, a, p, &ls, NULL, &gl, w, w, w));
+    HOSTILE(gshn_infonce_1d_backward_cpu(&np, GSHN_F32, BL, BIG, D, a, p, &ls, lr, &gl, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, NULL, lc, &gl, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, NULL, &gl, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, NULL, w, w, w));
