@@ -335,3 +335,334 @@ extern "C" __global__ void infonce_gscale_f32(const float* __restrict__ gscale_p
     acc = block_sum(acc);
     if (threadIdx.x == 0) g_scale[0] = expf(*logit_scale) <= 100.f ? (float)acc : 0.f;
 }
+
+// ================================================================================================
+// Tensor-core path (prec 1 = tf32 via mma.sync.m16n8k8, prec 2 = bf16 via mma.sync.m16n8k16; sm_80+):
+// the same contract as above, on 64x64 tiles, block = EXACTLY 128 threads (4 warps, 2x2, each warp a
+// 32x32 sub-tile: 2 m16 x 4 n8 accumulators). Operands are rounded to the mode on their way into shared
+// memory (round_operand), so the tensor cores read exactly the CPU reference's operands; accumulation
+// is f32. Static shared memory only.
+//
+// 8. infonce_tc_lse_f32(const float* X, const float* Y, const float* logit_scale,
+//        float* row_pm, float* row_pl, float* col_pm, float* col_pl, int BX, int BY, int D, int prec, int G)
+//    ONE pass for both statistics. grid = (G, KS): block (g, ks) takes the row tiles
+//    [g*nrt/G, (g+1)*nrt/G) in order and, for each, the column tiles ks, ks+KS, ... in order.
+//    row_pm/row_pl [KS, BX]: the row statistics of split ks (merge with infonce_lse_merge over KS).
+//    col_pm/col_pl [G, BY] (nullable: one-directional): the column statistics of group g over its
+//    rows, read-modify-written only by the blocks (g, ks) that own the column (merge over G).
+//    Every sum has a fixed order: the result depends only on (BX, BY, D, G, KS).
+// 9. infonce_tc_bwd_f32(const float* X, const float* Y, const float* lse_x, const float* lse_y,
+//        const float* g_lse_x, const float* g_lse_y, const float* logit_scale, const float* g_loss,
+//        float* gX, float* gY, float* gscale_part, int BX, int BY, int D, int sym, int doff, int step,
+//        int t_lo, int prec)
+//    One anti-diagonal step of the backward: block b takes tile (t, u) = (t_lo + b, step - t_lo - b),
+//    recomputes its logits once and adds both its gX rows (s G Y_u) and its gY rows (s G^T X_t). Launch
+//    steps 0 .. nrt+nct-2 in order with grid = the tiles on that anti-diagonal: no two blocks of a
+//    launch share a gX or gY row block, and every row block sums its tiles in index order (u == 0 /
+//    t == 0 writes instead of adding). gscale_part [nrt*nct]: tile (t, u) writes its sum of
+//    gLogit * logit at t*nct + u (reduce with infonce_gscale over nrt*nct).
+//    X = A (rows BX = B), Y = P (BY = B or B_all); lse_y / g_lse_y nullable when sym == 0;
+//    gLogit = wx_i exp(l - lse_x_i) [+ wy_j exp(l - lse_y_j)] - cd g [j - i == doff].
+
+#define TT 64   // tile edge
+#define TK 32   // D chunk of the logits
+#define TS (TK + 4)
+#define GS (TT + 4)
+
+// 32-bit register holding two bf16 (lo = the first): inputs are already rounded to bf16, so this is exact.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u);
+}
+
+// acc += A(16 x k) B(k x 8) for one k step of the mode. `a(r, k)` and `b(k, n)` read the operands
+// (already rounded) from shared memory; (r0, n0, k0) place the step.
+template <int PREC, typename FA, typename FB>
+__device__ __forceinline__ void mma_step(float acc[4], FA a, FB b, int r0, int n0, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    if (PREC == 1) {
+        const unsigned a0 = __float_as_uint(a(r0 + g, k0 + t)), a1 = __float_as_uint(a(r0 + g + 8, k0 + t));
+        const unsigned a2 = __float_as_uint(a(r0 + g, k0 + t + 4)), a3 = __float_as_uint(a(r0 + g + 8, k0 + t + 4));
+        const unsigned b0 = __float_as_uint(b(k0 + t, n0 + g)), b1 = __float_as_uint(b(k0 + t + 4, n0 + g));
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        const int c = 2 * t;
+        const unsigned a0 = pack_bf16(a(r0 + g, k0 + c), a(r0 + g, k0 + c + 1));
+        const unsigned a1 = pack_bf16(a(r0 + g + 8, k0 + c), a(r0 + g + 8, k0 + c + 1));
+        const unsigned a2 = pack_bf16(a(r0 + g, k0 + c + 8), a(r0 + g, k0 + c + 9));
+        const unsigned a3 = pack_bf16(a(r0 + g + 8, k0 + c + 8), a(r0 + g + 8, k0 + c + 9));
+        const unsigned b0 = pack_bf16(b(k0 + c, n0 + g), b(k0 + c + 1, n0 + g));
+        const unsigned b1 = pack_bf16(b(k0 + c + 8, n0 + g), b(k0 + c + 9, n0 + g));
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+}
+
+// The warp's 32x32 part of a 64x64 product over k = 0 .. K-1 (K a multiple of the mode's k step):
+// acc[mi][ni][4] += A[wr + 16 mi .. , k] B[k, wc + 8 ni ..].
+template <int PREC, typename FA, typename FB>
+__device__ __forceinline__ void warp_tile(float acc[2][4][4], FA a, FB b, int K) {
+    const int warp = threadIdx.x >> 5, wr = (warp >> 1) * 32, wc = (warp & 1) * 32;
+    const int KSTEP = PREC == 1 ? 8 : 16;
+    for (int k0 = 0; k0 < K; k0 += KSTEP)
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma_step<PREC>(acc[mi][ni], a, b, wr + 16 * mi, wc + 8 * ni, k0);
+}
+
+// Where accumulator element (mi, ni, r) of this thread sits in the 64x64 tile.
+__device__ __forceinline__ int acc_row(int mi, int r) {
+    return ((threadIdx.x >> 5) >> 1) * 32 + 16 * mi + ((threadIdx.x & 31) >> 2) + 8 * (r >> 1);
+}
+__device__ __forceinline__ int acc_col(int ni, int r) {
+    return ((threadIdx.x >> 5) & 1) * 32 + 8 * ni + 2 * (threadIdx.x & 3) + (r & 1);
+}
+
+// acc = X[r0 .. r0+63] . Y[c0 .. c0+63]^T over all D on rounded operands (zero outside BX / BY / D).
+// smem: 2 * TT * TS floats.
+template <int PREC>
+__device__ __forceinline__ void tc_logits(const float* __restrict__ X, const float* __restrict__ Y, int r0, int c0,
+                                          int BX, int BY, int D, float* smem, float acc[2][4][4]) {
+    float* Xs = smem;
+    float* Ys = smem + TT * TS;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+    for (int d0 = 0; d0 < D; d0 += TK) {
+        for (int idx = threadIdx.x; idx < TT * TK; idx += blockDim.x) {
+            const int r = idx / TK, c = idx % TK, gd = d0 + c;
+            Xs[r * TS + c] = (r0 + r < BX && gd < D) ? round_operand(X[(i64)(r0 + r) * D + gd], PREC) : 0.f;
+            Ys[r * TS + c] = (c0 + r < BY && gd < D) ? round_operand(Y[(i64)(c0 + r) * D + gd], PREC) : 0.f;
+        }
+        __syncthreads();
+        warp_tile<PREC>(
+            acc, [&](int r, int k) { return Xs[r * TS + k]; }, [&](int k, int n) { return Ys[n * TS + k]; }, TK);
+        __syncthreads();
+    }
+}
+
+// Online (max, sum) merge that treats an empty side (max -inf) as nothing.
+__device__ __forceinline__ void ms_merge(float& m, float& l, float m2, float l2) {
+    const float mn = fmaxf(m, m2);
+    if (mn == INEG) return;
+    l = (m == INEG ? 0.f : l * expf(m - mn)) + (m2 == INEG ? 0.f : l2 * expf(m2 - mn));
+    m = mn;
+}
+
+template <int PREC>
+__device__ void tc_lse(const float* __restrict__ X, const float* __restrict__ Y, const float* __restrict__ logit_scale,
+                       float* __restrict__ row_pm, float* __restrict__ row_pl, float* __restrict__ col_pm,
+                       float* __restrict__ col_pl, int BX, int BY, int D, int G, float* smem,
+                       float (*part_m)[TT], float (*part_l)[TT], float* run_m, float* run_l) {
+    const float s = clip_scale(logit_scale);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int nrt = (BX + TT - 1) / TT, nct = (BY + TT - 1) / TT;
+    const int g = blockIdx.x, ks = blockIdx.y, KS = gridDim.y;
+    const int t0 = (int)((i64)g * nrt / G), t1 = (int)((i64)(g + 1) * nrt / G);
+    for (int t = t0; t < t1; ++t) {
+        const int r0 = t * TT;
+        if (threadIdx.x < TT) { run_m[threadIdx.x] = INEG; run_l[threadIdx.x] = 0.f; }
+        for (int u = ks; u < nct; u += KS) {
+            const int c0 = u * TT;
+            float acc[2][4][4];
+            tc_logits<PREC>(X, Y, r0, c0, BX, BY, D, smem, acc);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const bool in = r0 + acc_row(mi, r) < BX && c0 + acc_col(ni, r) < BY;
+                        acc[mi][ni][r] = in ? s * acc[mi][ni][r] : INEG;
+                    }
+            // Rows: this thread's 8 values of each of its 4 rows, then the quad, then the two column warps.
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    float m = INEG, l = 0.f;
+#pragma unroll
+                    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                        for (int q = 0; q < 2; ++q) m = fmaxf(m, acc[mi][ni][2 * h + q]);
+                    for (int o = 1; o < 4; o <<= 1) m = fmaxf(m, __shfl_xor_sync(GSHN_FULL_MASK, m, o));
+                    if (m != INEG)
+#pragma unroll
+                        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                            for (int q = 0; q < 2; ++q) l += expf(acc[mi][ni][2 * h + q] - m);
+                    for (int o = 1; o < 4; o <<= 1) l += __shfl_xor_sync(GSHN_FULL_MASK, l, o);
+                    if ((lane & 3) == 0) {
+                        part_m[warp & 1][acc_row(mi, 2 * h)] = m;
+                        part_l[warp & 1][acc_row(mi, 2 * h)] = l;
+                    }
+                }
+            __syncthreads();
+            if (threadIdx.x < TT) {
+                const int i = threadIdx.x;
+                ms_merge(run_m[i], run_l[i], part_m[0][i], part_l[0][i]);
+                ms_merge(run_m[i], run_l[i], part_m[1][i], part_l[1][i]);
+            }
+            __syncthreads();
+            if (col_pm) {
+                // Columns: this thread's 4 values of each of its 8 columns, then the 8 lanes sharing
+                // the column, then the two row warps, then the group's running statistics.
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                    for (int q = 0; q < 2; ++q) {
+                        float m = INEG, l = 0.f;
+#pragma unroll
+                        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                            for (int h = 0; h < 2; ++h) m = fmaxf(m, acc[mi][ni][2 * h + q]);
+                        for (int o = 4; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(GSHN_FULL_MASK, m, o));
+                        if (m != INEG)
+#pragma unroll
+                            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                                for (int h = 0; h < 2; ++h) l += expf(acc[mi][ni][2 * h + q] - m);
+                        for (int o = 4; o < 32; o <<= 1) l += __shfl_xor_sync(GSHN_FULL_MASK, l, o);
+                        if ((lane >> 2) == 0) {
+                            part_m[warp >> 1][acc_col(ni, q)] = m;
+                            part_l[warp >> 1][acc_col(ni, q)] = l;
+                        }
+                    }
+                __syncthreads();
+                if (threadIdx.x < TT && c0 + threadIdx.x < BY) {
+                    const int j = threadIdx.x;
+                    const i64 at = (i64)g * BY + c0 + j;
+                    float m = t == t0 ? INEG : col_pm[at], l = t == t0 ? 0.f : col_pl[at];
+                    ms_merge(m, l, part_m[0][j], part_l[0][j]);
+                    ms_merge(m, l, part_m[1][j], part_l[1][j]);
+                    col_pm[at] = m;
+                    col_pl[at] = l;
+                }
+                __syncthreads();
+            }
+        }
+        if (threadIdx.x < TT && r0 + threadIdx.x < BX) {
+            row_pm[(i64)ks * BX + r0 + threadIdx.x] = run_m[threadIdx.x];
+            row_pl[(i64)ks * BX + r0 + threadIdx.x] = run_l[threadIdx.x];
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) infonce_tc_lse_f32(
+    const float* __restrict__ X, const float* __restrict__ Y, const float* __restrict__ logit_scale,
+    float* __restrict__ row_pm, float* __restrict__ row_pl, float* __restrict__ col_pm, float* __restrict__ col_pl,
+    int BX, int BY, int D, int prec, int G) {
+    // Declared here, not in the templates, so both instantiations share them.
+    __shared__ float smem[2 * TT * TS];
+    __shared__ float part_m[2][TT], part_l[2][TT];  // per-warp-half partials (rows or columns)
+    __shared__ float run_m[TT], run_l[TT];          // running row statistics of the current row tile
+    if (prec == 1)
+        tc_lse<1>(X, Y, logit_scale, row_pm, row_pl, col_pm, col_pl, BX, BY, D, G, smem, part_m, part_l, run_m, run_l);
+    else
+        tc_lse<2>(X, Y, logit_scale, row_pm, row_pl, col_pm, col_pl, BX, BY, D, G, smem, part_m, part_l, run_m, run_l);
+}
+
+// out[rows o0 .., 0 .. D) (+)= s * L(64 x 64) . R(64 x D), L read from shared `l(r, k)`, R's rows from
+// global `Rg` starting at row q0 (valid below BR), 64 dims at a time through `Rs` (TT * GS floats).
+template <int PREC, typename FL>
+__device__ __forceinline__ void tc_product(FL l, const float* __restrict__ Rg, int q0, int BR, float* __restrict__ out,
+                                           int o0, int BO, int D, float s, bool first, float* Rs) {
+    for (int d0 = 0; d0 < D; d0 += TT) {
+        for (int idx = threadIdx.x; idx < TT * TT; idx += blockDim.x) {
+            const int k = idx / TT, c = idx % TT, gd = d0 + c;
+            Rs[k * GS + c] = (q0 + k < BR && gd < D) ? round_operand(Rg[(i64)(q0 + k) * D + gd], PREC) : 0.f;
+        }
+        __syncthreads();
+        float acc[2][4][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+        warp_tile<PREC>(acc, l, [&](int k, int n) { return Rs[k * GS + n]; }, TT);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int row = o0 + acc_row(mi, r), d = d0 + acc_col(ni, r);
+                    if (row < BO && d < D) {
+                        float* o = out + (i64)row * D + d;
+                        *o = (first ? 0.f : *o) + s * acc[mi][ni][r];
+                    }
+                }
+        __syncthreads();
+    }
+}
+
+template <int PREC>
+__device__ void tc_bwd(const float* __restrict__ X, const float* __restrict__ Y, const float* __restrict__ lse_x,
+                       const float* __restrict__ lse_y, const float* __restrict__ g_lse_x,
+                       const float* __restrict__ g_lse_y, const float* __restrict__ logit_scale,
+                       const float* __restrict__ g_loss, float* __restrict__ gX, float* __restrict__ gY,
+                       float* __restrict__ gscale_part, int BX, int BY, int D, int sym, int doff, int step, int t_lo,
+                       float* smem, float* Gs) {
+    const float s = clip_scale(logit_scale);
+    const float g = sym ? *g_loss / (2.f * (float)BX) : *g_loss / (float)BX;
+    const float cd = sym ? 2.f : 1.f;
+    const int nct = (BY + TT - 1) / TT;
+    const int t = t_lo + blockIdx.x, u = step - t;
+    const int r0 = t * TT, c0 = u * TT;
+    float acc[2][4][4];
+    tc_logits<PREC>(X, Y, r0, c0, BX, BY, D, smem, acc);
+    float gsc = 0.f;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = acc_row(mi, r), j = acc_col(ni, r), row = r0 + i, col = c0 + j;
+                float gl = 0.f;
+                if (row < BX && col < BY) {
+                    const float lg = s * acc[mi][ni][r];
+                    const float wx = g_lse_x ? g + g_lse_x[row] : g;
+                    gl = wx * expf(lg - lse_x[row]);
+                    if (sym) gl += (g_lse_y ? g + g_lse_y[col] : g) * expf(lg - lse_y[col]);
+                    if (col - row == doff) gl -= cd * g;
+                    gsc += gl * lg;
+                }
+                Gs[i * GS + j] = round_operand(gl, PREC);
+            }
+    const float tot = block_sum(gsc);  // synchronises the block: Gs is complete
+    if (threadIdx.x == 0) gscale_part[(i64)t * nct + u] = tot;
+    __syncthreads();
+    float* Rs = smem;
+    // gX[t rows] (+)= s G Y_u ;  gY[u rows] (+)= s G^T X_t.
+    tc_product<PREC>([&](int r, int k) { return Gs[r * GS + k]; }, Y, c0, BY, gX, r0, BX, D, s, u == 0, Rs);
+    tc_product<PREC>([&](int r, int k) { return Gs[k * GS + r]; }, X, r0, BX, gY, c0, BY, D, s, t == 0, Rs);
+}
+
+extern "C" __global__ void __launch_bounds__(128) infonce_tc_bwd_f32(
+    const float* __restrict__ X, const float* __restrict__ Y, const float* __restrict__ lse_x,
+    const float* __restrict__ lse_y, const float* __restrict__ g_lse_x, const float* __restrict__ g_lse_y,
+    const float* __restrict__ logit_scale, const float* __restrict__ g_loss, float* __restrict__ gX,
+    float* __restrict__ gY, float* __restrict__ gscale_part, int BX, int BY, int D, int sym, int doff, int step,
+    int t_lo, int prec) {
+    __shared__ float smem[2 * TT * TS];  // the logits' operands, then the products' right-hand side
+    __shared__ float Gs[TT * GS];        // the rounded logit gradient of the tile
+    if (prec == 1)
+        tc_bwd<1>(X, Y, lse_x, lse_y, g_lse_x, g_lse_y, logit_scale, g_loss, gX, gY, gscale_part, BX, BY, D, sym, doff,
+                  step, t_lo, smem, Gs);
+    else
+        tc_bwd<2>(X, Y, lse_x, lse_y, g_lse_x, g_lse_y, logit_scale, g_loss, gX, gY, gscale_part, BX, BY, D, sym, doff,
+                  step, t_lo, smem, Gs);
+}

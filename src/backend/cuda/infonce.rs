@@ -1,6 +1,8 @@
 //! CUDA: the InfoNCE family (`src/ops/infonce.rs`) on `kernels/infonce.cu`: tiled, log-sum-exp
-//! only (the B×B logits never exist in memory). f32 tensors; every precision mode and gathered
-//! negatives, with the CPU's semantics (SIMT tiles on rounded operands).
+//! only (the B×B logits never exist in memory). f32 tensors, gathered negatives, every precision
+//! mode with the CPU's semantics: exact f32 on SIMT tiles; tf32 and bf16 on tensor cores
+//! (mma.sync), with a one-pass forward (row and column statistics from the same tiles) and a
+//! one-recompute backward along anti-diagonals of tiles, as the CPU does.
 
 use super::launch::{unsupported, Inputs, Kernels, Output};
 use super::{CudaBackend, CudaBuffer};
@@ -39,9 +41,11 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         },
         symmetric: at.symmetric,
     };
-    match backward_args {
-        None => call.forward(ins, outs),
-        Some(x) => call.backward(&x, outs),
+    match (backward_args, at.precision) {
+        (None, Precision::F32) => call.forward(ins, outs),
+        (Some(x), Precision::F32) => call.backward(&x, outs),
+        (None, _) => call.forward_tc(ins, outs),
+        (Some(x), _) => call.backward_tc(&x, outs),
     }
 }
 
@@ -65,7 +69,139 @@ fn tile_grid(be: &CudaBackend, bx: usize, by: usize) -> (usize, usize) {
     (row_tiles, splits)
 }
 
+/// Edge of the tensor-core kernels' tiles.
+const TC_TILE: usize = 64;
+/// Threads of a tensor-core kernel's block.
+const TC_BLOCK: u32 = 128;
+/// Most row-tile groups of the tensor-core forward (each holds two `[B]` column statistics).
+const TC_GROUPS: usize = 32;
+
 impl Call<'_> {
+    /// The one-pass tensor-core forward (kernels 8, 2, 3, 4 of infonce.cu).
+    fn forward_tc(&self, ins: Inputs, outs: &[Output]) -> Result<()> {
+        let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
+        let (a, p, scale) = (ins[0].buf.ptr, ins[1].buf.ptr, ins[2].buf.ptr);
+        let (loss, lse_row, lse_col) = (outs[0].ptr, outs[1].ptr, outs[2].ptr);
+        let (row_tiles, col_tiles) = (rows.div_ceil(TC_TILE), cols.div_ceil(TC_TILE));
+        let groups = row_tiles.min(TC_GROUPS);
+        // About 8 blocks of 4 warps per SM.
+        let splits = (8 * k.be.sm_count as usize)
+            .div_ceil(groups)
+            .clamp(1, col_tiles.min(65535));
+        let col = if self.symmetric { groups * cols * 4 } else { 4 };
+        let s =
+            k.be.scratch(&[splits * rows * 4, splits * rows * 4, col, col, rows * 4])?;
+        let (col_m, col_l) = if self.symmetric { (s[2], s[3]) } else { (0, 0) };
+        k.grid("infonce_tc_lse", groups, splits)
+            .block(TC_BLOCK)
+            .ptr(a)
+            .ptr(p)
+            .ptr(scale)
+            .ptr(s[0])
+            .ptr(s[1])
+            .ptr(col_m)
+            .ptr(col_l)
+            .dim("BX", rows)
+            .dim("BY", cols)
+            .dim("D", d)
+            .int(self.prec)
+            .dim("G", groups)
+            .run()?;
+        let mut merges = vec![(s[0], s[1], lse_row, rows, splits)];
+        if self.symmetric {
+            merges.push((col_m, col_l, lse_col, cols, groups));
+        }
+        for (m, l, lse, n, parts) in merges {
+            k.flat("infonce_lse_merge", n)
+                .ptr(m)
+                .ptr(l)
+                .ptr(lse)
+                .dim("B", n)
+                .dim("KS", parts)
+                .run()?;
+        }
+        self.diag_and_loss(scale, a, p, s[4], loss, lse_row, lse_col)
+    }
+
+    /// The one-recompute tensor-core backward: one launch per anti-diagonal of tiles
+    /// (kernel 9), then the logit-scale gradient (kernel 7).
+    fn backward_tc(
+        &self,
+        x: &InfoNceBackwardArgs<View<CudaBuffer>>,
+        outs: &[Output],
+    ) -> Result<()> {
+        let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
+        let (row_tiles, col_tiles) = (rows.div_ceil(TC_TILE), cols.div_ceil(TC_TILE));
+        let tiles = row_tiles * col_tiles;
+        let s = k.be.scratch(&[tiles * 4])?;
+        let sym = self.symmetric;
+        let (g_lse_row, g_lse_col) = x.g_lse.map_or((0, 0), |(r, c)| (r.buf.ptr, c.buf.ptr));
+        for step in 0..row_tiles + col_tiles - 1 {
+            let t_lo = step.saturating_sub(col_tiles - 1);
+            let t_hi = step.min(row_tiles - 1);
+            k.grid("infonce_tc_bwd", t_hi - t_lo + 1, 1)
+                .block(TC_BLOCK)
+                .ptr(x.a.buf.ptr)
+                .ptr(x.p.buf.ptr)
+                .ptr(x.lse_row.buf.ptr)
+                .ptr(if sym { x.lse_col.buf.ptr } else { 0 })
+                .ptr(g_lse_row)
+                .ptr(if sym { g_lse_col } else { 0 })
+                .ptr(x.logit_scale.buf.ptr)
+                .ptr(x.g_loss.buf.ptr)
+                .ptr(outs[0].ptr)
+                .ptr(outs[1].ptr)
+                .ptr(s[0])
+                .dim("BX", rows)
+                .dim("BY", cols)
+                .dim("D", d)
+                .flag(sym)
+                .int(self.offset)
+                .dim("step", step)
+                .dim("t_lo", t_lo)
+                .int(self.prec)
+                .run()?;
+        }
+        k.grid("infonce_gscale", 1, 1)
+            .ptr(s[0])
+            .dim("partials", tiles)
+            .ptr(x.logit_scale.buf.ptr)
+            .ptr(outs[2].ptr)
+            .run()
+    }
+
+    /// The positives' logits and the loss from the statistics (kernels 3 and 4).
+    #[allow(clippy::too_many_arguments)]
+    fn diag_and_loss(
+        &self,
+        scale: u64,
+        a: u64,
+        p: u64,
+        diag: u64,
+        loss: u64,
+        lse_row: u64,
+        lse_col: u64,
+    ) -> Result<()> {
+        let (k, rows, d) = (self.k, self.geo.rows, self.geo.d);
+        k.warps("infonce_diag", rows)
+            .ptr(a)
+            .ptr(p)
+            .ptr(scale)
+            .ptr(diag)
+            .dim("B", rows)
+            .dim("D", d)
+            .int(self.offset)
+            .int(self.prec)
+            .run()?;
+        k.grid("infonce_loss", 1, 1)
+            .ptr(lse_row)
+            .ptr(if self.symmetric { lse_col } else { 0 })
+            .ptr(diag)
+            .ptr(loss)
+            .dim("B", rows)
+            .run()
+    }
+
     /// a[B,D], p[P,D], logit_scale[] → loss[], lse_row[B], lse_col[B or 0]
     fn forward(&self, ins: Inputs, outs: &[Output]) -> Result<()> {
         let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
@@ -103,23 +239,7 @@ impl Call<'_> {
                 .dim("KS", splits)
                 .run()?;
         }
-        k.warps("infonce_diag", rows)
-            .ptr(a)
-            .ptr(p)
-            .ptr(scale)
-            .ptr(s[2])
-            .dim("B", rows)
-            .dim("D", d)
-            .int(self.offset)
-            .int(self.prec)
-            .run()?;
-        k.grid("infonce_loss", 1, 1)
-            .ptr(lse_row)
-            .ptr(if self.symmetric { lse_col } else { 0 })
-            .ptr(s[2])
-            .ptr(loss)
-            .dim("B", rows)
-            .run()
+        self.diag_and_loss(scale, a, p, s[2], loss, lse_row, lse_col)
     }
 
     /// g_loss, a, p, logit_scale, lse_row, lse_col (, g_lse_row, g_lse_col) → ga, gp, g_scale
