@@ -427,12 +427,23 @@ fn peak_rss_bytes() -> Option<u64> {
 
 /// B = 32768 forward + backward in f32: a B×B matrix alone would be 4 GiB; the chunked path
 /// must stay far below. Slow in the dev profile: run with
-/// `cargo test --release --test infonce -- --ignored batch_32768`.
+/// `cargo test --release --test infonce -- --ignored batch_`.
 #[test]
 #[ignore]
 fn batch_32768_runs_without_a_quadratic_buffer() {
+    large_batch(32768);
+}
+
+/// B = 131072 (64 GiB of f32 logits if they existed), the same way.
+#[test]
+#[ignore]
+fn batch_131072_runs_without_a_quadratic_buffer() {
+    large_batch(131_072);
+}
+
+fn large_batch(b: usize) {
     let mut rng = SplitMix64::new(9);
-    let (b, d) = (32768, 16);
+    let d = 16;
     let a = unit_rows(random([b, d], -1.0, 1.0, &mut rng))
         .to_dtype(DType::F32)
         .unwrap();
