@@ -451,6 +451,21 @@ __device__ __forceinline__ void tc_logits(const float* __restrict__ X, const flo
     }
 }
 
+// (m, l) = (max, sum exp(v - max)) of this thread's N values and those of the lanes xor o, o = o0, 2 o0,
+// ... < o1 (the lanes holding the same tile row or column). All -inf gives (-inf, 0).
+template <int N>
+__device__ __forceinline__ void lanes_lse(const float (&v)[N], int o0, int o1, float& m, float& l) {
+    m = INEG;
+#pragma unroll
+    for (int k = 0; k < N; ++k) m = fmaxf(m, v[k]);
+    for (int o = o0; o < o1; o <<= 1) m = fmaxf(m, __shfl_xor_sync(GSHN_FULL_MASK, m, o));
+    l = 0.f;
+    if (m != INEG)
+#pragma unroll
+        for (int k = 0; k < N; ++k) l += expf(v[k] - m);
+    for (int o = o0; o < o1; o <<= 1) l += __shfl_xor_sync(GSHN_FULL_MASK, l, o);
+}
+
 // Online (max, sum) merge that treats an empty side (max -inf) as nothing.
 __device__ __forceinline__ void ms_merge(float& m, float& l, float m2, float l2) {
     const float mn = fmaxf(m, m2);
@@ -490,18 +505,13 @@ __device__ void tc_lse(const float* __restrict__ X, const float* __restrict__ Y,
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    float m = INEG, l = 0.f;
+                    float v[8];
 #pragma unroll
                     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-                        for (int q = 0; q < 2; ++q) m = fmaxf(m, acc[mi][ni][2 * h + q]);
-                    for (int o = 1; o < 4; o <<= 1) m = fmaxf(m, __shfl_xor_sync(GSHN_FULL_MASK, m, o));
-                    if (m != INEG)
-#pragma unroll
-                        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                            for (int q = 0; q < 2; ++q) l += expf(acc[mi][ni][2 * h + q] - m);
-                    for (int o = 1; o < 4; o <<= 1) l += __shfl_xor_sync(GSHN_FULL_MASK, l, o);
+                        for (int q = 0; q < 2; ++q) v[2 * ni + q] = acc[mi][ni][2 * h + q];
+                    float m, l;
+                    lanes_lse(v, 1, 4, m, l);
                     if ((lane & 3) == 0) {
                         part_m[warp & 1][acc_row(mi, 2 * h)] = m;
                         part_l[warp & 1][acc_row(mi, 2 * h)] = l;
@@ -521,18 +531,13 @@ __device__ void tc_lse(const float* __restrict__ X, const float* __restrict__ Y,
                 for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
                     for (int q = 0; q < 2; ++q) {
-                        float m = INEG, l = 0.f;
+                        float v[4];
 #pragma unroll
                         for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                            for (int h = 0; h < 2; ++h) m = fmaxf(m, acc[mi][ni][2 * h + q]);
-                        for (int o = 4; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(GSHN_FULL_MASK, m, o));
-                        if (m != INEG)
-#pragma unroll
-                            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                                for (int h = 0; h < 2; ++h) l += expf(acc[mi][ni][2 * h + q] - m);
-                        for (int o = 4; o < 32; o <<= 1) l += __shfl_xor_sync(GSHN_FULL_MASK, l, o);
+                            for (int h = 0; h < 2; ++h) v[2 * mi + h] = acc[mi][ni][2 * h + q];
+                        float m, l;
+                        lanes_lse(v, 4, 32, m, l);
                         if ((lane >> 2) == 0) {
                             part_m[warp >> 1][acc_col(ni, q)] = m;
                             part_l[warp >> 1][acc_col(ni, q)] = l;
