@@ -337,11 +337,11 @@ extern "C" __global__ void infonce_gscale_f32(const float* __restrict__ gscale_p
 }
 
 // ================================================================================================
-// Tensor-core path (prec 1 = tf32 via mma.sync.m16n8k8, prec 2 = bf16 via mma.sync.m16n8k16; sm_80+):
-// the same contract as above, on 64x64 tiles, block = EXACTLY 128 threads (4 warps, 2x2, each warp a
-// 32x32 sub-tile: 2 m16 x 4 n8 accumulators). Operands are rounded to the mode on their way into shared
-// memory (round_operand), so the tensor cores read exactly the CPU reference's operands; accumulation
-// is f32. Static shared memory only.
+// One-pass tile path (the CPU's algorithm): prec 0 = f32 by FMA, 1 = tf32 via mma.sync.m16n8k8, 2 = bf16
+// via mma.sync.m16n8k16 (sm_80+); the same contract as above, on 64x64 tiles, block = EXACTLY 128 threads
+// (4 warps, 2x2, each warp a 32x32 sub-tile: 2 m16 x 4 n8 accumulators in the mma.sync C layout).
+// Operands are rounded to the mode on their way into shared memory (round_operand), so the tensor cores
+// read exactly the CPU reference's operands; accumulation is f32. Static shared memory only.
 //
 // 8. infonce_tc_lse_f32(const float* X, const float* Y, const float* logit_scale,
 //        float* row_pm, float* row_pl, float* col_pm, float* col_pl, int BX, int BY, int D, int prec, int G)
@@ -404,10 +404,41 @@ __device__ __forceinline__ void mma_step(float acc[4], FA a, FB b, int r0, int n
     }
 }
 
+// Where accumulator element (mi, ni, r) of this thread sits in the 64x64 tile (the mma.sync C layout,
+// kept by the f32 path too).
+__device__ __forceinline__ int acc_row(int mi, int r) {
+    return ((threadIdx.x >> 5) >> 1) * 32 + 16 * mi + ((threadIdx.x & 31) >> 2) + 8 * (r >> 1);
+}
+__device__ __forceinline__ int acc_col(int ni, int r) {
+    return ((threadIdx.x >> 5) & 1) * 32 + 8 * ni + 2 * (threadIdx.x & 3) + (r & 1);
+}
+
 // The warp's 32x32 part of a 64x64 product over k = 0 .. K-1 (K a multiple of the mode's k step):
-// acc[mi][ni][4] += A[wr + 16 mi .. , k] B[k, wc + 8 ni ..].
+// acc[mi][ni][4] += A[wr + 16 mi .. , k] B[k, wc + 8 ni ..]. PREC 0 (exact f32): each thread's 32
+// elements by FMA in k order, from its 4 rows and 8 columns; 1 and 2: tensor cores.
 template <int PREC, typename FA, typename FB>
 __device__ __forceinline__ void warp_tile(float acc[2][4][4], FA a, FB b, int K) {
+    if (PREC == 0) {
+        for (int k = 0; k < K; ++k) {
+            float av[2][2], bv[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) av[mi][h] = a(acc_row(mi, 2 * h), k);
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) bv[ni][q] = b(k, acc_col(ni, q));
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        acc[mi][ni][r] = fmaf(av[mi][r >> 1], bv[ni][r & 1], acc[mi][ni][r]);
+        }
+        return;
+    }
     const int warp = threadIdx.x >> 5, wr = (warp >> 1) * 32, wc = (warp & 1) * 32;
     const int KSTEP = PREC == 1 ? 8 : 16;
     for (int k0 = 0; k0 < K; k0 += KSTEP)
@@ -417,13 +448,6 @@ __device__ __forceinline__ void warp_tile(float acc[2][4][4], FA a, FB b, int K)
             for (int ni = 0; ni < 4; ++ni) mma_step<PREC>(acc[mi][ni], a, b, wr + 16 * mi, wc + 8 * ni, k0);
 }
 
-// Where accumulator element (mi, ni, r) of this thread sits in the 64x64 tile.
-__device__ __forceinline__ int acc_row(int mi, int r) {
-    return ((threadIdx.x >> 5) >> 1) * 32 + 16 * mi + ((threadIdx.x & 31) >> 2) + 8 * (r >> 1);
-}
-__device__ __forceinline__ int acc_col(int ni, int r) {
-    return ((threadIdx.x >> 5) & 1) * 32 + 8 * ni + 2 * (threadIdx.x & 3) + (r & 1);
-}
 
 // acc = X[r0 .. r0+63] . Y[c0 .. c0+63]^T over all D on rounded operands (zero outside BX / BY / D).
 // smem: 2 * TT * TS floats.
@@ -572,7 +596,9 @@ extern "C" __global__ void __launch_bounds__(128) infonce_tc_lse_f32(
     __shared__ float smem[2 * TT * TS];
     __shared__ float part_m[2][TT], part_l[2][TT];  // per-warp-half partials (rows or columns)
     __shared__ float run_m[TT], run_l[TT];          // running row statistics of the current row tile
-    if (prec == 1)
+    if (prec == 0)
+        tc_lse<0>(X, Y, logit_scale, row_pm, row_pl, col_pm, col_pl, BX, BY, D, G, smem, part_m, part_l, run_m, run_l);
+    else if (prec == 1)
         tc_lse<1>(X, Y, logit_scale, row_pm, row_pl, col_pm, col_pl, BX, BY, D, G, smem, part_m, part_l, run_m, run_l);
     else
         tc_lse<2>(X, Y, logit_scale, row_pm, row_pl, col_pm, col_pl, BX, BY, D, G, smem, part_m, part_l, run_m, run_l);
@@ -664,7 +690,10 @@ extern "C" __global__ void __launch_bounds__(128) infonce_tc_bwd_f32(
     int t_lo, int prec) {
     __shared__ float smem[2 * TT * TS];  // the logits' operands, then the products' right-hand side
     __shared__ float Gs[TT * GS];        // the rounded logit gradient of the tile
-    if (prec == 1)
+    if (prec == 0)
+        tc_bwd<0>(X, Y, lse_x, lse_y, g_lse_x, g_lse_y, logit_scale, g_loss, gX, gY, gscale_part, BX, BY, D, sym, doff,
+                  step, t_lo, smem, Gs);
+    else if (prec == 1)
         tc_bwd<1>(X, Y, lse_x, lse_y, g_lse_x, g_lse_y, logit_scale, g_loss, gX, gY, gscale_part, BX, BY, D, sym, doff,
                   step, t_lo, smem, Gs);
     else

@@ -1,9 +1,5 @@
-"""gshn's fused LIF / GAT / aggregation / InfoNCE as PyTorch autograd functions, through the C
-ABI (include/gshn.h, libgshn_capi.so) via ctypes.
-
-CUDA tensors go to the `*_cuda` entry points (device pointers from `data_ptr()`, PyTorch's
-current stream, the tensor's device); CPU tensors go to the `*_cpu` ones. Graph index arrays
-stay on the host (gshn validates them and builds the CSC transpose there).
+"""gshn's fused LIF / GAT / aggregation / InfoNCE as PyTorch operators (`torch.library`
+custom ops in the `gshn` namespace) over the C ABI (include/gshn.h, libgshn_capi.so), via ctypes.
 
     import torch, gshn_torch as gt
     s, v = gt.lif(x, tau=2.0, surrogate="atan")                 # x[T, ...] (e.g. [T, B, N])
@@ -11,24 +7,38 @@ stay on the host (gshn validates them and builds the CSC transpose there).
     out = gt.gat(z, a_src, a_dst, g, edge_bias=be)             # z[N,H,F], be[E,H] in edge_index order
     y = gt.aggregate(alpha, s, g)                              # alpha[E,H] in edge_index order, s[T,N,C]
     loss = gt.infonce(img, txt, logit_scale)                   # open_clip ClipLoss semantics
+    loss = gt.infonce_1d(a, p_all, logit_scale, offset=k, precision="bf16")  # a[B] vs p_all[P]
+    loss = gt.infonce_gathered(a, p, a_all, p_all, offset, logit_scale)       # data-parallel ClipLoss
+
+Operators. The functions above validate and convert their arguments, then call
+`torch.ops.gshn.{lif, plif, gat, aggregate, infonce, infonce_1d}`; the backward of each is a
+second op (`lif_backward`, ..., `infonce_1d_backward`). Every op has a fake (meta) kernel and
+a registered autograd formula, so `torch.compile(fullgraph=True)` traces through them without a
+graph break, and `torch.library.opcheck` passes. The ops take graphs as the int32 CPU tensors
+`Graph.row_ptr` / `Graph.src` (CSR by destination) and per-edge tensors in CSR edge order.
+CUDA tensors go to the `*_cuda` entry points (device pointers, PyTorch's current stream, the
+tensor's device); CPU tensors to the `*_cpu` ones. Graph index arrays stay on the host (gshn
+validates them and builds the CSC transpose there).
 
 Every op validates before it calls (`check_lif`, `check_gat`, `check_aggregate`,
-`check_infonce`: the one validation layer, returning the tensors the library is given):
-all tensors of a call share one device (cpu or cuda) and one dtype (float32 or float64), else
-TypeError; shapes follow include/gshn.h, else ValueError naming the argument, the expected and
-the actual shape. The scalars `tau` and `logit_scale` may be Python numbers or 0-d / [1]
-tensors of any float dtype: they are promoted (differentiably) to the call's dtype and device.
-Graph indices must be integer tensors whose values fit in int32.
+`check_infonce`, `check_infonce_1d`: the one validation layer, returning the tensors the library
+is given): all tensors of a call share one device (cpu or cuda) and one dtype (float32 or
+float64), else TypeError; shapes follow include/gshn.h, else ValueError naming the argument,
+the expected and the actual shape. The scalars `tau` and `logit_scale` may be Python numbers or
+0-d / [1] tensors of any float dtype: they are promoted (differentiably) to the call's dtype and
+device. Graph indices must be integer tensors whose values fit in int32.
 Empty inputs give empty outputs (LIF with T or N = 0; GAT with no nodes, heads or features;
 aggregation with T, N or C = 0); their gradients are zeros. InfoNCE needs B >= 1 (the mean
 over an empty batch is undefined; the library refuses B = 0 too): ValueError.
 Gradients are first-order only: a backward through a gshn op with create_graph=True raises
 RuntimeError (rather than return a gradient that a second backward takes for a constant).
 
-The library is $GSHN_LIB, else target/{release,debug}/libgshn_capi.so of this repository
-(`cargo build --release -p gshn-capi`). Importing this module loads nothing: the library is opened on
-first use, so the pure-PyTorch references (`ref_lif`, `ref_gat`, `ref_aggregate`,
-`ref_infonce`) work anywhere.
+The library is $GSHN_LIB, else libgshn_capi.so next to this file (e.g. copied beside an
+installed gshn_torch.py), else target/{release,debug}/libgshn_capi.so of the repository this
+file sits in (`cargo build --release -p gshn-capi`). Importing this module registers the ops
+but loads nothing: the library is opened on first use, so the pure-PyTorch references
+(`ref_lif`, `ref_gat`, `ref_aggregate`, `ref_infonce`, `ref_infonce_1d`) work anywhere.
+Install: `pip install ./python` (or `pip install -e ./python` in a checkout).
 
 `python gshn_torch.py --check [--device cuda|cpu]` compares gshn with the pure-PyTorch versions
 (forward and gradients) and times both; it prints one JSON object (for the GPU script) and exits
@@ -41,13 +51,18 @@ import functools
 import math
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 GSHN_OK = 0
 GSHN_F32, GSHN_F64 = 0, 1
 SURROGATES = {"atan": 0, "sigmoid": 1, "super_spike": 2, "rectangular": 3}
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0, "super_spike": 10.0, "rectangular": 1.0}
+# InfoNCE operand precision (GSHN_PRECISION_*): the operands of the products are rounded to
+# tf32 or bf16 as tensor cores read them; accumulation and log-sum-exp stay in the dtype.
+PRECISIONS = {"f32": 0, "tf32": 1, "bf16": 2}
 _DTYPES = {torch.float32: GSHN_F32, torch.float64: GSHN_F64}
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -60,12 +75,17 @@ class LifParams(C.Structure):
                 ("surrogate", C.c_int), ("alpha", C.c_double)]
 
 
+class InfoNceParams(C.Structure):
+    _fields_ = [("precision", C.c_int), ("offset", C.c_int64)]
+
+
 class _CGraph(C.Structure):
     _fields_ = [("num_nodes", C.c_int64), ("num_edges", C.c_int64),
                 ("row_ptr", C.POINTER(C.c_int32)), ("src", C.POINTER(C.c_int32))]
 
 
 _G = C.POINTER(_CGraph)
+_NCE = C.POINTER(InfoNceParams)
 _SIGS = {
     "lif_forward": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP],
     "lif_backward": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
@@ -76,37 +96,65 @@ _SIGS = {
     "aggregate_backward": [_INT, _G, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
     "infonce_forward": [_INT, _I64, _I64, _INT, _VP, _VP, _VP, _VP, _VP, _VP],
     "infonce_backward": [_INT, _I64, _I64, _INT, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
+    "infonce_1d_forward": [_NCE, _INT, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
+    "infonce_1d_backward": [_NCE, _INT, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP, _VP, _VP,
+                            _VP],
 }
 
+_LIB_NAME = "libgshn_capi.so"
+_BUILD = "cargo build --release -p gshn-capi"
+_HERE = Path(__file__).resolve().parent
+
+
+def _search_path():
+    """Where the library is looked for when $GSHN_LIB is unset, in order: beside this file,
+    then the build directories of the repository this file is in (only when it is in one: an
+    installed copy has no repository)."""
+    paths = [_HERE / _LIB_NAME]
+    repo = _HERE.parent
+    if (repo / "Cargo.toml").is_file():
+        paths += [repo / "target" / p / _LIB_NAME for p in ("release", "debug")]
+    return paths
+
+
+_SEARCH = _search_path()
 _lib = None
-# Where the library is looked for when $GSHN_LIB is unset, in order.
-_SEARCH = [Path(__file__).resolve().parent.parent / "target" / p / "libgshn_capi.so"
-           for p in ("release", "debug")]
 
 
 def library():
-    """The loaded libgshn_capi (opened on first use)."""
+    """The loaded libgshn_capi (opened on first use; FileNotFoundError naming the places
+    searched when it is in none of them)."""
     global _lib
     if _lib is not None:
         return _lib
     env = os.environ.get("GSHN_LIB")
-    tried = [Path(env)] if env else _SEARCH
-    path = next((p for p in tried if p.is_file()), None)
-    if path is None:
-        where = "$GSHN_LIB" if env else "the build directories"
-        raise OSError(f"libgshn_capi.so not found in {where}; tried: {', '.join(map(str, tried))}. "
-                      "Set GSHN_LIB or run `cargo build --release -p gshn-capi`")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FileNotFoundError(f"GSHN_LIB={env} is not a file. Build the library with "
+                                    f"`{_BUILD}` and point GSHN_LIB at target/release/{_LIB_NAME}")
+    else:
+        path = next((p for p in _SEARCH if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"{_LIB_NAME} not found; searched: $GSHN_LIB (unset), "
+                f"{', '.join(map(str, _SEARCH))}. Build it in the gshn repository with "
+                f"`{_BUILD}`, then set GSHN_LIB to target/release/{_LIB_NAME} or copy it to {_HERE}")
     lib = C.CDLL(str(path))
     lib.gshn_last_error.restype = C.c_char_p
     lib.gshn_abi_version.restype = C.c_int
     lib.gshn_cuda_available.restype = C.c_int
-    for name, args in _SIGS.items():
-        for kind, extra in (("cpu", []), ("cuda", [_INT, _VP])):
-            f = getattr(lib, f"gshn_{name}_{kind}")
-            f.argtypes = args + extra
-            f.restype = C.c_int
     if lib.gshn_abi_version() != 1:
         raise OSError(f"{path}: ABI version {lib.gshn_abi_version()}, this wrapper speaks 1")
+    for name, args in _SIGS.items():
+        for kind, extra in (("cpu", []), ("cuda", [_INT, _VP])):
+            try:
+                f = getattr(lib, f"gshn_{name}_{kind}")
+            except AttributeError:
+                raise OSError(f"{path} has no gshn_{name}_{kind}: it predates this wrapper; "
+                              f"rebuild it with `{_BUILD}`") from None
+            f.argtypes = args + extra
+            f.restype = C.c_int
     _lib = lib
     return lib
 
@@ -136,7 +184,13 @@ def _p(t):
     return None if t is None else t.data_ptr()
 
 
-# ---- validation (the one layer every wrapper, and later the torch.library ops, go through) ----
+def _empty(t: torch.Tensor, shape=None):
+    """A new contiguous tensor like `t` (dtype, device), of t's shape or `shape`; the real and
+    the fake kernels allocate their outputs with it, so their strides agree."""
+    return t.new_empty(t.shape if shape is None else shape)
+
+
+# ---- validation (the one layer every function and every op goes through) -----------------------
 
 class _Spec:
     """Checks the tensors of one call of `op` against its contract (include/gshn.h): one device
@@ -218,12 +272,24 @@ def check_lif(x, tau):
     return x, float(tau)
 
 
-def check_gat(z, a_src, a_dst, graph, edge_bias=None):
-    """-> (z[N,H,F], a_src[H,F], a_dst[H,F], edge_bias[E,H] or None), N and E the graph's."""
-    sp = _graph("gat", graph)
+def _gat_tensors(sp, z, a_src, a_dst, edge_bias):
     return (sp.tensor("z", z, "N", "H", "F"), sp.tensor("a_src", a_src, "H", "F"),
             sp.tensor("a_dst", a_dst, "H", "F"),
             sp.tensor("edge_bias", edge_bias, "E", "H", optional=True))
+
+
+def check_gat(z, a_src, a_dst, graph, edge_bias=None):
+    """-> (z[N,H,F], a_src[H,F], a_dst[H,F], edge_bias[E,H] or None), N and E the graph's."""
+    return _gat_tensors(_graph("gat", graph), z, a_src, a_dst, edge_bias)
+
+
+def _aggregate_tensors(sp, alpha, s):
+    alpha, s = sp.tensor("alpha", alpha, "E", "H"), sp.tensor("s", s, "T", "N", "C")
+    h, c = sp.dims["H"], sp.dims["C"]
+    if h < 1 or c % h:
+        raise ValueError(f"{sp.op}: the channels of s (C={c}) must be a multiple of the heads "
+                         f"of alpha (H={h}, H >= 1)")
+    return alpha, s
 
 
 def check_aggregate(alpha, s, graph, heads=None):
@@ -233,30 +299,52 @@ def check_aggregate(alpha, s, graph, heads=None):
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
             raise ValueError(f"aggregate: heads must be an int >= 1, got {heads!r}")
         sp.dims["H"] = heads
-    alpha, s = sp.tensor("alpha", alpha, "E", "H"), sp.tensor("s", s, "T", "N", "C")
-    h, c = sp.dims["H"], sp.dims["C"]
-    if h < 1 or c % h:
-        raise ValueError(f"aggregate: the channels of s (C={c}) must be a multiple of the heads "
-                         f"of alpha (H={h}, H >= 1)")
-    return alpha, s
+    return _aggregate_tensors(sp, alpha, s)
+
+
+def _infonce_tensors(sp, a, p, logit_scale, rows="B"):
+    """a[B,D], p[rows,D] (B >= 1), logit_scale as a 0-d tensor like a."""
+    a, p = sp.tensor("a", a, "B", "D"), sp.tensor("p", p, rows, "D")
+    if sp.dims["B"] == 0:
+        raise ValueError(f"{sp.op}: a is empty (B = 0): the loss of an empty batch is undefined")
+    return a, p, sp.scalar("logit_scale", logit_scale)
 
 
 def check_infonce(a, p, logit_scale):
     """-> (a[B,D], p[B,D], logit_scale as a 0-d tensor like a), B >= 1."""
-    sp = _Spec("infonce")
-    a, p = sp.tensor("a", a, "B", "D"), sp.tensor("p", p, "B", "D")
-    if sp.dims["B"] == 0:
-        raise ValueError("infonce: a and p are empty (B = 0): the loss of an empty batch is "
-                         "undefined")
-    return a, p, sp.scalar("logit_scale", logit_scale)
+    return _infonce_tensors(_Spec("infonce"), a, p, logit_scale)
+
+
+def _infonce_attrs(sp, offset, precision):
+    """Checks offset and precision of a one-directional call whose B and P `sp` has bound."""
+    if not isinstance(precision, str):
+        raise TypeError(f"{sp.op}: precision must be a str, got {type(precision).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{sp.op}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {precision!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"{sp.op}: offset must be an int, got {type(offset).__name__}")
+    b, n = sp.dims["B"], sp.dims["P"]
+    if not 0 <= offset <= n - b:
+        raise ValueError(f"{sp.op}: offset must be in [0, P - B] = [0, {n - b}] (the positives "
+                         f"of a's {b} rows are p[offset:offset + {b}], p has {n} rows), got {offset}")
+
+
+def check_infonce_1d(a, p, logit_scale, offset=0, precision="f32"):
+    """-> (a[B,D], p[P,D], logit_scale as a 0-d tensor like a), B >= 1, 0 <= offset <= P - B
+    (row i of a is positive with row offset + i of p), precision a key of PRECISIONS."""
+    sp = _Spec("infonce_1d")
+    checked = _infonce_tensors(sp, a, p, logit_scale, rows="P")
+    _infonce_attrs(sp, offset, precision)
+    return checked
 
 
 # ---- autograd plumbing ---------------------------------------------------------------------------
 
 def _first_order(op):
     """Marks a backward as not differentiable: under create_graph=True it raises at once.
-    (torch's once_differentiable errs only when the incoming gradients require grad; otherwise
-    it returns gradients that a second differentiation silently treats as constants.)"""
+    (Without this, the backward ops, which have no autograd formula of their own, would only
+    fail at a second backward.) Tracing a backward (torch.compile) runs with grad mode off."""
     def wrap(backward):
         @functools.wraps(backward)
         def run(ctx, *grads):
@@ -268,8 +356,10 @@ def _first_order(op):
     return wrap
 
 
-def _zeros(*ts):
-    return tuple(None if t is None else torch.zeros_like(t) for t in ts)
+def _like(t: torch.Tensor, g: torch.Tensor):
+    """The gradient `g` of a 0-d promoted scalar in the shape, dtype and device of the tensor
+    `t` the op was given (an op's gradient must match its input)."""
+    return g.reshape(t.shape).to(t)
 
 
 # ---- LIF ---------------------------------------------------------------------------------------
@@ -292,46 +382,120 @@ def lif_params(tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=Fa
                      SURROGATES[surrogate], float(DEFAULT_ALPHA[surrogate] if alpha is None else alpha))
 
 
-class LIFFunction(torch.autograd.Function):
-    """x[T,N], tau (0-d tensor like x, learnable) or None -> spikes[T,N], v[T,N]."""
+# The LIF ops take the neuron's configuration `cfg` as their trailing arguments, in lif_params'
+# order after tau: v_th, v_reset (None = soft reset), decay_input, detach_reset, surrogate, alpha.
 
-    @staticmethod
-    def forward(ctx, x, tau, params: LifParams):
-        if tau is not None:
-            params = LifParams.from_buffer_copy(params)
-            params.tau = float(tau)
-        t, n = x.shape
-        s, v, h = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-        if x.numel():
-            _call("lif_forward", x, C.byref(params), _dtype(x), t, n, _p(x), _p(s), _p(v), _p(h))
-        ctx.save_for_backward(h)
-        ctx.params = params
-        return s, v
+def _lif_forward(x, tau, cfg):
+    """(spikes, v, h), each a new tensor shaped like x[T, ...]; tau a float or a tensor."""
+    x2, tau = check_lif(x, tau)
+    params = lif_params(float(tau), *cfg)
+    s, v, h = _empty(x), _empty(x), _empty(x)
+    if x2.numel():
+        _call("lif_forward", x2, C.byref(params), _dtype(x2), *x2.shape, _p(x2), _p(s), _p(v),
+              _p(h))
+    return s, v, h
 
-    @staticmethod
-    @_first_order("lif")
-    def backward(ctx, gs, gv):
-        (h,) = ctx.saved_tensors
-        t, n = h.shape
-        gx = torch.empty_like(h)
-        gtau = torch.zeros((), dtype=h.dtype, device=h.device) if ctx.needs_input_grad[1] else None
-        if h.numel():  # gs and gv of an empty x would both be NULL, which the library refuses
-            gs, gv = gs.contiguous(), gv.contiguous()  # kept alive during the call
-            _call("lif_backward", h, C.byref(ctx.params), _dtype(h), t, n, _p(h), _p(gs), _p(gv),
-                  _p(gx), _p(gtau))
-        return gx, gtau, None
+
+def _lif_backward(h, grad_spikes, grad_v, tau, cfg):
+    """(grad_x shaped like h, grad_tau: a 0-d tensor like h when tau is a tensor, else None)."""
+    sp = _Spec("lif_backward")
+    h = sp.tensor("h", h, "T", ...)
+    gs, gv = sp.tensor("grad_spikes", grad_spikes, *h.shape), sp.tensor("grad_v", grad_v, *h.shape)
+    tau_t = sp.scalar("tau", tau) if torch.is_tensor(tau) else tau
+    h2 = h.reshape(h.shape[0], math.prod(h.shape[1:]))
+    gx = _empty(h)
+    gtau = h.new_zeros(()) if torch.is_tensor(tau) else None
+    if h2.numel():  # gs and gv of an empty x would both be NULL, which the library refuses
+        params = lif_params(float(tau_t), *cfg)
+        _call("lif_backward", h2, C.byref(params), _dtype(h2), *h2.shape, _p(h2), _p(gs), _p(gv),
+              _p(gx), _p(gtau))
+    return gx, gtau
+
+
+@torch.library.custom_op("gshn::lif", mutates_args=())
+def _lif_op(x: Tensor, tau: float, v_th: float, v_reset: Optional[float], decay_input: bool,
+            detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """LIF with a fixed tau: x[T, ...] -> (spikes, v, h), each shaped like x (h = the membrane
+    before firing, saved for the backward)."""
+    return _lif_forward(x, tau, (v_th, v_reset, decay_input, detach_reset, surrogate, alpha))
+
+
+@torch.library.custom_op("gshn::plif", mutates_args=())
+def _plif_op(x: Tensor, tau: Tensor, v_th: float, v_reset: Optional[float], decay_input: bool,
+             detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """PLIF: gshn::lif with a learnable tau (a 0-d or [1] tensor; gets a gradient)."""
+    return _lif_forward(x, tau, (v_th, v_reset, decay_input, detach_reset, surrogate, alpha))
+
+
+@torch.library.custom_op("gshn::lif_backward", mutates_args=())
+def _lif_backward_op(h: Tensor, grad_spikes: Tensor, grad_v: Tensor, tau: float, v_th: float,
+                     v_reset: Optional[float], decay_input: bool, detach_reset: bool,
+                     surrogate: str, alpha: float) -> Tensor:
+    """BPTT of gshn::lif: grad_x."""
+    return _lif_backward(h, grad_spikes, grad_v, tau,
+                         (v_th, v_reset, decay_input, detach_reset, surrogate, alpha))[0]
+
+
+@torch.library.custom_op("gshn::plif_backward", mutates_args=())
+def _plif_backward_op(h: Tensor, grad_spikes: Tensor, grad_v: Tensor, tau: Tensor, v_th: float,
+                      v_reset: Optional[float], decay_input: bool, detach_reset: bool,
+                      surrogate: str, alpha: float) -> tuple[Tensor, Tensor]:
+    """BPTT of gshn::plif: (grad_x, grad_tau like tau)."""
+    gx, gtau = _lif_backward(h, grad_spikes, grad_v, tau,
+                             (v_th, v_reset, decay_input, detach_reset, surrogate, alpha))
+    return gx, _like(tau, gtau)
+
+
+@_lif_op.register_fake
+@_plif_op.register_fake
+def _(x, *_):
+    return _empty(x), _empty(x), _empty(x)
+
+
+@_lif_backward_op.register_fake
+def _(h, *_):
+    return _empty(h)
+
+
+@_plif_backward_op.register_fake
+def _(h, grad_spikes, grad_v, tau, *_):
+    return _empty(h), _empty(tau)
+
+
+def _lif_setup(ctx, inputs, output):
+    x, tau, *cfg = inputs
+    h = output[2]
+    ctx.mark_non_differentiable(h)  # a saved state, not a result: no gradient flows into it
+    ctx.save_for_backward(h, tau if torch.is_tensor(tau) else None)
+    ctx.tau, ctx.cfg = None if torch.is_tensor(tau) else tau, cfg
+
+
+@_first_order("lif")
+def _lif_grad(ctx, gs, gv, _):
+    h, tau = ctx.saved_tensors
+    if tau is None:
+        gx, gtau = torch.ops.gshn.lif_backward(h, gs, gv, ctx.tau, *ctx.cfg), None
+    else:
+        gx, gtau = torch.ops.gshn.plif_backward(h, gs, gv, tau, *ctx.cfg)
+    return (gx, gtau) + (None,) * len(ctx.cfg)
+
+
+_lif_op.register_autograd(_lif_grad, setup_context=_lif_setup)
+_plif_op.register_autograd(_lif_grad, setup_context=_lif_setup)
 
 
 def lif(x, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
         surrogate="atan", alpha=None):
     """Multi-step LIF (SpikingJelly LIFNode, step_mode='m'): x[T, ...] -> (spikes, v), both
     shaped like x (neurons = the trailing dims, flattened for the library). `tau` a number
-    (fixed) or a 0-d / [1] tensor (PLIF: gets a gradient)."""
-    x2, tau = check_lif(x, tau)
-    p = lif_params(2.0 if torch.is_tensor(tau) else tau, v_th, v_reset, decay_input,
-                   detach_reset, surrogate, alpha)
-    s, v = LIFFunction.apply(x2, tau if torch.is_tensor(tau) else None, p)
-    return s.reshape(x.shape), v.reshape(x.shape)
+    (fixed: gshn::lif) or a 0-d / [1] tensor (PLIF: gshn::plif, tau gets a gradient)."""
+    _, tau = check_lif(x, tau)
+    surrogate = surrogate_name(surrogate)
+    cfg = (float(v_th), None if v_reset is None else float(v_reset), bool(decay_input),
+           bool(detach_reset), surrogate, float(DEFAULT_ALPHA[surrogate] if alpha is None else alpha))
+    op = torch.ops.gshn.plif if torch.is_tensor(tau) else torch.ops.gshn.lif
+    s, v, _ = op(x, tau, *cfg)
+    return s, v
 
 
 # ---- graphs --------------------------------------------------------------------------------------
@@ -358,19 +522,35 @@ class Graph:
     """A graph on the host: CSR by destination (`row_ptr`, `src`, int32, CPU) and `perm`, the
     edge_index column of each CSR edge (CSR edge k = edge_index[:, perm[k]]). Index values must
     be integers that fit in int32; the CSR structure itself is validated by the library on every
-    call."""
+    call. The ops take `row_ptr` and `src` as tensors."""
 
     def __init__(self, row_ptr, src, perm=None):
-        self.row_ptr = _indices("row_ptr", row_ptr).int().contiguous()
-        if self.row_ptr.numel() == 0:
-            raise ValueError("Graph: row_ptr must have shape [N + 1], got [0]")
-        self.src = _indices("src", src).int().contiguous()
-        self.num_nodes = self.row_ptr.numel() - 1
-        self.num_edges = self.src.numel()
+        self._bind("Graph", _indices("row_ptr", row_ptr).int().contiguous(),
+                   _indices("src", src).int().contiguous())
         self.perm = None if perm is None else _indices("perm", perm, self.num_edges)
+
+    def _bind(self, op, row_ptr, src):
+        if row_ptr.numel() == 0:
+            raise ValueError(f"{op}: row_ptr must have shape [N + 1], got [0]")
+        self.row_ptr, self.src = row_ptr, src
+        self.num_nodes, self.num_edges = row_ptr.numel() - 1, src.numel()
         self._c = _CGraph(self.num_nodes, self.num_edges,
-                          C.cast(self.row_ptr.data_ptr(), C.POINTER(C.c_int32)),
-                          C.cast(self.src.data_ptr(), C.POINTER(C.c_int32)))
+                          C.cast(row_ptr.data_ptr(), C.POINTER(C.c_int32)),
+                          C.cast(src.data_ptr(), C.POINTER(C.c_int32)))
+
+    @classmethod
+    def _of_op(cls, op, row_ptr, src):
+        """The graph of an op call: `row_ptr` and `src` as the op was given them, which must be
+        1-D int32 CPU tensors (Graph.row_ptr, Graph.src); not copied when contiguous (the
+        library validates the CSR itself)."""
+        for name, t in (("row_ptr", row_ptr), ("src", src)):
+            if t.dtype != torch.int32 or t.device.type != "cpu" or t.dim() != 1:
+                raise TypeError(f"{op}: {name} must be a 1-D int32 CPU tensor (Graph.{name}), "
+                                f"got {t.dtype} of shape {list(t.shape)} on {t.device}")
+        g = cls.__new__(cls)
+        g._bind(op, row_ptr.contiguous(), src.contiguous())
+        g.perm = None
+        return g
 
     @classmethod
     def from_edge_index(cls, edge_index, num_nodes: int):
@@ -405,35 +585,75 @@ class Graph:
 
 # ---- GAT ---------------------------------------------------------------------------------------
 
-class GATFunction(torch.autograd.Function):
-    """z[N,H,F], a_src[H,F], a_dst[H,F], edge_bias[E,H] or None (CSR order) -> out[N,H,F]."""
+@torch.library.custom_op("gshn::gat", mutates_args=())
+def _gat_op(z: Tensor, a_src: Tensor, a_dst: Tensor, edge_bias: Optional[Tensor],
+            row_ptr: Tensor, src: Tensor, negative_slope: float) -> tuple[Tensor, Tensor]:
+    """PyG GATConv attention + aggregation: z[N,H,F], a_src[H,F], a_dst[H,F], edge_bias[E,H]
+    (CSR edge order) or None -> (out[N,H,F], lse[N,H]: each node's log-sum-exp of its logits,
+    saved for the backward)."""
+    graph = Graph._of_op("gat", row_ptr, src)
+    z, a_src, a_dst, edge_bias = _gat_tensors(_graph("gat", graph), z, a_src, a_dst, edge_bias)
+    n, h, f = z.shape
+    out, lse = _empty(z), _empty(z, (n, h))
+    if out.numel():
+        _call("gat_forward", z, _dtype(z), graph.cptr, h, f, negative_slope, _p(z), _p(a_src),
+              _p(a_dst), _p(edge_bias), _p(out), _p(lse), None)
+    else:
+        lse.zero_()  # F = 0 leaves lse[N, H] non-empty: defined, not left uninitialised
+    return out, lse
 
-    @staticmethod
-    def forward(ctx, z, a_src, a_dst, edge_bias, graph: Graph, negative_slope: float):
-        n, h, f = z.shape
-        out = torch.empty_like(z)
-        lse = torch.empty((n, h), dtype=z.dtype, device=z.device)
-        if out.numel():
-            _call("gat_forward", z, _dtype(z), graph.cptr, h, f, negative_slope, _p(z),
-                  _p(a_src), _p(a_dst), _p(edge_bias), _p(out), _p(lse), None)
-        ctx.save_for_backward(z, a_src, a_dst, edge_bias, out, lse)
-        ctx.graph, ctx.slope = graph, negative_slope
-        return out
 
-    @staticmethod
-    @_first_order("gat")
-    def backward(ctx, g_out):
-        z, a_src, a_dst, edge_bias, out, lse = ctx.saved_tensors
-        if out.numel() == 0:  # no output: nothing depends on the inputs
-            return _zeros(z, a_src, a_dst, edge_bias) + (None, None)
-        n, h, f = z.shape
-        gz, gas, gad = torch.empty_like(z), torch.empty_like(a_src), torch.empty_like(a_dst)
-        geb = None if edge_bias is None else torch.empty_like(edge_bias)
-        g_out = g_out.contiguous()  # kept alive during the call
-        _call("gat_backward", z, _dtype(z), ctx.graph.cptr, h, f, ctx.slope, _p(z), _p(a_src),
-              _p(a_dst), _p(edge_bias), _p(out), _p(lse), _p(g_out), _p(gz), _p(gas),
-              _p(gad), _p(geb))
-        return gz, gas, gad, geb, None, None
+@torch.library.custom_op("gshn::gat_backward", mutates_args=())
+def _gat_backward_op(z: Tensor, a_src: Tensor, a_dst: Tensor, edge_bias: Optional[Tensor],
+                     row_ptr: Tensor, src: Tensor, negative_slope: float, out: Tensor,
+                     lse: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_z, grad_a_src, grad_a_dst, grad_edge_bias: [E,H], or [0] without edge_bias)."""
+    graph = Graph._of_op("gat_backward", row_ptr, src)
+    sp = _graph("gat_backward", graph)
+    z, a_src, a_dst, edge_bias = _gat_tensors(sp, z, a_src, a_dst, edge_bias)
+    out, lse = sp.tensor("out", out, "N", "H", "F"), sp.tensor("lse", lse, "N", "H")
+    g_out = sp.tensor("grad_out", grad_out, "N", "H", "F")
+    gz, gas, gad = _empty(z), _empty(a_src), _empty(a_dst)
+    geb = _empty(z, (0,)) if edge_bias is None else _empty(edge_bias)
+    if out.numel() == 0:  # no output: nothing depends on the inputs
+        for g in (gz, gas, gad, geb):
+            g.zero_()
+    else:
+        _, h, f = z.shape
+        _call("gat_backward", z, _dtype(z), graph.cptr, h, f, negative_slope, _p(z), _p(a_src),
+              _p(a_dst), _p(edge_bias), _p(out), _p(lse), _p(g_out), _p(gz), _p(gas), _p(gad),
+              None if edge_bias is None else _p(geb))
+    return gz, gas, gad, geb
+
+
+@_gat_op.register_fake
+def _(z, *_):
+    return _empty(z), _empty(z, z.shape[:2])
+
+
+@_gat_backward_op.register_fake
+def _(z, a_src, a_dst, edge_bias, *_):
+    return (_empty(z), _empty(a_src), _empty(a_dst),
+            _empty(z, (0,)) if edge_bias is None else _empty(edge_bias))
+
+
+def _gat_setup(ctx, inputs, output):
+    z, a_src, a_dst, edge_bias, row_ptr, src, slope = inputs
+    out, lse = output
+    ctx.slope = slope
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(z, a_src, a_dst, edge_bias, row_ptr, src, out, lse)
+
+
+@_first_order("gat")
+def _gat_grad(ctx, g_out, _):
+    z, a_src, a_dst, edge_bias, row_ptr, src, out, lse = ctx.saved_tensors
+    gz, gas, gad, geb = torch.ops.gshn.gat_backward(z, a_src, a_dst, edge_bias, row_ptr, src,
+                                                    ctx.slope, out, lse, g_out)
+    return gz, gas, gad, None if edge_bias is None else geb, None, None, None
+
+
+_gat_op.register_autograd(_gat_grad, setup_context=_gat_setup)
 
 
 def gat(z, a_src, a_dst, graph: Graph, edge_bias=None, negative_slope=0.2):
@@ -442,38 +662,67 @@ def gat(z, a_src, a_dst, graph: Graph, edge_bias=None, negative_slope=0.2):
     z, a_src, a_dst, edge_bias = check_gat(z, a_src, a_dst, graph, edge_bias)
     if edge_bias is not None:
         edge_bias = graph.to_csr(edge_bias)
-    return GATFunction.apply(z, a_src, a_dst, edge_bias, graph, float(negative_slope))
+    return torch.ops.gshn.gat(z, a_src, a_dst, edge_bias, graph.row_ptr, graph.src,
+                              float(negative_slope))[0]
 
 
 # ---- fixed-attention aggregation -----------------------------------------------------------------
 
-class AggregateFunction(torch.autograd.Function):
-    """alpha[E,H] (CSR order), s[T,N,C] -> y[T,N,C]."""
+@torch.library.custom_op("gshn::aggregate", mutates_args=())
+def _aggregate_op(alpha: Tensor, s: Tensor, row_ptr: Tensor, src: Tensor) -> Tensor:
+    """alpha[E,H] (CSR edge order), s[T,N,C] -> y[T,N,C]."""
+    graph = Graph._of_op("aggregate", row_ptr, src)
+    alpha, s = _aggregate_tensors(_graph("aggregate", graph), alpha, s)
+    t, _, c = s.shape
+    y = _empty(s)
+    if y.numel():
+        _call("aggregate_forward", s, _dtype(s), graph.cptr, alpha.shape[1], t, c, _p(alpha),
+              _p(s), _p(y))
+    return y
 
-    @staticmethod
-    def forward(ctx, alpha, s, graph: Graph):
-        t, _, c = s.shape
-        y = torch.empty_like(s)
-        if y.numel():
-            _call("aggregate_forward", s, _dtype(s), graph.cptr, alpha.shape[1], t, c, _p(alpha),
-                  _p(s), _p(y))
-        ctx.save_for_backward(alpha, s)
-        ctx.graph = graph
-        return y
 
-    @staticmethod
-    @_first_order("aggregate")
-    def backward(ctx, gy):
-        alpha, s = ctx.saved_tensors
-        if s.numel() == 0:
-            return _zeros(alpha, s) + (None,)
+@torch.library.custom_op("gshn::aggregate_backward", mutates_args=())
+def _aggregate_backward_op(alpha: Tensor, s: Tensor, row_ptr: Tensor, src: Tensor,
+                           grad_y: Tensor, need_alpha: bool, need_s: bool) -> tuple[Tensor, Tensor]:
+    """(grad_alpha, grad_s); one not needed is an empty [0] tensor (and is not computed)."""
+    graph = Graph._of_op("aggregate_backward", row_ptr, src)
+    sp = _graph("aggregate_backward", graph)
+    alpha, s = _aggregate_tensors(sp, alpha, s)
+    gy = sp.tensor("grad_y", grad_y, "T", "N", "C")
+    ga = _empty(alpha) if need_alpha else _empty(alpha, (0,))
+    gs = _empty(s) if need_s else _empty(s, (0,))
+    if s.numel() == 0:  # no output: nothing depends on the inputs
+        ga.zero_()
+    elif need_alpha or need_s:
         t, _, c = s.shape
-        ga = torch.empty_like(alpha) if ctx.needs_input_grad[0] else None
-        gs = torch.empty_like(s) if ctx.needs_input_grad[1] else None
-        gy = gy.contiguous()  # kept alive during the call
-        _call("aggregate_backward", s, _dtype(s), ctx.graph.cptr, alpha.shape[1], t, c,
-              _p(alpha), _p(s), _p(gy), _p(ga), _p(gs))
-        return ga, gs, None
+        _call("aggregate_backward", s, _dtype(s), graph.cptr, alpha.shape[1], t, c, _p(alpha),
+              _p(s), _p(gy), _p(ga) if need_alpha else None, _p(gs) if need_s else None)
+    return ga, gs
+
+
+@_aggregate_op.register_fake
+def _(alpha, s, *_):
+    return _empty(s)
+
+
+@_aggregate_backward_op.register_fake
+def _(alpha, s, row_ptr, src, grad_y, need_alpha, need_s):
+    return (_empty(alpha) if need_alpha else _empty(alpha, (0,)),
+            _empty(s) if need_s else _empty(s, (0,)))
+
+
+def _aggregate_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+@_first_order("aggregate")
+def _aggregate_grad(ctx, gy):
+    need_alpha, need_s = ctx.needs_input_grad[:2]
+    ga, gs = torch.ops.gshn.aggregate_backward(*ctx.saved_tensors, gy, need_alpha, need_s)
+    return ga if need_alpha else None, gs if need_s else None, None, None
+
+
+_aggregate_op.register_autograd(_aggregate_grad, setup_context=_aggregate_setup)
 
 
 def aggregate(alpha, s, graph: Graph, heads=None):
@@ -482,44 +731,145 @@ def aggregate(alpha, s, graph: Graph, heads=None):
     from (like gat's edge_bias); s[T,N,C] with C a multiple of H; `heads` (optional) must equal
     H. Gradients for alpha and s."""
     alpha, s = check_aggregate(alpha, s, graph, heads)
-    return AggregateFunction.apply(graph.to_csr(alpha), s, graph)
+    return torch.ops.gshn.aggregate(graph.to_csr(alpha), s, graph.row_ptr, graph.src)
 
 
 # ---- InfoNCE -----------------------------------------------------------------------------------
 
-class InfoNCEFunction(torch.autograd.Function):
-    """a[B,D], p[B,D], logit_scale (0-d, like a) -> loss (0-d)."""
+@torch.library.custom_op("gshn::infonce", mutates_args=())
+def _infonce_op(a: Tensor, p: Tensor, logit_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """open_clip ClipLoss: a[B,D], p[B,D], logit_scale -> (loss (0-d), lse_row[B],
+    lse_col[B]: the row and column log-sum-exps of the logits, saved for the backward)."""
+    a, p, ls = _infonce_tensors(_Spec("infonce"), a, p, logit_scale)
+    b, d = a.shape
+    loss, lse_row, lse_col = _empty(a, ()), _empty(a, (b,)), _empty(a, (b,))
+    _call("infonce_forward", a, _dtype(a), b, d, 1, _p(a), _p(p), _p(ls), _p(loss), _p(lse_row),
+          _p(lse_col))
+    return loss, lse_row, lse_col
 
-    @staticmethod
-    def forward(ctx, a, p, ls, symmetric: bool):
-        b, d = a.shape
-        loss = torch.empty((), dtype=a.dtype, device=a.device)
-        lse_row = torch.empty(b, dtype=a.dtype, device=a.device)
-        lse_col = torch.empty(b if symmetric else 0, dtype=a.dtype, device=a.device)
-        _call("infonce_forward", a, _dtype(a), b, d, int(symmetric), _p(a), _p(p), _p(ls),
-              _p(loss), _p(lse_row), _p(lse_col) if symmetric else None)
-        ctx.save_for_backward(a, p, ls, lse_row, lse_col)
-        ctx.symmetric = symmetric
-        return loss
 
-    @staticmethod
-    @_first_order("infonce")
-    def backward(ctx, g_loss):
-        a, p, ls, lse_row, lse_col = ctx.saved_tensors
-        b, d = a.shape
-        ga, gp, gls = (torch.empty_like(t) if need else None
-                       for t, need in zip((a, p, ls), ctx.needs_input_grad))
-        gl = g_loss.contiguous()
-        _call("infonce_backward", a, _dtype(a), b, d, int(ctx.symmetric), _p(a), _p(p), _p(ls),
-              _p(lse_row), _p(lse_col) if ctx.symmetric else None, _p(gl), _p(ga), _p(gp), _p(gls))
-        return ga, gp, gls, None
+@torch.library.custom_op("gshn::infonce_backward", mutates_args=())
+def _infonce_backward_op(a: Tensor, p: Tensor, logit_scale: Tensor, lse_row: Tensor,
+                         lse_col: Tensor, grad_loss: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_a, grad_p, grad_logit_scale like logit_scale)."""
+    sp = _Spec("infonce_backward")
+    a, p, ls = _infonce_tensors(sp, a, p, logit_scale)
+    lse_row, lse_col = sp.tensor("lse_row", lse_row, "B"), sp.tensor("lse_col", lse_col, "B")
+    g_loss = sp.tensor("grad_loss", grad_loss)
+    b, d = a.shape
+    ga, gp, gls = _empty(a), _empty(p), _empty(ls)
+    _call("infonce_backward", a, _dtype(a), b, d, 1, _p(a), _p(p), _p(ls), _p(lse_row),
+          _p(lse_col), _p(g_loss), _p(ga), _p(gp), _p(gls))
+    return ga, gp, _like(logit_scale, gls)
+
+
+@torch.library.custom_op("gshn::infonce_1d", mutates_args=())
+def _infonce_1d_op(a: Tensor, p: Tensor, logit_scale: Tensor, offset: int,
+                   precision: str) -> tuple[Tensor, Tensor]:
+    """One-directional InfoNCE a[B,D] -> p[P,D], row i's positive p[offset + i], products in
+    `precision` -> (loss (0-d), lse_row[B], saved for the backward)."""
+    sp = _Spec("infonce_1d")
+    a, p, ls = _infonce_tensors(sp, a, p, logit_scale, rows="P")
+    _infonce_attrs(sp, offset, precision)
+    params = InfoNceParams(PRECISIONS[precision], offset)
+    (b, d), n = a.shape, p.shape[0]
+    loss, lse_row = _empty(a, ()), _empty(a, (b,))
+    _call("infonce_1d_forward", a, C.byref(params), _dtype(a), b, n, d, _p(a), _p(p), _p(ls),
+          _p(loss), _p(lse_row))
+    return loss, lse_row
+
+
+@torch.library.custom_op("gshn::infonce_1d_backward", mutates_args=())
+def _infonce_1d_backward_op(a: Tensor, p: Tensor, logit_scale: Tensor, lse_row: Tensor,
+                            grad_loss: Tensor, offset: int,
+                            precision: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_a[B,D], grad_p[P,D] (every candidate), grad_logit_scale like logit_scale)."""
+    sp = _Spec("infonce_1d_backward")
+    a, p, ls = _infonce_tensors(sp, a, p, logit_scale, rows="P")
+    _infonce_attrs(sp, offset, precision)
+    params = InfoNceParams(PRECISIONS[precision], offset)
+    lse_row, g_loss = sp.tensor("lse_row", lse_row, "B"), sp.tensor("grad_loss", grad_loss)
+    (b, d), n = a.shape, p.shape[0]
+    ga, gp, gls = _empty(a), _empty(p), _empty(ls)
+    _call("infonce_1d_backward", a, C.byref(params), _dtype(a), b, n, d, _p(a), _p(p), _p(ls),
+          _p(lse_row), _p(g_loss), _p(ga), _p(gp), _p(gls))
+    return ga, gp, _like(logit_scale, gls)
+
+
+@_infonce_op.register_fake
+def _(a, *_):
+    return _empty(a, ()), _empty(a, a.shape[:1]), _empty(a, a.shape[:1])
+
+
+@_infonce_1d_op.register_fake
+def _(a, *_):
+    return _empty(a, ()), _empty(a, a.shape[:1])
+
+
+@_infonce_backward_op.register_fake
+@_infonce_1d_backward_op.register_fake
+def _(a, p, logit_scale, *_):
+    return _empty(a), _empty(p), _empty(logit_scale)
+
+
+def _infonce_setup(ctx, inputs, output):
+    a, p, ls, *attrs = inputs
+    ctx.attrs = attrs  # infonce_1d's (offset, precision); none for infonce
+    lse = output[1:]
+    ctx.mark_non_differentiable(*lse)
+    ctx.save_for_backward(a, p, ls, *lse)
+
+
+@_first_order("infonce")
+def _infonce_grad(ctx, g_loss, *_):
+    return torch.ops.gshn.infonce_backward(*ctx.saved_tensors, g_loss)
+
+
+@_first_order("infonce_1d")
+def _infonce_1d_grad(ctx, g_loss, _):
+    grads = torch.ops.gshn.infonce_1d_backward(*ctx.saved_tensors, g_loss, *ctx.attrs)
+    return tuple(grads) + (None, None)
+
+
+_infonce_op.register_autograd(_infonce_grad, setup_context=_infonce_setup)
+_infonce_1d_op.register_autograd(_infonce_1d_grad, setup_context=_infonce_setup)
 
 
 def infonce(a, p, logit_scale, symmetric=True):
     """open_clip ClipLoss with s = min(exp(logit_scale), 100) (a, p: L2-normalised [B, D], B >= 1;
-    logit_scale: a number or a 0-d / [1] tensor, the log of the scale, as open_clip's parameter)."""
+    logit_scale: a number or a 0-d / [1] tensor, the log of the scale, as open_clip's parameter).
+    symmetric=False: the a -> p direction only (gshn::infonce_1d with offset 0)."""
     a, p, ls = check_infonce(a, p, logit_scale)
-    return InfoNCEFunction.apply(a, p, ls, bool(symmetric))
+    if symmetric:
+        return torch.ops.gshn.infonce(a, p, ls)[0]
+    return torch.ops.gshn.infonce_1d(a, p, ls, 0, "f32")[0]
+
+
+def infonce_1d(a, p, logit_scale, offset=0, precision="f32"):
+    """One-directional InfoNCE with gathered negatives (open_clip's local_loss): row i of
+    a[B,D] against every row of p[P,D], its positive being p[offset + i]:
+    mean_i (LSE_j s a_i.p_j - s a_i.p_(offset+i)), s = min(exp(logit_scale), 100).
+    `precision` ('f32', 'tf32', 'bf16'): the operands of the products are rounded to it (as
+    tensor cores read them), accumulation stays in the dtype. Gradients for a, every row of p
+    and logit_scale; no B x P matrix is formed."""
+    a, p, ls = check_infonce_1d(a, p, logit_scale, offset, precision)
+    return torch.ops.gshn.infonce_1d(a, p, ls, offset, precision)[0]
+
+
+def infonce_gathered(a_local, p_local, a_all, p_all, offset, logit_scale, precision="f32"):
+    """A data-parallel rank's share of the symmetric ClipLoss: (infonce_1d(a_local -> p_all) +
+    infonce_1d(p_local -> a_all)) / 2, the local rows being rows offset.. of the gathered
+    ones. Over ranks whose local batches have one size, the mean of these losses is the
+    symmetric infonce of the whole batch; gather with gradients
+    (torch.distributed.nn.functional.all_gather) so that every rank's rows get the gradient of
+    the other ranks' losses. No rank forms the B_all x B_all logits."""
+    sp = _Spec("infonce_gathered")
+    sp.tensor("a_local", a_local, "B", "D")
+    sp.tensor("p_local", p_local, "B", "D")
+    sp.tensor("a_all", a_all, "P", "D")
+    sp.tensor("p_all", p_all, "P", "D")
+    return (infonce_1d(a_local, p_all, logit_scale, offset, precision)
+            + infonce_1d(p_local, a_all, logit_scale, offset, precision)) / 2
 
 
 # ---- pure-PyTorch references -------------------------------------------------------------------
@@ -594,6 +944,13 @@ def ref_infonce(a, p, logit_scale, symmetric=True):
     labels = torch.arange(a.shape[0], device=a.device)
     li = torch.nn.functional.cross_entropy(logits, labels)
     return (li + torch.nn.functional.cross_entropy(logits.T, labels)) / 2 if symmetric else li
+
+
+def ref_infonce_1d(a, p, logit_scale, offset=0):
+    """infonce_1d() in plain PyTorch (f32 products): forms the B x P logits."""
+    logits = torch.clamp(logit_scale.exp(), max=100.0) * a @ p.T
+    labels = offset + torch.arange(a.shape[0], device=a.device)
+    return torch.nn.functional.cross_entropy(logits, labels)
 
 
 # ---- --check -----------------------------------------------------------------------------------

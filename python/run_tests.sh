@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Runs the PyTorch bridge tests (python/test_bridge.py) from the repository root; non-zero exit on
-# failure. PYTHON defaults to .venv-py/bin/python, GSHN_LIB to target/release/libgshn_capi.so.
+# Runs the Python tests (python/test_*.py: the bridge, the torch.library ops and torch.compile,
+# the pip package, 2-rank DDP) with unittest from python/; non-zero exit on failure. Arguments go
+# to `python -m unittest` (e.g. -v, or test_ops.Compile to run one class). PYTHON (a command or
+# an absolute path) defaults to .venv-py/bin/python, GSHN_LIB to target/release/libgshn_capi.so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GSHN_LIB="${GSHN_LIB:-$PWD/target/release/libgshn_capi.so}"
-exec "${PYTHON:-.venv-py/bin/python}" python/test_bridge.py "$@"
+python="${PYTHON:-$PWD/.venv-py/bin/python}"
+cd python
+if [ $# -eq 0 ]; then
+    set -- test_bridge test_ops test_package test_ddp
+fi
+exec "$python" -m unittest "$@"

@@ -3,10 +3,12 @@
 # `bash scripts/gpu_prepare.sh` here and with `carry: [".gpu"]`:
 #   bash scripts/gpu_run.sh
 # Runs, each part under its own timeout (all within GPU_RUN_BUDGET): the CUDA parity tests
-# (.gpu/bin/test-cuda_parity); a short training run on cuda and on cpu from one seed (loss per
+# (.gpu/bin/test-cuda_parity), and its InfoNCE tests again on each of InfoNCE's two CUDA paths
+# (GSHN_INFONCE_KERNELS=tiles, =simt); a short training run on cuda and on cpu from one seed (loss per
 # step side by side, graphs/s, one checkpoint evaluated on both devices); the CUDA kernel bench
 # in short mode (.gpu/bin/bench-cuda_ops --short); `gshn bench --device cuda --json` (the user's
-# benchmark, to be compared with cuda_ops); python/bench_torch.py (PyTorch / PyG on the
+# benchmark, to be compared with cuda_ops); InfoNCE at B = 32768, D = 512 in f32 / tf32 / bf16
+# beside PyTorch's dense loss, and f32 on the tile path; python/bench_torch.py (PyTorch / PyG on the
 # same shapes); `gshn demo --device cuda` (the README's main command); the parity tests again
 # under compute-sanitizer memcheck; with GPU_RUN_PROFILE=1, ncu per-kernel times of the bench
 # (ncu.csv). Writes reports/gpu/<date>-<device>.json (and, when $OUT is set, the report and
@@ -54,6 +56,14 @@ if [[ "$DEVICE" != none && -x .gpu/bin/test-cuda_parity ]]; then
   GSHN_PARITY_REPORT="$TMP/parity.jsonl" timeout $(cap 150) .gpu/bin/test-cuda_parity --test-threads=1 \
     >"$TMP/parity.log" 2>&1
   rc=$?; status_parity="exit $rc"; tail -n 40 "$TMP/parity.log" >&2
+  # InfoNCE's two CUDA paths held against the CPU in every mode (the default above runs f32 on
+  # SIMT and tf32/bf16 on the tiles): all modes on the one-pass tiles, then all on SIMT.
+  for path in tiles simt; do
+    echo "gpu_run: InfoNCE parity, GSHN_INFONCE_KERNELS=$path ..." >&2
+    GSHN_INFONCE_KERNELS=$path GSHN_PARITY_REPORT="$TMP/parity-infonce-$path.jsonl" timeout $(cap 40) \
+      .gpu/bin/test-cuda_parity --test-threads=1 infonce >"$TMP/parity-infonce-$path.log" 2>&1
+    echo "exit $?" >>"$TMP/parity-infonce-$path.log"; tail -n 6 "$TMP/parity-infonce-$path.log" >&2
+  done
 fi
 status_train=skipped
 if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
@@ -89,10 +99,15 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   # TF32, bf16 autocast) in the same run (issue 16's goals; recorded in the report beside
   # gshn_bench).
   echo "gpu_run: gshn bench --ops infonce --shapes large (f32, tf32, bf16) ..." >&2
-  timeout $(cap 90) .gpu/bin/gshn bench --device cuda --ops infonce --shapes large \
-    --dtype f32,tf32,bf16 --budget-ms 200 --compare "$PY" \
+  timeout $(cap 60) .gpu/bin/gshn bench --device cuda --ops infonce --shapes large \
+    --dtype f32,tf32,bf16 --budget-ms 100 --compare "$PY" \
     --json "$TMP/infonce_bench.json" >"$TMP/infonce_bench.log" 2>&1
   echo "infonce_bench exit $?" >>"$TMP/infonce_bench.log"; cat "$TMP/infonce_bench.log" >&2
+  # The f32 mode on the one-pass tiles (FMA), to decide which path f32 takes by default.
+  GSHN_INFONCE_KERNELS=tiles timeout $(cap 30) .gpu/bin/gshn bench --device cuda --ops infonce \
+    --shapes large --dtype f32 --budget-ms 100 --json "$TMP/infonce_tiles_bench.json" \
+    >"$TMP/infonce_tiles_bench.log" 2>&1
+  echo "exit $?" >>"$TMP/infonce_tiles_bench.log"; cat "$TMP/infonce_tiles_bench.log" >&2
 fi
 if [[ "$DEVICE" != none ]]; then
   echo "gpu_run: PyTorch / PyG ..." >&2
@@ -250,7 +265,12 @@ report = {
     "torch": {"status": st_torch, "results": torch, "stderr_tail": tail("torch.err", 10)},
     "infonce_bench": {"report": json.load(open(os.path.join(tmp, "infonce_bench.json")))
                       if os.path.exists(os.path.join(tmp, "infonce_bench.json")) else None,
-                      "log_tail": tail("infonce_bench.log", 14)},
+                      "log_tail": tail("infonce_bench.log", 14),
+                      "f32_tiles": json.load(open(os.path.join(tmp, "infonce_tiles_bench.json")))
+                      if os.path.exists(os.path.join(tmp, "infonce_tiles_bench.json")) else None},
+    "infonce_paths": {path: {"checks": lines(f"parity-infonce-{path}.jsonl"),
+                             "log_tail": tail(f"parity-infonce-{path}.log", 12)}
+                      for path in ("tiles", "simt")},
     "gshn_bench": {"status": st_gbench,
                    "report": json.load(open(os.path.join(tmp, "gshn_bench.json")))
                    if os.path.exists(os.path.join(tmp, "gshn_bench.json")) else None,

@@ -1,8 +1,9 @@
 //! CUDA: the InfoNCE family (`src/ops/infonce.rs`) on `kernels/infonce.cu`: tiled, log-sum-exp
 //! only (the B×B logits never exist in memory). f32 tensors, gathered negatives, every precision
-//! mode with the CPU's semantics: exact f32 on SIMT tiles; tf32 and bf16 on tensor cores
-//! (mma.sync), with a one-pass forward (row and column statistics from the same tiles) and a
-//! one-recompute backward along anti-diagonals of tiles, as the CPU does.
+//! mode with the CPU's semantics, on two paths (see [`tile_path`]): the SIMT kernels (two
+//! orientations, two backward passes), and the CPU's algorithm on 64×64 tiles — a one-pass
+//! forward (row and column statistics from the same tiles) and a one-recompute backward along
+//! anti-diagonals — with f32 by FMA and tf32 / bf16 on tensor cores (mma.sync).
 
 use super::launch::{unsupported, Inputs, Kernels, Output};
 use super::{CudaBackend, CudaBuffer};
@@ -41,11 +42,28 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         },
         symmetric: at.symmetric,
     };
-    match (backward_args, at.precision) {
-        (None, Precision::F32) => call.forward(ins, outs),
-        (Some(x), Precision::F32) => call.backward(&x, outs),
-        (None, _) => call.forward_tc(ins, outs),
-        (Some(x), _) => call.backward_tc(&x, outs),
+    match (backward_args, tile_path(op, at.precision)?) {
+        (None, false) => call.forward(ins, outs),
+        (Some(x), false) => call.backward(&x, outs),
+        (None, true) => call.forward_tc(ins, outs),
+        (Some(x), true) => call.backward_tc(&x, outs),
+    }
+}
+
+/// Whether a call runs on the one-pass tile kernels (8, 9) rather than the two-orientation
+/// SIMT kernels (1, 5). `GSHN_INFONCE_KERNELS` = `tiles` or `simt` picks one path for every
+/// mode; unset (or `auto`): exact f32 on SIMT (the path verified on an H200), tf32 and bf16 on
+/// the tiles (tensor cores). Both paths give every mode's semantics, so a GPU session can hold
+/// one against the other.
+fn tile_path(op: &Op, precision: Precision) -> Result<bool> {
+    match std::env::var("GSHN_INFONCE_KERNELS").as_deref() {
+        Err(_) | Ok("" | "auto") => Ok(precision != Precision::F32),
+        Ok("tiles") => Ok(true),
+        Ok("simt") => Ok(false),
+        Ok(other) => Err(Error::invalid(
+            op.name(),
+            format!("GSHN_INFONCE_KERNELS={other:?}: use auto, tiles or simt"),
+        )),
     }
 }
 
@@ -69,15 +87,15 @@ fn tile_grid(be: &CudaBackend, bx: usize, by: usize) -> (usize, usize) {
     (row_tiles, splits)
 }
 
-/// Edge of the tensor-core kernels' tiles.
+/// Edge of the tile kernels' tiles.
 const TC_TILE: usize = 64;
-/// Threads of a tensor-core kernel's block.
+/// Threads of a tile kernel's block.
 const TC_BLOCK: u32 = 128;
-/// Most row-tile groups of the tensor-core forward (each holds two `[B]` column statistics).
+/// Most row-tile groups of the tile forward (each holds two `[B]` column statistics).
 const TC_GROUPS: usize = 32;
 
 impl Call<'_> {
-    /// The one-pass tensor-core forward (kernels 8, 2, 3, 4 of infonce.cu).
+    /// The one-pass tile forward (kernels 8, 2, 3, 4 of infonce.cu).
     fn forward_tc(&self, ins: Inputs, outs: &[Output]) -> Result<()> {
         let (k, InfoNceGeometry { rows, cols, d }) = (self.k, self.geo);
         let (a, p, scale) = (ins[0].buf.ptr, ins[1].buf.ptr, ins[2].buf.ptr);
@@ -123,7 +141,7 @@ impl Call<'_> {
         self.diag_and_loss(scale, a, p, s[4], loss, lse_row, lse_col)
     }
 
-    /// The one-recompute tensor-core backward: one launch per anti-diagonal of tiles
+    /// The one-recompute tile backward: one launch per anti-diagonal of tiles
     /// (kernel 9), then the logit-scale gradient (kernel 7).
     fn backward_tc(
         &self,

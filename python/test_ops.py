@@ -1,0 +1,337 @@
+"""Tests of the torch.library ops (torch.ops.gshn.*) behind gshn_torch: `torch.library.opcheck`
+of every op, gradients in float64 against the pure-PyTorch references (and
+`torch.autograd.gradcheck`), `torch.compile(fullgraph=True)` with no graph break, InfoNCE with
+gathered negatives and in its tf32 / bf16 precision modes, and where the library is looked for.
+CPU only. Run: bash python/run_tests.sh
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import unittest
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import ddp_example  # noqa: E402
+import gshn_torch as gt  # noqa: E402
+from test_bridge import leaves, lif_x, no_call, rand_graph  # noqa: E402
+
+F32, F64 = torch.float32, torch.float64
+OPS = torch.ops.gshn
+LIF_CFG = (1.0, 0.0, True, False, "atan", 2.0)  # v_th, v_reset, decay_input, detach_reset, ...
+
+
+def unit_rows(*shape, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1).requires_grad_()
+
+
+def log_scale(value=1 / 0.07, dtype=F64):
+    return torch.tensor(math.log(value), dtype=dtype, requires_grad=True)
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b|."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def forward_cases(dtype):
+    """(name, op, args) for every forward op, inputs requiring gradients."""
+    ei, g = rand_graph(6, 10)
+    e = ei.shape[1]
+    z, a_s, a_d, eb, al, s = leaves((6, 2, 3), (2, 3), (2, 3), (e, 2), (e, 2), (3, 6, 4),
+                                    dtype=dtype)
+    x = lif_x(4, 10).detach().to(dtype).view(4, 2, 5).requires_grad_()
+    tau = torch.tensor(2.5, dtype=dtype, requires_grad=True)
+    a, p = unit_rows(5, 8, dtype=dtype), unit_rows(12, 8, dtype=dtype, seed=1)
+    ls = log_scale(dtype=dtype)
+    gr = (g.row_ptr, g.src)
+    return [
+        ("lif", OPS.lif, (x, 2.0, *LIF_CFG)),
+        ("plif", OPS.plif, (x, tau, 1.0, None, True, True, "sigmoid", 4.0)),
+        ("gat", OPS.gat, (z, a_s, a_d, g.to_csr(eb.detach()).requires_grad_(), *gr, 0.2)),
+        ("gat without edge_bias", OPS.gat, (z, a_s, a_d, None, *gr, 0.2)),
+        ("aggregate", OPS.aggregate, (g.to_csr(al.detach()).requires_grad_(), s, *gr)),
+        ("infonce", OPS.infonce, (a, p[:5], ls)),
+        ("infonce_1d", OPS.infonce_1d, (a, p, ls, 4, "f32")),
+        ("infonce_1d bf16", OPS.infonce_1d, (a, p, ls, 0, "bf16")),
+        ("infonce_1d tf32", OPS.infonce_1d, (a, p, ls, 7, "tf32")),
+    ]
+
+
+def backward_cases(dtype):
+    """(name, op, args) for every backward op, with the saved tensors of a forward run."""
+    cases = []
+    for name, op, args in forward_cases(dtype):
+        args = tuple(t.detach() if torch.is_tensor(t) else t for t in args)
+        outs = op(*args)
+        if name in ("lif", "plif"):
+            x, tau, *cfg = args
+            h = outs[2]
+            gs, gv = torch.randn_like(h), torch.randn_like(h)
+            bwd = OPS.lif_backward if name == "lif" else OPS.plif_backward
+            cases.append((name, bwd, (h, gs, gv, tau, *cfg)))
+        elif name.startswith("gat"):
+            out, lse = outs
+            cases.append((name, OPS.gat_backward, args + (out, lse, torch.randn_like(out))))
+        elif name == "aggregate":
+            gy = torch.randn_like(outs)
+            for need in ((True, True), (True, False), (False, True)):
+                cases.append((f"aggregate need={need}", OPS.aggregate_backward,
+                              args + (gy, *need)))
+        elif name == "infonce":
+            cases.append((name, OPS.infonce_backward,
+                          args + tuple(outs[1:]) + (torch.full_like(outs[0], 1.5),)))
+        else:
+            a, p, ls, offset, precision = args
+            cases.append((name, OPS.infonce_1d_backward,
+                          (a, p, ls, outs[1], torch.ones_like(outs[0]), offset, precision)))
+    return cases
+
+
+class OpCheck(unittest.TestCase):
+    def test_forward_ops(self):
+        for dtype in (F32, F64):
+            for name, op, args in forward_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    torch.library.opcheck(op, args)
+
+    def test_backward_ops(self):
+        for dtype in (F32, F64):
+            for name, op, args in backward_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    torch.library.opcheck(op, args)
+
+    def test_the_ops_validate_their_own_arguments(self):
+        """The ops are public (torch.ops.gshn.*): what the library would read past a buffer's
+        end is refused by the op itself, not only by the gshn_torch functions."""
+        ei, g = rand_graph(5, 4)
+        z, a = torch.randn(3, 2, 4), torch.randn(2, 4)
+        with no_call(), self.assertRaisesRegex(ValueError, r"gat: z must have shape \[N=5"):
+            OPS.gat(z, a, a, None, g.row_ptr, g.src, 0.2)
+        with no_call(), self.assertRaisesRegex(TypeError, "gat: row_ptr must be a 1-D int32 CPU"):
+            OPS.gat(z, a, a, None, g.row_ptr.long(), g.src, 0.2)
+        with no_call(), self.assertRaisesRegex(ValueError, r"aggregate_backward: grad_y must have shape \[T=1"):
+            OPS.aggregate_backward(torch.rand(ei.shape[1], 2), torch.randn(1, 5, 2), g.row_ptr,
+                                   g.src, torch.randn(2, 5, 2), True, True)
+        a, p = torch.randn(4, 3), torch.randn(6, 3)
+        with no_call(), self.assertRaisesRegex(ValueError, r"infonce_1d: offset must be in \[0, P - B\] = \[0, 2\]"):
+            OPS.infonce_1d(a, p, torch.tensor(1.0), 3, "f32")
+        with no_call(), self.assertRaisesRegex(ValueError, r"lif_backward: grad_v must have shape \[4, 3\]"):
+            OPS.lif_backward(a, a, p, 2.0, *LIF_CFG)
+
+
+class Gradients(unittest.TestCase):
+    """Every op in float64: the values and gradients of the reference, and gradcheck."""
+
+    def same_as_ref(self, f, ref, inputs):
+        out, r = f(*inputs), ref(*inputs)
+        outs, rs = (out, r) if isinstance(out, tuple) else ((out,), (r,))
+        ws = [torch.randn_like(o) for o in outs]
+        for o, ro in zip(outs, rs):
+            torch.testing.assert_close(o, ro)
+        g = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, ws)), inputs)
+        rg = torch.autograd.grad(sum((o * w).sum() for o, w in zip(rs, ws)), inputs)
+        for a, b in zip(g, rg):
+            torch.testing.assert_close(a, b)
+        self.assertTrue(torch.autograd.gradcheck(f, inputs))
+
+    def test_lif_and_plif(self):
+        # the rectangular window misses every h (lif_x keeps h 0.1 from v_th): there the
+        # surrogate gradient is the true one, so gradcheck's finite differences agree
+        kw = dict(surrogate="rectangular", alpha=0.1)
+        x = lif_x(4, 6)
+        with self.subTest(op="lif"):
+            self.same_as_ref(lambda x: gt.lif(x, **kw), lambda x: gt.ref_lif(x, **kw), (x,))
+        tau = torch.tensor(2.0, dtype=F64, requires_grad=True)
+        with self.subTest(op="plif"):
+            self.same_as_ref(lambda x, tau: gt.lif(x, tau=tau, **kw),
+                             lambda x, tau: gt.ref_lif(x, tau=tau, **kw), (x, tau))
+
+    def test_gat(self):
+        ei, g = rand_graph(5, 8)
+        inputs = leaves((5, 2, 3), (2, 3), (2, 3), (ei.shape[1], 2))
+        self.same_as_ref(lambda *t: gt.gat(*t[:3], g, edge_bias=t[3]),
+                         lambda *t: gt.ref_gat(*t[:3], ei, edge_bias=t[3]), inputs)
+
+    def test_aggregate(self):
+        ei, g = rand_graph(5, 8)
+        inputs = leaves((ei.shape[1], 2), (2, 5, 4))
+        self.same_as_ref(lambda al, s: gt.aggregate(al, s, g),
+                         lambda al, s: gt.ref_aggregate(al, s, ei), inputs)
+
+    def test_infonce(self):
+        inputs = (unit_rows(6, 4), unit_rows(6, 4, seed=1), log_scale(10.0))
+        for sym in (True, False):
+            with self.subTest(symmetric=sym):
+                self.same_as_ref(lambda *t: gt.infonce(*t, symmetric=sym),
+                                 lambda *t: gt.ref_infonce(*t, symmetric=sym), inputs)
+
+    def test_infonce_1d_gathered_negatives(self):
+        inputs = (unit_rows(3, 4), unit_rows(8, 4, seed=1), log_scale(10.0))
+        for offset in (0, 2, 5):
+            with self.subTest(offset=offset):
+                self.same_as_ref(lambda *t: gt.infonce_1d(*t, offset=offset),
+                                 lambda *t: gt.ref_infonce_1d(*t, offset=offset), inputs)
+
+    def test_infonce_gathered_is_the_global_loss(self):
+        """Over 3 'ranks' of 2 rows, the mean of infonce_gathered is the symmetric infonce of
+        the 6 rows (with the gradients that a gather with gradients delivers)."""
+        ranks, local = 3, 2
+
+        def mean_of_ranks(a_all, p_all, ls):
+            return sum(gt.infonce_gathered(a_all[r * local:(r + 1) * local],
+                                           p_all[r * local:(r + 1) * local], a_all, p_all,
+                                           r * local, ls) for r in range(ranks)) / ranks
+        inputs = (unit_rows(6, 4), unit_rows(6, 4, seed=1), log_scale(10.0))
+        self.same_as_ref(mean_of_ranks, gt.ref_infonce, inputs)
+
+    def test_scale_clamped_at_100(self):
+        a, p = unit_rows(4, 3), unit_rows(6, 3, seed=1)
+        ls = log_scale(200.0)  # s = min(200, 100): no gradient reaches logit_scale
+        loss = gt.infonce_1d(a, p, ls, offset=1)
+        torch.testing.assert_close(loss, gt.ref_infonce_1d(a, p, ls, offset=1))
+        self.assertEqual(torch.autograd.grad(loss, ls)[0].item(), 0.0)
+
+
+class Precision(unittest.TestCase):
+    """tf32 / bf16 products: within 5e-3 / 2e-2 of f32 (max relative error of the loss and of
+    every gradient), and equal to f32 products of operands rounded as the modes say."""
+
+    @staticmethod
+    def loss_and_grads(a, p, ls, precision, offset=16):
+        loss = gt.infonce_1d(a, p, ls, offset, precision)
+        return (loss,) + torch.autograd.grad(loss, (a, p, ls))
+
+    @staticmethod
+    def rounded(x, precision):
+        """x (f32) rounded: bf16 to nearest even (torch's conversion); tf32 keeps 10 mantissa
+        bits, to nearest, ties away from zero (cvt.rna.tf32.f32), on the bits."""
+        if precision == "bf16":
+            return x.bfloat16().float()
+        return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(F32)
+
+    def test_modes_against_f32(self):
+        a, p = unit_rows(64, 32, dtype=F32), unit_rows(160, 32, dtype=F32, seed=1)
+        ls = log_scale(dtype=F32)
+        exact = self.loss_and_grads(a, p, ls, "f32")
+        for precision, tol in (("tf32", 5e-3), ("bf16", 2e-2)):
+            with self.subTest(precision=precision):
+                got = self.loss_and_grads(a, p, ls, precision)
+                for name, x, y in zip(("loss", "grad_a", "grad_p", "grad_logit_scale"), got, exact):
+                    self.assertLessEqual(rel_err(x, y), tol, name)
+                self.assertGreater(rel_err(got[0], exact[0]), 0)  # the mode did round something
+
+    def test_modes_round_the_operands(self):
+        a, p = unit_rows(64, 32, dtype=F32), unit_rows(160, 32, dtype=F32, seed=1)
+        ls = log_scale(dtype=F32)
+        for precision in ("tf32", "bf16"):
+            with self.subTest(precision=precision):
+                ref = gt.ref_infonce_1d(self.rounded(a, precision), self.rounded(p, precision),
+                                        ls, offset=16)
+                self.assertLessEqual(rel_err(self.loss_and_grads(a, p, ls, precision)[0], ref), 1e-5)
+
+    def test_gathered_in_bf16(self):
+        a, p = unit_rows(8, 16, dtype=F32), unit_rows(8, 16, dtype=F32, seed=1)
+        ls = log_scale(dtype=F32)
+        loss = gt.infonce_gathered(a[4:], p[4:], a, p, 4, ls, precision="bf16")
+        exact = gt.infonce_gathered(a[4:], p[4:], a, p, 4, ls)
+        self.assertLessEqual(rel_err(loss, exact), 2e-2)
+
+    def test_invalid_arguments(self):
+        a, p = torch.randn(4, 3), torch.randn(6, 3)
+        cases = [(ValueError, r"infonce_1d: precision must be one of 'f32', 'tf32', 'bf16', got 'fp16'",
+                  lambda: gt.infonce_1d(a, p, 1.0, precision="fp16")),
+                 (TypeError, "infonce_1d: precision must be a str, got int",
+                  lambda: gt.infonce_1d(a, p, 1.0, precision=2)),
+                 (TypeError, "infonce_1d: offset must be an int, got float",
+                  lambda: gt.infonce_1d(a, p, 1.0, offset=1.0)),
+                 (ValueError, r"infonce_1d: offset must be in \[0, P - B\] = \[0, 2\] .* got -1",
+                  lambda: gt.infonce_1d(a, p, 1.0, offset=-1)),
+                 (ValueError, r"infonce_1d: p must have shape \[P=6, D=3\], got \[6, 2\]",
+                  lambda: gt.infonce_1d(a, torch.randn(6, 2), 1.0)),
+                 (ValueError, r"infonce_1d: a is empty \(B = 0\)",
+                  lambda: gt.infonce_1d(torch.zeros(0, 3), p, 1.0)),
+                 (ValueError, r"infonce_gathered: p_local must have shape \[B=4, D=3\], got \[3, 3\]",
+                  lambda: gt.infonce_gathered(a, p[:3], p, p, 0, 1.0)),
+                 (ValueError, r"infonce_gathered: p_all must have shape \[P=6, D=3\], got \[5, 3\]",
+                  lambda: gt.infonce_gathered(a, a, p, p[:5], 0, 1.0))]
+        for err, msg, f in cases:
+            with self.subTest(msg=msg), no_call(), self.assertRaisesRegex(err, msg):
+                f()
+
+
+class Compile(unittest.TestCase):
+    """torch.compile(fullgraph=True) traces the gshn functions and ops with no graph break
+    (backend aot_eager: dynamo + AOTAutograd with the fake kernels and the backward ops; no
+    C++ code generation)."""
+
+    def setUp(self):
+        torch._dynamo.reset()
+
+    def compiled_matches_eager(self, f, inputs):
+        explained = torch._dynamo.explain(f)(*inputs)
+        self.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
+        torch._dynamo.reset()
+        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+        out, ref = cf(*inputs), f(*inputs)
+        torch.testing.assert_close(out, ref)
+        params = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
+        for g, rg in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
+            torch.testing.assert_close(g, rg)
+
+    def test_tiny_model_lif_gat_infonce(self):
+        cfg = ddp_example.Config(batch=4)
+        torch.manual_seed(0)
+        model = ddp_example.ToyGSHN(cfg)
+        graph = ddp_example.ring_graph(cfg.nodes, 2 * cfg.batch)
+        v1, v2 = ddp_example.batch(cfg, 0)
+
+        def loss(x, *params):  # params: so that the check sees their gradients
+            a, p = model(x, graph).split(cfg.batch)
+            return gt.infonce(a, p, model.logit_scale)
+        self.compiled_matches_eager(loss, [torch.cat([v1, v2]), *model.parameters()])
+
+    def test_every_function(self):
+        ei, g = rand_graph(6, 10)
+        x = lif_x(4, 6).detach().float().requires_grad_()
+        tau = torch.tensor(2.5, requires_grad=True)
+        z, a_s, a_d, be, al, s = leaves((6, 2, 3), (2, 3), (2, 3), (ei.shape[1], 2),
+                                        (ei.shape[1], 2), (4, 6, 2), dtype=F32)
+        a, p = unit_rows(4, 5, dtype=F32), unit_rows(8, 5, dtype=F32, seed=1)
+        ls = log_scale(dtype=F32)
+
+        def f(x, tau, z, a_s, a_d, be, al, s, a, p, ls):
+            spikes, v = gt.lif(x, tau=2.0)
+            _, v2 = gt.lif(x, tau=tau, v_reset=None, surrogate="sigmoid")
+            out = gt.gat(z, a_s, a_d, g, edge_bias=be)
+            y = gt.aggregate(al, s, g)
+            nce = (gt.infonce(a, p[:4], ls) + gt.infonce_1d(a, p, ls, offset=3, precision="bf16")
+                   + gt.infonce_gathered(a[2:], p[2:4], a, p[:4], 2, 2.0, precision="tf32"))
+            return (spikes * v).sum() + v2.sum() + out.sum() + (y * s).sum() + nce
+        self.compiled_matches_eager(f, [x, tau, z, a_s, a_d, be, al, s, a, p, ls])
+
+
+class LibrarySearch(unittest.TestCase):
+    def test_search_order(self):
+        here = Path(gt.__file__).resolve().parent
+        repo = here.parent
+        self.assertEqual(gt._SEARCH, [here / "libgshn_capi.so",
+                                      repo / "target" / "release" / "libgshn_capi.so",
+                                      repo / "target" / "debug" / "libgshn_capi.so"])
+
+    def test_missing_gshn_lib_names_it_and_the_build(self):
+        with mock.patch.dict(os.environ, {"GSHN_LIB": "/nonexistent/libgshn_capi.so"}), \
+                mock.patch.object(gt, "_lib", None), self.assertRaises(FileNotFoundError) as e:
+            gt.library()
+        self.assertIn("GSHN_LIB=/nonexistent/libgshn_capi.so is not a file", str(e.exception))
+        self.assertIn("cargo build --release -p gshn-capi", str(e.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
