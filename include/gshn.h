@@ -43,7 +43,7 @@
 extern "C" {
 #endif
 
-#define GSHN_ABI_VERSION 1
+#define GSHN_ABI_VERSION 1 /* bumped on an incompatible change; new entry points keep it */
 
 /* Error codes. */
 #define GSHN_OK 0

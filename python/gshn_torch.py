@@ -8,7 +8,7 @@ custom ops in the `gshn` namespace) over the C ABI (include/gshn.h, libgshn_capi
     y = gt.aggregate(alpha, s, g)                              # alpha[E,H] in edge_index order, s[T,N,C]
     loss = gt.infonce(img, txt, logit_scale)                   # open_clip ClipLoss semantics
     loss = gt.infonce_1d(a, p_all, logit_scale, offset=k, precision="bf16")  # a[B] vs p_all[P]
-    loss = gt.infonce_gathered(a, p, a_all, p_all, offset, logit_scale)       # data-parallel ClipLoss
+    loss = gt.infonce_gathered(a, p, a_all, p_all, offset, logit_scale)  # a data-parallel rank's
 
 Operators. The functions above validate and convert their arguments, then call
 `torch.ops.gshn.{lif, plif, gat, aggregate, infonce, infonce_1d}`; the backward of each is a
@@ -139,7 +139,8 @@ def library():
             raise FileNotFoundError(
                 f"{_LIB_NAME} not found; searched: $GSHN_LIB (unset), "
                 f"{', '.join(map(str, _SEARCH))}. Build it in the gshn repository with "
-                f"`{_BUILD}`, then set GSHN_LIB to target/release/{_LIB_NAME} or copy it to {_HERE}")
+                f"`{_BUILD}`, then set GSHN_LIB to target/release/{_LIB_NAME} or copy it to "
+                f"{_HERE}")
     lib = C.CDLL(str(path))
     lib.gshn_last_error.restype = C.c_char_p
     lib.gshn_abi_version.restype = C.c_int
@@ -327,7 +328,8 @@ def _infonce_attrs(sp, offset, precision):
     b, n = sp.dims["B"], sp.dims["P"]
     if not 0 <= offset <= n - b:
         raise ValueError(f"{sp.op}: offset must be in [0, P - B] = [0, {n - b}] (the positives "
-                         f"of a's {b} rows are p[offset:offset + {b}], p has {n} rows), got {offset}")
+                         f"of a's {b} rows are p[offset:offset + {b}], p has {n} rows), "
+                         f"got {offset}")
 
 
 def check_infonce_1d(a, p, logit_scale, offset=0, precision="f32"):
@@ -463,7 +465,7 @@ def _(h, grad_spikes, grad_v, tau, *_):
 
 
 def _lif_setup(ctx, inputs, output):
-    x, tau, *cfg = inputs
+    _, tau, *cfg = inputs
     h = output[2]
     ctx.mark_non_differentiable(h)  # a saved state, not a result: no gradient flows into it
     ctx.save_for_backward(h, tau if torch.is_tensor(tau) else None)
@@ -491,8 +493,9 @@ def lif(x, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
     (fixed: gshn::lif) or a 0-d / [1] tensor (PLIF: gshn::plif, tau gets a gradient)."""
     _, tau = check_lif(x, tau)
     surrogate = surrogate_name(surrogate)
+    alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
     cfg = (float(v_th), None if v_reset is None else float(v_reset), bool(decay_input),
-           bool(detach_reset), surrogate, float(DEFAULT_ALPHA[surrogate] if alpha is None else alpha))
+           bool(detach_reset), surrogate, float(alpha))
     op = torch.ops.gshn.plif if torch.is_tensor(tau) else torch.ops.gshn.lif
     s, v, _ = op(x, tau, *cfg)
     return s, v
@@ -1063,6 +1066,20 @@ def check(device="cuda", reps=20, sizes="small"):
                        "grad_logit_scale": (g1[2], g2[2])},
            _time(lambda: torch.autograd.grad(infonce(a, p, ls), (a, p, ls)), dev, reps),
            _time(lambda: torch.autograd.grad(ref_infonce(a, p, ls), (a, p, ls)), dev, reps), [b, d])
+
+    # InfoNCE with gathered negatives: a rank's quarter of the rows (the second) against all
+    loc, off = b // 4, b // 4
+    a_loc = a[off:off + loc].detach().requires_grad_(True)
+    l1 = infonce_1d(a_loc, p, ls, off)
+    g1 = torch.autograd.grad(l1, (a_loc, p, ls))
+    l2 = ref_infonce_1d(a_loc, p, ls, off)
+    g2 = torch.autograd.grad(l2, (a_loc, p, ls))
+    record("infonce_1d", {"loss": (l1, l2), "grad_a": (g1[0], g2[0]), "grad_p": (g1[1], g2[1]),
+                          "grad_logit_scale": (g1[2], g2[2])},
+           _time(lambda: torch.autograd.grad(infonce_1d(a_loc, p, ls, off), (a_loc, p, ls)),
+                 dev, reps),
+           _time(lambda: torch.autograd.grad(ref_infonce_1d(a_loc, p, ls, off), (a_loc, p, ls)),
+                 dev, reps), [loc, b, d])
 
     rep["ok"] = all(c["ok"] for c in rep["checks"])
     print(json.dumps(rep, indent=1))
