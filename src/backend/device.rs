@@ -269,6 +269,14 @@ impl Backend for AnyBackend {
             AnyBackend::Cuda(b) => b.synchronize(),
         }
     }
+
+    fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        match self {
+            AnyBackend::Cpu(b) => b.time_calls(n, f),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.time_calls(n, f),
+        }
+    }
 }
 
 #[cfg(test)]

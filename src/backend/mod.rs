@@ -165,6 +165,17 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Milliseconds per call of `n` calls of `f`: on the host clock between two
+    /// synchronisations, unless the device has its own (CUDA events on the backend's stream).
+    fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.synchronize()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        self.synchronize()?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64)
+    }
 }
 
 /// A shared backend: several executors (a training step and the evaluation encoders) can
@@ -196,5 +207,8 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()
+    }
+    fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        (**self).time_calls(n, f)
     }
 }

@@ -11,9 +11,9 @@
 //! SpikingJelly where importable) with a given Python, in the same run.
 //!
 //! **Timing.** Two warm-up calls; then samples until the time budget is spent (at least 3, at
-//! most 50). A sample is a batch of calls between two `synchronize`s, sized so that a batch
-//! takes ≥ 1 ms, divided by its length: on CUDA this amortises the synchronisation the way
-//! CUDA events would, and on the CPU a batch is one call for anything above a millisecond.
+//! most 50). A sample is a batch of calls sized so that it takes ≥ 1 ms, divided by its length
+//! ([`Backend::time_calls`]): on CUDA timed by events recorded on the stream around the batch,
+//! on the CPU by the host clock (a batch is one call for anything above a millisecond).
 
 mod cases;
 
@@ -347,15 +347,7 @@ struct Timing {
 
 /// Times `f` (see the module doc): 2 warm-ups, then samples of batched calls.
 fn time<B: Backend>(be: &B, budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
-    let batch = |n: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        be.synchronize()?;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            f()?;
-        }
-        be.synchronize()?;
-        Ok(t0.elapsed().as_secs_f64() * 1e3 / n as f64)
-    };
+    let batch = |n: usize, f: &mut dyn FnMut() -> Result<()>| be.time_calls(n, f);
     batch(1, &mut f)?;
     let one = batch(1, &mut f)?;
     let per_batch = (1.0 / one.max(1e-6)).ceil().clamp(1.0, 1000.0) as usize;

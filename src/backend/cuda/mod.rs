@@ -630,4 +630,24 @@ impl Backend for CudaBackend {
             .synchronize()
             .map_err(|e| cuda_err("stream synchronize (an earlier kernel failed?)", e))
     }
+
+    /// CUDA events recorded on the stream before the first call and after the last: the
+    /// device's time for the calls, launch gaps included, without the synchronisation.
+    fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = || {
+            self.stream
+                .record_event(timed)
+                .map_err(|e| cuda_err("record a timing event", e))
+        };
+        let start = event()?;
+        for _ in 0..n {
+            f()?;
+        }
+        let end = event()?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| cuda_err("timing events (an earlier kernel failed?)", e))?;
+        Ok(f64::from(ms) / n.max(1) as f64)
+    }
 }
