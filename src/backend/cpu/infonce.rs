@@ -20,7 +20,7 @@
 //! tf32 / bf16 as tensor cores read them, and accumulate in the dtype: the reference the
 //! GPU's tensor-core paths are held to.
 
-use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
+use super::{float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
 use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
 use crate::ops::{InfoNceAttrs, Op};
@@ -169,19 +169,6 @@ mod expf {
         1.666_666_5e-1,
         0.5,
     ];
-}
-
-/// Whether the AVX2 loops can run here (cached by the standard library).
-#[inline]
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 impl TileExp for f32 {

@@ -50,6 +50,29 @@ macro_rules! float_dispatch {
 }
 pub(crate) use float_dispatch;
 
+/// Whether this CPU runs the AVX2 paths of the kernels (InfoNCE's tile loops, LayerNorm's
+/// row statistics): runtime detection, cached by the standard library. Those paths do the
+/// portable code's operations in its order, so results never depend on it.
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` as `&[f32]` when `T` is f32 (for the f32-only SIMD paths of generic kernels).
+pub(crate) fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: T is f32 (checked), so the slice's memory is `len` f32s.
+        unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
 /// A read-only CPU buffer seen as a tensor.
 pub type CpuView<'a> = View<'a, Storage>;
 /// A writable CPU buffer seen as a tensor.

@@ -116,26 +116,141 @@ fn layer_norm<T: Float>(
         .enumerate()
         .for_each(|(ci, ((yc, mc), rc))| {
             let x = &x[ci * rpc * c..];
-            for (r, yr) in yc.chunks_mut(c).enumerate() {
-                let xr = &x[r * c..(r + 1) * c];
-                let mut s = T::zero();
-                for &v in xr {
-                    s += v;
+            let rows = mc.len();
+            let mut r = 0;
+            while r < rows {
+                // Statistics of 8 rows at once where AVX2 can (f32), else of one row.
+                let n = if rows - r >= 8
+                    && row_sums8(
+                        &x[r * c..(r + 8) * c],
+                        c,
+                        &mut mc[r..r + 8],
+                        &mut rc[r..r + 8],
+                    ) {
+                    8
+                } else {
+                    let xr = &x[r * c..(r + 1) * c];
+                    let mut s = T::zero();
+                    for &v in xr {
+                        s += v;
+                    }
+                    let mu = s * inv_c;
+                    let mut ss = T::zero();
+                    for &v in xr {
+                        let d = v - mu;
+                        ss += d * d;
+                    }
+                    (mc[r], rc[r]) = (mu, ss);
+                    1
+                };
+                for k in r..r + n {
+                    let (xr, yr) = (&x[k * c..(k + 1) * c], &mut yc[k * c..(k + 1) * c]);
+                    let mu = mc[k];
+                    let rs = T::one() / (rc[k] * inv_c + eps).sqrt();
+                    for j in 0..c {
+                        yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                    }
+                    rc[k] = rs;
                 }
-                let mu = s * inv_c;
-                let mut ss = T::zero();
-                for &v in xr {
-                    let d = v - mu;
-                    ss += d * d;
-                }
-                let rs = T::one() / (ss * inv_c + eps).sqrt();
-                for j in 0..c {
-                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-                }
-                mc[r] = mu;
-                rc[r] = rs;
+                r += n;
             }
         });
+}
+
+/// For f32 on an AVX2 CPU: the mean and the sum of squared deviations of 8 rows of `c` values
+/// into `mu` and `ss`, each row summed in column order (lane k of the vectors is row k, fed by
+/// an 8×8 transpose), so every row gets the one-row loop's bits 8 rows at a time, without its
+/// chain of dependent additions. `false` (nothing written) otherwise.
+fn row_sums8<T: Float>(x: &[T], c: usize, mu: &mut [T], ss: &mut [T]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(x), true) = (super::as_f32(x), super::has_avx2()) {
+        // SAFETY: the CPU has AVX2 (checked); x holds 8 rows of c values.
+        let (m, s) = unsafe { avx2::row_sums8(x, c) };
+        for k in 0..8 {
+            (mu[k], ss[k]) = (T::of(f64::from(m[k])), T::of(f64::from(s[k])));
+        }
+        return true;
+    }
+    let _ = (x, c, mu, ss);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Columns `j0 .. j0 + 8` of the 8 rows: vector `jj` holds column `j0 + jj`, lane k row k.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn columns8(x: &[f32], c: usize, j0: usize) -> [__m256; 8] {
+        let r: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(k * c + j0)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Column `j` of the 8 rows.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn column(x: &[f32], c: usize, j: usize) -> __m256 {
+        let v: [f32; 8] = std::array::from_fn(|k| x[k * c + j]);
+        _mm256_loadu_ps(v.as_ptr())
+    }
+
+    /// Calls `f` on every column of the 8 rows, in order.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn each_column(x: &[f32], c: usize, mut f: impl FnMut(__m256)) {
+        let whole = c - c % 8;
+        for j0 in (0..whole).step_by(8) {
+            for v in columns8(x, c, j0) {
+                f(v);
+            }
+        }
+        for j in whole..c {
+            f(column(x, c, j));
+        }
+    }
+
+    /// (mean, Σ (x − mean)²) of each of the 8 rows, summed in column order.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row_sums8(x: &[f32], c: usize) -> ([f32; 8], [f32; 8]) {
+        let mut s = _mm256_setzero_ps();
+        each_column(x, c, |v| s = _mm256_add_ps(s, v));
+        let mu = _mm256_mul_ps(s, _mm256_set1_ps(1.0 / c as f32));
+        let mut ss = _mm256_setzero_ps();
+        each_column(x, c, |v| {
+            let d = _mm256_sub_ps(v, mu);
+            ss = _mm256_add_ps(ss, _mm256_mul_ps(d, d));
+        });
+        let (mut m, mut q) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(m.as_mut_ptr(), mu);
+        _mm256_storeu_ps(q.as_mut_ptr(), ss);
+        (m, q)
+    }
 }
 
 /// `gx = rstd (ĝ − mean(ĝ) − x̂ mean(ĝ x̂))` with `ĝ = g γ`, `x̂ = (x − μ) rstd`;
