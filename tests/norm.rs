@@ -417,3 +417,84 @@ fn layer_norm_forward_equals_the_row_at_a_time_loop_bit_for_bit() {
         assert_eq!(got[2], rstd, "rstd, rows {rows} c {c}");
     }
 }
+
+/// The CPU LayerNorm backward gives bit for bit what the plain one-row loop gives (the row sums in
+/// column order; γ and β gradients per block of 64 rows, rows in order, then the blocks in order):
+/// the recorded training runs depend on it, as on the forward.
+#[test]
+fn layer_norm_backward_equals_the_row_at_a_time_loop_bit_for_bit() {
+    const BLOCK: usize = 64; // LN_BLOCK_ROWS in src/backend/cpu/norm.rs
+    let mut rng = SplitMix64::new(12);
+    for (rows, c) in [
+        (1, 5),
+        (7, 33),
+        (8, 16),
+        (9, 16),
+        (23, 64),
+        (200, 256),
+        (4099, 3),
+    ] {
+        let f = |n: usize, lo: f64, hi: f64, rng: &mut SplitMix64| -> Vec<f32> {
+            (0..n).map(|_| rng.range(lo, hi) as f32).collect()
+        };
+        let (gv, xv) = (
+            f(rows * c, -1.0, 1.0, &mut rng),
+            f(rows * c, -3.0, 3.0, &mut rng),
+        );
+        let gam = f(c, 0.5, 1.5, &mut rng);
+        let (mu, rs) = (f(rows, -0.5, 0.5, &mut rng), f(rows, 0.5, 2.0, &mut rng));
+        let t = |shape: Vec<usize>, v: &[f32]| Tensor::new(shape, v.to_vec()).unwrap();
+        let ins = [
+            t(vec![rows, c], &gv),
+            t(vec![rows, c], &xv),
+            t(vec![c], &gam),
+            t(vec![rows], &mu),
+            t(vec![rows], &rs),
+        ];
+        let views: Vec<_> = ins.iter().map(|x| x.view()).collect();
+        let op = gshn::ops::Op::LayerNormBackward { eps: 1e-5 };
+        let out = gshn::fused::run(&CpuBackend, &op, &views).unwrap();
+        let got: Vec<Vec<u32>> = out
+            .into_iter()
+            .map(|a| {
+                let t = a.into_tensor().unwrap();
+                t.data::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        let inv_c = 1.0f32 / c as f32;
+        let (mut gx, mut gg, mut gb) = (Vec::new(), vec![0f32; c], vec![0f32; c]);
+        for block in 0..rows.div_ceil(BLOCK) {
+            let (mut pg, mut pb) = (vec![0f32; c], vec![0f32; c]);
+            for row in block * BLOCK..((block + 1) * BLOCK).min(rows) {
+                let (xr, gr) = (&xv[row * c..(row + 1) * c], &gv[row * c..(row + 1) * c]);
+                let (m, r) = (mu[row], rs[row]);
+                let (mut a, mut b) = (0f32, 0f32);
+                for j in 0..c {
+                    let xh = (xr[j] - m) * r;
+                    let gh = gr[j] * gam[j];
+                    a += gh;
+                    b += gh * xh;
+                    pg[j] += gr[j] * xh;
+                    pb[j] += gr[j];
+                }
+                let (a, b) = (a * inv_c, b * inv_c);
+                for j in 0..c {
+                    let xh = (xr[j] - m) * r;
+                    gx.push((r * (gr[j] * gam[j] - a - xh * b)).to_bits());
+                }
+            }
+            for j in 0..c {
+                gg[j] += pg[j];
+                gb[j] += pb[j];
+            }
+        }
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(got[0], gx, "gx, rows {rows} c {c}");
+        assert_eq!(got[1], bits(gg), "ggamma, rows {rows} c {c}");
+        assert_eq!(got[2], bits(gb), "gbeta, rows {rows} c {c}");
+    }
+}
