@@ -353,6 +353,20 @@ fn norm_errors_are_typed() {
     assert!(matches!(g.backward(l, &[x]), Err(Error::Graph(_))));
 }
 
+/// The bits of each f32 output of an eager op.
+fn output_bits(out: Vec<gshn::fused::Array<CpuBackend>>) -> Vec<Vec<u32>> {
+    out.into_iter()
+        .map(|a| {
+            let t = a.into_tensor().unwrap();
+            t.data::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect()
+}
+
 /// The CPU LayerNorm forward gives bit for bit what the plain one-row loop gives. The recorded
 /// training runs depend on it, so a faster kernel must keep each row's summation order: f32, row
 /// counts around blocks of 8 and the per-thread chunks.
@@ -382,17 +396,7 @@ fn layer_norm_forward_equals_the_row_at_a_time_loop_bit_for_bit() {
             &[x.view(), gamma.view(), beta.view()],
         )
         .unwrap();
-        let got: Vec<Vec<u32>> = out
-            .into_iter()
-            .map(|a| {
-                let t = a.into_tensor().unwrap();
-                t.data::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            })
-            .collect();
+        let got = output_bits(out);
         let inv_c = 1.0f32 / c as f32;
         let (mut y, mut mean, mut rstd) = (Vec::new(), Vec::new(), Vec::new());
         for xr in xv.chunks(c) {
@@ -454,17 +458,7 @@ fn layer_norm_backward_equals_the_row_at_a_time_loop_bit_for_bit() {
         let views: Vec<_> = ins.iter().map(|x| x.view()).collect();
         let op = gshn::ops::Op::LayerNormBackward { eps: 1e-5 };
         let out = gshn::fused::run(&CpuBackend, &op, &views).unwrap();
-        let got: Vec<Vec<u32>> = out
-            .into_iter()
-            .map(|a| {
-                let t = a.into_tensor().unwrap();
-                t.data::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            })
-            .collect();
+        let got = output_bits(out);
         let inv_c = 1.0f32 / c as f32;
         let (mut gx, mut gg, mut gb) = (Vec::new(), vec![0f32; c], vec![0f32; c]);
         for block in 0..rows.div_ceil(BLOCK) {

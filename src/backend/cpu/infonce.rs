@@ -942,6 +942,11 @@ fn chunked_backward<T: TileExp>(
     let mut ga_blocks = row_blocks(ga, c * d, ntr);
     let mut gp_blocks = row_blocks(gp, c * d, ntc);
     let mut partials = vec![T::zero(); ntr];
+    // One scratch tile per worker, allocated once for all the steps (a worker runs one task
+    // at a time: nothing inside a task is parallel).
+    let tiles: Vec<std::sync::Mutex<Vec<T>>> = (0..rayon::current_num_threads())
+        .map(|_| std::sync::Mutex::new(vec![T::zero(); c * c]))
+        .collect();
     for step in 0..ntr + ntc - 1 {
         // Tiles (t, step − t): distinct t and distinct u, so each task owns its two blocks.
         let (t_lo, t_hi) = (step.saturating_sub(ntc - 1), step.min(ntr - 1));
@@ -952,33 +957,33 @@ fn chunked_backward<T: TileExp>(
             .enumerate()
             .map(|(i, ((ga_t, gp_u), acc))| (t_lo + i, ga_t, gp_u, acc))
             .collect();
-        tasks.into_par_iter().for_each_init(
-            || vec![T::zero(); c * c],
-            |tile, (t, ga_t, gp_u, acc)| {
-                let u = step - t;
-                let (r, cl) = (tile_range(c, rows, t), tile_range(c, cols, u));
-                let (m, n) = (r.len(), cl.len());
-                logits_tile(pb, r.clone(), cl.clone(), tile, false);
-                let g = &mut tile[..m * n];
-                let positive = |i| pb.positive(r.start, i, cl.start, n);
-                *acc += grad_tile(
-                    g, m, n, r.start, cl.start, row_side, col_side, k.diag, positive,
-                );
-                k.round_tile(g);
-                accumulate_product(
-                    ga_t,
-                    Lhs::of(g, m, n),
-                    pb.p,
-                    cl.start,
-                    d,
-                    pb.s,
-                    u == 0,
-                    false,
-                );
-                let gt = Lhs::transposed(g, m, n);
-                accumulate_product(gp_u, gt, pb.a, r.start, d, pb.s, t == 0, false);
-            },
-        );
+        tasks.into_par_iter().for_each(|(t, ga_t, gp_u, acc)| {
+            let slot = rayon::current_thread_index().unwrap_or(0) % tiles.len();
+            let mut tile = tiles[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let tile = &mut tile[..];
+            let u = step - t;
+            let (r, cl) = (tile_range(c, rows, t), tile_range(c, cols, u));
+            let (m, n) = (r.len(), cl.len());
+            logits_tile(pb, r.clone(), cl.clone(), tile, false);
+            let g = &mut tile[..m * n];
+            let positive = |i| pb.positive(r.start, i, cl.start, n);
+            *acc += grad_tile(
+                g, m, n, r.start, cl.start, row_side, col_side, k.diag, positive,
+            );
+            k.round_tile(g);
+            accumulate_product(
+                ga_t,
+                Lhs::of(g, m, n),
+                pb.p,
+                cl.start,
+                d,
+                pb.s,
+                u == 0,
+                false,
+            );
+            let gt = Lhs::transposed(g, m, n);
+            accumulate_product(gp_u, gt, pb.a, r.start, d, pb.s, t == 0, false);
+        });
     }
     let mut total = 0.0f64;
     for x in partials {

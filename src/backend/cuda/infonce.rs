@@ -54,13 +54,15 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
 /// SIMT kernels (1, 5). `GSHN_INFONCE_KERNELS` = `tiles` or `simt` picks one path for every
 /// mode; unset (or `auto`): exact f32 on SIMT (the path verified on an H200), tf32 and bf16 on
 /// the tiles (tensor cores). Both paths give every mode's semantics, so a GPU session can hold
-/// one against the other.
+/// one against the other. The variable is read once per process, not on every call.
 fn tile_path(op: &Op, precision: Precision) -> Result<bool> {
-    match std::env::var("GSHN_INFONCE_KERNELS").as_deref() {
-        Err(_) | Ok("" | "auto") => Ok(precision != Precision::F32),
-        Ok("tiles") => Ok(true),
-        Ok("simt") => Ok(false),
-        Ok(other) => Err(Error::invalid(
+    static CHOICE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let choice = CHOICE.get_or_init(|| std::env::var("GSHN_INFONCE_KERNELS").ok());
+    match choice.as_deref() {
+        None | Some("" | "auto") => Ok(precision != Precision::F32),
+        Some("tiles") => Ok(true),
+        Some("simt") => Ok(false),
+        Some(other) => Err(Error::invalid(
             op.name(),
             format!("GSHN_INFONCE_KERNELS={other:?}: use auto, tiles or simt"),
         )),
