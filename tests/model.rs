@@ -170,6 +170,7 @@ fn fresh_run(data: &Path, out: &str) -> TrainOptions {
         quiet: true,
         stop_after_steps: None,
         resume_config: None,
+        profile: false,
     }
 }
 
@@ -365,6 +366,7 @@ fn training_is_deterministic_and_resumes_exactly() {
             quiet: true,
             stop_after_steps: stop,
             resume_config: None,
+            profile: false,
         };
         gshn::train::train(CpuBackend, c, &opts).unwrap()
     };
@@ -406,6 +408,7 @@ fn training_is_deterministic_and_resumes_exactly() {
         quiet: true,
         stop_after_steps: None,
         resume_config: None,
+        profile: false,
     };
     let err = |o: TrainOptions| {
         gshn::train::train(CpuBackend, cfg.clone(), &o)
@@ -492,6 +495,7 @@ fn training_is_deterministic_and_resumes_exactly() {
             quiet: true,
             stop_after_steps: None,
             resume_config: None,
+            profile: false,
         };
         gshn::train::train(CpuBackend, c, &opts)
             .map(|_| ())
@@ -616,6 +620,42 @@ fn training_is_deterministic_and_resumes_exactly() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `--profile`: every node of the step is counted once, under the part the model named.
+#[test]
+fn the_step_profile_covers_every_node_by_part() {
+    let (dir, cfg) = tiny_data("profile");
+    let mut opts = fresh_run(&dir, "run");
+    opts.stop_after_steps = Some(2);
+    opts.profile = true;
+    let s = gshn::train::train(CpuBackend, cfg, &opts).unwrap();
+    let p = s.profile.expect("a profile");
+    assert_eq!(p.runs, 2);
+    let nodes = |rows: &[gshn::graph::profile::ProfileRow]| rows.iter().map(|r| r.nodes).sum();
+    let by_part: usize = nodes(&p.by_part);
+    assert_eq!(by_part, nodes(&p.by_op));
+    let ms: f64 = p.by_part.iter().map(|r| r.ms).sum();
+    assert!((ms - p.total_ms).abs() <= 1e-9 * p.total_ms.max(1.0));
+    assert!(p.step_ms.unwrap() >= p.total_ms);
+    for part in [
+        "gat",
+        "gat (backward)",
+        "snn",
+        "snn (backward)",
+        "text",
+        "losses",
+        "optimizer",
+    ] {
+        assert!(p.by_part.iter().any(|r| r.name == part), "no part {part:?}");
+    }
+    assert!(
+        p.by_part.iter().all(|r| r.name != "other"),
+        "an unnamed part"
+    );
+    assert!(p.by_op.iter().any(|r| r.name == "lif_backward"));
+    assert!(dir.join("run/profile.json").exists());
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn ablations_build_and_bad_configs_are_errors() {
     let (dir, cfg) = tiny_data("ablate");
@@ -694,6 +734,7 @@ fn ablations_build_and_bad_configs_are_errors() {
         quiet: true,
         stop_after_steps: None,
         resume_config: None,
+        profile: false,
     };
     let e = gshn::train::train(CpuBackend, cfg.clone(), &missing)
         .unwrap_err()

@@ -52,6 +52,10 @@ enum Command {
         /// Continue the run in --out from its checkpoint, with its config.
         #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// Time every op of the training step: a table by model part (forward, backward)
+        /// and op kind at the end, and OUT/profile.json.
+        #[arg(long)]
+        profile: bool,
         /// Start over in an --out that already holds a run (without it, that is an error).
         #[arg(long)]
         overwrite: bool,
@@ -149,6 +153,32 @@ enum Command {
         #[arg(long)]
         budget_ms: Option<u64>,
     },
+    /// Write one training step whole to a .safetensors file: the batch as fed (its random
+    /// choices included), parameters and AdamW state before, every loss term and parameter
+    /// gradient, parameters and state after. python/twin_parity.py replays it in PyTorch.
+    DumpBatch {
+        /// Dataset root holding the splits.
+        #[arg(long)]
+        data: PathBuf,
+        /// A run folder: start from its checkpoint (its config; the step after its last).
+        #[arg(long, conflicts_with = "config")]
+        checkpoint: Option<PathBuf>,
+        /// TOML config for fresh parameters (without --checkpoint); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The optimizer step whose batch, learning rate and loss weights to take.
+        #[arg(long)]
+        step: Option<usize>,
+        /// f32 (the step as `gshn train` runs it) or f64 (an exact reference).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// The .safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu | cuda | cuda:N | auto (default cpu: the reference)
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Print the default run configuration (TOML): every key a --config file may set.
     Config,
     /// Which backends and devices are available.
@@ -225,6 +255,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             resume,
             overwrite,
+            profile,
         } => {
             let cfg = match &config {
                 Some(p) => RunConfig::load(p)?,
@@ -241,6 +272,7 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: false,
                 stop_after_steps: None,
                 resume_config,
+                profile,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -307,6 +339,7 @@ fn run(cli: Cli) -> Result<()> {
                 quiet: false,
                 stop_after_steps: None,
                 resume_config: None,
+                profile: false,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -348,6 +381,47 @@ fn run(cli: Cli) -> Result<()> {
             compare,
             budget_ms,
         } => bench(&device, ops, &dtype, &shapes, json, compare, budget_ms),
+        Command::DumpBatch {
+            data,
+            checkpoint,
+            config,
+            step,
+            dtype,
+            out,
+            device,
+        } => {
+            let device: Device = device.parse()?;
+            let float = match dtype.as_str() {
+                "f32" => gshn::tensor::DType::F32,
+                "f64" => gshn::tensor::DType::F64,
+                other => {
+                    return Err(gshn::Error::invalid(
+                        "dump-batch",
+                        format!("--dtype is f32 or f64, got {other:?}"),
+                    ))
+                }
+            };
+            let opts = gshn::train::dump::DumpOptions {
+                data,
+                checkpoint,
+                config: match &config {
+                    Some(p) => RunConfig::load(p)?,
+                    None => RunConfig::default(),
+                },
+                step,
+                float,
+                out: out.clone(),
+            };
+            let s = gshn::train::dump::dump_step(device.backend()?, &opts)?;
+            println!(
+                "step {}: loss {:.6}, {} tensors written to {}",
+                s.step,
+                s.loss,
+                s.tensors,
+                out.display()
+            );
+            Ok(())
+        }
         Command::Config => {
             print!("{}", RunConfig::default().to_toml());
             Ok(())
@@ -510,4 +584,10 @@ fn print_summary(s: &gshn::train::TrainSummary, out: &std::path::Path) {
         println!("spike rate per SNN layer: {}", rates.join(", "));
     }
     println!("run folder: {} (metrics.jsonl, loss.png, retrieval.png, spikes.png, checkpoint.safetensors)", out.display());
+    if let Some(p) = &s.profile {
+        print!(
+            "\nprofile of the training step (also in profile.json):\n{}",
+            p.table()
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Symbolic reverse-mode differentiation: gradient ops are appended to the same graph.
 
-use super::{Graph, NodeId, ValueId, ValueKind};
+use super::{Graph, NodeId, Part, ValueId, ValueKind};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use std::collections::HashMap;
@@ -49,6 +49,11 @@ impl Graph {
         }
 
         let mut grads: HashMap<ValueId, ValueId> = HashMap::new();
+        let forward_part = self.part;
+        self.part = Part {
+            name: "loss",
+            backward: true,
+        };
         let seed = self.push1(
             Op::Fill {
                 value: 1.0,
@@ -72,6 +77,10 @@ impl Graph {
             if out_grads.iter().all(Option::is_none) {
                 continue;
             }
+            self.part = Part {
+                backward: true,
+                ..node.part
+            };
             let in_grads = node.op.grad(self, &node, &out_grads)?;
             if in_grads.len() != node.inputs.len() {
                 return Err(Error::graph(format!(
@@ -103,7 +112,8 @@ impl Graph {
             }
         }
 
-        wrt.iter()
+        let grads = wrt
+            .iter()
             .map(|&w| match grads.get(&w) {
                 Some(&g) => Ok(g),
                 None => self.push1(
@@ -114,7 +124,9 @@ impl Graph {
                     &[],
                 ),
             })
-            .collect()
+            .collect();
+        self.part = forward_part;
+        grads
     }
 
     /// The node that produced `v`, if it was computed.

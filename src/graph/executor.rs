@@ -16,6 +16,8 @@ pub struct Executor<B: Backend> {
     slots: Vec<Option<B::Buffer>>,
     /// Anomaly mode (see [`Executor::check_finite`]).
     check_finite: bool,
+    /// Per-node seconds and runs while profiling (see [`Executor::profile`]).
+    timing: Option<(Vec<f64>, usize)>,
 }
 
 impl<B: Backend> Executor<B> {
@@ -35,7 +37,21 @@ impl<B: Backend> Executor<B> {
             owned,
             slots,
             check_finite: false,
+            timing: None,
         })
+    }
+
+    /// Profiling on (from zero) or off: every node of the next runs is timed, the backend
+    /// synchronised after each (a GPU then runs one kernel at a time: a profiled run is
+    /// slower, its shares are what they measure). [`Executor::profile_report`] sums them.
+    pub fn profile(&mut self, on: bool) {
+        self.timing = on.then(|| (vec![0.0; self.graph.nodes().len()], 0));
+    }
+
+    /// Time per run by model part and op kind since profiling was turned on (`None` when off).
+    pub fn profile_report(&self) -> Option<super::profile::Profile> {
+        let (seconds, runs) = self.timing.as_ref()?;
+        Some(super::profile::Profile::of(&self.graph, seconds, *runs))
     }
 
     /// Anomaly mode, like PyTorch's: after every op, its outputs are read back and the first
@@ -175,6 +191,7 @@ impl<B: Backend> Executor<B> {
             owned,
             slots,
             check_finite,
+            timing,
         } = self;
         let mut homes = Homes::<B> {
             graph,
@@ -187,7 +204,11 @@ impl<B: Backend> Executor<B> {
         } else {
             &plan.schedule
         };
+        if let Some((_, runs)) = timing {
+            *runs += 1;
+        }
         for &n in schedule {
+            let started = timing.is_some().then(std::time::Instant::now);
             let node = graph.node(n)?;
             let mutated = node.op.mutated_inputs();
             // Take the buffers this node writes out of their homes, so the rest can be
@@ -231,6 +252,10 @@ impl<B: Backend> Executor<B> {
                 homes.put(w, buf);
             }
             result?;
+            if let (Some((seconds, _)), Some(t0)) = (timing.as_mut(), started) {
+                backend.synchronize()?;
+                seconds[n.0 as usize] += t0.elapsed().as_secs_f64();
+            }
             if *check_finite {
                 homes.check_finite(backend, n, written)?;
             }

@@ -12,6 +12,7 @@ mod feed;
 pub mod gradcheck;
 pub mod params;
 mod plan;
+pub mod profile;
 
 pub use executor::Executor;
 pub use params::{initial_values, Init, ParamSet, ParamSpec};
@@ -68,6 +69,19 @@ pub struct Node {
     pub inputs: Vec<ValueId>,
     /// Its outputs, in the op's order.
     pub outputs: Vec<ValueId>,
+    /// The part of the model it belongs to (profiles group by it).
+    pub part: Part,
+}
+
+/// Which part of a model a node belongs to, for profiles: the builder names it with
+/// [`Graph::set_part`]; a gradient node has the part of the node it differentiates, with
+/// `backward` set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Part {
+    /// E.g. `gat`, `snn`, `text`, `losses`, `optimizer` ("" until a builder names one).
+    pub name: &'static str,
+    /// A node of the backward pass.
+    pub backward: bool,
 }
 
 /// A static graph of ops: built once with the builder methods, differentiated with
@@ -76,6 +90,7 @@ pub struct Node {
 pub struct Graph {
     values: Vec<Value>,
     nodes: Vec<Node>,
+    part: Part,
 }
 
 impl Graph {
@@ -147,8 +162,17 @@ impl Graph {
             op,
             inputs: inputs.to_vec(),
             outputs,
+            part: self.part,
         });
         Ok(self.nodes.last().unwrap().outputs.clone())
+    }
+
+    /// Names the part of the model the nodes appended from now on belong to (see [`Part`]).
+    pub fn set_part(&mut self, name: &'static str) {
+        self.part = Part {
+            name,
+            backward: false,
+        };
     }
 
     /// Appends a single-output node.

@@ -197,16 +197,24 @@ impl Gshn {
         let inputs = ModelInputs::new(&mut graph, config, cap, float);
         let mut ps = ParamSet::new(&mut graph, float);
         let inp = &inputs;
+        // Each part names its nodes for profiles (`gshn train --profile`).
+        ps.graph.set_part("node inputs");
         let nodes = node_features(&mut ps, config, cap, inp)?;
         let logit_scale = ps.param("logit_scale", [], Init::Constant(config.logit_scale_init));
+        ps.graph.set_part("gat");
         let gat = gat_branch(&mut ps, config, cap, inp, &nodes)?;
+        ps.graph.set_part("snn");
         let snn = snn_branch(&mut ps, config, cap, inp, &nodes, &gat.attention, float)?;
         let e_snn = snn.as_ref().map(|s| s.e_snn);
+        ps.graph.set_part("fusion");
         let (fused, r) = fuse(&mut ps, config, &nodes, e_snn, gat.f_gat)?;
+        ps.graph.set_part("image head");
         let z_img = image_embedding(&mut ps, config, cap, inp, fused)?;
+        ps.graph.set_part("text");
         let z_txt = text_embedding(&mut ps, config, cap, inp)?;
         // Losses, each weighted by its fed scalar. Their creation order fixes the order in
         // which gradients sum: keep it.
+        ps.graph.set_part("losses");
         let rel = match cap.relations {
             true => Some(relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?),
             false => None,

@@ -194,6 +194,7 @@ impl Graph {
                 ));
             }
         }
+        self.set_part("optimizer");
         let (clip_scale, grad_norm) = self.clip_scale(grads, max_norm.unwrap_or(f64::INFINITY))?;
         let hyper = self.input("adamw.hyper", [2], dtype);
         let (mut m, mut v) = (Vec::new(), Vec::new());

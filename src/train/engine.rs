@@ -39,19 +39,35 @@ pub struct Engine<B: Backend> {
     pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
-    grad_norm: ValueId,
+    pub(super) grad_norm: ValueId,
+    /// d(loss)/d(param) in `params` order (fetched only with `inspect`: [`Engine::new_in`]).
+    pub(super) grads: Vec<ValueId>,
     pub(super) image_fetch: Vec<ValueId>,
 }
 impl<B: Backend> Engine<B> {
     /// Builds and compiles the three executors for `cfg` and `shape` (parameters not yet set: see [`Engine::init`]).
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
+        Self::new_in(backend, cfg, shape, vocab, DType::F32, false)
+    }
+
+    /// [`Engine::new`] with every float value in `float` (f64: the step as an exact
+    /// reference), the training step keeping its parameter gradients and both embeddings
+    /// readable when `inspect` (see `gshn dump-batch`).
+    pub fn new_in(
+        backend: B,
+        cfg: RunConfig,
+        shape: DataShape,
+        vocab: Vocab,
+        float: DType,
+        inspect: bool,
+    ) -> Result<Self> {
         let backend = Arc::new(backend);
         let t = &cfg.train;
         let data_cap = shape.batch_capacity(t.batch_size);
         let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), t.node_samples_per_graph);
         cap.negatives = cfg.hard_negatives();
         cap.relations = t.lambda_rel > 0.0;
-        let model = Gshn::build(&cfg.model, cap)?;
+        let model = Gshn::build_in(&cfg.model, cap, float)?;
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
 
@@ -69,6 +85,10 @@ impl<B: Backend> Engine<B> {
         fetch.extend(out.neg);
         fetch.extend(out.rel);
         fetch.extend(&out.spike_rates);
+        if inspect {
+            fetch.extend([out.z_img, out.z_txt]);
+            fetch.extend(&grads);
+        }
         let train = Executor::new(backend.clone(), train_graph, &fetch)?;
 
         let mut image_fetch = vec![out.z_img];
@@ -92,14 +112,17 @@ impl<B: Backend> Engine<B> {
             opt_state,
             hyper: opt.hyper,
             grad_norm,
+            grads: if inspect { grads } else { Vec::new() },
             image_fetch,
         })
     }
 
-    /// Fresh parameters (deterministic in the seed) and zeroed optimizer state.
+    /// Fresh parameters (deterministic in the seed; drawn in f32 whatever the engine's float
+    /// type, so an f64 engine starts from the f32 run's values) and zeroed optimizer state.
     pub fn init(&mut self) -> Result<()> {
         for (id, t) in initial_values(&self.params, DType::F32, self.cfg.train.seed)? {
-            self.train.set(id, &t)?;
+            let want = self.train.graph().dtype(id)?;
+            self.train.set(id, &t.to_dtype(want)?)?;
         }
         for &s in &self.opt_state {
             let m = self.train.graph().meta(s)?.clone();
@@ -114,8 +137,20 @@ impl<B: Backend> Engine<B> {
         self.train.persistent_values()
     }
 
-    /// Restores parameters and optimizer state from a checkpoint's tensors.
+    /// Restores parameters and optimizer state from a checkpoint's tensors (converted to the
+    /// engine's float type).
     pub fn load_state(&mut self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let float = self.train.graph().dtype(self.grad_norm)?;
+        let converted;
+        let tensors = if tensors.iter().all(|(_, t)| t.dtype() == float) {
+            tensors
+        } else {
+            converted = tensors
+                .iter()
+                .map(|(n, t)| Ok((n.clone(), t.to_dtype(float)?)))
+                .collect::<Result<Vec<_>>>()?;
+            &converted
+        };
         self.train
             .set_persistent_values(tensors)
             .map_err(|e| Error::invalid("checkpoint", e.to_string()))
@@ -139,10 +174,9 @@ impl<B: Backend> Engine<B> {
         self.feeder.feed_text(&mut self.train, captions)?;
         self.feeder.feed_negatives(&mut self.train, negatives)?;
         self.feeder.feed_weights(&mut self.train, w)?;
-        self.train.set(
-            self.hyper,
-            &Tensor::new([2], vec![lr as f32, (step + 1) as f32])?,
-        )?;
+        let hyper = Tensor::new([2], vec![lr, (step + 1) as f64])?;
+        let float = self.train.graph().dtype(self.hyper)?;
+        self.train.set(self.hyper, &hyper.to_dtype(float)?)?;
         self.train.run()?;
         let loss = self.scalar(self.model_outputs.loss)?;
         let grad_norm = self.scalar(self.grad_norm)?;

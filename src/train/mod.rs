@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod config;
+pub mod dump;
 pub mod engine;
 pub mod eval;
 pub mod metrics;

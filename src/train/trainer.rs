@@ -11,6 +11,7 @@ use super::schedule::WarmupCosine;
 use crate::backend::Backend;
 use crate::data::{prepare, DataShape, Encoded, PreparedSplit, SceneGraph, Vocab};
 use crate::error::{Error, Result};
+use crate::graph::profile::Profile;
 use crate::util::progress::progress;
 use crate::util::rng::{mix64, SplitMix64};
 use indicatif::ProgressBar;
@@ -36,6 +37,9 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint) once this many optimizer steps are done in total; `--resume`
     /// continues from there to exactly the numbers of an uninterrupted run.
     pub stop_after_steps: Option<usize>,
+    /// Time every op of the training step; the summary then holds the profile by model
+    /// part and op kind, also written to `out/profile.json`.
+    pub profile: bool,
     /// With `resume`: a config the user asked for (`--resume --config`). It may differ from
     /// the checkpoint's only in [`RunConfig::RESUMABLE_KEYS`], which it then sets; any other
     /// difference is an error naming each key.
@@ -59,6 +63,8 @@ pub struct TrainSummary {
     pub final_r: Option<f64>,
     /// Mean firing rate per SNN layer at the last step.
     pub final_spike_rates: Vec<f64>,
+    /// Where the training step's time went (`TrainOptions::profile`).
+    pub profile: Option<Profile>,
 }
 
 /// Holds `dir/.lock` exclusively for as long as it lives: one trainer per run folder. The OS
@@ -222,6 +228,8 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             engine.train.plan().memory.peak_intermediate_bytes as f64 / (1 << 20) as f64
         );
     }
+    engine.train.profile(opts.profile);
+    let mut step_seconds = 0.0;
     let started = Instant::now();
     let mut last = StepStats::default();
     let mut final_recall = state.last_recall.unwrap_or_default();
@@ -245,6 +253,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             let mut rng = step_rng(t.seed, state.step);
             let batch = StepBatch::pick(&train_split, idx, &mut rng);
             let lr = sched.at(state.step);
+            let step_started = Instant::now();
             engine.step(
                 &batch.graphs,
                 &batch.captions,
@@ -254,6 +263,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 state.step,
                 &mut rng,
             )?;
+            step_seconds += step_started.elapsed().as_secs_f64();
             state.step += 1;
             state.batch += 1;
             graphs_done += t.batch_size;
@@ -275,7 +285,15 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             if stop {
                 bar.finish_and_clear();
                 log.flush()?;
-                return Ok(summary(&state, &last, final_recall, started, graphs_done));
+                let profile = finish_profile(&engine, step_seconds, out)?;
+                return Ok(summary(
+                    &state,
+                    &last,
+                    final_recall,
+                    started,
+                    graphs_done,
+                    profile,
+                ));
             }
         }
         bar.finish_and_clear();
@@ -307,20 +325,43 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         }
     }
     log.flush()?;
-    Ok(summary(&state, &last, final_recall, started, graphs_done))
+    let profile = finish_profile(&engine, step_seconds, out)?;
+    Ok(summary(
+        &state,
+        &last,
+        final_recall,
+        started,
+        graphs_done,
+        profile,
+    ))
+}
+
+/// The profile of this invocation's steps (when on), also written to `out/profile.json`.
+fn finish_profile<B: Backend>(
+    engine: &Engine<B>,
+    step_seconds: f64,
+    out: &Path,
+) -> Result<Option<Profile>> {
+    let Some(mut p) = engine.train.profile_report() else {
+        return Ok(None);
+    };
+    p.step_ms = Some(1e3 * step_seconds / p.runs.max(1) as f64);
+    let json = serde_json::to_string_pretty(&p).expect("a profile serialises");
+    crate::tensor::io::write_atomic(&out.join("profile.json"), json.as_bytes())?;
+    Ok(Some(p))
 }
 
 /// The data of a run: its vocabulary, both splits prepared, and the shape its model is built
 /// for (a resumed run keeps its checkpoint's vocabulary and shape).
-struct RunData {
-    vocab: Vocab,
-    train_split: PreparedSplit,
-    val_split: PreparedSplit,
-    shape: DataShape,
+pub(super) struct RunData {
+    pub vocab: Vocab,
+    pub train_split: PreparedSplit,
+    pub val_split: PreparedSplit,
+    pub shape: DataShape,
 }
 
 impl RunData {
-    fn load(root: &Path, cfg: &RunConfig, resumed: Option<&Checkpoint>) -> Result<RunData> {
+    pub fn load(root: &Path, cfg: &RunConfig, resumed: Option<&Checkpoint>) -> Result<RunData> {
         let train_ds = open_split(root, cfg, &cfg.data.train_split)?;
         let val_ds = open_split(root, cfg, &cfg.data.val_split)?;
         let vocab = match resumed {
@@ -425,6 +466,7 @@ fn summary(
     final_recall: Recall,
     started: Instant,
     graphs: usize,
+    profile: Option<Profile>,
 ) -> TrainSummary {
     let seconds = started.elapsed().as_secs_f64();
     TrainSummary {
@@ -435,5 +477,6 @@ fn summary(
         best_rsum: state.best_rsum,
         final_r: last.r,
         final_spike_rates: last.spike_rates.clone(),
+        profile,
     }
 }
