@@ -372,7 +372,7 @@ def edge_softmax(e: Tensor, dst: Tensor, n: int) -> Tensor:
     """Softmax of e[E, H] over the edges entering each destination (PyG `softmax`)."""
     h = e.shape[1]
     idx = dst.view(-1, 1).expand(-1, h)
-    mx = torch.full((n, h), -math.inf, dtype=e.dtype).scatter_reduce(
+    mx = torch.full((n, h), -math.inf, dtype=e.dtype, device=e.device).scatter_reduce(
         0, idx, e.detach(), reduce="amax", include_self=True)
     ex = (e - mx[dst]).exp()
     den = e.new_zeros(n, h).index_add(0, dst, ex)
@@ -387,7 +387,7 @@ class GraphIndex:
         deg = (row_ptr[1:] - row_ptr[:-1]).long()
         self.n = n
         self.src = src.long()
-        self.dst = torch.repeat_interleave(torch.arange(n), deg)
+        self.dst = torch.repeat_interleave(torch.arange(n, device=row_ptr.device), deg)
         assert self.dst.shape == self.src.shape
 
 
@@ -429,7 +429,7 @@ def clip_loss(a: Tensor, p: Tensor, logit_scale: Tensor, symmetric: bool) -> Ten
     """open_clip ClipLoss (dense logits); one-directional a -> p when not symmetric."""
     s = logit_scale.exp().clamp(max=100.0)
     logits = s * (a @ p.t())
-    labels = torch.arange(a.shape[0])
+    labels = torch.arange(a.shape[0], device=a.device)
     row = F.cross_entropy(logits, labels)
     if not symmetric:
         return row
@@ -763,8 +763,8 @@ class TwinModel(nn.Module):
         look = appearance[idx].view(b, per, -1)
         centre = geometry[idx][:, 0:2].reshape(b, per, 2)
         pairs = [(i, j) for i in range(per) for j in range(per) if j != i]
-        first = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-        second = torch.tensor([j for _, j in pairs], dtype=torch.long)
+        first = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=idx.device)
+        second = torch.tensor([j for _, j in pairs], dtype=torch.long, device=idx.device)
         np_ = len(pairs)
         la = look[:, first].reshape(b * np_, -1)
         lb = look[:, second].reshape(b * np_, -1)

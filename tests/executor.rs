@@ -302,3 +302,55 @@ fn a_user_graph_resumes_exactly_from_its_persistent_values() {
     assert!(e.contains("\"nope\" is not a parameter"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A reshape of a computed value is not run: it aliases its input's buffer, which must then
+/// live until the alias's last use (here long after, across a chain that reuses every dead
+/// buffer), also when the alias is fetched or reshaped again. A reshape of an input copies.
+#[test]
+fn reshapes_alias_their_input_and_keep_it_alive() {
+    let n = 12;
+    let mut g = Graph::new();
+    let x = g.input("x", [n], DType::F32);
+    let y = g.scale(x, 3.0).unwrap();
+    let r = g.reshape(y, [3, 4]).unwrap(); // alias of y
+    let rr = g.reshape(r, [4, 3]).unwrap(); // alias of an alias
+    let flat = g.reshape(rr, [n]).unwrap();
+    let xr = g.reshape(x, [2, 6]).unwrap(); // of an input: a copy
+    let mut h = x;
+    for _ in 0..6 {
+        h = g.scale(h, 0.5).unwrap(); // dead buffers to reuse
+        h = g.add(h, x).unwrap();
+    }
+    let out = g.add(h, flat).unwrap(); // y's buffer is read here, after the chain
+    let mut ex = Executor::new(CpuBackend, g.clone(), &[out, xr]).unwrap();
+    let reshapes = ex
+        .plan()
+        .schedule
+        .iter()
+        .filter(|&&id| g.node(id).unwrap().op.name() == "reshape")
+        .count();
+    assert_eq!(reshapes, 1, "only the reshape of the input runs");
+    let xs: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 1.0).collect();
+    ex.set(x, &Tensor::new([n], xs.clone()).unwrap()).unwrap();
+    for _ in 0..2 {
+        ex.run().unwrap();
+        let mut want = xs.clone();
+        for _ in 0..6 {
+            for (w, xi) in want.iter_mut().zip(&xs) {
+                *w = *w * 0.5 + xi;
+            }
+        }
+        let want: Vec<f32> = want.iter().zip(&xs).map(|(w, xi)| w + xi * 3.0).collect();
+        assert_eq!(ex.get(out).unwrap().data::<f32>().unwrap(), &want[..]);
+        assert_eq!(ex.get(xr).unwrap().data::<f32>().unwrap(), &xs[..]);
+    }
+    // A fetched alias, also through evaluation only (`run_forward`, which reaches it
+    // through its root).
+    let mut ev = Executor::new(CpuBackend, g, &[r]).unwrap();
+    ev.set(x, &Tensor::new([n], xs.clone()).unwrap()).unwrap();
+    ev.run_forward().unwrap();
+    let r_got = ev.get(r).unwrap();
+    assert_eq!(r_got.dims(), [3, 4]);
+    let y_want: Vec<f32> = xs.iter().map(|v| v * 3.0).collect();
+    assert_eq!(r_got.data::<f32>().unwrap(), &y_want[..]);
+}

@@ -3,10 +3,12 @@
 //! Every computed value gets a *slot* (a buffer) for the span from its producing node to
 //! its last consumer; a slot freed by a dead value is reused by a later one (best fit, same
 //! dtype). Slots are allocated once by the executor and reused every step, so a training
-//! step makes no allocations.
+//! step makes no allocations. A reshape of a computed value is no node of the schedule: its
+//! output is its input's slot under another shape.
 
 use super::{Graph, NodeId, ValueId, ValueKind};
 use crate::error::{Error, Result};
+use crate::ops::Op;
 use crate::tensor::DType;
 
 /// Memory of one plan, in bytes.
@@ -83,6 +85,19 @@ impl Plan {
                 }
             }
         }
+        // A reshape of a computed value is not run: its output aliases the input's slot
+        // (same elements, same order), which then lives until the last use of either.
+        let mut root: Vec<ValueId> = (0..nv as u32).map(ValueId).collect();
+        for (n, node) in graph.nodes().iter().enumerate() {
+            if needed_node[n] && matches!(node.op, Op::Reshape(_)) {
+                let input = root[node.inputs[0].0 as usize];
+                if matches!(graph.value(input)?.kind, ValueKind::Computed { .. }) {
+                    root[node.outputs[0].0 as usize] = input;
+                    needed_node[n] = false;
+                }
+            }
+        }
+        let root_of = |v: ValueId| root[v.0 as usize];
         let schedule: Vec<NodeId> = (0..graph.nodes().len())
             .filter(|&n| needed_node[n])
             .map(|n| NodeId(n as u32))
@@ -90,15 +105,15 @@ impl Plan {
         // The same sweep from the fetched values alone.
         let mut wanted = vec![false; nv];
         for &f in fetch {
-            wanted[f.0 as usize] = true;
+            wanted[root_of(f).0 as usize] = true;
         }
         let mut forward: Vec<NodeId> = Vec::new();
         for &n in schedule.iter().rev() {
             let node = graph.node(n)?;
             if node.op.mutated_inputs() == 0 && node.outputs.iter().any(|o| wanted[o.0 as usize]) {
                 forward.push(n);
-                for i in &node.inputs {
-                    wanted[i.0 as usize] = true;
+                for &i in &node.inputs {
+                    wanted[root_of(i).0 as usize] = true;
                 }
             }
         }
@@ -106,17 +121,18 @@ impl Plan {
 
         // Last use of each value (position in the schedule); fetched values live to the end.
         const FOREVER: usize = usize::MAX;
+        // An alias's uses count as uses of its root.
         let mut last_use = vec![0usize; nv];
         for (pos, &n) in schedule.iter().enumerate() {
-            for i in &graph.node(n)?.inputs {
-                last_use[i.0 as usize] = pos;
+            for &i in &graph.node(n)?.inputs {
+                last_use[root_of(i).0 as usize] = pos;
             }
             for o in &graph.node(n)?.outputs {
                 last_use[o.0 as usize] = last_use[o.0 as usize].max(pos);
             }
         }
         for &f in fetch {
-            last_use[f.0 as usize] = FOREVER;
+            last_use[root_of(f).0 as usize] = FOREVER;
         }
 
         // Greedy slot assignment: outputs take slots before the node's dying inputs are
@@ -167,6 +183,12 @@ impl Plan {
                 if let Some(s) = slot_of[v.0 as usize] {
                     free.push(s);
                 }
+            }
+        }
+
+        for (v, &r) in root.iter().enumerate() {
+            if r.0 as usize != v {
+                slot_of[v] = slot_of[r.0 as usize];
             }
         }
 

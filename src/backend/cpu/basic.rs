@@ -1,6 +1,8 @@
 //! CPU kernels: elementwise ops, activations, matmul, reductions, fill.
 
-use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
+use super::{
+    as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, PAR_MIN,
+};
 use crate::error::{Error, Result};
 use crate::ops::basic::MatMulDims;
 use crate::ops::{Op, Reduce, Unary};
@@ -106,6 +108,11 @@ fn map1<T: Float>(a: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
 /// Activations evaluate in the element type; the transcendental ones go through f64 so
 /// f32 and f64 share one definition (`Unary::forward`).
 fn unary<T: Float>(u: Unary, x: &[T], y: &mut [T]) {
+    if u == Unary::Gelu && has_avx2() {
+        if let (Some(x), Some(y)) = (as_f32(x), as_f32_mut(y)) {
+            return super::gelu::forward(x, y);
+        }
+    }
     match u {
         Unary::Relu => map1(x, y, |a| a.max(T::zero())),
         Unary::LeakyRelu(s) => {
@@ -117,6 +124,11 @@ fn unary<T: Float>(u: Unary, x: &[T], y: &mut [T]) {
 }
 
 fn unary_backward<T: Float>(u: Unary, x: &[T], g: &[T], y: &mut [T]) {
+    if u == Unary::Gelu && has_avx2() {
+        if let (Some(x), Some(g), Some(y)) = (as_f32(x), as_f32(g), as_f32_mut(y)) {
+            return super::gelu::backward(x, g, y);
+        }
+    }
     zip2(x, g, y, |a, g| {
         g * T::of(u.derivative(a.to_f64().unwrap_or(f64::NAN)))
     })

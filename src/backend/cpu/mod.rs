@@ -3,6 +3,7 @@
 
 mod basic;
 mod gat;
+mod gelu;
 mod infonce;
 mod layout;
 mod lif;
@@ -70,6 +71,14 @@ pub(crate) fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
         // SAFETY: T is f32 (checked), so the slice's memory is `len` f32s.
         unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+    })
+}
+
+/// `y` as `&mut [f32]` when `T` is f32.
+pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
+        // SAFETY: T is f32 (checked), so the slice's memory is `len` f32s.
+        unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()) }
     })
 }
 
