@@ -1,14 +1,16 @@
 """gshn's training step against its PyTorch twin, same data, config and threads: graphs/s.
 
     .venv-py/bin/python python/twin_bench.py --data data/synth [--batch 64] [--max-nodes 32]
-        [--config CFG.toml] [--threads 2] [--steps 20] [--compile] [--device cpu|cuda]
+        [--config CFG.toml] [--threads 2] [--steps 20] [--rounds 3] [--compile] [--device cpu|cuda]
         [--gshn target/release/gshn] [--json OUT.json]
 
 gshn: `gshn train --profile` for one epoch of the dataset at that batch size; its time per
-step is the wall time of `Engine::step` (feeding the batch included, evaluation not).
+step is the wall time of `Engine::step` (feeding the batch included, evaluation not). On cuda,
+`gshn bench --ops step` at that batch size instead (CUDA events, the default config).
 The twin (python/gshn_twin.py, f32): one batch of the same run dumped by `gshn dump-batch`,
 trained as a PyTorch user would: forward, `loss.backward()`, `clip_grad_norm_`,
 `torch.optim.AdamW(foreach=True)`; the median over `--steps` steps after 3 warm-up steps.
+The sides alternate for `--rounds` rounds; each figure is the median over the rounds.
 `--compile` also times the twin under `torch.compile` (inductor; on a failure it says why).
 On `--device cuda` every step of the twin ends with a synchronisation, and gshn trains on cuda.
 """
@@ -32,9 +34,19 @@ import gshn_twin  # noqa: E402
 
 
 def gshn_step(args, cfg: Path, work: Path) -> dict:
-    """Trains one epoch with --profile; milliseconds per step and the profile's parts."""
-    run = work / "run"
+    """gshn's milliseconds per training step. CPU: one epoch of `gshn train --profile` (the
+    wall time of each step, feeding included). CUDA: `gshn bench --ops step` at this batch size
+    (CUDA events; a profile would synchronise after every op), default config."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    if args.device.startswith("cuda"):
+        shapes, report = work / "shapes.toml", work / "bench.json"
+        shapes.write_text(f"[step]\nB = {args.batch}\n")
+        subprocess.run([args.gshn, "bench", "--device", args.device, "--ops", "step", "--shapes",
+                        str(shapes), "--json", str(report)], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        row = json.loads(report.read_text())["rows"][0]
+        return {"ms": row["ms"], "steps": row["calls"]}
+    run = work / "run"
     cmd = [args.gshn, "train", "--data", args.data, "--out", str(run), "--config", str(cfg),
            "--epochs", "1", "--overwrite", "--profile", "--device", args.device]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -43,46 +55,49 @@ def gshn_step(args, cfg: Path, work: Path) -> dict:
             "parts": {r["name"]: r["ms"] for r in p["by_part"]}}
 
 
-def twin_step(args, cfg: Path, work: Path, compiled: bool) -> dict:
-    """The twin's training step on one dumped batch of the same run (f32)."""
-    dump = work / "step.safetensors"
-    if not dump.exists():
-        subprocess.run([args.gshn, "dump-batch", "--data", args.data, "--config", str(cfg),
-                        "--step", "1", "--dtype", "f32", "--out", str(dump)],
-                       check=True, stdout=subprocess.DEVNULL)
-    step = gshn_twin.load_step(str(dump))
-    dev = torch.device(args.device)
-    model = gshn_twin.TwinModel(step.config, gshn_twin.Capacity.of_step(step), torch.float32)
-    with torch.no_grad():
-        model.load_gshn(step.params)
-    model.to(dev)
-    inputs = {k: v.to(dev) for k, v in step.inputs.items()}
-    tr = step.config["train"]
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]),
-                            weight_decay=float(tr["weight_decay"]), foreach=True)
-    forward = torch.compile(model) if compiled else model
-    clip = float(tr["clip_norm"])
+class TwinStep:
+    """The twin's training step on one dumped batch of the same run (f32), ready to time."""
 
-    def one():
-        opt.zero_grad(set_to_none=True)
-        loss = forward(inputs)["loss"]
+    def __init__(self, args, cfg: Path, work: Path, compiled: bool):
+        dump = work / "step.safetensors"
+        if not dump.exists():
+            subprocess.run([args.gshn, "dump-batch", "--data", args.data, "--config", str(cfg),
+                            "--step", "1", "--dtype", "f32", "--out", str(dump)],
+                           check=True, stdout=subprocess.DEVNULL)
+        step = gshn_twin.load_step(str(dump))
+        self.dev = torch.device(args.device)
+        self.model = gshn_twin.TwinModel(step.config, gshn_twin.Capacity.of_step(step),
+                                         torch.float32)
+        with torch.no_grad():
+            self.model.load_gshn(step.params)
+        self.model.to(self.dev)
+        self.inputs = {k: v.to(self.dev) for k, v in step.inputs.items()}
+        tr = step.config["train"]
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=float(tr["lr"]),
+                                     weight_decay=float(tr["weight_decay"]), foreach=True)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.clip = float(tr["clip_norm"])
+        t0 = time.perf_counter()
+        for _ in range(3):  # warm-up (and compilation)
+            self.one()
+        self.warmup_s = time.perf_counter() - t0
+
+    def one(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.forward(self.inputs)["loss"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        if dev.type == "cuda":
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        if self.dev.type == "cuda":
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    for _ in range(3):  # warm-up (and compilation)
-        one()
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        one()
-        times.append(time.perf_counter() - t0)
-    return {"ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "max_ms": 1e3 * max(times), "warmup_s": warm}
+    def time(self, steps: int) -> dict:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            self.one()
+            times.append(time.perf_counter() - t0)
+        return {"ms": 1e3 * statistics.median(times)}
 
 
 def main() -> int:
@@ -93,6 +108,7 @@ def main() -> int:
     ap.add_argument("--max-nodes", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gshn", default=str(HERE.parent / "target/release/gshn"))
@@ -108,22 +124,42 @@ def main() -> int:
             extra += f"\n[data.graph]\nmax_nodes = {args.max_nodes}\n"
         if "[train]" in base or "[data.graph]" in base:
             sys.exit("put batch_size and max_nodes on the command line, not in --config")
+        if args.device.startswith("cuda") and (base or args.max_nodes):
+            sys.exit("on cuda gshn's side is `gshn bench --ops step`: default config only")
         cfg.write_text(base + extra)
-        rows = {"gshn": gshn_step(args, cfg, work), "twin eager": twin_step(args, cfg, work, False)}
+        sides = {"twin eager": TwinStep(args, cfg, work, False)}
         if args.compile:
             try:
-                rows["twin compiled"] = twin_step(args, cfg, work, True)
+                sides["twin compiled"] = TwinStep(args, cfg, work, True)
             except Exception as e:  # noqa: BLE001 (report any compiler failure, go on)
-                rows["twin compiled"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                failed = f"{type(e).__name__}: {str(e)[:300]}"
+        # Rounds alternate the sides, so that a machine whose speed drifts (a shared VM)
+        # treats them alike; each side's figure is the median over the rounds.
+        runs: dict = {name: [] for name in ["gshn", *sides]}
+        for _ in range(args.rounds):
+            runs["gshn"].append(gshn_step(args, cfg, work))
+            for name, side in sides.items():
+                runs[name].append(side.time(args.steps))
+        rows = {name: {"ms": statistics.median(r["ms"] for r in rs),
+                       "min_ms": min(r["ms"] for r in rs), "max_ms": max(r["ms"] for r in rs)}
+                for name, rs in runs.items()}
+        if "parts" in runs["gshn"][-1]:
+            rows["gshn"]["parts"] = runs["gshn"][-1]["parts"]
+        for name, side in sides.items():
+            rows[name]["warmup_s"] = side.warmup_s
+        if args.compile and "twin compiled" not in sides:
+            rows["twin compiled"] = {"error": failed}
     g = rows["gshn"]["ms"]
     print(f"batch {args.batch}, max_nodes {args.max_nodes or 'default'}, {args.threads} threads, "
           f"device {args.device}, torch {torch.__version__}")
-    print(f"{'':<16}{'ms/step':>10}{'graphs/s':>10}{'gshn is':>10}")
+    print(f"median of {args.rounds} alternating rounds (gshn: one epoch each; twin: {args.steps} steps)")
+    print(f"{'':<16}{'ms/step':>10}{'[min, max]':>18}{'graphs/s':>10}{'gshn is':>10}")
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:<16} failed: {r['error']}")
             continue
-        print(f"{name:<16}{r['ms']:>10.2f}{1e3 * args.batch / r['ms']:>10.0f}"
+        spread = f"[{r['min_ms']:.1f}, {r['max_ms']:.1f}]"
+        print(f"{name:<16}{r['ms']:>10.2f}{spread:>18}{1e3 * args.batch / r['ms']:>10.0f}"
               f"{r['ms'] / g:>9.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))

@@ -9,7 +9,9 @@
 # in short mode (.gpu/bin/bench-cuda_ops --short); `gshn bench --device cuda --json` (the user's
 # benchmark, to be compared with cuda_ops); InfoNCE at B = 32768, D = 512 in f32 / tf32 / bf16
 # beside PyTorch's dense loss, and f32 on the tile path; python/bench_torch.py (PyTorch / PyG on the
-# same shapes); `gshn demo --device cuda` (the README's main command); the parity tests again
+# same shapes); `gshn demo --device cuda` (the README's main command); the PyTorch twin
+# (scripts/twin_parity.sh with steps dumped on cuda, python/twin_bench.py at batch 256, eager and
+# compiled; report key "twin"); the parity tests again
 # under compute-sanitizer memcheck; with GPU_RUN_PROFILE=1, ncu per-kernel times of the bench
 # (ncu.csv). Writes reports/gpu/<date>-<device>.json (and, when $OUT is set, the report and
 # the raw logs to $OUT) with:
@@ -123,6 +125,20 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   timeout $(cap 150) .gpu/bin/gshn demo --data "$TMP/demo-data" --out "$TMP/demo" --device cuda >"$TMP/demo.log" 2>&1
   status_demo="exit $?"; echo $(( $(date +%s) - t0 )) >"$TMP/demo.seconds"; tail -n 12 "$TMP/demo.log" >&2
 fi
+status_twin=skipped
+if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
+  # The whole training step against the PyTorch twin (issue 17): every config's step dumped
+  # from the CUDA backend and replayed by python/gshn_twin.py, then graphs/s of gshn on cuda
+  # against the twin in eager mode and under torch.compile, batch 256, alternating rounds.
+  echo "gpu_run: PyTorch twin: parity of CUDA steps, then speed ..." >&2
+  GSHN=.gpu/bin/gshn DEVICE=cuda timeout $(cap 90) bash scripts/twin_parity.sh "$TMP/twin" "$PY" \
+    >"$TMP/twin_parity.log" 2>&1
+  echo "exit $?" >>"$TMP/twin_parity.log"; tail -n 3 "$TMP/twin_parity.log" >&2
+  [[ -d "$TMP/demo-data/train" ]] || .gpu/bin/gshn synth --out "$TMP/demo-data" --train 2000 --val 200 --seed 0 >/dev/null
+  timeout $(cap 150) "$PY" python/twin_bench.py --device cuda --batch 256 --compile --rounds 2 \
+    --gshn .gpu/bin/gshn --data "$TMP/demo-data" --json "$TMP/twin_bench.json" >"$TMP/twin_bench.log" 2>&1
+  status_twin="exit $?"; tail -n 6 "$TMP/twin_bench.log" >&2
+fi
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1)"
 if [[ "$DEVICE" != none && -x .gpu/bin/test-cuda_parity && -n "$SANITIZER" ]]; then
   # Out-of-bounds and misaligned accesses in every parity case (exit != 0 on any error).
@@ -155,9 +171,9 @@ if hi is not None:
 NCU
 fi
 
-"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" "$status_gbench" <<'PY'
+"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" "$status_gbench" "$status_twin" <<'PY'
 import datetime, json, os, re, sys
-tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem, st_gbench = sys.argv[1:11]
+tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem, st_gbench, st_twin = sys.argv[1:12]
 
 def lines(name):
     p = os.path.join(tmp, name)
@@ -278,6 +294,10 @@ report = {
     "comparisons": cmp,
     "train": train_summary() if st_train != "skipped" else {"status": st_train},
     "demo": demo_summary() if st_demo != "skipped" else {"status": st_demo},
+    "twin": {"status": st_twin, "parity_log_tail": tail("twin_parity.log", 40),
+             "bench": json.load(open(os.path.join(tmp, "twin_bench.json")))
+             if os.path.exists(os.path.join(tmp, "twin_bench.json")) else None,
+             "bench_log_tail": tail("twin_bench.log", 10)},
     "memcheck": memcheck_summary() if st_mem != "skipped" else {"status": st_mem},
 }
 if device == "none":
@@ -290,7 +310,7 @@ open(os.path.join("reports/gpu", name), "w").write(text)
 if os.environ.get("OUT"):
     open(os.path.join(os.environ["OUT"], name), "w").write(text)
 print(f"gpu_run: report reports/gpu/{name}: parity {st_par} ({len(parity) - len(failed)}/{len(parity)} checks pass), "
-      f"bench {st_bench}, gshn bench {st_gbench}, torch {st_torch}, train {st_train}, demo {st_demo}, "
+      f"bench {st_bench}, gshn bench {st_gbench}, torch {st_torch}, train {st_train}, demo {st_demo}, twin {st_twin}, "
       f"memcheck {st_mem}", file=sys.stderr)
 PY
 

@@ -16,6 +16,8 @@ pub struct ProfileRow {
     pub share: f64,
     /// Nodes of the graph it covers.
     pub nodes: usize,
+    /// GFLOP/s of its matrix products (`2·batch·m·n·k` each), if it has any.
+    pub gflops: Option<f64>,
 }
 
 /// Time per run of a graph, by part and by op kind, slowest first.
@@ -39,26 +41,29 @@ impl Profile {
     pub fn of(graph: &Graph, seconds: &[f64], runs: usize) -> Profile {
         let per_run = 1e3 / runs.max(1) as f64;
         let total_ms = seconds.iter().sum::<f64>() * per_run;
+        let nodes = graph.nodes();
+        let flops: Vec<f64> = nodes.iter().map(|n| matmul_flops(graph, n)).collect();
         let rows = |key: &dyn Fn(usize) -> String| {
-            let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            let mut sums: BTreeMap<String, (f64, usize, f64)> = BTreeMap::new();
             for (n, &s) in seconds.iter().enumerate() {
                 let e = sums.entry(key(n)).or_default();
                 e.0 += s * per_run;
                 e.1 += 1;
+                e.2 += flops[n];
             }
             let mut rows: Vec<ProfileRow> = sums
                 .into_iter()
-                .map(|(name, (ms, nodes))| ProfileRow {
+                .map(|(name, (ms, nodes, flops))| ProfileRow {
                     name,
                     ms,
                     share: ms / total_ms.max(f64::MIN_POSITIVE),
                     nodes,
+                    gflops: (flops > 0.0 && ms > 0.0).then(|| flops / (ms * 1e6)),
                 })
                 .collect();
             rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
             rows
         };
-        let nodes = graph.nodes();
         Profile {
             runs,
             total_ms,
@@ -103,5 +108,18 @@ impl Profile {
             }
         }
         s
+    }
+}
+
+/// `2·batch·m·n·k` of a matrix product node, 0 for any other.
+fn matmul_flops(graph: &Graph, node: &super::Node) -> f64 {
+    let crate::ops::Op::MatMul { trans_a, trans_b } = node.op else {
+        return 0.0;
+    };
+    let shape = |i: usize| graph.shape(node.inputs[i]);
+    match (shape(0), shape(1)) {
+        (Ok(a), Ok(b)) => crate::ops::MatMulDims::of(a, b, trans_a, trans_b)
+            .map_or(0.0, |d| 2.0 * (d.batch * d.m * d.n * d.k) as f64),
+        _ => 0.0,
     }
 }
