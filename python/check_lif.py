@@ -8,43 +8,15 @@ is reported, and then the case's downstream tensors are not held to the toleranc
 """
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
 import torch
 
 from common import Report, rng, run_op
+from gshn_twin import SpikeFn as Spike  # the surrogate spike, one definition for both references
 
 T, N = 8, 257
-
-
-def surrogate_grad(kind: str, alpha: float, x: torch.Tensor) -> torch.Tensor:
-    if kind == "atan":
-        return alpha / (2 * (1 + (math.pi / 2 * alpha * x) ** 2))
-    if kind == "sigmoid":
-        s = torch.sigmoid(alpha * x)
-        return alpha * s * (1 - s)
-    if kind == "super_spike":
-        return 1 / (1 + alpha * x.abs()) ** 2
-    if kind == "rectangular":
-        return (x.abs() < alpha / 2).to(x.dtype) / alpha
-    raise ValueError(kind)
-
-
-class Spike(torch.autograd.Function):
-    """Heaviside(x >= 0) with the surrogate derivative in the backward."""
-
-    @staticmethod
-    def forward(ctx, x, kind, alpha):
-        ctx.save_for_backward(x)
-        ctx.kind, ctx.alpha = kind, alpha
-        return (x >= 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * surrogate_grad(ctx.kind, ctx.alpha, x), None, None
 
 
 def lif_reference(x, tau, v_th, v_reset, decay_input, detach_reset, kind, alpha):

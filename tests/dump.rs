@@ -99,6 +99,14 @@ fn a_dumped_step_is_the_training_step() {
         );
     }
 
+    // A stop on an epoch's last step keeps it: the checkpoint is the end of the epoch.
+    train_to(&dir, &cfg, 3, true);
+    let ck = gshn::train::checkpoint::Checkpoint::load_latest(&dir.join("run"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((ck.state.step, ck.state.epoch, ck.state.batch), (3, 1, 0));
+    assert!(ck.state.last_recall.is_some(), "the epoch was evaluated");
+
     // From a checkpoint in the middle of epoch 1 (every loss term on): the step it dumps is
     // the one `--resume` takes next.
     train_to(&dir, &cfg, 4, true);

@@ -234,7 +234,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
     let mut last = StepStats::default();
     let mut final_recall = state.last_recall.unwrap_or_default();
     let mut graphs_done = 0usize;
-    while state.epoch < t.epochs {
+    'epochs: while state.epoch < t.epochs {
         let epoch = state.epoch;
         let order = epoch_order(t.seed, epoch, train_split.len());
         let bar = if opts.quiet {
@@ -281,19 +281,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
             if (periodic || stop) && state.batch < steps_per_epoch {
                 save(&engine, &state)?;
-            }
-            if stop {
-                bar.finish_and_clear();
-                log.flush()?;
-                let profile = finish_profile(&engine, step_seconds, out)?;
-                return Ok(summary(
-                    &state,
-                    &last,
-                    final_recall,
-                    started,
-                    graphs_done,
-                    profile,
-                ));
+                if stop {
+                    bar.finish_and_clear();
+                    break 'epochs;
+                }
             }
         }
         bar.finish_and_clear();
@@ -322,6 +313,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 last.spike_rates.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join("/"),
                 epoch_start.elapsed().as_secs_f64()
             );
+        }
+        // A stop on an epoch's last step ends after its evaluation and checkpoint.
+        if opts.stop_after_steps.is_some_and(|n| state.step >= n) {
+            break;
         }
     }
     log.flush()?;
