@@ -458,6 +458,12 @@ fn host_storage(p: *const c_void, m: &Meta) -> Result<Storage, CErr> {
             DType::F32 => Storage::F32(try_copy(std::slice::from_raw_parts(p as *const f32, n))?),
             DType::F64 => Storage::F64(try_copy(std::slice::from_raw_parts(p as *const f64, n))?),
             DType::I32 => Storage::I32(try_copy(std::slice::from_raw_parts(p as *const i32, n))?),
+            d => {
+                return Err(CErr(
+                    GSHN_ERR_UNSUPPORTED,
+                    format!("{d:?} tensors are not in the C ABI"),
+                ))
+            }
         }
     })
 }
@@ -496,6 +502,12 @@ fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
                 Storage::F32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f32, n),
                 Storage::F64(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f64, n),
                 Storage::I32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut i32, n),
+                s => {
+                    return Err(CErr(
+                        GSHN_ERR_UNSUPPORTED,
+                        format!("{:?} output in the C ABI", s.dtype()),
+                    ))
+                }
             }
         }
     }

@@ -398,6 +398,8 @@ fn permute_rows(t: &Tensor, perm: &[usize], inverse: bool) -> Result<Tensor> {
         Storage::F32(v) => go(v, &order, w).map(Storage::F32),
         Storage::F64(v) => go(v, &order, w).map(Storage::F64),
         Storage::I32(v) => go(v, &order, w).map(Storage::I32),
+        Storage::BF16(v) => go(v, &order, w).map(Storage::BF16),
+        Storage::F16(v) => go(v, &order, w).map(Storage::F16),
     };
     let s = s.ok_or_else(|| Error::graph("edge order is no permutation"))?;
     Tensor::from_storage(t.shape().clone(), s)
@@ -484,6 +486,7 @@ fn filled<B: Backend>(like: &Array<B>, v: f64) -> Result<Tensor> {
         DType::F32 => Storage::F32(crate::tensor::try_filled(n, v as f32)?),
         DType::F64 => Storage::F64(crate::tensor::try_filled(n, v)?),
         DType::I32 => return Err(Error::graph("an index tensor has no gradient")),
+        d => Storage::from_f64(d, &crate::tensor::try_filled(n, v)?)?,
     };
     Tensor::from_storage(like.shape().clone(), s)
 }

@@ -57,6 +57,7 @@ fn rand_t(rng: &mut SplitMix64, shape: &[usize], dt: DType, lo: f64, hi: f64) ->
         DType::F32 => Tensor::new(shape.to_vec(), v.iter().map(|&x| x as f32).collect()).unwrap(),
         DType::F64 => Tensor::new(shape.to_vec(), v).unwrap(),
         DType::I32 => panic!("use idx"),
+        d => Tensor::new(shape.to_vec(), v).unwrap().to_dtype(d).unwrap(),
     }
 }
 fn rnd(rng: &mut SplitMix64, shape: &[usize], dt: DType) -> Tensor {
@@ -139,6 +140,7 @@ fn run<B: Backend>(b: &B, c: &Case, poison: bool) -> gshn::Result<Vec<Tensor>> {
                 DType::F32 => Tensor::new(o.shape.clone(), vec![f32::NAN; n])?,
                 DType::F64 => Tensor::new(o.shape.clone(), vec![f64::NAN; n])?,
                 DType::I32 => Tensor::new(o.shape.clone(), vec![i32::MIN; n])?,
+                d => Tensor::new(o.shape.clone(), vec![f32::NAN; n])?.to_dtype(d)?,
             };
             b.write(&mut buf, &t)?;
         }

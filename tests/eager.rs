@@ -48,6 +48,7 @@ fn same(what: &str, got: Array<CpuBackend>, want: &Tensor) {
             Storage::F32(v) => v.iter().map(|x| x.to_bits() as u64).collect(),
             Storage::F64(v) => v.iter().map(|x| x.to_bits()).collect(),
             Storage::I32(v) => v.iter().map(|&x| x as u64).collect(),
+            s => panic!("no {:?} here", s.dtype()),
         }
     };
     assert_eq!(bits(&got), bits(want), "{what}: not bit-identical");

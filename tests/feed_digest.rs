@@ -55,6 +55,7 @@ impl Fnv {
                     self.bytes(&v.to_le_bytes());
                 }
             }
+            d => panic!("the feed holds no {d:?}"),
         }
     }
     /// Every input of the executor's graph, in graph order, with its name.

@@ -143,9 +143,11 @@ fn every_op() -> Vec<Op> {
 fn meta(rng: &mut SplitMix64) -> Meta {
     let rank = rng.below(4);
     let dims: Vec<usize> = (0..rank).map(|_| rng.below(4)).collect();
-    let dtype = match rng.below(8) {
+    let dtype = match rng.below(10) {
         0 => DType::I32,
         1 => DType::F64,
+        2 => DType::BF16,
+        3 => DType::F16,
         _ => DType::F32,
     };
     Meta::new(dims, dtype)
@@ -243,7 +245,10 @@ fn mutate(v: &mut Vec<(Meta, Option<Storage>)>, rng: &mut SplitMix64) {
             let d = rng.below(m.0.shape.0.len());
             m.0.shape.0[d] = rng.below(5);
         }
-        1 => m.0.dtype = [DType::F32, DType::F64, DType::I32][rng.below(3)],
+        1 => {
+            let all = [DType::F32, DType::F64, DType::I32, DType::BF16, DType::F16];
+            m.0.dtype = all[rng.below(all.len())]
+        }
         2 => m.0.shape.0.push(1 + rng.below(2)),
         3 => {
             m.0.shape.0.pop();
@@ -266,6 +271,7 @@ fn storage(m: &Meta, rng: &mut SplitMix64) -> Storage {
         DType::F32 => Storage::F32((0..n).map(|_| x(rng) as f32).collect()),
         DType::F64 => Storage::F64((0..n).map(|_| x(rng)).collect()),
         DType::I32 => Storage::I32((0..n).map(|_| rng.below(7) as i32 - 2).collect()),
+        d => Storage::from_f64(d, &(0..n).map(|_| x(rng)).collect::<Vec<_>>()).unwrap(),
     }
 }
 

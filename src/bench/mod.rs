@@ -230,13 +230,9 @@ pub fn run(
     })
 }
 
-/// `f32`, `f64`, `i32`.
+/// `f32`, `f64`, `i32`, `bf16`, `f16`.
 pub fn dtype_name(dt: DType) -> &'static str {
-    match dt {
-        DType::F32 => "f32",
-        DType::F64 => "f64",
-        DType::I32 => "i32",
-    }
+    dt.name()
 }
 
 /// What one `--dtype` entry names: a storage dtype (`f32`, `f64`), or an InfoNCE tensor-core
@@ -512,6 +508,7 @@ fn random(m: &Meta, rng: &mut SplitMix64) -> Result<Tensor> {
             Tensor::new(m.shape.clone(), v)
         }
         DType::I32 => Err(Error::graph("bench: random indices need a rule")),
+        d => random(&Meta::new(m.shape.clone(), DType::F32), rng)?.to_dtype(d),
     }
 }
 

@@ -110,20 +110,7 @@ impl Array<CpuBackend> {
         let Array { mut buf, meta } = self;
         let n = meta.shape.numel();
         if buf.len() > n {
-            buf = match buf {
-                Storage::F32(mut v) => Storage::F32({
-                    v.truncate(n);
-                    v
-                }),
-                Storage::F64(mut v) => Storage::F64({
-                    v.truncate(n);
-                    v
-                }),
-                Storage::I32(mut v) => Storage::I32({
-                    v.truncate(n);
-                    v
-                }),
-            };
+            buf.truncate(n);
         }
         Tensor::from_storage(meta.shape, buf)
     }

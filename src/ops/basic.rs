@@ -264,6 +264,17 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             Ok(vec![inputs[0].clone()])
         }
         Op::UnaryBackward(_) => same(name, inputs),
+        Op::Cast(to) => {
+            check::arity(name, inputs, 1)?;
+            check::float(name, "x", &inputs[0])?;
+            if !to.is_float() {
+                return Err(Error::shape(
+                    name,
+                    format!("casts to float types, not {to:?}"),
+                ));
+            }
+            Ok(vec![Meta::new(inputs[0].shape.clone(), *to)])
+        }
         Op::MatMul { trans_a, trans_b } => {
             check::arity(name, inputs, 2)?;
             check::float(name, "a", &inputs[0])?;
@@ -332,6 +343,7 @@ pub(crate) fn grad(
         Op::Scale(c) => vec![Some(g.scale(gy, *c)?)],
         Op::Unary(u) => vec![Some(g.push1(Op::UnaryBackward(*u), &[x[0], gy])?)],
         Op::StopGradient | Op::Fill { .. } => vec![None; x.len()],
+        Op::Cast(_) => vec![Some(g.cast(gy, g.dtype(x[0])?)?)],
         Op::MatMul {
             trans_a: ta,
             trans_b: tb,
@@ -454,6 +466,13 @@ impl Graph {
     /// x, with no gradient flowing back through it
     pub fn stop_gradient(&mut self, x: ValueId) -> Result<ValueId> {
         self.push1(Op::StopGradient, &[x])
+    }
+
+    /// x converted to the float type `to` (rounded to nearest even; a no-op node when x is
+    /// `to` already); its gradient is converted back. Half-precision storage (`BF16`, `F16`)
+    /// computes in f32 in every op.
+    pub fn cast(&mut self, x: ValueId, to: DType) -> Result<ValueId> {
+        self.push1(Op::Cast(to), &[x])
     }
     /// A tensor of `shape` and `dtype` with every element `value`
     pub fn fill(&mut self, value: f64, shape: impl Into<Shape>, dtype: DType) -> Result<ValueId> {

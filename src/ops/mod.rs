@@ -106,6 +106,9 @@ pub enum Op {
     },
     /// x → x, with no gradient flowing back
     StopGradient,
+    /// x → x converted to another float type (rounded to nearest even); the gradient is
+    /// converted back to x's type
+    Cast(crate::tensor::DType),
     /// → a constant-filled tensor (used for seeds of gradients)
     Fill {
         /// The value every element gets.
@@ -224,6 +227,7 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::DropoutBackward { .. } => "dropout_backward",
             Op::StopGradient => "stop_gradient",
+            Op::Cast(_) => "cast",
             Op::Fill { .. } => "fill",
             Op::LayerNorm { .. } => "layer_norm",
             Op::LayerNormBackward { .. } => "layer_norm_backward",
@@ -290,6 +294,20 @@ impl Op {
 
     /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
     pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        // Half-precision storage (BF16, F16) runs the elementwise ops, matmul, reductions,
+        // layout ops and casts (arithmetic in f32). The fused ops keep statistics between their
+        // forward and backward (LSE, H, mean and rstd, counts) that must stay f32, and the
+        // optimizer keeps f32 master weights: they take f32 and f64 until that is built.
+        let plain = matches!(self.family(), Family::Basic | Family::Layout);
+        if let Some(m) = inputs.iter().find(|m| m.dtype.is_half()).filter(|_| !plain) {
+            return Err(crate::error::Error::shape(
+                self.name(),
+                format!(
+                    "takes f32 or f64 here, not {:?} storage (cast its inputs first)",
+                    m.dtype
+                ),
+            ));
+        }
         match self.family() {
             Family::Basic => basic::infer(self, inputs),
             Family::Layout => layout::infer(self, inputs),
@@ -378,7 +396,10 @@ pub(crate) mod check {
         if !m.dtype.is_float() {
             return Err(Error::shape(
                 op,
-                format!("{what} must be f32 or f64, got {:?}", m.dtype),
+                format!(
+                    "{what} must be a float type (f32, f64, bf16, f16), got {:?}",
+                    m.dtype
+                ),
             ));
         }
         Ok(())

@@ -12,6 +12,8 @@ fn st_dtype(d: DType) -> StDtype {
         DType::F32 => StDtype::F32,
         DType::F64 => StDtype::F64,
         DType::I32 => StDtype::I32,
+        DType::BF16 => StDtype::BF16,
+        DType::F16 => StDtype::F16,
     }
 }
 
@@ -25,6 +27,8 @@ fn bytes_of(t: &Tensor) -> &[u8] {
         Storage::F32(v) => bytemuck::cast_slice(v),
         Storage::F64(v) => bytemuck::cast_slice(v),
         Storage::I32(v) => bytemuck::cast_slice(v),
+        Storage::BF16(v) => bytemuck::cast_slice(v),
+        Storage::F16(v) => bytemuck::cast_slice(v),
     }
 }
 

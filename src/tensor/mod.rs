@@ -20,6 +20,10 @@ pub enum DType {
     F64,
     /// Indices (CSR offsets, segment ids, token ids). Never differentiated.
     I32,
+    /// bfloat16 storage (8-bit exponent, 8-bit mantissa); ops compute in f32.
+    BF16,
+    /// IEEE half-precision storage (5-bit exponent, 11-bit mantissa); ops compute in f32.
+    F16,
 }
 
 impl DType {
@@ -28,11 +32,35 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::F64 => 8,
+            DType::BF16 | DType::F16 => 2,
         }
     }
-    /// Whether this is a float type (`F32` or `F64`), the only kind that is differentiated.
+    /// Whether this is a float type, the only kind that is differentiated.
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F64)
+        !matches!(self, DType::I32)
+    }
+    /// Its lower-case name: `f32`, `f64`, `i32`, `bf16`, `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::I32 => "i32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+        }
+    }
+    /// Whether this is a half-precision storage type (`BF16`, `F16`): stored in 16 bits,
+    /// computed in f32.
+    pub fn is_half(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16)
+    }
+    /// The type its arithmetic runs in: f32 for the half types, itself otherwise.
+    pub fn compute(self) -> DType {
+        if self.is_half() {
+            DType::F32
+        } else {
+            self
+        }
     }
 }
 
@@ -112,6 +140,23 @@ impl From<&[usize]> for Shape {
     }
 }
 
+/// `x` as f32 rounded to odd: the f32 next to `x` toward zero with its last bit set when `x`
+/// is not an f32. Rounding that to a narrower type (≥ 2 bits fewer) is the correct rounding
+/// of `x` itself, which f64 → f32 → bf16 to nearest twice is not.
+fn f32_round_to_odd(x: f64) -> f32 {
+    #[allow(clippy::cast_possible_truncation)] // rounded on purpose, then corrected
+    let r = x as f32;
+    if !r.is_finite() || f64::from(r) == x {
+        return r;
+    }
+    let toward_zero = if f64::from(r).abs() > x.abs() {
+        f32::from_bits(r.to_bits() - 1)
+    } else {
+        r
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
+
 /// Contiguous element storage of one dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Storage {
@@ -121,6 +166,10 @@ pub enum Storage {
     F64(Vec<f64>),
     /// `i32` elements (indices).
     I32(Vec<i32>),
+    /// bfloat16 elements.
+    BF16(Vec<half::bf16>),
+    /// IEEE half-precision elements.
+    F16(Vec<half::f16>),
 }
 
 impl Storage {
@@ -130,6 +179,59 @@ impl Storage {
             DType::F32 => Storage::F32(vec![0.0; len]),
             DType::F64 => Storage::F64(vec![0.0; len]),
             DType::I32 => Storage::I32(vec![0; len]),
+            DType::BF16 => Storage::BF16(vec![half::bf16::ZERO; len]),
+            DType::F16 => Storage::F16(vec![half::f16::ZERO; len]),
+        }
+    }
+    /// f32 values as storage of the float type `dtype`, rounded to nearest even.
+    pub fn from_f32(dtype: DType, v: &[f32]) -> Result<Self> {
+        Ok(match dtype {
+            DType::F32 => Storage::F32(v.to_vec()),
+            DType::F64 => Storage::F64(v.iter().map(|&x| f64::from(x)).collect()),
+            DType::BF16 => Storage::BF16(v.iter().map(|&x| half::bf16::from_f32(x)).collect()),
+            DType::F16 => Storage::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
+            DType::I32 => return Err(Error::shape("tensor", "cannot convert f32 to I32")),
+        })
+    }
+    /// f64 values as storage of the float type `dtype`, rounded to nearest even.
+    pub fn from_f64(dtype: DType, v: &[f64]) -> Result<Self> {
+        #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
+        Ok(match dtype {
+            DType::F32 => Storage::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F64 => Storage::F64(v.to_vec()),
+            // through f32 rounded to odd: one correct rounding (f32 keeps ≥ 2 more bits)
+            DType::BF16 => Storage::BF16(
+                v.iter()
+                    .map(|&x| half::bf16::from_f32(f32_round_to_odd(x)))
+                    .collect(),
+            ),
+            DType::F16 => Storage::F16(
+                v.iter()
+                    .map(|&x| half::f16::from_f32(f32_round_to_odd(x)))
+                    .collect(),
+            ),
+            DType::I32 => return Err(Error::shape("tensor", "cannot convert f64 to I32")),
+        })
+    }
+    /// The elements of a float storage as f32 (exact for the half types).
+    pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
+        #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
+        Some(match self {
+            Storage::F32(v) => v.clone(),
+            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::I32(_) => return None,
+        })
+    }
+    /// Keeps the first `n` elements.
+    pub fn truncate(&mut self, n: usize) {
+        match self {
+            Storage::F32(v) => v.truncate(n),
+            Storage::F64(v) => v.truncate(n),
+            Storage::I32(v) => v.truncate(n),
+            Storage::BF16(v) => v.truncate(n),
+            Storage::F16(v) => v.truncate(n),
         }
     }
     /// Like [`Storage::zeros`], but running out of memory is an error, not an abort.
@@ -138,6 +240,8 @@ impl Storage {
             DType::F32 => Storage::F32(try_filled(len, 0.0)?),
             DType::F64 => Storage::F64(try_filled(len, 0.0)?),
             DType::I32 => Storage::I32(try_filled(len, 0)?),
+            DType::BF16 => Storage::BF16(try_filled(len, half::bf16::ZERO)?),
+            DType::F16 => Storage::F16(try_filled(len, half::f16::ZERO)?),
         })
     }
     /// The dtype of the elements.
@@ -146,6 +250,8 @@ impl Storage {
             Storage::F32(_) => DType::F32,
             Storage::F64(_) => DType::F64,
             Storage::I32(_) => DType::I32,
+            Storage::BF16(_) => DType::BF16,
+            Storage::F16(_) => DType::F16,
         }
     }
     /// Number of elements.
@@ -154,6 +260,8 @@ impl Storage {
             Storage::F32(v) => v.len(),
             Storage::F64(v) => v.len(),
             Storage::I32(v) => v.len(),
+            Storage::BF16(v) => v.len(),
+            Storage::F16(v) => v.len(),
         }
     }
     /// Whether it holds no elements.
@@ -207,6 +315,8 @@ macro_rules! element {
 element!(f32, F32);
 element!(f64, F64);
 element!(i32, I32);
+element!(half::bf16, BF16);
+element!(half::f16, F16);
 
 /// A host tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,23 +424,25 @@ impl Tensor {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
             Storage::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            Storage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Storage::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
         }
     }
-    /// A float tensor converted to `dtype` (f32 <-> f64).
+    /// A tensor converted to the float type `dtype`, rounding to nearest even (indices convert
+    /// to floats, floats never to indices).
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() && self.dtype() != dtype {
+            return Err(Error::shape(
+                "tensor",
+                format!("cannot convert {:?} to {dtype:?}", self.dtype()),
+            ));
+        }
         let storage = match (&self.storage, dtype) {
             (s, d) if s.dtype() == d => s.clone(),
-            (Storage::F32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
-            #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
-            (Storage::F64(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
-            (Storage::I32(v), DType::F32) => Storage::F32(v.iter().map(|&x| x as f32).collect()),
-            (Storage::I32(v), DType::F64) => Storage::F64(v.iter().map(|&x| x as f64).collect()),
-            (s, d) => {
-                return Err(Error::shape(
-                    "tensor",
-                    format!("cannot convert {:?} to {d:?}", s.dtype()),
-                ))
-            }
+            (Storage::F32(v), d) => Storage::from_f32(d, v)?,
+            (Storage::F64(v), d) => Storage::from_f64(d, v)?,
+            // exact: every i32 (indices), bf16 and f16 value is an f64
+            (_, d) => Storage::from_f64(d, &self.to_f64_vec())?,
         };
         Ok(Tensor {
             shape: self.shape.clone(),
@@ -343,6 +455,8 @@ impl Tensor {
             Storage::F32(v) => v.iter().position(|x| !x.is_finite()),
             Storage::F64(v) => v.iter().position(|x| !x.is_finite()),
             Storage::I32(_) => None,
+            Storage::BF16(v) => v.iter().position(|x| !x.is_finite()),
+            Storage::F16(v) => v.iter().position(|x| !x.is_finite()),
         }
     }
     /// Error unless every element is finite (`what` names the tensor in the message).

@@ -27,6 +27,9 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
         DType::F32 => run::<f32>(op, inputs, outputs),
         DType::F64 => run::<f64>(op, inputs, outputs),
         DType::I32 => run::<i32>(op, inputs, outputs),
+        // layout ops copy elements: half-precision values move as they are
+        DType::BF16 => run::<half::bf16>(op, inputs, outputs),
+        DType::F16 => run::<half::f16>(op, inputs, outputs),
     }
 }
 

@@ -82,6 +82,92 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
     })
 }
 
+/// Runs `f` (the op) with every half-precision input widened to f32 and every half-precision
+/// output computed in f32 and rounded back (to nearest even): storage in 16 bits, arithmetic
+/// and reductions in f32 (DESIGN §3). Outputs start from their buffers' values, so ops that
+/// update in place see them.
+fn in_f32(
+    op: &Op,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+    f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
+) -> Result<()> {
+    let widen = |buf: &Storage, numel: usize| -> Result<Storage> {
+        let mut v = buf.to_f32_vec().ok_or_else(|| {
+            Error::graph(format!("{}: a half-precision view over indices", op.name()))
+        })?;
+        v.truncate(numel);
+        Ok(Storage::F32(v))
+    };
+    let wide_in = inputs
+        .iter()
+        .map(|v| match v.dtype.is_half() {
+            true => widen(v.buf, v.shape.numel()).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut wide_out = outputs
+        .iter()
+        .map(|v| match v.dtype.is_half() {
+            true => widen(v.buf, v.shape.numel()).map(Some),
+            false => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ins: Vec<CpuView> = inputs
+        .iter()
+        .zip(&wide_in)
+        .map(|(v, w)| match w {
+            Some(w) => View {
+                buf: w,
+                shape: v.shape,
+                dtype: DType::F32,
+            },
+            None => *v,
+        })
+        .collect();
+    {
+        let mut outs: Vec<CpuViewMut> = outputs
+            .iter_mut()
+            .zip(wide_out.iter_mut())
+            .map(|(v, w)| match w {
+                Some(w) => ViewMut {
+                    buf: w,
+                    shape: v.shape,
+                    dtype: DType::F32,
+                },
+                None => ViewMut {
+                    buf: &mut *v.buf,
+                    shape: v.shape,
+                    dtype: v.dtype,
+                },
+            })
+            .collect();
+        f(&ins, &mut outs)?;
+    }
+    for (v, w) in outputs.iter_mut().zip(wide_out) {
+        if let Some(Storage::F32(w)) = w {
+            let n = w.len();
+            match &mut *v.buf {
+                Storage::BF16(d) => d[..n]
+                    .iter_mut()
+                    .zip(&w)
+                    .for_each(|(d, &x)| *d = half::bf16::from_f32(x)),
+                Storage::F16(d) => d[..n]
+                    .iter_mut()
+                    .zip(&w)
+                    .for_each(|(d, &x)| *d = half::f16::from_f32(x)),
+                _ => {
+                    return Err(Error::graph(format!(
+                        "{}: output buffer is not half",
+                        op.name()
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A read-only CPU buffer seen as a tensor.
 pub type CpuView<'a> = View<'a, Storage>;
 /// A writable CPU buffer seen as a tensor.
@@ -166,7 +252,9 @@ impl Backend for CpuBackend {
             (Storage::F32(d), Storage::F32(s)) => d[..n].copy_from_slice(s),
             (Storage::F64(d), Storage::F64(s)) => d[..n].copy_from_slice(s),
             (Storage::I32(d), Storage::I32(s)) => d[..n].copy_from_slice(s),
-            _ => unreachable!("dtypes checked above"),
+            (Storage::BF16(d), Storage::BF16(s)) => d[..n].copy_from_slice(s),
+            (Storage::F16(d), Storage::F16(s)) => d[..n].copy_from_slice(s),
+            _ => return Err(Error::graph("write: dtypes differ")),
         }
         Ok(())
     }
@@ -177,6 +265,8 @@ impl Backend for CpuBackend {
             Storage::F32(s) => Storage::F32(s[..n].to_vec()),
             Storage::F64(s) => Storage::F64(s[..n].to_vec()),
             Storage::I32(s) => Storage::I32(s[..n].to_vec()),
+            Storage::BF16(s) => Storage::BF16(s[..n].to_vec()),
+            Storage::F16(s) => Storage::F16(s[..n].to_vec()),
         };
         if storage.dtype() != dtype {
             return Err(Error::graph(format!(
@@ -196,6 +286,32 @@ impl Backend for CpuBackend {
         inputs: &[CpuView],
         outputs: &mut [CpuViewMut],
     ) -> Result<()> {
+        if let Op::Cast(to) = op {
+            // one rounding, from the source type straight to the target (f64 → bf16 does not
+            // pass through f32)
+            let (x, n) = (inputs[0].buf, inputs[0].shape.numel());
+            let mut v = match x {
+                Storage::F64(v) => Storage::from_f64(*to, &v[..n])?,
+                s => {
+                    let mut w = s
+                        .to_f32_vec()
+                        .ok_or_else(|| Error::graph("cast of an index tensor"))?;
+                    w.truncate(n);
+                    Storage::from_f32(*to, &w)?
+                }
+            };
+            v.truncate(n);
+            return self.write(
+                outputs[0].buf,
+                &Tensor::from_storage(inputs[0].shape.clone(), v)?,
+            );
+        }
+        let half = |d: DType| d.is_half();
+        if op.family() != Family::Layout
+            && (inputs.iter().any(|v| half(v.dtype)) || outputs.iter().any(|v| half(v.dtype)))
+        {
+            return in_f32(op, inputs, outputs, |i, o| self.execute_planned(op, i, o));
+        }
         match op.family() {
             Family::Basic => basic::execute(op, inputs, outputs),
             Family::Layout => layout::execute(op, inputs, outputs),

@@ -11,6 +11,18 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
     if let Op::StopGradient = op {
         return be.copy_d2d(y.ptr, ins[0].buf.ptr, y.shape.numel() * y.dtype.size());
     }
+    if let Op::Cast(to) = op {
+        if ins[0].dtype == *to {
+            return be.copy_d2d(y.ptr, ins[0].buf.ptr, y.shape.numel() * y.dtype.size());
+        }
+        return Err(Error::Unsupported {
+            backend: "cuda",
+            what: format!(
+                "cast {:?} → {to:?} (issue 15: half precision on the GPU)",
+                ins[0].dtype
+            ),
+        });
+    }
     let k = Kernels::float(be, op, y.dtype)?;
     let n = y.shape.numel();
     match op {

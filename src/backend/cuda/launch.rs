@@ -103,6 +103,9 @@ impl<'a> Kernels<'a> {
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::I32 => "i32",
+            // no kernel has these yet: `floats` refuses half data before any lookup
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
         };
         Kernels {
             be,

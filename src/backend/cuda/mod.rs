@@ -589,6 +589,15 @@ impl Backend for CudaBackend {
             Storage::F32(v) => self.upload(dst.ptr, v)?,
             Storage::F64(v) => self.upload(dst.ptr, v)?,
             Storage::I32(v) => self.upload(dst.ptr, v)?,
+            // half-precision values travel as their bits
+            Storage::BF16(v) => self.upload(
+                dst.ptr,
+                &v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>(),
+            )?,
+            Storage::F16(v) => self.upload(
+                dst.ptr,
+                &v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>(),
+            )?,
         }
         dst.set_host(
             (src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT)
@@ -609,6 +618,18 @@ impl Backend for CudaBackend {
             DType::F32 => Storage::F32(self.download(src.ptr, n)?),
             DType::F64 => Storage::F64(self.download(src.ptr, n)?),
             DType::I32 => Storage::I32(self.download(src.ptr, n)?),
+            DType::BF16 => Storage::BF16(
+                self.download::<u16>(src.ptr, n)?
+                    .into_iter()
+                    .map(half::bf16::from_bits)
+                    .collect(),
+            ),
+            DType::F16 => Storage::F16(
+                self.download::<u16>(src.ptr, n)?
+                    .into_iter()
+                    .map(half::f16::from_bits)
+                    .collect(),
+            ),
         };
         Tensor::from_storage(shape.clone(), storage)
     }

@@ -1,0 +1,318 @@
+//! Half-precision storage (issue 15, first part): bf16 and f16 tensors, their conversions,
+//! safetensors, the `cast` op with its gradient, and the ops that run on half storage
+//! (elementwise, activations, matmul, reductions, layout) computing in f32: each op's half
+//! output is its f32 output on the same (rounded) inputs, rounded once. The fused ops refuse
+//! half inputs with a typed error; mixing dtypes is a typed error.
+
+use gshn::graph::gradcheck::random;
+use gshn::tensor::io::{load_safetensors, to_safetensors};
+use gshn::util::rng::SplitMix64;
+use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
+
+const HALVES: [DType; 2] = [DType::BF16, DType::F16];
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    t.to_f64_vec().iter().map(|x| x.to_bits()).collect()
+}
+
+/// Random values in ±1.5 that `h` represents exactly, as f32.
+fn rounded(shape: &[usize], h: DType, rng: &mut SplitMix64) -> Tensor {
+    random(shape.to_vec(), -1.5, 1.5, rng)
+        .to_dtype(h)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+#[test]
+fn conversions_round_to_nearest_even_and_widen_exactly() {
+    // 1 + 2⁻⁸ is a tie in bf16 (7 fraction bits): to even, 1; 1 + 3·2⁻⁸ rounds up to 1 + 2⁻⁶
+    let t = Tensor::new([3], vec![1.0f32 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.5]).unwrap();
+    let b = t.to_dtype(DType::BF16).unwrap();
+    assert_eq!(b.dtype(), DType::BF16);
+    assert_eq!(b.to_f64_vec(), [1.0, 1.0 + 1.0 / 64.0, -2.5]);
+    // f16 has 10 fraction bits: 1 + 2⁻¹¹ ties to 1
+    let h = Tensor::new([2], vec![1.0f64 + 1.0 / 2048.0, 65504.0])
+        .unwrap()
+        .to_dtype(DType::F16)
+        .unwrap();
+    assert_eq!(h.to_f64_vec(), [1.0, 65504.0]);
+    // f64 → bf16 in one rounding (through f32 it would round twice): 1 + 2⁻⁸ + 2⁻³⁰ is
+    // above the tie, so it rounds up
+    let x = 1.0f64 + 1.0 / 256.0 + 1.0 / (1u64 << 30) as f64;
+    let once = Tensor::new([1], vec![x])
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    assert_eq!(once.to_f64_vec(), [1.0 + 1.0 / 128.0]);
+    // every half value widens exactly and comes back
+    let mut rng = SplitMix64::new(3);
+    for h in HALVES {
+        let v = rounded(&[1000], h, &mut rng);
+        let back = v.to_dtype(h).unwrap().to_dtype(DType::F64).unwrap();
+        assert_eq!(bits(&back), bits(&v.to_dtype(DType::F64).unwrap()));
+        assert_eq!(h.size(), 2);
+        assert!(h.is_float() && h.is_half());
+    }
+    assert!(Tensor::new([1], vec![1.0f32])
+        .unwrap()
+        .to_dtype(DType::I32)
+        .is_err());
+}
+
+#[test]
+fn safetensors_holds_half_tensors_natively() {
+    let t = Tensor::new([2], vec![0.5f32, -3.0]).unwrap();
+    let named = vec![
+        ("b".to_string(), t.to_dtype(DType::BF16).unwrap()),
+        ("h".to_string(), t.to_dtype(DType::F16).unwrap()),
+    ];
+    let bytes = to_safetensors(&named, None).unwrap();
+    let header = String::from_utf8_lossy(&bytes[8..bytes.len().min(200)]).to_string();
+    assert!(
+        header.contains("\"BF16\"") && header.contains("\"F16\""),
+        "{header}"
+    );
+    assert_eq!(bytes.len() % 2, 0);
+    let path = std::env::temp_dir().join(format!("gshn-half-{}.safetensors", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    // readers widen half tensors to f32 (every consumer of a file computes in f32)
+    let (back, _) = load_safetensors(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    for (_, b) in back {
+        assert_eq!(b.dtype(), DType::F32);
+        assert_eq!(b.to_f64_vec(), [0.5, -3.0]);
+    }
+}
+
+/// An op applied to inputs of one float dtype: its outputs.
+type Build = fn(&mut Graph, &[ValueId]) -> Vec<ValueId>;
+
+/// Runs `build` on inputs of `shapes` in f32 and in `h` (the same values, exactly
+/// representable in `h`), with a loss `Σ cast(out, f32) ⊙ seed` so that gradients flow in `h`.
+/// Returns (outputs, gradients) of both: the half ones read back as f32 tensors.
+fn run(build: Build, shapes: &[&[usize]], h: DType, seed: u64) -> [(Vec<Tensor>, Vec<Tensor>); 2] {
+    let mut rng = SplitMix64::new(seed);
+    let values: Vec<Tensor> = shapes.iter().map(|s| rounded(s, h, &mut rng)).collect();
+    [DType::F32, h].map(|dt| {
+        let mut g = Graph::new();
+        let xs: Vec<ValueId> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| g.param(format!("x{i}"), s.to_vec(), dt))
+            .collect();
+        let outs = build(&mut g, &xs);
+        let mut rng = SplitMix64::new(seed ^ 0x5eed);
+        let mut loss = None;
+        let mut feeds = Vec::new();
+        for &o in &outs {
+            let shape = g.shape(o).unwrap().dims().to_vec();
+            let s = g.input(format!("seed{}", o.0), shape.clone(), DType::F32);
+            feeds.push((s, rounded(&shape, h, &mut rng)));
+            let wide = g.cast(o, DType::F32).unwrap();
+            let m = g.mul(wide, s).unwrap();
+            let t = g.sum(m).unwrap();
+            loss = Some(match loss {
+                None => t,
+                Some(l) => g.add(l, t).unwrap(),
+            });
+        }
+        let grads = g.backward(loss.unwrap(), &xs).unwrap();
+        let fetch: Vec<ValueId> = outs.iter().chain(&grads).copied().collect();
+        let mut ex = Executor::new(CpuBackend, g, &fetch).unwrap();
+        for (&x, v) in xs.iter().zip(&values) {
+            ex.set(x, &v.to_dtype(dt).unwrap()).unwrap();
+        }
+        for (s, v) in &feeds {
+            ex.set(*s, v).unwrap();
+        }
+        ex.run().unwrap();
+        let read = |v: &ValueId| ex.get(*v).unwrap().to_dtype(DType::F32).unwrap();
+        for gr in &grads {
+            assert_eq!(
+                ex.get(*gr).unwrap().dtype(),
+                dt,
+                "a gradient left its input's dtype"
+            );
+        }
+        (
+            outs.iter().map(read).collect(),
+            grads.iter().map(read).collect(),
+        )
+    })
+}
+
+#[test]
+fn half_ops_are_their_f32_results_rounded_once() {
+    let cases: Vec<(&str, Build, Vec<&[usize]>)> = vec![
+        ("gelu", |g, x| vec![g.gelu(x[0]).unwrap()], vec![&[37, 5]]),
+        ("elu", |g, x| vec![g.elu(x[0]).unwrap()], vec![&[37]]),
+        (
+            "add",
+            |g, x| vec![g.add(x[0], x[1]).unwrap()],
+            vec![&[6, 7], &[6, 7]],
+        ),
+        (
+            "mul",
+            |g, x| vec![g.mul(x[0], x[1]).unwrap()],
+            vec![&[13], &[13]],
+        ),
+        (
+            "add_bias",
+            |g, x| vec![g.add_bias(x[0], x[1]).unwrap()],
+            vec![&[9, 4], &[4]],
+        ),
+        (
+            "scale",
+            |g, x| vec![g.scale(x[0], 0.3).unwrap()],
+            vec![&[11]],
+        ),
+        (
+            "matmul",
+            |g, x| vec![g.matmul(x[0], x[1]).unwrap()],
+            vec![&[5, 33], &[33, 3]],
+        ),
+        (
+            "matmul_t batched",
+            |g, x| vec![g.matmul_t(x[0], x[1], false, true).unwrap()],
+            vec![&[3, 4, 9], &[3, 5, 9]],
+        ),
+        ("sum", |g, x| vec![g.sum(x[0]).unwrap()], vec![&[5, 70]]),
+        (
+            "mean_last",
+            |g, x| vec![g.mean_last(x[0]).unwrap()],
+            vec![&[5, 70]],
+        ),
+        (
+            "sum_rows",
+            |g, x| vec![g.sum_rows(x[0]).unwrap()],
+            vec![&[70, 3]],
+        ),
+        (
+            "reshape permute slice concat",
+            |g, x| {
+                let r = g.reshape(x[0], [3, 2, 4]).unwrap();
+                let p = g.permute(r, &[2, 0, 1]).unwrap();
+                let s = g.slice(p, 0, 1, 2).unwrap();
+                let c = g.concat(&[s, s], 1).unwrap();
+                vec![c]
+            },
+            vec![&[6, 4]],
+        ),
+        (
+            "cast to f64",
+            |g, x| vec![g.cast(x[0], DType::F64).unwrap()],
+            vec![&[8]],
+        ),
+    ];
+    for h in HALVES {
+        let ulp = if h == DType::BF16 {
+            1.0 / 128.0
+        } else {
+            1.0 / 1024.0
+        };
+        for (name, build, shapes) in &cases {
+            let [(o32, g32), (oh, gh)] = run(*build, shapes, h, name.len() as u64);
+            let out_type = |i: usize| {
+                if *name == "cast to f64" && i == 0 {
+                    DType::F64
+                } else {
+                    h
+                }
+            };
+            for (i, (a, b)) in oh.iter().zip(&o32).enumerate() {
+                // one node: exactly the f32 result, rounded once to the half type
+                let want = b
+                    .to_dtype(out_type(i))
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                assert_eq!(bits(a), bits(&want), "{h:?} {name}: output {i}");
+            }
+            for (i, (a, b)) in gh.iter().zip(&g32).enumerate() {
+                // gradients may pass several half-precision nodes: a few roundings
+                let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+                let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                let err = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+                assert!(
+                    err <= 4.0 * ulp * scale,
+                    "{h:?} {name}: gradient {i}: {err:e} of {scale:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_storage_errors_are_typed() {
+    let mut g = Graph::new();
+    let a = g.input("a", [4, 3], DType::BF16);
+    let b = g.input("b", [4, 3], DType::F32);
+    let f = g.input("f", [4, 3], DType::F16);
+    // mixing dtypes in one op
+    let e = g.add(a, b).unwrap_err().to_string();
+    assert!(e.contains("BF16") && e.contains("F32"), "{e}");
+    assert!(g.add(a, f).is_err());
+    // fused ops take f32 / f64 until their statistics stay f32
+    let gamma = g.input("gamma", [3], DType::BF16);
+    let e = g.layer_norm(a, gamma, gamma, 1e-5).unwrap_err().to_string();
+    assert!(e.contains("not BF16 storage"), "{e}");
+    let e = g
+        .lif(a, gshn::ops::LifConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cast its inputs first"), "{e}");
+    // a cast to indices is no cast
+    assert!(g.cast(a, DType::I32).is_err());
+    // an executor refuses a tensor of another dtype for a half input
+    let mut g = Graph::new();
+    let x = g.input("x", [2], DType::BF16);
+    let y = g.gelu(x).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[y]).unwrap();
+    let e = ex
+        .set(x, &Tensor::new([2], vec![1.0f32, 2.0]).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("BF16"), "{e}");
+}
+
+/// The cast's gradient is the upstream gradient converted back: a finite-difference check
+/// in f64 through an f32 cast (steps far above f32's rounding of the input).
+#[test]
+fn cast_gradient_by_finite_differences() {
+    let mut g = Graph::new();
+    let x = g.param("x", [5], DType::F64);
+    let w = g.input("w", [5], DType::F32);
+    let c = g.cast(x, DType::F32).unwrap();
+    let m = g.mul(c, w).unwrap();
+    let s = g.sum(m).unwrap();
+    let loss = g.cast(s, DType::F64).unwrap();
+    let gx = g.backward(loss, &[x]).unwrap()[0];
+    let mut ex = Executor::new(CpuBackend, g, &[loss, gx]).unwrap();
+    let wv = vec![0.5f32, -1.25, 2.0, 0.75, -0.5];
+    ex.set(w, &Tensor::new([5], wv.clone()).unwrap()).unwrap();
+    let x0 = vec![0.3f64, -1.1, 0.7, 2.2, -0.4];
+    let mut f = |xv: &[f64]| {
+        ex.set(x, &Tensor::new([5], xv.to_vec()).unwrap()).unwrap();
+        ex.run().unwrap();
+        (
+            ex.get(loss).unwrap().to_f64_vec()[0],
+            ex.get(gx).unwrap().to_f64_vec(),
+        )
+    };
+    let (_, grad) = f(&x0);
+    for i in 0..5 {
+        assert_eq!(grad[i], f64::from(wv[i]), "analytic");
+        let (mut up, mut down) = (x0.clone(), x0.clone());
+        up[i] += 1e-2;
+        down[i] -= 1e-2;
+        let fd = (f(&up).0 - f(&down).0) / 2e-2;
+        assert!(
+            (fd - grad[i]).abs() < 1e-4,
+            "x{i}: finite differences {fd} vs {}",
+            grad[i]
+        );
+    }
+}
