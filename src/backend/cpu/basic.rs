@@ -108,6 +108,7 @@ fn map1<T: Float>(a: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
 /// Activations evaluate in the element type; the transcendental ones go through f64 so
 /// f32 and f64 share one definition (`Unary::forward`).
 fn unary<T: Float>(u: Unary, x: &[T], y: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
     if u == Unary::Gelu && has_avx2() {
         if let (Some(x), Some(y)) = (as_f32(x), as_f32_mut(y)) {
             return super::gelu::forward(x, y);
@@ -124,6 +125,7 @@ fn unary<T: Float>(u: Unary, x: &[T], y: &mut [T]) {
 }
 
 fn unary_backward<T: Float>(u: Unary, x: &[T], g: &[T], y: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
     if u == Unary::Gelu && has_avx2() {
         if let (Some(x), Some(g), Some(y)) = (as_f32(x), as_f32(g), as_f32_mut(y)) {
             return super::gelu::backward(x, g, y);

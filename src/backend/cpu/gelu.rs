@@ -2,9 +2,10 @@
 //!
 //! The reference ([`Unary::forward`], [`Unary::derivative`]) evaluates `erf` in f64 one
 //! element at a time (libm, a branch per range) and rounds the result to f32. Here four
-//! elements go at once in AVX2 registers, branch-free: every range of libm's `erf` (the same
-//! formulas and constants) and an `exp` (Cody–Waite reduction, Taylor to degree 13) are
-//! evaluated in f64 for all lanes and the right one selected. That f64 result is within a
+//! elements go at once in AVX2 registers: each range of libm's `erf` (the same formulas and
+//! constants, with an `exp` of Cody–Waite reduction and Taylor to degree 13) is evaluated in
+//! f64 for the four lanes when any of them needs it, and each lane selects its own. That f64
+//! result is within a
 //! bounded distance of the reference's f64 result; whenever the bound straddles an f32
 //! rounding boundary (a few elements in a million), the element is computed by the
 //! reference itself. So the f32 outputs are the reference's exactly, and every recorded
@@ -25,11 +26,11 @@ const REL_SLACK: f64 = 1.0 / (1u64 << 48) as f64;
 const TASK: usize = 4096;
 
 /// GELU forward of `x` into `y` (equal lengths), bit-identical to `Unary::Gelu.forward`
-/// rounded to f32. Only on CPUs with AVX2 and FMA (the caller checks `has_avx2`).
+/// rounded to f32. Only on CPUs with AVX2 (the caller checks `has_avx2`).
 pub(super) fn forward(x: &[f32], y: &mut [f32]) {
     in_tasks(x, None, y, |x, _, y| {
         let split = x.len() / avx2::STEP * avx2::STEP;
-        // SAFETY: the caller checked AVX2 and FMA; the loads and stores are in bounds.
+        // SAFETY: the caller checked AVX2; the loads and stores are in bounds.
         unsafe { avx2::forward(&x[..split], &mut y[..split]) };
         for (yi, &xi) in y[split..].iter_mut().zip(&x[split..]) {
             *yi = reference_forward(xi);
@@ -72,7 +73,6 @@ fn in_tasks(
     });
 }
 
-#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
@@ -225,7 +225,7 @@ mod avx2 {
         _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i)))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn forward(x: &[f32], y: &mut [f32]) {
         for i in (0..x.len()).step_by(STEP) {
             let xv = load(x, i);
@@ -243,7 +243,7 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn backward(x: &[f32], g: &[f32], y: &mut [f32]) {
         let sqrt_2pi = splat((2.0 * std::f64::consts::PI).sqrt());
         for i in (0..x.len()).step_by(STEP) {
@@ -269,7 +269,7 @@ mod avx2 {
     /// The vector erf and exp of `STEP` lanes, for the tests.
     #[cfg(test)]
     pub(super) fn erf_and_exp(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = "avx2")]
         unsafe fn go(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
             let e = erf_of(_mm256_loadu_pd(x.as_ptr()));
             let ex = exp(_mm256_loadu_pd(arg.as_ptr()));
@@ -279,7 +279,7 @@ mod avx2 {
             (eo, exo)
         }
         assert!(crate::backend::cpu::has_avx2());
-        // SAFETY: AVX2 and FMA checked.
+        // SAFETY: AVX2 checked.
         unsafe { go(x, arg) }
     }
 }

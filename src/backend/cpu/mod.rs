@@ -3,6 +3,7 @@
 
 mod basic;
 mod gat;
+#[cfg(target_arch = "x86_64")]
 mod gelu;
 mod infonce;
 mod layout;
