@@ -54,14 +54,6 @@ impl DType {
     pub fn is_half(self) -> bool {
         matches!(self, DType::BF16 | DType::F16)
     }
-    /// The type its arithmetic runs in: f32 for the half types, itself otherwise.
-    pub fn compute(self) -> DType {
-        if self.is_half() {
-            DType::F32
-        } else {
-            self
-        }
-    }
 }
 
 /// Dimensions, outermost first. `[]` is a scalar.
@@ -223,6 +215,28 @@ impl Storage {
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::I32(_) => return None,
         })
+    }
+    /// Overwrites the first `src.len()` elements with `src`'s, which must be of the same
+    /// dtype and fit.
+    pub fn write_prefix(&mut self, src: &Storage) -> Result<()> {
+        let n = src.len();
+        if self.len() < n || self.dtype() != src.dtype() {
+            return Err(Error::graph(format!(
+                "buffer of {} {:?} cannot hold {n} {:?}",
+                self.len(),
+                self.dtype(),
+                src.dtype()
+            )));
+        }
+        match (self, src) {
+            (Storage::F32(d), Storage::F32(s)) => d[..n].copy_from_slice(s),
+            (Storage::F64(d), Storage::F64(s)) => d[..n].copy_from_slice(s),
+            (Storage::I32(d), Storage::I32(s)) => d[..n].copy_from_slice(s),
+            (Storage::BF16(d), Storage::BF16(s)) => d[..n].copy_from_slice(s),
+            (Storage::F16(d), Storage::F16(s)) => d[..n].copy_from_slice(s),
+            _ => unreachable!("dtypes checked above"),
+        }
+        Ok(())
     }
     /// Keeps the first `n` elements.
     pub fn truncate(&mut self, n: usize) {

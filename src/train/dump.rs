@@ -3,11 +3,10 @@
 //! loss term, every parameter gradient, and the parameters and moments after the AdamW
 //! update. An independent implementation (python/gshn_twin.py) replays it and must agree.
 
-use super::batches::LossWeights;
 use super::checkpoint::Checkpoint;
 use super::config::RunConfig;
 use super::engine::Engine;
-use super::trainer::{epoch_order, loss_weights, schedule, step_rng, RunData, StepBatch};
+use super::trainer::{epoch_order, loss_weights, schedule, RunData, StepBatch};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::ValueId;
@@ -93,10 +92,8 @@ pub fn dump_step<B: Backend>(backend: B, opts: &DumpOptions) -> Result<DumpSumma
     // The batch, loss weights and learning rate `gshn train` uses at this step.
     let (epoch, batch) = (step / steps_per_epoch, step % steps_per_epoch);
     let order = epoch_order(t.seed, epoch, data.train_split.len());
-    let idx = &order[batch * t.batch_size..(batch + 1) * t.batch_size];
-    let mut rng = step_rng(t.seed, step);
-    let picked = StepBatch::pick(&data.train_split, idx, &mut rng);
-    let w: LossWeights = loss_weights(t, epoch, engine.model_outputs.stl.is_some());
+    let (picked, mut rng) = StepBatch::at_step(&data.train_split, t, &order, batch, step);
+    let w = loss_weights(t, epoch, engine.model_outputs.stl.is_some());
     let lr = schedule(t, steps_per_epoch).at(step);
 
     let mut tensors = Vec::new();

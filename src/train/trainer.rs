@@ -249,9 +249,8 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         let w = loss_weights(t, epoch, engine.model_outputs.stl.is_some());
         let epoch_start = Instant::now();
         while state.batch < steps_per_epoch {
-            let idx = &order[state.batch * t.batch_size..(state.batch + 1) * t.batch_size];
-            let mut rng = step_rng(t.seed, state.step);
-            let batch = StepBatch::pick(&train_split, idx, &mut rng);
+            let (batch, mut rng) =
+                StepBatch::at_step(&train_split, t, &order, state.batch, state.step);
             let lr = sched.at(state.step);
             let step_started = Instant::now();
             engine.step(
@@ -437,6 +436,21 @@ pub struct StepBatch<'a> {
 }
 
 impl<'a> StepBatch<'a> {
+    /// The batch of optimizer step `step`, the `batch`-th of its epoch (`order`: that epoch's
+    /// [`epoch_order`]), and the step's random stream, past the caption picks: what
+    /// `gshn train` feeds, and `gshn dump-batch` writes.
+    pub fn at_step(
+        split: &'a PreparedSplit,
+        t: &TrainConfig,
+        order: &[usize],
+        batch: usize,
+        step: usize,
+    ) -> (StepBatch<'a>, SplitMix64) {
+        let idx = &order[batch * t.batch_size..(batch + 1) * t.batch_size];
+        let mut rng = step_rng(t.seed, step);
+        (Self::pick(split, idx, &mut rng), rng)
+    }
+
     /// Picks images `idx` of `split`, one caption of each drawn from `rng`.
     pub fn pick(split: &'a PreparedSplit, idx: &[usize], rng: &mut SplitMix64) -> StepBatch<'a> {
         let graphs: Vec<&SceneGraph> = idx.iter().map(|&i| &split.graphs[i]).collect();

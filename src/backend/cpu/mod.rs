@@ -83,87 +83,72 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
     })
 }
 
+/// The first `n` elements of a float buffer as f32 (exact for the half types).
+fn widened(buf: &Storage, n: usize) -> Result<Vec<f32>> {
+    let mut v = buf
+        .to_f32_vec()
+        .ok_or_else(|| Error::graph("a float view over an index buffer"))?;
+    v.truncate(n);
+    Ok(v)
+}
+
 /// Runs `f` (the op) with every half-precision input widened to f32 and every half-precision
 /// output computed in f32 and rounded back (to nearest even): storage in 16 bits, arithmetic
 /// and reductions in f32 (DESIGN §3). Outputs start from their buffers' values, so ops that
 /// update in place see them.
 fn in_f32(
-    op: &Op,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
     f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
 ) -> Result<()> {
-    let widen = |buf: &Storage, numel: usize| -> Result<Storage> {
-        let mut v = buf.to_f32_vec().ok_or_else(|| {
-            Error::graph(format!("{}: a half-precision view over indices", op.name()))
-        })?;
-        v.truncate(numel);
-        Ok(Storage::F32(v))
+    // f32 copies of the half buffers, in view order (None: the view is used as it is)
+    let wide = |buf: &Storage, shape: &crate::tensor::Shape, dtype: DType| {
+        dtype
+            .is_half()
+            .then(|| widened(buf, shape.numel()).map(Storage::F32))
+            .transpose()
     };
     let wide_in = inputs
         .iter()
-        .map(|v| match v.dtype.is_half() {
-            true => widen(v.buf, v.shape.numel()).map(Some),
-            false => Ok(None),
-        })
+        .map(|v| wide(v.buf, v.shape, v.dtype))
         .collect::<Result<Vec<_>>>()?;
     let mut wide_out = outputs
         .iter()
-        .map(|v| match v.dtype.is_half() {
-            true => widen(v.buf, v.shape.numel()).map(Some),
-            false => Ok(None),
-        })
+        .map(|v| wide(v.buf, v.shape, v.dtype))
         .collect::<Result<Vec<_>>>()?;
     let ins: Vec<CpuView> = inputs
         .iter()
         .zip(&wide_in)
         .map(|(v, w)| match w {
-            Some(w) => View {
-                buf: w,
+            Some(buf) => View {
+                buf,
                 shape: v.shape,
                 dtype: DType::F32,
             },
             None => *v,
         })
         .collect();
-    {
-        let mut outs: Vec<CpuViewMut> = outputs
-            .iter_mut()
-            .zip(wide_out.iter_mut())
-            .map(|(v, w)| match w {
-                Some(w) => ViewMut {
-                    buf: w,
-                    shape: v.shape,
-                    dtype: DType::F32,
-                },
-                None => ViewMut {
-                    buf: &mut *v.buf,
-                    shape: v.shape,
-                    dtype: v.dtype,
-                },
-            })
-            .collect();
-        f(&ins, &mut outs)?;
-    }
+    let mut outs: Vec<CpuViewMut> = outputs
+        .iter_mut()
+        .zip(wide_out.iter_mut())
+        .map(|(v, w)| match w {
+            Some(buf) => ViewMut {
+                buf,
+                shape: v.shape,
+                dtype: DType::F32,
+            },
+            None => ViewMut {
+                buf: &mut *v.buf,
+                shape: v.shape,
+                dtype: v.dtype,
+            },
+        })
+        .collect();
+    f(&ins, &mut outs)?;
+    drop(outs);
     for (v, w) in outputs.iter_mut().zip(wide_out) {
         if let Some(Storage::F32(w)) = w {
-            let n = w.len();
-            match &mut *v.buf {
-                Storage::BF16(d) => d[..n]
-                    .iter_mut()
-                    .zip(&w)
-                    .for_each(|(d, &x)| *d = half::bf16::from_f32(x)),
-                Storage::F16(d) => d[..n]
-                    .iter_mut()
-                    .zip(&w)
-                    .for_each(|(d, &x)| *d = half::f16::from_f32(x)),
-                _ => {
-                    return Err(Error::graph(format!(
-                        "{}: output buffer is not half",
-                        op.name()
-                    )))
-                }
-            }
+            v.buf.write_prefix(&Storage::from_f32(v.dtype, &w)?)?;
         }
     }
     Ok(())
@@ -240,24 +225,7 @@ impl Backend for CpuBackend {
     }
 
     fn write(&self, dst: &mut Storage, src: &Tensor) -> Result<()> {
-        let n = src.numel();
-        if dst.len() < n || dst.dtype() != src.dtype() {
-            return Err(Error::graph(format!(
-                "buffer of {} {:?} cannot hold {n} {:?}",
-                dst.len(),
-                dst.dtype(),
-                src.dtype()
-            )));
-        }
-        match (dst, src.storage()) {
-            (Storage::F32(d), Storage::F32(s)) => d[..n].copy_from_slice(s),
-            (Storage::F64(d), Storage::F64(s)) => d[..n].copy_from_slice(s),
-            (Storage::I32(d), Storage::I32(s)) => d[..n].copy_from_slice(s),
-            (Storage::BF16(d), Storage::BF16(s)) => d[..n].copy_from_slice(s),
-            (Storage::F16(d), Storage::F16(s)) => d[..n].copy_from_slice(s),
-            _ => return Err(Error::graph("write: dtypes differ")),
-        }
-        Ok(())
+        dst.write_prefix(src.storage())
     }
 
     fn read(&self, src: &Storage, shape: &Shape, dtype: DType) -> Result<Tensor> {
@@ -291,27 +259,16 @@ impl Backend for CpuBackend {
             // one rounding, from the source type straight to the target (f64 → bf16 does not
             // pass through f32)
             let (x, n) = (inputs[0].buf, inputs[0].shape.numel());
-            let mut v = match x {
+            let y = match x {
                 Storage::F64(v) => Storage::from_f64(*to, &v[..n])?,
-                s => {
-                    let mut w = s
-                        .to_f32_vec()
-                        .ok_or_else(|| Error::graph("cast of an index tensor"))?;
-                    w.truncate(n);
-                    Storage::from_f32(*to, &w)?
-                }
+                s => Storage::from_f32(*to, &widened(s, n)?)?,
             };
-            v.truncate(n);
-            return self.write(
-                outputs[0].buf,
-                &Tensor::from_storage(inputs[0].shape.clone(), v)?,
-            );
+            return outputs[0].buf.write_prefix(&y);
         }
-        let half = |d: DType| d.is_half();
-        if op.family() != Family::Layout
-            && (inputs.iter().any(|v| half(v.dtype)) || outputs.iter().any(|v| half(v.dtype)))
-        {
-            return in_f32(op, inputs, outputs, |i, o| self.execute_planned(op, i, o));
+        let half =
+            inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|v| v.dtype.is_half());
+        if half && op.family() != Family::Layout {
+            return in_f32(inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         match op.family() {
             Family::Basic => basic::execute(op, inputs, outputs),
