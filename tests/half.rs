@@ -1,8 +1,8 @@
-//! Half-precision storage (issue 15, first part): bf16 and f16 tensors, their conversions,
-//! safetensors, the `cast` op with its gradient, and the ops that run on half storage
-//! (elementwise, activations, matmul, reductions, layout) computing in f32: each op's half
-//! output is its f32 output on the same (rounded) inputs, rounded once. The fused ops refuse
-//! half inputs with a typed error; mixing dtypes is a typed error.
+//! Half-precision storage (issue 15): bf16 and f16 tensors, their conversions, safetensors,
+//! the `cast` op with its gradient, and every op on half storage computing in f32: each
+//! one-op output is its f32 output on the same (rounded) inputs, rounded once; the fused
+//! ops keep their statistics (normalisers, LayerNorm mean and rstd, counts, the LIF charge)
+//! in f32. Mixing dtypes is a typed error; the optimizer takes f32 master weights only.
 
 use gshn::graph::gradcheck::random;
 use gshn::tensor::io::{load_safetensors, to_safetensors};
@@ -88,10 +88,19 @@ fn safetensors_holds_half_tensors_natively() {
 /// An op applied to inputs of one float dtype: its outputs.
 type Build = fn(&mut Graph, &[ValueId]) -> Vec<ValueId>;
 
+/// [`Build`] that also declares inputs nobody differentiates (index tensors, masks): its
+/// outputs and those inputs with their values (float ones converted to the input's dtype).
+type Fed<'a> = &'a dyn Fn(&mut Graph, &[ValueId]) -> (Vec<ValueId>, Vec<(ValueId, Tensor)>);
+
+/// What [`run`] returns for one dtype: outputs and gradients read back as f32, and the
+/// outputs' dtypes.
+type Ran = (Vec<Tensor>, Vec<Tensor>, Vec<DType>);
+
 /// Runs `build` on inputs of `shapes` in f32 and in `h` (the same values, exactly
 /// representable in `h`), with a loss `Σ cast(out, f32) ⊙ seed` so that gradients flow in `h`.
-/// Returns (outputs, gradients) of both: the half ones read back as f32 tensors.
-fn run(build: Build, shapes: &[&[usize]], h: DType, seed: u64) -> [(Vec<Tensor>, Vec<Tensor>); 2] {
+/// Only the first `in_loss` outputs enter the loss (the rest are statistics, not
+/// differentiable). Returns outputs and gradients of both: the half ones read back as f32.
+fn run(build: Fed, in_loss: usize, shapes: &[&[usize]], h: DType, seed: u64) -> [Ran; 2] {
     let mut rng = SplitMix64::new(seed);
     let values: Vec<Tensor> = shapes.iter().map(|s| rounded(s, h, &mut rng)).collect();
     [DType::F32, h].map(|dt| {
@@ -101,11 +110,16 @@ fn run(build: Build, shapes: &[&[usize]], h: DType, seed: u64) -> [(Vec<Tensor>,
             .enumerate()
             .map(|(i, s)| g.param(format!("x{i}"), s.to_vec(), dt))
             .collect();
-        let outs = build(&mut g, &xs);
+        let (outs, fixed) = build(&mut g, &xs);
         let mut rng = SplitMix64::new(seed ^ 0x5eed);
         let mut loss = None;
         let mut feeds = Vec::new();
-        for &o in &outs {
+        for (v, t) in fixed {
+            let want = g.dtype(v).unwrap();
+            feeds.push((v, t.to_dtype(want).unwrap()));
+        }
+        let out_types: Vec<DType> = outs.iter().map(|&o| g.dtype(o).unwrap()).collect();
+        for &o in outs.iter().take(in_loss) {
             let shape = g.shape(o).unwrap().dims().to_vec();
             let s = g.input(format!("seed{}", o.0), shape.clone(), DType::F32);
             feeds.push((s, rounded(&shape, h, &mut rng)));
@@ -138,8 +152,29 @@ fn run(build: Build, shapes: &[&[usize]], h: DType, seed: u64) -> [(Vec<Tensor>,
         (
             outs.iter().map(read).collect(),
             grads.iter().map(read).collect(),
+            out_types,
         )
     })
+}
+
+/// `a` within `tol` of `b`, relative to `b`'s largest magnitude.
+fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
+    assert!(err <= tol * scale, "{what}: {err:e} of {scale:e}");
+}
+
+/// The relative spacing of `h` at 1 (2⁻⁷ for bf16, 2⁻¹⁰ for f16).
+fn ulp(h: DType) -> f64 {
+    if h == DType::BF16 {
+        1.0 / 128.0
+    } else {
+        1.0 / 1024.0
+    }
 }
 
 #[test]
@@ -206,13 +241,10 @@ fn half_ops_are_their_f32_results_rounded_once() {
         ),
     ];
     for h in HALVES {
-        let ulp = if h == DType::BF16 {
-            1.0 / 128.0
-        } else {
-            1.0 / 1024.0
-        };
+        let ulp = ulp(h);
         for (name, build, shapes) in &cases {
-            let [(o32, g32), (oh, gh)] = run(*build, shapes, h, name.len() as u64);
+            let fed = |g: &mut Graph, x: &[ValueId]| (build(g, x), Vec::new());
+            let [(o32, g32, _), (oh, gh, _)] = run(&fed, usize::MAX, shapes, h, name.len() as u64);
             let out_type = |i: usize| {
                 if *name == "cast to f64" && i == 0 {
                     DType::F64
@@ -231,16 +263,7 @@ fn half_ops_are_their_f32_results_rounded_once() {
             }
             for (i, (a, b)) in gh.iter().zip(&g32).enumerate() {
                 // gradients may pass several half-precision nodes: a few roundings
-                let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
-                let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-                let err = a
-                    .iter()
-                    .zip(&b)
-                    .fold(0f64, |m, (p, q)| m.max((p - q).abs()));
-                assert!(
-                    err <= 4.0 * ulp * scale,
-                    "{h:?} {name}: gradient {i}: {err:e} of {scale:e}"
-                );
+                assert_close(a, b, 4.0 * ulp, &format!("{h:?} {name}: gradient {i}"));
             }
         }
     }
@@ -256,15 +279,29 @@ fn half_storage_errors_are_typed() {
     let e = g.add(a, b).unwrap_err().to_string();
     assert!(e.contains("BF16") && e.contains("F32"), "{e}");
     assert!(g.add(a, f).is_err());
-    // fused ops take f32 / f64 until their statistics stay f32
+    // a fused op's statistics are f32 on half storage, its activations the half type
     let gamma = g.input("gamma", [3], DType::BF16);
-    let e = g.layer_norm(a, gamma, gamma, 1e-5).unwrap_err().to_string();
-    assert!(e.contains("not BF16 storage"), "{e}");
+    let ln = g.layer_norm_values(a, gamma, gamma, 1e-5).unwrap();
+    assert_eq!(g.dtype(ln.y).unwrap(), DType::BF16);
+    assert_eq!(g.dtype(ln.mean).unwrap(), DType::F32);
+    let e = g.layer_norm(a, gamma, b, 1e-5).unwrap_err().to_string();
+    assert!(
+        e.contains("input 2 is F32") && e.contains("an activation"),
+        "{e}"
+    );
+    let gy = g.input("gy", [4, 3], DType::BF16);
+    let half_mean = g.input("half_mean", [4], DType::BF16);
     let e = g
-        .lif(a, gshn::ops::LifConfig::default())
+        .push(
+            gshn::ops::Op::LayerNormBackward { eps: 1e-5 },
+            &[gy, a, gamma, half_mean, ln.rstd],
+        )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("cast its inputs first"), "{e}");
+    assert!(e.contains("a statistic and must be F32"), "{e}");
+    // the optimizer keeps f32 master weights
+    let e = g.clip_scale(&[a], 1.0).unwrap_err().to_string();
+    assert!(e.contains("master weights"), "{e}");
     // a cast to indices is no cast
     assert!(g.cast(a, DType::I32).is_err());
     // an executor refuses a tensor of another dtype for a half input
@@ -314,5 +351,194 @@ fn cast_gradient_by_finite_differences() {
             "x{i}: finite differences {fd} vs {}",
             grad[i]
         );
+    }
+}
+
+/// Gradients and outputs of fused ops on half storage against their f32 path on the same
+/// (rounded) inputs. Statistics stay f32; the LIF charge H is f32, so the backward sees
+/// exactly the forward's spikes and the spike outputs equal the f32 ones bit for bit.
+#[test]
+fn fused_ops_on_half_storage_match_their_f32_path() {
+    use gshn::ops::{CsrGraph, GatAttrs, GraphInputs, InfoNceAttrs, LifConfig};
+    // 9 nodes; node 0 and node 5 have no incoming edge; a self-loop at 3
+    let edges = [
+        (1, 2),
+        (2, 1),
+        (3, 3),
+        (4, 1),
+        (0, 4),
+        (6, 7),
+        (8, 7),
+        (7, 8),
+        (2, 6),
+        (1, 6),
+    ];
+    let csr = CsrGraph::from_edges(9, &edges).unwrap();
+    let graph_feeds = |g: &mut Graph| {
+        let gi = GraphInputs::new(g, "", 9, edges.len());
+        let t = [&csr.row_ptr, &csr.src, &csr.col_ptr, &csr.col_edge];
+        let feeds = gi.ids().into_iter().zip(t.map(Tensor::clone)).collect();
+        (gi, feeds)
+    };
+    // (name, forward is one op whose outputs are its f32 outputs rounded once, how many
+    // leading outputs the loss sums (the rest are statistics), inputs, build)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &str,
+        bool,
+        usize,
+        Vec<&[usize]>,
+        Box<dyn Fn(&mut Graph, &[ValueId]) -> (Vec<ValueId>, Vec<(ValueId, Tensor)>)>,
+    )> = vec![
+        (
+            "layer_norm",
+            true,
+            1,
+            vec![&[7, 37], &[37], &[37]],
+            Box::new(|g, x| {
+                let o = g.layer_norm_values(x[0], x[1], x[2], 1e-5).unwrap();
+                (vec![o.y, o.mean, o.rstd], vec![])
+            }),
+        ),
+        (
+            "l2_normalize",
+            true,
+            1,
+            vec![&[9, 13]],
+            Box::new(|g, x| {
+                let (y, n) = g.l2_normalize_with_norm(x[0], 1e-12).unwrap();
+                (vec![y, n], vec![])
+            }),
+        ),
+        (
+            "masked_softmax",
+            true,
+            1,
+            vec![&[2, 5, 7]],
+            Box::new(|g, x| {
+                let dt = g.dtype(x[0]).unwrap();
+                let keep = g.input("keep", [2, 7], dt);
+                let k: Vec<f32> = (0..14).map(|i| (i % 3 != 1) as u8 as f32).collect();
+                (
+                    vec![g.masked_softmax(x[0], keep).unwrap()],
+                    vec![(keep, Tensor::new([2, 7], k).unwrap())],
+                )
+            }),
+        ),
+        (
+            "lif",
+            true,
+            2,
+            vec![&[4, 37]],
+            Box::new(|g, x| {
+                let o = g.lif(x[0], LifConfig::default()).unwrap();
+                (vec![o.spikes, o.membrane, o.charge], vec![])
+            }),
+        ),
+        (
+            // tau = 2.5 + x / 4 is computed (rounded) in the half type: not one op
+            "lif learnable tau, soft reset",
+            false,
+            2,
+            vec![&[5, 21], &[]],
+            Box::new(|g, x| {
+                let cfg = LifConfig {
+                    v_reset: None,
+                    ..LifConfig::default()
+                };
+                let tau = g.scale(x[1], 0.25).unwrap();
+                let two = g.fill(2.5, [], g.dtype(x[1]).unwrap()).unwrap();
+                let tau = g.add(tau, two).unwrap();
+                let o = g.plif(x[0], tau, cfg).unwrap();
+                (vec![o.spikes, o.membrane], vec![])
+            }),
+        ),
+        (
+            "segment_mean",
+            true,
+            1,
+            vec![&[11, 6]],
+            Box::new(|g, x| {
+                let seg = g.input("seg", [11], DType::I32);
+                let ids = vec![0, 2, 2, -1, 0, 3, 3, 3, -1, 0, 2];
+                let o = g.segment_mean(x[0], seg, 5).unwrap();
+                (
+                    vec![o.mean, o.count],
+                    vec![(seg, Tensor::new([11], ids).unwrap())],
+                )
+            }),
+        ),
+        (
+            "gat, alpha, aggregate",
+            false,
+            3,
+            vec![&[9, 2, 3], &[2, 3], &[2, 3], &[10, 2], &[3, 9, 4]],
+            Box::new(move |g, x| {
+                let (gi, feeds) = graph_feeds(g);
+                let at = GatAttrs::default();
+                let o = g.gat(x[0], x[1], x[2], Some(x[3]), &gi, at).unwrap();
+                let alpha = g
+                    .gat_alpha(x[0], x[1], x[2], Some(x[3]), o.lse, &gi, at)
+                    .unwrap();
+                let y = g.aggregate(alpha, x[4], &gi).unwrap();
+                (vec![o.out, alpha, y, o.lse], feeds)
+            }),
+        ),
+        (
+            "infonce",
+            true,
+            3,
+            vec![&[6, 5], &[6, 5], &[]],
+            Box::new(|g, x| {
+                let o = g
+                    .infonce(
+                        x[0],
+                        x[1],
+                        x[2],
+                        InfoNceAttrs {
+                            chunk: 4,
+                            ..InfoNceAttrs::SYMMETRIC
+                        },
+                    )
+                    .unwrap();
+                (vec![o.loss, o.lse_row, o.lse_col], vec![])
+            }),
+        ),
+        (
+            "infonce one-directional",
+            true,
+            2,
+            vec![&[7, 3], &[7, 3], &[]],
+            Box::new(|g, x| {
+                let o = g
+                    .infonce(x[0], x[1], x[2], InfoNceAttrs::ONE_DIRECTIONAL)
+                    .unwrap();
+                (vec![o.loss, o.lse_row], vec![])
+            }),
+        ),
+    ];
+    for h in HALVES {
+        for (name, exact, in_loss, shapes, build) in &cases {
+            let [(o32, g32, _), (oh, gh, types)] =
+                run(build.as_ref(), *in_loss, shapes, h, name.len() as u64 + 7);
+            for (i, ((a, b), t)) in oh.iter().zip(&o32).zip(&types).enumerate() {
+                let what = format!("{h:?} {name}: output {i}");
+                assert!(*t == h || *t == DType::F32, "{what} is {t:?}");
+                if *exact {
+                    let want = b.to_dtype(*t).unwrap().to_dtype(DType::F32).unwrap();
+                    assert_eq!(bits(a), bits(&want), "{what}");
+                } else {
+                    // a chain of half-precision nodes: each rounds its inputs' errors on
+                    // (measured: at most 2 ulp)
+                    assert_close(a, b, 4.0 * ulp(h), &what);
+                }
+            }
+            for (i, (a, b)) in gh.iter().zip(&g32).enumerate() {
+                // backward ops read rounded forward outputs, and the softmax derivative's
+                // sums cancel (measured: at most 11 ulp of the largest element, GAT's a_dst
+                // in bf16; 8 ulp for the PLIF tau, a T·N-term sum)
+                assert_close(a, b, 16.0 * ulp(h), &format!("{h:?} {name}: gradient {i}"));
+            }
+        }
     }
 }

@@ -352,14 +352,13 @@ pub(crate) fn grad(
     if og[0].is_none() && og[1].is_none() && g_col.is_none() {
         return Ok(vec![None; x.len()]);
     }
-    let dt = g.dtype(x[0])?;
     let zeros = |g: &mut Graph, v: ValueId| {
         let meta = g.meta(v)?.clone();
         g.push1(Op::Fill { value: 0.0, meta }, &[])
     };
     let g_loss = match og[0] {
         Some(v) => v,
-        None => g.fill(0.0, [], dt)?,
+        None => zeros(g, o[0])?,
     };
     let g_lse = if og[1].is_some() || g_col.is_some() {
         let gr = match og[1] {

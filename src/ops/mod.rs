@@ -24,9 +24,9 @@ pub use lif::{LifConfig, LifOutputs, Surrogate};
 pub use optim::{AdamWConfig, OptimizerValues};
 pub use segment::SegmentMeanOut;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
-use crate::tensor::{Meta, Shape};
+use crate::tensor::{DType, Meta, Shape};
 
 /// One node's computation: the variant names the op, its fields are the op's attributes.
 #[derive(Clone, Debug, PartialEq)]
@@ -294,19 +294,10 @@ impl Op {
 
     /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
     pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
-        // Half-precision storage (BF16, F16) runs the elementwise ops, matmul, reductions,
-        // layout ops and casts (arithmetic in f32). The fused ops keep statistics between their
-        // forward and backward (LSE, H, mean and rstd, counts) that must stay f32, and the
-        // optimizer keeps f32 master weights: they take f32 and f64 until that is built.
-        let plain = matches!(self.family(), Family::Basic | Family::Layout);
-        if let Some(m) = inputs.iter().find(|m| m.dtype.is_half()).filter(|_| !plain) {
-            return Err(crate::error::Error::shape(
-                self.name(),
-                format!(
-                    "takes f32 or f64 here, not {:?} storage (cast its inputs first)",
-                    m.dtype
-                ),
-            ));
+        if let Some(h) = inputs.iter().map(|m| m.dtype).find(|d| d.is_half()) {
+            if !matches!(self.family(), Family::Basic | Family::Layout) {
+                return self.infer_half(h, inputs);
+            }
         }
         match self.family() {
             Family::Basic => basic::infer(self, inputs),
@@ -318,6 +309,90 @@ impl Op {
             Family::Segment => segment::infer(self, inputs),
             Family::Optim => optim::infer(self, inputs),
         }
+    }
+
+    /// [`Op::infer`] of a fused op on half-precision storage `h` (DESIGN §3): its activations
+    /// (and their gradients) are `h`, its statistics ([`Op::half_stats`]) f32. The family's
+    /// rule checks the op as if every `h` value were f32; outputs that are not statistics
+    /// come back as `h`. The optimizer keeps f32 master weights and takes no half input.
+    fn infer_half(&self, h: DType, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        let name = self.name();
+        if self.family() == Family::Optim {
+            return Err(Error::shape(
+                name,
+                format!("updates f32 master weights; its inputs cannot be {h:?} (cast the gradients to f32)"),
+            ));
+        }
+        let (stat_in, stat_out) = self.half_stats(inputs.len())?;
+        let mut wide = inputs.to_vec();
+        for (i, m) in wide
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, m)| m.dtype.is_float())
+        {
+            let (want, what) = match stat_in.contains(&i) {
+                true => (DType::F32, "a statistic"),
+                false => (h, "an activation"),
+            };
+            if m.dtype != want {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "input {i} is {:?}; on {h:?} storage it is {what} and must be {want:?}",
+                        m.dtype
+                    ),
+                ));
+            }
+            m.dtype = DType::F32;
+        }
+        let mut out = self.infer(&wide)?;
+        for (k, m) in out.iter_mut().enumerate() {
+            if m.dtype == DType::F32 && !stat_out.contains(&k) {
+                m.dtype = h;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The positions of the inputs and outputs of a fused op that stay f32 when it runs on
+    /// half-precision storage: what its backward reads back (softmax normalisers, LayerNorm
+    /// mean and rstd, norms, counts, the LIF charge H, from which the backward recomputes
+    /// exactly the forward's spikes) and the losses with their gradients. The rest are
+    /// activations in the half type.
+    pub fn half_stats(&self, inputs: usize) -> Result<(Vec<usize>, Vec<usize>)> {
+        // positions of the inputs an op's argument struct names, by naming the positions
+        let at = |i: &usize| *i;
+        let pos: Vec<usize> = (0..inputs).collect();
+        Ok(match self {
+            Op::LayerNorm { .. } => (vec![], vec![1, 2]),
+            Op::LayerNormBackward { .. } => (vec![3, 4], vec![]),
+            Op::L2Normalize { .. } => (vec![], vec![1]),
+            Op::L2NormalizeBackward { .. } => (vec![2], vec![]),
+            Op::SegmentMean { .. } => (vec![], vec![1]),
+            Op::SegmentMeanBackward => (vec![2], vec![]),
+            Op::Lif(_) => (vec![], vec![2]),
+            Op::LifBackward { .. } => (
+                vec![at(lif::LifBackwardArgs::of(self, &pos)?.charge)],
+                vec![],
+            ),
+            Op::Gat(_) => (vec![], vec![1]),
+            Op::GatAlpha(_) | Op::GatBackward(_) | Op::GatAlphaBackward(_) => (
+                gat::GatArgs::of(self, &pos)?
+                    .lse
+                    .map(at)
+                    .into_iter()
+                    .collect(),
+                vec![],
+            ),
+            Op::InfoNce(_) => (vec![], vec![0, 1, 2]),
+            Op::InfoNceBackward(_) => {
+                let x = infonce::InfoNceBackwardArgs::of(self.name(), &pos)?;
+                let mut s = vec![at(x.g_loss), at(x.lse_row), at(x.lse_col)];
+                s.extend(x.g_lse.into_iter().flat_map(|(r, c)| [at(r), at(c)]));
+                (s, vec![])
+            }
+            _ => (vec![], vec![]),
+        })
     }
 
     /// Appends to `g` the ops computing the gradients of `node`'s inputs from the gradients

@@ -474,6 +474,19 @@ impl CudaBackend {
         inputs: &[View<CudaBuffer>],
         outputs: &mut [ViewMut<CudaBuffer>],
     ) -> Result<()> {
+        // Half-precision storage is moved (layout ops, casts to the same type) but not yet
+        // computed on: refuse it before a kernel reads 16-bit words as f32.
+        let computes = op.family() != Family::Layout && !matches!(op, Op::Cast(_));
+        let dtypes = inputs.iter().map(|v| v.dtype);
+        if let Some(d) = dtypes
+            .chain(outputs.iter().map(|o| o.dtype))
+            .find(|d| computes && d.is_half())
+        {
+            return Err(launch::unsupported(
+                op,
+                format!("{d:?} data (no half-precision CUDA kernel yet: run it on the CPU)"),
+            ));
+        }
         let outs: Vec<Output> = outputs
             .iter()
             .map(|o| Output {
