@@ -29,6 +29,9 @@
 //   (soft), in correctly rounded steps. smooth = 0: surrogate/alpha are ignored.
 //   Launch: block 256 (any), grid = ceil(N/256) (any grid >= 1 is correct: grid-stride).
 //   Skip when Tn*N == 0.
+// lif_fwd_t8_* / lif_fwd_t16_*, lif_bwd_t8_* / lif_bwd_t16_*: the same kernels for Tn <= 8 / 16,
+//   with every step's loads of a neuron issued before its first step's arithmetic (the time loop
+//   unrolled into registers): the memory system sees all T loads at once, not one per step.
 //
 // lif_bwd_f32 / lif_bwd_f64
 //   (const T* H, const T* gS, const T* gV, T* gX, double* gtau_part, int Tn, int N,
@@ -79,64 +82,155 @@ __device__ __forceinline__ T lif_reset_from_h(T h, T v_th, T v_reset, bool hard,
     return hard ? (s ? v_reset : h) : (s ? rn_sub(h, v_th) : h);
 }
 
+// One forward step of one neuron from V_{t-1} = v: stores S, H, V of step t and returns V_t.
 template <typename T>
+__device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, T* __restrict__ S, T* __restrict__ V,
+                                          T* __restrict__ H, T tau, T v_th, T v_r, T v_reset, int hard,
+                                          int decay_input, int smooth, int surrogate, T alpha) {
+    LifStep<T> st = lif_step(v, x, tau, v_th, v_r, v_reset, hard != 0, decay_input != 0);
+    T s = st.s ? T(1) : T(0);
+    if (smooth) {
+        s = surrogate_primitive(surrogate, alpha, rn_sub(st.h, v_th));
+        st.v = lif_smooth_reset(st.h, s, v_th, v_reset, hard != 0);
+    }
+    S[idx] = s;
+    if (H) H[idx] = st.h;
+    if (V) V[idx] = st.v;
+    return st.v;
+}
+
+// Up to TM steps: every X of the neuron is loaded before the first step's arithmetic, so the
+// loads are in flight together instead of one per step (the time loop is unrolled).
+template <typename T, int TM>
+__device__ void lif_fwd_regs(const T* __restrict__ X, T* __restrict__ S, T* __restrict__ V, T* __restrict__ H,
+                             int Tn, int N, T tau, T v_th, T v_r, T v_reset, int hard, int decay_input,
+                             int smooth, int surrogate, T alpha) {
+    GRID_STRIDE(n, N) {
+        T x[TM];
+#pragma unroll
+        for (int t = 0; t < TM; ++t)
+            if (t < Tn) x[t] = X[(i64)t * N + n];
+        T v = v_r;
+#pragma unroll
+        for (int t = 0; t < TM; ++t)
+            if (t < Tn)
+                v = lif_fwd_step(v, x[t], (i64)t * N + n, S, V, H, tau, v_th, v_r, v_reset, hard, decay_input,
+                                 smooth, surrogate, alpha);
+    }
+}
+
+// TM = 0: any number of steps, one load per step; TM > 0: Tn <= TM, loads up front.
+template <typename T, int TM>
 __device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restrict__ V, T* __restrict__ H,
                         int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
                         int smooth, int surrogate, T alpha) {
     if (tau_ptr) tau = *tau_ptr;
     const T v_r = hard ? v_reset : T(0);
-    GRID_STRIDE(n, N) {
-        T v = v_r;
-        for (int t = 0; t < Tn; ++t) {
-            const i64 idx = (i64)t * N + n;
-            LifStep<T> st = lif_step(v, X[idx], tau, v_th, v_r, v_reset, hard != 0, decay_input != 0);
-            T s = st.s ? T(1) : T(0);
-            if (smooth) {
-                s = surrogate_primitive(surrogate, alpha, rn_sub(st.h, v_th));
-                st.v = lif_smooth_reset(st.h, s, v_th, v_reset, hard != 0);
+    if constexpr (TM > 0) {
+        lif_fwd_regs<T, TM>(X, S, V, H, Tn, N, tau, v_th, v_r, v_reset, hard, decay_input, smooth, surrogate, alpha);
+    } else {
+        GRID_STRIDE(n, N) {
+            T v = v_r;
+            for (int t = 0; t < Tn; ++t) {
+                const i64 idx = (i64)t * N + n;
+                v = lif_fwd_step(v, X[idx], idx, S, V, H, tau, v_th, v_r, v_reset, hard, decay_input, smooth,
+                                 surrogate, alpha);
             }
-            S[idx] = s;
-            if (H) H[idx] = st.h;
-            if (V) V[idx] = st.v;
-            v = st.v;
         }
     }
 }
 
+// The neuron constants of the backward.
+template <typename T> struct LifBwdArgs {
+    T tau, v_th, v_r, v_reset, keep, alpha;
+    int hard, decay_input, detach_reset, surrogate, smooth;
+    bool want_gtau;
+};
+
+// One backward step t of one neuron: from H_t, H_{t-1} (read only for dL/dtau; t > 0), the
+// upstream gradients and the carry gH_{t+1}·(1 − 1/tau), returns gX_t; updates carry and gtau.
 template <typename T>
+__device__ __forceinline__ T lif_bwd_step(const LifBwdArgs<T>& a, int t, T h, T h_prev, T gs, T gv, T& carry,
+                                          double& gtau) {
+    const T x = rn_sub(h, a.v_th);
+    const T s = a.smooth ? surrogate_primitive(a.surrogate, a.alpha, x) : (x >= T(0) ? T(1) : T(0));
+    const T sg = surrogate_grad(a.surrogate, a.alpha, x);
+    T dvdh;
+    if (a.hard) dvdh = (T(1) - s) + (a.detach_reset ? T(0) : (a.v_reset - h) * sg);
+    else dvdh = T(1) - (a.detach_reset ? T(0) : a.v_th * sg);
+    const T gv_tot = gv + carry;
+    const T gh = gs * sg + gv_tot * dvdh;
+    carry = gh * a.keep;
+    if (a.want_gtau) {
+        // V_{t-1}: recomputed from H_{t-1} with the forward's arithmetic (V_{-1} = v_r).
+        const T vp = t > 0 ? lif_reset_from_h(h_prev, a.v_th, a.v_reset, a.hard != 0, a.smooth != 0, a.surrogate,
+                                              a.alpha)
+                           : a.v_r;
+        T dh_dtau;
+        if (a.decay_input) dh_dtau = -(h - vp) / a.tau;
+        else dh_dtau = (vp - a.v_r) / (a.tau * a.tau);
+        gtau += (double)(gh * dh_dtau);
+    }
+    return a.decay_input ? gh / a.tau : gh;
+}
+
+// Up to TM steps: every H, gS and gV of the neuron is loaded before the first (last in time)
+// step's arithmetic, so no step waits on its own loads behind the previous step's math.
+template <typename T, int TM>
+__device__ double lif_bwd_regs(const LifBwdArgs<T>& a, const T* __restrict__ H, const T* __restrict__ gS,
+                               const T* __restrict__ gV, T* __restrict__ gX, int Tn, int N) {
+    double gtau = 0.0;
+    GRID_STRIDE(n, N) {
+        T h[TM], gs[TM], gv[TM];
+#pragma unroll
+        for (int t = 0; t < TM; ++t) {
+            if (t < Tn) {
+                const i64 idx = (i64)t * N + n;
+                h[t] = H[idx];
+                gs[t] = gS ? gS[idx] : T(0);
+                gv[t] = gV ? gV[idx] : T(0);
+            }
+        }
+        T carry = T(0);
+#pragma unroll
+        for (int t = TM - 1; t >= 0; --t)
+            if (t < Tn)
+                gX[(i64)t * N + n] = lif_bwd_step(a, t, h[t], t > 0 ? h[t - 1] : T(0), gs[t], gv[t],
+                                                  carry, gtau);
+    }
+    return gtau;
+}
+
+// TM = 0: any number of steps, loads step by step; TM > 0: Tn <= TM, loads up front.
+template <typename T, int TM>
 __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const T* __restrict__ gV,
                         T* __restrict__ gX, double* __restrict__ gtau_part, int Tn, int N,
                         const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input, int detach_reset,
                         int surrogate, T alpha, int smooth) {
     if (tau_ptr) tau = *tau_ptr;
-    const T v_r = hard ? v_reset : T(0);
-    const T inv_tau = T(1) / tau;
-    const T keep = T(1) - inv_tau;
+    LifBwdArgs<T> a;
+    a.tau = tau;
+    a.v_th = v_th;
+    a.v_r = hard ? v_reset : T(0);
+    a.v_reset = v_reset;
+    a.keep = T(1) - T(1) / tau;
+    a.alpha = alpha;
+    a.hard = hard;
+    a.decay_input = decay_input;
+    a.detach_reset = detach_reset;
+    a.surrogate = surrogate;
+    a.smooth = smooth;
+    a.want_gtau = gtau_part != nullptr;
     double gtau = 0.0;
-    GRID_STRIDE(n, N) {
-        T carry = T(0);  // gH_{t+1} * (1 - 1/tau): gradient reaching V_t through the next charge
-        for (int t = Tn - 1; t >= 0; --t) {
-            const i64 idx = (i64)t * N + n;
-            const T h = H[idx];
-            const T x = rn_sub(h, v_th);
-            const T s = smooth ? surrogate_primitive(surrogate, alpha, x) : (x >= T(0) ? T(1) : T(0));
-            const T sg = surrogate_grad(surrogate, alpha, x);
-            T dvdh;
-            if (hard) dvdh = (T(1) - s) + (detach_reset ? T(0) : (v_reset - h) * sg);
-            else dvdh = T(1) - (detach_reset ? T(0) : v_th * sg);
-            const T gv_tot = (gV ? gV[idx] : T(0)) + carry;
-            const T gh = (gS ? gS[idx] : T(0)) * sg + gv_tot * dvdh;
-            gX[idx] = decay_input ? gh / tau : gh;
-            carry = gh * keep;
-            if (gtau_part) {
-                // V_{t-1}: recomputed from H_{t-1} with the forward's arithmetic (V_{-1} = v_r).
-                const T vp = t > 0 ? lif_reset_from_h(H[idx - N], v_th, v_reset, hard != 0, smooth != 0,
-                                                      surrogate, alpha)
-                                   : v_r;
-                T dh_dtau;
-                if (decay_input) dh_dtau = -(h - vp) / tau;
-                else dh_dtau = (vp - v_r) / (tau * tau);
-                gtau += (double)(gh * dh_dtau);
+    if constexpr (TM > 0) {
+        gtau = lif_bwd_regs<T, TM>(a, H, gS, gV, gX, Tn, N);
+    } else {
+        GRID_STRIDE(n, N) {
+            T carry = T(0);  // gH_{t+1} * (1 - 1/tau): gradient reaching V_t through the next charge
+            for (int t = Tn - 1; t >= 0; --t) {
+                const i64 idx = (i64)t * N + n;
+                const T h_prev = (a.want_gtau && t > 0) ? H[idx - N] : T(0);
+                gX[idx] = lif_bwd_step(a, t, H[idx], h_prev, gS ? gS[idx] : T(0), gV ? gV[idx] : T(0), carry, gtau);
             }
         }
     }
@@ -153,23 +247,33 @@ template <typename T> __device__ void lif_gtau_reduce(const double* __restrict__
     if (threadIdx.x == 0) *g_tau = (T)acc;
 }
 
-#define LIF_INST(T, SUF)                                                                                      \
-    extern "C" __global__ void lif_fwd_##SUF(const T* X, T* S, T* V, T* H, int Tn, int N, const T* tau_ptr,  \
-                                             T tau, T v_th, T v_reset, int hard, int decay_input, int smooth, \
-                                             int surrogate, T alpha) {                                       \
-        lif_fwd<T>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,     \
-                   alpha);                                                                                    \
-    }                                                                                                         \
-    extern "C" __global__ void lif_bwd_##SUF(const T* H, const T* gS, const T* gV, T* gX, double* gtau_part, \
-                                             int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset,     \
-                                             int hard, int decay_input, int detach_reset, int surrogate,    \
-                                             T alpha, int smooth) {                                          \
-        lif_bwd<T>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,         \
-                   detach_reset, surrogate, alpha, smooth);                                                   \
-    }                                                                                                         \
+// Entry points: lif_fwd / lif_bwd (any Tn) and their _t8 / _t16 forms (Tn <= 8 / 16, every
+// step's loads issued up front; separate kernels, so the plain form keeps its low register
+// count). The backward's unrolled steps hoist their surrogate math ahead of the serial carry
+// chain; in f32, two blocks of 256 per SM cap them at 128 registers (16 warps to hide the loads).
+#define LIF_ENTRY(T, SUF, NAME, TM, BLOCKS)                                                                         \
+    extern "C" __global__ void lif_fwd##NAME##_##SUF(const T* X, T* S, T* V, T* H, int Tn, int N,          \
+                                                     const T* tau_ptr, T tau, T v_th, T v_reset, int hard, \
+                                                     int decay_input, int smooth, int surrogate, T alpha) { \
+        lif_fwd<T, TM>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,  \
+                       alpha);                                                                               \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS)                                               \
+        lif_bwd##NAME##_##SUF(const T* H, const T* gS, const T* gV, T* gX,                                  \
+                                                     double* gtau_part, int Tn, int N, const T* tau_ptr,    \
+                                                     T tau, T v_th, T v_reset, int hard, int decay_input,   \
+                                                     int detach_reset, int surrogate, T alpha, int smooth) { \
+        lif_bwd<T, TM>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,     \
+                       detach_reset, surrogate, alpha, smooth);                                              \
+    }
+
+#define LIF_INST(T, SUF, BLOCKS)                                                                              \
+    LIF_ENTRY(T, SUF, , 0, BLOCKS)                                                                            \
+    LIF_ENTRY(T, SUF, _t8, 8, BLOCKS)                                                                         \
+    LIF_ENTRY(T, SUF, _t16, 16, BLOCKS)                                                                       \
     extern "C" __global__ void lif_gtau_reduce_##SUF(const double* part, int nparts, T* g_tau) {            \
         lif_gtau_reduce<T>(part, nparts, g_tau);                                                              \
     }
 
-LIF_INST(float, f32)
-LIF_INST(double, f64)
+LIF_INST(float, f32, 2)
+LIF_INST(double, f64, 1)  // two blocks would spill the f64 _t16 form

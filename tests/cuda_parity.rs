@@ -659,7 +659,8 @@ fn norm_ops() {
 fn lif_all_options_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(4);
     let mut cs = Vec::new();
-    let (t, n) = (7, 1037);
+    // step counts that reach each kernel form: _t8, _t16 and the plain loop (kernels/lif.cu)
+    let (steps, n) = ([7, 12, 19], 1037);
     let surrogates = [
         Surrogate::ATan(2.0),
         Surrogate::Sigmoid(4.0),
@@ -674,6 +675,7 @@ fn lif_all_options_cases() -> Vec<Case> {
                     for learnable_tau in [false, true] {
                         for smooth in [false, true] {
                             let surrogate = surrogates[k % 4];
+                            let t = steps[k % 3];
                             k += 1;
                             let cfg = LifConfig {
                                 tau: 2.0,
@@ -686,7 +688,7 @@ fn lif_all_options_cases() -> Vec<Case> {
                                 smooth,
                             };
                             let tag = format!(
-                                "reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} {surrogate:?} {dt:?}"
+                                "T={t} reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} {surrogate:?} {dt:?}"
                             );
                             let x = rand_t(&mut r, &[t, n], dt, -0.5, 2.0);
                             let tau = scalar(2.5, dt);

@@ -28,6 +28,16 @@ fn neuron_args<'k>(launch: Launch<'k>, cfg: &LifConfig, tau_ptr: u64) -> Launch<
         .flag(cfg.decay_input)
 }
 
+/// The form of a LIF kernel for `steps` time steps: `_t8` / `_t16` load every step of a
+/// neuron up front (kernels/lif.cu), the plain one any number of steps.
+fn for_steps(kernel: &'static str, steps: usize) -> String {
+    match steps {
+        0..=8 => format!("{kernel}_t8"),
+        9..=16 => format!("{kernel}_t16"),
+        _ => kernel.to_string(),
+    }
+}
+
 /// x[T, N] (, tau) → spikes, membrane, charge.
 fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result<()> {
     cfg.validate("lif")?;
@@ -37,7 +47,7 @@ fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result
     }
     let tau_ptr = if cfg.learnable_tau { ins[1].buf.ptr } else { 0 };
     let launch = k
-        .flat("lif_fwd", n)
+        .flat(&for_steps("lif_fwd", steps), n)
         .input(&ins[0])
         .ptr(outs[0].ptr)
         .ptr(outs[1].ptr)
@@ -78,7 +88,7 @@ fn backward(k: &Kernels, op: &Op, cfg: &LifConfig, ins: Inputs, outs: &[Output])
         0
     };
     let launch = k
-        .grid("lif_bwd", blocks, 1)
+        .grid(&for_steps("lif_bwd", steps), blocks, 1)
         .input(x.charge)
         .ptr(g_spikes)
         .ptr(g_membrane)
