@@ -12,8 +12,10 @@
 //! all, `L` is the sum of the main outputs) and zeros for auxiliary ones (GAT `alpha`,
 //! InfoNCE `lse_row`/`lse_col`). Outputs marked "no gradient" (saved statistics) take none.
 //!
-//! **Dtypes.** Float tensors are all f32 or all f64 (the op's first input decides); index
-//! tensors are i32. Outputs and gradients have the float dtype of the inputs.
+//! **Dtypes.** Float tensors are all f32, all f64, all bf16 or all f16 (the op's first input
+//! decides); index tensors are i32. Outputs and gradients have the float dtype of the inputs,
+//! but the statistics of a half-precision op (LSE, counts, the LIF charge H, the losses),
+//! which are f32 ([`Op::half_stats`]).
 //!
 //! **Graphs** (`gat`, `aggregate`) come either as a CSR by destination (`row_ptr[N+1]`,
 //! `src[E]`) or as a PyG `edge_index[2,E]` (row 0 = source, row 1 = destination, any order).
@@ -124,7 +126,8 @@ impl<'a> Ins<'a> {
             .filter(|i| i.kind == Kind::Float)
             .find_map(|i| map.get(i.name).map(|t| t.dtype()))
             .unwrap_or(DType::F32);
-        for (name, t) in &map {
+        // (an upstream gradient has its output's dtype: checked where it is used)
+        for (name, t) in map.iter().filter(|(n, _)| !n.starts_with("grad_")) {
             if t.dtype().is_float() && t.dtype() != dtype {
                 return Err(Error::shape(
                     op,
@@ -439,6 +442,16 @@ impl<'a, B: Backend> Call<'a, B> {
             .map_or(GradDefault::None, |o| o.grad);
         match (self.ins.get(&gname), default) {
             (Some(g), _) => {
+                if g.dtype() != like.dtype() {
+                    return Err(Error::shape(
+                        self.ins.op,
+                        format!(
+                            "{gname} must have the dtype of {name}, {:?}; got {:?}",
+                            like.dtype(),
+                            g.dtype()
+                        ),
+                    ));
+                }
                 if g.shape() != like.shape() {
                     return Err(Error::shape(
                         self.ins.op,
@@ -794,7 +807,7 @@ pub fn run_files<B: Backend>(
         })?,
         None => Json::Null,
     };
-    let (tensors, _) = crate::tensor::io::load_safetensors(inputs)?;
+    let (tensors, _) = crate::tensor::io::load_safetensors_as_stored(inputs)?;
     let backend_name = backend.name();
     let result = run_checked(name, &tensors, &attrs, backend, finite)?;
     let meta = HashMap::from([

@@ -554,8 +554,15 @@ fn training_is_deterministic_and_resumes_exactly() {
     assert_eq!(v["rsum"].as_f64().unwrap(), full.final_recall.rsum);
     // --save-embeddings writes what the recall was computed from.
     let emb = dir.join("emb.safetensors");
-    let r = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", Some(&emb))
-        .unwrap();
+    let r = gshn::train::eval::evaluate_run(
+        CpuBackend,
+        &dir.join("full"),
+        &dir,
+        "val",
+        Some(&emb),
+        None,
+    )
+    .unwrap();
     let (t, _) = gshn::tensor::io::load_safetensors(&emb).unwrap();
     let get = |n: &str| t.iter().find(|(k, _)| k == n).unwrap().1.clone();
     let (img, txt, owner, ids) = (
@@ -613,7 +620,7 @@ fn training_is_deterministic_and_resumes_exactly() {
     v[0] = f32::NAN;
     w.1 = Tensor::new(w.1.shape().dims().to_vec(), v).unwrap();
     gshn::tensor::io::save_safetensors(&ck, &tensors, Some(meta)).unwrap();
-    let e = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", None)
+    let e = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", None, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("embeddings are not finite"), "{e}");

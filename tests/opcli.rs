@@ -180,6 +180,75 @@ fn dtypes_follow_the_inputs() {
     assert_eq!(get(&r, "grad_x").to_f64_vec()[0], 0.5);
 }
 
+/// `gshn op` on bf16 / f16 inputs: the main outputs and gradients in the inputs' dtype, the
+/// statistics f32, every value the f32 op's on the same (rounded) inputs, rounded once.
+#[test]
+fn half_precision_inputs_keep_their_dtype_and_f32_statistics() {
+    for h in [DType::BF16, DType::F16] {
+        let half = |t: Tensor| t.to_dtype(h).unwrap();
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let a = half(t64(&[6, 4], 7));
+        let p = half(t64(&[6, 4], 8));
+        let ls = half(Tensor::scalar(1.5f32));
+        let x = half(t64(&[3, 11], 9));
+        // (op, inputs, its statistics)
+        type Case<'a> = (&'a str, Vec<(String, Tensor)>, &'a [&'a str]);
+        let cases: Vec<Case> = vec![
+            (
+                "infonce",
+                vec![("a".into(), a), ("p".into(), p), ("logit_scale".into(), ls)],
+                &["loss", "lse_row", "lse_col"],
+            ),
+            ("lif", vec![("x".into(), x)], &["h"]),
+        ];
+        for (op, inputs, stats) in cases {
+            let r = opcli::run(op, &inputs, &json!({}), CpuBackend).unwrap();
+            let wide_in: Vec<(String, Tensor)> =
+                inputs.iter().map(|(n, t)| (n.clone(), wide(t))).collect();
+            let r32 = opcli::run(op, &wide_in, &json!({}), CpuBackend).unwrap();
+            for ((name, t), (_, t32)) in r.iter().zip(&r32) {
+                let want = match stats.contains(&name.as_str()) {
+                    true => DType::F32,
+                    false => h,
+                };
+                assert_eq!(t.dtype(), want, "{h:?} {op}: {name}");
+                // outputs: one rounding of the f32 op's; gradients pass the rounded outputs
+                let tol = if name.starts_with("grad_") { 0.1 } else { 0.0 };
+                let r = t32.to_dtype(want).unwrap();
+                close(t, &r, tol);
+            }
+        }
+        // an upstream gradient has its output's dtype: f32 for InfoNCE's loss
+        let ins = |g: Tensor| -> Vec<(String, Tensor)> {
+            vec![
+                ("a".into(), half(t64(&[6, 4], 7))),
+                ("p".into(), half(t64(&[6, 4], 8))),
+                ("logit_scale".into(), half(Tensor::scalar(1.5f32))),
+                ("grad_loss".into(), g),
+            ]
+        };
+        opcli::run(
+            "infonce",
+            &ins(Tensor::scalar(2.0f32)),
+            &json!({}),
+            CpuBackend,
+        )
+        .unwrap();
+        let e = opcli::run(
+            "infonce",
+            &ins(half(Tensor::scalar(2.0f32))),
+            &json!({}),
+            CpuBackend,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("grad_loss must have the dtype of loss, F32"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn infonce_1d_takes_gathered_negatives_and_a_precision() {
     // a[3] against p[8] with the positives at rows 4..7, in bf16 mode: the same numbers as

@@ -77,6 +77,10 @@ enum Command {
         save_embeddings: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Storage type of the activations: f32 | bf16 | f16 (default: the run's
+        /// train.precision; a checkpoint is f32 whatever it was trained in)
+        #[arg(long)]
+        precision: Option<gshn::train::config::StepPrecision>,
     },
     /// Draw an image with its segments, graph edges (by attention) and per-node spike rates.
     Show {
@@ -285,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             save_embeddings,
             device,
+            precision,
         } => {
             let device: Device = device.parse()?;
             let r = gshn::train::eval::evaluate_run(
@@ -293,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
                 &data,
                 &split,
                 save_embeddings.as_deref(),
+                precision,
             )?;
             if json {
                 println!("{}", serde_json::to_string(&r).expect("recall serialises"));

@@ -34,9 +34,14 @@ pub struct ParamSpec {
 pub struct ParamSet<'g> {
     /// The graph the parameters are created in (the caller keeps building ops in it).
     pub graph: &'g mut Graph,
-    /// Dtype of every parameter created.
+    /// Dtype of every parameter created (the master copy the optimizer updates).
     pub dtype: DType,
+    /// Dtype the model computes in: [`ParamSet::param`] returns each parameter cast to it
+    /// (once, shared by every use) when it differs from `dtype` (mixed precision).
+    pub compute: DType,
     specs: Vec<ParamSpec>,
+    /// What `param` returned for each spec: the parameter itself or its cast.
+    used: Vec<ValueId>,
     /// The first misuse (a name reused with another shape), reported by [`ParamSet::finish`]:
     /// building goes on with plain `ValueId`s, and the error surfaces once, not as a panic.
     misuse: Option<Error>,
@@ -45,12 +50,26 @@ pub struct ParamSet<'g> {
 impl<'g> ParamSet<'g> {
     /// An empty set that creates parameters of `dtype` in `graph`.
     pub fn new(graph: &'g mut Graph, dtype: DType) -> Self {
+        Self::mixed(graph, dtype, dtype)
+    }
+    /// An empty set that keeps parameters in `master` and hands them out cast to `compute`.
+    pub fn mixed(graph: &'g mut Graph, master: DType, compute: DType) -> Self {
         ParamSet {
             graph,
-            dtype,
+            dtype: master,
+            compute,
             specs: Vec::new(),
+            used: Vec::new(),
             misuse: None,
         }
+    }
+    /// The parameter behind a value [`ParamSet::param`] returned (itself, or the master of a
+    /// cast): what reads a parameter's value after a step fetches.
+    pub fn master(&self, used: ValueId) -> ValueId {
+        self.used
+            .iter()
+            .position(|&u| u == used)
+            .map_or(used, |k| self.specs[k].id)
     }
     /// The parameters created, in creation order; or the first misuse.
     pub fn finish(self) -> Result<Vec<ParamSpec>> {
@@ -59,27 +78,38 @@ impl<'g> ParamSet<'g> {
             None => Ok(self.specs),
         }
     }
-    /// The parameter `name`, created on first use; a later call with the same name shares it
-    /// (a second path through the same layer, e.g. the text encoder on negative captions).
+    /// The parameter `name` in the compute dtype, created on first use; a later call with
+    /// the same name shares it (a second path through the same layer, e.g. the text encoder
+    /// on negative captions).
     pub fn param(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> ValueId {
         let shape = shape.into();
-        if let Some(s) = self.specs.iter().find(|s| s.name == name) {
+        if let Some(k) = self.specs.iter().position(|s| s.name == name) {
+            let s = &self.specs[k];
             if s.shape != shape && self.misuse.is_none() {
                 self.misuse = Some(Error::graph(format!(
                     "parameter {name} reused with shape {shape:?}; it was created with {:?}",
                     s.shape
                 )));
             }
-            return s.id;
+            return self.used[k];
         }
         let id = self.graph.param(name, shape.clone(), self.dtype);
+        let used = match self.compute == self.dtype {
+            true => Ok(id),
+            false => self.graph.cast(id, self.compute),
+        };
+        let used = used.unwrap_or_else(|e| {
+            self.misuse.get_or_insert(e);
+            id
+        });
         self.specs.push(ParamSpec {
             id,
             name: name.to_string(),
             shape,
             init,
         });
-        id
+        self.used.push(used);
+        used
     }
     /// A dense layer's weight \[fan_in, fan_out\] and (optionally) bias \[fan_out\].
     pub fn linear(

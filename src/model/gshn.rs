@@ -192,10 +192,24 @@ impl Gshn {
     /// steps is the order of parameter and op creation, which fixes parameter names, their
     /// initial values and every recorded number: keep it.
     pub fn build_in(config: &ModelConfig, cap: Capacity, float: DType) -> Result<Gshn> {
+        Self::build_as(config, cap, float, float)
+    }
+
+    /// Mixed precision (`train.precision = "bf16" | "f16"`): the parameters are f32 master
+    /// weights, cast to `activations` where used; activations and their gradients are in
+    /// `activations`; the fused ops' statistics, the losses and the parameter gradients f32.
+    pub fn build_mixed(config: &ModelConfig, cap: Capacity, activations: DType) -> Result<Gshn> {
+        Self::build_as(config, cap, DType::F32, activations)
+    }
+
+    /// The graph with parameters in `params` and every other float value in `float`, but
+    /// the losses: f32 when `float` is a half type.
+    fn build_as(config: &ModelConfig, cap: Capacity, params: DType, float: DType) -> Result<Gshn> {
         config.validate()?;
+        let loss_type = if float.is_half() { DType::F32 } else { float };
         let mut graph = Graph::new();
-        let inputs = ModelInputs::new(&mut graph, config, cap, float);
-        let mut ps = ParamSet::new(&mut graph, float);
+        let inputs = ModelInputs::new(&mut graph, config, cap, float, loss_type);
+        let mut ps = ParamSet::mixed(&mut graph, params, float);
         let inp = &inputs;
         // Each part names its nodes for profiles (`gshn train --profile`).
         ps.graph.set_part("node inputs");
@@ -216,7 +230,10 @@ impl Gshn {
         // which gradients sum: keep it.
         ps.graph.set_part("losses");
         let rel = match cap.relations {
-            true => Some(relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?),
+            true => {
+                let l = relation_term(&mut ps, cap, inp, &nodes, z_img, z_txt)?;
+                Some(ps.graph.to_dtype(l, loss_type)?)
+            }
             false => None,
         };
         let itc = ps
@@ -242,9 +259,12 @@ impl Gshn {
         let mut neg = None;
         if let Some(ni) = &inp.negatives {
             let l_neg = hard_negative_loss(&mut ps, config, cap, ni, z_img, z_txt, float)?;
+            let l_neg = ps.graph.to_dtype(l_neg, loss_type)?;
             loss = add_weighted(ps.graph, loss, l_neg, ni.weight)?;
             neg = Some(l_neg);
         }
+        // what reads r and the logit scale after a step reads the parameters themselves
+        let (r, logit_scale) = (r.map(|r| ps.master(r)), ps.master(logit_scale));
         let params = ps.finish()?;
         let (spike_rates, node_spike_rate) = match snn {
             Some(s) => (s.spike_rates, s.node_spike_rate),
@@ -276,8 +296,15 @@ impl Gshn {
 }
 
 impl ModelInputs {
-    /// Declares every per-batch input (`float`: the dtype of the float ones).
-    fn new(g: &mut Graph, config: &ModelConfig, cap: Capacity, float: DType) -> ModelInputs {
+    /// Declares every per-batch input (`float`: the dtype of the float ones, but the loss
+    /// weights: `loss`).
+    fn new(
+        g: &mut Graph,
+        config: &ModelConfig,
+        cap: Capacity,
+        float: DType,
+        loss: DType,
+    ) -> ModelInputs {
         let (n, e, heads) = (cap.nodes, cap.edges, config.heads);
         ModelInputs {
             pixel_feats: g.input("pixel_feats", [cap.pixels, cap.pixel_channels], float),
@@ -295,15 +322,15 @@ impl ModelInputs {
             text_features: (config.text.source == TextSource::Features)
                 .then(|| g.input("text_features", [cap.batch, cap.text_features], float)),
             node_sample: g.input("node_sample", [cap.node_samples], DType::I32),
-            w_itc: g.input("w_itc", [], float),
-            w_stl: g.input("w_stl", [], float),
-            w_node: g.input("w_node", [], float),
-            w_rel: g.input("w_rel", [], float),
+            w_itc: g.input("w_itc", [], loss),
+            w_stl: g.input("w_stl", [], loss),
+            w_node: g.input("w_node", [], loss),
+            w_rel: g.input("w_rel", [], loss),
             negatives: cap.negatives.then(|| NegativeInputs {
                 tokens: g.input("neg_tokens", [cap.batch * config.text.max_len], DType::I32),
                 token_keep: g.input("neg_token_keep", [cap.batch, config.text.max_len], float),
                 row_weight: g.input("neg_row_weight", [cap.batch], float),
-                weight: g.input("w_neg", [], float),
+                weight: g.input("w_neg", [], loss),
             }),
         }
     }

@@ -474,6 +474,13 @@ impl Graph {
     pub fn cast(&mut self, x: ValueId, to: DType) -> Result<ValueId> {
         self.push1(Op::Cast(to), &[x])
     }
+    /// `x` as `to`: `x` itself when it already is, else its cast.
+    pub fn to_dtype(&mut self, x: ValueId, to: DType) -> Result<ValueId> {
+        match self.dtype(x)? == to {
+            true => Ok(x),
+            false => self.cast(x, to),
+        }
+    }
     /// A tensor of `shape` and `dtype` with every element `value`
     pub fn fill(&mut self, value: f64, shape: impl Into<Shape>, dtype: DType) -> Result<ValueId> {
         self.push1(

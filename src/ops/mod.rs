@@ -260,6 +260,16 @@ impl Op {
         }
     }
 
+    /// Whether the op only moves elements (the layout ops but scatter-add and dropout, which
+    /// add and scale): it runs on half-precision storage as it is, bit for bit.
+    pub fn only_moves(&self) -> bool {
+        self.family() == Family::Layout
+            && !matches!(
+                self,
+                Op::ScatterAdd { .. } | Op::Dropout { .. } | Op::DropoutBackward { .. }
+            )
+    }
+
     /// The family (file) an op belongs to: where its shape rule, gradient rule and kernels live.
     pub fn family(&self) -> Family {
         match self {

@@ -59,19 +59,33 @@ pub fn save_safetensors(
 }
 
 /// Tensors and metadata of a safetensors file, with errors that name the file. f16/bf16
-/// tensors are widened to f32; other dtypes are refused.
+/// tensors are widened to f32 (what checkpoints and feature files want); other dtypes are
+/// refused.
 pub fn load_safetensors(path: &Path) -> Result<(NamedTensors, Metadata)> {
+    load(path, true)
+}
+
+/// [`load_safetensors`] keeping f16/bf16 tensors as they are stored (`gshn op` runs an op
+/// in its inputs' dtype).
+pub fn load_safetensors_as_stored(path: &Path) -> Result<(NamedTensors, Metadata)> {
+    load(path, false)
+}
+
+fn load(path: &Path, widen: bool) -> Result<(NamedTensors, Metadata)> {
     let bytes = crate::util::bounded::read_safetensors(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
     })?;
-    parse_safetensors(&bytes).map_err(|msg| Error::Format {
+    parse_safetensors(&bytes, widen).map_err(|msg| Error::Format {
         path: path.display().to_string(),
         msg,
     })
 }
 
-fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadata), String> {
+fn parse_safetensors(
+    bytes: &[u8],
+    widen: bool,
+) -> std::result::Result<(NamedTensors, Metadata), String> {
     let (header_len, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| format!("not a valid safetensors file: {e}"))?;
     let header = bytes
@@ -105,16 +119,26 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(NamedTensors, Metadat
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
                     .collect(),
             ),
-            StDtype::F16 => Storage::F32(
-                data.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
-                    .collect(),
-            ),
-            StDtype::BF16 => Storage::F32(
-                data.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
-                    .collect(),
-            ),
+            StDtype::F16 => {
+                let v: Vec<half::f16> = data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                match widen {
+                    true => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
+                    false => Storage::F16(v),
+                }
+            }
+            StDtype::BF16 => {
+                let v: Vec<half::bf16> = data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                match widen {
+                    true => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
+                    false => Storage::BF16(v),
+                }
+            }
             other => {
                 return Err(format!(
                     "{name}: dtype {other:?} is not supported (use f32, f64, f16, bf16 or i32)"

@@ -4,6 +4,7 @@
 
 use super::config::RunConfig;
 use super::retrieval::Recall;
+use super::scaler::LossScaler;
 use crate::data::DataShape;
 use crate::data::Vocab;
 use crate::error::{Error, Result};
@@ -29,6 +30,9 @@ pub struct TrainState {
     pub best_rsum: f64,
     /// Recalls of the latest evaluation, if any.
     pub last_recall: Option<Recall>,
+    /// The f16 loss scaler (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScaler>,
 }
 
 /// Everything a run needs to resume or be evaluated, saved as one safetensors file.

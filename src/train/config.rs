@@ -5,6 +5,7 @@
 use crate::data::{Dataset, FeatureConfig, GraphConfig, LoadOptions, PrepareOptions, SplitPaths};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, TextSource};
+use crate::tensor::DType;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -51,6 +52,47 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Write a metrics line every this many steps.
     pub log_every: usize,
+    /// Storage type of the step's activations and their gradients (default f32). In bf16
+    /// and f16 the parameters and AdamW moments stay f32 master weights, the fused ops'
+    /// statistics and the losses f32, every op computes in f32; f16 adds dynamic loss
+    /// scaling. Checkpoints are f32 whatever the precision.
+    pub precision: StepPrecision,
+}
+
+/// `train.precision`: what the training step stores activations in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPrecision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bfloat16 activations (f32's range: no loss scaling).
+    Bf16,
+    /// IEEE half activations, with dynamic loss scaling (their range ends at 65504).
+    F16,
+}
+
+impl std::str::FromStr for StepPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(StepPrecision::F32),
+            "bf16" => Ok(StepPrecision::Bf16),
+            "f16" => Ok(StepPrecision::F16),
+            _ => Err(format!("precision must be f32, bf16 or f16, got {s:?}")),
+        }
+    }
+}
+
+impl StepPrecision {
+    /// The activations' dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            StepPrecision::F32 => DType::F32,
+            StepPrecision::Bf16 => DType::BF16,
+            StepPrecision::F16 => DType::F16,
+        }
+    }
 }
 
 impl TrainConfig {
@@ -143,6 +185,7 @@ impl Default for TrainConfig {
             node_samples_per_graph: 2,
             checkpoint_every: 0,
             log_every: 10,
+            precision: StepPrecision::F32,
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use super::batches::{Feeder, LossWeights};
 use super::checkpoint::Checkpoint;
-use super::config::RunConfig;
+use super::config::{RunConfig, StepPrecision};
+use super::scaler::LossScaler;
 use crate::backend::Backend;
 use crate::data::{DataShape, Vocab};
 use crate::error::{Error, Result};
@@ -39,6 +40,10 @@ pub struct Engine<B: Backend> {
     pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
+    /// f16 only: the loss scale and its inverse, fed each step, and their scaler.
+    scaling: Option<(ValueId, ValueId)>,
+    /// Dynamic loss scaling (f16 runs); the trainer saves and restores it with checkpoints.
+    pub scaler: Option<LossScaler>,
     pub(super) grad_norm: ValueId,
     /// d(loss)/d(param) in `params` order (fetched only with `inspect`: [`Engine::new_in`]).
     pub(super) grads: Vec<ValueId>,
@@ -47,12 +52,14 @@ pub struct Engine<B: Backend> {
 impl<B: Backend> Engine<B> {
     /// Builds and compiles the three executors for `cfg` and `shape` (parameters not yet set: see [`Engine::init`]).
     pub fn new(backend: B, cfg: RunConfig, shape: DataShape, vocab: Vocab) -> Result<Self> {
-        Self::new_in(backend, cfg, shape, vocab, DType::F32, false)
+        let activations = cfg.train.precision.dtype();
+        Self::new_in(backend, cfg, shape, vocab, activations, false)
     }
 
     /// [`Engine::new`] with every float value in `float` (f64: the step as an exact
-    /// reference), the training step keeping its parameter gradients and both embeddings
-    /// readable when `inspect` (see `gshn dump-batch`).
+    /// reference; a half type: mixed precision, parameters in f32), the training step
+    /// keeping its parameter gradients and both embeddings readable when `inspect` (see
+    /// `gshn dump-batch`).
     pub fn new_in(
         backend: B,
         cfg: RunConfig,
@@ -67,12 +74,36 @@ impl<B: Backend> Engine<B> {
         let mut cap = Capacity::of_batch(&data_cap, &shape, vocab.len(), t.node_samples_per_graph);
         cap.negatives = cfg.hard_negatives();
         cap.relations = t.lambda_rel > 0.0;
-        let model = Gshn::build_in(&cfg.model, cap, float)?;
+        let model = match float.is_half() {
+            true => Gshn::build_mixed(&cfg.model, cap, float)?,
+            false => Gshn::build_in(&cfg.model, cap, float)?,
+        };
         let out = model.outputs.clone();
         let ids: Vec<ValueId> = model.params.iter().map(|p| p.id).collect();
 
         let mut train_graph = model.graph.clone();
-        let grads = train_graph.backward(out.loss, &ids)?;
+        let (grads, scaling) = match float {
+            DType::F16 => {
+                // f16 gradients underflow: differentiate loss · scale, then unscale the f32
+                // parameter gradients before clipping (see `LossScaler`)
+                let g = &mut train_graph;
+                let (scale, inverse) = (
+                    g.input("loss_scale", [], DType::F32),
+                    g.input("loss_scale.inverse", [], DType::F32),
+                );
+                let scaled = g.mul(out.loss, scale)?;
+                let grads = g.backward(scaled, &ids)?;
+                let grads = grads
+                    .into_iter()
+                    .map(|d| match g.shape(d)?.rank() {
+                        0 => g.mul(d, inverse),
+                        _ => g.mul_broadcast(d, inverse),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (grads, Some((scale, inverse)))
+            }
+            _ => (train_graph.backward(out.loss, &ids)?, None),
+        };
         let adam = AdamWConfig {
             weight_decay: t.weight_decay,
             ..AdamWConfig::default()
@@ -111,6 +142,8 @@ impl<B: Backend> Engine<B> {
             text,
             opt_state,
             hyper: opt.hyper,
+            scaling,
+            scaler: scaling.map(|_| LossScaler::default()),
             grad_norm,
             grads: if inspect { grads } else { Vec::new() },
             image_fetch,
@@ -158,7 +191,9 @@ impl<B: Backend> Engine<B> {
 
     /// One optimizer step on `graphs` with one caption each (and, when the model takes them,
     /// that caption's hard negative). Reads back only the loss and gradient norm (to stop on
-    /// non-finite values); [`Engine::stats`] reads the rest when it is logged.
+    /// non-finite values); [`Engine::stats`] reads the rest when it is logged. Returns whether
+    /// the update was applied: an f16 step whose gradient overflowed is skipped (see
+    /// [`LossScaler`]); in f32 and bf16 a non-finite loss or gradient is an error.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -169,24 +204,35 @@ impl<B: Backend> Engine<B> {
         lr: f64,
         step: usize,
         rng: &mut SplitMix64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.feeder.feed_images(&mut self.train, graphs, rng)?;
         self.feeder.feed_text(&mut self.train, captions)?;
         self.feeder.feed_negatives(&mut self.train, negatives)?;
         self.feeder.feed_weights(&mut self.train, w)?;
-        let hyper = Tensor::new([2], vec![lr, (step + 1) as f64])?;
+        let adam_step = self.scaler.map_or(step + 1, |s| s.adam_step(step));
+        let hyper = Tensor::new([2], vec![lr, adam_step as f64])?;
         let float = self.train.graph().dtype(self.hyper)?;
         self.train.set(self.hyper, &hyper.to_dtype(float)?)?;
+        if let (Some((scale, inverse)), Some(s)) = (self.scaling, self.scaler) {
+            self.train
+                .set(scale, &Tensor::new([], vec![s.scale as f32])?)?;
+            self.train
+                .set(inverse, &Tensor::new([], vec![(1.0 / s.scale) as f32])?)?;
+        }
         self.train.run()?;
         let loss = self.scalar(self.model_outputs.loss)?;
         let grad_norm = self.scalar(self.grad_norm)?;
+        if let Some(s) = &mut self.scaler {
+            // AdamW skipped the update itself (ClipScale reports 0 for a non-finite norm)
+            return s.update(grad_norm.is_finite(), step);
+        }
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::invalid(
                 "train",
                 format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
             ));
         }
-        Ok(())
+        Ok(true)
     }
 
     fn scalar(&self, v: ValueId) -> Result<f64> {
@@ -218,6 +264,7 @@ impl<B: Backend> Engine<B> {
                 })
                 .transpose()?,
             logit_scale: self.scalar(o.logit_scale)?,
+            loss_scale: self.scaler.map(|s| s.scale),
         })
     }
 
@@ -255,18 +302,23 @@ pub struct StepStats {
     pub r: Option<f64>,
     /// The InfoNCE logit-scale parameter (log of the temperature's inverse).
     pub logit_scale: f64,
+    /// The f16 loss scale for the next step (f16 runs only).
+    pub loss_scale: Option<f64>,
 }
-/// Loads a run's checkpoint into a fresh engine (for `eval` and `show`).
-pub fn load_engine<B: Backend>(backend: B, run: &Path) -> Result<Engine<B>> {
+/// Loads a run's checkpoint into a fresh engine (for `eval` and `show`), computing in
+/// `precision` (default: the run's `train.precision`; checkpoints are f32 whatever the
+/// precision they were trained in).
+pub fn load_engine<B: Backend>(
+    backend: B,
+    run: &Path,
+    precision: Option<StepPrecision>,
+) -> Result<Engine<B>> {
     let ck = Checkpoint::load_latest(run)?.ok_or_else(|| {
         Error::invalid("checkpoint", format!("no checkpoint in {}", run.display()))
     })?;
-    let mut engine = Engine::new(
-        backend,
-        ck.config.clone(),
-        ck.shape.clone(),
-        ck.vocab.clone(),
-    )?;
+    let mut cfg = ck.config.clone();
+    cfg.train.precision = precision.unwrap_or(cfg.train.precision);
+    let mut engine = Engine::new(backend, cfg, ck.shape.clone(), ck.vocab.clone())?;
     engine.load_state(&ck.tensors)?;
     Ok(engine)
 }

@@ -1,13 +1,13 @@
 //! Evaluation of a run: embeddings of a whole split, retrieval recall, and the image-side
 //! outputs of one batch for `gshn show`.
 
-use super::config::open_split;
+use super::config::{open_split, StepPrecision};
 use super::engine::{load_engine, Engine};
 use super::retrieval::{recall, Recall};
 use crate::backend::Backend;
 use crate::data::{prepare, PreparedSplit};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::util::rng::SplitMix64;
 use std::path::Path;
 
@@ -22,7 +22,10 @@ impl<B: Backend> Engine<B> {
         for chunk in split.graphs.chunks(b) {
             self.feeder.feed_images(&mut self.image, chunk, &mut rng)?;
             self.image.run()?;
-            let z = self.image.get(self.model_outputs.z_img)?;
+            let z = self
+                .image
+                .get(self.model_outputs.z_img)?
+                .to_dtype(DType::F32)?;
             img.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
         }
         let caps: Vec<(&crate::data::Encoded, usize)> = split
@@ -36,7 +39,10 @@ impl<B: Backend> Engine<B> {
             let enc: Vec<&crate::data::Encoded> = chunk.iter().map(|(c, _)| *c).collect();
             self.feeder.feed_text(&mut self.text, &enc)?;
             self.text.run()?;
-            let z = self.text.get(self.model_outputs.z_txt)?;
+            let z = self
+                .text
+                .get(self.model_outputs.z_txt)?
+                .to_dtype(DType::F32)?;
             txt.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
         }
         let d = self.cfg.model.dim;
@@ -86,15 +92,17 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// Retrieval of a trained run on one split of a dataset root.
+/// Retrieval of a trained run on one split of a dataset root, computed in `precision`
+/// (default: the run's own).
 pub fn evaluate_run<B: Backend>(
     backend: B,
     run: &Path,
     data: &Path,
     split: &str,
     save_embeddings: Option<&Path>,
+    precision: Option<StepPrecision>,
 ) -> Result<Recall> {
-    let mut engine = load_engine(backend, run)?;
+    let mut engine = load_engine(backend, run, precision)?;
     let ds = open_split(data, &engine.cfg, split)?;
     let vocab = engine.vocab.clone();
     let cfg = engine.cfg.clone();

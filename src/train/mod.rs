@@ -10,6 +10,7 @@ pub mod eval;
 pub mod metrics;
 pub mod plot;
 pub mod retrieval;
+pub mod scaler;
 pub mod schedule;
 pub mod show;
 pub mod trainer;

@@ -21,7 +21,7 @@ pub fn render<B: Backend>(
     image_id: u64,
     out: &Path,
 ) -> Result<()> {
-    let mut engine = load_engine(backend, run)?;
+    let mut engine = load_engine(backend, run, None)?;
     let ds = open_split(data, &engine.cfg, split)?;
     let idx = (0..ds.len())
         .find(|&i| ds.image_id(i) == Some(image_id))

@@ -174,6 +174,9 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         Some(ck) => {
             engine.load_state(&ck.tensors)?;
             state = ck.state.clone();
+            if let (Some(s), Some(saved)) = (&mut engine.scaler, state.loss_scale) {
+                *s = saved;
+            }
             // Exact resume needs the same steps per epoch; a state that does not fit them
             // (edited, or another dataset or batch size) would skip or repeat batches.
             if state.batch >= steps_per_epoch.max(1)
@@ -210,7 +213,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
             config: cfg.clone(),
             vocab: vocab.clone(),
             shape: shape.clone(),
-            state: state.clone(),
+            state: TrainState {
+                loss_scale: engine.scaler,
+                ..state.clone()
+            },
             tensors: engine.state_tensors()?,
         }
         .save(out)
@@ -347,14 +353,19 @@ fn finish_profile<B: Backend>(
 
 /// The data of a run: its vocabulary, both splits prepared, and the shape its model is built
 /// for (a resumed run keeps its checkpoint's vocabulary and shape).
-pub(super) struct RunData {
+pub struct RunData {
+    /// The caption vocabulary.
     pub vocab: Vocab,
+    /// The training split, prepared.
     pub train_split: PreparedSplit,
+    /// The validation split, prepared.
     pub val_split: PreparedSplit,
+    /// The static sizes the model is built for.
     pub shape: DataShape,
 }
 
 impl RunData {
+    /// Opens and prepares both splits of `cfg` under `root`.
     pub fn load(root: &Path, cfg: &RunConfig, resumed: Option<&Checkpoint>) -> Result<RunData> {
         let train_ds = open_split(root, cfg, &cfg.data.train_split)?;
         let val_ds = open_split(root, cfg, &cfg.data.val_split)?;

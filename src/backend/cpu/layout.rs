@@ -17,10 +17,7 @@ use rayon::prelude::*;
 
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     let dtype = outputs[0].dtype;
-    if matches!(
-        op,
-        Op::ScatterAdd { .. } | Op::Dropout { .. } | Op::DropoutBackward { .. }
-    ) {
+    if !op.only_moves() {
         return float_dispatch!(op.name(), dtype, float_kernels(op, inputs, outputs));
     }
     match dtype {

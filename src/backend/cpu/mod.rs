@@ -267,7 +267,7 @@ impl Backend for CpuBackend {
         }
         let half =
             inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|v| v.dtype.is_half());
-        if half && op.family() != Family::Layout {
+        if half && !op.only_moves() {
             return in_f32(inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         match op.family() {

@@ -476,7 +476,7 @@ impl CudaBackend {
     ) -> Result<()> {
         // Half-precision storage is moved (layout ops, casts to the same type) but not yet
         // computed on: refuse it before a kernel reads 16-bit words as f32.
-        let computes = op.family() != Family::Layout && !matches!(op, Op::Cast(_));
+        let computes = !op.only_moves() && !matches!(op, Op::Cast(_));
         let dtypes = inputs.iter().map(|v| v.dtype);
         if let Some(d) = dtypes
             .chain(outputs.iter().map(|o| o.dtype))
