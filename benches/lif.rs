@@ -1,4 +1,5 @@
-//! LIF forward and backward on the CPU backend at T = 8, N = 1M (f32), in GB/s.
+//! LIF forward and backward on the CPU backend at T = 8, N = 1M (f32; the forward also on
+//! bf16 storage), in GB/s.
 //!
 //! Bytes counted: forward reads X and writes S, V, H (4 · T·N · 4 B); backward reads H, gS,
 //! gV and writes gX (4 · T·N · 4 B; the learnable-tau variant also re-reads H_{t−1}, which
@@ -126,6 +127,42 @@ fn bench(c: &mut Criterion) {
             };
             be.execute(&op, &[view(&h), view(&gs), view(&gv), tau_view], &mut outs)
                 .unwrap();
+        })
+    });
+    // bf16 storage (issue 15): X, S, V in bf16 (2 B), H in f32; bytes counted as stored
+    // (2 + 2 + 2 + 4 per neuron-step), throughput against the f32 pass's 16.
+    let to_bf16 = |s: &Storage| Storage::from_f32(DType::BF16, &s.to_f32_vec().unwrap()).unwrap();
+    let xb = to_bf16(&x);
+    let (mut sb, mut vb) = (
+        Storage::zeros(DType::BF16, T * N),
+        Storage::zeros(DType::BF16, T * N),
+    );
+    g.throughput(Throughput::Bytes(10 * elems));
+    g.bench_function("forward, bf16 storage", |b| {
+        b.iter(|| {
+            let mut outs = [
+                ViewMut {
+                    buf: &mut sb,
+                    shape: &shape,
+                    dtype: DType::BF16,
+                },
+                ViewMut {
+                    buf: &mut vb,
+                    shape: &shape,
+                    dtype: DType::BF16,
+                },
+                ViewMut {
+                    buf: &mut h,
+                    shape: &shape,
+                    dtype: DType::F32,
+                },
+            ];
+            let xv = View {
+                buf: &xb,
+                shape: &shape,
+                dtype: DType::BF16,
+            };
+            be.execute(&Op::Lif(cfg), &[xv], &mut outs).unwrap();
         })
     });
     g.finish();

@@ -6,8 +6,11 @@
  *  - Every function returns GSHN_OK (0) or an error code; gshn_last_error() then describes the
  *    failure (thread-local; valid until the next gshn call on the same thread; never NULL).
  *    No panic or exception crosses the boundary (an internal bug returns GSHN_ERR_PANIC).
- *  - Float buffers: row-major, contiguous, all of one dtype (GSHN_F32 or GSHN_F64), passed as
- *    void pointers. Index arrays: int32_t.
+ *  - Float buffers: row-major, contiguous, all of one dtype (GSHN_F32, GSHN_F64, GSHN_BF16 or
+ *    GSHN_F16), passed as void pointers. Index arrays: int32_t. With GSHN_BF16 / GSHN_F16 (16-bit
+ *    words, *_cpu only: *_cuda returns GSHN_ERR_UNSUPPORTED) the op computes in f32 and the
+ *    statistics buffers are float (f32): LIF h; GAT lse; InfoNCE loss, lse_row, lse_col,
+ *    grad_loss, grad_lse_row, grad_lse_col.
  *  - *_cpu functions: host pointers. *_cuda functions: the same arguments with DEVICE pointers
  *    for every float buffer, plus `device` (CUDA ordinal) and `stream` (a CUstream of the
  *    device's primary context — e.g. PyTorch's current stream; NULL = legacy default stream).
@@ -59,6 +62,8 @@ extern "C" {
 /* dtypes of the float buffers. */
 #define GSHN_F32 0
 #define GSHN_F64 1
+#define GSHN_BF16 2 /* bfloat16 words; statistics buffers f32 (see Conventions) */
+#define GSHN_F16 3  /* IEEE half words; statistics buffers f32 */
 
 /* LIF surrogate derivatives sigma'(x), x = H - v_th. */
 #define GSHN_SURROGATE_ATAN 0        /* alpha / (2 (1 + (pi alpha x / 2)^2)), usual alpha 2 */

@@ -13,7 +13,8 @@
 //!   index uploads of pageable memory): it copies the inputs into gshn's buffers, runs the op on
 //!   gshn's stream and copies the results into the caller's buffers, because the CUDA backend has
 //!   no way yet to wrap caller-owned device memory (see `docs/VALIDATION.md`).
-//! - Float buffers are all f32 or all f64 (`dtype`), row-major, contiguous.
+//! - Float buffers are all f32, f64, bf16 or f16 (`dtype`), row-major, contiguous; with bf16
+//!   and f16 (CPU only) the statistics buffers are f32 ([`GSHN_BF16`]).
 //!
 //! From Rust the same functions can be called directly (from C, include `gshn.h` and link
 //! `libgshn_capi.so`): LIF over x[T = 2, N = 3], then its backward.
@@ -97,6 +98,13 @@ pub const GSHN_ERR_OUT_OF_MEMORY: c_int = 8;
 pub const GSHN_F32: c_int = 0;
 /// `dtype` of the float buffers: f64 (C `double`).
 pub const GSHN_F64: c_int = 1;
+/// `dtype` of the float buffers: bfloat16 (16-bit words; CPU only). The statistics buffers
+/// are f32 then (see [`Op::half_stats`]): LIF `h`, GAT `lse`, InfoNCE `loss`, `lse_row`,
+/// `lse_col` and their gradients.
+pub const GSHN_BF16: c_int = 2;
+/// `dtype` of the float buffers: IEEE half (16-bit words; CPU only); statistics f32 as for
+/// [`GSHN_BF16`].
+pub const GSHN_F16: c_int = 3;
 
 /// Surrogate numbers: [`Surrogate::code`] (checked equal by a test).
 pub const GSHN_SURROGATE_ATAN: c_int = 0;
@@ -325,9 +333,11 @@ fn dtype_of(f: &str, d: c_int) -> Result<DType, CErr> {
     match d {
         GSHN_F32 => Ok(DType::F32),
         GSHN_F64 => Ok(DType::F64),
+        GSHN_BF16 => Ok(DType::BF16),
+        GSHN_F16 => Ok(DType::F16),
         _ => Err(arg_err(
             f,
-            format!("dtype {d} is not GSHN_F32 (0) or GSHN_F64 (1)"),
+            format!("dtype {d} is not GSHN_F32 (0), GSHN_F64 (1), GSHN_BF16 (2) or GSHN_F16 (3)"),
         )),
     }
 }
@@ -396,7 +406,16 @@ fn input_names(ins: &Inputs) -> Vec<&'static str> {
 }
 
 /// Runs `op` with inputs `ins` (metas `metas`) and writes its outputs into `outs`.
-fn exec(f: &str, mem: Mem, op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
+fn exec(f: &str, mem: Mem, op: Op, mut ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
+    if ins.iter().any(|i| i.1.dtype.is_half()) {
+        // on half storage the op's statistics (what the forward saved, the loss gradients)
+        // are f32 buffers
+        for k in op.half_stats(ins.len())?.0 {
+            if let Some(i) = ins.get_mut(k) {
+                i.1.dtype = DType::F32;
+            }
+        }
+    }
     let metas: Vec<Meta> = ins.iter().map(|i| i.1.clone()).collect();
     for ((_, m), name) in ins.iter().zip(input_names(&ins)) {
         fits_in_memory(f, name, m)?;
@@ -458,12 +477,8 @@ fn host_storage(p: *const c_void, m: &Meta) -> Result<Storage, CErr> {
             DType::F32 => Storage::F32(try_copy(std::slice::from_raw_parts(p as *const f32, n))?),
             DType::F64 => Storage::F64(try_copy(std::slice::from_raw_parts(p as *const f64, n))?),
             DType::I32 => Storage::I32(try_copy(std::slice::from_raw_parts(p as *const i32, n))?),
-            d => {
-                return Err(CErr(
-                    GSHN_ERR_UNSUPPORTED,
-                    format!("{d:?} tensors are not in the C ABI"),
-                ))
-            }
+            DType::BF16 => Storage::BF16(try_copy(std::slice::from_raw_parts(p.cast(), n))?),
+            DType::F16 => Storage::F16(try_copy(std::slice::from_raw_parts(p.cast(), n))?),
         }
     })
 }
@@ -502,12 +517,8 @@ fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
                 Storage::F32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f32, n),
                 Storage::F64(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut f64, n),
                 Storage::I32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut i32, n),
-                s => {
-                    return Err(CErr(
-                        GSHN_ERR_UNSUPPORTED,
-                        format!("{:?} output in the C ABI", s.dtype()),
-                    ))
-                }
+                Storage::BF16(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr.cast(), n),
+                Storage::F16(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr.cast(), n),
             }
         }
     }
@@ -775,14 +786,10 @@ fn lif_backward(
         tn(grad_spikes, "grad_spikes"),
         tn(grad_v, "grad_v"),
     );
-    let tau = learnable.then(|| {
-        let tau = match dt {
-            #[allow(clippy::cast_possible_truncation)] // a parameter's value, not a size
-            DType::F32 => Tensor::scalar(cfg.tau as f32),
-            _ => Tensor::scalar(cfg.tau),
-        };
-        (Src::Host(tau), m([], dt))
-    });
+    let tau = learnable
+        .then(|| Ok((Src::Host(Tensor::scalar(cfg.tau).to_dtype(dt)?), m([], dt))))
+        .transpose()
+        .map_err(|e: Error| CErr::from(e))?;
     let ins = owned(
         LifBackwardArgs {
             charge: &h,

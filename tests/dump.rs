@@ -21,15 +21,9 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 fn train_to(dir: &Path, cfg: &RunConfig, steps: usize, resume: bool) {
     let opts = TrainOptions {
-        data: dir.to_path_buf(),
-        out: dir.join("run"),
         resume,
-        overwrite: false,
-        epochs: None,
-        quiet: true,
         stop_after_steps: Some(steps),
-        resume_config: None,
-        profile: false,
+        ..common::fresh_run(dir, "run")
     };
     gshn::train::train(CpuBackend, cfg.clone(), &opts).unwrap();
 }

@@ -640,8 +640,9 @@ fn run_capi(data: &[u8]) -> String {
 fn capi_call(p: &mut Program) -> String {
     let entry = p.byte() % 8;
     let dtype = [
-        GSHN_F32, GSHN_F64, GSHN_F32, GSHN_F64, GSHN_F32, GSHN_F64, 2, -1,
+        GSHN_F32, GSHN_F64, GSHN_F32, GSHN_F64, GSHN_BF16, GSHN_F16, 4, -1,
     ][p.byte() as usize % 8];
+    // (half buffers get 4 bytes an element too: their statistics buffers are f32)
     let elem: u128 = if dtype == GSHN_F64 { 8 } else { 4 };
     let (s1, s2, s3) = (p.size(), p.size(), p.size());
     let (n, e) = (p.size(), p.size());
@@ -818,7 +819,7 @@ fn capi_call(p: &mut Program) -> String {
         msg.is_empty(),
         "entry {entry}: rc {rc} with message {msg:?}"
     );
-    if illegal || !(0..=1).contains(&dtype) {
+    if illegal || !(0..=3).contains(&dtype) {
         assert_ne!(
             rc, GSHN_OK,
             "entry {entry}: sizes {sizes:?} dtype {dtype} accepted"

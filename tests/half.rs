@@ -542,3 +542,129 @@ fn fused_ops_on_half_storage_match_their_f32_path() {
         }
     }
 }
+
+/// The C ABI on bf16 / f16 buffers (16-bit words): the same results as its f32 call on the
+/// same (rounded) values, rounded once; the statistics buffers (LIF h, InfoNCE loss and
+/// log-sum-exps) are f32 and equal the f32 call's.
+#[test]
+fn the_c_abi_takes_half_buffers_with_f32_statistics() {
+    use gshn::capi::*;
+    let mut rng = SplitMix64::new(11);
+    for (h, code) in [(DType::BF16, GSHN_BF16), (DType::F16, GSHN_F16)] {
+        let words = |t: &Tensor| -> Vec<u16> {
+            let v = t.to_dtype(h).unwrap();
+            match v.storage() {
+                gshn::tensor::Storage::BF16(v) => v.iter().map(|x| x.to_bits()).collect(),
+                gshn::tensor::Storage::F16(v) => v.iter().map(|x| x.to_bits()).collect(),
+                _ => unreachable!(),
+            }
+        };
+        let widen = |w: &[u16]| -> Vec<f32> {
+            w.iter()
+                .map(|&b| match h {
+                    DType::BF16 => half::bf16::from_bits(b).to_f32(),
+                    _ => half::f16::from_bits(b).to_f32(),
+                })
+                .collect()
+        };
+        let round = |v: &[f32]| -> Vec<f32> {
+            let t = Tensor::new([v.len()], v.to_vec()).unwrap();
+            widen(&words(&t))
+        };
+        // LIF over x[5, 23]
+        let (t, n) = (5usize, 23usize);
+        let x = rounded(&[t, n], h, &mut rng);
+        let x32 = x.data::<f32>().unwrap().to_vec();
+        let lp = gshn_lif_params_default();
+        let (mut s32, mut v32, mut h32) = (vec![0f32; t * n], vec![0f32; t * n], vec![0f32; t * n]);
+        let (mut s16, mut v16, mut hh) = (vec![0u16; t * n], vec![0u16; t * n], vec![0f32; t * n]);
+        let xw = words(&x);
+        // SAFETY: every buffer holds T·N elements of its dtype (h: f32 in both calls).
+        unsafe {
+            let (tt, nn) = (t as i64, n as i64);
+            let rc = gshn_lif_forward_cpu(
+                &lp,
+                GSHN_F32,
+                tt,
+                nn,
+                x32.as_ptr().cast(),
+                s32.as_mut_ptr().cast(),
+                v32.as_mut_ptr().cast(),
+                h32.as_mut_ptr().cast(),
+            );
+            assert_eq!(rc, GSHN_OK);
+            let rc = gshn_lif_forward_cpu(
+                &lp,
+                code,
+                tt,
+                nn,
+                xw.as_ptr().cast(),
+                s16.as_mut_ptr().cast(),
+                v16.as_mut_ptr().cast(),
+                hh.as_mut_ptr().cast(),
+            );
+            assert_eq!(rc, GSHN_OK, "{h:?}");
+        }
+        assert_eq!(widen(&s16), s32, "{h:?} spikes");
+        assert_eq!(widen(&v16), round(&v32), "{h:?} membrane");
+        assert_eq!(hh, h32, "{h:?} charge (f32)");
+        // InfoNCE over a, p [6, 4]: loss and log-sum-exps are f32
+        let a = rounded(&[6, 4], h, &mut rng);
+        let p = rounded(&[6, 4], h, &mut rng);
+        let ls = rounded(&[], h, &mut rng);
+        let run = |code: i32, a: *const u8, p: *const u8, ls: *const u8| {
+            let (mut loss, mut lr, mut lc) = (0f32, [0f32; 6], [0f32; 6]);
+            // SAFETY: a, p hold 6·4 elements, ls one, of the call's dtype; outputs are f32.
+            let rc = unsafe {
+                gshn_infonce_forward_cpu(
+                    code,
+                    6,
+                    4,
+                    1,
+                    a.cast(),
+                    p.cast(),
+                    ls.cast(),
+                    (&mut loss as *mut f32).cast(),
+                    lr.as_mut_ptr().cast(),
+                    lc.as_mut_ptr().cast(),
+                )
+            };
+            assert_eq!(rc, GSHN_OK);
+            (loss, lr, lc)
+        };
+        let (aw, pw, lw) = (words(&a), words(&p), words(&ls));
+        let wide = run(
+            GSHN_F32,
+            a.data::<f32>().unwrap().as_ptr().cast(),
+            p.data::<f32>().unwrap().as_ptr().cast(),
+            ls.data::<f32>().unwrap().as_ptr().cast(),
+        );
+        let narrow = run(
+            code,
+            aw.as_ptr().cast(),
+            pw.as_ptr().cast(),
+            lw.as_ptr().cast(),
+        );
+        assert_eq!(narrow, wide, "{h:?} infonce statistics");
+        // the CUDA entry points refuse half buffers (or have no device): never a crash
+        let mut loss = 0f32;
+        // SAFETY: as above.
+        let rc = unsafe {
+            gshn_infonce_forward_cuda(
+                code,
+                6,
+                4,
+                1,
+                aw.as_ptr().cast(),
+                pw.as_ptr().cast(),
+                lw.as_ptr().cast(),
+                (&mut loss as *mut f32).cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_ne!(rc, GSHN_OK);
+    }
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::tiny_config;
+use common::{fresh_run, tiny_config};
 use gshn::data::write_synthetic;
 use gshn::tensor::io::load_safetensors;
 use gshn::train::checkpoint::Checkpoint;
@@ -25,15 +25,9 @@ fn train(dir: &Path, out: &str, precision: StepPrecision, resume: bool, stop: Op
     let mut cfg = tiny_config();
     cfg.train.precision = precision;
     let opts = TrainOptions {
-        data: dir.to_path_buf(),
-        out: dir.join(out),
         resume,
-        overwrite: false,
-        epochs: None,
-        quiet: true,
         stop_after_steps: stop,
-        resume_config: None,
-        profile: false,
+        ..fresh_run(dir, out)
     };
     gshn::train::train(CpuBackend, cfg, &opts).unwrap();
 }

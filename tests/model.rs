@@ -12,10 +12,10 @@ use gshn::train::config::open_split;
 use gshn::train::{RunConfig, TrainOptions};
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Executor, Graph, Tensor, ValueId};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
-use common::tiny_config;
+use common::{fresh_run, tiny_config};
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gshn-test-{tag}-{}", std::process::id()));
@@ -157,21 +157,6 @@ fn two_branch_model_learns_a_tiny_problem() {
         r_grads.iter().any(|g| g.abs() > 1e-6),
         "the spiking branch never received a gradient"
     );
-}
-
-/// Options of a fresh, quiet training run on `data`, written to `data/out`.
-fn fresh_run(data: &Path, out: &str) -> TrainOptions {
-    TrainOptions {
-        data: data.to_path_buf(),
-        out: data.join(out),
-        resume: false,
-        overwrite: false,
-        epochs: None,
-        quiet: true,
-        stop_after_steps: None,
-        resume_config: None,
-        profile: false,
-    }
 }
 
 /// Builds a tiny synthetic dataset, its prepared splits and the data shape.
@@ -358,15 +343,9 @@ fn training_is_deterministic_and_resumes_exactly() {
         c.train.epochs = epochs;
         c.train.seed = seed;
         let opts = TrainOptions {
-            data: dir.clone(),
-            out: dir.join(out),
             resume,
-            overwrite: false,
-            epochs: None,
-            quiet: true,
             stop_after_steps: stop,
-            resume_config: None,
-            profile: false,
+            ..fresh_run(&dir, out)
         };
         gshn::train::train(CpuBackend, c, &opts).unwrap()
     };
@@ -400,15 +379,9 @@ fn training_is_deterministic_and_resumes_exactly() {
     // A finished run is never replaced by accident, a resume needs a checkpoint, and
     // --epochs extends a resumed run.
     let opts = |out: &str, resume: bool, epochs: Option<usize>| TrainOptions {
-        data: dir.clone(),
-        out: dir.join(out),
         resume,
-        overwrite: false,
         epochs,
-        quiet: true,
-        stop_after_steps: None,
-        resume_config: None,
-        profile: false,
+        ..fresh_run(&dir, out)
     };
     let err = |o: TrainOptions| {
         gshn::train::train(CpuBackend, cfg.clone(), &o)
@@ -487,15 +460,8 @@ fn training_is_deterministic_and_resumes_exactly() {
         let mut c = cfg.clone();
         c.train.epochs = 2;
         let opts = TrainOptions {
-            data: dir.clone(),
-            out: dir.join("split"),
             resume: true,
-            overwrite: false,
-            epochs: None,
-            quiet: true,
-            stop_after_steps: None,
-            resume_config: None,
-            profile: false,
+            ..fresh_run(&dir, "split")
         };
         gshn::train::train(CpuBackend, c, &opts)
             .map(|_| ())
@@ -734,14 +700,7 @@ fn ablations_build_and_bad_configs_are_errors() {
     assert_eq!(t.relation_weight(0), 100.0);
     let missing = TrainOptions {
         data: dir.join("nope"),
-        out: dir.join("x"),
-        resume: false,
-        overwrite: false,
-        epochs: None,
-        quiet: true,
-        stop_after_steps: None,
-        resume_config: None,
-        profile: false,
+        ..fresh_run(&dir, "x")
     };
     let e = gshn::train::train(CpuBackend, cfg.clone(), &missing)
         .unwrap_err()

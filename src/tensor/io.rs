@@ -119,24 +119,17 @@ fn parse_safetensors(
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
                     .collect(),
             ),
-            StDtype::F16 => {
-                let v: Vec<half::f16> = data
+            StDtype::F16 | StDtype::BF16 => {
+                let bits = data
                     .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
-                match widen {
-                    true => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
-                    false => Storage::F16(v),
-                }
-            }
-            StDtype::BF16 => {
-                let v: Vec<half::bf16> = data
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()))
-                    .collect();
-                match widen {
-                    true => Storage::F32(v.iter().map(|x| x.to_f32()).collect()),
-                    false => Storage::BF16(v),
+                    .map(|c| u16::from_le_bytes(c.try_into().unwrap()));
+                let stored = match v.dtype() {
+                    StDtype::F16 => Storage::F16(bits.map(half::f16::from_bits).collect()),
+                    _ => Storage::BF16(bits.map(half::bf16::from_bits).collect()),
+                };
+                match widen.then(|| stored.to_f32_vec()).flatten() {
+                    Some(wide) => Storage::F32(wide),
+                    None => stored,
                 }
             }
             other => {

@@ -40,7 +40,7 @@ pub struct Engine<B: Backend> {
     pub text: Executor<Arc<B>>,
     opt_state: Vec<ValueId>,
     hyper: ValueId,
-    /// f16 only: the loss scale and its inverse, fed each step, and their scaler.
+    /// f16 only: the inputs of the loss scale and its inverse, fed each step from `scaler`.
     scaling: Option<(ValueId, ValueId)>,
     /// Dynamic loss scaling (f16 runs); the trainer saves and restores it with checkpoints.
     pub scaler: Option<LossScaler>,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests that train on the synthetic data.
 
-use gshn::train::RunConfig;
+use gshn::train::{RunConfig, TrainOptions};
+use std::path::Path;
 
 /// A model and schedule small enough to train in a test.
 pub fn tiny_config() -> RunConfig {
@@ -18,4 +19,20 @@ pub fn tiny_config() -> RunConfig {
     c.train.pretrain_epochs = 1;
     c.train.log_every = 1;
     c
+}
+
+/// Options of a fresh, quiet training run on `data`, written to `data/out`.
+#[allow(dead_code)] // not every test binary trains
+pub fn fresh_run(data: &Path, out: &str) -> TrainOptions {
+    TrainOptions {
+        data: data.to_path_buf(),
+        out: data.join(out),
+        resume: false,
+        overwrite: false,
+        epochs: None,
+        quiet: true,
+        stop_after_steps: None,
+        resume_config: None,
+        profile: false,
+    }
 }

@@ -246,7 +246,7 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F64, T, NN, odd, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&lp, GSHN_F32, T, NN, x, w, w, (void *)odd));
     HOSTILE(gshn_lif_forward_cpu(&lp, -1, T, NN, x, w, w, w));
-    HOSTILE(gshn_lif_forward_cpu(&lp, 2, T, NN, x, w, w, w));
+    HOSTILE(gshn_lif_forward_cpu(&lp, 4, T, NN, x, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&badsur, GSHN_F32, T, NN, x, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&badalpha, GSHN_F32, T, NN, x, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&badtau, GSHN_F32, T, NN, x, w, w, w));
@@ -325,12 +325,12 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, NULL, w));
     HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, NULL));
     HOSTILE(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, odd, w));
-    HOSTILE(gshn_aggregate_forward_cpu(3, &g, H, AT, C, alpha, s, w));
+    HOSTILE(gshn_aggregate_forward_cpu(9, &g, H, AT, C, alpha, s, w));
     HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g_edges, H, AT, C, alpha, s, gy, w, w));
     HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, HUGE, alpha, s, gy, w, w));
     HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, NULL, w, w));
     HOSTILE(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, s, gy, (void *)odd, w));
-    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F64 + 1, &g, H, AT, C, alpha, s, gy, w, w));
+    HOSTILE(gshn_aggregate_backward_cpu(GSHN_F16 + 1, &g, H, AT, C, alpha, s, gy, w, w));
     /* InfoNCE (issue 23, D1: [4, 2^62 + 1] once counted as 4 elements) */
     HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, 4, HUGE, 1, a, p, &ls, w, w, w));
     HOSTILE(gshn_infonce_forward_cpu(GSHN_F32, 4, INT64_C(1) << 62, 1, NULL, NULL, &ls, w, w, w));
@@ -356,7 +356,7 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, NULL, &gl, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, NULL, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, &gl, (void *)odd, w, w));
-    HOSTILE(gshn_infonce_backward_cpu(2, B, D, 1, a, p, &ls, lr, lc, &gl, w, w, w));
+    HOSTILE(gshn_infonce_backward_cpu(GSHN_F16 + 1, B, D, 1, a, p, &ls, lr, lc, &gl, w, w, w));
     /* The CUDA entry points refuse the same arguments before touching a device. */
     HOSTILE(gshn_lif_forward_cuda(&lp, GSHN_F32, -1, NN, x, w, w, w, 0, NULL));
     HOSTILE(gshn_lif_backward_cuda(NULL, GSHN_F32, T, NN, h, gs, gv, w, w, 0, NULL));
