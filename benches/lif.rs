@@ -133,9 +133,10 @@ fn bench(c: &mut Criterion) {
     // (2 + 2 + 2 + 4 per neuron-step), throughput against the f32 pass's 16.
     let to_bf16 = |s: &Storage| Storage::from_f32(DType::BF16, &s.to_f32_vec().unwrap()).unwrap();
     let xb = to_bf16(&x);
-    let (mut sb, mut vb) = (
+    let (mut sb, mut vb, mut hb) = (
         Storage::zeros(DType::BF16, T * N),
         Storage::zeros(DType::BF16, T * N),
+        Storage::zeros(DType::F32, T * N),
     );
     g.throughput(Throughput::Bytes(10 * elems));
     g.bench_function("forward, bf16 storage", |b| {
@@ -152,7 +153,7 @@ fn bench(c: &mut Criterion) {
                     dtype: DType::BF16,
                 },
                 ViewMut {
-                    buf: &mut h,
+                    buf: &mut hb,
                     shape: &shape,
                     dtype: DType::F32,
                 },
@@ -163,6 +164,30 @@ fn bench(c: &mut Criterion) {
                 dtype: DType::BF16,
             };
             be.execute(&Op::Lif(cfg), &[xv], &mut outs).unwrap();
+        })
+    });
+    // backward: H f32 in, gS, gV bf16 in, gX bf16 out (4 + 2 + 2 + 2 bytes)
+    let (gsb, gvb) = (to_bf16(&gs), to_bf16(&gv));
+    let mut gxb = Storage::zeros(DType::BF16, T * N);
+    g.bench_function("backward (gS, gV), bf16 storage", |b| {
+        b.iter(|| {
+            let mut outs = [ViewMut {
+                buf: &mut gxb,
+                shape: &shape,
+                dtype: DType::BF16,
+            }];
+            let op = Op::LifBackward {
+                cfg,
+                has_gs: true,
+                has_gv: true,
+            };
+            let half = |buf| View {
+                buf,
+                shape: &shape,
+                dtype: DType::BF16,
+            };
+            be.execute(&op, &[view(&h), half(&gsb), half(&gvb)], &mut outs)
+                .unwrap();
         })
     });
     g.finish();

@@ -436,6 +436,17 @@ fn fused_ops_on_half_storage_match_their_f32_path() {
             }),
         ),
         (
+            // wider than one CPU task (4096 neurons), which converts in its own loops
+            "lif, several tasks",
+            true,
+            2,
+            vec![&[3, 9001]],
+            Box::new(|g, x| {
+                let o = g.lif(x[0], LifConfig::default()).unwrap();
+                (vec![o.spikes, o.membrane, o.charge], vec![])
+            }),
+        ),
+        (
             // tau = 2.5 + x / 4 is computed (rounded) in the half type: not one op
             "lif learnable tau, soft reset",
             false,

@@ -11,10 +11,11 @@
 //! a task, a fixed-order sum per task, then the task partials in task order — the task width
 //! depends only on `N`, never on the thread count.
 
-use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
+use super::{read, write, CpuView, CpuViewMut, Float, Stored, PAR_MIN};
 use crate::error::{Error, Result};
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{LifConfig, Op, Surrogate};
+use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// Neurons whose state lives on the stack at once.
@@ -22,15 +23,30 @@ const LANES: usize = 256;
 /// Neurons per parallel task (fixed, so reductions do not depend on the thread count).
 const TASK: usize = 4096;
 
+/// Runs `$f::<T, S>(args)` for the storage dtype of the activations: f32 and f64 compute in
+/// themselves, bf16 and f16 in f32 (the charge H is then f32: `Op::half_stats`).
+macro_rules! storage_dispatch {
+    ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            DType::F32 => $f::<f32, f32>($($arg),*),
+            DType::F64 => $f::<f64, f64>($($arg),*),
+            DType::BF16 => $f::<f32, half::bf16>($($arg),*),
+            DType::F16 => $f::<f32, half::f16>($($arg),*),
+            d => Err(Error::Unsupported { backend: "cpu", what: format!("{} on {d:?}", $op) }),
+        }
+    };
+}
+
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    // the activations' dtype: the spikes' (forward) or the input gradient's (backward)
     let dtype = outputs[0].dtype;
     match op {
-        Op::Lif(cfg) => float_dispatch!(op.name(), dtype, forward(cfg, inputs, outputs)),
+        Op::Lif(cfg) => storage_dispatch!(op.name(), dtype, forward(cfg, inputs, outputs)),
         Op::LifBackward {
             cfg,
             has_gs,
             has_gv,
-        } => float_dispatch!(
+        } => storage_dispatch!(
             op.name(),
             dtype,
             backward(cfg, *has_gs, *has_gv, inputs, outputs)
@@ -171,18 +187,18 @@ fn membrane_from_charge<T: Float, const HARD: bool, const SMOOTH: bool>(p: &Para
     reset::<T, HARD>(p, h, s)
 }
 
-/// Calls `$f::<$t, HARD, DECAY, SMOOTH>($args)` for runtime booleans.
+/// Calls `$f::<$t, $s, HARD, DECAY, SMOOTH>($args)` for runtime booleans.
 macro_rules! dispatch3 {
-    ($f:ident::<$t:ty>, $hard:expr, $decay:expr, $smooth:expr, ($($arg:expr),*)) => {
+    ($f:ident::<$t:ty, $s:ty>, $hard:expr, $decay:expr, $smooth:expr, ($($arg:expr),*)) => {
         match ($hard, $decay, $smooth) {
-            (false, false, false) => $f::<$t, false, false, false>($($arg),*),
-            (false, false, true) => $f::<$t, false, false, true>($($arg),*),
-            (false, true, false) => $f::<$t, false, true, false>($($arg),*),
-            (false, true, true) => $f::<$t, false, true, true>($($arg),*),
-            (true, false, false) => $f::<$t, true, false, false>($($arg),*),
-            (true, false, true) => $f::<$t, true, false, true>($($arg),*),
-            (true, true, false) => $f::<$t, true, true, false>($($arg),*),
-            (true, true, true) => $f::<$t, true, true, true>($($arg),*),
+            (false, false, false) => $f::<$t, $s, false, false, false>($($arg),*),
+            (false, false, true) => $f::<$t, $s, false, false, true>($($arg),*),
+            (false, true, false) => $f::<$t, $s, false, true, false>($($arg),*),
+            (false, true, true) => $f::<$t, $s, false, true, true>($($arg),*),
+            (true, false, false) => $f::<$t, $s, true, false, false>($($arg),*),
+            (true, false, true) => $f::<$t, $s, true, false, true>($($arg),*),
+            (true, true, false) => $f::<$t, $s, true, true, false>($($arg),*),
+            (true, true, true) => $f::<$t, $s, true, true, true>($($arg),*),
         }
     };
 }
@@ -228,40 +244,42 @@ fn dims2(v: &CpuView) -> (usize, usize) {
     (v.shape.at(0), v.shape.at(1))
 }
 
-fn read_opt<'a, T: Float>(v: Option<&CpuView<'a>>) -> Result<Option<&'a [T]>> {
-    v.map(read::<T>).transpose()
+fn read_opt<'a, S: super::Element>(v: Option<&CpuView<'a>>) -> Result<Option<&'a [S]>> {
+    v.map(read::<S>).transpose()
 }
 
-fn fed_tau<T: Float>(v: Option<&CpuView>) -> Result<Option<T>> {
+/// The fed time constant (learnable tau: an activation, stored as `S`) in the compute type.
+fn fed_tau<T: Float, S: Stored<T>>(v: Option<&CpuView>) -> Result<Option<T>> {
     Ok(match v {
-        Some(v) => Some(read::<T>(v)?[0]),
+        Some(v) => Some(read::<S>(v)?[0].load()),
         None => None,
     })
 }
 
 // ---- forward ------------------------------------------------------------------------------
 
-fn forward<T: Float>(
+/// x, S, V stored as `S`; H and the arithmetic in `T`.
+fn forward<T: Float, S: Stored<T>>(
     cfg: &LifConfig,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
 ) -> Result<()> {
     let op = "lif";
-    let tau = fed_tau::<T>(cfg.learnable_tau.then(|| &inputs[1]))?;
+    let tau = fed_tau::<T, S>(cfg.learnable_tau.then(|| &inputs[1]))?;
     let p = Params::<T>::new(op, cfg, tau)?;
-    let x = read::<T>(&inputs[0])?;
+    let x = read::<S>(&inputs[0])?;
     let (t, n) = dims2(&inputs[0]);
     let [s, v, h] = outputs else {
         return Err(Error::graph("lif: expects 3 outputs"));
     };
-    let s = split_columns(write::<T>(s)?, t, n);
-    let v = split_columns(write::<T>(v)?, t, n);
+    let s = split_columns(write::<S>(s)?, t, n);
+    let v = split_columns(write::<S>(v)?, t, n);
     let h = split_columns(write::<T>(h)?, t, n);
     let tasks: Vec<_> = s.into_iter().zip(v).zip(h).collect();
     let (hard, decay, smooth) = (cfg.v_reset.is_some(), cfg.decay_input, cfg.smooth);
     over_tasks(tasks, t * n, |k, ((mut s, mut v), mut h)| {
         dispatch3!(
-            forward_task::<T>,
+            forward_task::<T, S>,
             hard,
             decay,
             smooth,
@@ -271,31 +289,43 @@ fn forward<T: Float>(
     Ok(())
 }
 
-fn forward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bool>(
+fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, const SMOOTH: bool>(
     p: &Params<T>,
-    x: &[T],
+    x: &[S],
     n: usize,
     c0: usize,
-    s: &mut [&mut [T]],
-    v: &mut [&mut [T]],
+    s: &mut [&mut [S]],
+    v: &mut [&mut [S]],
     h: &mut [&mut [T]],
 ) {
     let width = s.first().map_or(0, |r| r.len());
     let mut state = [T::zero(); LANES];
+    // row pieces of X, S and V in the compute type, when they are stored otherwise
+    let (mut x_buf, mut s_buf, mut v_buf) =
+        ([T::zero(); LANES], [T::zero(); LANES], [T::zero(); LANES]);
     for l0 in (0..width).step_by(LANES) {
         let l1 = (l0 + LANES).min(width);
-        let st = &mut state[..l1 - l0];
+        let w = l1 - l0;
+        let st = &mut state[..w];
         st.fill(p.v_r);
         for (t, ((sr, vr), hr)) in s.iter_mut().zip(v.iter_mut()).zip(h.iter_mut()).enumerate() {
             let base = t * n + c0;
-            let xr = &x[base + l0..base + l1];
+            let xr = S::widen(&x[base + l0..base + l1], &mut x_buf[..w]);
             let (sr, vr, hr) = (&mut sr[l0..l1], &mut vr[l0..l1], &mut hr[l0..l1]);
-            for i in 0..st.len() {
+            let (sd, vd) = (S::compute_mut(sr), S::compute_mut(vr));
+            let staged = sd.is_none();
+            let (sc, vc) = (sd.unwrap_or(&mut s_buf[..w]), vd.unwrap_or(&mut v_buf[..w]));
+            for i in 0..w {
                 let (hh, ss, vv) = step::<T, HARD, DECAY, SMOOTH>(p, st[i], xr[i]);
                 hr[i] = hh;
-                sr[i] = ss;
-                vr[i] = vv;
+                sc[i] = ss;
+                vc[i] = vv;
+                // the membrane carried on is the exact one (as in f32 with rounded outputs)
                 st[i] = vv;
+            }
+            if staged {
+                S::narrow(&s_buf[..w], sr);
+                S::narrow(&v_buf[..w], vr);
             }
         }
     }
@@ -303,16 +333,18 @@ fn forward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: boo
 
 // ---- backward -----------------------------------------------------------------------------
 
-/// The read-only inputs of the backward.
-struct Grads<'a, T> {
+/// The read-only inputs of the backward: the charge in the compute type, the upstream
+/// gradients stored as `S`.
+struct Grads<'a, T, S> {
     h: &'a [T],
-    gs: Option<&'a [T]>,
-    gv: Option<&'a [T]>,
+    gs: Option<&'a [S]>,
+    gv: Option<&'a [S]>,
     n: usize,
     learn: bool,
 }
 
-fn backward<T: Float>(
+/// gS, gV, gX (and tau, g_tau) stored as `S`; H and the arithmetic in `T`.
+fn backward<T: Float, S: Stored<T>>(
     cfg: &LifConfig,
     has_gs: bool,
     has_gv: bool,
@@ -329,10 +361,10 @@ fn backward<T: Float>(
         inputs,
     )?;
     let (gs, gv) = (
-        read_opt::<T>(x.grad_spikes)?,
-        read_opt::<T>(x.grad_membrane)?,
+        read_opt::<S>(x.grad_spikes)?,
+        read_opt::<S>(x.grad_membrane)?,
     );
-    let p = Params::<T>::new(op, cfg, fed_tau::<T>(x.tau)?)?;
+    let p = Params::<T>::new(op, cfg, fed_tau::<T, S>(x.tau)?)?;
     let (t, n) = dims2(x.charge);
     let g = Grads {
         h: read::<T>(x.charge)?,
@@ -342,11 +374,11 @@ fn backward<T: Float>(
         learn: cfg.learnable_tau,
     };
     let (gx_out, rest) = outputs.split_at_mut(1);
-    let gx = split_columns(write::<T>(&mut gx_out[0])?, t, n);
+    let gx = split_columns(write::<S>(&mut gx_out[0])?, t, n);
     let (hard, decay, smooth) = (cfg.v_reset.is_some(), cfg.decay_input, cfg.smooth);
     let partials = over_tasks(gx, t * n, |k, mut gx| {
         dispatch3!(
-            backward_task::<T>,
+            backward_task::<T, S>,
             hard,
             decay,
             smooth,
@@ -361,22 +393,30 @@ fn backward<T: Float>(
         for v in partials {
             sum += v;
         }
-        write::<T>(gtau)?[0] = sum;
+        write::<S>(gtau)?[0] = S::store(sum);
     }
     Ok(())
 }
 
 /// BPTT over one column task; returns the task's partial `dL/dtau` (0 unless learnable).
-fn backward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bool>(
+fn backward_task<
+    T: Float,
+    S: Stored<T>,
+    const HARD: bool,
+    const DECAY: bool,
+    const SMOOTH: bool,
+>(
     p: &Params<T>,
-    g: &Grads<T>,
+    g: &Grads<T, S>,
     c0: usize,
-    gx: &mut [&mut [T]],
+    gx: &mut [&mut [S]],
 ) -> T {
     let (one, zero) = (T::one(), T::zero());
     let n = g.n;
     let width = gx.first().map_or(0, |r| r.len());
     let zeros = [zero; LANES];
+    // the row pieces of gS, gV and gX in the compute type, when they are stored otherwise
+    let (mut gs_buf, mut gv_buf, mut gx_buf) = ([zero; LANES], [zero; LANES], [zero; LANES]);
     // gH_{t+1} (1 − 1/tau): the gradient reaching V_t through the next charge.
     let mut carry = [zero; LANES];
     let mut gtau = [zero; LANES];
@@ -392,9 +432,15 @@ fn backward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bo
             let base = t * n + c0;
             let range = base + l0..base + l1;
             let hr = &g.h[range.clone()];
-            let gsr = g.gs.map_or(&zeros[..w], |b| &b[range.clone()]);
-            let gvr = g.gv.map_or(&zeros[..w], |b| &b[range.clone()]);
-            let gxr = &mut gx[t][l0..l1];
+            let gsr = g.gs.map_or(&zeros[..w], |b| {
+                S::widen(&b[range.clone()], &mut gs_buf[..w])
+            });
+            let gvr = g.gv.map_or(&zeros[..w], |b| {
+                S::widen(&b[range.clone()], &mut gv_buf[..w])
+            });
+            let direct = S::compute_mut(&mut gx[t][l0..l1]);
+            let staged = direct.is_none();
+            let gxr = direct.unwrap_or(&mut gx_buf[..w]);
             let sgr = &mut sgb[..w];
             p.surrogate_grads(hr, sgr);
             for i in 0..w {
@@ -412,6 +458,9 @@ fn backward_task<T: Float, const HARD: bool, const DECAY: bool, const SMOOTH: bo
                 gxr[i] = if DECAY { gh / p.tau } else { gh };
                 carry[i] = gh * p.keep;
                 ghb[i] = gh;
+            }
+            if staged {
+                S::narrow(&gx_buf[..w], &mut gx[t][l0..l1]);
             }
             if g.learn {
                 // ∂H_t/∂tau with V_{t−1} recomputed from H_{t−1} (V_0 = v_r):

@@ -40,6 +40,73 @@ impl Float for f64 {
     }
 }
 
+/// A storage element a kernel computing in `T` reads and writes: `T` itself, or (for `T` =
+/// f32) bf16 / f16, widened exactly on load and rounded to nearest even on store, as
+/// [`Storage::from_f32`] rounds. Kernels generic over it convert in their loops instead of
+/// in whole-buffer passes (`in_f32`).
+pub(crate) trait Stored<T>: Element {
+    /// The value in the compute type.
+    fn load(self) -> T;
+    /// `v` rounded to this type.
+    fn store(v: T) -> Self;
+    /// `src` in the compute type: `src` itself when this is `T`, else widened into `buf`
+    /// (of `src`'s length).
+    fn widen<'a>(src: &'a [Self], buf: &'a mut [T]) -> &'a [T];
+    /// `dst` as compute-type elements to write in place, when this is `T`.
+    fn compute_mut(dst: &mut [Self]) -> Option<&mut [T]>;
+    /// `src` rounded into `dst` (of the same length).
+    fn narrow(src: &[T], dst: &mut [Self]);
+}
+impl<T: Float> Stored<T> for T {
+    #[inline(always)]
+    fn load(self) -> T {
+        self
+    }
+    #[inline(always)]
+    fn store(v: T) -> T {
+        v
+    }
+    fn widen<'a>(src: &'a [T], _: &'a mut [T]) -> &'a [T] {
+        src
+    }
+    fn compute_mut(dst: &mut [T]) -> Option<&mut [T]> {
+        Some(dst)
+    }
+    fn narrow(src: &[T], dst: &mut [T]) {
+        dst.copy_from_slice(src)
+    }
+}
+/// The half types, stored as 16-bit words and computed in f32 (the `half` crate's slice
+/// conversions, vectorised where the CPU allows).
+macro_rules! stored_half {
+    ($h:ty) => {
+        impl Stored<f32> for $h {
+            #[inline(always)]
+            fn load(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn store(v: f32) -> Self {
+                <$h>::from_f32(v)
+            }
+            fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+                use half::slice::HalfFloatSliceExt;
+                src.convert_to_f32_slice(buf);
+                buf
+            }
+            fn compute_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+                None
+            }
+            fn narrow(src: &[f32], dst: &mut [Self]) {
+                use half::slice::HalfFloatSliceExt;
+                dst.convert_from_f32_slice(src)
+            }
+        }
+    };
+}
+stored_half!(half::bf16);
+stored_half!(half::f16);
+
 /// Runs a generic kernel call at the float dtype given: `float_dispatch!(dtype, f(args))`.
 macro_rules! float_dispatch {
     ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
@@ -267,7 +334,9 @@ impl Backend for CpuBackend {
         }
         let half =
             inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|v| v.dtype.is_half());
-        if half && !op.only_moves() {
+        // LIF converts in its own loops (it is bandwidth-bound: whole-buffer passes would
+        // cost more than the op)
+        if half && !op.only_moves() && op.family() != Family::Lif {
             return in_f32(inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         match op.family() {
