@@ -10,6 +10,10 @@
 //! bit-identical to the forward's. `g_tau` is reduced deterministically: per-lane sums inside
 //! a task, a fixed-order sum per task, then the task partials in task order — the task width
 //! depends only on `N`, never on the thread count.
+//!
+//! On bf16 / f16 storage the activations (X, S, V and their gradients) are converted row piece
+//! by row piece inside the task ([`Stored`]), and H and the arithmetic stay f32: the results
+//! are the f32 kernel's, rounded once, without whole-buffer conversion passes.
 
 use super::{read, write, CpuView, CpuViewMut, Float, Stored, PAR_MIN};
 use crate::error::{Error, Result};
