@@ -177,12 +177,58 @@ impl Storage {
     }
     /// f32 values as storage of the float type `dtype`, rounded to nearest even.
     pub fn from_f32(dtype: DType, v: &[f32]) -> Result<Self> {
-        Ok(match dtype {
-            DType::F32 => Storage::F32(v.to_vec()),
-            DType::F64 => Storage::F64(v.iter().map(|&x| f64::from(x)).collect()),
-            DType::BF16 => Storage::BF16(v.iter().map(|&x| half::bf16::from_f32(x)).collect()),
-            DType::F16 => Storage::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
-            DType::I32 => return Err(Error::shape("tensor", "cannot convert f32 to I32")),
+        let mut s = Storage::try_zeros(dtype, v.len())?;
+        s.store_f32(v)?;
+        Ok(s)
+    }
+    /// Overwrites the first `src.len()` elements with `src`'s values in this storage's float
+    /// type (rounded to nearest even for the half types, exact for f64).
+    pub fn store_f32(&mut self, src: &[f32]) -> Result<()> {
+        use half::slice::HalfFloatSliceExt;
+        let n = src.len();
+        if self.len() < n || !self.dtype().is_float() {
+            return Err(Error::graph(format!(
+                "buffer of {} {:?} cannot hold {n} f32 values",
+                self.len(),
+                self.dtype()
+            )));
+        }
+        match self {
+            Storage::F32(d) => d[..n].copy_from_slice(src),
+            Storage::F64(d) => d[..n].iter_mut().zip(src).for_each(|(d, &x)| *d = x.into()),
+            Storage::BF16(d) => d[..n].convert_from_f32_slice(src),
+            Storage::F16(d) => d[..n].convert_from_f32_slice(src),
+            Storage::I32(_) => unreachable!("checked above"),
+        }
+        Ok(())
+    }
+    /// The first `n` elements of a float storage as f32: borrowed when they are f32, else
+    /// converted (exact for the half types, rounded for f64).
+    pub fn f32_prefix(&self, n: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
+        use half::slice::HalfFloatSliceExt;
+        use std::borrow::Cow;
+        if self.len() < n || !self.dtype().is_float() {
+            return Err(Error::graph(format!(
+                "{n} f32 values asked of a buffer of {} {:?}",
+                self.len(),
+                self.dtype()
+            )));
+        }
+        #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
+        Ok(match self {
+            Storage::F32(v) => Cow::Borrowed(&v[..n]),
+            Storage::F64(v) => Cow::Owned(v[..n].iter().map(|&x| x as f32).collect()),
+            Storage::BF16(v) => {
+                let mut w = try_filled(n, 0f32)?;
+                v[..n].convert_to_f32_slice(&mut w);
+                Cow::Owned(w)
+            }
+            Storage::F16(v) => {
+                let mut w = try_filled(n, 0f32)?;
+                v[..n].convert_to_f32_slice(&mut w);
+                Cow::Owned(w)
+            }
+            Storage::I32(_) => unreachable!("checked above"),
         })
     }
     /// f64 values as storage of the float type `dtype`, rounded to nearest even.
@@ -207,14 +253,7 @@ impl Storage {
     }
     /// The elements of a float storage as f32 (exact for the half types).
     pub fn to_f32_vec(&self) -> Option<Vec<f32>> {
-        #[allow(clippy::cast_possible_truncation)] // values, rounded on purpose
-        Some(match self {
-            Storage::F32(v) => v.clone(),
-            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            Storage::I32(_) => return None,
-        })
+        self.f32_prefix(self.len()).ok().map(|v| v.into_owned())
     }
     /// Overwrites the first `src.len()` elements with `src`'s, which must be of the same
     /// dtype and fit.

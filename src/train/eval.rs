@@ -7,7 +7,7 @@ use super::retrieval::{recall, Recall};
 use crate::backend::Backend;
 use crate::data::{prepare, PreparedSplit};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::util::rng::SplitMix64;
 use std::path::Path;
 
@@ -22,11 +22,8 @@ impl<B: Backend> Engine<B> {
         for chunk in split.graphs.chunks(b) {
             self.feeder.feed_images(&mut self.image, chunk, &mut rng)?;
             self.image.run()?;
-            let z = self
-                .image
-                .get(self.model_outputs.z_img)?
-                .to_dtype(DType::F32)?;
-            img.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
+            let z = self.image.get(self.model_outputs.z_img)?;
+            img.extend_from_slice(&z.storage().f32_prefix(chunk.len() * self.cfg.model.dim)?);
         }
         let caps: Vec<(&crate::data::Encoded, usize)> = split
             .captions
@@ -39,11 +36,8 @@ impl<B: Backend> Engine<B> {
             let enc: Vec<&crate::data::Encoded> = chunk.iter().map(|(c, _)| *c).collect();
             self.feeder.feed_text(&mut self.text, &enc)?;
             self.text.run()?;
-            let z = self
-                .text
-                .get(self.model_outputs.z_txt)?
-                .to_dtype(DType::F32)?;
-            txt.extend_from_slice(&z.data::<f32>()?[..chunk.len() * self.cfg.model.dim]);
+            let z = self.text.get(self.model_outputs.z_txt)?;
+            txt.extend_from_slice(&z.storage().f32_prefix(chunk.len() * self.cfg.model.dim)?);
         }
         let d = self.cfg.model.dim;
         let bad = |v: &[f32]| {

@@ -42,7 +42,7 @@ impl Float for f64 {
 
 /// A storage element a kernel computing in `T` reads and writes: `T` itself, or (for `T` =
 /// f32) bf16 / f16, widened exactly on load and rounded to nearest even on store, as
-/// [`Storage::from_f32`] rounds. Kernels generic over it convert in their loops instead of
+/// [`Storage::store_f32`] rounds. Kernels generic over it convert in their loops instead of
 /// in whole-buffer passes (`in_f32`).
 pub(crate) trait Stored<T>: Element {
     /// The value in the compute type.
@@ -150,38 +150,34 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
     })
 }
 
-/// The first `n` elements of a float buffer as f32 (exact for the half types).
-fn widened(buf: &Storage, n: usize) -> Result<Vec<f32>> {
-    let mut v = buf
-        .to_f32_vec()
-        .ok_or_else(|| Error::graph("a float view over an index buffer"))?;
-    v.truncate(n);
-    Ok(v)
-}
-
 /// Runs `f` (the op) with every half-precision input widened to f32 and every half-precision
 /// output computed in f32 and rounded back (to nearest even): storage in 16 bits, arithmetic
-/// and reductions in f32 (DESIGN §3). Outputs start from their buffers' values, so ops that
-/// update in place see them.
+/// and reductions in f32 (DESIGN §3). The f32 outputs start at zero: no op that updates a
+/// buffer in place (the optimizer) takes half storage.
 fn in_f32(
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
     f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
 ) -> Result<()> {
     // f32 copies of the half buffers, in view order (None: the view is used as it is)
-    let wide = |buf: &Storage, shape: &crate::tensor::Shape, dtype: DType| {
-        dtype
-            .is_half()
-            .then(|| widened(buf, shape.numel()).map(Storage::F32))
-            .transpose()
-    };
     let wide_in = inputs
         .iter()
-        .map(|v| wide(v.buf, v.shape, v.dtype))
+        .map(|v| {
+            let n = v.shape.numel();
+            v.dtype
+                .is_half()
+                .then(|| Ok(Storage::F32(v.buf.f32_prefix(n)?.into_owned())))
+                .transpose()
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut wide_out = outputs
         .iter()
-        .map(|v| wide(v.buf, v.shape, v.dtype))
+        .map(|v| {
+            v.dtype
+                .is_half()
+                .then(|| Storage::try_zeros(DType::F32, v.shape.numel()))
+                .transpose()
+        })
         .collect::<Result<Vec<_>>>()?;
     let ins: Vec<CpuView> = inputs
         .iter()
@@ -215,7 +211,7 @@ fn in_f32(
     drop(outs);
     for (v, w) in outputs.iter_mut().zip(wide_out) {
         if let Some(Storage::F32(w)) = w {
-            v.buf.write_prefix(&Storage::from_f32(v.dtype, &w)?)?;
+            v.buf.store_f32(&w)?;
         }
     }
     Ok(())
@@ -326,11 +322,11 @@ impl Backend for CpuBackend {
             // one rounding, from the source type straight to the target (f64 → bf16 does not
             // pass through f32)
             let (x, n) = (inputs[0].buf, inputs[0].shape.numel());
-            let y = match x {
-                Storage::F64(v) => Storage::from_f64(*to, &v[..n])?,
-                s => Storage::from_f32(*to, &widened(s, n)?)?,
+            let y = &mut outputs[0].buf;
+            return match x {
+                Storage::F64(v) => y.write_prefix(&Storage::from_f64(*to, &v[..n])?),
+                s => y.store_f32(&s.f32_prefix(n)?),
             };
-            return outputs[0].buf.write_prefix(&y);
         }
         let half =
             inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|v| v.dtype.is_half());
