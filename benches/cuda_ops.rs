@@ -136,47 +136,51 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         emit("copy_d2d", "512MiB", ms, 2.0 * n as f64, 0.0);
     }
 
-    // LIF T=8 N=1M (fwd: X in, S V H out; bwd: H gS gV in, gX out).
-    {
+    // LIF T=8 N=1M (fwd: X in, S V H out; bwd: H gS gV in, gX out), on f32 storage and on
+    // bf16 / f16 storage (issue 15: H stays f32, the other tensors halve their bytes).
+    for dt in [DType::F32, DType::BF16, DType::F16] {
         let (t, n) = (8usize, 1usize << 20);
         let cfg = LifConfig::default();
-        let x = upload(be, &rand(&mut r, &[t, n], -0.5, 2.0))?;
+        let x = upload(be, &rand(&mut r, &[t, n], -0.5, 2.0).to_dtype(dt)?)?;
         let (mut s, mut v, mut h) = (
-            empty(be, &[t, n], DType::F32)?,
-            empty(be, &[t, n], DType::F32)?,
+            empty(be, &[t, n], dt)?,
+            empty(be, &[t, n], dt)?,
             empty(be, &[t, n], DType::F32)?,
         );
         let op = Op::Lif(cfg);
         let ms = time(be, reps, || {
             exec(be, &op, &[&x], &mut [&mut s, &mut v, &mut h])
         })?;
-        let tn = (t * n) as f64;
-        emit("lif_fwd", "T=8 N=1048576 f32", ms, 4.0 * tn * 4.0, 0.0);
-        let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
-        let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0))?;
-        let mut gx = empty(be, &[t, n], DType::F32)?;
+        let (tn, e) = ((t * n) as f64, dt.size() as f64);
+        let shape = format!("T=8 N=1048576 {}", dt.name());
+        emit("lif_fwd", &shape, ms, tn * (3.0 * e + 4.0), 0.0);
+        let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
+        let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
+        let mut gx = empty(be, &[t, n], dt)?;
         let op = Op::LifBackward {
             cfg,
             has_gs: true,
             has_gv: true,
         };
         let ms = time(be, reps, || exec(be, &op, &[&h, &gs, &gv], &mut [&mut gx]))?;
-        emit("lif_bwd", "T=8 N=1048576 f32", ms, 4.0 * tn * 4.0, 0.0);
+        emit("lif_bwd", &shape, ms, tn * (3.0 * e + 4.0), 0.0);
     }
 
-    // GAT N=50k, in-degree 16, H=4, F=32.
-    {
+    // GAT N=50k, in-degree 16, H=4, F=32, and aggregation, on f32 and on half storage (the
+    // statistics lse stay f32; index bytes are 4 in every case).
+    for dt in [DType::F32, DType::BF16, DType::F16] {
+        let es = dt.size() as f64;
         let (n, deg, hh, f) = (50_000usize, 16usize, 4usize, 32usize);
         let g = graph(&mut r, n, deg);
         let e = n * deg;
         let gv: Vec<Val> = g.iter().map(|t| upload(be, t)).collect::<Result<_>>()?;
-        let z = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0))?;
-        let a_s = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3))?;
-        let a_d = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3))?;
+        let z = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0).to_dtype(dt)?)?;
+        let a_s = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3).to_dtype(dt)?)?;
+        let a_d = upload(be, &rand(&mut r, &[hh, f], -0.3, 0.3).to_dtype(dt)?)?;
         let at = GatAttrs::default();
         let (mut out, mut lse) = (
-            empty(be, &[n, hh, f], DType::F32)?,
-            empty(be, &[n, hh], DType::F32)?,
+            empty(be, &[n, hh, f], dt)?,
+            empty(be, &[n, hh], DType::F32)?, // lse
         );
         let op = Op::Gat(at);
         let ms = time(be, reps, || {
@@ -191,16 +195,16 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         // floor: Z read once + Out written + CSR
         emit(
             "gat_fwd",
-            "N=50000 deg=16 H=4 F=32 f32",
+            &format!("N=50000 deg=16 H=4 F=32 {}", dt.name()),
             ms,
-            2.0 * nhf * 4.0 + (e + n) as f64 * 4.0,
+            2.0 * nhf * es + (e + n) as f64 * 4.0,
             0.0,
         );
-        let gout = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0))?;
+        let gout = upload(be, &rand(&mut r, &[n, hh, f], -1.0, 1.0).to_dtype(dt)?)?;
         let (mut gz, mut gas, mut gad) = (
-            empty(be, &[n, hh, f], DType::F32)?,
-            empty(be, &[hh, f], DType::F32)?,
-            empty(be, &[hh, f], DType::F32)?,
+            empty(be, &[n, hh, f], dt)?,
+            empty(be, &[hh, f], dt)?,
+            empty(be, &[hh, f], dt)?,
         );
         let op = Op::GatBackward(at);
         let ms = time(be, reps, || {
@@ -216,17 +220,17 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         // floor: gOut, Z, Out read + gZ written + CSR and CSC
         emit(
             "gat_bwd",
-            "N=50000 deg=16 H=4 F=32 f32",
+            &format!("N=50000 deg=16 H=4 F=32 {}", dt.name()),
             ms,
-            4.0 * nhf * 4.0 + 2.0 * (e + n) as f64 * 4.0,
+            4.0 * nhf * es + 2.0 * (e + n) as f64 * 4.0,
             0.0,
         );
 
         // Aggregation T=4, C=128 (H=4), same graph.
         let (t, c) = (4usize, 128usize);
-        let alpha = upload(be, &rand(&mut r, &[e, hh], 0.0, 0.2))?;
-        let s = upload(be, &rand(&mut r, &[t, n, c], 0.0, 1.0))?;
-        let mut y = empty(be, &[t, n, c], DType::F32)?;
+        let alpha = upload(be, &rand(&mut r, &[e, hh], 0.0, 0.2).to_dtype(dt)?)?;
+        let s = upload(be, &rand(&mut r, &[t, n, c], 0.0, 1.0).to_dtype(dt)?)?;
+        let mut y = empty(be, &[t, n, c], dt)?;
         let op = Op::Aggregate;
         let ms = time(be, reps, || {
             exec(
@@ -239,9 +243,9 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         let tnc = (t * n * c) as f64;
         emit(
             "aggregate_fwd",
-            "T=4 N=50000 C=128 H=4 f32",
+            &format!("T=4 N=50000 C=128 H=4 {}", dt.name()),
             ms,
-            2.0 * tnc * 4.0 + (e * hh + e) as f64 * 4.0,
+            2.0 * tnc * es + (e * hh) as f64 * es + e as f64 * 4.0,
             0.0,
         );
     }
@@ -292,12 +296,12 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         emit("infonce_bwd", &shape, ms, 0.0, 2.0 * 4.0 * bbd);
     }
 
-    // cuBLAS matmul 4096^3 f32.
-    {
+    // cuBLAS matmul 4096^3: f32 (SGEMM), bf16 and f16 (GemmEx on tensor cores, f32 accumulation).
+    for dt in [DType::F32, DType::BF16, DType::F16] {
         let m = 4096usize;
-        let a = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0))?;
-        let b = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0))?;
-        let mut c = empty(be, &[m, m], DType::F32)?;
+        let a = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0).to_dtype(dt)?)?;
+        let b = upload(be, &rand(&mut r, &[m, m], -1.0, 1.0).to_dtype(dt)?)?;
+        let mut c = empty(be, &[m, m], dt)?;
         let op = Op::MatMul {
             trans_a: false,
             trans_b: false,
@@ -305,7 +309,7 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         let ms = time(be, reps, || exec(be, &op, &[&a, &b], &mut [&mut c]))?;
         emit(
             "matmul",
-            "4096x4096x4096 f32",
+            &format!("4096x4096x4096 {}", dt.name()),
             ms,
             0.0,
             2.0 * (m * m * m) as f64,

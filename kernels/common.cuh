@@ -4,7 +4,9 @@
 //  * No #include other than this header: the sources must also compile under NVRTC with no include
 //    path (build.rs exports each .cu with this header inlined as `<NAME>_CU`).
 //  * Every kernel is `extern "C" __global__`; templated bodies are instantiated as `<name>_f32`
-//    (T = float) and `<name>_f64` (T = double).
+//    (T = float) and `<name>_f64` (T = double), and where a family runs on half-precision storage
+//    also as `<name>_bf16` / `<name>_f16` (storage S = bf16s / f16s, arithmetic and `T` scalars in
+//    float: see "Storage types" below).
 //  * Size arguments are `int` (i32), flat offsets are computed in 64 bit inside. Scalars named as
 //    type `T` are f32 for `_f32` kernels and f64 for `_f64` kernels. Index tensors are int32.
 //  * Grids: unless a file says otherwise, kernels use grid-stride loops, so ANY grid >= 1 is correct;
@@ -79,6 +81,61 @@ __device__ __forceinline__ float rn_mul(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double rn_mul(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float rn_div(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(a, b); }
+
+// ---------------------------------------------------------------------------------------------
+// Storage types (issue 15). A kernel templated on its storage type S reads elements with widen()
+// and writes them with narrow<S>(); its arithmetic runs in Acc<S>::T: float for f32, bf16 and f16
+// storage, double for f64. For S = float / double both are the identity, so those instantiations
+// are the plain kernels. Half values are raw 16-bit words converted here, so the sources need no
+// cuda_fp16.h / cuda_bf16.h (NVRTC has no include path); the rounding is the `half` crate's
+// (round to nearest even, NaN kept quiet), so the CUDA and CPU backends round alike.
+// ---------------------------------------------------------------------------------------------
+struct bf16s { unsigned short bits; };
+struct f16s { unsigned short bits; };
+
+template <typename S> struct Acc { typedef S T; };
+template <> struct Acc<bf16s> { typedef float T; };
+template <> struct Acc<f16s> { typedef float T; };
+
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ double widen(double v) { return v; }
+__device__ __forceinline__ float widen(bf16s v) { return __uint_as_float((unsigned int)v.bits << 16); }
+__device__ __forceinline__ float widen(f16s v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
+// f64 -> f32 rounded to odd (toward zero, then the last bit set when inexact): a second rounding
+// to a half type is then the one correct rounding of the f64 value (as Storage::from_f64).
+__device__ __forceinline__ float f32_round_to_odd(double x) {
+    const float r = __double2float_rz(x);
+    return ((double)r != x && x == x) ? __uint_as_float(__float_as_uint(r) | 1u) : r;
+}
+
+template <typename S> __device__ __forceinline__ S narrow(float v);
+template <typename S> __device__ __forceinline__ S narrow(double v);
+template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
+template <> __device__ __forceinline__ float narrow<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ double narrow<double>(double v) { return v; }
+template <> __device__ __forceinline__ double narrow<double>(float v) { return (double)v; }
+template <> __device__ __forceinline__ bf16s narrow<bf16s>(float v) {
+    const unsigned int u = __float_as_uint(v);
+    bf16s r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)((u >> 16) | 0x40u);  // NaN: quiet, sign and top payload kept
+    } else {
+        r.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return r;
+}
+template <> __device__ __forceinline__ f16s narrow<f16s>(float v) {
+    f16s r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
+    return r;
+}
+template <> __device__ __forceinline__ bf16s narrow<bf16s>(double v) { return narrow<bf16s>(f32_round_to_odd(v)); }
+template <> __device__ __forceinline__ f16s narrow<f16s>(double v) { return narrow<f16s>(f32_round_to_odd(v)); }
 
 // ---------------------------------------------------------------------------------------------
 // Warp / block reductions (fixed butterfly order => deterministic).

@@ -3,8 +3,12 @@
 // Layout: X, S, V, H, gS, gV, gX are [T, N] row-major (time-major): element (t, n) at t*N + n.
 // One thread per neuron, time loop inside; all loads/stores coalesced over n.
 //
-// Common scalar arguments (type T = float for _f32, double for _f64):
-//   tau_ptr     const T*  nullable. When non-null, tau = *tau_ptr (learnable tau, PLIF); else `tau`.
+// Storage E = float (_f32), double (_f64), bf16s (_bf16), f16s (_f16) for X, S, V, gS, gV, gX, tau and
+// g_tau; T = Acc<E>::T (double for _f64, float for the others) for H (the backward's exact charge),
+// the scalars and the arithmetic. Spikes are exactly 0/1 in every storage type.
+//
+// Common scalar arguments (type T):
+//   tau_ptr     const E*  nullable. When non-null, tau = *tau_ptr (learnable tau, PLIF); else `tau`.
 //   tau         T         tau > 1 (used when tau_ptr == nullptr).
 //   v_th        T         threshold.
 //   v_reset     T         reset value (hard reset only; ignored when hard == 0).
@@ -18,9 +22,9 @@
 // (S ? v_reset : H, S ? H - v_th : H), which equals the DESIGN formula for finite H.
 //
 // ---------------------------------------------------------------------------------------------
-// lif_fwd_f32 / lif_fwd_f64
-//   (const T* X, T* S, T* V, T* H, int Tn, int N,
-//    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
+// lif_fwd_{f32,f64,bf16,f16}
+//   (const E* X, E* S, E* V, T* H, int Tn, int N,
+//    const E* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
 //    int smooth, int surrogate, T alpha)
 //   X [Tn,N] in; S [Tn,N] out (0/1 spikes); V [Tn,N] out (membrane after reset), nullable;
 //   H [Tn,N] out (membrane after charge, saved for backward), nullable.
@@ -32,10 +36,12 @@
 // lif_fwd_t8_* / lif_fwd_t16_*, lif_bwd_t8_* / lif_bwd_t16_*: the same kernels for Tn <= 8 / 16,
 //   with every step's loads of a neuron issued before its first step's arithmetic (the time loop
 //   unrolled into registers): the memory system sees all T loads at once, not one per step.
+//   smooth must be 0 (the test mode runs the plain form: its f64 surrogate, unrolled 16 times in
+//   four storage types, made these forms slow to assemble).
 //
-// lif_bwd_f32 / lif_bwd_f64
-//   (const T* H, const T* gS, const T* gV, T* gX, double* gtau_part, int Tn, int N,
-//    const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
+// lif_bwd_{f32,f64,bf16,f16}
+//   (const T* H, const E* gS, const E* gV, E* gX, double* gtau_part, int Tn, int N,
+//    const E* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
 //    int detach_reset, int surrogate, T alpha, int smooth)
 //   H [Tn,N] (saved); gS [Tn,N] nullable (= zeros); gV [Tn,N] nullable (= zeros); gX [Tn,N] out.
 //   gtau_part [gridDim.x] double out, nullable: per-block partial sums of dL/dtau (learnable tau),
@@ -48,8 +54,8 @@
 //   reproducibility use the same G for the same N (e.g. G = min(ceil(N/256), 1024)).
 //   Skip when Tn*N == 0 (then g_tau = 0, gX empty).
 //
-// lif_gtau_reduce_f32 / _f64 (const double* part, int nparts, T* g_tau)
-//   g_tau[0] = sum of part[0..nparts] in a fixed order, in double. Launch: grid 1, block 256 (multiple of 32).
+// lif_gtau_reduce_* (const double* part, int nparts, E* g_tau)
+//   g_tau[0] = sum of part[0..nparts] in a fixed order, in double, rounded to T, then to E. Launch: grid 1, block 256 (multiple of 32).
 // ---------------------------------------------------------------------------------------------
 #include "common.cuh"
 
@@ -83,8 +89,8 @@ __device__ __forceinline__ T lif_reset_from_h(T h, T v_th, T v_reset, bool hard,
 }
 
 // One forward step of one neuron from V_{t-1} = v: stores S, H, V of step t and returns V_t.
-template <typename T>
-__device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, T* __restrict__ S, T* __restrict__ V,
+template <typename E, typename T>
+__device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, E* __restrict__ S, E* __restrict__ V,
                                           T* __restrict__ H, T tau, T v_th, T v_r, T v_reset, int hard,
                                           int decay_input, int smooth, int surrogate, T alpha) {
     LifStep<T> st = lif_step(v, x, tau, v_th, v_r, v_reset, hard != 0, decay_input != 0);
@@ -93,23 +99,25 @@ __device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, T* __restrict__ S, 
         s = surrogate_primitive(surrogate, alpha, rn_sub(st.h, v_th));
         st.v = lif_smooth_reset(st.h, s, v_th, v_reset, hard != 0);
     }
-    S[idx] = s;
+    S[idx] = narrow<E>(s);
     if (H) H[idx] = st.h;
-    if (V) V[idx] = st.v;
+    if (V) V[idx] = narrow<E>(st.v);
     return st.v;
 }
 
 // Up to TM steps: every X of the neuron is loaded before the first step's arithmetic, so the
 // loads are in flight together instead of one per step (the time loop is unrolled).
-template <typename T, int TM>
-__device__ void lif_fwd_regs(const T* __restrict__ X, T* __restrict__ S, T* __restrict__ V, T* __restrict__ H,
-                             int Tn, int N, T tau, T v_th, T v_r, T v_reset, int hard, int decay_input,
-                             int smooth, int surrogate, T alpha) {
+template <typename E, int TM>
+__device__ void lif_fwd_regs(const E* __restrict__ X, E* __restrict__ S, E* __restrict__ V,
+                             typename Acc<E>::T* __restrict__ H, int Tn, int N, typename Acc<E>::T tau,
+                             typename Acc<E>::T v_th, typename Acc<E>::T v_r, typename Acc<E>::T v_reset, int hard,
+                             int decay_input, int smooth, int surrogate, typename Acc<E>::T alpha) {
+    typedef typename Acc<E>::T T;
     GRID_STRIDE(n, N) {
         T x[TM];
 #pragma unroll
         for (int t = 0; t < TM; ++t)
-            if (t < Tn) x[t] = X[(i64)t * N + n];
+            if (t < Tn) x[t] = widen(X[(i64)t * N + n]);
         T v = v_r;
 #pragma unroll
         for (int t = 0; t < TM; ++t)
@@ -120,20 +128,23 @@ __device__ void lif_fwd_regs(const T* __restrict__ X, T* __restrict__ S, T* __re
 }
 
 // TM = 0: any number of steps, one load per step; TM > 0: Tn <= TM, loads up front.
-template <typename T, int TM>
-__device__ void lif_fwd(const T* __restrict__ X, T* __restrict__ S, T* __restrict__ V, T* __restrict__ H,
-                        int Tn, int N, const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input,
-                        int smooth, int surrogate, T alpha) {
-    if (tau_ptr) tau = *tau_ptr;
+template <typename E, int TM>
+__device__ void lif_fwd(const E* __restrict__ X, E* __restrict__ S, E* __restrict__ V,
+                        typename Acc<E>::T* __restrict__ H, int Tn, int N, const E* tau_ptr, typename Acc<E>::T tau,
+                        typename Acc<E>::T v_th, typename Acc<E>::T v_reset, int hard, int decay_input, int smooth,
+                        int surrogate, typename Acc<E>::T alpha) {
+    typedef typename Acc<E>::T T;
+    if (tau_ptr) tau = widen(*tau_ptr);
     const T v_r = hard ? v_reset : T(0);
     if constexpr (TM > 0) {
-        lif_fwd_regs<T, TM>(X, S, V, H, Tn, N, tau, v_th, v_r, v_reset, hard, decay_input, smooth, surrogate, alpha);
+        // smooth = 0 as a constant: the test mode's f64 surrogate stays out of the unrolled body
+        lif_fwd_regs<E, TM>(X, S, V, H, Tn, N, tau, v_th, v_r, v_reset, hard, decay_input, 0, surrogate, alpha);
     } else {
         GRID_STRIDE(n, N) {
             T v = v_r;
             for (int t = 0; t < Tn; ++t) {
                 const i64 idx = (i64)t * N + n;
-                v = lif_fwd_step(v, X[idx], idx, S, V, H, tau, v_th, v_r, v_reset, hard, decay_input, smooth,
+                v = lif_fwd_step(v, widen(X[idx]), idx, S, V, H, tau, v_th, v_r, v_reset, hard, decay_input, smooth,
                                  surrogate, alpha);
             }
         }
@@ -176,9 +187,11 @@ __device__ __forceinline__ T lif_bwd_step(const LifBwdArgs<T>& a, int t, T h, T 
 
 // Up to TM steps: every H, gS and gV of the neuron is loaded before the first (last in time)
 // step's arithmetic, so no step waits on its own loads behind the previous step's math.
-template <typename T, int TM>
-__device__ double lif_bwd_regs(const LifBwdArgs<T>& a, const T* __restrict__ H, const T* __restrict__ gS,
-                               const T* __restrict__ gV, T* __restrict__ gX, int Tn, int N) {
+template <typename E, int TM>
+__device__ double lif_bwd_regs(const LifBwdArgs<typename Acc<E>::T>& a, const typename Acc<E>::T* __restrict__ H,
+                               const E* __restrict__ gS, const E* __restrict__ gV, E* __restrict__ gX, int Tn,
+                               int N) {
+    typedef typename Acc<E>::T T;
     double gtau = 0.0;
     GRID_STRIDE(n, N) {
         T h[TM], gs[TM], gv[TM];
@@ -187,27 +200,28 @@ __device__ double lif_bwd_regs(const LifBwdArgs<T>& a, const T* __restrict__ H, 
             if (t < Tn) {
                 const i64 idx = (i64)t * N + n;
                 h[t] = H[idx];
-                gs[t] = gS ? gS[idx] : T(0);
-                gv[t] = gV ? gV[idx] : T(0);
+                gs[t] = gS ? widen(gS[idx]) : T(0);
+                gv[t] = gV ? widen(gV[idx]) : T(0);
             }
         }
         T carry = T(0);
 #pragma unroll
         for (int t = TM - 1; t >= 0; --t)
             if (t < Tn)
-                gX[(i64)t * N + n] = lif_bwd_step(a, t, h[t], t > 0 ? h[t - 1] : T(0), gs[t], gv[t],
-                                                  carry, gtau);
+                gX[(i64)t * N + n] = narrow<E>(lif_bwd_step(a, t, h[t], t > 0 ? h[t - 1] : T(0), gs[t], gv[t],
+                                                            carry, gtau));
     }
     return gtau;
 }
 
 // TM = 0: any number of steps, loads step by step; TM > 0: Tn <= TM, loads up front.
-template <typename T, int TM>
-__device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const T* __restrict__ gV,
-                        T* __restrict__ gX, double* __restrict__ gtau_part, int Tn, int N,
-                        const T* tau_ptr, T tau, T v_th, T v_reset, int hard, int decay_input, int detach_reset,
-                        int surrogate, T alpha, int smooth) {
-    if (tau_ptr) tau = *tau_ptr;
+template <typename E, int TM>
+__device__ void lif_bwd(const typename Acc<E>::T* __restrict__ H, const E* __restrict__ gS, const E* __restrict__ gV,
+                        E* __restrict__ gX, double* __restrict__ gtau_part, int Tn, int N, const E* tau_ptr,
+                        typename Acc<E>::T tau, typename Acc<E>::T v_th, typename Acc<E>::T v_reset, int hard,
+                        int decay_input, int detach_reset, int surrogate, typename Acc<E>::T alpha, int smooth) {
+    typedef typename Acc<E>::T T;
+    if (tau_ptr) tau = widen(*tau_ptr);
     LifBwdArgs<T> a;
     a.tau = tau;
     a.v_th = v_th;
@@ -223,14 +237,16 @@ __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const
     a.want_gtau = gtau_part != nullptr;
     double gtau = 0.0;
     if constexpr (TM > 0) {
-        gtau = lif_bwd_regs<T, TM>(a, H, gS, gV, gX, Tn, N);
+        a.smooth = 0;  // a constant, as in the forward: the unrolled forms have no test mode
+        gtau = lif_bwd_regs<E, TM>(a, H, gS, gV, gX, Tn, N);
     } else {
         GRID_STRIDE(n, N) {
             T carry = T(0);  // gH_{t+1} * (1 - 1/tau): gradient reaching V_t through the next charge
             for (int t = Tn - 1; t >= 0; --t) {
                 const i64 idx = (i64)t * N + n;
                 const T h_prev = (a.want_gtau && t > 0) ? H[idx - N] : T(0);
-                gX[idx] = lif_bwd_step(a, t, H[idx], h_prev, gS ? gS[idx] : T(0), gV ? gV[idx] : T(0), carry, gtau);
+                gX[idx] = narrow<E>(lif_bwd_step(a, t, H[idx], h_prev, gS ? widen(gS[idx]) : T(0),
+                                                 gV ? widen(gV[idx]) : T(0), carry, gtau));
             }
         }
     }
@@ -240,40 +256,47 @@ __device__ void lif_bwd(const T* __restrict__ H, const T* __restrict__ gS, const
     }
 }
 
-template <typename T> __device__ void lif_gtau_reduce(const double* __restrict__ part, int nparts, T* __restrict__ g_tau) {
+// g_tau rounded to T first, then to the storage type (as the CPU backend).
+template <typename E> __device__ void lif_gtau_reduce(const double* __restrict__ part, int nparts, E* __restrict__ g_tau) {
+    typedef typename Acc<E>::T T;
     double acc = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
     acc = block_sum(acc);
-    if (threadIdx.x == 0) *g_tau = (T)acc;
+    if (threadIdx.x == 0) *g_tau = narrow<E>((T)acc);
 }
 
 // Entry points: lif_fwd / lif_bwd (any Tn) and their _t8 / _t16 forms (Tn <= 8 / 16, every
 // step's loads issued up front; separate kernels, so the plain form keeps its low register
 // count). The backward's unrolled steps hoist their surrogate math ahead of the serial carry
 // chain; in f32, two blocks of 256 per SM cap them at 128 registers (16 warps to hide the loads).
-#define LIF_ENTRY(T, SUF, NAME, TM, BLOCKS)                                                                         \
-    extern "C" __global__ void lif_fwd##NAME##_##SUF(const T* X, T* S, T* V, T* H, int Tn, int N,          \
-                                                     const T* tau_ptr, T tau, T v_th, T v_reset, int hard, \
-                                                     int decay_input, int smooth, int surrogate, T alpha) { \
-        lif_fwd<T, TM>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,  \
-                       alpha);                                                                               \
-    }                                                                                                        \
-    extern "C" __global__ void __launch_bounds__(256, BLOCKS)                                               \
-        lif_bwd##NAME##_##SUF(const T* H, const T* gS, const T* gV, T* gX,                                  \
-                                                     double* gtau_part, int Tn, int N, const T* tau_ptr,    \
-                                                     T tau, T v_th, T v_reset, int hard, int decay_input,   \
-                                                     int detach_reset, int surrogate, T alpha, int smooth) { \
-        lif_bwd<T, TM>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,     \
-                       detach_reset, surrogate, alpha, smooth);                                              \
+#define LIF_ENTRY(E, SUF, NAME, TM, BLOCKS)                                                                         \
+    extern "C" __global__ void lif_fwd##NAME##_##SUF(const E* X, E* S, E* V, T_##SUF* H, int Tn, int N,              \
+                                                     const E* tau_ptr, T_##SUF tau, T_##SUF v_th, T_##SUF v_reset,   \
+                                                     int hard, int decay_input, int smooth, int surrogate,           \
+                                                     T_##SUF alpha) {                                                \
+        lif_fwd<E, TM>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,        \
+                       alpha);                                                                                       \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS)                                                       \
+        lif_bwd##NAME##_##SUF(const T_##SUF* H, const E* gS, const E* gV, E* gX, double* gtau_part, int Tn, int N,   \
+                              const E* tau_ptr, T_##SUF tau, T_##SUF v_th, T_##SUF v_reset, int hard,                \
+                              int decay_input, int detach_reset, int surrogate, T_##SUF alpha, int smooth) {         \
+        lif_bwd<E, TM>(H, gS, gV, gX, gtau_part, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input,             \
+                       detach_reset, surrogate, alpha, smooth);                                                      \
     }
 
-#define LIF_INST(T, SUF, BLOCKS)                                                                              \
-    LIF_ENTRY(T, SUF, , 0, BLOCKS)                                                                            \
-    LIF_ENTRY(T, SUF, _t8, 8, BLOCKS)                                                                         \
-    LIF_ENTRY(T, SUF, _t16, 16, BLOCKS)                                                                       \
-    extern "C" __global__ void lif_gtau_reduce_##SUF(const double* part, int nparts, T* g_tau) {            \
-        lif_gtau_reduce<T>(part, nparts, g_tau);                                                              \
+// E: the storage type of X, S, V, gS, gV, gX, tau and g_tau; T_<SUF> = Acc<E>::T: H, the scalars and
+// the arithmetic.
+#define LIF_INST(E, SUF, BLOCKS)                                                                              \
+    typedef Acc<E>::T T_##SUF;                                                                                \
+    LIF_ENTRY(E, SUF, , 0, BLOCKS)                                                                            \
+    LIF_ENTRY(E, SUF, _t8, 8, BLOCKS)                                                                         \
+    LIF_ENTRY(E, SUF, _t16, 16, BLOCKS)                                                                       \
+    extern "C" __global__ void lif_gtau_reduce_##SUF(const double* part, int nparts, E* g_tau) {            \
+        lif_gtau_reduce<E>(part, nparts, g_tau);                                                              \
     }
 
 LIF_INST(float, f32, 2)
 LIF_INST(double, f64, 1)  // two blocks would spill the f64 _t16 form
+LIF_INST(bf16s, bf16, 2)
+LIF_INST(f16s, f16, 2)

@@ -82,6 +82,11 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
     timeout $(cap 20) $G eval --data "$TMP/synth" --checkpoint "$TMP/run-cpu" --device cpu --json >"$TMP/eval-cpu.json"
   } >"$TMP/train.log" 2>&1
   status_train="exit $?"; tail -n 15 "$TMP/train.log" >&2
+  # The same steps in bf16 (issue 15: half storage, f32 master weights): speed and loss vs f32.
+  printf 'precision = "bf16"\n' | cat "$TMP/train.toml" - >"$TMP/train-bf16.toml"
+  timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda-bf16" \
+    --config "$TMP/train-bf16.toml" --device cuda >"$TMP/train-bf16.log" 2>&1
+  echo "exit $?" >>"$TMP/train-bf16.log"; tail -n 4 "$TMP/train-bf16.log" >&2
 fi
 
 if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
@@ -221,6 +226,18 @@ cmp = [c for c in [
          "torch_infonce_fwd_bwd|B=4096 D=256 f32"),
 ] if c]
 
+# Issue 15: each kernel on bf16 / f16 storage against itself on f32 (goals: LIF >= 1.8x, GAT >= 1.5x).
+half_vs_f32 = []
+for name, shape in [("lif_fwd", "T=8 N=1048576"), ("lif_bwd", "T=8 N=1048576"),
+                    ("gat_fwd", "N=50000 deg=16 H=4 F=32"), ("gat_bwd", "N=50000 deg=16 H=4 F=32"),
+                    ("aggregate_fwd", "T=4 N=50000 C=128 H=4"), ("matmul", "4096x4096x4096")]:
+    f32_ms = ms.get(f"{name}|{shape} f32")
+    for dt in ("bf16", "f16"):
+        h_ms = ms.get(f"{name}|{shape} {dt}")
+        if f32_ms and h_ms:
+            half_vs_f32.append({"bench": name, "shape": shape, "dtype": dt, "f32_ms": f32_ms, "ms": h_ms,
+                                "speedup_vs_f32": round(f32_ms / h_ms, 2)})
+
 
 def metrics(run):
     p = os.path.join(tmp, run, "metrics.jsonl")
@@ -250,7 +267,18 @@ def train_summary():
             "graphs_per_s_median": {"cuda": rate(gpu), "cpu": rate(cpu)},
             "final_eval": {"cuda": evals(gpu), "cpu": evals(cpu)},
             "eval_of_cpu_checkpoint": {"cuda": one("eval-cuda.json"), "cpu": one("eval-cpu.json")},
+            "bf16": bf16_summary(gpu, rate),
             "log_tail": tail("train.log", 30)}
+
+def bf16_summary(f32_steps, rate):
+    """The cuda run again with train.precision = bf16: its speed and its loss against f32's."""
+    ms = metrics("run-cuda-bf16")
+    f32 = {m["step"]: m["loss"] for m in f32_steps if m.get("kind") == "step"}
+    rel = [(m["step"], abs(m["loss"] - f32[m["step"]]) / abs(f32[m["step"]]))
+           for m in ms if m.get("kind") == "step" and m["step"] in f32]
+    return {"graphs_per_s_median": rate(ms), "loss_rel_diff_vs_f32_by_step": rel,
+            "final_eval": [m for m in ms if m.get("kind") == "eval"][-1:],
+            "log_tail": tail("train-bf16.log", 8)}
 
 def demo_summary():
     ms = metrics("demo")
@@ -278,6 +306,7 @@ report = {
                "checks": len(parity), "failed_checks": len(failed), "results": parity,
                "log_tail": tail("parity.log", 40) if (failed or st_par not in ("exit 0", "skipped")) else []},
     "bench": {"status": st_bench, "copy_peak_gbps": peak, "results": bench, "stderr_tail": tail("bench.err", 10)},
+    "half_vs_f32": half_vs_f32,
     "torch": {"status": st_torch, "results": torch, "stderr_tail": tail("torch.err", 10)},
     "infonce_bench": {"report": json.load(open(os.path.join(tmp, "infonce_bench.json")))
                       if os.path.exists(os.path.join(tmp, "infonce_bench.json")) else None,

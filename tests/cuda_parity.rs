@@ -16,8 +16,8 @@
 
 use gshn::backend::{cuda_available, execute_buffers, Backend, CudaBackend};
 use gshn::ops::{
-    AdamWConfig, CsrGraph, GatAttrs, InfoNceAttrs, LifConfig, Op, Precision, Reduce, Surrogate,
-    Unary,
+    AdamWConfig, CsrGraph, Family, GatAttrs, InfoNceAttrs, LifConfig, Op, Precision, Reduce,
+    Surrogate, Unary,
 };
 use gshn::tensor::{DType, Meta, Shape, Tensor};
 use gshn::util::rng::SplitMix64;
@@ -222,6 +222,65 @@ fn widened(c: &Case) -> Result<Case, gshn::Error> {
     })
 }
 
+/// The same case on half-precision storage (`dt` = BF16 or F16), as mixed-precision training
+/// runs it: every f32 input and output in `dt` but the statistics that stay f32
+/// (`Op::half_stats`); None for cases that have no half form (f64; the optimizer, which takes
+/// f32 master weights and gradients only). The CPU's
+/// half path (f32 arithmetic, one rounding of each output) is the reference, so the tolerance is
+/// about one rounding step of `dt`.
+fn halved(c: &Case, dt: DType) -> Option<Case> {
+    let f32_case =
+        c.inputs.iter().any(|t| t.dtype() == F32) || c.outs.iter().any(|o| o.dtype == F32);
+    let f64_case = c.inputs.iter().any(|t| t.dtype() == DType::F64);
+    if !f32_case || f64_case || c.op.family() == Family::Optim {
+        return None;
+    }
+    let (stats_in, stats_out) = c.op.half_stats(c.inputs.len()).ok()?;
+    let to = |d: DType, stat: bool| if d == F32 && !stat { dt } else { d };
+    let op = match &c.op {
+        Op::Fill { value, meta } => Op::Fill {
+            value: *value,
+            meta: Meta::new(meta.shape.clone(), to(meta.dtype, false)),
+        },
+        op => op.clone(),
+    };
+    let inputs = c
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| t.to_dtype(to(t.dtype(), stats_in.contains(&i))))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let outs = c
+        .outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| Meta::new(o.shape.clone(), to(o.dtype, stats_out.contains(&i))))
+        .collect();
+    let step = if dt == DType::BF16 { 8e-3 } else { 1e-3 };
+    Some(Case {
+        name: format!("{} [{dt:?}]", c.name),
+        op,
+        inputs,
+        outs,
+        exact: c.exact.clone(),
+        tol: Some(c.tol.unwrap_or(1e-5).max(step)),
+    })
+}
+
+/// Whether a case holds half-precision data (then it has no f64 truth: `widened` is for f32).
+fn has_half(c: &Case) -> bool {
+    c.inputs.iter().any(|t| t.dtype().is_half()) || c.outs.iter().any(|o| o.dtype.is_half())
+}
+
+/// Every case of `cases` that has a half form, in bf16 and in f16.
+fn halved_all(cases: &[Case]) -> Vec<Case> {
+    [DType::BF16, DType::F16]
+        .iter()
+        .flat_map(|&dt| cases.iter().filter_map(move |c| halved(c, dt)))
+        .collect()
+}
+
 /// Runs the cases; panics listing every failure (after running them all).
 ///
 /// An f32 output that misses the tolerance against the CPU's f32 result can be an ill-conditioned
@@ -265,7 +324,7 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
                 r <= tol
             };
             let mut note = String::new();
-            if !ok && !f64_out && r.is_finite() && !c.exact.contains(&i) {
+            if !ok && !f64_out && !has_half(c) && r.is_finite() && !c.exact.contains(&i) {
                 let t = truth
                     .get_or_insert_with(|| widened(c).and_then(|w| run(&CpuBackend, &w, false)));
                 if let Ok(t) = t {
@@ -1129,13 +1188,19 @@ fn executor_end_to_end() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
-/// Runs here too (no GPU needed): every case is accepted by the CPU reference, so the cases
-/// themselves (arity, shapes, dtypes, index validity) are right before they reach a GPU.
+/// Every op family's cases on bf16 and f16 storage (issue 15): the families with half kernels
+/// (`_bf16` / `_f16`) and those that run through f32 copies alike.
 #[test]
-fn cpu_reference_accepts_every_case() {
-    let mut bad = Vec::new();
-    let mut n = 0;
-    for cases in [
+fn half_storage() {
+    let Some(be) = cuda() else { return };
+    for cases in all_cases() {
+        check_all(&be, halved_all(&cases));
+    }
+}
+
+/// Every case list of this file.
+fn all_cases() -> [Vec<Case>; 8] {
+    [
         basic_ops_cases(),
         layout_ops_cases(),
         norm_ops_cases(),
@@ -1144,8 +1209,19 @@ fn cpu_reference_accepts_every_case() {
         infonce_batches_cases(),
         infonce_modes_cases(),
         segment_and_optim_cases(),
-    ] {
-        for c in cases {
+    ]
+}
+
+/// Runs here too (no GPU needed): every case is accepted by the CPU reference, so the cases
+/// themselves (arity, shapes, dtypes, index validity) are right before they reach a GPU; the
+/// same for their bf16 and f16 forms.
+#[test]
+fn cpu_reference_accepts_every_case() {
+    let mut bad = Vec::new();
+    let mut n = 0;
+    for cases in all_cases() {
+        let half = halved_all(&cases);
+        for c in cases.into_iter().chain(half) {
             n += 1;
             match run(&CpuBackend, &c, false) {
                 Ok(out) => {
@@ -1158,7 +1234,7 @@ fn cpu_reference_accepts_every_case() {
                 Err(e) => bad.push(format!("{}: {e}", c.name)),
             }
             // The f64 truth that check_all falls back on must exist for every f32 case.
-            if c.outs.iter().any(|o| o.dtype == F32) {
+            if c.outs.iter().any(|o| o.dtype == F32) && !has_half(&c) {
                 if let Err(e) = widened(&c).and_then(|w| run(&CpuBackend, &w, false)) {
                     bad.push(format!("{} (f64 truth): {e}", c.name));
                 }

@@ -359,7 +359,7 @@ pub fn list() -> String {
     s.push_str(
         "gshn op NAME --inputs IN.safetensors --out OUT.safetensors [--attrs JSON] [--device D]\n\
          Float tensors: all f32, f64, bf16 or f16 (outputs follow); index tensors: i32.\n\
-         bf16/f16 (CPU only for now) compute in f32 and keep the statistics in f32: lif h,\n\
+         bf16/f16 compute in f32 and keep the statistics in f32: lif h,\n\
          gat lse, infonce loss/lse_row/lse_col, segment_mean count (their grad_ tensors too).\n\
          Upstream gradients: a tensor grad_<output> in IN seeds that output's gradient;\n\
          otherwise the default below (ones: L = sum of the main outputs; zeros: not in L).\n\

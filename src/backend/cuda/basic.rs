@@ -1,6 +1,6 @@
 //! CUDA: the basic family (`src/ops/basic.rs`) on `kernels/basic.cu`; matmul on cuBLAS.
 
-use super::launch::{row_chunks, Inputs, Kernels, Output};
+use super::launch::{row_chunks, suffix, Inputs, Kernels, Output};
 use super::CudaBackend;
 use crate::error::{Error, Result};
 use crate::ops::{MatMulDims, Op, Reduce, Unary};
@@ -12,16 +12,11 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         return be.copy_d2d(y.ptr, ins[0].buf.ptr, y.shape.numel() * y.dtype.size());
     }
     if let Op::Cast(to) = op {
-        if ins[0].dtype == *to {
+        let from = ins[0].dtype;
+        if from == *to {
             return be.copy_d2d(y.ptr, ins[0].buf.ptr, y.shape.numel() * y.dtype.size());
         }
-        return Err(Error::Unsupported {
-            backend: "cuda",
-            what: format!(
-                "cast {:?} → {to:?} (issue 15: half precision on the GPU)",
-                ins[0].dtype
-            ),
-        });
+        return cast(be, op, ins[0].buf.ptr, from, y.ptr, *to, y.shape.numel());
     }
     let k = Kernels::float(be, op, y.dtype)?;
     let n = y.shape.numel();
@@ -85,6 +80,31 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         }
         other => Err(Error::graph(format!("{} is not a basic op", other.name()))),
     }
+}
+
+/// `cast_<from>_<to>` of `n` elements at `x` into `y`: each rounded once (kernels/basic.cu).
+pub(super) fn cast(
+    be: &CudaBackend,
+    op: &Op,
+    x: u64,
+    from: DType,
+    y: u64,
+    to: DType,
+    n: usize,
+) -> Result<()> {
+    if !from.is_float() || !to.is_float() {
+        return Err(super::launch::unsupported(
+            op,
+            format!("cast {from:?} → {to:?}"),
+        ));
+    }
+    // basic.cu's kernels, whatever the family of the op that needs the cast
+    Kernels::typed(be, &Op::Cast(to), to)
+        .flat(&format!("cast_{}", suffix(from)), n)
+        .ptr(x)
+        .ptr(y)
+        .dim("n", n)
+        .run()
 }
 
 /// Activations and the spike function, forward (`grad` = None) or backward.
@@ -166,7 +186,37 @@ fn matmul(k: &Kernels, ins: Inputs, ta: bool, tb: bool, y: &Output) -> Result<()
     // SAFETY: pointers/leading dimensions/strides describe the in-bounds row-major operands
     // checked by the shape rule; the handle is bound to this backend's stream.
     let res = unsafe {
-        if y.dtype == DType::F32 {
+        if let Some(data) = half_type(y.dtype) {
+            // Tensor cores: 16-bit operands, f32 accumulation (and f32 alpha/beta), one
+            // rounding of each result to the storage type.
+            use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t};
+            let (one, zero) = (1.0f32, 0.0f32);
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                h,
+                opa,
+                opb,
+                mi,
+                ni,
+                ki,
+                (&one as *const f32).cast(),
+                pa as *const std::ffi::c_void,
+                data,
+                lda,
+                sta,
+                pb as *const std::ffi::c_void,
+                data,
+                ldb,
+                stb,
+                (&zero as *const f32).cast(),
+                y.ptr as *mut std::ffi::c_void,
+                data,
+                ldc,
+                stc,
+                batch,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        } else if y.dtype == DType::F32 {
             let (one, zero) = (1.0f32, 0.0f32);
             cudarc::cublas::result::sgemm_strided_batched(
                 h,
@@ -215,6 +265,16 @@ fn matmul(k: &Kernels, ins: Inputs, ta: bool, tb: bool, y: &Output) -> Result<()
     res.map_err(|e| super::cuda_err("cuBLAS gemm_strided_batched", e))
 }
 
+/// cuBLAS's name for a half-precision storage type (None for the others).
+fn half_type(d: DType) -> Option<cudarc::cublas::sys::cudaDataType> {
+    use cudarc::cublas::sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F};
+    match d {
+        DType::BF16 => Some(CUDA_R_16BF),
+        DType::F16 => Some(CUDA_R_16F),
+        _ => None,
+    }
+}
+
 fn reduce(k: &Kernels, r: Reduce, ins: Inputs, y: &Output) -> Result<()> {
     let n = ins[0].shape.numel();
     let c = ins[0].shape.last().max(1);
@@ -237,7 +297,7 @@ fn reduce(k: &Kernels, r: Reduce, ins: Inputs, y: &Output) -> Result<()> {
         }
         Reduce::SumAll | Reduce::MeanAll => {
             let parts = n.div_ceil(2048).clamp(1, 1024);
-            let s = k.be.scratch(&[parts * k.elem_bytes()])?;
+            let s = k.be.scratch(&[parts * k.acc_bytes()])?;
             k.grid("sum_all_partial", parts, 1)
                 .input(&ins[0])
                 .ptr(0)
@@ -266,7 +326,7 @@ fn reduce(k: &Kernels, r: Reduce, ins: Inputs, y: &Output) -> Result<()> {
                 return k.be.memset0(y.ptr, cols * k.elem_bytes());
             }
             let (per_chunk, chunks) = row_chunks(rows);
-            let s = k.be.scratch(&[chunks * cols * k.elem_bytes()])?;
+            let s = k.be.scratch(&[chunks * cols * k.acc_bytes()])?;
             k.grid("colsum_partial", cols.div_ceil(256), chunks)
                 .input(&ins[0])
                 .ptr(s[0])

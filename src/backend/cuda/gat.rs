@@ -119,7 +119,7 @@ fn forward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Re
         return Ok(());
     }
     k.to_int("N*H*F", n * h * f.max(1))?;
-    let nh = n * h * k.elem_bytes();
+    let nh = n * h * k.acc_bytes();
     let s = k.be.scratch(&[nh, nh])?;
     el_er(k, x.z, x.a_src.buf.ptr, x.a_dst.buf.ptr, s[0], s[1])?;
     k.warps("gat_fwd", n * h)
@@ -148,7 +148,7 @@ fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Resu
         return Ok(());
     }
     k.to_int("E*H", e * h)?;
-    let nh = n * h * k.elem_bytes();
+    let nh = n * h * k.acc_bytes();
     let s = k.be.scratch(&[nh, nh])?;
     el_er(k, x.z, x.a_src.buf.ptr, x.a_dst.buf.ptr, s[0], s[1])?;
     k.flat("gat_alpha_fwd", e * h)
@@ -168,7 +168,9 @@ fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Resu
 
 /// GatBackward (g_out, z, a_src, a_dst (, be), out, lse, row_ptr, src, col_ptr, col_edge)
 /// and GatAlphaBackward (g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr,
-/// col_edge) → gz, g_a_src, g_a_dst (, g_be). gpre doubles as g_be.
+/// col_edge) → gz, g_a_src, g_a_dst (, g_be). gpre doubles as g_be on f32 / f64; on half
+/// storage gpre stays f32 scratch (gz and the parameter gradients read it unrounded) and is
+/// rounded into g_be once (`gat_narrow`).
 fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Result<()> {
     let name = op.name();
     let z = x.z;
@@ -194,13 +196,18 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
     k.to_int("N*H*F", n * hf)?;
     k.to_int("E*H", e * h)?;
     let (per_chunk, chunks) = row_chunks(n);
-    let nh = n * h * k.elem_bytes();
-    let eh = e * h * k.elem_bytes();
-    // el, er, ger, gel, alpha (forward mode), gpre (without edge bias), partials
+    // Scratch holds the kernels' arithmetic type T (f32 for half storage).
+    let nh = n * h * k.acc_bytes();
+    let eh = e * h * k.acc_bytes();
+    // el, er, ger, gel, alpha (GatBackward), gpre (unless it is g_be), partials
     let s =
-        k.be.scratch(&[nh, nh, nh, nh, eh, eh, 2 * chunks * hf * k.elem_bytes()])?;
+        k.be.scratch(&[nh, nh, nh, nh, eh, eh, 2 * chunks * hf * k.acc_bytes()])?;
     let (el, er, ger, gel, partials) = (s[0], s[1], s[2], s[3], s[6]);
-    let gpre = if at.edge_bias { outs[3].ptr } else { s[5] };
+    // gpre (T) is g_be itself where the storage is the arithmetic type (f32, f64); on half
+    // storage it stays in scratch and is rounded into g_be after pass 1.
+    let g_be = at.edge_bias.then(|| outs[3].ptr);
+    let half = k.elem_bytes() != k.acc_bytes();
+    let gpre = g_be.filter(|_| !half).unwrap_or(s[5]);
     el_er(k, z, a_src, a_dst, el, er)?;
     let (alpha, g_out) = if let Some(alpha) = x.alpha {
         // GatAlphaBackward: the upstream gradient is g_alpha.
@@ -218,7 +225,8 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
             .dim("H", h)
             .scalar(at.negative_slope)
             .run()?;
-        (alpha.buf.ptr, 0)
+        // no aggregation term: gat_bwd_src reads no alpha
+        (0, 0)
     } else {
         let (out, lse) = (required(name, "out", x.out)?, required(name, "lse", x.lse)?);
         if e > 0 {
@@ -245,6 +253,13 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
         }
         (s[4], grad.buf.ptr)
     };
+    if let Some(g_be) = g_be.filter(|_| half) {
+        k.flat("gat_narrow", e * h)
+            .ptr(gpre)
+            .ptr(g_be)
+            .dim("E*H", e * h)
+            .run()?;
+    }
     k.warps("gat_bwd_src", n * h)
         .ptr(g_out)
         .ptr(alpha)

@@ -71,6 +71,17 @@ fn to_i32(op: &str, what: &str, v: usize) -> Result<i32> {
     })
 }
 
+/// The kernel-name suffix of a dtype (`kernels/common.cuh`).
+pub(super) fn suffix(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::I32 => "i32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+    }
+}
+
 /// An error for what the CUDA backend does not support, naming the op.
 pub(super) fn unsupported(op: &Op, what: impl Into<String>) -> Error {
     Error::Unsupported {
@@ -89,36 +100,33 @@ pub(super) struct Kernels<'a> {
 }
 
 impl<'a> Kernels<'a> {
-    /// Float kernels (`_f32` / `_f64`) of `op` at `dtype`; other dtypes are unsupported.
+    /// Float kernels (`_f32`, `_f64`, `_bf16`, `_f16`) of `op` at `dtype`; other dtypes are
+    /// unsupported. Half-precision kernels compute in f32 (`Acc<S>` in common.cuh).
     pub fn float(be: &'a CudaBackend, op: &Op, dtype: DType) -> Result<Self> {
         match dtype {
-            DType::F32 | DType::F64 => Ok(Self::typed(be, op, dtype)),
-            d => Err(unsupported(op, format!("{d:?} data"))),
+            DType::I32 => Err(unsupported(op, format!("{dtype:?} data"))),
+            _ => Ok(Self::typed(be, op, dtype)),
         }
     }
 
-    /// Kernels suffixed by any dtype (`_f32`, `_f64`, `_i32`).
+    /// Kernels suffixed by any dtype (`_f32`, `_f64`, `_i32`, `_bf16`, `_f16`).
     pub fn typed(be: &'a CudaBackend, op: &Op, dtype: DType) -> Self {
-        let suffix = match dtype {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::I32 => "i32",
-            // no kernel has these yet: `floats` refuses half data before any lookup
-            DType::BF16 => "bf16",
-            DType::F16 => "f16",
-        };
         Kernels {
             be,
             op: op.name(),
             file: op.family().name(),
-            suffix,
+            suffix: suffix(dtype),
             dtype,
         }
     }
 
-    /// Kernels that move words of the dtype's size (`_b4`, `_b8`), whatever it holds.
+    /// Kernels that move words of the dtype's size (`_b2`, `_b4`, `_b8`), whatever it holds.
     pub fn words(be: &'a CudaBackend, op: &Op, dtype: DType) -> Self {
-        let suffix = if dtype.size() == 8 { "b8" } else { "b4" };
+        let suffix = match dtype.size() {
+            2 => "b2",
+            8 => "b8",
+            _ => "b4",
+        };
         Kernels {
             suffix,
             ..Self::typed(be, op, dtype)
@@ -128,6 +136,16 @@ impl<'a> Kernels<'a> {
     /// Bytes of one element.
     pub fn elem_bytes(&self) -> usize {
         self.dtype.size()
+    }
+
+    /// Bytes of one element of the kernels' arithmetic (`T` scalars, reduction partials): f64
+    /// for f64 kernels, f32 for the others.
+    pub fn acc_bytes(&self) -> usize {
+        if self.dtype == DType::F64 {
+            8
+        } else {
+            4
+        }
     }
 
     /// A size as the kernels' `int`, or an error when it does not fit.
@@ -220,11 +238,11 @@ impl Launch<'_> {
     pub fn flag(self, b: bool) -> Self {
         self.int(b as i32)
     }
-    /// A `T` scalar: f32 or f64 as the kernels' element type.
+    /// A `T` scalar: f64 for f64 kernels, else f32 (half-precision kernels compute in f32).
     pub fn scalar(self, v: f64) -> Self {
         match self.k.dtype {
-            DType::F32 => self.arg(Arg::F32(v as f32)),
-            _ => self.arg(Arg::F64(v)),
+            DType::F64 => self.arg(Arg::F64(v)),
+            _ => self.arg(Arg::F32(v as f32)),
         }
     }
     /// A `double` argument, whatever the element type.

@@ -14,7 +14,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         Op::Permute(perm) => permute(be, op, perm, ins, y),
         Op::Concat { axis } => {
             let (outer, total, inner) = split(&y.shape, *axis);
-            let k = Kernels::typed(be, op, y.dtype);
+            let k = Kernels::words(be, op, y.dtype);
             let mut offset = 0usize;
             for v in ins {
                 let width = v.shape.at(*axis) * inner;
@@ -34,7 +34,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         Op::Slice { axis, start, len } => {
             let (outer, d, inner) = split(ins[0].shape, *axis);
             copy_cols(
-                &Kernels::typed(be, op, y.dtype),
+                &Kernels::words(be, op, y.dtype),
                 ins[0].buf.ptr,
                 y.ptr,
                 outer,
@@ -48,7 +48,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
             let len = ins[0].shape.at(*axis);
             be.memset0(y.ptr, full.numel() * y.dtype.size())?;
             copy_cols(
-                &Kernels::typed(be, op, y.dtype),
+                &Kernels::words(be, op, y.dtype),
                 ins[0].buf.ptr,
                 y.ptr,
                 outer,
@@ -58,7 +58,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
             )
         }
         Op::Gather => {
-            let k = Kernels::float(be, op, y.dtype)?;
+            let k = Kernels::words(be, op, y.dtype);
             let (rows, c) = (ins[0].shape.at(0), ins[0].shape.at(1));
             let n = ins[1].shape.numel();
             if CudaBackend::has_host(&ins[1]) {
@@ -174,6 +174,5 @@ fn copy_cols(
         .dim("offset", off_src)
         .dim("ld", ld_dst)
         .dim("offset", off_dst)
-        .int(0)
         .run()
 }

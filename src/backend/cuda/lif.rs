@@ -29,9 +29,10 @@ fn neuron_args<'k>(launch: Launch<'k>, cfg: &LifConfig, tau_ptr: u64) -> Launch<
 }
 
 /// The form of a LIF kernel for `steps` time steps: `_t8` / `_t16` load every step of a
-/// neuron up front (kernels/lif.cu), the plain one any number of steps.
-fn for_steps(kernel: &'static str, steps: usize) -> String {
+/// neuron up front (kernels/lif.cu), the plain one any number of steps and the test mode.
+fn for_steps(kernel: &'static str, steps: usize, cfg: &LifConfig) -> String {
     match steps {
+        _ if cfg.smooth => kernel.to_string(),
         0..=8 => format!("{kernel}_t8"),
         9..=16 => format!("{kernel}_t16"),
         _ => kernel.to_string(),
@@ -47,7 +48,7 @@ fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result
     }
     let tau_ptr = if cfg.learnable_tau { ins[1].buf.ptr } else { 0 };
     let launch = k
-        .flat(&for_steps("lif_fwd", steps), n)
+        .flat(&for_steps("lif_fwd", steps, cfg), n)
         .input(&ins[0])
         .ptr(outs[0].ptr)
         .ptr(outs[1].ptr)
@@ -88,7 +89,7 @@ fn backward(k: &Kernels, op: &Op, cfg: &LifConfig, ins: Inputs, outs: &[Output])
         0
     };
     let launch = k
-        .grid(&for_steps("lif_bwd", steps), blocks, 1)
+        .grid(&for_steps("lif_bwd", steps, cfg), blocks, 1)
         .input(x.charge)
         .ptr(g_spikes)
         .ptr(g_membrane)

@@ -22,6 +22,9 @@
 //!   op family (`basic.rs`, `lif.rs`, …, as in `src/ops/` and `kernels/`), every launch through
 //!   `launch.rs`. Not supported on CUDA: InfoNCE in f64 (the tiled kernels are f32) →
 //!   `Error::Unsupported`.
+//! - **Half precision** (bf16, f16): the kernels are templated on the storage type and compute
+//!   in f32 (`kernels/common.cuh`); matmul is cuBLAS `GemmEx` (f32 accumulation). The families
+//!   without half kernels (InfoNCE) run on f32 copies of their half data (`run_in_f32`).
 
 mod basic;
 mod gat;
@@ -158,6 +161,8 @@ pub struct CudaBackend {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     scratch: Mutex<Scratch>,
+    /// f32 copies of half-precision data for the families without half kernels (`run_in_f32`).
+    staging: Mutex<Vec<CudaBuffer>>,
     /// The last few graphs (node and edge counts, stamps of their index buffers) validated on
     /// the host, so a graph is checked once per upload, not once per op that reads it.
     checked_graphs: Mutex<Vec<[u64; 6]>>,
@@ -221,6 +226,7 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 funcs: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(Scratch::default()),
+                staging: Mutex::new(Vec::new()),
                 checked_graphs: Mutex::new(Vec::new()),
             })
         })
@@ -474,18 +480,10 @@ impl CudaBackend {
         inputs: &[View<CudaBuffer>],
         outputs: &mut [ViewMut<CudaBuffer>],
     ) -> Result<()> {
-        // Half-precision storage is moved (layout ops, casts to the same type) but not yet
-        // computed on: refuse it before a kernel reads 16-bit words as f32.
-        let computes = !op.only_moves() && !matches!(op, Op::Cast(_));
-        let dtypes = inputs.iter().map(|v| v.dtype);
-        if let Some(d) = dtypes
-            .chain(outputs.iter().map(|o| o.dtype))
-            .find(|d| computes && d.is_half())
-        {
-            return Err(launch::unsupported(
-                op,
-                format!("{d:?} data (no half-precision CUDA kernel yet: run it on the CPU)"),
-            ));
+        let half =
+            inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|o| o.dtype.is_half());
+        if half && !matches!(op, Op::Cast(_)) && !half_kernels(op.family()) {
+            return self.run_in_f32(op, inputs, outputs);
         }
         let outs: Vec<Output> = outputs
             .iter()
@@ -524,6 +522,107 @@ impl CudaBackend {
             );
         }
         run
+    }
+}
+
+/// Whether a family's kernels take half-precision storage themselves (`_bf16` / `_f16`
+/// instantiations); the others run on half data through f32 copies (`run_in_f32`).
+fn half_kernels(family: Family) -> bool {
+    matches!(
+        family,
+        Family::Basic | Family::Layout | Family::Norm | Family::Segment | Family::Gat | Family::Lif
+    )
+}
+
+impl CudaBackend {
+    /// Runs an op whose family has no half-precision kernels on half data, as the CPU backend
+    /// does: its half inputs widened into f32 staging buffers, the f32 kernels, its half outputs
+    /// rounded once from f32. Statistics that stay f32 (`Op::half_stats`) pass through as they
+    /// are. The staging buffers are kept and reused (grown on demand), like the scratch arena.
+    fn run_in_f32(
+        &self,
+        op: &Op,
+        inputs: &[View<CudaBuffer>],
+        outputs: &mut [ViewMut<CudaBuffer>],
+    ) -> Result<()> {
+        if op.mutated_inputs() > 0 {
+            return Err(launch::unsupported(op, "half-precision data in place"));
+        }
+        let wide = |d: DType| if d.is_half() { DType::F32 } else { d };
+        let half_in: Vec<usize> = (0..inputs.len())
+            .filter(|&i| inputs[i].dtype.is_half())
+            .collect();
+        let half_out: Vec<usize> = (0..outputs.len())
+            .filter(|&i| outputs[i].dtype.is_half())
+            .collect();
+        for &i in &half_out {
+            outputs[i].buf.set_host(None); // overwritten below: its host copy goes stale
+        }
+        let needs = half_in
+            .iter()
+            .map(|&i| inputs[i].shape.numel())
+            .chain(half_out.iter().map(|&i| outputs[i].shape.numel()));
+        let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, n) in needs.enumerate() {
+            if staging.len() <= slot {
+                staging.push(self.alloc(DType::F32, n.max(1 << 16))?);
+            } else if staging[slot].len < n {
+                staging[slot] = self.alloc(DType::F32, n.max(staging[slot].len * 3 / 2))?;
+            }
+        }
+        let (st_in, st_out) = staging.split_at_mut(half_in.len());
+        for (buf, &i) in st_in.iter().zip(&half_in) {
+            let v = &inputs[i];
+            basic::cast(
+                self,
+                op,
+                v.buf.ptr,
+                v.dtype,
+                buf.ptr,
+                DType::F32,
+                v.shape.numel(),
+            )?;
+        }
+        let mut st_in = st_in.iter();
+        let wide_in: Vec<View<CudaBuffer>> = inputs
+            .iter()
+            .map(|v| match v.dtype.is_half() {
+                true => View {
+                    buf: st_in.next().expect("one staging buffer per half input"),
+                    shape: v.shape,
+                    dtype: DType::F32,
+                },
+                false => *v,
+            })
+            .collect();
+        let mut st_out = st_out.iter_mut();
+        let mut wide_out: Vec<ViewMut<CudaBuffer>> = outputs
+            .iter_mut()
+            .map(|o| ViewMut {
+                dtype: wide(o.dtype),
+                buf: match o.dtype.is_half() {
+                    true => st_out.next().expect("one staging buffer per half output"),
+                    false => &mut *o.buf,
+                },
+                shape: o.shape,
+            })
+            .collect();
+        self.run_op(op, &wide_in, &mut wide_out)?;
+        drop(wide_out);
+        let staged = staging[half_in.len()..].iter();
+        for (buf, &i) in staged.zip(&half_out) {
+            let o = &outputs[i];
+            basic::cast(
+                self,
+                op,
+                buf.ptr,
+                DType::F32,
+                o.buf.ptr,
+                o.dtype,
+                o.shape.numel(),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -46,7 +46,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
                 return Ok(());
             }
             let (per_chunk, chunks) = row_chunks(rows);
-            let s = be.scratch(&[2 * chunks * c * k.elem_bytes()])?;
+            let s = be.scratch(&[2 * chunks * c * k.acc_bytes()])?;
             k.grid("layernorm_bwd_params_partial", c.div_ceil(256), chunks)
                 .input(x)
                 .input(g)

@@ -49,11 +49,11 @@ fn forward(k: &Kernels, op: &Op, segments: usize, ins: Inputs, outs: &[Output]) 
     if c == 0 {
         // No feature launch: the counts come straight from the host grouping.
         let counts: Vec<f64> = ptr.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
-        return if outs[0].dtype == DType::F32 {
+        return if outs[1].dtype == DType::F64 {
+            k.be.upload(count, &counts)
+        } else {
             let v: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
             k.be.upload(count, &v)
-        } else {
-            k.be.upload(count, &counts)
         };
     }
     let s = k.be.scratch(&[ptr.len() * 4, rows.len() * 4])?;
