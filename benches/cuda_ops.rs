@@ -154,6 +154,16 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         let (tn, e) = ((t * n) as f64, dt.size() as f64);
         let shape = format!("T=8 N=1048576 {}", dt.name());
         emit("lif_fwd", &shape, ms, tn * (3.0 * e + 4.0), 0.0);
+        // V not written (LifConfig::membrane = false, as in training with a rate readout)
+        let mut no_v = empty(be, &[0], dt)?;
+        let op = Op::Lif(LifConfig {
+            membrane: false,
+            ..cfg
+        });
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&x], &mut [&mut s, &mut no_v, &mut h])
+        })?;
+        emit("lif_fwd_no_v", &shape, ms, tn * (2.0 * e + 4.0), 0.0);
         let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
         let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
         let mut gx = empty(be, &[t, n], dt)?;

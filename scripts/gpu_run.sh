@@ -228,7 +228,7 @@ cmp = [c for c in [
 
 # Issue 15: each kernel on bf16 / f16 storage against itself on f32 (goals: LIF >= 1.8x, GAT >= 1.5x).
 half_vs_f32 = []
-for name, shape in [("lif_fwd", "T=8 N=1048576"), ("lif_bwd", "T=8 N=1048576"),
+for name, shape in [("lif_fwd", "T=8 N=1048576"), ("lif_fwd_no_v", "T=8 N=1048576"), ("lif_bwd", "T=8 N=1048576"),
                     ("gat_fwd", "N=50000 deg=16 H=4 F=32"), ("gat_bwd", "N=50000 deg=16 H=4 F=32"),
                     ("aggregate_fwd", "T=4 N=50000 C=128 H=4"), ("matmul", "4096x4096x4096")]:
     f32_ms = ms.get(f"{name}|{shape} f32")

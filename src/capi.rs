@@ -249,6 +249,7 @@ fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifCo
         surrogate,
         learnable_tau: learnable,
         smooth: false,
+        membrane: true,
     };
     cfg.validate("lif")?;
     // The initial tau of a learnable one is checked too: it is the value the caller feeds.

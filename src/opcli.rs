@@ -293,6 +293,7 @@ fn lif_config_of(a: &Attrs) -> Result<LifConfig> {
         surrogate,
         learnable_tau: false,
         smooth: false,
+        membrane: true,
     };
     cfg.validate("lif")?;
     Ok(cfg)

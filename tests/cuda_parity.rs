@@ -735,6 +735,8 @@ fn lif_all_options_cases() -> Vec<Case> {
                         for smooth in [false, true] {
                             let surrogate = surrogates[k % 4];
                             let t = steps[k % 3];
+                            // every kernel form with and without V written
+                            let membrane = (k / 3) % 2 == 1;
                             k += 1;
                             let cfg = LifConfig {
                                 tau: 2.0,
@@ -745,9 +747,10 @@ fn lif_all_options_cases() -> Vec<Case> {
                                 surrogate,
                                 learnable_tau,
                                 smooth,
+                                membrane,
                             };
                             let tag = format!(
-                                "T={t} reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} {surrogate:?} {dt:?}"
+                                "T={t} reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} v={membrane} {surrogate:?} {dt:?}"
                             );
                             let x = rand_t(&mut r, &[t, n], dt, -0.5, 2.0);
                             let tau = scalar(2.5, dt);
@@ -755,11 +758,12 @@ fn lif_all_options_cases() -> Vec<Case> {
                             if learnable_tau {
                                 ins.push(tau.clone());
                             }
+                            let v_shape = if membrane { vec![t, n] } else { vec![0] };
                             let mut c = case(
                                 format!("lif {tag}"),
                                 Op::Lif(cfg),
                                 ins,
-                                vec![meta(&[t, n], dt); 3],
+                                vec![meta(&[t, n], dt), meta(&v_shape, dt), meta(&[t, n], dt)],
                             );
                             if !smooth {
                                 c.exact = vec![0];

@@ -31,6 +31,7 @@ fn all_configs() -> Vec<(LifConfig, bool)> {
                         surrogate: sur,
                         learnable_tau: false,
                         smooth: false,
+                        membrane: true,
                     };
                     out.push((cfg, learn));
                 }
@@ -269,6 +270,40 @@ fn fd_gradients_all_options_smooth() {
         );
     }
     assert!(total_checked > 1000);
+}
+
+/// `membrane: false` (issue 15: V written only when read): V is an empty tensor, and the spikes,
+/// the charge and the gradients through the spikes are the same bits as with V written, for
+/// every option, in f64, f32 and bf16 (the CPU's own half loops).
+#[test]
+fn unwritten_membrane_changes_nothing_else() {
+    let mut rng = SplitMix64::new(77);
+    for (cfg, learn) in all_configs() {
+        for dt in [DType::F64, DType::F32, DType::BF16] {
+            // wider than one CPU task (256 neurons), with a ragged end
+            let (t, n) = (5, 300);
+            let x = tensor(&[t, n], inputs(&cfg, t, n, &mut rng), dt);
+            let ws = tensor(
+                &[t, n],
+                (0..t * n).map(|_| rng.range(-1.0, 1.0)).collect(),
+                dt,
+            );
+            let with_v = run_fused(&cfg, learn, cfg.tau, &x, Some(&ws), None).unwrap();
+            let cfg_no_v = LifConfig {
+                membrane: false,
+                ..cfg
+            };
+            let no_v = run_fused(&cfg_no_v, learn, cfg.tau, &x, Some(&ws), None).unwrap();
+            let what = format!("{cfg:?} learn={learn} {dt:?}");
+            assert!(no_v.v.is_empty(), "{what}: V written");
+            assert_eq!(with_v.v.len(), t * n, "{what}");
+            assert!(with_v.s.contains(&1.0), "{what}: no spike");
+            assert_eq!(no_v.s, with_v.s, "{what}: spikes");
+            assert_eq!(no_v.h, with_v.h, "{what}: charge");
+            assert_eq!(no_v.gx, with_v.gx, "{what}: gradient of x");
+            assert_eq!(no_v.gtau, with_v.gtau, "{what}: gradient of tau");
+        }
+    }
 }
 
 #[test]

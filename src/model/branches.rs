@@ -7,7 +7,7 @@ use super::gshn::{Capacity, ModelInputs, LN_EPS};
 use crate::error::Result;
 use crate::graph::params::{Init, ParamSet};
 use crate::graph::ValueId;
-use crate::ops::GatAttrs;
+use crate::ops::{GatAttrs, LifConfig};
 use crate::tensor::DType;
 
 /// The node inputs and their parts (the relation loss reuses the parts).
@@ -176,9 +176,14 @@ pub(super) fn snn_branch(
         // neurons fire from the first step on (without it they start silent).
         let cur = g.layer_norm(cur, gamma, beta, LN_EPS)?;
         let cur = g.reshape(cur, [t_steps, n * d])?;
+        // V is written only where it is read: the last layer's, by a membrane readout
+        let cfg = LifConfig {
+            membrane: config.readout == Readout::Membrane && l + 1 == config.snn_layers,
+            ..config.lif
+        };
         let lif = match tau {
-            Some(tau) => g.plif(cur, tau, config.lif)?,
-            None => g.lif(cur, config.lif)?,
+            Some(tau) => g.plif(cur, tau, cfg)?,
+            None => g.lif(cur, cfg)?,
         };
         // firing rate over real nodes: mean over channels, then weighted over (t, node)
         let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;

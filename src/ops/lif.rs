@@ -132,6 +132,11 @@ pub struct LifConfig {
     /// Test mode: spikes are the surrogate's smooth primitive instead of a step, so the
     /// whole BPTT can be checked by finite differences.
     pub smooth: bool,
+    /// Write the membrane `V` (output 1). When false (nothing reads V, e.g. a rate readout),
+    /// V is an empty `[0]` tensor that is never written: its memory and its bandwidth are
+    /// saved, and S and H are the same. Default true; not a config key (the model decides).
+    #[serde(skip)]
+    pub membrane: bool,
 }
 
 /// The time constant rule: finite and > 1 (so the leak `1 − 1/tau` is in (0, 1)).
@@ -195,6 +200,7 @@ impl Default for LifConfig {
             surrogate: Surrogate::default(),
             learnable_tau: false,
             smooth: false,
+            membrane: true,
         }
     }
 }
@@ -239,7 +245,8 @@ impl LifConfig {
     }
 }
 
-/// The three outputs of `Op::Lif`, all `[T, N]`.
+/// The three outputs of `Op::Lif`, all `[T, N]` (the membrane `[0]` when not written:
+/// [`LifConfig::membrane`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LifOutputs {
     /// Spikes `S` (0/1; the surrogate's primitive in `smooth` mode).
@@ -318,7 +325,12 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
                 check::same_dtype(name, "x and tau", x, &inputs[1])?;
                 check::dims(name, "tau", &inputs[1], &[])?;
             }
-            Ok(vec![x.clone(), x.clone(), x.clone()])
+            let v = if cfg.membrane {
+                x.clone()
+            } else {
+                Meta::new(vec![0], x.dtype)
+            };
+            Ok(vec![x.clone(), v, x.clone()])
         }
         Op::LifBackward {
             cfg,
@@ -376,7 +388,8 @@ pub(crate) fn grad(
              differentiate through the spikes or the membrane instead",
         ));
     }
-    let (gs, gv) = (og[0], og[1]);
+    // without a membrane output there is no V to differentiate through
+    let (gs, gv) = (og[0], og[1].filter(|_| cfg.membrane));
     if gs.is_none() && gv.is_none() {
         return Ok(vec![None; node.inputs.len()]);
     }

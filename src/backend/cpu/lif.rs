@@ -277,8 +277,15 @@ fn forward<T: Float, S: Stored<T>>(
         return Err(Error::graph("lif: expects 3 outputs"));
     };
     let s = split_columns(write::<S>(s)?, t, n);
-    let v = split_columns(write::<S>(v)?, t, n);
     let h = split_columns(write::<T>(h)?, t, n);
+    // V per task, or None per task when the membrane is not written (an empty output)
+    let v: Vec<Option<_>> = match cfg.membrane {
+        true => split_columns(write::<S>(v)?, t, n)
+            .into_iter()
+            .map(Some)
+            .collect(),
+        false => s.iter().map(|_| None).collect(),
+    };
     let tasks: Vec<_> = s.into_iter().zip(v).zip(h).collect();
     let (hard, decay, smooth) = (cfg.v_reset.is_some(), cfg.decay_input, cfg.smooth);
     over_tasks(tasks, t * n, |k, ((mut s, mut v), mut h)| {
@@ -287,7 +294,7 @@ fn forward<T: Float, S: Stored<T>>(
             hard,
             decay,
             smooth,
-            (&p, x, n, k * TASK, &mut s, &mut v, &mut h)
+            (&p, x, n, k * TASK, &mut s, v.as_deref_mut(), &mut h)
         )
     });
     Ok(())
@@ -299,12 +306,13 @@ fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, con
     n: usize,
     c0: usize,
     s: &mut [&mut [S]],
-    v: &mut [&mut [S]],
+    mut v: Option<&mut [&mut [S]]>,
     h: &mut [&mut [T]],
 ) {
     let width = s.first().map_or(0, |r| r.len());
     let mut state = [T::zero(); LANES];
-    // row pieces of X, S and V in the compute type, when they are stored otherwise
+    // row pieces of X, S and V in the compute type, when they are stored otherwise (V's also
+    // when it is not written)
     let (mut x_buf, mut s_buf, mut v_buf) =
         ([T::zero(); LANES], [T::zero(); LANES], [T::zero(); LANES]);
     for l0 in (0..width).step_by(LANES) {
@@ -312,11 +320,13 @@ fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, con
         let w = l1 - l0;
         let st = &mut state[..w];
         st.fill(p.v_r);
-        for (t, ((sr, vr), hr)) in s.iter_mut().zip(v.iter_mut()).zip(h.iter_mut()).enumerate() {
+        for (t, (sr, hr)) in s.iter_mut().zip(h.iter_mut()).enumerate() {
             let base = t * n + c0;
             let xr = S::widen(&x[base + l0..base + l1], &mut x_buf[..w]);
-            let (sr, vr, hr) = (&mut sr[l0..l1], &mut vr[l0..l1], &mut hr[l0..l1]);
-            let (sd, vd) = (S::compute_mut(sr), S::compute_mut(vr));
+            let (sr, hr) = (&mut sr[l0..l1], &mut hr[l0..l1]);
+            let mut vr = v.as_deref_mut().map(|v| &mut v[t][l0..l1]);
+            let sd = S::compute_mut(sr);
+            let vd = vr.as_deref_mut().and_then(S::compute_mut);
             let staged = sd.is_none();
             let (sc, vc) = (sd.unwrap_or(&mut s_buf[..w]), vd.unwrap_or(&mut v_buf[..w]));
             for i in 0..w {
@@ -329,7 +339,9 @@ fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, con
             }
             if staged {
                 S::narrow(&s_buf[..w], sr);
-                S::narrow(&v_buf[..w], vr);
+                if let Some(vr) = vr {
+                    S::narrow(&v_buf[..w], vr);
+                }
             }
         }
     }

@@ -51,7 +51,7 @@ fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result
         .flat(&for_steps("lif_fwd", steps, cfg), n)
         .input(&ins[0])
         .ptr(outs[0].ptr)
-        .ptr(outs[1].ptr)
+        .ptr(if cfg.membrane { outs[1].ptr } else { 0 }) // V: nullable
         .ptr(outs[2].ptr)
         .dim("T", steps)
         .dim("N", n);
