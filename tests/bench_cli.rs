@@ -32,7 +32,7 @@ fn small_cpu_bench_writes_a_complete_report() {
         "--device",
         "cpu",
         "--dtype",
-        "f32,f64,tf32,bf16",
+        "f32,f64,bf16,f16,tf32",
         "--budget-ms",
         "5",
         "--json",
@@ -51,24 +51,25 @@ fn small_cpu_bench_writes_a_complete_report() {
     assert_eq!(r["size"], "small");
     positive(&r["floors"]["copy_gbps"], "copy_gbps");
     let gemm = r["floors"]["gemm"].as_array().unwrap();
-    assert_eq!(gemm.len(), 2, "one GEMM floor per storage dtype");
+    assert_eq!(gemm.len(), 4, "one GEMM floor per storage dtype");
     for g in gemm {
         positive(&g["tflops"], "gemm tflops");
     }
 
-    // Every case of every op, in both dtypes, once, and InfoNCE in both tensor-core modes;
-    // each with its floor and a positive rate.
+    // Every case of every op in every storage dtype, once (the optimizer and the step, which
+    // take f32 master weights, not in half), and InfoNCE in its TF32 mode; each with its floor
+    // and a positive rate.
     let all: Vec<String> = gshn::bench::OPS.iter().map(|s| s.to_string()).collect();
     let none = Overrides::new();
-    let dtypes = ["f32", "f64", "tf32", "bf16"].map(|d| parse_dtype(d).unwrap());
+    let dtypes = ["f32", "f64", "bf16", "f16", "tf32"].map(|d| parse_dtype(d).unwrap());
     let want = cases(Size::Small, &none, &all, &dtypes).unwrap();
     let rows = r["rows"].as_array().unwrap();
     assert_eq!(rows.len(), want.len());
     assert_eq!(
         want.len(),
-        2 * (6 * 2 + 2 + 1) + 2 * 2,
-        "8 kernels (6 with a backward) and the training step in 2 dtypes, InfoNCE fwd and bwd \
-         in 2 modes"
+        2 * (6 * 2 + 2 + 1) + 2 * (6 * 2 + 1) + 2,
+        "8 kernels (6 with a backward) and the training step in f32 and f64, the kernels but \
+         the optimizer in bf16 and f16, InfoNCE fwd and bwd in TF32"
     );
     for (row, case) in rows.iter().zip(&want) {
         let id = row["id"].as_str().unwrap();
@@ -107,8 +108,8 @@ fn bad_arguments_are_errors() {
             "unknown op",
         ),
         (
-            &["bench", "--dtype", "f16", "--device", "cpu"][..],
-            "f32 or f64",
+            &["bench", "--dtype", "f8", "--device", "cpu"][..],
+            "f32, f64, bf16 and f16",
         ),
         (
             &["bench", "--shapes", "huge", "--device", "cpu"][..],

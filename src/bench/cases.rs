@@ -2,8 +2,9 @@
 //! inputs it runs on.
 //!
 //! Byte counts are the compulsory traffic of one call: every input read once, every output
-//! written once (`s` = bytes per element of the dtype, indices 4 bytes); a gather that re-reads
-//! a row counts it once. FLOP counts are given where the kernel is compute-bound (matmul,
+//! written once (`s` = bytes per element of the dtype, indices 4 bytes, the statistics the
+//! fused ops keep beside their outputs (LIF's charge, log-sum-exps, LayerNorm's mean and rstd,
+//! segment counts) f32 on bf16 / f16 storage); a gather that re-reads a row counts it once. FLOP counts are given where the kernel is compute-bound (matmul,
 //! InfoNCE): `2·M·K·N` for a product; InfoNCE forward `2·B²·D` (the logits once), backward
 //! `3 · 2·B²·D` (the logits recomputed, then `gA = G·P` and `gP = Gᵀ·A`) — the algorithm's
 //! minimum, whatever the implementation does.
@@ -245,7 +246,7 @@ pub fn cases(
                 if op == "step" {
                     case.items = case.dim("B")? as f64;
                 } else {
-                    (case.bytes, case.flops) = cost(&case, dt.dtype.size() as f64)?;
+                    (case.bytes, case.flops) = cost(&case, dt)?;
                 }
                 out.push(case);
             }
@@ -254,22 +255,27 @@ pub fn cases(
     Ok(out)
 }
 
-/// (bytes, flops) of one call (see the module doc); `s` = bytes per float.
-fn cost(c: &Case, s: f64) -> Result<(f64, f64)> {
+/// (bytes, flops) of one call (see the module doc): `s` bytes per stored float, `st` per
+/// statistic (f32 on half storage).
+fn cost(c: &Case, numerics: Numerics) -> Result<(f64, f64)> {
     let d = |k: &str| c.dim(k).map(|v| v as f64);
     let fwd = c.pass == Pass::Fwd;
+    let (s, st) = (
+        numerics.dtype.size() as f64,
+        numerics.stat_dtype().size() as f64,
+    );
     Ok(match c.op.as_str() {
-        // fwd: X in; S, V, H out. bwd: H, gS, gV in; gX out.
-        "lif" => (4.0 * d("T")? * d("N")? * s, 0.0),
+        // fwd: X in; S, V out; H (a statistic) out. bwd: gS, gV in, H in; gX out.
+        "lif" => (d("T")? * d("N")? * (3.0 * s + st), 0.0),
         "gat" => {
             let (n, e, nhf) = (d("N")?, d("N")? * d("deg")?, d("N")? * d("H")? * d("F")?);
             let csr = (e + n + 1.0) * 4.0;
             if fwd {
                 // z read, out and lse written, the CSR.
-                ((2.0 * nhf + n * d("H")?) * s + csr, 0.0)
+                (2.0 * nhf * s + n * d("H")? * st + csr, 0.0)
             } else {
                 // gOut, z, out read and gz written, lse read, the CSR and the CSC.
-                ((4.0 * nhf + n * d("H")?) * s + 2.0 * csr, 0.0)
+                (4.0 * nhf * s + n * d("H")? * st + 2.0 * csr, 0.0)
             }
         }
         "aggregate" => {
@@ -288,15 +294,15 @@ fn cost(c: &Case, s: f64) -> Result<(f64, f64)> {
         }
         "segment_pool" => {
             let (p, cc, sg) = (d("P")?, d("C")?, d("S")?);
-            ((p * cc + sg * cc + sg) * s + p * 4.0, 0.0)
+            ((p * cc + sg * cc) * s + sg * st + p * 4.0, 0.0)
         }
         "matmul" => (0.0, 2.0 * d("M")? * d("K")? * d("N")?),
         "layer_norm" => {
             let (r, cc) = (d("R")?, d("C")?);
             if fwd {
-                ((2.0 * r * cc + 2.0 * r + 2.0 * cc) * s, 0.0)
+                ((2.0 * r * cc + 2.0 * cc) * s + 2.0 * r * st, 0.0)
             } else {
-                ((3.0 * r * cc + 2.0 * r + 3.0 * cc) * s, 0.0)
+                ((3.0 * r * cc + 3.0 * cc) * s + 2.0 * r * st, 0.0)
             }
         }
         // p, m, v, g read; p, m, v written.
@@ -469,7 +475,8 @@ pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> R
             let mut saved = forward(be, &Op::InfoNce(at), &[&a, &p, &ls])?;
             let lse_col = take(&mut saved, 2)?;
             let lse_row = take(&mut saved, 1)?;
-            let g = upload(be, &Tensor::scalar(1.0f64).to_dtype(dt)?)?;
+            // the loss's gradient is a statistic, as the loss is (f32 on half storage)
+            let g = upload(be, &Tensor::scalar(1.0f64).to_dtype(numerics.stat_dtype())?)?;
             let inputs = vec![g, a, p, ls, lse_row, lse_col];
             Prepared::new(be, Op::InfoNceBackward(at), inputs)
         }

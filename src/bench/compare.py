@@ -2,10 +2,10 @@
 """PyTorch side of `gshn bench --compare PYTHON` (op math: DESIGN.md §3).
 
 Usage:  PYTHON bench_compare.py CASES.json      (or fed on stdin: PYTHON - CASES.json)
-        PYTHON bench_compare.py --self-test     (tiny dims, every op, both passes, f32 and f64)
+        PYTHON bench_compare.py --self-test     (tiny dims, every op, both passes, every dtype)
 
 CASES.json:
-  {"device": "cpu" | "cuda:0" | ..., "dtype": "f32" | "f64" | "tf32" | "bf16", "threads": int | null,
+  {"device": "cpu" | "cuda:0" | ..., "dtype": "f32" | "f64" | "bf16" | "f16" | "tf32", "threads": int | null,
    "cases": [{"id": str, "op": str, "pass": "fwd" | "bwd", "dims": {name: int}, "reps": int}, ...]}
 
 Stdout holds JSON lines only (diagnostics go to stderr); the exit status is 0 even if cases fail:
@@ -21,8 +21,9 @@ before and after). "fwd" times the training forward (autograd on, inputs that ne
 them); "bwd" builds the forward graph once, untimed, and times only
 torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=True).
 
-"tf32" and "bf16" are InfoNCE's tensor-core modes (other ops skip them): the dense loss on f32 tensors
-with TF32 matmuls allowed, or under torch.autocast(dtype=torch.bfloat16).
+"bf16" and "f16" are storage types: every op's tensors in torch.bfloat16 / torch.float16 (InfoNCE on
+bf16 also under torch.autocast(dtype=torch.bfloat16)). "tf32" is InfoNCE's TF32 mode (other ops skip
+it): the dense loss on f32 tensors with TF32 matmuls allowed.
 
 Ops (dims names): lif (T, N), gat (N, deg, H, F), aggregate (T, N, C, H, deg), infonce (B, D),
 segment_pool (P, C, S), matmul (M, K, N; fwd only), layer_norm (R, C), adamw (N; fwd only = one step).
@@ -292,9 +293,10 @@ OPS = {
     "adamw": op_adamw,
 }
 
-# name -> (tensor dtype, InfoNCE tensor-core mode or None)
-DTYPES = {"f32": (torch.float32, None), "f64": (torch.float64, None),
-          "tf32": (torch.float32, "tf32"), "bf16": (torch.float32, "bf16")}
+# name -> (tensor dtype, InfoNCE tensor-core mode or None, whether the other ops run)
+DTYPES = {"f32": (torch.float32, None, True), "f64": (torch.float64, None, True),
+          "bf16": (torch.bfloat16, "bf16", True), "f16": (torch.float16, None, True),
+          "tf32": (torch.float32, "tf32", False)}
 
 
 # ---- driver -------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ def time_calls(fn, reps, dev):
     return times
 
 
-def run_case(case, dev, dtype, mode=None):
+def run_case(case, dev, dtype, mode=None, all_ops=True):
     """One output object for one case; never raises."""
     cid = case.get("id")
     try:
@@ -325,12 +327,12 @@ def run_case(case, dev, dtype, mode=None):
         if pass_ not in ("fwd", "bwd"):
             raise ValueError(f"unknown pass {pass_!r}")
         if dtype is None:
-            raise ValueError("unsupported dtype (want f32 or f64)")
+            raise ValueError("unsupported dtype (want f32, f64, bf16, f16 or tf32)")
         reps = max(int(case.get("reps", 10)), 1)
         gen = torch.Generator().manual_seed(0)
-        if mode is not None and op is not op_infonce:
+        if not all_ops and op is not op_infonce:
             raise Skip(f"{case.get('op')} has no {mode} mode")
-        extra = {"mode": mode} if mode is not None else {}
+        extra = {"mode": mode} if mode is not None and op is op_infonce else {}
         fn, impl = op(case.get("dims", {}), pass_, dev, dtype, gen, **extra)
         times = time_calls(fn, reps, dev)
         return {"id": cid, "ms": statistics.median(times), "ms_min": min(times),
@@ -351,7 +353,7 @@ def run(spec, emit):
         torch.set_num_threads(int(spec["threads"]))
     libs = {name: library_version(name) for name in ("torch_geometric", "spikingjelly")}
     emit({"library": {"torch": torch.__version__, **libs}, "device": device})
-    dtype, mode = DTYPES.get(spec.get("dtype", "f32"), (None, None))
+    dtype, mode, all_ops = DTYPES.get(spec.get("dtype", "f32"), (None, None, True))
     try:
         dev = torch.device(device)
         if dev.type == "cuda":
@@ -361,7 +363,7 @@ def run(spec, emit):
             emit({"id": case.get("id"), "error": f"device {device!r}: {e}"})
         return
     for case in spec.get("cases", []):
-        emit(run_case(case, dev, dtype, mode))
+        emit(run_case(case, dev, dtype, mode, all_ops))
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
@@ -384,12 +386,12 @@ def self_test():
     devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
     failures = 0
     for device in devices:
-        for dt in ("f32", "f64", "tf32", "bf16"):
+        for dt in ("f32", "f64", "bf16", "f16", "tf32"):
             cases = [{"id": f"{op}/{p}", "op": op, "pass": p, "dims": dims, "reps": 3}
                      for op, dims in tiny.items() for p in ("fwd", "bwd")]
             cases.append({"id": "no_such_op/fwd", "op": "no_such_op", "pass": "fwd", "dims": {},
                           "reps": 1})
-            mode_skips = set() if dt in ("f32", "f64") else {c["id"] for c in cases if not c["id"].startswith("infonce/")}
+            mode_skips = {c["id"] for c in cases if not c["id"].startswith("infonce/")} if dt == "tf32" else set()
             lines = []
 
             def emit(obj):
@@ -413,7 +415,7 @@ def self_test():
                 print(f"FAIL {device} {dt}: {len(lines)} lines for {len(cases)} cases", file=sys.stderr)
                 failures += 1
     print(f"self-test: {'FAILED, ' + str(failures) + ' failure(s)' if failures else 'ok'} "
-          f"({', '.join(devices)}; f32, f64, tf32, bf16)", file=sys.stderr)
+          f"({', '.join(devices)}; f32, f64, bf16, f16, tf32)", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -235,9 +235,11 @@ pub fn dtype_name(dt: DType) -> &'static str {
     dt.name()
 }
 
-/// What one `--dtype` entry names: a storage dtype (`f32`, `f64`), or an InfoNCE tensor-core
-/// mode on f32 tensors (`tf32`, `bf16`: products on rounded operands, f32 accumulation; the
-/// other ops, which have no such mode, skip it).
+/// What one `--dtype` entry names: a storage dtype (`f32`, `f64`, `bf16`, `f16`: every op's
+/// tensors in that type; half storage computes in f32 and keeps the statistics in f32, as
+/// `train.precision` does), or `tf32`, InfoNCE's tensor-core mode on f32 tensors (the other ops
+/// skip it). On bf16 tensors InfoNCE runs its `bf16` mode (its operands are bf16 values); the
+/// optimizer and the training step, which take f32 master weights, skip the half types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Numerics {
     /// The tensors' dtype.
@@ -253,41 +255,53 @@ impl Numerics {
         precision: Precision::F32,
     };
 
-    /// `f32`, `f64`, `tf32` or `bf16`.
+    /// `f32`, `f64`, `bf16`, `f16` or `tf32`.
     pub fn name(self) -> &'static str {
         match self.precision {
-            Precision::F32 => dtype_name(self.dtype),
-            mode => mode.name(),
+            Precision::Tf32 => self.precision.name(),
+            _ => dtype_name(self.dtype),
         }
     }
 
-    /// Whether `op` has this mode (every op has the plain dtypes; only InfoNCE the modes).
+    /// Whether `op` runs at this entry (see [`Numerics`]).
     pub fn applies_to(self, op: &str) -> bool {
-        self.precision == Precision::F32 || op == "infonce"
+        if self.precision == Precision::Tf32 {
+            op == "infonce"
+        } else {
+            !(self.dtype.is_half() && matches!(op, "adamw" | "step"))
+        }
+    }
+
+    /// The dtype of the statistics the fused ops keep beside their outputs (LIF's charge, the
+    /// log-sum-exps, LayerNorm's mean and rstd, segment counts): f32 on half storage.
+    pub fn stat_dtype(self) -> DType {
+        if self.dtype.is_half() {
+            DType::F32
+        } else {
+            self.dtype
+        }
     }
 }
 
 /// A `--dtype` entry by name (see [`Numerics`]).
 pub fn parse_dtype(s: &str) -> Result<Numerics> {
-    let dtype = |dtype| Numerics {
-        dtype,
-        precision: Precision::F32,
+    let (dtype, precision) = match s.trim() {
+        "f32" => (DType::F32, Precision::F32),
+        "f64" => (DType::F64, Precision::F32),
+        "bf16" => (DType::BF16, Precision::Bf16),
+        "f16" => (DType::F16, Precision::F32),
+        "tf32" => (DType::F32, Precision::Tf32),
+        other => {
+            return Err(Error::invalid(
+                "bench",
+                format!(
+                    "dtype {other:?}: the storage types are f32, f64, bf16 and f16; tf32 is \
+                     InfoNCE's tensor-core mode on f32 tensors"
+                ),
+            ))
+        }
     };
-    match s.trim() {
-        "f32" => Ok(dtype(DType::F32)),
-        "f64" => Ok(dtype(DType::F64)),
-        mode @ ("tf32" | "bf16") => Ok(Numerics {
-            dtype: DType::F32,
-            precision: Precision::parse(mode)?,
-        }),
-        other => Err(Error::invalid(
-            "bench",
-            format!(
-                "dtype {other:?}: the kernels run in f32 or f64, InfoNCE also in tf32 or bf16 \
-                 (half-precision tensors are not built yet)"
-            ),
-        )),
-    }
+    Ok(Numerics { dtype, precision })
 }
 
 fn row(case: Case, t: Timing, floors: &Floors) -> Row {

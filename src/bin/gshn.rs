@@ -139,8 +139,9 @@ enum Command {
         /// segment_pool, matmul, layer_norm, adamw).
         #[arg(long, value_delimiter = ',')]
         ops: Vec<String>,
-        /// Float dtypes, comma-separated: f32, f64; and InfoNCE's tensor-core modes tf32,
-        /// bf16 (f32 tensors, rounded operands; the other ops skip them).
+        /// Storage dtypes, comma-separated: f32, f64, bf16, f16 (half: f32 arithmetic and
+        /// statistics; the optimizer and the step skip them; InfoNCE on bf16 runs its bf16
+        /// tensor-core mode); and tf32, InfoNCE's TF32 mode on f32 tensors (the other ops skip it).
         #[arg(long, value_delimiter = ',', default_value = "f32")]
         dtype: Vec<String>,
         /// Problem sizes: small | default | large, or a TOML file of dims per op (on top of

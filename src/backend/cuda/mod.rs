@@ -548,7 +548,6 @@ impl CudaBackend {
         if op.mutated_inputs() > 0 {
             return Err(launch::unsupported(op, "half-precision data in place"));
         }
-        let wide = |d: DType| if d.is_half() { DType::F32 } else { d };
         let half_in: Vec<usize> = (0..inputs.len())
             .filter(|&i| inputs[i].dtype.is_half())
             .collect();
@@ -583,29 +582,38 @@ impl CudaBackend {
                 v.shape.numel(),
             )?;
         }
+        // the same views, the half ones swapped for their staging buffers (one each, in order)
         let mut st_in = st_in.iter();
         let wide_in: Vec<View<CudaBuffer>> = inputs
             .iter()
-            .map(|v| match v.dtype.is_half() {
-                true => View {
-                    buf: st_in.next().expect("one staging buffer per half input"),
-                    shape: v.shape,
-                    dtype: DType::F32,
+            .map(
+                |v| match v.dtype.is_half().then(|| st_in.next()).flatten() {
+                    Some(buf) => View {
+                        buf,
+                        shape: v.shape,
+                        dtype: DType::F32,
+                    },
+                    None => *v,
                 },
-                false => *v,
-            })
+            )
             .collect();
         let mut st_out = st_out.iter_mut();
         let mut wide_out: Vec<ViewMut<CudaBuffer>> = outputs
             .iter_mut()
-            .map(|o| ViewMut {
-                dtype: wide(o.dtype),
-                buf: match o.dtype.is_half() {
-                    true => st_out.next().expect("one staging buffer per half output"),
-                    false => &mut *o.buf,
+            .map(
+                |o| match o.dtype.is_half().then(|| st_out.next()).flatten() {
+                    Some(buf) => ViewMut {
+                        buf,
+                        shape: o.shape,
+                        dtype: DType::F32,
+                    },
+                    None => ViewMut {
+                        buf: &mut *o.buf,
+                        shape: o.shape,
+                        dtype: o.dtype,
+                    },
                 },
-                shape: o.shape,
-            })
+            )
             .collect();
         self.run_op(op, &wide_in, &mut wide_out)?;
         drop(wide_out);
