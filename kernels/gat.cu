@@ -15,7 +15,7 @@
 // S = the storage type (float, double, bf16s, f16s), T = Acc<S>::T (float, double, float, float).
 //   S: the op's tensors: Z, a_src, a_dst, Be, Out, gOut, alpha / galpha where they are op inputs or
 //      outputs (gat_alpha_fwd's alpha, gat_alpha_bwd_dst's alpha and galpha), gZ, g_a_src, g_a_dst,
-//      and g_be (see gat_narrow).
+//      and g_be (see pass 1).
 //   T: everything else: the scalar slope, the statistics lse (an op output / input that stays f32 on
 //      half storage: Op::half_stats) and all host scratch: el, er, the backward's alpha and gpre,
 //      ger, gel, part. Half storage is read with widen() and computed in f32; each S output is
@@ -49,7 +49,7 @@
 //      ge = alpha (galpha - D), gpre = ge * (pre > 0 ? 1 : slope); writes alpha[k,h], gpre[k,h],
 //      ger[i,h] = sum_k gpre (0 for zero in-degree). gpre IS gBe (dL/dBe): for _f32 / _f64 use the
 //      g_be output as gpre directly; for _bf16 / _f16 gpre is T scratch, rounded into g_be by
-//      gat_narrow after passes 1 / 1' (pass 2 reads the unrounded gpre).
+//      basic.cu's cast_f32_<S> after passes 1 / 1' (pass 2 reads the unrounded gpre).
 //   2. gat_bwd_src_*(const S* gOut, const T* alpha, const T* gpre, const T* ger,
 //        const S* a_src, const S* a_dst, const int* row_ptr, const int* col_ptr, const int* col_edge,
 //        S* gZ, T* gel, int N, int H, int F)
@@ -74,8 +74,6 @@
 //       Warp per (dst, head): D = sum_k alpha_k galpha_k; ge = alpha (galpha - D); gpre, ger as in 1.
 //   then 2 with gOut = nullptr (alpha unused), then 3 and 4 exactly as above.
 //
-// gat_narrow_{bf16,f16}(const float* x, S* y, int n): y[i] = x[i] rounded once to S (g_be from the
-//   T gpre of a half-storage backward). Flat, block 256, grid any; skip n == 0. No _f32 / _f64.
 // ---------------------------------------------------------------------------------------------
 #include "common.cuh"
 
@@ -412,13 +410,6 @@ GAT_INST(float, f32)
 GAT_INST(double, f64)
 GAT_INST(bf16s, bf16)
 GAT_INST(f16s, f16)
-
-// g_be of a half-storage backward: the T gpre rounded once (its f32 / f64 forms write g_be as gpre).
-template <typename S> __device__ void gat_narrow(const float* __restrict__ x, S* __restrict__ y, int n) {
-    GRID_STRIDE(i, n) y[i] = narrow<S>(x[i]);
-}
-extern "C" __global__ void gat_narrow_bf16(const float* x, bf16s* y, int n) { gat_narrow<bf16s>(x, y, n); }
-extern "C" __global__ void gat_narrow_f16(const float* x, f16s* y, int n) { gat_narrow<f16s>(x, y, n); }
 
 // =============================================================================================
 // AGGREGATE — fixed-attention aggregation for SNN message passing (DESIGN §3.3, Op::Aggregate).

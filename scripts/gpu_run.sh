@@ -24,6 +24,8 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# gpu_prepare.sh packs the executables (.gpu/bin.tar.gz) to fit the carry limit
+[[ -f .gpu/bin.tar.gz && ! -d .gpu/bin ]] && tar xzf .gpu/bin.tar.gz -C .gpu
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 PY="${PYTHON:-python3}"

@@ -8,6 +8,7 @@ use crate::backend::View;
 use crate::error::{Error, Result};
 use crate::ops::gat::{required, validate_csc, validate_csr, AggregateArgs, GatArgs, GraphArgs};
 use crate::ops::{GatAttrs, Op};
+use crate::tensor::DType;
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
     let k = Kernels::float(be, op, outs[0].dtype)?;
@@ -170,7 +171,7 @@ fn alpha(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Resu
 /// and GatAlphaBackward (g_alpha, alpha, z, a_src, a_dst (, be), row_ptr, src, col_ptr,
 /// col_edge) → gz, g_a_src, g_a_dst (, g_be). gpre doubles as g_be on f32 / f64; on half
 /// storage gpre stays f32 scratch (gz and the parameter gradients read it unrounded) and is
-/// rounded into g_be once (`gat_narrow`).
+/// rounded into g_be once (a cast).
 fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> Result<()> {
     let name = op.name();
     let z = x.z;
@@ -206,7 +207,7 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
     // gpre (T) is g_be itself where the storage is the arithmetic type (f32, f64); on half
     // storage it stays in scratch and is rounded into g_be after pass 1.
     let g_be = at.edge_bias.then(|| outs[3].ptr);
-    let half = k.elem_bytes() != k.acc_bytes();
+    let half = outs[0].dtype.is_half();
     let gpre = g_be.filter(|_| !half).unwrap_or(s[5]);
     el_er(k, z, a_src, a_dst, el, er)?;
     let (alpha, g_out) = if let Some(alpha) = x.alpha {
@@ -254,11 +255,7 @@ fn backward(k: &Kernels, op: &Op, at: &GatAttrs, x: &Args, outs: &[Output]) -> R
         (s[4], grad.buf.ptr)
     };
     if let Some(g_be) = g_be.filter(|_| half) {
-        k.flat("gat_narrow", e * h)
-            .ptr(gpre)
-            .ptr(g_be)
-            .dim("E*H", e * h)
-            .run()?;
+        super::basic::cast(k.be, op, gpre, DType::F32, g_be, outs[3].dtype, e * h)?;
     }
     k.warps("gat_bwd_src", n * h)
         .ptr(g_out)
