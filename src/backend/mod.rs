@@ -48,6 +48,43 @@ pub struct ViewMut<'a, B> {
     pub dtype: DType,
 }
 
+/// The views of a half-precision op as its f32 kernels see them: each view with an f32
+/// stand-in (`Some`, in view order) swapped for it, the others as they are. Both backends run
+/// the families without half kernels this way (the CPU's `in_f32`, CUDA's `run_in_f32`).
+pub(crate) fn f32_views<'a, B>(
+    inputs: &[View<'a, B>],
+    wide: impl IntoIterator<Item = Option<&'a B>>,
+) -> Vec<View<'a, B>> {
+    inputs
+        .iter()
+        .zip(wide)
+        .map(|(v, w)| match w {
+            Some(buf) => View {
+                buf,
+                shape: v.shape,
+                dtype: DType::F32,
+            },
+            None => *v,
+        })
+        .collect()
+}
+
+/// [`f32_views`] for the outputs.
+pub(crate) fn f32_views_mut<'a, B>(
+    outputs: &'a mut [ViewMut<'_, B>],
+    wide: impl IntoIterator<Item = Option<&'a mut B>>,
+) -> Vec<ViewMut<'a, B>> {
+    outputs
+        .iter_mut()
+        .zip(wide)
+        .map(|(v, w)| ViewMut {
+            dtype: if w.is_some() { DType::F32 } else { v.dtype },
+            buf: w.unwrap_or(&mut *v.buf),
+            shape: v.shape,
+        })
+        .collect()
+}
+
 /// Runs `op` once on whole buffers, each described by its meta (one-off callers such as the
 /// C ABI; the executor has its own views over planned slots).
 pub fn execute_buffers<'a, B: Backend>(

@@ -179,34 +179,8 @@ fn in_f32(
                 .transpose()
         })
         .collect::<Result<Vec<_>>>()?;
-    let ins: Vec<CpuView> = inputs
-        .iter()
-        .zip(&wide_in)
-        .map(|(v, w)| match w {
-            Some(buf) => View {
-                buf,
-                shape: v.shape,
-                dtype: DType::F32,
-            },
-            None => *v,
-        })
-        .collect();
-    let mut outs: Vec<CpuViewMut> = outputs
-        .iter_mut()
-        .zip(wide_out.iter_mut())
-        .map(|(v, w)| match w {
-            Some(buf) => ViewMut {
-                buf,
-                shape: v.shape,
-                dtype: DType::F32,
-            },
-            None => ViewMut {
-                buf: &mut *v.buf,
-                shape: v.shape,
-                dtype: v.dtype,
-            },
-        })
-        .collect();
+    let ins = super::f32_views(inputs, wide_in.iter().map(Option::as_ref));
+    let mut outs = super::f32_views_mut(outputs, wide_out.iter_mut().map(Option::as_mut));
     f(&ins, &mut outs)?;
     drop(outs);
     for (v, w) in outputs.iter_mut().zip(wide_out) {

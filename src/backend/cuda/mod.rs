@@ -584,37 +584,18 @@ impl CudaBackend {
         }
         // the same views, the half ones swapped for their staging buffers (one each, in order)
         let mut st_in = st_in.iter();
-        let wide_in: Vec<View<CudaBuffer>> = inputs
-            .iter()
-            .map(
-                |v| match v.dtype.is_half().then(|| st_in.next()).flatten() {
-                    Some(buf) => View {
-                        buf,
-                        shape: v.shape,
-                        dtype: DType::F32,
-                    },
-                    None => *v,
-                },
-            )
-            .collect();
+        let wide_in = super::f32_views(
+            inputs,
+            inputs
+                .iter()
+                .map(|v| v.dtype.is_half().then(|| st_in.next()).flatten()),
+        );
         let mut st_out = st_out.iter_mut();
-        let mut wide_out: Vec<ViewMut<CudaBuffer>> = outputs
-            .iter_mut()
-            .map(
-                |o| match o.dtype.is_half().then(|| st_out.next()).flatten() {
-                    Some(buf) => ViewMut {
-                        buf,
-                        shape: o.shape,
-                        dtype: DType::F32,
-                    },
-                    None => ViewMut {
-                        buf: &mut *o.buf,
-                        shape: o.shape,
-                        dtype: o.dtype,
-                    },
-                },
-            )
-            .collect();
+        let half: Vec<bool> = outputs.iter().map(|o| o.dtype.is_half()).collect();
+        let mut wide_out = super::f32_views_mut(
+            outputs,
+            half.into_iter().map(|h| h.then(|| st_out.next()).flatten()),
+        );
         self.run_op(op, &wide_in, &mut wide_out)?;
         drop(wide_out);
         let staged = staging[half_in.len()..].iter();
