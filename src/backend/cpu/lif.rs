@@ -279,12 +279,11 @@ fn forward<T: Float, S: Stored<T>>(
     let s = split_columns(write::<S>(s)?, t, n);
     let h = split_columns(write::<T>(h)?, t, n);
     // V per task, or None per task when the membrane is not written (an empty output)
-    let v: Vec<Option<_>> = match cfg.membrane {
-        true => split_columns(write::<S>(v)?, t, n)
-            .into_iter()
-            .map(Some)
-            .collect(),
-        false => s.iter().map(|_| None).collect(),
+    let v: Vec<Option<_>> = if cfg.membrane {
+        let v = split_columns(write::<S>(v)?, t, n);
+        v.into_iter().map(Some).collect()
+    } else {
+        s.iter().map(|_| None).collect()
     };
     let tasks: Vec<_> = s.into_iter().zip(v).zip(h).collect();
     let (hard, decay, smooth) = (cfg.v_reset.is_some(), cfg.decay_input, cfg.smooth);
