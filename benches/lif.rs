@@ -18,15 +18,25 @@ fn buf(f: impl Fn(usize) -> f32) -> Storage {
     Storage::F32((0..T * N).map(f).collect())
 }
 
+/// A whole buffer as a tensor of `shape`, of the buffer's dtype.
+fn view<'a>(buf: &'a Storage, shape: &'a Shape) -> View<'a, Storage> {
+    View {
+        buf,
+        shape,
+        dtype: buf.dtype(),
+    }
+}
+
+/// [`view`], writable.
+fn out<'a>(buf: &'a mut Storage, shape: &'a Shape) -> ViewMut<'a, Storage> {
+    let dtype = buf.dtype();
+    ViewMut { buf, shape, dtype }
+}
+
 fn bench(c: &mut Criterion) {
     let be = CpuBackend;
     let shape = Shape::new([T, N]);
     let scalar = Shape::scalar();
-    let view = |b| View {
-        buf: b,
-        shape: &shape,
-        dtype: DType::F32,
-    };
     // Deterministic pseudo-random inputs with roughly 20–30 % firing.
     let hash = |i: usize| ((i.wrapping_mul(2_654_435_761) >> 7) % 1000) as f32 / 1000.0;
     let x = buf(|i| 3.0 * hash(i) - 0.4);
@@ -61,23 +71,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("forward", |b| {
         b.iter(|| {
             let mut outs = [
-                ViewMut {
-                    buf: &mut s,
-                    shape: &shape,
-                    dtype: DType::F32,
-                },
-                ViewMut {
-                    buf: &mut v,
-                    shape: &shape,
-                    dtype: DType::F32,
-                },
-                ViewMut {
-                    buf: &mut h,
-                    shape: &shape,
-                    dtype: DType::F32,
-                },
+                out(&mut s, &shape),
+                out(&mut v, &shape),
+                out(&mut h, &shape),
             ];
-            be.execute(&Op::Lif(cfg), &[view(&x)], &mut outs).unwrap();
+            be.execute(&Op::Lif(cfg), &[view(&x, &shape)], &mut outs)
+                .unwrap();
         })
     });
     let spikes: f64 = match &s {
@@ -87,46 +86,31 @@ fn bench(c: &mut Criterion) {
     println!("firing rate {:.3}", spikes / elems as f64);
     g.bench_function("backward (gS, gV)", |b| {
         b.iter(|| {
-            let mut outs = [ViewMut {
-                buf: &mut gx,
-                shape: &shape,
-                dtype: DType::F32,
-            }];
+            let mut outs = [out(&mut gx, &shape)];
             let op = Op::LifBackward {
                 cfg,
                 has_gs: true,
                 has_gv: true,
             };
-            be.execute(&op, &[view(&h), view(&gs), view(&gv)], &mut outs)
-                .unwrap();
+            let ins = [view(&h, &shape), view(&gs, &shape), view(&gv, &shape)];
+            be.execute(&op, &ins, &mut outs).unwrap();
         })
     });
     g.bench_function("backward (gS, gV, learnable tau)", |b| {
         b.iter(|| {
-            let mut outs = [
-                ViewMut {
-                    buf: &mut gx,
-                    shape: &shape,
-                    dtype: DType::F32,
-                },
-                ViewMut {
-                    buf: &mut gtau,
-                    shape: &scalar,
-                    dtype: DType::F32,
-                },
-            ];
+            let mut outs = [out(&mut gx, &shape), out(&mut gtau, &scalar)];
             let op = Op::LifBackward {
                 cfg: plif,
                 has_gs: true,
                 has_gv: true,
             };
-            let tau_view = View {
-                buf: &tau,
-                shape: &scalar,
-                dtype: DType::F32,
-            };
-            be.execute(&op, &[view(&h), view(&gs), view(&gv), tau_view], &mut outs)
-                .unwrap();
+            let ins = [
+                view(&h, &shape),
+                view(&gs, &shape),
+                view(&gv, &shape),
+                view(&tau, &scalar),
+            ];
+            be.execute(&op, &ins, &mut outs).unwrap();
         })
     });
     // bf16 storage (issue 15): X, S, V in bf16 (2 B), H in f32; bytes counted as stored
@@ -142,28 +126,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("forward, bf16 storage", |b| {
         b.iter(|| {
             let mut outs = [
-                ViewMut {
-                    buf: &mut sb,
-                    shape: &shape,
-                    dtype: DType::BF16,
-                },
-                ViewMut {
-                    buf: &mut vb,
-                    shape: &shape,
-                    dtype: DType::BF16,
-                },
-                ViewMut {
-                    buf: &mut hb,
-                    shape: &shape,
-                    dtype: DType::F32,
-                },
+                out(&mut sb, &shape),
+                out(&mut vb, &shape),
+                out(&mut hb, &shape),
             ];
-            let xv = View {
-                buf: &xb,
-                shape: &shape,
-                dtype: DType::BF16,
-            };
-            be.execute(&Op::Lif(cfg), &[xv], &mut outs).unwrap();
+            be.execute(&Op::Lif(cfg), &[view(&xb, &shape)], &mut outs)
+                .unwrap();
         })
     });
     // backward: H f32 in, gS, gV bf16 in, gX bf16 out (4 + 2 + 2 + 2 bytes)
@@ -171,23 +139,14 @@ fn bench(c: &mut Criterion) {
     let mut gxb = Storage::zeros(DType::BF16, T * N);
     g.bench_function("backward (gS, gV), bf16 storage", |b| {
         b.iter(|| {
-            let mut outs = [ViewMut {
-                buf: &mut gxb,
-                shape: &shape,
-                dtype: DType::BF16,
-            }];
+            let mut outs = [out(&mut gxb, &shape)];
             let op = Op::LifBackward {
                 cfg,
                 has_gs: true,
                 has_gv: true,
             };
-            let half = |buf| View {
-                buf,
-                shape: &shape,
-                dtype: DType::BF16,
-            };
-            be.execute(&op, &[view(&h), half(&gsb), half(&gvb)], &mut outs)
-                .unwrap();
+            let ins = [view(&h, &shape), view(&gsb, &shape), view(&gvb, &shape)];
+            be.execute(&op, &ins, &mut outs).unwrap();
         })
     });
     g.finish();

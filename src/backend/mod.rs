@@ -48,6 +48,11 @@ pub struct ViewMut<'a, B> {
     pub dtype: DType,
 }
 
+/// Whether an op runs on half-precision data: any of its views is bf16 or f16.
+pub(crate) fn any_half<B>(inputs: &[View<B>], outputs: &[ViewMut<B>]) -> bool {
+    inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|o| o.dtype.is_half())
+}
+
 /// The views of a half-precision op as its f32 kernels see them: each view with an f32
 /// stand-in (`Some`, in view order) swapped for it, the others as they are. Both backends run
 /// the families without half kernels this way (the CPU's `in_f32`, CUDA's `run_in_f32`).

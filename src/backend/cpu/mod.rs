@@ -302,8 +302,7 @@ impl Backend for CpuBackend {
                 s => y.store_f32(&s.f32_prefix(n)?),
             };
         }
-        let half =
-            inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|v| v.dtype.is_half());
+        let half = super::any_half(inputs, outputs);
         // LIF converts in its own loops (it is bandwidth-bound: whole-buffer passes would
         // cost more than the op)
         if half && !op.only_moves() && op.family() != Family::Lif {

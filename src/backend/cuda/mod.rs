@@ -480,8 +480,7 @@ impl CudaBackend {
         inputs: &[View<CudaBuffer>],
         outputs: &mut [ViewMut<CudaBuffer>],
     ) -> Result<()> {
-        let half =
-            inputs.iter().any(|v| v.dtype.is_half()) || outputs.iter().any(|o| o.dtype.is_half());
+        let half = super::any_half(inputs, outputs);
         if half && !matches!(op, Op::Cast(_)) && !half_kernels(op.family()) {
             return self.run_in_f32(op, inputs, outputs);
         }
@@ -690,15 +689,9 @@ impl Backend for CudaBackend {
             Storage::F32(v) => self.upload(dst.ptr, v)?,
             Storage::F64(v) => self.upload(dst.ptr, v)?,
             Storage::I32(v) => self.upload(dst.ptr, v)?,
-            // half-precision values travel as their bits
-            Storage::BF16(v) => self.upload(
-                dst.ptr,
-                &v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>(),
-            )?,
-            Storage::F16(v) => self.upload(
-                dst.ptr,
-                &v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>(),
-            )?,
+            // the half types are their 16-bit words (`repr(transparent)`): copied as they are
+            Storage::BF16(v) => self.upload(dst.ptr, v)?,
+            Storage::F16(v) => self.upload(dst.ptr, v)?,
         }
         dst.set_host(
             (src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT)
@@ -719,18 +712,8 @@ impl Backend for CudaBackend {
             DType::F32 => Storage::F32(self.download(src.ptr, n)?),
             DType::F64 => Storage::F64(self.download(src.ptr, n)?),
             DType::I32 => Storage::I32(self.download(src.ptr, n)?),
-            DType::BF16 => Storage::BF16(
-                self.download::<u16>(src.ptr, n)?
-                    .into_iter()
-                    .map(half::bf16::from_bits)
-                    .collect(),
-            ),
-            DType::F16 => Storage::F16(
-                self.download::<u16>(src.ptr, n)?
-                    .into_iter()
-                    .map(half::f16::from_bits)
-                    .collect(),
-            ),
+            DType::BF16 => Storage::BF16(self.download(src.ptr, n)?),
+            DType::F16 => Storage::F16(self.download(src.ptr, n)?),
         };
         Tensor::from_storage(shape.clone(), storage)
     }
