@@ -164,6 +164,17 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
             exec(be, &op, &[&x], &mut [&mut s, &mut no_v, &mut h])
         })?;
         emit("lif_fwd_no_v", &shape, ms, tn * (2.0 * e + 4.0), 0.0);
+        // and the spikes as u8 (LifConfig::u8_spikes): X in, S (1 byte) and H out
+        let mut s8 = empty(be, &[t, n], DType::U8)?;
+        let op = Op::Lif(LifConfig {
+            membrane: false,
+            u8_spikes: true,
+            ..cfg
+        });
+        let ms = time(be, reps, || {
+            exec(be, &op, &[&x], &mut [&mut s8, &mut no_v, &mut h])
+        })?;
+        emit("lif_fwd_u8", &shape, ms, tn * (e + 1.0 + 4.0), 0.0);
         let gs = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
         let gv = upload(be, &rand(&mut r, &[t, n], -1.0, 1.0).to_dtype(dt)?)?;
         let mut gx = empty(be, &[t, n], dt)?;

@@ -44,7 +44,7 @@
 //   (multiple of 32). n == 0 is fine (partials = 0).
 // sum_all_final_*(const T* part, S* out, int G, T scale)
 //   out[0] = scale * sum of the G partials (fixed order). grid 1, block 256.
-// cast_<from>_<to>(const From* x, To* y, int n), from, to in {f32, f64, bf16, f16}
+// cast_<from>_<to>(const From* x, To* y, int n), from in {f32, f64, bf16, f16, u8}, to in {f32, f64, bf16, f16}
 //   y[i] = x[i] rounded once to To (Op::Cast; the CUDA backend's f32 copies of half data).
 #include "common.cuh"
 
@@ -265,3 +265,4 @@ CAST_FROM(float, f32)
 CAST_FROM(double, f64)
 CAST_FROM(bf16s, bf16)
 CAST_FROM(f16s, f16)
+CAST_FROM(u8s, u8)  // u8 spikes to the float types (exact); nothing casts to u8

@@ -92,6 +92,8 @@ __device__ __forceinline__ double rn_div(double a, double b) { return __ddiv_rn(
 // ---------------------------------------------------------------------------------------------
 struct bf16s { unsigned short bits; };
 struct f16s { unsigned short bits; };
+// u8 spikes (LifConfig::u8_spikes): exactly 0 or 1, read as any float type, written by LIF only.
+struct u8s { unsigned char bits; };
 
 template <typename S> struct Acc { typedef S T; };
 template <> struct Acc<bf16s> { typedef float T; };
@@ -100,6 +102,7 @@ template <> struct Acc<f16s> { typedef float T; };
 __device__ __forceinline__ float widen(float v) { return v; }
 __device__ __forceinline__ double widen(double v) { return v; }
 __device__ __forceinline__ float widen(bf16s v) { return __uint_as_float((unsigned int)v.bits << 16); }
+__device__ __forceinline__ float widen(u8s v) { return (float)v.bits; }
 __device__ __forceinline__ float widen(f16s v) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
@@ -134,6 +137,8 @@ template <> __device__ __forceinline__ f16s narrow<f16s>(float v) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
     return r;
 }
+template <> __device__ __forceinline__ u8s narrow<u8s>(float v) { u8s r; r.bits = v != 0.0f; return r; }
+template <> __device__ __forceinline__ u8s narrow<u8s>(double v) { u8s r; r.bits = v != 0.0; return r; }
 template <> __device__ __forceinline__ bf16s narrow<bf16s>(double v) { return narrow<bf16s>(f32_round_to_odd(v)); }
 template <> __device__ __forceinline__ f16s narrow<f16s>(double v) { return narrow<f16s>(f32_round_to_odd(v)); }
 

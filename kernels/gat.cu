@@ -435,12 +435,14 @@ GAT_INST(f16s, f16)
 //                 int Tn, int N, int C, int H)
 //   galpha[k,h] = sum_t sum_{c in head h} gY[t,dst_k,c] S[t,src_k,c]. Warp per (dst i, head h),
 //   items N*H; every edge written exactly once. Skip when E == 0 or N == 0.
+// agg_fwd_u8s_*, agg_bwd_alpha_u8s_*: the same with S as u8 spikes (const u8s* S; LifConfig::
+//   u8_spikes), read as V exactly (0 or 1). agg_bwd_s writes gS in V and reads no S.
 
 #define AGG_FC 4
 
-// V: the storage type (S names the spike tensor here).
-template <typename V>
-__device__ void agg_fwd(const V* __restrict__ alpha, const V* __restrict__ S, const int* __restrict__ row_ptr,
+// V: the storage type; P: the spikes' (V, or u8s). S names the spike tensor here.
+template <typename V, typename P>
+__device__ void agg_fwd(const V* __restrict__ alpha, const P* __restrict__ S, const int* __restrict__ row_ptr,
                         const int* __restrict__ src, V* __restrict__ Y, int Tn, int N, int C, int H) {
     typedef typename Acc<V>::T T;
     const int lane = lane_id();
@@ -449,7 +451,7 @@ __device__ void agg_fwd(const V* __restrict__ alpha, const V* __restrict__ S, co
         const i64 t = w / N;
         const int i = (int)(w % N);
         const int beg = row_ptr[i], end = row_ptr[i + 1];
-        const V* St = S + t * N * C;
+        const P* St = S + t * N * C;
         V* y = Y + w * C;
         for (int c0 = 0; c0 < C; c0 += 32 * AGG_FC) {
             T acc[AGG_FC];
@@ -467,7 +469,7 @@ __device__ void agg_fwd(const V* __restrict__ alpha, const V* __restrict__ S, co
                 for (int j = 0; j < cnt; ++j) {
                     const int sj = __shfl_sync(GSHN_FULL_MASK, s, j);
                     const V* a = alpha + (i64)(k0 + j) * H;
-                    const V* sr = St + (i64)sj * C;
+                    const P* sr = St + (i64)sj * C;
 #pragma unroll
                     for (int c = 0; c < AGG_FC; ++c) {
                         const int ch = c0 + lane + 32 * c;
@@ -535,8 +537,8 @@ __device__ void agg_bwd_s(const V* __restrict__ alpha, const V* __restrict__ gY,
     }
 }
 
-template <typename V>
-__device__ void agg_bwd_alpha(const V* __restrict__ gY, const V* __restrict__ S, const int* __restrict__ row_ptr,
+template <typename V, typename P>
+__device__ void agg_bwd_alpha(const V* __restrict__ gY, const P* __restrict__ S, const int* __restrict__ row_ptr,
                               const int* __restrict__ src, V* __restrict__ galpha, int Tn, int N, int C, int H) {
     typedef typename Acc<V>::T T;
     const int lane = lane_id();
@@ -549,7 +551,7 @@ __device__ void agg_bwd_alpha(const V* __restrict__ gY, const V* __restrict__ S,
             T part = T(0);
             for (int t = 0; t < Tn; ++t) {
                 const V* gy = gY + ((i64)t * N + i) * C + (i64)h * Ch;
-                const V* sr = S + ((i64)t * N + s) * C + (i64)h * Ch;
+                const P* sr = S + ((i64)t * N + s) * C + (i64)h * Ch;
                 for (int c = lane; c < Ch; c += 32) part += widen(gy[c]) * widen(sr[c]);
             }
             part = warp_sum(part);
@@ -558,19 +560,24 @@ __device__ void agg_bwd_alpha(const V* __restrict__ gY, const V* __restrict__ S,
     }
 }
 
-#define AGG_INST(V, SUF)                                                                                          \
-    extern "C" __global__ void agg_fwd_##SUF(const V* alpha, const V* S, const int* row_ptr, const int* src,      \
-                                             V* Y, int Tn, int N, int C, int H) {                                 \
-        agg_fwd<V>(alpha, S, row_ptr, src, Y, Tn, N, C, H);                                                       \
+// The forms reading S (the forward, the alpha gradient), with S stored as P.
+#define AGG_READ_S(V, P, SUF, NAME)                                                                               \
+    extern "C" __global__ void agg_fwd##NAME##_##SUF(const V* alpha, const P* S, const int* row_ptr,              \
+                                                     const int* src, V* Y, int Tn, int N, int C, int H) {         \
+        agg_fwd<V, P>(alpha, S, row_ptr, src, Y, Tn, N, C, H);                                                    \
     }                                                                                                             \
+    extern "C" __global__ void agg_bwd_alpha##NAME##_##SUF(const V* gY, const P* S, const int* row_ptr,           \
+                                                           const int* src, V* galpha, int Tn, int N, int C,       \
+                                                           int H) {                                               \
+        agg_bwd_alpha<V, P>(gY, S, row_ptr, src, galpha, Tn, N, C, H);                                            \
+    }
+#define AGG_INST(V, SUF)                                                                                          \
+    AGG_READ_S(V, V, SUF, )                                                                                       \
+    AGG_READ_S(V, u8s, SUF, _u8s)                                                                                 \
     extern "C" __global__ void agg_bwd_s_##SUF(const V* alpha, const V* gY, const int* row_ptr,                   \
                                                const int* col_ptr, const int* col_edge, V* gS, int Tn, int N,     \
                                                int C, int H) {                                                    \
         agg_bwd_s<V>(alpha, gY, row_ptr, col_ptr, col_edge, gS, Tn, N, C, H);                                     \
-    }                                                                                                             \
-    extern "C" __global__ void agg_bwd_alpha_##SUF(const V* gY, const V* S, const int* row_ptr,                   \
-                                                   const int* src, V* galpha, int Tn, int N, int C, int H) {      \
-        agg_bwd_alpha<V>(gY, S, row_ptr, src, galpha, Tn, N, C, H);                                               \
     }
 
 AGG_INST(float, f32)

@@ -4,7 +4,8 @@
 // Flat kernels are grid-stride loops: block 256 (any), grid = min(ceil(n/256), 65535) (any grid >= 1 is
 // correct). Skip launches with n == 0. Kernels that compute are templated on the storage type
 // (_f32, _f64, _bf16, _f16; T = float for all but _f64, common.cuh); kernels that only move
-// elements work on words of the element's size (_b2, _b4, _b8: any dtype of that size, indices too).
+// elements work on words of the element's size (_b1, _b2, _b4, _b8: any dtype of that size, indices and
+// u8 spikes too).
 //
 // dropout_hash_{f32,f64,bf16,f16}(const S* x, S* y, int n, const int* seed, unsigned int thr, T scale)
 //   The mask of Op::Dropout, bit-identical to the CPU backend (crate::util::rng):
@@ -99,6 +100,7 @@ __device__ void embed_fwd(const W* __restrict__ Wt, const int* __restrict__ ids,
         embed_fwd<W>(Wt, ids, out, n, D, V);                                                                         \
     }
 
+WORDS_INST(unsigned char, b1)
 WORDS_INST(unsigned short, b2)
 WORDS_INST(unsigned int, b4)
 WORDS_INST(u64, b8)

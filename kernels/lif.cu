@@ -33,6 +33,8 @@
 //   (soft), in correctly rounded steps. smooth = 0: surrogate/alpha are ignored.
 //   Launch: block 256 (any), grid = ceil(N/256) (any grid >= 1 is correct: grid-stride).
 //   Skip when Tn*N == 0.
+// lif_fwd_u8s_*, lif_fwd_t8_u8s_*, lif_fwd_t16_u8s_*: the same forward kernels writing S as u8 (u8s,
+//   exactly 0/1; LifConfig::u8_spikes); smooth must be 0. The backward never reads S.
 // lif_fwd_t8_* / lif_fwd_t16_*, lif_bwd_t8_* / lif_bwd_t16_*: the same kernels for Tn <= 8 / 16,
 //   with every step's loads of a neuron issued before its first step's arithmetic (the time loop
 //   unrolled into registers): the memory system sees all T loads at once, not one per step.
@@ -88,9 +90,9 @@ __device__ __forceinline__ T lif_reset_from_h(T h, T v_th, T v_reset, bool hard,
     return hard ? (s ? v_reset : h) : (s ? rn_sub(h, v_th) : h);
 }
 
-// One forward step of one neuron from V_{t-1} = v: stores S, H, V of step t and returns V_t.
-template <typename E, typename T>
-__device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, E* __restrict__ S, E* __restrict__ V,
+// One forward step of one neuron from V_{t-1} = v: stores S (as P), H, V of step t and returns V_t.
+template <typename E, typename P, typename T>
+__device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, P* __restrict__ S, E* __restrict__ V,
                                           T* __restrict__ H, T tau, T v_th, T v_r, T v_reset, int hard,
                                           int decay_input, int smooth, int surrogate, T alpha) {
     LifStep<T> st = lif_step(v, x, tau, v_th, v_r, v_reset, hard != 0, decay_input != 0);
@@ -99,7 +101,7 @@ __device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, E* __restrict__ S, 
         s = surrogate_primitive(surrogate, alpha, rn_sub(st.h, v_th));
         st.v = lif_smooth_reset(st.h, s, v_th, v_reset, hard != 0);
     }
-    S[idx] = narrow<E>(s);
+    S[idx] = narrow<P>(s);
     if (H) H[idx] = st.h;
     if (V) V[idx] = narrow<E>(st.v);
     return st.v;
@@ -107,8 +109,8 @@ __device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, E* __restrict__ S, 
 
 // Up to TM steps: every X of the neuron is loaded before the first step's arithmetic, so the
 // loads are in flight together instead of one per step (the time loop is unrolled).
-template <typename E, int TM>
-__device__ void lif_fwd_regs(const E* __restrict__ X, E* __restrict__ S, E* __restrict__ V,
+template <typename E, typename P, int TM>
+__device__ void lif_fwd_regs(const E* __restrict__ X, P* __restrict__ S, E* __restrict__ V,
                              typename Acc<E>::T* __restrict__ H, int Tn, int N, typename Acc<E>::T tau,
                              typename Acc<E>::T v_th, typename Acc<E>::T v_r, typename Acc<E>::T v_reset, int hard,
                              int decay_input, int smooth, int surrogate, typename Acc<E>::T alpha) {
@@ -127,9 +129,10 @@ __device__ void lif_fwd_regs(const E* __restrict__ X, E* __restrict__ S, E* __re
     }
 }
 
-// TM = 0: any number of steps, one load per step; TM > 0: Tn <= TM, loads up front.
-template <typename E, int TM>
-__device__ void lif_fwd(const E* __restrict__ X, E* __restrict__ S, E* __restrict__ V,
+// TM = 0: any number of steps, one load per step; TM > 0: Tn <= TM, loads up front. P: the spikes'
+// storage (E, or u8s).
+template <typename E, typename P, int TM>
+__device__ void lif_fwd(const E* __restrict__ X, P* __restrict__ S, E* __restrict__ V,
                         typename Acc<E>::T* __restrict__ H, int Tn, int N, const E* tau_ptr, typename Acc<E>::T tau,
                         typename Acc<E>::T v_th, typename Acc<E>::T v_reset, int hard, int decay_input, int smooth,
                         int surrogate, typename Acc<E>::T alpha) {
@@ -138,7 +141,7 @@ __device__ void lif_fwd(const E* __restrict__ X, E* __restrict__ S, E* __restric
     const T v_r = hard ? v_reset : T(0);
     if constexpr (TM > 0) {
         // smooth = 0 as a constant: the test mode's f64 surrogate stays out of the unrolled body
-        lif_fwd_regs<E, TM>(X, S, V, H, Tn, N, tau, v_th, v_r, v_reset, hard, decay_input, 0, surrogate, alpha);
+        lif_fwd_regs<E, P, TM>(X, S, V, H, Tn, N, tau, v_th, v_r, v_reset, hard, decay_input, 0, surrogate, alpha);
     } else {
         GRID_STRIDE(n, N) {
             T v = v_r;
@@ -269,14 +272,17 @@ template <typename E> __device__ void lif_gtau_reduce(const double* __restrict__
 // step's loads issued up front; separate kernels, so the plain form keeps its low register
 // count). The backward's unrolled steps hoist their surrogate math ahead of the serial carry
 // chain; in f32, two blocks of 256 per SM cap them at 128 registers (16 warps to hide the loads).
-#define LIF_ENTRY(E, SUF, NAME, TM, BLOCKS)                                                                         \
-    extern "C" __global__ void lif_fwd##NAME##_##SUF(const E* X, E* S, E* V, T_##SUF* H, int Tn, int N,              \
+#define LIF_FWD(E, P, SUF, NAME, TM)                                                                                \
+    extern "C" __global__ void lif_fwd##NAME##_##SUF(const E* X, P* S, E* V, T_##SUF* H, int Tn, int N,              \
                                                      const E* tau_ptr, T_##SUF tau, T_##SUF v_th, T_##SUF v_reset,   \
                                                      int hard, int decay_input, int smooth, int surrogate,           \
                                                      T_##SUF alpha) {                                                \
-        lif_fwd<E, TM>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,        \
-                       alpha);                                                                                       \
-    }                                                                                                                \
+        lif_fwd<E, P, TM>(X, S, V, H, Tn, N, tau_ptr, tau, v_th, v_reset, hard, decay_input, smooth, surrogate,     \
+                          alpha);                                                                                    \
+    }
+#define LIF_ENTRY(E, SUF, NAME, TM, BLOCKS)                                                                         \
+    LIF_FWD(E, E, SUF, NAME, TM)                                                                                     \
+    LIF_FWD(E, u8s, SUF, NAME##_u8s, TM)                                                                             \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS)                                                       \
         lif_bwd##NAME##_##SUF(const T_##SUF* H, const E* gS, const E* gV, E* gX, double* gtau_part, int Tn, int N,   \
                               const E* tau_ptr, T_##SUF tau, T_##SUF v_th, T_##SUF v_reset, int hard,                \

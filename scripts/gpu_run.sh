@@ -89,6 +89,11 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda-bf16" \
     --config "$TMP/train-bf16.toml" --device cuda >"$TMP/train-bf16.log" 2>&1
   echo "exit $?" >>"$TMP/train-bf16.log"; tail -n 4 "$TMP/train-bf16.log" >&2
+  # And with u8 spikes (model.lif.u8_spikes): the same losses as f32's, bit for bit.
+  printf '[model.lif]\nu8_spikes = true\n' | cat "$TMP/train.toml" - >"$TMP/train-u8.toml"
+  timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda-u8" \
+    --config "$TMP/train-u8.toml" --device cuda >"$TMP/train-u8.log" 2>&1
+  echo "exit $?" >>"$TMP/train-u8.log"; tail -n 4 "$TMP/train-u8.log" >&2
 fi
 
 if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
@@ -230,7 +235,8 @@ cmp = [c for c in [
 
 # Issue 15: each kernel on bf16 / f16 storage against itself on f32 (goals: LIF >= 1.8x, GAT >= 1.5x).
 half_vs_f32 = []
-for name, shape in [("lif_fwd", "T=8 N=1048576"), ("lif_fwd_no_v", "T=8 N=1048576"), ("lif_bwd", "T=8 N=1048576"),
+for name, shape in [("lif_fwd", "T=8 N=1048576"), ("lif_fwd_no_v", "T=8 N=1048576"),
+                    ("lif_fwd_u8", "T=8 N=1048576"), ("lif_bwd", "T=8 N=1048576"),
                     ("gat_fwd", "N=50000 deg=16 H=4 F=32"), ("gat_bwd", "N=50000 deg=16 H=4 F=32"),
                     ("aggregate_fwd", "T=4 N=50000 C=128 H=4"), ("matmul", "4096x4096x4096")]:
     f32_ms = ms.get(f"{name}|{shape} f32")
@@ -270,6 +276,7 @@ def train_summary():
             "final_eval": {"cuda": evals(gpu), "cpu": evals(cpu)},
             "eval_of_cpu_checkpoint": {"cuda": one("eval-cuda.json"), "cpu": one("eval-cpu.json")},
             "bf16": bf16_summary(gpu, rate),
+            "u8_spikes": u8_summary(gpu, rate),
             "log_tail": tail("train.log", 30)}
 
 def bf16_summary(f32_steps, rate):
@@ -281,6 +288,15 @@ def bf16_summary(f32_steps, rate):
     return {"graphs_per_s_median": rate(ms), "loss_rel_diff_vs_f32_by_step": rel,
             "final_eval": [m for m in ms if m.get("kind") == "eval"][-1:],
             "log_tail": tail("train-bf16.log", 8)}
+
+def u8_summary(f32_steps, rate):
+    """The cuda run again with u8 spikes: its losses must be f32's exactly; and its speed."""
+    ms = metrics("run-cuda-u8")
+    f32 = {m["step"]: m["loss"] for m in f32_steps if m.get("kind") == "step"}
+    same = [m["loss"] == f32.get(m["step"]) for m in ms if m.get("kind") == "step"]
+    return {"graphs_per_s_median": rate(ms), "steps": len(same),
+            "loss_equal_to_f32_every_step": bool(same) and all(same),
+            "log_tail": tail("train-u8.log", 8)}
 
 def demo_summary():
     ms = metrics("demo")

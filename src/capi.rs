@@ -250,6 +250,7 @@ fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifCo
         learnable_tau: learnable,
         smooth: false,
         membrane: true,
+        u8_spikes: false,
     };
     cfg.validate("lif")?;
     // The initial tau of a learnable one is checked too: it is the value the caller feeds.
@@ -480,6 +481,7 @@ fn host_storage(p: *const c_void, m: &Meta) -> Result<Storage, CErr> {
             DType::I32 => Storage::I32(try_copy(std::slice::from_raw_parts(p as *const i32, n))?),
             DType::BF16 => Storage::BF16(try_copy(std::slice::from_raw_parts(p.cast(), n))?),
             DType::F16 => Storage::F16(try_copy(std::slice::from_raw_parts(p.cast(), n))?),
+            DType::U8 => Storage::U8(try_copy(std::slice::from_raw_parts(p.cast(), n))?),
         }
     })
 }
@@ -520,6 +522,7 @@ fn exec_host(op: Op, ins: Inputs, outs: Vec<Dst>) -> Result<(), CErr> {
                 Storage::I32(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr as *mut i32, n),
                 Storage::BF16(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr.cast(), n),
                 Storage::F16(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr.cast(), n),
+                Storage::U8(v) => std::ptr::copy_nonoverlapping(v.as_ptr(), d.ptr.cast(), n),
             }
         }
     }

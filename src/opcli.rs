@@ -294,6 +294,7 @@ fn lif_config_of(a: &Attrs) -> Result<LifConfig> {
         learnable_tau: false,
         smooth: false,
         membrane: true,
+        u8_spikes: false,
     };
     cfg.validate("lif")?;
     Ok(cfg)
@@ -404,6 +405,7 @@ fn permute_rows(t: &Tensor, perm: &[usize], inverse: bool) -> Result<Tensor> {
         Storage::I32(v) => go(v, &order, w).map(Storage::I32),
         Storage::BF16(v) => go(v, &order, w).map(Storage::BF16),
         Storage::F16(v) => go(v, &order, w).map(Storage::F16),
+        Storage::U8(v) => go(v, &order, w).map(Storage::U8),
     };
     let s = s.ok_or_else(|| Error::graph("edge order is no permutation"))?;
     Tensor::from_storage(t.shape().clone(), s)

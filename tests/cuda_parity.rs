@@ -140,6 +140,7 @@ fn run<B: Backend>(b: &B, c: &Case, poison: bool) -> gshn::Result<Vec<Tensor>> {
                 DType::F32 => Tensor::new(o.shape.clone(), vec![f32::NAN; n])?,
                 DType::F64 => Tensor::new(o.shape.clone(), vec![f64::NAN; n])?,
                 DType::I32 => Tensor::new(o.shape.clone(), vec![i32::MIN; n])?,
+                DType::U8 => Tensor::new(o.shape.clone(), vec![0xa5u8; n])?,
                 d => Tensor::new(o.shape.clone(), vec![f32::NAN; n])?.to_dtype(d)?,
             };
             b.write(&mut buf, &t)?;
@@ -196,12 +197,13 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 /// The same case in f64: every f32 input and output widened (exactly), for the f64 truth.
 fn widened(c: &Case) -> Result<Case, gshn::Error> {
     let wide = |dt: DType| if dt == F32 { DType::F64 } else { dt };
-    // An op that names its output dtype (fill) is widened with it.
+    // An op that names its output dtype (fill, cast) is widened with it.
     let op = match &c.op {
         Op::Fill { value, meta } => Op::Fill {
             value: *value,
             meta: Meta::new(meta.shape.clone(), wide(meta.dtype)),
         },
+        Op::Cast(to) => Op::Cast(wide(*to)),
         op => op.clone(),
     };
     Ok(Case {
@@ -225,14 +227,15 @@ fn widened(c: &Case) -> Result<Case, gshn::Error> {
 /// The same case on half-precision storage (`dt` = BF16 or F16), as mixed-precision training
 /// runs it: every f32 input and output in `dt` but the statistics that stay f32
 /// (`Op::half_stats`); None for cases that have no half form (f64; the optimizer, which takes
-/// f32 master weights and gradients only). The CPU's
+/// f32 master weights and gradients only; casts). The CPU's
 /// half path (f32 arithmetic, one rounding of each output) is the reference, so the tolerance is
 /// about one rounding step of `dt`.
 fn halved(c: &Case, dt: DType) -> Option<Case> {
     let f32_case =
         c.inputs.iter().any(|t| t.dtype() == F32) || c.outs.iter().any(|o| o.dtype == F32);
     let f64_case = c.inputs.iter().any(|t| t.dtype() == DType::F64);
-    if !f32_case || f64_case || c.op.family() == Family::Optim {
+    // casts name their target type (the u8 cases cast to every type already)
+    if !f32_case || f64_case || c.op.family() == Family::Optim || matches!(c.op, Op::Cast(_)) {
         return None;
     }
     let (stats_in, stats_out) = c.op.half_stats(c.inputs.len()).ok()?;
@@ -748,6 +751,7 @@ fn lif_all_options_cases() -> Vec<Case> {
                                 learnable_tau,
                                 smooth,
                                 membrane,
+                                u8_spikes: false,
                             };
                             let tag = format!(
                                 "T={t} reset={v_reset:?} decay={decay_input} detach={detach_reset} learn={learnable_tau} smooth={smooth} v={membrane} {surrogate:?} {dt:?}"
@@ -1203,8 +1207,147 @@ fn half_storage() {
 }
 
 /// Every case list of this file.
-fn all_cases() -> [Vec<Case>; 8] {
+/// u8 spikes (`LifConfig::u8_spikes`): LIF writing them in every kernel form and storage type,
+/// and everything that reads them (matmul on either side, aggregation and its backward, the cast
+/// to each float type, the layout moves), on random 0/1 spikes.
+fn u8_spikes_cases() -> Vec<Case> {
+    let mut r = SplitMix64::new(11);
+    let mut cs = Vec::new();
+    let spikes = |r: &mut SplitMix64, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let v: Vec<u8> = (0..n).map(|_| u8::from(r.uniform() < 0.4)).collect();
+        Tensor::new(shape.to_vec(), v).unwrap()
+    };
+    let u8 = DType::U8;
+    for dt in [DType::F32, DType::F64] {
+        // LIF: the _t8, _t16 and plain forms, with and without V
+        for (k, t) in [5usize, 13, 21].into_iter().enumerate() {
+            let n = 1037;
+            let cfg = LifConfig {
+                v_th: 0.6,
+                membrane: k % 2 == 0,
+                u8_spikes: true,
+                learnable_tau: k == 1,
+                ..LifConfig::default()
+            };
+            let mut ins = vec![rand_t(&mut r, &[t, n], dt, -0.5, 2.0)];
+            if cfg.learnable_tau {
+                ins.push(scalar(2.5, dt));
+            }
+            let v_shape = if cfg.membrane { vec![t, n] } else { vec![0] };
+            let mut c = case(
+                format!("lif u8 spikes T={t} v={} {dt:?}", cfg.membrane),
+                Op::Lif(cfg),
+                ins,
+                vec![meta(&[t, n], u8), meta(&v_shape, dt), meta(&[t, n], dt)],
+            );
+            c.exact = vec![0];
+            cs.push(c);
+        }
+        // matmul: spikes on the left (s·W, batched too) and on the right (the rate readout)
+        let (m, k, n) = (37, 53, 29);
+        for (ta, tb) in [(false, false), (true, false), (false, true)] {
+            let ash = if ta { [k, m] } else { [m, k] };
+            let bsh = if tb { [n, k] } else { [k, n] };
+            let op = Op::MatMul {
+                trans_a: ta,
+                trans_b: tb,
+            };
+            cs.push(case(
+                format!("matmul u8 a ta={ta} tb={tb} {dt:?}"),
+                op.clone(),
+                vec![spikes(&mut r, &ash), rnd(&mut r, &bsh, dt)],
+                vec![meta(&[m, n], dt)],
+            ));
+            cs.push(case(
+                format!("matmul u8 b ta={ta} tb={tb} {dt:?}"),
+                op,
+                vec![rnd(&mut r, &ash, dt), spikes(&mut r, &bsh)],
+                vec![meta(&[m, n], dt)],
+            ));
+        }
+        cs.push(case(
+            format!("matmul batched u8 a {dt:?}"),
+            Op::MatMul {
+                trans_a: false,
+                trans_b: false,
+            },
+            vec![spikes(&mut r, &[3, m, k]), rnd(&mut r, &[3, k, n], dt)],
+            vec![meta(&[3, m, n], dt)],
+        ));
+        // aggregation and its backward on u8 spikes, zero in-degree nodes included
+        let (tn, nodes, h) = (3, 301, 2);
+        let c = 2 * h * 11;
+        let g = graph(&mut r, nodes, 40, 0.1);
+        let e = g[1].numel();
+        let alpha = rand_t(&mut r, &[e, h], dt, 0.05, 1.0);
+        let s = spikes(&mut r, &[tn, nodes, c]);
+        let mut ins = vec![alpha.clone(), s.clone()];
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("aggregate u8 {dt:?}"),
+            Op::Aggregate,
+            ins,
+            vec![meta(&[tn, nodes, c], dt)],
+        ));
+        let mut ins = vec![rnd(&mut r, &[tn, nodes, c], dt), alpha, s];
+        ins.extend(g.iter().cloned());
+        cs.push(case(
+            format!("aggregate_backward u8 {dt:?}"),
+            Op::AggregateBackward,
+            ins,
+            vec![meta(&[e, h], dt), meta(&[tn, nodes, c], dt)],
+        ));
+    }
+    // the cast to every float type, and the layout moves on u8 (1-byte words)
+    let s = spikes(&mut r, &[7, 33, 5]);
+    for to in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let mut c = case(
+            format!("cast u8 -> {to:?}"),
+            Op::Cast(to),
+            vec![s.clone()],
+            vec![meta(&[7, 33, 5], to)],
+        );
+        c.exact = vec![0];
+        cs.push(c);
+    }
+    let moves = [
+        (Op::Permute(vec![2, 0, 1]), vec![s.clone()], [5, 7, 33]),
+        (
+            Op::Concat { axis: 1 },
+            vec![s.clone(), s.clone()],
+            [7, 66, 5],
+        ),
+        (
+            Op::Slice {
+                axis: 1,
+                start: 3,
+                len: 20,
+            },
+            vec![s.clone()],
+            [7, 20, 5],
+        ),
+        (Op::Reshape(Shape::new([33, 7, 5])), vec![s], [33, 7, 5]),
+    ];
+    for (op, ins, shape) in moves {
+        let mut c = case(format!("{} u8", op.name()), op, ins, vec![meta(&shape, u8)]);
+        c.exact = vec![0];
+        cs.push(c);
+    }
+    cs
+}
+
+#[test]
+fn u8_spikes() {
+    let Some(be) = cuda() else { return };
+    let cases = u8_spikes_cases();
+    let half = halved_all(&cases);
+    check_all(&be, cases.into_iter().chain(half).collect());
+}
+
+fn all_cases() -> [Vec<Case>; 9] {
     [
+        u8_spikes_cases(),
         basic_ops_cases(),
         layout_ops_cases(),
         norm_ops_cases(),

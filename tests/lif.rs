@@ -32,6 +32,7 @@ fn all_configs() -> Vec<(LifConfig, bool)> {
                         learnable_tau: false,
                         smooth: false,
                         membrane: true,
+                        u8_spikes: false,
                     };
                     out.push((cfg, learn));
                 }
@@ -172,6 +173,11 @@ fn run_fused(
     let mut loss = None;
     for (o, w) in [(out.spikes, ws), (out.membrane, wv)] {
         let Some(w) = w else { continue };
+        // u8 spikes are read through a cast (Mul reads floats only)
+        let o = match g.dtype(o)? {
+            DType::U8 => g.cast(o, dt)?,
+            _ => o,
+        };
         let wid = g.input("w", x.shape().clone(), dt);
         feeds.push((wid, w.clone()));
         let p = g.mul(o, wid)?;
@@ -304,6 +310,57 @@ fn unwritten_membrane_changes_nothing_else() {
             assert_eq!(no_v.gtau, with_v.gtau, "{what}: gradient of tau");
         }
     }
+}
+
+/// `u8_spikes` (issue 15: compact spikes): S is u8 holding exactly the float run's 0/1 spikes,
+/// and V, H and the gradients through the spikes (read back through a cast) are the same bits,
+/// for every option, in every storage type, across CPU tasks (4096 neurons) and lane blocks.
+#[test]
+fn u8_spikes_equal_float_spikes() {
+    let mut rng = SplitMix64::new(78);
+    let mut spikes = 0;
+    for (k, (cfg, learn)) in all_configs().into_iter().enumerate() {
+        for dt in [DType::F64, DType::F32, DType::BF16, DType::F16] {
+            // every config once past a task boundary (4096), with a ragged end
+            let (t, n) = if k % 8 == 0 { (2, 4100) } else { (4, 300) };
+            let x = tensor(&[t, n], inputs(&cfg, t, n, &mut rng), dt);
+            let ws = tensor(
+                &[t, n],
+                (0..t * n).map(|_| rng.range(-1.0, 1.0)).collect(),
+                dt,
+            );
+            let float = run_fused(&cfg, learn, cfg.tau, &x, Some(&ws), Some(&ws)).unwrap();
+            let cfg_u8 = LifConfig {
+                u8_spikes: true,
+                ..cfg
+            };
+            let compact = run_fused(&cfg_u8, learn, cfg.tau, &x, Some(&ws), Some(&ws)).unwrap();
+            let what = format!("{cfg:?} learn={learn} {dt:?}");
+            spikes += float.s.iter().filter(|&&s| s == 1.0).count();
+            assert_eq!(compact.s, float.s, "{what}: spikes");
+            assert_eq!(compact.v, float.v, "{what}: membrane");
+            assert_eq!(compact.h, float.h, "{what}: charge");
+            assert_eq!(compact.gx, float.gx, "{what}: gradient of x");
+            assert_eq!(compact.gtau, float.gtau, "{what}: gradient of tau");
+        }
+    }
+    assert!(spikes > 1000, "too few spikes to compare: {spikes}");
+    // the spikes are u8 in the graph, and the smooth test mode (fractional spikes) refuses u8
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3], DType::F32);
+    let cfg = LifConfig {
+        u8_spikes: true,
+        ..LifConfig::default()
+    };
+    let out = g.lif(x, cfg).unwrap();
+    assert_eq!(g.dtype(out.spikes).unwrap(), DType::U8);
+    assert_eq!(g.dtype(out.charge).unwrap(), DType::F32);
+    let smooth = LifConfig {
+        smooth: true,
+        ..cfg
+    };
+    let e = g.lif(x, smooth).unwrap_err().to_string();
+    assert!(e.contains("u8_spikes"), "{e}");
 }
 
 #[test]

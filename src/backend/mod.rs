@@ -60,6 +60,15 @@ pub(crate) fn f32_views<'a, B>(
     inputs: &[View<'a, B>],
     wide: impl IntoIterator<Item = Option<&'a B>>,
 ) -> Vec<View<'a, B>> {
+    views_as(inputs, wide, DType::F32)
+}
+
+/// [`f32_views`] with stand-ins of `dtype` (u8 spikes widened to an op's float type).
+pub(crate) fn views_as<'a, B>(
+    inputs: &[View<'a, B>],
+    wide: impl IntoIterator<Item = Option<&'a B>>,
+    dtype: DType,
+) -> Vec<View<'a, B>> {
     inputs
         .iter()
         .zip(wide)
@@ -67,11 +76,17 @@ pub(crate) fn f32_views<'a, B>(
             Some(buf) => View {
                 buf,
                 shape: v.shape,
-                dtype: DType::F32,
+                dtype,
             },
             None => *v,
         })
         .collect()
+}
+
+/// Whether an op reads u8 spikes through float stand-ins ([`Op::reads_spikes`]; a cast
+/// converts them itself, layout moves carry them as they are).
+pub(crate) fn reads_u8<B>(op: &Op, inputs: &[View<B>]) -> bool {
+    !op.only_moves() && !matches!(op, Op::Cast(_)) && inputs.iter().any(|v| v.dtype == DType::U8)
 }
 
 /// [`f32_views`] for the outputs.

@@ -3,6 +3,7 @@
 use super::{Graph, NodeId, Part, ValueId, ValueKind};
 use crate::error::{Error, Result};
 use crate::ops::Op;
+use crate::tensor::DType;
 use std::collections::HashMap;
 
 impl Graph {
@@ -92,10 +93,16 @@ impl Graph {
             }
             for (&input, g) in node.inputs.iter().zip(in_grads) {
                 let Some(g) = g else { continue };
-                if !from_wrt[input.0 as usize] || !self.dtype(input)?.is_float() {
+                if !from_wrt[input.0 as usize] || !self.dtype(input)?.is_differentiable() {
                     continue;
                 }
-                if self.meta(g)? != self.meta(input)? {
+                let (gm, im) = (self.meta(g)?, self.meta(input)?);
+                // u8 spikes get their gradient in the float type they were read in
+                let fits = match im.dtype {
+                    DType::U8 => gm.shape == im.shape && gm.dtype.is_float(),
+                    _ => gm == im,
+                };
+                if !fits {
                     return Err(Error::graph(format!(
                         "{} gradient for input {:?} has {:?}, the input has {:?}",
                         node.op.name(),

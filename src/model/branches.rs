@@ -187,6 +187,10 @@ pub(super) fn snn_branch(
         };
         // firing rate over real nodes: mean over channels, then weighted over (t, node)
         let per_node = g.reshape(lif.spikes, [t_steps, n, d])?;
+        let per_node = match cfg.u8_spikes {
+            true => g.cast(per_node, float)?, // the mean reads floats (0/1 exactly)
+            false => per_node,
+        };
         let per_node = g.mean_last(per_node)?;
         let weighted = g.mul_broadcast(per_node, inp.node_weight)?;
         spike_rates.push(g.sum(weighted)?);

@@ -270,7 +270,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             if !to.is_float() {
                 return Err(Error::shape(
                     name,
-                    format!("casts to float types, not {to:?}"),
+                    format!("casts to float types, not {to:?} (u8 spikes come only from LIF)"),
                 ));
             }
             Ok(vec![Meta::new(inputs[0].shape.clone(), *to)])
@@ -343,6 +343,8 @@ pub(crate) fn grad(
         Op::Scale(c) => vec![Some(g.scale(gy, *c)?)],
         Op::Unary(u) => vec![Some(g.push1(Op::UnaryBackward(*u), &[x[0], gy])?)],
         Op::StopGradient | Op::Fill { .. } => vec![None; x.len()],
+        // the gradient of u8 spikes has the float type they are read in
+        Op::Cast(_) if g.dtype(x[0])? == DType::U8 => vec![Some(gy)],
         Op::Cast(_) => vec![Some(g.cast(gy, g.dtype(x[0])?)?)],
         Op::MatMul {
             trans_a: ta,

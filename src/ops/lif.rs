@@ -137,6 +137,11 @@ pub struct LifConfig {
     /// saved, and S and H are the same. Default true; not a config key (the model decides).
     #[serde(skip)]
     pub membrane: bool,
+    /// Store the spikes as u8 (exactly 0 or 1, a quarter of f32's bytes; DESIGN §3.1): matmul
+    /// and aggregation read them as their float type, and their gradient is that type. The
+    /// backward needs no stored spikes (it recomputes them from H), so results are the same
+    /// bit for bit. Not with `smooth` (its spikes are not 0/1). Default false.
+    pub u8_spikes: bool,
 }
 
 /// The time constant rule: finite and > 1 (so the leak `1 − 1/tau` is in (0, 1)).
@@ -201,6 +206,7 @@ impl Default for LifConfig {
             learnable_tau: false,
             smooth: false,
             membrane: true,
+            u8_spikes: false,
         }
     }
 }
@@ -231,6 +237,12 @@ impl LifConfig {
                 ));
             }
         }
+        if self.u8_spikes && self.smooth {
+            return Err(Error::invalid(
+                op,
+                "u8_spikes stores 0/1 spikes; smooth (test) mode's spikes are fractions",
+            ));
+        }
         let a = self.surrogate.alpha();
         if !(a.is_finite() && a > 0.0) {
             return Err(Error::invalid(
@@ -249,7 +261,8 @@ impl LifConfig {
 /// [`LifConfig::membrane`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LifOutputs {
-    /// Spikes `S` (0/1; the surrogate's primitive in `smooth` mode).
+    /// Spikes `S` (0/1; the surrogate's primitive in `smooth` mode), u8 with
+    /// [`LifConfig::u8_spikes`].
     pub spikes: ValueId,
     /// Membrane `V` after reset.
     pub membrane: ValueId,
@@ -330,7 +343,11 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             } else {
                 Meta::new(vec![0], x.dtype)
             };
-            Ok(vec![x.clone(), v, x.clone()])
+            let s = match cfg.u8_spikes {
+                true => Meta::new(x.shape.clone(), DType::U8),
+                false => x.clone(),
+            };
+            Ok(vec![s, v, x.clone()])
         }
         Op::LifBackward {
             cfg,

@@ -304,6 +304,9 @@ impl Op {
 
     /// Output shapes and dtypes from input ones; errors name the op and the mismatch.
     pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        if !self.only_moves() && inputs.iter().any(|m| m.dtype == DType::U8) {
+            return self.infer_spikes(inputs);
+        }
         if let Some(h) = inputs.iter().map(|m| m.dtype).find(|d| d.is_half()) {
             if !matches!(self.family(), Family::Basic | Family::Layout) {
                 return self.infer_half(h, inputs);
@@ -318,6 +321,51 @@ impl Op {
             Family::InfoNce => infonce::infer(self, inputs),
             Family::Segment => segment::infer(self, inputs),
             Family::Optim => optim::infer(self, inputs),
+        }
+    }
+
+    /// [`Op::infer`] of an op given u8 spikes: the inputs [`Op::reads_spikes`] names are read
+    /// as the op's float type (its other float inputs', or a cast's target), exactly, since
+    /// spikes are 0 or 1; the outputs are what the op gives on that float type. Any other op
+    /// refuses u8.
+    fn infer_spikes(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        let name = self.name();
+        let float = match self {
+            Op::Cast(to) => Some(*to).filter(|d| d.is_float()),
+            _ => inputs.iter().map(|m| m.dtype).find(|d| d.is_float()),
+        };
+        let reads = self.reads_spikes();
+        let mut wide = inputs.to_vec();
+        for (i, m) in wide.iter_mut().enumerate() {
+            if m.dtype != DType::U8 {
+                continue;
+            }
+            if !reads.contains(&i) {
+                return Err(Error::shape(
+                    name,
+                    format!("input {i} is u8 (spikes), which {name} does not read: cast it to a float type first"),
+                ));
+            }
+            m.dtype = float.ok_or_else(|| {
+                Error::shape(
+                    name,
+                    "reads u8 spikes in the float type of its other inputs, and none is float",
+                )
+            })?;
+        }
+        self.infer(&wide)
+    }
+
+    /// The inputs an op reads as u8 spikes too (`LifConfig::u8_spikes`): the operands of a
+    /// matmul, the features of an aggregation and of its backward, and a cast's input. Layout
+    /// moves carry u8 as they carry every type.
+    pub fn reads_spikes(&self) -> &'static [usize] {
+        match self {
+            Op::MatMul { .. } => &[0, 1],
+            Op::Aggregate => &[1],
+            Op::AggregateBackward => &[2],
+            Op::Cast(_) => &[0],
+            _ => &[],
         }
     }
 

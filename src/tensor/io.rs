@@ -14,6 +14,7 @@ fn st_dtype(d: DType) -> StDtype {
         DType::I32 => StDtype::I32,
         DType::BF16 => StDtype::BF16,
         DType::F16 => StDtype::F16,
+        DType::U8 => StDtype::U8,
     }
 }
 
@@ -29,6 +30,7 @@ fn bytes_of(t: &Tensor) -> &[u8] {
         Storage::I32(v) => bytemuck::cast_slice(v),
         Storage::BF16(v) => bytemuck::cast_slice(v),
         Storage::F16(v) => bytemuck::cast_slice(v),
+        Storage::U8(v) => v,
     }
 }
 
@@ -132,9 +134,10 @@ fn parse_safetensors(
                     None => stored,
                 }
             }
+            StDtype::U8 => Storage::U8(data.to_vec()),
             other => {
                 return Err(format!(
-                    "{name}: dtype {other:?} is not supported (use f32, f64, f16, bf16 or i32)"
+                    "{name}: dtype {other:?} is not supported (use f32, f64, f16, bf16, i32 or u8)"
                 ))
             }
         };

@@ -24,6 +24,10 @@ pub enum DType {
     BF16,
     /// IEEE half-precision storage (5-bit exponent, 11-bit mantissa); ops compute in f32.
     F16,
+    /// Spikes, exactly 0 or 1, one byte each: what LIF writes with
+    /// [`LifConfig::u8_spikes`](crate::ops::LifConfig::u8_spikes). Matmul and aggregation read
+    /// them as their float type; their gradient is that float type (DESIGN §3).
+    U8,
 }
 
 impl DType {
@@ -33,13 +37,19 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::F64 => 8,
             DType::BF16 | DType::F16 => 2,
+            DType::U8 => 1,
         }
     }
-    /// Whether this is a float type, the only kind that is differentiated.
+    /// Whether this is a float type (f32, f64, bf16, f16).
     pub fn is_float(self) -> bool {
-        !matches!(self, DType::I32)
+        !matches!(self, DType::I32 | DType::U8)
     }
-    /// Its lower-case name: `f32`, `f64`, `i32`, `bf16`, `f16`.
+    /// Whether gradients flow through values of this type: the float types, and u8 spikes
+    /// (through the surrogate; their gradient has the float type of the ops that read them).
+    pub fn is_differentiable(self) -> bool {
+        self != DType::I32
+    }
+    /// Its lower-case name: `f32`, `f64`, `i32`, `bf16`, `f16`, `u8`.
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -47,6 +57,7 @@ impl DType {
             DType::I32 => "i32",
             DType::BF16 => "bf16",
             DType::F16 => "f16",
+            DType::U8 => "u8",
         }
     }
     /// Whether this is a half-precision storage type (`BF16`, `F16`): stored in 16 bits,
@@ -162,6 +173,8 @@ pub enum Storage {
     BF16(Vec<half::bf16>),
     /// IEEE half-precision elements.
     F16(Vec<half::f16>),
+    /// Spikes (0 or 1).
+    U8(Vec<u8>),
 }
 
 impl Storage {
@@ -173,6 +186,7 @@ impl Storage {
             DType::I32 => Storage::I32(vec![0; len]),
             DType::BF16 => Storage::BF16(vec![half::bf16::ZERO; len]),
             DType::F16 => Storage::F16(vec![half::f16::ZERO; len]),
+            DType::U8 => Storage::U8(vec![0; len]),
         }
     }
     /// f32 values as storage of the float type `dtype`, rounded to nearest even.
@@ -198,16 +212,16 @@ impl Storage {
             Storage::F64(d) => d[..n].iter_mut().zip(src).for_each(|(d, &x)| *d = x.into()),
             Storage::BF16(d) => d[..n].convert_from_f32_slice(src),
             Storage::F16(d) => d[..n].convert_from_f32_slice(src),
-            Storage::I32(_) => unreachable!("checked above"),
+            Storage::I32(_) | Storage::U8(_) => unreachable!("checked above"),
         }
         Ok(())
     }
-    /// The first `n` elements of a float storage as f32: borrowed when they are f32, else
-    /// converted (exact for the half types, rounded for f64).
+    /// The first `n` elements of a float or spike storage as f32: borrowed when they are f32,
+    /// else converted (exact for the half types and spikes, rounded for f64).
     pub fn f32_prefix(&self, n: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
         use half::slice::HalfFloatSliceExt;
         use std::borrow::Cow;
-        if self.len() < n || !self.dtype().is_float() {
+        if self.len() < n || !self.dtype().is_differentiable() {
             return Err(Error::graph(format!(
                 "{n} f32 values asked of a buffer of {} {:?}",
                 self.len(),
@@ -228,8 +242,41 @@ impl Storage {
                 v[..n].convert_to_f32_slice(&mut w);
                 Cow::Owned(w)
             }
+            Storage::U8(v) => Cow::Owned(v[..n].iter().map(|&s| f32::from(s)).collect()),
             Storage::I32(_) => unreachable!("checked above"),
         })
+    }
+    /// The first `n` u8 spikes as the float type `dtype`, in one pass (exact: 0 or 1).
+    pub fn spikes_as(&self, dtype: DType, n: usize) -> Result<Self> {
+        let spikes = match self {
+            Storage::U8(s) if s.len() >= n => &s[..n],
+            _ => {
+                return Err(Error::graph(format!(
+                    "{n} spikes asked of a buffer of {} {:?}",
+                    self.len(),
+                    self.dtype()
+                )))
+            }
+        };
+        let mut out = Storage::try_zeros(dtype, n)?;
+        fn put<T: Copy>(d: &mut [T], s: &[u8], one: T) {
+            d.iter_mut()
+                .zip(s)
+                .filter(|(_, &b)| b != 0)
+                .for_each(|(d, _)| *d = one);
+        }
+        match &mut out {
+            Storage::F32(d) => put(d, spikes, 1.0),
+            Storage::F64(d) => put(d, spikes, 1.0),
+            Storage::BF16(d) => put(d, spikes, half::bf16::ONE),
+            Storage::F16(d) => put(d, spikes, half::f16::ONE),
+            _ => {
+                return Err(Error::graph(format!(
+                    "spikes read as {dtype:?}: not a float type"
+                )))
+            }
+        }
+        Ok(out)
     }
     /// f64 values as storage of the float type `dtype`, rounded to nearest even.
     pub fn from_f64(dtype: DType, v: &[f64]) -> Result<Self> {
@@ -248,7 +295,12 @@ impl Storage {
                     .map(|&x| half::f16::from_f32(f32_round_to_odd(x)))
                     .collect(),
             ),
-            DType::I32 => return Err(Error::shape("tensor", "cannot convert f64 to I32")),
+            DType::I32 | DType::U8 => {
+                return Err(Error::shape(
+                    "tensor",
+                    format!("cannot convert f64 to {dtype:?}"),
+                ))
+            }
         })
     }
     /// The elements of a float storage as f32 (exact for the half types).
@@ -273,6 +325,7 @@ impl Storage {
             (Storage::I32(d), Storage::I32(s)) => d[..n].copy_from_slice(s),
             (Storage::BF16(d), Storage::BF16(s)) => d[..n].copy_from_slice(s),
             (Storage::F16(d), Storage::F16(s)) => d[..n].copy_from_slice(s),
+            (Storage::U8(d), Storage::U8(s)) => d[..n].copy_from_slice(s),
             _ => unreachable!("dtypes checked above"),
         }
         Ok(())
@@ -285,6 +338,7 @@ impl Storage {
             Storage::I32(v) => v.truncate(n),
             Storage::BF16(v) => v.truncate(n),
             Storage::F16(v) => v.truncate(n),
+            Storage::U8(v) => v.truncate(n),
         }
     }
     /// Like [`Storage::zeros`], but running out of memory is an error, not an abort.
@@ -295,6 +349,7 @@ impl Storage {
             DType::I32 => Storage::I32(try_filled(len, 0)?),
             DType::BF16 => Storage::BF16(try_filled(len, half::bf16::ZERO)?),
             DType::F16 => Storage::F16(try_filled(len, half::f16::ZERO)?),
+            DType::U8 => Storage::U8(try_filled(len, 0)?),
         })
     }
     /// The dtype of the elements.
@@ -305,6 +360,7 @@ impl Storage {
             Storage::I32(_) => DType::I32,
             Storage::BF16(_) => DType::BF16,
             Storage::F16(_) => DType::F16,
+            Storage::U8(_) => DType::U8,
         }
     }
     /// Number of elements.
@@ -315,6 +371,7 @@ impl Storage {
             Storage::I32(v) => v.len(),
             Storage::BF16(v) => v.len(),
             Storage::F16(v) => v.len(),
+            Storage::U8(v) => v.len(),
         }
     }
     /// Whether it holds no elements.
@@ -370,6 +427,7 @@ element!(f64, F64);
 element!(i32, I32);
 element!(half::bf16, BF16);
 element!(half::f16, F16);
+element!(u8, U8);
 
 /// A host tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -479,6 +537,7 @@ impl Tensor {
             Storage::I32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            Storage::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
         }
     }
     /// A tensor converted to the float type `dtype`, rounding to nearest even (indices convert
@@ -494,7 +553,7 @@ impl Tensor {
             (s, d) if s.dtype() == d => s.clone(),
             (Storage::F32(v), d) => Storage::from_f32(d, v)?,
             (Storage::F64(v), d) => Storage::from_f64(d, v)?,
-            // exact: every i32 (indices), bf16 and f16 value is an f64
+            // exact: every i32 (indices), u8 (spikes), bf16 and f16 value is an f64
             (_, d) => Storage::from_f64(d, &self.to_f64_vec())?,
         };
         Ok(Tensor {
@@ -502,12 +561,12 @@ impl Tensor {
             storage,
         })
     }
-    /// The flat index of the first NaN or infinity (None for index tensors).
+    /// The flat index of the first NaN or infinity (None for index and spike tensors).
     pub fn first_non_finite(&self) -> Option<usize> {
         match &self.storage {
             Storage::F32(v) => v.iter().position(|x| !x.is_finite()),
             Storage::F64(v) => v.iter().position(|x| !x.is_finite()),
-            Storage::I32(_) => None,
+            Storage::I32(_) | Storage::U8(_) => None,
             Storage::BF16(v) => v.iter().position(|x| !x.is_finite()),
             Storage::F16(v) => v.iter().position(|x| !x.is_finite()),
         }

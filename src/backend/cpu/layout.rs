@@ -27,6 +27,7 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
         // layout ops copy elements: half-precision values move as they are
         DType::BF16 => run::<half::bf16>(op, inputs, outputs),
         DType::F16 => run::<half::f16>(op, inputs, outputs),
+        DType::U8 => run::<u8>(op, inputs, outputs),
     }
 }
 

@@ -42,8 +42,11 @@ macro_rules! storage_dispatch {
 }
 
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
-    // the activations' dtype: the spikes' (forward) or the input gradient's (backward)
-    let dtype = outputs[0].dtype;
+    // the activations' dtype: X's (forward) or the input gradient's (backward)
+    let dtype = match op {
+        Op::Lif(_) => inputs[0].dtype,
+        _ => outputs[0].dtype,
+    };
     match op {
         Op::Lif(cfg) => storage_dispatch!(op.name(), dtype, forward(cfg, inputs, outputs)),
         Op::LifBackward {
@@ -191,18 +194,18 @@ fn membrane_from_charge<T: Float, const HARD: bool, const SMOOTH: bool>(p: &Para
     reset::<T, HARD>(p, h, s)
 }
 
-/// Calls `$f::<$t, $s, HARD, DECAY, SMOOTH>($args)` for runtime booleans.
+/// Calls `$f::<types.., HARD, DECAY, SMOOTH>($args)` for runtime booleans.
 macro_rules! dispatch3 {
-    ($f:ident::<$t:ty, $s:ty>, $hard:expr, $decay:expr, $smooth:expr, ($($arg:expr),*)) => {
+    ($f:ident::<$($ty:ty),+>, $hard:expr, $decay:expr, $smooth:expr, ($($arg:expr),*)) => {
         match ($hard, $decay, $smooth) {
-            (false, false, false) => $f::<$t, $s, false, false, false>($($arg),*),
-            (false, false, true) => $f::<$t, $s, false, false, true>($($arg),*),
-            (false, true, false) => $f::<$t, $s, false, true, false>($($arg),*),
-            (false, true, true) => $f::<$t, $s, false, true, true>($($arg),*),
-            (true, false, false) => $f::<$t, $s, true, false, false>($($arg),*),
-            (true, false, true) => $f::<$t, $s, true, false, true>($($arg),*),
-            (true, true, false) => $f::<$t, $s, true, true, false>($($arg),*),
-            (true, true, true) => $f::<$t, $s, true, true, true>($($arg),*),
+            (false, false, false) => $f::<$($ty),+, false, false, false>($($arg),*),
+            (false, false, true) => $f::<$($ty),+, false, false, true>($($arg),*),
+            (false, true, false) => $f::<$($ty),+, false, true, false>($($arg),*),
+            (false, true, true) => $f::<$($ty),+, false, true, true>($($arg),*),
+            (true, false, false) => $f::<$($ty),+, true, false, false>($($arg),*),
+            (true, false, true) => $f::<$($ty),+, true, false, true>($($arg),*),
+            (true, true, false) => $f::<$($ty),+, true, true, false>($($arg),*),
+            (true, true, true) => $f::<$($ty),+, true, true, true>($($arg),*),
         }
     };
 }
@@ -262,8 +265,23 @@ fn fed_tau<T: Float, S: Stored<T>>(v: Option<&CpuView>) -> Result<Option<T>> {
 
 // ---- forward ------------------------------------------------------------------------------
 
-/// x, S, V stored as `S`; H and the arithmetic in `T`.
+/// x, S, V stored as `S` (the spikes as u8 with `u8_spikes`); H and the arithmetic in `T`.
 fn forward<T: Float, S: Stored<T>>(
+    cfg: &LifConfig,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+) -> Result<()>
+where
+    u8: Stored<T>,
+{
+    match cfg.u8_spikes {
+        true => forward_as::<T, S, u8>(cfg, inputs, outputs),
+        false => forward_as::<T, S, S>(cfg, inputs, outputs),
+    }
+}
+
+/// x and V stored as `S`, the spikes as `P`; H and the arithmetic in `T`.
+fn forward_as<T: Float, S: Stored<T>, P: Stored<T>>(
     cfg: &LifConfig,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
@@ -276,7 +294,7 @@ fn forward<T: Float, S: Stored<T>>(
     let [s, v, h] = outputs else {
         return Err(Error::graph("lif: expects 3 outputs"));
     };
-    let s = split_columns(write::<S>(s)?, t, n);
+    let s = split_columns(write::<P>(s)?, t, n);
     let h = split_columns(write::<T>(h)?, t, n);
     // V per task, or None per task when the membrane is not written (an empty output)
     let v: Vec<Option<_>> = if cfg.membrane {
@@ -289,7 +307,7 @@ fn forward<T: Float, S: Stored<T>>(
     let (hard, decay, smooth) = (cfg.v_reset.is_some(), cfg.decay_input, cfg.smooth);
     over_tasks(tasks, t * n, |k, ((mut s, mut v), mut h)| {
         dispatch3!(
-            forward_task::<T, S>,
+            forward_task::<T, S, P>,
             hard,
             decay,
             smooth,
@@ -299,19 +317,26 @@ fn forward<T: Float, S: Stored<T>>(
     Ok(())
 }
 
-fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, const SMOOTH: bool>(
+fn forward_task<
+    T: Float,
+    S: Stored<T>,
+    P: Stored<T>,
+    const HARD: bool,
+    const DECAY: bool,
+    const SMOOTH: bool,
+>(
     p: &Params<T>,
     x: &[S],
     n: usize,
     c0: usize,
-    s: &mut [&mut [S]],
+    s: &mut [&mut [P]],
     mut v: Option<&mut [&mut [S]]>,
     h: &mut [&mut [T]],
 ) {
     let width = s.first().map_or(0, |r| r.len());
     let mut state = [T::zero(); LANES];
     // row pieces of X, S and V in the compute type, when they are stored otherwise (V's also
-    // when it is not written)
+    // when it is not written; S's when it is u8)
     let (mut x_buf, mut s_buf, mut v_buf) =
         ([T::zero(); LANES], [T::zero(); LANES], [T::zero(); LANES]);
     for l0 in (0..width).step_by(LANES) {
@@ -324,9 +349,9 @@ fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, con
             let xr = S::widen(&x[base + l0..base + l1], &mut x_buf[..w]);
             let (sr, hr) = (&mut sr[l0..l1], &mut hr[l0..l1]);
             let mut vr = v.as_deref_mut().map(|v| &mut v[t][l0..l1]);
-            let sd = S::compute_mut(sr);
+            let sd = P::compute_mut(sr);
             let vd = vr.as_deref_mut().and_then(S::compute_mut);
-            let staged = sd.is_none();
+            let (s_staged, v_staged) = (sd.is_none(), vd.is_none());
             let (sc, vc) = (sd.unwrap_or(&mut s_buf[..w]), vd.unwrap_or(&mut v_buf[..w]));
             for i in 0..w {
                 let (hh, ss, vv) = step::<T, HARD, DECAY, SMOOTH>(p, st[i], xr[i]);
@@ -336,11 +361,11 @@ fn forward_task<T: Float, S: Stored<T>, const HARD: bool, const DECAY: bool, con
                 // the membrane carried on is the exact one (as in f32 with rounded outputs)
                 st[i] = vv;
             }
-            if staged {
-                S::narrow(&s_buf[..w], sr);
-                if let Some(vr) = vr {
-                    S::narrow(&v_buf[..w], vr);
-                }
+            if s_staged {
+                P::narrow(&s_buf[..w], sr);
+            }
+            if let (true, Some(vr)) = (v_staged, vr) {
+                S::narrow(&v_buf[..w], vr);
             }
         }
     }

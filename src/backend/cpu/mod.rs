@@ -107,6 +107,37 @@ macro_rules! stored_half {
 stored_half!(half::bf16);
 stored_half!(half::f16);
 
+/// u8 spikes (`LifConfig::u8_spikes`): 0 and 1 load exactly; a store writes 1 for any
+/// nonzero value (LIF stores only 0 or 1).
+macro_rules! stored_spike {
+    ($t:ty) => {
+        impl Stored<$t> for u8 {
+            #[inline(always)]
+            fn load(self) -> $t {
+                <$t>::from(self)
+            }
+            #[inline(always)]
+            fn store(v: $t) -> u8 {
+                u8::from(v != 0.0)
+            }
+            fn widen<'a>(src: &'a [u8], buf: &'a mut [$t]) -> &'a [$t] {
+                buf.iter_mut().zip(src).for_each(|(b, &s)| *b = s.load());
+                buf
+            }
+            fn compute_mut(_: &mut [u8]) -> Option<&mut [$t]> {
+                None
+            }
+            fn narrow(src: &[$t], dst: &mut [u8]) {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = Self::store(v));
+            }
+        }
+    };
+}
+stored_spike!(f32);
+stored_spike!(f64);
+
 /// Runs a generic kernel call at the float dtype given: `float_dispatch!(dtype, f(args))`.
 macro_rules! float_dispatch {
     ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
@@ -191,6 +222,33 @@ fn in_f32(
     Ok(())
 }
 
+/// Runs `f` (the op) with its u8 spike inputs widened, exactly, to the op's float type (its
+/// first float output's); then `f` runs as for any input of that type (on half storage, in
+/// f32). Only the inputs [`Op::reads_spikes`] names are u8 here (the shape rule checked it).
+fn spikes_widened(
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+    f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
+) -> Result<()> {
+    let float = outputs
+        .iter()
+        .map(|o| o.dtype)
+        .find(|d| d.is_float())
+        .ok_or_else(|| Error::graph("an op reading u8 spikes has no float output"))?;
+    let wide = inputs
+        .iter()
+        .map(|v| {
+            (v.dtype == DType::U8)
+                .then(|| v.buf.spikes_as(float, v.shape.numel()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    f(
+        &super::views_as(inputs, wide.iter().map(Option::as_ref), float),
+        outputs,
+    )
+}
+
 /// A read-only CPU buffer seen as a tensor.
 pub type CpuView<'a> = View<'a, Storage>;
 /// A writable CPU buffer seen as a tensor.
@@ -273,6 +331,7 @@ impl Backend for CpuBackend {
             Storage::I32(s) => Storage::I32(s[..n].to_vec()),
             Storage::BF16(s) => Storage::BF16(s[..n].to_vec()),
             Storage::F16(s) => Storage::F16(s[..n].to_vec()),
+            Storage::U8(s) => Storage::U8(s[..n].to_vec()),
         };
         if storage.dtype() != dtype {
             return Err(Error::graph(format!(
@@ -301,6 +360,9 @@ impl Backend for CpuBackend {
                 Storage::F64(v) => y.write_prefix(&Storage::from_f64(*to, &v[..n])?),
                 s => y.store_f32(&s.f32_prefix(n)?),
             };
+        }
+        if super::reads_u8(op, inputs) {
+            return spikes_widened(inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         let half = super::any_half(inputs, outputs);
         // LIF converts in its own loops (it is bandwidth-bound: whole-buffer passes would

@@ -92,7 +92,8 @@ pub(super) fn cast(
     to: DType,
     n: usize,
 ) -> Result<()> {
-    if !from.is_float() || !to.is_float() {
+    // u8 spikes widen to any float type; nothing narrows to u8
+    if !(from.is_float() || from == DType::U8) || !to.is_float() {
         return Err(super::launch::unsupported(
             op,
             format!("cast {from:?} → {to:?}"),

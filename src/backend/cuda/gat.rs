@@ -306,7 +306,15 @@ fn heads(op: &Op, h: usize, c: usize) -> Result<()> {
     Ok(())
 }
 
-/// alpha[E,H], s[T,N,C], graph → y[T,N,C]
+/// The aggregation kernel `base` for the spikes' storage: `<base>_u8s` reads u8 spikes.
+fn for_spikes(base: &str, s: &View<CudaBuffer>) -> String {
+    match s.dtype {
+        DType::U8 => format!("{base}_u8s"),
+        _ => base.to_string(),
+    }
+}
+
+/// alpha[E,H], s[T,N,C] (float or u8 spikes), graph → y[T,N,C]
 fn aggregate(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Result<()> {
     let h = x.alpha.shape.at(1);
     let [steps, n, c] = dims3(x.s);
@@ -316,7 +324,7 @@ fn aggregate(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Result<()> {
     }
     heads(op, h, c)?;
     k.to_int("T*N*C", steps * n * c)?;
-    k.warps("agg_fwd", steps * n)
+    k.warps(&for_spikes("agg_fwd", x.s), steps * n)
         .input(x.alpha)
         .input(x.s)
         .input(x.graph.row_ptr)
@@ -359,7 +367,7 @@ fn aggregate_backward(k: &Kernels, op: &Op, x: &AggArgs, outs: &[Output]) -> Res
             .run()?;
     }
     if e * h > 0 && n > 0 {
-        k.warps("agg_bwd_alpha", n * h)
+        k.warps(&for_spikes("agg_bwd_alpha", s), n * h)
             .input(g_y)
             .input(s)
             .input(row_ptr)

@@ -79,6 +79,7 @@ pub(super) fn suffix(dtype: DType) -> &'static str {
         DType::I32 => "i32",
         DType::BF16 => "bf16",
         DType::F16 => "f16",
+        DType::U8 => "u8",
     }
 }
 
@@ -104,12 +105,12 @@ impl<'a> Kernels<'a> {
     /// unsupported. Half-precision kernels compute in f32 (`Acc<S>` in common.cuh).
     pub fn float(be: &'a CudaBackend, op: &Op, dtype: DType) -> Result<Self> {
         match dtype {
-            DType::I32 => Err(unsupported(op, format!("{dtype:?} data"))),
+            DType::I32 | DType::U8 => Err(unsupported(op, format!("{dtype:?} data"))),
             _ => Ok(Self::typed(be, op, dtype)),
         }
     }
 
-    /// Kernels suffixed by any dtype (`_f32`, `_f64`, `_i32`, `_bf16`, `_f16`).
+    /// Kernels suffixed by any dtype (`_f32`, `_f64`, `_i32`, `_bf16`, `_f16`, `_u8`).
     pub fn typed(be: &'a CudaBackend, op: &Op, dtype: DType) -> Self {
         Kernels {
             be,
@@ -120,9 +121,11 @@ impl<'a> Kernels<'a> {
         }
     }
 
-    /// Kernels that move words of the dtype's size (`_b2`, `_b4`, `_b8`), whatever it holds.
+    /// Kernels that move words of the dtype's size (`_b1`, `_b2`, `_b4`, `_b8`), whatever it
+    /// holds.
     pub fn words(be: &'a CudaBackend, op: &Op, dtype: DType) -> Self {
         let suffix = match dtype.size() {
+            1 => "b1",
             2 => "b2",
             8 => "b8",
             _ => "b4",

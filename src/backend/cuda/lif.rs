@@ -9,7 +9,12 @@ use crate::ops::lif::LifBackwardArgs;
 use crate::ops::{LifConfig, Op};
 
 pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -> Result<()> {
-    let k = Kernels::float(be, op, outs[0].dtype)?;
+    // the activations' storage: X's (the spikes may be u8) or gX's
+    let dtype = match op {
+        Op::Lif(_) => ins[0].dtype,
+        _ => outs[0].dtype,
+    };
+    let k = Kernels::float(be, op, dtype)?;
     match op {
         Op::Lif(cfg) => forward(&k, cfg, ins, outs),
         Op::LifBackward { cfg, .. } => backward(&k, op, cfg, ins, outs),
@@ -39,6 +44,15 @@ fn for_steps(kernel: &'static str, steps: usize, cfg: &LifConfig) -> String {
     }
 }
 
+/// The forward form for `steps`, writing u8 spikes (`_u8s`) with `cfg.u8_spikes`.
+fn forward_kernel(steps: usize, cfg: &LifConfig) -> String {
+    let form = for_steps("lif_fwd", steps, cfg);
+    match cfg.u8_spikes {
+        true => format!("{form}_u8s"),
+        false => form,
+    }
+}
+
 /// x[T, N] (, tau) → spikes, membrane, charge.
 fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result<()> {
     cfg.validate("lif")?;
@@ -48,7 +62,7 @@ fn forward(k: &Kernels, cfg: &LifConfig, ins: Inputs, outs: &[Output]) -> Result
     }
     let tau_ptr = if cfg.learnable_tau { ins[1].buf.ptr } else { 0 };
     let launch = k
-        .flat(&for_steps("lif_fwd", steps, cfg), n)
+        .flat(&forward_kernel(steps, cfg), n)
         .input(&ins[0])
         .ptr(outs[0].ptr)
         .ptr(if cfg.membrane { outs[1].ptr } else { 0 }) // V: nullable

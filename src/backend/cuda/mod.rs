@@ -480,6 +480,10 @@ impl CudaBackend {
         inputs: &[View<CudaBuffer>],
         outputs: &mut [ViewMut<CudaBuffer>],
     ) -> Result<()> {
+        // the aggregation kernels read u8 spikes themselves
+        if super::reads_u8(op, inputs) && op.family() != Family::Gat {
+            return self.run_spikes_widened(op, inputs, outputs);
+        }
         let half = super::any_half(inputs, outputs);
         if half && !matches!(op, Op::Cast(_)) && !half_kernels(op.family()) {
             return self.run_in_f32(op, inputs, outputs);
@@ -534,6 +538,38 @@ fn half_kernels(family: Family) -> bool {
 }
 
 impl CudaBackend {
+    /// Runs an op that reads u8 spikes through float copies (the matmul: cuBLAS has no u8 ×
+    /// float product), as the CPU backend does: each u8 input widened exactly by basic.cu's
+    /// cast into a buffer of the op's float type (its first float output's), freed
+    /// stream-ordered after the op.
+    fn run_spikes_widened(
+        &self,
+        op: &Op,
+        inputs: &[View<CudaBuffer>],
+        outputs: &mut [ViewMut<CudaBuffer>],
+    ) -> Result<()> {
+        let float = outputs
+            .iter()
+            .map(|o| o.dtype)
+            .find(|d| d.is_float())
+            .ok_or_else(|| launch::unsupported(op, "u8 spikes with no float output"))?;
+        let wide = inputs
+            .iter()
+            .map(|v| {
+                let n = v.shape.numel();
+                (v.dtype == DType::U8)
+                    .then(|| {
+                        let buf = self.alloc(float, n)?;
+                        basic::cast(self, op, v.buf.ptr, DType::U8, buf.ptr, float, n)?;
+                        Ok(buf)
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let views = super::views_as(inputs, wide.iter().map(Option::as_ref), float);
+        self.run_op(op, &views, outputs)
+    }
+
     /// Runs an op whose family has no half-precision kernels on half data, as the CPU backend
     /// does: its half inputs widened into f32 staging buffers, the f32 kernels, its half outputs
     /// rounded once from f32. Statistics that stay f32 (`Op::half_stats`) pass through as they
@@ -692,6 +728,7 @@ impl Backend for CudaBackend {
             // the half types are their 16-bit words (`repr(transparent)`): copied as they are
             Storage::BF16(v) => self.upload(dst.ptr, v)?,
             Storage::F16(v) => self.upload(dst.ptr, v)?,
+            Storage::U8(v) => self.upload(dst.ptr, v)?,
         }
         dst.set_host(
             (src.dtype() == DType::I32 || n <= HOST_SHADOW_MAX_FLOAT)
@@ -714,6 +751,7 @@ impl Backend for CudaBackend {
             DType::I32 => Storage::I32(self.download(src.ptr, n)?),
             DType::BF16 => Storage::BF16(self.download(src.ptr, n)?),
             DType::F16 => Storage::F16(self.download(src.ptr, n)?),
+            DType::U8 => Storage::U8(self.download(src.ptr, n)?),
         };
         Tensor::from_storage(shape.clone(), storage)
     }
