@@ -21,9 +21,17 @@
  *    or not given). Sizes are int64_t and must be >= 0.
  *  - The backward functions take the forward's saved outputs (h for LIF; out and lse for GAT;
  *    lse_row/lse_col for InfoNCE) exactly as the forward wrote them.
- *  - Aliasing: every entry point copies its inputs before it writes any output, so an output may
- *    share memory with an input (the result is the same as with separate buffers). The one
- *    exception is gshn_gat_forward_* asked for alpha (see there): refused, not computed wrong.
+ *  - Zero-copy on the CUDA path: the kernels read the caller's device buffers and write its
+ *    outputs in place (no device-to-device copies); outputs the caller passes as NULL go to
+ *    gshn's own memory. Host paths copy their inputs once.
+ *  - Aliasing: an output may share memory with an input; the result is the same as with
+ *    separate buffers (*_cpu copies its inputs; *_cuda copies just the inputs that overlap an
+ *    output, before any output is written). The one exception is gshn_gat_forward_* asked for
+ *    alpha (see there): refused, not computed wrong.
+ *  - Threads: any thread may call any function. *_cuda calls on one device are serialised
+ *    inside gshn (one backend, one stream, one scratch arena per device), each ordered after
+ *    its caller's stream and before the caller's later work on it; calls from several threads,
+ *    each with its own stream, are therefore safe and never block the host on the device.
  *  - Checked before any buffer is read or written (an error code, never a crash): NULL for a
  *    required pointer (an optional one may be NULL; a NULL with a zero-element size is accepted),
  *    a negative size, sizes whose element or byte count overflows int64 / size_t, graph sizes

@@ -10,9 +10,10 @@
 //!   device ordinal; index arrays (`row_ptr`, `src`) are **host** pointers on both paths (the
 //!   backends validate them and build the CSC transpose on the host). The CUDA path is
 //!   stream-ordered with the caller's stream (events; no host synchronisation except for GAT
-//!   index uploads of pageable memory): it copies the inputs into gshn's buffers, runs the op on
-//!   gshn's stream and copies the results into the caller's buffers, because the CUDA backend has
-//!   no way yet to wrap caller-owned device memory (see `docs/VALIDATION.md`).
+//!   index uploads of pageable memory) and zero-copy: the caller's device buffers are lent to
+//!   the kernels as they are ([`crate::backend::CudaBuffer::borrow_raw`], address and alignment
+//!   checked), outputs are written in place, and only an input that shares memory with an
+//!   output is copied first (so aliasing gives the separate-buffer result on both paths).
 //! - Float buffers are all f32, f64, bf16 or f16 (`dtype`), row-major, contiguous; with bf16
 //!   and f16 (CPU only) the statistics buffers are f32 ([`GSHN_BF16`]).
 //!
@@ -547,7 +548,7 @@ fn exec_cuda(
 #[cfg(feature = "cuda")]
 mod cuda_path {
     use super::*;
-    use crate::backend::{Backend, CudaBackend};
+    use crate::backend::{execute_buffers, Backend, CudaBackend, CudaBuffer};
     use cudarc::driver::{result, sys};
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
@@ -609,46 +610,66 @@ mod cuda_path {
         let theirs = stream as sys::CUstream;
         // gshn's stream starts after the work the caller queued before this call.
         join(theirs, ours)?;
+        let metas: Vec<Meta> = ins.iter().map(|(_, m)| m.clone()).collect();
+        let out_metas = op.infer(&metas)?;
+        // The caller's buffers are lent to the kernels as they are: no copies. An input that
+        // shares memory with an output is copied first (the kernels read inputs while they
+        // write outputs), so aliasing gives the separate-buffer result, as on the CPU path.
+        let aliased = |p: *const c_void, m: &Meta| {
+            outs.iter()
+                .zip(&out_metas)
+                .any(|(d, dm)| overlap((p, m), (d.ptr, dm)))
+        };
         let mut bufs = Vec::with_capacity(ins.len());
         for (src, m) in &ins {
             let n = m.shape.numel();
-            let mut buf = be.alloc(m.dtype, n)?;
-            match src {
-                Src::Host(t) => be.write(&mut buf, t)?,
-                Src::Ptr(p, _) => {
-                    if n > 0 {
-                        // SAFETY: both are device regions of n elements (caller contract; ours
-                        // from alloc), ordered on our stream after the caller's work.
-                        unsafe {
-                            result::memcpy_dtod_async(
-                                buf.device_ptr(),
-                                *p as u64,
-                                n * m.dtype.size(),
-                                ours,
-                            )
-                        }
-                        .map_err(|e| cu("copying an input", e))?;
-                    }
+            bufs.push(match src {
+                Src::Ptr(p, _) if !aliased(*p, m) => {
+                    // SAFETY: the caller's n elements of m.dtype on this device (gshn.h); the
+                    // address and alignment are checked by borrow_raw.
+                    unsafe { CudaBuffer::borrow_raw(*p as u64, m.dtype, n)? }
                 }
-            }
-            bufs.push(buf);
+                Src::Ptr(p, _) => {
+                    let buf = be.alloc(m.dtype, n)?;
+                    // SAFETY: both hold n elements (the caller's contract; ours from alloc),
+                    // copied on our stream after the caller's work.
+                    unsafe {
+                        result::memcpy_dtod_async(
+                            buf.device_ptr(),
+                            *p as u64,
+                            n * m.dtype.size(),
+                            ours,
+                        )
+                    }
+                    .map_err(|e| cu("copying an input that aliases an output", e))?;
+                    buf
+                }
+                Src::Host(t) => {
+                    let mut buf = be.alloc(m.dtype, n)?;
+                    be.write(&mut buf, t)?;
+                    buf
+                }
+            });
         }
-        let metas: Vec<Meta> = ins.iter().map(|(_, m)| m.clone()).collect();
-        let results = fused::run(&*be, &op, &views(&bufs, &metas))?;
-        for (r, d) in results.iter().zip(&outs) {
-            let n = r.shape().numel();
-            if d.ptr.is_null() || n == 0 {
-                continue;
-            }
-            let bytes = n * r.dtype().size();
-            // SAFETY: device regions of n elements (caller contract / ours).
-            unsafe {
-                result::memcpy_dtod_async(d.ptr as u64, r.buffer().device_ptr(), bytes, ours)
-            }
-            .map_err(|e| cu("copying an output", e))?;
-        }
-        // The caller's stream continues after our results are in its buffers. Our buffers are
-        // freed stream-ordered on our stream when dropped.
+        let mut out_bufs = outs
+            .iter()
+            .zip(&out_metas)
+            .map(|(d, m)| match d.ptr.is_null() {
+                // an output the caller does not want: written into gshn's memory
+                true => be.alloc(m.dtype, m.shape.numel()),
+                // SAFETY: as for the inputs (the caller's writable buffer)
+                false => unsafe { CudaBuffer::borrow_raw(d.ptr as u64, m.dtype, m.shape.numel()) },
+            })
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        execute_buffers(
+            &*be,
+            &op,
+            bufs.iter().zip(&metas),
+            &mut out_bufs,
+            &out_metas,
+        )?;
+        // The caller's stream continues after the op. Our own buffers are freed stream-ordered
+        // on our stream when dropped; the lent ones are never freed here.
         join(ours, theirs)
     }
 }
@@ -688,28 +709,28 @@ fn agg_args<'a>(
 
 /// Checks that no caller input shares bytes with a buffer written before it is read again.
 fn disjoint(f: &str, reads: &Inputs, written: &[(*mut c_void, Meta)]) -> Result<(), CErr> {
+    for (src, meta) in reads {
+        let Src::Ptr(p, name) = src else { continue };
+        if written.iter().any(|(w, wm)| overlap((*p, meta), (*w, wm))) {
+            return Err(arg_err(
+                f,
+                format!("{name} shares memory with an output written before it is read again"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two caller buffers (address, meta) share a byte.
+fn overlap(a: (*const c_void, &Meta), b: (*mut c_void, &Meta)) -> bool {
     let span = |p: usize, m: &Meta| {
         let bytes = m.checked_bytes()?;
         (bytes > 0).then_some((p, p.saturating_add(bytes)))
     };
-    for (src, meta) in reads {
-        let Src::Ptr(p, name) = src else { continue };
-        let Some((r0, r1)) = span(*p as usize, meta) else {
-            continue;
-        };
-        for (w, wm) in written {
-            let Some((w0, w1)) = span(*w as usize, wm) else {
-                continue;
-            };
-            if r0 < w1 && w0 < r1 {
-                return Err(arg_err(
-                    f,
-                    format!("{name} shares memory with an output written before it is read again"),
-                ));
-            }
-        }
+    match (span(a.0 as usize, a.1), span(b.0 as usize, b.1)) {
+        (Some((a0, a1)), Some((b0, b1))) => a0 < b1 && b0 < a1,
+        _ => false,
     }
-    Ok(())
 }
 
 /// The forward GAT inputs by name: `params` = z, a_src, a_dst (, edge_bias), `graph` = the four

@@ -294,7 +294,7 @@ fn lif_config_of(a: &Attrs) -> Result<LifConfig> {
         learnable_tau: false,
         smooth: false,
         membrane: true,
-        u8_spikes: false,
+        u8_spikes: a.bool("u8_spikes")?,
     };
     cfg.validate("lif")?;
     Ok(cfg)
@@ -522,7 +522,8 @@ fn run_lif<B: Backend>(c: &mut Call<B>, attrs: &Attrs) -> Result<()> {
         ));
     }
     let f = fused::lif_forward(c.be, x.view(), view(&tau), &cfg)?;
-    let gs = c.seed("spikes", &f.spikes, None)?;
+    // the spikes' gradient has x's float type, u8 spikes too: shaped and typed as the membrane
+    let gs = c.seed("spikes", &f.membrane, None)?;
     let gv = c.seed("v", &f.membrane, None)?;
     let g = fused::lif_backward(
         c.be,

@@ -1452,3 +1452,98 @@ mod cuda_borrowed;
 fn eager_api_on_device_memory() {
     cuda_borrowed::main().unwrap();
 }
+
+/// Caller-owned device memory (issue 18): the C ABI's CUDA path lends the caller's buffers to
+/// the kernels and writes its outputs in place, with the CPU path's results, also when the
+/// spikes are written over the input (that input is copied first); the Rust API runs the same
+/// op on `CudaSlice`s (`Lent`).
+#[test]
+fn lent_device_buffers() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::backend::Lent;
+    use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_forward_cuda, gshn_lif_params_default};
+    use gshn::capi::{GSHN_F32, GSHN_OK};
+    use std::ffi::c_void;
+    let Some(be) = cuda() else { return };
+    let (t, n) = (5usize, 1037usize);
+    let x = rand_t(&mut SplitMix64::new(21), &[t, n], F32, -0.5, 2.0);
+    let xs = x.data::<f32>().unwrap().to_vec();
+    let params = gshn_lif_params_default();
+    let mut want = vec![vec![0f32; t * n]; 3]; // spikes, v, h
+    let [s0, v0, h0] = &mut want[..] else {
+        unreachable!()
+    };
+    // SAFETY: every buffer holds T·N f32.
+    let rc = unsafe {
+        gshn_lif_forward_cpu(
+            &params,
+            GSHN_F32,
+            t as i64,
+            n as i64,
+            xs.as_ptr().cast(),
+            s0.as_mut_ptr().cast(),
+            v0.as_mut_ptr().cast(),
+            h0.as_mut_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, GSHN_OK);
+    let st = be.stream();
+    let ptr = |s: &CudaSlice<f32>| s.device_ptr(st).0 as *mut c_void;
+    let read = |s: &CudaSlice<f32>| st.clone_dtoh(s).unwrap();
+    let close = |what: &str, got: &[f32], want: &[f32]| {
+        let g = Tensor::new([got.len()], got.to_vec()).unwrap();
+        let w = Tensor::new([want.len()], want.to_vec()).unwrap();
+        assert!(
+            rel_err(&g, &w) <= 1e-6,
+            "{what}: rel err {}",
+            rel_err(&g, &w)
+        );
+    };
+    for aliased in [false, true] {
+        let dx = st.clone_htod(&xs).unwrap();
+        let outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+        st.synchronize().unwrap();
+        // aliased: the spikes are written over x
+        let spikes = if aliased { ptr(&dx) } else { ptr(&outs[0]) };
+        // SAFETY: device buffers of T·N f32 on device 0; the legacy default stream (NULL)
+        let rc = unsafe {
+            gshn_lif_forward_cuda(
+                &params,
+                GSHN_F32,
+                t as i64,
+                n as i64,
+                ptr(&dx),
+                spikes,
+                ptr(&outs[1]),
+                ptr(&outs[2]),
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, GSHN_OK, "aliased={aliased}");
+        be.context().synchronize().unwrap();
+        let s = if aliased { read(&dx) } else { read(&outs[0]) };
+        assert_eq!(&s, s0, "C ABI spikes, aliased={aliased}");
+        close("C ABI v", &read(&outs[1]), v0);
+        close("C ABI h", &read(&outs[2]), h0);
+    }
+    // the same op on lent CudaSlices, written in place
+    let dx = st.clone_htod(&xs).unwrap();
+    let mut outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+    {
+        let ins = [Lent::slice(&be, &dx, [t, n]).unwrap()];
+        let [o0, o1, o2] = &mut outs[..] else {
+            unreachable!()
+        };
+        let mut lent = [o0, o1, o2].map(|o| Lent::slice_mut(&be, o, [t, n]).unwrap());
+        be.execute_lent(&Op::Lif(LifConfig::default()), &ins, &mut lent)
+            .unwrap();
+    }
+    be.synchronize().unwrap();
+    assert_eq!(&read(&outs[0]), s0, "Lent spikes");
+    close("Lent v", &read(&outs[1]), v0);
+    close("Lent h", &read(&outs[2]), h0);
+    // a slice shorter than the shape is refused before anything runs
+    let short: CudaSlice<f32> = st.alloc_zeros(t * n - 1).unwrap();
+    assert!(Lent::slice(&be, &short, [t, n]).is_err());
+}

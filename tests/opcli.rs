@@ -80,6 +80,27 @@ fn lif_default_seed_is_ones_and_matches_the_graph() {
     );
 }
 
+/// `u8_spikes`: the spikes come back as u8 holding the float run's 0/1, and everything else
+/// (v, h, grad_x) is the same bits.
+#[test]
+fn lif_u8_spikes_equal_float_spikes() {
+    let x = (
+        "x".to_string(),
+        Tensor::new([4, 9], rnd(5, 36, -0.5, 2.5)).unwrap(),
+    );
+    let float = opcli::run("lif", std::slice::from_ref(&x), &json!({}), CpuBackend).unwrap();
+    let compact = opcli::run("lif", &[x], &json!({"u8_spikes": true}), CpuBackend).unwrap();
+    assert_eq!(get(&compact, "spikes").dtype(), DType::U8);
+    assert!(get(&float, "spikes").to_f64_vec().contains(&1.0));
+    for k in ["spikes", "v", "h", "grad_x"] {
+        assert_eq!(
+            get(&compact, k).to_f64_vec(),
+            get(&float, k).to_f64_vec(),
+            "{k}"
+        );
+    }
+}
+
 #[test]
 fn gat_edge_index_equals_csr_up_to_edge_order() {
     let (n, h, f) = (5, 2, 3);

@@ -12,7 +12,7 @@ use crate::tensor::{DType, Meta, Shape, Tensor};
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaBuffer};
+pub use cuda::{CudaBackend, CudaBuffer, Lent};
 pub use device::{cuda_available, AnyBackend, AnyBuffer, Device};
 
 /// A buffer of a backend seen as a tensor of `shape` (the buffer may be longer).

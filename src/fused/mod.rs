@@ -231,6 +231,11 @@ pub static OPS: &[OpSpec] = &[
                 "null",
                 "surrogate parameter; null = default (atan 2, sigmoid 4, super_spike 10, rectangular 1)",
             ),
+            attr(
+                "u8_spikes",
+                "false",
+                "write the spikes as u8 (0/1, one byte each); grad_spikes keeps x's dtype",
+            ),
         ],
         outputs: &[
             out("spikes", "[T,N]", GradDefault::Ones),

@@ -31,6 +31,7 @@ mod gat;
 mod infonce;
 mod launch;
 mod layout;
+mod lent;
 mod lif;
 mod norm;
 mod optim;
@@ -44,6 +45,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
 };
 use launch::{Arg, Output};
+pub use lent::Lent;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -94,7 +96,8 @@ pub fn device_count() -> Result<usize> {
 /// A device buffer: raw bytes of `len` elements of `dtype`, plus (for index and tiny buffers
 /// written from the host) a host copy of the contents.
 pub struct CudaBuffer {
-    slice: CudaSlice<u8>,
+    /// gshn's allocation, or None for the caller's memory (`borrow_raw`: never freed here).
+    slice: Option<CudaSlice<u8>>,
     ptr: u64,
     dtype: DType,
     len: usize,
@@ -136,9 +139,11 @@ impl CudaBuffer {
     pub fn device_ptr(&self) -> u64 {
         self.ptr
     }
-    /// Bytes of device memory held.
+    /// Bytes of device memory held (a lent buffer: the bytes of its elements).
     pub fn bytes(&self) -> usize {
-        self.slice.len()
+        self.slice
+            .as_ref()
+            .map_or(self.len * self.dtype.size(), |s| s.len())
     }
 }
 
@@ -702,7 +707,7 @@ impl Backend for CudaBackend {
             .map_err(|e| cuda_err(&format!("cannot allocate {bytes} bytes"), e))?;
         let ptr = slice.device_ptr(&self.stream).0;
         Ok(CudaBuffer {
-            slice,
+            slice: Some(slice),
             ptr,
             dtype,
             len,
