@@ -187,6 +187,76 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         emit("lif_bwd", &shape, ms, tn * (3.0 * e + 4.0), 0.0);
     }
 
+    // Host cost of one op call (issue 18, goal < 10 µs through the C ABI): a tiny LIF (T=1,
+    // N=256, device work of a few µs) queued 2000 times and synchronised once, through
+    // Backend::execute, the C ABI's zero-copy entry point (the caller's stream: the backend's
+    // own here) and lent CudaSlices; milliseconds of host time per call.
+    {
+        use gshn::backend::Lent;
+        use gshn::capi::{gshn_lif_forward_cuda, gshn_lif_params_default, GSHN_F32, GSHN_OK};
+        let (t, n, calls) = (1usize, 256usize, 2000usize);
+        let host_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            f()?;
+            be.synchronize()?;
+            let t0 = std::time::Instant::now();
+            for _ in 0..calls {
+                f()?;
+            }
+            be.synchronize()?;
+            Ok(t0.elapsed().as_secs_f64() * 1e3 / calls as f64)
+        };
+        let x = upload(be, &rand(&mut r, &[t, n], -0.5, 2.0))?;
+        let (mut s, mut v, mut h) = (
+            empty(be, &[t, n], DType::F32)?,
+            empty(be, &[t, n], DType::F32)?,
+            empty(be, &[t, n], DType::F32)?,
+        );
+        let op = Op::Lif(LifConfig::default());
+        let ms = host_ms(&mut || exec(be, &op, &[&x], &mut [&mut s, &mut v, &mut h]))?;
+        emit("call_overhead_execute", "lif T=1 N=256", ms, 0.0, 0.0);
+        let params = gshn_lif_params_default();
+        let stream = be.stream().cu_stream() as *mut std::ffi::c_void;
+        let p = |v: &Val| v.buf.device_ptr() as *mut std::ffi::c_void;
+        let ms = host_ms(&mut || {
+            // SAFETY: device buffers of T·N f32 on device 0, live for the call
+            let rc = unsafe {
+                gshn_lif_forward_cuda(
+                    &params,
+                    GSHN_F32,
+                    1,
+                    256,
+                    p(&x),
+                    p(&s),
+                    p(&v),
+                    p(&h),
+                    0,
+                    stream,
+                )
+            };
+            match rc {
+                GSHN_OK => Ok(()),
+                _ => Err(gshn::Error::Cuda(format!("gshn_lif_forward_cuda -> {rc}"))),
+            }
+        })?;
+        emit("call_overhead_c_abi", "lif T=1 N=256", ms, 0.0, 0.0);
+        let st = be.stream();
+        let err = |e| gshn::Error::Cuda(format!("lent bench: {e:?}"));
+        let xs = st.alloc_zeros::<f32>(t * n).map_err(err)?;
+        let mut lent_outs = Vec::new();
+        for _ in 0..3 {
+            lent_outs.push(st.alloc_zeros::<f32>(t * n).map_err(err)?);
+        }
+        let ms = host_ms(&mut || {
+            let ins = [Lent::slice(be, &xs, [t, n])?];
+            let mut o = Vec::with_capacity(3);
+            for s in lent_outs.iter_mut() {
+                o.push(Lent::slice_mut(be, s, [t, n])?);
+            }
+            be.execute_lent(&op, &ins, &mut o)
+        })?;
+        emit("call_overhead_lent", "lif T=1 N=256", ms, 0.0, 0.0);
+    }
+
     // GAT N=50k, in-degree 16, H=4, F=32, and aggregation, on f32 and on half storage (the
     // statistics lse stay f32; index bytes are 4 in every case).
     for dt in [DType::F32, DType::BF16, DType::F16] {
