@@ -1,6 +1,7 @@
 //! Mixed-precision training (`train.precision = "bf16" | "f16"`, issue 15): f32 master
 //! weights and checkpoints, exact resume, evaluation in another precision, and f16's dynamic
-//! loss scaling skipping an overflowing step.
+//! loss scaling skipping an overflowing step; u8 spikes (`model.lif.u8_spikes`) training
+//! bit-identically.
 
 mod common;
 
@@ -133,4 +134,25 @@ fn an_f16_step_whose_gradient_overflows_is_skipped_and_the_scale_backs_off() {
     assert_ne!(after, before);
     assert!(after.iter().all(|(_, t)| t.dtype() == DType::F32));
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A whole run (pre-training and fine-tuning, every SNN layer's spikes u8) writes the same
+/// checkpoint, bit for bit, as the run that stores its spikes as floats, in f32 and in bf16.
+#[test]
+fn training_with_u8_spikes_is_bit_identical() {
+    let dir = tiny_data("u8-spikes");
+    for precision in [StepPrecision::F32, StepPrecision::Bf16] {
+        let mut checkpoints = Vec::new();
+        for u8_spikes in [false, true] {
+            let mut cfg = tiny_config();
+            cfg.model.snn_layers = 2;
+            cfg.train.precision = precision;
+            cfg.model.lif.u8_spikes = u8_spikes;
+            let out = format!("{precision:?}-{u8_spikes}");
+            gshn::train::train(CpuBackend, cfg, &fresh_run(&dir, &out)).unwrap();
+            checkpoints.push(checkpoint(&dir.join(out)));
+        }
+        assert!(checkpoints[0].len() > 10);
+        assert_eq!(checkpoints[0], checkpoints[1], "{precision:?}");
+    }
 }

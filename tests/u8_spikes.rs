@@ -1,17 +1,12 @@
 //! u8 spike storage (issue 15, `LifConfig::u8_spikes`): the consumers of spikes (matmul on
 //! either side, aggregation) read u8 as their float type and give the same bits as on float
 //! spikes, forward and gradients; the spikes' gradient is that float type; ops that do not
-//! read spikes refuse u8 with a typed error; a whole training run with u8 spikes is
-//! bit-identical to one with float spikes; u8 tensors round-trip through safetensors.
+//! read spikes refuse u8 with a typed error; u8 tensors round-trip through safetensors. (A whole
+//! training run with u8 spikes: `tests/mixed_precision.rs`.)
 
-mod common;
-
-use common::{fresh_run, tiny_config};
-use gshn::data::write_synthetic;
 use gshn::graph::gradcheck::random;
 use gshn::ops::{CsrGraph, GraphInputs};
 use gshn::tensor::io::{load_safetensors, save_safetensors};
-use gshn::train::config::StepPrecision;
 use gshn::util::rng::SplitMix64;
 use gshn::{CpuBackend, DType, Error, Executor, Graph, Tensor};
 
@@ -147,32 +142,4 @@ fn u8_tensors_round_trip_through_safetensors() {
     std::fs::remove_file(&path).ok();
     assert_eq!(back, vec![("s".to_string(), t.clone())]);
     assert_eq!(t.to_dtype(DType::F32).unwrap().to_f64_vec(), t.to_f64_vec());
-}
-
-/// A whole run (pre-training and fine-tuning, every SNN layer's spikes u8) writes the same
-/// checkpoint, bit for bit, as the run that stores its spikes as floats, in f32 and in bf16.
-#[test]
-fn training_with_u8_spikes_is_bit_identical() {
-    let dir = std::env::temp_dir().join(format!("gshn-u8-spikes-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    write_synthetic(&dir, 24, 8, 5).unwrap();
-    for precision in [StepPrecision::F32, StepPrecision::Bf16] {
-        let mut checkpoints = Vec::new();
-        for u8_spikes in [false, true] {
-            let mut cfg = tiny_config();
-            cfg.model.snn_layers = 2;
-            cfg.train.precision = precision;
-            cfg.model.lif.u8_spikes = u8_spikes;
-            let out = format!("{precision:?}-{u8_spikes}");
-            gshn::train::train(CpuBackend, cfg, &fresh_run(&dir, &out)).unwrap();
-            checkpoints.push(
-                load_safetensors(&dir.join(out).join("checkpoint.safetensors"))
-                    .unwrap()
-                    .0,
-            );
-        }
-        assert!(checkpoints[0].len() > 10);
-        assert_eq!(checkpoints[0], checkpoints[1], "{precision:?}");
-    }
-    std::fs::remove_dir_all(&dir).ok();
 }
