@@ -273,6 +273,7 @@ def train_summary():
             "loss_rel_diff_max": max((r for _, r in rel), default=None),
             "loss_rel_diff_by_step": rel,
             "graphs_per_s_median": {"cuda": rate(gpu), "cpu": rate(cpu)},
+            "device_ops_per_step": [m.get("device_ops") for m in gpu if m.get("kind") == "step"][-1:],
             "final_eval": {"cuda": evals(gpu), "cpu": evals(cpu)},
             "eval_of_cpu_checkpoint": {"cuda": one("eval-cuda.json"), "cpu": one("eval-cpu.json")},
             "bf16": bf16_summary(gpu, rate),

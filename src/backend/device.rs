@@ -270,6 +270,14 @@ impl Backend for AnyBackend {
         }
     }
 
+    fn device_ops(&self) -> Option<u64> {
+        match self {
+            AnyBackend::Cpu(b) => b.device_ops(),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.device_ops(),
+        }
+    }
+
     fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         match self {
             AnyBackend::Cpu(b) => b.time_calls(n, f),

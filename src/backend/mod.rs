@@ -222,6 +222,11 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Device operations queued so far (kernel launches, library calls, copies, fills), where
+    /// the device has a queue (CUDA); None on the CPU, which runs ops as they come.
+    fn device_ops(&self) -> Option<u64> {
+        None
+    }
     /// Milliseconds per call of `n` calls of `f`: on the host clock between two
     /// synchronisations, unless the device has its own (CUDA events on the backend's stream).
     fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
@@ -264,6 +269,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()
+    }
+    fn device_ops(&self) -> Option<u64> {
+        (**self).device_ops()
     }
     fn time_calls(&self, n: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         (**self).time_calls(n, f)

@@ -577,6 +577,9 @@ fn print_summary(s: &gshn::train::TrainSummary, out: &std::path::Path) {
         "== gshn: {} steps in {:.1} s ({:.1} graphs/s)",
         s.steps, s.seconds, s.graphs_per_second
     );
+    if let Some(n) = s.device_ops_per_step {
+        println!("{n} device operations per step (kernel launches, cuBLAS calls, copies)");
+    }
     print_recall(&s.final_recall);
     println!("best rsum {:.1}", s.best_rsum);
     if let Some(r) = s.final_r {

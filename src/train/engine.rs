@@ -48,6 +48,8 @@ pub struct Engine<B: Backend> {
     /// d(loss)/d(param) in `params` order (fetched only with `inspect`: [`Engine::new_in`]).
     pub(super) grads: Vec<ValueId>,
     pub(super) image_fetch: Vec<ValueId>,
+    /// Device operations the last step queued, where the backend counts them (CUDA).
+    last_step_ops: Option<u64>,
 }
 impl<B: Backend> Engine<B> {
     /// Builds and compiles the three executors for `cfg` and `shape` (parameters not yet set: see [`Engine::init`]).
@@ -147,6 +149,7 @@ impl<B: Backend> Engine<B> {
             grad_norm,
             grads: if inspect { grads } else { Vec::new() },
             image_fetch,
+            last_step_ops: None,
         })
     }
 
@@ -205,6 +208,7 @@ impl<B: Backend> Engine<B> {
         step: usize,
         rng: &mut SplitMix64,
     ) -> Result<bool> {
+        let ops_before = self.train.backend().device_ops();
         self.feeder.feed_images(&mut self.train, graphs, rng)?;
         self.feeder.feed_text(&mut self.train, captions)?;
         self.feeder.feed_negatives(&mut self.train, negatives)?;
@@ -222,6 +226,8 @@ impl<B: Backend> Engine<B> {
         self.train.run()?;
         let loss = self.scalar(self.model_outputs.loss)?;
         let grad_norm = self.scalar(self.grad_norm)?;
+        let ops_after = self.train.backend().device_ops();
+        self.last_step_ops = ops_before.zip(ops_after).map(|(a, b)| b - a);
         if let Some(s) = &mut self.scaler {
             // AdamW skipped the update itself (ClipScale reports 0 for a non-finite norm)
             return s.update(grad_norm.is_finite(), step);
@@ -265,6 +271,7 @@ impl<B: Backend> Engine<B> {
                 .transpose()?,
             logit_scale: self.scalar(o.logit_scale)?,
             loss_scale: self.scaler.map(|s| s.scale),
+            device_ops: self.last_step_ops,
         })
     }
 
@@ -304,6 +311,9 @@ pub struct StepStats {
     pub logit_scale: f64,
     /// The f16 loss scale for the next step (f16 runs only).
     pub loss_scale: Option<f64>,
+    /// Device operations the step queued — kernel launches, cuBLAS calls, the batch's uploads,
+    /// the loss read back — where the backend counts them (CUDA; None on the CPU).
+    pub device_ops: Option<u64>,
 }
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`), computing in
 /// `precision` (default: the run's `train.precision`; checkpoints are f32 whatever the

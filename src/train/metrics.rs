@@ -53,6 +53,7 @@ impl MetricsLog {
             "kind": "step", "step": step, "epoch": epoch, "lr": lr, "loss": s.loss, "itc": s.itc,
             "stl": s.stl, "node_cl": s.node_cl, "neg": s.neg, "rel": s.rel, "grad_norm": s.grad_norm, "r": s.r,
             "logit_scale": s.logit_scale, "loss_scale": s.loss_scale, "spike_rate": s.spike_rates, "graphs_per_s": graphs_per_s,
+            "device_ops": s.device_ops,
         }))
     }
     /// Writes an `"eval"` line: the recalls at `step`, with the 1-based epoch.

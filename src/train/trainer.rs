@@ -65,6 +65,8 @@ pub struct TrainSummary {
     pub final_spike_rates: Vec<f64>,
     /// Where the training step's time went (`TrainOptions::profile`).
     pub profile: Option<Profile>,
+    /// Device operations the last step queued (CUDA: kernel launches, cuBLAS calls, copies).
+    pub device_ops_per_step: Option<u64>,
 }
 
 /// Holds `dir/.lock` exclusively for as long as it lives: one trainer per run folder. The OS
@@ -498,5 +500,6 @@ fn summary(
         final_r: last.r,
         final_spike_rates: last.spike_rates.clone(),
         profile,
+        device_ops_per_step: last.device_ops,
     }
 }

@@ -171,6 +171,8 @@ pub struct CudaBackend {
     /// The last few graphs (node and edge counts, stamps of their index buffers) validated on
     /// the host, so a graph is checked once per upload, not once per op that reads it.
     checked_graphs: Mutex<Vec<[u64; 6]>>,
+    /// Operations queued on the stream so far ([`Backend::device_ops`]).
+    queued: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -233,6 +235,7 @@ impl CudaBackend {
                 scratch: Mutex::new(Scratch::default()),
                 staging: Mutex::new(Vec::new()),
                 checked_graphs: Mutex::new(Vec::new()),
+                queued: Default::default(),
             })
         })
     }
@@ -351,6 +354,7 @@ impl CudaBackend {
         args: &[Arg],
     ) -> Result<()> {
         let f = self.func(file, name)?;
+        self.count_op();
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -374,6 +378,12 @@ impl CudaBackend {
         unsafe { b.launch(cfg) }
             .map_err(|e| cuda_err(&format!("launch of {name} (grid {grid:?})"), e))?;
         Ok(())
+    }
+
+    /// Counts one operation queued on the stream (a launch, a cuBLAS call, a copy or a fill).
+    pub(crate) fn count_op(&self) {
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Disjoint scratch regions of the given sizes (bytes, each 256-byte aligned) from the
@@ -409,6 +419,7 @@ impl CudaBackend {
         if src.is_empty() {
             return Ok(());
         }
+        self.count_op();
         // SAFETY: `dst` is a live device region of at least `size_of_val(src)` bytes (scratch
         // sized by the caller); pageable sources are staged before the call returns.
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
@@ -419,6 +430,7 @@ impl CudaBackend {
         if bytes == 0 {
             return Ok(());
         }
+        self.count_op();
         // SAFETY: `dst` is a live device region of at least `bytes` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
             .map_err(|e| cuda_err("memset", e))
@@ -428,6 +440,7 @@ impl CudaBackend {
         if bytes == 0 {
             return Ok(());
         }
+        self.count_op();
         // SAFETY: both are live device regions of at least `bytes` bytes.
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
@@ -439,6 +452,7 @@ impl CudaBackend {
     pub(crate) fn download<T: Default + Clone>(&self, src: u64, len: usize) -> Result<Vec<T>> {
         let mut v = vec![T::default(); len];
         if len > 0 {
+            self.count_op();
             // SAFETY: `src` is a live device region of at least `len` elements of T.
             unsafe {
                 cudarc::driver::result::memcpy_dtoh_async(&mut v, src, self.stream.cu_stream())
@@ -777,6 +791,10 @@ impl Backend for CudaBackend {
         self.stream
             .synchronize()
             .map_err(|e| cuda_err("stream synchronize (an earlier kernel failed?)", e))
+    }
+
+    fn device_ops(&self) -> Option<u64> {
+        Some(self.queued.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// CUDA events recorded on the stream before the first call and after the last: the
