@@ -464,7 +464,9 @@ fn exec(f: &str, mem: Mem, op: Op, mut ins: Inputs, outs: Vec<Dst>) -> Result<()
     }
     match mem {
         Mem::Host => exec_host(op, ins, outs),
-        Mem::Cuda { device, stream } => exec_cuda(f, device, stream, op, ins, outs),
+        Mem::Cuda { device, stream } => {
+            exec_cuda(f, device, stream, op, ins, outs, (&metas, &out_metas))
+        }
     }
 }
 
@@ -538,6 +540,7 @@ fn exec_cuda(
     _op: Op,
     _ins: Inputs,
     _outs: Vec<Dst>,
+    _metas: (&[Meta], &[Meta]),
 ) -> Result<(), CErr> {
     Err(CErr(
         GSHN_ERR_UNSUPPORTED,
@@ -599,6 +602,7 @@ mod cuda_path {
         op: Op,
         ins: Inputs,
         outs: Vec<Dst>,
+        (metas, out_metas): (&[Meta], &[Meta]),
     ) -> Result<(), CErr> {
         let device = usize::try_from(device).map_err(|_| arg_err(f, "device is negative"))?;
         let shared = backend(device)?;
@@ -610,14 +614,12 @@ mod cuda_path {
         let theirs = stream as sys::CUstream;
         // gshn's stream starts after the work the caller queued before this call.
         join(theirs, ours)?;
-        let metas: Vec<Meta> = ins.iter().map(|(_, m)| m.clone()).collect();
-        let out_metas = op.infer(&metas)?;
         // The caller's buffers are lent to the kernels as they are: no copies. An input that
         // shares memory with an output is copied first (the kernels read inputs while they
         // write outputs), so aliasing gives the separate-buffer result, as on the CPU path.
         let aliased = |p: *const c_void, m: &Meta| {
             outs.iter()
-                .zip(&out_metas)
+                .zip(out_metas)
                 .any(|(d, dm)| overlap((p, m), (d.ptr, dm)))
         };
         let mut bufs = Vec::with_capacity(ins.len());
@@ -654,7 +656,7 @@ mod cuda_path {
         }
         let mut out_bufs = outs
             .iter()
-            .zip(&out_metas)
+            .zip(out_metas)
             .map(|(d, m)| match d.ptr.is_null() {
                 // an output the caller does not want: written into gshn's memory
                 true => be.alloc(m.dtype, m.shape.numel()),
@@ -662,13 +664,7 @@ mod cuda_path {
                 false => unsafe { CudaBuffer::borrow_raw(d.ptr as u64, m.dtype, m.shape.numel()) },
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
-        execute_buffers(
-            &*be,
-            &op,
-            bufs.iter().zip(&metas),
-            &mut out_bufs,
-            &out_metas,
-        )?;
+        execute_buffers(&*be, &op, bufs.iter().zip(metas), &mut out_bufs, out_metas)?;
         // The caller's stream continues after the op. Our own buffers are freed stream-ordered
         // on our stream when dropped; the lent ones are never freed here.
         join(ours, theirs)

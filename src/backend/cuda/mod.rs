@@ -557,35 +557,40 @@ fn half_kernels(family: Family) -> bool {
 }
 
 impl CudaBackend {
-    /// Runs an op that reads u8 spikes through float copies (the matmul: cuBLAS has no u8 ×
-    /// float product), as the CPU backend does: each u8 input widened exactly by basic.cu's
-    /// cast into a buffer of the op's float type (its first float output's), freed
-    /// stream-ordered after the op.
+    /// Runs a matmul that reads u8 spikes (cuBLAS has no u8 × float product) as the CPU
+    /// backend does: each u8 input widened exactly by basic.cu's cast to the op's float type
+    /// (its output's), in the scratch arena — no allocation per call; the GEMM takes no
+    /// scratch of its own, so the regions stay valid for it.
     fn run_spikes_widened(
         &self,
         op: &Op,
         inputs: &[View<CudaBuffer>],
         outputs: &mut [ViewMut<CudaBuffer>],
     ) -> Result<()> {
-        let float = outputs
+        if !matches!(op, Op::MatMul { .. }) {
+            return Err(launch::unsupported(op, "u8 spikes through float copies"));
+        }
+        let float = outputs[0].dtype;
+        let spikes: Vec<usize> = (0..inputs.len())
+            .filter(|&i| inputs[i].dtype == DType::U8)
+            .collect();
+        let bytes: Vec<usize> = spikes
             .iter()
-            .map(|o| o.dtype)
-            .find(|d| d.is_float())
-            .ok_or_else(|| launch::unsupported(op, "u8 spikes with no float output"))?;
-        let wide = inputs
+            .map(|&i| inputs[i].shape.numel() * float.size())
+            .collect();
+        let mut wide = Vec::with_capacity(spikes.len());
+        for (&i, ptr) in spikes.iter().zip(self.scratch(&bytes)?) {
+            let (v, n) = (&inputs[i], inputs[i].shape.numel());
+            basic::cast(self, op, v.buf.ptr, DType::U8, ptr, float, n)?;
+            // SAFETY: a scratch region of n elements of `float`, valid until the next scratch
+            // call, which the GEMM below does not make.
+            wide.push(unsafe { CudaBuffer::borrow_raw(ptr, float, n)? });
+        }
+        let mut wide = wide.iter();
+        let stand_ins = inputs
             .iter()
-            .map(|v| {
-                let n = v.shape.numel();
-                (v.dtype == DType::U8)
-                    .then(|| {
-                        let buf = self.alloc(float, n)?;
-                        basic::cast(self, op, v.buf.ptr, DType::U8, buf.ptr, float, n)?;
-                        Ok(buf)
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let views = super::views_as(inputs, wide.iter().map(Option::as_ref), float);
+            .map(|v| (v.dtype == DType::U8).then(|| wide.next()).flatten());
+        let views = super::views_as(inputs, stand_ins, float);
         self.run_op(op, &views, outputs)
     }
 
