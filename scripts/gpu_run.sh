@@ -94,6 +94,11 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda-u8" \
     --config "$TMP/train-u8.toml" --device cuda >"$TMP/train-u8.log" 2>&1
   echo "exit $?" >>"$TMP/train-u8.log"; tail -n 4 "$TMP/train-u8.log" >&2
+  # The cuda run replays its step as a CUDA graph (issue 17); op by op it must give the same
+  # losses, bit for bit, with a launch per op.
+  timeout $(cap 60) $G train --data "$TMP/synth" --out "$TMP/run-cuda-eager" \
+    --config "$TMP/train.toml" --device cuda --no-cuda-graph >"$TMP/train-eager.log" 2>&1
+  echo "exit $?" >>"$TMP/train-eager.log"; tail -n 4 "$TMP/train-eager.log" >&2
 fi
 
 if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
@@ -278,6 +283,7 @@ def train_summary():
             "eval_of_cpu_checkpoint": {"cuda": one("eval-cuda.json"), "cpu": one("eval-cpu.json")},
             "bf16": bf16_summary(gpu, rate),
             "u8_spikes": u8_summary(gpu, rate),
+            "graph_replay": replay_summary(gpu, rate),
             "log_tail": tail("train.log", 30)}
 
 def bf16_summary(f32_steps, rate):
@@ -298,6 +304,19 @@ def u8_summary(f32_steps, rate):
     return {"graphs_per_s_median": rate(ms), "steps": len(same),
             "loss_equal_to_f32_every_step": bool(same) and all(same),
             "log_tail": tail("train-u8.log", 8)}
+
+def replay_summary(replayed, rate):
+    """The cuda run (its step replayed as a CUDA graph) against the same run op by op."""
+    ms = metrics("run-cuda-eager")
+    steps = lambda xs: [m for m in xs if m.get("kind") == "step"]
+    eager = {m["step"]: m["loss"] for m in steps(ms)}
+    same = [m["loss"] == eager.get(m["step"]) for m in steps(replayed)]
+    return {"graphs_per_s_median": {"replayed": rate(replayed), "op_by_op": rate(ms)},
+            "steps": len(same), "loss_equal_every_step": bool(same) and all(same),
+            "device_ops_per_step": {"replayed": [m.get("device_ops") for m in steps(replayed)][-1:],
+                                    "op_by_op": [m.get("device_ops") for m in steps(ms)][-1:],
+                                    "first_step_replayed_run": [m.get("device_ops") for m in steps(replayed)][:1]},
+            "log_tail": tail("train-eager.log", 8)}
 
 def demo_summary():
     ms = metrics("demo")

@@ -633,7 +633,7 @@ mod cuda_path {
                 }
                 Src::Ptr(p, _) => {
                     let buf = be.alloc(m.dtype, n)?;
-                    be.count_op();
+                    be.issue();
                     // SAFETY: both hold n elements (the caller's contract; ours from alloc),
                     // copied on our stream after the caller's work.
                     unsafe {

@@ -1196,6 +1196,120 @@ fn executor_end_to_end() {
     assert!(failures.is_empty(), "{failures:?}");
 }
 
+/// CUDA-graph replay (issue 17): a training step whose ops build index tables on the host
+/// (SegmentMean's rows per segment, ScatterAdd's rows per table row, GAT's graph checks),
+/// recorded on its first run and replayed on 20 batches of new inputs — features, segment ids
+/// with a changing share of padding, gather indices, edges — gives the op-by-op executor's
+/// loss bit for bit at every step, and the same parameters at the end.
+#[test]
+fn graph_replay_matches_op_by_op() {
+    let Some(be) = cuda() else { return };
+    use gshn::ops::GraphInputs;
+    use gshn::{Executor, Graph};
+    let be = std::sync::Arc::new(be);
+    let (p, n, e, h, f, vocab) = (53, 13, 40, 2, 12, 29);
+    let c = h * f;
+    let mut g = Graph::new();
+    let x = g.input("x", [p, c], F32);
+    let seg = g.input("seg", [p], DType::I32);
+    let tok = g.input("tok", [n], DType::I32);
+    let gi = GraphInputs::new(&mut g, "", n, e);
+    let table = g.param("table", [vocab, c], F32);
+    let w = g.param("w", [c, c], F32);
+    let a_src = g.param("a_src", [h, f], F32);
+    let a_dst = g.param("a_dst", [h, f], F32);
+    let w2 = g.param("w2", [c, 5], F32);
+    let loss = (|| {
+        let pooled = g.segment_mean(x, seg, n)?.mean;
+        let emb = g.gather(table, tok)?;
+        let hidden = g.add(pooled, emb)?;
+        let z = g.matmul(hidden, w)?;
+        let z = g.reshape(z, [n, h, f])?;
+        let att = g.gat(z, a_src, a_dst, None, &gi, GatAttrs::default())?.out;
+        // LIF over 4 time steps of n·c/4 neurons
+        let att = g.reshape(att, [4, n * c / 4])?;
+        let spikes = g.lif(att, LifConfig::default())?.spikes;
+        let spikes = g.reshape(spikes, [n, c])?;
+        let y = g.matmul(spikes, w2)?;
+        let y = g.gelu(y)?;
+        let l1 = g.mean(y)?;
+        let sq = g.mul(att, att)?;
+        let l2 = g.mean(sq)?;
+        g.add(l1, l2)
+    })()
+    .unwrap();
+    let params = [table, w, a_src, a_dst, w2];
+    let grads = g.backward(loss, &params).unwrap();
+    let opt = g
+        .adamw_step(&params, &grads, AdamWConfig::default(), Some(1.0))
+        .unwrap();
+    let mut executors = [false, true].map(|replay| {
+        let mut ex = Executor::new(be.clone(), g.clone(), &[loss]).unwrap();
+        let mut r = SplitMix64::new(5);
+        for &v in &params {
+            let shape = ex.graph().meta(v).unwrap().shape.clone();
+            ex.set(v, &rnd(&mut r, shape.dims(), F32)).unwrap();
+        }
+        opt.zero_state(&mut ex).unwrap();
+        ex.replay_runs(replay);
+        ex
+    });
+    let mut r = SplitMix64::new(9);
+    let mut failures = Vec::new();
+    let mut ops = [0u64; 2];
+    for step in 0..20u64 {
+        let xs = rnd(&mut r, &[p, c], F32);
+        let padded = (step as usize * 5) % p;
+        let segs = idx((0..p)
+            .map(|i| match i < p - padded {
+                true => r.below(n) as i32,
+                false => -1,
+            })
+            .collect());
+        let toks = idx((0..n).map(|_| r.below(vocab) as i32).collect());
+        let edges: Vec<(usize, usize)> = (0..e).map(|_| (r.below(n), r.below(n))).collect();
+        let csr = CsrGraph::from_edges(n, &edges).unwrap();
+        let mut losses = Vec::new();
+        for (k, ex) in executors.iter_mut().enumerate() {
+            ex.set(x, &xs).unwrap();
+            ex.set(seg, &segs).unwrap();
+            ex.set(tok, &toks).unwrap();
+            gi.feed(ex, &csr).unwrap();
+            opt.set_hyper(ex, 1e-2, step + 1).unwrap();
+            let before = be.device_ops().unwrap();
+            ex.run().unwrap();
+            ops[k] = be.device_ops().unwrap() - before;
+            losses.push(ex.get(loss).unwrap());
+        }
+        let same = losses[0] == losses[1];
+        let note = format!(
+            "device ops per step: op by op {}, replayed {}",
+            ops[0], ops[1]
+        );
+        report(
+            &format!("graph replay step {step}"),
+            same,
+            rel_err(&losses[1], &losses[0]),
+            &note,
+        );
+        if !same {
+            failures.push(format!("step {step}: {:?} vs {:?}", losses[1], losses[0]));
+        }
+    }
+    assert!(executors[1].replaying(), "the step was not recorded");
+    for &v in &params {
+        let (a, b) = (executors[0].get(v).unwrap(), executors[1].get(v).unwrap());
+        if a != b {
+            failures.push(format!(
+                "parameter {v:?} differs: rel {:e}",
+                rel_err(&b, &a)
+            ));
+        }
+    }
+    assert!(ops[1] < 4, "a replay queued {} operations", ops[1]);
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
 /// Every op family's cases on bf16 and f16 storage (issue 15): the families with half kernels
 /// (`_bf16` / `_f16`) and those that run through f32 copies alike.
 #[test]

@@ -354,3 +354,175 @@ fn reshapes_alias_their_input_and_keep_it_alive() {
     let y_want: Vec<f32> = xs.iter().map(|v| v * 3.0).collect();
     assert_eq!(r_got.data::<f32>().unwrap(), &y_want[..]);
 }
+
+/// A CPU backend that plays a recording device (issue 17's CUDA-graph replay, whose device
+/// side needs a GPU): its `record` runs the calls and counts, its `replay` runs the host
+/// pass — which on the CPU does the ops themselves — and counts.
+struct Recorder {
+    can_record: bool,
+    records: std::cell::Cell<usize>,
+    replays: std::cell::Cell<usize>,
+}
+
+impl Recorder {
+    fn new(can_record: bool) -> Self {
+        Recorder {
+            can_record,
+            records: Default::default(),
+            replays: Default::default(),
+        }
+    }
+    fn calls(&self) -> (usize, usize) {
+        (self.records.get(), self.replays.get())
+    }
+}
+
+impl gshn::backend::Backend for Recorder {
+    type Buffer = gshn::tensor::Storage;
+    type Recording = usize;
+    fn name(&self) -> String {
+        "recorder".into()
+    }
+    fn alloc(&self, dtype: DType, len: usize) -> gshn::Result<Self::Buffer> {
+        CpuBackend.alloc(dtype, len)
+    }
+    fn write(&self, dst: &mut Self::Buffer, src: &Tensor) -> gshn::Result<()> {
+        CpuBackend.write(dst, src)
+    }
+    fn read(&self, src: &Self::Buffer, shape: &gshn::Shape, dtype: DType) -> gshn::Result<Tensor> {
+        CpuBackend.read(src, shape, dtype)
+    }
+    fn held(&self, buf: &Self::Buffer) -> (DType, usize) {
+        CpuBackend.held(buf)
+    }
+    fn execute_planned(
+        &self,
+        op: &gshn::ops::Op,
+        inputs: &[gshn::backend::View<Self::Buffer>],
+        outputs: &mut [gshn::backend::ViewMut<Self::Buffer>],
+    ) -> gshn::Result<()> {
+        CpuBackend.execute_planned(op, inputs, outputs)
+    }
+    fn record(&self, run: &mut dyn FnMut() -> gshn::Result<()>) -> gshn::Result<Option<usize>> {
+        run()?;
+        self.records.set(self.records.get() + 1);
+        Ok(self.can_record.then_some(self.records.get()))
+    }
+    fn replay(&self, _: &usize, host: &mut dyn FnMut() -> gshn::Result<()>) -> gshn::Result<()> {
+        self.replays.set(self.replays.get() + 1);
+        host()
+    }
+}
+
+/// A small training step (x → linear → square → mean, AdamW) on any backend, with an input
+/// the step never reads.
+fn training_step<B: gshn::backend::Backend>(
+    be: B,
+) -> (Executor<B>, gshn::ops::OptimizerValues, [gshn::ValueId; 4]) {
+    use gshn::ops::AdamWConfig;
+    let mut g = Graph::new();
+    let x = g.input("x", [6, 3], DType::F32);
+    let unread = g.input("unread", [2], DType::F32);
+    let w = g.param("w", [3, 2], DType::F32);
+    let y = g.matmul(x, w).unwrap();
+    let sq = g.mul(y, y).unwrap();
+    let loss = g.mean(sq).unwrap();
+    let gw = g.backward(loss, &[w]).unwrap();
+    let opt = g
+        .adamw_step(&[w], &gw, AdamWConfig::default(), Some(1.0))
+        .unwrap();
+    let mut ex = Executor::new(be, g, &[loss]).unwrap();
+    let w0: Vec<f32> = (0..6).map(|i| (i as f32 * 1.3).cos()).collect();
+    ex.set(w, &Tensor::new([3, 2], w0).unwrap()).unwrap();
+    opt.zero_state(&mut ex).unwrap();
+    (ex, opt, [x, w, loss, unread])
+}
+
+/// Steps `ex` with batch `k`'s input; its loss.
+fn step_on<B: gshn::backend::Backend>(
+    ex: &mut Executor<B>,
+    opt: &gshn::ops::OptimizerValues,
+    [x, _, loss, _]: [gshn::ValueId; 4],
+    k: u64,
+) -> Vec<f64> {
+    let xs: Vec<f32> = (0..18)
+        .map(|i| ((i as u64 * 7 + k * 3) as f32).sin())
+        .collect();
+    ex.set(x, &Tensor::new([6, 3], xs).unwrap()).unwrap();
+    opt.set_hyper(ex, 0.05, k + 1).unwrap();
+    ex.run().unwrap();
+    ex.get(loss).unwrap().to_f64_vec()
+}
+
+#[test]
+fn replayed_runs_record_once_and_give_the_op_by_op_numbers() {
+    let (mut plain, opt_p, ids) = training_step(CpuBackend);
+    let (mut ex, opt, ids_r) = training_step(Recorder::new(true));
+    ex.replay_runs(true);
+    assert!(!ex.replaying(), "nothing is recorded before the first run");
+    for k in 0..6 {
+        let want = step_on(&mut plain, &opt_p, ids, k);
+        assert_eq!(step_on(&mut ex, &opt, ids_r, k), want, "step {k}");
+        // the first run records, every later one replays
+        assert_eq!(ex.backend().calls(), (1, k as usize), "step {k}");
+        assert!(ex.replaying());
+    }
+    assert_eq!(ex.get(ids_r[1]).unwrap(), plain.get(ids[1]).unwrap());
+
+    // a buffer allocated after the recording (a first set) is not in it: record again
+    ex.set(ids_r[3], &Tensor::new([2], vec![1f32, 2.0]).unwrap())
+        .unwrap();
+    assert!(!ex.replaying());
+    let want = step_on(&mut plain, &opt_p, ids, 6);
+    assert_eq!(step_on(&mut ex, &opt, ids_r, 6), want);
+    assert_eq!(ex.backend().calls(), (2, 5));
+    // setting it again reuses its buffer: the recording stays
+    ex.set(ids_r[3], &Tensor::new([2], vec![3f32, 4.0]).unwrap())
+        .unwrap();
+    assert!(ex.replaying());
+
+    // off: op by op, the recording dropped
+    ex.replay_runs(false);
+    assert!(!ex.replaying());
+    step_on(&mut ex, &opt, ids_r, 7);
+    assert_eq!(ex.backend().calls(), (2, 5));
+}
+
+#[test]
+fn profiling_and_anomaly_mode_run_op_by_op() {
+    for mode in ["profile", "check_finite"] {
+        let (mut ex, opt, ids) = training_step(Recorder::new(true));
+        ex.replay_runs(true);
+        match mode {
+            "profile" => ex.profile(true),
+            _ => ex.check_finite(true),
+        }
+        for k in 0..3 {
+            step_on(&mut ex, &opt, ids, k);
+        }
+        assert_eq!(ex.backend().calls(), (0, 0), "{mode}");
+        // and back to recording once they are off
+        ex.profile(false);
+        ex.check_finite(false);
+        step_on(&mut ex, &opt, ids, 3);
+        step_on(&mut ex, &opt, ids, 4);
+        assert_eq!(ex.backend().calls(), (1, 1), "{mode}");
+    }
+}
+
+#[test]
+fn a_backend_that_cannot_record_is_asked_once() {
+    let (mut ex, opt, ids) = training_step(Recorder::new(false));
+    ex.replay_runs(true);
+    for k in 0..4 {
+        step_on(&mut ex, &opt, ids, k);
+    }
+    assert_eq!(ex.backend().calls(), (1, 0));
+    assert!(!ex.replaying());
+    // the CPU records nothing either: runs go on op by op
+    let (mut cpu, opt, ids) = training_step(CpuBackend);
+    cpu.replay_runs(true);
+    step_on(&mut cpu, &opt, ids, 0);
+    step_on(&mut cpu, &opt, ids, 1);
+    assert!(!cpu.replaying());
+}

@@ -270,6 +270,33 @@ impl Backend for AnyBackend {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    type Recording = super::cuda::Recording;
+    #[cfg(not(feature = "cuda"))]
+    type Recording = std::convert::Infallible;
+
+    fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        match self {
+            AnyBackend::Cpu(b) => b.record(run).map(|r| r.map(|never| match never {})),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.record(run),
+        }
+    }
+
+    fn replay(&self, rec: &Self::Recording, host: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        match self {
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.replay(rec, host),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (rec, host);
+                Err(Error::graph(
+                    "a recording of another backend was passed to this backend",
+                ))
+            }
+        }
+    }
+
     fn device_ops(&self) -> Option<u64> {
         match self {
             AnyBackend::Cpu(b) => b.device_ops(),

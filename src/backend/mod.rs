@@ -222,6 +222,20 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// The device work of one [`Backend::record`]ed call, kept to be replayed (a CUDA graph).
+    type Recording;
+    /// Runs `run` once, then records the device work it queues so that [`Backend::replay`] can
+    /// queue all of it again at once. `None` where the device cannot record (the CPU, which runs
+    /// ops as they come) or this call could not be recorded; `run` has run once either way.
+    fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        run()?;
+        Ok(None)
+    }
+    /// Queues a recording again. First `host` runs — the recorded calls once more with their
+    /// device work left out, so their host part (checks of index inputs, index tables built
+    /// on the host for the recording's copies to carry) sees this run's inputs — then the
+    /// recorded device work, in one launch.
+    fn replay(&self, rec: &Self::Recording, host: &mut dyn FnMut() -> Result<()>) -> Result<()>;
     /// Device operations queued so far (kernel launches, library calls, copies, fills), where
     /// the device has a queue (CUDA); None on the CPU, which runs ops as they come.
     fn device_ops(&self) -> Option<u64> {
@@ -269,6 +283,13 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn synchronize(&self) -> Result<()> {
         (**self).synchronize()
+    }
+    type Recording = B::Recording;
+    fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
+        (**self).record(run)
+    }
+    fn replay(&self, rec: &Self::Recording, host: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        (**self).replay(rec, host)
     }
     fn device_ops(&self) -> Option<u64> {
         (**self).device_ops()

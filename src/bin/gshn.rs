@@ -59,6 +59,10 @@ enum Command {
         /// Start over in an --out that already holds a run (without it, that is an error).
         #[arg(long)]
         overwrite: bool,
+        /// On a GPU, launch the training step op by op instead of replaying it as one CUDA
+        /// graph (the same numbers either way).
+        #[arg(long)]
+        no_cuda_graph: bool,
     },
     /// Image→text and text→image retrieval of a trained run on a split.
     Eval {
@@ -261,6 +265,7 @@ fn run(cli: Cli) -> Result<()> {
             resume,
             overwrite,
             profile,
+            no_cuda_graph,
         } => {
             let cfg = match &config {
                 Some(p) => RunConfig::load(p)?,
@@ -278,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
                 stop_after_steps: None,
                 resume_config,
                 profile,
+                cuda_graph: !no_cuda_graph,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -347,6 +353,7 @@ fn run(cli: Cli) -> Result<()> {
                 stop_after_steps: None,
                 resume_config: None,
                 profile: false,
+                cuda_graph: true,
             };
             let summary = gshn::train::train(device.backend()?, cfg, &opts)?;
             print_summary(&summary, &out);
@@ -578,7 +585,11 @@ fn print_summary(s: &gshn::train::TrainSummary, out: &std::path::Path) {
         s.steps, s.seconds, s.graphs_per_second
     );
     if let Some(n) = s.device_ops_per_step {
-        println!("{n} device operations per step (kernel launches, cuBLAS calls, copies)");
+        let how = match s.replayed {
+            true => "the step replayed as one CUDA graph",
+            false => "kernel launches, cuBLAS calls, copies",
+        };
+        println!("{n} device operations per step ({how})");
     }
     print_recall(&s.final_recall);
     println!("best rsum {:.1}", s.best_rsum);

@@ -18,6 +18,20 @@ pub struct Executor<B: Backend> {
     check_finite: bool,
     /// Per-node seconds and runs while profiling (see [`Executor::profile`]).
     timing: Option<(Vec<f64>, usize)>,
+    /// Recording and replay of runs (see [`Executor::replay_runs`]).
+    replay: Replay<B::Recording>,
+}
+
+/// Where an executor stands with recording its runs ([`Executor::replay_runs`]).
+enum Replay<R> {
+    /// Every run launches its ops one by one.
+    Off,
+    /// The next run is recorded.
+    Armed,
+    /// Runs replay this recording.
+    Recorded(R),
+    /// The backend recorded nothing: runs launch their ops one by one.
+    Unavailable,
 }
 
 impl<B: Backend> Executor<B> {
@@ -38,7 +52,23 @@ impl<B: Backend> Executor<B> {
             slots,
             check_finite: false,
             timing: None,
+            replay: Replay::Off,
         })
+    }
+
+    /// Replay of runs on (the default: off): the next [`Executor::run`] runs and records its
+    /// device work ([`Backend::record`]: a CUDA graph), and each run after it replays the
+    /// recording in one launch, after redoing only the host part of the ops (index checks,
+    /// host-built index tables) for its inputs. The same kernels on the same buffers: the same
+    /// results, bit for bit. Where the backend cannot record (the CPU), runs go on as before.
+    /// Profiling and anomaly mode run op by op; [`Executor::run_forward`] always does.
+    pub fn replay_runs(&mut self, on: bool) {
+        self.replay = if on { Replay::Armed } else { Replay::Off };
+    }
+
+    /// Whether runs now replay a recording (see [`Executor::replay_runs`]).
+    pub fn replaying(&self) -> bool {
+        matches!(self.replay, Replay::Recorded(_))
     }
 
     /// Profiling on (from zero) or off: every node of the next runs is timed, the backend
@@ -100,6 +130,10 @@ impl<B: Backend> Executor<B> {
         let slot = &mut self.owned[v.0 as usize];
         if slot.is_none() {
             *slot = Some(self.backend.alloc(t.dtype(), t.numel())?);
+            // a recording knows the buffers it was recorded with
+            if let Replay::Recorded(_) = self.replay {
+                self.replay = Replay::Armed;
+            }
         }
         self.backend.write(slot.as_mut().unwrap(), t)
     }
@@ -173,17 +207,7 @@ impl<B: Backend> Executor<B> {
     /// Runs the schedule once: everything the fetched values need, and every in-place update
     /// (a training step).
     pub fn run(&mut self) -> Result<()> {
-        self.run_nodes(false)
-    }
-
-    /// Runs only what the fetched values need, without the in-place updates: a training graph
-    /// evaluated with its current parameters (the optimizer does not step, its state is not
-    /// touched). Inputs that only the updates read need not be set.
-    pub fn run_forward(&mut self) -> Result<()> {
-        self.run_nodes(true)
-    }
-
-    fn run_nodes(&mut self, forward_only: bool) -> Result<()> {
+        let op_by_op = self.timing.is_some() || self.check_finite;
         let Executor {
             backend,
             graph,
@@ -192,76 +216,138 @@ impl<B: Backend> Executor<B> {
             slots,
             check_finite,
             timing,
+            replay,
         } = self;
-        let mut homes = Homes::<B> {
+        let mut run = || {
+            run_nodes(
+                backend,
+                graph,
+                plan,
+                owned,
+                slots,
+                *check_finite,
+                timing,
+                false,
+            )
+        };
+        match replay {
+            Replay::Recorded(rec) if !op_by_op => backend.replay(rec, &mut run),
+            Replay::Armed if !op_by_op => {
+                let recorded = backend.record(&mut run)?;
+                *replay = recorded.map_or(Replay::Unavailable, Replay::Recorded);
+                Ok(())
+            }
+            _ => run(),
+        }
+    }
+
+    /// Runs only what the fetched values need, without the in-place updates: a training graph
+    /// evaluated with its current parameters (the optimizer does not step, its state is not
+    /// touched). Inputs that only the updates read need not be set.
+    pub fn run_forward(&mut self) -> Result<()> {
+        let Executor {
+            backend,
             graph,
             plan,
             owned,
             slots,
-        };
-        let schedule = if forward_only {
-            &plan.forward
+            check_finite,
+            timing,
+            ..
+        } = self;
+        run_nodes(
+            backend,
+            graph,
+            plan,
+            owned,
+            slots,
+            *check_finite,
+            timing,
+            true,
+        )
+    }
+}
+
+/// Runs an executor's schedule (or its forward part) op by op.
+#[allow(clippy::too_many_arguments)]
+fn run_nodes<B: Backend>(
+    backend: &B,
+    graph: &Graph,
+    plan: &Plan,
+    owned: &mut Vec<Option<B::Buffer>>,
+    slots: &mut Vec<Option<B::Buffer>>,
+    check_finite: bool,
+    timing: &mut Option<(Vec<f64>, usize)>,
+    forward_only: bool,
+) -> Result<()> {
+    let mut homes = Homes::<B> {
+        graph,
+        plan,
+        owned,
+        slots,
+    };
+    let schedule = if forward_only {
+        &plan.forward
+    } else {
+        &plan.schedule
+    };
+    if let Some((_, runs)) = timing {
+        *runs += 1;
+    }
+    for &n in schedule {
+        let started = timing.is_some().then(std::time::Instant::now);
+        let node = graph.node(n)?;
+        let mutated = node.op.mutated_inputs();
+        // Take the buffers this node writes out of their homes, so the rest can be
+        // borrowed as inputs (the plan guarantees they are distinct).
+        let written = if mutated > 0 {
+            &node.inputs[..mutated]
         } else {
-            &plan.schedule
+            &node.outputs[..]
         };
-        if let Some((_, runs)) = timing {
-            *runs += 1;
+        let mut taken = Vec::with_capacity(written.len());
+        for &w in written {
+            taken.push(homes.take(w)?);
         }
-        for &n in schedule {
-            let started = timing.is_some().then(std::time::Instant::now);
-            let node = graph.node(n)?;
-            let mutated = node.op.mutated_inputs();
-            // Take the buffers this node writes out of their homes, so the rest can be
-            // borrowed as inputs (the plan guarantees they are distinct).
-            let written = if mutated > 0 {
-                &node.inputs[..mutated]
-            } else {
-                &node.outputs[..]
-            };
-            let mut taken = Vec::with_capacity(written.len());
-            for &w in written {
-                taken.push(homes.take(w)?);
+        let result = {
+            let read = &node.inputs[mutated..];
+            let mut inputs = Vec::with_capacity(read.len());
+            for &i in read {
+                let meta = &graph.value(i)?.meta;
+                inputs.push(View {
+                    buf: homes.get(i)?,
+                    shape: &meta.shape,
+                    dtype: meta.dtype,
+                });
             }
-            let result = {
-                let read = &node.inputs[mutated..];
-                let mut inputs = Vec::with_capacity(read.len());
-                for &i in read {
-                    let meta = &graph.value(i)?.meta;
-                    inputs.push(View {
-                        buf: homes.get(i)?,
+            let mut outputs: Vec<ViewMut<B::Buffer>> = taken
+                .iter_mut()
+                .zip(written)
+                .map(|(buf, &w)| {
+                    // Planned ids are this graph's.
+                    let meta = &graph.values()[w.0 as usize].meta;
+                    ViewMut {
+                        buf,
                         shape: &meta.shape,
                         dtype: meta.dtype,
-                    });
-                }
-                let mut outputs: Vec<ViewMut<B::Buffer>> = taken
-                    .iter_mut()
-                    .zip(written)
-                    .map(|(buf, &w)| {
-                        // Planned ids are this graph's.
-                        let meta = &graph.values()[w.0 as usize].meta;
-                        ViewMut {
-                            buf,
-                            shape: &meta.shape,
-                            dtype: meta.dtype,
-                        }
-                    })
-                    .collect();
-                backend.execute_planned(&node.op, &inputs, &mut outputs)
-            };
-            for (&w, buf) in written.iter().zip(taken) {
-                homes.put(w, buf);
-            }
-            result?;
-            if let (Some((seconds, _)), Some(t0)) = (timing.as_mut(), started) {
-                backend.synchronize()?;
-                seconds[n.0 as usize] += t0.elapsed().as_secs_f64();
-            }
-            if *check_finite {
-                homes.check_finite(backend, n, written)?;
-            }
+                    }
+                })
+                .collect();
+            backend.execute_planned(&node.op, &inputs, &mut outputs)
+        };
+        for (&w, buf) in written.iter().zip(taken) {
+            homes.put(w, buf);
         }
-        Ok(())
+        result?;
+        if let (Some((seconds, _)), Some(t0)) = (timing.as_mut(), started) {
+            backend.synchronize()?;
+            seconds[n.0 as usize] += t0.elapsed().as_secs_f64();
+        }
+        if check_finite {
+            homes.check_finite(backend, n, written)?;
+        }
     }
+    Ok(())
 }
 
 /// Where each value's buffer lives: its slot (computed values) or its own buffer.

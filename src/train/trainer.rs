@@ -44,6 +44,10 @@ pub struct TrainOptions {
     /// the checkpoint's only in [`RunConfig::RESUMABLE_KEYS`], which it then sets; any other
     /// difference is an error naming each key.
     pub resume_config: Option<RunConfig>,
+    /// Replay the training step as a CUDA graph: recorded on the first step, then one launch
+    /// per step (see `Executor::replay_runs`; the same numbers, bit for bit). Only a GPU
+    /// records; `--profile` runs op by op.
+    pub cuda_graph: bool,
 }
 
 /// Summary of a finished run.
@@ -67,6 +71,8 @@ pub struct TrainSummary {
     pub profile: Option<Profile>,
     /// Device operations the last step queued (CUDA: kernel launches, cuBLAS calls, copies).
     pub device_ops_per_step: Option<u64>,
+    /// Whether the steps replayed a CUDA graph (`TrainOptions::cuda_graph` on a GPU).
+    pub replayed: bool,
 }
 
 /// Holds `dir/.lock` exclusively for as long as it lives: one trainer per run folder. The OS
@@ -237,6 +243,7 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
         );
     }
     engine.train.profile(opts.profile);
+    engine.train.replay_runs(opts.cuda_graph);
     let mut step_seconds = 0.0;
     let started = Instant::now();
     let mut last = StepStats::default();
@@ -328,14 +335,10 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
     }
     log.flush()?;
     let profile = finish_profile(&engine, step_seconds, out)?;
-    Ok(summary(
-        &state,
-        &last,
-        final_recall,
-        started,
-        graphs_done,
-        profile,
-    ))
+    Ok(TrainSummary {
+        replayed: engine.train.replaying(),
+        ..summary(&state, &last, final_recall, started, graphs_done, profile)
+    })
 }
 
 /// The profile of this invocation's steps (when on), also written to `out/profile.json`.
@@ -501,5 +504,6 @@ fn summary(
         final_spike_rates: last.spike_rates.clone(),
         profile,
         device_ops_per_step: last.device_ops,
+        replayed: false,
     }
 }

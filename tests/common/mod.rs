@@ -34,5 +34,6 @@ pub fn fresh_run(data: &Path, out: &str) -> TrainOptions {
         stop_after_steps: None,
         resume_config: None,
         profile: false,
+        cuda_graph: true,
     }
 }

@@ -309,6 +309,12 @@ pub struct CpuBackend;
 
 impl Backend for CpuBackend {
     type Buffer = Storage;
+    /// The CPU records nothing: it runs ops as they come.
+    type Recording = std::convert::Infallible;
+
+    fn replay(&self, rec: &Self::Recording, _host: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        match *rec {}
+    }
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())

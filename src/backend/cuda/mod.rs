@@ -35,6 +35,7 @@ mod lent;
 mod lif;
 mod norm;
 mod optim;
+mod replay;
 mod segment;
 
 use super::{Backend, View, ViewMut};
@@ -46,6 +47,7 @@ use cudarc::driver::{
 };
 use launch::{Arg, Output};
 pub use lent::Lent;
+pub use replay::Recording;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -173,6 +175,8 @@ pub struct CudaBackend {
     checked_graphs: Mutex<Vec<[u64; 6]>>,
     /// Operations queued on the stream so far ([`Backend::device_ops`]).
     queued: std::sync::atomic::AtomicU64,
+    /// CUDA-graph recording and replay (`replay.rs`).
+    recorder: replay::Recorder,
 }
 
 impl CudaBackend {
@@ -236,6 +240,7 @@ impl CudaBackend {
                 staging: Mutex::new(Vec::new()),
                 checked_graphs: Mutex::new(Vec::new()),
                 queued: Default::default(),
+                recorder: Default::default(),
             })
         })
     }
@@ -353,8 +358,10 @@ impl CudaBackend {
         block: u32,
         args: &[Arg],
     ) -> Result<()> {
+        if !self.issue() {
+            return Ok(());
+        }
         let f = self.func(file, name)?;
-        self.count_op();
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -380,10 +387,15 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Counts one operation queued on the stream (a launch, a cuBLAS call, a copy or a fill).
-    pub(crate) fn count_op(&self) {
+    /// Accounts for one operation about to be queued on the stream (a launch, a cuBLAS call,
+    /// a copy or a fill); false in a replay's host pass, where device work is left out.
+    pub(crate) fn issue(&self) -> bool {
+        if self.recorder.phase() == replay::Phase::HostPass {
+            return false;
+        }
         self.queued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
     }
 
     /// Disjoint scratch regions of the given sizes (bytes, each 256-byte aligned) from the
@@ -397,9 +409,13 @@ impl CudaBackend {
         }
         let mut sc = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if total > sc.cap {
+            self.recorder.check_eager("growing the scratch arena")?;
             let cap = total.max(sc.cap + sc.cap / 2).max(1 << 20);
-            sc.buf = None; // stream-ordered free: earlier kernels finish first
-                           // SAFETY: scratch contents are always written before being read.
+            // stream-ordered free (earlier kernels finish first), unless a recording uses it
+            if let Some(old) = sc.buf.take() {
+                self.recorder.retire(old);
+            }
+            // SAFETY: scratch contents are always written before being read.
             let buf = unsafe { self.stream.alloc::<u8>(cap) }
                 .map_err(|e| cuda_err(&format!("cannot allocate {cap} bytes of scratch"), e))?;
             sc.ptr = buf.device_ptr(&self.stream).0;
@@ -414,33 +430,44 @@ impl CudaBackend {
         self.scratch.lock().map(|s| s.cap).unwrap_or(0)
     }
 
-    /// Copies host data to a device address (stream ordered).
-    pub(crate) fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+    /// Copies host data to a device address (stream ordered). While a run is recorded or
+    /// replayed, the data goes through the recording's pinned buffer (`replay.rs`).
+    pub(crate) fn upload<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
         }
-        self.count_op();
+        // SAFETY: plain values (numbers, half words) seen as their bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), std::mem::size_of_val(src))
+        };
+        let staged = self.recorder.stage(bytes)?;
+        if !self.issue() {
+            return Ok(());
+        }
+        // SAFETY: a staged copy is a pinned region of the same length, alive as long as the
+        // recording that reads it.
+        let from = staged.map_or(bytes, |p| unsafe {
+            std::slice::from_raw_parts(p, bytes.len())
+        });
         // SAFETY: `dst` is a live device region of at least `size_of_val(src)` bytes (scratch
         // sized by the caller); pageable sources are staged before the call returns.
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, from, self.stream.cu_stream()) }
             .map_err(|e| cuda_err("host-to-device copy", e))
     }
 
     pub(crate) fn memset0(&self, dst: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 {
+        if bytes == 0 || !self.issue() {
             return Ok(());
         }
-        self.count_op();
         // SAFETY: `dst` is a live device region of at least `bytes` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
             .map_err(|e| cuda_err("memset", e))
     }
 
     pub(crate) fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 {
+        if bytes == 0 || !self.issue() {
             return Ok(());
         }
-        self.count_op();
         // SAFETY: both are live device regions of at least `bytes` bytes.
         unsafe {
             cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())
@@ -450,9 +477,11 @@ impl CudaBackend {
 
     /// Copies `len` elements from a device address to the host (waits for the stream).
     pub(crate) fn download<T: Default + Clone>(&self, src: u64, len: usize) -> Result<Vec<T>> {
+        self.recorder
+            .check_eager("reading device data on the host")?;
         let mut v = vec![T::default(); len];
         if len > 0 {
-            self.count_op();
+            self.issue();
             // SAFETY: `src` is a live device region of at least `len` elements of T.
             unsafe {
                 cudarc::driver::result::memcpy_dtoh_async(&mut v, src, self.stream.cu_stream())
@@ -625,7 +654,11 @@ impl CudaBackend {
             if staging.len() <= slot {
                 staging.push(self.alloc(DType::F32, n.max(1 << 16))?);
             } else if staging[slot].len < n {
-                staging[slot] = self.alloc(DType::F32, n.max(staging[slot].len * 3 / 2))?;
+                let grown = self.alloc(DType::F32, n.max(staging[slot].len * 3 / 2))?;
+                let old = std::mem::replace(&mut staging[slot], grown);
+                if let Some(slice) = old.slice {
+                    self.recorder.retire(slice);
+                }
             }
         }
         let (st_in, st_out) = staging.split_at_mut(half_in.len());
@@ -720,6 +753,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<CudaBuffer> {
+        self.recorder.check_eager("an allocation")?;
         let bytes = (len * dtype.size()).max(8);
         // SAFETY: contents unspecified, as the trait says.
         let slice = unsafe { self.stream.alloc::<u8>(bytes) }
@@ -793,9 +827,20 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.recorder.check_eager("waiting for the device")?;
         self.stream
             .synchronize()
             .map_err(|e| cuda_err("stream synchronize (an earlier kernel failed?)", e))
+    }
+
+    type Recording = Recording;
+
+    fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Recording>> {
+        guarded("record", || self.record_run(run))
+    }
+
+    fn replay(&self, rec: &Recording, host: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        guarded("replay", || self.replay_run(rec, host))
     }
 
     fn device_ops(&self) -> Option<u64> {

@@ -44,7 +44,10 @@ fn forward(k: &Kernels, op: &Op, segments: usize, ins: Inputs, outs: &[Output]) 
     if segments == 0 {
         return Ok(());
     }
-    let (ptr, rows) = group_positions(&seg, segments, |s| (s >= 0).then_some(s as usize));
+    let (ptr, mut rows) = group_positions(&seg, segments, |s| (s >= 0).then_some(s as usize));
+    // One table size whatever the padding (ids < 0): a recorded run replays copies of the
+    // sizes it was recorded with (`replay.rs`). The kernel reads only ptr's ranges.
+    rows.resize(seg.len(), 0);
     let (y, count) = (outs[0].ptr, outs[1].ptr);
     if c == 0 {
         // No feature launch: the counts come straight from the host grouping.
