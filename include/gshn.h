@@ -14,9 +14,13 @@
  *  - *_cpu functions: host pointers. *_cuda functions: the same arguments with DEVICE pointers
  *    for every float buffer, plus `device` (CUDA ordinal) and `stream` (a CUstream of the
  *    device's primary context — e.g. PyTorch's current stream; NULL = legacy default stream).
- *    The work is ordered after what the caller queued on `stream` and later work on `stream`
- *    sees the results; the host is not blocked (except GAT/aggregate, which upload the graph
- *    from pageable host memory). Index arrays (gshn_graph) are HOST pointers on both paths.
+ *    The kernels run on `stream` itself, after what the caller queued on it, and later work
+ *    on `stream` sees the results; the host is not blocked (except GAT/aggregate, which upload
+ *    the graph from pageable host memory). Index arrays (gshn_graph) are HOST pointers on both
+ *    paths. gshn keeps some state per device and stream it is called on (a scratch arena
+ *    allocated stream-ordered on that stream, a cuBLAS handle) for the life of the process:
+ *    a stream must stay alive while gshn calls on it are queued; after 64 streams on a device,
+ *    calls on further streams run on gshn's own stream, ordered with the caller's by events.
  *  - "written" = the function fills the whole buffer; "optional" = may be NULL (not written,
  *    or not given). Sizes are int64_t and must be >= 0.
  *  - The backward functions take the forward's saved outputs (h for LIF; out and lse for GAT;
@@ -28,10 +32,9 @@
  *    separate buffers (*_cpu copies its inputs; *_cuda copies just the inputs that overlap an
  *    output, before any output is written). The one exception is gshn_gat_forward_* asked for
  *    alpha (see there): refused, not computed wrong.
- *  - Threads: any thread may call any function. *_cuda calls on one device are serialised
- *    inside gshn (one backend, one stream, one scratch arena per device), each ordered after
- *    its caller's stream and before the caller's later work on it; calls from several threads,
- *    each with its own stream, are therefore safe and never block the host on the device.
+ *  - Threads: any thread may call any function. *_cuda calls on the same device and stream
+ *    are serialised inside gshn (they share that stream's scratch arena); calls from several
+ *    threads, each with its own stream, run at once, and none blocks the host on the device.
  *  - Checked before any buffer is read or written (an error code, never a crash): NULL for a
  *    required pointer (an optional one may be NULL; a NULL with a zero-element size is accepted),
  *    a negative size, sizes whose element or byte count overflows int64 / size_t, graph sizes

@@ -8,9 +8,13 @@
 //! - `*_cpu` functions take host pointers. `*_cuda` functions take device pointers for the
 //!   float tensors plus a `CUstream` (the caller's; `NULL` = the legacy default stream) and the
 //!   device ordinal; index arrays (`row_ptr`, `src`) are **host** pointers on both paths (the
-//!   backends validate them and build the CSC transpose on the host). The CUDA path is
-//!   stream-ordered with the caller's stream (events; no host synchronisation except for GAT
-//!   index uploads of pageable memory) and zero-copy: the caller's device buffers are lent to
+//!   backends validate them and build the CSC transpose on the host). The CUDA path runs the
+//!   kernels on the caller's stream itself, in order with the caller's work, with no host
+//!   synchronisation (except for GAT index uploads of pageable memory): gshn keeps a backend
+//!   per device and stream seen ([`crate::backend::CudaBackend::on_stream`]: a scratch arena
+//!   allocated stream-ordered on that stream, a cuBLAS handle; calls on different streams run
+//!   at once), up to 64 streams per device, beyond which calls run on gshn's own stream,
+//!   ordered with the caller's by events. It is zero-copy: the caller's device buffers are lent to
 //!   the kernels as they are ([`crate::backend::CudaBuffer::borrow_raw`], address and alignment
 //!   checked), outputs are written in place, and only an input that shares memory with an
 //!   output is copied first (so aliasing gives the separate-buffer result on both paths).
@@ -556,19 +560,62 @@ mod cuda_path {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
 
-    /// One backend per device, used by one call at a time (its scratch arena is shared).
+    /// A backend used by one call at a time (its scratch arena is its own).
     type Shared = Arc<Mutex<CudaBackend>>;
-    static BACKENDS: OnceLock<Mutex<HashMap<usize, Shared>>> = OnceLock::new();
 
-    fn backend(device: usize) -> Result<Shared, CErr> {
-        let map = BACKENDS.get_or_init(|| Mutex::new(HashMap::new()));
+    /// A device's backends: gshn's own (on gshn's stream; it holds the loaded kernels) and one
+    /// per caller stream seen ([`CudaBackend::on_stream`]), kept for the process's life.
+    struct Device {
+        own: Shared,
+        streams: HashMap<usize, Shared>,
+    }
+
+    /// Caller streams given their own backend per device; calls on further streams run on
+    /// gshn's stream, ordered with the caller's by events.
+    const MAX_STREAMS: usize = 64;
+
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Device>>> = OnceLock::new();
+
+    /// The backend for a call on `stream`, and whether it runs on that stream itself.
+    fn backend(device: usize, stream: sys::CUstream) -> Result<(Shared, bool), CErr> {
+        let map = DEVICES.get_or_init(|| Mutex::new(HashMap::new()));
         let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&device) {
-            return Ok(b.clone());
+        let dev = match map.entry(device) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Device {
+                own: Arc::new(Mutex::new(CudaBackend::new(device)?)),
+                streams: HashMap::new(),
+            }),
+        };
+        if let Some(b) = dev.streams.get(&(stream as usize)) {
+            return Ok((b.clone(), true));
         }
-        let b = Arc::new(Mutex::new(CudaBackend::new(device)?));
-        map.insert(device, b.clone());
-        Ok(b)
+        if dev.streams.len() >= MAX_STREAMS {
+            return Ok((dev.own.clone(), false));
+        }
+        let own = dev.own.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = own.context().clone();
+        ctx.bind_to_thread()
+            .map_err(|e| cu("binding the device context", e))?;
+        let mut of = std::ptr::null_mut();
+        // SAFETY: asks the driver which context the caller's stream belongs to.
+        let asked = unsafe { sys::cuStreamGetCtx(stream, &mut of) };
+        if asked != sys::CUresult::CUDA_SUCCESS {
+            return Err(cu("the stream passed is not a valid CUDA stream", asked));
+        }
+        if of != ctx.cu_ctx() {
+            return Err(CErr(
+                GSHN_ERR_CUDA,
+                format!("cuda: the stream belongs to another CUDA context than device {device}'s primary context (PyTorch's streams use the primary one)"),
+            ));
+        }
+        // SAFETY: a stream of this context (checked above); the caller keeps it alive while it
+        // calls gshn on it (gshn.h).
+        let theirs = unsafe { ctx.wrap_borrowed_stream(stream) };
+        let b = Arc::new(Mutex::new(own.on_stream(theirs)?));
+        drop(own);
+        dev.streams.insert(stream as usize, b.clone());
+        Ok((b, true))
     }
 
     fn cu(what: &str, e: impl std::fmt::Debug) -> CErr {
@@ -605,15 +652,17 @@ mod cuda_path {
         (metas, out_metas): (&[Meta], &[Meta]),
     ) -> Result<(), CErr> {
         let device = usize::try_from(device).map_err(|_| arg_err(f, "device is negative"))?;
-        let shared = backend(device)?;
+        let theirs = stream as sys::CUstream;
+        let (shared, on_theirs) = backend(device, theirs)?;
         let be = shared.lock().unwrap_or_else(|p| p.into_inner());
         be.context()
             .bind_to_thread()
             .map_err(|e| cu("binding the device context", e))?;
         let ours = be.stream().cu_stream();
-        let theirs = stream as sys::CUstream;
-        // gshn's stream starts after the work the caller queued before this call.
-        join(theirs, ours)?;
+        if !on_theirs {
+            // gshn's stream starts after the work the caller queued before this call.
+            join(theirs, ours)?;
+        }
         // The caller's buffers are lent to the kernels as they are: no copies. An input that
         // shares memory with an output is copied first (the kernels read inputs while they
         // write outputs), so aliasing gives the separate-buffer result, as on the CPU path.
@@ -667,7 +716,10 @@ mod cuda_path {
         execute_buffers(&*be, &op, bufs.iter().zip(metas), &mut out_bufs, out_metas)?;
         // The caller's stream continues after the op. Our own buffers are freed stream-ordered
         // on our stream when dropped; the lent ones are never freed here.
-        join(ours, theirs)
+        match on_theirs {
+            true => Ok(()),
+            false => join(ours, theirs),
+        }
     }
 }
 

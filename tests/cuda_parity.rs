@@ -1661,3 +1661,104 @@ fn lent_device_buffers() {
     let short: CudaSlice<f32> = st.alloc_zeros(t * n - 1).unwrap();
     assert!(Lent::slice(&be, &short, [t, n]).is_err());
 }
+
+/// The `*_cuda` entry points run on the caller's stream itself (issue 18), from several
+/// threads at once, each with its own stream; and `CudaBackend::on_stream` gives Rust callers
+/// the same: a backend on their stream, sharing the loaded kernels.
+#[test]
+fn ops_run_on_the_callers_streams() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::backend::Lent;
+    use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_forward_cuda, gshn_lif_params_default};
+    use gshn::capi::{GSHN_F32, GSHN_OK};
+    let Some(be) = cuda() else { return };
+    let (t, n) = (4usize, 2113usize);
+    let params = gshn_lif_params_default();
+    // the CPU's spikes for input k
+    let input = |k: u64| {
+        let x = rand_t(&mut SplitMix64::new(40 + k), &[t, n], F32, -0.5, 2.0);
+        x.data::<f32>().unwrap().to_vec()
+    };
+    let cpu_spikes = |xs: &[f32]| {
+        let mut out = vec![vec![0f32; t * n]; 3];
+        let [s, v, h] = &mut out[..] else {
+            unreachable!()
+        };
+        // SAFETY: every buffer holds T·N f32.
+        let rc = unsafe {
+            gshn_lif_forward_cpu(
+                &params,
+                GSHN_F32,
+                t as i64,
+                n as i64,
+                xs.as_ptr().cast(),
+                s.as_mut_ptr().cast(),
+                v.as_mut_ptr().cast(),
+                h.as_mut_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, GSHN_OK);
+        out.swap_remove(0)
+    };
+    let streams: Vec<_> = (0..3).map(|_| be.context().new_stream().unwrap()).collect();
+    // three threads, each on its own stream, several calls each
+    std::thread::scope(|scope| {
+        for (k, st) in streams.iter().enumerate() {
+            let params = &params;
+            scope.spawn(move || {
+                for round in 0..4u64 {
+                    let xs = input(10 * k as u64 + round);
+                    let dx = st.clone_htod(&xs).unwrap();
+                    let outs: Vec<CudaSlice<f32>> =
+                        (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+                    let ptr = |s: &CudaSlice<f32>| s.device_ptr(st).0 as *mut std::ffi::c_void;
+                    // SAFETY: device buffers of T·N f32 on device 0, allocated on `st`.
+                    let rc = unsafe {
+                        gshn_lif_forward_cuda(
+                            params,
+                            GSHN_F32,
+                            t as i64,
+                            n as i64,
+                            ptr(&dx),
+                            ptr(&outs[0]),
+                            ptr(&outs[1]),
+                            ptr(&outs[2]),
+                            0,
+                            st.cu_stream().cast(),
+                        )
+                    };
+                    assert_eq!(rc, GSHN_OK, "stream {k}, round {round}");
+                    // read back in the stream's order, with no other synchronisation
+                    let got = st.clone_dtoh(&outs[0]).unwrap();
+                    let same = got == cpu_spikes(&xs);
+                    report(
+                        &format!("C ABI on caller stream {k} round {round}"),
+                        same,
+                        0.0,
+                        "",
+                    );
+                    assert!(same, "stream {k}, round {round}: spikes differ");
+                }
+            });
+        }
+    });
+    // Rust: a backend on the caller's stream, lent slices
+    let st = &streams[0];
+    let mine = be.on_stream(st.clone()).unwrap();
+    let xs = input(99);
+    let dx = st.clone_htod(&xs).unwrap();
+    let mut outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+    {
+        let ins = [Lent::slice(&mine, &dx, [t, n]).unwrap()];
+        let [o0, o1, o2] = &mut outs[..] else {
+            unreachable!()
+        };
+        let mut lent = [o0, o1, o2].map(|o| Lent::slice_mut(&mine, o, [t, n]).unwrap());
+        mine.execute_lent(&Op::Lif(LifConfig::default()), &ins, &mut lent)
+            .unwrap();
+    }
+    let same = st.clone_dtoh(&outs[0]).unwrap() == cpu_spikes(&xs);
+    report("Lent on the caller's stream", same, 0.0, "");
+    assert!(same, "Lent on the caller's stream: spikes differ");
+    assert_eq!(mine.stream().cu_stream(), st.cu_stream());
+}

@@ -489,6 +489,35 @@ fn training_is_deterministic_and_resumes_exactly() {
         meta["config"].replace("batch_size = ", "batch_size = 1000000000 #"),
     );
     assert!(e.contains("train.batch_size must be in 2..="), "{e}");
+    // A NaN weight stops the resumed run on its first step, though the loss is logged only
+    // every 1000 steps (the first step of a run always reads it back), and the checkpoint
+    // stays as it was.
+    let mut poisoned = tensors.clone();
+    let w = poisoned
+        .iter_mut()
+        .find(|(n, _)| n.ends_with("image.proj.bias") && !n.starts_with("adam"))
+        .unwrap();
+    let mut v = w.1.data::<f32>().unwrap().to_vec();
+    v[0] = f32::NAN;
+    w.1 = Tensor::new(w.1.shape().dims().to_vec(), v).unwrap();
+    gshn::tensor::io::save_safetensors(&ck, &poisoned, Some(meta.clone())).unwrap();
+    let bytes = std::fs::read(&ck).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
+    let at = |k: &str| state[k].as_u64().unwrap() as usize;
+    let mut asked = cfg.clone();
+    (asked.train.epochs, asked.train.log_every) = (at("epoch") + 1, 1000);
+    let opts = TrainOptions {
+        resume: true,
+        resume_config: Some(asked.clone()),
+        ..fresh_run(&dir, "split")
+    };
+    let e = gshn::train::train(CpuBackend, asked, &opts)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    let want = format!("non-finite loss or gradient at step {} (loss NaN", at("step"));
+    assert!(e.contains(&want), "{e}");
+    assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the checkpoint changed");
     // Another seed gives other numbers.
     run("other", 2, false, 1, None);
     assert_ne!(

@@ -567,7 +567,8 @@ fn graph(
 }
 
 /// One GSHN training step (forward, backward, clipping, AdamW) at the default model config on
-/// `B` synthetic scenes: what `benches/train_step.rs` times, on any backend.
+/// `B` synthetic scenes: what `benches/train_step.rs` times, on any backend, run as `gshn
+/// train` runs it (on a GPU replayed as a CUDA graph, recorded in the warm-up).
 #[cfg(feature = "model")]
 mod step {
     use crate::backend::AnyBackend;
@@ -613,6 +614,7 @@ mod step {
             };
             let mut engine = Engine::new(Arc::clone(be), cfg, shape, vocab)?;
             engine.init()?;
+            engine.train.replay_runs(true);
             Ok(StepBench {
                 engine,
                 split,

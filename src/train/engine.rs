@@ -193,10 +193,12 @@ impl<B: Backend> Engine<B> {
     }
 
     /// One optimizer step on `graphs` with one caption each (and, when the model takes them,
-    /// that caption's hard negative). Reads back only the loss and gradient norm (to stop on
-    /// non-finite values); [`Engine::stats`] reads the rest when it is logged. Returns whether
-    /// the update was applied: an f16 step whose gradient overflowed is skipped (see
-    /// [`LossScaler`]); in f32 and bf16 a non-finite loss or gradient is an error.
+    /// that caption's hard negative). Reads nothing back in f32 and bf16, so a GPU runs the
+    /// step while the host prepares the next batch ([`Engine::check_finite`] and
+    /// [`Engine::stats`] read the loss when it is wanted); in f16 it reads the gradient norm
+    /// for the loss scaler. Returns whether the update was applied: an f16 step whose gradient
+    /// overflowed is skipped (see [`LossScaler`]). In every precision a step with a
+    /// non-finite gradient leaves the weights as they were (AdamW skips it).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -224,21 +226,31 @@ impl<B: Backend> Engine<B> {
                 .set(inverse, &Tensor::new([], vec![(1.0 / s.scale) as f32])?)?;
         }
         self.train.run()?;
-        let loss = self.scalar(self.model_outputs.loss)?;
-        let grad_norm = self.scalar(self.grad_norm)?;
+        let applied = match &mut self.scaler {
+            Some(s) => {
+                // AdamW skipped the update itself (ClipScale reports 0 for a non-finite norm)
+                let grad_norm = self.train.get(self.grad_norm)?.to_f64_vec()[0];
+                s.update(grad_norm.is_finite(), step)?
+            }
+            None => true,
+        };
         let ops_after = self.train.backend().device_ops();
         self.last_step_ops = ops_before.zip(ops_after).map(|(a, b)| b - a);
-        if let Some(s) = &mut self.scaler {
-            // AdamW skipped the update itself (ClipScale reports 0 for a non-finite norm)
-            return s.update(grad_norm.is_finite(), step);
+        Ok(applied)
+    }
+
+    /// Reads the last step's loss and gradient norm back: an error naming `step` when either
+    /// is not finite (f16 runs: the loss; their overflowing gradients are the scaler's).
+    pub fn check_finite(&self, step: usize) -> Result<()> {
+        let loss = self.scalar(self.model_outputs.loss)?;
+        let grad_norm = self.scalar(self.grad_norm)?;
+        if loss.is_finite() && (grad_norm.is_finite() || self.scaler.is_some()) {
+            return Ok(());
         }
-        if !loss.is_finite() || !grad_norm.is_finite() {
-            return Err(Error::invalid(
-                "train",
-                format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
-            ));
-        }
-        Ok(true)
+        Err(Error::invalid(
+            "train",
+            format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
+        ))
     }
 
     fn scalar(&self, v: ValueId) -> Result<f64> {
@@ -311,8 +323,9 @@ pub struct StepStats {
     pub logit_scale: f64,
     /// The f16 loss scale for the next step (f16 runs only).
     pub loss_scale: Option<f64>,
-    /// Device operations the step queued — kernel launches, cuBLAS calls, the batch's uploads,
-    /// the loss read back — where the backend counts them (CUDA; None on the CPU).
+    /// Device operations the step queued — kernel launches, cuBLAS calls, the batch's uploads
+    /// (a replayed step: its uploads and one graph launch) — where the backend counts them
+    /// (CUDA; None on the CPU).
     pub device_ops: Option<u64>,
 }
 /// Loads a run's checkpoint into a fresh engine (for `eval` and `show`), computing in

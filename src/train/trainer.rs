@@ -278,12 +278,19 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 &mut rng,
             )?;
             step_seconds += step_started.elapsed().as_secs_f64();
+            let ran = state.step;
             state.step += 1;
             state.batch += 1;
             graphs_done += t.batch_size;
             bar.inc(1);
             let stop = opts.stop_after_steps.is_some_and(|n| state.step >= n);
             let log_now = state.step % t.log_every.max(1) == 0 || state.batch == steps_per_epoch;
+            let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
+            // The loss is read back (a wait for the device) only when it is logged, before a
+            // checkpoint, and on this invocation's first step (weights from a checkpoint).
+            if log_now || stop || periodic || graphs_done == t.batch_size {
+                engine.check_finite(ran)?;
+            }
             if log_now || stop {
                 last = engine.stats()?;
             }
@@ -292,7 +299,6 @@ pub fn train<B: Backend>(backend: B, cfg: RunConfig, opts: &TrainOptions) -> Res
                 log.step(state.step, epoch, lr, &last, gps)?;
                 bar.set_message(format!("loss {:.3}", last.loss));
             }
-            let periodic = t.checkpoint_every > 0 && state.step % t.checkpoint_every == 0;
             if (periodic || stop) && state.batch < steps_per_epoch {
                 save(&engine, &state)?;
                 if stop {

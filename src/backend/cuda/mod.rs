@@ -149,6 +149,13 @@ impl CudaBuffer {
     }
 }
 
+/// The kernel modules and functions loaded on a device, each once.
+#[derive(Default)]
+struct KernelCache {
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+}
+
 #[derive(Default)]
 struct Scratch {
     buf: Option<CudaSlice<u8>>,
@@ -165,8 +172,8 @@ pub struct CudaBackend {
     device_name: String,
     cc: (i32, i32),
     sm_count: u32,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// Loaded kernels, shared with the backends of other streams ([`CudaBackend::on_stream`]).
+    kernels: Arc<KernelCache>,
     scratch: Mutex<Scratch>,
     /// f32 copies of half-precision data for the families without half kernels (`run_in_f32`).
     staging: Mutex<Vec<CudaBuffer>>,
@@ -198,8 +205,9 @@ impl CudaBackend {
             let ctx = CudaContext::new(ordinal).map_err(|e| {
                 cuda_err(&format!("cannot create a context on device {ordinal}"), e)
             })?;
-            // One stream: no cross-stream event bookkeeping needed.
-            // SAFETY: every buffer of this backend is used on `stream` only.
+            // One stream per backend: no cross-stream event bookkeeping needed.
+            // SAFETY: every buffer of a backend is used on its stream only (the backends of
+            // other streams, `on_stream`, have buffers of their own).
             unsafe { ctx.disable_event_tracking() };
             let stream = ctx
                 .new_stream()
@@ -214,34 +222,82 @@ impl CudaBackend {
                 .map_err(|e| cuda_err("multiprocessor count", e))?
                 .max(1) as u32;
             let device_name = ctx.name().unwrap_or_else(|_| "unknown".into());
-            // cuBLAS is optional until a matmul runs (then a missing library is a clear error).
-            // SAFETY: only tries to dlopen libcublas.
-            let blas = if catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
-                .unwrap_or(false)
-            {
-                Some(
-                    cudarc::cublas::CudaBlas::new(stream.clone())
-                        .map_err(|e| cuda_err("cannot create a cuBLAS handle", e))?,
-                )
-            } else {
-                None
-            };
-            Ok(CudaBackend {
+            Self::assemble(
                 ctx,
                 stream,
-                blas,
                 ordinal,
                 device_name,
                 cc,
                 sm_count,
-                modules: Mutex::new(HashMap::new()),
-                funcs: Mutex::new(HashMap::new()),
-                scratch: Mutex::new(Scratch::default()),
-                staging: Mutex::new(Vec::new()),
-                checked_graphs: Mutex::new(Vec::new()),
-                queued: Default::default(),
-                recorder: Default::default(),
-            })
+                Default::default(),
+            )
+        })
+    }
+
+    /// A backend on `stream` with the device facts and kernel cache given; everything else
+    /// (cuBLAS handle, scratch arena, staging, counters) its own.
+    fn assemble(
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        ordinal: usize,
+        device_name: String,
+        cc: (i32, i32),
+        sm_count: u32,
+        kernels: Arc<KernelCache>,
+    ) -> Result<Self> {
+        // cuBLAS is optional until a matmul runs (then a missing library is a clear error).
+        // SAFETY: only tries to dlopen libcublas.
+        let blas = if catch_unwind(|| unsafe { cudarc::cublas::sys::is_culib_present() })
+            .unwrap_or(false)
+        {
+            Some(
+                cudarc::cublas::CudaBlas::new(stream.clone())
+                    .map_err(|e| cuda_err("cannot create a cuBLAS handle", e))?,
+            )
+        } else {
+            None
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            ordinal,
+            device_name,
+            cc,
+            sm_count,
+            kernels,
+            scratch: Mutex::new(Scratch::default()),
+            staging: Mutex::new(Vec::new()),
+            checked_graphs: Mutex::new(Vec::new()),
+            queued: Default::default(),
+            recorder: Default::default(),
+        })
+    }
+
+    /// A backend of the same device whose ops run on `stream` — a caller's, e.g. wrapped with
+    /// `CudaContext::wrap_borrowed_stream` — in stream order with the caller's other work: no
+    /// events, no host synchronisation. It shares this backend's loaded kernels; its scratch
+    /// arena and staging buffers are its own, allocated stream-ordered on `stream` (the
+    /// device's memory pool), and so is its cuBLAS handle. The stream must belong to the
+    /// device's primary context, as gshn's and PyTorch's do. Backends of different streams
+    /// can run ops from different threads at once.
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<CudaBackend> {
+        if stream.context().cu_ctx() != self.ctx.cu_ctx() {
+            return Err(Error::Cuda(format!(
+                "the stream belongs to another CUDA context than device {}'s primary context",
+                self.ordinal
+            )));
+        }
+        guarded("cuda stream backend", || {
+            Self::assemble(
+                self.ctx.clone(),
+                stream,
+                self.ordinal,
+                self.device_name.clone(),
+                self.cc,
+                self.sm_count,
+                self.kernels.clone(),
+            )
         })
     }
 
@@ -279,7 +335,11 @@ impl CudaBackend {
     }
 
     fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
-        let mut mods = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mods = self
+            .kernels
+            .modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(m) = mods.get(file) {
             return Ok(m.clone());
         }
@@ -331,6 +391,7 @@ impl CudaBackend {
 
     fn func(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
         if let Some(f) = self
+            .kernels
             .funcs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -342,7 +403,8 @@ impl CudaBackend {
         let f = m
             .load_function(name)
             .map_err(|e| cuda_err(&format!("kernel {name} not found in kernels/{file}.cu"), e))?;
-        self.funcs
+        self.kernels
+            .funcs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), f.clone());
