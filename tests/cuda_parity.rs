@@ -1567,26 +1567,11 @@ fn eager_api_on_device_memory() {
     cuda_borrowed::main().unwrap();
 }
 
-/// Caller-owned device memory (issue 18): the C ABI's CUDA path lends the caller's buffers to
-/// the kernels and writes its outputs in place, with the CPU path's results, also when the
-/// spikes are written over the input (that input is copied first); the Rust API runs the same
-/// op on `CudaSlice`s (`Lent`).
-#[test]
-fn lent_device_buffers() {
-    use cudarc::driver::{CudaSlice, DevicePtr};
-    use gshn::backend::Lent;
-    use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_forward_cuda, gshn_lif_params_default};
-    use gshn::capi::{GSHN_F32, GSHN_OK};
-    use std::ffi::c_void;
-    let Some(be) = cuda() else { return };
-    let (t, n) = (5usize, 1037usize);
-    let x = rand_t(&mut SplitMix64::new(21), &[t, n], F32, -0.5, 2.0);
-    let xs = x.data::<f32>().unwrap().to_vec();
+/// LIF forward through the C ABI's CPU entry point: spikes, v, h of x[T, N] (f32).
+fn lif_cpu_c_abi(xs: &[f32], t: usize, n: usize) -> [Vec<f32>; 3] {
+    use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_params_default, GSHN_F32, GSHN_OK};
     let params = gshn_lif_params_default();
-    let mut want = vec![vec![0f32; t * n]; 3]; // spikes, v, h
-    let [s0, v0, h0] = &mut want[..] else {
-        unreachable!()
-    };
+    let [mut s, mut v, mut h] = [(); 3].map(|_| vec![0f32; t * n]);
     // SAFETY: every buffer holds T·N f32.
     let rc = unsafe {
         gshn_lif_forward_cpu(
@@ -1595,12 +1580,32 @@ fn lent_device_buffers() {
             t as i64,
             n as i64,
             xs.as_ptr().cast(),
-            s0.as_mut_ptr().cast(),
-            v0.as_mut_ptr().cast(),
-            h0.as_mut_ptr().cast(),
+            s.as_mut_ptr().cast(),
+            v.as_mut_ptr().cast(),
+            h.as_mut_ptr().cast(),
         )
     };
     assert_eq!(rc, GSHN_OK);
+    [s, v, h]
+}
+
+/// Caller-owned device memory (issue 18): the C ABI's CUDA path lends the caller's buffers to
+/// the kernels and writes its outputs in place, with the CPU path's results, also when the
+/// spikes are written over the input (that input is copied first); the Rust API runs the same
+/// op on `CudaSlice`s (`Lent`).
+#[test]
+fn lent_device_buffers() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::backend::Lent;
+    use gshn::capi::{gshn_lif_forward_cuda, gshn_lif_params_default};
+    use gshn::capi::{GSHN_F32, GSHN_OK};
+    use std::ffi::c_void;
+    let Some(be) = cuda() else { return };
+    let (t, n) = (5usize, 1037usize);
+    let x = rand_t(&mut SplitMix64::new(21), &[t, n], F32, -0.5, 2.0);
+    let xs = x.data::<f32>().unwrap().to_vec();
+    let params = gshn_lif_params_default();
+    let [s0, v0, h0] = &lif_cpu_c_abi(&xs, t, n);
     let st = be.stream();
     let ptr = |s: &CudaSlice<f32>| s.device_ptr(st).0 as *mut c_void;
     let read = |s: &CudaSlice<f32>| st.clone_dtoh(s).unwrap();
@@ -1669,37 +1674,17 @@ fn lent_device_buffers() {
 fn ops_run_on_the_callers_streams() {
     use cudarc::driver::{CudaSlice, DevicePtr};
     use gshn::backend::Lent;
-    use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_forward_cuda, gshn_lif_params_default};
+    use gshn::capi::{gshn_lif_forward_cuda, gshn_lif_params_default};
     use gshn::capi::{GSHN_F32, GSHN_OK};
     let Some(be) = cuda() else { return };
     let (t, n) = (4usize, 2113usize);
     let params = gshn_lif_params_default();
-    // the CPU's spikes for input k
+    // input k and the CPU's spikes for it
     let input = |k: u64| {
         let x = rand_t(&mut SplitMix64::new(40 + k), &[t, n], F32, -0.5, 2.0);
         x.data::<f32>().unwrap().to_vec()
     };
-    let cpu_spikes = |xs: &[f32]| {
-        let mut out = vec![vec![0f32; t * n]; 3];
-        let [s, v, h] = &mut out[..] else {
-            unreachable!()
-        };
-        // SAFETY: every buffer holds T·N f32.
-        let rc = unsafe {
-            gshn_lif_forward_cpu(
-                &params,
-                GSHN_F32,
-                t as i64,
-                n as i64,
-                xs.as_ptr().cast(),
-                s.as_mut_ptr().cast(),
-                v.as_mut_ptr().cast(),
-                h.as_mut_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, GSHN_OK);
-        out.swap_remove(0)
-    };
+    let cpu_spikes = |xs: &[f32]| lif_cpu_c_abi(xs, t, n)[0].clone();
     let streams: Vec<_> = (0..3).map(|_| be.context().new_stream().unwrap()).collect();
     // three threads, each on its own stream, several calls each
     std::thread::scope(|scope| {

@@ -493,13 +493,7 @@ fn training_is_deterministic_and_resumes_exactly() {
     // every 1000 steps (the first step of a run always reads it back), and the checkpoint
     // stays as it was.
     let mut poisoned = tensors.clone();
-    let w = poisoned
-        .iter_mut()
-        .find(|(n, _)| n.ends_with("image.proj.bias") && !n.starts_with("adam"))
-        .unwrap();
-    let mut v = w.1.data::<f32>().unwrap().to_vec();
-    v[0] = f32::NAN;
-    w.1 = Tensor::new(w.1.shape().dims().to_vec(), v).unwrap();
+    poison_image_proj_bias(&mut poisoned);
     gshn::tensor::io::save_safetensors(&ck, &poisoned, Some(meta.clone())).unwrap();
     let bytes = std::fs::read(&ck).unwrap();
     let state: serde_json::Value = serde_json::from_str(&meta["state"]).unwrap();
@@ -515,7 +509,10 @@ fn training_is_deterministic_and_resumes_exactly() {
         .map(|_| ())
         .unwrap_err()
         .to_string();
-    let want = format!("non-finite loss or gradient at step {} (loss NaN", at("step"));
+    let want = format!(
+        "non-finite loss or gradient at step {} (loss NaN",
+        at("step")
+    );
     assert!(e.contains(&want), "{e}");
     assert_eq!(std::fs::read(&ck).unwrap(), bytes, "the checkpoint changed");
     // Another seed gives other numbers.
@@ -607,6 +604,17 @@ fn training_is_deterministic_and_resumes_exactly() {
     // Issue 23, D2: one NaN weight makes every embedding NaN; eval says so instead of scoring.
     let ck = dir.join("full").join("checkpoint.safetensors");
     let (mut tensors, meta) = load_safetensors(&ck).unwrap();
+    poison_image_proj_bias(&mut tensors);
+    gshn::tensor::io::save_safetensors(&ck, &tensors, Some(meta)).unwrap();
+    let e = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("embeddings are not finite"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Sets the first value of a checkpoint's `image.proj.bias` (not its AdamW moments) to NaN.
+fn poison_image_proj_bias(tensors: &mut [(String, Tensor)]) {
     let w = tensors
         .iter_mut()
         .find(|(n, _)| n.ends_with("image.proj.bias") && !n.starts_with("adam"))
@@ -614,12 +622,6 @@ fn training_is_deterministic_and_resumes_exactly() {
     let mut v = w.1.data::<f32>().unwrap().to_vec();
     v[0] = f32::NAN;
     w.1 = Tensor::new(w.1.shape().dims().to_vec(), v).unwrap();
-    gshn::tensor::io::save_safetensors(&ck, &tensors, Some(meta)).unwrap();
-    let e = gshn::train::eval::evaluate_run(CpuBackend, &dir.join("full"), &dir, "val", None, None)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("embeddings are not finite"), "{e}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// `--profile`: every node of the step is counted once, under the part the model named.

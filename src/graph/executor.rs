@@ -208,28 +208,8 @@ impl<B: Backend> Executor<B> {
     /// (a training step).
     pub fn run(&mut self) -> Result<()> {
         let op_by_op = self.timing.is_some() || self.check_finite;
-        let Executor {
-            backend,
-            graph,
-            plan,
-            owned,
-            slots,
-            check_finite,
-            timing,
-            replay,
-        } = self;
-        let mut run = || {
-            run_nodes(
-                backend,
-                graph,
-                plan,
-                owned,
-                slots,
-                *check_finite,
-                timing,
-                false,
-            )
-        };
+        let (backend, mut nodes, replay) = self.split();
+        let mut run = || nodes.run(backend, false);
         match replay {
             Replay::Recorded(rec) if !op_by_op => backend.replay(rec, &mut run),
             Replay::Armed if !op_by_op => {
@@ -245,109 +225,106 @@ impl<B: Backend> Executor<B> {
     /// evaluated with its current parameters (the optimizer does not step, its state is not
     /// touched). Inputs that only the updates read need not be set.
     pub fn run_forward(&mut self) -> Result<()> {
-        let Executor {
-            backend,
-            graph,
-            plan,
-            owned,
-            slots,
-            check_finite,
-            timing,
-            ..
-        } = self;
-        run_nodes(
-            backend,
-            graph,
-            plan,
-            owned,
-            slots,
-            *check_finite,
-            timing,
-            true,
-        )
+        let (backend, mut nodes, _) = self.split();
+        nodes.run(backend, true)
+    }
+
+    /// The backend, what a run of the nodes uses, and the replay state, borrowed apart (a
+    /// recording drives the run).
+    fn split(&mut self) -> (&B, Nodes<'_, B>, &mut Replay<B::Recording>) {
+        let nodes = Nodes {
+            homes: Homes {
+                graph: &self.graph,
+                plan: &self.plan,
+                owned: &mut self.owned,
+                slots: &mut self.slots,
+            },
+            check_finite: self.check_finite,
+            timing: &mut self.timing,
+        };
+        (&self.backend, nodes, &mut self.replay)
     }
 }
 
-/// Runs an executor's schedule (or its forward part) op by op.
-#[allow(clippy::too_many_arguments)]
-fn run_nodes<B: Backend>(
-    backend: &B,
-    graph: &Graph,
-    plan: &Plan,
-    owned: &mut Vec<Option<B::Buffer>>,
-    slots: &mut Vec<Option<B::Buffer>>,
+/// What a run of an executor's nodes reads and writes, besides the backend.
+struct Nodes<'a, B: Backend> {
+    homes: Homes<'a, B>,
     check_finite: bool,
-    timing: &mut Option<(Vec<f64>, usize)>,
-    forward_only: bool,
-) -> Result<()> {
-    let mut homes = Homes::<B> {
-        graph,
-        plan,
-        owned,
-        slots,
-    };
-    let schedule = if forward_only {
-        &plan.forward
-    } else {
-        &plan.schedule
-    };
-    if let Some((_, runs)) = timing {
-        *runs += 1;
-    }
-    for &n in schedule {
-        let started = timing.is_some().then(std::time::Instant::now);
-        let node = graph.node(n)?;
-        let mutated = node.op.mutated_inputs();
-        // Take the buffers this node writes out of their homes, so the rest can be
-        // borrowed as inputs (the plan guarantees they are distinct).
-        let written = if mutated > 0 {
-            &node.inputs[..mutated]
+    timing: &'a mut Option<(Vec<f64>, usize)>,
+}
+
+impl<B: Backend> Nodes<'_, B> {
+    /// Runs the schedule (or its forward part) op by op.
+    fn run(&mut self, backend: &B, forward_only: bool) -> Result<()> {
+        let Nodes {
+            homes,
+            check_finite,
+            timing,
+        } = self;
+        let (graph, plan, timing) = (homes.graph, homes.plan, &mut **timing);
+        let schedule = if forward_only {
+            &plan.forward
         } else {
-            &node.outputs[..]
+            &plan.schedule
         };
-        let mut taken = Vec::with_capacity(written.len());
-        for &w in written {
-            taken.push(homes.take(w)?);
+        if let Some((_, runs)) = timing {
+            *runs += 1;
         }
-        let result = {
-            let read = &node.inputs[mutated..];
-            let mut inputs = Vec::with_capacity(read.len());
-            for &i in read {
-                let meta = &graph.value(i)?.meta;
-                inputs.push(View {
-                    buf: homes.get(i)?,
-                    shape: &meta.shape,
-                    dtype: meta.dtype,
-                });
+        for &n in schedule {
+            let started = timing.is_some().then(std::time::Instant::now);
+            let node = graph.node(n)?;
+            let mutated = node.op.mutated_inputs();
+            // Take the buffers this node writes out of their homes, so the rest can be
+            // borrowed as inputs (the plan guarantees they are distinct).
+            let written = if mutated > 0 {
+                &node.inputs[..mutated]
+            } else {
+                &node.outputs[..]
+            };
+            let mut taken = Vec::with_capacity(written.len());
+            for &w in written {
+                taken.push(homes.take(w)?);
             }
-            let mut outputs: Vec<ViewMut<B::Buffer>> = taken
-                .iter_mut()
-                .zip(written)
-                .map(|(buf, &w)| {
-                    // Planned ids are this graph's.
-                    let meta = &graph.values()[w.0 as usize].meta;
-                    ViewMut {
-                        buf,
+            let result = {
+                let read = &node.inputs[mutated..];
+                let mut inputs = Vec::with_capacity(read.len());
+                for &i in read {
+                    let meta = &graph.value(i)?.meta;
+                    inputs.push(View {
+                        buf: homes.get(i)?,
                         shape: &meta.shape,
                         dtype: meta.dtype,
-                    }
-                })
-                .collect();
-            backend.execute_planned(&node.op, &inputs, &mut outputs)
-        };
-        for (&w, buf) in written.iter().zip(taken) {
-            homes.put(w, buf);
+                    });
+                }
+                let mut outputs: Vec<ViewMut<B::Buffer>> = taken
+                    .iter_mut()
+                    .zip(written)
+                    .map(|(buf, &w)| {
+                        // Planned ids are this graph's.
+                        let meta = &graph.values()[w.0 as usize].meta;
+                        ViewMut {
+                            buf,
+                            shape: &meta.shape,
+                            dtype: meta.dtype,
+                        }
+                    })
+                    .collect();
+                backend.execute_planned(&node.op, &inputs, &mut outputs)
+            };
+            for (&w, buf) in written.iter().zip(taken) {
+                homes.put(w, buf);
+            }
+            result?;
+            if let (Some((seconds, _)), Some(t0)) = (timing.as_mut(), started) {
+                backend.synchronize()?;
+                seconds[n.0 as usize] += t0.elapsed().as_secs_f64();
+            }
+            if *check_finite {
+                homes.check_finite(backend, n, written)?;
+            }
         }
-        result?;
-        if let (Some((seconds, _)), Some(t0)) = (timing.as_mut(), started) {
-            backend.synchronize()?;
-            seconds[n.0 as usize] += t0.elapsed().as_secs_f64();
-        }
-        if check_finite {
-            homes.check_finite(backend, n, written)?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Where each value's buffer lives: its slot (computed values) or its own buffer.
