@@ -8,8 +8,8 @@
  *    No panic or exception crosses the boundary (an internal bug returns GSHN_ERR_PANIC).
  *  - Float buffers: row-major, contiguous, all of one dtype (GSHN_F32, GSHN_F64, GSHN_BF16 or
  *    GSHN_F16), passed as void pointers. Index arrays: int32_t. With GSHN_BF16 / GSHN_F16 (16-bit
- *    words, *_cpu only: *_cuda returns GSHN_ERR_UNSUPPORTED) the op computes in f32 and the
- *    statistics buffers are float (f32): LIF h; GAT lse; InfoNCE loss, lse_row, lse_col,
+ *    words; on *_cuda gshn's half-precision kernels, not yet run on a GPU) the op computes in
+ *    f32 and the statistics buffers are float (f32): LIF h; GAT lse; InfoNCE loss, lse_row, lse_col,
  *    grad_loss, grad_lse_row, grad_lse_col.
  *  - *_cpu functions: host pointers. *_cuda functions: the same arguments with DEVICE pointers
  *    for every float buffer, plus `device` (CUDA ordinal) and `stream` (a CUstream of the

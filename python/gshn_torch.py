@@ -22,8 +22,10 @@ validates them and builds the CSC transpose there).
 
 Every op validates before it calls (`check_lif`, `check_gat`, `check_aggregate`,
 `check_infonce`, `check_infonce_1d`: the one validation layer, returning the tensors the library
-is given): all tensors of a call share one device (cpu or cuda) and one dtype (float32 or
-float64), else TypeError; shapes follow include/gshn.h, else ValueError naming the argument,
+is given): all tensors of a call share one device (cpu or cuda) and one dtype (float32,
+float64, bfloat16 or float16), else TypeError — except the statistics an op saves for its
+backward, which are float32 in a bfloat16 / float16 call (LIF's h, GAT's lse, InfoNCE's loss
+and log-sum-exps, and their gradients: include/gshn.h), where the op computes in float32; shapes follow include/gshn.h, else ValueError naming the argument,
 the expected and the actual shape. The scalars `tau` and `logit_scale` may be Python numbers or
 0-d / [1] tensors of any float dtype: they are promoted (differentiably) to the call's dtype and
 device. Graph indices must be integer tensors whose values fit in int32.
@@ -57,13 +59,15 @@ import torch
 from torch import Tensor
 
 GSHN_OK = 0
-GSHN_F32, GSHN_F64 = 0, 1
+GSHN_F32, GSHN_F64, GSHN_BF16, GSHN_F16 = 0, 1, 2, 3
 SURROGATES = {"atan": 0, "sigmoid": 1, "super_spike": 2, "rectangular": 3}
 DEFAULT_ALPHA = {"atan": 2.0, "sigmoid": 4.0, "super_spike": 10.0, "rectangular": 1.0}
 # InfoNCE operand precision (GSHN_PRECISION_*): the operands of the products are rounded to
 # tf32 or bf16 as tensor cores read them; accumulation and log-sum-exp stay in the dtype.
 PRECISIONS = {"f32": 0, "tf32": 1, "bf16": 2}
-_DTYPES = {torch.float32: GSHN_F32, torch.float64: GSHN_F64}
+_DTYPES = {torch.float32: GSHN_F32, torch.float64: GSHN_F64, torch.bfloat16: GSHN_BF16,
+           torch.float16: GSHN_F16}
+_HALF = (torch.bfloat16, torch.float16)
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
 
 _VP, _I64, _INT, _DBL = C.c_void_p, C.c_int64, C.c_int, C.c_double
@@ -191,15 +195,27 @@ def _empty(t: torch.Tensor, shape=None):
     return t.new_empty(t.shape if shape is None else shape)
 
 
+def _stat_dtype(dtype):
+    """The dtype of the statistics of a call in `dtype`: float32 for the half types."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _stat(t: torch.Tensor, shape):
+    """A new statistics tensor (LIF's h, GAT's lse, InfoNCE's loss and LSEs) of a call whose
+    data is like `t`: float32 when t is bfloat16 or float16, else t's dtype."""
+    return t.new_empty(shape, dtype=_stat_dtype(t.dtype))
+
+
 # ---- validation (the one layer every function and every op goes through) -----------------------
 
 class _Spec:
     """Checks the tensors of one call of `op` against its contract (include/gshn.h): one device
-    (cpu or cuda), one dtype (f32/f64), and shapes whose named dims must agree across tensors.
-    Dims may be pre-bound (e.g. N and E from the graph, which is what the library trusts)."""
+    (cpu or cuda), one dtype (f32/f64/bf16/f16; statistics f32 in a half call), and shapes
+    whose named dims must agree across tensors. Dims may be pre-bound (e.g. N and E from the
+    graph, which is what the library trusts)."""
 
     def __init__(self, op: str, **dims):
-        self.op, self.dims, self.first = op, dict(dims), None
+        self.op, self.dims, self.first, self.seen = op, dict(dims), None, []
 
     def _device(self, name, t):
         if not torch.is_tensor(t):
@@ -208,24 +224,20 @@ class _Spec:
             raise TypeError(f"{self.op}: {name} is on device '{t.device}'; gshn takes cpu or "
                             "cuda tensors")
 
-    def tensor(self, name, t, *shape, optional=False):
+    def tensor(self, name, t, *shape, optional=False, stat=False):
         """t checked against `shape` (ints, dim names, and a trailing ... for any further dims),
-        made contiguous; None passes when `optional`."""
+        made contiguous; None passes when `optional`. A `stat` (a saved statistic or its
+        gradient) is float32 in a half-precision call."""
         if t is None and optional:
             return None
         self._device(name, t)
         if t.dtype not in _DTYPES:
-            raise TypeError(f"{self.op}: {name} must be float32 or float64, got {t.dtype}")
-        if self.first is None:
+            raise TypeError(f"{self.op}: {name} must be float32, float64, bfloat16 or float16, "
+                            f"got {t.dtype}")
+        if self.first is None and not stat:
             self.first = (name, t)
-        else:  # the library takes one dtype for all buffers and reads them all on one device
-            other, f = self.first
-            if t.dtype != f.dtype:
-                raise TypeError(f"{self.op}: {name} is {t.dtype} but {other} is {f.dtype} "
-                                "(all tensors of a call share one dtype)")
-            if t.device != f.device:
-                raise TypeError(f"{self.op}: {name} is on {t.device} but {other} is on "
-                                f"{f.device} (all tensors of a call share one device)")
+        self.seen.append((name, t, stat))
+        self._one_device_and_dtype()
         rest = shape[-1:] == (...,)
         fixed = shape[:-1] if rest else shape
         ok = t.dim() >= len(fixed) if rest else t.dim() == len(fixed)
@@ -237,6 +249,23 @@ class _Spec:
                              else str(d) for d in shape)
             raise ValueError(f"{self.op}: {name} must have shape [{want}], got {list(t.shape)}")
         return t.contiguous()
+
+    def _one_device_and_dtype(self):
+        """The library takes one dtype for all buffers (the statistics: float32 in a half
+        call) and reads them all on one device."""
+        if self.first is None:
+            return
+        other, f = self.first
+        for name, t, stat in self.seen:
+            if not stat and t.dtype != f.dtype:
+                raise TypeError(f"{self.op}: {name} is {t.dtype} but {other} is {f.dtype} "
+                                "(all tensors of a call share one dtype)")
+            if stat and t.dtype != _stat_dtype(f.dtype):
+                raise TypeError(f"{self.op}: {name} is {t.dtype} but must be "
+                                f"{_stat_dtype(f.dtype)} (a statistic of a {f.dtype} call)")
+            if t.device != f.device:
+                raise TypeError(f"{self.op}: {name} is on {t.device} but {other} is on "
+                                f"{f.device} (all tensors of a call share one device)")
 
     def scalar(self, name, v):
         """A Python number or a one-element (0-d or [1]) tensor as a 0-d tensor of the call's
@@ -391,7 +420,7 @@ def _lif_forward(x, tau, cfg):
     """(spikes, v, h), each a new tensor shaped like x[T, ...]; tau a float or a tensor."""
     x2, tau = check_lif(x, tau)
     params = lif_params(float(tau), *cfg)
-    s, v, h = _empty(x), _empty(x), _empty(x)
+    s, v, h = _empty(x), _empty(x), _stat(x, x.shape)
     if x2.numel():
         _call("lif_forward", x2, C.byref(params), _dtype(x2), *x2.shape, _p(x2), _p(s), _p(v),
               _p(h))
@@ -401,15 +430,15 @@ def _lif_forward(x, tau, cfg):
 def _lif_backward(h, grad_spikes, grad_v, tau, cfg):
     """(grad_x shaped like h, grad_tau: a 0-d tensor like h when tau is a tensor, else None)."""
     sp = _Spec("lif_backward")
-    h = sp.tensor("h", h, "T", ...)
+    h = sp.tensor("h", h, "T", ..., stat=True)
     gs, gv = sp.tensor("grad_spikes", grad_spikes, *h.shape), sp.tensor("grad_v", grad_v, *h.shape)
     tau_t = sp.scalar("tau", tau) if torch.is_tensor(tau) else tau
     h2 = h.reshape(h.shape[0], math.prod(h.shape[1:]))
-    gx = _empty(h)
-    gtau = h.new_zeros(()) if torch.is_tensor(tau) else None
+    gx = _empty(gs)
+    gtau = gs.new_zeros(()) if torch.is_tensor(tau) else None
     if h2.numel():  # gs and gv of an empty x would both be NULL, which the library refuses
         params = lif_params(float(tau_t), *cfg)
-        _call("lif_backward", h2, C.byref(params), _dtype(h2), *h2.shape, _p(h2), _p(gs), _p(gv),
+        _call("lif_backward", h2, C.byref(params), _dtype(gs), *h2.shape, _p(h2), _p(gs), _p(gv),
               _p(gx), _p(gtau))
     return gx, gtau
 
@@ -451,17 +480,17 @@ def _plif_backward_op(h: Tensor, grad_spikes: Tensor, grad_v: Tensor, tau: Tenso
 @_lif_op.register_fake
 @_plif_op.register_fake
 def _(x, *_):
-    return _empty(x), _empty(x), _empty(x)
+    return _empty(x), _empty(x), _stat(x, x.shape)
 
 
 @_lif_backward_op.register_fake
-def _(h, *_):
-    return _empty(h)
+def _(h, grad_spikes, *_):
+    return _empty(grad_spikes)
 
 
 @_plif_backward_op.register_fake
 def _(h, grad_spikes, grad_v, tau, *_):
-    return _empty(h), _empty(tau)
+    return _empty(grad_spikes), _empty(tau)
 
 
 def _lif_setup(ctx, inputs, output):
@@ -597,7 +626,7 @@ def _gat_op(z: Tensor, a_src: Tensor, a_dst: Tensor, edge_bias: Optional[Tensor]
     graph = Graph._of_op("gat", row_ptr, src)
     z, a_src, a_dst, edge_bias = _gat_tensors(_graph("gat", graph), z, a_src, a_dst, edge_bias)
     n, h, f = z.shape
-    out, lse = _empty(z), _empty(z, (n, h))
+    out, lse = _empty(z), _stat(z, (n, h))
     if out.numel():
         _call("gat_forward", z, _dtype(z), graph.cptr, h, f, negative_slope, _p(z), _p(a_src),
               _p(a_dst), _p(edge_bias), _p(out), _p(lse), None)
@@ -614,7 +643,7 @@ def _gat_backward_op(z: Tensor, a_src: Tensor, a_dst: Tensor, edge_bias: Optiona
     graph = Graph._of_op("gat_backward", row_ptr, src)
     sp = _graph("gat_backward", graph)
     z, a_src, a_dst, edge_bias = _gat_tensors(sp, z, a_src, a_dst, edge_bias)
-    out, lse = sp.tensor("out", out, "N", "H", "F"), sp.tensor("lse", lse, "N", "H")
+    out, lse = sp.tensor("out", out, "N", "H", "F"), sp.tensor("lse", lse, "N", "H", stat=True)
     g_out = sp.tensor("grad_out", grad_out, "N", "H", "F")
     gz, gas, gad = _empty(z), _empty(a_src), _empty(a_dst)
     geb = _empty(z, (0,)) if edge_bias is None else _empty(edge_bias)
@@ -631,7 +660,7 @@ def _gat_backward_op(z: Tensor, a_src: Tensor, a_dst: Tensor, edge_bias: Optiona
 
 @_gat_op.register_fake
 def _(z, *_):
-    return _empty(z), _empty(z, z.shape[:2])
+    return _empty(z), _stat(z, z.shape[:2])
 
 
 @_gat_backward_op.register_fake
@@ -745,7 +774,7 @@ def _infonce_op(a: Tensor, p: Tensor, logit_scale: Tensor) -> tuple[Tensor, Tens
     lse_col[B]: the row and column log-sum-exps of the logits, saved for the backward)."""
     a, p, ls = _infonce_tensors(_Spec("infonce"), a, p, logit_scale)
     b, d = a.shape
-    loss, lse_row, lse_col = _empty(a, ()), _empty(a, (b,)), _empty(a, (b,))
+    loss, lse_row, lse_col = _stat(a, ()), _stat(a, (b,)), _stat(a, (b,))
     _call("infonce_forward", a, _dtype(a), b, d, 1, _p(a), _p(p), _p(ls), _p(loss), _p(lse_row),
           _p(lse_col))
     return loss, lse_row, lse_col
@@ -757,8 +786,9 @@ def _infonce_backward_op(a: Tensor, p: Tensor, logit_scale: Tensor, lse_row: Ten
     """(grad_a, grad_p, grad_logit_scale like logit_scale)."""
     sp = _Spec("infonce_backward")
     a, p, ls = _infonce_tensors(sp, a, p, logit_scale)
-    lse_row, lse_col = sp.tensor("lse_row", lse_row, "B"), sp.tensor("lse_col", lse_col, "B")
-    g_loss = sp.tensor("grad_loss", grad_loss)
+    lse_row = sp.tensor("lse_row", lse_row, "B", stat=True)
+    lse_col = sp.tensor("lse_col", lse_col, "B", stat=True)
+    g_loss = sp.tensor("grad_loss", grad_loss, stat=True)
     b, d = a.shape
     ga, gp, gls = _empty(a), _empty(p), _empty(ls)
     _call("infonce_backward", a, _dtype(a), b, d, 1, _p(a), _p(p), _p(ls), _p(lse_row),
@@ -776,7 +806,7 @@ def _infonce_1d_op(a: Tensor, p: Tensor, logit_scale: Tensor, offset: int,
     _infonce_attrs(sp, offset, precision)
     params = InfoNceParams(PRECISIONS[precision], offset)
     (b, d), n = a.shape, p.shape[0]
-    loss, lse_row = _empty(a, ()), _empty(a, (b,))
+    loss, lse_row = _stat(a, ()), _stat(a, (b,))
     _call("infonce_1d_forward", a, C.byref(params), _dtype(a), b, n, d, _p(a), _p(p), _p(ls),
           _p(loss), _p(lse_row))
     return loss, lse_row
@@ -791,7 +821,8 @@ def _infonce_1d_backward_op(a: Tensor, p: Tensor, logit_scale: Tensor, lse_row: 
     a, p, ls = _infonce_tensors(sp, a, p, logit_scale, rows="P")
     _infonce_attrs(sp, offset, precision)
     params = InfoNceParams(PRECISIONS[precision], offset)
-    lse_row, g_loss = sp.tensor("lse_row", lse_row, "B"), sp.tensor("grad_loss", grad_loss)
+    lse_row = sp.tensor("lse_row", lse_row, "B", stat=True)
+    g_loss = sp.tensor("grad_loss", grad_loss, stat=True)
     (b, d), n = a.shape, p.shape[0]
     ga, gp, gls = _empty(a), _empty(p), _empty(ls)
     _call("infonce_1d_backward", a, C.byref(params), _dtype(a), b, n, d, _p(a), _p(p), _p(ls),
@@ -801,12 +832,12 @@ def _infonce_1d_backward_op(a: Tensor, p: Tensor, logit_scale: Tensor, lse_row: 
 
 @_infonce_op.register_fake
 def _(a, *_):
-    return _empty(a, ()), _empty(a, a.shape[:1]), _empty(a, a.shape[:1])
+    return _stat(a, ()), _stat(a, a.shape[:1]), _stat(a, a.shape[:1])
 
 
 @_infonce_1d_op.register_fake
 def _(a, *_):
-    return _empty(a, ()), _empty(a, a.shape[:1])
+    return _stat(a, ()), _stat(a, a.shape[:1])
 
 
 @_infonce_backward_op.register_fake

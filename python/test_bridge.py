@@ -208,8 +208,9 @@ class P4MixedDtypes(Case):
             with self.subTest(arg=name), no_call(), \
                     self.assertRaisesRegex(TypeError, rf"{name} is torch.float(32|64) but"):
                 f()
-        with no_call(), self.assertRaisesRegex(TypeError, "x must be float32 or float64, got torch.float16"):
-            gt.lif(torch.ones(2, 3, dtype=torch.float16))
+        with no_call(), self.assertRaisesRegex(
+                TypeError, "x must be float32, float64, bfloat16 or float16, got torch.int32"):
+            gt.lif(torch.ones(2, 3, dtype=torch.int32))
 
 
 class P5SecondOrder(Case):

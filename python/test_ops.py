@@ -1,7 +1,8 @@
 """Tests of the torch.library ops (torch.ops.gshn.*) behind gshn_torch: `torch.library.opcheck`
 of every op, gradients in float64 against the pure-PyTorch references (and
 `torch.autograd.gradcheck`), `torch.compile(fullgraph=True)` with no graph break, InfoNCE with
-gathered negatives and in its tf32 / bf16 precision modes, and where the library is looked for.
+gathered negatives and in its tf32 / bf16 precision modes, every op on bfloat16 and float16
+tensors (float32 statistics), and where the library is looked for.
 CPU only. Run: bash python/run_tests.sh
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ddp_example  # noqa: E402
 import gshn_torch as gt  # noqa: E402
 from test_bridge import leaves, lif_x, no_call, rand_graph  # noqa: E402
 
-F32, F64 = torch.float32, torch.float64
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 OPS = torch.ops.gshn
 LIF_CFG = (1.0, 0.0, True, False, "atan", 2.0)  # v_th, v_reset, decay_input, detach_reset, ...
 
@@ -72,8 +73,8 @@ def backward_cases(dtype):
         outs = op(*args)
         if name in ("lif", "plif"):
             x, tau, *cfg = args
-            h = outs[2]
-            gs, gv = torch.randn_like(h), torch.randn_like(h)
+            h = outs[2]  # float32 in a half call: the gradients are in the call's dtype
+            gs, gv = torch.randn(h.shape, dtype=dtype), torch.randn(h.shape, dtype=dtype)
             bwd = OPS.lif_backward if name == "lif" else OPS.plif_backward
             cases.append((name, bwd, (h, gs, gv, tau, *cfg)))
         elif name.startswith("gat"):
@@ -96,13 +97,13 @@ def backward_cases(dtype):
 
 class OpCheck(unittest.TestCase):
     def test_forward_ops(self):
-        for dtype in (F32, F64):
+        for dtype in (F32, F64, BF16, F16):
             for name, op, args in forward_cases(dtype):
                 with self.subTest(op=name, dtype=dtype):
                     torch.library.opcheck(op, args)
 
     def test_backward_ops(self):
-        for dtype in (F32, F64):
+        for dtype in (F32, F64, BF16, F16):
             for name, op, args in backward_cases(dtype):
                 with self.subTest(op=name, dtype=dtype):
                     torch.library.opcheck(op, args)
@@ -124,6 +125,61 @@ class OpCheck(unittest.TestCase):
             OPS.infonce_1d(a, p, torch.tensor(1.0), 3, "f32")
         with no_call(), self.assertRaisesRegex(ValueError, r"lif_backward: grad_v must have shape \[4, 3\]"):
             OPS.lif_backward(a, a, p, 2.0, *LIF_CFG)
+
+
+class HalfPrecision(unittest.TestCase):
+    """Every op on bfloat16 and float16 tensors: computed in float32 from the half inputs, so
+    its outputs and gradients are those of the float32 op on the same (rounded) inputs, to the
+    half type's rounding of the results; the statistics it saves are float32."""
+
+    # max |half - f32| / max |f32| in units of the type's epsilon, the bounds of tests/half.rs:
+    # outputs a few roundings; gradients more, as the backward reads rounded forward outputs
+    # and the softmax derivative's sums cancel (GAT's a_dst the worst)
+    OUT_EPS, GRAD_EPS = 4, 16
+    # the outputs that are statistics (float32 in a half call), by op
+    STATS = {"lif": {2}, "plif": {2}, "gat": {1}, "aggregate": set(), "infonce": {0, 1, 2},
+             "infonce_1d": {0, 1}}
+
+    def test_every_op_against_float32(self):
+        for dtype in (BF16, F16):
+            eps = torch.finfo(dtype).eps
+            for name, op, args in forward_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    # the f32 op on the half inputs, widened exactly
+                    wide = tuple(a.detach().float().requires_grad_(a.requires_grad)
+                                 if torch.is_tensor(a) and a.is_floating_point() else a
+                                 for a in args)
+                    got, want = op(*args), op(*wide)
+                    got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+                    stats = self.STATS[name.split()[0]]
+                    for k, (g, w) in enumerate(zip(got, want)):
+                        self.assertEqual(g.dtype, F32 if k in stats else dtype, f"out {k}")
+                        self.assertLessEqual(rel_err(g.float(), w), self.OUT_EPS * eps,
+                                             f"out {k}")
+                    # gradients through the first output (the spikes, out, y or the loss)
+                    leaves_h = [a for a in args if torch.is_tensor(a) and a.requires_grad]
+                    leaves_f = [a for a in wide if torch.is_tensor(a) and a.requires_grad]
+                    weight = torch.randn(got[0].shape, generator=torch.Generator().manual_seed(3))
+                    gh = torch.autograd.grad((got[0].float() * weight).sum(), leaves_h)
+                    gf = torch.autograd.grad((want[0] * weight).sum(), leaves_f)
+                    for k, (a, b) in enumerate(zip(gh, gf)):
+                        self.assertEqual(a.dtype, dtype, f"grad {k}")
+                        self.assertLessEqual(rel_err(a.float(), b), self.GRAD_EPS * eps,
+                                             f"grad {k}")
+
+    def test_statistics_must_be_float32_in_a_half_call(self):
+        h = torch.randn(3, 4, dtype=BF16)
+        with no_call(), self.assertRaisesRegex(
+                TypeError, r"lif_backward: h is torch.bfloat16 but must be torch.float32"):
+            OPS.lif_backward(h, h, h, 2.0, *LIF_CFG)
+        a = unit_rows(4, 3, dtype=F16).detach()
+        with no_call(), self.assertRaisesRegex(
+                TypeError, r"infonce_backward: lse_row is torch.float16 but must be torch.float32"):
+            OPS.infonce_backward(a, a, torch.tensor(1.0, dtype=F16), a[:, 0], a[:, 0],
+                                 torch.tensor(1.0))
+        with no_call(), self.assertRaisesRegex(TypeError, "all tensors of a call share one dtype"):
+            OPS.gat(torch.randn(2, 1, 3, dtype=BF16), torch.randn(1, 3), torch.randn(1, 3),
+                    None, *(lambda g: (g.row_ptr, g.src))(rand_graph(2, 1)[1]), 0.2)
 
 
 class Gradients(unittest.TestCase):

@@ -19,7 +19,8 @@
 //!   checked), outputs are written in place, and only an input that shares memory with an
 //!   output is copied first (so aliasing gives the separate-buffer result on both paths).
 //! - Float buffers are all f32, f64, bf16 or f16 (`dtype`), row-major, contiguous; with bf16
-//!   and f16 (CPU only) the statistics buffers are f32 ([`GSHN_BF16`]).
+//!   and f16 the statistics buffers are f32 ([`GSHN_BF16`]; the CUDA path's half kernels
+//!   have not run on a GPU yet).
 //!
 //! From Rust the same functions can be called directly (from C, include `gshn.h` and link
 //! `libgshn_capi.so`): LIF over x[T = 2, N = 3], then its backward.
@@ -103,11 +104,11 @@ pub const GSHN_ERR_OUT_OF_MEMORY: c_int = 8;
 pub const GSHN_F32: c_int = 0;
 /// `dtype` of the float buffers: f64 (C `double`).
 pub const GSHN_F64: c_int = 1;
-/// `dtype` of the float buffers: bfloat16 (16-bit words; CPU only). The statistics buffers
+/// `dtype` of the float buffers: bfloat16 (16-bit words). The statistics buffers
 /// are f32 then (see [`Op::half_stats`]): LIF `h`, GAT `lse`, InfoNCE `loss`, `lse_row`,
 /// `lse_col` and their gradients.
 pub const GSHN_BF16: c_int = 2;
-/// `dtype` of the float buffers: IEEE half (16-bit words; CPU only); statistics f32 as for
+/// `dtype` of the float buffers: IEEE half (16-bit words); statistics f32 as for
 /// [`GSHN_BF16`].
 pub const GSHN_F16: c_int = 3;
 

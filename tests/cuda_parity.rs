@@ -1747,3 +1747,56 @@ fn ops_run_on_the_callers_streams() {
     assert!(same, "Lent on the caller's stream: spikes differ");
     assert_eq!(mine.stream().cu_stream(), st.cu_stream());
 }
+
+/// The C ABI's `*_cuda` entry points on bf16 and f16 buffers (statistics f32): the same bits
+/// as the CUDA backend's own run of the op on the same input.
+#[test]
+fn c_abi_half_buffers_on_cuda() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::capi::{gshn_lif_forward_cuda, gshn_lif_params_default};
+    use gshn::capi::{GSHN_BF16, GSHN_F16, GSHN_OK};
+    let Some(be) = cuda() else { return };
+    let (t, n) = (3usize, 777usize);
+    let st = be.stream();
+    let words = |x: &Tensor| -> Vec<u16> {
+        match x.dtype() {
+            DType::BF16 => bytemuck::cast_slice(x.data::<half::bf16>().unwrap()).to_vec(),
+            _ => bytemuck::cast_slice(x.data::<half::f16>().unwrap()).to_vec(),
+        }
+    };
+    for (dt, code) in [(DType::BF16, GSHN_BF16), (DType::F16, GSHN_F16)] {
+        let x = rand_t(&mut SplitMix64::new(7), &[t, n], dt, -0.5, 2.0);
+        let op = Op::Lif(LifConfig::default());
+        let metas = op.infer(&[meta(&[t, n], dt)]).unwrap();
+        let want = run(&be, &case("lif", op, vec![x.clone()], metas), false).unwrap();
+        let dx = st.clone_htod(&words(&x)).unwrap();
+        let s: CudaSlice<u16> = st.alloc_zeros(t * n).unwrap();
+        let v: CudaSlice<u16> = st.alloc_zeros(t * n).unwrap();
+        let h: CudaSlice<f32> = st.alloc_zeros(t * n).unwrap();
+        let p = |a: u64| a as *mut std::ffi::c_void;
+        // SAFETY: device buffers of T·N 16-bit words (h: f32) on device 0, allocated on `st`.
+        let rc = unsafe {
+            gshn_lif_forward_cuda(
+                &gshn_lif_params_default(),
+                code,
+                t as i64,
+                n as i64,
+                p(dx.device_ptr(st).0),
+                p(s.device_ptr(st).0),
+                p(v.device_ptr(st).0),
+                p(h.device_ptr(st).0),
+                0,
+                st.cu_stream().cast(),
+            )
+        };
+        assert_eq!(rc, GSHN_OK, "{dt:?}");
+        let same = st.clone_dtoh(&s).unwrap() == words(&want[0])
+            && st.clone_dtoh(&v).unwrap() == words(&want[1])
+            && st.clone_dtoh(&h).unwrap() == want[2].data::<f32>().unwrap();
+        report(&format!("C ABI LIF {dt:?} on cuda"), same, 0.0, "");
+        assert!(
+            same,
+            "{dt:?}: the C ABI's outputs differ from the backend's"
+        );
+    }
+}
