@@ -6,7 +6,9 @@
 
 gshn: `gshn train --profile` for one epoch of the dataset at that batch size; its time per
 step is the wall time of `Engine::step` (feeding the batch included, evaluation not). On cuda,
-`gshn bench --ops step` at that batch size instead (CUDA events, the default config).
+`gshn bench --ops step` at that batch size instead (CUDA events, the default config), twice:
+the step replayed as a CUDA graph (as `gshn train` runs it) and launched op by op
+(`--no-cuda-graph`).
 The twin (python/gshn_twin.py, f32): one batch of the same run dumped by `gshn dump-batch`,
 trained as a PyTorch user would: forward, `loss.backward()`, `clip_grad_norm_`,
 `torch.optim.AdamW(foreach=True)`; the median over `--steps` steps after 3 warm-up steps.
@@ -33,17 +35,18 @@ sys.path.insert(0, str(HERE))
 import gshn_twin  # noqa: E402
 
 
-def gshn_step(args, cfg: Path, work: Path) -> dict:
+def gshn_step(args, cfg: Path, work: Path, op_by_op=False) -> dict:
     """gshn's milliseconds per training step. CPU: one epoch of `gshn train --profile` (the
     wall time of each step, feeding included). CUDA: `gshn bench --ops step` at this batch size
-    (CUDA events; a profile would synchronise after every op), default config."""
+    (CUDA events; a profile would synchronise after every op), default config, the step
+    replayed as a CUDA graph unless `op_by_op`."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     if args.device.startswith("cuda"):
         shapes, report = work / "shapes.toml", work / "bench.json"
         shapes.write_text(f"[step]\nB = {args.batch}\n")
         subprocess.run([args.gshn, "bench", "--device", args.device, "--ops", "step", "--shapes",
-                        str(shapes), "--json", str(report)], check=True, env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        str(shapes), "--json", str(report)] + ["--no-cuda-graph"] * op_by_op,
+                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         row = json.loads(report.read_text())["rows"][0]
         return {"ms": row["ms"], "steps": row["calls"]}
     run = work / "run"
@@ -135,9 +138,12 @@ def main() -> int:
                 failed = f"{type(e).__name__}: {str(e)[:300]}"
         # Rounds alternate the sides, so that a machine whose speed drifts (a shared VM)
         # treats them alike; each side's figure is the median over the rounds.
-        runs: dict = {name: [] for name in ["gshn", *sides]}
+        cuda = args.device.startswith("cuda")
+        runs: dict = {name: [] for name in ["gshn", *["gshn op by op"] * cuda, *sides]}
         for _ in range(args.rounds):
             runs["gshn"].append(gshn_step(args, cfg, work))
+            if cuda:
+                runs["gshn op by op"].append(gshn_step(args, cfg, work, op_by_op=True))
             for name, side in sides.items():
                 runs[name].append(side.time(args.steps))
         rows = {name: {"ms": statistics.median(r["ms"] for r in rs),

@@ -107,6 +107,10 @@ pub struct Case {
     /// step); 0 otherwise.
     #[serde(default)]
     pub items: f64,
+    /// A training step launched op by op, not replayed as a CUDA graph (`--no-cuda-graph`;
+    /// only a GPU replays).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub op_by_op: bool,
 }
 
 impl Case {
@@ -114,7 +118,8 @@ impl Case {
     pub fn label(&self) -> String {
         if self.op == "step" {
             // Forward, backward, clipping and AdamW: one pass name would mislead.
-            return format!("train step {} {}", self.dtype, self.shape);
+            let how = if self.op_by_op { " (op by op)" } else { "" };
+            return format!("train step {} {}{how}", self.dtype, self.shape);
         }
         format!(
             "{} {} {} {}",
@@ -242,6 +247,7 @@ pub fn cases(
                     bytes: 0.0,
                     flops: 0.0,
                     items: 0.0,
+                    op_by_op: false,
                 };
                 if op == "step" {
                     case.items = case.dim("B")? as f64;
@@ -521,6 +527,7 @@ pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> R
         "step" => Ok(Prepared(Ready::Step(Box::new(step::StepBench::new(
             shared,
             d("B")?,
+            !case.op_by_op,
         )?)))),
         "adamw" => {
             let n = d("N")?;
@@ -568,7 +575,7 @@ fn graph(
 
 /// One GSHN training step (forward, backward, clipping, AdamW) at the default model config on
 /// `B` synthetic scenes: what `benches/train_step.rs` times, on any backend, run as `gshn
-/// train` runs it (on a GPU replayed as a CUDA graph, recorded in the warm-up).
+/// train` runs it: on a GPU replayed as a CUDA graph (recorded in the warm-up) when `replay`.
 #[cfg(feature = "model")]
 mod step {
     use crate::backend::AnyBackend;
@@ -589,7 +596,7 @@ mod step {
     }
 
     impl StepBench {
-        pub(super) fn new(be: &Arc<AnyBackend>, batch: usize) -> Result<StepBench> {
+        pub(super) fn new(be: &Arc<AnyBackend>, batch: usize, replay: bool) -> Result<StepBench> {
             let dir = std::env::temp_dir().join(format!("gshn-bench-step-{}", std::process::id()));
             write_synthetic(&dir, batch.max(8), 8, 0)?;
             let mut cfg = RunConfig::default();
@@ -614,7 +621,7 @@ mod step {
             };
             let mut engine = Engine::new(Arc::clone(be), cfg, shape, vocab)?;
             engine.init()?;
-            engine.train.replay_runs(true);
+            engine.train.replay_runs(replay);
             Ok(StepBench {
                 engine,
                 split,

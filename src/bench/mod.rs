@@ -41,6 +41,9 @@ pub struct Options {
     pub dtypes: Vec<Numerics>,
     /// Time spent sampling each case (after warm-up).
     pub budget: Duration,
+    /// The training step (`step`) replayed as a CUDA graph on a GPU, as `gshn train` runs it;
+    /// false: op by op (`--no-cuda-graph`).
+    pub cuda_graph: bool,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
                 Size::Default => 600,
                 Size::Large => 1500,
             }),
+            cuda_graph: true,
         }
     }
 }
@@ -179,7 +183,14 @@ pub fn run(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report> {
     let be: &AnyBackend = shared;
-    let list = cases(opts.size, &opts.overrides, &opts.ops, &opts.dtypes)?;
+    let mut list = cases(opts.size, &opts.overrides, &opts.ops, &opts.dtypes)?;
+    for c in list
+        .iter_mut()
+        .filter(|c| c.op == "step" && !opts.cuda_graph)
+    {
+        c.op_by_op = true;
+        c.id.push_str("_op_by_op");
+    }
     // One GEMM floor per storage dtype (the tensor-core modes are held to the f32 one: the
     // project's GEMM has no tf32/bf16 mode to measure).
     let mut storage: Vec<DType> = Vec::new();

@@ -161,6 +161,10 @@ enum Command {
         /// Sampling time per case in ms (default: 30 small, 600 default, 1500 large).
         #[arg(long)]
         budget_ms: Option<u64>,
+        /// On a GPU, launch the training step (`--ops step`) op by op instead of replaying
+        /// it as one CUDA graph, as `gshn train --no-cuda-graph` does.
+        #[arg(long)]
+        no_cuda_graph: bool,
     },
     /// Write one training step whole to a .safetensors file: the batch as fed (its random
     /// choices included), parameters and AdamW state before, every loss term and parameter
@@ -394,7 +398,17 @@ fn run(cli: Cli) -> Result<()> {
             json,
             compare,
             budget_ms,
-        } => bench(&device, ops, &dtype, &shapes, json, compare, budget_ms),
+            no_cuda_graph,
+        } => bench(
+            &device,
+            ops,
+            &dtype,
+            &shapes,
+            json,
+            compare,
+            budget_ms,
+            !no_cuda_graph,
+        ),
         Command::DumpBatch {
             data,
             checkpoint,
@@ -457,6 +471,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `gshn bench`: floors, kernels, the optional PyTorch comparison, a table and the JSON report.
+#[allow(clippy::too_many_arguments)] // the command's flags
 fn bench(
     device: &str,
     ops: Vec<String>,
@@ -465,6 +480,7 @@ fn bench(
     json: Option<PathBuf>,
     compare: Option<PathBuf>,
     budget_ms: Option<u64>,
+    cuda_graph: bool,
 ) -> Result<()> {
     use gshn::bench;
     let backend = std::sync::Arc::new(device.parse::<Device>()?.backend()?);
@@ -494,6 +510,7 @@ fn bench(
     if let Some(ms) = budget_ms {
         opts.budget = std::time::Duration::from_millis(ms);
     }
+    opts.cuda_graph = cuda_graph;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("bench [{bar:30}] {pos}/{len} {msg}")
