@@ -682,19 +682,10 @@ mod cuda_path {
                     unsafe { CudaBuffer::borrow_raw(*p as u64, m.dtype, n)? }
                 }
                 Src::Ptr(p, _) => {
+                    // both hold n elements (the caller's contract; ours from alloc), copied on
+                    // our stream after the caller's work
                     let buf = be.alloc(m.dtype, n)?;
-                    be.issue();
-                    // SAFETY: both hold n elements (the caller's contract; ours from alloc),
-                    // copied on our stream after the caller's work.
-                    unsafe {
-                        result::memcpy_dtod_async(
-                            buf.device_ptr(),
-                            *p as u64,
-                            n * m.dtype.size(),
-                            ours,
-                        )
-                    }
-                    .map_err(|e| cu("copying an input that aliases an output", e))?;
+                    be.copy_d2d(buf.device_ptr(), *p as u64, n * m.dtype.size())?;
                     buf
                 }
                 Src::Host(t) => {

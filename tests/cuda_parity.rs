@@ -1567,6 +1567,30 @@ fn eager_api_on_device_memory() {
     cuda_borrowed::main().unwrap();
 }
 
+/// LIF forward on `be` over CudaSlices lent to it (allocated on its stream): spikes, v, h of
+/// x[T, N] (f32), written in place.
+fn lif_on_lent(
+    be: &CudaBackend,
+    xs: &[f32],
+    t: usize,
+    n: usize,
+) -> Vec<cudarc::driver::CudaSlice<f32>> {
+    use gshn::backend::Lent;
+    let st = be.stream();
+    let dx = st.clone_htod(xs).unwrap();
+    let mut outs: Vec<_> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+    {
+        let ins = [Lent::slice(be, &dx, [t, n]).unwrap()];
+        let [o0, o1, o2] = &mut outs[..] else {
+            unreachable!()
+        };
+        let mut lent = [o0, o1, o2].map(|o| Lent::slice_mut(be, o, [t, n]).unwrap());
+        be.execute_lent(&Op::Lif(LifConfig::default()), &ins, &mut lent)
+            .unwrap();
+    }
+    outs
+}
+
 /// LIF forward through the C ABI's CPU entry point: spikes, v, h of x[T, N] (f32).
 fn lif_cpu_c_abi(xs: &[f32], t: usize, n: usize) -> [Vec<f32>; 3] {
     use gshn::capi::{gshn_lif_forward_cpu, gshn_lif_params_default, GSHN_F32, GSHN_OK};
@@ -1647,17 +1671,7 @@ fn lent_device_buffers() {
         close("C ABI h", &read(&outs[2]), h0);
     }
     // the same op on lent CudaSlices, written in place
-    let dx = st.clone_htod(&xs).unwrap();
-    let mut outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
-    {
-        let ins = [Lent::slice(&be, &dx, [t, n]).unwrap()];
-        let [o0, o1, o2] = &mut outs[..] else {
-            unreachable!()
-        };
-        let mut lent = [o0, o1, o2].map(|o| Lent::slice_mut(&be, o, [t, n]).unwrap());
-        be.execute_lent(&Op::Lif(LifConfig::default()), &ins, &mut lent)
-            .unwrap();
-    }
+    let outs = lif_on_lent(&be, &xs, t, n);
     be.synchronize().unwrap();
     assert_eq!(&read(&outs[0]), s0, "Lent spikes");
     close("Lent v", &read(&outs[1]), v0);
@@ -1673,7 +1687,6 @@ fn lent_device_buffers() {
 #[test]
 fn ops_run_on_the_callers_streams() {
     use cudarc::driver::{CudaSlice, DevicePtr};
-    use gshn::backend::Lent;
     use gshn::capi::{gshn_lif_forward_cuda, gshn_lif_params_default};
     use gshn::capi::{GSHN_F32, GSHN_OK};
     let Some(be) = cuda() else { return };
@@ -1731,17 +1744,7 @@ fn ops_run_on_the_callers_streams() {
     let st = &streams[0];
     let mine = be.on_stream(st.clone()).unwrap();
     let xs = input(99);
-    let dx = st.clone_htod(&xs).unwrap();
-    let mut outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
-    {
-        let ins = [Lent::slice(&mine, &dx, [t, n]).unwrap()];
-        let [o0, o1, o2] = &mut outs[..] else {
-            unreachable!()
-        };
-        let mut lent = [o0, o1, o2].map(|o| Lent::slice_mut(&mine, o, [t, n]).unwrap());
-        mine.execute_lent(&Op::Lif(LifConfig::default()), &ins, &mut lent)
-            .unwrap();
-    }
+    let outs = lif_on_lent(&mine, &xs, t, n);
     let same = st.clone_dtoh(&outs[0]).unwrap() == cpu_spikes(&xs);
     report("Lent on the caller's stream", same, 0.0, "");
     assert!(same, "Lent on the caller's stream: spikes differ");

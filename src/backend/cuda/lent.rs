@@ -71,9 +71,9 @@ impl<'a> Lent<'a> {
         shape: impl Into<Shape>,
     ) -> Result<Self> {
         let shape = shape.into();
-        check_lent(be, slice, &shape)?;
+        let len = check_lent(be, slice, &shape)?;
         let (ptr, sync) = slice.device_ptr(be.stream());
-        Self::new(ptr, T::DTYPE, shape, sync)
+        Self::new(ptr, T::DTYPE, len, shape, sync)
     }
 
     /// `slice` written as a tensor of `shape` by an op on `be`.
@@ -83,18 +83,13 @@ impl<'a> Lent<'a> {
         shape: impl Into<Shape>,
     ) -> Result<Self> {
         let shape = shape.into();
-        check_lent(be, slice, &shape)?;
+        let len = check_lent(be, slice, &shape)?;
         let (ptr, sync) = slice.device_ptr_mut(be.stream());
-        Self::new(ptr, T::DTYPE, shape, sync)
+        Self::new(ptr, T::DTYPE, len, shape, sync)
     }
 
-    fn new(ptr: u64, dtype: DType, shape: Shape, sync: SyncOnDrop<'a>) -> Result<Self> {
-        let len = shape.checked_numel().ok_or_else(|| {
-            Error::invalid(
-                "cuda",
-                format!("lent shape {shape:?} is larger than memory"),
-            )
-        })?;
+    /// `len`: the shape's element count, checked against the slice by `check_lent`.
+    fn new(ptr: u64, dtype: DType, len: usize, shape: Shape, sync: SyncOnDrop<'a>) -> Result<Self> {
         // SAFETY: a live allocation of the backend's context holding at least `len` elements
         // (checked by `check_lent`), borrowed for 'a, which outlives the op.
         let buf = unsafe { CudaBuffer::borrow_raw(ptr, dtype, len)? };
@@ -114,8 +109,8 @@ impl<'a> Lent<'a> {
     }
 }
 
-/// A slice lent to `be` belongs to its device and holds the shape.
-fn check_lent<T>(be: &CudaBackend, slice: &CudaSlice<T>, shape: &Shape) -> Result<()> {
+/// A slice lent to `be` belongs to its device and holds the shape: the shape's element count.
+fn check_lent<T>(be: &CudaBackend, slice: &CudaSlice<T>, shape: &Shape) -> Result<usize> {
     if slice.context().ordinal() != be.context().ordinal() {
         return Err(Error::invalid(
             "cuda",
@@ -127,7 +122,7 @@ fn check_lent<T>(be: &CudaBackend, slice: &CudaSlice<T>, shape: &Shape) -> Resul
         ));
     }
     match shape.checked_numel() {
-        Some(n) if n <= slice.len() => Ok(()),
+        Some(n) if n <= slice.len() => Ok(n),
         _ => Err(Error::shape(
             "cuda",
             format!(

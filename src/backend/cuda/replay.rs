@@ -44,8 +44,9 @@ pub(super) enum Phase {
 /// buffer the recorded copy nodes read.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Tape {
-    /// (offset, bytes) of each copy.
-    regions: Vec<(usize, usize)>,
+    /// (offset, bytes) of each copy (shared: a replay's pass takes the recording's tape
+    /// without copying it).
+    regions: Arc<Vec<(usize, usize)>>,
     /// The next copy's index (capturing and host passes).
     cursor: usize,
 }
@@ -57,7 +58,7 @@ impl Tape {
     /// Measuring: notes one more copy of `bytes`.
     pub(super) fn measure(&mut self, bytes: usize) {
         let offset = self.bytes().div_ceil(REGION_ALIGN) * REGION_ALIGN;
-        self.regions.push((offset, bytes));
+        Arc::make_mut(&mut self.regions).push((offset, bytes));
     }
     /// Size of the pinned buffer the copies need.
     pub(super) fn bytes(&self) -> usize {
@@ -104,7 +105,8 @@ impl Tape {
 #[derive(Default)]
 pub(super) struct Recorder {
     phase: AtomicU8,
-    pass: Mutex<(Tape, usize)>,
+    /// The pass under way (not eager): its tape and the pinned buffer's address.
+    pass: Mutex<Option<(Tape, usize)>>,
     /// Recordings alive (`Live` guards).
     live: Arc<AtomicUsize>,
     /// Buffers the backend replaced while recordings were alive (their graphs still use them).
@@ -121,32 +123,35 @@ impl Recorder {
         }
     }
     fn begin(&self, phase: Phase, tape: Tape, pinned: usize) {
-        *self.pass.lock().unwrap_or_else(|p| p.into_inner()) = (tape, pinned);
+        *self.pass.lock().unwrap_or_else(|p| p.into_inner()) = Some((tape, pinned));
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
     /// Back to eager; the pass's tape.
     fn end(&self) -> Tape {
         self.phase.store(Phase::Eager as u8, Ordering::Relaxed);
-        std::mem::take(&mut self.pass.lock().unwrap_or_else(|p| p.into_inner()).0)
+        let pass = self.pass.lock().unwrap_or_else(|p| p.into_inner()).take();
+        pass.map(|(tape, _)| tape).unwrap_or_default()
     }
     /// Measuring: notes the copy. Capturing and host passes: puts `bytes` in the copy's pinned
     /// region and returns its address, the source the recorded copy reads.
     pub(super) fn stage(&self, bytes: &[u8]) -> Result<Option<*const u8>> {
-        let mut pass = self.pass.lock().unwrap_or_else(|p| p.into_inner());
-        match self.phase() {
-            Phase::Eager => Ok(None),
-            Phase::Measuring => {
-                pass.0.measure(bytes.len());
-                Ok(None)
-            }
-            Phase::Capturing | Phase::HostPass => {
-                let at = (pass.1 + pass.0.next(bytes.len())?) as *mut u8;
-                // SAFETY: the region lies inside the pinned buffer sized from the tape; no
-                // recorded copy reads it now (`Recording::done` was waited for).
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
-                Ok(Some(at.cast_const()))
-            }
+        let phase = self.phase();
+        if phase == Phase::Eager {
+            return Ok(None);
         }
+        let mut pass = self.pass.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tape, pinned)) = pass.as_mut() else {
+            return Ok(None);
+        };
+        if phase == Phase::Measuring {
+            tape.measure(bytes.len());
+            return Ok(None);
+        }
+        let at = (*pinned + tape.next(bytes.len())?) as *mut u8;
+        // SAFETY: the region lies inside the pinned buffer sized from the tape; no recorded
+        // copy reads it now (`Recording::done` was waited for).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
+        Ok(Some(at.cast_const()))
     }
     /// A buffer the backend no longer uses: kept while a recording may still read it.
     pub(super) fn retire(&self, buf: CudaSlice<u8>) {
@@ -333,7 +338,7 @@ mod tests {
         for b in [12, 1, 64, 100] {
             t.measure(b);
         }
-        assert_eq!(t.regions, [(0, 12), (64, 1), (128, 64), (192, 100)]);
+        assert_eq!(*t.regions, [(0, 12), (64, 1), (128, 64), (192, 100)]);
         assert_eq!(t.bytes(), 292);
         for pass in 0..2 {
             t.rewind();
@@ -381,7 +386,7 @@ mod tests {
         assert!(r.stage(&[9; 70]).unwrap().is_none());
         let tape = r.end();
         assert_eq!(r.phase(), Phase::Eager);
-        assert_eq!(tape.regions, [(0, 3), (64, 70)]);
+        assert_eq!(*tape.regions, [(0, 3), (64, 70)]);
 
         // a pass writes each copy's bytes to its region of the pinned buffer
         let mut pinned = vec![0u8; tape.bytes()];
