@@ -16,6 +16,10 @@ checks this to 1e-5).
 
     torchrun --nproc_per_node 2 python/ddp_example.py        # gloo on CPU, nccl with CUDA
     python python/ddp_example.py                             # 1 process, the global batch
+
+Under torchrun the process group is set up even for one process (`--nproc_per_node 1`: DDP and
+the gathered loss over NCCL or gloo with world size 1, which must follow the 1-process run).
+`--device auto` (the default) trains on CUDA when there is a GPU (rank r on LOCAL_RANK's).
 """
 from __future__ import annotations
 
@@ -95,23 +99,27 @@ def batch(cfg: Config, step: int):
     return [v.to(cfg.dtype) for v in views]
 
 
-def train(cfg: Config, rank: int = 0, world: int = 1, device: str = "cpu") -> list[float]:
+def train(cfg: Config, rank: int = 0, world: int = 1, device: str = "cpu",
+          distributed: bool | None = None) -> list[float]:
     """Trains for cfg.steps steps; returns the loss of every step (with several ranks: the mean
-    of the ranks' losses, the same on every rank). world > 1 needs an initialised process group;
-    world = 1 is the plain run over the global batch with the symmetric gt.infonce."""
+    of the ranks' losses, the same on every rank). `distributed` (default: world > 1) needs an
+    initialised process group: DDP, gathered embeddings and gt.infonce_gathered; otherwise the
+    plain run over the global batch with the symmetric gt.infonce."""
+    if distributed is None:
+        distributed = world > 1
     if cfg.batch % world:
         raise ValueError(f"batch {cfg.batch} is not divisible by the world size {world}")
     local = cfg.batch // world
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in the 1-process run
     model = ToyGSHN(cfg).to(device=device, dtype=cfg.dtype)
-    ddp = DistributedDataParallel(model) if world > 1 else model
+    ddp = DistributedDataParallel(model) if distributed else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     graph = ring_graph(cfg.nodes, 2 * local)  # both views of the local samples in one pass
     losses = []
     for step in range(cfg.steps):
         v1, v2 = (v[rank * local:(rank + 1) * local].to(device) for v in batch(cfg, step))
         a, p = ddp(torch.cat([v1, v2]), graph).split(local)
-        if world > 1:
+        if distributed:
             a_all, p_all = torch.cat(all_gather(a)), torch.cat(all_gather(p))
             loss = gt.infonce_gathered(a, p, a_all, p_all, rank * local, model.logit_scale,
                                        cfg.precision)
@@ -121,7 +129,7 @@ def train(cfg: Config, rank: int = 0, world: int = 1, device: str = "cpu") -> li
         loss.backward()  # DDP averages the gradients over the ranks
         opt.step()
         mean = loss.detach().clone()
-        if world > 1:
+        if distributed:
             dist.all_reduce(mean)
             mean /= world
         losses.append(mean.item())
@@ -133,7 +141,7 @@ def worker(rank: int, world: int, init_method: str, cfg: Config, out: str):
     torch.set_num_threads(1)  # the ranks share the machine's cores
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
     try:
-        losses = train(cfg, rank, world)
+        losses = train(cfg, rank, world, distributed=True)
         if rank == 0:
             torch.save(losses, out)
     finally:
@@ -147,22 +155,24 @@ def main():
     ap.add_argument("--precision", choices=list(gt.PRECISIONS), default=Config.precision,
                     help="InfoNCE operand precision of the gathered loss (with several ranks)")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="auto: cuda when a GPU is there, else cpu")
     args = ap.parse_args()
     cfg = Config(steps=args.steps, batch=args.batch, precision=args.precision,
                  dtype=getattr(torch, args.dtype))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, device = 0, "cpu"
-    if world > 1:  # started by torchrun: MASTER_ADDR, RANK, LOCAL_RANK, ... in the environment
-        cuda = torch.cuda.is_available()
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    distributed = "RANK" in os.environ  # started by torchrun (MASTER_ADDR, LOCAL_RANK, ...)
+    rank, world, device = 0, 1, "cuda" if cuda else "cpu"
+    if distributed:
         dist.init_process_group("nccl" if cuda else "gloo")
-        rank = dist.get_rank()
+        rank, world = dist.get_rank(), dist.get_world_size()
         if cuda:
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
     try:
-        losses = train(cfg, rank, world, device)
+        losses = train(cfg, rank, world, device, distributed)
     finally:
-        if world > 1:
+        if distributed:
             dist.destroy_process_group()
     if rank == 0:
         for step, loss in enumerate(losses):

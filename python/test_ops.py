@@ -2,8 +2,10 @@
 of every op, gradients in float64 against the pure-PyTorch references (and
 `torch.autograd.gradcheck`), `torch.compile(fullgraph=True)` with no graph break, InfoNCE with
 gathered negatives and in its tf32 / bf16 precision modes, every op on bfloat16 and float16
-tensors (float32 statistics), and where the library is looked for.
-CPU only. Run: bash python/run_tests.sh
+tensors (float32 statistics), and where the library is looked for. The class `Cuda` (skipped
+without a CUDA device and a CUDA build of the library; scripts/gpu_run.sh runs it) holds every
+op on CUDA tensors to its CPU path, runs opcheck and torch.compile there.
+Run: bash python/run_tests.sh
 """
 from __future__ import annotations
 
@@ -371,6 +373,134 @@ class Compile(unittest.TestCase):
                    + gt.infonce_gathered(a[2:], p[2:4], a, p[:4], 2, 2.0, precision="tf32"))
             return (spikes * v).sum() + v2.sum() + out.sum() + (y * s).sum() + nce
         self.compiled_matches_eager(f, [x, tau, z, a_s, a_d, be, al, s, a, p, ls])
+
+
+def on(device, args):
+    """args with every float tensor copied to `device` (leaves stay leaves); the int32 CSR
+    arrays stay where they are (host memory on every path)."""
+    return tuple(t.detach().to(device).requires_grad_(t.requires_grad)
+                 if torch.is_tensor(t) and t.is_floating_point() else t for t in args)
+
+
+def leaves_of(args):
+    return [a for a in args if torch.is_tensor(a) and a.requires_grad]
+
+
+def gshn_cuda():
+    return torch.cuda.is_available() and bool(gt.library().gshn_cuda_available())
+
+
+@unittest.skipUnless(gshn_cuda(), "no CUDA device, or a library built without CUDA")
+class Cuda(unittest.TestCase):
+    """Every op on CUDA tensors (the `*_cuda` entry points on PyTorch's current stream) against
+    the same op on the same inputs on the CPU: outputs, autograd gradients and every backward
+    op. float32: within 1e-5 of the CPU (sums in another order); bfloat16 / float16: within the
+    bounds of HalfPrecision in units of the type's epsilon (each side rounds its float32 result
+    once). float64 InfoNCE is CPU only: a RuntimeError naming GSHN_ERR_UNSUPPORTED (4)."""
+
+    DEVICE = "cuda"
+
+    def bounds(self, dtype):
+        if dtype in (BF16, F16):
+            eps = torch.finfo(dtype).eps
+            return HalfPrecision.OUT_EPS * eps, HalfPrecision.GRAD_EPS * eps
+        return 1e-5, 1e-5
+
+    def assert_same(self, got, want, tol, what):
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        self.assertEqual(len(got), len(want), what)
+        for k, (g, w) in enumerate(zip(got, want)):
+            self.assertEqual((g.device.type, g.dtype, g.shape), (self.DEVICE, w.dtype, w.shape),
+                             f"{what} {k}")
+            if w.numel():
+                self.assertLessEqual(rel_err(g.cpu().double(), w.double()), tol, f"{what} {k}")
+
+    @staticmethod
+    def unsupported(name, dtype):
+        return dtype == F64 and name.startswith("infonce")
+
+    def test_forward_and_gradients_match_the_cpu(self):
+        for dtype in (F32, F64, BF16, F16):
+            out_tol, grad_tol = self.bounds(dtype)
+            for name, op, args in forward_cases(dtype) + self.zero_in_degree_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    dev = on(self.DEVICE, args)
+                    if self.unsupported(name, dtype):
+                        with self.assertRaisesRegex(RuntimeError, "gshn error 4"):
+                            op(*dev)
+                        continue
+                    got, want = op(*dev), op(*args)
+                    self.assert_same(got, want, out_tol, "out")
+                    # gradients through the first output (spikes, out, y or the loss)
+                    y_dev, y_cpu = (o[0] if isinstance(o, tuple) else o for o in (got, want))
+                    w = torch.randn(y_cpu.shape, generator=torch.Generator().manual_seed(3))
+                    gg = torch.autograd.grad((y_dev.float() * w.to(self.DEVICE)).sum(), leaves_of(dev))
+                    gc = torch.autograd.grad((y_cpu.float() * w).sum(), leaves_of(args))
+                    self.assert_same(gg, gc, grad_tol, "grad")
+
+    def test_backward_ops_match_the_cpu(self):
+        for dtype in (F32, F64, BF16, F16):
+            _, tol = self.bounds(dtype)
+            for name, op, args in backward_cases(dtype):
+                if self.unsupported(name, dtype):
+                    continue
+                with self.subTest(op=name, dtype=dtype):
+                    self.assert_same(op(*on(self.DEVICE, args)), op(*args), tol, "grad")
+
+    @staticmethod
+    def zero_in_degree_cases(dtype):
+        """GAT and the aggregation where nodes 3..5 have no in-edge (out = 0 there)."""
+        ei = torch.tensor([[0, 1, 2, 4, 5, 0], [0, 0, 1, 2, 2, 1]])
+        g = gt.Graph.from_edge_index(ei, 6)
+        z, a_s, a_d, al, s = leaves((6, 2, 3), (2, 3), (2, 3), (6, 2), (2, 6, 4), dtype=dtype,
+                                    seed=5)
+        gr = (g.row_ptr, g.src)
+        return [("gat zero in-degree", OPS.gat, (z, a_s, a_d, None, *gr, 0.2)),
+                ("aggregate zero in-degree", OPS.aggregate,
+                 (g.to_csr(al.detach()).requires_grad_(), s, *gr))]
+
+    def test_opcheck_on_cuda(self):
+        for dtype in (F32, BF16):
+            for name, op, args in forward_cases(dtype) + backward_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    torch.library.opcheck(op, on(self.DEVICE, args))
+
+    def test_ops_run_on_the_current_stream(self):
+        """On a side stream, with work queued before the call on that stream only: the result
+        is right when read after that stream alone is synchronised."""
+        x = lif_x(8, 4099).detach().float()
+        want = OPS.lif(x, 2.0, *LIF_CFG)
+        xc, big = x.cuda(), torch.zeros(1 << 26, device="cuda")
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            for _ in range(20):  # milliseconds of work queued on the side stream first
+                big.add_(1.0)
+            xd = xc * 1.0  # written only after them
+            got = OPS.lif(xd, 2.0, *LIF_CFG)
+        side.synchronize()
+        self.assert_same(got, want, 0.0, "lif on a side stream")
+
+    def test_compile_fullgraph_on_cuda(self):
+        torch._dynamo.reset()
+        cfg = ddp_example.Config(batch=4)
+        torch.manual_seed(0)
+        model = ddp_example.ToyGSHN(cfg).to(self.DEVICE)
+        graph = ddp_example.ring_graph(cfg.nodes, 2 * cfg.batch)
+        x = torch.cat(ddp_example.batch(cfg, 0)).to(self.DEVICE)
+
+        def loss(x, *params):
+            a, p = model(x, graph).split(cfg.batch)
+            return gt.infonce(a, p, model.logit_scale)
+        params = list(model.parameters())
+        explained = torch._dynamo.explain(loss)(x, *params)
+        self.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
+        torch._dynamo.reset()
+        cf = torch.compile(loss, fullgraph=True, backend="aot_eager")
+        out, ref = cf(x, *params), loss(x, *params)
+        torch.testing.assert_close(out, ref)
+        for g, rg in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
+            torch.testing.assert_close(g, rg)
 
 
 class LibrarySearch(unittest.TestCase):

@@ -2,7 +2,8 @@
 # Prepare a GPU session (DESIGN §8), on THIS machine (Rust toolchain, no GPU needed):
 #   1. install nvcc 13.0 from PyPI (scripts/install_nvcc.sh),
 #   2. build with the kernels compiled to PTX by nvcc (GSHN_REQUIRE_NVCC=1: any kernel error fails):
-#      `cargo test --release --no-run`, `cargo build --release --benches`, the `gshn` CLI,
+#      `cargo test --release --no-run`, `cargo build --release --benches`, the `gshn` CLI, and
+#      libgshn_capi.so (the C ABI, for python/gshn_torch.py's CUDA tests on the device),
 #   3. copy the executables the GPU run needs into .gpu/bin/ (gitignored), debug info stripped,
 #      with .gpu/manifest.json (commit, kernel-source hash, nvcc version, files + sizes + sha256),
 #   4. pack .gpu/bin into .gpu/bin.tar.gz (the embedded PTX compresses about 4x), so the bundle
@@ -21,22 +22,43 @@ echo "gpu_prepare: building (release, nvcc PTX) ..." >&2
 cargo test --release --no-run --message-format=json-render-diagnostics >"$LOG"
 cargo build --release --benches --message-format=json-render-diagnostics >>"$LOG"
 cargo build --release --bin gshn --message-format=json-render-diagnostics >>"$LOG"
+cargo build --release -p gshn-capi --message-format=json-render-diagnostics >>"$LOG"
 
 python3 - "$LOG" "$OUTDIR" "${GPU_PREPARE_ALL:-0}" <<'PY'
 import hashlib, json, os, shutil, subprocess, sys
 log, out, all_tests = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-want = {("test", "cuda_parity"), ("bench", "cuda_ops"), ("bin", "gshn")}
+want = {("test", "cuda_parity"), ("bench", "cuda_ops"), ("bin", "gshn"), ("cdylib", "gshn_capi")}
 files = []
 seen = set()
+
+
+def copy(src, file_name, kind, name):
+    """src -> out/bin/file_name, debug info stripped; its manifest entry."""
+    dst = os.path.join(out, "bin", file_name)
+    shutil.copy2(src, dst)
+    subprocess.run(["strip", "--strip-debug", dst], check=False)
+    data = open(dst, "rb").read()
+    return {"kind": kind, "name": name, "path": os.path.relpath(dst, out),
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 for line in open(log):
     try:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+    if m.get("reason") != "compiler-artifact":
         continue
     kinds = m["target"]["kind"]
     name = m["target"]["name"]
+    if "cdylib" in kinds:  # a library: its .so, under its own file name
+        so = [f for f in m.get("filenames", []) if f.endswith(".so")]
+        if so and ("cdylib", name) in want and ("cdylib", name) not in seen:
+            seen.add(("cdylib", name))
+            files.append(copy(so[0], os.path.basename(so[0]), "cdylib", name))
+        continue
+    if not m.get("executable"):
+        continue
     kind = "bench" if "bench" in kinds else "bin" if "bin" in kinds else "test"
     if m.get("profile", {}).get("test") and kind == "bin":
         continue
@@ -45,12 +67,7 @@ for line in open(log):
     if (kind, name) in seen:
         continue
     seen.add((kind, name))
-    dst = os.path.join(out, "bin", name if kind == "bin" else f"{kind}-{name}")
-    shutil.copy2(m["executable"], dst)
-    subprocess.run(["strip", "--strip-debug", dst], check=False)
-    data = open(dst, "rb").read()
-    files.append({"kind": kind, "name": name, "path": os.path.relpath(dst, out),
-                  "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    files.append(copy(m["executable"], name if kind == "bin" else f"{kind}-{name}", kind, name))
 missing = want - seen
 if missing:
     sys.exit(f"gpu_prepare: missing executables {sorted(missing)}")

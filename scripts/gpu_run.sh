@@ -11,7 +11,8 @@
 # beside PyTorch's dense loss, and f32 on the tile path; python/bench_torch.py (PyTorch / PyG on the
 # same shapes); `gshn demo --device cuda` (the README's main command); the PyTorch twin
 # (scripts/twin_parity.sh with steps dumped on cuda, python/twin_bench.py at batch 256, eager and
-# compiled; report key "twin"); the parity tests again
+# compiled; report key "twin"); gshn from PyTorch on CUDA (python/test_ops.py's Cuda class,
+# python/torch_calls.py, DDP over NCCL with one rank; report key "torch_cuda"); the parity tests again
 # under compute-sanitizer memcheck; with GPU_RUN_PROFILE=1, ncu per-kernel times of the bench
 # (ncu.csv). Writes reports/gpu/<date>-<device>.json (and, when $OUT is set, the report and
 # the raw logs to $OUT) with:
@@ -101,6 +102,26 @@ if [[ "$DEVICE" != none && -x .gpu/bin/gshn ]]; then
   echo "exit $?" >>"$TMP/train-eager.log"; tail -n 4 "$TMP/train-eager.log" >&2
 fi
 
+status_torch_cuda=skipped
+if [[ "$DEVICE" != none && -f .gpu/bin/libgshn_capi.so ]]; then
+  # gshn from PyTorch on the GPU (issue 18): every torch op on CUDA tensors against its CPU
+  # path, opcheck and torch.compile on CUDA (test_ops.Cuda); the host cost of a call and what
+  # it puts on the device (python/torch_calls.py: no device-to-device copies, kernels on
+  # PyTorch's current stream); DistributedDataParallel over NCCL with one rank, against the
+  # plain 1-process run (python/ddp_example.py).
+  echo "gpu_run: PyTorch ops on cuda ..." >&2
+  export GSHN_LIB="$ROOT/.gpu/bin/libgshn_capi.so"
+  (cd python && timeout $(cap 90) "$PY" -m unittest -v test_ops.Cuda) >"$TMP/torch_cuda.log" 2>&1
+  status_torch_cuda="exit $?"; tail -n 5 "$TMP/torch_cuda.log" >&2
+  timeout $(cap 40) "$PY" python/torch_calls.py --device cuda >"$TMP/torch_calls.jsonl" 2>"$TMP/torch_calls.err"
+  echo "exit $?" >>"$TMP/torch_calls.err"; cat "$TMP/torch_calls.jsonl" >&2
+  timeout $(cap 60) "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+    python/ddp_example.py --device cuda >"$TMP/ddp_nccl.log" 2>&1
+  echo "exit $?" >>"$TMP/ddp_nccl.log"
+  timeout $(cap 40) "$PY" python/ddp_example.py --device cuda >"$TMP/ddp_single.log" 2>&1
+  echo "exit $?" >>"$TMP/ddp_single.log"; tail -n 2 "$TMP/ddp_nccl.log" "$TMP/ddp_single.log" >&2
+fi
+
 if [[ "$DEVICE" != none && -x .gpu/bin/bench-cuda_ops ]]; then
   echo "gpu_run: kernel bench ..." >&2
   timeout $(cap 70) .gpu/bin/bench-cuda_ops --short >"$TMP/bench.jsonl" 2>"$TMP/bench.err"
@@ -188,9 +209,10 @@ if hi is not None:
 NCU
 fi
 
-"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" "$status_gbench" "$status_twin" <<'PY'
+"$PY" - "$TMP" "$DEVICE" "$KSHA" "$status_parity" "$status_bench" "$status_torch" "$status_train" "$status_demo" "$status_memcheck" "$status_gbench" "$status_twin" "$status_torch_cuda" <<'PY'
 import datetime, json, os, re, sys
-tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem, st_gbench, st_twin = sys.argv[1:12]
+(tmp, device, ksha, st_par, st_bench, st_torch, st_train, st_demo, st_mem, st_gbench, st_twin,
+ st_torch_cuda) = sys.argv[1:13]
 
 def lines(name):
     p = os.path.join(tmp, name)
@@ -318,6 +340,26 @@ def replay_summary(replayed, rate):
                                     "first_step_replayed_run": [m.get("device_ops") for m in steps(replayed)][:1]},
             "log_tail": tail("train-eager.log", 8)}
 
+def ddp_losses(name):
+    """The `step N  loss X` lines of a ddp_example.py run."""
+    return [float(m.group(1)) for m in (re.match(r"step +\d+ +loss (\S+)", l) for l in tail(name, 1000)) if m]
+
+def torch_cuda_summary():
+    """gshn from PyTorch on the GPU: the ops against their CPU path, the cost of a call, and
+    DDP over NCCL with one rank against the 1-process run."""
+    log = tail("torch_cuda.log", 100000)
+    m = re.search(r"Ran (\d+) tests?", "\n".join(log))
+    nccl, single = ddp_losses("ddp_nccl.log"), ddp_losses("ddp_single.log")
+    diffs = [abs(a - b) / abs(b) for a, b in zip(nccl, single)]
+    return {"status": st_torch_cuda, "tests_run": m and int(m.group(1)),
+            "result": next((l for l in reversed(log) if l.startswith(("OK", "FAILED"))), None),
+            "failures": [l for l in log if l.startswith(("FAIL:", "ERROR:"))][:40],
+            "calls": lines("torch_calls.jsonl"), "calls_stderr_tail": tail("torch_calls.err", 6),
+            "ddp_nccl_world_1": {"losses": nccl, "single_process_losses": single,
+                                 "loss_rel_diff_first_5_steps": max(diffs[:5], default=None),
+                                 "log_tail": tail("ddp_nccl.log", 6) + tail("ddp_single.log", 3)},
+            "log_tail": log[-40:] if st_torch_cuda != "exit 0" else log[-4:]}
+
 def demo_summary():
     ms = metrics("demo")
     steps = sorted(m["graphs_per_s"] for m in ms if m.get("kind") == "step")
@@ -366,6 +408,7 @@ report = {
              if os.path.exists(os.path.join(tmp, "twin_bench.json")) else None,
              "bench_log_tail": tail("twin_bench.log", 10)},
     "memcheck": memcheck_summary() if st_mem != "skipped" else {"status": st_mem},
+    "torch_cuda": torch_cuda_summary() if st_torch_cuda != "skipped" else {"status": st_torch_cuda},
 }
 if device == "none":
     report["skipped"] = "no GPU device (nvidia-smi found none): everything skipped"
@@ -378,7 +421,7 @@ if os.environ.get("OUT"):
     open(os.path.join(os.environ["OUT"], name), "w").write(text)
 print(f"gpu_run: report reports/gpu/{name}: parity {st_par} ({len(parity) - len(failed)}/{len(parity)} checks pass), "
       f"bench {st_bench}, gshn bench {st_gbench}, torch {st_torch}, train {st_train}, demo {st_demo}, twin {st_twin}, "
-      f"memcheck {st_mem}", file=sys.stderr)
+      f"memcheck {st_mem}, torch on cuda {st_torch_cuda}", file=sys.stderr)
 PY
 
 [[ -n "${OUT:-}" ]] && cp "$TMP"/*.log "$TMP"/*.err "$TMP"/*.csv "$OUT"/ 2>/dev/null
