@@ -7,7 +7,8 @@
  *    failure (thread-local; valid until the next gshn call on the same thread; never NULL).
  *    No panic or exception crosses the boundary (an internal bug returns GSHN_ERR_PANIC).
  *  - Float buffers: row-major, contiguous, all of one dtype (GSHN_F32, GSHN_F64, GSHN_BF16 or
- *    GSHN_F16), passed as void pointers. Index arrays: int32_t. With GSHN_BF16 / GSHN_F16 (16-bit
+ *    GSHN_F16), passed as void pointers; the spikes of the *_u8_* entries: uint8_t, 0 or 1.
+ *    Index arrays: int32_t. With GSHN_BF16 / GSHN_F16 (16-bit
  *    words; on *_cuda gshn's half-precision kernels, not yet run on a GPU) the op computes in
  *    f32 and the statistics buffers are float (f32): LIF h; GAT lse; InfoNCE loss, lse_row, lse_col,
  *    grad_loss, grad_lse_row, grad_lse_col.
@@ -113,6 +114,15 @@ int gshn_lif_forward_cuda(const gshn_lif_params *params, int dtype, int64_t T, i
                           const void *x, void *spikes, void *v, void *h,
                           int device, void *stream);
 
+/* The same, writing spikes[T,N] as uint8_t (exactly 0 or 1: one byte per spike instead of the
+ * dtype's 2-8). The backward below is unchanged (it recomputes the spikes from h); the
+ * aggregation reads such spikes through gshn_aggregate_*_u8_*. */
+int gshn_lif_forward_u8_cpu(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                            const void *x, uint8_t *spikes, void *v, void *h);
+int gshn_lif_forward_u8_cuda(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                             const void *x, uint8_t *spikes, void *v, void *h,
+                             int device, void *stream);
+
 /* BPTT. In: h[T,N] from the forward; grad_spikes[T,N] and grad_v[T,N] (each optional = zeros,
  * not both NULL). Written: grad_x[T,N]; grad_tau[1] when non-NULL (PLIF: d loss / d tau at
  * params->tau, reduced deterministically). */
@@ -184,6 +194,22 @@ int gshn_aggregate_backward_cuda(int dtype, const gshn_graph *graph, int64_t hea
                                  int64_t C, const void *alpha, const void *s,
                                  const void *grad_y, void *grad_alpha, void *grad_s,
                                  int device, void *stream);
+
+/* The same on u8 spikes s[T,N,C] (0 or 1, as gshn_lif_forward_u8_* writes them), read exactly
+ * as `dtype`, the type of every float buffer; grad_s (optional) is in `dtype`: the gradient
+ * gshn_lif_backward_* takes as grad_spikes. */
+int gshn_aggregate_forward_u8_cpu(int dtype, const gshn_graph *graph, int64_t heads, int64_t T,
+                                  int64_t C, const void *alpha, const uint8_t *s, void *y);
+int gshn_aggregate_forward_u8_cuda(int dtype, const gshn_graph *graph, int64_t heads, int64_t T,
+                                   int64_t C, const void *alpha, const uint8_t *s, void *y,
+                                   int device, void *stream);
+int gshn_aggregate_backward_u8_cpu(int dtype, const gshn_graph *graph, int64_t heads, int64_t T,
+                                   int64_t C, const void *alpha, const uint8_t *s,
+                                   const void *grad_y, void *grad_alpha, void *grad_s);
+int gshn_aggregate_backward_u8_cuda(int dtype, const gshn_graph *graph, int64_t heads, int64_t T,
+                                    int64_t C, const void *alpha, const uint8_t *s,
+                                    const void *grad_y, void *grad_alpha, void *grad_s,
+                                    int device, void *stream);
 
 /* ---- InfoNCE (DESIGN §3.4, open_clip ClipLoss), chunked: never materialises B x B ------------ */
 

@@ -9,10 +9,13 @@ custom ops in the `gshn` namespace) over the C ABI (include/gshn.h, libgshn_capi
     loss = gt.infonce(img, txt, logit_scale)                   # open_clip ClipLoss semantics
     loss = gt.infonce_1d(a, p_all, logit_scale, offset=k, precision="bf16")  # a[B] vs p_all[P]
     loss = gt.infonce_gathered(a, p, a_all, p_all, offset, logit_scale)  # a data-parallel rank's
+    with torch.no_grad():                                      # inference: 1-byte spikes
+        s8, v = gt.lif(x, u8_spikes=True); y = gt.aggregate(alpha, s8, g)
 
 Operators. The functions above validate and convert their arguments, then call
 `torch.ops.gshn.{lif, plif, gat, aggregate, infonce, infonce_1d}`; the backward of each is a
-second op (`lif_backward`, ..., `infonce_1d_backward`). Every op has a fake (meta) kernel and
+second op (`lif_backward`, ..., `infonce_1d_backward`). `lif_u8` (LIF with uint8 spikes) has no
+backward: a uint8 tensor carries no gradient in PyTorch. Every op has a fake (meta) kernel and
 a registered autograd formula, so `torch.compile(fullgraph=True)` traces through them without a
 graph break, and `torch.library.opcheck` passes. The ops take graphs as the int32 CPU tensors
 `Graph.row_ptr` / `Graph.src` (CSR by destination) and per-edge tensors in CSR edge order.
@@ -23,7 +26,8 @@ validates them and builds the CSC transpose there).
 Every op validates before it calls (`check_lif`, `check_gat`, `check_aggregate`,
 `check_infonce`, `check_infonce_1d`: the one validation layer, returning the tensors the library
 is given): all tensors of a call share one device (cpu or cuda) and one dtype (float32,
-float64, bfloat16 or float16), else TypeError — except the statistics an op saves for its
+float64, bfloat16 or float16), else TypeError — except uint8 spikes (the aggregation's s),
+and the statistics an op saves for its
 backward, which are float32 in a bfloat16 / float16 call (LIF's h, GAT's lse, InfoNCE's loss
 and log-sum-exps, and their gradients: include/gshn.h), where the op computes in float32; shapes follow include/gshn.h, else ValueError naming the argument,
 the expected and the actual shape. The scalars `tau` and `logit_scale` may be Python numbers or
@@ -98,6 +102,10 @@ _SIGS = {
                      _VP, _VP, _VP, _VP],
     "aggregate_forward": [_INT, _G, _I64, _I64, _I64, _VP, _VP, _VP],
     "aggregate_backward": [_INT, _G, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
+    # u8 spikes: LIF writing them, the aggregation reading them (same arguments)
+    "lif_forward_u8": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP],
+    "aggregate_forward_u8": [_INT, _G, _I64, _I64, _I64, _VP, _VP, _VP],
+    "aggregate_backward_u8": [_INT, _G, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
     "infonce_forward": [_INT, _I64, _I64, _INT, _VP, _VP, _VP, _VP, _VP, _VP],
     "infonce_backward": [_INT, _I64, _I64, _INT, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "infonce_1d_forward": [_NCE, _INT, _I64, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
@@ -224,19 +232,22 @@ class _Spec:
             raise TypeError(f"{self.op}: {name} is on device '{t.device}'; gshn takes cpu or "
                             "cuda tensors")
 
-    def tensor(self, name, t, *shape, optional=False, stat=False):
+    def tensor(self, name, t, *shape, optional=False, stat=False, spikes=False):
         """t checked against `shape` (ints, dim names, and a trailing ... for any further dims),
         made contiguous; None passes when `optional`. A `stat` (a saved statistic or its
-        gradient) is float32 in a half-precision call."""
+        gradient) is float32 in a half-precision call; `spikes` may also be uint8 (0/1 spikes,
+        read exactly as the call's float dtype)."""
         if t is None and optional:
             return None
         self._device(name, t)
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{self.op}: {name} must be float32, float64, bfloat16 or float16, "
-                            f"got {t.dtype}")
-        if self.first is None and not stat:
+        u8 = spikes and t.dtype == torch.uint8
+        if t.dtype not in _DTYPES and not u8:
+            also = " (or uint8 spikes)" if spikes else ""
+            raise TypeError(f"{self.op}: {name} must be float32, float64, bfloat16 or float16"
+                            f"{also}, got {t.dtype}")
+        if self.first is None and not stat and not u8:
             self.first = (name, t)
-        self.seen.append((name, t, stat))
+        self.seen.append((name, t, "u8" if u8 else "stat" if stat else "data"))
         self._one_device_and_dtype()
         rest = shape[-1:] == (...,)
         fixed = shape[:-1] if rest else shape
@@ -256,11 +267,11 @@ class _Spec:
         if self.first is None:
             return
         other, f = self.first
-        for name, t, stat in self.seen:
-            if not stat and t.dtype != f.dtype:
+        for name, t, kind in self.seen:
+            if kind == "data" and t.dtype != f.dtype:
                 raise TypeError(f"{self.op}: {name} is {t.dtype} but {other} is {f.dtype} "
                                 "(all tensors of a call share one dtype)")
-            if stat and t.dtype != _stat_dtype(f.dtype):
+            if kind == "stat" and t.dtype != _stat_dtype(f.dtype):
                 raise TypeError(f"{self.op}: {name} is {t.dtype} but must be "
                                 f"{_stat_dtype(f.dtype)} (a statistic of a {f.dtype} call)")
             if t.device != f.device:
@@ -314,7 +325,8 @@ def check_gat(z, a_src, a_dst, graph, edge_bias=None):
 
 
 def _aggregate_tensors(sp, alpha, s):
-    alpha, s = sp.tensor("alpha", alpha, "E", "H"), sp.tensor("s", s, "T", "N", "C")
+    alpha = sp.tensor("alpha", alpha, "E", "H")
+    s = sp.tensor("s", s, "T", "N", "C", spikes=True)
     h, c = sp.dims["H"], sp.dims["C"]
     if h < 1 or c % h:
         raise ValueError(f"{sp.op}: the channels of s (C={c}) must be a multiple of the heads "
@@ -451,6 +463,24 @@ def _lif_op(x: Tensor, tau: float, v_th: float, v_reset: Optional[float], decay_
     return _lif_forward(x, tau, (v_th, v_reset, decay_input, detach_reset, surrogate, alpha))
 
 
+@torch.library.custom_op("gshn::lif_u8", mutates_args=())
+def _lif_u8_op(x: Tensor, tau: float, v_th: float, v_reset: Optional[float], decay_input: bool,
+               detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """gshn::lif writing its spikes as uint8 (exactly 0 or 1; one byte each). No autograd: a
+    uint8 tensor carries no gradient in PyTorch (`lif(..., u8_spikes=True)` refuses one)."""
+    x2, tau = check_lif(x, tau)
+    params = lif_params(float(tau), v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+    s, v, h = _spikes_u8(x), _empty(x), _stat(x, x.shape)
+    if x2.numel():
+        _call("lif_forward_u8", x2, C.byref(params), _dtype(x2), *x2.shape, _p(x2), _p(s),
+              _p(v), _p(h))
+    return s, v, h
+
+
+def _spikes_u8(x):
+    return x.new_empty(x.shape, dtype=torch.uint8)
+
+
 @torch.library.custom_op("gshn::plif", mutates_args=())
 def _plif_op(x: Tensor, tau: Tensor, v_th: float, v_reset: Optional[float], decay_input: bool,
              detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -481,6 +511,11 @@ def _plif_backward_op(h: Tensor, grad_spikes: Tensor, grad_v: Tensor, tau: Tenso
 @_plif_op.register_fake
 def _(x, *_):
     return _empty(x), _empty(x), _stat(x, x.shape)
+
+
+@_lif_u8_op.register_fake
+def _(x, *_):
+    return _spikes_u8(x), _empty(x), _stat(x, x.shape)
 
 
 @_lif_backward_op.register_fake
@@ -516,15 +551,25 @@ _plif_op.register_autograd(_lif_grad, setup_context=_lif_setup)
 
 
 def lif(x, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
-        surrogate="atan", alpha=None):
+        surrogate="atan", alpha=None, u8_spikes=False):
     """Multi-step LIF (SpikingJelly LIFNode, step_mode='m'): x[T, ...] -> (spikes, v), both
     shaped like x (neurons = the trailing dims, flattened for the library). `tau` a number
-    (fixed: gshn::lif) or a 0-d / [1] tensor (PLIF: gshn::plif, tau gets a gradient)."""
+    (fixed: gshn::lif) or a 0-d / [1] tensor (PLIF: gshn::plif, tau gets a gradient).
+    `u8_spikes`: the spikes come as uint8 (one byte each; `aggregate` reads them), for
+    inference: a uint8 tensor carries no gradient, so this refuses inputs that need one."""
     _, tau = check_lif(x, tau)
     surrogate = surrogate_name(surrogate)
     alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
     cfg = (float(v_th), None if v_reset is None else float(v_reset), bool(decay_input),
            bool(detach_reset), surrogate, float(alpha))
+    if u8_spikes:
+        if torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad
+                                           for t in (x, tau)):
+            raise ValueError("lif: u8_spikes=True gives uint8 spikes, which carry no gradient "
+                             "in PyTorch; train with float spikes, or call it under "
+                             "torch.no_grad() / torch.inference_mode()")
+        s, v, _ = torch.ops.gshn.lif_u8(x, float(tau), *cfg)
+        return s, v
     op = torch.ops.gshn.plif if torch.is_tensor(tau) else torch.ops.gshn.lif
     s, v, _ = op(x, tau, *cfg)
     return s, v
@@ -700,47 +745,55 @@ def gat(z, a_src, a_dst, graph: Graph, edge_bias=None, negative_slope=0.2):
 
 # ---- fixed-attention aggregation -----------------------------------------------------------------
 
+def _agg_entry(name, s):
+    """The C entry of the aggregation `name` for features s: float, or uint8 spikes."""
+    return f"{name}_u8" if s.dtype == torch.uint8 else name
+
+
 @torch.library.custom_op("gshn::aggregate", mutates_args=())
 def _aggregate_op(alpha: Tensor, s: Tensor, row_ptr: Tensor, src: Tensor) -> Tensor:
-    """alpha[E,H] (CSR edge order), s[T,N,C] -> y[T,N,C]."""
+    """alpha[E,H] (CSR edge order), s[T,N,C] (float like alpha, or uint8 spikes) -> y[T,N,C]
+    like alpha."""
     graph = Graph._of_op("aggregate", row_ptr, src)
     alpha, s = _aggregate_tensors(_graph("aggregate", graph), alpha, s)
     t, _, c = s.shape
-    y = _empty(s)
+    y = _empty(alpha, s.shape)
     if y.numel():
-        _call("aggregate_forward", s, _dtype(s), graph.cptr, alpha.shape[1], t, c, _p(alpha),
-              _p(s), _p(y))
+        _call(_agg_entry("aggregate_forward", s), s, _dtype(alpha), graph.cptr, alpha.shape[1],
+              t, c, _p(alpha), _p(s), _p(y))
     return y
 
 
 @torch.library.custom_op("gshn::aggregate_backward", mutates_args=())
 def _aggregate_backward_op(alpha: Tensor, s: Tensor, row_ptr: Tensor, src: Tensor,
                            grad_y: Tensor, need_alpha: bool, need_s: bool) -> tuple[Tensor, Tensor]:
-    """(grad_alpha, grad_s); one not needed is an empty [0] tensor (and is not computed)."""
+    """(grad_alpha, grad_s), both like alpha (grad_s also for uint8 spikes s); one not needed
+    is an empty [0] tensor (and is not computed)."""
     graph = Graph._of_op("aggregate_backward", row_ptr, src)
     sp = _graph("aggregate_backward", graph)
     alpha, s = _aggregate_tensors(sp, alpha, s)
     gy = sp.tensor("grad_y", grad_y, "T", "N", "C")
     ga = _empty(alpha) if need_alpha else _empty(alpha, (0,))
-    gs = _empty(s) if need_s else _empty(s, (0,))
+    gs = _empty(alpha, s.shape if need_s else (0,))
     if s.numel() == 0:  # no output: nothing depends on the inputs
         ga.zero_()
     elif need_alpha or need_s:
         t, _, c = s.shape
-        _call("aggregate_backward", s, _dtype(s), graph.cptr, alpha.shape[1], t, c, _p(alpha),
-              _p(s), _p(gy), _p(ga) if need_alpha else None, _p(gs) if need_s else None)
+        _call(_agg_entry("aggregate_backward", s), s, _dtype(alpha), graph.cptr, alpha.shape[1],
+              t, c, _p(alpha), _p(s), _p(gy), _p(ga) if need_alpha else None,
+              _p(gs) if need_s else None)
     return ga, gs
 
 
 @_aggregate_op.register_fake
 def _(alpha, s, *_):
-    return _empty(s)
+    return _empty(alpha, s.shape)
 
 
 @_aggregate_backward_op.register_fake
 def _(alpha, s, row_ptr, src, grad_y, need_alpha, need_s):
     return (_empty(alpha) if need_alpha else _empty(alpha, (0,)),
-            _empty(s) if need_s else _empty(s, (0,)))
+            _empty(alpha, s.shape if need_s else (0,)))
 
 
 def _aggregate_setup(ctx, inputs, output):
@@ -760,8 +813,9 @@ _aggregate_op.register_autograd(_aggregate_grad, setup_context=_aggregate_setup)
 def aggregate(alpha, s, graph: Graph, heads=None):
     """Fixed-attention aggregation: y[t,i,c] = sum over edges k into i of
     alpha[k, c // (C/H)] * s[t, src_k, c]. alpha[E,H] is in the edge order the graph was built
-    from (like gat's edge_bias); s[T,N,C] with C a multiple of H; `heads` (optional) must equal
-    H. Gradients for alpha and s."""
+    from (like gat's edge_bias); s[T,N,C] with C a multiple of H, of alpha's dtype or uint8
+    spikes (`lif(..., u8_spikes=True)`: read exactly as alpha's dtype); `heads` (optional) must
+    equal H. y is like alpha. Gradients for alpha and a float s."""
     alpha, s = check_aggregate(alpha, s, graph, heads)
     return torch.ops.gshn.aggregate(graph.to_csr(alpha), s, graph.row_ptr, graph.src)
 

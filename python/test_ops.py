@@ -67,6 +67,24 @@ def forward_cases(dtype):
     ]
 
 
+def u8_cases(dtype):
+    """(name, op, args) of the ops on uint8 spikes: LIF writing them (no backward), the
+    aggregation and its backward reading them (alpha requires gradients)."""
+    ei, g = rand_graph(6, 10)
+    gen = torch.Generator().manual_seed(2)
+    x = lif_x(4, 10).detach().to(dtype).view(4, 2, 5)
+    (al,) = leaves((ei.shape[1], 2), dtype=dtype)
+    alpha = g.to_csr(al.detach()).requires_grad_()
+    s8 = (torch.rand(3, 6, 4, generator=gen) < 0.4).to(torch.uint8)
+    gy = torch.randn(3, 6, 4, generator=gen, dtype=dtype)
+    gr = (g.row_ptr, g.src)
+    return [("lif_u8", OPS.lif_u8, (x, 2.0, *LIF_CFG)),
+            ("aggregate u8", OPS.aggregate, (alpha, s8, *gr))] + [
+            (f"aggregate_backward u8 need={need}", OPS.aggregate_backward,
+             (alpha.detach(), s8, *gr, gy, *need))
+            for need in ((True, True), (True, False), (False, True))]
+
+
 def backward_cases(dtype):
     """(name, op, args) for every backward op, with the saved tensors of a forward run."""
     cases = []
@@ -127,6 +145,76 @@ class OpCheck(unittest.TestCase):
             OPS.infonce_1d(a, p, torch.tensor(1.0), 3, "f32")
         with no_call(), self.assertRaisesRegex(ValueError, r"lif_backward: grad_v must have shape \[4, 3\]"):
             OPS.lif_backward(a, a, p, 2.0, *LIF_CFG)
+
+
+class U8Spikes(unittest.TestCase):
+    """uint8 spikes (issue 15's compact spikes, through the C ABI's _u8 entries): LIF writes
+    them for inference, the aggregation reads them; the same bits as float spikes."""
+
+    def test_opcheck(self):
+        for dtype in (F32, F64, BF16, F16):
+            for name, op, args in u8_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    torch.library.opcheck(op, args)
+
+    def test_same_bits_as_float_spikes(self):
+        for dtype in (F32, F64, BF16, F16):
+            with self.subTest(dtype=dtype):
+                x = lif_x(5, 12).detach().to(dtype).view(5, 3, 4)
+                with torch.no_grad():
+                    s8, v8 = gt.lif(x, tau=torch.tensor(2.5), u8_spikes=True)
+                s, v = gt.lif(x, tau=2.5)
+                self.assertEqual(s8.dtype, torch.uint8)
+                self.assertTrue(bool(s8.max() == 1) and bool(s8.min() == 0))
+                self.assertTrue(torch.equal(s8.to(dtype), s) and torch.equal(v8, v))
+                ei, g = rand_graph(6, 10)
+                (al,) = leaves((ei.shape[1], 2), dtype=dtype)
+                spikes = (torch.rand(3, 6, 4, generator=torch.Generator().manual_seed(4))
+                          < 0.4).to(torch.uint8)
+                w = torch.randn(3, 6, 4, dtype=dtype)
+                y8, yf = gt.aggregate(al, spikes, g), gt.aggregate(al, spikes.to(dtype), g)
+                self.assertEqual(y8.dtype, dtype)
+                self.assertTrue(torch.equal(y8, yf))
+                (g8,) = torch.autograd.grad((y8 * w).sum(), al)
+                (gf,) = torch.autograd.grad((yf * w).sum(), al)
+                self.assertTrue(torch.equal(g8, gf))
+                csr = (g.row_ptr, g.src)
+                a = g.to_csr(al.detach())
+                got = OPS.aggregate_backward(a, spikes, *csr, w, True, True)
+                want = OPS.aggregate_backward(a, spikes.to(dtype), *csr, w, True, True)
+                self.assertEqual(got[1].dtype, dtype)
+                self.assertTrue(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
+
+    def test_refused_where_a_gradient_is_needed_or_the_type_is_wrong(self):
+        x = lif_x(3, 4).detach().float().requires_grad_()
+        with self.assertRaisesRegex(ValueError, "carry no gradient.*torch.no_grad"):
+            gt.lif(x, u8_spikes=True)
+        with torch.inference_mode():
+            self.assertEqual(gt.lif(x, u8_spikes=True)[0].dtype, torch.uint8)
+        ei, g = rand_graph(5, 4)
+        al = torch.rand(ei.shape[1], 2)
+        for bad in (torch.int8, torch.bool, torch.int32):
+            with self.subTest(dtype=bad), no_call(), self.assertRaisesRegex(
+                    TypeError, r"s must be float32, float64, bfloat16 or float16 \(or uint8 spikes\)"):
+                gt.aggregate(al, torch.zeros(2, 5, 4, dtype=bad), g)
+        with no_call(), self.assertRaisesRegex(TypeError, "alpha must be float32"):
+            gt.aggregate(al.to(torch.uint8), torch.zeros(2, 5, 4, dtype=torch.uint8), g)
+
+    def test_compile_inference_with_u8_spikes(self):
+        torch._dynamo.reset()
+        ei, g = rand_graph(6, 10)
+        al = torch.rand(ei.shape[1], 2)
+        x = lif_x(4, 24).detach().float().view(4, 6, 4)
+
+        def f(x, al):
+            s8, _ = gt.lif(x, u8_spikes=True)
+            return gt.aggregate(al, s8, g)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(f)(x, al)
+            self.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
+            torch._dynamo.reset()
+            out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, al)
+            self.assertTrue(torch.equal(out, f(x, al)))
 
 
 class HalfPrecision(unittest.TestCase):
@@ -376,10 +464,10 @@ class Compile(unittest.TestCase):
 
 
 def on(device, args):
-    """args with every float tensor copied to `device` (leaves stay leaves); the int32 CSR
-    arrays stay where they are (host memory on every path)."""
+    """args with every tensor copied to `device` (leaves stay leaves) but the int32 CSR arrays,
+    which stay in host memory on every path."""
     return tuple(t.detach().to(device).requires_grad_(t.requires_grad)
-                 if torch.is_tensor(t) and t.is_floating_point() else t for t in args)
+                 if torch.is_tensor(t) and t.dtype != torch.int32 else t for t in args)
 
 
 def leaves_of(args):
@@ -438,6 +526,13 @@ class Cuda(unittest.TestCase):
                     gc = torch.autograd.grad((y_cpu.float() * w).sum(), leaves_of(args))
                     self.assert_same(gg, gc, grad_tol, "grad")
 
+    def test_u8_spikes_match_the_cpu(self):
+        for dtype in (F32, F64, BF16, F16):
+            _, tol = self.bounds(dtype)
+            for name, op, args in u8_cases(dtype):
+                with self.subTest(op=name, dtype=dtype):
+                    self.assert_same(op(*on(self.DEVICE, args)), op(*args), tol, name)
+
     def test_backward_ops_match_the_cpu(self):
         for dtype in (F32, F64, BF16, F16):
             _, tol = self.bounds(dtype)
@@ -461,7 +556,7 @@ class Cuda(unittest.TestCase):
 
     def test_opcheck_on_cuda(self):
         for dtype in (F32, BF16):
-            for name, op, args in forward_cases(dtype) + backward_cases(dtype):
+            for name, op, args in forward_cases(dtype) + backward_cases(dtype) + u8_cases(dtype):
                 with self.subTest(op=name, dtype=dtype):
                     torch.library.opcheck(op, on(self.DEVICE, args))
 

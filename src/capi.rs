@@ -811,6 +811,41 @@ fn lif_forward(
     h: *mut c_void,
 ) -> Result<(), CErr> {
     let cfg = lif_config(f, params, false)?;
+    lif_forward_as(f, mem, cfg, dtype, t, n, x, spikes, v, h)
+}
+
+/// [`lif_forward`] writing its spikes as u8 (`LifConfig::u8_spikes`).
+fn lif_forward_u8(
+    f: &str,
+    mem: Mem,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    x: *const c_void,
+    spikes: *mut u8,
+    v: *mut c_void,
+    h: *mut c_void,
+) -> Result<(), CErr> {
+    let cfg = LifConfig {
+        u8_spikes: true,
+        ..lif_config(f, params, false)?
+    };
+    lif_forward_as(f, mem, cfg, dtype, t, n, x, spikes.cast(), v, h)
+}
+
+fn lif_forward_as(
+    f: &str,
+    mem: Mem,
+    cfg: LifConfig,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    x: *const c_void,
+    spikes: *mut c_void,
+    v: *mut c_void,
+    h: *mut c_void,
+) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
     let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
     exec(
@@ -1006,7 +1041,7 @@ fn gat_backward(
 
 fn agg_inputs(
     f: &str,
-    dt: DType,
+    (dt, s_dt): (DType, DType),
     graph: *const GshnGraph,
     heads: i64,
     t: i64,
@@ -1018,7 +1053,7 @@ fn agg_inputs(
     let (h, t, c) = (size(f, "heads", heads)?, size(f, "T", t)?, size(f, "C", c)?);
     let ins = vec![
         (Src::Ptr(alpha, "alpha"), m([e, h], dt)),
-        (Src::Ptr(s, "s"), m([t, n, c], dt)),
+        (Src::Ptr(s, "s"), m([t, n, c], s_dt)),
     ];
     Ok((ins, gr, [t, n, c]))
 }
@@ -1282,6 +1317,14 @@ export!(
     x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
 ));
 export!(
+    /// [`gshn_lif_forward_cpu`] writing `spikes[T, N]` as u8, exactly 0 or 1 (one byte per
+    /// spike: the aggregation's `_u8` entries and the backward's inputs are unchanged, since
+    /// the backward recomputes the spikes from `h`).
+    gshn_lif_forward_u8_cpu, gshn_lif_forward_u8_cuda, lif_forward_u8, (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
+    x: *const c_void, spikes: *mut u8, v: *mut c_void, h: *mut c_void,
+));
+export!(
     /// LIF backward (BPTT). In: `h[T, N]` from the forward; `grad_spikes[T, N]` and
     /// `grad_v[T, N]` (each optional = zeros, not both NULL). Written: `grad_x[T, N]`;
     /// `grad_tau[1]` when non-NULL (PLIF: d loss / d tau at `params->tau`).
@@ -1325,6 +1368,21 @@ export!(
     gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward, (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const c_void, grad_y: *const c_void,
+    grad_alpha: *mut c_void, grad_s: *mut c_void,
+));
+export!(
+    /// [`gshn_aggregate_forward_cpu`] on u8 spikes `s[T, N, C]` (0 or 1, as
+    /// `gshn_lif_forward_u8_*` writes them), read exactly as the float dtype of `alpha` and `y`.
+    gshn_aggregate_forward_u8_cpu, gshn_aggregate_forward_u8_cuda, aggregate_forward_u8, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
+    alpha: *const c_void, s: *const u8, y: *mut c_void,
+));
+export!(
+    /// [`gshn_aggregate_backward_cpu`] on u8 spikes `s`: `grad_s[T, N, C]` (optional) is in
+    /// the float dtype (the gradient LIF's backward takes as `grad_spikes`).
+    gshn_aggregate_backward_u8_cpu, gshn_aggregate_backward_u8_cuda, aggregate_backward_u8, (
+    dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
+    alpha: *const c_void, s: *const u8, grad_y: *const c_void,
     grad_alpha: *mut c_void, grad_s: *mut c_void,
 ));
 export!(
@@ -1380,7 +1438,41 @@ fn aggregate_forward(
     y: *mut c_void,
 ) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
-    let (ins, gr, _) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
+    aggregate_forward_as(f, mem, (dt, dt), graph, heads, t, c, alpha, s, y)
+}
+
+/// [`aggregate_forward`] reading u8 spikes `s`.
+fn aggregate_forward_u8(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const u8,
+    y: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let s = s.cast();
+    aggregate_forward_as(f, mem, (dt, DType::U8), graph, heads, t, c, alpha, s, y)
+}
+
+/// `types` = (the dtype of the float buffers, the dtype of `s`).
+fn aggregate_forward_as(
+    f: &str,
+    mem: Mem,
+    types: (DType, DType),
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const c_void,
+    y: *mut c_void,
+) -> Result<(), CErr> {
+    let (ins, gr, _) = agg_inputs(f, types, graph, heads, t, c, alpha, s)?;
     let args = agg_args(&ins, &gr, None)?;
     exec(f, mem, Op::Aggregate, owned(args.list()), vec![dst(y, "y")])
 }
@@ -1400,7 +1492,70 @@ fn aggregate_backward(
     grad_s: *mut c_void,
 ) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
-    let (ins, gr, [t, n, c]) = agg_inputs(f, dt, graph, heads, t, c, alpha, s)?;
+    let grads = (grad_alpha, grad_s);
+    aggregate_backward_as(
+        f,
+        mem,
+        (dt, dt),
+        graph,
+        heads,
+        t,
+        c,
+        alpha,
+        s,
+        grad_y,
+        grads,
+    )
+}
+
+/// [`aggregate_backward`] reading u8 spikes `s`; `grad_s` is in the float dtype.
+fn aggregate_backward_u8(
+    f: &str,
+    mem: Mem,
+    dtype: c_int,
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const u8,
+    grad_y: *const c_void,
+    grad_alpha: *mut c_void,
+    grad_s: *mut c_void,
+) -> Result<(), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    let (s, grads) = (s.cast(), (grad_alpha, grad_s));
+    aggregate_backward_as(
+        f,
+        mem,
+        (dt, DType::U8),
+        graph,
+        heads,
+        t,
+        c,
+        alpha,
+        s,
+        grad_y,
+        grads,
+    )
+}
+
+/// `types` as in [`aggregate_forward_as`]; `grads` = (grad_alpha, grad_s).
+fn aggregate_backward_as(
+    f: &str,
+    mem: Mem,
+    types: (DType, DType),
+    graph: *const GshnGraph,
+    heads: i64,
+    t: i64,
+    c: i64,
+    alpha: *const c_void,
+    s: *const c_void,
+    grad_y: *const c_void,
+    (grad_alpha, grad_s): (*mut c_void, *mut c_void),
+) -> Result<(), CErr> {
+    let dt = types.0;
+    let (ins, gr, [t, n, c]) = agg_inputs(f, types, graph, heads, t, c, alpha, s)?;
     let grad_y = (Src::Ptr(grad_y, "grad_y"), m([t, n, c], dt));
     let all = owned(agg_args(&ins, &gr, Some(&grad_y))?.list());
     exec(

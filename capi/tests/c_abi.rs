@@ -286,23 +286,27 @@ fn c_header_uses_the_fused_op_table_names() {
             names.push(n.to_string());
             names.push(format!("grad_{n}"));
         }
-        for entry in [
-            "forward_cpu",
-            "forward_cuda",
-            "backward_cpu",
-            "backward_cuda",
+        for (entry, required) in [
+            ("forward_cpu", true),
+            ("forward_cuda", true),
+            ("backward_cpu", true),
+            ("backward_cuda", true),
+            // spikes as uint8_t (LIF's output, the aggregation's input)
+            ("forward_u8_cpu", false),
+            ("forward_u8_cuda", false),
+            ("backward_u8_cpu", false),
+            ("backward_u8_cuda", false),
         ] {
             let func = format!("int {prefix}_{entry}(");
-            let start = header
-                .find(&func)
-                .unwrap_or_else(|| panic!("{func} not in gshn.h"));
+            let Some(start) = header.find(&func) else {
+                assert!(!required, "{func} not in gshn.h");
+                continue;
+            };
             let args = &header[start + func.len()..];
             let args = &args[..args.find(");").unwrap()];
             for arg in args.split(',').map(str::trim) {
-                if let Some(name) = arg
-                    .strip_prefix("const void *")
-                    .or(arg.strip_prefix("void *"))
-                {
+                let pointee = ["const void *", "void *", "const uint8_t *", "uint8_t *"];
+                if let Some(name) = pointee.iter().find_map(|p| arg.strip_prefix(p)) {
                     if name != "stream" {
                         assert!(
                             names.iter().any(|n| n == name),
@@ -418,4 +422,155 @@ fn gat_alpha_refuses_outputs_that_alias_inputs() {
     // SAFETY: as above.
     let msg = unsafe { std::ffi::CStr::from_ptr(gshn_last_error()) }.to_string_lossy();
     assert!(msg.contains("z shares memory"), "{msg}");
+}
+
+/// A buffer's address for the C ABI.
+fn ptr(s: &mut gshn_core::tensor::Storage) -> *mut std::ffi::c_void {
+    use gshn_core::tensor::Storage;
+    match s {
+        Storage::F32(v) => v.as_mut_ptr().cast(),
+        Storage::F64(v) => v.as_mut_ptr().cast(),
+        Storage::I32(v) => v.as_mut_ptr().cast(),
+        Storage::BF16(v) => v.as_mut_ptr().cast(),
+        Storage::F16(v) => v.as_mut_ptr().cast(),
+        Storage::U8(v) => v.as_mut_ptr().cast(),
+    }
+}
+
+/// The `_u8` entries in every dtype: LIF's u8 spikes are its float spikes (and v, h the same
+/// bits), and the aggregation and its backward on u8 spikes give the bits they give on the
+/// same spikes as floats. (capi_test.c checks the f32 case from C.)
+#[test]
+fn u8_spike_entries_equal_float_spikes_in_every_dtype() {
+    use gshn_core::capi::*;
+    use gshn_core::tensor::{DType, Storage};
+    let (t, n) = (3usize, 37usize);
+    let wave = |len: usize, k: f64, scale: f64, shift: f64| -> Vec<f64> {
+        (0..len)
+            .map(|i| ((i as f64 + 1.0) * k).sin() * scale + shift)
+            .collect()
+    };
+    let g = ring();
+    let (heads, c) = (2usize, 4usize);
+    let spikes: Vec<u8> = (0..t * 3 * c).map(|i| ((i * 7) % 3 == 0) as u8).collect();
+    let spikes_f64: Vec<f64> = spikes.iter().map(|&b| f64::from(b)).collect();
+    for (dt, code) in [
+        (DType::F32, GSHN_F32),
+        (DType::F64, GSHN_F64),
+        (DType::BF16, GSHN_BF16),
+        (DType::F16, GSHN_F16),
+    ] {
+        let float = |v: &[f64]| Storage::from_f64(dt, v).unwrap();
+        let stat = if dt.is_half() { DType::F32 } else { dt };
+        // LIF
+        let mut x = float(&wave(t * n, 0.7, 1.5, 0.9));
+        let params = gshn_lif_params_default();
+        let [mut s, mut v, mut h] = [dt, dt, stat].map(|d| Storage::zeros(d, t * n));
+        let (mut s8, mut v8, mut h8) = (
+            vec![7u8; t * n],
+            Storage::zeros(dt, t * n),
+            Storage::zeros(stat, t * n),
+        );
+        let (ti, ni) = (t as i64, n as i64);
+        // SAFETY: every buffer holds T·N elements of its dtype.
+        unsafe {
+            let rc = gshn_lif_forward_cpu(
+                &params,
+                code,
+                ti,
+                ni,
+                ptr(&mut x),
+                ptr(&mut s),
+                ptr(&mut v),
+                ptr(&mut h),
+            );
+            assert_eq!(rc, GSHN_OK, "{dt:?}");
+            let rc = gshn_lif_forward_u8_cpu(
+                &params,
+                code,
+                ti,
+                ni,
+                ptr(&mut x),
+                s8.as_mut_ptr(),
+                ptr(&mut v8),
+                ptr(&mut h8),
+            );
+            assert_eq!(rc, GSHN_OK, "{dt:?}");
+        }
+        let fired: Vec<u8> = s.to_f32_vec().unwrap().iter().map(|&x| x as u8).collect();
+        assert_eq!(s8, fired, "{dt:?}: u8 spikes");
+        assert!(
+            s8.contains(&1) && s8.contains(&0),
+            "{dt:?}: the case must fire some spikes"
+        );
+        assert!((v8 == v) && (h8 == h), "{dt:?}: v or h differ");
+        // the aggregation on the ring (3 nodes, 3 edges)
+        let mut alpha = float(&wave(3 * heads, 0.9, 0.5, 0.5));
+        let mut gy = float(&wave(t * 3 * c, 1.3, 1.0, 0.0));
+        let mut sf = float(&spikes_f64);
+        let mut s8 = spikes.clone();
+        let [mut y, mut y8, mut gs, mut gs8] = [0; 4].map(|_| Storage::zeros(dt, t * 3 * c));
+        let [mut ga, mut ga8] = [0; 2].map(|_| Storage::zeros(dt, 3 * heads));
+        let (hi, ci) = (heads as i64, c as i64);
+        let s8p = s8.as_mut_ptr();
+        // SAFETY: alpha [E=3, H], s / y / grad_y / grad_s [T, 3, C] in their dtypes.
+        unsafe {
+            for rc in [
+                gshn_aggregate_forward_cpu(
+                    code,
+                    &g,
+                    hi,
+                    ti,
+                    ci,
+                    ptr(&mut alpha),
+                    ptr(&mut sf),
+                    ptr(&mut y),
+                ),
+                gshn_aggregate_forward_u8_cpu(
+                    code,
+                    &g,
+                    hi,
+                    ti,
+                    ci,
+                    ptr(&mut alpha),
+                    s8p,
+                    ptr(&mut y8),
+                ),
+                gshn_aggregate_backward_cpu(
+                    code,
+                    &g,
+                    hi,
+                    ti,
+                    ci,
+                    ptr(&mut alpha),
+                    ptr(&mut sf),
+                    ptr(&mut gy),
+                    ptr(&mut ga),
+                    ptr(&mut gs),
+                ),
+                gshn_aggregate_backward_u8_cpu(
+                    code,
+                    &g,
+                    hi,
+                    ti,
+                    ci,
+                    ptr(&mut alpha),
+                    s8p,
+                    ptr(&mut gy),
+                    ptr(&mut ga8),
+                    ptr(&mut gs8),
+                ),
+            ] {
+                assert_eq!(rc, GSHN_OK, "{dt:?}");
+            }
+        }
+        assert!(
+            y8 == y && ga8 == ga && gs8 == gs,
+            "{dt:?}: the aggregation differs on u8 spikes"
+        );
+        assert!(
+            y.to_f32_vec().unwrap().iter().any(|&v| v != 0.0),
+            "{dt:?}: y is all zeros"
+        );
+    }
 }

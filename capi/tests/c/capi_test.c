@@ -126,6 +126,27 @@ int main(int argc, char **argv) {
     dump(f, "agg.grad_alpha", galpha, E * H);
     dump(f, "agg.grad_s", gsg, TNC);
 
+    /* ---- u8 spikes: the LIF above writing one byte per spike, and the aggregation (GAT's
+     * alpha) on 0/1 spikes as bytes and as floats: the same bits ---- */
+    uint8_t spikes8[TN], s8[TNC];
+    float v8[TN], h8[TN], sf[TNC], y8[TNC], yf[TNC], ga8[E * H], gaf[E * H], gs8[TNC], gsf[TNC];
+    CHECK(gshn_lif_forward_u8_cpu(&lp, GSHN_F32, T, NN, x, spikes8, v8, h8));
+    for (int i = 0; i < TN; i++) {
+        if (spikes8[i] > 1 || (float)spikes8[i] != spikes[i] || v8[i] != v[i] || h8[i] != h[i]) {
+            fprintf(stderr, "u8 LIF differs from the float LIF at %d\n", i);
+            return 1;
+        }
+    }
+    for (int i = 0; i < TNC; i++) s8[i] = s[i] > 0.0f, sf[i] = s8[i];
+    CHECK(gshn_aggregate_forward_cpu(GSHN_F32, &g, H, AT, C, alpha, sf, yf));
+    CHECK(gshn_aggregate_forward_u8_cpu(GSHN_F32, &g, H, AT, C, alpha, s8, y8));
+    CHECK(gshn_aggregate_backward_cpu(GSHN_F32, &g, H, AT, C, alpha, sf, gy, gaf, gsf));
+    CHECK(gshn_aggregate_backward_u8_cpu(GSHN_F32, &g, H, AT, C, alpha, s8, gy, ga8, gs8));
+    if (memcmp(y8, yf, sizeof yf) || memcmp(ga8, gaf, sizeof gaf) || memcmp(gs8, gsf, sizeof gsf)) {
+        fprintf(stderr, "the aggregation on u8 spikes differs from float spikes\n");
+        return 1;
+    }
+
     /* ---- InfoNCE: B=5, D=4, symmetric, grad_loss 1.3 ---- */
     enum { B = 5, D = 4 };
     float a[B * D], p[B * D], ls = 2.0f, loss = 0, lr[B], lc[B], gl = 1.3f;
@@ -171,6 +192,7 @@ int main(int argc, char **argv) {
                GSHN_ERR_INVALID_ARGUMENT);
     EXPECT_ERR(gshn_lif_forward_cpu(NULL, GSHN_F32, T, NN, x, spikes, v, h),
                GSHN_ERR_INVALID_ARGUMENT);
+
     EXPECT_ERR(gshn_lif_forward_cpu(&lp, 7, T, NN, x, spikes, v, h), GSHN_ERR_INVALID_ARGUMENT);
     EXPECT_ERR(gshn_lif_forward_cpu(&lp, GSHN_F32, -1, NN, x, spikes, v, h),
                GSHN_ERR_INVALID_ARGUMENT);
@@ -250,6 +272,14 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_lif_forward_cpu(&badsur, GSHN_F32, T, NN, x, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&badalpha, GSHN_F32, T, NN, x, w, w, w));
     HOSTILE(gshn_lif_forward_cpu(&badtau, GSHN_F32, T, NN, x, w, w, w));
+    /* LIF forward with u8 spikes */
+    uint8_t *w8 = (uint8_t *)arena;
+    HOSTILE(gshn_lif_forward_u8_cpu(NULL, GSHN_F32, T, NN, x, w8, w, w));
+    HOSTILE(gshn_lif_forward_u8_cpu(&lp, GSHN_F32, T, NN, x, w8, w, NULL));
+    HOSTILE(gshn_lif_forward_u8_cpu(&lp, GSHN_F32, HUGE, 1, x, w8, w, w));
+    HOSTILE(gshn_lif_forward_u8_cpu(&lp, GSHN_F64, T, NN, odd, w8, w, w));
+    HOSTILE(gshn_lif_forward_u8_cpu(&lp, 4, T, NN, x, w8, w, w));
+    HOSTILE(gshn_lif_forward_u8_cpu(&badtau, GSHN_F32, T, NN, x, w8, w, w));
     /* LIF backward */
     HOSTILE(gshn_lif_backward_cpu(NULL, GSHN_F32, T, NN, h, gs, gv, w, w));
     HOSTILE(gshn_lif_backward_cpu(&lp, GSHN_F32, T, NN, NULL, gs, gv, w, w));
@@ -357,6 +387,14 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, NULL, w, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F32, B, D, 1, a, p, &ls, lr, lc, &gl, (void *)odd, w, w));
     HOSTILE(gshn_infonce_backward_cpu(GSHN_F16 + 1, B, D, 1, a, p, &ls, lr, lc, &gl, w, w, w));
+    /* The aggregation on u8 spikes */
+    HOSTILE(gshn_aggregate_forward_u8_cpu(GSHN_F32, &g, H, AT, C, alpha, NULL, w));
+    HOSTILE(gshn_aggregate_forward_u8_cpu(GSHN_F32, &g, H, AT, 3, alpha, s8, w));
+    HOSTILE(gshn_aggregate_forward_u8_cpu(GSHN_F32, &g_count, H, AT, C, alpha, s8, w));
+    HOSTILE(gshn_aggregate_forward_u8_cpu(7, &g, H, AT, C, alpha, s8, w));
+    HOSTILE(gshn_aggregate_backward_u8_cpu(GSHN_F32, &g, H, AT, C, alpha, s8, NULL, w, w));
+    HOSTILE(gshn_aggregate_backward_u8_cpu(GSHN_F32, &g, H, HUGE, C, alpha, s8, gy, w, w));
+    HOSTILE(gshn_aggregate_backward_u8_cpu(GSHN_F64, &g, H, AT, C, odd, s8, gy, w, w));
     /* The CUDA entry points refuse the same arguments before touching a device. */
     HOSTILE(gshn_lif_forward_cuda(&lp, GSHN_F32, -1, NN, x, w, w, w, 0, NULL));
     HOSTILE(gshn_lif_backward_cuda(NULL, GSHN_F32, T, NN, h, gs, gv, w, w, 0, NULL));
@@ -369,6 +407,10 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_infonce_backward_cuda(GSHN_F32, -1, D, 1, a, p, &ls, lr, lc, &gl, w, w, w, 0,
                                        NULL));
     HOSTILE(gshn_lif_forward_cuda(&lp, GSHN_F32, T, NN, x, w, w, w, -3, NULL));
+    HOSTILE(gshn_lif_forward_u8_cuda(&lp, GSHN_F32, T, NN, x, w8, w, NULL, 0, NULL));
+    HOSTILE(gshn_aggregate_forward_u8_cuda(GSHN_F32, &g, H, AT, 3, alpha, s8, w, 0, NULL));
+    HOSTILE(gshn_aggregate_backward_u8_cuda(GSHN_F32, &g_neg, H, AT, C, alpha, s8, gy, w, w, 0,
+                                            NULL));
     /* After the failures, a good call succeeds and clears the message. */
     CHECK(gshn_infonce_forward_cpu(GSHN_F32, B, D, 1, a, p, &ls, &loss, lr, lc));
     printf("hostile arguments: %d cases refused, none reached a panic\n", hostile);
