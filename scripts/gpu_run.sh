@@ -7,7 +7,7 @@
 # (GSHN_INFONCE_KERNELS=tiles, =simt); a short training run on cuda and on cpu from one seed (loss per
 # step side by side, graphs/s, one checkpoint evaluated on both devices); the CUDA kernel bench
 # in short mode (.gpu/bin/bench-cuda_ops --short); `gshn bench --device cuda --json` (the user's
-# benchmark, to be compared with cuda_ops); InfoNCE at B = 32768, D = 512 in f32 / tf32 / bf16
+# benchmark; report key gshn_bench_vs_cuda_ops puts each cuda_ops row beside its row); InfoNCE at B = 32768, D = 512 in f32 / tf32 / bf16
 # beside PyTorch's dense loss, and f32 on the tile path; python/bench_torch.py (PyTorch / PyG on the
 # same shapes); `gshn demo --device cuda` (the README's main command); the PyTorch twin
 # (scripts/twin_parity.sh with steps dumped on cuda, python/twin_bench.py at batch 256, eager and
@@ -340,6 +340,24 @@ def replay_summary(replayed, rate):
                                     "first_step_replayed_run": [m.get("device_ops") for m in steps(replayed)][:1]},
             "log_tail": tail("train-eager.log", 8)}
 
+def bench_agreement():
+    """Issue 20: `gshn bench` is to replace cuda_ops once their figures agree within noise.
+    Each cuda_ops fwd/bwd row beside the gshn bench row of the same kernel, dtype and dims."""
+    rows = [r for f in ("gshn_bench.json", "infonce_bench.json") for r in (one(f) or {}).get("rows", [])]
+    out = []
+    for b in bench:
+        op, _, pas = b["bench"].rpartition("_")
+        *kv, dt = b.get("shape", "").split() or [""]
+        dims = dict(t.split("=", 1) for t in kv if "=" in t)
+        if pas not in ("fwd", "bwd") or not dims:
+            continue
+        for r in rows:
+            if (r.get("op"), r.get("pass"), r.get("dtype")) == (op, pas, dt) and \
+                    all(str(r.get("dims", {}).get(k)) == v for k, v in dims.items()):
+                out.append({"kernel": f"{b['bench']} {b['shape']}", "cuda_ops_ms": b["ms"],
+                            "gshn_bench_ms": r["ms"], "gshn_bench_over_cuda_ops": round(r["ms"] / b["ms"], 3)})
+    return out
+
 def ddp_losses(name):
     """The `step N  loss X` lines of a ddp_example.py run."""
     return [float(m.group(1)) for m in (re.match(r"step +\d+ +loss (\S+)", l) for l in tail(name, 1000)) if m]
@@ -396,6 +414,7 @@ report = {
     "infonce_paths": {path: {"checks": lines(f"parity-infonce-{path}.jsonl"),
                              "log_tail": tail(f"parity-infonce-{path}.log", 12)}
                       for path in ("tiles", "simt")},
+    "gshn_bench_vs_cuda_ops": bench_agreement(),
     "gshn_bench": {"status": st_gbench,
                    "report": json.load(open(os.path.join(tmp, "gshn_bench.json")))
                    if os.path.exists(os.path.join(tmp, "gshn_bench.json")) else None,
