@@ -335,6 +335,27 @@ fn checkpoint_tensors(run: &std::path::Path) -> Vec<(String, Tensor)> {
         .0
 }
 
+/// `gshn` runs the ops on a worker of rayon's pool (`CpuBackend::pool_on_current_thread`):
+/// a run from a pool's worker, with 1 or 3 workers, writes the checkpoint a run from outside
+/// any pool writes, bit for bit (no kernel's arithmetic depends on its thread).
+#[test]
+fn training_gives_the_same_bits_on_any_thread_and_worker_count() {
+    let (dir, cfg) = tiny_data("threads");
+    let run = |out: &str| {
+        gshn::train::train(CpuBackend, cfg.clone(), &fresh_run(&dir, out)).unwrap();
+        checkpoint_tensors(&dir.join(out))
+    };
+    let outside = run("outside");
+    for workers in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .build()
+            .unwrap();
+        let inside = pool.install(|| run(&format!("workers-{workers}")));
+        assert_eq!(inside, outside, "{workers} workers");
+    }
+}
+
 #[test]
 fn training_is_deterministic_and_resumes_exactly() {
     let (dir, cfg) = tiny_data("resume");

@@ -224,6 +224,11 @@ fn main() -> ExitCode {
     if log::set_logger(&LOG).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
+    // The ops run on this thread: as one of rayon's workers, their parallel loops split in
+    // place instead of waiting for the pool (CpuBackend::pool_on_current_thread).
+    if let Err(e) = gshn::CpuBackend::pool_on_current_thread(0) {
+        log::warn!("{e}: the CPU ops' parallel loops go through the pool");
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

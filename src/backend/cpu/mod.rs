@@ -307,6 +307,27 @@ pub(crate) const PAR_MIN: usize = 1 << 14;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
+impl CpuBackend {
+    /// Makes the calling thread a worker of rayon's global pool (with `threads` workers in
+    /// all; 0 = rayon's default: `RAYON_NUM_THREADS`, else one per core). Call it once, first
+    /// in `main`, before anything uses rayon, on the thread that will run the ops.
+    ///
+    /// Why: a parallel loop started from a thread outside the pool is handed to the pool as a
+    /// job, and the caller sleeps until a worker has finished it; from a worker, the loop
+    /// splits in place and the caller works on its share. A training step runs hundreds of
+    /// ops of a few hundred microseconds each, so the hand-offs add up: the default step at
+    /// batch 64 runs 13–15 % faster on a 2-core machine (BENCHMARKS.md), with bit-identical
+    /// results (the kernels' arithmetic never depends on which thread does it). `gshn`'s CLI
+    /// does this. An error if the global pool already exists.
+    pub fn pool_on_current_thread(threads: usize) -> Result<()> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .build_global()
+            .map_err(|e| Error::invalid("cpu pool", e.to_string()))
+    }
+}
+
 impl Backend for CpuBackend {
     type Buffer = Storage;
     /// The CPU records nothing: it runs ops as they come.
