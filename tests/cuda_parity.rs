@@ -1803,3 +1803,167 @@ fn c_abi_half_buffers_on_cuda() {
         );
     }
 }
+
+/// The C ABI's `_u8` CUDA entries: `gshn_lif_forward_u8_cuda` writes the CPU path's spikes as
+/// bytes, and `gshn_aggregate_{forward,backward}_u8_cuda` on those bytes give what the CPU's
+/// float entries give on the same spikes as floats (f32; sums in another order: 1e-5).
+#[test]
+fn c_abi_u8_spikes_on_cuda() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::capi::*;
+    let Some(be) = cuda() else { return };
+    let st = be.stream();
+    let p = |a: u64| a as *mut std::ffi::c_void;
+    // LIF, T = 3, N = 1000 (not a multiple of a block)
+    let (t, n) = (3usize, 1000usize);
+    let mut rng = SplitMix64::new(21);
+    let xs: Vec<f32> = (0..t * n).map(|_| rng.range(-0.5, 2.5) as f32).collect();
+    let want = lif_cpu_c_abi(&xs, t, n);
+    let dx = st.clone_htod(&xs).unwrap();
+    let s8: CudaSlice<u8> = st.alloc_zeros(t * n).unwrap();
+    let (v, h): (CudaSlice<f32>, CudaSlice<f32>) = (
+        st.alloc_zeros(t * n).unwrap(),
+        st.alloc_zeros(t * n).unwrap(),
+    );
+    let params = gshn_lif_params_default();
+    // SAFETY: device buffers of T·N elements on device 0, allocated on `st`.
+    let rc = unsafe {
+        gshn_lif_forward_u8_cuda(
+            &params,
+            GSHN_F32,
+            t as i64,
+            n as i64,
+            p(dx.device_ptr(st).0),
+            p(s8.device_ptr(st).0).cast(),
+            p(v.device_ptr(st).0),
+            p(h.device_ptr(st).0),
+            0,
+            st.cu_stream().cast(),
+        )
+    };
+    assert_eq!(rc, GSHN_OK);
+    let spikes: Vec<f32> = st
+        .clone_dtoh(&s8)
+        .unwrap()
+        .iter()
+        .map(|&b| f32::from(b))
+        .collect();
+    let same = spikes == want[0] && st.clone_dtoh(&h).unwrap() == want[2];
+    report("C ABI LIF u8 spikes on cuda", same, 0.0, "");
+    assert!(same, "u8 spikes or h differ from the CPU path");
+    // the aggregation on a ring of 700 nodes with self-loops (E = 1400), T = 2, C = 8, H = 2
+    let (nn, tt, c, heads) = (700usize, 2usize, 8usize, 2usize);
+    let row_ptr: Vec<i32> = (0..=nn as i32).map(|i| 2 * i).collect();
+    let src: Vec<i32> = (0..nn as i32)
+        .flat_map(|i| [i, (i + 1) % nn as i32])
+        .collect();
+    let g = GshnGraph {
+        num_nodes: nn as i64,
+        num_edges: src.len() as i64,
+        row_ptr: row_ptr.as_ptr(),
+        src: src.as_ptr(),
+    };
+    let e = src.len();
+    let alpha: Vec<f32> = (0..e * heads).map(|_| rng.range(0.0, 1.0) as f32).collect();
+    let bytes: Vec<u8> = (0..tt * nn * c)
+        .map(|_| (rng.range(0.0, 1.0) < 0.3) as u8)
+        .collect();
+    let floats: Vec<f32> = bytes.iter().map(|&b| f32::from(b)).collect();
+    let gy: Vec<f32> = (0..tt * nn * c)
+        .map(|_| rng.range(-1.0, 1.0) as f32)
+        .collect();
+    let (mut y, mut ga, mut gs) = (
+        vec![0f32; tt * nn * c],
+        vec![0f32; e * heads],
+        vec![0f32; tt * nn * c],
+    );
+    let (hi, ti, ci) = (heads as i64, tt as i64, c as i64);
+    // SAFETY: host buffers of the sizes the header asks for.
+    unsafe {
+        let cp = |v: &[f32]| v.as_ptr().cast();
+        assert_eq!(
+            gshn_aggregate_forward_cpu(
+                GSHN_F32,
+                &g,
+                hi,
+                ti,
+                ci,
+                cp(&alpha),
+                cp(&floats),
+                y.as_mut_ptr().cast()
+            ),
+            GSHN_OK
+        );
+        let rc = gshn_aggregate_backward_cpu(
+            GSHN_F32,
+            &g,
+            hi,
+            ti,
+            ci,
+            cp(&alpha),
+            cp(&floats),
+            cp(&gy),
+            ga.as_mut_ptr().cast(),
+            gs.as_mut_ptr().cast(),
+        );
+        assert_eq!(rc, GSHN_OK);
+    }
+    let (da, ds, dgy) = (
+        st.clone_htod(&alpha).unwrap(),
+        st.clone_htod(&bytes).unwrap(),
+        st.clone_htod(&gy).unwrap(),
+    );
+    let [dy, dgs]: [CudaSlice<f32>; 2] = [(); 2].map(|_| st.alloc_zeros(tt * nn * c).unwrap());
+    let dga: CudaSlice<f32> = st.alloc_zeros(e * heads).unwrap();
+    let cu = |s: u64| p(s).cast_const();
+    // SAFETY: device buffers of the sizes the header asks for, on device 0, allocated on `st`.
+    unsafe {
+        let rc = gshn_aggregate_forward_u8_cuda(
+            GSHN_F32,
+            &g,
+            hi,
+            ti,
+            ci,
+            cu(da.device_ptr(st).0),
+            cu(ds.device_ptr(st).0).cast(),
+            p(dy.device_ptr(st).0),
+            0,
+            st.cu_stream().cast(),
+        );
+        assert_eq!(rc, GSHN_OK);
+        let rc = gshn_aggregate_backward_u8_cuda(
+            GSHN_F32,
+            &g,
+            hi,
+            ti,
+            ci,
+            cu(da.device_ptr(st).0),
+            cu(ds.device_ptr(st).0).cast(),
+            cu(dgy.device_ptr(st).0),
+            p(dga.device_ptr(st).0),
+            p(dgs.device_ptr(st).0),
+            0,
+            st.cu_stream().cast(),
+        );
+        assert_eq!(rc, GSHN_OK);
+    }
+    for (name, got, want) in [
+        ("y", st.clone_dtoh(&dy).unwrap(), y),
+        ("grad_alpha", st.clone_dtoh(&dga).unwrap(), ga),
+        ("grad_s", st.clone_dtoh(&dgs).unwrap(), gs),
+    ] {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let rel = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale;
+        report(
+            &format!("C ABI aggregate u8 {name} on cuda"),
+            rel <= 1e-5,
+            rel as f64,
+            "",
+        );
+        assert!(rel <= 1e-5, "{name}: rel err {rel}");
+    }
+}
