@@ -798,54 +798,25 @@ fn m(shape: impl Into<Shape>, dtype: DType) -> Meta {
     Meta::new(shape, dtype)
 }
 
-fn lif_forward(
+/// `spikes` is written in the float dtype, or as u8 when `u8_spikes` (`LifConfig::u8_spikes`;
+/// the `_u8` entries, whose pointer type is `S` = u8).
+fn lif_forward<S>(
     f: &str,
     mem: Mem,
+    u8_spikes: bool,
     params: *const GshnLifParams,
     dtype: c_int,
     t: i64,
     n: i64,
     x: *const c_void,
-    spikes: *mut c_void,
-    v: *mut c_void,
-    h: *mut c_void,
-) -> Result<(), CErr> {
-    let cfg = lif_config(f, params, false)?;
-    lif_forward_as(f, mem, cfg, dtype, t, n, x, spikes, v, h)
-}
-
-/// [`lif_forward`] writing its spikes as u8 (`LifConfig::u8_spikes`).
-fn lif_forward_u8(
-    f: &str,
-    mem: Mem,
-    params: *const GshnLifParams,
-    dtype: c_int,
-    t: i64,
-    n: i64,
-    x: *const c_void,
-    spikes: *mut u8,
+    spikes: *mut S,
     v: *mut c_void,
     h: *mut c_void,
 ) -> Result<(), CErr> {
     let cfg = LifConfig {
-        u8_spikes: true,
+        u8_spikes,
         ..lif_config(f, params, false)?
     };
-    lif_forward_as(f, mem, cfg, dtype, t, n, x, spikes.cast(), v, h)
-}
-
-fn lif_forward_as(
-    f: &str,
-    mem: Mem,
-    cfg: LifConfig,
-    dtype: c_int,
-    t: i64,
-    n: i64,
-    x: *const c_void,
-    spikes: *mut c_void,
-    v: *mut c_void,
-    h: *mut c_void,
-) -> Result<(), CErr> {
     let dt = dtype_of(f, dtype)?;
     let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
     exec(
@@ -853,7 +824,11 @@ fn lif_forward_as(
         mem,
         Op::Lif(cfg),
         vec![(Src::Ptr(x, "x"), m([t, n], dt))],
-        vec![dst_opt(spikes, "spikes"), dst_opt(v, "v"), dst(h, "h")],
+        vec![
+            dst_opt(spikes.cast(), "spikes"),
+            dst_opt(v, "v"),
+            dst(h, "h"),
+        ],
     )
 }
 
@@ -1037,6 +1012,12 @@ fn gat_backward(
         outs.push(dst_opt(grad_edge_bias, "grad_edge_bias"));
     }
     exec(f, mem, Op::GatBackward(at), all, outs)
+}
+
+/// (the float dtype, the dtype of the spikes `s`).
+fn spike_types(f: &str, dtype: c_int, u8_spikes: bool) -> Result<(DType, DType), CErr> {
+    let dt = dtype_of(f, dtype)?;
+    Ok((dt, if u8_spikes { DType::U8 } else { dt }))
 }
 
 fn agg_inputs(
@@ -1286,16 +1267,18 @@ fn run_infonce_backward(
 
 // ---- exported symbols: one _cpu and one _cuda per entry --------------------------------------
 
-// `export!(/// docs, cpu, cuda, imp, (args))`: the docs go to both functions, each with a line
-// on its memory space appended.
+// `export!(/// docs, cpu, cuda, imp [consts], (args))`: the docs go to both functions, each with
+// a line on its memory space appended; `imp` gets the name, the memory space, the constants
+// (e.g. whether the spikes are u8) and the arguments.
 macro_rules! export {
-    ($(#[$doc:meta])* $cpu:ident, $cuda:ident, $imp:ident, ( $($a:ident : $t:ty),* $(,)? )) => {
+    ($(#[$doc:meta])* $cpu:ident, $cuda:ident, $imp:ident $([$($x:expr),*])?,
+     ( $($a:ident : $t:ty),* $(,)? )) => {
         $(#[$doc])*
         ///
         /// Host pointers for every buffer.
         #[no_mangle]
         pub unsafe extern "C" fn $cpu($($a: $t),*) -> c_int {
-            ffi(stringify!($cpu), || $imp(stringify!($cpu), Mem::Host, $($a),*))
+            ffi(stringify!($cpu), || $imp(stringify!($cpu), Mem::Host, $($($x,)*)? $($a),*))
         }
         $(#[$doc])*
         ///
@@ -1303,7 +1286,8 @@ macro_rules! export {
         /// graph's index arrays; ordered on the caller's `stream` (NULL = legacy default stream).
         #[no_mangle]
         pub unsafe extern "C" fn $cuda($($a: $t,)* device: c_int, stream: *mut c_void) -> c_int {
-            ffi(stringify!($cuda), || $imp(stringify!($cuda), Mem::Cuda { device, stream }, $($a),*))
+            let mem = Mem::Cuda { device, stream };
+            ffi(stringify!($cuda), || $imp(stringify!($cuda), mem, $($($x,)*)? $($a),*))
         }
     };
 }
@@ -1312,7 +1296,7 @@ export!(
     /// LIF forward (DESIGN §3.1). In: `x[T, N]`. Written: `spikes[T, N]` (optional), `v[T, N]`
     /// membrane after reset (optional), `h[T, N]` membrane before firing (required: the
     /// backward's saved tensor).
-    gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward, (
+    gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward [false], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
 ));
@@ -1320,7 +1304,7 @@ export!(
     /// [`gshn_lif_forward_cpu`] writing `spikes[T, N]` as u8, exactly 0 or 1 (one byte per
     /// spike: the aggregation's `_u8` entries and the backward's inputs are unchanged, since
     /// the backward recomputes the spikes from `h`).
-    gshn_lif_forward_u8_cpu, gshn_lif_forward_u8_cuda, lif_forward_u8, (
+    gshn_lif_forward_u8_cpu, gshn_lif_forward_u8_cuda, lif_forward [true], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     x: *const c_void, spikes: *mut u8, v: *mut c_void, h: *mut c_void,
 ));
@@ -1358,14 +1342,14 @@ export!(
     /// Fixed-attention aggregation (DESIGN §3.3): `y[t, i, c]` = Σ over edges k into i of
     /// `alpha[k, c / (C/H)] s[t, src_k, c]`, C a multiple of H. In: `alpha[E, H]` (CSR edge
     /// order), `s[T, N, C]`. Written: `y[T, N, C]`.
-    gshn_aggregate_forward_cpu, gshn_aggregate_forward_cuda, aggregate_forward, (
+    gshn_aggregate_forward_cpu, gshn_aggregate_forward_cuda, aggregate_forward [false], (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const c_void, y: *mut c_void,
 ));
 export!(
     /// Aggregation backward. In: `alpha`, `s`, `grad_y[T, N, C]`. Written: `grad_alpha[E, H]`
     /// (optional), `grad_s[T, N, C]` (optional).
-    gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward, (
+    gshn_aggregate_backward_cpu, gshn_aggregate_backward_cuda, aggregate_backward [false], (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const c_void, grad_y: *const c_void,
     grad_alpha: *mut c_void, grad_s: *mut c_void,
@@ -1373,14 +1357,14 @@ export!(
 export!(
     /// [`gshn_aggregate_forward_cpu`] on u8 spikes `s[T, N, C]` (0 or 1, as
     /// `gshn_lif_forward_u8_*` writes them), read exactly as the float dtype of `alpha` and `y`.
-    gshn_aggregate_forward_u8_cpu, gshn_aggregate_forward_u8_cuda, aggregate_forward_u8, (
+    gshn_aggregate_forward_u8_cpu, gshn_aggregate_forward_u8_cuda, aggregate_forward [true], (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const u8, y: *mut c_void,
 ));
 export!(
     /// [`gshn_aggregate_backward_cpu`] on u8 spikes `s`: `grad_s[T, N, C]` (optional) is in
     /// the float dtype (the gradient LIF's backward takes as `grad_spikes`).
-    gshn_aggregate_backward_u8_cpu, gshn_aggregate_backward_u8_cuda, aggregate_backward_u8, (
+    gshn_aggregate_backward_u8_cpu, gshn_aggregate_backward_u8_cuda, aggregate_backward [true], (
     dtype: c_int, graph: *const GshnGraph, heads: i64, t: i64, c: i64,
     alpha: *const c_void, s: *const u8, grad_y: *const c_void,
     grad_alpha: *mut c_void, grad_s: *mut c_void,
@@ -1425,136 +1409,47 @@ export!(
     grad_a: *mut c_void, grad_p: *mut c_void, grad_logit_scale: *mut c_void,
 ));
 
-fn aggregate_forward(
+/// `s` is in the float dtype, or u8 spikes when `u8_spikes` (the `_u8` entries, whose pointer
+/// type is `S` = u8: read exactly as the float dtype).
+fn aggregate_forward<S>(
     f: &str,
     mem: Mem,
+    u8_spikes: bool,
     dtype: c_int,
     graph: *const GshnGraph,
     heads: i64,
     t: i64,
     c: i64,
     alpha: *const c_void,
-    s: *const c_void,
+    s: *const S,
     y: *mut c_void,
 ) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
-    aggregate_forward_as(f, mem, (dt, dt), graph, heads, t, c, alpha, s, y)
-}
-
-/// [`aggregate_forward`] reading u8 spikes `s`.
-fn aggregate_forward_u8(
-    f: &str,
-    mem: Mem,
-    dtype: c_int,
-    graph: *const GshnGraph,
-    heads: i64,
-    t: i64,
-    c: i64,
-    alpha: *const c_void,
-    s: *const u8,
-    y: *mut c_void,
-) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
+    let types = spike_types(f, dtype, u8_spikes)?;
     let s = s.cast();
-    aggregate_forward_as(f, mem, (dt, DType::U8), graph, heads, t, c, alpha, s, y)
-}
-
-/// `types` = (the dtype of the float buffers, the dtype of `s`).
-fn aggregate_forward_as(
-    f: &str,
-    mem: Mem,
-    types: (DType, DType),
-    graph: *const GshnGraph,
-    heads: i64,
-    t: i64,
-    c: i64,
-    alpha: *const c_void,
-    s: *const c_void,
-    y: *mut c_void,
-) -> Result<(), CErr> {
     let (ins, gr, _) = agg_inputs(f, types, graph, heads, t, c, alpha, s)?;
     let args = agg_args(&ins, &gr, None)?;
     exec(f, mem, Op::Aggregate, owned(args.list()), vec![dst(y, "y")])
 }
 
-fn aggregate_backward(
+/// As [`aggregate_forward`]; `grad_s` is in the float dtype also for u8 spikes (the gradient
+/// LIF's backward takes as `grad_spikes`).
+fn aggregate_backward<S>(
     f: &str,
     mem: Mem,
+    u8_spikes: bool,
     dtype: c_int,
     graph: *const GshnGraph,
     heads: i64,
     t: i64,
     c: i64,
     alpha: *const c_void,
-    s: *const c_void,
+    s: *const S,
     grad_y: *const c_void,
     grad_alpha: *mut c_void,
     grad_s: *mut c_void,
 ) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
-    let grads = (grad_alpha, grad_s);
-    aggregate_backward_as(
-        f,
-        mem,
-        (dt, dt),
-        graph,
-        heads,
-        t,
-        c,
-        alpha,
-        s,
-        grad_y,
-        grads,
-    )
-}
-
-/// [`aggregate_backward`] reading u8 spikes `s`; `grad_s` is in the float dtype.
-fn aggregate_backward_u8(
-    f: &str,
-    mem: Mem,
-    dtype: c_int,
-    graph: *const GshnGraph,
-    heads: i64,
-    t: i64,
-    c: i64,
-    alpha: *const c_void,
-    s: *const u8,
-    grad_y: *const c_void,
-    grad_alpha: *mut c_void,
-    grad_s: *mut c_void,
-) -> Result<(), CErr> {
-    let dt = dtype_of(f, dtype)?;
-    let (s, grads) = (s.cast(), (grad_alpha, grad_s));
-    aggregate_backward_as(
-        f,
-        mem,
-        (dt, DType::U8),
-        graph,
-        heads,
-        t,
-        c,
-        alpha,
-        s,
-        grad_y,
-        grads,
-    )
-}
-
-/// `types` as in [`aggregate_forward_as`]; `grads` = (grad_alpha, grad_s).
-fn aggregate_backward_as(
-    f: &str,
-    mem: Mem,
-    types: (DType, DType),
-    graph: *const GshnGraph,
-    heads: i64,
-    t: i64,
-    c: i64,
-    alpha: *const c_void,
-    s: *const c_void,
-    grad_y: *const c_void,
-    (grad_alpha, grad_s): (*mut c_void, *mut c_void),
-) -> Result<(), CErr> {
-    let dt = types.0;
+    let types = spike_types(f, dtype, u8_spikes)?;
+    let (dt, s) = (types.0, s.cast());
     let (ins, gr, [t, n, c]) = agg_inputs(f, types, graph, heads, t, c, alpha, s)?;
     let grad_y = (Src::Ptr(grad_y, "grad_y"), m([t, n, c], dt));
     let all = owned(agg_args(&ins, &gr, Some(&grad_y))?.list());
