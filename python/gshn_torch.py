@@ -245,10 +245,15 @@ class _Spec:
             also = " (or uint8 spikes)" if spikes else ""
             raise TypeError(f"{self.op}: {name} must be float32, float64, bfloat16 or float16"
                             f"{also}, got {t.dtype}")
-        if self.first is None and not stat and not u8:
-            self.first = (name, t)
-        self.seen.append((name, t, "u8" if u8 else "stat" if stat else "data"))
-        self._one_device_and_dtype()
+        kind = "u8" if u8 else "stat" if stat else "data"
+        if self.first is None:
+            self.seen.append((name, t, kind))  # checked once the first data tensor comes
+            if kind == "data":
+                self.first = (name, t)
+                for seen in self.seen:
+                    self._one_device_and_dtype(*seen)
+        else:
+            self._one_device_and_dtype(name, t, kind)
         rest = shape[-1:] == (...,)
         fixed = shape[:-1] if rest else shape
         ok = t.dim() >= len(fixed) if rest else t.dim() == len(fixed)
@@ -261,22 +266,20 @@ class _Spec:
             raise ValueError(f"{self.op}: {name} must have shape [{want}], got {list(t.shape)}")
         return t.contiguous()
 
-    def _one_device_and_dtype(self):
+    def _one_device_and_dtype(self, name, t, kind):
         """The library takes one dtype for all buffers (the statistics: float32 in a half
-        call) and reads them all on one device."""
-        if self.first is None:
-            return
+        call; spikes: uint8 too) and reads them all on one device: t against the call's first
+        data tensor."""
         other, f = self.first
-        for name, t, kind in self.seen:
-            if kind == "data" and t.dtype != f.dtype:
-                raise TypeError(f"{self.op}: {name} is {t.dtype} but {other} is {f.dtype} "
-                                "(all tensors of a call share one dtype)")
-            if kind == "stat" and t.dtype != _stat_dtype(f.dtype):
-                raise TypeError(f"{self.op}: {name} is {t.dtype} but must be "
-                                f"{_stat_dtype(f.dtype)} (a statistic of a {f.dtype} call)")
-            if t.device != f.device:
-                raise TypeError(f"{self.op}: {name} is on {t.device} but {other} is on "
-                                f"{f.device} (all tensors of a call share one device)")
+        if kind == "data" and t.dtype != f.dtype:
+            raise TypeError(f"{self.op}: {name} is {t.dtype} but {other} is {f.dtype} "
+                            "(all tensors of a call share one dtype)")
+        if kind == "stat" and t.dtype != _stat_dtype(f.dtype):
+            raise TypeError(f"{self.op}: {name} is {t.dtype} but must be "
+                            f"{_stat_dtype(f.dtype)} (a statistic of a {f.dtype} call)")
+        if t.device != f.device:
+            raise TypeError(f"{self.op}: {name} is on {t.device} but {other} is on "
+                            f"{f.device} (all tensors of a call share one device)")
 
     def scalar(self, name, v):
         """A Python number or a one-element (0-d or [1]) tensor as a 0-d tensor of the call's
@@ -428,15 +431,22 @@ def lif_params(tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=Fa
 # The LIF ops take the neuron's configuration `cfg` as their trailing arguments, in lif_params'
 # order after tau: v_th, v_reset (None = soft reset), decay_input, detach_reset, surrogate, alpha.
 
-def _lif_forward(x, tau, cfg):
-    """(spikes, v, h), each a new tensor shaped like x[T, ...]; tau a float or a tensor."""
+def _lif_forward(x, tau, cfg, u8_spikes=False):
+    """(spikes, v, h), each a new tensor shaped like x[T, ...] (spikes uint8 when `u8_spikes`);
+    tau a float or a tensor."""
     x2, tau = check_lif(x, tau)
     params = lif_params(float(tau), *cfg)
-    s, v, h = _empty(x), _empty(x), _stat(x, x.shape)
+    s, v, h = _lif_outputs(x, u8_spikes)
     if x2.numel():
-        _call("lif_forward", x2, C.byref(params), _dtype(x2), *x2.shape, _p(x2), _p(s), _p(v),
-              _p(h))
+        _call("lif_forward_u8" if u8_spikes else "lif_forward", x2, C.byref(params), _dtype(x2),
+              *x2.shape, _p(x2), _p(s), _p(v), _p(h))
     return s, v, h
+
+
+def _lif_outputs(x, u8_spikes=False):
+    """New (spikes, v, h) of a LIF call on x: the real and the fake kernels' outputs."""
+    s = x.new_empty(x.shape, dtype=torch.uint8) if u8_spikes else _empty(x)
+    return s, _empty(x), _stat(x, x.shape)
 
 
 def _lif_backward(h, grad_spikes, grad_v, tau, cfg):
@@ -468,17 +478,8 @@ def _lif_u8_op(x: Tensor, tau: float, v_th: float, v_reset: Optional[float], dec
                detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
     """gshn::lif writing its spikes as uint8 (exactly 0 or 1; one byte each). No autograd: a
     uint8 tensor carries no gradient in PyTorch (`lif(..., u8_spikes=True)` refuses one)."""
-    x2, tau = check_lif(x, tau)
-    params = lif_params(float(tau), v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
-    s, v, h = _spikes_u8(x), _empty(x), _stat(x, x.shape)
-    if x2.numel():
-        _call("lif_forward_u8", x2, C.byref(params), _dtype(x2), *x2.shape, _p(x2), _p(s),
-              _p(v), _p(h))
-    return s, v, h
-
-
-def _spikes_u8(x):
-    return x.new_empty(x.shape, dtype=torch.uint8)
+    return _lif_forward(x, tau, (v_th, v_reset, decay_input, detach_reset, surrogate, alpha),
+                        u8_spikes=True)
 
 
 @torch.library.custom_op("gshn::plif", mutates_args=())
@@ -510,12 +511,12 @@ def _plif_backward_op(h: Tensor, grad_spikes: Tensor, grad_v: Tensor, tau: Tenso
 @_lif_op.register_fake
 @_plif_op.register_fake
 def _(x, *_):
-    return _empty(x), _empty(x), _stat(x, x.shape)
+    return _lif_outputs(x)
 
 
 @_lif_u8_op.register_fake
 def _(x, *_):
-    return _spikes_u8(x), _empty(x), _stat(x, x.shape)
+    return _lif_outputs(x, u8_spikes=True)
 
 
 @_lif_backward_op.register_fake

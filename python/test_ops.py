@@ -412,6 +412,35 @@ class Precision(unittest.TestCase):
                 f()
 
 
+def compiled_matches_eager(test, f, inputs):
+    """f traced by dynamo with no graph break, and compiled (aot_eager) equal to eager in its
+    output and in the gradients of the inputs that require them."""
+    explained = torch._dynamo.explain(f)(*inputs)
+    test.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
+    torch._dynamo.reset()
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out, ref = cf(*inputs), f(*inputs)
+    torch.testing.assert_close(out, ref)
+    params = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
+    for g, rg in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(g, rg)
+
+
+def toy_model_loss(device):
+    """(loss, inputs): the DDP example's LIF + GAT + InfoNCE model on `device`, its
+    parameters among the inputs so that the check sees their gradients."""
+    cfg = ddp_example.Config(batch=4)
+    torch.manual_seed(0)
+    model = ddp_example.ToyGSHN(cfg).to(device)
+    graph = ddp_example.ring_graph(cfg.nodes, 2 * cfg.batch)
+    x = torch.cat(ddp_example.batch(cfg, 0)).to(device)
+
+    def loss(x, *params):
+        a, p = model(x, graph).split(cfg.batch)
+        return gt.infonce(a, p, model.logit_scale)
+    return loss, [x, *model.parameters()]
+
+
 class Compile(unittest.TestCase):
     """torch.compile(fullgraph=True) traces the gshn functions and ops with no graph break
     (backend aot_eager: dynamo + AOTAutograd with the fake kernels and the backward ops; no
@@ -420,28 +449,8 @@ class Compile(unittest.TestCase):
     def setUp(self):
         torch._dynamo.reset()
 
-    def compiled_matches_eager(self, f, inputs):
-        explained = torch._dynamo.explain(f)(*inputs)
-        self.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
-        torch._dynamo.reset()
-        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
-        out, ref = cf(*inputs), f(*inputs)
-        torch.testing.assert_close(out, ref)
-        params = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
-        for g, rg in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
-            torch.testing.assert_close(g, rg)
-
     def test_tiny_model_lif_gat_infonce(self):
-        cfg = ddp_example.Config(batch=4)
-        torch.manual_seed(0)
-        model = ddp_example.ToyGSHN(cfg)
-        graph = ddp_example.ring_graph(cfg.nodes, 2 * cfg.batch)
-        v1, v2 = ddp_example.batch(cfg, 0)
-
-        def loss(x, *params):  # params: so that the check sees their gradients
-            a, p = model(x, graph).split(cfg.batch)
-            return gt.infonce(a, p, model.logit_scale)
-        self.compiled_matches_eager(loss, [torch.cat([v1, v2]), *model.parameters()])
+        compiled_matches_eager(self, *toy_model_loss("cpu"))
 
     def test_every_function(self):
         ei, g = rand_graph(6, 10)
@@ -460,7 +469,7 @@ class Compile(unittest.TestCase):
             nce = (gt.infonce(a, p[:4], ls) + gt.infonce_1d(a, p, ls, offset=3, precision="bf16")
                    + gt.infonce_gathered(a[2:], p[2:4], a, p[:4], 2, 2.0, precision="tf32"))
             return (spikes * v).sum() + v2.sum() + out.sum() + (y * s).sum() + nce
-        self.compiled_matches_eager(f, [x, tau, z, a_s, a_d, be, al, s, a, p, ls])
+        compiled_matches_eager(self, f, [x, tau, z, a_s, a_d, be, al, s, a, p, ls])
 
 
 def on(device, args):
@@ -578,24 +587,7 @@ class Cuda(unittest.TestCase):
 
     def test_compile_fullgraph_on_cuda(self):
         torch._dynamo.reset()
-        cfg = ddp_example.Config(batch=4)
-        torch.manual_seed(0)
-        model = ddp_example.ToyGSHN(cfg).to(self.DEVICE)
-        graph = ddp_example.ring_graph(cfg.nodes, 2 * cfg.batch)
-        x = torch.cat(ddp_example.batch(cfg, 0)).to(self.DEVICE)
-
-        def loss(x, *params):
-            a, p = model(x, graph).split(cfg.batch)
-            return gt.infonce(a, p, model.logit_scale)
-        params = list(model.parameters())
-        explained = torch._dynamo.explain(loss)(x, *params)
-        self.assertEqual(explained.graph_break_count, 0, explained.break_reasons)
-        torch._dynamo.reset()
-        cf = torch.compile(loss, fullgraph=True, backend="aot_eager")
-        out, ref = cf(x, *params), loss(x, *params)
-        torch.testing.assert_close(out, ref)
-        for g, rg in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
-            torch.testing.assert_close(g, rg)
+        compiled_matches_eager(self, *toy_model_loss(self.DEVICE))
 
 
 class LibrarySearch(unittest.TestCase):
