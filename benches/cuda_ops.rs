@@ -396,6 +396,7 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
         let op = Op::MatMul {
             trans_a: false,
             trans_b: false,
+            row_stride: 1,
         };
         let ms = time(be, reps, || exec(be, &op, &[&a, &b], &mut [&mut c]))?;
         emit(
@@ -441,7 +442,10 @@ fn run(be: &CudaBackend, reps: usize) -> Result<()> {
             empty(be, &[rows], DType::F32)?,
             empty(be, &[rows], DType::F32)?,
         );
-        let op = Op::LayerNorm { eps: 1e-5 };
+        let op = Op::LayerNorm {
+            eps: 1e-5,
+            row_stride: 1,
+        };
         let ms = time(be, reps, || {
             exec(be, &op, &[&x, &gm, &bt], &mut [&mut y, &mut mu, &mut rs])
         })?;

@@ -473,6 +473,7 @@ fn basic_ops_cases() -> Vec<Case> {
                     Op::MatMul {
                         trans_a: ta,
                         trans_b: tb,
+                        row_stride: 1,
                     },
                     vec![rnd(&mut r, &ash, dt), rnd(&mut r, &bsh, dt)],
                     vec![meta(&[m, n], dt)],
@@ -482,6 +483,7 @@ fn basic_ops_cases() -> Vec<Case> {
                     Op::MatMul {
                         trans_a: ta,
                         trans_b: tb,
+                        row_stride: 1,
                     },
                     vec![
                         rnd(&mut r, &[3, ash[0], ash[1]], dt),
@@ -491,11 +493,23 @@ fn basic_ops_cases() -> Vec<Case> {
                 ));
             }
         }
+        // the weight gradient of strided rows (the CPU adds them as in the long batch)
+        cs.push(case(
+            format!("matmul row_stride=24 ta=true {dt:?}"),
+            Op::MatMul {
+                trans_a: true,
+                trans_b: false,
+                row_stride: 24,
+            },
+            vec![rnd(&mut r, &[k, m], dt), rnd(&mut r, &[k, n], dt)],
+            vec![meta(&[m, n], dt)],
+        ));
         cs.push(case(
             format!("matmul k=0 {dt:?}"),
             Op::MatMul {
                 trans_a: false,
                 trans_b: false,
+                row_stride: 1,
             },
             vec![Tensor::zeros([5, 0], dt), Tensor::zeros([0, 7], dt)],
             vec![meta(&[5, 7], dt)],
@@ -655,7 +669,10 @@ fn norm_ops_cases() -> Vec<Case> {
         let (gm, bt) = (rnd(&mut r, &[c], dt), rnd(&mut r, &[c], dt));
         cs.push(case(
             format!("layer_norm {dt:?}"),
-            Op::LayerNorm { eps: 1e-5 },
+            Op::LayerNorm {
+                eps: 1e-5,
+                row_stride: 1,
+            },
             vec![x.clone(), gm.clone(), bt],
             vec![meta(&[rows, c], dt), meta(&[rows], dt), meta(&[rows], dt)],
         ));
@@ -664,7 +681,25 @@ fn norm_ops_cases() -> Vec<Case> {
         let rstd = rand_t(&mut r, &[rows], dt, 0.5, 2.0);
         cs.push(case(
             format!("layer_norm_backward {dt:?}"),
-            Op::LayerNormBackward { eps: 1e-5 },
+            Op::LayerNormBackward {
+                eps: 1e-5,
+                row_stride: 1,
+            },
+            vec![
+                rnd(&mut r, &[rows, c], dt),
+                x.clone(),
+                gm.clone(),
+                mean.clone(),
+                rstd.clone(),
+            ],
+            vec![meta(&[rows, c], dt), meta(&[c], dt), meta(&[c], dt)],
+        ));
+        cs.push(case(
+            format!("layer_norm_backward row_stride=24 {dt:?}"),
+            Op::LayerNormBackward {
+                eps: 1e-5,
+                row_stride: 24,
+            },
             vec![rnd(&mut r, &[rows, c], dt), x.clone(), gm, mean, rstd],
             vec![meta(&[rows, c], dt), meta(&[c], dt), meta(&[c], dt)],
         ));
@@ -1366,6 +1401,7 @@ fn u8_spikes_cases() -> Vec<Case> {
             let op = Op::MatMul {
                 trans_a: ta,
                 trans_b: tb,
+                row_stride: 1,
             };
             cs.push(case(
                 format!("matmul u8 a ta={ta} tb={tb} {dt:?}"),
@@ -1385,6 +1421,7 @@ fn u8_spikes_cases() -> Vec<Case> {
             Op::MatMul {
                 trans_a: false,
                 trans_b: false,
+                row_stride: 1,
             },
             vec![spikes(&mut r, &[3, m, k]), rnd(&mut r, &[3, k, n], dt)],
             vec![meta(&[3, m, n], dt)],

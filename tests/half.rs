@@ -293,7 +293,10 @@ fn half_storage_errors_are_typed() {
     let half_mean = g.input("half_mean", [4], DType::BF16);
     let e = g
         .push(
-            gshn::ops::Op::LayerNormBackward { eps: 1e-5 },
+            gshn::ops::Op::LayerNormBackward {
+                eps: 1e-5,
+                row_stride: 1,
+            },
             &[gy, a, gamma, half_mean, ln.rstd],
         )
         .unwrap_err()

@@ -74,8 +74,14 @@ fn every_op() -> Vec<Op> {
             value: 2.0,
             meta: Meta::new([2, 3], DType::F32),
         },
-        Op::LayerNorm { eps: 1e-5 },
-        Op::LayerNormBackward { eps: 1e-5 },
+        Op::LayerNorm {
+            eps: 1e-5,
+            row_stride: 1,
+        },
+        Op::LayerNormBackward {
+            eps: 1e-5,
+            row_stride: 1,
+        },
         Op::L2Normalize { eps: 1e-6 },
         Op::L2NormalizeBackward { eps: 1e-6 },
         Op::MaskedSoftmax,
@@ -113,7 +119,11 @@ fn every_op() -> Vec<Op> {
         ops.extend([Op::Unary(u), Op::UnaryBackward(u)]);
     }
     for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
-        ops.push(Op::MatMul { trans_a, trans_b });
+        ops.push(Op::MatMul {
+            trans_a,
+            trans_b,
+            row_stride: 1,
+        });
     }
     for r in [
         Reduce::SumLast,

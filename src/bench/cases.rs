@@ -506,6 +506,7 @@ pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> R
             let op = Op::MatMul {
                 trans_a: false,
                 trans_b: false,
+                row_stride: 1,
             };
             Prepared::new(be, op, vec![r(vec![m, k])?, r(vec![k, n])?])
         }
@@ -514,14 +515,22 @@ pub fn prepare(shared: &Arc<AnyBackend>, case: &Case, rng: &mut SplitMix64) -> R
             let (x, gamma, beta) = (r(vec![rows, c])?, r(vec![c])?, r(vec![c])?);
             let eps = 1e-5;
             if fwd {
-                return Prepared::new(be, Op::LayerNorm { eps }, vec![x, gamma, beta]);
+                return Prepared::new(
+                    be,
+                    Op::LayerNorm { eps, row_stride: 1 },
+                    vec![x, gamma, beta],
+                );
             }
-            let mut saved = forward(be, &Op::LayerNorm { eps }, &[&x, &gamma, &beta])?;
+            let mut saved = forward(
+                be,
+                &Op::LayerNorm { eps, row_stride: 1 },
+                &[&x, &gamma, &beta],
+            )?;
             let rstd = take(&mut saved, 2)?;
             let mean = take(&mut saved, 1)?;
             let g = r(vec![rows, c])?;
             let inputs = vec![g, x, gamma, mean, rstd];
-            Prepared::new(be, Op::LayerNormBackward { eps }, inputs)
+            Prepared::new(be, Op::LayerNormBackward { eps, row_stride: 1 }, inputs)
         }
         #[cfg(feature = "model")]
         "step" => Ok(Prepared(Ready::Step(Box::new(step::StepBench::new(

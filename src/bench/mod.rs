@@ -474,6 +474,7 @@ fn gemm_floor(be: &AnyBackend, dt: DType, opts: &Options) -> Result<GemmFloor> {
     let op = Op::MatMul {
         trans_a: false,
         trans_b: false,
+        row_stride: 1,
     };
     let t = time(be, opts.budget, || {
         let ins = [view(&a.0, &a.1), view(&b.0, &b.1)];

@@ -113,7 +113,10 @@ impl Profile {
 
 /// `2·batch·m·n·k` of a matrix product node, 0 for any other.
 fn matmul_flops(graph: &Graph, node: &super::Node) -> f64 {
-    let crate::ops::Op::MatMul { trans_a, trans_b } = node.op else {
+    let crate::ops::Op::MatMul {
+        trans_a, trans_b, ..
+    } = node.op
+    else {
         return 0.0;
     };
     let shape = |i: usize| graph.shape(node.inputs[i]);

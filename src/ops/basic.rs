@@ -275,14 +275,31 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             }
             Ok(vec![Meta::new(inputs[0].shape.clone(), *to)])
         }
-        Op::MatMul { trans_a, trans_b } => {
+        Op::MatMul {
+            trans_a,
+            trans_b,
+            row_stride,
+        } => {
             check::arity(name, inputs, 2)?;
             check::float(name, "a", &inputs[0])?;
             check::same_dtype(name, "a and b", &inputs[0], &inputs[1])?;
-            Ok(vec![Meta::new(
-                MatMulDims::of(&inputs[0].shape, &inputs[1].shape, *trans_a, *trans_b)?.out_shape(),
-                inputs[0].dtype,
-            )])
+            let dims = MatMulDims::of(&inputs[0].shape, &inputs[1].shape, *trans_a, *trans_b)?;
+            match *row_stride {
+                0 => return Err(Error::shape(name, "row_stride must be at least 1")),
+                1 => {}
+                s if dims.batched || (*trans_a && *trans_b) => {
+                    return Err(Error::shape(
+                        name,
+                        format!(
+                            "row_stride {s} needs rank-2 operands, not both transposed \
+                             (a {:?}, b {:?})",
+                            inputs[0].shape, inputs[1].shape
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            Ok(vec![Meta::new(dims.out_shape(), inputs[0].dtype)])
         }
         Op::Reduce(r) => {
             check::arity(name, inputs, 1)?;
@@ -349,13 +366,17 @@ pub(crate) fn grad(
         Op::MatMul {
             trans_a: ta,
             trans_b: tb,
+            row_stride,
         } => {
             let (a, b) = (x[0], x[1]);
+            // Each product below reads the strided rows as the rows of its first operand
+            // (and of its second when it transposes the first), so the stride carries over.
             let mm = |g: &mut Graph, l, r, ta, tb| {
                 g.push1(
                     Op::MatMul {
                         trans_a: ta,
                         trans_b: tb,
+                        row_stride: *row_stride,
                     },
                     &[l, r],
                 )
@@ -419,13 +440,7 @@ impl Graph {
     }
     /// a\[.., M, K\] · b\[.., K, N\] → \[.., M, N\]
     pub fn matmul(&mut self, a: ValueId, b: ValueId) -> Result<ValueId> {
-        self.push1(
-            Op::MatMul {
-                trans_a: false,
-                trans_b: false,
-            },
-            &[a, b],
-        )
+        self.matmul_t(a, b, false, false)
     }
     /// Matmul with either operand read transposed (see [`Op::MatMul`]).
     pub fn matmul_t(
@@ -435,11 +450,37 @@ impl Graph {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<ValueId> {
-        self.push1(Op::MatMul { trans_a, trans_b }, &[a, b])
+        self.push1(
+            Op::MatMul {
+                trans_a,
+                trans_b,
+                row_stride: 1,
+            },
+            &[a, b],
+        )
     }
     /// x\[R, K\] W\[K, N\] + b\[N\]
     pub fn linear(&mut self, x: ValueId, w: ValueId, b: Option<ValueId>) -> Result<ValueId> {
-        let y = self.matmul(x, w)?;
+        self.linear_strided(x, w, b, 1)
+    }
+    /// `linear` of rows taken every `row_stride`-th from a batch `row_stride` times as long
+    /// (the \[CLS\] rows of a token batch): the same values, and a weight gradient with the
+    /// bits of the long batch's (see [`Op::MatMul`]).
+    pub fn linear_strided(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        b: Option<ValueId>,
+        row_stride: usize,
+    ) -> Result<ValueId> {
+        let y = self.push1(
+            Op::MatMul {
+                trans_a: false,
+                trans_b: false,
+                row_stride,
+            },
+            &[x, w],
+        )?;
         match b {
             Some(b) => self.add_bias(y, b),
             None => Ok(y),

@@ -55,6 +55,12 @@ pub enum Op {
         trans_a: bool,
         /// Read `b` transposed (`[N, K]`).
         trans_b: bool,
+        /// 1, or the stride at which `a`'s stored rows (and `b`'s too when `trans_a`) were
+        /// taken from a batch `row_stride` times as long, such as the \[CLS\] rows of a token
+        /// batch (rank 2 only; not with both transposes). The product is the same; a sum over
+        /// those rows (the weight gradient, `trans_a`) adds them where they sat in the long
+        /// batch, zero rows between, so that its bits equal the long batch's product.
+        row_stride: usize,
     },
     /// x → sum or mean over the last axis ([.., C] → [..]) or over everything (→ [])
     Reduce(Reduce),
@@ -122,11 +128,17 @@ pub enum Op {
     LayerNorm {
         /// Added to the variance before the square root.
         eps: f64,
+        /// 1, or the stride at which the rows were taken from a batch `row_stride` times as
+        /// long (as `MatMul`'s): the parameter gradients add the rows in the fixed blocks
+        /// the long batch's rows would fall in, so that their bits equal the long batch's.
+        row_stride: usize,
     },
     /// g, x, gamma, mean, rstd → gx, ggamma, gbeta
     LayerNormBackward {
         /// The forward's epsilon.
         eps: f64,
+        /// The forward's row stride.
+        row_stride: usize,
     },
     /// x[.., C] → y = x / max(‖x‖, eps), norm[..]
     L2Normalize {

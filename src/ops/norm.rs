@@ -35,6 +35,13 @@ fn check_eps(op: &'static str, eps: f64, positive: bool) -> Result<()> {
     Ok(())
 }
 
+fn check_row_stride(op: &'static str, row_stride: usize) -> Result<()> {
+    if row_stride == 0 {
+        return Err(Error::invalid(op, "row_stride must be at least 1"));
+    }
+    Ok(())
+}
+
 /// `x[.., C]` of rank ≥ 1, float.
 fn rows_input(op: &'static str, what: &str, m: &Meta) -> Result<()> {
     check::float(op, what, m)?;
@@ -56,8 +63,9 @@ fn like(op: &'static str, what: &str, m: &Meta, want: &Meta) -> Result<()> {
 pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
     let name = op.name();
     match op {
-        Op::LayerNorm { eps } => {
+        Op::LayerNorm { eps, row_stride } => {
             check_eps(name, *eps, false)?;
+            check_row_stride(name, *row_stride)?;
             check::arity(name, inputs, 3)?;
             let x = &inputs[0];
             rows_input(name, "x", x)?;
@@ -73,8 +81,9 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             let r = Meta::new(row_shape(&x.shape), x.dtype);
             Ok(vec![x.clone(), r.clone(), r])
         }
-        Op::LayerNormBackward { eps } => {
+        Op::LayerNormBackward { eps, row_stride } => {
             check_eps(name, *eps, false)?;
+            check_row_stride(name, *row_stride)?;
             check::arity(name, inputs, 5)?;
             let x = &inputs[1];
             rows_input(name, "x", x)?;
@@ -146,9 +155,9 @@ pub(crate) fn grad(
         return Ok(vec![None; x.len()]);
     };
     Ok(match &node.op {
-        Op::LayerNorm { eps } => {
+        &Op::LayerNorm { eps, row_stride } => {
             let r = g.push(
-                Op::LayerNormBackward { eps: *eps },
+                Op::LayerNormBackward { eps, row_stride },
                 &[gy, x[0], x[1], o[1], o[2]],
             )?;
             vec![Some(r[0]), Some(r[1]), Some(r[2])]
@@ -194,7 +203,21 @@ impl Graph {
         beta: ValueId,
         eps: f64,
     ) -> Result<LayerNormValues> {
-        let o = self.push(Op::LayerNorm { eps }, &[x, gamma, beta])?;
+        self.layer_norm_strided(x, gamma, beta, eps, 1)
+    }
+
+    /// `layer_norm_values` of rows taken every `row_stride`-th from a batch `row_stride`
+    /// times as long: the same values, and parameter gradients with the bits of the long
+    /// batch's (see [`Op::LayerNorm`]).
+    pub fn layer_norm_strided(
+        &mut self,
+        x: ValueId,
+        gamma: ValueId,
+        beta: ValueId,
+        eps: f64,
+        row_stride: usize,
+    ) -> Result<LayerNormValues> {
+        let o = self.push(Op::LayerNorm { eps, row_stride }, &[x, gamma, beta])?;
         Ok(LayerNormValues {
             y: o[0],
             mean: o[1],

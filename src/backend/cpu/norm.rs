@@ -26,7 +26,7 @@ fn rows_per_chunk(c: usize) -> usize {
 
 fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     match op {
-        Op::LayerNorm { eps } => {
+        Op::LayerNorm { eps, .. } => {
             let [y, mean, rstd] = outputs else {
                 return Err(arity(op));
             };
@@ -36,7 +36,7 @@ fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Res
             let (y, mean, rstd) = (write::<T>(y)?, write::<T>(mean)?, write::<T>(rstd)?);
             layer_norm(x, gamma, beta, T::of(*eps), c, y, mean, rstd);
         }
-        Op::LayerNormBackward { .. } => {
+        Op::LayerNormBackward { row_stride, .. } => {
             let [gx, gg, gb] = outputs else {
                 return Err(arity(op));
             };
@@ -46,7 +46,7 @@ fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Res
             let (mean, rstd) = (read::<T>(&inputs[3])?, read::<T>(&inputs[4])?);
             let c = inputs[1].shape.last();
             let (gx, gg, gb) = (write::<T>(gx)?, write::<T>(gg)?, write::<T>(gb)?);
-            layer_norm_backward(g, x, gamma, mean, rstd, c, gx, gg, gb);
+            layer_norm_backward(g, x, gamma, mean, rstd, c, *row_stride, gx, gg, gb);
         }
         Op::L2Normalize { eps } => {
             let [y, norm] = outputs else {
@@ -263,6 +263,7 @@ fn layer_norm_backward<T: Float>(
     mean: &[T],
     rstd: &[T],
     c: usize,
+    row_stride: usize,
     gx: &mut [T],
     gg: &mut [T],
     gb: &mut [T],
@@ -273,14 +274,25 @@ fn layer_norm_backward<T: Float>(
         return;
     }
     let inv_c = T::one() / T::of(c as f64);
-    let partials: Vec<Vec<T>> = gx
-        .par_chunks_mut(LN_BLOCK_ROWS * c)
-        .enumerate()
-        .map(|(bi, gxb)| {
+    // Row r sat at row r·row_stride of the long batch, whose blocks of LN_BLOCK_ROWS rows
+    // the partial sums follow (the long batch's other rows have a zero gradient: no terms).
+    let rows = gx.len() / c;
+    let mut blocks: Vec<(usize, &mut [T])> = Vec::new();
+    let (mut rest, mut first) = (&mut gx[..], 0);
+    while first < rows {
+        let block = first * row_stride / LN_BLOCK_ROWS;
+        let end = ((block + 1) * LN_BLOCK_ROWS).div_ceil(row_stride).min(rows);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * c);
+        blocks.push((first, head));
+        (rest, first) = (tail, end);
+    }
+    let partials: Vec<Vec<T>> = blocks
+        .into_par_iter()
+        .map(|(first, gxb)| {
             let mut part = vec![T::zero(); 2 * c];
             let (pg, pb) = part.split_at_mut(c);
             for (r, gxr) in gxb.chunks_mut(c).enumerate() {
-                let row = bi * LN_BLOCK_ROWS + r;
+                let row = first + r;
                 let (xr, gr) = (&x[row * c..(row + 1) * c], &g[row * c..(row + 1) * c]);
                 let (mu, rs) = (mean[row], rstd[row]);
                 let (mut a, mut b) = (T::zero(), T::zero());

@@ -57,7 +57,10 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
             .dim("n", n)
             .scalar(*value)
             .run(),
-        Op::MatMul { trans_a, trans_b } => matmul(&k, ins, *trans_a, *trans_b, y),
+        // the row stride fixes the CPU's order of addition only
+        Op::MatMul {
+            trans_a, trans_b, ..
+        } => matmul(&k, ins, *trans_a, *trans_b, y),
         Op::Reduce(r) => reduce(&k, *r, ins, y),
         Op::ReduceBackward(r, full) => {
             let n = full.numel();

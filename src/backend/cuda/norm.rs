@@ -9,7 +9,7 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
     let k = Kernels::float(be, op, outs[0].dtype)?;
     let y = outs[0].ptr;
     match op {
-        Op::LayerNorm { eps } => {
+        Op::LayerNorm { eps, .. } => {
             let (rows, c) = (ins[0].shape.rows(), ins[0].shape.last());
             k.warps("layernorm_fwd", rows)
                 .input(&ins[0])
