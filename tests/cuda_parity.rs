@@ -493,17 +493,6 @@ fn basic_ops_cases() -> Vec<Case> {
                 ));
             }
         }
-        // the weight gradient of strided rows (the CPU adds them as in the long batch)
-        cs.push(case(
-            format!("matmul row_stride=24 ta=true {dt:?}"),
-            Op::MatMul {
-                trans_a: true,
-                trans_b: false,
-                row_stride: 24,
-            },
-            vec![rnd(&mut r, &[k, m], dt), rnd(&mut r, &[k, n], dt)],
-            vec![meta(&[m, n], dt)],
-        ));
         cs.push(case(
             format!("matmul k=0 {dt:?}"),
             Op::MatMul {

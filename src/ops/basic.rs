@@ -287,13 +287,13 @@ pub(crate) fn infer(op: &Op, inputs: &[Meta]) -> Result<Vec<Meta>> {
             match *row_stride {
                 0 => return Err(Error::shape(name, "row_stride must be at least 1")),
                 1 => {}
-                s if dims.batched || (*trans_a && *trans_b) => {
+                s if dims.batched || *trans_a => {
                     return Err(Error::shape(
                         name,
                         format!(
-                            "row_stride {s} needs rank-2 operands, not both transposed \
-                             (a {:?}, b {:?})",
-                            inputs[0].shape, inputs[1].shape
+                            "row_stride {s} needs a rank-2 `a` that is not transposed, got {:?}{}",
+                            inputs[0].shape,
+                            if *trans_a { "ᵀ" } else { "" }
                         ),
                     ))
                 }
@@ -369,21 +369,21 @@ pub(crate) fn grad(
             row_stride,
         } => {
             let (a, b) = (x[0], x[1]);
-            // Each product below reads the strided rows as the rows of its first operand
-            // (and of its second when it transposes the first), so the stride carries over.
-            let mm = |g: &mut Graph, l, r, ta, tb| {
-                g.push1(
-                    Op::MatMul {
-                        trans_a: ta,
-                        trans_b: tb,
-                        row_stride: *row_stride,
-                    },
-                    &[l, r],
-                )
-            };
+            let mm = |g: &mut Graph, l, r, ta, tb| g.matmul_t(l, r, ta, tb);
+            // With strided rows (a, and so gy), the sum over them runs over the long batch.
+            let s = *row_stride;
+            let long = |g: &mut Graph, v| if s > 1 { spread_rows(g, v, s) } else { Ok(v) };
             let (ga, gb) = match (*ta, *tb) {
-                (false, false) => (mm(g, gy, b, false, true)?, mm(g, a, gy, true, false)?),
-                (false, true) => (mm(g, gy, b, false, false)?, mm(g, gy, a, true, false)?),
+                (false, false) => {
+                    let ga = g.matmul_strided(gy, b, false, true, s)?;
+                    let (a, gy) = (long(g, a)?, long(g, gy)?);
+                    (ga, mm(g, a, gy, true, false)?)
+                }
+                (false, true) => {
+                    let ga = g.matmul_strided(gy, b, false, false, s)?;
+                    let (a, gy) = (long(g, a)?, long(g, gy)?);
+                    (ga, mm(g, gy, a, true, false)?)
+                }
                 (true, false) => (mm(g, b, gy, false, true)?, mm(g, a, gy, false, false)?),
                 (true, true) => (mm(g, b, gy, true, true)?, mm(g, gy, a, true, true)?),
             };
@@ -394,6 +394,21 @@ pub(crate) fn grad(
         )],
         op => return Err(Error::graph(format!("{} has no gradient rule", op.name()))),
     })
+}
+
+/// `x[R, C]` as the rows every `stride`-th of `[R·stride, C]`, zeros between them.
+fn spread_rows(g: &mut Graph, x: ValueId, stride: usize) -> Result<ValueId> {
+    let m = g.meta(x)?.clone();
+    let (rows, cols) = (m.shape.at(0), m.shape.at(1));
+    let zeros = g.push1(
+        Op::Fill {
+            value: 0.0,
+            meta: Meta::new([rows, (stride - 1) * cols], m.dtype),
+        },
+        &[],
+    )?;
+    let wide = g.concat(&[x, zeros], 1)?;
+    g.reshape(wide, [rows * stride, cols])
 }
 
 /// Builders for the basic ops.
@@ -450,11 +465,23 @@ impl Graph {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<ValueId> {
+        self.matmul_strided(a, b, trans_a, trans_b, 1)
+    }
+    /// `matmul_t` whose `a` rows were taken every `row_stride`-th from a longer batch (see
+    /// [`Op::MatMul`]).
+    pub fn matmul_strided(
+        &mut self,
+        a: ValueId,
+        b: ValueId,
+        trans_a: bool,
+        trans_b: bool,
+        row_stride: usize,
+    ) -> Result<ValueId> {
         self.push1(
             Op::MatMul {
                 trans_a,
                 trans_b,
-                row_stride: 1,
+                row_stride,
             },
             &[a, b],
         )
@@ -473,14 +500,7 @@ impl Graph {
         b: Option<ValueId>,
         row_stride: usize,
     ) -> Result<ValueId> {
-        let y = self.push1(
-            Op::MatMul {
-                trans_a: false,
-                trans_b: false,
-                row_stride,
-            },
-            &[x, w],
-        )?;
+        let y = self.matmul_strided(x, w, false, false, row_stride)?;
         match b {
             Some(b) => self.add_bias(y, b),
             None => Ok(y),

@@ -55,11 +55,11 @@ pub enum Op {
         trans_a: bool,
         /// Read `b` transposed (`[N, K]`).
         trans_b: bool,
-        /// 1, or the stride at which `a`'s stored rows (and `b`'s too when `trans_a`) were
-        /// taken from a batch `row_stride` times as long, such as the \[CLS\] rows of a token
-        /// batch (rank 2 only; not with both transposes). The product is the same; a sum over
-        /// those rows (the weight gradient, `trans_a`) adds them where they sat in the long
-        /// batch, zero rows between, so that its bits equal the long batch's product.
+        /// 1, or the stride at which the rows of `a` (not transposed, rank 2) were taken
+        /// from a batch `row_stride` times as long, such as the \[CLS\] rows of a token batch.
+        /// The product is the same. The gradient with respect to `b`, a sum over those rows,
+        /// is the long batch's product, zero rows between them, so that its bits are the
+        /// long batch's.
         row_stride: usize,
     },
     /// x → sum or mean over the last axis ([.., C] → [..]) or over everything (→ [])

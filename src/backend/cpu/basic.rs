@@ -43,31 +43,10 @@ fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Res
         Op::UnaryBackward(u) => unary_backward::<T>(*u, read(&inputs[0])?, read(&inputs[1])?, y),
         Op::StopGradient => y.copy_from_slice(read(&inputs[0])?),
         Op::Fill { value, .. } => y.fill(T::of(*value)),
+        // the row stride only shapes the gradient (see `Op::MatMul`)
         Op::MatMul {
-            trans_a,
-            trans_b,
-            row_stride,
-        } => {
-            let dims = MatMulDims::of(inputs[0].shape, inputs[1].shape, *trans_a, *trans_b)?;
-            let (a, b) = (read::<T>(&inputs[0])?, read::<T>(&inputs[1])?);
-            if *row_stride > 1 && *trans_a {
-                // The sum runs over the strided rows: lay both operands out as the long batch.
-                let s = *row_stride;
-                let long = MatMulDims {
-                    k: dims.k * s,
-                    a_rows: dims.a_rows * s,
-                    b_rows: dims.b_rows * s,
-                    ..dims
-                };
-                let (a, b) = (
-                    spread_rows(a, dims.a_cols, s),
-                    spread_rows(b, dims.b_cols, s),
-                );
-                matmul(&a, &b, &long, true, false, y)
-            } else {
-                matmul(a, b, &dims, *trans_a, *trans_b, y)
-            }
-        }
+            trans_a, trans_b, ..
+        } => matmul::<T>(&inputs[0], &inputs[1], *trans_a, *trans_b, y)?,
         Op::Reduce(r) => reduce::<T>(*r, read(&inputs[0])?, inputs[0].shape.last(), y),
         Op::ReduceBackward(r, full) => {
             let g = read::<T>(&inputs[0])?;
@@ -209,19 +188,9 @@ fn sum<T: Float>(x: &[T]) -> T {
     s
 }
 
-/// Rows of `cols` elements placed every `stride`-th row of `stride` times as many, zeros
-/// between them.
-fn spread_rows<T: Float>(x: &[T], cols: usize, stride: usize) -> Vec<T> {
-    let mut long = vec![T::zero(); x.len() * stride];
-    for (long, row) in long.chunks_mut(cols * stride).zip(x.chunks(cols)) {
-        long[..cols].copy_from_slice(row);
-    }
-    long
-}
-
 /// (Batched) matrix product through the `gemm` crate; transposes are strides.
-fn matmul<T: Float>(a: &[T], b: &[T], dims: &MatMulDims, ta: bool, tb: bool, y: &mut [T]) {
-    let &MatMulDims {
+fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -> Result<()> {
+    let MatMulDims {
         batch,
         m,
         k,
@@ -231,7 +200,8 @@ fn matmul<T: Float>(a: &[T], b: &[T], dims: &MatMulDims, ta: bool, tb: bool, y: 
         b_rows: br,
         b_cols: bc,
         ..
-    } = dims;
+    } = MatMulDims::of(a.shape, b.shape, ta, tb)?;
+    let (a, b) = (read::<T>(a)?, read::<T>(b)?);
     // Row-major [rows, cols]: row stride = cols, column stride = 1; a transpose swaps them.
     let (a_rs, a_cs) = if ta {
         (1, ac as isize)
@@ -287,4 +257,5 @@ fn matmul<T: Float>(a: &[T], b: &[T], dims: &MatMulDims, ta: bool, tb: bool, y: 
             );
         }
     }
+    Ok(())
 }
