@@ -275,6 +275,14 @@ impl Backend for AnyBackend {
     #[cfg(not(feature = "cuda"))]
     type Recording = std::convert::Infallible;
 
+    fn run_many(&self, ops: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        match self {
+            AnyBackend::Cpu(b) => b.run_many(ops),
+            #[cfg(feature = "cuda")]
+            AnyBackend::Cuda(b) => b.run_many(ops),
+        }
+    }
+
     fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
         match self {
             AnyBackend::Cpu(b) => b.record(run).map(|r| r.map(|never| match never {})),

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{DType, Meta, Shape, Tensor};
 
-pub use cpu::CpuBackend;
+pub use cpu::{BusyWorkers, CpuBackend};
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaBuffer, Lent};
 pub use device::{cuda_available, AnyBackend, AnyBuffer, Device};
@@ -222,6 +222,11 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Runs `ops`, many ops in a row (an executor's run), as this backend runs them best:
+    /// the CPU keeps its pool's workers busy meanwhile ([`CpuBackend::busy_workers`]).
+    fn run_many(&self, ops: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        ops()
+    }
     /// The device work of one [`Backend::record`]ed call, kept to be replayed (a CUDA graph).
     type Recording;
     /// Runs `run` once, then records the device work it queues so that [`Backend::replay`] can
@@ -285,6 +290,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         (**self).synchronize()
     }
     type Recording = B::Recording;
+    fn run_many(&self, ops: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        (**self).run_many(ops)
+    }
     fn record(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Recording>> {
         (**self).record(run)
     }

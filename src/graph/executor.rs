@@ -256,6 +256,10 @@ struct Nodes<'a, B: Backend> {
 impl<B: Backend> Nodes<'_, B> {
     /// Runs the schedule (or its forward part) op by op.
     fn run(&mut self, backend: &B, forward_only: bool) -> Result<()> {
+        backend.run_many(&mut || self.run_ops(backend, forward_only))
+    }
+
+    fn run_ops(&mut self, backend: &B, forward_only: bool) -> Result<()> {
         let Nodes {
             homes,
             check_finite,

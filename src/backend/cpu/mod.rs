@@ -16,6 +16,8 @@ use super::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::ops::{Family, Op};
 use crate::tensor::{DType, Element, Shape, Storage, Tensor};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Float element type of the CPU kernels.
 pub trait Float:
@@ -326,6 +328,65 @@ impl CpuBackend {
             .build_global()
             .map_err(|e| Error::invalid("cpu pool", e.to_string()))
     }
+
+    /// Keeps the other workers of the calling thread's pool (or of the global pool) looking
+    /// for work without pause until the returned guard drops, instead of letting them fall
+    /// asleep between parallel loops. An executor's run holds one ([`Backend::run_many`]).
+    ///
+    /// Why: an idle rayon worker sleeps after a few dozen yields, and waking it costs tens
+    /// of microseconds (more on a VM, where the idle core is halted). A training step runs
+    /// hundreds of parallel loops, each of which then starts on one thread: the default step
+    /// at batch 64 runs 15 % faster on a 2-core VM with the workers kept busy (400 context
+    /// switches a step fall to 40; BENCHMARKS.md). The price: those cores spin while the
+    /// guard lives. Results are the same bit for bit (no kernel's arithmetic depends on
+    /// which thread runs it).
+    pub fn busy_workers() -> BusyWorkers {
+        let state = Arc::new(Keepers::default());
+        let (keepers, here) = (state.clone(), rayon::current_thread_index());
+        rayon::spawn_broadcast(move |worker| {
+            // never on the thread that holds the guard: it would spin instead of working
+            if Some(worker.index()) == here {
+                return;
+            }
+            keepers.started.fetch_add(1, Ordering::Relaxed);
+            keepers.spinning.fetch_add(1, Ordering::Relaxed);
+            let mut worked = std::time::Instant::now();
+            while !keepers.stop.load(Ordering::Relaxed) && worked.elapsed() < BUSY_LEASE {
+                match rayon::yield_now() {
+                    Some(rayon::Yield::Executed) => worked = std::time::Instant::now(),
+                    _ => std::hint::spin_loop(),
+                }
+            }
+            keepers.spinning.fetch_sub(1, Ordering::Relaxed);
+        });
+        BusyWorkers(state)
+    }
+}
+
+/// How long a busy worker goes on looking for work after its last job. Rayon may start a
+/// keeper inside a job the worker runs (while that job waits on another thread); the job
+/// then goes on once the keeper finds no work for this long, so that a keeper never holds
+/// up the work it was meant to speed (several threads running executors at once).
+const BUSY_LEASE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// While it lives, the pool's workers look for work without pause
+/// ([`CpuBackend::busy_workers`]).
+#[must_use = "the workers go back to sleeping when it drops"]
+#[derive(Debug)]
+pub struct BusyWorkers(Arc<Keepers>);
+
+#[derive(Debug, Default)]
+struct Keepers {
+    stop: AtomicBool,
+    /// Workers that took up the guard's broadcast, and those spinning now.
+    started: AtomicUsize,
+    spinning: AtomicUsize,
+}
+
+impl Drop for BusyWorkers {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Backend for CpuBackend {
@@ -335,6 +396,11 @@ impl Backend for CpuBackend {
 
     fn replay(&self, rec: &Self::Recording, _host: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         match *rec {}
+    }
+
+    fn run_many(&self, ops: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _busy = CpuBackend::busy_workers();
+        ops()
     }
 
     fn name(&self) -> String {
@@ -407,5 +473,68 @@ impl Backend for CpuBackend {
             Family::Segment => segment::execute(op, inputs, outputs),
             Family::Optim => optim::execute(op, inputs, outputs),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let t0 = std::time::Instant::now();
+        while !done() {
+            assert!(t0.elapsed().as_secs() < 20, "timed out waiting: {what}");
+            std::hint::spin_loop();
+        }
+    }
+
+    fn sum_in_parallel() {
+        let sum: u64 = (0..1_000_000u64).into_par_iter().map(|i| i % 7).sum();
+        assert_eq!(sum, (0..1_000_000u64).map(|i| i % 7).sum::<u64>());
+    }
+
+    #[test]
+    fn busy_workers_spin_while_the_guard_lives_and_never_on_its_thread() {
+        for threads in [1, 2, 3] {
+            // a thread that is worker 0 of its pool, as `gshn`'s main is of the global one
+            std::thread::spawn(move || {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .use_current_thread()
+                    .build()
+                    .unwrap();
+                let guard = CpuBackend::busy_workers();
+                let keepers = guard.0.clone();
+                let started = || keepers.started.load(Ordering::Relaxed);
+                wait_until("the other workers spin", || started() == threads - 1);
+                sum_in_parallel();
+                assert_eq!(started(), threads - 1, "a keeper ran on the guard's thread");
+                drop(guard);
+                wait_until("the workers stop", || {
+                    keepers.spinning.load(Ordering::Relaxed) == 0
+                });
+                drop(pool);
+            })
+            .join()
+            .unwrap();
+        }
+    }
+
+    /// Threads outside the pool (as the test harness's), each running parallel loops under
+    /// its own guard: rayon may start a keeper inside a job that another thread waits for;
+    /// the lease lets the job go on (without it this deadlocks).
+    #[test]
+    fn busy_workers_of_several_threads_never_hold_up_each_others_work() {
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        let _busy = CpuBackend::busy_workers();
+                        sum_in_parallel();
+                    }
+                });
+            }
+        });
     }
 }
