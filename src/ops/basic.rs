@@ -396,19 +396,21 @@ pub(crate) fn grad(
     })
 }
 
-/// `x[R, C]` as the rows every `stride`-th of `[R·stride, C]`, zeros between them.
+/// `x[R, C]` as the rows every `stride`-th of `[R·stride, C]`, zeros between them (one
+/// pass: the gradient of taking the first of every `stride` rows).
 fn spread_rows(g: &mut Graph, x: ValueId, stride: usize) -> Result<ValueId> {
-    let m = g.meta(x)?.clone();
-    let (rows, cols) = (m.shape.at(0), m.shape.at(1));
-    let zeros = g.push1(
-        Op::Fill {
-            value: 0.0,
-            meta: Meta::new([rows, (stride - 1) * cols], m.dtype),
+    let shape = g.shape(x)?.clone();
+    let (rows, cols) = (shape.at(0), shape.at(1));
+    let x = g.reshape(x, [rows, 1, cols])?;
+    let long = g.push1(
+        Op::SliceBackward {
+            axis: 1,
+            start: 0,
+            full: [rows, stride, cols].into(),
         },
-        &[],
+        &[x],
     )?;
-    let wide = g.concat(&[x, zeros], 1)?;
-    g.reshape(wide, [rows * stride, cols])
+    g.reshape(long, [rows * stride, cols])
 }
 
 /// Builders for the basic ops.

@@ -213,24 +213,19 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
     } else {
         (bc as isize, 1)
     };
-    let par = if m * n * k >= 1 << 15 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    for i in 0..batch {
-        let (ap, bp, yp) = (
-            &a[i * ar * ac..],
-            &b[i * br * bc..],
-            &mut y[i * m * n..(i + 1) * m * n],
-        );
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    // One product of a batch: `gemm` itself parallel when it is large enough; small ones
+    // (the attention's per-head products) run side by side instead. Each product's
+    // arithmetic is the same either way.
+    let large = m * n * k >= 1 << 15;
+    let product = |i: usize, yp: &mut [T]| {
         if k == 0 {
             yp.fill(T::zero());
-            continue;
+            return;
         }
-        if m == 0 || n == 0 {
-            continue;
-        }
+        let (ap, bp) = (&a[i * ar * ac..], &b[i * br * bc..]);
         // SAFETY: the pointers and strides describe the in-bounds matrices checked by the
         // shape rule (a: m×k, b: k×n, y: m×n, row-major with optional transposes).
         unsafe {
@@ -253,9 +248,22 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
                 false,
                 false,
                 false,
-                par,
+                match large {
+                    true => gemm::Parallelism::Rayon(0),
+                    false => gemm::Parallelism::None,
+                },
             );
         }
+    };
+    let y = &mut y[..batch * m * n];
+    if large || batch == 1 {
+        y.chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, yp)| product(i, yp));
+    } else {
+        y.par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(|(i, yp)| product(i, yp));
     }
     Ok(())
 }
