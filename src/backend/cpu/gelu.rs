@@ -1,15 +1,17 @@
-//! Exact GELU on f32 storage, bit for bit the reference, several times faster (AVX2).
+//! Exact GELU on f32 storage, bit for bit the reference, several times faster (AVX2 or
+//! AVX-512).
 //!
 //! The reference ([`Unary::forward`], [`Unary::derivative`]) evaluates `erf` in f64 one
 //! element at a time (libm, a branch per range) and rounds the result to f32. Here four
-//! elements go at once in AVX2 registers: each range of libm's `erf` (the same formulas and
-//! constants, with an `exp` of Cody–Waite reduction and Taylor to degree 13) is evaluated in
-//! f64 for the four lanes when any of them needs it, and each lane selects its own. That f64
-//! result is within a
-//! bounded distance of the reference's f64 result; whenever the bound straddles an f32
-//! rounding boundary (a few elements in a million), the element is computed by the
-//! reference itself. So the f32 outputs are the reference's exactly, and every recorded
-//! number stays as it was. CPUs without AVX2 run the reference.
+//! elements go at once in AVX2 registers, eight in AVX-512 ones (one kernel, generic over
+//! [`Lanes`]: each lane does the same operations at either width). Each range of libm's
+//! `erf` (the same formulas and constants, with an `exp` of Cody–Waite reduction and Taylor
+//! to degree 13) is evaluated in f64 for all lanes when any of them needs it, and each lane
+//! selects its own. That f64 result is within a bounded distance of the reference's f64
+//! result; whenever the bound straddles an f32 rounding boundary (a few elements in a
+//! million), the element is computed by the reference itself. So the f32 outputs are the
+//! reference's exactly, and every recorded number stays as it was. CPUs without AVX2 run
+//! the reference.
 
 // libm's constants are copied digit for digit (the same f64 bits), not rounded to 17 digits.
 #![allow(clippy::excessive_precision)]
@@ -26,12 +28,20 @@ const REL_SLACK: f64 = 1.0 / (1u64 << 48) as f64;
 const TASK: usize = 4096;
 
 /// GELU forward of `x` into `y` (equal lengths), bit-identical to `Unary::Gelu.forward`
-/// rounded to f32. Only on CPUs with AVX2 (the caller checks `has_avx2`).
+/// rounded to f32. Only on CPUs with AVX2 (the caller checks `has_avx2`); eight lanes at a
+/// time where the CPU has AVX-512.
 pub(super) fn forward(x: &[f32], y: &mut [f32]) {
+    let wide = has_avx512();
     in_tasks(x, None, y, |x, _, y| {
-        let split = x.len() / avx2::STEP * avx2::STEP;
-        // SAFETY: the caller checked AVX2; the loads and stores are in bounds.
-        unsafe { avx2::forward(&x[..split], &mut y[..split]) };
+        let step = if wide { avx512::STEP } else { avx2::STEP };
+        let split = x.len() / step * step;
+        // SAFETY: the caller checked AVX2 (and `wide` AVX-512); the accesses are in bounds.
+        unsafe {
+            match wide {
+                true => avx512::forward(&x[..split], &mut y[..split]),
+                false => avx2::forward(&x[..split], &mut y[..split]),
+            }
+        }
         for (yi, &xi) in y[split..].iter_mut().zip(&x[split..]) {
             *yi = reference_forward(xi);
         }
@@ -40,14 +50,25 @@ pub(super) fn forward(x: &[f32], y: &mut [f32]) {
 
 /// GELU backward, `y = g · f32(GELU'(x))`, bit-identical to the reference backward.
 pub(super) fn backward(x: &[f32], g: &[f32], y: &mut [f32]) {
+    let wide = has_avx512();
     in_tasks(x, Some(g), y, |x, g, y| {
-        let split = x.len() / avx2::STEP * avx2::STEP;
+        let step = if wide { avx512::STEP } else { avx2::STEP };
+        let split = x.len() / step * step;
         // SAFETY: as in `forward`.
-        unsafe { avx2::backward(&x[..split], &g[..split], &mut y[..split]) };
+        unsafe {
+            match wide {
+                true => avx512::backward(&x[..split], &g[..split], &mut y[..split]),
+                false => avx2::backward(&x[..split], &g[..split], &mut y[..split]),
+            }
+        }
         for ((yi, &xi), &gi) in y[split..].iter_mut().zip(&x[split..]).zip(&g[split..]) {
             *yi = gi * reference_derivative(xi);
         }
     });
+}
+
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 fn reference_forward(x: f32) -> f32 {
@@ -73,214 +94,479 @@ fn in_tasks(
     });
 }
 
+/// One register of f64 lanes and what the kernels do with it: AVX2 (4 lanes) or AVX-512
+/// (8). Every lane computes the same IEEE operations in the same order whatever the width,
+/// so both give the same bits. The functions inline into `#[target_feature]` callers.
+trait Lanes {
+    /// f64 lanes.
+    type V: Copy;
+    /// A per-lane comparison.
+    type M: Copy;
+    /// f32 lanes, one per f64 lane.
+    type F: Copy;
+    /// Lanes per register.
+    const STEP: usize;
+    /// `bits` of a mask with every lane set.
+    const ALL: u32;
+    unsafe fn splat(v: f64) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn abs(a: Self::V) -> Self::V;
+    /// `a` with its low 32 mantissa bits cleared.
+    unsafe fn high_half(a: Self::V) -> Self::V;
+    /// `|a|` with the sign of `s`.
+    unsafe fn with_sign_of(a: Self::V, s: Self::V) -> Self::V;
+    /// 2ⁿ in each lane, where `t` = n + `round` exactly (`round` = 1.5·2⁵²).
+    unsafe fn pow2(t: Self::V, round: Self::V) -> Self::V;
+    unsafe fn lt(a: Self::V, b: Self::V) -> Self::M;
+    /// Lanes set in `b` and not in `a`.
+    unsafe fn and_not(a: Self::M, b: Self::M) -> Self::M;
+    /// One bit per lane.
+    unsafe fn bits(m: Self::M) -> u32;
+    /// `if m { a } else { b }` per lane.
+    unsafe fn select(m: Self::M, a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn load(x: &[f32], i: usize) -> Self::V;
+    #[cfg(test)]
+    unsafe fn load_f64(x: &[f64], i: usize) -> Self::V;
+    unsafe fn load_f32(x: &[f32], i: usize) -> Self::F;
+    unsafe fn mul_f32(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn store_f32(y: &mut [f32], i: usize, v: Self::F);
+    /// The f32 roundings of `v − slack`, with the bits of the lanes where `v ± slack` round
+    /// alike and are finite.
+    unsafe fn certain(v: Self::V, slack: Self::V) -> (Self::F, u32);
+}
+
+/// Horner's rule, highest coefficient last: c₀ + s(c₁ + s(c₂ + …)), as libm nests it.
+#[inline(always)]
+unsafe fn poly<L: Lanes>(c: &[f64], s: L::V) -> L::V {
+    let (&last, rest) = c.split_last().expect("a coefficient");
+    rest.iter().rev().fold(L::splat(last), |acc, &ci| {
+        L::add(L::splat(ci), L::mul(s, acc))
+    })
+}
+/// `1 + s·poly(c, s)`: libm's denominators.
+#[inline(always)]
+unsafe fn poly1<L: Lanes>(c: &[f64], s: L::V) -> L::V {
+    L::add(L::splat(1.0), L::mul(s, poly::<L>(c, s)))
+}
+
+/// erf(x/√2) in every lane, each of libm's ranges evaluated and the lane's selected.
+#[inline(always)]
+unsafe fn erf_of<L: Lanes>(x: L::V) -> L::V {
+    let u = L::div(x, L::splat(std::f64::consts::SQRT_2));
+    let a = L::abs(u);
+    // |u| < 0.84375: u + u·P/Q (most lanes: the other ranges only run when a lane needs
+    // them)
+    let z = L::mul(u, u);
+    let small = L::add(u, L::mul(u, L::div(poly::<L>(&PP, z), poly1::<L>(&QQ, z))));
+    let is_small = L::lt(a, L::splat(0.84375));
+    if L::bits(is_small) == L::ALL {
+        return small;
+    }
+    // 0.84375 ≤ |u| < 1.25: 1 − erfc, erfc = 1 − erx − P/Q around 1
+    let is_mid = L::lt(a, L::splat(1.25));
+    let mut big = L::splat(1.0); // |u| ≥ 6: 1 − 2⁻¹⁰²², which is 1
+    if L::bits(L::and_not(is_small, is_mid)) != 0 {
+        let s = L::sub(a, L::splat(1.0));
+        let erfc = L::sub(
+            L::sub(L::splat(1.0), L::splat(ERX)),
+            L::div(poly::<L>(&PA, s), poly1::<L>(&QA, s)),
+        );
+        big = L::select(is_mid, L::sub(L::splat(1.0), erfc), big);
+    }
+    // 1.25 ≤ |u| < 6: erfc = exp(−z² − 0.5625) · exp((z − a)(z + a) + R/S) / a, with z = a
+    // with its low 32 bits cleared (so z² is exact)
+    let is_tail = L::and_not(is_mid, L::lt(a, L::splat(6.0)));
+    if L::bits(is_tail) != 0 {
+        let ak = L::min(L::max(a, L::splat(1.25)), L::splat(6.0));
+        let s = L::div(L::splat(1.0), L::mul(ak, ak));
+        let near = L::lt(ak, L::splat(1.0 / 0.35));
+        let (r, big_s) = match L::bits(near) {
+            b if b == L::ALL => (poly::<L>(&RA, s), poly1::<L>(&SA, s)),
+            0 => (poly::<L>(&RB, s), poly1::<L>(&SB, s)),
+            _ => (
+                L::select(near, poly::<L>(&RA, s), poly::<L>(&RB, s)),
+                L::select(near, poly1::<L>(&SA, s), poly1::<L>(&SB, s)),
+            ),
+        };
+        let zt = L::high_half(ak);
+        let e1 = L::sub(L::mul(L::sub(L::splat(0.0), zt), zt), L::splat(0.5625));
+        let e2 = L::add(L::mul(L::sub(zt, ak), L::add(zt, ak)), L::div(r, big_s));
+        let tail = L::sub(
+            L::splat(1.0),
+            L::div(L::mul(exp::<L>(e1), exp::<L>(e2)), ak),
+        );
+        big = L::select(is_tail, tail, big);
+    }
+    L::select(is_small, small, L::with_sign_of(big, u))
+}
+
+/// e^x for x in [−700, 700] (arguments here lie in [−40, 2]).
+#[inline(always)]
+unsafe fn exp<L: Lanes>(x: L::V) -> L::V {
+    const LN2_HI: f64 = 6.93147180369123816490e-01; // 32 bits: n·LN2_HI is exact
+    const LN2_LO: f64 = 1.90821492927058770002e-10;
+    // 1.5·2⁵²: adding it rounds to an integer held in the low mantissa bits
+    const ROUND: f64 = 6755399441055744.0;
+    let x = L::min(L::max(x, L::splat(-700.0)), L::splat(700.0));
+    let t = L::add(
+        L::mul(x, L::splat(std::f64::consts::LOG2_E)),
+        L::splat(ROUND),
+    );
+    let n = L::sub(t, L::splat(ROUND));
+    let r = L::sub(
+        L::sub(x, L::mul(n, L::splat(LN2_HI))),
+        L::mul(n, L::splat(LN2_LO)),
+    ); // |r| ≤ ln2/2; e^r = Σ r^d/d! to d = 13: truncation < 2⁻⁵⁶ relative
+    let mut p = L::splat(1.0 / 6227020800.0);
+    for &c in INV_FACT[1..].iter().rev() {
+        p = L::add(L::mul(p, r), L::splat(c));
+    }
+    let er = L::add(L::splat(1.0), L::mul(r, p));
+    L::mul(er, L::pow2(t, L::splat(ROUND)))
+}
+
+#[inline(always)]
+unsafe fn forward_lanes<L: Lanes>(x: &[f32], y: &mut [f32]) {
+    for i in (0..x.len()).step_by(L::STEP) {
+        let xv = L::load(x, i);
+        let e = erf_of::<L>(xv);
+        let fast = L::mul(L::mul(L::splat(0.5), xv), L::add(L::splat(1.0), e));
+        let slack = L::add(
+            L::mul(L::splat(0.5 * ERF_SLACK), L::abs(xv)),
+            L::mul(L::abs(fast), L::splat(REL_SLACK)),
+        );
+        let (out, ok) = L::certain(fast, slack);
+        L::store_f32(y, i, out);
+        for k in (0..L::STEP).filter(|k| ok & (1 << k) == 0) {
+            y[i + k] = reference_forward(x[i + k]);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn backward_lanes<L: Lanes>(x: &[f32], g: &[f32], y: &mut [f32]) {
+    let sqrt_2pi = L::splat((2.0 * std::f64::consts::PI).sqrt());
+    for i in (0..x.len()).step_by(L::STEP) {
+        let xv = L::load(x, i);
+        let e = erf_of::<L>(xv);
+        let cdf = L::mul(L::splat(0.5), L::add(L::splat(1.0), e));
+        let pdf = L::div(exp::<L>(L::mul(L::mul(L::splat(-0.5), xv), xv)), sqrt_2pi);
+        let xpdf = L::mul(xv, pdf);
+        let fast = L::add(cdf, xpdf);
+        let slack = L::add(
+            L::splat(0.5 * ERF_SLACK),
+            L::mul(L::add(L::abs(xpdf), L::abs(fast)), L::splat(REL_SLACK)),
+        );
+        let (d, ok) = L::certain(fast, slack);
+        L::store_f32(y, i, L::mul_f32(L::load_f32(g, i), d));
+        for k in (0..L::STEP).filter(|k| ok & (1 << k) == 0) {
+            y[i + k] = g[i + k] * reference_derivative(x[i + k]);
+        }
+    }
+}
+
+/// The vector erf and exp of whole registers of `x` and `arg`, for the tests.
+#[cfg(test)]
+#[inline(always)]
+unsafe fn erf_and_exp_lanes<L: Lanes>(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let n = x.len() / L::STEP * L::STEP;
+    let (mut e, mut ex) = (vec![0.0; n], vec![0.0; n]);
+    for i in (0..n).step_by(L::STEP) {
+        let (ev, xv) = (
+            erf_of::<L>(L::load_f64(x, i)),
+            exp::<L>(L::load_f64(arg, i)),
+        );
+        // a register's bytes are its lanes in order
+        let (ev, xv) = (
+            &ev as *const L::V as *const f64,
+            &xv as *const L::V as *const f64,
+        );
+        e[i..i + L::STEP].copy_from_slice(std::slice::from_raw_parts(ev, L::STEP));
+        ex[i..i + L::STEP].copy_from_slice(std::slice::from_raw_parts(xv, L::STEP));
+    }
+    (e, ex)
+}
+
 mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
-    type V = __m256d;
-
-    #[inline(always)]
-    unsafe fn splat(v: f64) -> V {
-        _mm256_set1_pd(v)
-    }
-    #[inline(always)]
-    unsafe fn add(a: V, b: V) -> V {
-        _mm256_add_pd(a, b)
-    }
-    #[inline(always)]
-    unsafe fn sub(a: V, b: V) -> V {
-        _mm256_sub_pd(a, b)
-    }
-    #[inline(always)]
-    unsafe fn mul(a: V, b: V) -> V {
-        _mm256_mul_pd(a, b)
-    }
-    #[inline(always)]
-    unsafe fn div(a: V, b: V) -> V {
-        _mm256_div_pd(a, b)
-    }
-    #[inline(always)]
-    unsafe fn abs(a: V) -> V {
-        _mm256_andnot_pd(splat(-0.0), a)
-    }
-    /// `if mask { a } else { b }` per lane.
-    #[inline(always)]
-    unsafe fn select(mask: V, a: V, b: V) -> V {
-        _mm256_blendv_pd(b, a, mask)
-    }
-    #[inline(always)]
-    unsafe fn lt(a: V, b: V) -> V {
-        _mm256_cmp_pd::<_CMP_LT_OQ>(a, b)
-    }
-    /// Whether any lane of a comparison's mask is set.
-    #[inline(always)]
-    unsafe fn any(mask: V) -> bool {
-        _mm256_movemask_pd(mask) != 0
-    }
-
-    /// Horner's rule, highest coefficient last: c₀ + s(c₁ + s(c₂ + …)), as libm nests it.
-    #[inline(always)]
-    unsafe fn poly(c: &[f64], s: V) -> V {
-        let (&last, rest) = c.split_last().expect("a coefficient");
-        rest.iter()
-            .rev()
-            .fold(splat(last), |acc, &ci| add(splat(ci), mul(s, acc)))
-    }
-    /// `1 + s·poly(c, s)`: libm's denominators.
-    #[inline(always)]
-    unsafe fn poly1(c: &[f64], s: V) -> V {
-        add(splat(1.0), mul(s, poly(c, s)))
-    }
-
-    /// erf(x/√2) in every lane, each of libm's ranges evaluated and the lane's selected.
-    #[inline(always)]
-    unsafe fn erf_of(x: V) -> V {
-        let u = div(x, splat(std::f64::consts::SQRT_2));
-        let a = abs(u);
-        // |u| < 0.84375: u + u·P/Q (most lanes: the other ranges only run when a lane
-        // needs them)
-        let z = mul(u, u);
-        let small = add(u, mul(u, div(poly(&PP, z), poly1(&QQ, z))));
-        let is_small = lt(a, splat(0.84375));
-        if _mm256_movemask_pd(is_small) == 0b1111 {
-            return small;
-        }
-        // 0.84375 ≤ |u| < 1.25: 1 − erfc, erfc = 1 − erx − P/Q around 1
-        let is_mid = lt(a, splat(1.25));
-        let mut big = splat(1.0); // |u| ≥ 6: 1 − 2⁻¹⁰²², which is 1
-        if any(_mm256_andnot_pd(is_small, is_mid)) {
-            let s = sub(a, splat(1.0));
-            let erfc = sub(
-                sub(splat(1.0), splat(ERX)),
-                div(poly(&PA, s), poly1(&QA, s)),
-            );
-            big = select(is_mid, sub(splat(1.0), erfc), big);
-        }
-        // 1.25 ≤ |u| < 6: erfc = exp(−z² − 0.5625) · exp((z − a)(z + a) + R/S) / a, with z
-        // = a with its low 32 bits cleared (so z² is exact)
-        let is_tail = _mm256_andnot_pd(is_mid, lt(a, splat(6.0)));
-        if any(is_tail) {
-            let ak = _mm256_min_pd(_mm256_max_pd(a, splat(1.25)), splat(6.0));
-            let s = div(splat(1.0), mul(ak, ak));
-            let near = lt(ak, splat(1.0 / 0.35));
-            let (r, big_s) = match _mm256_movemask_pd(near) {
-                0b1111 => (poly(&RA, s), poly1(&SA, s)),
-                0 => (poly(&RB, s), poly1(&SB, s)),
-                _ => (
-                    select(near, poly(&RA, s), poly(&RB, s)),
-                    select(near, poly1(&SA, s), poly1(&SB, s)),
-                ),
-            };
-            let hi = _mm256_castsi256_pd(_mm256_set1_epi64x(0xffff_ffff_0000_0000_u64 as i64));
-            let zt = _mm256_and_pd(ak, hi);
-            let e1 = sub(mul(sub(splat(0.0), zt), zt), splat(0.5625));
-            let e2 = add(mul(sub(zt, ak), add(zt, ak)), div(r, big_s));
-            let tail = sub(splat(1.0), div(mul(exp(e1), exp(e2)), ak));
-            big = select(is_tail, tail, big);
-        }
-        let signed = _mm256_or_pd(big, _mm256_and_pd(u, splat(-0.0)));
-        select(is_small, small, signed)
-    }
-
-    /// e^x for x in [−700, 700] (arguments here lie in [−40, 2]).
-    #[inline(always)]
-    unsafe fn exp(x: V) -> V {
-        const LN2_HI: f64 = 6.93147180369123816490e-01; // 32 bits: n·LN2_HI is exact
-        const LN2_LO: f64 = 1.90821492927058770002e-10;
-        // 1.5·2⁵²: adding it rounds to an integer held in the low mantissa bits
-        const ROUND: f64 = 6755399441055744.0;
-        let x = _mm256_min_pd(_mm256_max_pd(x, splat(-700.0)), splat(700.0));
-        let t = add(mul(x, splat(std::f64::consts::LOG2_E)), splat(ROUND));
-        let n = sub(t, splat(ROUND));
-        let r = sub(sub(x, mul(n, splat(LN2_HI))), mul(n, splat(LN2_LO))); // |r| ≤ ln2/2
-                                                                           // e^r = Σ r^d/d! to d = 13: truncation < 2⁻⁵⁶ relative
-        let mut p = splat(1.0 / 6227020800.0);
-        for &c in INV_FACT[1..].iter().rev() {
-            p = add(mul(p, r), splat(c));
-        }
-        let er = add(splat(1.0), mul(r, p));
-        // t and ROUND share their exponent, so their bits differ by n
-        let n_int = _mm256_sub_epi64(_mm256_castpd_si256(t), _mm256_castpd_si256(splat(ROUND)));
-        let scale = _mm256_slli_epi64::<52>(_mm256_add_epi64(n_int, _mm256_set1_epi64x(1023)));
-        mul(er, _mm256_castsi256_pd(scale))
-    }
-
-    /// The f32 roundings of `v` when every value within `slack` rounds alike, with a mask of
-    /// the lanes where they do (finite ones only).
-    #[inline(always)]
-    unsafe fn certain(v: V, slack: V) -> (__m128, i32) {
-        let lo = _mm256_cvtpd_ps(sub(v, slack));
-        let hi = _mm256_cvtpd_ps(add(v, slack));
-        let same = _mm_cmpeq_epi32(_mm_castps_si128(lo), _mm_castps_si128(hi));
-        let finite = _mm256_cvtpd_ps(lt(abs(add(v, slack)), splat(f64::INFINITY)));
-        let ok = _mm_and_si128(same, _mm_castps_si128(finite));
-        (lo, _mm_movemask_ps(_mm_castsi128_ps(ok)))
-    }
+    /// AVX2: 4 lanes; masks are vectors of all-ones lanes.
+    pub(super) struct Avx2;
 
     /// Elements per step.
     pub(super) const STEP: usize = 4;
 
-    #[inline(always)]
-    unsafe fn load(x: &[f32], i: usize) -> V {
-        _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i)))
+    impl Lanes for Avx2 {
+        type V = __m256d;
+        type M = __m256d;
+        type F = __m128;
+        const STEP: usize = STEP;
+        const ALL: u32 = 0b1111;
+        #[inline(always)]
+        unsafe fn splat(v: f64) -> __m256d {
+            _mm256_set1_pd(v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_add_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_sub_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_mul_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_div_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_min_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_max_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn abs(a: __m256d) -> __m256d {
+            _mm256_andnot_pd(_mm256_set1_pd(-0.0), a)
+        }
+        #[inline(always)]
+        unsafe fn high_half(a: __m256d) -> __m256d {
+            let hi = _mm256_set1_epi64x(0xffff_ffff_0000_0000_u64 as i64);
+            _mm256_and_pd(a, _mm256_castsi256_pd(hi))
+        }
+        #[inline(always)]
+        unsafe fn with_sign_of(a: __m256d, s: __m256d) -> __m256d {
+            _mm256_or_pd(a, _mm256_and_pd(s, _mm256_set1_pd(-0.0)))
+        }
+        #[inline(always)]
+        unsafe fn pow2(t: __m256d, round: __m256d) -> __m256d {
+            // t and round share their exponent, so their bits differ by n
+            let n = _mm256_sub_epi64(_mm256_castpd_si256(t), _mm256_castpd_si256(round));
+            let e = _mm256_slli_epi64::<52>(_mm256_add_epi64(n, _mm256_set1_epi64x(1023)));
+            _mm256_castsi256_pd(e)
+        }
+        #[inline(always)]
+        unsafe fn lt(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_cmp_pd::<_CMP_LT_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn and_not(a: __m256d, b: __m256d) -> __m256d {
+            _mm256_andnot_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn bits(m: __m256d) -> u32 {
+            _mm256_movemask_pd(m) as u32
+        }
+        #[inline(always)]
+        unsafe fn select(m: __m256d, a: __m256d, b: __m256d) -> __m256d {
+            _mm256_blendv_pd(b, a, m)
+        }
+        #[inline(always)]
+        unsafe fn load(x: &[f32], i: usize) -> __m256d {
+            _mm256_cvtps_pd(Self::load_f32(x, i))
+        }
+        #[cfg(test)]
+        unsafe fn load_f64(x: &[f64], i: usize) -> __m256d {
+            _mm256_loadu_pd(x[i..i + STEP].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn load_f32(x: &[f32], i: usize) -> __m128 {
+            _mm_loadu_ps(x[i..i + STEP].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn mul_f32(a: __m128, b: __m128) -> __m128 {
+            _mm_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn store_f32(y: &mut [f32], i: usize, v: __m128) {
+            _mm_storeu_ps(y[i..i + STEP].as_mut_ptr(), v)
+        }
+        #[inline(always)]
+        unsafe fn certain(v: __m256d, slack: __m256d) -> (__m128, u32) {
+            let lo = _mm256_cvtpd_ps(Self::sub(v, slack));
+            let hi = _mm256_cvtpd_ps(Self::add(v, slack));
+            let same = _mm_cmpeq_epi32(_mm_castps_si128(lo), _mm_castps_si128(hi));
+            let finite = Self::bits(Self::lt(
+                Self::abs(Self::add(v, slack)),
+                Self::splat(f64::INFINITY),
+            ));
+            (lo, _mm_movemask_ps(_mm_castsi128_ps(same)) as u32 & finite)
+        }
     }
 
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn forward(x: &[f32], y: &mut [f32]) {
-        for i in (0..x.len()).step_by(STEP) {
-            let xv = load(x, i);
-            let e = erf_of(xv);
-            let fast = mul(mul(splat(0.5), xv), add(splat(1.0), e));
-            let slack = add(
-                mul(splat(0.5 * ERF_SLACK), abs(xv)),
-                mul(abs(fast), splat(REL_SLACK)),
-            );
-            let (out, ok) = certain(fast, slack);
-            _mm_storeu_ps(y.as_mut_ptr().add(i), out);
-            for k in (0..4).filter(|k| ok & (1 << k) == 0) {
-                y[i + k] = reference_forward(x[i + k]);
-            }
-        }
+        forward_lanes::<Avx2>(x, y)
     }
 
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn backward(x: &[f32], g: &[f32], y: &mut [f32]) {
-        let sqrt_2pi = splat((2.0 * std::f64::consts::PI).sqrt());
-        for i in (0..x.len()).step_by(STEP) {
-            let xv = load(x, i);
-            let e = erf_of(xv);
-            let cdf = mul(splat(0.5), add(splat(1.0), e));
-            let pdf = div(exp(mul(mul(splat(-0.5), xv), xv)), sqrt_2pi);
-            let xpdf = mul(xv, pdf);
-            let fast = add(cdf, xpdf);
-            let slack = add(
-                splat(0.5 * ERF_SLACK),
-                mul(add(abs(xpdf), abs(fast)), splat(REL_SLACK)),
-            );
-            let (d, ok) = certain(fast, slack);
-            let out = _mm_mul_ps(_mm_loadu_ps(g.as_ptr().add(i)), d);
-            _mm_storeu_ps(y.as_mut_ptr().add(i), out);
-            for k in (0..4).filter(|k| ok & (1 << k) == 0) {
-                y[i + k] = g[i + k] * reference_derivative(x[i + k]);
-            }
-        }
+        backward_lanes::<Avx2>(x, g, y)
     }
 
-    /// The vector erf and exp of `STEP` lanes, for the tests.
+    /// The vector erf and exp, for the tests.
     #[cfg(test)]
     pub(super) fn erf_and_exp(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
         #[target_feature(enable = "avx2")]
         unsafe fn go(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
-            let e = erf_of(_mm256_loadu_pd(x.as_ptr()));
-            let ex = exp(_mm256_loadu_pd(arg.as_ptr()));
-            let (mut eo, mut exo) = (vec![0.0; STEP], vec![0.0; STEP]);
-            _mm256_storeu_pd(eo.as_mut_ptr(), e);
-            _mm256_storeu_pd(exo.as_mut_ptr(), ex);
-            (eo, exo)
+            erf_and_exp_lanes::<Avx2>(x, arg)
         }
         assert!(crate::backend::cpu::has_avx2());
         // SAFETY: AVX2 checked.
         unsafe { go(x, arg) }
+    }
+}
+
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// AVX-512F: 8 lanes; masks are bit masks.
+    pub(super) struct Avx512;
+
+    /// Elements per step.
+    pub(super) const STEP: usize = 8;
+
+    #[inline(always)]
+    unsafe fn and_bits(a: __m512d, bits: i64) -> __m512d {
+        _mm512_castsi512_pd(_mm512_and_si512(
+            _mm512_castpd_si512(a),
+            _mm512_set1_epi64(bits),
+        ))
+    }
+
+    impl Lanes for Avx512 {
+        type V = __m512d;
+        type M = __mmask8;
+        type F = __m256;
+        const STEP: usize = STEP;
+        const ALL: u32 = 0xff;
+        #[inline(always)]
+        unsafe fn splat(v: f64) -> __m512d {
+            _mm512_set1_pd(v)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_add_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_sub_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_mul_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_div_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_min_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_max_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn abs(a: __m512d) -> __m512d {
+            and_bits(a, i64::MAX)
+        }
+        #[inline(always)]
+        unsafe fn high_half(a: __m512d) -> __m512d {
+            and_bits(a, 0xffff_ffff_0000_0000_u64 as i64)
+        }
+        #[inline(always)]
+        unsafe fn with_sign_of(a: __m512d, s: __m512d) -> __m512d {
+            _mm512_castsi512_pd(_mm512_or_si512(
+                _mm512_castpd_si512(a),
+                _mm512_castpd_si512(and_bits(s, i64::MIN)),
+            ))
+        }
+        #[inline(always)]
+        unsafe fn pow2(t: __m512d, round: __m512d) -> __m512d {
+            let n = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(round));
+            let e = _mm512_slli_epi64::<52>(_mm512_add_epi64(n, _mm512_set1_epi64(1023)));
+            _mm512_castsi512_pd(e)
+        }
+        #[inline(always)]
+        unsafe fn lt(a: __m512d, b: __m512d) -> __mmask8 {
+            _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn and_not(a: __mmask8, b: __mmask8) -> __mmask8 {
+            !a & b
+        }
+        #[inline(always)]
+        unsafe fn bits(m: __mmask8) -> u32 {
+            m as u32
+        }
+        #[inline(always)]
+        unsafe fn select(m: __mmask8, a: __m512d, b: __m512d) -> __m512d {
+            _mm512_mask_blend_pd(m, b, a)
+        }
+        #[inline(always)]
+        unsafe fn load(x: &[f32], i: usize) -> __m512d {
+            _mm512_cvtps_pd(Self::load_f32(x, i))
+        }
+        #[cfg(test)]
+        unsafe fn load_f64(x: &[f64], i: usize) -> __m512d {
+            _mm512_loadu_pd(x[i..i + STEP].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn load_f32(x: &[f32], i: usize) -> __m256 {
+            _mm256_loadu_ps(x[i..i + STEP].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn mul_f32(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn store_f32(y: &mut [f32], i: usize, v: __m256) {
+            _mm256_storeu_ps(y[i..i + STEP].as_mut_ptr(), v)
+        }
+        #[inline(always)]
+        unsafe fn certain(v: __m512d, slack: __m512d) -> (__m256, u32) {
+            let lo = _mm512_cvtpd_ps(Self::sub(v, slack));
+            let hi = _mm512_cvtpd_ps(Self::add(v, slack));
+            let same = _mm256_cmpeq_epi32(_mm256_castps_si256(lo), _mm256_castps_si256(hi));
+            let finite = Self::lt(Self::abs(Self::add(v, slack)), Self::splat(f64::INFINITY));
+            let same = _mm256_movemask_ps(_mm256_castsi256_ps(same)) as u32;
+            (lo, same & finite as u32)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward(x: &[f32], y: &mut [f32]) {
+        forward_lanes::<Avx512>(x, y)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn backward(x: &[f32], g: &[f32], y: &mut [f32]) {
+        backward_lanes::<Avx512>(x, g, y)
+    }
+
+    /// The vector erf and exp, for the tests (None without AVX-512).
+    #[cfg(test)]
+    pub(super) fn erf_and_exp(x: &[f64], arg: &[f64]) -> Option<(Vec<f64>, Vec<f64>)> {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn go(x: &[f64], arg: &[f64]) -> (Vec<f64>, Vec<f64>) {
+            erf_and_exp_lanes::<Avx512>(x, arg)
+        }
+        // SAFETY: AVX-512F checked.
+        has_avx512().then(|| unsafe { go(x, arg) })
     }
 }
 
@@ -411,6 +697,7 @@ mod tests {
         v
     }
 
+    /// Each width's forward and backward, and the dispatching ones, against the reference.
     #[test]
     fn forward_and_backward_are_the_reference_bit_for_bit() {
         if !super::super::has_avx2() {
@@ -419,25 +706,50 @@ mod tests {
         }
         let x = inputs();
         let g: Vec<f32> = x.iter().map(|v| 0.75 - v * 0.01).collect();
-        let mut y = vec![f32::NAN; x.len()];
-        forward(&x, &mut y);
-        for (xi, yi) in x.iter().zip(&y) {
-            let want = reference_forward(*xi);
-            assert_eq!(
-                yi.to_bits(),
-                want.to_bits(),
-                "forward at {xi:e}: {yi:e} vs {want:e}"
-            );
+        type Kernels = (fn(&[f32], &mut [f32]), fn(&[f32], &[f32], &mut [f32]));
+        // SAFETY (both closures): AVX2, and AVX-512 where it runs, checked.
+        let avx2: Kernels = (
+            |x, y| unsafe { avx2::forward(x, y) },
+            |x, g, y| unsafe { avx2::backward(x, g, y) },
+        );
+        let avx512: Kernels = (
+            |x, y| unsafe { avx512::forward(x, y) },
+            |x, g, y| unsafe { avx512::backward(x, g, y) },
+        );
+        let dispatch: Kernels = (forward, backward);
+        let mut kernels = vec![("dispatch", dispatch), ("avx2", avx2)];
+        if has_avx512() {
+            kernels.push(("avx512", avx512));
+        } else {
+            eprintln!("no AVX-512 here: its kernel is not checked");
         }
-        y.fill(f32::NAN);
-        backward(&x, &g, &mut y);
-        for ((xi, gi), yi) in x.iter().zip(&g).zip(&y) {
-            let want = gi * reference_derivative(*xi);
-            assert_eq!(
-                yi.to_bits(),
-                want.to_bits(),
-                "backward at {xi:e}: {yi:e} vs {want:e}"
-            );
+        for (name, (fwd, bwd)) in kernels {
+            // the width kernels take whole registers; the dispatching ones any length
+            let n = if name == "dispatch" {
+                x.len()
+            } else {
+                x.len() / 8 * 8
+            };
+            let mut y = vec![f32::NAN; n];
+            fwd(&x[..n], &mut y);
+            for (xi, yi) in x.iter().zip(&y) {
+                let want = reference_forward(*xi);
+                assert_eq!(
+                    yi.to_bits(),
+                    want.to_bits(),
+                    "{name} forward at {xi:e}: {yi:e} vs {want:e}"
+                );
+            }
+            y.fill(f32::NAN);
+            bwd(&x[..n], &g[..n], &mut y);
+            for ((xi, gi), yi) in x.iter().zip(&g).zip(&y) {
+                let want = gi * reference_derivative(*xi);
+                assert_eq!(
+                    yi.to_bits(),
+                    want.to_bits(),
+                    "{name} backward at {xi:e}: {yi:e} vs {want:e}"
+                );
+            }
         }
     }
 
@@ -452,20 +764,21 @@ mod tests {
             .filter(|v| v.is_finite())
             .map(f64::from)
             .collect();
-        let (mut worst_erf, mut worst_exp) = (0f64, 0f64);
-        for xl in x.chunks_exact(avx2::STEP) {
-            let args: Vec<f64> = xl.iter().map(|v| (-0.5 * v * v).max(-700.0)).collect();
-            let (e, ex) = avx2::erf_and_exp(xl, &args);
-            for k in 0..avx2::STEP {
-                let u = xl[k] / std::f64::consts::SQRT_2;
+        let args: Vec<f64> = x.iter().map(|v| (-0.5 * v * v).max(-700.0)).collect();
+        let mut widths = vec![("avx2", avx2::erf_and_exp(&x, &args))];
+        widths.extend(avx512::erf_and_exp(&x, &args).map(|r| ("avx512", r)));
+        for (name, (e, ex)) in widths {
+            let (mut worst_erf, mut worst_exp) = (0f64, 0f64);
+            for k in 0..e.len() {
+                let u = x[k] / std::f64::consts::SQRT_2;
                 worst_erf = worst_erf.max((e[k] - libm::erf(u)).abs());
                 let want = args[k].exp();
                 if want > 0.0 {
                     worst_exp = worst_exp.max(((ex[k] - want) / want).abs());
                 }
             }
+            assert!(worst_erf < ERF_SLACK / 16.0, "{name}: erf {worst_erf:e}");
+            assert!(worst_exp < 8.0 * f64::EPSILON, "{name}: exp {worst_exp:e}");
         }
-        assert!(worst_erf < ERF_SLACK / 16.0, "erf {worst_erf:e}");
-        assert!(worst_exp < 8.0 * f64::EPSILON, "exp {worst_exp:e}");
     }
 }
