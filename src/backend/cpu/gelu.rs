@@ -31,44 +31,76 @@ const TASK: usize = 4096;
 /// rounded to f32. Only on CPUs with AVX2 (the caller checks `has_avx2`); eight lanes at a
 /// time where the CPU has AVX-512.
 pub(super) fn forward(x: &[f32], y: &mut [f32]) {
-    let wide = has_avx512();
-    in_tasks(x, None, y, |x, _, y| {
-        let step = if wide { avx512::STEP } else { avx2::STEP };
-        let split = x.len() / step * step;
-        // SAFETY: the caller checked AVX2 (and `wide` AVX-512); the accesses are in bounds.
-        unsafe {
-            match wide {
-                true => avx512::forward(&x[..split], &mut y[..split]),
-                false => avx2::forward(&x[..split], &mut y[..split]),
-            }
-        }
-        for (yi, &xi) in y[split..].iter_mut().zip(&x[split..]) {
-            *yi = reference_forward(xi);
-        }
-    });
+    // SAFETY: the caller checked AVX2; `widest` checks AVX-512.
+    unsafe { forward_in(widest(), x, y) }
 }
 
 /// GELU backward, `y = g · f32(GELU'(x))`, bit-identical to the reference backward.
 pub(super) fn backward(x: &[f32], g: &[f32], y: &mut [f32]) {
-    let wide = has_avx512();
-    in_tasks(x, Some(g), y, |x, g, y| {
-        let step = if wide { avx512::STEP } else { avx2::STEP };
-        let split = x.len() / step * step;
-        // SAFETY: as in `forward`.
-        unsafe {
-            match wide {
-                true => avx512::backward(&x[..split], &g[..split], &mut y[..split]),
-                false => avx2::backward(&x[..split], &g[..split], &mut y[..split]),
-            }
-        }
-        for ((yi, &xi), &gi) in y[split..].iter_mut().zip(&x[split..]).zip(&g[split..]) {
-            *yi = gi * reference_derivative(xi);
-        }
-    });
+    // SAFETY: as in `forward`.
+    unsafe { backward_in(widest(), x, g, y) }
 }
 
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
+/// A vector kernel on whole registers of `x` (and `g`, which the forward ignores) into `y`.
+type Kernel = unsafe fn(&[f32], &[f32], &mut [f32]);
+
+/// One register width's kernels.
+#[derive(Clone, Copy)]
+struct Width {
+    step: usize,
+    forward: Kernel,
+    backward: Kernel,
+}
+
+const AVX2: Width = Width {
+    step: avx2::STEP,
+    forward: avx2::forward,
+    backward: avx2::backward,
+};
+const AVX512: Width = Width {
+    step: avx512::STEP,
+    forward: avx512::forward,
+    backward: avx512::backward,
+};
+
+fn widest() -> Width {
+    if super::has_avx512() {
+        AVX512
+    } else {
+        AVX2
+    }
+}
+
+/// SAFETY: the CPU has the width's instructions.
+unsafe fn forward_in(w: Width, x: &[f32], y: &mut [f32]) {
+    in_registers(w.step, w.forward, x, None, y, |x, _| reference_forward(x))
+}
+
+/// SAFETY: as `forward_in`.
+unsafe fn backward_in(w: Width, x: &[f32], g: &[f32], y: &mut [f32]) {
+    in_registers(w.step, w.backward, x, Some(g), y, |x, g| {
+        g * reference_derivative(x)
+    })
+}
+
+/// Runs `kernel` on the whole registers of each task and `reference(x, g)` on the rest.
+/// SAFETY: the CPU has the kernel's instructions.
+unsafe fn in_registers(
+    step: usize,
+    kernel: Kernel,
+    x: &[f32],
+    g: Option<&[f32]>,
+    y: &mut [f32],
+    reference: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    in_tasks(x, g, y, |x, g, y| {
+        let split = x.len() / step * step;
+        // SAFETY: the instructions as the caller promised; the slices are of equal lengths.
+        unsafe { kernel(&x[..split], &g[..split], &mut y[..split]) };
+        for ((yi, &xi), &gi) in y[split..].iter_mut().zip(&x[split..]).zip(&g[split..]) {
+            *yi = reference(xi, gi);
+        }
+    });
 }
 
 fn reference_forward(x: f32) -> f32 {
@@ -406,7 +438,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn forward(x: &[f32], y: &mut [f32]) {
+    pub(super) unsafe fn forward(x: &[f32], _: &[f32], y: &mut [f32]) {
         forward_lanes::<Avx2>(x, y)
     }
 
@@ -549,7 +581,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn forward(x: &[f32], y: &mut [f32]) {
+    pub(super) unsafe fn forward(x: &[f32], _: &[f32], y: &mut [f32]) {
         forward_lanes::<Avx512>(x, y)
     }
 
@@ -566,7 +598,7 @@ mod avx512 {
             erf_and_exp_lanes::<Avx512>(x, arg)
         }
         // SAFETY: AVX-512F checked.
-        has_avx512().then(|| unsafe { go(x, arg) })
+        crate::backend::cpu::has_avx512().then(|| unsafe { go(x, arg) })
     }
 }
 
@@ -697,7 +729,8 @@ mod tests {
         v
     }
 
-    /// Each width's forward and backward, and the dispatching ones, against the reference.
+    /// Each width's forward and backward (whole registers, the tail by the reference), and
+    /// the widest one's that `forward` / `backward` run, against the reference.
     #[test]
     fn forward_and_backward_are_the_reference_bit_for_bit() {
         if !super::super::has_avx2() {
@@ -706,32 +739,16 @@ mod tests {
         }
         let x = inputs();
         let g: Vec<f32> = x.iter().map(|v| 0.75 - v * 0.01).collect();
-        type Kernels = (fn(&[f32], &mut [f32]), fn(&[f32], &[f32], &mut [f32]));
-        // SAFETY (both closures): AVX2, and AVX-512 where it runs, checked.
-        let avx2: Kernels = (
-            |x, y| unsafe { avx2::forward(x, y) },
-            |x, g, y| unsafe { avx2::backward(x, g, y) },
-        );
-        let avx512: Kernels = (
-            |x, y| unsafe { avx512::forward(x, y) },
-            |x, g, y| unsafe { avx512::backward(x, g, y) },
-        );
-        let dispatch: Kernels = (forward, backward);
-        let mut kernels = vec![("dispatch", dispatch), ("avx2", avx2)];
-        if has_avx512() {
-            kernels.push(("avx512", avx512));
+        let mut widths = vec![("dispatch", widest()), ("avx2", AVX2)];
+        if super::super::has_avx512() {
+            widths.push(("avx512", AVX512));
         } else {
             eprintln!("no AVX-512 here: its kernel is not checked");
         }
-        for (name, (fwd, bwd)) in kernels {
-            // the width kernels take whole registers; the dispatching ones any length
-            let n = if name == "dispatch" {
-                x.len()
-            } else {
-                x.len() / 8 * 8
-            };
-            let mut y = vec![f32::NAN; n];
-            fwd(&x[..n], &mut y);
+        for (name, width) in widths {
+            let mut y = vec![f32::NAN; x.len()];
+            // SAFETY: AVX2, and AVX-512 where it runs, checked.
+            unsafe { forward_in(width, &x, &mut y) };
             for (xi, yi) in x.iter().zip(&y) {
                 let want = reference_forward(*xi);
                 assert_eq!(
@@ -741,7 +758,8 @@ mod tests {
                 );
             }
             y.fill(f32::NAN);
-            bwd(&x[..n], &g[..n], &mut y);
+            // SAFETY: as above.
+            unsafe { backward_in(width, &x, &g, &mut y) };
             for ((xi, gi), yi) in x.iter().zip(&g).zip(&y) {
                 let want = gi * reference_derivative(*xi);
                 assert_eq!(

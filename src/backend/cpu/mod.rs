@@ -167,6 +167,13 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+/// Whether this CPU runs the AVX-512 paths (GELU's eight lanes), as `has_avx2`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
 /// `x` as `&[f32]` when `T` is f32 (for the f32-only SIMD paths of generic kernels).
 pub(crate) fn as_f32<T: Float>(x: &[T]) -> Option<&[f32]> {
     (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()).then(|| {
