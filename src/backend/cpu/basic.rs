@@ -1,5 +1,6 @@
 //! CPU kernels: elementwise ops, activations, matmul, reductions, fill.
 
+use super::gemm::{gemm, Parallelism};
 use super::{
     as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, PAR_MIN,
 };
@@ -229,7 +230,7 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
         // SAFETY: the pointers and strides describe the in-bounds matrices checked by the
         // shape rule (a: m×k, b: k×n, y: m×n, row-major with optional transposes).
         unsafe {
-            gemm::gemm(
+            gemm(
                 m,
                 n,
                 k,
@@ -245,12 +246,9 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
                 b_rs,
                 T::zero(),
                 T::one(),
-                false,
-                false,
-                false,
                 match large {
-                    true => gemm::Parallelism::Rayon(0),
-                    false => gemm::Parallelism::None,
+                    true => Parallelism::Rayon(0),
+                    false => Parallelism::None,
                 },
             );
         }

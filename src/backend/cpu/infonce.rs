@@ -20,6 +20,7 @@
 //! tf32 / bf16 as tensor cores read them, and accumulate in the dtype: the reference the
 //! GPU's tensor-core paths are held to.
 
+use super::gemm::{gemm, Parallelism};
 use super::{float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
 use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
@@ -662,7 +663,7 @@ fn logits_tile<T: Float>(
     // SAFETY: lhs is m×d row-major (col stride 1, row stride d); rhs = p[cols]ᵀ is d×n with
     // element (k, j) at j·d + k; out is m×n row-major. All three slices hold exactly these.
     unsafe {
-        gemm::gemm(
+        gemm(
             m,
             n,
             d,
@@ -678,9 +679,6 @@ fn logits_tile<T: Float>(
             1,
             T::zero(),
             pb.s,
-            false,
-            false,
-            false,
             par(parallel, m * n * d),
         );
     }
@@ -748,7 +746,7 @@ fn accumulate_product<T: Float>(
     // at i·row_stride + j·col_stride all lie inside its m·k-element slice (Lhs::of and
     // Lhs::transposed are the only two layouts).
     unsafe {
-        gemm::gemm(
+        gemm(
             m,
             d,
             k,
@@ -764,19 +762,16 @@ fn accumulate_product<T: Float>(
             d as isize,
             T::one(),
             s,
-            false,
-            false,
-            false,
             par(parallel, m * k * d),
         );
     }
 }
 
-fn par(parallel: bool, work: usize) -> gemm::Parallelism {
+fn par(parallel: bool, work: usize) -> Parallelism {
     if parallel && work >= 1 << 15 {
-        gemm::Parallelism::Rayon(0)
+        Parallelism::Rayon(0)
     } else {
-        gemm::Parallelism::None
+        Parallelism::None
     }
 }
 

@@ -5,6 +5,7 @@ mod basic;
 mod gat;
 #[cfg(target_arch = "x86_64")]
 mod gelu;
+mod gemm;
 mod infonce;
 mod layout;
 mod lif;
