@@ -54,6 +54,11 @@ fn small_cpu_bench_writes_a_complete_report() {
     assert_eq!(gemm.len(), 4, "one GEMM floor per storage dtype");
     for g in gemm {
         positive(&g["tflops"], "gemm tflops");
+        let (n, k) = (g["n"].as_u64().unwrap(), g["k"].as_u64().unwrap());
+        assert!(
+            k > 0 && k <= n.min(512),
+            "the CPU's floor has depth ≤ 512: {g}"
+        );
     }
 
     // Every case of every op in every storage dtype, once (the optimizer and the step, which

@@ -91,9 +91,12 @@ pub struct Floors {
 pub struct GemmFloor {
     /// The dtype (`f32`, `f64`).
     pub dtype: String,
-    /// M = K = N of the product.
+    /// M = N of the product.
     pub n: usize,
-    /// Achieved TFLOP/s (2 n³ FLOPs per call).
+    /// Its depth K: `n` on a GPU, at most 512 on the CPU, the longest depth that its fastest
+    /// kernels compute (longer ones run kernels whose bits they keep: `src/backend/cpu/gemm.rs`).
+    pub k: usize,
+    /// Achieved TFLOP/s (2·n²·k FLOPs per call).
     pub tflops: f64,
 }
 
@@ -459,17 +462,23 @@ fn bandwidth_floor(be: &AnyBackend, opts: &Options) -> Result<BandwidthFloor> {
     Ok((gbps(moved, copy), read, triad, moved))
 }
 
-/// GEMM throughput of `dt`: n = 2048 (512 for small runs; 4096 on a GPU).
+/// GEMM throughput of `dt`: `[n, k]·[k, n]` with n = 2048 (512 for small runs; 4096 on a
+/// GPU) and k = n, at most 512 on the CPU (the depth of one block of its AVX-512 kernels).
 fn gemm_floor(be: &AnyBackend, dt: DType, opts: &Options) -> Result<GemmFloor> {
     let n = match (opts.size, be.is_cuda()) {
         (Size::Small, _) => 512,
         (_, true) => 4096,
         (_, false) => 2048,
     };
+    let k = if be.is_cuda() { n } else { n.min(512) };
     let mut rng = SplitMix64::new(7);
-    let m = Meta::new([n, n], dt);
-    let a = upload(be, &random(&m, &mut rng)?)?;
-    let b = upload(be, &random(&m, &mut rng)?)?;
+    let (ma, mb, m) = (
+        Meta::new([n, k], dt),
+        Meta::new([k, n], dt),
+        Meta::new([n, n], dt),
+    );
+    let a = upload(be, &random(&ma, &mut rng)?)?;
+    let b = upload(be, &random(&mb, &mut rng)?)?;
     let mut c = be.alloc(dt, n * n)?;
     let op = Op::MatMul {
         trans_a: false,
@@ -488,7 +497,8 @@ fn gemm_floor(be: &AnyBackend, dt: DType, opts: &Options) -> Result<GemmFloor> {
     Ok(GemmFloor {
         dtype: dtype_name(dt).into(),
         n,
-        tflops: 2.0 * (n as f64).powi(3) / (t.median_ms * 1e-3) / 1e12,
+        k,
+        tflops: 2.0 * (n * n * k) as f64 / (t.median_ms * 1e-3) / 1e12,
     })
 }
 
@@ -683,8 +693,8 @@ impl Report {
         }
         for g in &self.floors.gemm {
             s.push_str(&format!(
-                "; GEMM {} {:.3} TFLOP/s (n = {})",
-                g.dtype, g.tflops, g.n
+                "; GEMM {} {:.3} TFLOP/s ({}×{}·{}×{})",
+                g.dtype, g.tflops, g.n, g.k, g.k, g.n
             ));
         }
         s.push('\n');
