@@ -1,6 +1,6 @@
 //! CPU kernels: elementwise ops, activations, matmul, reductions, fill.
 
-use super::gemm::{gemm, Parallelism};
+use super::gemm::{Parallelism, Product, Strided};
 use super::{
     as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, PAR_MIN,
 };
@@ -162,15 +162,28 @@ fn reduce<T: Float>(r: Reduce, x: &[T], c: usize, y: &mut [T]) {
             };
         }
         Reduce::SumRows => {
-            y.fill(T::zero());
-            for row in x.chunks(c) {
-                for (a, &b) in y.iter_mut().zip(row) {
-                    *a += b;
+            // Bands of columns in parallel, each adding its rows in order: every column's
+            // sum is the same whatever the split.
+            let band = |(b, yb): (usize, &mut [T])| {
+                let cols = b * SUM_ROWS_BAND..b * SUM_ROWS_BAND + yb.len();
+                yb.fill(T::zero());
+                for row in x.chunks(c) {
+                    for (a, &v) in yb.iter_mut().zip(&row[cols.clone()]) {
+                        *a += v;
+                    }
                 }
+            };
+            if x.len() >= PAR_MIN {
+                y.par_chunks_mut(SUM_ROWS_BAND).enumerate().for_each(band);
+            } else {
+                y.chunks_mut(SUM_ROWS_BAND).enumerate().for_each(band);
             }
         }
     }
 }
+
+/// Columns per parallel task of `Reduce::SumRows` (two cache lines of f32).
+const SUM_ROWS_BAND: usize = 32;
 
 /// Pairwise-free but cache-friendly sum in the element type, accumulated in f64 for f32
 /// inputs would change results between dtypes; we keep one rule: accumulate in `T`.
@@ -230,27 +243,34 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
         // SAFETY: the pointers and strides describe the in-bounds matrices checked by the
         // shape rule (a: m×k, b: k×n, y: m×n, row-major with optional transposes).
         unsafe {
-            gemm(
+            Product {
                 m,
                 n,
                 k,
-                yp.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                ap.as_ptr(),
-                a_cs,
-                a_rs,
-                bp.as_ptr(),
-                b_cs,
-                b_rs,
-                T::zero(),
-                T::one(),
-                match large {
+                dst: Strided {
+                    ptr: yp.as_mut_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                read_dst: false,
+                lhs: Strided {
+                    ptr: ap.as_ptr(),
+                    rs: a_rs,
+                    cs: a_cs,
+                },
+                rhs: Strided {
+                    ptr: bp.as_ptr(),
+                    rs: b_rs,
+                    cs: b_cs,
+                },
+                alpha: T::zero(),
+                beta: T::one(),
+                parallelism: match large {
                     true => Parallelism::Rayon(0),
                     false => Parallelism::None,
                 },
-            );
+            }
+            .run()
         }
     };
     let y = &mut y[..batch * m * n];
@@ -264,4 +284,36 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
             .for_each(|(i, yp)| product(i, yp));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Column sums in bands, in parallel, have the bits of the plain row-by-row sum.
+    #[test]
+    fn sum_rows_in_bands_adds_each_column_in_row_order() {
+        for (rows, cols) in [
+            (3072, 128),
+            (700, 33),
+            (20_000, 1),
+            (513, 100),
+            (3, 31),
+            (0, 5),
+        ] {
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 1.37e-3)
+                .collect();
+            let mut want = vec![0f32; cols];
+            for row in x.chunks(cols) {
+                for (a, &b) in want.iter_mut().zip(row) {
+                    *a += b;
+                }
+            }
+            let mut y = vec![f32::NAN; cols];
+            reduce(Reduce::SumRows, &x, cols, &mut y);
+            let same = y.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "[{rows}, {cols}]");
+        }
+    }
 }

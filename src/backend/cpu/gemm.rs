@@ -17,138 +17,133 @@
 use super::Float;
 pub(crate) use gemm::Parallelism;
 
-/// `dst := alpha·dst + beta·lhs·rhs` (`dst` read only when `read_dst`), `m × n` from `m × k`
-/// by `k × n`, each matrix given by a pointer and its row and column strides, as
-/// `gemm::gemm` (no conjugation). The strides are positive.
-///
-/// # Safety
-/// The pointers and strides describe in-bounds matrices of those sizes; `dst` does not
-/// overlap the others.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    dst_cs: isize,
-    dst_rs: isize,
-    read_dst: bool,
-    lhs: *const T,
-    lhs_cs: isize,
-    lhs_rs: isize,
-    rhs: *const T,
-    rhs_cs: isize,
-    rhs_rs: isize,
-    alpha: T,
-    beta: T,
-    parallelism: Parallelism,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() && !wide_keeps_bits(m, n, k) {
-        // SAFETY: as the caller promised; the CPU has AVX2 and FMA (it has AVX-512).
-        let done = unsafe {
-            avx2::gemm(
-                m,
-                n,
-                k,
-                dst,
-                dst_cs,
-                dst_rs,
-                read_dst,
-                lhs,
-                lhs_cs,
-                lhs_rs,
-                rhs,
-                rhs_cs,
-                rhs_rs,
-                alpha,
-                beta,
-                parallelism,
-            )
-        };
-        if done {
-            return;
+/// A matrix in memory: element (i, j) at `ptr + i·rs + j·cs` (strides in elements, positive).
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<P> {
+    pub ptr: P,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl<P> Strided<P> {
+    fn transposed(self) -> Self {
+        Strided {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
         }
     }
-    // SAFETY: as the caller promised.
-    unsafe {
-        gemm::gemm(
+}
+
+/// `dst := alpha·dst + beta·lhs·rhs`: `m × n` from `m × k` by `k × n`, `dst` read only when
+/// `read_dst` (as `gemm::gemm`, without conjugation).
+#[derive(Clone, Copy)]
+pub(crate) struct Product<T> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: Strided<*mut T>,
+    pub read_dst: bool,
+    pub lhs: Strided<*const T>,
+    pub rhs: Strided<*const T>,
+    pub alpha: T,
+    pub beta: T,
+    pub parallelism: Parallelism,
+}
+
+impl<T: Float> Product<T> {
+    /// Computes the product.
+    ///
+    /// # Safety
+    /// The three matrices lie in bounds at their sizes; `dst` overlaps neither operand.
+    pub(crate) unsafe fn run(self) {
+        #[cfg(target_arch = "x86_64")]
+        if super::has_avx512() && !self.wide_keeps_bits() {
+            // SAFETY: as the caller promised; the CPU has AVX2 and FMA (it has AVX-512).
+            if unsafe { avx2::run(self) } {
+                return;
+            }
+        }
+        let Product {
             m,
             n,
             k,
             dst,
-            dst_cs,
-            dst_rs,
-            read_dst,
             lhs,
-            lhs_cs,
-            lhs_rs,
             rhs,
-            rhs_cs,
-            rhs_rs,
-            alpha,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+            ..
+        } = self;
+        // SAFETY: as the caller promised.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.ptr,
+                dst.cs,
+                dst.rs,
+                self.read_dst,
+                lhs.ptr,
+                lhs.cs,
+                lhs.rs,
+                rhs.ptr,
+                rhs.cs,
+                rhs.rs,
+                self.alpha,
+                self.beta,
+                false,
+                false,
+                false,
+                self.parallelism,
+            )
+        }
     }
-}
 
-/// Whether the AVX-512 kernels give the AVX2 kernels' bits for an `m × n × k` product: one
-/// `kc` block (`gemm` never makes `kc` shorter than 512), not a matrix–vector product (`m`
-/// or `n` of 1) and not a small one (`m·n ≤ 256`, where the dot-product kernels may run).
-/// Each condition is needed: the test finds other bits without it.
-fn wide_keeps_bits(m: usize, n: usize, k: usize) -> bool {
-    k <= 512 && m > 1 && n > 1 && m * n > 256
+    /// Whether the AVX-512 kernels give the AVX2 kernels' bits: one `kc` block (`gemm` never
+    /// makes `kc` shorter than 512), not a matrix–vector product (`m` or `n` of 1) and not a
+    /// small one (`m·n ≤ 256`, where the dot-product kernels may run). Each condition is
+    /// needed: the test finds other bits without it.
+    fn wide_keeps_bits(&self) -> bool {
+        let Product { m, n, k, .. } = *self;
+        k <= 512 && m > 1 && n > 1 && m * n > 256
+    }
+
+    /// The same product computed as its transpose, `dstᵀ := rhsᵀ·lhsᵀ`.
+    #[cfg(target_arch = "x86_64")]
+    fn transposed(self) -> Self {
+        Product {
+            m: self.n,
+            n: self.m,
+            dst: self.dst.transposed(),
+            lhs: self.rhs.transposed(),
+            rhs: self.lhs.transposed(),
+            ..self
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Float, Parallelism};
+    use super::{Float, Product};
     use gemm_common::simd::V3;
     use std::any::TypeId;
 
     /// The crate's AVX2 path for f32 and f64 (false, doing nothing, for other types): its
-    /// generic driver with the AVX2 microkernels, after the same normalisation `gemm::gemm`
-    /// makes (a row-major destination is computed as the transposed product).
-    /// SAFETY: as `super::gemm`, and the CPU has AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm<T: Float>(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut T,
-        dst_cs: isize,
-        dst_rs: isize,
-        read_dst: bool,
-        lhs: *const T,
-        lhs_cs: isize,
-        lhs_rs: isize,
-        rhs: *const T,
-        rhs_cs: isize,
-        rhs_rs: isize,
-        alpha: T,
-        beta: T,
-        parallelism: Parallelism,
-    ) -> bool {
-        let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) =
-            if dst_cs.abs() < dst_rs.abs() {
-                (
-                    n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs,
-                )
-            } else {
-                (
-                    m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
-                )
-            };
+    /// generic driver with the AVX2 microkernels, after the normalisation `gemm::gemm` makes
+    /// first (a destination with unit column stride is computed as the transposed product).
+    /// SAFETY: as `Product::run`, and the CPU has AVX2 and FMA.
+    pub(super) unsafe fn run<T: Float>(p: Product<T>) -> bool {
+        let p = if p.dst.cs.abs() < p.dst.rs.abs() {
+            p.transposed()
+        } else {
+            p
+        };
         macro_rules! run {
             ($t:ty, $kernels:path, $lanes:expr) => {{
                 use $kernels as ukr;
                 let simd = V3::try_new().expect("the caller checked AVX2 and FMA");
-                let cast = |x: T| -> $t { *(&x as *const T).cast::<$t>() };
                 // SAFETY: T is $t (checked by the caller of the macro).
+                let cast = |x: T| -> $t { unsafe { *(&x as *const T).cast::<$t>() } };
                 gemm_common::gemm::gemm_basic_generic::<
                     V3,
                     $t,
@@ -160,21 +155,21 @@ mod avx2 {
                     { ukr::H_N },
                 >(
                     simd,
-                    m,
-                    n,
-                    k,
-                    dst.cast(),
-                    dst_cs,
-                    dst_rs,
-                    read_dst,
-                    lhs.cast(),
-                    lhs_cs,
-                    lhs_rs,
-                    rhs.cast(),
-                    rhs_cs,
-                    rhs_rs,
-                    cast(alpha),
-                    cast(beta),
+                    p.m,
+                    p.n,
+                    p.k,
+                    p.dst.ptr.cast(),
+                    p.dst.cs,
+                    p.dst.rs,
+                    p.read_dst,
+                    p.lhs.ptr.cast(),
+                    p.lhs.cs,
+                    p.lhs.rs,
+                    p.rhs.ptr.cast(),
+                    p.rhs.cs,
+                    p.rhs.rs,
+                    cast(p.alpha),
+                    cast(p.beta),
                     false,
                     false,
                     false,
@@ -182,7 +177,7 @@ mod avx2 {
                     &ukr::UKR,
                     &ukr::H_UKR,
                     false,
-                    parallelism,
+                    p.parallelism,
                 );
                 true
             }};
@@ -225,20 +220,37 @@ mod tests {
         let (b_rs, b_cs) = if tb { (1, k as isize) } else { (n as isize, 1) };
         let run = |avx2_only: bool| {
             let mut y = random::<T>(m * n, 3);
-            let (p, (one, s)) = (y.as_mut_ptr(), (T::one(), T::of(0.75)));
-            let (a, b, par) = (a.as_ptr(), b.as_ptr(), Parallelism::Rayon(0));
+            let p = Product {
+                m,
+                n,
+                k,
+                dst: Strided {
+                    ptr: y.as_mut_ptr(),
+                    rs: n as isize,
+                    cs: 1,
+                },
+                read_dst: acc,
+                lhs: Strided {
+                    ptr: a.as_ptr(),
+                    rs: a_rs,
+                    cs: a_cs,
+                },
+                rhs: Strided {
+                    ptr: b.as_ptr(),
+                    rs: b_rs,
+                    cs: b_cs,
+                },
+                alpha: T::one(),
+                beta: T::of(0.75),
+                parallelism: Parallelism::Rayon(0),
+            };
             // SAFETY: the strides describe a (m × k), b (k × n) and y (m × n) in bounds; the
             // test runs the AVX2 path only where the CPU has it.
             unsafe {
                 if avx2_only {
-                    let ran = avx2::gemm(
-                        m, n, k, p, 1, n as isize, acc, a, a_cs, a_rs, b, b_cs, b_rs, one, s, par,
-                    );
-                    assert!(ran);
+                    assert!(avx2::run(p));
                 } else {
-                    gemm(
-                        m, n, k, p, 1, n as isize, acc, a, a_cs, a_rs, b, b_cs, b_rs, one, s, par,
-                    );
+                    p.run();
                 }
             }
             y

@@ -20,7 +20,7 @@
 //! tf32 / bf16 as tensor cores read them, and accumulate in the dtype: the reference the
 //! GPU's tensor-core paths are held to.
 
-use super::gemm::{gemm, Parallelism};
+use super::gemm::{Parallelism, Product, Strided};
 use super::{float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
 use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
@@ -663,24 +663,31 @@ fn logits_tile<T: Float>(
     // SAFETY: lhs is m×d row-major (col stride 1, row stride d); rhs = p[cols]ᵀ is d×n with
     // element (k, j) at j·d + k; out is m×n row-major. All three slices hold exactly these.
     unsafe {
-        gemm(
+        Product {
             m,
             n,
-            d,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            d as isize,
-            rhs.as_ptr(),
-            d as isize,
-            1,
-            T::zero(),
-            pb.s,
-            par(parallel, m * n * d),
-        );
+            k: d,
+            dst: Strided {
+                ptr: out.as_mut_ptr(),
+                rs: n as isize,
+                cs: 1,
+            },
+            read_dst: false,
+            lhs: Strided {
+                ptr: lhs.as_ptr(),
+                rs: d as isize,
+                cs: 1,
+            },
+            rhs: Strided {
+                ptr: rhs.as_ptr(),
+                rs: 1,
+                cs: d as isize,
+            },
+            alpha: T::zero(),
+            beta: pb.s,
+            parallelism: par(parallel, m * n * d),
+        }
+        .run()
     }
 }
 
@@ -746,24 +753,31 @@ fn accumulate_product<T: Float>(
     // at i·row_stride + j·col_stride all lie inside its m·k-element slice (Lhs::of and
     // Lhs::transposed are the only two layouts).
     unsafe {
-        gemm(
+        Product {
             m,
-            d,
+            n: d,
             k,
-            dst.as_mut_ptr(),
-            1,
-            d as isize,
-            !first,
-            g_data.as_ptr(),
-            g.col_stride as isize,
-            g.row_stride as isize,
-            rhs.as_ptr(),
-            1,
-            d as isize,
-            T::one(),
-            s,
-            par(parallel, m * k * d),
-        );
+            dst: Strided {
+                ptr: dst.as_mut_ptr(),
+                rs: d as isize,
+                cs: 1,
+            },
+            read_dst: !first,
+            lhs: Strided {
+                ptr: g_data.as_ptr(),
+                rs: g.row_stride as isize,
+                cs: g.col_stride as isize,
+            },
+            rhs: Strided {
+                ptr: rhs.as_ptr(),
+                rs: d as isize,
+                cs: 1,
+            },
+            alpha: T::one(),
+            beta: s,
+            parallelism: par(parallel, m * k * d),
+        }
+        .run()
     }
 }
 
