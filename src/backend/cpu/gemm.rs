@@ -10,8 +10,8 @@
 //! `kc`) and the product is not thin, the AVX-512 kernels give the same bits, about 1.75×
 //! faster; there they run (the crate's own dispatch). Anywhere else the AVX2 kernels run
 //! (the crate's generic driver with its AVX2 microkernels, exactly what its dispatch runs
-//! on an AVX2 CPU), so every result is the one an AVX2 machine computes, and every
-//! recorded number keeps its bits. `tests::each_product_has_the_bits_of_the_avx2_kernels`
+//! on an AVX2 CPU), so every result has the bits the AVX2 kernels alone give on this CPU,
+//! and every recorded number keeps its bits. `tests::each_product_has_the_bits_of_the_avx2_kernels`
 //! checks this on the CPU it runs on.
 
 use super::Float;
@@ -103,6 +103,7 @@ impl<T: Float> Product<T> {
     /// makes `kc` shorter than 512), not a matrix–vector product (`m` or `n` of 1) and not a
     /// small one (`m·n ≤ 256`, where the dot-product kernels may run). Each condition is
     /// needed: the test finds other bits without it.
+    #[cfg(target_arch = "x86_64")]
     fn wide_keeps_bits(&self) -> bool {
         let Product { m, n, k, .. } = *self;
         k <= 512 && m > 1 && n > 1 && m * n > 256
