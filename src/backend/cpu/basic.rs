@@ -1,6 +1,6 @@
 //! CPU kernels: elementwise ops, activations, matmul, reductions, fill.
 
-use super::gemm::{Parallelism, Product, Strided};
+use super::gemm::{threads, Product, Strided, PARALLEL_WORK};
 use super::{
     as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, PAR_MIN,
 };
@@ -233,7 +233,7 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
     // One product of a batch: `gemm` itself parallel when it is large enough; small ones
     // (the attention's per-head products) run side by side instead. Each product's
     // arithmetic is the same either way.
-    let large = m * n * k >= 1 << 15;
+    let large = m * n * k >= PARALLEL_WORK;
     let product = |i: usize, yp: &mut [T]| {
         if k == 0 {
             yp.fill(T::zero());
@@ -265,10 +265,7 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
                 },
                 alpha: T::zero(),
                 beta: T::one(),
-                parallelism: match large {
-                    true => Parallelism::Rayon(0),
-                    false => Parallelism::None,
-                },
+                parallelism: threads(large),
             }
             .run()
         }

@@ -17,6 +17,17 @@
 use super::Float;
 pub(crate) use gemm::Parallelism;
 
+/// Products of at least this many multiply-adds (`m·n·k`) are worth the pool's threads.
+pub(crate) const PARALLEL_WORK: usize = 1 << 15;
+
+/// The pool's threads when `threads`, the calling thread alone otherwise.
+pub(crate) fn threads(threads: bool) -> Parallelism {
+    match threads {
+        true => Parallelism::Rayon(0),
+        false => Parallelism::None,
+    }
+}
+
 /// A matrix in memory: element (i, j) at `ptr + i·rs + j·cs` (strides in elements, positive).
 #[derive(Clone, Copy)]
 pub(crate) struct Strided<P> {

@@ -20,7 +20,7 @@
 //! tf32 / bf16 as tensor cores read them, and accumulate in the dtype: the reference the
 //! GPU's tensor-core paths are held to.
 
-use super::gemm::{Parallelism, Product, Strided};
+use super::gemm::{threads, Parallelism, Product, Strided, PARALLEL_WORK};
 use super::{float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float};
 use crate::error::{Error, Result};
 use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
@@ -782,11 +782,7 @@ fn accumulate_product<T: Float>(
 }
 
 fn par(parallel: bool, work: usize) -> Parallelism {
-    if parallel && work >= 1 << 15 {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    }
+    threads(parallel && work >= PARALLEL_WORK)
 }
 
 // ---- backward ---------------------------------------------------------------------------
