@@ -21,7 +21,9 @@
 //! GPU's tensor-core paths are held to.
 
 use super::gemm::{threads, Parallelism, Product, Strided, PARALLEL_WORK};
-use super::{float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float};
+use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
+#[cfg(target_arch = "x86_64")]
+use super::{has_avx2, has_avx512};
 use crate::error::{Error, Result};
 use crate::ops::infonce::{InfoNceBackwardArgs, InfoNceGeometry, Precision};
 use crate::ops::{InfoNceAttrs, Op};
@@ -102,12 +104,13 @@ fn expect_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<(
     Ok(())
 }
 
-/// The exponential of the tile loops, and the three exp-heavy loops over a tile row. For f32
-/// the exponential is a polynomial (Cephes `expf`, about 1 ulp; NaN propagates, underflow
-/// gives 0) and the loops run on AVX2 when the CPU has it, with the same operations in the
-/// same order as the portable loops (8 lanes, no fused multiply-add), so the results are the
-/// same bits on every machine (`tests::avx2_loops_equal_the_portable_ones`). For f64 the
-/// library `exp` and the portable loops.
+/// The exponential of the tile loops, the three exp-heavy loops over a tile row, and the
+/// maxima of a tile. For f32 the exponential is a polynomial (Cephes `expf`, about 1 ulp; NaN
+/// propagates, underflow gives 0) and the loops run on AVX-512 or AVX2 when the CPU has it,
+/// with the same operations in the same order as the portable loops (8 accumulators, no fused
+/// multiply-add), so the results are the same bits on every machine
+/// (`tests::simd_loops_equal_the_portable_ones`). For f64 the library `exp` and the portable
+/// loops.
 pub(crate) trait TileExp: Float {
     fn texp(self) -> Self;
 
@@ -123,8 +126,32 @@ pub(crate) trait TileExp: Float {
 
     /// One row of a gradient tile: `row[j] ← wr·exp(l − lr) (+ wc[j]·exp(l − lc[j]))` for
     /// the logits `l = row[j]` (`cols` = (lc, wc) when symmetric); returns Σ row'[j] · l.
-    fn grad_row(row: &mut [Self], lr: Self, wr: Self, cols: Option<(&[Self], &[Self])>) -> Self {
+    fn grad_row(row: &mut [Self], lr: Self, wr: Self, cols: Cols<Self>) -> Self {
         grad_row(row, lr, wr, cols)
+    }
+
+    /// The largest of `row`, NaNs ignored (−∞ when there is none).
+    fn row_max(row: &[Self]) -> Self {
+        row_max(row)
+    }
+
+    /// `acc[j] = max(acc[j], x[j])` (a row's contribution to running column maxima).
+    fn max_into(acc: &mut [Self], x: &[Self]) {
+        max_into(acc, x)
+    }
+}
+
+/// The portable [`TileExp::row_max`].
+#[inline]
+fn row_max<T: Float>(row: &[T]) -> T {
+    row.iter().fold(T::neg_infinity(), |m, &x| max(m, x))
+}
+
+/// The portable [`TileExp::max_into`].
+#[inline]
+fn max_into<T: Float>(acc: &mut [T], x: &[T]) {
+    for (a, &x) in acc.iter_mut().zip(x) {
+        *a = max(*a, x);
     }
 }
 
@@ -138,7 +165,7 @@ fn add_exp<T: TileExp>(l: &mut [T], m: &[T], x: &[T]) {
 
 /// The portable [`TileExp::grad_row`], in 8 lanes.
 #[inline]
-fn grad_row<T: TileExp>(row: &mut [T], lr: T, wr: T, cols: Option<(&[T], &[T])>) -> T {
+fn grad_row<T: TileExp>(row: &mut [T], lr: T, wr: T, cols: Cols<T>) -> T {
     match cols {
         Some((lc, wc)) => lanes2(row, lc, wc, |l, lcj, wcj| {
             wr * (l - lr).texp() + wcj * (l - lcj).texp()
@@ -201,172 +228,72 @@ impl TileExp for f32 {
     }
 
     fn sum_exp(row: &[f32], m: f32) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked).
-            return unsafe { avx2::sum_exp(row, m) };
+        match simd_loops() {
+            // SAFETY (each arm below): `simd_loops` gives only loops this CPU runs.
+            Some(l) => unsafe { (l.sum_exp)(row, m) },
+            None => sum_exp(row, m),
         }
-        sum_exp(row, m)
     }
 
     fn add_exp(l: &mut [f32], m: &[f32], x: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked).
-            return unsafe { avx2::add_exp(l, m, x) };
+        match simd_loops() {
+            Some(w) => unsafe { (w.add_exp)(l, m, x) },
+            None => add_exp(l, m, x),
         }
-        add_exp(l, m, x)
     }
 
-    fn grad_row(row: &mut [f32], lr: f32, wr: f32, cols: Option<(&[f32], &[f32])>) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 (checked).
-            return unsafe { avx2::grad_row(row, lr, wr, cols) };
+    fn grad_row(row: &mut [f32], lr: f32, wr: f32, cols: Cols<f32>) -> f32 {
+        match simd_loops() {
+            Some(l) => unsafe { (l.grad_row)(row, lr, wr, cols) },
+            None => grad_row(row, lr, wr, cols),
         }
-        grad_row(row, lr, wr, cols)
+    }
+
+    fn row_max(row: &[f32]) -> f32 {
+        match simd_loops() {
+            Some(l) => unsafe { (l.row_max)(row) },
+            None => row_max(row),
+        }
+    }
+
+    fn max_into(acc: &mut [f32], x: &[f32]) {
+        match simd_loops() {
+            Some(l) => unsafe { (l.max_into)(acc, x) },
+            None => max_into(acc, x),
+        }
     }
 }
 
-/// The f32 tile loops on 8-wide AVX2 vectors: lane k of a vector is lane k of the portable
-/// loops' 8 accumulators, and every step is the scalar code's operation (no FMA).
+/// Each column's (LSE, weight) of a gradient tile's row, when the loss is symmetric.
+type Cols<'a, T> = Option<(&'a [T], &'a [T])>;
+
+/// The f32 tile loops of one SIMD width ([`simd`]), behind [`TileExp`]'s f32 methods.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Loops {
+    sum_exp: unsafe fn(&[f32], f32) -> f32,
+    add_exp: unsafe fn(&mut [f32], &[f32], &[f32]),
+    grad_row: unsafe fn(&mut [f32], f32, f32, Cols<'_, f32>) -> f32,
+    row_max: unsafe fn(&[f32]) -> f32,
+    max_into: unsafe fn(&mut [f32], &[f32]),
+}
+
+/// The widest tile loops this CPU runs, if any.
+#[inline]
+fn simd_loops() -> Option<&'static Loops> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            return Some(&simd::AVX512);
+        }
+        if has_avx2() {
+            return Some(&simd::AVX2);
+        }
+    }
+    None
+}
+
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{expf::*, reduce8, TileExp};
-    use std::arch::x86_64::*;
-
-    /// [`TileExp::texp`] of 8 values.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn texp8(x: __m256) -> __m256 {
-        let c = |v: f32| _mm256_set1_ps(v);
-        let xc = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
-        let t = _mm256_add_ps(_mm256_mul_ps(xc, c(LOG2E)), c(MAGIC));
-        let n = _mm256_sub_ps(t, c(MAGIC));
-        let ni = _mm256_sub_epi32(
-            _mm256_castps_si256(t),
-            _mm256_set1_epi32(MAGIC.to_bits() as i32),
-        );
-        let r = _mm256_sub_ps(
-            _mm256_sub_ps(xc, _mm256_mul_ps(n, c(LN2_HI))),
-            _mm256_mul_ps(n, c(LN2_LO)),
-        );
-        let mut p = c(P[0]);
-        for &k in &P[1..] {
-            p = _mm256_add_ps(_mm256_mul_ps(p, r), c(k));
-        }
-        let y = _mm256_add_ps(
-            _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, r), r), r),
-            c(1.0),
-        );
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            ni,
-            _mm256_set1_epi32(127),
-        )));
-        let e = _mm256_mul_ps(y, scale);
-        let e = _mm256_blendv_ps(e, c(0.0), _mm256_cmp_ps::<_CMP_LT_OQ>(x, c(-87.0)));
-        let e = _mm256_blendv_ps(e, c(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, c(88.0)));
-        _mm256_blendv_ps(e, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
-    }
-
-    /// The 8 lanes of `v`.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn lanes(v: __m256) -> [f32; 8] {
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), v);
-        a
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn sum_exp(row: &[f32], m: f32) -> f32 {
-        let (mv, mut acc) = (_mm256_set1_ps(m), _mm256_setzero_ps());
-        let chunks = row.chunks_exact(8);
-        let rest = chunks.remainder();
-        for ch in chunks {
-            let x = _mm256_loadu_ps(ch.as_ptr());
-            acc = _mm256_add_ps(acc, texp8(_mm256_sub_ps(x, mv)));
-        }
-        let mut a = lanes(acc);
-        for (k, &x) in rest.iter().enumerate() {
-            a[k] += (x - m).texp();
-        }
-        reduce8(a)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn add_exp(l: &mut [f32], m: &[f32], x: &[f32]) {
-        let n = l.len().min(m.len()).min(x.len());
-        let whole = n - n % 8;
-        for j in (0..whole).step_by(8) {
-            let lp = l.as_mut_ptr().add(j);
-            let e = texp8(_mm256_sub_ps(
-                _mm256_loadu_ps(x.as_ptr().add(j)),
-                _mm256_loadu_ps(m.as_ptr().add(j)),
-            ));
-            _mm256_storeu_ps(lp, _mm256_add_ps(_mm256_loadu_ps(lp), e));
-        }
-        for j in whole..n {
-            l[j] += (x[j] - m[j]).texp();
-        }
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn grad_row(
-        row: &mut [f32],
-        lr: f32,
-        wr: f32,
-        cols: Option<(&[f32], &[f32])>,
-    ) -> f32 {
-        let n = row.len();
-        let whole = n - n % 8;
-        let (lrv, wrv) = (_mm256_set1_ps(lr), _mm256_set1_ps(wr));
-        let mut acc = _mm256_setzero_ps();
-        let a = match cols {
-            Some((lc, wc)) => {
-                let (lc, wc) = (&lc[..n], &wc[..n]);
-                for j in (0..whole).step_by(8) {
-                    let p = row.as_mut_ptr().add(j);
-                    let l = _mm256_loadu_ps(p);
-                    let e_r = texp8(_mm256_sub_ps(l, lrv));
-                    let e_c = texp8(_mm256_sub_ps(l, _mm256_loadu_ps(lc.as_ptr().add(j))));
-                    let g = _mm256_add_ps(
-                        _mm256_mul_ps(wrv, e_r),
-                        _mm256_mul_ps(_mm256_loadu_ps(wc.as_ptr().add(j)), e_c),
-                    );
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(g, l));
-                    _mm256_storeu_ps(p, g);
-                }
-                let mut a = lanes(acc);
-                for (k, j) in (whole..n).enumerate() {
-                    let l = row[j];
-                    let g = wr * (l - lr).texp() + wc[j] * (l - lc[j]).texp();
-                    a[k] += g * l;
-                    row[j] = g;
-                }
-                a
-            }
-            None => {
-                for j in (0..whole).step_by(8) {
-                    let p = row.as_mut_ptr().add(j);
-                    let l = _mm256_loadu_ps(p);
-                    let g = _mm256_mul_ps(wrv, texp8(_mm256_sub_ps(l, lrv)));
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(g, l));
-                    _mm256_storeu_ps(p, g);
-                }
-                let mut a = lanes(acc);
-                for (k, j) in (whole..n).enumerate() {
-                    let l = row[j];
-                    let g = wr * (l - lr).texp();
-                    a[k] += g * l;
-                    row[j] = g;
-                }
-                a
-            }
-        };
-        reduce8(a)
-    }
-}
+mod simd;
 
 /// Σ exp(x − m) with 8 independent lanes (vectorisable, fixed order).
 #[inline]
@@ -554,7 +481,7 @@ fn chunked_forward<T: TileExp>(
                     let tl = &tile[..m * n];
                     for i in 0..m {
                         let row = &tl[i * n..(i + 1) * n];
-                        let mx = row.iter().fold(T::neg_infinity(), |m, &x| max(m, x));
+                        let mx = T::row_max(row);
                         let sum = T::sum_exp(row, mx);
                         merge(&mut rm[i], &mut rl[i], mx, sum);
                         if let Some(j) = pb.positive(r.start, i, cols.start, n) {
@@ -631,9 +558,7 @@ fn column_update<T: TileExp>(
 ) {
     new_m.copy_from_slice(cm);
     for i in 0..m {
-        for (nm, &x) in new_m.iter_mut().zip(&tl[i * n..(i + 1) * n]) {
-            *nm = max(*nm, x);
-        }
+        T::max_into(new_m, &tl[i * n..(i + 1) * n]);
     }
     for j in 0..n {
         cl[j] *= (cm[j] - new_m[j]).exp();
@@ -1128,6 +1053,12 @@ mod tests {
             .collect()
     }
 
+    /// Finite logits of a plausible range, where the order of a sum shows in its bits.
+    fn logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::util::rng::SplitMix64::new(seed);
+        (0..n).map(|_| rng.range(-12.0, 4.0) as f32).collect()
+    }
+
     fn same(x: &[f32], y: &[f32]) -> bool {
         x.len() == y.len()
             && x.iter()
@@ -1135,32 +1066,55 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan())
     }
 
+    /// Each SIMD width's loops give the portable loops' bits (the maxima of a row: the same
+    /// value; see `simd::row_max`).
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_loops_equal_the_portable_ones() {
-        if !has_avx2() {
-            eprintln!("skipped: no AVX2");
-            return;
+    fn simd_loops_equal_the_portable_ones() {
+        let mut widths = Vec::new();
+        if has_avx2() {
+            widths.push(("avx2", &simd::AVX2));
         }
-        for n in [1usize, 7, 8, 13, 64, 259] {
-            let (x, m, lc, wc) = (values(n, 1), values(n, 2), values(n, 3), values(n, 4));
-            for mx in [0.0f32, 3.5, -40.0] {
-                // SAFETY: AVX2 checked above.
-                let fast = unsafe { avx2::sum_exp(&x, mx) };
-                let slow = sum_exp(&x, mx);
-                assert!(same(&[fast], &[slow]), "sum_exp n={n}: {fast} vs {slow}");
-            }
-            let (mut fast, mut slow) = (values(n, 5), values(n, 5));
-            // SAFETY: as above.
-            unsafe { avx2::add_exp(&mut fast, &m, &x) };
-            add_exp(&mut slow, &m, &x);
-            assert!(same(&fast, &slow), "add_exp n={n}");
-            for cols in [None, Some((&lc[..], &wc[..]))] {
-                let (mut fast, mut slow) = (x.clone(), x.clone());
-                // SAFETY: as above.
-                let tf = unsafe { avx2::grad_row(&mut fast, 1.25, 0.3, cols) };
-                let ts = grad_row(&mut slow, 1.25, 0.3, cols);
-                assert!(same(&fast, &slow) && same(&[tf], &[ts]), "grad_row n={n}");
+        if has_avx512() {
+            widths.push(("avx512", &simd::AVX512));
+        }
+        if widths.is_empty() {
+            eprintln!("skipped: no AVX2");
+        }
+        let kinds: [fn(usize, u64) -> Vec<f32>; 2] = [values, logits];
+        for ((name, w), values) in widths.iter().flat_map(|w| kinds.map(|k| (w, k))) {
+            for n in [0usize, 1, 7, 8, 13, 15, 16, 17, 31, 33, 64, 259] {
+                let (x, m, lc, wc) = (values(n, 1), values(n, 2), values(n, 3), values(n, 4));
+                // SAFETY (each call): `widths` holds only what this CPU runs (checked above).
+                for mx in [0.0f32, 3.5, -40.0] {
+                    let fast = unsafe { (w.sum_exp)(&x, mx) };
+                    let slow = sum_exp(&x, mx);
+                    assert!(
+                        same(&[fast], &[slow]),
+                        "{name} sum_exp n={n}: {fast} vs {slow}"
+                    );
+                }
+                let (mut fast, mut slow) = (values(n, 5), values(n, 5));
+                unsafe { (w.add_exp)(&mut fast, &m, &x) };
+                add_exp(&mut slow, &m, &x);
+                assert!(same(&fast, &slow), "{name} add_exp n={n}");
+                for cols in [None, Some((&lc[..], &wc[..]))] {
+                    let (mut fast, mut slow) = (x.clone(), x.clone());
+                    let tf = unsafe { (w.grad_row)(&mut fast, 1.25, 0.3, cols) };
+                    let ts = grad_row(&mut slow, 1.25, 0.3, cols);
+                    assert!(
+                        same(&fast, &slow) && same(&[tf], &[ts]),
+                        "{name} grad_row n={n}"
+                    );
+                }
+                for row in [&x, &vec![f32::NAN; n]] {
+                    let (fast, slow) = (unsafe { (w.row_max)(row) }, row_max(row));
+                    assert!(fast == slow, "{name} row_max n={n}: {fast} vs {slow}");
+                }
+                let (mut fast, mut slow) = (values(n, 6), values(n, 6));
+                unsafe { (w.max_into)(&mut fast, &x) };
+                max_into(&mut slow, &x);
+                assert!(same(&fast, &slow), "{name} max_into n={n}");
             }
         }
     }
