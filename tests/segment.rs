@@ -258,3 +258,48 @@ fn deterministic_across_thread_counts() {
         assert_eq!(r, &runs[0], "results depend on the thread count");
     }
 }
+
+/// The documented order, bit for bit: each segment adds its rows in increasing row order, in
+/// the tensor's dtype, then divides by its count — for any thread count and any spread of the
+/// rows over the segments (one segment holding a third of them, empty segments, void rows).
+#[test]
+fn f32_sums_each_segment_in_row_order_for_any_thread_count() {
+    let mut rng = SplitMix64::new(17);
+    let (p, c, s) = (40000, 5, 64);
+    let mut seg = random_seg(p, s, &mut rng);
+    seg.iter_mut().step_by(3).for_each(|id| *id = 7);
+    let x = random([p, c], -1.0, 1.0, &mut rng)
+        .to_dtype(DType::F32)
+        .unwrap();
+    let xv: Vec<f32> = x.to_f64_vec().iter().map(|&v| v as f32).collect();
+    let (mut want, mut n) = (vec![0f32; s * c], vec![0usize; s]);
+    for (row, &id) in seg.iter().enumerate() {
+        if id >= 0 {
+            let k = id as usize;
+            n[k] += 1;
+            for j in 0..c {
+                want[k * c + j] += xv[row * c + j];
+            }
+        }
+    }
+    for (k, &n) in n.iter().enumerate() {
+        if n > 0 {
+            want[k * c..(k + 1) * c]
+                .iter_mut()
+                .for_each(|v| *v /= n as f32);
+        }
+    }
+    for threads in [1, 2, 3, 7] {
+        let (y, _, _) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| run(&x, &seg, s, None).unwrap());
+        let got: Vec<f32> = y.to_f64_vec().iter().map(|&v| v as f32).collect();
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{threads} threads: not the row-order sums");
+    }
+}

@@ -1,9 +1,9 @@
 //! CPU kernels: segment mean pooling (DESIGN §3.5).
 //!
-//! Forward: a counting sort of the rows by segment (one O(P) pass, one buffer per call),
-//! then segments in parallel, each summing its rows in increasing row order (deterministic
-//! for any thread count, no atomics). Backward: rows in parallel, each reading its
-//! segment's gradient row.
+//! Forward: one pass counts each segment's rows; then one part per worker, each a range of
+//! segments, streams the rows in order and sums those of its segments, so every segment adds
+//! its rows in increasing row order (deterministic for any thread count, no atomics).
+//! Backward: rows in parallel, each reading its segment's gradient row.
 
 use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
 use crate::error::{Error, Result};
@@ -54,20 +54,12 @@ fn forward<T: Float>(
             ),
         ));
     }
-    if p >= u32::MAX as usize {
-        return Err(Error::invalid(
-            OP,
-            format!("{p} rows exceed the u32 row index"),
-        ));
-    }
 
-    // Counting sort: buf = [end offset of each segment (S) | rows grouped by segment (P)].
-    // The counting pass also validates the ids (the first bad one is reported).
-    let mut buf = vec![0u32; segments + p];
-    let (off, order) = buf.split_at_mut(segments);
+    // One pass validates the ids (reporting the first bad one) and counts each segment's rows.
+    let mut rows_of = vec![0usize; segments];
     for (row, &id) in seg.iter().enumerate() {
         if id >= 0 {
-            match off.get_mut(id as usize) {
+            match rows_of.get_mut(id as usize) {
                 Some(n) => *n += 1,
                 None => return Err(segment_id_error(OP, row, id, segments)),
             }
@@ -75,52 +67,60 @@ fn forward<T: Float>(
             return Err(segment_id_error(OP, row, id, segments));
         }
     }
-    let mut run = 0u32;
-    for o in off.iter_mut() {
-        let n = *o;
-        *o = run;
-        run += n;
+    for (n, &r) in count.iter_mut().zip(&rows_of) {
+        *n = T::of(r as f64);
     }
-    for (row, &id) in seg.iter().enumerate() {
-        if id >= 0 {
-            let o = &mut off[id as usize];
-            order[*o as usize] = row as u32;
-            *o += 1;
-        }
-    }
-    // Now off[k] is the end of segment k; its start is off[k − 1] (0 for k = 0).
-    let (off, order) = (&*off, &*order);
-    let range = |k: usize| (if k == 0 { 0 } else { off[k - 1] as usize })..off[k] as usize;
-
-    count
-        .iter_mut()
-        .enumerate()
-        .for_each(|(k, n)| *n = T::of(range(k).len() as f64));
     if c == 0 {
         return Ok(());
     }
-    let work = |(k, yr): (usize, &mut [T])| {
-        yr.fill(T::zero());
-        let rows = &order[range(k)];
-        for &row in rows {
-            let xr = &x[row as usize * c..(row as usize + 1) * c];
-            for (a, &b) in yr.iter_mut().zip(xr) {
-                *a += b;
+    // One part per worker: a range of segments holding about P / workers rows. Each part reads
+    // the rows in order and adds those of its own segments, so every segment sums its rows in
+    // increasing row order, whatever the parts (no atomics; the same bits for any thread
+    // count), and x streams from memory instead of being gathered row by row.
+    let parts = if p * c >= PAR_MIN {
+        rayon::current_num_threads().min(segments).max(1)
+    } else {
+        1
+    };
+    let mut blocks: Vec<(usize, &mut [T])> = Vec::with_capacity(parts);
+    let (mut rest, mut first, mut seen) = (&mut y[..], 0, 0);
+    for part in 1..=parts {
+        let mut end = first;
+        while end < segments && (part == parts || seen + rows_of[end] <= part * p / parts) {
+            seen += rows_of[end];
+            end += 1;
+        }
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * c);
+        blocks.push((first, head));
+        (rest, first) = (tail, end);
+    }
+    let work = |(first, ys): (usize, &mut [T])| {
+        ys.fill(T::zero());
+        let mine = ys.len() / c;
+        if mine == 0 {
+            return;
+        }
+        for (row, &id) in seg.iter().enumerate() {
+            // A void id (−1) wraps to a huge index and is skipped like another part's.
+            let k = (id as usize).wrapping_sub(first);
+            if k < mine {
+                let xr = &x[row * c..(row + 1) * c];
+                for (a, &b) in ys[k * c..(k + 1) * c].iter_mut().zip(xr) {
+                    *a += b;
+                }
             }
         }
-        if !rows.is_empty() {
-            let n = T::of(rows.len() as f64);
-            yr.iter_mut().for_each(|a| *a = *a / n);
+        for (yr, &n) in ys.chunks_mut(c).zip(&rows_of[first..first + mine]) {
+            if n > 0 {
+                let n = T::of(n as f64);
+                yr.iter_mut().for_each(|a| *a = *a / n);
+            }
         }
     };
-    if p * c >= PAR_MIN {
-        let min_len = (PAR_MIN / (p * c / segments.max(1)).max(1)).max(1);
-        y.par_chunks_mut(c)
-            .enumerate()
-            .with_min_len(min_len)
-            .for_each(work);
+    if parts > 1 {
+        blocks.into_par_iter().for_each(work);
     } else {
-        y.chunks_mut(c).enumerate().for_each(work);
+        blocks.into_iter().for_each(work);
     }
     Ok(())
 }
