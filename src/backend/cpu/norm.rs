@@ -114,65 +114,81 @@ fn layer_norm<T: Float>(
         .zip(mean.par_chunks_mut(rpc))
         .zip(rstd.par_chunks_mut(rpc))
         .enumerate()
-        .for_each(|(ci, ((yc, mc), rc))| {
+        .for_each_init(Vec::new, |scratch, (ci, ((yc, mc), rc))| {
             let x = &x[ci * rpc * c..];
             let rows = mc.len();
             let mut r = 0;
             while r < rows {
-                // Statistics of 8 rows at once where AVX2 can (f32), else of one row.
-                let n = if rows - r >= 8
-                    && row_sums8(
-                        &x[r * c..(r + 8) * c],
-                        c,
-                        &mut mc[r..r + 8],
-                        &mut rc[r..r + 8],
-                    ) {
-                    8
-                } else {
-                    let xr = &x[r * c..(r + 1) * c];
-                    let mut s = T::zero();
-                    for &v in xr {
-                        s += v;
+                // 8 rows at once where AVX2 can (f32), else one row.
+                if rows - r >= 8 {
+                    let (rs, ys) = (r..r + 8, r * c..(r + 8) * c);
+                    let (mc, rc) = (&mut mc[rs.clone()], &mut rc[rs]);
+                    let norm = Norm { gamma, beta, eps };
+                    if norm.rows8(&x[ys.clone()], &mut yc[ys], mc, rc, scratch) {
+                        r += 8;
+                        continue;
                     }
-                    let mu = s * inv_c;
-                    let mut ss = T::zero();
-                    for &v in xr {
-                        let d = v - mu;
-                        ss += d * d;
-                    }
-                    (mc[r], rc[r]) = (mu, ss);
-                    1
-                };
-                for k in r..r + n {
-                    let (xr, yr) = (&x[k * c..(k + 1) * c], &mut yc[k * c..(k + 1) * c]);
-                    let mu = mc[k];
-                    let rs = T::one() / (rc[k] * inv_c + eps).sqrt();
-                    for j in 0..c {
-                        yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-                    }
-                    rc[k] = rs;
                 }
-                r += n;
+                let (xr, yr) = (&x[r * c..(r + 1) * c], &mut yc[r * c..(r + 1) * c]);
+                let mut s = T::zero();
+                for &v in xr {
+                    s += v;
+                }
+                let mu = s * inv_c;
+                let mut ss = T::zero();
+                for &v in xr {
+                    let d = v - mu;
+                    ss += d * d;
+                }
+                let rs = T::one() / (ss * inv_c + eps).sqrt();
+                for j in 0..c {
+                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                }
+                (mc[r], rc[r]) = (mu, rs);
+                r += 1;
             }
         });
 }
 
-/// For f32 on an AVX2 CPU: the mean and the sum of squared deviations of 8 rows of `c` values
-/// into `mu` and `ss`, each row summed in column order (lane k of the vectors is row k, fed by
-/// an 8×8 transpose), so every row gets the one-row loop's bits 8 rows at a time, without its
-/// chain of dependent additions. `false` (nothing written) otherwise.
-fn row_sums8<T: Float>(x: &[T], c: usize, mu: &mut [T], ss: &mut [T]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let (Some(x), true) = (super::as_f32(x), super::has_avx2()) {
-        // SAFETY: the CPU has AVX2 (checked); x holds 8 rows of c values.
-        let (m, s) = unsafe { avx2::row_sums8(x, c) };
-        for k in 0..8 {
-            (mu[k], ss[k]) = (T::of(f64::from(m[k])), T::of(f64::from(s[k])));
+/// LayerNorm's affine parameters and epsilon.
+struct Norm<'a, T> {
+    gamma: &'a [T],
+    beta: &'a [T],
+    eps: T,
+}
+
+impl<T: Float> Norm<'_, T> {
+    /// For f32 on an AVX2 CPU: LayerNorm of 8 rows of `c` values at once, with the one-row
+    /// loop's bits: each row's mean and sum of squared deviations summed in column order (lane
+    /// k of the vectors is row k, fed by an 8×8 transpose done once into `scratch`), then the
+    /// same per-element operations 8 columns at a time. `false` (nothing written) otherwise.
+    fn rows8(
+        &self,
+        x: &[T],
+        y: &mut [T],
+        mu: &mut [T],
+        rstd: &mut [T],
+        scratch: &mut Vec<f32>,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(x), Some(y), Some(gamma), Some(beta), Some(eps), true) = (
+            super::as_f32(x),
+            super::as_f32_mut(y),
+            super::as_f32(self.gamma),
+            super::as_f32(self.beta),
+            self.eps.to_f32(),
+            super::has_avx2(),
+        ) {
+            // SAFETY: the CPU has AVX2 (checked); x and y hold 8 rows of gamma.len() values.
+            let (m, r) = unsafe { avx2::layer_norm8(x, y, gamma, beta, eps, scratch) };
+            for k in 0..8 {
+                (mu[k], rstd[k]) = (T::of(f64::from(m[k])), T::of(f64::from(r[k])));
+            }
+            return true;
         }
-        return true;
+        let _ = (x, y, mu, rstd, scratch);
+        false
     }
-    let _ = (x, c, mu, ss);
-    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -235,21 +251,60 @@ mod avx2 {
         }
     }
 
-    /// (mean, Σ (x − mean)²) of each of the 8 rows, summed in column order.
+    /// LayerNorm of 8 rows (`c = gamma.len()` values each) into `y`; returns each row's
+    /// (mean, rstd). The statistics are summed in column order, the transposed rows kept in
+    /// `scratch` between the two passes.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn row_sums8(x: &[f32], c: usize) -> ([f32; 8], [f32; 8]) {
-        let mut s = _mm256_setzero_ps();
-        each_column(x, c, |v| s = _mm256_add_ps(s, v));
-        let mu = _mm256_mul_ps(s, _mm256_set1_ps(1.0 / c as f32));
-        let mut ss = _mm256_setzero_ps();
+    pub(super) unsafe fn layer_norm8(
+        x: &[f32],
+        y: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        scratch: &mut Vec<f32>,
+    ) -> ([f32; 8], [f32; 8]) {
+        let c = gamma.len();
+        assert!(x.len() >= 8 * c && y.len() >= 8 * c && beta.len() >= c);
+        scratch.resize(8 * c, 0.0);
+        let (mut s, mut j) = (_mm256_setzero_ps(), 0);
         each_column(x, c, |v| {
-            let d = _mm256_sub_ps(v, mu);
-            ss = _mm256_add_ps(ss, _mm256_mul_ps(d, d));
+            s = _mm256_add_ps(s, v);
+            _mm256_storeu_ps(scratch.as_mut_ptr().add(8 * j), v);
+            j += 1;
         });
-        let (mut m, mut q) = ([0f32; 8], [0f32; 8]);
+        let inv_c = _mm256_set1_ps(1.0 / c as f32);
+        let mu = _mm256_mul_ps(s, inv_c);
+        let mut ss = _mm256_setzero_ps();
+        for v in scratch.chunks_exact(8) {
+            let d = _mm256_sub_ps(_mm256_loadu_ps(v.as_ptr()), mu);
+            ss = _mm256_add_ps(ss, _mm256_mul_ps(d, d));
+        }
+        let var = _mm256_add_ps(_mm256_mul_ps(ss, inv_c), _mm256_set1_ps(eps));
+        let rs = _mm256_div_ps(_mm256_set1_ps(1.0), _mm256_sqrt_ps(var));
+        let (mut m, mut r) = ([0f32; 8], [0f32; 8]);
         _mm256_storeu_ps(m.as_mut_ptr(), mu);
-        _mm256_storeu_ps(q.as_mut_ptr(), ss);
-        (m, q)
+        _mm256_storeu_ps(r.as_mut_ptr(), rs);
+        let whole = c - c % 8;
+        for k in 0..8 {
+            let (xr, yr) = (&x[k * c..(k + 1) * c], &mut y[k * c..(k + 1) * c]);
+            let (muv, rsv) = (_mm256_set1_ps(m[k]), _mm256_set1_ps(r[k]));
+            for j in (0..whole).step_by(8) {
+                let v = _mm256_loadu_ps(xr.as_ptr().add(j));
+                let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(v, muv), rsv), g8(gamma, j));
+                _mm256_storeu_ps(yr.as_mut_ptr().add(j), _mm256_add_ps(v, g8(beta, j)));
+            }
+            for j in whole..c {
+                yr[j] = (xr[j] - m[k]) * r[k] * gamma[j] + beta[j];
+            }
+        }
+        (m, r)
+    }
+
+    /// `p[j .. j + 8]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn g8(p: &[f32], j: usize) -> __m256 {
+        _mm256_loadu_ps(p.as_ptr().add(j))
     }
 }
 
