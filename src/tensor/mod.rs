@@ -6,7 +6,10 @@
 // Sizes are computed here for every op: no cast may narrow or wrap one silently.
 #![deny(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 
+mod half_slices;
 pub mod io;
+
+pub(crate) use half_slices::HalfSlices;
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -198,7 +201,6 @@ impl Storage {
     /// Overwrites the first `src.len()` elements with `src`'s values in this storage's float
     /// type (rounded to nearest even for the half types, exact for f64).
     pub fn store_f32(&mut self, src: &[f32]) -> Result<()> {
-        use half::slice::HalfFloatSliceExt;
         let n = src.len();
         if self.len() < n || !self.dtype().is_float() {
             return Err(Error::graph(format!(
@@ -210,8 +212,8 @@ impl Storage {
         match self {
             Storage::F32(d) => d[..n].copy_from_slice(src),
             Storage::F64(d) => d[..n].iter_mut().zip(src).for_each(|(d, &x)| *d = x.into()),
-            Storage::BF16(d) => d[..n].convert_from_f32_slice(src),
-            Storage::F16(d) => d[..n].convert_from_f32_slice(src),
+            Storage::BF16(d) => HalfSlices::from_f32(src, &mut d[..n]),
+            Storage::F16(d) => HalfSlices::from_f32(src, &mut d[..n]),
             Storage::I32(_) | Storage::U8(_) => unreachable!("checked above"),
         }
         Ok(())
@@ -219,7 +221,6 @@ impl Storage {
     /// The first `n` elements of a float or spike storage as f32: borrowed when they are f32,
     /// else converted (exact for the half types and spikes, rounded for f64).
     pub fn f32_prefix(&self, n: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
-        use half::slice::HalfFloatSliceExt;
         use std::borrow::Cow;
         if self.len() < n || !self.dtype().is_differentiable() {
             return Err(Error::graph(format!(
@@ -234,12 +235,12 @@ impl Storage {
             Storage::F64(v) => Cow::Owned(v[..n].iter().map(|&x| x as f32).collect()),
             Storage::BF16(v) => {
                 let mut w = try_filled(n, 0f32)?;
-                v[..n].convert_to_f32_slice(&mut w);
+                HalfSlices::to_f32(&v[..n], &mut w);
                 Cow::Owned(w)
             }
             Storage::F16(v) => {
                 let mut w = try_filled(n, 0f32)?;
-                v[..n].convert_to_f32_slice(&mut w);
+                HalfSlices::to_f32(&v[..n], &mut w);
                 Cow::Owned(w)
             }
             Storage::U8(v) => Cow::Owned(v[..n].iter().map(|&s| f32::from(s)).collect()),

@@ -79,8 +79,8 @@ impl<T: Float> Stored<T> for T {
         dst.copy_from_slice(src)
     }
 }
-/// The half types, stored as 16-bit words and computed in f32 (the `half` crate's slice
-/// conversions, vectorised where the CPU allows).
+/// The half types, stored as 16-bit words and computed in f32 (slice conversions vectorised
+/// where the CPU allows: [`crate::tensor::HalfSlices`]).
 macro_rules! stored_half {
     ($h:ty) => {
         impl Stored<f32> for $h {
@@ -93,16 +93,14 @@ macro_rules! stored_half {
                 <$h>::from_f32(v)
             }
             fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
-                use half::slice::HalfFloatSliceExt;
-                src.convert_to_f32_slice(buf);
+                crate::tensor::HalfSlices::to_f32(src, buf);
                 buf
             }
             fn compute_mut(_: &mut [Self]) -> Option<&mut [f32]> {
                 None
             }
             fn narrow(src: &[f32], dst: &mut [Self]) {
-                use half::slice::HalfFloatSliceExt;
-                dst.convert_from_f32_slice(src)
+                crate::tensor::HalfSlices::from_f32(src, dst)
             }
         }
     };
