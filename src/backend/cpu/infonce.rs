@@ -230,7 +230,7 @@ impl TileExp for f32 {
     fn sum_exp(row: &[f32], m: f32) -> f32 {
         match simd_loops() {
             // SAFETY (each arm below): `simd_loops` gives only loops this CPU runs.
-            Some(l) => unsafe { (l.sum_exp)(row, m) },
+            Some(w) => unsafe { (w.sum_exp)(row, m) },
             None => sum_exp(row, m),
         }
     }
@@ -244,21 +244,21 @@ impl TileExp for f32 {
 
     fn grad_row(row: &mut [f32], lr: f32, wr: f32, cols: Cols<f32>) -> f32 {
         match simd_loops() {
-            Some(l) => unsafe { (l.grad_row)(row, lr, wr, cols) },
+            Some(w) => unsafe { (w.grad_row)(row, lr, wr, cols) },
             None => grad_row(row, lr, wr, cols),
         }
     }
 
     fn row_max(row: &[f32]) -> f32 {
         match simd_loops() {
-            Some(l) => unsafe { (l.row_max)(row) },
+            Some(w) => unsafe { (w.row_max)(row) },
             None => row_max(row),
         }
     }
 
     fn max_into(acc: &mut [f32], x: &[f32]) {
         match simd_loops() {
-            Some(l) => unsafe { (l.max_into)(acc, x) },
+            Some(w) => unsafe { (w.max_into)(acc, x) },
             None => max_into(acc, x),
         }
     }

@@ -110,6 +110,7 @@ fn layer_norm<T: Float>(
     }
     let rpc = rows_per_chunk(c);
     let inv_c = T::one() / T::of(c as f64);
+    let norm = Norm { gamma, beta, eps };
     y.par_chunks_mut(rpc * c)
         .zip(mean.par_chunks_mut(rpc))
         .zip(rstd.par_chunks_mut(rpc))
@@ -121,10 +122,9 @@ fn layer_norm<T: Float>(
             while r < rows {
                 // 8 rows at once where AVX2 can (f32), else one row.
                 if rows - r >= 8 {
-                    let (rs, ys) = (r..r + 8, r * c..(r + 8) * c);
-                    let (mc, rc) = (&mut mc[rs.clone()], &mut rc[rs]);
-                    let norm = Norm { gamma, beta, eps };
-                    if norm.rows8(&x[ys.clone()], &mut yc[ys], mc, rc, scratch) {
+                    let (band, elems) = (r..r + 8, r * c..(r + 8) * c);
+                    let (mc8, rc8) = (&mut mc[band.clone()], &mut rc[band]);
+                    if norm.rows8(&x[elems.clone()], &mut yc[elems], mc8, rc8, scratch) {
                         r += 8;
                         continue;
                     }
