@@ -247,11 +247,7 @@ fn matmul<T: Float>(a: &CpuView, b: &CpuView, ta: bool, tb: bool, y: &mut [T]) -
                 m,
                 n,
                 k,
-                dst: Strided {
-                    ptr: yp.as_mut_ptr(),
-                    rs: n as isize,
-                    cs: 1,
-                },
+                dst: Strided::rows(yp.as_mut_ptr(), n),
                 read_dst: false,
                 lhs: Strided {
                     ptr: ap.as_ptr(),

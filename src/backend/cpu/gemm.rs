@@ -37,7 +37,17 @@ pub(crate) struct Strided<P> {
 }
 
 impl<P> Strided<P> {
-    fn transposed(self) -> Self {
+    /// A row-major matrix whose rows hold `len` elements.
+    pub(crate) fn rows(ptr: P, len: usize) -> Self {
+        Strided {
+            ptr,
+            rs: len as isize,
+            cs: 1,
+        }
+    }
+
+    /// The same memory read as the transposed matrix.
+    pub(crate) fn transposed(self) -> Self {
         Strided {
             ptr: self.ptr,
             rs: self.cs,
@@ -236,11 +246,7 @@ mod tests {
                 m,
                 n,
                 k,
-                dst: Strided {
-                    ptr: y.as_mut_ptr(),
-                    rs: n as isize,
-                    cs: 1,
-                },
+                dst: Strided::rows(y.as_mut_ptr(), n),
                 read_dst: acc,
                 lhs: Strided {
                     ptr: a.as_ptr(),

@@ -227,48 +227,33 @@ impl TileExp for f32 {
         }
     }
 
+    // SAFETY (each method): `loops` gives only loops this CPU runs.
     fn sum_exp(row: &[f32], m: f32) -> f32 {
-        match simd_loops() {
-            // SAFETY (each arm below): `simd_loops` gives only loops this CPU runs.
-            Some(w) => unsafe { (w.sum_exp)(row, m) },
-            None => sum_exp(row, m),
-        }
+        unsafe { (loops().sum_exp)(row, m) }
     }
 
     fn add_exp(l: &mut [f32], m: &[f32], x: &[f32]) {
-        match simd_loops() {
-            Some(w) => unsafe { (w.add_exp)(l, m, x) },
-            None => add_exp(l, m, x),
-        }
+        unsafe { (loops().add_exp)(l, m, x) }
     }
 
     fn grad_row(row: &mut [f32], lr: f32, wr: f32, cols: Cols<f32>) -> f32 {
-        match simd_loops() {
-            Some(w) => unsafe { (w.grad_row)(row, lr, wr, cols) },
-            None => grad_row(row, lr, wr, cols),
-        }
+        unsafe { (loops().grad_row)(row, lr, wr, cols) }
     }
 
     fn row_max(row: &[f32]) -> f32 {
-        match simd_loops() {
-            Some(w) => unsafe { (w.row_max)(row) },
-            None => row_max(row),
-        }
+        unsafe { (loops().row_max)(row) }
     }
 
     fn max_into(acc: &mut [f32], x: &[f32]) {
-        match simd_loops() {
-            Some(w) => unsafe { (w.max_into)(acc, x) },
-            None => max_into(acc, x),
-        }
+        unsafe { (loops().max_into)(acc, x) }
     }
 }
 
 /// Each column's (LSE, weight) of a gradient tile's row, when the loss is symmetric.
 type Cols<'a, T> = Option<(&'a [T], &'a [T])>;
 
-/// The f32 tile loops of one SIMD width ([`simd`]), behind [`TileExp`]'s f32 methods.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// The f32 tile loops of one width (the portable ones, or [`simd`]'s), behind [`TileExp`]'s
+/// f32 methods.
 struct Loops {
     sum_exp: unsafe fn(&[f32], f32) -> f32,
     add_exp: unsafe fn(&mut [f32], &[f32], &[f32]),
@@ -277,19 +262,27 @@ struct Loops {
     max_into: unsafe fn(&mut [f32], &[f32]),
 }
 
-/// The widest tile loops this CPU runs, if any.
+static PORTABLE: Loops = Loops {
+    sum_exp: sum_exp::<f32>,
+    add_exp: add_exp::<f32>,
+    grad_row: grad_row::<f32>,
+    row_max: row_max::<f32>,
+    max_into: max_into::<f32>,
+};
+
+/// The widest tile loops this CPU runs.
 #[inline]
-fn simd_loops() -> Option<&'static Loops> {
+fn loops() -> &'static Loops {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx512() {
-            return Some(&simd::AVX512);
+            return &simd::AVX512;
         }
         if has_avx2() {
-            return Some(&simd::AVX2);
+            return &simd::AVX2;
         }
     }
-    None
+    &PORTABLE
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -592,22 +585,10 @@ fn logits_tile<T: Float>(
             m,
             n,
             k: d,
-            dst: Strided {
-                ptr: out.as_mut_ptr(),
-                rs: n as isize,
-                cs: 1,
-            },
+            dst: Strided::rows(out.as_mut_ptr(), n),
             read_dst: false,
-            lhs: Strided {
-                ptr: lhs.as_ptr(),
-                rs: d as isize,
-                cs: 1,
-            },
-            rhs: Strided {
-                ptr: rhs.as_ptr(),
-                rs: 1,
-                cs: d as isize,
-            },
+            lhs: Strided::rows(lhs.as_ptr(), d),
+            rhs: Strided::rows(rhs.as_ptr(), d).transposed(),
             alpha: T::zero(),
             beta: pb.s,
             parallelism: par(parallel, m * n * d),
@@ -682,22 +663,14 @@ fn accumulate_product<T: Float>(
             m,
             n: d,
             k,
-            dst: Strided {
-                ptr: dst.as_mut_ptr(),
-                rs: d as isize,
-                cs: 1,
-            },
+            dst: Strided::rows(dst.as_mut_ptr(), d),
             read_dst: !first,
             lhs: Strided {
                 ptr: g_data.as_ptr(),
                 rs: g.row_stride as isize,
                 cs: g.col_stride as isize,
             },
-            rhs: Strided {
-                ptr: rhs.as_ptr(),
-                rs: d as isize,
-                cs: 1,
-            },
+            rhs: Strided::rows(rhs.as_ptr(), d),
             alpha: T::one(),
             beta: s,
             parallelism: par(parallel, m * k * d),
