@@ -214,6 +214,18 @@ pub enum Op {
     AdamW(AdamWConfig),
 }
 
+/// A row-local op's rows ([`Op::row_split`]): every split tensor is `rows` rows of its
+/// row shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RowSplit {
+    /// Rows of every split tensor.
+    pub rows: usize,
+    /// Each input's row shape; None: read whole.
+    pub inputs: Vec<Option<Vec<usize>>>,
+    /// Each output's row shape.
+    pub outputs: Vec<Vec<usize>>,
+}
+
 impl Op {
     /// Short name for messages and profiles.
     pub fn name(&self) -> &'static str {
@@ -280,6 +292,54 @@ impl Op {
                 self,
                 Op::ScatterAdd { .. } | Op::Dropout { .. } | Op::DropoutBackward { .. }
             )
+    }
+
+    /// The op's rows, when it is row-local: each row of every output depends only on the same
+    /// row of the inputs split by rows, and on the inputs read whole (parameters: a bias, γ
+    /// and β), and the op writes every element of its outputs. Such an op gives the same
+    /// values run on a block of rows at a time as on the whole tensors (the CPU runs half-precision storage that way, converting block by block
+    /// in cache). `inputs` are the input shapes; None for an op that is not row-local.
+    pub(crate) fn row_split(&self, inputs: &[&Shape]) -> Option<RowSplit> {
+        let x = inputs.first().copied();
+        let c = x.map_or(0, Shape::last);
+        // `rows` rows of the shape `row` in every split tensor; `whole` inputs read whole
+        let split = |rows: usize, ins: &[Option<&[usize]>], outs: &[&[usize]]| RowSplit {
+            rows,
+            inputs: ins.iter().map(|r| r.map(<[usize]>::to_vec)).collect(),
+            outputs: outs.iter().map(|r| r.to_vec()).collect(),
+        };
+        let out = match self {
+            Op::Add | Op::Sub | Op::Mul | Op::UnaryBackward(_) => {
+                split(x?.numel(), &[Some(&[]), Some(&[])], &[&[]])
+            }
+            Op::Scale(_) | Op::Unary(_) | Op::StopGradient => {
+                split(x?.numel(), &[Some(&[])], &[&[]])
+            }
+            Op::AddBias | Op::MulBroadcast => split(x?.rows(), &[Some(&[c]), None], &[&[c]]),
+            Op::Reduce(Reduce::SumLast | Reduce::MeanLast) => {
+                split(x?.rows(), &[Some(&[c])], &[&[]])
+            }
+            Op::ReduceBackward(Reduce::SumLast | Reduce::MeanLast, full) => {
+                split(x?.numel(), &[Some(&[])], &[&[full.last()]])
+            }
+            Op::LayerNorm { .. } => split(x?.rows(), &[Some(&[c]), None, None], &[&[c], &[], &[]]),
+            Op::L2Normalize { .. } => split(x?.rows(), &[Some(&[c])], &[&[c], &[]]),
+            Op::L2NormalizeBackward { .. } => {
+                split(x?.rows(), &[Some(&[c]), Some(&[c]), Some(&[])], &[&[c]])
+            }
+            Op::MaskedSoftmax | Op::MaskedSoftmaxBackward => {
+                let &[b, g, l] = x?.dims() else { return None };
+                let keep_or_y: &[usize] = if matches!(self, Op::MaskedSoftmax) {
+                    &[l]
+                } else {
+                    &[g, l]
+                };
+                split(b, &[Some(&[g, l]), Some(keep_or_y)], &[&[g, l]])
+            }
+            _ => return None,
+        };
+        // an empty row (a zero-width last axis) has no rows to split by
+        (c > 0 && out.inputs.len() == inputs.len()).then_some(out)
     }
 
     /// The family (file) an op belongs to: where its shape rule, gradient rule and kernels live.

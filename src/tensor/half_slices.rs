@@ -4,28 +4,83 @@
 //! `to_f32` and `from_f32` (a NaN keeps its payload with the quiet bit set; rounding to nearest
 //! even): the crate converts bf16 slices one element at a time.
 
+use crate::error::{Error, Result};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use rayon::prelude::*;
 
-/// A half type's slice conversions (lengths must match).
-pub(crate) trait HalfSlices: Sized {
+/// Elements one task converts: long slices convert in parallel, in tasks of this many.
+const TASK: usize = 1 << 14;
+
+/// A half type's slice conversions (lengths must match). Long slices convert in parallel:
+/// the other cores would wait on the conversion otherwise (every element's result is the
+/// same either way).
+pub(crate) trait HalfSlices: Sized + Copy + Send + Sync {
+    /// `dst[i] = src[i]`, exactly, on this thread.
+    fn to_f32_here(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to nearest even, on this thread.
+    fn from_f32_here(src: &[f32], dst: &mut [Self]);
+
     /// `dst[i] = src[i]`, exactly.
-    fn to_f32(src: &[Self], dst: &mut [f32]);
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "half → f32: lengths differ");
+        if src.len() <= TASK {
+            return Self::to_f32_here(src, dst);
+        }
+        (dst.par_chunks_mut(TASK).zip(src.par_chunks(TASK)))
+            .for_each(|(d, s)| Self::to_f32_here(s, d));
+    }
     /// `dst[i] = src[i]` rounded to nearest even.
-    fn from_f32(src: &[f32], dst: &mut [Self]);
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        assert_eq!(src.len(), dst.len(), "f32 → half: lengths differ");
+        if src.len() <= TASK {
+            return Self::from_f32_here(src, dst);
+        }
+        (dst.par_chunks_mut(TASK).zip(src.par_chunks(TASK)))
+            .for_each(|(d, s)| Self::from_f32_here(s, d));
+    }
+    /// `out` made `src` widened, each element written once (not zeroed first); an
+    /// `Error::OutOfMemory` when it cannot grow.
+    fn to_f32_vec(src: &[Self], out: &mut Vec<f32>) -> Result<()> {
+        let n = src.len();
+        out.clear();
+        (out.try_reserve_exact(n)).map_err(|_| Error::OutOfMemory { bytes: n * 4 })?;
+        let spare = &mut out.spare_capacity_mut()[..n];
+        let fill = |(dst, src): (&mut [std::mem::MaybeUninit<f32>], &[Self])| {
+            let mut wide = [0f32; 1024];
+            for (d, s) in dst.chunks_mut(wide.len()).zip(src.chunks(wide.len())) {
+                let w = &mut wide[..s.len()];
+                Self::to_f32_here(s, w);
+                d.iter_mut().zip(w.iter()).for_each(|(d, &w)| {
+                    d.write(w);
+                });
+            }
+        };
+        if n <= TASK {
+            fill((spare, src));
+        } else {
+            spare
+                .par_chunks_mut(TASK)
+                .zip(src.par_chunks(TASK))
+                .for_each(fill);
+        }
+        // SAFETY: the first n elements were all written just above (the chunks cover them).
+        unsafe { out.set_len(n) };
+        Ok(())
+    }
 }
 
 impl HalfSlices for f16 {
-    fn to_f32(src: &[f16], dst: &mut [f32]) {
+    fn to_f32_here(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst)
     }
-    fn from_f32(src: &[f32], dst: &mut [f16]) {
+    fn from_f32_here(src: &[f32], dst: &mut [f16]) {
         dst.convert_from_f32_slice(src)
     }
 }
 
 impl HalfSlices for bf16 {
-    fn to_f32(src: &[bf16], dst: &mut [f32]) {
+    fn to_f32_here(src: &[bf16], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "bf16 → f32: lengths differ");
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -34,7 +89,7 @@ impl HalfSlices for bf16 {
         }
         widen(src, dst)
     }
-    fn from_f32(src: &[f32], dst: &mut [bf16]) {
+    fn from_f32_here(src: &[f32], dst: &mut [bf16]) {
         assert_eq!(src.len(), dst.len(), "f32 → bf16: lengths differ");
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {

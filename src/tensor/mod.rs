@@ -218,6 +218,19 @@ impl Storage {
         }
         Ok(())
     }
+    /// `out` made the first `n` elements of a half-precision storage, widened (exactly); an
+    /// error for any other dtype (see [`Storage::f32_prefix`]).
+    pub fn widen_into(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        match self {
+            Storage::BF16(v) if v.len() >= n => HalfSlices::to_f32_vec(&v[..n], out),
+            Storage::F16(v) if v.len() >= n => HalfSlices::to_f32_vec(&v[..n], out),
+            _ => Err(Error::graph(format!(
+                "{n} half-precision values asked of a buffer of {} {:?}",
+                self.len(),
+                self.dtype()
+            ))),
+        }
+    }
     /// The first `n` elements of a float or spike storage as f32: borrowed when they are f32,
     /// else converted (exact for the half types and spikes, rounded for f64).
     pub fn f32_prefix(&self, n: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
@@ -233,15 +246,10 @@ impl Storage {
         Ok(match self {
             Storage::F32(v) => Cow::Borrowed(&v[..n]),
             Storage::F64(v) => Cow::Owned(v[..n].iter().map(|&x| x as f32).collect()),
-            Storage::BF16(v) => {
-                let mut w = try_filled(n, 0f32)?;
-                HalfSlices::to_f32(&v[..n], &mut w);
-                Cow::Owned(w)
-            }
-            Storage::F16(v) => {
-                let mut w = try_filled(n, 0f32)?;
-                HalfSlices::to_f32(&v[..n], &mut w);
-                Cow::Owned(w)
+            Storage::BF16(_) | Storage::F16(_) => {
+                let mut wide = Vec::new();
+                self.widen_into(n, &mut wide)?;
+                Cow::Owned(wide)
             }
             Storage::U8(v) => Cow::Owned(v[..n].iter().map(|&s| f32::from(s)).collect()),
             Storage::I32(_) => unreachable!("checked above"),

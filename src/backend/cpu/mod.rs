@@ -6,6 +6,7 @@ mod gat;
 #[cfg(target_arch = "x86_64")]
 mod gelu;
 mod gemm;
+mod in_f32;
 mod infonce;
 mod layout;
 mod lif;
@@ -17,6 +18,8 @@ use super::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::ops::{Family, Op};
 use crate::tensor::{DType, Element, Shape, Storage, Tensor};
+pub(crate) use in_f32::Stored;
+use in_f32::{in_f32, spikes_widened};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -42,102 +45,6 @@ impl Float for f64 {
         x
     }
 }
-
-/// A storage element a kernel computing in `T` reads and writes: `T` itself, or (for `T` =
-/// f32) bf16 / f16, widened exactly on load and rounded to nearest even on store, as
-/// [`Storage::store_f32`] rounds. Kernels generic over it convert in their loops instead of
-/// in whole-buffer passes (`in_f32`).
-pub(crate) trait Stored<T>: Element {
-    /// The value in the compute type.
-    fn load(self) -> T;
-    /// `v` rounded to this type.
-    fn store(v: T) -> Self;
-    /// `src` in the compute type: `src` itself when this is `T`, else widened into `buf`
-    /// (of `src`'s length).
-    fn widen<'a>(src: &'a [Self], buf: &'a mut [T]) -> &'a [T];
-    /// `dst` as compute-type elements to write in place, when this is `T`.
-    fn compute_mut(dst: &mut [Self]) -> Option<&mut [T]>;
-    /// `src` rounded into `dst` (of the same length).
-    fn narrow(src: &[T], dst: &mut [Self]);
-}
-impl<T: Float> Stored<T> for T {
-    #[inline(always)]
-    fn load(self) -> T {
-        self
-    }
-    #[inline(always)]
-    fn store(v: T) -> T {
-        v
-    }
-    fn widen<'a>(src: &'a [T], _: &'a mut [T]) -> &'a [T] {
-        src
-    }
-    fn compute_mut(dst: &mut [T]) -> Option<&mut [T]> {
-        Some(dst)
-    }
-    fn narrow(src: &[T], dst: &mut [T]) {
-        dst.copy_from_slice(src)
-    }
-}
-/// The half types, stored as 16-bit words and computed in f32 (slice conversions vectorised
-/// where the CPU allows: [`crate::tensor::HalfSlices`]).
-macro_rules! stored_half {
-    ($h:ty) => {
-        impl Stored<f32> for $h {
-            #[inline(always)]
-            fn load(self) -> f32 {
-                self.to_f32()
-            }
-            #[inline(always)]
-            fn store(v: f32) -> Self {
-                <$h>::from_f32(v)
-            }
-            fn widen<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
-                crate::tensor::HalfSlices::to_f32(src, buf);
-                buf
-            }
-            fn compute_mut(_: &mut [Self]) -> Option<&mut [f32]> {
-                None
-            }
-            fn narrow(src: &[f32], dst: &mut [Self]) {
-                crate::tensor::HalfSlices::from_f32(src, dst)
-            }
-        }
-    };
-}
-stored_half!(half::bf16);
-stored_half!(half::f16);
-
-/// u8 spikes (`LifConfig::u8_spikes`): 0 and 1 load exactly; a store writes 1 for any
-/// nonzero value (LIF stores only 0 or 1).
-macro_rules! stored_spike {
-    ($t:ty) => {
-        impl Stored<$t> for u8 {
-            #[inline(always)]
-            fn load(self) -> $t {
-                <$t>::from(self)
-            }
-            #[inline(always)]
-            fn store(v: $t) -> u8 {
-                u8::from(v != 0.0)
-            }
-            fn widen<'a>(src: &'a [u8], buf: &'a mut [$t]) -> &'a [$t] {
-                buf.iter_mut().zip(src).for_each(|(b, &s)| *b = s.load());
-                buf
-            }
-            fn compute_mut(_: &mut [u8]) -> Option<&mut [$t]> {
-                None
-            }
-            fn narrow(src: &[$t], dst: &mut [u8]) {
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = Self::store(v));
-            }
-        }
-    };
-}
-stored_spike!(f32);
-stored_spike!(f64);
 
 /// Runs a generic kernel call at the float dtype given: `float_dispatch!(dtype, f(args))`.
 macro_rules! float_dispatch {
@@ -187,74 +94,6 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
         // SAFETY: T is f32 (checked), so the slice's memory is `len` f32s.
         unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()) }
     })
-}
-
-/// Runs `f` (the op) with every half-precision input widened to f32 and every half-precision
-/// output computed in f32 and rounded back (to nearest even): storage in 16 bits, arithmetic
-/// and reductions in f32 (DESIGN §3). The f32 outputs start at zero: no op that updates a
-/// buffer in place (the optimizer) takes half storage.
-fn in_f32(
-    inputs: &[CpuView],
-    outputs: &mut [CpuViewMut],
-    f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
-) -> Result<()> {
-    // f32 copies of the half buffers, in view order (None: the view is used as it is)
-    let wide_in = inputs
-        .iter()
-        .map(|v| {
-            let n = v.shape.numel();
-            v.dtype
-                .is_half()
-                .then(|| Ok(Storage::F32(v.buf.f32_prefix(n)?.into_owned())))
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut wide_out = outputs
-        .iter()
-        .map(|v| {
-            v.dtype
-                .is_half()
-                .then(|| Storage::try_zeros(DType::F32, v.shape.numel()))
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let ins = super::f32_views(inputs, wide_in.iter().map(Option::as_ref));
-    let mut outs = super::f32_views_mut(outputs, wide_out.iter_mut().map(Option::as_mut));
-    f(&ins, &mut outs)?;
-    drop(outs);
-    for (v, w) in outputs.iter_mut().zip(wide_out) {
-        if let Some(Storage::F32(w)) = w {
-            v.buf.store_f32(&w)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `f` (the op) with its u8 spike inputs widened, exactly, to the op's float type (its
-/// first float output's); then `f` runs as for any input of that type (on half storage, in
-/// f32). Only the inputs [`Op::reads_spikes`] names are u8 here (the shape rule checked it).
-fn spikes_widened(
-    inputs: &[CpuView],
-    outputs: &mut [CpuViewMut],
-    f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
-) -> Result<()> {
-    let float = outputs
-        .iter()
-        .map(|o| o.dtype)
-        .find(|d| d.is_float())
-        .ok_or_else(|| Error::graph("an op reading u8 spikes has no float output"))?;
-    let wide = inputs
-        .iter()
-        .map(|v| {
-            (v.dtype == DType::U8)
-                .then(|| v.buf.spikes_as(float, v.shape.numel()))
-                .transpose()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    f(
-        &super::views_as(inputs, wide.iter().map(Option::as_ref), float),
-        outputs,
-    )
 }
 
 /// A read-only CPU buffer seen as a tensor.
@@ -467,7 +306,7 @@ impl Backend for CpuBackend {
         // LIF converts in its own loops (it is bandwidth-bound: whole-buffer passes would
         // cost more than the op)
         if half && !op.only_moves() && op.family() != Family::Lif {
-            return in_f32(inputs, outputs, |i, o| self.execute_planned(op, i, o));
+            return in_f32(op, inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         match op.family() {
             Family::Basic => basic::execute(op, inputs, outputs),
