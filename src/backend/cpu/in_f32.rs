@@ -4,8 +4,9 @@
 //! nearest even.
 //!
 //! Three ways, cheapest first:
-//! - kernels generic over [`Stored`] convert in their own loops (LIF: bandwidth-bound, where
-//!   whole-buffer passes would cost more than the op);
+//! - kernels generic over [`Stored`] convert in their own loops (LIF, segment mean and the
+//!   LayerNorm backward: bandwidth-bound, where whole-buffer passes would cost more than the
+//!   op);
 //! - a row-local op ([`Op::row_split`]: the elementwise ops, bias, row reductions, the norms,
 //!   masked softmax) runs block by block of rows: each block widened into an f32 copy that
 //!   stays in cache, computed, and rounded into place, the blocks in parallel;
@@ -442,6 +443,7 @@ pub(super) fn spikes_widened(
 
 #[cfg(test)]
 mod tests {
+    use super::super::converts_in_its_loops;
     use super::*;
     use crate::backend::Backend;
     use crate::ops::{Reduce, Unary};
@@ -449,19 +451,49 @@ mod tests {
     use crate::util::rng::SplitMix64;
     use crate::CpuBackend;
 
+    /// How a test runs an op on half storage.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Route {
+        /// Block by block of rows.
+        Rows,
+        /// On whole f32 copies.
+        Whole,
+        /// As the backend runs it (kernels that convert in their loops).
+        Backend,
+    }
+
     /// The op's outputs on half inputs of `dtype` (random, with exact zeros for the masks;
-    /// a statistic, L2 normalisation's norm, in f32), run block by block (`rows` true) or on
-    /// whole f32 copies; outputs poisoned first.
-    fn run(op: &Op, shapes: &[&[usize]], dtype: DType, rows: bool) -> Vec<Vec<f64>> {
+    /// the statistics, L2 normalisation's norm and LayerNorm's mean and rstd, in f32), run by
+    /// `route`; outputs poisoned first.
+    fn run(op: &Op, shapes: &[&[usize]], dtype: DType, route: Route) -> Vec<Vec<f64>> {
         let mut rng = SplitMix64::new(7);
-        let stat = |i| matches!(op, Op::L2NormalizeBackward { .. }) && i == 2;
+        let stat = |i| match op {
+            Op::L2NormalizeBackward { .. } | Op::SegmentMeanBackward => i == 2,
+            Op::LayerNormBackward { .. } => i >= 3,
+            _ => false,
+        };
+        // segment ids: −1 (void) to 6
+        let ids = matches!(op, Op::SegmentMean { .. } | Op::SegmentMeanBackward);
         let inputs: Vec<(Storage, Meta)> = (shapes.iter().enumerate())
             .map(|(i, s)| {
-                let meta = Meta::new(s.to_vec(), if stat(i) { DType::F32 } else { dtype });
+                let dt = match i {
+                    1 if ids => DType::I32,
+                    _ if stat(i) => DType::F32,
+                    _ => dtype,
+                };
+                let meta = Meta::new(s.to_vec(), dt);
                 let v: Vec<f64> = (0..meta.shape.numel())
-                    .map(|i| if i % 5 == 3 { 0.0 } else { rng.range(0.1, 2.0) })
+                    .map(|i| match dt {
+                        DType::I32 => (i * 5 % 8) as f64 - 1.0,
+                        _ if i % 5 == 3 => 0.0,
+                        _ => rng.range(0.1, 2.0),
+                    })
                     .collect();
-                (Storage::from_f64(meta.dtype, &v).unwrap(), meta)
+                let buf = match dt {
+                    DType::I32 => Storage::I32(v.iter().map(|&x| x as i32).collect()),
+                    _ => Storage::from_f64(dt, &v).unwrap(),
+                };
+                (buf, meta)
             })
             .collect();
         let metas: Vec<Meta> = inputs.iter().map(|i| i.1.clone()).collect();
@@ -484,7 +516,9 @@ mod tests {
             })
             .collect();
         let f = |i: &[CpuView], o: &mut [CpuViewMut]| CpuBackend.execute_planned(op, i, o);
-        if rows {
+        if route == Route::Backend {
+            CpuBackend.execute_planned(op, &views, &mut outs)
+        } else if route == Route::Rows {
             let split = op.row_split(&metas.iter().map(|m| &m.shape).collect::<Vec<_>>());
             let split = split.unwrap_or_else(|| panic!("{} is not row-local", op.name()));
             assert!(splits_as(&split, &views, &outs, dtype), "{}", op.name());
@@ -558,10 +592,52 @@ mod tests {
         for (op, shapes) in &cases {
             let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
             for dtype in [DType::BF16, DType::F16] {
-                let want = run(op, &shapes, dtype, false);
-                let got = run(op, &shapes, dtype, true);
+                let want = run(op, &shapes, dtype, Route::Whole);
+                let got = run(op, &shapes, dtype, Route::Rows);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(w.iter().all(|x| !x.is_nan()), "{} left NaN", op.name());
+                    let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same && g.len() == w.len(), "{} {dtype:?}", op.name());
+                }
+            }
+        }
+    }
+
+    /// Kernels that convert half storage in their own loops give the bits of their f32
+    /// kernels on whole f32 copies (row counts across several fixed reduction blocks).
+    #[test]
+    fn kernels_converting_in_their_loops_give_the_whole_routes_bits() {
+        let ln = Op::LayerNormBackward {
+            eps: 1e-5,
+            row_stride: 3,
+        };
+        let cases: Vec<(Op, Vec<Vec<usize>>)> = vec![
+            (
+                ln.clone(),
+                vec![vec![200, 37]; 2]
+                    .into_iter()
+                    .chain([vec![37], vec![200], vec![200]])
+                    .collect(),
+            ),
+            (ln, vec![vec![0, 5], vec![0, 5], vec![5], vec![0], vec![0]]),
+            // 70 000 elements: several parts in parallel
+            (
+                Op::SegmentMean { segments: 7 },
+                vec![vec![1000, 70], vec![1000]],
+            ),
+            (Op::SegmentMean { segments: 7 }, vec![vec![9, 3], vec![9]]),
+            (
+                Op::SegmentMeanBackward,
+                vec![vec![7, 70], vec![1000], vec![7]],
+            ),
+        ];
+        for (op, shapes) in &cases {
+            assert!(converts_in_its_loops(op), "{}", op.name());
+            let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            for dtype in [DType::BF16, DType::F16] {
+                let want = run(op, &shapes, dtype, Route::Whole);
+                let got = run(op, &shapes, dtype, Route::Backend);
+                for (g, w) in got.iter().zip(&want) {
                     let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same && g.len() == w.len(), "{} {dtype:?}", op.name());
                 }

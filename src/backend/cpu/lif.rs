@@ -15,31 +15,16 @@
 //! by row piece inside the task ([`Stored`]), and H and the arithmetic stay f32: the results
 //! are the f32 kernel's, rounded once, without whole-buffer conversion passes.
 
-use super::{read, write, CpuView, CpuViewMut, Float, Stored, PAR_MIN};
+use super::{read, storage_dispatch, write, CpuView, CpuViewMut, Float, Stored, PAR_MIN};
 use crate::error::{Error, Result};
 use crate::ops::lif::{validate_tau, LifBackwardArgs};
 use crate::ops::{LifConfig, Op, Surrogate};
-use crate::tensor::DType;
 use rayon::prelude::*;
 
 /// Neurons whose state lives on the stack at once.
 const LANES: usize = 256;
 /// Neurons per parallel task (fixed, so reductions do not depend on the thread count).
 const TASK: usize = 4096;
-
-/// Runs `$f::<T, S>(args)` for the storage dtype of the activations: f32 and f64 compute in
-/// themselves, bf16 and f16 in f32 (the charge H is then f32: `Op::half_stats`).
-macro_rules! storage_dispatch {
-    ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
-        match $dtype {
-            DType::F32 => $f::<f32, f32>($($arg),*),
-            DType::F64 => $f::<f64, f64>($($arg),*),
-            DType::BF16 => $f::<f32, half::bf16>($($arg),*),
-            DType::F16 => $f::<f32, half::f16>($($arg),*),
-            d => Err(Error::Unsupported { backend: "cpu", what: format!("{} on {d:?}", $op) }),
-        }
-    };
-}
 
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     // the activations' dtype: X's (forward) or the input gradient's (backward)

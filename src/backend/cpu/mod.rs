@@ -58,6 +58,22 @@ macro_rules! float_dispatch {
 }
 pub(crate) use float_dispatch;
 
+/// Runs `$f::<T, S>(args)` for the storage dtype `S` of a kernel that converts in its own
+/// loops ([`Stored`]): f32 and f64 compute in themselves, bf16 and f16 in f32 (what such an
+/// op keeps for its backward is then f32: `Op::half_stats`).
+macro_rules! storage_dispatch {
+    ($op:expr, $dtype:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => $f::<f32, f32>($($arg),*),
+            $crate::tensor::DType::F64 => $f::<f64, f64>($($arg),*),
+            $crate::tensor::DType::BF16 => $f::<f32, half::bf16>($($arg),*),
+            $crate::tensor::DType::F16 => $f::<f32, half::f16>($($arg),*),
+            d => Err($crate::error::Error::Unsupported { backend: "cpu", what: format!("{} on {d:?}", $op) }),
+        }
+    };
+}
+pub(crate) use storage_dispatch;
+
 /// Whether this CPU runs the AVX2 paths of the kernels (InfoNCE's tile loops, LayerNorm's
 /// row statistics): runtime detection, cached by the standard library. Those paths do the
 /// portable code's operations in its order, so results never depend on it.
@@ -94,6 +110,14 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
         // SAFETY: T is f32 (checked), so the slice's memory is `len` f32s.
         unsafe { std::slice::from_raw_parts_mut(y.as_mut_ptr().cast::<f32>(), y.len()) }
     })
+}
+
+/// Whether the op's CPU kernels read and write half-precision storage themselves, converting
+/// in their loops ([`Stored`]): the bandwidth-bound ones, where whole-buffer passes would cost
+/// more than the op.
+fn converts_in_its_loops(op: &Op) -> bool {
+    matches!(op.family(), Family::Lif | Family::Segment)
+        || matches!(op, Op::LayerNormBackward { .. })
 }
 
 /// A read-only CPU buffer seen as a tensor.
@@ -303,9 +327,7 @@ impl Backend for CpuBackend {
             return spikes_widened(inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         let half = super::any_half(inputs, outputs);
-        // LIF converts in its own loops (it is bandwidth-bound: whole-buffer passes would
-        // cost more than the op)
-        if half && !op.only_moves() && op.family() != Family::Lif {
+        if half && !op.only_moves() && !converts_in_its_loops(op) {
             return in_f32(op, inputs, outputs, |i, o| self.execute_planned(op, i, o));
         }
         match op.family() {

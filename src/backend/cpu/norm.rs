@@ -5,7 +5,7 @@
 //! count. The LayerNorm parameter gradients are reduced in fixed blocks of `LN_BLOCK_ROWS`
 //! rows: rows in order inside a block, then the block partials in order.
 
-use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float};
+use super::{float_dispatch, read, storage_dispatch, write, CpuView, CpuViewMut, Float, Stored};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use rayon::prelude::*;
@@ -16,7 +16,35 @@ pub(crate) const LN_BLOCK_ROWS: usize = 64;
 
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     let dtype = outputs[0].dtype;
+    if let Op::LayerNormBackward { row_stride, .. } = op {
+        return storage_dispatch!(
+            op.name(),
+            dtype,
+            layer_norm_backward_views(*row_stride, inputs, outputs)
+        );
+    }
     float_dispatch!(op.name(), dtype, run(op, inputs, outputs))
+}
+
+/// The LayerNorm backward on `S` storage (half precision converted row by row in its loops:
+/// it is bandwidth-bound), the statistics in `T`.
+fn layer_norm_backward_views<T: Float, S: Stored<T>>(
+    row_stride: usize,
+    inputs: &[CpuView],
+    outputs: &mut [CpuViewMut],
+) -> Result<()> {
+    let [gx, gg, gb] = outputs else {
+        return Err(Error::graph("layer_norm_backward: expects 3 outputs"));
+    };
+    let [g, x, gamma, mean, rstd] = inputs else {
+        return Err(Error::graph("layer_norm_backward: expects 5 inputs"));
+    };
+    let c = x.shape.last();
+    let (g, x, gamma) = (read::<S>(g)?, read::<S>(x)?, read::<S>(gamma)?);
+    let (mean, rstd) = (read::<T>(mean)?, read::<T>(rstd)?);
+    let (gx, gg, gb) = (write::<S>(gx)?, write::<S>(gg)?, write::<S>(gb)?);
+    layer_norm_backward(g, x, gamma, mean, rstd, c, row_stride, gx, gg, gb);
+    Ok(())
 }
 
 /// Rows per parallel chunk for rows of `c` elements.
@@ -35,18 +63,6 @@ fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Res
             let c = inputs[0].shape.last();
             let (y, mean, rstd) = (write::<T>(y)?, write::<T>(mean)?, write::<T>(rstd)?);
             layer_norm(x, gamma, beta, T::of(*eps), c, y, mean, rstd);
-        }
-        Op::LayerNormBackward { row_stride, .. } => {
-            let [gx, gg, gb] = outputs else {
-                return Err(arity(op));
-            };
-            let g = read::<T>(&inputs[0])?;
-            let x = read::<T>(&inputs[1])?;
-            let gamma = read::<T>(&inputs[2])?;
-            let (mean, rstd) = (read::<T>(&inputs[3])?, read::<T>(&inputs[4])?);
-            let c = inputs[1].shape.last();
-            let (gx, gg, gb) = (write::<T>(gx)?, write::<T>(gg)?, write::<T>(gb)?);
-            layer_norm_backward(g, x, gamma, mean, rstd, c, *row_stride, gx, gg, gb);
         }
         Op::L2Normalize { eps } => {
             let [y, norm] = outputs else {
@@ -309,71 +325,88 @@ mod avx2 {
 }
 
 /// `gx = rstd (ĝ − mean(ĝ) − x̂ mean(ĝ x̂))` with `ĝ = g γ`, `x̂ = (x − μ) rstd`;
-/// `ggamma = Σ_rows g x̂`, `gbeta = Σ_rows g` in fixed row blocks.
+/// `ggamma = Σ_rows g x̂`, `gbeta = Σ_rows g` in fixed row blocks. Rows of `S` storage are
+/// widened into the task's buffers as they are read and rounded once as they are written.
 #[allow(clippy::too_many_arguments)]
-fn layer_norm_backward<T: Float>(
-    g: &[T],
-    x: &[T],
-    gamma: &[T],
+fn layer_norm_backward<T: Float, S: Stored<T>>(
+    g: &[S],
+    x: &[S],
+    gamma: &[S],
     mean: &[T],
     rstd: &[T],
     c: usize,
     row_stride: usize,
-    gx: &mut [T],
-    gg: &mut [T],
-    gb: &mut [T],
+    gx: &mut [S],
+    gg: &mut [S],
+    gb: &mut [S],
 ) {
-    gg.fill(T::zero());
-    gb.fill(T::zero());
-    if c == 0 || gx.is_empty() {
-        return;
-    }
-    let inv_c = T::one() / T::of(c as f64);
-    // Row r sat at row r·row_stride of the long batch, whose blocks of LN_BLOCK_ROWS rows
-    // the partial sums follow (the long batch's other rows have a zero gradient: no terms).
-    let rows = gx.len() / c;
-    let mut blocks: Vec<(usize, &mut [T])> = Vec::new();
-    let (mut rest, mut first) = (&mut gx[..], 0);
-    while first < rows {
-        let block = first * row_stride / LN_BLOCK_ROWS;
-        let end = ((block + 1) * LN_BLOCK_ROWS).div_ceil(row_stride).min(rows);
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * c);
-        blocks.push((first, head));
-        (rest, first) = (tail, end);
-    }
-    let partials: Vec<Vec<T>> = blocks
-        .into_par_iter()
-        .map(|(first, gxb)| {
-            let mut part = vec![T::zero(); 2 * c];
-            let (pg, pb) = part.split_at_mut(c);
-            for (r, gxr) in gxb.chunks_mut(c).enumerate() {
-                let row = first + r;
-                let (xr, gr) = (&x[row * c..(row + 1) * c], &g[row * c..(row + 1) * c]);
-                let (mu, rs) = (mean[row], rstd[row]);
-                let (mut a, mut b) = (T::zero(), T::zero());
-                for j in 0..c {
-                    let xh = (xr[j] - mu) * rs;
-                    let gh = gr[j] * gamma[j];
-                    a += gh;
-                    b += gh * xh;
-                    pg[j] += gr[j] * xh;
-                    pb[j] += gr[j];
+    let (mut sum_g, mut sum_b) = (vec![T::zero(); gg.len()], vec![T::zero(); gb.len()]);
+    if c > 0 && !gx.is_empty() {
+        let mut gamma_buf = vec![T::zero(); c];
+        let gamma = S::widen(gamma, &mut gamma_buf);
+        let inv_c = T::one() / T::of(c as f64);
+        // Row r sat at row r·row_stride of the long batch, whose blocks of LN_BLOCK_ROWS rows
+        // the partial sums follow (the long batch's other rows have a zero gradient: no terms).
+        let rows = gx.len() / c;
+        let mut blocks: Vec<(usize, &mut [S])> = Vec::new();
+        let (mut rest, mut first) = (&mut gx[..], 0);
+        while first < rows {
+            let block = first * row_stride / LN_BLOCK_ROWS;
+            let end = ((block + 1) * LN_BLOCK_ROWS).div_ceil(row_stride).min(rows);
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut((end - first) * c);
+            blocks.push((first, head));
+            (rest, first) = (tail, end);
+        }
+        let partials: Vec<Vec<T>> = blocks
+            .into_par_iter()
+            .map(|(first, gxb)| {
+                let mut part = vec![T::zero(); 2 * c];
+                // this row's g, x and gx in T (unused when S is T)
+                let mut row_bufs = vec![T::zero(); 3 * c];
+                let (pg, pb) = part.split_at_mut(c);
+                for (r, gxr) in gxb.chunks_mut(c).enumerate() {
+                    let row = first + r;
+                    let (g_buf, rest) = row_bufs.split_at_mut(c);
+                    let (x_buf, gx_buf) = rest.split_at_mut(c);
+                    let xr = S::widen(&x[row * c..(row + 1) * c], x_buf);
+                    let gr = S::widen(&g[row * c..(row + 1) * c], g_buf);
+                    let (mu, rs) = (mean[row], rstd[row]);
+                    let (mut a, mut b) = (T::zero(), T::zero());
+                    for j in 0..c {
+                        let xh = (xr[j] - mu) * rs;
+                        let gh = gr[j] * gamma[j];
+                        a += gh;
+                        b += gh * xh;
+                        pg[j] += gr[j] * xh;
+                        pb[j] += gr[j];
+                    }
+                    let (a, b) = (a * inv_c, b * inv_c);
+                    let write = |out: &mut [T]| {
+                        for j in 0..c {
+                            let xh = (xr[j] - mu) * rs;
+                            out[j] = rs * (gr[j] * gamma[j] - a - xh * b);
+                        }
+                    };
+                    match S::compute_mut(gxr) {
+                        Some(out) => write(out),
+                        None => {
+                            write(gx_buf);
+                            S::narrow(gx_buf, gxr);
+                        }
+                    }
                 }
-                let (a, b) = (a * inv_c, b * inv_c);
-                for j in 0..c {
-                    let xh = (xr[j] - mu) * rs;
-                    gxr[j] = rs * (gr[j] * gamma[j] - a - xh * b);
-                }
+                part
+            })
+            .collect();
+        for part in &partials {
+            for j in 0..c {
+                sum_g[j] += part[j];
+                sum_b[j] += part[c + j];
             }
-            part
-        })
-        .collect();
-    for part in &partials {
-        for j in 0..c {
-            gg[j] += part[j];
-            gb[j] += part[c + j];
         }
     }
+    S::narrow(&sum_g, gg);
+    S::narrow(&sum_b, gb);
 }
 
 fn l2_normalize<T: Float>(x: &[T], eps: T, c: usize, y: &mut [T], norm: &mut [T]) {

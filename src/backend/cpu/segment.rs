@@ -5,7 +5,7 @@
 //! its rows in increasing row order (deterministic for any thread count, no atomics).
 //! Backward: rows in parallel, each reading its segment's gradient row.
 
-use super::{float_dispatch, read, write, CpuView, CpuViewMut, Float, PAR_MIN};
+use super::{read, storage_dispatch, write, CpuView, CpuViewMut, Float, Stored, PAR_MIN};
 use crate::error::{Error, Result};
 use crate::ops::segment::{segment_id_error, validate_segment_ids};
 use crate::ops::Op;
@@ -18,9 +18,9 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
         .ok_or_else(|| Error::shape(op.name(), "missing inputs"))?;
     match op {
         Op::SegmentMean { segments } => {
-            float_dispatch!(op.name(), dt, forward(*segments, inputs, outputs))
+            storage_dispatch!(op.name(), dt, forward(*segments, inputs, outputs))
         }
-        Op::SegmentMeanBackward => float_dispatch!(op.name(), dt, backward(inputs, outputs)),
+        Op::SegmentMeanBackward => storage_dispatch!(op.name(), dt, backward(inputs, outputs)),
         other => Err(Error::Unsupported {
             backend: "cpu",
             what: format!("{} in segment kernels", other.name()),
@@ -28,7 +28,9 @@ pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -
     }
 }
 
-fn forward<T: Float>(
+/// The forward on `S` storage: x's rows widened as they are read, each part's sums kept in
+/// `T` and rounded once into y; the counts (a statistic) in `T`.
+fn forward<T: Float, S: Stored<T>>(
     segments: usize,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
@@ -41,8 +43,8 @@ fn forward<T: Float>(
         return Err(Error::shape(OP, "expects 2 outputs"));
     };
     let (ysh, csh) = (yv.shape, countv.shape);
-    let (x, seg) = (read::<T>(xv)?, read::<i32>(segv)?);
-    let (y, count) = (write::<T>(yv)?, write::<T>(countv)?);
+    let (x, seg) = (read::<S>(xv)?, read::<i32>(segv)?);
+    let (y, count) = (write::<S>(yv)?, write::<T>(countv)?);
     let p = seg.len();
     let c = x.len().checked_div(p).unwrap_or_else(|| ysh.last());
     if x.len() != p * c || y.len() != segments * c || count.len() != segments {
@@ -82,7 +84,7 @@ fn forward<T: Float>(
     } else {
         1
     };
-    let mut blocks: Vec<(usize, &mut [T])> = Vec::with_capacity(parts);
+    let mut blocks: Vec<(usize, &mut [S])> = Vec::with_capacity(parts);
     let (mut rest, mut first, mut seen) = (&mut y[..], 0, 0);
     for part in 1..=parts {
         let mut end = first;
@@ -94,27 +96,40 @@ fn forward<T: Float>(
         blocks.push((first, head));
         (rest, first) = (tail, end);
     }
-    let work = |(first, ys): (usize, &mut [T])| {
-        ys.fill(T::zero());
+    let work = |(first, ys): (usize, &mut [S])| {
         let mine = ys.len() / c;
+        // the sums in T: in y itself when it is T
+        let mut sums_buf = Vec::new();
+        let sums = match S::compute_mut(ys) {
+            Some(sums) => sums,
+            None => {
+                sums_buf.resize(mine * c, T::zero());
+                &mut sums_buf[..]
+            }
+        };
+        sums.fill(T::zero());
         if mine == 0 {
             return;
         }
+        let mut row_buf = vec![T::zero(); c];
         for (row, &id) in seg.iter().enumerate() {
             // A void id (−1) wraps to a huge index and is skipped like another part's.
             let k = (id as usize).wrapping_sub(first);
             if k < mine {
-                let xr = &x[row * c..(row + 1) * c];
-                for (a, &b) in ys[k * c..(k + 1) * c].iter_mut().zip(xr) {
+                let xr = S::widen(&x[row * c..(row + 1) * c], &mut row_buf);
+                for (a, &b) in sums[k * c..(k + 1) * c].iter_mut().zip(xr) {
                     *a += b;
                 }
             }
         }
-        for (yr, &n) in ys.chunks_mut(c).zip(&rows_of[first..first + mine]) {
+        for (yr, &n) in sums.chunks_mut(c).zip(&rows_of[first..first + mine]) {
             if n > 0 {
                 let n = T::of(n as f64);
                 yr.iter_mut().for_each(|a| *a = *a / n);
             }
+        }
+        if !sums_buf.is_empty() {
+            S::narrow(&sums_buf, ys);
         }
     };
     if parts > 1 {
@@ -125,7 +140,9 @@ fn forward<T: Float>(
     Ok(())
 }
 
-fn backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+/// The backward on `S` storage: g_y widened once (it is one row a segment), each row of gx
+/// computed in `T` and rounded once.
+fn backward<T: Float, S: Stored<T>>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     const OP: &str = "segment_mean_backward";
     let [gyv, segv, countv] = inputs else {
         return Err(Error::shape(OP, "expects 3 inputs"));
@@ -133,9 +150,9 @@ fn backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<
     let [gxv] = outputs else {
         return Err(Error::shape(OP, "expects 1 output"));
     };
-    let (gy, seg, count) = (read::<T>(gyv)?, read::<i32>(segv)?, read::<T>(countv)?);
+    let (gy, seg, count) = (read::<S>(gyv)?, read::<i32>(segv)?, read::<T>(countv)?);
     let gxsh = gxv.shape;
-    let gx = write::<T>(gxv)?;
+    let gx = write::<S>(gxv)?;
     let segments = count.len();
     let p = seg.len();
     let c = gxsh.last();
@@ -152,25 +169,40 @@ fn backward<T: Float>(inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<
     if c == 0 {
         return Ok(());
     }
-    let work = |(gr, &id): (&mut [T], &i32)| {
-        // A void row, or (with an inconsistent count) an empty segment: no gradient.
-        if id < 0 || count[id as usize] <= T::zero() {
-            gr.fill(T::zero());
-            return;
-        }
-        let k = id as usize;
-        let n = count[k];
-        for (g, &v) in gr.iter_mut().zip(&gy[k * c..(k + 1) * c]) {
-            *g = v / n;
+    let mut gy_buf = vec![T::zero(); gy.len()];
+    let gy = S::widen(gy, &mut gy_buf);
+    let work = |row_buf: &mut Vec<T>, (gr, &id): (&mut [S], &i32)| {
+        let fill = |out: &mut [T]| {
+            // A void row, or (with an inconsistent count) an empty segment: no gradient.
+            if id < 0 || count[id as usize] <= T::zero() {
+                out.fill(T::zero());
+                return;
+            }
+            let k = id as usize;
+            let n = count[k];
+            for (g, &v) in out.iter_mut().zip(&gy[k * c..(k + 1) * c]) {
+                *g = v / n;
+            }
+        };
+        match S::compute_mut(gr) {
+            Some(out) => fill(out),
+            None => {
+                fill(row_buf);
+                S::narrow(row_buf, gr);
+            }
         }
     };
+    let row_buf = || vec![T::zero(); c];
     if p * c >= PAR_MIN {
         gx.par_chunks_mut(c)
             .zip(seg.par_iter())
             .with_min_len((PAR_MIN / c).max(1))
-            .for_each(work);
+            .for_each_init(row_buf, work);
     } else {
-        gx.chunks_mut(c).zip(seg.iter()).for_each(work);
+        let mut buf = row_buf();
+        gx.chunks_mut(c)
+            .zip(seg.iter())
+            .for_each(|row| work(&mut buf, row));
     }
     Ok(())
 }
