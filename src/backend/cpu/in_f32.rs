@@ -135,7 +135,7 @@ pub(super) fn in_f32(
             }
         }
     }
-    whole(inputs, outputs, f)
+    whole(op, inputs, outputs, f)
 }
 
 /// Whether every split tensor of `split` holds its rows, in `dtype` or f32 (statistics).
@@ -336,10 +336,13 @@ fn widened(v: &CpuView) -> Result<Storage> {
 /// Runs `f` (the op) with every half-precision input widened to f32 and every half-precision
 /// output computed in f32 and rounded back, on whole buffers.
 fn whole(
+    op: &Op,
     inputs: &[CpuView],
     outputs: &mut [CpuViewMut],
     f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()>,
 ) -> Result<()> {
+    // a product writes every element of its output (the GEMM does not read it): no zeros
+    let zeroed = !matches!(op, Op::MatMul { .. });
     // f32 copies of the half buffers, in view order (None: the view is used as it is)
     let wide_in = inputs
         .iter()
@@ -352,11 +355,14 @@ fn whole(
             v.dtype
                 .is_half()
                 .then(|| {
-                    let mut zeros = kept_buffer(n);
-                    (zeros.try_reserve_exact(n))
+                    let mut out = kept_buffer(n);
+                    if zeroed {
+                        out.clear();
+                    }
+                    (out.try_reserve(n.saturating_sub(out.len())))
                         .map_err(|_| Error::OutOfMemory { bytes: n * 4 })?;
-                    zeros.resize(n, 0.0);
-                    Ok(Storage::F32(zeros))
+                    out.resize(n, 0.0);
+                    Ok(Storage::F32(out))
                 })
                 .transpose()
         })
@@ -385,7 +391,8 @@ static KEPT: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new())
 /// How many f32 buffers [`KEPT`] holds at most: one op's copies.
 const KEEP: usize = 8;
 
-/// An empty f32 vector: the smallest kept one with room for `n` elements, else a new one.
+/// An f32 vector holding earlier values: the smallest kept one with room for `n` elements,
+/// else a new (empty) one.
 fn kept_buffer(n: usize) -> Vec<f32> {
     let mut kept = KEPT
         .lock()
@@ -394,9 +401,7 @@ fn kept_buffer(n: usize) -> Vec<f32> {
         .filter(|(_, v)| v.capacity() >= n)
         .min_by_key(|(_, v)| v.capacity())
         .map(|(i, _)| i);
-    let mut v = fits.map(|i| kept.swap_remove(i)).unwrap_or_default();
-    v.clear();
-    v
+    fits.map(|i| kept.swap_remove(i)).unwrap_or_default()
 }
 
 /// Keeps the f32 buffers among `bufs` for later ops (the [`KEEP`] largest of all kept).
@@ -527,7 +532,7 @@ mod tests {
                 _ => by_rows::<half::f16>(&split, &views, &mut outs, f),
             }
         } else {
-            whole(&views, &mut outs, f)
+            whole(op, &views, &mut outs, f)
         }
         .unwrap();
         let n = out_metas.iter().map(|m| m.shape.numel());
@@ -642,6 +647,30 @@ mod tests {
                     assert!(same && g.len() == w.len(), "{} {dtype:?}", op.name());
                 }
             }
+        }
+    }
+
+    /// A product's f32 output is a kept buffer that is not zeroed first: every element is
+    /// written whatever it held (NaN here), the empty product's too (k = 0).
+    #[test]
+    fn a_product_writes_every_element_of_its_kept_output_buffer() {
+        let product = |ta: bool| Op::MatMul {
+            trans_a: ta,
+            trans_b: false,
+            row_stride: 1,
+        };
+        for (op, shapes) in [
+            (product(false), [vec![37, 19], vec![19, 23]]),
+            (product(true), [vec![19, 37], vec![19, 23]]),
+            (product(false), [vec![37, 0], vec![0, 23]]),
+        ] {
+            let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+            KEPT.lock().unwrap().clear();
+            let want = run(&op, &shapes, DType::BF16, Route::Whole);
+            keep((0..KEEP).map(|_| Storage::F32(vec![f32::NAN; 37 * 23])));
+            let got = run(&op, &shapes, DType::BF16, Route::Whole);
+            assert!(got[0].iter().all(|x| !x.is_nan()), "{shapes:?}");
+            assert_eq!(got, want, "{shapes:?}");
         }
     }
 
