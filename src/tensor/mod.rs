@@ -220,7 +220,7 @@ impl Storage {
     }
     /// `out` made the first `n` elements of a half-precision storage, widened (exactly); an
     /// error for any other dtype (see [`Storage::f32_prefix`]).
-    pub fn widen_into(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
+    pub(crate) fn widen_into(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
         match self {
             Storage::BF16(v) if v.len() >= n => HalfSlices::to_f32_vec(&v[..n], out),
             Storage::F16(v) if v.len() >= n => HalfSlices::to_f32_vec(&v[..n], out),

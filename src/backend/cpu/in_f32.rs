@@ -10,7 +10,8 @@
 //! - a row-local op ([`Op::row_split`]: the elementwise ops, bias, row reductions, the norms,
 //!   masked softmax) runs block by block of rows: each block widened into an f32 copy that
 //!   stays in cache, computed, and rounded into place, the blocks in parallel;
-//! - any other op runs once on whole f32 copies of its half buffers.
+//! - any other op (matmul, GAT, aggregation, InfoNCE) runs once on whole f32 copies of its
+//!   half buffers, converted in parallel, in f32 buffers kept between ops ([`KEPT`]).
 
 use super::{read, write, CpuView, CpuViewMut, Float};
 use crate::backend::{View, ViewMut};
@@ -116,8 +117,9 @@ stored_spike!(f32);
 stored_spike!(f64);
 
 /// Runs `op` through `f` (its f32 kernels) on half-precision storage: row-local ops block by
-/// block of rows, any other on whole f32 copies. The f32 outputs `f` writes start at zero:
-/// no op that updates a buffer in place (the optimizer) takes half storage.
+/// block of rows, any other on whole f32 copies. The f32 outputs `f` writes start at zero,
+/// but where the op writes every element anyway (row-local ops, a product). No op that
+/// updates a buffer in place (the optimizer) takes half storage.
 pub(super) fn in_f32(
     op: &Op,
     inputs: &[CpuView],
@@ -125,12 +127,12 @@ pub(super) fn in_f32(
     f: impl Fn(&[CpuView], &mut [CpuViewMut]) -> Result<()> + Sync,
 ) -> Result<()> {
     let shapes: Vec<&Shape> = inputs.iter().map(|v| v.shape).collect();
-    if let Some(split) = op.row_split(&shapes) {
-        let dtype = outputs.first().map(|o| o.dtype);
-        if dtype.is_some_and(|d| splits_as(&split, inputs, outputs, d)) {
+    if let (Some(split), Some(out)) = (op.row_split(&shapes), outputs.first()) {
+        let dtype = out.dtype;
+        if splits_as(&split, inputs, outputs, dtype) {
             match dtype {
-                Some(DType::BF16) => return by_rows::<half::bf16>(&split, inputs, outputs, f),
-                Some(DType::F16) => return by_rows::<half::f16>(&split, inputs, outputs, f),
+                DType::BF16 => return by_rows::<half::bf16>(&split, inputs, outputs, f),
+                DType::F16 => return by_rows::<half::f16>(&split, inputs, outputs, f),
                 _ => {}
             }
         }
