@@ -2,17 +2,101 @@
 
 use super::gemm::{threads, Product, Strided, PARALLEL_WORK};
 use super::{
-    as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, PAR_MIN,
+    as_f32, as_f32_mut, float_dispatch, has_avx2, read, write, CpuView, CpuViewMut, Float, Stored,
+    PAR_MIN,
 };
 use crate::error::{Error, Result};
 use crate::ops::basic::MatMulDims;
 use crate::ops::{Op, Reduce, Unary};
+use crate::tensor::DType;
 use rayon::prelude::*;
 
 pub(crate) fn execute(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     let dtype = outputs[0].dtype;
-    float_dispatch!(op.name(), dtype, run(op, inputs, outputs))
+    match dtype {
+        DType::BF16 => on_half::<half::bf16>(op, inputs, outputs),
+        DType::F16 => on_half::<half::f16>(op, inputs, outputs),
+        _ => float_dispatch!(op.name(), dtype, run(op, inputs, outputs)),
+    }
 }
+
+/// Whether the op runs on half storage here, converting in its loops: the elementwise
+/// arithmetic, bandwidth-bound (the activations run a block of rows at a time instead, on
+/// their f32 vector kernels).
+pub(crate) fn converts_in_its_loops(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Add | Op::Sub | Op::Mul | Op::AddBias | Op::MulBroadcast
+    )
+}
+
+/// The elementwise arithmetic on half storage `S`: chunks widened on the stack, computed in
+/// f32 and rounded once, so each element is what the f32 kernel gives on the widened inputs.
+fn on_half<S: Stored<f32>>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
+    let c = outputs[0].shape.last().max(1);
+    let y = write::<S>(&mut outputs[0])?;
+    match op {
+        Op::Add => zip2_half(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a + b),
+        Op::Sub => zip2_half(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a - b),
+        Op::Mul => zip2_half(read(&inputs[0])?, read(&inputs[1])?, y, |a, b| a * b),
+        Op::AddBias | Op::MulBroadcast => {
+            let (x, w) = (read::<S>(&inputs[0])?, read::<S>(&inputs[1])?);
+            let mut wide = vec![0f32; w.len()];
+            let w = S::widen(w, &mut wide);
+            let add = matches!(op, Op::AddBias);
+            let scalar = w.len() == 1 && c != 1 || w.len() == 1 && inputs[1].shape.rank() == 0;
+            let row = |bufs: &mut (Vec<f32>, Vec<f32>), (yr, xr): (&mut [S], &[S])| {
+                let (xb, yb) = (&mut bufs.0[..xr.len()], &mut bufs.1[..xr.len()]);
+                let xr = S::widen(xr, xb);
+                for j in 0..yb.len() {
+                    let wj = if scalar { w[0] } else { w[j] };
+                    yb[j] = if add { xr[j] + wj } else { xr[j] * wj };
+                }
+                S::narrow(yb, yr);
+            };
+            let bufs = || (vec![0f32; c], vec![0f32; c]);
+            if y.len() >= PAR_MIN {
+                (y.par_chunks_mut(c).zip(x.par_chunks(c))).for_each_init(bufs, row);
+            } else {
+                let mut b = bufs();
+                y.chunks_mut(c)
+                    .zip(x.chunks(c))
+                    .for_each(|r| row(&mut b, r));
+            }
+        }
+        other => {
+            return Err(Error::Unsupported {
+                backend: "cpu",
+                what: format!("{} on half storage in basic kernels", other.name()),
+            })
+        }
+    }
+    Ok(())
+}
+
+/// `y[i] = f(a[i], b[i])` on half storage, in chunks of [`HALF_CHUNK`] widened on the stack.
+fn zip2_half<S: Stored<f32>>(a: &[S], b: &[S], y: &mut [S], f: impl Fn(f32, f32) -> f32 + Sync) {
+    let chunk = |(yc, (ac, bc)): (&mut [S], (&[S], &[S]))| {
+        let n = yc.len();
+        let mut wide = [[0f32; HALF_CHUNK]; 3];
+        let [wa, wb, out] = &mut wide;
+        let (a, b) = (S::widen(ac, &mut wa[..n]), S::widen(bc, &mut wb[..n]));
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+        S::narrow(&out[..n], yc);
+    };
+    if y.len() >= PAR_MIN {
+        let pairs = a.par_chunks(HALF_CHUNK).zip(b.par_chunks(HALF_CHUNK));
+        y.par_chunks_mut(HALF_CHUNK).zip(pairs).for_each(chunk);
+    } else {
+        let pairs = a.chunks(HALF_CHUNK).zip(b.chunks(HALF_CHUNK));
+        y.chunks_mut(HALF_CHUNK).zip(pairs).for_each(chunk);
+    }
+}
+
+/// Elements a half-precision elementwise chunk widens on the stack (three f32 copies in L1).
+const HALF_CHUNK: usize = 1024;
 
 fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Result<()> {
     let out_shape = outputs[0].shape.clone();

@@ -4,11 +4,11 @@
 //! nearest even.
 //!
 //! Three ways, cheapest first:
-//! - kernels generic over [`Stored`] convert in their own loops (LIF, segment mean and the
-//!   LayerNorm backward: bandwidth-bound, where whole-buffer passes would cost more than the
-//!   op);
-//! - a row-local op ([`Op::row_split`]: the elementwise ops, bias, row reductions, the norms,
-//!   masked softmax) runs block by block of rows: each block widened into an f32 copy that
+//! - kernels generic over [`Stored`] convert in their own loops (LIF, segment mean, the
+//!   LayerNorm backward and the elementwise arithmetic: bandwidth-bound, where whole-buffer
+//!   passes would cost more than the op);
+//! - any other row-local op ([`Op::row_split`]: activations, row reductions, the norms, masked
+//!   softmax) runs block by block of rows: each block widened into an f32 copy that
 //!   stays in cache, computed, and rounded into place, the blocks in parallel;
 //! - any other op (matmul, GAT, aggregation, InfoNCE) runs once on whole f32 copies of its
 //!   half buffers, converted in parallel, in f32 buffers kept between ops ([`KEPT`]).
@@ -627,6 +627,13 @@ mod tests {
                     .collect(),
             ),
             (ln, vec![vec![0, 5], vec![0, 5], vec![5], vec![0], vec![0]]),
+            // 5 003 × 3: chunks in parallel with a short last one
+            (Op::Add, vec![vec![3, 5003], vec![3, 5003]]),
+            (Op::Sub, vec![vec![1001], vec![1001]]),
+            (Op::Mul, vec![vec![0, 4], vec![0, 4]]),
+            (Op::AddBias, vec![vec![700, 33], vec![33]]),
+            (Op::MulBroadcast, vec![vec![9000, 3], vec![1]]),
+            (Op::MulBroadcast, vec![vec![5, 3], vec![3]]),
             // 70 000 elements: several parts in parallel
             (
                 Op::SegmentMean { segments: 7 },

@@ -118,6 +118,7 @@ pub(crate) fn as_f32_mut<T: Float>(y: &mut [T]) -> Option<&mut [f32]> {
 fn converts_in_its_loops(op: &Op) -> bool {
     matches!(op.family(), Family::Lif | Family::Segment)
         || matches!(op, Op::LayerNormBackward { .. })
+        || basic::converts_in_its_loops(op)
 }
 
 /// A read-only CPU buffer seen as a tensor.
