@@ -44,7 +44,7 @@ fn on_half<S: Stored<f32>>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMu
             let mut wide = vec![0f32; w.len()];
             let w = S::widen(w, &mut wide);
             let add = matches!(op, Op::AddBias);
-            let scalar = w.len() == 1 && c != 1 || w.len() == 1 && inputs[1].shape.rank() == 0;
+            let scalar = broadcasts_a_scalar(&inputs[1], c);
             let row = |bufs: &mut (Vec<f32>, Vec<f32>), (yr, xr): (&mut [S], &[S])| {
                 let (xb, yb) = (&mut bufs.0[..xr.len()], &mut bufs.1[..xr.len()]);
                 let xr = S::widen(xr, xb);
@@ -95,6 +95,12 @@ fn zip2_half<S: Stored<f32>>(a: &[S], b: &[S], y: &mut [S], f: impl Fn(f32, f32)
     }
 }
 
+/// Whether `w`, the operand of `AddBias` / `MulBroadcast` on rows of `c`, is one scalar for
+/// every element rather than one value per column.
+fn broadcasts_a_scalar(w: &CpuView, c: usize) -> bool {
+    w.shape.numel() == 1 && (c != 1 || w.shape.rank() == 0)
+}
+
 /// Elements a half-precision elementwise chunk widens on the stack (three f32 copies in L1).
 const HALF_CHUNK: usize = 1024;
 
@@ -110,7 +116,7 @@ fn run<T: Float>(op: &Op, inputs: &[CpuView], outputs: &mut [CpuViewMut]) -> Res
             let w = read::<T>(&inputs[1])?;
             let c = out_shape.last().max(1);
             let add = matches!(op, Op::AddBias);
-            let scalar = w.len() == 1 && c != 1 || w.len() == 1 && inputs[1].shape.rank() == 0;
+            let scalar = broadcasts_a_scalar(&inputs[1], c);
             y.par_chunks_mut(c)
                 .zip(x.par_chunks(c))
                 .for_each(|(yr, xr)| {
