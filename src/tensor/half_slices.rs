@@ -24,20 +24,12 @@ pub(crate) trait HalfSlices: Sized + Copy + Send + Sync {
     /// `dst[i] = src[i]`, exactly.
     fn to_f32(src: &[Self], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "half → f32: lengths differ");
-        if src.len() <= TASK {
-            return Self::to_f32_here(src, dst);
-        }
-        (dst.par_chunks_mut(TASK).zip(src.par_chunks(TASK)))
-            .for_each(|(d, s)| Self::to_f32_here(s, d));
+        in_tasks(src, dst, Self::to_f32_here);
     }
     /// `dst[i] = src[i]` rounded to nearest even.
     fn from_f32(src: &[f32], dst: &mut [Self]) {
         assert_eq!(src.len(), dst.len(), "f32 → half: lengths differ");
-        if src.len() <= TASK {
-            return Self::from_f32_here(src, dst);
-        }
-        (dst.par_chunks_mut(TASK).zip(src.par_chunks(TASK)))
-            .for_each(|(d, s)| Self::from_f32_here(s, d));
+        in_tasks(src, dst, Self::from_f32_here);
     }
     /// `out` made `src` widened, each element written once (not zeroed first); an
     /// `Error::OutOfMemory` when it cannot grow.
@@ -46,7 +38,7 @@ pub(crate) trait HalfSlices: Sized + Copy + Send + Sync {
         out.clear();
         (out.try_reserve_exact(n)).map_err(|_| Error::OutOfMemory { bytes: n * 4 })?;
         let spare = &mut out.spare_capacity_mut()[..n];
-        let fill = |(dst, src): (&mut [std::mem::MaybeUninit<f32>], &[Self])| {
+        in_tasks(src, spare, |src, dst| {
             let mut wide = [0f32; 1024];
             for (d, s) in dst.chunks_mut(wide.len()).zip(src.chunks(wide.len())) {
                 let w = &mut wide[..s.len()];
@@ -55,19 +47,20 @@ pub(crate) trait HalfSlices: Sized + Copy + Send + Sync {
                     d.write(w);
                 });
             }
-        };
-        if n <= TASK {
-            fill((spare, src));
-        } else {
-            spare
-                .par_chunks_mut(TASK)
-                .zip(src.par_chunks(TASK))
-                .for_each(fill);
-        }
+        });
         // SAFETY: the first n elements were all written just above (the chunks cover them).
         unsafe { out.set_len(n) };
         Ok(())
     }
+}
+
+/// `f` on `src` and `dst` (of one length): at once when short, else on pieces of [`TASK`]
+/// elements in parallel.
+fn in_tasks<A: Sync, B: Send>(src: &[A], dst: &mut [B], f: impl Fn(&[A], &mut [B]) + Sync) {
+    if src.len() <= TASK {
+        return f(src, dst);
+    }
+    (dst.par_chunks_mut(TASK).zip(src.par_chunks(TASK))).for_each(|(d, s)| f(s, d));
 }
 
 impl HalfSlices for f16 {
