@@ -36,6 +36,7 @@
  *  - Threads: any thread may call any function. *_cuda calls on the same device and stream
  *    are serialised inside gshn (they share that stream's scratch arena); calls from several
  *    threads, each with its own stream, run at once, and none blocks the host on the device.
+ *    The per-thread default stream (CU_STREAM_PER_THREAD) is a stream of each thread's own.
  *  - Checked before any buffer is read or written (an error code, never a crash): NULL for a
  *    required pointer (an optional one may be NULL; a NULL with a zero-element size is accepted),
  *    a negative size, sizes whose element or byte count overflows int64 / size_t, graph sizes

@@ -10,8 +10,8 @@
 // Precision `prec` (0 = f32, 1 = tf32, 2 = bf16): the operands of every product (A and P for the logits; the
 // logit gradient G and A or P for the backward) are rounded as tensor cores read them (tf32: to nearest, ties
 // away; bf16: to nearest even), products accumulate in f32, LSE / softmax / loss stay f32. This is the
-// reference semantics of src/backend/cpu/infonce.rs on SIMT tiles (correct in every mode; the tensor-core
-// path is separate work).
+// reference semantics of src/backend/cpu/infonce.rs, on SIMT tiles (kernels 1-7, every mode) and on the
+// one-pass tiles below (8-9: f32 by FMA, tf32 and bf16 on the tensor cores).
 //
 // Tiling: 64x64 logit tiles, D in chunks of 32 through shared memory, 256 threads = 16x16, each thread
 // owns rows ty+16a and columns tx+16b (a, b < 4) of a tile. f32 accumulation everywhere. The logit of
@@ -75,11 +75,12 @@ __device__ __forceinline__ float clip_scale(const float* logit_scale) { return f
 
 // An operand as the tensor cores of mode `prec` read it (the bit operations of Precision::round_f32).
 // tf32: 10 mantissa bits, to nearest, ties away from zero (cvt.rna); bf16: 7 bits, to nearest even.
-// inf / NaN pass through; a carry past the largest finite value gives inf, as the conversions do.
+// inf / NaN pass through (a NaN made quiet: the tensor cores drop the low mantissa bits, which may be all
+// of its payload, and would read inf); a carry past the largest finite value gives inf, as the conversions do.
 __device__ __forceinline__ float round_operand(float x, int prec) {
     if (prec == 0) return x;
     const unsigned u = __float_as_uint(x);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x;
+    if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? __uint_as_float(u | 0x00400000u) : x;
     if (prec == 1) return __uint_as_float((u + 0x1000u) & 0xffffe000u);
     return __uint_as_float((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
 }

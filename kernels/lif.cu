@@ -51,7 +51,7 @@
 //     dH_t/dtau = -(H_t - V_{t-1})/tau (decay_input; = -(X_t - (V_{t-1} - v_r))/tau^2) or
 //     (V_{t-1} - v_r)/tau^2, V_{t-1} recomputed from H_{t-1} (so X is not needed).
 //   surrogate: 0 ATan, 1 Sigmoid, 2 SuperSpike, 3 Rectangular; alpha its parameter.
-//   Launch: block 256 (must be a multiple of 32, <= 1024), grid = G >= 1 (grid-stride); with
+//   Launch: block 256 (exactly: __launch_bounds__(256)), grid = G >= 1 (grid-stride); with
 //   gtau_part the host allocates G partials and then launches lif_gtau_reduce. For bit
 //   reproducibility use the same G for the same N (e.g. G = min(ceil(N/256), 1024)).
 //   Skip when Tn*N == 0 (then g_tau = 0, gX empty).

@@ -1,12 +1,13 @@
 // optim.cu — the optim family (src/ops/optim.rs): fused AdamW update and the deterministic global
 // squared-norm for gradient clipping (DESIGN §3.6, PyTorch torch.optim.AdamW + clip_grad_norm_ semantics). T = float / double.
 //
-// sqnorm_partial_{f32,f64}(const T* x, int n, T* part)
-//   part[blockIdx.x] = sum_i x[i]^2 (grid-stride, fixed order). grid = G (any >= 1; e.g.
+// sqnorm_partial_{f32,f64}(const T* x, int n, double* part)
+//   part[blockIdx.x] = sum_i x[i]^2 in f64, as the CPU (a gradient whose f32 sum of squares would
+//   overflow still clips, not skips), grid-stride, fixed order. grid = G (any >= 1; e.g.
 //   min(ceil(n/2048), 256)), block 256 (multiple of 32). For a global norm over many tensors, give each
 //   tensor its own slice of one partial buffer (pass part + offset) and then one clip_coef over all.
 //   Same sizes -> same G (bit reproducibility). n == 0 gives a 0 partial.
-// clip_coef_{f32,f64}(const T* part, int nparts, double max_norm, T* coef, T* total_norm)
+// clip_coef_{f32,f64}(const double* part, int nparts, double max_norm, T* coef, T* total_norm)
 //   total = sqrt(sum of partials) (fixed order, f64); coef[0] = min(1, max_norm / (total + 1e-6))
 //   in f64, or 0 when total is not finite (crate::ops::optim::clip_factor); total_norm nullable.
 //   grid 1, block 256.
@@ -28,18 +29,18 @@
 //   bc1 = 1 - beta1^t, bc2 = 1 - beta2^t for step t >= 1 (computed by the host in f64).
 #include "common.cuh"
 
-template <typename T> __device__ void sqnorm_partial(const T* __restrict__ x, int n, T* __restrict__ part) {
-    T acc = T(0);
-    GRID_STRIDE(i, n) { const T v = x[i]; acc += v * v; }
+template <typename T> __device__ void sqnorm_partial(const T* __restrict__ x, int n, double* __restrict__ part) {
+    double acc = 0.0;
+    GRID_STRIDE(i, n) { const double v = (double)x[i]; acc += v * v; }
     acc = block_sum(acc);
     if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
 template <typename T>
-__device__ void clip_coef(const T* __restrict__ part, int nparts, double max_norm, T* __restrict__ coef,
+__device__ void clip_coef(const double* __restrict__ part, int nparts, double max_norm, T* __restrict__ coef,
                           T* __restrict__ total_norm) {
     double acc = 0.0;
-    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += (double)part[i];
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += part[i];
     acc = block_sum(acc);
     if (threadIdx.x == 0) {
         const double tot = sqrt(acc);
@@ -77,8 +78,11 @@ __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __rest
 }
 
 #define ADAMW_INST(T, SUF)                                                                                       \
-    extern "C" __global__ void sqnorm_partial_##SUF(const T* x, int n, T* part) { sqnorm_partial<T>(x, n, part); } \
-    extern "C" __global__ void clip_coef_##SUF(const T* part, int nparts, double max_norm, T* coef, T* total_norm) {  \
+    extern "C" __global__ void sqnorm_partial_##SUF(const T* x, int n, double* part) {                          \
+        sqnorm_partial<T>(x, n, part);                                                                           \
+    }                                                                                                            \
+    extern "C" __global__ void clip_coef_##SUF(const double* part, int nparts, double max_norm, T* coef,        \
+                                               T* total_norm) {                                                  \
         clip_coef<T>(part, nparts, max_norm, coef, total_norm);                                                  \
     }                                                                                                            \
     extern "C" __global__ void adamw_coefs_##SUF(const T* hyper, T* coefs, double beta1, double beta2,          \

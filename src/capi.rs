@@ -568,7 +568,24 @@ mod cuda_path {
     /// per caller stream seen ([`CudaBackend::on_stream`]), kept for the process's life.
     struct Device {
         own: Shared,
-        streams: HashMap<usize, Shared>,
+        streams: HashMap<StreamKey, Shared>,
+    }
+
+    /// A caller's stream as the key of its backend: its handle, and for the per-thread default
+    /// stream (`CU_STREAM_PER_THREAD`, one handle for a different stream on every thread) the
+    /// calling thread too, so that two threads never share a scratch arena across streams.
+    #[derive(Hash, PartialEq, Eq)]
+    struct StreamKey(usize, Option<std::thread::ThreadId>);
+
+    /// `CU_STREAM_PER_THREAD` (cuda.h).
+    const PER_THREAD_STREAM: usize = 0x2;
+
+    impl StreamKey {
+        fn of(stream: sys::CUstream) -> StreamKey {
+            let handle = stream as usize;
+            let thread = (handle == PER_THREAD_STREAM).then(|| std::thread::current().id());
+            StreamKey(handle, thread)
+        }
     }
 
     /// Caller streams given their own backend per device; calls on further streams run on
@@ -588,7 +605,7 @@ mod cuda_path {
                 streams: HashMap::new(),
             }),
         };
-        if let Some(b) = dev.streams.get(&(stream as usize)) {
+        if let Some(b) = dev.streams.get(&StreamKey::of(stream)) {
             return Ok((b.clone(), true));
         }
         if dev.streams.len() >= MAX_STREAMS {
@@ -615,7 +632,7 @@ mod cuda_path {
         let theirs = unsafe { ctx.wrap_borrowed_stream(stream) };
         let b = Arc::new(Mutex::new(own.on_stream(theirs)?));
         drop(own);
-        dev.streams.insert(stream as usize, b.clone());
+        dev.streams.insert(StreamKey::of(stream), b.clone());
         Ok((b, true))
     }
 
@@ -660,10 +677,26 @@ mod cuda_path {
             .bind_to_thread()
             .map_err(|e| cu("binding the device context", e))?;
         let ours = be.stream().cu_stream();
-        if !on_theirs {
-            // gshn's stream starts after the work the caller queued before this call.
-            join(theirs, ours)?;
+        if on_theirs {
+            return run_lent(&be, op, ins, outs, (metas, out_metas));
         }
+        // gshn's stream starts after the work the caller queued before this call, and the
+        // caller's stream continues after all that gshn queued, even when the op failed
+        // part-way (an input copied on gshn's stream may still be reading the caller's memory).
+        join(theirs, ours)?;
+        let ran = run_lent(&be, op, ins, outs, (metas, out_metas));
+        let joined = join(ours, theirs);
+        ran.and(joined)
+    }
+
+    /// `op` on `be`'s stream with the caller's device buffers lent to its kernels.
+    fn run_lent(
+        be: &CudaBackend,
+        op: Op,
+        ins: Inputs,
+        outs: Vec<Dst>,
+        (metas, out_metas): (&[Meta], &[Meta]),
+    ) -> Result<(), CErr> {
         // The caller's buffers are lent to the kernels as they are: no copies. An input that
         // shares memory with an output is copied first (the kernels read inputs while they
         // write outputs), so aliasing gives the separate-buffer result, as on the CPU path.
@@ -705,13 +738,10 @@ mod cuda_path {
                 false => unsafe { CudaBuffer::borrow_raw(d.ptr as u64, m.dtype, m.shape.numel()) },
             })
             .collect::<crate::error::Result<Vec<_>>>()?;
-        execute_buffers(&*be, &op, bufs.iter().zip(metas), &mut out_bufs, out_metas)?;
-        // The caller's stream continues after the op. Our own buffers are freed stream-ordered
-        // on our stream when dropped; the lent ones are never freed here.
-        match on_theirs {
-            true => Ok(()),
-            false => join(ours, theirs),
-        }
+        // Our own buffers are freed stream-ordered on the stream when dropped; the lent ones
+        // are never freed here.
+        execute_buffers(be, &op, bufs.iter().zip(metas), &mut out_bufs, out_metas)?;
+        Ok(())
     }
 }
 

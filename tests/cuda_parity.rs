@@ -1151,6 +1151,17 @@ fn segment_and_optim_cases() -> Vec<Case> {
                 vec![meta(&[], dt), meta(&[], dt)],
             ));
         }
+        // Gradients whose squares overflow f32 (|g| ≥ 1e19): the norm sums in f64 on both
+        // sides, so the step is clipped, not skipped.
+        cs.push(case(
+            format!("clip_scale of huge gradients {dt:?}"),
+            Op::ClipScale { max_norm: 1.0 },
+            vec![
+                rand_t(&mut r, &[301, 7], dt, 1e19, 1e20),
+                rand_t(&mut r, &[5000], dt, -1e20, -1e19),
+            ],
+            vec![meta(&[], dt), meta(&[], dt)],
+        ));
         let n = 3001;
         let cfg = AdamWConfig::default();
         let hyper = Tensor::new([2], vec![1e-3, 7.0])
@@ -1593,16 +1604,16 @@ fn eager_api_on_device_memory() {
     cuda_borrowed::main().unwrap();
 }
 
-/// LIF forward on `be` over CudaSlices lent to it (allocated on its stream): spikes, v, h of
-/// x[T, N] (f32), written in place.
+/// LIF forward on `be` over CudaSlices lent to it, allocated and uploaded on the stream `st`
+/// (the backend's or another): spikes, v, h of x[T, N] (f32), written in place.
 fn lif_on_lent(
     be: &CudaBackend,
+    st: &std::sync::Arc<cudarc::driver::CudaStream>,
     xs: &[f32],
     t: usize,
     n: usize,
 ) -> Vec<cudarc::driver::CudaSlice<f32>> {
     use gshn::backend::Lent;
-    let st = be.stream();
     let dx = st.clone_htod(xs).unwrap();
     let mut outs: Vec<_> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
     {
@@ -1697,11 +1708,27 @@ fn lent_device_buffers() {
         close("C ABI h", &read(&outs[2]), h0);
     }
     // the same op on lent CudaSlices, written in place
-    let outs = lif_on_lent(&be, &xs, t, n);
+    let outs = lif_on_lent(&be, st, &xs, t, n);
     be.synchronize().unwrap();
     assert_eq!(&read(&outs[0]), s0, "Lent spikes");
     close("Lent v", &read(&outs[1]), v0);
     close("Lent h", &read(&outs[2]), h0);
+    // ... and on slices of a stream of the caller's (its own context handle, as a library
+    // user has): the op waits for the upload queued there, and the read queued there waits
+    // for the op, with no synchronisation in between (large, so that a missing order shows)
+    let (t2, n2) = (4usize, 1usize << 21);
+    let x2 = rand_t(&mut SplitMix64::new(22), &[t2, n2], F32, -0.5, 2.0);
+    let xs2 = x2.data::<f32>().unwrap().to_vec();
+    let [s2, v2, h2] = &lif_cpu_c_abi(&xs2, t2, n2);
+    let theirs = cudarc::driver::CudaContext::new(be.ordinal())
+        .unwrap()
+        .new_stream()
+        .unwrap();
+    let outs = lif_on_lent(&be, &theirs, &xs2, t2, n2);
+    let read_theirs = |s: &CudaSlice<f32>| theirs.clone_dtoh(s).unwrap();
+    assert_eq!(&read_theirs(&outs[0]), s2, "spikes on the caller's stream");
+    close("v on the caller's stream", &read_theirs(&outs[1]), v2);
+    close("h on the caller's stream", &read_theirs(&outs[2]), h2);
     // a slice shorter than the shape is refused before anything runs
     let short: CudaSlice<f32> = st.alloc_zeros(t * n - 1).unwrap();
     assert!(Lent::slice(&be, &short, [t, n]).is_err());
@@ -1770,7 +1797,7 @@ fn ops_run_on_the_callers_streams() {
     let st = &streams[0];
     let mine = be.on_stream(st.clone()).unwrap();
     let xs = input(99);
-    let outs = lif_on_lent(&mine, &xs, t, n);
+    let outs = lif_on_lent(&mine, mine.stream(), &xs, t, n);
     let same = st.clone_dtoh(&outs[0]).unwrap() == cpu_spikes(&xs);
     report("Lent on the caller's stream", same, 0.0, "");
     assert!(same, "Lent on the caller's stream: spikes differ");

@@ -253,6 +253,22 @@ fn clip_scale_values_and_non_finite_gradients_skip_the_step() {
         "scale",
     );
 
+    // f32 gradients whose squares overflow f32 (|g| = 1e20): the norm is summed in f64, so the
+    // step is clipped (a tiny positive scale), not skipped.
+    let mut g = Graph::new();
+    let h = g.input("h", [4], DType::F32);
+    let (scale, norm) = g.clip_scale(&[h], 1.0).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[scale, norm]).unwrap();
+    let big = Tensor::new([4], vec![1e20f32, -1e20, 1e20, -1e20]).unwrap();
+    ex.set(h, &big).unwrap();
+    ex.run().unwrap();
+    let (n, k) = (
+        ex.get(norm).unwrap().to_f64_vec()[0],
+        ex.get(scale).unwrap().to_f64_vec()[0],
+    );
+    assert!((n / 2e20 - 1.0).abs() < 1e-6, "norm {n}");
+    assert!((k / 5e-21 - 1.0).abs() < 1e-6, "scale {k}");
+
     // A NaN or inf gradient: scale 0, the norm reported as is, p/m/v untouched.
     for bad in [f64::NAN, f64::INFINITY] {
         let mut s = setup(&[vec![3], vec![2]], AdamWConfig::default(), None);

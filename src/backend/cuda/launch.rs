@@ -14,8 +14,11 @@ use crate::tensor::{DType, Shape};
 pub(super) const BLOCK: u32 = 256;
 /// The most arguments a kernel takes (lif_bwd has 17).
 const MAX_ARGS: usize = 24;
-/// The largest grid x of the grid-stride kernels (any grid ≥ 1 is correct).
+/// The largest grid x of the grid-stride kernels (any grid ≥ 1 is correct), and CUDA's
+/// largest grid y.
 const MAX_GRID: usize = 65535;
+/// CUDA's largest grid x.
+const MAX_GRID_X: usize = (1 << 31) - 1;
 
 /// An op's inputs as the kernels see them.
 pub(super) type Inputs<'a, 'b> = &'a [View<'b, CudaBuffer>];
@@ -167,13 +170,26 @@ impl<'a> Kernels<'a> {
         self.launch(base, (blocks.clamp(1, MAX_GRID) as u32, 1, 1), items)
     }
 
-    /// A launch on an explicit grid (blocks x, y); always runs (the contract decides).
+    /// A launch on an explicit grid (blocks x, y); always runs (the contract decides). The
+    /// kernels may index by block, so a grid beyond the device's limits (x < 2³¹, y ≤ 65535)
+    /// is an error, never clamped.
     pub fn grid(&self, base: &str, x: usize, y: usize) -> Launch<'_> {
-        self.launch(
+        let (x, y) = (x.max(1), y.max(1));
+        let mut l = self.launch(
             base,
-            (x.clamp(1, MAX_GRID) as u32, y.clamp(1, MAX_GRID) as u32, 1),
+            (x.min(MAX_GRID_X) as u32, y.min(MAX_GRID) as u32, 1),
             1,
-        )
+        );
+        if x > MAX_GRID_X || y > MAX_GRID {
+            l.err = Some(Error::Unsupported {
+                backend: "cuda",
+                what: format!(
+                    "{}: a grid of {x} x {y} blocks exceeds CUDA's limits",
+                    self.op
+                ),
+            });
+        }
+        l
     }
 
     fn launch(&self, base: &str, grid: (u32, u32, u32), work: usize) -> Launch<'_> {

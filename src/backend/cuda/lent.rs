@@ -4,15 +4,18 @@
 //! A lent buffer is a [`CudaBuffer`] that gshn never frees. Its address, length and alignment
 //! are checked when it is made ([`CudaBuffer::borrow_raw`]), so a bad pointer from C is an
 //! error, not a fault in a kernel. The kernels still run on the backend's stream: the C ABI
-//! orders that stream after the caller's (an event each way, no host synchronisation), and for
-//! a `CudaSlice` cudarc's own stream tracking does the same ([`Lent`]).
+//! orders that stream after the caller's (an event each way, no host synchronisation), and
+//! [`CudaBackend::execute_lent`] does the same with the stream each `CudaSlice` lives on.
+//! (cudarc's own stream tracking cannot be relied on for that: the backend's context keeps no
+//! events, so nothing would be recorded on its stream.)
 
-use super::{CudaBackend, CudaBuffer};
+use super::{cuda_err, CudaBackend, CudaBuffer};
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::tensor::{DType, Element, Shape};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
+use std::sync::Arc;
 
 impl CudaBuffer {
     /// `len` elements of `dtype` at the device address `ptr`, lent by the caller: used in
@@ -55,11 +58,13 @@ impl CudaBuffer {
 }
 
 /// A caller's `CudaSlice` lent to one op run by [`CudaBackend::execute_lent`], seen as a
-/// tensor of a shape: no copy. cudarc's stream tracking orders the work (and the slice's free)
-/// that the caller queues afterwards on its own stream after the op.
+/// tensor of a shape: no copy. The op waits for the work queued before it on the slice's
+/// stream, and the work queued there after it (the slice's free included) waits for the op.
 pub struct Lent<'a> {
     buf: CudaBuffer,
     shape: Shape,
+    /// The stream the slice lives on (`CudaSlice::stream`).
+    home: Arc<CudaStream>,
     _sync: SyncOnDrop<'a>,
 }
 
@@ -73,7 +78,7 @@ impl<'a> Lent<'a> {
         let shape = shape.into();
         let len = check_lent(be, slice, &shape)?;
         let (ptr, sync) = slice.device_ptr(be.stream());
-        Self::new(ptr, T::DTYPE, len, shape, sync)
+        Self::new(ptr, T::DTYPE, len, shape, slice.stream().clone(), sync)
     }
 
     /// `slice` written as a tensor of `shape` by an op on `be`.
@@ -84,18 +89,27 @@ impl<'a> Lent<'a> {
     ) -> Result<Self> {
         let shape = shape.into();
         let len = check_lent(be, slice, &shape)?;
+        let home = slice.stream().clone();
         let (ptr, sync) = slice.device_ptr_mut(be.stream());
-        Self::new(ptr, T::DTYPE, len, shape, sync)
+        Self::new(ptr, T::DTYPE, len, shape, home, sync)
     }
 
     /// `len`: the shape's element count, checked against the slice by `check_lent`.
-    fn new(ptr: u64, dtype: DType, len: usize, shape: Shape, sync: SyncOnDrop<'a>) -> Result<Self> {
+    fn new(
+        ptr: u64,
+        dtype: DType,
+        len: usize,
+        shape: Shape,
+        home: Arc<CudaStream>,
+        sync: SyncOnDrop<'a>,
+    ) -> Result<Self> {
         // SAFETY: a live allocation of the backend's context holding at least `len` elements
         // (checked by `check_lent`), borrowed for 'a, which outlives the op.
         let buf = unsafe { CudaBuffer::borrow_raw(ptr, dtype, len)? };
         Ok(Lent {
             buf,
             shape,
+            home,
             _sync: sync,
         })
     }
@@ -109,13 +123,15 @@ impl<'a> Lent<'a> {
     }
 }
 
-/// A slice lent to `be` belongs to its device and holds the shape: the shape's element count.
+/// A slice lent to `be` belongs to its context (device) and holds the shape: the shape's
+/// element count.
 fn check_lent<T>(be: &CudaBackend, slice: &CudaSlice<T>, shape: &Shape) -> Result<usize> {
-    if slice.context().ordinal() != be.context().ordinal() {
+    if slice.context().cu_ctx() != be.context().cu_ctx() {
         return Err(Error::invalid(
             "cuda",
             format!(
-                "a slice of device {} lent to the backend of device {}",
+                "a slice of another CUDA context (device {}) lent to the backend of device {}'s \
+                 primary context",
                 slice.context().ordinal(),
                 be.context().ordinal()
             ),
@@ -136,9 +152,22 @@ fn check_lent<T>(be: &CudaBackend, slice: &CudaSlice<T>, shape: &Shape) -> Resul
 impl CudaBackend {
     /// Runs `op` on the caller's device slices, with no copies: `outputs` are written in
     /// place. The views are checked as [`Backend::execute`] checks them (count, shapes,
-    /// dtypes). The op is queued on the backend's stream; cudarc orders it after the slices'
-    /// earlier writes and the caller's later uses after it.
+    /// dtypes). The op is queued on the backend's stream after the work already queued on the
+    /// slices' streams, and the work queued on those streams afterwards waits for it (an
+    /// event each way, no host synchronisation; none when a slice lives on the backend's
+    /// stream).
     pub fn execute_lent(&self, op: &Op, inputs: &[Lent], outputs: &mut [Lent]) -> Result<()> {
+        let mut homes: Vec<Arc<CudaStream>> = Vec::new();
+        for l in inputs.iter().chain(outputs.iter()) {
+            let s = &l.home;
+            let ours = s.cu_stream() == self.stream.cu_stream();
+            if !ours && !homes.iter().any(|h| h.cu_stream() == s.cu_stream()) {
+                homes.push(s.clone());
+            }
+        }
+        for h in &homes {
+            (self.stream.join(h)).map_err(|e| cuda_err("ordering a lent slice's stream", e))?;
+        }
         let views: Vec<View<CudaBuffer>> = inputs.iter().map(Lent::view).collect();
         let mut outs: Vec<ViewMut<CudaBuffer>> = outputs
             .iter_mut()
@@ -148,7 +177,12 @@ impl CudaBackend {
                 shape: &l.shape,
             })
             .collect();
-        self.execute(op, &views, &mut outs)
+        let ran = self.execute(op, &views, &mut outs);
+        // Whatever was queued, even by a failed op, comes before the caller's next work.
+        for h in &homes {
+            (h.join(&self.stream)).map_err(|e| cuda_err("ordering a lent slice's stream", e))?;
+        }
+        ran
     }
 }
 

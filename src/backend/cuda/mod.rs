@@ -37,6 +37,7 @@ mod norm;
 mod optim;
 mod replay;
 mod segment;
+mod signature;
 
 use super::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
@@ -153,8 +154,14 @@ impl CudaBuffer {
 #[derive(Default)]
 struct KernelCache {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// Each loaded kernel with its parameters as its PTX declares them.
+    funcs: Mutex<HashMap<String, (CudaFunction, Params)>>,
+    /// The parameters of every kernel of the loaded modules, by name.
+    params: Mutex<HashMap<String, Params>>,
 }
+
+/// A kernel's parameters as its PTX declares them.
+type Params = Arc<[signature::Param]>;
 
 #[derive(Default)]
 struct Scratch {
@@ -163,11 +170,17 @@ struct Scratch {
     cap: usize,
 }
 
-/// The CUDA backend of one device.
+/// The CUDA backend of one device and stream. Use each backend from one thread at a time: its
+/// ops share one scratch arena and one cuBLAS handle, valid for one op at a time. Threads that
+/// run ops at once each take a backend of their own stream ([`CudaBackend::on_stream`]).
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: Option<cudarc::cublas::CudaBlas>,
+    /// cuBLAS's workspace, gshn's own, given to the handle before its first call: cuBLAS then
+    /// never allocates one itself (which a CUDA-graph capture could not hold) and chooses its
+    /// algorithms within the same space in every run. Declared after `blas`: freed after it.
+    blas_workspace: std::sync::OnceLock<CudaSlice<u8>>,
     ordinal: usize,
     device_name: String,
     cc: (i32, i32),
@@ -261,6 +274,7 @@ impl CudaBackend {
             ctx,
             stream,
             blas,
+            blas_workspace: Default::default(),
             ordinal,
             device_name,
             cc,
@@ -351,11 +365,18 @@ impl CudaBackend {
             Some(p) => cudarc::nvrtc::Ptx::from_src(*p),
             None => self.nvrtc(file, cu_src)?,
         };
+        let params = signature::entries(&ptx.to_src());
         let m = guarded(&format!("loading kernels/{file}.cu"), || {
             self.ctx
                 .load_module(ptx)
                 .map_err(|e| cuda_err(&format!("cannot load the PTX of kernels/{file}.cu"), e))
         })?;
+        (self
+            .kernels
+            .params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+        .extend(params);
         mods.insert(file, m.clone());
         Ok(m)
     }
@@ -389,26 +410,30 @@ impl CudaBackend {
         })
     }
 
-    fn func(&self, file: &'static str, name: &str) -> Result<CudaFunction> {
-        if let Some(f) = self
-            .kernels
-            .funcs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
+    /// The kernel `name` of `kernels/<file>.cu` with its declared parameters, loaded once.
+    fn func(&self, file: &'static str, name: &str) -> Result<(CudaFunction, Params)> {
+        let mut funcs = self.kernels.funcs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = funcs.get(name) {
             return Ok(f.clone());
         }
         let m = self.module(file)?;
         let f = m
             .load_function(name)
             .map_err(|e| cuda_err(&format!("kernel {name} not found in kernels/{file}.cu"), e))?;
-        self.kernels
-            .funcs
+        let params = (self
+            .kernels
+            .params
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), f.clone());
-        Ok(f)
+            .unwrap_or_else(|p| p.into_inner()))
+        .get(name)
+        .cloned()
+        .ok_or_else(|| {
+            Error::Cuda(format!(
+                "kernel {name}: no parameter list found in the PTX of kernels/{file}.cu"
+            ))
+        })?;
+        funcs.insert(name.to_string(), (f.clone(), params.clone()));
+        Ok((f, params))
     }
 
     /// Launches `file::name` with a 1-D block of `block` threads; checks the launch error.
@@ -423,7 +448,8 @@ impl CudaBackend {
         if !self.issue() {
             return Ok(());
         }
-        let f = self.func(file, name)?;
+        let (f, params) = self.func(file, name)?;
+        signature::check(name, &params, args)?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
@@ -556,13 +582,35 @@ impl CudaBackend {
 
     /// The cuBLAS handle, or a clear error when libcublas is missing.
     pub(crate) fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
-        self.blas.as_ref().ok_or_else(|| {
+        let blas = self.blas.as_ref().ok_or_else(|| {
             Error::Cuda(
                 "libcublas was not found (matmul needs cuBLAS: put the nvidia/cublas/lib folder \
                  on LD_LIBRARY_PATH)"
                     .into(),
             )
-        })
+        })?;
+        if self.blas_workspace.get().is_none() {
+            // cuBLAS's recommended sizes: 32 MiB on Hopper and later, 4 MiB before.
+            let bytes = if self.cc.0 >= 9 { 32 << 20 } else { 4 << 20 };
+            self.recorder.check_eager("cuBLAS's workspace")?;
+            // SAFETY: scratch for cuBLAS, never read by gshn.
+            let ws = unsafe { self.stream.alloc::<u8>(bytes) }
+                .map_err(|e| cuda_err(&format!("cuBLAS workspace of {bytes} bytes"), e))?;
+            let ptr = ws.device_ptr(&self.stream).0;
+            // SAFETY: a live handle on this backend's stream and a device buffer of `bytes`
+            // (256-byte aligned, as cuBLAS asks), kept until after the handle is destroyed.
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    bytes,
+                )
+            }
+            .result()
+            .map_err(|e| cuda_err("cublasSetWorkspace", e))?;
+            let _ = self.blas_workspace.set(ws);
+        }
+        Ok(blas)
     }
 
     /// Host view of an index input: the host copy kept by `write`, or a device→host copy.
@@ -923,9 +971,13 @@ impl Backend for CudaBackend {
             f()?;
         }
         let end = event()?;
-        let ms = start
-            .elapsed_ms(&end)
-            .map_err(|e| cuda_err("timing events (an earlier kernel failed?)", e))?;
+        // guarded: cudarc loads cuEventElapsedTime_v2 on first use, which drivers before CUDA
+        // 12.8 lack (a panic inside cudarc, here an error)
+        let ms = guarded("timing events", || {
+            start
+                .elapsed_ms(&end)
+                .map_err(|e| cuda_err("timing events (an earlier kernel failed?)", e))
+        })?;
         Ok(f64::from(ms) / n.max(1) as f64)
     }
 }

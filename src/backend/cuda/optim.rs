@@ -9,19 +9,20 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
     let k = Kernels::float(be, op, outs[0].dtype)?;
     match op {
         Op::ClipScale { max_norm } => {
-            // g₀, g₁, … → scale[], norm[]: one slice of partial squared norms per gradient.
+            // g₀, g₁, … → scale[], norm[]: one slice of partial squared norms (f64) per gradient.
             let parts: Vec<usize> = ins
                 .iter()
                 .map(|v| v.shape.numel().div_ceil(2048).clamp(1, 256))
                 .collect();
             let total: usize = parts.iter().sum();
-            let s = be.scratch(&[total.max(1) * k.elem_bytes()])?;
+            let f64_bytes = std::mem::size_of::<f64>();
+            let s = be.scratch(&[total.max(1) * f64_bytes])?;
             let mut offset = 0usize;
             for (v, &g) in ins.iter().zip(&parts) {
                 k.grid("sqnorm_partial", g, 1)
                     .input(v)
                     .dim("n", v.shape.numel())
-                    .ptr(s[0] + (offset * k.elem_bytes()) as u64)
+                    .ptr(s[0] + (offset * f64_bytes) as u64)
                     .run()?;
                 offset += g;
             }

@@ -9,7 +9,9 @@
 //!    buffer instead, one region per copy, so the graph's copy nodes read it when replayed.
 //! 3. **Host pass**, before each replay: the calls again with their device work left out, so
 //!    that each op's host part (index checks, host-built index tables) sees this run's inputs
-//!    and writes its tables into the same pinned regions; then the graph in one launch.
+//!    and writes its tables into a host copy of the pinned buffer, while the device may still
+//!    run the last replay; then, once that replay is done with the pinned buffer, the tables
+//!    go into it in one copy and the graph in one launch.
 //!
 //! A replay queues the same kernels with the same arguments on the same buffers as the
 //! measured run: the same results, bit for bit. What breaks that is refused: an allocation or
@@ -148,8 +150,8 @@ impl Recorder {
             return Ok(None);
         }
         let at = (*pinned + tape.next(bytes.len())?) as *mut u8;
-        // SAFETY: the region lies inside the pinned buffer sized from the tape; no recorded
-        // copy reads it now (`Recording::done` was waited for).
+        // SAFETY: the region lies inside the buffer sized from the tape (capturing: the pinned
+        // buffer, before any replay; host pass: the recording's host copy of it).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
         Ok(Some(at.cast_const()))
     }
@@ -187,6 +189,8 @@ pub struct Recording {
     graph: CudaGraph,
     pinned: PinnedHostSlice<u8>,
     base: usize,
+    /// The host pass's tables, copied into `pinned` once the last replay is done with it.
+    staged: Mutex<Vec<u8>>,
     tape: Tape,
     /// Device operations the graph holds.
     ops: u64,
@@ -289,6 +293,7 @@ impl CudaBackend {
             graph,
             pinned,
             base,
+            staged: Mutex::new(vec![0; tape.bytes()]),
             tape,
             ops,
             done: Mutex::new(None),
@@ -296,7 +301,8 @@ impl CudaBackend {
         })
     }
 
-    /// [`Backend::replay`]: the host pass, then the graph.
+    /// [`Backend::replay`]: the host pass (while the device may still run the last replay),
+    /// then its tables into the pinned buffer and the graph.
     pub(super) fn replay_run(
         &self,
         r: &Recording,
@@ -306,23 +312,34 @@ impl CudaBackend {
         if rec.phase() != Phase::Eager {
             return Err(Error::graph("a replay cannot start inside a recording"));
         }
-        r.wait()?;
+        let mut staged = r.staged.lock().unwrap_or_else(|p| p.into_inner());
         let mut tape = r.tape.clone();
         tape.rewind();
-        rec.begin(Phase::HostPass, tape, r.base);
+        rec.begin(Phase::HostPass, tape, staged.as_mut_ptr() as usize);
         let ran = host();
         let tape = rec.end();
         ran?;
         tape.finished()?;
+        r.wait()?;
+        // SAFETY: both hold the tape's bytes; no copy node reads the pinned buffer now (the
+        // last replay is done) and none will until the launch below.
+        unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), r.base as *mut u8, staged.len()) };
+        // an error a drop recorded on the context belongs to earlier work: report it here,
+        // not after the launch, where it would leave the replay without its `done` event
+        (self.ctx.check_err()).map_err(|e| cuda_err("an earlier CUDA call failed", e))?;
         self.issue();
         r.graph
             .launch()
             .map_err(|e| cuda_err("launch of a CUDA graph (an earlier kernel failed?)", e))?;
-        let done = self
-            .stream
-            .record_event(None)
-            .map_err(|e| cuda_err("record an event after a CUDA graph", e))?;
-        *r.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+        match self.stream.record_event(None) {
+            Ok(done) => *r.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done),
+            // without the event the next replay could not wait for this one: wait now
+            Err(e) => {
+                self.stream
+                    .synchronize()
+                    .map_err(|s| cuda_err(&format!("after a CUDA graph (no event: {e:?})"), s))?;
+            }
+        }
         Ok(())
     }
 }
