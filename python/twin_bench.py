@@ -35,6 +35,14 @@ sys.path.insert(0, str(HERE))
 import gshn_twin  # noqa: E402
 
 
+def run_gshn(cmd, env):
+    """Runs a gshn command; on failure, an error carrying the end of what it printed."""
+    r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        tail = "\n".join(r.stderr.strip().splitlines()[-12:])
+        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... exited {r.returncode}:\n{tail}")
+
+
 def gshn_step(args, cfg: Path, work: Path, op_by_op=False) -> dict:
     """gshn's milliseconds per training step. CPU: one epoch of `gshn train --profile` (the
     wall time of each step, feeding included). CUDA: `gshn bench --ops step` at this batch size
@@ -44,15 +52,14 @@ def gshn_step(args, cfg: Path, work: Path, op_by_op=False) -> dict:
     if args.device.startswith("cuda"):
         shapes, report = work / "shapes.toml", work / "bench.json"
         shapes.write_text(f"[step]\nB = {args.batch}\n")
-        subprocess.run([args.gshn, "bench", "--device", args.device, "--ops", "step", "--shapes",
-                        str(shapes), "--json", str(report)] + ["--no-cuda-graph"] * op_by_op,
-                       check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run_gshn([args.gshn, "bench", "--device", args.device, "--ops", "step", "--shapes",
+                  str(shapes), "--json", str(report)] + ["--no-cuda-graph"] * op_by_op, env)
         row = json.loads(report.read_text())["rows"][0]
         return {"ms": row["ms"], "steps": row["calls"]}
     run = work / "run"
     cmd = [args.gshn, "train", "--data", args.data, "--out", str(run), "--config", str(cfg),
            "--epochs", "1", "--overwrite", "--profile", "--device", args.device]
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_gshn(cmd, env)
     p = json.loads((run / "profile.json").read_text())
     return {"ms": p["step_ms"], "graph_ms": p["total_ms"], "steps": p["runs"],
             "parts": {r["name"]: r["ms"] for r in p["by_part"]}}
@@ -140,21 +147,34 @@ def main() -> int:
         # treats them alike; each side's figure is the median over the rounds.
         cuda = args.device.startswith("cuda")
         runs: dict = {name: [] for name in ["gshn", *["gshn op by op"] * cuda, *sides]}
+        errors = {} if "twin compiled" in sides or not args.compile else {"twin compiled": failed}
+
+        def summary():
+            rows = {name: {"ms": statistics.median(r["ms"] for r in rs),
+                           "min_ms": min(r["ms"] for r in rs), "max_ms": max(r["ms"] for r in rs),
+                           "rounds": len(rs)}
+                    for name, rs in runs.items() if rs}
+            if runs["gshn"] and "parts" in runs["gshn"][-1]:
+                rows["gshn"]["parts"] = runs["gshn"][-1]["parts"]
+            for name, side in sides.items():
+                if name in rows:
+                    rows[name]["warmup_s"] = side.warmup_s
+            rows.update({name: {"error": e} for name, e in errors.items()})
+            return rows
+
         for _ in range(args.rounds):
             runs["gshn"].append(gshn_step(args, cfg, work))
             if cuda:
                 runs["gshn op by op"].append(gshn_step(args, cfg, work, op_by_op=True))
-            for name, side in sides.items():
-                runs[name].append(side.time(args.steps))
-        rows = {name: {"ms": statistics.median(r["ms"] for r in rs),
-                       "min_ms": min(r["ms"] for r in rs), "max_ms": max(r["ms"] for r in rs)}
-                for name, rs in runs.items()}
-        if "parts" in runs["gshn"][-1]:
-            rows["gshn"]["parts"] = runs["gshn"][-1]["parts"]
-        for name, side in sides.items():
-            rows[name]["warmup_s"] = side.warmup_s
-        if args.compile and "twin compiled" not in sides:
-            rows["twin compiled"] = {"error": failed}
+            for name, side in list(sides.items()):
+                try:
+                    runs[name].append(side.time(args.steps))
+                except Exception as e:  # noqa: BLE001 (a compiled side may fail late: report it, go on)
+                    errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
+                    del sides[name]
+            if args.json:  # after every round: a run cut short keeps the rounds done
+                Path(args.json).write_text(json.dumps({"args": vars(args), "rows": summary()}, indent=1))
+        rows = summary()
     g = rows["gshn"]["ms"]
     print(f"batch {args.batch}, max_nodes {args.max_nodes or 'default'}, {args.threads} threads, "
           f"device {args.device}, torch {torch.__version__}")

@@ -11,7 +11,8 @@
 #
 #   scripts/twin_parity.sh [OUT_DIR] [PYTHON]     (defaults: runs/twin, .venv-py/bin/python)
 #   GSHN=path/to/gshn   another binary (default target/release/gshn, built if missing)
-#   DEVICE=cuda         dump the steps from the CUDA backend (default cpu)
+#   DEVICE=cuda         dump the steps from the CUDA backend (default cpu), in f32 only: the
+#                       CUDA InfoNCE has no f64 kernels
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/twin}
@@ -36,19 +37,21 @@ dump() { # name data dtype [dump-batch args...]
   dumps+=("$out/${name}_$dtype.safetensors")
 }
 dumps=()
+dtypes="f64 f32"
+[[ $device == cpu ]] || dtypes=f32
 for cfg in python/twin_configs/*.toml; do
   name=$(basename "$cfg" .toml)
   d=$data
   [[ $name == text_features ]] && d=$data-features
   # Step 5 is in epoch 1 (4 steps per epoch): past the STL/node-CL pre-training, so every
   # loss term of the config is on.
-  for dtype in f64 f32; do dump "$name" "$d" $dtype --config "$cfg" --step 5; done
+  for dtype in $dtypes; do dump "$name" "$d" $dtype --config "$cfg" --step 5; done
 done
 for name in default options2 options3; do
   run=$out/trained_$name
   "$gshn" train --data "$data" --out "$run" --config "python/twin_configs/$name.toml" \
-    --epochs 25 --overwrite >/dev/null 2>&1
-  for dtype in f64 f32; do dump "trained_$name" "$data" $dtype --checkpoint "$run"; done
+    --epochs 25 --overwrite --device "$device" >"$run.log" 2>&1 || { tail -n 20 "$run.log" >&2; exit 1; }
+  for dtype in $dtypes; do dump "trained_$name" "$data" $dtype --checkpoint "$run"; done
 done
 [[ ${DUMP_ONLY:-0} == 1 ]] && exit 0
 "$py" python/twin_parity.py --json "$out/parity.json" "${dumps[@]}"

@@ -24,16 +24,20 @@ use gshn::util::rng::SplitMix64;
 use gshn::CpuBackend;
 use std::io::Write;
 
-/// The GPU backend, or `None` (with one line saying so) on a machine without one.
+/// The GPU backend, or `None` (with one line saying so) on a machine without one. With
+/// `GSHN_REQUIRE_CUDA=1` (the GPU session's script sets it) no GPU is a failure: a machine whose
+/// driver or libraries fail to load must not pass every test by skipping it.
 fn cuda() -> Option<CudaBackend> {
-    if !cuda_available() {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    match CudaBackend::new(0) {
+    let required = std::env::var("GSHN_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+    let backend = match cuda_available() {
+        false => Err("no CUDA device".to_string()),
+        true => CudaBackend::new(0).map_err(|e| format!("no CUDA device ({e})")),
+    };
+    match backend {
         Ok(b) => Some(b),
+        Err(e) if required => panic!("GSHN_REQUIRE_CUDA=1 but {e}"),
         Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
+            eprintln!("skipped: {e}");
             None
         }
     }
@@ -285,12 +289,22 @@ fn halved_all(cases: &[Case]) -> Vec<Case> {
 }
 
 /// Runs the cases; panics listing every failure (after running them all).
+fn check_all(be: &CudaBackend, cases: Vec<Case>) {
+    let failures = check_cases(be, cases);
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Runs the cases; the failures, one line each.
 ///
 /// An f32 output that misses the tolerance against the CPU's f32 result can be an ill-conditioned
 /// reduction (a scalar summed from B² terms of both signs loses digits in any order): it still
 /// passes when, against the f64 truth of the same inputs, the GPU is at most twice as far off
 /// as the CPU f32 result is, and under 1e-3. Both distances are printed and reported.
-fn check_all(be: &CudaBackend, cases: Vec<Case>) {
+fn check_cases(be: &CudaBackend, cases: Vec<Case>) -> Vec<String> {
     let mut failures = Vec::new();
     for c in &cases {
         let want = match run(&CpuBackend, c, false) {
@@ -353,11 +367,7 @@ fn check_all(be: &CudaBackend, cases: Vec<Case>) {
             c.name
         );
     }
-    assert!(
-        failures.is_empty(),
-        "parity failures:\n{}",
-        failures.join("\n")
-    );
+    failures
 }
 
 // ---- cases ----------------------------------------------------------------------------------
@@ -1028,7 +1038,12 @@ fn infonce_cases(
         with_g,
         outs,
     );
-    let mut cs = vec![fwd, bwd, bwd_g];
+    // B = 1 without lse gradients: the gradient is exactly 0 (the one logit's softmax is 1), so
+    // the GPU's rounding residue would be judged as an absolute error; with them it is not 0
+    let mut cs = match b {
+        1 => vec![fwd, bwd_g],
+        _ => vec![fwd, bwd, bwd_g],
+    };
     for c in &mut cs {
         c.tol = tol;
     }
@@ -1053,16 +1068,20 @@ fn infonce_batches_cases() -> Vec<Case> {
     cs
 }
 
-/// The tensor-core modes (tolerance: the mode's documented bound against f64) and gathered
-/// negatives (a[B_local] against p[B_all], the local block at the start, middle and end).
+/// The tensor-core modes and gathered negatives (a[B_local] against p[B_all], the local block at
+/// the start, middle and end). The CPU reference rounds the same operands as the tensor cores
+/// read them, so the two differ only in summation order and in the rare logit gradient rounded
+/// the other way (estimated 2e-5 in tf32, 6e-5 in bf16); a GPU that ignored the mode would be
+/// about 1e-3 (tf32) and 8e-3 (bf16) off. The modes' bounds against f64 (5e-3, 2e-2) are the
+/// CPU tests' (tests/infonce_modes.rs).
 fn infonce_modes_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(12);
     let mut cs = Vec::new();
     for precision in Precision::ALL {
         let tol = match precision {
             Precision::F32 => None,
-            Precision::Tf32 => Some(5e-3),
-            Precision::Bf16 => Some(2e-2),
+            Precision::Tf32 => Some(2e-4),
+            Precision::Bf16 => Some(1e-3),
         };
         let name = precision.name();
         if precision != Precision::F32 {
@@ -1350,9 +1369,9 @@ fn graph_replay_matches_op_by_op() {
 #[test]
 fn half_storage() {
     let Some(be) = cuda() else { return };
-    for cases in all_cases() {
-        check_all(&be, halved_all(&cases));
-    }
+    // every family runs (and is reported) before the one assertion
+    let cases: Vec<Case> = all_cases().iter().flat_map(|c| halved_all(c)).collect();
+    check_all(&be, cases);
 }
 
 /// Every case list of this file.
@@ -1615,7 +1634,9 @@ fn lif_on_lent(
 ) -> Vec<cudarc::driver::CudaSlice<f32>> {
     use gshn::backend::Lent;
     let dx = st.clone_htod(xs).unwrap();
-    let mut outs: Vec<_> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+    let mut outs: Vec<_> = (0..3)
+        .map(|_| st.clone_htod(&vec![f32::NAN; t * n]).unwrap())
+        .collect();
     {
         let ins = [Lent::slice(be, &dx, [t, n]).unwrap()];
         let [o0, o1, o2] = &mut outs[..] else {
@@ -1681,7 +1702,9 @@ fn lent_device_buffers() {
     };
     for aliased in [false, true] {
         let dx = st.clone_htod(&xs).unwrap();
-        let outs: Vec<CudaSlice<f32>> = (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+        let outs: Vec<CudaSlice<f32>> = (0..3)
+            .map(|_| st.clone_htod(&vec![f32::NAN; t * n]).unwrap())
+            .collect();
         st.synchronize().unwrap();
         // aliased: the spikes are written over x
         let spikes = if aliased { ptr(&dx) } else { ptr(&outs[0]) };
@@ -1760,8 +1783,9 @@ fn ops_run_on_the_callers_streams() {
                 for round in 0..4u64 {
                     let xs = input(10 * k as u64 + round);
                     let dx = st.clone_htod(&xs).unwrap();
-                    let outs: Vec<CudaSlice<f32>> =
-                        (0..3).map(|_| st.alloc_zeros(t * n).unwrap()).collect();
+                    let outs: Vec<CudaSlice<f32>> = (0..3)
+                        .map(|_| st.clone_htod(&vec![f32::NAN; t * n]).unwrap())
+                        .collect();
                     let ptr = |s: &CudaSlice<f32>| s.device_ptr(st).0 as *mut std::ffi::c_void;
                     // SAFETY: device buffers of T·N f32 on device 0, allocated on `st`.
                     let rc = unsafe {
@@ -1826,9 +1850,9 @@ fn c_abi_half_buffers_on_cuda() {
         let metas = op.infer(&[meta(&[t, n], dt)]).unwrap();
         let want = run(&be, &case("lif", op, vec![x.clone()], metas), false).unwrap();
         let dx = st.clone_htod(&words(&x)).unwrap();
-        let s: CudaSlice<u16> = st.alloc_zeros(t * n).unwrap();
-        let v: CudaSlice<u16> = st.alloc_zeros(t * n).unwrap();
-        let h: CudaSlice<f32> = st.alloc_zeros(t * n).unwrap();
+        let s: CudaSlice<u16> = st.clone_htod(&vec![0xFFFFu16; t * n]).unwrap();
+        let v: CudaSlice<u16> = st.clone_htod(&vec![0xFFFFu16; t * n]).unwrap();
+        let h: CudaSlice<f32> = st.clone_htod(&vec![f32::NAN; t * n]).unwrap();
         let p = |a: u64| a as *mut std::ffi::c_void;
         // SAFETY: device buffers of T·N 16-bit words (h: f32) on device 0, allocated on `st`.
         let rc = unsafe {
@@ -1874,10 +1898,10 @@ fn c_abi_u8_spikes_on_cuda() {
     let xs: Vec<f32> = (0..t * n).map(|_| rng.range(-0.5, 2.5) as f32).collect();
     let want = lif_cpu_c_abi(&xs, t, n);
     let dx = st.clone_htod(&xs).unwrap();
-    let s8: CudaSlice<u8> = st.alloc_zeros(t * n).unwrap();
+    let s8: CudaSlice<u8> = st.clone_htod(&vec![0xFFu8; t * n]).unwrap();
     let (v, h): (CudaSlice<f32>, CudaSlice<f32>) = (
-        st.alloc_zeros(t * n).unwrap(),
-        st.alloc_zeros(t * n).unwrap(),
+        st.clone_htod(&vec![f32::NAN; t * n]).unwrap(),
+        st.clone_htod(&vec![f32::NAN; t * n]).unwrap(),
     );
     let params = gshn_lif_params_default();
     // SAFETY: device buffers of T·N elements on device 0, allocated on `st`.
