@@ -87,7 +87,8 @@ def device_activity(fn, device, reps=10):
     stream (CUPTI trace), and whether gshn's kernels ran on that stream."""
     from torch.profiler import ProfilerActivity, profile
     side = torch.cuda.Stream(device)
-    fn()  # kernels loaded, scratch grown: the steady state is what is counted
+    with torch.cuda.stream(side):
+        fn()  # kernels loaded, this stream's scratch grown: the steady state is what is counted
     torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         with torch.cuda.stream(side):

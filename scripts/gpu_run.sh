@@ -189,7 +189,7 @@ if have .gpu/bin/libgshn_capi.so && want torch_cuda; then
   # plain 1-process run (python/ddp_example.py).
   echo "gpu_run: PyTorch ops on cuda ..." >&2
   export GSHN_LIB="$ROOT/.gpu/bin/libgshn_capi.so"
-  (cd python && T 90 "$PY" -m unittest -v test_ops.Cuda) >"$TMP/torch_cuda.log" 2>&1
+  (cd python && GSHN_REQUIRE_CUDA=1 T 120 "$PY" -m unittest -v test_ops.Cuda) >"$TMP/torch_cuda.log" 2>&1
   status torch_cuda "exit $?"; tail -n 5 "$TMP/torch_cuda.log" >&2
   T 40 "$PY" python/torch_calls.py --device cuda >"$TMP/torch_calls.jsonl" 2>"$TMP/torch_calls.err"
   status torch_calls "exit $?"; cat "$TMP/torch_calls.jsonl" >&2

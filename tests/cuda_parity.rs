@@ -504,6 +504,16 @@ fn basic_ops_cases() -> Vec<Case> {
             }
         }
         cs.push(case(
+            format!("matmul batched rows row_stride=16 {dt:?}"),
+            Op::MatMul {
+                trans_a: false,
+                trans_b: false,
+                row_stride: 16,
+            },
+            vec![rnd(&mut r, &[3 * m, k], dt), rnd(&mut r, &[k, n], dt)],
+            vec![meta(&[3 * m, n], dt)],
+        ));
+        cs.push(case(
             format!("matmul k=0 {dt:?}"),
             Op::MatMul {
                 trans_a: false,
@@ -694,6 +704,15 @@ fn norm_ops_cases() -> Vec<Case> {
             vec![meta(&[rows, c], dt), meta(&[c], dt), meta(&[c], dt)],
         ));
         cs.push(case(
+            format!("layer_norm row_stride=24 {dt:?}"),
+            Op::LayerNorm {
+                eps: 1e-5,
+                row_stride: 24,
+            },
+            vec![x.clone(), gm.clone(), rnd(&mut r, &[c], dt)],
+            vec![meta(&[rows, c], dt), meta(&[rows], dt), meta(&[rows], dt)],
+        ));
+        cs.push(case(
             format!("layer_norm_backward row_stride=24 {dt:?}"),
             Op::LayerNormBackward {
                 eps: 1e-5,
@@ -847,15 +866,20 @@ fn lif_all_options() {
     check_all(&be, lif_all_options_cases());
 }
 
+/// GAT's four ops and aggregation's two on one graph: `n` nodes of in-degree `deg` (0: no
+/// edges), a fraction `zero_frac` of them with none; `h` heads of `f` features, aggregation
+/// over `c` channels.
+#[allow(clippy::too_many_arguments)]
 fn gat_cases(
     r: &mut SplitMix64,
     dt: DType,
     n: usize,
     zero_frac: f64,
     deg: usize,
+    (h, f): (usize, usize),
+    c: usize,
     tag: &str,
 ) -> Vec<Case> {
-    let (h, f) = (3, 37);
     let g = if deg == 0 {
         let z = idx(vec![]);
         [idx(vec![0; n + 1]), z.clone(), idx(vec![0; n + 1]), z]
@@ -897,11 +921,8 @@ fn gat_cases(
             fwd_in,
             vec![meta(&[n, h, f], dt), meta(&[n, h], dt)],
         );
-        let saved = run(&CpuBackend, &fwd, false);
-        let (out, lse) = match saved {
-            Ok(s) => (s[0].clone(), s[1].clone()),
-            Err(_) => (rnd(r, &[n, h, f], dt), rnd(r, &[n, h], dt)),
-        };
+        let saved = run(&CpuBackend, &fwd, false).expect("the CPU GAT forward of a case");
+        let (out, lse) = (saved[0].clone(), saved[1].clone());
         let mut ins = vec![z.clone(), a_s.clone(), a_d.clone()];
         bias(&mut ins);
         ins.push(lse.clone());
@@ -944,7 +965,7 @@ fn gat_cases(
             grads,
         ));
     }
-    let (tn, c) = (3, 2 * h * 11);
+    let tn = 3;
     let alpha = rand_t(r, &[e, h], dt, 0.05, 1.0);
     let s = rand_t(r, &[tn, n, c], dt, 0.0, 1.0);
     let mut ins = vec![alpha.clone(), s.clone()];
@@ -970,8 +991,22 @@ fn gat_and_aggregate_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(5);
     let mut cs = Vec::new();
     for dt in [DType::F32, DType::F64] {
-        cs.extend(gat_cases(&mut r, dt, 301, 0.1, 40, "N=301 zero-in-degree"));
-        cs.extend(gat_cases(&mut r, dt, 17, 0.0, 0, "N=17 no edges"));
+        let (hf, c) = ((3, 37), 66);
+        cs.extend(gat_cases(
+            &mut r,
+            dt,
+            301,
+            0.1,
+            40,
+            hf,
+            c,
+            "N=301 zero-in-degree",
+        ));
+        cs.extend(gat_cases(&mut r, dt, 17, 0.0, 0, hf, c, "N=17 no edges"));
+        cs.extend(gat_cases(&mut r, dt, 0, 0.0, 0, hf, c, "N=0"));
+        // past the kernels' 128-wide feature and channel passes: a second, partial pass
+        let wide = "N=97 F=133 C=134 (two passes)";
+        cs.extend(gat_cases(&mut r, dt, 97, 0.1, 9, (2, 133), 134, wide));
     }
     cs
 }
@@ -1014,13 +1049,8 @@ fn infonce_cases(
         vec![a.clone(), p.clone(), ls.clone()],
         fwd_outs,
     );
-    let (lr, lc) = match run(&CpuBackend, &fwd, false) {
-        Ok(o) => (o[1].clone(), o[2].clone()),
-        Err(_) => (
-            rand_t(r, &[b], F32, 2.0, 3.0),
-            rand_t(r, &[col], F32, 2.0, 3.0),
-        ),
-    };
+    let o = run(&CpuBackend, &fwd, false).expect("the CPU InfoNCE forward of a case");
+    let (lr, lc) = (o[1].clone(), o[2].clone());
     let outs = vec![meta(&[b, d], F32), meta(&[pb, d], F32), meta(&[], F32)];
     let base = vec![scalar(0.8, F32), a.clone(), p.clone(), ls, lr, lc];
     let bwd = case(
@@ -1374,6 +1404,146 @@ fn half_storage() {
     check_all(&be, cases);
 }
 
+/// Casts between the float types (`cast_<from>_<to>`, exact): random values over a wide range
+/// and the edges of each rounding: ties of bf16 and f16 (to even, both ways), f64 values just
+/// past a tie (one rounding, not two through f32), half subnormals, the end of f16's range (→
+/// inf) and of f32's (f64 → inf); no NaN (NaN ≠ NaN in an exact comparison).
+fn cast_cases() -> Vec<Case> {
+    let mut r = SplitMix64::new(13);
+    let mut vals: Vec<f64> = (0..1001)
+        .map(|_| r.range(-3.0, 3.0) * 10f64.powi(r.below(9) as i32 - 4))
+        .collect();
+    let p2 = |e: i32| 2f64.powi(e);
+    vals.extend([
+        1.0 + p2(-8),
+        1.0 + 3.0 * p2(-8),
+        1.0 + p2(-8) + p2(-40),
+        1.0 + p2(-11),
+        1.0 + 3.0 * p2(-11),
+        1.0 + p2(-11) + p2(-40),
+        p2(-20),
+        -3.0 * p2(-24),
+        p2(-130),
+        65504.0,
+        65520.0,
+        -70000.0,
+        1e39,
+        -1e300,
+        1e-310,
+        f64::INFINITY,
+        -0.0,
+    ]);
+    let n = vals.len();
+    let floats = [DType::F32, DType::F64, DType::BF16, DType::F16];
+    let mut cs = Vec::new();
+    for from in floats {
+        let x = Tensor::new([n], vals.clone())
+            .unwrap()
+            .to_dtype(from)
+            .unwrap();
+        for to in floats.into_iter().filter(|&t| t != from) {
+            let mut c = case(
+                format!("cast {from:?} -> {to:?}"),
+                Op::Cast(to),
+                vec![x.clone()],
+                vec![meta(&[n], to)],
+            );
+            c.exact = vec![0];
+            cs.push(c);
+        }
+    }
+    cs
+}
+
+/// Ops on empty tensors whose outputs are not empty: the host must fill them (zeros, or the
+/// norm of nothing), since no kernel runs (outputs poisoned, so a missing fill shows).
+fn empty_inputs_cases() -> Vec<Case> {
+    let mut r = SplitMix64::new(14);
+    let mut cs = Vec::new();
+    let (c, s) = (37, 5);
+    let e = Tensor::zeros([0, c], F32);
+    cs.push(case(
+        "layer_norm_backward rows=0",
+        Op::LayerNormBackward {
+            eps: 1e-5,
+            row_stride: 1,
+        },
+        vec![
+            e.clone(),
+            e.clone(),
+            rnd(&mut r, &[c], F32),
+            Tensor::zeros([0], F32),
+            Tensor::zeros([0], F32),
+        ],
+        vec![meta(&[0, c], F32), meta(&[c], F32), meta(&[c], F32)],
+    ));
+    for (red, x) in [
+        (Reduce::SumRows, e.clone()),
+        (Reduce::SumLast, Tensor::zeros([7, 0], F32)),
+        (Reduce::SumAll, Tensor::zeros([0], F32)),
+    ] {
+        let out = red.out_shape(x.shape());
+        cs.push(case(
+            format!("reduce {red:?} of nothing"),
+            Op::Reduce(red),
+            vec![x],
+            vec![Meta::new(out, F32)],
+        ));
+    }
+    cs.push(case(
+        "matmul m=0",
+        Op::MatMul {
+            trans_a: false,
+            trans_b: false,
+            row_stride: 1,
+        },
+        vec![Tensor::zeros([0, 9], F32), rnd(&mut r, &[9, 7], F32)],
+        vec![meta(&[0, 7], F32)],
+    ));
+    cs.push(case(
+        "segment_mean P=0",
+        Op::SegmentMean { segments: s },
+        vec![e.clone(), idx(vec![])],
+        vec![meta(&[s, c], F32), meta(&[s], F32)],
+    ));
+    cs.push(case(
+        "gather of no ids",
+        Op::Gather,
+        vec![rnd(&mut r, &[11, c], F32), idx(vec![])],
+        vec![meta(&[0, c], F32)],
+    ));
+    cs.push(case(
+        "clip_scale of an empty gradient",
+        Op::ClipScale { max_norm: 1.0 },
+        vec![Tensor::zeros([0], F32)],
+        vec![meta(&[], F32), meta(&[], F32)],
+    ));
+    let hyper = Tensor::new([2], vec![1e-3f32, 7.0]).unwrap();
+    let none = Tensor::zeros([0], F32);
+    cs.push(case(
+        "adamw n=0",
+        Op::AdamW(AdamWConfig::default()),
+        vec![
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            none,
+            scalar(0.7, F32),
+            hyper,
+        ],
+        vec![meta(&[0], F32); 3],
+    ));
+    cs
+}
+
+#[test]
+fn casts_and_empty_inputs() {
+    let Some(be) = cuda() else { return };
+    let mut cases = cast_cases();
+    cases.extend(empty_inputs_cases());
+    check_all(&be, cases);
+}
+
 /// Every case list of this file.
 /// u8 spikes (`LifConfig::u8_spikes`): LIF writing them in every kernel form and storage type,
 /// and everything that reads them (matmul on either side, aggregation and its backward, the cast
@@ -1515,9 +1685,11 @@ fn u8_spikes() {
     check_all(&be, cases.into_iter().chain(half).collect());
 }
 
-fn all_cases() -> [Vec<Case>; 9] {
+fn all_cases() -> [Vec<Case>; 11] {
     [
         u8_spikes_cases(),
+        cast_cases(),
+        empty_inputs_cases(),
         basic_ops_cases(),
         layout_ops_cases(),
         norm_ops_cases(),

@@ -271,7 +271,13 @@ impl CudaBackend {
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| cuda_err("begin stream capture", e))
             .and_then(|()| {
-                let ran = run();
+                // a panic inside an op must still end the capture, or the stream stays
+                // capturing and every later call on it fails
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *run))
+                    .unwrap_or_else(|p| {
+                        let msg = crate::util::panic_message(&*p);
+                        Err(Error::Cuda(format!("a panic while capturing: {msg}")))
+                    });
                 // always ends the capture, also after a failed call
                 let graph = self
                     .stream
