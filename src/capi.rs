@@ -660,6 +660,21 @@ mod cuda_path {
         r.map_err(|e| cu("stream ordering with the caller's stream", e))
     }
 
+    /// The context current on the calling thread when a call began, made current again when
+    /// it ends: gshn binds its device's context to run, and a caller working on another device
+    /// (PyTorch's current device, say) must not find it changed.
+    struct RestoreContext(Option<sys::CUcontext>);
+
+    impl Drop for RestoreContext {
+        fn drop(&mut self) {
+            if let Some(c) = self.0 {
+                // SAFETY: the context that was current at the start of this call, still alive
+                // (the caller's); a failure leaves gshn's bound, as before this guard.
+                unsafe { result::ctx::set_current(c) }.ok();
+            }
+        }
+    }
+
     pub(super) fn exec_cuda(
         f: &str,
         device: c_int,
@@ -669,6 +684,12 @@ mod cuda_path {
         outs: Vec<Dst>,
         (metas, out_metas): (&[Meta], &[Meta]),
     ) -> Result<(), CErr> {
+        // (without libcuda, no driver call: the error comes from `backend`)
+        let current = match crate::backend::cuda::driver_present() {
+            true => result::ctx::get_current().ok().flatten(),
+            false => None,
+        };
+        let _restore = RestoreContext(current);
         let device = usize::try_from(device).map_err(|_| arg_err(f, "device is negative"))?;
         let theirs = stream as sys::CUstream;
         let (shared, on_theirs) = backend(device, theirs)?;

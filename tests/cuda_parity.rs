@@ -198,6 +198,64 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     }
 }
 
+/// The first element of a half-precision output further from the reference than four units in
+/// the last place of the reference element's type, plus 1e-3 of the reference's RMS (for
+/// elements near zero after cancellation), with its distance; `None` when there is none.
+fn half_outlier(got: &Tensor, want: &Tensor) -> Option<(usize, f64)> {
+    // mantissa bits and the smallest subnormal (the spacing below the normal range)
+    let (mantissa, tiny) = match got.dtype() {
+        DType::BF16 => (7, 2f64.powi(-133)),
+        _ => (10, 2f64.powi(-24)),
+    };
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let rms = (w.iter().map(|x| x * x).sum::<f64>() / w.len().max(1) as f64).sqrt();
+    let ulp = |x: f64| {
+        let e = x.abs().max(f64::MIN_POSITIVE).log2().floor() as i32;
+        2f64.powi(e - mantissa).max(tiny)
+    };
+    (g.iter().zip(&w).enumerate())
+        .map(|(i, (a, b))| (i, (a - b).abs(), 4.0 * ulp(*b) + 1e-3 * rms))
+        .find(|&(_, d, bound)| d.is_nan() || d > bound)
+        .map(|(i, d, _)| (i, d))
+}
+
+/// Runs here (no GPU): the element check passes a result one rounding step off everywhere and
+/// fails one element off among 40,000, which the norm-wise tolerance lets through.
+#[test]
+fn half_outputs_are_judged_element_by_element() {
+    for dt in [DType::BF16, DType::F16] {
+        let mut r = SplitMix64::new(15);
+        let want = rand_t(&mut r, &[40_000], dt, -2.0, 2.0);
+        let step = if dt == DType::BF16 {
+            2f64.powi(-7)
+        } else {
+            2f64.powi(-10)
+        };
+        let w = want.to_f64_vec();
+        let nudged: Vec<f64> = w.iter().map(|x| x * (1.0 + step)).collect();
+        let nudged = Tensor::new([w.len()], nudged)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        assert_eq!(half_outlier(&nudged, &want), None, "{dt:?}");
+        let mut one_off = w.clone();
+        one_off[39_999] += 0.2;
+        let one_off = Tensor::new([w.len()], one_off)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        assert!(
+            rel_err(&one_off, &want) < 8e-3,
+            "{dt:?}: the norm-wise check would pass it"
+        );
+        assert_eq!(
+            half_outlier(&one_off, &want).map(|o| o.0),
+            Some(39_999),
+            "{dt:?}"
+        );
+    }
+}
+
 /// The same case in f64: every f32 input and output widened (exactly), for the f64 truth.
 fn widened(c: &Case) -> Result<Case, gshn::Error> {
     let wide = |dt: DType| if dt == F32 { DType::F64 } else { dt };
@@ -341,6 +399,14 @@ fn check_cases(be: &CudaBackend, cases: Vec<Case>) -> Vec<String> {
                 r <= tol
             };
             let mut note = String::new();
+            // A half output also element by element: the norm-wise error of a large tensor
+            // hides one wrong element (a last partial block), the ulp bound does not.
+            if ok && g.dtype().is_half() {
+                if let Some((at, d)) = half_outlier(g, w) {
+                    ok = false;
+                    note = format!(" element {at} off by {d:e} (> 4 ulp + 1e-3 rms)");
+                }
+            }
             if !ok && !f64_out && !has_half(c) && r.is_finite() && !c.exact.contains(&i) {
                 let t = truth
                     .get_or_insert_with(|| widened(c).and_then(|w| run(&CpuBackend, &w, false)));

@@ -77,7 +77,8 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-fn driver_present() -> bool {
+/// Whether libcuda can be loaded (no driver call is made before this says so).
+pub(crate) fn driver_present() -> bool {
     // SAFETY: only tries to dlopen libcuda.
     catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
