@@ -106,6 +106,7 @@ if have .gpu/bin/test-cuda_parity && want parity; then
   # InfoNCE's two CUDA paths held against the CPU in every mode (the default above runs f32 on
   # SIMT and tf32/bf16 on the tiles): all modes on the one-pass tiles, then all on SIMT.
   for path in tiles simt; do
+    if (( $(left) < 15 )); then status "infonce_$path" "skipped (budget)"; continue; fi
     echo "gpu_run: InfoNCE parity, GSHN_INFONCE_KERNELS=$path ..." >&2
     GSHN_REQUIRE_CUDA=1 GSHN_INFONCE_KERNELS=$path GSHN_PARITY_REPORT="$TMP/parity-infonce-$path.jsonl" \
       T 40 .gpu/bin/test-cuda_parity --test-threads=1 infonce >"$TMP/parity-infonce-$path.log" 2>&1
