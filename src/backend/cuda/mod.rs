@@ -77,10 +77,14 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     }
 }
 
-/// Whether libcuda can be loaded (no driver call is made before this says so).
+/// Whether libcuda can be loaded (no driver call is made before this says so). Probed once:
+/// cudarc's probe opens and closes the library each time, and the C ABI asks on every call.
 pub(crate) fn driver_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: only tries to dlopen libcuda.
-    catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+    *PRESENT.get_or_init(|| {
+        catch_unwind(|| unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
+    })
 }
 
 /// Number of CUDA devices; `Error::Cuda` when the driver library is missing or fails.
