@@ -134,6 +134,24 @@ int gshn_lif_backward_cuda(const gshn_lif_params *params, int dtype, int64_t T, 
                            const void *h, const void *grad_spikes, const void *grad_v,
                            void *grad_x, void *grad_tau, int device, void *stream);
 
+/* PLIF with the time constant read from memory: tau[1], one element of `dtype` where the other
+ * tensors are (host for _cpu, device for _cuda); params->tau is not used. A learnable tau kept
+ * on the GPU thus needs no host synchronisation. The CPU refuses a tau that is not finite and
+ * > 1 (GSHN_ERR_INVALID_VALUE); CUDA cannot check it without a synchronisation, so there such a
+ * tau makes v, h, grad_x and grad_tau NaN (and every spike 0). grad_tau is optional here. */
+int gshn_lif_forward_tau_cpu(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                             const void *tau, const void *x, void *spikes, void *v, void *h);
+int gshn_lif_forward_tau_cuda(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                              const void *tau, const void *x, void *spikes, void *v, void *h,
+                              int device, void *stream);
+int gshn_lif_backward_tau_cpu(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                              const void *tau, const void *h, const void *grad_spikes,
+                              const void *grad_v, void *grad_x, void *grad_tau);
+int gshn_lif_backward_tau_cuda(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                               const void *tau, const void *h, const void *grad_spikes,
+                               const void *grad_v, void *grad_x, void *grad_tau,
+                               int device, void *stream);
+
 /* ---- graphs ---------------------------------------------------------------------------------- */
 
 /* CSR by destination (HOST pointers): the edges into node i are k in [row_ptr[i], row_ptr[i+1]),

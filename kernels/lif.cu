@@ -9,6 +9,8 @@
 //
 // Common scalar arguments (type T):
 //   tau_ptr     const E*  nullable. When non-null, tau = *tau_ptr (learnable tau, PLIF); else `tau`.
+//                         The host cannot check a tau read here: one that is not finite and > 1
+//                         (an error on the CPU) becomes NaN, so H, V and every gradient are NaN.
 //   tau         T         tau > 1 (used when tau_ptr == nullptr).
 //   v_th        T         threshold.
 //   v_reset     T         reset value (hard reset only; ignored when hard == 0).
@@ -107,6 +109,15 @@ __device__ __forceinline__ T lif_fwd_step(T v, T x, i64 idx, P* __restrict__ S, 
     return st.v;
 }
 
+// The time constant: `tau`, or the fed one at tau_ptr, NaN unless finite and > 1 (see the top).
+template <typename E>
+__device__ __forceinline__ typename Acc<E>::T lif_tau(const E* tau_ptr, typename Acc<E>::T tau) {
+    typedef typename Acc<E>::T T;
+    if (!tau_ptr) return tau;
+    const T t = widen(*tau_ptr);
+    return (t > T(1) && isfinite(t)) ? t : T(NAN);
+}
+
 // Up to TM steps: every X of the neuron is loaded before the first step's arithmetic, so the
 // loads are in flight together instead of one per step (the time loop is unrolled).
 template <typename E, typename P, int TM>
@@ -137,7 +148,7 @@ __device__ void lif_fwd(const E* __restrict__ X, P* __restrict__ S, E* __restric
                         typename Acc<E>::T v_th, typename Acc<E>::T v_reset, int hard, int decay_input, int smooth,
                         int surrogate, typename Acc<E>::T alpha) {
     typedef typename Acc<E>::T T;
-    if (tau_ptr) tau = widen(*tau_ptr);
+    tau = lif_tau(tau_ptr, tau);
     const T v_r = hard ? v_reset : T(0);
     if constexpr (TM > 0) {
         // smooth = 0 as a constant: the test mode's f64 surrogate stays out of the unrolled body
@@ -224,7 +235,7 @@ __device__ void lif_bwd(const typename Acc<E>::T* __restrict__ H, const E* __res
                         typename Acc<E>::T tau, typename Acc<E>::T v_th, typename Acc<E>::T v_reset, int hard,
                         int decay_input, int detach_reset, int surrogate, typename Acc<E>::T alpha, int smooth) {
     typedef typename Acc<E>::T T;
-    if (tau_ptr) tau = widen(*tau_ptr);
+    tau = lif_tau(tau_ptr, tau);
     LifBwdArgs<T> a;
     a.tau = tau;
     a.v_th = v_th;

@@ -97,6 +97,9 @@ _NCE = C.POINTER(InfoNceParams)
 _SIGS = {
     "lif_forward": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP],
     "lif_backward": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
+    # PLIF: tau read from a tensor (after N), so a CUDA tau is never copied to the host
+    "lif_forward_tau": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
+    "lif_backward_tau": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP, _VP],
     "gat_forward": [_INT, _G, _I64, _I64, _DBL, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "gat_backward": [_INT, _G, _I64, _I64, _DBL, _VP, _VP, _VP, _VP, _VP, _VP, _VP,
                      _VP, _VP, _VP, _VP],
@@ -431,15 +434,23 @@ def lif_params(tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=Fa
 # The LIF ops take the neuron's configuration `cfg` as their trailing arguments, in lif_params'
 # order after tau: v_th, v_reset (None = soft reset), decay_input, detach_reset, surrogate, alpha.
 
+def _lif_call(name, tau, cfg, dtype, like, *tensors):
+    """gshn_<name> on `tensors` of the call's `dtype`, on the device of `like` ([T, N]). A
+    float tau goes in the parameters; a tensor tau (0-d, of the call's dtype) goes to the
+    `_tau` entry by pointer and is read where it lives: no host synchronisation on a GPU."""
+    fed = torch.is_tensor(tau)
+    params = lif_params(2.0 if fed else tau, *cfg)  # the `_tau` entries ignore params.tau
+    name, tau_arg = (name + "_tau", (_p(tau),)) if fed else (name, ())
+    _call(name, like, C.byref(params), _dtype(dtype), *like.shape, *tau_arg, *map(_p, tensors))
+
+
 def _lif_forward(x, tau, cfg, u8_spikes=False):
     """(spikes, v, h), each a new tensor shaped like x[T, ...] (spikes uint8 when `u8_spikes`);
     tau a float or a tensor."""
     x2, tau = check_lif(x, tau)
-    params = lif_params(float(tau), *cfg)
     s, v, h = _lif_outputs(x, u8_spikes)
     if x2.numel():
-        _call("lif_forward_u8" if u8_spikes else "lif_forward", x2, C.byref(params), _dtype(x2),
-              *x2.shape, _p(x2), _p(s), _p(v), _p(h))
+        _lif_call("lif_forward_u8" if u8_spikes else "lif_forward", tau, cfg, x2, x2, x2, s, v, h)
     return s, v, h
 
 
@@ -454,14 +465,12 @@ def _lif_backward(h, grad_spikes, grad_v, tau, cfg):
     sp = _Spec("lif_backward")
     h = sp.tensor("h", h, "T", ..., stat=True)
     gs, gv = sp.tensor("grad_spikes", grad_spikes, *h.shape), sp.tensor("grad_v", grad_v, *h.shape)
-    tau_t = sp.scalar("tau", tau) if torch.is_tensor(tau) else tau
+    tau = sp.scalar("tau", tau) if torch.is_tensor(tau) else tau
     h2 = h.reshape(h.shape[0], math.prod(h.shape[1:]))
     gx = _empty(gs)
     gtau = gs.new_zeros(()) if torch.is_tensor(tau) else None
     if h2.numel():  # gs and gv of an empty x would both be NULL, which the library refuses
-        params = lif_params(float(tau_t), *cfg)
-        _call("lif_backward", h2, C.byref(params), _dtype(gs), *h2.shape, _p(h2), _p(gs), _p(gv),
-              _p(gx), _p(gtau))
+        _lif_call("lif_backward", tau, cfg, gs, h2, h2, gs, gv, gx, gtau)
     return gx, gtau
 
 

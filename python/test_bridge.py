@@ -95,6 +95,30 @@ class Correctness(Case):
         self.same_grads(lambda x, tau: gt.lif(x, tau=tau, v_reset=None),
                         lambda x, tau: gt.ref_lif(x, tau=tau, v_reset=None), [x, tau])
 
+    def test_plif_never_reads_tau_on_the_host(self):
+        # tau goes to the library by pointer (on a GPU, a host read would synchronise the
+        # stream at every call): forward and backward with every host read of a tensor refused
+        x, tau = lif_x(5, 20), torch.tensor(2.7, dtype=F64, requires_grad=True)
+        want = torch.autograd.grad(gt.lif(x, tau=tau)[1].sum(), [x, tau])
+
+        def refuse(*_):
+            raise AssertionError("a tensor was read on the host")
+        saved = {k: getattr(torch.Tensor, k) for k in ("item", "__float__", "tolist")}
+        try:
+            for k in saved:
+                setattr(torch.Tensor, k, refuse)
+            got = torch.autograd.grad(gt.lif(x, tau=tau)[1].sum(), [x, tau])
+        finally:
+            for k, f in saved.items():
+                setattr(torch.Tensor, k, f)
+        for g, w in zip(got, want):
+            self.assertTrue(torch.equal(g, w))
+        # and a tau the neuron cannot have is the library's clear error (on the CPU)
+        for bad in (1.0, 0.5, math.nan):
+            with self.subTest(tau=bad), self.assertRaisesRegex(RuntimeError,
+                                                               "tau must be finite and > 1"):
+                gt.lif(x, tau=torch.tensor(bad, dtype=F64))
+
     def test_gat_with_edge_bias_against_ref(self):
         ei, g = rand_graph(12, 30)
         z, a_s, a_d, be = leaves((12, 2, 3), (2, 3), (2, 3), (ei.shape[1], 2))

@@ -241,7 +241,25 @@ pub extern "C" fn gshn_lif_params_default() -> GshnLifParams {
     }
 }
 
-fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifConfig, CErr> {
+/// Where a LIF call's time constant comes from.
+#[derive(Clone, Copy)]
+enum Tau {
+    /// `params->tau`, fixed.
+    Fixed,
+    /// `params->tau`, learnable: the backward writes `grad_tau` at it.
+    FixedWithGrad,
+    /// A one-element tensor of the call's dtype in the call's memory (the `_tau` entries):
+    /// read by the kernels, so a CUDA call needs no host synchronisation for it.
+    Fed(*const c_void),
+}
+
+impl Tau {
+    fn learnable(self) -> bool {
+        !matches!(self, Tau::Fixed)
+    }
+}
+
+fn lif_config(f: &str, p: *const GshnLifParams, tau: Tau) -> Result<LifConfig, CErr> {
     // SAFETY: the caller passes a valid pointer or NULL (checked).
     let p = unsafe { p.as_ref() }.ok_or_else(|| arg_err(f, "params is NULL"))?;
     let surrogate = Surrogate::from_code(p.surrogate, p.alpha)
@@ -253,14 +271,17 @@ fn lif_config(f: &str, p: *const GshnLifParams, learnable: bool) -> Result<LifCo
         decay_input: p.decay_input != 0,
         detach_reset: p.detach_reset != 0,
         surrogate,
-        learnable_tau: learnable,
+        learnable_tau: tau.learnable(),
         smooth: false,
         membrane: true,
         u8_spikes: false,
     };
     cfg.validate("lif")?;
-    // The initial tau of a learnable one is checked too: it is the value the caller feeds.
-    validate_tau("lif", p.tau)?;
+    // params->tau is the value fed as the learnable one too; a fed tensor is checked where it
+    // is read (the CPU kernels; CUDA's make every output NaN, see gshn.h)
+    if !matches!(tau, Tau::Fed(_)) {
+        validate_tau("lif", p.tau)?;
+    }
     Ok(cfg)
 }
 
@@ -849,12 +870,23 @@ fn m(shape: impl Into<Shape>, dtype: DType) -> Meta {
     Meta::new(shape, dtype)
 }
 
+/// The time constant input of a learnable-tau call, if any: `params->tau` made a tensor, or
+/// the caller's.
+fn tau_input(tau: Tau, cfg: &LifConfig, dt: DType) -> Result<Option<(Src, Meta)>, CErr> {
+    Ok(match tau {
+        Tau::Fixed => None,
+        Tau::FixedWithGrad => Some((Src::Host(Tensor::scalar(cfg.tau).to_dtype(dt)?), m([], dt))),
+        Tau::Fed(p) => Some((Src::Ptr(p, "tau"), m([], dt))),
+    })
+}
+
 /// `spikes` is written in the float dtype, or as u8 when `u8_spikes` (`LifConfig::u8_spikes`;
 /// the `_u8` entries, whose pointer type is `S` = u8).
 fn lif_forward<S>(
     f: &str,
     mem: Mem,
     u8_spikes: bool,
+    tau: Tau,
     params: *const GshnLifParams,
     dtype: c_int,
     t: i64,
@@ -866,21 +898,41 @@ fn lif_forward<S>(
 ) -> Result<(), CErr> {
     let cfg = LifConfig {
         u8_spikes,
-        ..lif_config(f, params, false)?
+        ..lif_config(f, params, tau)?
     };
     let dt = dtype_of(f, dtype)?;
     let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
+    let mut ins = vec![(Src::Ptr(x, "x"), m([t, n], dt))];
+    ins.extend(tau_input(tau, &cfg, dt)?);
     exec(
         f,
         mem,
         Op::Lif(cfg),
-        vec![(Src::Ptr(x, "x"), m([t, n], dt))],
+        ins,
         vec![
             dst_opt(spikes.cast(), "spikes"),
             dst_opt(v, "v"),
             dst(h, "h"),
         ],
     )
+}
+
+/// The `_tau` forward entries: [`lif_forward`] with the tensor `tau`.
+fn lif_forward_tau(
+    f: &str,
+    mem: Mem,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    tau: *const c_void,
+    x: *const c_void,
+    spikes: *mut c_void,
+    v: *mut c_void,
+    h: *mut c_void,
+) -> Result<(), CErr> {
+    let fed = Tau::Fed(tau);
+    lif_forward(f, mem, false, fed, params, dtype, t, n, x, spikes, v, h)
 }
 
 fn lif_backward(
@@ -896,8 +948,73 @@ fn lif_backward(
     grad_x: *mut c_void,
     grad_tau: *mut c_void,
 ) -> Result<(), CErr> {
-    let learnable = !grad_tau.is_null();
-    let cfg = lif_config(f, params, learnable)?;
+    let tau = match grad_tau.is_null() {
+        true => Tau::Fixed,
+        false => Tau::FixedWithGrad,
+    };
+    lif_backward_of(
+        f,
+        mem,
+        tau,
+        params,
+        dtype,
+        t,
+        n,
+        h,
+        grad_spikes,
+        grad_v,
+        grad_x,
+        grad_tau,
+    )
+}
+
+/// The `_tau` backward entries: [`lif_backward`] with the tensor `tau` (`grad_tau` optional).
+fn lif_backward_tau(
+    f: &str,
+    mem: Mem,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    tau: *const c_void,
+    h: *const c_void,
+    grad_spikes: *const c_void,
+    grad_v: *const c_void,
+    grad_x: *mut c_void,
+    grad_tau: *mut c_void,
+) -> Result<(), CErr> {
+    let fed = Tau::Fed(tau);
+    lif_backward_of(
+        f,
+        mem,
+        fed,
+        params,
+        dtype,
+        t,
+        n,
+        h,
+        grad_spikes,
+        grad_v,
+        grad_x,
+        grad_tau,
+    )
+}
+
+fn lif_backward_of(
+    f: &str,
+    mem: Mem,
+    tau: Tau,
+    params: *const GshnLifParams,
+    dtype: c_int,
+    t: i64,
+    n: i64,
+    h: *const c_void,
+    grad_spikes: *const c_void,
+    grad_v: *const c_void,
+    grad_x: *mut c_void,
+    grad_tau: *mut c_void,
+) -> Result<(), CErr> {
+    let cfg = lif_config(f, params, tau)?;
     let dt = dtype_of(f, dtype)?;
     let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
     let (has_gs, has_gv) = (!grad_spikes.is_null(), !grad_v.is_null());
@@ -913,22 +1030,19 @@ fn lif_backward(
         tn(grad_spikes, "grad_spikes"),
         tn(grad_v, "grad_v"),
     );
-    let tau = learnable
-        .then(|| Ok((Src::Host(Tensor::scalar(cfg.tau).to_dtype(dt)?), m([], dt))))
-        .transpose()
-        .map_err(|e: Error| CErr::from(e))?;
+    let tau_in = tau_input(tau, &cfg, dt)?;
     let ins = owned(
         LifBackwardArgs {
             charge: &h,
             grad_spikes: has_gs.then_some(&gs),
             grad_membrane: has_gv.then_some(&gv),
-            tau: tau.as_ref(),
+            tau: tau_in.as_ref(),
         }
         .list(),
     );
     let mut outs = vec![dst(grad_x, "grad_x")];
-    if learnable {
-        outs.push(dst(grad_tau, "grad_tau"));
+    if tau.learnable() {
+        outs.push(dst_opt(grad_tau, "grad_tau"));
     }
     exec(
         f,
@@ -1347,7 +1461,7 @@ export!(
     /// LIF forward (DESIGN §3.1). In: `x[T, N]`. Written: `spikes[T, N]` (optional), `v[T, N]`
     /// membrane after reset (optional), `h[T, N]` membrane before firing (required: the
     /// backward's saved tensor).
-    gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward [false], (
+    gshn_lif_forward_cpu, gshn_lif_forward_cuda, lif_forward [false, Tau::Fixed], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
 ));
@@ -1355,7 +1469,7 @@ export!(
     /// [`gshn_lif_forward_cpu`] writing `spikes[T, N]` as u8, exactly 0 or 1 (one byte per
     /// spike: the aggregation's `_u8` entries and the backward's inputs are unchanged, since
     /// the backward recomputes the spikes from `h`).
-    gshn_lif_forward_u8_cpu, gshn_lif_forward_u8_cuda, lif_forward [true], (
+    gshn_lif_forward_u8_cpu, gshn_lif_forward_u8_cuda, lif_forward [true, Tau::Fixed], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     x: *const c_void, spikes: *mut u8, v: *mut c_void, h: *mut c_void,
 ));
@@ -1365,6 +1479,24 @@ export!(
     /// `grad_tau[1]` when non-NULL (PLIF: d loss / d tau at `params->tau`).
     gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward, (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
+    h: *const c_void, grad_spikes: *const c_void, grad_v: *const c_void,
+    grad_x: *mut c_void, grad_tau: *mut c_void,
+));
+export!(
+    /// PLIF forward: [`gshn_lif_forward_cpu`] with the time constant read from `tau[1]`, a
+    /// tensor of `dtype` in the call's memory (`params->tau` is not used). The CPU refuses a
+    /// tau that is not finite and > 1 ([`GSHN_ERR_INVALID_VALUE`]); CUDA reads it on the device
+    /// (no host synchronisation) and writes NaN into `v` and `h` instead.
+    gshn_lif_forward_tau_cpu, gshn_lif_forward_tau_cuda, lif_forward_tau, (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64, tau: *const c_void,
+    x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
+));
+export!(
+    /// PLIF backward: [`gshn_lif_backward_cpu`] with the time constant read from `tau[1]` (as
+    /// [`gshn_lif_forward_tau_cpu`]; on CUDA an invalid one makes `grad_x` NaN). Written:
+    /// `grad_x[T, N]`; `grad_tau[1]`, d loss / d tau, when non-NULL.
+    gshn_lif_backward_tau_cpu, gshn_lif_backward_tau_cuda, lif_backward_tau, (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64, tau: *const c_void,
     h: *const c_void, grad_spikes: *const c_void, grad_v: *const c_void,
     grad_x: *mut c_void, grad_tau: *mut c_void,
 ));

@@ -2066,6 +2066,136 @@ fn ops_run_on_the_callers_streams() {
     assert_eq!(mine.stream().cu_stream(), st.cu_stream());
 }
 
+/// PLIF through the C ABI with tau in device memory (`gshn_lif_*_tau_cuda`: no host
+/// synchronisation to read it): the CPU entry points' results for a valid tau; for one the
+/// host cannot check (not > 1), NaN membranes and gradients and no spike, with success codes.
+#[test]
+fn c_abi_tau_from_device_memory() {
+    use cudarc::driver::{CudaSlice, DevicePtr};
+    use gshn::capi::{gshn_lif_backward_tau_cpu, gshn_lif_backward_tau_cuda};
+    use gshn::capi::{gshn_lif_forward_tau_cpu, gshn_lif_forward_tau_cuda};
+    use gshn::capi::{gshn_lif_params_default, GSHN_F32, GSHN_OK};
+    use std::ffi::c_void;
+    let Some(be) = cuda() else { return };
+    let (t, n) = (6usize, 1531usize);
+    let mut rng = SplitMix64::new(23);
+    let mut host = |lo, hi| {
+        rand_t(&mut rng, &[t, n], F32, lo, hi)
+            .data::<f32>()
+            .unwrap()
+            .to_vec()
+    };
+    let (xs, gs, gv) = (host(-0.5, 2.0), host(-1.0, 1.0), host(-1.0, 1.0));
+    let mut params = gshn_lif_params_default();
+    params.tau = 7.0; // not used by the _tau entries
+    let (ti, ni) = (t as i64, n as i64);
+    // the CPU: spikes, v, h, grad_x and grad_tau at tau 2.5
+    let tau = [2.5f32];
+    let [mut s, mut v, mut h, mut gx] = [(); 4].map(|_| vec![0f32; t * n]);
+    let mut gtau = [0f32];
+    // SAFETY: host buffers of T·N f32, tau and grad_tau one each.
+    unsafe {
+        let rc = gshn_lif_forward_tau_cpu(
+            &params,
+            GSHN_F32,
+            ti,
+            ni,
+            tau.as_ptr().cast(),
+            xs.as_ptr().cast(),
+            s.as_mut_ptr().cast(),
+            v.as_mut_ptr().cast(),
+            h.as_mut_ptr().cast(),
+        );
+        assert_eq!(rc, GSHN_OK);
+        let rc = gshn_lif_backward_tau_cpu(
+            &params,
+            GSHN_F32,
+            ti,
+            ni,
+            tau.as_ptr().cast(),
+            h.as_ptr().cast(),
+            gs.as_ptr().cast(),
+            gv.as_ptr().cast(),
+            gx.as_mut_ptr().cast(),
+            gtau.as_mut_ptr().cast(),
+        );
+        assert_eq!(rc, GSHN_OK);
+    }
+    let st = be.stream();
+    let ptr = |b: &CudaSlice<f32>| b.device_ptr(st).0 as *mut c_void;
+    let read = |b: &CudaSlice<f32>| st.clone_dtoh(b).unwrap();
+    let close = |what: &str, got: &[f32], want: &[f32], tol: f64| {
+        let g = Tensor::new([got.len()], got.to_vec()).unwrap();
+        let w = Tensor::new([want.len()], want.to_vec()).unwrap();
+        let e = rel_err(&g, &w);
+        report(&format!("C ABI tau on the device: {what}"), e <= tol, e, "");
+        assert!(e <= tol, "{what}: rel err {e}");
+    };
+    for fed in [2.5f32, 0.5] {
+        let up = |v: &[f32]| st.clone_htod(v).unwrap();
+        let (dtau, dx, dgs, dgv) = (up(&[fed]), up(&xs), up(&gs), up(&gv));
+        // poisoned: NaN where the results are finite, finite where they must be NaN
+        let poison = if fed > 1.0 { f32::NAN } else { 7.0 };
+        let outs: Vec<CudaSlice<f32>> = (0..4).map(|_| up(&vec![poison; t * n])).collect();
+        let dgtau = up(&[poison]);
+        // SAFETY: device buffers of T·N f32 (tau and grad_tau one) on device 0, on `st`.
+        unsafe {
+            let rc = gshn_lif_forward_tau_cuda(
+                &params,
+                GSHN_F32,
+                ti,
+                ni,
+                ptr(&dtau),
+                ptr(&dx),
+                ptr(&outs[0]),
+                ptr(&outs[1]),
+                ptr(&outs[2]),
+                0,
+                st.cu_stream().cast(),
+            );
+            assert_eq!(rc, GSHN_OK, "forward, tau {fed}");
+            let rc = gshn_lif_backward_tau_cuda(
+                &params,
+                GSHN_F32,
+                ti,
+                ni,
+                ptr(&dtau),
+                ptr(&outs[2]),
+                ptr(&dgs),
+                ptr(&dgv),
+                ptr(&outs[3]),
+                ptr(&dgtau),
+                0,
+                st.cu_stream().cast(),
+            );
+            assert_eq!(rc, GSHN_OK, "backward, tau {fed}");
+        }
+        let got: Vec<Vec<f32>> = outs.iter().map(read).collect();
+        let g_tau = read(&dgtau);
+        if fed > 1.0 {
+            let same = got[0] == s;
+            report("C ABI tau on the device: spikes", same, 0.0, "");
+            assert!(same, "spikes differ");
+            close("v", &got[1], &v, 1e-6);
+            close("h", &got[2], &h, 1e-6);
+            close("grad_x", &got[3], &gx, 1e-5);
+            close("grad_tau", &g_tau, &gtau, 1e-5);
+        } else {
+            let nan = |b: &[f32]| b.iter().all(|x| x.is_nan());
+            let ok = got[0].iter().all(|&x| x == 0.0)
+                && nan(&got[1])
+                && nan(&got[2])
+                && nan(&got[3])
+                && nan(&g_tau);
+            report("C ABI tau on the device: tau 0.5 gives NaN", ok, 0.0, "");
+            assert!(
+                ok,
+                "a tau of 0.5 read on the device must give NaN outputs and no spike"
+            );
+        }
+    }
+}
+
 /// The C ABI's `*_cuda` entry points on bf16 and f16 buffers (statistics f32): the same bits
 /// as the CUDA backend's own run of the op on the same input.
 #[test]

@@ -296,6 +296,11 @@ fn c_header_uses_the_fused_op_table_names() {
             ("forward_u8_cuda", false),
             ("backward_u8_cpu", false),
             ("backward_u8_cuda", false),
+            // tau read from memory (PLIF)
+            ("forward_tau_cpu", false),
+            ("forward_tau_cuda", false),
+            ("backward_tau_cpu", false),
+            ("backward_tau_cuda", false),
         ] {
             let func = format!("int {prefix}_{entry}(");
             let Some(start) = header.find(&func) else {

@@ -147,6 +147,26 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    /* ---- PLIF with tau read from memory: the LIF above with tau 2.5 as a tensor gives the same
+     * bits (params->tau is not used: set to another valid value) ---- */
+    {
+        float tau_t = 2.5f, st[TN], vt[TN], ht[TN], gxt[TN], gtaut = 0;
+        gshn_lif_params other = lp;
+        other.tau = 7.0;
+        CHECK(gshn_lif_forward_tau_cpu(&other, GSHN_F32, T, NN, &tau_t, x, st, vt, ht));
+        CHECK(gshn_lif_backward_tau_cpu(&other, GSHN_F32, T, NN, &tau_t, h, gs, gv, gxt, &gtaut));
+        if (memcmp(st, spikes, sizeof st) || memcmp(vt, v, sizeof vt) || memcmp(ht, h, sizeof ht) ||
+            memcmp(gxt, gx, sizeof gxt) || gtaut != gtau) {
+            fprintf(stderr, "the LIF with tau from memory differs from params->tau\n");
+            return 1;
+        }
+        CHECK(gshn_lif_backward_tau_cpu(&other, GSHN_F32, T, NN, &tau_t, h, gs, gv, gxt, NULL));
+        if (memcmp(gxt, gx, sizeof gxt)) {
+            fprintf(stderr, "grad_x of the tau backward depends on grad_tau being wanted\n");
+            return 1;
+        }
+    }
+
     /* ---- InfoNCE: B=5, D=4, symmetric, grad_loss 1.3 ---- */
     enum { B = 5, D = 4 };
     float a[B * D], p[B * D], ls = 2.0f, loss = 0, lr[B], lc[B], gl = 1.3f;
@@ -292,6 +312,20 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_lif_backward_cpu(&lp, 9, T, NN, h, gs, gv, w, w));
     HOSTILE(gshn_lif_backward_cpu(&badsur, GSHN_F32, T, NN, h, gs, gv, w, w));
     HOSTILE(gshn_lif_backward_cpu(&badtau, GSHN_F32, T, NN, h, gs, gv, w, w));
+    /* LIF with tau from memory: no tau, a misaligned one, one that is not > 1 or not finite */
+    const float tau_ok = 2.0f, tau_one = 1.0f, tau_nan = NAN, tau_inf = INFINITY;
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, NULL, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, odd, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_one, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_nan, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_inf, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&badsur, GSHN_F32, T, NN, &tau_ok, x, w, w, w));
+    HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_ok, x, w, w, NULL));
+    HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, NULL, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_one, h, gs, gv, w, w));
+    HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_nan, h, gs, gv, w, NULL));
+    HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_ok, h, NULL, NULL, w, w));
+    HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_ok, h, gs, gv, NULL, w));
     /* GAT forward: graph sizes past int32, NULL arrays, sizes that overflow */
     gshn_graph g_neg = {-1, E, row_ptr, src};
     gshn_graph g_big = {INT64_C(1) << 40, E, row_ptr, src};
