@@ -21,7 +21,7 @@
 // act_fwd_*(const S* x, S* y, int n, int kind, T param)
 // act_bwd_*(const S* x, const S* gy, S* gx, int n, int kind, T param)   (x = forward input)
 //   kind 0 ReLU; 1 ELU(alpha=param): x>0 ? x : param*expm1(x); 2 GELU exact (erf form);
-//   3 LeakyReLU(slope=param); 4 sigmoid; 5 tanh; 6 exp. Derivative at 0 is the x<=0 branch (as PyTorch).
+//   3 LeakyReLU(slope=param); 6 exp. Derivative at 0 is the x<=0 branch (as PyTorch).
 // spike_fwd_*(const S* x, S* y, int n, int surrogate, T alpha, int smooth)
 //   y = x >= 0 ? 1 : 0, or (smooth) the surrogate's primitive (common.cuh surrogate_primitive).
 // spike_bwd_*(const S* x, const S* gy, S* gx, int n, int surrogate, T alpha)
@@ -48,8 +48,6 @@
 //   y[i] = x[i] rounded once to To (Op::Cast; the CUDA backend's f32 copies of half data).
 #include "common.cuh"
 
-__device__ __forceinline__ float g_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double g_tanh(double x) { return tanh(x); }
 
 template <typename S> __device__ void ew_binary(const S* a, const S* b, S* out, int n, int nb, int op) {
     typedef typename Acc<S>::T T;
@@ -88,8 +86,6 @@ template <typename T> __device__ __forceinline__ T act_f(int kind, T x, T p) {
         case 1: return x > T(0) ? x : p * g_expm1(x);
         case 2: return T(0.5) * x * (T(1) + g_erf(x * T(0.70710678118654752440)));
         case 3: return x > T(0) ? x : p * x;
-        case 4: return T(1) / (T(1) + g_exp(-x));
-        case 5: return g_tanh(x);
         default: return g_exp(x);
     }
 }
@@ -103,8 +99,6 @@ template <typename T> __device__ __forceinline__ T act_df(int kind, T x, T p) {
             return cdf + x * pdf;
         }
         case 3: return x > T(0) ? T(1) : p;
-        case 4: { const T s = T(1) / (T(1) + g_exp(-x)); return s * (T(1) - s); }
-        case 5: { const T t = g_tanh(x); return T(1) - t * t; }
         default: return g_exp(x);
     }
 }

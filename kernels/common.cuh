@@ -42,7 +42,7 @@ __device__ __forceinline__ i64 nwarps() { return ((i64)gridDim.x * blockDim.x) >
 __device__ __forceinline__ int csr_row_of(const int* __restrict__ row_ptr, int N, int k) {
     int lo = 0, hi = N - 1;
     while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
+        int mid = lo + ((hi - lo + 1) >> 1);  // lo + hi + 1 overflows for N > 2^30
         if (__ldg(row_ptr + mid) <= k) lo = mid; else hi = mid - 1;
     }
     return lo;
@@ -102,7 +102,8 @@ template <> struct Acc<f16s> { typedef float T; };
 __device__ __forceinline__ float widen(float v) { return v; }
 __device__ __forceinline__ double widen(double v) { return v; }
 __device__ __forceinline__ float widen(bf16s v) { return __uint_as_float((unsigned int)v.bits << 16); }
-__device__ __forceinline__ float widen(u8s v) { return (float)v.bits; }
+// a u8 spike: any byte but 0 is a spike, 1 (as the CPU's Storage::spikes_as)
+__device__ __forceinline__ float widen(u8s v) { return v.bits != 0 ? 1.0f : 0.0f; }
 __device__ __forceinline__ float widen(f16s v) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));

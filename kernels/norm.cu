@@ -167,16 +167,22 @@ __device__ void softmax_fwd(const S* __restrict__ x, const S* __restrict__ valid
         const S* xr = x + r * C;
         const S* vr = valid ? valid + (r / rows_per_mask) * C : nullptr;
         T m = g_neg_inf<T>();
+        bool any = false;  // a kept key in the row (not `s > 0`, which a NaN sum fails too)
         for (int c = lane; c < C; c += 32)
-            if (!vr || widen(vr[c]) != T(0)) m = g_max(m, scale * widen(xr[c]));
+            if (!vr || widen(vr[c]) != T(0)) m = g_max(m, scale * widen(xr[c])), any = true;
         m = warp_max(m);
+        any = __any_sync(0xffffffffu, any);
         T s = T(0);
         for (int c = lane; c < C; c += 32)
             if (!vr || widen(vr[c]) != T(0)) s += g_exp(scale * widen(xr[c]) - m);
         s = warp_sum(s);
         S* yr = y + r * C;
-        for (int c = lane; c < C; c += 32)
-            yr[c] = narrow<S>(((!vr || widen(vr[c]) != T(0)) && s > T(0)) ? g_exp(scale * widen(xr[c]) - m) / s : T(0));
+        // as the CPU: every entry of a row with a kept key divided by the sum, so a non-finite
+        // sum (an infinite or NaN logit) makes the whole row NaN instead of zeros
+        for (int c = lane; c < C; c += 32) {
+            const T e = (!vr || widen(vr[c]) != T(0)) ? g_exp(scale * widen(xr[c]) - m) : T(0);
+            yr[c] = narrow<S>(any ? e / s : T(0));
+        }
     }
 }
 

@@ -16,8 +16,10 @@
 //   and then rounded to T (as the CPU backend): coefs[0] = decay = 1 - lr*wd,
 //   coefs[1] = step_size = lr / (1 - beta1^step), coefs[2] = sqrt(1 - beta2^step).
 //   grid 1, block 32 (one thread works).
-// adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1, T beta2, T eps,
-//                      const T* gscale)
+// adamw_step_{f32,f64}(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1, T obeta1, T beta2,
+//                      T obeta2, T eps, const T* gscale)
+//   obeta1, obeta2 = 1 - beta1, 1 - beta2 taken in f64 and rounded once (as the CPU and PyTorch;
+//   1 - (float)0.999 is 1.3e-5 off).
 //   coefs from adamw_coefs:  p = p*decay - step_size * m / (sqrt(v)/coefs[2] + eps).
 //   gscale[0] == 0 or non-finite (ClipScale of a non-finite gradient norm): the step is SKIPPED
 //   (p, m, v unchanged), as on the CPU.
@@ -63,14 +65,15 @@ __device__ void adamw_coefs(const T* __restrict__ hyper, T* __restrict__ coefs, 
 
 template <typename T>
 __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ m, T* __restrict__ v, int n,
-                           const T* __restrict__ coefs, T beta1, T beta2, T eps, const T* __restrict__ gscale) {
+                           const T* __restrict__ coefs, T beta1, T obeta1, T beta2, T obeta2, T eps,
+                           const T* __restrict__ gscale) {
     const T decay = coefs[0], step = coefs[1], bc2s = coefs[2];
     const T gs = gscale ? gscale[0] : T(1);
     if (!(gs != T(0) && gs - gs == T(0))) return;  // 0, NaN or +-inf: skip the step
     GRID_STRIDE(i, n) {
         const T gg = g[i] * gs;
-        const T mi = beta1 * m[i] + (T(1) - beta1) * gg;
-        const T vi = beta2 * v[i] + (T(1) - beta2) * gg * gg;
+        const T mi = beta1 * m[i] + obeta1 * gg;
+        const T vi = beta2 * v[i] + obeta2 * gg * gg;
         m[i] = mi;
         v[i] = vi;
         p[i] = p[i] * decay - step * mi / (g_sqrt(vi) / bc2s + eps);
@@ -90,8 +93,8 @@ __device__ void adamw_step(T* __restrict__ p, const T* __restrict__ g, T* __rest
         adamw_coefs<T>(hyper, coefs, beta1, beta2, wd);                                                          \
     }                                                                                                            \
     extern "C" __global__ void adamw_step_##SUF(T* p, const T* g, T* m, T* v, int n, const T* coefs, T beta1,   \
-                                                T beta2, T eps, const T* gscale) {                               \
-        adamw_step<T>(p, g, m, v, n, coefs, beta1, beta2, eps, gscale);                                          \
+                                                T obeta1, T beta2, T obeta2, T eps, const T* gscale) {           \
+        adamw_step<T>(p, g, m, v, n, coefs, beta1, obeta1, beta2, obeta2, eps, gscale);                          \
     }
 
 ADAMW_INST(float, f32)

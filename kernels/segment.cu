@@ -44,7 +44,8 @@ __device__ void segment_mean_bwd(const E* __restrict__ gY, const int* __restrict
         const int c = (int)(idx % C);
         const int s = seg[p];
         T g = T(0);
-        if (s >= 0 && s < S) g = widen(gY[(i64)s * C + c]) / count[s];  // count >= 1: row p is in segment s
+        // a void row, or (with an inconsistent count) an empty segment: no gradient, as the CPU
+        if (s >= 0 && s < S && count[s] > T(0)) g = widen(gY[(i64)s * C + c]) / count[s];
         gX[idx] = narrow<E>(g);
     }
 }

@@ -1247,10 +1247,22 @@ fn segment_and_optim_cases() -> Vec<Case> {
             }
         }
         let count = Tensor::new([s], count).unwrap().to_dtype(dt).unwrap();
+        // a count that disagrees with the ids: a populated segment counted 0 gets no gradient
+        let mut wrong = count.to_f64_vec();
+        let populated = seg.iter().find(|&&v| v >= 0).copied().unwrap_or(0) as usize;
+        wrong[populated] = 0.0;
+        let wrong = Tensor::new([s], wrong).unwrap().to_dtype(dt).unwrap();
+        let gy = rnd(&mut r, &[s, c], dt);
+        cs.push(case(
+            format!("segment_mean_backward, a segment counted 0 {dt:?}"),
+            Op::SegmentMeanBackward,
+            vec![gy.clone(), idx(seg.clone()), wrong],
+            vec![meta(&[pn, c], dt)],
+        ));
         cs.push(case(
             format!("segment_mean_backward {dt:?}"),
             Op::SegmentMeanBackward,
-            vec![rnd(&mut r, &[s, c], dt), idx(seg), count],
+            vec![gy, idx(seg), count],
             vec![meta(&[pn, c], dt)],
         ));
         let gs = vec![
@@ -1293,6 +1305,25 @@ fn segment_and_optim_cases() -> Vec<Case> {
                 rnd(&mut r, &[n], dt),
                 scalar(0.7, dt),
                 hyper,
+            ],
+            vec![meta(&[n], dt); 3],
+        ));
+        // The first step (moments zero): v is (1 − β2)·g², so a (1 − β2) rounded from an f32
+        // β2 (1.3e-5 off for 0.999) shows in v here, where older moments hide it.
+        let first = Tensor::new([2], vec![1e-3, 1.0])
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap();
+        cs.push(case(
+            format!("adamw first step {dt:?}"),
+            Op::AdamW(cfg),
+            vec![
+                rnd(&mut r, &[n], dt),
+                rand_t(&mut r, &[n], dt, -0.1, 0.1),
+                Tensor::zeros([n], dt),
+                Tensor::zeros([n], dt),
+                scalar(1.0, dt),
+                first,
             ],
             vec![meta(&[n], dt); 3],
         ));
@@ -1543,6 +1574,13 @@ fn empty_inputs_cases() -> Vec<Case> {
         ],
         vec![meta(&[0, c], F32), meta(&[c], F32), meta(&[c], F32)],
     ));
+    // rows of no columns: each norm is 0
+    cs.push(case(
+        "l2_normalize of [6, 0]",
+        Op::L2Normalize { eps: 1e-12 },
+        vec![Tensor::zeros([6, 0], F32)],
+        vec![meta(&[6, 0], F32), meta(&[6], F32)],
+    ));
     for (red, x) in [
         (Reduce::SumRows, e.clone()),
         (Reduce::SumLast, Tensor::zeros([7, 0], F32)),
@@ -1617,9 +1655,12 @@ fn casts_and_empty_inputs() {
 fn u8_spikes_cases() -> Vec<Case> {
     let mut r = SplitMix64::new(11);
     let mut cs = Vec::new();
+    // some spikes as bytes other than 1, which read as 1 on both backends
     let spikes = |r: &mut SplitMix64, shape: &[usize]| {
         let n: usize = shape.iter().product();
-        let v: Vec<u8> = (0..n).map(|_| u8::from(r.uniform() < 0.4)).collect();
+        let v: Vec<u8> = (0..n)
+            .map(|i| u8::from(r.uniform() < 0.4) * [1, 1, 2, 255][i % 4])
+            .collect();
         Tensor::new(shape.to_vec(), v).unwrap()
     };
     let u8 = DType::U8;
@@ -2064,6 +2105,47 @@ fn ops_run_on_the_callers_streams() {
     report("Lent on the caller's stream", same, 0.0, "");
     assert!(same, "Lent on the caller's stream: spikes differ");
     assert_eq!(mine.stream().cu_stream(), st.cu_stream());
+}
+
+/// Masked softmax rows with an infinite or NaN kept logit are NaN on both backends (a GPU that
+/// tested the sum `> 0` for "a kept key" wrote such rows as zeros), a fully masked row 0.
+#[test]
+fn masked_softmax_non_finite_rows() {
+    let l = 41;
+    let mut r = SplitMix64::new(24);
+    let mut x = rand_t(&mut r, &[4, 2, l], F32, -3.0, 3.0).to_f64_vec();
+    x[3] = f64::INFINITY; // batch 0, group 0: a kept +inf
+    x[2 * l + 40] = f64::NAN; // batch 1, group 0: a kept NaN
+    x[5 * l + 7] = f64::NEG_INFINITY; // batch 2, group 1: one kept −inf (finite row)
+    let mut keep = vec![1.0; 4 * l];
+    keep[l + 5] = 0.0;
+    keep[3 * l..].fill(0.0); // batch 3 fully masked
+    let c = case(
+        "masked_softmax non-finite rows",
+        Op::MaskedSoftmax,
+        vec![
+            Tensor::new([4, 2, l], x).unwrap().to_dtype(F32).unwrap(),
+            Tensor::new([4, l], keep).unwrap().to_dtype(F32).unwrap(),
+        ],
+        vec![meta(&[4, 2, l], F32)],
+    );
+    let want = run(&CpuBackend, &c, false).unwrap()[0].to_f64_vec();
+    // the reference itself (checked without a GPU too): rows 0 and 2 NaN, the others finite,
+    // batch 3 zeros
+    for (i, row) in want.chunks(l).enumerate() {
+        let nan = i == 0 || i == 2;
+        assert!(
+            row.iter().all(|v| v.is_nan() == nan),
+            "CPU row {i}: {row:?}"
+        );
+    }
+    assert!(want[6 * l..].iter().all(|&v| v == 0.0));
+    let Some(be) = cuda() else { return };
+    let got = run(&be, &c, true).unwrap()[0].to_f64_vec();
+    let bad = (got.iter().zip(&want))
+        .position(|(g, w)| (g.is_nan() != w.is_nan()) || (!w.is_nan() && (g - w).abs() > 1e-6));
+    report(&c.name, bad.is_none(), 0.0, "");
+    assert_eq!(bad, None, "first difference; CPU {want:?}, GPU {got:?}");
 }
 
 /// PLIF through the C ABI with tau in device memory (`gshn_lif_*_tau_cuda`: no host

@@ -106,6 +106,31 @@ fn consumers_read_u8_spikes_as_their_float_type() {
     }
 }
 
+/// A byte other than 0 or 1, fed from outside, is a spike (1) wherever spikes are read, as on
+/// the GPU (`kernels/common.cuh` `widen(u8s)`): the matmuls, the aggregation and a cast.
+#[test]
+fn any_nonzero_byte_is_one_spike() {
+    let mut rng = SplitMix64::new(6);
+    let s01 = spikes(3 * 9 * 8, &mut rng);
+    let bytes: Vec<u8> = (s01.iter().enumerate())
+        .map(|(i, &b)| b * [1, 2, 7, 255][i % 4])
+        .collect();
+    assert!(bytes.iter().any(|&b| b > 1));
+    for float in [DType::F32, DType::BF16] {
+        let on_float = consumers(&s01, float, float, 1);
+        let on_bytes = consumers(&bytes, float, DType::U8, 1);
+        assert_eq!(on_bytes, on_float, "{float:?}");
+    }
+    let mut g = Graph::new();
+    let s = g.input("s", [4], DType::U8);
+    let f = g.cast(s, DType::F32).unwrap();
+    let mut ex = Executor::new(CpuBackend, g, &[f]).unwrap();
+    ex.set(s, &Tensor::new([4], vec![0u8, 1, 2, 255]).unwrap())
+        .unwrap();
+    ex.run().unwrap();
+    assert_eq!(ex.get(f).unwrap().to_f64_vec(), [0.0, 1.0, 1.0, 1.0]);
+}
+
 #[test]
 fn ops_that_do_not_read_spikes_refuse_u8() {
     let mut g = Graph::new();

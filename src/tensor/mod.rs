@@ -251,7 +251,13 @@ impl Storage {
                 self.widen_into(n, &mut wide)?;
                 Cow::Owned(wide)
             }
-            Storage::U8(v) => Cow::Owned(v[..n].iter().map(|&s| f32::from(s)).collect()),
+            // spikes: any byte but 0 is one (as `spikes_as` and the CUDA kernels read them)
+            Storage::U8(v) => Cow::Owned(
+                v[..n]
+                    .iter()
+                    .map(|&s| f32::from(u8::from(s != 0)))
+                    .collect(),
+            ),
             Storage::I32(_) => unreachable!("checked above"),
         })
     }

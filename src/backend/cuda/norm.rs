@@ -23,6 +23,8 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
                 .scalar(*eps)
                 .run()
         }
+        // The row stride fixes the CPU's order of addition for γ and β only (its rows are
+        // then summed as the long batch's); here they are summed by chunks of rows alone.
         Op::LayerNormBackward { .. } => {
             // g, x, gamma, mean, rstd -> gx, ggamma, gbeta
             let (g, x, gamma, mean, rstd) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4]);
@@ -67,6 +69,11 @@ pub(super) fn execute(be: &CudaBackend, op: &Op, ins: Inputs, outs: &[Output]) -
         }
         Op::L2Normalize { eps } => {
             let (rows, c) = (ins[0].shape.rows(), ins[0].shape.last());
+            if c == 0 {
+                // rows of nothing (`rows()` counts none): each norm is 0, as on the CPU
+                let norm = &outs[1];
+                return be.memset0(norm.ptr, norm.shape.numel() * norm.dtype.size());
+            }
             k.warps("l2norm_fwd", rows)
                 .input(&ins[0])
                 .ptr(y)
