@@ -590,6 +590,25 @@ class Cuda(unittest.TestCase):
         side.synchronize()
         self.assert_same(got, want, 0.0, "lif on a side stream")
 
+    def test_plif_does_not_synchronise(self):
+        """A learnable tau on the GPU goes to the library by pointer (the `_tau` entries), so
+        PLIF's forward and backward never synchronise with the host: PyTorch's sync debug mode
+        makes any synchronising call (such as `.item()`) an error here."""
+        x = lif_x(8, 4099).detach().float()
+        tau = torch.tensor(2.5, requires_grad=True)
+        xc = x.cuda().requires_grad_()
+        tc = tau.detach().cuda().requires_grad_()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _, v = gt.lif(xc, tau=tc)
+            got = torch.autograd.grad(v.sum(), [xc, tc])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        _, v = gt.lif(x.requires_grad_(), tau=tau)
+        want = torch.autograd.grad(v.sum(), [x, tau])
+        self.assert_same(got, want, 1e-5, "plif gradients")
+
     def test_compile_fullgraph_on_cuda(self):
         torch._dynamo.reset()
         compiled_matches_eager(self, *toy_model_loss(self.DEVICE))
