@@ -579,6 +579,18 @@ fn basic_ops_cases() -> Vec<Case> {
             vec![rnd(&mut r, &[3 * m, k], dt), rnd(&mut r, &[k, n], dt)],
             vec![meta(&[3 * m, n], dt)],
         ));
+        // a weight gradient's shape: small output, deep sum (where cuBLAS picks split-K; in
+        // the half cases its partials must still add in f32)
+        cs.push(case(
+            format!("matmul deep k=12288 ta=true {dt:?}"),
+            Op::MatMul {
+                trans_a: true,
+                trans_b: false,
+                row_stride: 1,
+            },
+            vec![rnd(&mut r, &[12288, 24], dt), rnd(&mut r, &[12288, 40], dt)],
+            vec![meta(&[24, 40], dt)],
+        ));
         cs.push(case(
             format!("matmul k=0 {dt:?}"),
             Op::MatMul {

@@ -613,6 +613,15 @@ impl CudaBackend {
             }
             .result()
             .map_err(|e| cuda_err("cublasSetWorkspace", e))?;
+            // Half products accumulate in f32 to the end, as the op's contract and the CPU do:
+            // without this, cuBLAS may add split-K partials in bf16/f16 (more roundings than
+            // the one of each result). PyTorch's `allow_bf16_reduced_precision_reduction`.
+            let mode =
+                cudarc::cublas::sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+            // SAFETY: a live handle; the mode is one of cuBLAS's values.
+            unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), mode) }
+                .result()
+                .map_err(|e| cuda_err("cublasSetMathMode", e))?;
             let _ = self.blas_workspace.set(ws);
         }
         Ok(blas)
