@@ -144,6 +144,11 @@ int gshn_lif_forward_tau_cpu(const gshn_lif_params *params, int dtype, int64_t T
 int gshn_lif_forward_tau_cuda(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
                               const void *tau, const void *x, void *spikes, void *v, void *h,
                               int device, void *stream);
+int gshn_lif_forward_u8_tau_cpu(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                                const void *tau, const void *x, uint8_t *spikes, void *v, void *h);
+int gshn_lif_forward_u8_tau_cuda(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
+                                 const void *tau, const void *x, uint8_t *spikes, void *v,
+                                 void *h, int device, void *stream);
 int gshn_lif_backward_tau_cpu(const gshn_lif_params *params, int dtype, int64_t T, int64_t N,
                               const void *tau, const void *h, const void *grad_spikes,
                               const void *grad_v, void *grad_x, void *grad_tau);

@@ -164,11 +164,11 @@ def main():
     distributed = "RANK" in os.environ  # started by torchrun (MASTER_ADDR, LOCAL_RANK, ...)
     rank, world, device = 0, 1, "cuda" if cuda else "cpu"
     if distributed:
-        dist.init_process_group("nccl" if cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if cuda:
+        if cuda:  # the rank's device first: NCCL binds its communicator to the current one
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
     try:
         losses = train(cfg, rank, world, device, distributed)
     finally:

@@ -14,8 +14,8 @@ custom ops in the `gshn` namespace) over the C ABI (include/gshn.h, libgshn_capi
 
 Operators. The functions above validate and convert their arguments, then call
 `torch.ops.gshn.{lif, plif, gat, aggregate, infonce, infonce_1d}`; the backward of each is a
-second op (`lif_backward`, ..., `infonce_1d_backward`). `lif_u8` (LIF with uint8 spikes) has no
-backward: a uint8 tensor carries no gradient in PyTorch. Every op has a fake (meta) kernel and
+second op (`lif_backward`, ..., `infonce_1d_backward`). `lif_u8` / `plif_u8` (LIF with uint8
+spikes) have no backward: a uint8 tensor carries no gradient in PyTorch. Every op has a fake (meta) kernel and
 a registered autograd formula, so `torch.compile(fullgraph=True)` traces through them without a
 graph break, and `torch.library.opcheck` passes. The ops take graphs as the int32 CPU tensors
 `Graph.row_ptr` / `Graph.src` (CSR by destination) and per-edge tensors in CSR edge order.
@@ -99,6 +99,7 @@ _SIGS = {
     "lif_backward": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
     # PLIF: tau read from a tensor (after N), so a CUDA tau is never copied to the host
     "lif_forward_tau": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
+    "lif_forward_u8_tau": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP],
     "lif_backward_tau": [C.POINTER(LifParams), _INT, _I64, _I64, _VP, _VP, _VP, _VP, _VP, _VP],
     "gat_forward": [_INT, _G, _I64, _I64, _DBL, _VP, _VP, _VP, _VP, _VP, _VP, _VP],
     "gat_backward": [_INT, _G, _I64, _I64, _DBL, _VP, _VP, _VP, _VP, _VP, _VP, _VP,
@@ -290,7 +291,8 @@ class _Spec:
         own dtype and shape."""
         _, f = self.first
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return torch.tensor(float(v), dtype=f.dtype, device=f.device)
+            # a fill on the device: torch.tensor(v, device=cuda) copies from the host, blocking
+            return torch.full((), float(v), dtype=f.dtype, device=f.device)
         self._device(name, v)
         if v.dtype == torch.bool or v.is_complex():
             raise TypeError(f"{self.op}: {name} must be real, got {v.dtype}")
@@ -491,6 +493,15 @@ def _lif_u8_op(x: Tensor, tau: float, v_th: float, v_reset: Optional[float], dec
                         u8_spikes=True)
 
 
+@torch.library.custom_op("gshn::plif_u8", mutates_args=())
+def _plif_u8_op(x: Tensor, tau: Tensor, v_th: float, v_reset: Optional[float],
+                decay_input: bool, detach_reset: bool, surrogate: str,
+                alpha: float) -> tuple[Tensor, Tensor, Tensor]:
+    """gshn::lif_u8 with tau a tensor (read where it lives, as gshn::plif); no autograd."""
+    return _lif_forward(x, tau, (v_th, v_reset, decay_input, detach_reset, surrogate, alpha),
+                        u8_spikes=True)
+
+
 @torch.library.custom_op("gshn::plif", mutates_args=())
 def _plif_op(x: Tensor, tau: Tensor, v_th: float, v_reset: Optional[float], decay_input: bool,
              detach_reset: bool, surrogate: str, alpha: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -524,6 +535,7 @@ def _(x, *_):
 
 
 @_lif_u8_op.register_fake
+@_plif_u8_op.register_fake
 def _(x, *_):
     return _lif_outputs(x, u8_spikes=True)
 
@@ -578,7 +590,8 @@ def lif(x, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
             raise ValueError("lif: u8_spikes=True gives uint8 spikes, which carry no gradient "
                              "in PyTorch; train with float spikes, or call it under "
                              "torch.no_grad() / torch.inference_mode()")
-        s, v, _ = torch.ops.gshn.lif_u8(x, float(tau), *cfg)
+        op = torch.ops.gshn.plif_u8 if torch.is_tensor(tau) else torch.ops.gshn.lif_u8
+        s, v, _ = op(x, tau, *cfg)
         return s, v
     op = torch.ops.gshn.plif if torch.is_tensor(tau) else torch.ops.gshn.lif
     s, v, _ = op(x, tau, *cfg)
@@ -667,7 +680,13 @@ class Graph:
 
     def to_csr(self, t):
         """`t` (first dim E, in the edge order the graph was built from) in CSR edge order."""
-        return t if self.perm is None else t[self.perm.to(t.device)]
+        if self.perm is None:
+            return t
+        # the permutation copied to a device once (a copy from the host blocks the host)
+        on = self.__dict__.setdefault("_perm_on", {})
+        if t.device not in on:
+            on[t.device] = self.perm.to(t.device)
+        return t[on[t.device]]
 
 
 # ---- GAT ---------------------------------------------------------------------------------------

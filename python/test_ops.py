@@ -79,6 +79,7 @@ def u8_cases(dtype):
     gy = torch.randn(3, 6, 4, generator=gen, dtype=dtype)
     gr = (g.row_ptr, g.src)
     return [("lif_u8", OPS.lif_u8, (x, 2.0, *LIF_CFG)),
+            ("plif_u8", OPS.plif_u8, (x, torch.tensor(2.5, dtype=dtype), *LIF_CFG)),
             ("aggregate u8", OPS.aggregate, (alpha, s8, *gr))] + [
             (f"aggregate_backward u8 need={need}", OPS.aggregate_backward,
              (alpha.detach(), s8, *gr, gy, *need))
@@ -592,17 +593,27 @@ class Cuda(unittest.TestCase):
 
     def test_plif_does_not_synchronise(self):
         """A learnable tau on the GPU goes to the library by pointer (the `_tau` entries), so
-        PLIF's forward and backward never synchronise with the host: PyTorch's sync debug mode
-        makes any synchronising call (such as `.item()`) an error here."""
+        PLIF's forward and backward make no synchronising PyTorch call (such as `.item()`):
+        PyTorch's sync debug mode makes one an error here. (It does not see the library's own
+        calls; `tests/cuda_parity.rs` checks those.) InfoNCE with a Python-number scale and an
+        edge bias permuted to CSR order likewise."""
         x = lif_x(8, 4099).detach().float()
         tau = torch.tensor(2.5, requires_grad=True)
         xc = x.cuda().requires_grad_()
         tc = tau.detach().cuda().requires_grad_()
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
+        a, p = (unit_rows(9, 6, dtype=F32, seed=k).detach().cuda() for k in (1, 2))
+        ei, g = rand_graph(6, 10)
+        z, a_s, a_d, eb = (t.detach().cuda() for t in leaves((6, 2, 3), (2, 3), (2, 3),
+                                                               (ei.shape[1], 2), dtype=F32))
+        g.to_csr(eb)  # the permutation's one copy to the device
+        torch.cuda.synchronize()
         try:
             _, v = gt.lif(xc, tau=tc)
             got = torch.autograd.grad(v.sum(), [xc, tc])
+            gt.infonce(a, p, 2.0)
+            gt.gat(z, a_s, a_d, g, edge_bias=eb)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         _, v = gt.lif(x.requires_grad_(), tau=tau)

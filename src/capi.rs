@@ -918,21 +918,22 @@ fn lif_forward<S>(
 }
 
 /// The `_tau` forward entries: [`lif_forward`] with the tensor `tau`.
-fn lif_forward_tau(
+fn lif_forward_tau<S>(
     f: &str,
     mem: Mem,
+    u8_spikes: bool,
     params: *const GshnLifParams,
     dtype: c_int,
     t: i64,
     n: i64,
     tau: *const c_void,
     x: *const c_void,
-    spikes: *mut c_void,
+    spikes: *mut S,
     v: *mut c_void,
     h: *mut c_void,
 ) -> Result<(), CErr> {
     let fed = Tau::Fed(tau);
-    lif_forward(f, mem, false, fed, params, dtype, t, n, x, spikes, v, h)
+    lif_forward(f, mem, u8_spikes, fed, params, dtype, t, n, x, spikes, v, h)
 }
 
 fn lif_backward(
@@ -1487,9 +1488,16 @@ export!(
     /// tensor of `dtype` in the call's memory (`params->tau` is not used). The CPU refuses a
     /// tau that is not finite and > 1 ([`GSHN_ERR_INVALID_VALUE`]); CUDA reads it on the device
     /// (no host synchronisation) and writes NaN into `v` and `h` instead.
-    gshn_lif_forward_tau_cpu, gshn_lif_forward_tau_cuda, lif_forward_tau, (
+    gshn_lif_forward_tau_cpu, gshn_lif_forward_tau_cuda, lif_forward_tau [false], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64, tau: *const c_void,
     x: *const c_void, spikes: *mut c_void, v: *mut c_void, h: *mut c_void,
+));
+export!(
+    /// [`gshn_lif_forward_tau_cpu`] writing `spikes[T, N]` as u8 (as
+    /// [`gshn_lif_forward_u8_cpu`]).
+    gshn_lif_forward_u8_tau_cpu, gshn_lif_forward_u8_tau_cuda, lif_forward_tau [true], (
+    params: *const GshnLifParams, dtype: c_int, t: i64, n: i64, tau: *const c_void,
+    x: *const c_void, spikes: *mut u8, v: *mut c_void, h: *mut c_void,
 ));
 export!(
     /// PLIF backward: [`gshn_lif_backward_cpu`] with the time constant read from `tau[1]` (as

@@ -299,6 +299,8 @@ fn c_header_uses_the_fused_op_table_names() {
             // tau read from memory (PLIF)
             ("forward_tau_cpu", false),
             ("forward_tau_cuda", false),
+            ("forward_u8_tau_cpu", false),
+            ("forward_u8_tau_cuda", false),
             ("backward_tau_cpu", false),
             ("backward_tau_cuda", false),
         ] {

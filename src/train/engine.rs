@@ -249,8 +249,16 @@ impl<B: Backend> Engine<B> {
         }
         Err(Error::invalid(
             "train",
-            format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}); lower train.lr or check the data"),
+            format!("non-finite loss or gradient at step {step} (loss {loss}, grad norm {grad_norm}){}; lower train.lr or check the data", self.invalid_taus()),
         ))
+    }
+
+    /// The learnable time constants (PLIF) that no neuron can have (see [`invalid_taus`]).
+    fn invalid_taus(&self) -> String {
+        let taus = (self.params.iter())
+            .filter(|p| p.name.ends_with(".tau"))
+            .filter_map(|p| Some((p.name.as_str(), self.scalar(p.id).ok()?)));
+        invalid_taus(taus)
     }
 
     fn scalar(&self, v: ValueId) -> Result<f64> {
@@ -344,4 +352,35 @@ pub fn load_engine<B: Backend>(
     let mut engine = Engine::new(backend, cfg, ck.shape.clone(), ck.vocab.clone())?;
     engine.load_state(&ck.tensors)?;
     Ok(engine)
+}
+
+/// The part of a non-finite step's error that names learnable time constants trained to
+/// where no neuron has one (≤ 1 or not finite): the CPU's LIF refuses them, CUDA's reads them
+/// on the device and answers NaN, so the step's loss or gradient is what shows it there.
+fn invalid_taus<'a>(taus: impl Iterator<Item = (&'a str, f64)>) -> String {
+    let bad: Vec<String> = taus
+        .filter(|(_, tau)| !(tau.is_finite() && *tau > 1.0))
+        .map(|(name, tau)| format!("{name} = {tau}"))
+        .collect();
+    match bad.is_empty() {
+        true => String::new(),
+        false => format!(", with learnable tau ≤ 1: {}", bad.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_non_finite_step_names_the_taus_no_neuron_has() {
+        let taus = [
+            ("snn.0.tau", 2.0),
+            ("snn.1.tau", 0.9),
+            ("snn.2.tau", f64::NAN),
+        ];
+        assert_eq!(
+            super::invalid_taus(taus.into_iter()),
+            ", with learnable tau ≤ 1: snn.1.tau = 0.9, snn.2.tau = NaN"
+        );
+        assert_eq!(super::invalid_taus([("snn.0.tau", 1.5)].into_iter()), "");
+    }
 }

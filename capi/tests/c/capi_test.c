@@ -160,6 +160,14 @@ int main(int argc, char **argv) {
             fprintf(stderr, "the LIF with tau from memory differs from params->tau\n");
             return 1;
         }
+        uint8_t st8[TN];
+        CHECK(gshn_lif_forward_u8_tau_cpu(&other, GSHN_F32, T, NN, &tau_t, x, st8, vt, ht));
+        for (int i = 0; i < TN; i++) {
+            if ((float)st8[i] != spikes[i] || vt[i] != v[i] || ht[i] != h[i]) {
+                fprintf(stderr, "the u8 LIF with tau from memory differs at %d\n", i);
+                return 1;
+            }
+        }
         CHECK(gshn_lif_backward_tau_cpu(&other, GSHN_F32, T, NN, &tau_t, h, gs, gv, gxt, NULL));
         if (memcmp(gxt, gx, sizeof gxt)) {
             fprintf(stderr, "grad_x of the tau backward depends on grad_tau being wanted\n");
@@ -321,6 +329,8 @@ int main(int argc, char **argv) {
     HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_inf, x, w, w, w));
     HOSTILE(gshn_lif_forward_tau_cpu(&badsur, GSHN_F32, T, NN, &tau_ok, x, w, w, w));
     HOSTILE(gshn_lif_forward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_ok, x, w, w, NULL));
+    HOSTILE(gshn_lif_forward_u8_tau_cpu(&lp, GSHN_F32, T, NN, NULL, x, w8, w, w));
+    HOSTILE(gshn_lif_forward_u8_tau_cpu(&lp, GSHN_F32, T, NN, &tau_one, x, w8, w, w));
     HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, NULL, h, gs, gv, w, w));
     HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_one, h, gs, gv, w, w));
     HOSTILE(gshn_lif_backward_tau_cpu(&lp, GSHN_F32, T, NN, &tau_nan, h, gs, gv, w, NULL));
