@@ -936,39 +936,6 @@ fn lif_forward_tau<S>(
     lif_forward(f, mem, u8_spikes, fed, params, dtype, t, n, x, spikes, v, h)
 }
 
-fn lif_backward(
-    f: &str,
-    mem: Mem,
-    params: *const GshnLifParams,
-    dtype: c_int,
-    t: i64,
-    n: i64,
-    h: *const c_void,
-    grad_spikes: *const c_void,
-    grad_v: *const c_void,
-    grad_x: *mut c_void,
-    grad_tau: *mut c_void,
-) -> Result<(), CErr> {
-    let tau = match grad_tau.is_null() {
-        true => Tau::Fixed,
-        false => Tau::FixedWithGrad,
-    };
-    lif_backward_of(
-        f,
-        mem,
-        tau,
-        params,
-        dtype,
-        t,
-        n,
-        h,
-        grad_spikes,
-        grad_v,
-        grad_x,
-        grad_tau,
-    )
-}
-
 /// The `_tau` backward entries: [`lif_backward`] with the tensor `tau` (`grad_tau` optional).
 fn lif_backward_tau(
     f: &str,
@@ -984,11 +951,10 @@ fn lif_backward_tau(
     grad_x: *mut c_void,
     grad_tau: *mut c_void,
 ) -> Result<(), CErr> {
-    let fed = Tau::Fed(tau);
-    lif_backward_of(
+    lif_backward(
         f,
         mem,
-        fed,
+        Tau::Fed(tau),
         params,
         dtype,
         t,
@@ -1001,7 +967,8 @@ fn lif_backward_tau(
     )
 }
 
-fn lif_backward_of(
+/// `tau`: [`Tau::Fixed`] for the plain entries, made [`Tau::FixedWithGrad`] by a `grad_tau`.
+fn lif_backward(
     f: &str,
     mem: Mem,
     tau: Tau,
@@ -1015,6 +982,10 @@ fn lif_backward_of(
     grad_x: *mut c_void,
     grad_tau: *mut c_void,
 ) -> Result<(), CErr> {
+    let tau = match tau {
+        Tau::Fixed if !grad_tau.is_null() => Tau::FixedWithGrad,
+        tau => tau,
+    };
     let cfg = lif_config(f, params, tau)?;
     let dt = dtype_of(f, dtype)?;
     let (t, n) = (size(f, "T", t)?, size(f, "N", n)?);
@@ -1478,7 +1449,7 @@ export!(
     /// LIF backward (BPTT). In: `h[T, N]` from the forward; `grad_spikes[T, N]` and
     /// `grad_v[T, N]` (each optional = zeros, not both NULL). Written: `grad_x[T, N]`;
     /// `grad_tau[1]` when non-NULL (PLIF: d loss / d tau at `params->tau`).
-    gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward, (
+    gshn_lif_backward_cpu, gshn_lif_backward_cuda, lif_backward [Tau::Fixed], (
     params: *const GshnLifParams, dtype: c_int, t: i64, n: i64,
     h: *const c_void, grad_spikes: *const c_void, grad_v: *const c_void,
     grad_x: *mut c_void, grad_tau: *mut c_void,
