@@ -15,9 +15,9 @@ custom ops in the `gshn` namespace) over the C ABI (include/gshn.h, libgshn_capi
 Operators. The functions above validate and convert their arguments, then call
 `torch.ops.gshn.{lif, plif, gat, aggregate, infonce, infonce_1d}`; the backward of each is a
 second op (`lif_backward`, ..., `infonce_1d_backward`). `lif_u8` / `plif_u8` (LIF with uint8
-spikes) have no backward: a uint8 tensor carries no gradient in PyTorch. Every op has a fake (meta) kernel and
-a registered autograd formula, so `torch.compile(fullgraph=True)` traces through them without a
-graph break, and `torch.library.opcheck` passes. The ops take graphs as the int32 CPU tensors
+spikes) have no backward: a uint8 tensor carries no gradient in PyTorch. Every op has a fake
+(meta) kernel and a registered autograd formula, so `torch.compile(fullgraph=True)` traces
+through them without a graph break, and `torch.library.opcheck` passes. The ops take graphs as the int32 CPU tensors
 `Graph.row_ptr` / `Graph.src` (CSR by destination) and per-edge tensors in CSR edge order.
 CUDA tensors go to the `*_cuda` entry points (device pointers, PyTorch's current stream, the
 tensor's device); CPU tensors to the `*_cpu` ones. Graph index arrays stay on the host (gshn
