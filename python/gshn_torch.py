@@ -628,6 +628,7 @@ class Graph:
         self._bind("Graph", _indices("row_ptr", row_ptr).int().contiguous(),
                    _indices("src", src).int().contiguous())
         self.perm = None if perm is None else _indices("perm", perm, self.num_edges)
+        self._perm_on = {}  # perm copied to each device it was used on (once: see to_csr)
 
     def _bind(self, op, row_ptr, src):
         if row_ptr.numel() == 0:
@@ -682,11 +683,9 @@ class Graph:
         """`t` (first dim E, in the edge order the graph was built from) in CSR edge order."""
         if self.perm is None:
             return t
-        # the permutation copied to a device once (a copy from the host blocks the host)
-        on = self.__dict__.setdefault("_perm_on", {})
-        if t.device not in on:
-            on[t.device] = self.perm.to(t.device)
-        return t[on[t.device]]
+        if t.device not in self._perm_on:  # once per device: a copy from the host blocks it
+            self._perm_on[t.device] = self.perm.to(t.device)
+        return t[self._perm_on[t.device]]
 
 
 # ---- GAT ---------------------------------------------------------------------------------------

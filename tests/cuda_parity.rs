@@ -198,6 +198,16 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     }
 }
 
+/// f32 results read back from the device against the CPU's: reported, and asserted within
+/// `tol` (norm-wise relative error).
+fn close_f32(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let g = Tensor::new([got.len()], got.to_vec()).unwrap();
+    let w = Tensor::new([want.len()], want.to_vec()).unwrap();
+    let e = rel_err(&g, &w);
+    report(what, e <= tol, e, "");
+    assert!(e <= tol, "{what}: rel err {e}");
+}
+
 /// The first element of a half-precision output further from the reference than four units in
 /// the last place of the reference element's type, plus 1e-3 of the reference's RMS (for
 /// elements near zero after cancellation), with its distance; `None` when there is none.
@@ -1982,15 +1992,7 @@ fn lent_device_buffers() {
     let st = be.stream();
     let ptr = |s: &CudaSlice<f32>| s.device_ptr(st).0 as *mut c_void;
     let read = |s: &CudaSlice<f32>| st.clone_dtoh(s).unwrap();
-    let close = |what: &str, got: &[f32], want: &[f32]| {
-        let g = Tensor::new([got.len()], got.to_vec()).unwrap();
-        let w = Tensor::new([want.len()], want.to_vec()).unwrap();
-        assert!(
-            rel_err(&g, &w) <= 1e-6,
-            "{what}: rel err {}",
-            rel_err(&g, &w)
-        );
-    };
+    let close = |what: &str, got: &[f32], want: &[f32]| close_f32(what, got, want, 1e-6);
     for aliased in [false, true] {
         let dx = st.clone_htod(&xs).unwrap();
         let outs: Vec<CudaSlice<f32>> = (0..3)
@@ -2220,11 +2222,7 @@ fn c_abi_tau_from_device_memory() {
     let ptr = |b: &CudaSlice<f32>| b.device_ptr(st).0 as *mut c_void;
     let read = |b: &CudaSlice<f32>| st.clone_dtoh(b).unwrap();
     let close = |what: &str, got: &[f32], want: &[f32], tol: f64| {
-        let g = Tensor::new([got.len()], got.to_vec()).unwrap();
-        let w = Tensor::new([want.len()], want.to_vec()).unwrap();
-        let e = rel_err(&g, &w);
-        report(&format!("C ABI tau on the device: {what}"), e <= tol, e, "");
-        assert!(e <= tol, "{what}: rel err {e}");
+        close_f32(&format!("C ABI tau on the device: {what}"), got, want, tol)
     };
     for fed in [2.5f32, 0.5] {
         let up = |v: &[f32]| st.clone_htod(v).unwrap();
